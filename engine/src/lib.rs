@@ -1,0 +1,19 @@
+//! specd-engine: models, KV cache, sampling and generation for specd, the speculative-decoding
+//! inference server.
+//!
+//! - [`model`]: our own Llama-family forward over a ragged batch of sequences, loading Hugging
+//!   Face safetensors folders and GGUF files (quantized weights stay quantized), tokenizers
+//!   (tokenizer.json or built from GGUF metadata).
+//! - [`kv`]: the per-sequence KV cache with cheap rollback (`truncate`).
+//! - [`sampling`]: logits → token, with a seeded RNG per request.
+//! - [`chat`]: chat prompts through the model's own Jinja template.
+//! - [`generate`]: target-only generation with streaming text, stop strings and EOS.
+
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+
+pub use error::{Error, Result};

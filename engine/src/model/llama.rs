@@ -1,0 +1,358 @@
+//! The Llama-family forward (Llama 2/3, Mistral, Qwen2): GQA, RoPE, RMSNorm, SwiGLU, optional
+//! QKV bias, tied or untied head.
+//!
+//! The forward is ragged: each sequence of a batch appends its own number of new tokens to its
+//! own cache. All new tokens of the batch go through the matrix products together (one matmul of
+//! `T = Σ n_i` rows per weight); only attention is per sequence.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor, D};
+use specd_kernels::cpu as kern;
+
+use super::config::ModelConfig;
+use super::weights::{Param, Weights};
+use crate::error::{Error, Result};
+use crate::kv::SequenceCache;
+
+/// Which logits a sequence wants back from a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// One row per new token (verification of drafts).
+    All,
+    /// Only the row of the last new token (prefill, plain decoding).
+    Last,
+}
+
+/// One sequence's part of a batched forward.
+#[derive(Debug)]
+pub struct SeqInput<'a> {
+    pub cache: &'a mut SequenceCache,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Several weight matrices applied to the same input, fused into one matrix when their
+/// storage allows it (same quantization), so that the input is quantized and read once.
+#[derive(Debug, Clone)]
+struct Projection {
+    parts: Vec<QMatMul>,
+    bias: Option<Tensor>,
+}
+
+impl Projection {
+    fn new(mats: Vec<QMatMul>, bias: Option<Tensor>) -> Result<Self> {
+        let parts = match fuse(&mats)? {
+            Some(m) => vec![m],
+            None => mats,
+        };
+        Ok(Self { parts, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if self.parts.len() == 1 {
+            self.parts[0].forward(x)?
+        } else {
+            let outs = self
+                .parts
+                .iter()
+                .map(|p| p.forward(x))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&outs, D::Minus1)?
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Stacks the rows of matrices with the same storage kind into one matrix.
+fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
+    if mats.len() < 2 {
+        return Ok(mats.first().cloned());
+    }
+    if let Some(ts) = mats
+        .iter()
+        .map(|m| match m {
+            QMatMul::Tensor(t) => Some(t),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        return Ok(Some(QMatMul::Tensor(Tensor::cat(&ts, 0)?)));
+    }
+    let Some(qs) = mats
+        .iter()
+        .map(|m| match m {
+            QMatMul::QTensor(q) => Some(q),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let dtype = qs[0].dtype();
+    let k = qs[0].shape().dims()[1];
+    if qs
+        .iter()
+        .any(|q| q.dtype() != dtype || q.shape().dims()[1] != k)
+    {
+        return Ok(None);
+    }
+    // Quantized rows are independent runs of blocks: stacking matrices is concatenating bytes.
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for q in &qs {
+        bytes.extend_from_slice(&q.data()?);
+        rows += q.shape().dims()[0];
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(bytes),
+        &Device::Cpu,
+        dtype,
+    )?;
+    Ok(Some(QMatMul::from_qtensor(QTensor::new(
+        storage,
+        (rows, k),
+    )?)?))
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Projection,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate_up: Projection,
+    down: QMatMul,
+}
+
+/// A loaded Llama-family model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    embed: QMatMul,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: QMatMul,
+    inv_freq: Vec<f64>,
+}
+
+impl Model {
+    /// Builds the model from weights whose shapes must match `config`.
+    pub fn load(config: ModelConfig, weights: &mut Weights) -> Result<Self> {
+        let c = &config;
+        let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
+        let q_dim = c.num_heads * hd;
+        let embed = weights.embedding(c.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let bias = if c.qkv_bias {
+                let q = weights.tensor(Param::QBias(i), &[q_dim])?;
+                let k = weights.tensor(Param::KBias(i), &[kv])?;
+                let v = weights.tensor(Param::VBias(i), &[kv])?;
+                Some(Tensor::cat(&[q, k, v], 0)?)
+            } else {
+                None
+            };
+            let qkv = Projection::new(
+                vec![
+                    weights.matrix(Param::Q(i), q_dim, h)?,
+                    weights.matrix(Param::K(i), kv, h)?,
+                    weights.matrix(Param::V(i), kv, h)?,
+                ],
+                bias,
+            )?;
+            let gate_up = Projection::new(
+                vec![
+                    weights.matrix(Param::Gate(i), c.intermediate_size, h)?,
+                    weights.matrix(Param::Up(i), c.intermediate_size, h)?,
+                ],
+                None,
+            )?;
+            layers.push(Layer {
+                attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?,
+                qkv,
+                o: weights.matrix(Param::O(i), h, q_dim)?,
+                ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?,
+                gate_up,
+                down: weights.matrix(Param::Down(i), h, c.intermediate_size)?,
+            });
+        }
+        let norm = weights.tensor(Param::FinalNorm, &[h])?;
+        let lm_head = if weights.contains(Param::LmHead) {
+            weights.matrix(Param::LmHead, c.vocab_size, h)?
+        } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
+            embed.clone()
+        } else {
+            return Err(Error::MissingTensor {
+                path: weights.origin().to_path_buf(),
+                name: weights.naming().name(Param::LmHead),
+            });
+        };
+        let inv_freq = config.rope_inv_freq();
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// A new, empty cache for one sequence of this model.
+    pub fn new_cache(&self) -> SequenceCache {
+        SequenceCache::new(
+            self.config.num_layers,
+            self.config.num_kv_heads * self.config.head_dim,
+        )
+    }
+
+    /// Appends each sequence's tokens to its cache and returns its logits: `[n_i, vocab]` for
+    /// [`Logits::All`], `[1, vocab]` for [`Logits::Last`]. New tokens attend causally to each
+    /// other and to everything cached before them. On error no cache is changed.
+    pub fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+        self.check_batch(batch)?;
+        let result = self.forward_inner(batch);
+        if result.is_err() {
+            for s in batch.iter_mut() {
+                s.cache.discard_uncommitted();
+            }
+        }
+        result
+    }
+
+    fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<()> {
+        let c = &self.config;
+        for (i, s) in batch.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(Error::InvalidRequest(format!(
+                    "sequence {i} of the batch has no new tokens"
+                )));
+            }
+            let len = s.cache.len() + s.tokens.len();
+            if len > c.max_position_embeddings {
+                return Err(Error::ContextLength {
+                    len,
+                    limit: c.max_position_embeddings,
+                });
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::InvalidRequest(format!(
+                    "token id {t} is outside the vocabulary of {} tokens",
+                    c.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_inner(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let total = ids.len();
+        let positions: Vec<usize> = batch
+            .iter()
+            .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
+            .collect();
+        let rope = kern::rope_tables(&positions, &self.inv_freq);
+        let interleaved = c.rope_layout == super::config::RopeLayout::Interleaved;
+        let shape = kern::AttentionShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            sliding_window: c.sliding_window,
+        };
+        let eps = c.rms_norm_eps as f32;
+
+        let mut x = self
+            .embed
+            .embedding(&Tensor::from_vec(ids, total, &Device::Cpu)?)?;
+        let mut attn_out = vec![0f32; total * q_dim];
+        let mut act = vec![0f32; total * c.intermediate_size];
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            kern::apply_rope(&mut qkv, qkv_dim, 0, nh, &rope, interleaved);
+            kern::apply_rope(&mut qkv, qkv_dim, q_dim, nkv, &rope, interleaved);
+            let mut row0 = 0;
+            for s in batch.iter_mut() {
+                let n = s.tokens.len();
+                let rows = &qkv[row0 * qkv_dim..(row0 + n) * qkv_dim];
+                let mut keys = Vec::with_capacity(n * kv_dim);
+                let mut values = Vec::with_capacity(n * kv_dim);
+                let mut q = Vec::with_capacity(n * q_dim);
+                for r in rows.chunks_exact(qkv_dim) {
+                    q.extend_from_slice(&r[..q_dim]);
+                    keys.extend_from_slice(&r[q_dim..q_dim + kv_dim]);
+                    values.extend_from_slice(&r[q_dim + kv_dim..]);
+                }
+                s.cache.write(li, &keys, &values);
+                let (k_all, v_all) = s.cache.layer_rows(li);
+                let chunks = kern::KvChunks {
+                    keys: &[k_all],
+                    values: &[v_all],
+                };
+                let out = &mut attn_out[row0 * q_dim..(row0 + n) * q_dim];
+                kern::attention(&q, s.cache.len(), chunks, shape, out);
+                row0 += n;
+            }
+            let a = Tensor::from_slice(&attn_out, (total, q_dim), &Device::Cpu)?;
+            x = (x + layer.o.forward(&a)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gu = layer.gate_up.forward(&h)?.to_vec2::<f32>()?;
+            let inter = c.intermediate_size;
+            for (t, row) in gu.iter().enumerate() {
+                let (g, u) = row.split_at(inter);
+                kern::silu_mul(g, u, &mut act[t * inter..(t + 1) * inter]);
+            }
+            let a = Tensor::from_slice(&act, (total, inter), &Device::Cpu)?;
+            x = (x + layer.down.forward(&a)?)?;
+        }
+        for s in batch.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+
+        // Only the rows whose logits are wanted go through the final norm and the head.
+        let mut wanted = Vec::new();
+        let mut row0 = 0u32;
+        for s in batch.iter() {
+            let n = s.tokens.len() as u32;
+            match s.logits {
+                Logits::All => wanted.extend(row0..row0 + n),
+                Logits::Last => wanted.push(row0 + n - 1),
+            }
+            row0 += n;
+        }
+        let x = if wanted.len() == total {
+            x
+        } else {
+            x.index_select(&Tensor::new(wanted.as_slice(), &Device::Cpu)?, 0)?
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward(&x)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut r = 0;
+        for s in batch.iter() {
+            let n = match s.logits {
+                Logits::All => s.tokens.len(),
+                Logits::Last => 1,
+            };
+            out.push(logits.narrow(0, r, n)?);
+            r += n;
+        }
+        Ok(out)
+    }
+}

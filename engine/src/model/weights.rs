@@ -1,0 +1,369 @@
+//! Weight loading: Hugging Face safetensors (single or sharded), GGUF (kept quantized, used
+//! through candle's `QMatMul`) and in-memory tensors for tests.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// The parameters of a Llama-family model, independent of the file format's naming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    Embed,
+    AttnNorm(usize),
+    Q(usize),
+    K(usize),
+    V(usize),
+    QBias(usize),
+    KBias(usize),
+    VBias(usize),
+    O(usize),
+    FfnNorm(usize),
+    Gate(usize),
+    Up(usize),
+    Down(usize),
+    FinalNorm,
+    LmHead,
+}
+
+/// Where a format keeps each parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    HuggingFace,
+    Gguf,
+}
+
+impl Naming {
+    /// The tensor name of `param` in this format.
+    pub fn name(self, param: Param) -> String {
+        use Param::*;
+        match self {
+            Naming::HuggingFace => match param {
+                Embed => "model.embed_tokens.weight".into(),
+                AttnNorm(i) => format!("model.layers.{i}.input_layernorm.weight"),
+                Q(i) => format!("model.layers.{i}.self_attn.q_proj.weight"),
+                K(i) => format!("model.layers.{i}.self_attn.k_proj.weight"),
+                V(i) => format!("model.layers.{i}.self_attn.v_proj.weight"),
+                QBias(i) => format!("model.layers.{i}.self_attn.q_proj.bias"),
+                KBias(i) => format!("model.layers.{i}.self_attn.k_proj.bias"),
+                VBias(i) => format!("model.layers.{i}.self_attn.v_proj.bias"),
+                O(i) => format!("model.layers.{i}.self_attn.o_proj.weight"),
+                FfnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+                Gate(i) => format!("model.layers.{i}.mlp.gate_proj.weight"),
+                Up(i) => format!("model.layers.{i}.mlp.up_proj.weight"),
+                Down(i) => format!("model.layers.{i}.mlp.down_proj.weight"),
+                FinalNorm => "model.norm.weight".into(),
+                LmHead => "lm_head.weight".into(),
+            },
+            Naming::Gguf => match param {
+                Embed => "token_embd.weight".into(),
+                AttnNorm(i) => format!("blk.{i}.attn_norm.weight"),
+                Q(i) => format!("blk.{i}.attn_q.weight"),
+                K(i) => format!("blk.{i}.attn_k.weight"),
+                V(i) => format!("blk.{i}.attn_v.weight"),
+                QBias(i) => format!("blk.{i}.attn_q.bias"),
+                KBias(i) => format!("blk.{i}.attn_k.bias"),
+                VBias(i) => format!("blk.{i}.attn_v.bias"),
+                O(i) => format!("blk.{i}.attn_output.weight"),
+                FfnNorm(i) => format!("blk.{i}.ffn_norm.weight"),
+                Gate(i) => format!("blk.{i}.ffn_gate.weight"),
+                Up(i) => format!("blk.{i}.ffn_up.weight"),
+                Down(i) => format!("blk.{i}.ffn_down.weight"),
+                FinalNorm => "output_norm.weight".into(),
+                LmHead => "output.weight".into(),
+            },
+        }
+    }
+}
+
+enum Store {
+    Safetensors {
+        shards: Vec<(PathBuf, MmapedSafetensors)>,
+        index: HashMap<String, usize>,
+    },
+    Gguf {
+        content: gguf_file::Content,
+        reader: BufReader<File>,
+    },
+    Memory(HashMap<String, Tensor>),
+}
+
+/// A set of named weights in one of the supported formats.
+pub struct Weights {
+    store: Store,
+    naming: Naming,
+    origin: PathBuf,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("origin", &self.origin)
+            .field("naming", &self.naming)
+            .finish()
+    }
+}
+
+impl Weights {
+    /// Memory-maps one or more safetensors files (Hugging Face naming).
+    pub fn from_safetensors(paths: &[PathBuf], origin: &Path) -> Result<Self> {
+        let mut shards = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the
+            // file not being truncated or rewritten while the model is loaded.
+            let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| {
+                Error::file(
+                    p,
+                    format!("not a valid safetensors file: {}", root_cause(&e)),
+                )
+            })?;
+            for (name, _) in st.tensors() {
+                index.insert(name, i);
+            }
+            shards.push((p.clone(), st));
+        }
+        Ok(Self {
+            store: Store::Safetensors { shards, index },
+            naming: Naming::HuggingFace,
+            origin: origin.to_path_buf(),
+        })
+    }
+
+    /// Opens a GGUF file whose header has already been read.
+    pub fn from_gguf(content: gguf_file::Content, file: File, path: &Path) -> Self {
+        Self {
+            store: Store::Gguf {
+                content,
+                reader: BufReader::new(file),
+            },
+            naming: Naming::Gguf,
+            origin: path.to_path_buf(),
+        }
+    }
+
+    /// Wraps in-memory tensors named as in Hugging Face checkpoints (tests, tiny models).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Self {
+            store: Store::Memory(tensors),
+            naming: Naming::HuggingFace,
+            origin: PathBuf::from("<memory>"),
+        }
+    }
+
+    /// The file (or folder) the weights came from, for error messages.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The naming scheme of the underlying format.
+    pub fn naming(&self) -> Naming {
+        self.naming
+    }
+
+    /// Whether the weights hold `param`.
+    pub fn contains(&self, param: Param) -> bool {
+        self.contains_name(&self.naming.name(param))
+    }
+
+    /// Whether the weights hold a tensor called `name`.
+    pub fn contains_name(&self, name: &str) -> bool {
+        match &self.store {
+            Store::Safetensors { index, .. } => index.contains_key(name),
+            Store::Gguf { content, .. } => content.tensor_infos.contains_key(name),
+            Store::Memory(t) => t.contains_key(name),
+        }
+    }
+
+    /// Reads a tensor by name as f32 (dequantized if stored quantized), checking its shape.
+    pub fn tensor_named(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match &mut self.store {
+            Store::Safetensors { shards, index } => {
+                let &i = index.get(name).ok_or_else(|| missing(&self.origin, name))?;
+                let (path, st) = &shards[i];
+                let t = st.load(name, &Device::Cpu).map_err(|e| {
+                    Error::file(path, format!("tensor `{name}`: {}", root_cause(&e)))
+                })?;
+                check_shape(&self.origin, name, t.dims(), shape)?;
+                Ok(to_f32(t)?)
+            }
+            Store::Gguf { .. } => {
+                let q = self.qtensor_named(name, shape)?;
+                Ok(q.dequantize(&Device::Cpu)?)
+            }
+            Store::Memory(tensors) => {
+                let t = tensors
+                    .get(name)
+                    .ok_or_else(|| missing(&self.origin, name))?
+                    .clone();
+                check_shape(&self.origin, name, t.dims(), shape)?;
+                Ok(to_f32(t)?)
+            }
+        }
+    }
+
+    /// Reads a parameter as f32, checking its shape.
+    pub fn tensor(&mut self, param: Param, shape: &[usize]) -> Result<Tensor> {
+        let name = self.naming.name(param);
+        self.tensor_named(&name, shape)
+    }
+
+    fn qtensor_named(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        let Store::Gguf { content, reader } = &mut self.store else {
+            unreachable!("qtensor_named is only called on GGUF weights")
+        };
+        let info = content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.origin.clone(),
+                name: name.to_string(),
+            })?;
+        check_shape(&self.origin, name, info.shape.dims(), shape)?;
+        content
+            .tensor(reader, name, &Device::Cpu)
+            .map_err(|e| Error::file(&self.origin, format!("tensor `{name}`: {}", root_cause(&e))))
+    }
+
+    /// Reads a weight matrix of shape `[out, in]` for a matrix product. GGUF weights stay
+    /// quantized (lossless re-encodings aside, see `cpu_friendly`); dense weights become f32.
+    pub fn matrix(&mut self, param: Param, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+        let name = self.naming.name(param);
+        self.matrix_named(&name, out_dim, in_dim)
+    }
+
+    /// Like [`Weights::matrix`], by tensor name.
+    pub fn matrix_named(&mut self, name: &str, out_dim: usize, in_dim: usize) -> Result<QMatMul> {
+        match self.store {
+            Store::Gguf { .. } => {
+                let q = self.qtensor_named(name, &[out_dim, in_dim])?;
+                let q = cpu_friendly(q)?;
+                Ok(QMatMul::from_qtensor(q)?)
+            }
+            _ => Ok(QMatMul::Tensor(
+                self.tensor_named(name, &[out_dim, in_dim])?,
+            )),
+        }
+    }
+
+    /// Reads an embedding table of shape `[vocab, hidden]`, kept quantized for GGUF (rows are
+    /// dequantized on lookup).
+    pub fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<QMatMul> {
+        self.matrix(Param::Embed, vocab, hidden)
+    }
+}
+
+fn missing(origin: &Path, name: &str) -> Error {
+    Error::MissingTensor {
+        path: origin.to_path_buf(),
+        name: name.to_string(),
+    }
+}
+
+fn check_shape(origin: &Path, name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
+    if actual != expected {
+        return Err(Error::TensorShape {
+            path: origin.to_path_buf(),
+            name: name.to_string(),
+            actual: actual.to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn to_f32(t: Tensor) -> candle_core::Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        Ok(t)
+    } else {
+        t.to_dtype(DType::F32)
+    }
+}
+
+/// The innermost message of a candle error, without backtraces or context wrappers.
+pub(crate) fn root_cause(e: &candle_core::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(i) = msg.find("\n") {
+        msg.truncate(i);
+    }
+    msg
+}
+
+/// Re-encodes weights whose format candle has no fast CPU kernel for into one it has, without
+/// changing a single value: Q4_0 and Q5_0 store `d * (q - offset)` with small integer `q`, which
+/// Q8_0 (`d * q`, `q` in i8) represents exactly with the same block size and scale.
+fn cpu_friendly(q: QTensor) -> Result<QTensor> {
+    let dtype = q.dtype();
+    if !matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0) {
+        return Ok(q);
+    }
+    let data = q.data()?;
+    let (block_bytes, n_blocks) = match dtype {
+        GgmlDType::Q4_0 => (18, data.len() / 18),
+        _ => (22, data.len() / 22),
+    };
+    let mut out = Vec::with_capacity(n_blocks * 34);
+    for block in data.chunks_exact(block_bytes) {
+        out.extend_from_slice(&block[..2]); // the f16 scale is kept as is
+        let mut qs = [0i8; 32];
+        match dtype {
+            GgmlDType::Q4_0 => {
+                for j in 0..16 {
+                    let b = block[2 + j];
+                    qs[j] = (b & 0x0F) as i8 - 8;
+                    qs[j + 16] = (b >> 4) as i8 - 8;
+                }
+            }
+            _ => {
+                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                for j in 0..16 {
+                    let b = block[6 + j];
+                    let lo_hi = (((qh >> j) & 1) << 4) as u8;
+                    let hi_hi = (((qh >> (j + 16)) & 1) << 4) as u8;
+                    qs[j] = ((b & 0x0F) | lo_hi) as i8 - 16;
+                    qs[j + 16] = ((b >> 4) | hi_hi) as i8 - 16;
+                }
+            }
+        }
+        out.extend(qs.iter().map(|&v| v as u8));
+    }
+    let shape = q.shape().clone();
+    let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, GgmlDType::Q8_0)?;
+    Ok(QTensor::new(storage, shape)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requantized_blocks_hold_the_same_values() {
+        let values: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let src = Tensor::from_vec(values, (4, 64), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
+            let q = QTensor::quantize(&src, dtype).unwrap();
+            let before = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let r = cpu_friendly(q).unwrap();
+            assert_eq!(r.dtype(), GgmlDType::Q8_0);
+            let after = r
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(before, after, "{dtype:?} → Q8_0 changed values");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! CPU reference kernels over `f32` slices.
+
+mod attention;
+mod rope;
+
+pub use attention::{attention, AttentionShape, KvChunks};
+pub use rope::{apply_rope, rope_tables, RopeTables};
+
+/// `out[i] = silu(gate[i]) * up[i]`, the SwiGLU activation of Llama-family MLPs.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        gate.len() == up.len() && up.len() == out.len(),
+        "silu_mul: length mismatch"
+    );
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// Dot product with several independent accumulators so that it vectorizes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `dst += w * src`.
+#[inline]
+pub fn axpy(dst: &mut [f32], w: f32, src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += w * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i % 5) as f32 - 2.0).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    }
+
+    #[test]
+    fn silu_mul_matches_definition() {
+        let g = [-2.0f32, 0.0, 1.5];
+        let u = [3.0f32, 4.0, -1.0];
+        let mut o = [0f32; 3];
+        silu_mul(&g, &u, &mut o);
+        for i in 0..3 {
+            let want = g[i] * (1.0 / (1.0 + (-g[i]).exp())) * u[i];
+            assert!((o[i] - want).abs() < 1e-6);
+        }
+    }
+}

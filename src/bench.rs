@@ -1,0 +1,94 @@
+//! `specd bench`: prefill and decode speed of one model, measured the way llama.cpp's
+//! llama-bench does (a prompt of N tokens in one batch; then single-token decode steps).
+
+use std::time::Instant;
+
+use clap::Args;
+use specd_engine::model::{Logits, SeqInput};
+use specd_engine::sampling::argmax;
+
+use crate::generate::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.prompt_tokens >= 1 && args.gen_tokens >= 1 && args.repeat >= 1,
+        "all counts must be at least 1"
+    );
+    let t = Instant::now();
+    let loaded = args.model.load()?;
+    let load_s = t.elapsed().as_secs_f64();
+    let model = &loaded.model;
+    let vocab = model.config().vocab_size as u32;
+    // A fixed pseudo-random prompt, as llama-bench uses random tokens.
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab.min(32000))
+        .collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeat {
+        let mut cache = model.new_cache();
+        let t = Instant::now();
+        let logits = model.forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &prompt,
+            logits: Logits::Last,
+        }])?;
+        pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        let mut next = argmax(&logits[0].squeeze(0)?.to_vec1::<f32>()?);
+        let t = Instant::now();
+        for _ in 0..args.gen_tokens {
+            let logits = model.forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &[next],
+                logits: Logits::Last,
+            }])?;
+            next = argmax(&logits[0].squeeze(0)?.to_vec1::<f32>()?);
+        }
+        tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    let rss = peak_rss_mib();
+    let spread = |v: &[f64]| {
+        let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().cloned().fold(0.0, f64::max);
+        format!("{lo:.1}..{hi:.1}")
+    };
+    println!(
+        "{{\"model\":\"{}\",\"load_s\":{load_s:.2},\"pp{}\":{:.2},\"pp_range\":\"{}\",\"tg{}\":{:.2},\"tg_range\":\"{}\",\"peak_rss_mib\":{}}}",
+        loaded.path.display(),
+        args.prompt_tokens,
+        median(pp.clone()),
+        spread(&pp),
+        args.gen_tokens,
+        median(tg.clone()),
+        spread(&tg),
+        rss.map_or("null".to_string(), |r| format!("{r:.0}")),
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

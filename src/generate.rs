@@ -1,0 +1,129 @@
+//! `specd generate`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use specd_engine::chat::{ChatTemplate, Message};
+use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::model::{self, LoadOptions};
+use specd_engine::sampling::SamplingParams;
+
+/// Model selection shared by the subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file or a Hugging Face model folder (default: the fetched Qwen2.5-Coder-1.5B).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the model's own tokenizer.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads the chosen model, or the default one.
+    pub fn load(&self) -> anyhow::Result<model::LoadedModel> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => model::default_model(model::DEFAULT_TARGET_FILE)?,
+        };
+        let opts = LoadOptions {
+            tokenizer: self.tokenizer.clone(),
+        };
+        model::load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Raw prompt text (special tokens such as <|im_start|> are recognized).
+    #[arg(long, conflicts_with = "chat")]
+    prompt: Option<String>,
+    /// A user message, rendered with the model's own chat template.
+    #[arg(long)]
+    chat: Option<String>,
+    /// A system message to put before --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Maximum number of tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let loaded = args.model.load()?;
+    let tokenizer = loaded
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer: pass --tokenizer tokenizer.json")?;
+    let prompt = match (&args.prompt, &args.chat) {
+        (Some(p), None) => p.clone(),
+        (None, Some(c)) => {
+            let source = loaded
+                .chat_template
+                .as_deref()
+                .context("the model ships no chat template: use --prompt")?;
+            let template = ChatTemplate::new(source, tokenizer.bos_token(), tokenizer.eos_token())?;
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(Message::new("system", s));
+            }
+            messages.push(Message::new("user", c));
+            template.render(&messages, true)?
+        }
+        _ => bail!("give one of --prompt TEXT or --chat TEXT"),
+    };
+    let req = GenerateRequest {
+        prompt: tokenizer.encode(&prompt, true)?,
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repeat_penalty,
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let out = generate(&loaded.model, &tokenizer, &req, |text| {
+        // A closed stdout (a pipe into `head`) just ends the output.
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    })?;
+    drop(stdout);
+    let prefill = out.prefill_time.as_secs_f64();
+    let decode = out.decode_time.as_secs_f64();
+    eprintln!(
+        "\n\n[{} prompt tokens in {:.2}s: {:.1} tok/s | {} generated tokens in {:.2}s: {:.1} tok/s | finish: {}]",
+        out.prompt_tokens,
+        prefill,
+        out.prompt_tokens as f64 / prefill.max(1e-9),
+        out.tokens.len(),
+        decode,
+        out.tokens.len() as f64 / decode.max(1e-9),
+        out.finish_reason.as_str(),
+    );
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The `specd` command line: `generate` streams a completion, `bench` measures prefill and
+//! decode speed.
+
+mod bench;
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "specd",
+    version,
+    about = "Speculative-decoding LLM inference server"
+)]
+struct Cli {
+    /// Worker threads for the model's arithmetic (default: all cores).
+    #[arg(long, global = true, env = "SPECD_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt and stream it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode tokens/s of a model.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n >= 1, "--threads must be at least 1");
+        // candle and rayon size their pools from this variable at first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
