@@ -14,6 +14,9 @@ What is measured (per model, each in its own child process so peak RSS is per mo
     excluded.
   * one untimed warm-up round (pages the mmap'd weights in, warms caches), then --reps timed
     rounds; each round clears the KV cache first. Median, min and max are reported.
+  * contention: the share of all cores that other processes used during the timed rounds is
+    reported ("other_procs_cpu_fraction"); with 2 threads on 2 cores, anything well above 0
+    disturbs the numbers. --wait-idle LOAD waits for a quiet machine before each model.
   * peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the child (the mmap'd weights that were
     touched count, as they do for specd).
 
@@ -91,6 +94,49 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_busy_jiffies():
+    """System-wide busy CPU time (jiffies) from /proc/stat, or None."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()[1:]
+    except OSError:
+        return None
+    v = [int(x) for x in parts]
+    # user nice system idle iowait irq softirq steal ...
+    return v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+
+
+class Contention:
+    """How much CPU other processes used while we measured (fraction of all cores)."""
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.b0 = cpu_busy_jiffies()
+        t = os.times()
+        self.own0 = t.user + t.system
+        self.w0 = time.perf_counter()
+
+    def other_fraction(self):
+        b1 = cpu_busy_jiffies()
+        if self.b0 is None or b1 is None:
+            return None
+        t = os.times()
+        own = t.user + t.system - self.own0
+        wall = time.perf_counter() - self.w0
+        other = (b1 - self.b0) / self.tick - own
+        return max(0.0, other / (wall * (os.cpu_count() or 1)))
+
+
+def wait_idle(max_load, timeout_s):
+    """Wait until the 1-minute load average is at most max_load (or timeout). Returns waited s."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if os.getloadavg()[0] <= max_load:
+            break
+        time.sleep(5)
+    return time.time() - t0
 
 
 def summarize(xs):
@@ -172,6 +218,8 @@ def bench_one(args):
         return t_pp, step_times, out
 
     one_round()  # warm-up, not counted
+    load_before = os.getloadavg()[0]
+    cont = Contention()
     pp_tps, tg_tps, step_ms_median, outputs = [], [], [], []
     for _ in range(args.reps):
         t_pp, steps, out = one_round()
@@ -180,6 +228,7 @@ def bench_one(args):
         step_ms_median.append(statistics.median(steps) * 1e3)
         outputs.append(out)
     llama_cpp.llama_batch_free(batch)
+    other_cpu = cont.other_fraction()
 
     # The first generated token comes from the prompt logits; the 64 timed steps evaluate
     # out[0..63] and yield out[1..64].
@@ -204,6 +253,8 @@ def bench_one(args):
         "tg_tps": summarize(tg_tps),
         "tg_step_ms_median": summarize(step_ms_median),
         "peak_rss_mib": round(rss_kib / 1024, 1),
+        "loadavg1_before": load_before,
+        "other_procs_cpu_fraction": None if other_cpu is None else round(other_cpu, 3),
         "greedy_deterministic": deterministic,
         "prompt_ids": prompt,
         "greedy_ids": outputs[0],
@@ -222,6 +273,9 @@ def main():
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (pp)")
     ap.add_argument("--gen", type=int, default=64, help="decoded tokens (tg)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
+                    help="before each model, wait (up to --wait-timeout s) until loadavg(1m) <= LOAD")
+    ap.add_argument("--wait-timeout", type=float, default=600)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -231,6 +285,9 @@ def main():
 
     results = []
     for m in args.model:
+        if args.wait_idle is not None:
+            waited = wait_idle(args.wait_idle, args.wait_timeout)
+            print(f"waited {waited:.0f} s for idle (loadavg {os.getloadavg()[0]:.2f})", file=sys.stderr)
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m,
                "--threads", str(args.threads), "--ctx", str(args.ctx),
                "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps)]
@@ -245,15 +302,18 @@ def main():
     e = sys.stderr
     print(f"\nllama.cpp (llama-cpp-python {results[0]['llama_cpp_python']}), {results[0]['cpu']}, "
           f"{args.threads} threads, n_ctx {args.ctx}, median of {args.reps} (min..max)", file=e)
-    hdr = f"{'model':<44} {'sha256':<12} {'pp%d t/s' % args.prompt:>22} {'tg%d t/s' % args.gen:>20} {'step ms':>8} {'peak RSS':>10}"
+    hdr = f"{'model':<44} {'sha256':<12} {'pp%d t/s' % args.prompt:>22} {'tg%d t/s' % args.gen:>20} {'step ms':>8} {'peak RSS':>10} {'other':>6}"
     print(hdr, file=e)
+    # 'other' = share of all cores used by other processes during the timed rounds; numbers
+    # taken with it well above 0 are disturbed (2 cores, 2 threads: any other load hurts).
     print("-" * len(hdr), file=e)
     for r in results:
         pp, tg = r["pp_tps"], r["tg_tps"]
         print(f"{r['model']:<44} {r['model_sha256_prefix']:<12} "
               f"{pp['median']:>8.1f} ({pp['min']:.1f}..{pp['max']:.1f}) "
               f"{tg['median']:>7.2f} ({tg['min']:.2f}..{tg['max']:.2f}) "
-              f"{r['tg_step_ms_median']['median']:>8.2f} {r['peak_rss_mib']:>7.0f} MiB", file=e)
+              f"{r['tg_step_ms_median']['median']:>8.2f} {r['peak_rss_mib']:>7.0f} MiB "
+              f"{r['other_procs_cpu_fraction']!s:>6}", file=e)
 
 
 if __name__ == "__main__":

@@ -203,8 +203,11 @@ def main():
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1)
-        f.write("\n")
+        # one case per line: readable, and diffs stay small when a case changes
+        head = {k: v for k, v in doc.items() if k != "cases"}
+        f.write(json.dumps(head, ensure_ascii=False, indent=1)[:-2] + ',\n "cases": [\n')
+        f.write(",\n".join("  " + json.dumps(c, ensure_ascii=False) for c in cases))
+        f.write("\n ]\n}\n")
 
     print(f"wrote {len(cases)} cases to {args.out}")
     for key in [("def", True), ("Hello world", True), (" Hello world", True), ("<|im_end|>", True),

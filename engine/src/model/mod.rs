@@ -1,6 +1,7 @@
 //! Models: configuration, weights, tokenizer and the Llama-family forward.
 
 pub mod config;
+pub mod tiny;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;

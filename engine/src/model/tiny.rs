@@ -1,0 +1,222 @@
+//! Tiny deterministic models built in code, with a small byte-level BPE tokenizer and a ChatML
+//! template: what the test suites of every crate run on, with no files to fetch.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+use super::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+use super::weights::{Naming, Param, Weights};
+use super::{LoadedModel, Model, Tokenizer};
+use crate::error::Result;
+
+/// ChatML, the chat format of the tiny models (the same as Qwen's).
+pub const CHATML_TEMPLATE: &str = "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}";
+
+/// Merges of the tiny tokenizer, learned by hand from code: enough that BPE merging is exercised.
+const MERGES: &[(&str, &str)] = &[
+    ("Ġ", "Ġ"),
+    ("ĠĠ", "ĠĠ"),
+    ("d", "e"),
+    ("de", "f"),
+    ("Ġ", "x"),
+    ("r", "e"),
+    ("re", "t"),
+    ("ret", "u"),
+    ("retu", "r"),
+    ("retur", "n"),
+    ("Ġ", "="),
+    ("Ċ", "ĠĠĠĠ"),
+    ("i", "n"),
+    ("Ġ", "in"),
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+];
+
+/// Special tokens of the tiny tokenizer, after the byte and merge tokens.
+pub const SPECIAL_TOKENS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// Shape and seed of a tiny model.
+#[derive(Debug, Clone)]
+pub struct TinySpec {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub max_position_embeddings: usize,
+    pub seed: u64,
+    /// Standard deviation of the random weights (larger gives peakier distributions).
+    pub weight_scale: f32,
+}
+
+impl Default for TinySpec {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::Qwen2,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            max_position_embeddings: 512,
+            seed: 0,
+            weight_scale: 0.2,
+        }
+    }
+}
+
+/// The GPT-2 byte ↔ printable-character table used by byte-level BPE.
+pub fn byte_chars() -> Vec<char> {
+    let printable: Vec<u32> = ('!' as u32..='~' as u32)
+        .chain('¡' as u32..='¬' as u32)
+        .chain('®' as u32..='ÿ' as u32)
+        .collect();
+    let mut chars = vec!['\0'; 256];
+    let mut extra = 0;
+    for b in 0..256u32 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        chars[b as usize] = char::from_u32(c).expect("valid code point");
+    }
+    chars
+}
+
+/// The tiny tokenizer's vocabulary (ids in order) and merges.
+pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
+    let mut tokens: Vec<String> = byte_chars().into_iter().map(String::from).collect();
+    let merges: Vec<(String, String)> = MERGES
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    for (a, b) in &merges {
+        tokens.push(format!("{a}{b}"));
+    }
+    tokens.extend(SPECIAL_TOKENS.iter().map(|s| s.to_string()));
+    (tokens, merges)
+}
+
+/// The tiny byte-level BPE tokenizer (GPT-2 pre-tokenization), with ChatML special tokens.
+pub fn tiny_tokenizer() -> Tokenizer {
+    let (tokens, merges) = tiny_vocab();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .expect("the tiny BPE model is well-formed");
+    let mut t = tokenizers::Tokenizer::new(bpe);
+    t.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
+    t.with_decoder(Some(ByteLevelDecoder::default()));
+    t.add_special_tokens(
+        SPECIAL_TOKENS
+            .iter()
+            .map(|s| AddedToken::from(s.to_string(), true)),
+    )
+    .expect("special tokens are in the vocabulary");
+    let mut tok = Tokenizer::from_tokenizer(t);
+    tok.set_special_texts(None, Some("<|endoftext|>".into()));
+    tok
+}
+
+/// Size of the tiny vocabulary.
+pub fn tiny_vocab_size() -> usize {
+    256 + MERGES.len() + SPECIAL_TOKENS.len()
+}
+
+/// The configuration of a tiny model.
+pub fn tiny_config(spec: &TinySpec) -> ModelConfig {
+    let vocab = tiny_vocab_size() as u32;
+    ModelConfig {
+        architecture: spec.architecture,
+        vocab_size: vocab as usize,
+        hidden_size: spec.hidden_size,
+        intermediate_size: spec.intermediate_size,
+        num_layers: spec.num_layers,
+        num_heads: spec.num_heads,
+        num_kv_heads: spec.num_kv_heads,
+        head_dim: spec.hidden_size / spec.num_heads,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: RopeScaling::None,
+        rope_layout: RopeLayout::HalfSplit,
+        max_position_embeddings: spec.max_position_embeddings,
+        // Mistral's window is short enough that the tests' sequences run past it.
+        sliding_window: (spec.architecture == Architecture::Mistral).then_some(8),
+        qkv_bias: spec.architecture == Architecture::Qwen2,
+        tie_word_embeddings: spec.architecture == Architecture::Qwen2,
+        bos_token_id: None,
+        eos_token_ids: vec![vocab - 3, vocab - 1],
+    }
+}
+
+/// Random weights for `config`, Hugging Face names, drawn from `seed`.
+pub fn tiny_weights(config: &ModelConfig, seed: u64, scale: f32) -> HashMap<String, Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = HashMap::new();
+    let c = config;
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
+    let mut put = |param: Param, shape: &[usize], base: f32, scale: f32| {
+        let n: usize = shape.iter().product();
+        // Sum of uniforms: cheap, deterministic and close enough to a normal distribution.
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let u: f32 = (0..3).map(|_| rng.random::<f32>() - 0.5).sum();
+                base + u * 2.0 * scale
+            })
+            .collect();
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data");
+        out.insert(Naming::HuggingFace.name(param), t);
+    };
+    put(Param::Embed, &[c.vocab_size, h], 0.0, 1.0);
+    for i in 0..c.num_layers {
+        put(Param::AttnNorm(i), &[h], 1.0, 0.1);
+        put(Param::Q(i), &[q, h], 0.0, scale);
+        put(Param::K(i), &[kv, h], 0.0, scale);
+        put(Param::V(i), &[kv, h], 0.0, scale);
+        if c.qkv_bias {
+            put(Param::QBias(i), &[q], 0.0, 0.1);
+            put(Param::KBias(i), &[kv], 0.0, 0.1);
+            put(Param::VBias(i), &[kv], 0.0, 0.1);
+        }
+        put(Param::O(i), &[h, q], 0.0, scale);
+        put(Param::FfnNorm(i), &[h], 1.0, 0.1);
+        put(Param::Gate(i), &[c.intermediate_size, h], 0.0, scale);
+        put(Param::Up(i), &[c.intermediate_size, h], 0.0, scale);
+        put(Param::Down(i), &[h, c.intermediate_size], 0.0, scale);
+    }
+    put(Param::FinalNorm, &[h], 1.0, 0.1);
+    if !c.tie_word_embeddings {
+        put(Param::LmHead, &[c.vocab_size, h], 0.0, scale);
+    }
+    out
+}
+
+/// A complete tiny model: weights, tokenizer and ChatML template.
+pub fn tiny_model(spec: &TinySpec) -> Result<LoadedModel> {
+    let config = tiny_config(spec);
+    let tensors = tiny_weights(&config, spec.seed, spec.weight_scale);
+    let model = Model::load(config, &mut Weights::from_tensors(tensors))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: Some(tiny_tokenizer()),
+        chat_template: Some(CHATML_TEMPLATE.to_string()),
+        path: format!("<tiny seed {}>", spec.seed).into(),
+    })
+}
