@@ -9,7 +9,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use specd_engine::model::tiny::{tiny_config, tiny_vocab, tiny_weights, TinySpec, SPECIAL_TOKENS};
-use specd_engine::model::{self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, SeqInput, Weights};
+use specd_engine::model::{
+    self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, SeqInput, Weights,
+};
 
 /// llama.cpp's conversion reorders each head's Q/K rows so that rotation pairs are adjacent:
 /// row 2i + j of the result is row j * d/2 + i of the Hugging Face weight.
@@ -56,36 +58,77 @@ fn write_gguf(path: &Path, cfg: &ModelConfig, tensors: &HashMap<String, Tensor>,
     params.dedup();
     let mut qtensors = Vec::new();
     for p in params {
-        let Some(t) = tensors.get(&Naming::HuggingFace.name(p)) else { continue };
+        let Some(t) = tensors.get(&Naming::HuggingFace.name(p)) else {
+            continue;
+        };
         let t = match (p, cfg.architecture) {
             (Param::Q(_), Architecture::Llama) => permute_for_interleaved(t, cfg.num_heads),
             (Param::K(_), Architecture::Llama) => permute_for_interleaved(t, cfg.num_kv_heads),
             _ => t.clone(),
         };
-        let q = if t.rank() == 2 { QTensor::quantize(&t, dtype) } else { QTensor::quantize(&t, GgmlDType::F32) };
+        let q = if t.rank() == 2 {
+            QTensor::quantize(&t, dtype)
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32)
+        };
         qtensors.push((Naming::Gguf.name(p), q.unwrap()));
     }
     let (tokens, merges) = tiny_vocab();
     let n = tokens.len();
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-    let types: Vec<Value> = (0..n).map(|i| Value::I32(if i >= n - SPECIAL_TOKENS.len() { 3 } else { 1 })).collect();
+    let types: Vec<Value> = (0..n)
+        .map(|i| Value::I32(if i >= n - SPECIAL_TOKENS.len() { 3 } else { 1 }))
+        .collect();
     let md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
-        (format!("{arch}.context_length"), Value::U32(cfg.max_position_embeddings as u32)),
-        (format!("{arch}.embedding_length"), Value::U32(cfg.hidden_size as u32)),
-        (format!("{arch}.feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
-        (format!("{arch}.block_count"), Value::U32(cfg.num_layers as u32)),
-        (format!("{arch}.attention.head_count"), Value::U32(cfg.num_heads as u32)),
-        (format!("{arch}.attention.head_count_kv"), Value::U32(cfg.num_kv_heads as u32)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
-        (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (
+            format!("{arch}.context_length"),
+            Value::U32(cfg.max_position_embeddings as u32),
+        ),
+        (
+            format!("{arch}.embedding_length"),
+            Value::U32(cfg.hidden_size as u32),
+        ),
+        (
+            format!("{arch}.feed_forward_length"),
+            Value::U32(cfg.intermediate_size as u32),
+        ),
+        (
+            format!("{arch}.block_count"),
+            Value::U32(cfg.num_layers as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            Value::U32(cfg.num_heads as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Value::U32(cfg.num_kv_heads as u32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
         ("tokenizer.ggml.tokens".into(), strings(tokens.clone())),
-        ("tokenizer.ggml.merges".into(), strings(merges.iter().map(|(a, b)| format!("{a} {b}")).collect())),
+        (
+            "tokenizer.ggml.merges".into(),
+            strings(merges.iter().map(|(a, b)| format!("{a} {b}")).collect()),
+        ),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32((n - 1) as u32)),
-        ("tokenizer.chat_template".into(), Value::String(specd_engine::model::tiny::CHATML_TEMPLATE.into())),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32((n - 1) as u32),
+        ),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(specd_engine::model::tiny::CHATML_TEMPLATE.into()),
+        ),
     ];
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -95,7 +138,12 @@ fn write_gguf(path: &Path, cfg: &ModelConfig, tensors: &HashMap<String, Tensor>,
 
 fn logits(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    m.forward(&mut [SeqInput { cache: &mut cache, tokens: toks, logits: Logits::All }]).unwrap()[0]
+    m.forward(&mut [SeqInput {
+        cache: &mut cache,
+        tokens: toks,
+        logits: Logits::All,
+    }])
+    .unwrap()[0]
         .to_vec2()
         .unwrap()
 }
@@ -110,7 +158,10 @@ fn dequantized(tensors: &HashMap<String, Tensor>, dtype: GgmlDType) -> HashMap<S
         .iter()
         .map(|(k, t)| {
             let t = if t.rank() == 2 {
-                QTensor::quantize(t, dtype).unwrap().dequantize(&Device::Cpu).unwrap()
+                QTensor::quantize(t, dtype)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
             } else {
                 t.clone()
             };
@@ -122,7 +173,11 @@ fn dequantized(tensors: &HashMap<String, Tensor>, dtype: GgmlDType) -> HashMap<S
 #[test]
 fn f32_gguf_of_both_architectures_matches_the_safetensors_model() {
     for arch in [Architecture::Llama, Architecture::Qwen2] {
-        let spec = TinySpec { architecture: arch, seed: 5, ..Default::default() };
+        let spec = TinySpec {
+            architecture: arch,
+            seed: 5,
+            ..Default::default()
+        };
         let cfg = tiny_config(&spec);
         let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
         let dir = tempfile::tempdir().unwrap();
@@ -135,8 +190,15 @@ fn f32_gguf_of_both_architectures_matches_the_safetensors_model() {
         assert_eq!(c.qkv_bias, arch == Architecture::Qwen2);
         let reference = Model::load(cfg.clone(), &mut Weights::from_tensors(tensors)).unwrap();
         let toks = prompt(cfg.vocab_size);
-        for (a, b) in logits(&loaded.model, &toks).iter().zip(logits(&reference, &toks)) {
-            let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        for (a, b) in logits(&loaded.model, &toks)
+            .iter()
+            .zip(logits(&reference, &toks))
+        {
+            let d = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
             assert!(d < 1e-4, "{arch:?}: GGUF logits differ by {d}");
         }
     }
@@ -145,10 +207,20 @@ fn f32_gguf_of_both_architectures_matches_the_safetensors_model() {
 #[test]
 fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
     // Q4_K needs rows of 256 values; Q8_0 (with Q4_0/Q5_0 re-encoded to it) rows of 32.
-    for (dtype, hidden, inter) in [(GgmlDType::Q8_0, 64, 128), (GgmlDType::Q4K, 256, 512), (GgmlDType::Q5_0, 64, 128)] {
+    for (dtype, hidden, inter) in [
+        (GgmlDType::Q8_0, 64, 128),
+        (GgmlDType::Q4K, 256, 512),
+        (GgmlDType::Q5_0, 64, 128),
+    ] {
         // Same gain per matrix at both widths, so that errors are not amplified more at 256.
         let weight_scale = 1.6 / (hidden as f32).sqrt();
-        let spec = TinySpec { hidden_size: hidden, intermediate_size: inter, seed: 8, weight_scale, ..Default::default() };
+        let spec = TinySpec {
+            hidden_size: hidden,
+            intermediate_size: inter,
+            seed: 8,
+            weight_scale,
+            ..Default::default()
+        };
         let cfg = tiny_config(&spec);
         let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
         let dir = tempfile::tempdir().unwrap();
@@ -156,22 +228,57 @@ fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
         write_gguf(&path, &cfg, &tensors, dtype);
         let size = std::fs::metadata(&path).unwrap().len() as usize;
         let f32_bytes: usize = tensors.values().map(|t| t.elem_count() * 4).sum();
-        assert!(size < f32_bytes / 2, "{dtype:?}: the file ({size} B) is not quantized");
+        assert!(
+            size < f32_bytes / 2,
+            "{dtype:?}: the file ({size} B) is not quantized"
+        );
         let loaded = model::load(&path, &LoadOptions::default()).unwrap();
-        let reference = Model::load(cfg.clone(), &mut Weights::from_tensors(dequantized(&tensors, dtype))).unwrap();
+        let reference = Model::load(
+            cfg.clone(),
+            &mut Weights::from_tensors(dequantized(&tensors, dtype)),
+        )
+        .unwrap();
         let toks = prompt(cfg.vocab_size);
         let (a, b) = (logits(&loaded.model, &toks), logits(&reference, &toks));
         // Quantized matmuls also quantize the activations (to 8 bits), so the results agree to
         // about half a percent of the logits' range on average, not to float precision; a
         // misplaced or mis-decoded tensor would be off by the whole range.
         let range = b.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-        let d = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-        let mean = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).sum::<f32>() / (a.len() * a[0].len()) as f32;
-        let agree = a.iter().zip(&b).filter(|(x, y)| specd_engine::sampling::argmax(x) == specd_engine::sampling::argmax(y)).count();
-        eprintln!("{dtype:?}: max {d} mean {mean} range {range} argmax agree {agree}/{}", a.len());
-        assert!(mean < 0.01 * range, "{dtype:?}: logits differ by {mean} on average (range {range})");
-        assert!(d < 0.06 * range, "{dtype:?}: logits differ by up to {d} (range {range})");
-        assert!(agree * 5 >= a.len() * 4, "{dtype:?}: argmax agrees at {agree} of {} positions", a.len());
+        let d = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let mean = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .sum::<f32>()
+            / (a.len() * a[0].len()) as f32;
+        let agree = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| specd_engine::sampling::argmax(x) == specd_engine::sampling::argmax(y))
+            .count();
+        eprintln!(
+            "{dtype:?}: max {d} mean {mean} range {range} argmax agree {agree}/{}",
+            a.len()
+        );
+        assert!(
+            mean < 0.01 * range,
+            "{dtype:?}: logits differ by {mean} on average (range {range})"
+        );
+        assert!(
+            d < 0.06 * range,
+            "{dtype:?}: logits differ by up to {d} (range {range})"
+        );
+        assert!(
+            agree * 5 >= a.len() * 4,
+            "{dtype:?}: argmax agrees at {agree} of {} positions",
+            a.len()
+        );
     }
 }
 
@@ -210,6 +317,12 @@ fn tokenizer_from_gguf_metadata_round_trips_and_knows_its_specials() {
     let plain = tok.encode("<|im_start|>", false).unwrap();
     assert!(plain.len() > 1 && !plain.contains(&(n - 2)));
     assert!(tok.eos_token_ids().contains(&(n - 1)), "EOS from metadata");
-    assert!(tok.eos_token_ids().contains(&(n - 3)), "<|endoftext|> ends generation too");
-    assert_eq!(loaded.chat_template.as_deref(), Some(specd_engine::model::tiny::CHATML_TEMPLATE));
+    assert!(
+        tok.eos_token_ids().contains(&(n - 3)),
+        "<|endoftext|> ends generation too"
+    );
+    assert_eq!(
+        loaded.chat_template.as_deref(),
+        Some(specd_engine::model::tiny::CHATML_TEMPLATE)
+    );
 }

@@ -11,7 +11,9 @@ const MODELS: &[&str] = &["llama3", "mistral", "qwen2"];
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden")
+        .join(name)
 }
 
 struct Golden {
@@ -25,7 +27,12 @@ fn golden(name: &str) -> Golden {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let ids = |k: &str| -> Vec<u32> {
-        json[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+        json[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
     };
     let logits = candle_core::safetensors::load(dir.join("logits.safetensors"), &Device::Cpu)
         .unwrap()
@@ -33,7 +40,11 @@ fn golden(name: &str) -> Golden {
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
-    Golden { prompt: ids("prompt_ids"), continuation: ids("continuation_ids"), logits }
+    Golden {
+        prompt: ids("prompt_ids"),
+        continuation: ids("continuation_ids"),
+        logits,
+    }
 }
 
 fn load(dir: &Path) -> Model {
@@ -42,7 +53,10 @@ fn load(dir: &Path) -> Model {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -57,7 +71,11 @@ fn full_forward_matches_transformers_logits() {
         let tokens: Vec<u32> = g.prompt.iter().chain(&g.continuation).copied().collect();
         let mut cache = m.new_cache();
         let out = m
-            .forward(&mut [SeqInput { cache: &mut cache, tokens: &tokens, logits: Logits::All }])
+            .forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &tokens,
+                logits: Logits::All,
+            }])
             .unwrap();
         let ours = rows(&out[0]);
         assert_eq!(ours.len(), g.logits.len());
@@ -75,7 +93,11 @@ fn incremental_decoding_matches_transformers_and_its_greedy_continuation() {
         let m = load(&fixture(name));
         let mut cache = m.new_cache();
         let out = m
-            .forward(&mut [SeqInput { cache: &mut cache, tokens: &g.prompt, logits: Logits::Last }])
+            .forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &g.prompt,
+                logits: Logits::Last,
+            }])
             .unwrap();
         let mut last = rows(&out[0]).remove(0);
         let n = g.prompt.len();
@@ -85,11 +107,18 @@ fn incremental_decoding_matches_transformers_and_its_greedy_continuation() {
             assert!(d <= TOLERANCE, "{name}: decode step {i} differs by {d}");
             generated.push(argmax(&last));
             let out = m
-                .forward(&mut [SeqInput { cache: &mut cache, tokens: &[tok], logits: Logits::Last }])
+                .forward(&mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &[tok],
+                    logits: Logits::Last,
+                }])
                 .unwrap();
             last = rows(&out[0]).remove(0);
         }
-        assert_eq!(generated, g.continuation, "{name}: greedy continuation differs from transformers'");
+        assert_eq!(
+            generated, g.continuation,
+            "{name}: greedy continuation differs from transformers'"
+        );
     }
 }
 
@@ -98,7 +127,8 @@ fn rewrite(name: &str, dtype: DType, shards: usize) -> tempfile::TempDir {
     let src = fixture(name);
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let per = names.len().div_ceil(shards);
@@ -120,14 +150,25 @@ fn rewrite(name: &str, dtype: DType, shards: usize) -> tempfile::TempDir {
     }
     if shards > 1 {
         let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-        std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
     }
     dir
 }
 
 fn all_logits(m: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    rows(&m.forward(&mut [SeqInput { cache: &mut cache, tokens, logits: Logits::All }]).unwrap()[0])
+    rows(
+        &m.forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens,
+            logits: Logits::All,
+        }])
+        .unwrap()[0],
+    )
 }
 
 #[test]
@@ -136,7 +177,10 @@ fn sharded_checkpoints_load_the_same_model() {
     let tokens: Vec<u32> = g.prompt.iter().chain(&g.continuation).copied().collect();
     let dir = rewrite("qwen2", DType::F32, 3);
     assert!(dir.path().join("model-00003-of-00003.safetensors").exists());
-    assert_eq!(all_logits(&load(dir.path()), &tokens), all_logits(&load(&fixture("qwen2")), &tokens));
+    assert_eq!(
+        all_logits(&load(dir.path()), &tokens),
+        all_logits(&load(&fixture("qwen2")), &tokens)
+    );
 }
 
 #[test]

@@ -7,29 +7,49 @@ use specd_engine::model::{Architecture, Logits, Model, SeqInput};
 const TOL: f32 = 1e-4;
 
 fn models() -> Vec<Model> {
-    [Architecture::Qwen2, Architecture::Llama, Architecture::Mistral]
-        .into_iter()
-        .enumerate()
-        .map(|(i, architecture)| {
-            tiny_model(&TinySpec { architecture, seed: 11 + i as u64, ..Default::default() })
-                .unwrap()
-                .model
+    [
+        Architecture::Qwen2,
+        Architecture::Llama,
+        Architecture::Mistral,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, architecture)| {
+        tiny_model(&TinySpec {
+            architecture,
+            seed: 11 + i as u64,
+            ..Default::default()
         })
-        .collect()
+        .unwrap()
+        .model
+    })
+    .collect()
 }
 
 fn tokens(n: usize, seed: u32, vocab: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 5) % vocab as u32).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 5) % vocab as u32)
+        .collect()
 }
 
 fn full(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    let out = m.forward(&mut [SeqInput { cache: &mut cache, tokens: toks, logits: Logits::All }]).unwrap();
+    let out = m
+        .forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: toks,
+            logits: Logits::All,
+        }])
+        .unwrap();
     out[0].to_vec2().unwrap()
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     assert!(d <= TOL, "{what}: max difference {d}");
 }
 
@@ -43,17 +63,29 @@ fn chunks_of_every_size_match_one_full_forward() {
             let prefix = 5;
             let mut got = full(&m, &seq[..prefix]);
             // the prefix again, through the cache this time
-            m.forward(&mut [SeqInput { cache: &mut cache, tokens: &seq[..prefix], logits: Logits::Last }])
-                .unwrap();
+            m.forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &seq[..prefix],
+                logits: Logits::Last,
+            }])
+            .unwrap();
             for chunk in seq[prefix..].chunks(n) {
                 let out = m
-                    .forward(&mut [SeqInput { cache: &mut cache, tokens: chunk, logits: Logits::All }])
+                    .forward(&mut [SeqInput {
+                        cache: &mut cache,
+                        tokens: chunk,
+                        logits: Logits::All,
+                    }])
                     .unwrap();
                 got.extend(out[0].to_vec2::<f32>().unwrap());
             }
             assert_eq!(cache.len(), seq.len());
             for (pos, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_close(a, b, &format!("{:?} chunk {n} position {pos}", m.config().architecture));
+                assert_close(
+                    a,
+                    b,
+                    &format!("{:?} chunk {n} position {pos}", m.config().architecture),
+                );
             }
         }
     }
@@ -67,20 +99,38 @@ fn truncate_then_reappend_matches_and_leaves_no_trace() {
         let want = full(&m, &seq);
         for n in 1..=8 {
             let mut cache = m.new_cache();
-            m.forward(&mut [SeqInput { cache: &mut cache, tokens: &seq[..12], logits: Logits::Last }]).unwrap();
+            m.forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &seq[..12],
+                logits: Logits::Last,
+            }])
+            .unwrap();
             let clean = cache.clone();
             // speculate n wrong tokens, then roll back
             let wrong = tokens(n, 1000 + n as u32, vocab);
-            m.forward(&mut [SeqInput { cache: &mut cache, tokens: &wrong, logits: Logits::All }]).unwrap();
+            m.forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &wrong,
+                logits: Logits::All,
+            }])
+            .unwrap();
             cache.truncate(12);
             for layer in 0..m.config().num_layers {
                 assert_eq!(cache.layer_snapshot(layer), clean.layer_snapshot(layer));
             }
             let out = m
-                .forward(&mut [SeqInput { cache: &mut cache, tokens: &seq[12..], logits: Logits::All }])
+                .forward(&mut [SeqInput {
+                    cache: &mut cache,
+                    tokens: &seq[12..],
+                    logits: Logits::All,
+                }])
                 .unwrap();
             for (i, row) in out[0].to_vec2::<f32>().unwrap().iter().enumerate() {
-                assert_close(row, &want[12 + i], &format!("after rollback of {n}, position {}", 12 + i));
+                assert_close(
+                    row,
+                    &want[12 + i],
+                    &format!("after rollback of {n}, position {}", 12 + i),
+                );
             }
         }
     }
@@ -92,18 +142,27 @@ fn ragged_batch_matches_each_sequence_alone() {
         let vocab = m.config().vocab_size;
         let prefixes = [3usize, 10, 1, 7];
         let news = [1usize, 5, 8, 2];
-        let seqs: Vec<Vec<u32>> =
-            (0..4).map(|i| tokens(prefixes[i] + news[i], 50 + i as u32, vocab)).collect();
+        let seqs: Vec<Vec<u32>> = (0..4)
+            .map(|i| tokens(prefixes[i] + news[i], 50 + i as u32, vocab))
+            .collect();
         let mut caches: Vec<_> = (0..4).map(|_| m.new_cache()).collect();
         for (i, c) in caches.iter_mut().enumerate() {
-            m.forward(&mut [SeqInput { cache: c, tokens: &seqs[i][..prefixes[i]], logits: Logits::Last }])
-                .unwrap();
+            m.forward(&mut [SeqInput {
+                cache: c,
+                tokens: &seqs[i][..prefixes[i]],
+                logits: Logits::Last,
+            }])
+            .unwrap();
         }
         let modes = [Logits::All, Logits::Last, Logits::All, Logits::Last];
         let mut batch: Vec<SeqInput> = caches
             .iter_mut()
             .enumerate()
-            .map(|(i, c)| SeqInput { cache: c, tokens: &seqs[i][prefixes[i]..], logits: modes[i] })
+            .map(|(i, c)| SeqInput {
+                cache: c,
+                tokens: &seqs[i][prefixes[i]..],
+                logits: modes[i],
+            })
             .collect();
         let out = m.forward(&mut batch).unwrap();
         for i in 0..4 {
@@ -123,17 +182,35 @@ fn ragged_batch_matches_each_sequence_alone() {
 
 #[test]
 fn failed_forward_changes_no_cache() {
-    let m = tiny_model(&TinySpec { max_position_embeddings: 16, ..Default::default() }).unwrap().model;
+    let m = tiny_model(&TinySpec {
+        max_position_embeddings: 16,
+        ..Default::default()
+    })
+    .unwrap()
+    .model;
     let mut cache = m.new_cache();
-    m.forward(&mut [SeqInput { cache: &mut cache, tokens: &[1, 2, 3], logits: Logits::Last }]).unwrap();
+    m.forward(&mut [SeqInput {
+        cache: &mut cache,
+        tokens: &[1, 2, 3],
+        logits: Logits::Last,
+    }])
+    .unwrap();
     let before = cache.clone();
     let too_long = vec![1u32; 14];
     let e = m
-        .forward(&mut [SeqInput { cache: &mut cache, tokens: &too_long, logits: Logits::Last }])
+        .forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &too_long,
+            logits: Logits::Last,
+        }])
         .unwrap_err();
     assert!(e.to_string().contains("context length of 16"), "{e}");
     let e = m
-        .forward(&mut [SeqInput { cache: &mut cache, tokens: &[100_000], logits: Logits::Last }])
+        .forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &[100_000],
+            logits: Logits::Last,
+        }])
         .unwrap_err();
     assert!(e.to_string().contains("token id 100000"), "{e}");
     assert_eq!(cache.len(), 3);

@@ -1,8 +1,8 @@
 //! Models: configuration, weights, tokenizer and the Llama-family forward.
 
 pub mod config;
-pub mod tiny;
 pub mod llama;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 

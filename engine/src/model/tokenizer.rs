@@ -211,6 +211,11 @@ impl Tokenizer {
         }
     }
 
+    /// Forgets every end-of-generation id (callers that want a fixed output length).
+    pub fn clear_eos_token_ids(&mut self) {
+        self.eos_token_ids.clear();
+    }
+
     /// Sets the BOS/EOS token texts the chat template sees.
     pub fn set_special_texts(&mut self, bos: Option<String>, eos: Option<String>) {
         if bos.is_some() {
