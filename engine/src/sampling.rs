@@ -53,10 +53,13 @@ impl SamplingParams {
                 self.temperature
             ));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad(format!("`top_p` must be in (0, 1], got {}", self.top_p));
         }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
+        if self.repetition_penalty.is_nan()
+            || self.repetition_penalty <= 0.0
+            || self.repetition_penalty > 10.0
+        {
             return bad(format!(
                 "`repetition_penalty` must be in (0, 10], got {}",
                 self.repetition_penalty

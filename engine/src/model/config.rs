@@ -111,7 +111,7 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return fail(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
         Ok(())
