@@ -47,6 +47,17 @@ const LAYER_PARAMS: [fn(usize) -> Param; 13] = [
 /// Writes a GGUF holding `tensors` (Hugging Face names) and the tiny tokenizer. Matrices are
 /// stored as `dtype`, vectors as f32.
 fn write_gguf(path: &Path, cfg: &ModelConfig, tensors: &HashMap<String, Tensor>, dtype: GgmlDType) {
+    write_gguf_with(path, cfg, tensors, dtype, None)
+}
+
+/// Like [`write_gguf`], optionally with llama.cpp's `rope_freqs.weight` (per-frequency divisors).
+fn write_gguf_with(
+    path: &Path,
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    dtype: GgmlDType,
+    rope_freqs: Option<Vec<f32>>,
+) {
     let arch = match cfg.architecture {
         Architecture::Qwen2 => "qwen2",
         _ => "llama",
@@ -72,6 +83,14 @@ fn write_gguf(path: &Path, cfg: &ModelConfig, tensors: &HashMap<String, Tensor>,
             QTensor::quantize(&t, GgmlDType::F32)
         };
         qtensors.push((Naming::Gguf.name(p), q.unwrap()));
+    }
+    if let Some(f) = rope_freqs {
+        let n = f.len();
+        let t = Tensor::from_vec(f, n, &Device::Cpu).unwrap();
+        qtensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
     let (tokens, merges) = tiny_vocab();
     let n = tokens.len();
@@ -325,4 +344,62 @@ fn tokenizer_from_gguf_metadata_round_trips_and_knows_its_specials() {
         loaded.chat_template.as_deref(),
         Some(specd_engine::model::tiny::CHATML_TEMPLATE)
     );
+}
+
+#[test]
+fn llama3_rope_scaling_from_gguf_rope_freqs_matches_the_config_form() {
+    use specd_engine::model::RopeScaling;
+    let spec = TinySpec {
+        architecture: Architecture::Llama,
+        seed: 21,
+        ..Default::default()
+    };
+    let mut cfg = tiny_config(&spec);
+    cfg.rope_scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 32,
+    };
+    let scaled = cfg.rope_inv_freq();
+    let plain = ModelConfig {
+        rope_scaling: RopeScaling::None,
+        ..cfg.clone()
+    }
+    .rope_inv_freq();
+    assert!(
+        scaled.iter().zip(&plain).filter(|(a, b)| a != b).count() >= 2,
+        "scaling must matter"
+    );
+    // llama.cpp stores the divisors plain / scaled.
+    let divisors: Vec<f32> = plain
+        .iter()
+        .zip(&scaled)
+        .map(|(p, s)| (p / s) as f32)
+        .collect();
+    let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama3.gguf");
+    write_gguf_with(&path, &cfg, &tensors, GgmlDType::F32, Some(divisors));
+    let loaded = model::load(&path, &LoadOptions::default()).unwrap();
+    assert!(matches!(
+        loaded.model.config().rope_scaling,
+        RopeScaling::FreqFactors(_)
+    ));
+    let reference = Model::load(cfg.clone(), &mut Weights::from_tensors(tensors)).unwrap();
+    // positions past the original context, where the scaling changes the rotation
+    let toks: Vec<u32> = (0..60u32)
+        .map(|i| (i * 13 + 1) % cfg.vocab_size as u32)
+        .collect();
+    for (a, b) in logits(&loaded.model, &toks)
+        .iter()
+        .zip(logits(&reference, &toks))
+    {
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-3, "logits differ by {d}");
+    }
 }

@@ -92,7 +92,10 @@ mod tests {
         for c in ErrorCode::ALL {
             let s = c.as_str();
             assert!(seen.insert(s), "duplicate code {s}");
-            assert!(s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'), "{s}");
+            assert!(
+                s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{s}"
+            );
             assert!((400..600).contains(&c.http_status()));
         }
     }

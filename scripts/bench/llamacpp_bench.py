@@ -21,7 +21,7 @@ What is measured (per model, each in its own child process so peak RSS is per mo
     touched count, as they do for specd).
 
 Settings: n_threads = n_threads_batch = 2 (--threads), n_ctx = 1024, flash attention off (the
-llama-cpp-python default), mmap on, CPU only.
+llama-cpp-python default; --flash-attn turns it on), mmap on, CPU only.
 
 Output: one JSON object per model on stdout (one line each); a human-readable table on stderr.
 The greedy continuation (token ids) is in the JSON, so other engines can check identical output.
@@ -162,6 +162,7 @@ def bench_one(args):
         n_threads=args.threads,
         n_threads_batch=args.threads,
         n_gpu_layers=0,
+        flash_attn=args.flash_attn,
         verbose=False,
     )
     ctx = llm.ctx
@@ -245,7 +246,7 @@ def bench_one(args):
         "threads": args.threads,
         "n_ctx": args.ctx,
         "n_batch": 512,
-        "flash_attn": False,
+        "flash_attn": args.flash_attn,
         "pp_tokens": args.prompt,
         "tg_tokens": args.gen,
         "reps": args.reps,
@@ -273,6 +274,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (pp)")
     ap.add_argument("--gen", type=int, default=64, help="decoded tokens (tg)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--flash-attn", action="store_true", help="flash attention on (default off)")
     ap.add_argument("--wait-idle", type=float, default=None, metavar="LOAD",
                     help="before each model, wait (up to --wait-timeout s) until loadavg(1m) <= LOAD")
     ap.add_argument("--wait-timeout", type=float, default=600)
@@ -290,7 +292,7 @@ def main():
             print(f"waited {waited:.0f} s for idle (loadavg {os.getloadavg()[0]:.2f})", file=sys.stderr)
         cmd = [sys.executable, os.path.abspath(__file__), "--child", m,
                "--threads", str(args.threads), "--ctx", str(args.ctx),
-               "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps)]
+               "--prompt", str(args.prompt), "--gen", str(args.gen), "--reps", str(args.reps)] + (["--flash-attn"] if args.flash_attn else [])
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if p.returncode != 0:
             print(f"benchmark of {m} failed (exit {p.returncode})", file=sys.stderr)
@@ -301,7 +303,7 @@ def main():
 
     e = sys.stderr
     print(f"\nllama.cpp (llama-cpp-python {results[0]['llama_cpp_python']}), {results[0]['cpu']}, "
-          f"{args.threads} threads, n_ctx {args.ctx}, median of {args.reps} (min..max)", file=e)
+          f"{args.threads} threads, n_ctx {args.ctx}, flash_attn {args.flash_attn}, median of {args.reps} (min..max)", file=e)
     hdr = f"{'model':<44} {'sha256':<12} {'pp%d t/s' % args.prompt:>22} {'tg%d t/s' % args.gen:>20} {'step ms':>8} {'peak RSS':>10} {'other':>6}"
     print(hdr, file=e)
     # 'other' = share of all cores used by other processes during the timed rounds; numbers

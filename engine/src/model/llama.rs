@@ -6,10 +6,11 @@
 //! `T = Σ n_i` rows per weight); only attention is per sequence.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use specd_kernels::cpu as kern;
 
 use super::config::ModelConfig;
+use super::linear::Linear;
 use super::weights::{Param, Weights};
 use crate::error::{Error, Result};
 use crate::kv::SequenceCache;
@@ -35,15 +36,15 @@ pub struct SeqInput<'a> {
 /// storage allows it (same quantization), so that the input is quantized and read once.
 #[derive(Debug, Clone)]
 struct Projection {
-    parts: Vec<QMatMul>,
+    parts: Vec<Linear>,
     bias: Option<Tensor>,
 }
 
 impl Projection {
     fn new(mats: Vec<QMatMul>, bias: Option<Tensor>) -> Result<Self> {
         let parts = match fuse(&mats)? {
-            Some(m) => vec![m],
-            None => mats,
+            Some(m) => vec![Linear::new(m)],
+            None => mats.into_iter().map(Linear::new).collect(),
         };
         Ok(Self { parts, bias })
     }
@@ -56,7 +57,7 @@ impl Projection {
                 .parts
                 .iter()
                 .map(|p| p.forward(x))
-                .collect::<candle_core::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&outs, D::Minus1)?
         };
         Ok(match &self.bias {
@@ -121,20 +122,20 @@ fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
 struct Layer {
     attn_norm: Tensor,
     qkv: Projection,
-    o: QMatMul,
+    o: Linear,
     ffn_norm: Tensor,
     gate_up: Projection,
-    down: QMatMul,
+    down: Linear,
 }
 
 /// A loaded Llama-family model.
 #[derive(Debug, Clone)]
 pub struct Model {
     config: ModelConfig,
-    embed: QMatMul,
+    embed: Linear,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     inv_freq: Vec<f64>,
 }
 
@@ -144,7 +145,7 @@ impl Model {
         let c = &config;
         let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
         let q_dim = c.num_heads * hd;
-        let embed = weights.embedding(c.vocab_size, h)?;
+        let embed = Linear::new(weights.embedding(c.vocab_size, h)?);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let bias = if c.qkv_bias {
@@ -173,15 +174,15 @@ impl Model {
             layers.push(Layer {
                 attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?,
                 qkv,
-                o: weights.matrix(Param::O(i), h, q_dim)?,
+                o: Linear::new(weights.matrix(Param::O(i), h, q_dim)?),
                 ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?,
                 gate_up,
-                down: weights.matrix(Param::Down(i), h, c.intermediate_size)?,
+                down: Linear::new(weights.matrix(Param::Down(i), h, c.intermediate_size)?),
             });
         }
         let norm = weights.tensor(Param::FinalNorm, &[h])?;
         let lm_head = if weights.contains(Param::LmHead) {
-            weights.matrix(Param::LmHead, c.vocab_size, h)?
+            Linear::new(weights.matrix(Param::LmHead, c.vocab_size, h)?)
         } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
             embed.clone()
         } else {
@@ -199,6 +200,24 @@ impl Model {
             lm_head,
             inv_freq,
         })
+    }
+
+    /// Runs a few forwards on a scratch cache. candle packs quantized weights into the
+    /// layouts of its multi-row kernels on first use; doing it here keeps that cost out of the
+    /// first request.
+    pub fn warm_up(&self) -> Result<()> {
+        let mut cache = self.new_cache();
+        self.forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &[0; 4],
+            logits: Logits::Last,
+        }])?;
+        self.forward(&mut [SeqInput {
+            cache: &mut cache,
+            tokens: &[0],
+            logits: Logits::Last,
+        }])?;
+        Ok(())
     }
 
     /// The model's configuration.

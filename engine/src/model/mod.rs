@@ -1,6 +1,7 @@
 //! Models: configuration, weights, tokenizer and the Llama-family forward.
 
 pub mod config;
+pub mod linear;
 pub mod llama;
 pub mod tiny;
 pub mod tokenizer;
@@ -204,6 +205,7 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
         config.rope_scaling = RopeScaling::FreqFactors(factors.to_vec1::<f32>()?);
     }
     let model = Model::load(config, &mut weights)?;
+    model.warm_up()?;
     Ok(LoadedModel {
         model,
         tokenizer,

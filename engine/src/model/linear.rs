@@ -1,0 +1,94 @@
+//! Weight matrices applied as `x · Wᵀ`, quantized or dense.
+
+use candle_core::quantized::k_quants::{self, BlockQ4K, GgmlType};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use crate::error::Result;
+
+/// Rows up to which a Q4_K product streams the weights in their file layout (decode steps).
+/// candle's default for Q4_K repacks weights into tiles that suit many rows but are a third
+/// larger; with one or two rows the product is bound by memory traffic and the compact layout
+/// wins (measured on the real 1.5B: see BENCHMARKS.md).
+const COMPACT_MAX_ROWS: usize = 2;
+
+/// A weight matrix of shape `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: QMatMul,
+}
+
+impl Linear {
+    /// Wraps candle's matrix (quantized, or a dense f32 tensor).
+    pub fn new(inner: QMatMul) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped candle matrix.
+    pub fn inner(&self) -> &QMatMul {
+        &self.inner
+    }
+
+    /// `x · Wᵀ` for `x` of shape `[rows, in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let QMatMul::QTensor(q) = &self.inner {
+            let rows = x.dims()[0];
+            if q.dtype() == GgmlDType::Q4K && rows <= COMPACT_MAX_ROWS && x.rank() == 2 {
+                if let Some(y) = compact_matmul::<BlockQ4K>(q, x)? {
+                    return Ok(y);
+                }
+            }
+        }
+        Ok(self.inner.forward(x)?)
+    }
+
+    /// Rows of the matrix for the given ids (embedding lookup), dequantized.
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.embedding(ids)?)
+    }
+}
+
+/// The product through candle's per-row dot products on the weights as stored. `None` when the
+/// storage cannot be viewed as blocks of `T` (then the caller takes candle's default path).
+fn compact_matmul<T: GgmlType>(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let (n, k) = q.shape().dims2()?;
+    let (m, xk) = x.dims2()?;
+    if xk != k || k % T::BLCK_SIZE != 0 {
+        return Ok(None);
+    }
+    let data = q.data()?;
+    let size = std::mem::size_of::<T>();
+    if data.len() != n * k / T::BLCK_SIZE * size
+        || data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
+    {
+        return Ok(None);
+    }
+    // SAFETY: the bytes are the tensor's own block storage (a `Vec` of `T` inside candle), the
+    // pointer is aligned for `T` and the length is a whole number of blocks, checked above.
+    let blocks: &[T] =
+        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<T>(), data.len() / size) };
+    let lhs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let mut dst = vec![0f32; m * n];
+    k_quants::matmul((m, k, n), &lhs, blocks, &mut dst)?;
+    Ok(Some(Tensor::from_vec(dst, (m, n), &Device::Cpu)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_path_matches_candles_default() {
+        let w = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let lin = Linear::new(QMatMul::from_qtensor(q).unwrap());
+        for rows in 1..=3 {
+            let x = Tensor::randn(0f32, 1.0, (rows, 512), &Device::Cpu).unwrap();
+            let ours = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            let theirs = lin.inner().forward(&x).unwrap().to_vec2::<f32>().unwrap();
+            for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
+                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+}
