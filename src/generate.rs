@@ -31,7 +31,8 @@ impl ModelArgs {
         let opts = LoadOptions {
             tokenizer: self.tokenizer.clone(),
         };
-        model::load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+        // Engine errors name the file already.
+        Ok(model::load(&path, &opts)?)
     }
 }
 
