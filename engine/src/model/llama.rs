@@ -37,11 +37,11 @@ pub struct SeqInput<'a> {
 #[derive(Debug, Clone)]
 struct Projection {
     parts: Vec<Linear>,
-    bias: Option<Tensor>,
+    bias: Option<Vec<f32>>,
 }
 
 impl Projection {
-    fn new(mats: Vec<QMatMul>, bias: Option<Tensor>) -> Result<Self> {
+    fn new(mats: Vec<QMatMul>, bias: Option<Vec<f32>>) -> Result<Self> {
         let parts = match fuse(&mats)? {
             Some(m) => vec![Linear::new(m)],
             None => mats.into_iter().map(Linear::new).collect(),
@@ -49,7 +49,8 @@ impl Projection {
         Ok(Self { parts, bias })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The rows of `x · Wᵀ + b`, flattened.
+    fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
         let y = if self.parts.len() == 1 {
             self.parts[0].forward(x)?
         } else {
@@ -60,10 +61,13 @@ impl Projection {
                 .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&outs, D::Minus1)?
         };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                kern::add_assign(row, b);
+            }
+        }
+        Ok(y)
     }
 }
 
@@ -120,10 +124,10 @@ fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
 
 #[derive(Debug, Clone)]
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     qkv: Projection,
     o: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     gate_up: Projection,
     down: Linear,
 }
@@ -134,7 +138,7 @@ pub struct Model {
     config: ModelConfig,
     embed: Linear,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     lm_head: Linear,
     inv_freq: Vec<f64>,
 }
@@ -152,7 +156,7 @@ impl Model {
                 let q = weights.tensor(Param::QBias(i), &[q_dim])?;
                 let k = weights.tensor(Param::KBias(i), &[kv])?;
                 let v = weights.tensor(Param::VBias(i), &[kv])?;
-                Some(Tensor::cat(&[q, k, v], 0)?)
+                Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
             } else {
                 None
             };
@@ -172,15 +176,15 @@ impl Model {
                 None,
             )?;
             layers.push(Layer {
-                attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?,
+                attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
                 qkv,
                 o: Linear::new(weights.matrix(Param::O(i), h, q_dim)?),
-                ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?,
+                ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
                 gate_up,
                 down: Linear::new(weights.matrix(Param::Down(i), h, c.intermediate_size)?),
             });
         }
-        let norm = weights.tensor(Param::FinalNorm, &[h])?;
+        let norm = weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?;
         let lm_head = if weights.contains(Param::LmHead) {
             Linear::new(weights.matrix(Param::LmHead, c.vocab_size, h)?)
         } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
@@ -296,14 +300,24 @@ impl Model {
         };
         let eps = c.rms_norm_eps as f32;
 
+        // The hidden state stays a plain buffer: only matrix products go through candle, and
+        // the small per-token operations run inline instead of waking a thread pool.
+        let hidden = c.hidden_size;
+        let inter = c.intermediate_size;
         let mut x = self
             .embed
-            .embedding(&Tensor::from_vec(ids, total, &Device::Cpu)?)?;
+            .embedding(&Tensor::from_vec(ids, total, &Device::Cpu)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut h = vec![0f32; total * hidden];
         let mut attn_out = vec![0f32; total * q_dim];
-        let mut act = vec![0f32; total * c.intermediate_size];
+        let mut act = vec![0f32; total * inter];
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            kern::rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            let mut qkv =
+                layer
+                    .qkv
+                    .forward(&Tensor::from_slice(&h, (total, hidden), &Device::Cpu)?)?;
             kern::apply_rope(&mut qkv, qkv_dim, 0, nh, &rope, interleaved);
             kern::apply_rope(&mut qkv, qkv_dim, q_dim, nkv, &rope, interleaved);
             let mut row0 = 0;
@@ -329,16 +343,20 @@ impl Model {
                 row0 += n;
             }
             let a = Tensor::from_slice(&attn_out, (total, q_dim), &Device::Cpu)?;
-            x = (x + layer.o.forward(&a)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gu = layer.gate_up.forward(&h)?.to_vec2::<f32>()?;
-            let inter = c.intermediate_size;
-            for (t, row) in gu.iter().enumerate() {
+            let o = layer.o.forward(&a)?.flatten_all()?.to_vec1::<f32>()?;
+            kern::add_assign(&mut x, &o);
+            kern::rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            let gu =
+                layer
+                    .gate_up
+                    .forward(&Tensor::from_slice(&h, (total, hidden), &Device::Cpu)?)?;
+            for (row, out) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
                 let (g, u) = row.split_at(inter);
-                kern::silu_mul(g, u, &mut act[t * inter..(t + 1) * inter]);
+                kern::silu_mul(g, u, out);
             }
             let a = Tensor::from_slice(&act, (total, inter), &Device::Cpu)?;
-            x = (x + layer.down.forward(&a)?)?;
+            let d = layer.down.forward(&a)?.flatten_all()?.to_vec1::<f32>()?;
+            kern::add_assign(&mut x, &d);
         }
         for s in batch.iter_mut() {
             s.cache.commit(s.tokens.len());
@@ -346,21 +364,22 @@ impl Model {
 
         // Only the rows whose logits are wanted go through the final norm and the head.
         let mut wanted = Vec::new();
-        let mut row0 = 0u32;
+        let mut row0 = 0;
         for s in batch.iter() {
-            let n = s.tokens.len() as u32;
+            let n = s.tokens.len();
             match s.logits {
                 Logits::All => wanted.extend(row0..row0 + n),
                 Logits::Last => wanted.push(row0 + n - 1),
             }
             row0 += n;
         }
-        let x = if wanted.len() == total {
-            x
-        } else {
-            x.index_select(&Tensor::new(wanted.as_slice(), &Device::Cpu)?, 0)?
-        };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let mut selected = Vec::with_capacity(wanted.len() * hidden);
+        for &r in &wanted {
+            selected.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
+        }
+        let mut normed = vec![0f32; selected.len()];
+        kern::rms_norm(&selected, &self.norm, eps, &mut normed);
+        let x = Tensor::from_vec(normed, (wanted.len(), hidden), &Device::Cpu)?;
         let logits = self.lm_head.forward(&x)?;
         let mut out = Vec::with_capacity(batch.len());
         let mut r = 0;

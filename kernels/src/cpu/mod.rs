@@ -17,6 +17,31 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Root-mean-square normalization of each row of `x` (rows as long as `weight`), scaled by
+/// `weight`: `out = x / sqrt(mean(x²) + eps) · weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    assert!(
+        x.len() == out.len() && x.len() % d == 0,
+        "rms_norm: shape mismatch"
+    );
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = dot(row, row) / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+/// `dst += src`.
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "add_assign: length mismatch");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
 /// Dot product with several independent accumulators so that it vectorizes.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -57,6 +82,22 @@ mod tests {
         let b: Vec<f32> = (0..37).map(|i| (i % 5) as f32 - 2.0).collect();
         let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() {
+        let x = [1.0f32, -2.0, 3.0, 0.5, 0.0, 4.0];
+        let w = [1.0f32, 0.5, 2.0];
+        let mut out = [0f32; 6];
+        rms_norm(&x, &w, 1e-5, &mut out);
+        for r in 0..2 {
+            let row = &x[r * 3..r * 3 + 3];
+            let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / 3.0;
+            for i in 0..3 {
+                let want = row[i] / (ms + 1e-5).sqrt() * w[i];
+                assert!((out[r * 3 + i] - want).abs() < 1e-6);
+            }
+        }
     }
 
     #[test]
