@@ -15,6 +15,16 @@ use super::weights::{Param, Weights};
 use crate::error::{Error, Result};
 use crate::kv::SequenceCache;
 
+/// Attention work split over candle's own worker pool, the one its matrix products use, so
+/// that no second pool competes for the same cores.
+struct CandlePool;
+
+impl kern::ParallelFor for CandlePool {
+    fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(n, f);
+    }
+}
+
 /// Which logits a sequence wants back from a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -339,7 +349,7 @@ impl Model {
                     values: &[v_all],
                 };
                 let out = &mut attn_out[row0 * q_dim..(row0 + n) * q_dim];
-                kern::attention(&q, s.cache.len(), chunks, shape, out);
+                kern::attention(&q, s.cache.len(), chunks, shape, out, &CandlePool);
                 row0 += n;
             }
             let a = Tensor::from_slice(&attn_out, (total, q_dim), &Device::Cpu)?;

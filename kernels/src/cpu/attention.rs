@@ -1,8 +1,32 @@
 //! Causal multi-head attention of new tokens over a KV cache.
 
-use rayon::prelude::*;
+use std::ops::Range;
 
 use super::{axpy, dot};
+
+/// Runs a closure over index ranges that together cover `0..n`, possibly on several threads.
+/// The engine plugs in the thread pool its matrix products already use, so that attention
+/// does not wake a second pool on the same cores.
+pub trait ParallelFor: Sync {
+    /// Calls `f` on disjoint ranges covering `0..n` and returns when all calls are done.
+    fn for_each_range(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync));
+}
+
+/// Everything on the calling thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Serial;
+
+impl ParallelFor for Serial {
+    fn for_each_range(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+        f(0..n)
+    }
+}
+
+/// The output buffer, shared by threads that write disjoint heads of it.
+struct SharedOut(*mut f32);
+// SAFETY: every thread writes only the rows of the index range it was given, ranges are
+// disjoint, and the caller outlives all of them (`for_each_range` returns when they finish).
+unsafe impl Sync for SharedOut {}
 
 /// The head layout of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +56,7 @@ pub fn attention(
     kv: KvChunks<'_>,
     shape: AttentionShape,
     out: &mut [f32],
+    par: &dyn ParallelFor,
 ) {
     let AttentionShape {
         n_heads,
@@ -58,7 +83,7 @@ pub fn attention(
         start + n
     );
 
-    let work = |(idx, o): (usize, &mut [f32])| {
+    let work = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / n_heads, idx % n_heads);
         let pos = start + t;
         let lo = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -96,11 +121,22 @@ pub fn attention(
     };
     // Parallel only when there is enough work to pay for waking the pool.
     let cost = n * n_heads * (start + n) * head_dim;
-    if cost > 1 << 18 {
-        out.par_chunks_mut(head_dim).enumerate().for_each(work);
-    } else {
-        out.chunks_mut(head_dim).enumerate().for_each(work);
+    if cost <= 1 << 18 {
+        for (idx, o) in out.chunks_mut(head_dim).enumerate() {
+            work(idx, o);
+        }
+        return;
     }
+    let shared = SharedOut(out.as_mut_ptr());
+    let shared = &shared;
+    par.for_each_range(n * n_heads, &|range: Range<usize>| {
+        for idx in range {
+            // SAFETY: `idx < n * n_heads`, so the row lies inside `out`; see `SharedOut`.
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(shared.0.add(idx * head_dim), head_dim) };
+            work(idx, o);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -139,6 +175,17 @@ mod tests {
         out
     }
 
+    /// Two scoped threads splitting the range in halves.
+    struct Threads;
+    impl ParallelFor for Threads {
+        fn for_each_range(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+            std::thread::scope(|s| {
+                s.spawn(|| f(0..n / 2));
+                s.spawn(|| f(n / 2..n));
+            });
+        }
+    }
+
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -148,37 +195,36 @@ mod tests {
     }
 
     #[test]
-    fn chunked_cache_matches_naive_attention() {
-        for window in [None, Some(3)] {
-            let s = AttentionShape {
-                n_heads: 4,
-                n_kv_heads: 2,
-                head_dim: 8,
-                sliding_window: window,
-            };
-            let (start, n) = (5, 3);
-            let kv_row = s.n_kv_heads * s.head_dim;
-            let k = data((start + n) * kv_row, 1);
-            let v = data((start + n) * kv_row, 2);
-            let q = data(n * s.n_heads * s.head_dim, 3);
-            let want = naive(&q, &k, &v, start, s);
-            // the same cache split into uneven chunks
-            let splits = [0, 2 * kv_row, 3 * kv_row, 8 * kv_row];
-            let keys: Vec<&[f32]> = splits.windows(2).map(|w| &k[w[0]..w[1]]).collect();
-            let values: Vec<&[f32]> = splits.windows(2).map(|w| &v[w[0]..w[1]]).collect();
-            let mut out = vec![0f32; q.len()];
-            attention(
-                &q,
-                start,
-                KvChunks {
-                    keys: &keys,
-                    values: &values,
-                },
-                s,
-                &mut out,
-            );
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    fn chunked_cache_matches_naive_attention_serial_and_threaded() {
+        // (start, n) small enough for the serial path, and large enough for the parallel one
+        for (start, n, head_dim) in [(5, 3, 8), (200, 24, 64)] {
+            for window in [None, Some(3), Some(120)] {
+                let s = AttentionShape {
+                    n_heads: 4,
+                    n_kv_heads: 2,
+                    head_dim,
+                    sliding_window: window,
+                };
+                let kv_row = s.n_kv_heads * s.head_dim;
+                let k = data((start + n) * kv_row, 1);
+                let v = data((start + n) * kv_row, 2);
+                let q = data(n * s.n_heads * s.head_dim, 3);
+                let want = naive(&q, &k, &v, start, s);
+                // the same cache split into uneven chunks
+                let splits = [0, 2 * kv_row, 3 * kv_row, (start + n) * kv_row];
+                let keys: Vec<&[f32]> = splits.windows(2).map(|w| &k[w[0]..w[1]]).collect();
+                let values: Vec<&[f32]> = splits.windows(2).map(|w| &v[w[0]..w[1]]).collect();
+                for par in [&Serial as &dyn ParallelFor, &Threads] {
+                    let mut out = vec![0f32; q.len()];
+                    let kv = KvChunks {
+                        keys: &keys,
+                        values: &values,
+                    };
+                    attention(&q, start, kv, s, &mut out, par);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                    }
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 mod attention;
 mod rope;
 
-pub use attention::{attention, AttentionShape, KvChunks};
+pub use attention::{attention, AttentionShape, KvChunks, ParallelFor, Serial};
 pub use rope::{apply_rope, rope_tables, RopeTables};
 
 /// `out[i] = silu(gate[i]) * up[i]`, the SwiGLU activation of Llama-family MLPs.
