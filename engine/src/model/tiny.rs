@@ -7,7 +7,6 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
@@ -111,15 +110,8 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<(String, String)>) {
 /// The tiny byte-level BPE tokenizer (GPT-2 pre-tokenization), with ChatML special tokens.
 pub fn tiny_tokenizer() -> Tokenizer {
     let (tokens, merges) = tiny_vocab();
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .expect("the tiny BPE model is well-formed");
+    let bpe =
+        super::tokenizer::bpe_model(&tokens, merges).expect("the tiny BPE model is well-formed");
     let mut t = tokenizers::Tokenizer::new(bpe);
     t.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
     t.with_decoder(Some(ByteLevelDecoder::default()));

@@ -99,14 +99,7 @@ impl Tokenizer {
                     .ok_or_else(|| Error::file(path, format!("malformed BPE merge `{m}`")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
+        let bpe = bpe_model(&tokens, merges)
             .map_err(|e| Error::file(path, format!("cannot build BPE model: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
 
@@ -312,6 +305,19 @@ impl TextStream {
         )
         .map_err(|e| Error::Tokenizer(e.to_string()))
     }
+}
+
+/// A BPE model whose token ids are the positions in `tokens`.
+pub(crate) fn bpe_model(
+    tokens: &[String],
+    merges: Vec<(String, String)>,
+) -> tokenizers::Result<BPE> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    BPE::builder().vocab_and_merges(vocab, merges).build()
 }
 
 fn string_array(v: &Value, key: &str, path: &Path) -> Result<Vec<String>> {
