@@ -53,7 +53,7 @@ impl Linear {
 fn compact_matmul<T: GgmlType>(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let (n, k) = q.shape().dims2()?;
     let (m, xk) = x.dims2()?;
-    if xk != k || k % T::BLCK_SIZE != 0 {
+    if xk != k || k % T::BLCK_SIZE != 0 || x.dtype() != candle_core::DType::F32 {
         return Ok(None);
     }
     let data = q.data()?;
@@ -67,9 +67,14 @@ fn compact_matmul<T: GgmlType>(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>
     // pointer is aligned for `T` and the length is a whole number of blocks, checked above.
     let blocks: &[T] =
         unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<T>(), data.len() / size) };
-    let lhs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
     let mut dst = vec![0f32; m * n];
-    k_quants::matmul((m, k, n), &lhs, blocks, &mut dst)?;
+    k_quants::matmul((m, k, n), lhs, blocks, &mut dst)?;
     Ok(Some(Tensor::from_vec(dst, (m, n), &Device::Cpu)?))
 }
 

@@ -334,15 +334,13 @@ impl Model {
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let rows = &qkv[row0 * qkv_dim..(row0 + n) * qkv_dim];
-                let mut keys = Vec::with_capacity(n * kv_dim);
-                let mut values = Vec::with_capacity(n * kv_dim);
+                // Keys and values go straight into the cache; only the queries are gathered.
                 let mut q = Vec::with_capacity(n * q_dim);
                 for r in rows.chunks_exact(qkv_dim) {
                     q.extend_from_slice(&r[..q_dim]);
-                    keys.extend_from_slice(&r[q_dim..q_dim + kv_dim]);
-                    values.extend_from_slice(&r[q_dim + kv_dim..]);
+                    s.cache
+                        .write(li, &r[q_dim..q_dim + kv_dim], &r[q_dim + kv_dim..]);
                 }
-                s.cache.write(li, &keys, &values);
                 let (k_all, v_all) = s.cache.layer_rows(li);
                 let chunks = kern::KvChunks {
                     keys: &[k_all],
