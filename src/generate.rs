@@ -2,13 +2,17 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use specd_engine::chat::{ChatTemplate, Message};
-use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::generate::GenerateRequest;
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{
+    generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer,
+};
 
 /// Model selection shared by the subcommands.
 #[derive(Args, Debug, Clone)]
@@ -70,6 +74,92 @@ pub struct GenerateArgs {
     /// Stop before this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    #[command(flatten)]
+    spec: SpecArgs,
+}
+
+/// How tokens are proposed for the target to verify.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speculation {
+    /// Target only: one token per forward.
+    None,
+    /// A small draft model (`--draft`, default: the fetched Qwen2.5-Coder-0.5B).
+    Draft,
+    /// Prompt lookup: continue an earlier occurrence of the last tokens.
+    Ngram,
+}
+
+/// Speculation flags shared by the subcommands.
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// The proposer [default: `draft` when --draft is given, else `none`].
+    #[arg(long, value_enum)]
+    pub speculation: Option<Speculation>,
+    /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
+    #[arg(long)]
+    pub draft: Option<PathBuf>,
+    /// The most tokens drafted per step.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=15))]
+    pub max_draft: u16,
+    /// Adapt the draft length to acceptance (grow on full acceptance, shrink on early rejection).
+    #[arg(long)]
+    pub adaptive: bool,
+    /// Stop drafting when the drafter's top probability falls below this (draft models).
+    #[arg(long)]
+    pub confidence: Option<f32>,
+    /// Longest suffix the n-gram proposer matches.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub ngram: u16,
+}
+
+impl SpecArgs {
+    /// The chosen proposer, built for `target` (a draft model is loaded here).
+    pub fn proposer(
+        &self,
+        target: &model::LoadedModel,
+        tokenizer: &model::Tokenizer,
+    ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
+        let kind = self.speculation.unwrap_or(if self.draft.is_some() {
+            Speculation::Draft
+        } else {
+            Speculation::None
+        });
+        if self.draft.is_some() && kind != Speculation::Draft {
+            bail!("--draft needs --speculation draft");
+        }
+        Ok(match kind {
+            Speculation::None => None,
+            Speculation::Ngram => Some(Box::new(NgramProposer::new(self.ngram as usize, 1)?)),
+            Speculation::Draft => {
+                let path = match &self.draft {
+                    Some(p) => p.clone(),
+                    None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
+                };
+                let d = model::load(&path, &LoadOptions::default())?;
+                d.model.warm_up()?;
+                Some(Box::new(DraftModelProposer::new(
+                    Arc::new(d.model),
+                    d.tokenizer.as_ref(),
+                    &d.path,
+                    &target.model,
+                    tokenizer,
+                )?))
+            }
+        })
+    }
+
+    /// The draft-length policy.
+    pub fn policy(&self, proposer: Option<&dyn Proposer>) -> DraftPolicyConfig {
+        DraftPolicyConfig {
+            max_draft: if proposer.is_some() {
+                self.max_draft as usize
+            } else {
+                0
+            },
+            adaptive: self.adaptive,
+            confidence: self.confidence,
+        }
+    }
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -107,8 +197,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         stop: args.stop.clone(),
     };
+    let proposer = args.spec.proposer(&loaded, &tokenizer)?;
+    let proposer = proposer.as_deref();
+    let policy = args.spec.policy(proposer);
     let mut stdout = std::io::stdout().lock();
-    let out = generate(&loaded.model, &tokenizer, &req, |text| {
+    let out = generate_speculative(&loaded.model, &tokenizer, proposer, policy, &req, |text| {
         // A closed stdout (a pipe into `head`) just ends the output.
         let _ = stdout.write_all(text.as_bytes());
         let _ = stdout.flush();
@@ -126,5 +219,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         out.tokens.len() as f64 / decode.max(1e-9),
         out.finish_reason.as_str(),
     );
+    if let Some(p) = proposer {
+        eprintln!("[speculation {}: {}]", p.name(), out.speculation.summary());
+    }
     Ok(())
 }

@@ -150,3 +150,50 @@ fn bad_arguments_are_rejected_with_the_field_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.gguf"));
 }
+
+#[test]
+fn speculative_generation_prints_the_same_text_and_its_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_folder(dir.path());
+    let model = dir.path().to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "def add(x, y):\n    return x + y\n\ndef add(x, y):",
+        "--max-tokens",
+        "24",
+    ];
+    let plain = specd(&base, dir.path());
+    assert!(plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(!stderr.contains("[speculation"), "{stderr}");
+    for extra in [
+        &["--speculation", "ngram", "--max-draft", "3"][..],
+        // The model drafting for itself: every draft is accepted.
+        &["--draft", model, "--max-draft", "5", "--adaptive"][..],
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = specd(&args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        assert_eq!(out.stdout, plain.stdout, "{extra:?} changed the text");
+        assert!(
+            stderr.contains("[speculation") && stderr.contains("mean accepted length"),
+            "{stderr}"
+        );
+        if extra.contains(&"--draft") {
+            assert!(stderr.contains("(100.0%)"), "{stderr}");
+        }
+    }
+    let out = specd(&[&base[..], &["--max-draft", "16"]].concat(), dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max-draft"));
+    let out = specd(
+        &[&base[..], &["--speculation", "ngram", "--draft", model]].concat(),
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--speculation draft"));
+}

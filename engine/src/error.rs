@@ -47,6 +47,10 @@ pub enum Error {
     #[error("sequence of {len} tokens exceeds the context length of {limit} tokens")]
     ContextLength { len: usize, limit: usize },
 
+    /// A draft model that cannot draft for the target (different vocabulary).
+    #[error("draft model {}: {message}", path.display())]
+    IncompatibleDraft { path: PathBuf, message: String },
+
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -1,11 +1,12 @@
-//! Plain (target-only) generation for one request: chunked prefill, then one token per step,
-//! streamed as text with stop strings, EOS and a token limit.
+//! Plain (target-only) generation for one request, and what every generation shares: requests,
+//! their validation, stop strings and finish reasons.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::model::{Logits, Model, SeqInput, Tokenizer};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::model::{Model, Tokenizer};
+use crate::sampling::SamplingParams;
+use crate::spec::{generate_speculative, DraftPolicyConfig, SpecStats};
 
 /// Largest number of prompt tokens sent through one forward.
 pub const PREFILL_CHUNK: usize = 512;
@@ -52,6 +53,8 @@ pub struct GenerateOutput {
     pub prompt_tokens: usize,
     pub prefill_time: Duration,
     pub decode_time: Duration,
+    /// What speculation did (all zero drafts without it).
+    pub speculation: SpecStats,
 }
 
 /// Holds back streamed text that could still turn into a stop string, and cuts the text at the
@@ -148,80 +151,19 @@ pub fn validate_request(model: &Model, req: &GenerateRequest) -> Result<()> {
     req.sampling.validate()
 }
 
-/// Generates for one request, calling `on_text` with each piece of text as soon as it is final.
+/// Generates for one request without speculation, calling `on_text` with each piece of text
+/// as soon as it is final. The same token step as speculative generation, with no drafts.
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
     req: &GenerateRequest,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<GenerateOutput> {
-    validate_request(model, req)?;
-    let ctx = model.config().max_position_embeddings;
-    let mut cache = model.new_cache();
-    let mut sampler = Sampler::new(req.sampling.clone());
-    let mut stream = tokenizer.text_stream(true);
-    let mut stops = StopMatcher::new(&req.stop);
-    let eos = tokenizer.eos_token_ids();
-
-    let t0 = Instant::now();
-    let mut logits = None;
-    for chunk in req.prompt.chunks(PREFILL_CHUNK) {
-        let mut batch = [SeqInput {
-            cache: &mut cache,
-            tokens: chunk,
-            logits: Logits::Last,
-        }];
-        logits = Some(model.forward(&mut batch)?.remove(0));
-    }
-    let prefill_time = t0.elapsed();
-
-    let t1 = Instant::now();
-    let mut history = req.prompt.clone();
-    let mut tokens = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut logits = logits.expect("the prompt is not empty");
-    loop {
-        let row = logits.squeeze(0)?.to_vec1::<f32>()?;
-        let next = sampler.sample(&row, &history);
-        if eos.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        tokens.push(next);
-        history.push(next);
-        if let Some(text) = stream.push(next)? {
-            let (out, stopped) = stops.push(&text);
-            if !out.is_empty() {
-                on_text(&out);
-            }
-            if stopped {
-                finish = FinishReason::Stop;
-                break;
-            }
-        }
-        if tokens.len() >= req.max_tokens || cache.len() + 1 >= ctx {
-            break;
-        }
-        let mut batch = [SeqInput {
-            cache: &mut cache,
-            tokens: &[next],
-            logits: Logits::Last,
-        }];
-        logits = model.forward(&mut batch)?.remove(0);
-    }
-    // Text held back as a possible stop-string prefix is final now.
-    let rest = stops.flush();
-    if !rest.is_empty() {
-        on_text(&rest);
-    }
-    Ok(GenerateOutput {
-        tokens,
-        text: stops.text().to_string(),
-        finish_reason: finish,
-        prompt_tokens: req.prompt.len(),
-        prefill_time,
-        decode_time: t1.elapsed(),
-    })
+    let policy = DraftPolicyConfig {
+        max_draft: 0,
+        ..Default::default()
+    };
+    generate_speculative(model, tokenizer, None, policy, req, on_text)
 }
 
 #[cfg(test)]

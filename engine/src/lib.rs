@@ -7,7 +7,10 @@
 //! - [`kv`]: the per-sequence KV cache with cheap rollback (`truncate`).
 //! - [`sampling`]: logits → token, with a seeded RNG per request.
 //! - [`chat`]: chat prompts through the model's own Jinja template.
-//! - [`generate`]: target-only generation with streaming text, stop strings and EOS.
+//! - [`spec`]: speculative decoding: proposers (n-gram, draft model), one-pass verification,
+//!   greedy and stochastic acceptance, rollback, draft-length policies, statistics.
+//! - [`generate`]: requests, stop strings, and target-only generation (the speculative step
+//!   with no drafts).
 
 pub mod chat;
 pub mod error;
@@ -15,5 +18,6 @@ pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod sampling;
+pub mod spec;
 
 pub use error::{Error, Result};

@@ -193,6 +193,11 @@ impl Sampler {
         &mut self.rng
     }
 
+    /// The parameters and the RNG at once (a drafter reads one and draws from the other).
+    pub fn parts(&mut self) -> (&SamplingParams, &mut StdRng) {
+        (&self.params, &mut self.rng)
+    }
+
     /// Picks the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         if self.params.is_greedy() {

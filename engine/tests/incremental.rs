@@ -154,7 +154,7 @@ fn ragged_batch_matches_each_sequence_alone() {
             }])
             .unwrap();
         }
-        let modes = [Logits::All, Logits::Last, Logits::All, Logits::Last];
+        let modes = [Logits::All, Logits::Last, Logits::None, Logits::Last];
         let mut batch: Vec<SeqInput> = caches
             .iter_mut()
             .enumerate()
@@ -171,6 +171,7 @@ fn ragged_batch_matches_each_sequence_alone() {
             let want: Vec<_> = match modes[i] {
                 Logits::All => want[prefixes[i]..].to_vec(),
                 Logits::Last => vec![want.last().unwrap().clone()],
+                Logits::None => Vec::new(),
             };
             assert_eq!(got.len(), want.len());
             for (a, b) in got.iter().zip(&want) {

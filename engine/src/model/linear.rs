@@ -3,8 +3,25 @@
 use candle_core::quantized::k_quants::{self, BlockQ4K, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use specd_kernels::cpu as kern;
 
 use crate::error::Result;
+
+/// Rows up to which a product runs through our per-row kernels, whose result for one row does
+/// not depend on the other rows of the batch. Verification of up to `SMALL_BATCH_ROWS - 1`
+/// drafts then computes, bit for bit, the logits that one-token decode steps compute, which is
+/// what makes greedy speculative output identical to plain greedy output.
+pub const SMALL_BATCH_ROWS: usize = 16;
+
+/// Work split over candle's own worker pool, the one its matrix products use, so that no
+/// second pool competes for the same cores.
+pub(crate) struct CandlePool;
+
+impl kern::ParallelFor for CandlePool {
+    fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(n, f);
+    }
+}
 
 /// Rows up to which a Q4_K product streams the weights in their file layout (decode steps).
 /// candle's default for Q4_K repacks weights into tiles that suit many rows but are a third
@@ -31,6 +48,11 @@ impl Linear {
 
     /// `x · Wᵀ` for `x` of shape `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let QMatMul::Tensor(w) = &self.inner {
+            if x.rank() == 2 {
+                return dense_rows(w, x);
+            }
+        }
         if let QMatMul::QTensor(q) = &self.inner {
             let rows = x.dims()[0];
             if q.dtype() == GgmlDType::Q4K && rows <= COMPACT_MAX_ROWS && x.rank() == 2 {
@@ -46,6 +68,34 @@ impl Linear {
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(self.inner.embedding(ids)?)
     }
+}
+
+/// A dense product, one dot product per output element, so batch-invariant for any number of
+/// rows (dense weights are the tiny test models and unquantized checkpoints; speed matters less
+/// there than exactness). Rows go in groups of [`SMALL_BATCH_ROWS`] so that each weight row is
+/// read from memory once per group.
+fn dense_rows(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let m = x.dims()[0];
+    let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let x = x
+        .to_dtype(candle_core::DType::F32)?
+        .contiguous()?
+        .flatten_all()?;
+    let xs = x.to_vec1::<f32>()?;
+    let (storage, layout) = w.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("dense weights live on the CPU".into()).into());
+    };
+    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
+    let mut out = vec![0f32; m * n];
+    for (xg, og) in xs
+        .chunks(SMALL_BATCH_ROWS * k)
+        .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
+    {
+        kern::dense_matmul(ws, xg, k, og, &CandlePool);
+    }
+    Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
 }
 
 /// The product through candle's per-row dot products on the weights as stored. `None` when the

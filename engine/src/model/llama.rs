@@ -10,20 +10,10 @@ use candle_core::{Device, Tensor, D};
 use specd_kernels::cpu as kern;
 
 use super::config::ModelConfig;
-use super::linear::Linear;
+use super::linear::{CandlePool, Linear};
 use super::weights::{Param, Weights};
 use crate::error::{Error, Result};
 use crate::kv::SequenceCache;
-
-/// Attention work split over candle's own worker pool, the one its matrix products use, so
-/// that no second pool competes for the same cores.
-struct CandlePool;
-
-impl kern::ParallelFor for CandlePool {
-    fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-        candle_core::utils::barrier_pool().execute_chunked(n, f);
-    }
-}
 
 /// Which logits a sequence wants back from a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +22,8 @@ pub enum Logits {
     All,
     /// Only the row of the last new token (prefill, plain decoding).
     Last,
+    /// No logits: the tokens only fill the cache (prefill of a prompt's head).
+    None,
 }
 
 /// One sequence's part of a batched forward.
@@ -248,7 +240,7 @@ impl Model {
     }
 
     /// Appends each sequence's tokens to its cache and returns its logits: `[n_i, vocab]` for
-    /// [`Logits::All`], `[1, vocab]` for [`Logits::Last`]. New tokens attend causally to each
+    /// [`Logits::All`], `[1, vocab]` for [`Logits::Last`], `[0, vocab]` for [`Logits::None`]. New tokens attend causally to each
     /// other and to everything cached before them. On error no cache is changed.
     pub fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
         self.check_batch(batch)?;
@@ -378,6 +370,7 @@ impl Model {
             match s.logits {
                 Logits::All => wanted.extend(row0..row0 + n),
                 Logits::Last => wanted.push(row0 + n - 1),
+                Logits::None => {}
             }
             row0 += n;
         }
@@ -387,14 +380,20 @@ impl Model {
         }
         let mut normed = vec![0f32; selected.len()];
         kern::rms_norm(&selected, &self.norm, eps, &mut normed);
-        let x = Tensor::from_vec(normed, (wanted.len(), hidden), &Device::Cpu)?;
-        let logits = self.lm_head.forward(&x)?;
+        let vocab = c.vocab_size;
+        let logits = if wanted.is_empty() {
+            Tensor::zeros((0, vocab), candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            let x = Tensor::from_vec(normed, (wanted.len(), hidden), &Device::Cpu)?;
+            self.lm_head.forward(&x)?
+        };
         let mut out = Vec::with_capacity(batch.len());
         let mut r = 0;
         for s in batch.iter() {
             let n = match s.logits {
                 Logits::All => s.tokens.len(),
                 Logits::Last => 1,
+                Logits::None => 0,
             };
             out.push(logits.narrow(0, r, n)?);
             r += n;

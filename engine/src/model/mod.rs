@@ -14,6 +14,7 @@ use candle_core::quantized::gguf_file;
 use serde_json::Value as Json;
 
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+pub use linear::SMALL_BATCH_ROWS;
 pub use llama::{Logits, Model, SeqInput};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Naming, Param, Weights};

@@ -212,3 +212,34 @@ pub fn tiny_model(spec: &TinySpec) -> Result<LoadedModel> {
         path: format!("<tiny seed {}>", spec.seed).into(),
     })
 }
+
+/// A drafter for [`tiny_model`]`(spec)`: the same weights, each plus uniform noise of up to
+/// `noise` times its own spread, drawn from `seed`. Small noise gives a drafter that agrees with
+/// the target often but not always, so speculative tests see both accepted and rejected drafts.
+pub fn tiny_draft_model(spec: &TinySpec, noise: f32, seed: u64) -> Result<LoadedModel> {
+    let config = tiny_config(spec);
+    let mut tensors = tiny_weights(&config, spec.seed, spec.weight_scale);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[&name];
+        let shape = t.dims().to_vec();
+        let mut data = t.flatten_all()?.to_vec1::<f32>()?;
+        let mean = data.iter().sum::<f32>() / data.len() as f32;
+        let spread = (data.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / data.len() as f32)
+            .sqrt()
+            .max(1e-3);
+        for x in &mut data {
+            *x += (rng.random::<f32>() * 2.0 - 1.0) * noise * spread;
+        }
+        tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+    }
+    let model = Model::load(config, &mut Weights::from_tensors(tensors))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: Some(tiny_tokenizer()),
+        chat_template: Some(CHATML_TEMPLATE.to_string()),
+        path: format!("<tiny draft of seed {}, noise {noise}>", spec.seed).into(),
+    })
+}

@@ -1,9 +1,11 @@
 //! CPU reference kernels over `f32` slices.
 
 mod attention;
+mod dense;
 mod rope;
 
 pub use attention::{attention, AttentionShape, KvChunks, ParallelFor, Serial};
+pub use dense::dense_matmul;
 pub use rope::{apply_rope, rope_tables, RopeTables};
 
 /// `out[i] = silu(gate[i]) * up[i]`, the SwiGLU activation of Llama-family MLPs.

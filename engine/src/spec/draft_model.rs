@@ -1,0 +1,198 @@
+//! An independent small model as drafter, with its own KV cache kept in step with the target's.
+//!
+//! Invariant between steps: the drafter's cache holds a prefix of the committed tokens, never
+//! the last one. Proposing first feeds whatever committed tokens it lacks (the corrected or bonus
+//! token of the last step, plus the last draft when all drafts were accepted, or the whole prompt
+//! at the start) in one forward, then drafts one token per forward; the last draft is never fed.
+//! [`Proposer::rollback`] cuts the cache back to the tokens verification kept.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::proposer::{Draft, ProposeInput, Proposer};
+use crate::error::{Error, Result};
+use crate::generate::PREFILL_CHUNK;
+use crate::model::{Logits, Model, SeqInput, Tokenizer};
+use crate::sampling::{apply_repetition_penalty, argmax, sample_from, transform};
+
+/// A draft model proposer.
+#[derive(Debug, Clone)]
+pub struct DraftModelProposer {
+    model: Arc<Model>,
+    /// The target's vocabulary size: drafter logits are cut or padded to it, so that the
+    /// drafter never proposes a token the target cannot take and `q` lives on `p`'s support.
+    target_vocab: usize,
+}
+
+impl DraftModelProposer {
+    /// Uses `draft` to draft for `target`. Refuses a drafter whose tokenizer differs from the
+    /// target's: its token ids would mean other texts.
+    pub fn new(
+        draft: Arc<Model>,
+        draft_tokenizer: Option<&Tokenizer>,
+        draft_path: &Path,
+        target: &Model,
+        target_tokenizer: &Tokenizer,
+    ) -> Result<Self> {
+        let incompatible = |message: String| Error::IncompatibleDraft {
+            path: draft_path.to_path_buf(),
+            message,
+        };
+        let Some(dt) = draft_tokenizer else {
+            return Err(incompatible(
+                "it has no tokenizer to check against the target's".into(),
+            ));
+        };
+        let (tv, dv) = (
+            target_tokenizer.inner().get_vocab(true),
+            dt.inner().get_vocab(true),
+        );
+        if tv.len() != dv.len() {
+            return Err(incompatible(format!(
+                "its tokenizer has {} tokens, the target's {}: draft and target must share a vocabulary",
+                dv.len(),
+                tv.len()
+            )));
+        }
+        if let Some((text, id)) = tv.iter().find(|(t, id)| dv.get(*t) != Some(id)) {
+            return Err(incompatible(format!(
+                "token {text:?} is id {id} for the target but {:?} for the drafter: draft and target must share a vocabulary",
+                dv.get(text)
+            )));
+        }
+        Ok(Self {
+            model: draft,
+            target_vocab: target.config().vocab_size,
+        })
+    }
+
+    /// The draft model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn logits_row(&self, t: &candle_core::Tensor) -> Result<Vec<f32>> {
+        let mut row = t.squeeze(0)?.to_vec1::<f32>()?;
+        row.resize(self.target_vocab, f32::NEG_INFINITY);
+        Ok(row)
+    }
+}
+
+/// The drafter's choice at one position and how sure it is.
+fn choose(
+    logits: &[f32],
+    history: &[u32],
+    input: &mut ProposeInput<'_>,
+) -> (u32, f32, Option<Vec<f32>>) {
+    let params = input.sampling;
+    if params.is_greedy() {
+        let mut l = logits.to_vec();
+        apply_repetition_penalty(&mut l, history, params.repetition_penalty);
+        let tok = argmax(&l);
+        let top = l[tok as usize];
+        let sum: f32 = l.iter().map(|&x| (x - top).exp()).sum();
+        return (tok, 1.0 / sum, None);
+    }
+    let q = transform(logits, history, params);
+    let tok = sample_from(&q, input.rng);
+    let top = q.iter().cloned().fold(0.0, f32::max);
+    (tok, top, Some(q))
+}
+
+impl Proposer for DraftModelProposer {
+    fn name(&self) -> &'static str {
+        "draft"
+    }
+
+    fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+        let ctx = self.model.config().max_position_embeddings;
+        let mut drafts = vec![Draft::default(); batch.len()];
+        // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
+        let limits: Vec<usize> = batch
+            .iter()
+            .map(|s| s.max.min((ctx + 1).saturating_sub(s.tokens.len())))
+            .collect();
+        let active: Vec<usize> = (0..batch.len()).filter(|&i| limits[i] > 0).collect();
+        if active.is_empty() {
+            return Ok(drafts);
+        }
+        for &i in &active {
+            let s = &mut batch[i];
+            let cache = s.state.cache.get_or_insert_with(|| self.model.new_cache());
+            if cache.len() >= s.tokens.len() {
+                cache.truncate(s.tokens.len() - 1);
+            }
+            // Long catch-ups (the prompt) go in chunks; the last chunk joins the batch below.
+            while s.tokens.len() - cache.len() > PREFILL_CHUNK {
+                let from = cache.len();
+                self.model.forward(&mut [SeqInput {
+                    cache,
+                    tokens: &s.tokens[from..from + PREFILL_CHUNK],
+                    logits: Logits::None,
+                }])?;
+            }
+        }
+        // Catch up with the committed tokens, getting the distribution of the first draft.
+        let mut rows: Vec<Vec<f32>> = {
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
+            let mut it = batch.iter_mut().enumerate();
+            for &i in &active {
+                let s = it.find(|(j, _)| *j == i).expect("active indices ascend").1;
+                let cache = s.state.cache.as_mut().expect("created above");
+                let from = cache.len();
+                inputs.push(SeqInput {
+                    cache,
+                    tokens: &s.tokens[from..],
+                    logits: Logits::Last,
+                });
+            }
+            self.model
+                .forward(&mut inputs)?
+                .iter()
+                .map(|t| self.logits_row(t))
+                .collect::<Result<_>>()?
+        };
+        let mut active = active;
+        loop {
+            let mut still = Vec::with_capacity(active.len());
+            let mut still_rows = Vec::new();
+            for (&i, row) in active.iter().zip(&rows) {
+                let s = &mut batch[i];
+                let d = &mut drafts[i];
+                let history: Vec<u32> = s.tokens.iter().chain(&d.tokens).copied().collect();
+                let (tok, top, q) = choose(row, &history, s);
+                if s.confidence.is_some_and(|c| top < c) {
+                    continue;
+                }
+                d.tokens.push(tok);
+                if let Some(q) = q {
+                    d.probs.get_or_insert_with(Vec::new).push(q);
+                }
+                if d.tokens.len() < limits[i] {
+                    still.push(i);
+                }
+            }
+            if still.is_empty() {
+                break;
+            }
+            {
+                let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(still.len());
+                let mut it = batch.iter_mut().enumerate();
+                for &i in &still {
+                    let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
+                    inputs.push(SeqInput {
+                        cache: s.state.cache.as_mut().expect("created above"),
+                        tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
+                        logits: Logits::Last,
+                    });
+                }
+                for t in self.model.forward(&mut inputs)? {
+                    still_rows.push(self.logits_row(&t)?);
+                }
+            }
+            active = still;
+            rows = still_rows;
+        }
+        Ok(drafts)
+    }
+}

@@ -1,0 +1,26 @@
+//! Speculative decoding: a proposer drafts tokens, the target verifies them all in one forward,
+//! acceptance keeps a prefix (losslessly: greedy output equals the target's own, sampled output
+//! follows the target's distribution), and both caches roll back to the accepted length.
+//!
+//! - [`proposer`]: the [`Proposer`] trait; [`ngram`] (prompt lookup) and [`draft_model`] (an
+//!   independent small model) implement it. GLIDE drafters will be a third kind.
+//! - [`accept`]: greedy and stochastic acceptance as plain functions.
+//! - [`policy`]: the draft length of a sequence (fixed, adaptive, confidence-gated).
+//! - [`stats`]: per-request statistics.
+//! - [`sequence`]: the token step over a batch of sequences and one-request generation.
+
+pub mod accept;
+pub mod draft_model;
+pub mod ngram;
+pub mod policy;
+pub mod proposer;
+pub mod sequence;
+pub mod stats;
+
+pub use accept::{accept_greedy, accept_stochastic, Verdict};
+pub use draft_model::DraftModelProposer;
+pub use ngram::NgramProposer;
+pub use policy::{DraftPolicy, DraftPolicyConfig};
+pub use proposer::{Draft, ProposeInput, Proposer, ProposerState};
+pub use sequence::{generate_speculative, AcceptRule, Sequence, Speculator};
+pub use stats::{PositionStats, SpecStats};

@@ -1,0 +1,88 @@
+//! Prompt lookup: propose what followed the latest earlier occurrence of the sequence's last
+//! tokens. Code and edits repeat themselves, and this costs no model at all.
+
+use super::proposer::{Draft, ProposeInput, Proposer};
+use crate::error::{Error, Result};
+
+/// The n-gram (prompt lookup) proposer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgramProposer {
+    max_n: usize,
+    min_n: usize,
+}
+
+impl Default for NgramProposer {
+    fn default() -> Self {
+        Self { max_n: 3, min_n: 1 }
+    }
+}
+
+impl NgramProposer {
+    /// Matches suffixes of `max_n` tokens down to `min_n` tokens (longest first).
+    pub fn new(max_n: usize, min_n: usize) -> Result<Self> {
+        if min_n == 0 || min_n > max_n || max_n > 32 {
+            return Err(Error::InvalidRequest(format!(
+                "n-gram sizes must satisfy 1 <= min ({min_n}) <= max ({max_n}) <= 32"
+            )));
+        }
+        Ok(Self { max_n, min_n })
+    }
+
+    /// The proposal for one token history.
+    pub fn lookup(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        let len = tokens.len();
+        if max == 0 {
+            return Vec::new();
+        }
+        for n in (self.min_n..=self.max_n.min(len.saturating_sub(1))).rev() {
+            let pattern = &tokens[len - n..];
+            // Latest start strictly before the suffix itself, so that a token follows it.
+            if let Some(start) = (0..len - n).rev().find(|&i| &tokens[i..i + n] == pattern) {
+                let from = start + n;
+                return tokens[from..(from + max).min(len)].to_vec();
+            }
+        }
+        Vec::new()
+    }
+}
+
+impl Proposer for NgramProposer {
+    fn name(&self) -> &'static str {
+        "ngram"
+    }
+
+    fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+        Ok(batch
+            .iter()
+            .map(|s| Draft {
+                tokens: self.lookup(s.tokens, s.max),
+                probs: None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_latest_match_wins() {
+        let p = NgramProposer::new(3, 1).unwrap();
+        // "1 2 3" occurs at 0 and 5; the latest earlier occurrence (5) is followed by 9 9.
+        let t = [1, 2, 3, 4, 5, 1, 2, 3, 9, 9, 7, 1, 2, 3];
+        assert_eq!(p.lookup(&t, 2), vec![9, 9]);
+        assert_eq!(p.lookup(&t, 10), vec![9, 9, 7, 1, 2, 3]);
+        // Only a 1-gram matches: the last 8 is followed by 6.
+        assert_eq!(p.lookup(&[8, 6, 5, 8], 3), vec![6, 5, 8]);
+        assert_eq!(p.lookup(&[1, 2, 3], 3), Vec::<u32>::new());
+        assert_eq!(p.lookup(&[7], 3), Vec::<u32>::new());
+        assert_eq!(p.lookup(&t, 0), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(NgramProposer::new(0, 0).is_err());
+        assert!(NgramProposer::new(2, 3).is_err());
+    }
+}

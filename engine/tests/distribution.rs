@@ -1,0 +1,537 @@
+//! Stochastic speculative decoding preserves the target's distribution.
+//!
+//! Three levels: the acceptance formulas against the exact analytic distribution (enumerating
+//! every draft and every outcome), `accept_stochastic` itself against that distribution by
+//! Monte Carlo, and whole generations of the tiny model pair (20,000 samples with and without
+//! speculation) against the target's exact distribution by a chi-square test. Each level is
+//! paired with a deliberately wrong rule — on rejection, draw from `p` instead of the residual
+//! `norm(max(0, p − q))` — and shown to catch it, so the bounds are not too loose to fail.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
+use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
+use specd_engine::model::{Logits, Model, SeqInput};
+use specd_engine::sampling::{sample_from, transform, SamplingParams};
+use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
+use specd_engine::spec::{
+    accept_stochastic, AcceptRule, DraftModelProposer, DraftPolicyConfig, Sequence, Speculator,
+    Verdict,
+};
+
+type ResidualFn = fn(&[f32], DraftDist<'_>, u32) -> Vec<f32>;
+
+/// The deliberately wrong residual: the target's own distribution, ignoring what the rejected
+/// draft already covered. Output is then biased towards tokens the drafter likes.
+fn wrong_residual(p: &[f32], _q: DraftDist<'_>, _token: u32) -> Vec<f32> {
+    p.to_vec()
+}
+
+/// `accept_stochastic` with the wrong residual, for the end-to-end companion test.
+fn wrong_accept(
+    drafts: &[u32],
+    q: Option<&[Vec<f32>]>,
+    p: &[Vec<f32>],
+    rng: &mut StdRng,
+) -> Verdict {
+    for (i, &d) in drafts.iter().enumerate() {
+        let qi = match q {
+            Some(q) => DraftDist::Probs(&q[i]),
+            None => DraftDist::OneHot,
+        };
+        if rng.random::<f32>() >= acceptance_probability(&p[i], qi, d) {
+            return Verdict {
+                accepted: i,
+                next: sample_from(&p[i], rng),
+            };
+        }
+    }
+    Verdict {
+        accepted: drafts.len(),
+        next: sample_from(&p[drafts.len()], rng),
+    }
+}
+
+/// A random distribution over `v` tokens for each context, with some exact zeros.
+fn dist(seed: u64, ctx: &[u32], v: usize) -> Vec<f32> {
+    let mut h = seed;
+    for &t in ctx {
+        h = h
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(t as u64 + 1);
+    }
+    let mut rng = StdRng::seed_from_u64(h);
+    let mut d: Vec<f32> = (0..v)
+        .map(|_| {
+            if rng.random::<f32>() < 0.2 {
+                0.0
+            } else {
+                rng.random::<f32>().powi(2)
+            }
+        })
+        .collect();
+    if d.iter().all(|&x| x == 0.0) {
+        d[0] = 1.0;
+    }
+    let s: f32 = d.iter().sum();
+    d.iter_mut().for_each(|x| *x /= s);
+    d
+}
+
+/// A deterministic drafter's choice for a context.
+fn one_hot_choice(seed: u64, ctx: &[u32], v: usize) -> u32 {
+    let d = dist(seed ^ 0x5eed, ctx, v);
+    sample_from(&d, &mut StdRng::seed_from_u64(ctx.len() as u64 + seed))
+}
+
+/// The exact distribution of one step's emitted tokens (accepted drafts + one target token),
+/// enumerating every draft and every acceptance outcome, for drafts of length `k`.
+fn step_outcomes(
+    k: usize,
+    v: usize,
+    p: &dyn Fn(&[u32]) -> Vec<f32>,
+    q: &dyn Fn(&[u32]) -> (Vec<f32>, bool),
+    res: ResidualFn,
+) -> HashMap<Vec<u32>, f64> {
+    let mut out = HashMap::new();
+    fn go(
+        ctx: Vec<u32>,
+        mass: f64,
+        left: usize,
+        v: usize,
+        p: &dyn Fn(&[u32]) -> Vec<f32>,
+        q: &dyn Fn(&[u32]) -> (Vec<f32>, bool),
+        res: ResidualFn,
+        out: &mut HashMap<Vec<u32>, f64>,
+    ) {
+        let pd = p(&ctx);
+        if left == 0 {
+            for x in 0..v {
+                let mut e = ctx.clone();
+                e.push(x as u32);
+                *out.entry(e).or_default() += mass * pd[x] as f64;
+            }
+            return;
+        }
+        let (qd, one_hot) = q(&ctx);
+        for d in 0..v {
+            if qd[d] == 0.0 {
+                continue;
+            }
+            let qi = if one_hot {
+                DraftDist::OneHot
+            } else {
+                DraftDist::Probs(&qd)
+            };
+            let a = acceptance_probability(&pd, qi, d as u32) as f64;
+            let m = mass * qd[d] as f64;
+            let mut next = ctx.clone();
+            next.push(d as u32);
+            go(next, m * a, left - 1, v, p, q, res, out);
+            let r = res(&pd, qi, d as u32);
+            for x in 0..v {
+                let mut e = ctx.clone();
+                e.push(x as u32);
+                *out.entry(e).or_default() += m * (1.0 - a) * r[x] as f64;
+            }
+        }
+    }
+    go(Vec::new(), 1.0, k, v, p, q, res, &mut out);
+    out
+}
+
+/// Largest gap between the target's law of token sequences up to length `k + 1` and the law
+/// speculation produces: one step, continued by the target itself once the step ends.
+fn max_gap(k: usize, v: usize, p: &dyn Fn(&[u32]) -> Vec<f32>, e: &HashMap<Vec<u32>, f64>) -> f64 {
+    let mut worst = 0f64;
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new()];
+    for _ in 0..=k {
+        let mut next = Vec::new();
+        for s in &seqs {
+            for x in 0..v as u32 {
+                let mut t = s.clone();
+                t.push(x);
+                // Target: the product of p along the sequence.
+                let mut target = 1f64;
+                for i in 0..t.len() {
+                    target *= p(&t[..i])[t[i] as usize] as f64;
+                }
+                // Speculation: a step emitting at least `t`, or a shorter prefix of it after
+                // which the target samples the rest.
+                let mut spec: f64 = e
+                    .iter()
+                    .filter(|(o, _)| o.len() >= t.len() && o[..t.len()] == t[..])
+                    .map(|(_, m)| m)
+                    .sum();
+                for j in 1..t.len() {
+                    if let Some(m) = e.get(&t[..j]) {
+                        let mut tail = *m;
+                        for i in j..t.len() {
+                            tail *= p(&t[..i])[t[i] as usize] as f64;
+                        }
+                        spec += tail;
+                    }
+                }
+                worst = worst.max((target - spec).abs());
+                next.push(t);
+            }
+        }
+        seqs = next;
+    }
+    worst
+}
+
+#[test]
+fn one_acceptance_step_emits_exactly_the_target_distribution() {
+    let v = 6;
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut worst_wrong = 0f64;
+    for case in 0..500u64 {
+        let p = dist(case, &[], v);
+        let q = dist(case + 10_000, &[], v);
+        for (qd, one_hot) in [
+            (q.clone(), false),
+            (one_hot_dist(rng.random_range(0..v), v), true),
+        ] {
+            for (correct, res) in [(true, residual as ResidualFn), (false, wrong_residual)] {
+                let mut got = vec![0f64; v];
+                for d in 0..v {
+                    if qd[d] == 0.0 {
+                        continue;
+                    }
+                    let qi = if one_hot {
+                        DraftDist::OneHot
+                    } else {
+                        DraftDist::Probs(&qd)
+                    };
+                    let a = acceptance_probability(&p, qi, d as u32) as f64;
+                    got[d] += qd[d] as f64 * a;
+                    let r = res(&p, qi, d as u32);
+                    for x in 0..v {
+                        got[x] += qd[d] as f64 * (1.0 - a) * r[x] as f64;
+                    }
+                }
+                let gap = got
+                    .iter()
+                    .zip(&p)
+                    .map(|(g, &w)| (g - w as f64).abs())
+                    .fold(0.0, f64::max);
+                if correct {
+                    assert!(gap < 1e-5, "case {case}, one-hot {one_hot}: gap {gap}");
+                } else {
+                    worst_wrong = worst_wrong.max(gap);
+                }
+            }
+        }
+    }
+    assert!(
+        worst_wrong > 0.05,
+        "the wrong rule went unnoticed: {worst_wrong}"
+    );
+}
+
+fn one_hot_dist(t: usize, v: usize) -> Vec<f32> {
+    let mut d = vec![0.0; v];
+    d[t] = 1.0;
+    d
+}
+
+#[test]
+fn every_position_of_a_draft_chain_follows_the_target() {
+    let v = 4;
+    for k in 1..=3 {
+        let mut worst_wrong = [0f64; 2];
+        for seed in 0..6u64 {
+            let p = move |ctx: &[u32]| dist(seed, ctx, v);
+            let q_model = move |ctx: &[u32]| (dist(seed + 100, ctx, v), false);
+            let q_det =
+                move |ctx: &[u32]| (one_hot_dist(one_hot_choice(seed, ctx, v) as usize, v), true);
+            for (name, q) in [
+                (
+                    "draft model",
+                    &q_model as &dyn Fn(&[u32]) -> (Vec<f32>, bool),
+                ),
+                ("deterministic", &q_det),
+            ] {
+                let e = step_outcomes(k, v, &p, q, residual);
+                let total: f64 = e.values().sum();
+                assert!((total - 1.0).abs() < 1e-6, "outcomes sum to {total}");
+                let gap = max_gap(k, v, &p, &e);
+                assert!(gap < 1e-5, "{name}, k={k}, seed {seed}: gap {gap}");
+                let wrong = step_outcomes(k, v, &p, q, wrong_residual);
+                worst_wrong[usize::from(name == "deterministic")] = worst_wrong
+                    [usize::from(name == "deterministic")]
+                .max(max_gap(k, v, &p, &wrong));
+            }
+        }
+        // For some contexts the wrong rule happens to coincide (a one-hot draft the target gives
+        // no mass), but over the seeds it must show.
+        assert!(
+            worst_wrong.iter().all(|&g| g > 1e-2),
+            "k={k}: the wrong rule went unnoticed ({worst_wrong:?})"
+        );
+    }
+}
+
+#[test]
+fn accept_stochastic_draws_what_the_analysis_predicts() {
+    // Monte Carlo of the real function against the enumerated outcome law.
+    let (v, k, n) = (4, 2, 200_000);
+    let p = |ctx: &[u32]| dist(7, ctx, v);
+    let q = |ctx: &[u32]| (dist(8, ctx, v), false);
+    let exact = step_outcomes(k, v, &p, &q, residual);
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut counts: HashMap<Vec<u32>, f64> = HashMap::new();
+    for _ in 0..n {
+        let mut drafts = Vec::new();
+        let mut qs = Vec::new();
+        for _ in 0..k {
+            let qd = q(&drafts).0;
+            drafts.push(sample_from(&qd, &mut rng));
+            qs.push(qd);
+        }
+        let ps: Vec<Vec<f32>> = (0..=k).map(|i| p(&drafts[..i])).collect();
+        let verdict = accept_stochastic(&drafts, Some(&qs), &ps, &mut rng);
+        let mut e = drafts[..verdict.accepted].to_vec();
+        e.push(verdict.next);
+        *counts.entry(e).or_default() += 1.0;
+    }
+    let (stat, df) = chi_square(&counts, &exact, n as f64);
+    assert!(stat < critical(df), "chi2 {stat:.1} with {df} df");
+}
+
+/// Pearson's statistic of observed counts against exact probabilities; cells expecting fewer
+/// than 5 observations are pooled. Returns the statistic and its degrees of freedom.
+fn chi_square<K: std::hash::Hash + Eq + Clone>(
+    observed: &HashMap<K, f64>,
+    exact: &HashMap<K, f64>,
+    n: f64,
+) -> (f64, usize) {
+    let (mut stat, mut cells) = (0.0, 0usize);
+    let (mut pool_o, mut pool_e) = (0.0, 0.0);
+    for (key, &p) in exact {
+        let e = p * n;
+        let o = observed.get(key).copied().unwrap_or(0.0);
+        if e >= 5.0 {
+            stat += (o - e).powi(2) / e;
+            cells += 1;
+        } else {
+            pool_o += o;
+            pool_e += e;
+        }
+    }
+    // Outcomes the exact law gives no mass at all belong in the pool too.
+    pool_o += observed
+        .iter()
+        .filter(|(k, _)| !exact.contains_key(*k))
+        .map(|(_, o)| o)
+        .sum::<f64>();
+    if pool_e > 0.0 {
+        stat += (pool_o - pool_e).powi(2) / pool_e.max(1.0);
+        cells += 1;
+    }
+    (stat, cells.saturating_sub(1).max(1))
+}
+
+/// The chi-square value exceeded with probability 1e-6 (Wilson–Hilferty): a correct sampler
+/// fails this test about once in a million runs, and a biased one fails it reliably (below).
+fn critical(df: usize) -> f64 {
+    let d = df as f64;
+    let z = 4.753;
+    d * (1.0 - 2.0 / (9.0 * d) + z * (2.0 / (9.0 * d)).sqrt()).powi(3)
+}
+
+fn spec() -> TinySpec {
+    TinySpec {
+        seed: 21,
+        weight_scale: 0.2,
+        ..Default::default()
+    }
+}
+
+fn sampling(seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature: 4.0,
+        top_k: 4,
+        top_p: 0.98,
+        repetition_penalty: 1.0,
+        seed,
+    }
+}
+
+/// Tokens generated per sample: the first step drafts two tokens, so the chain's second
+/// position is exercised too.
+const GEN: usize = 3;
+
+/// Outcome of a generation: the tokens, with `u32::MAX` standing for an EOS.
+fn outcome(out: &GenerateOutput) -> Vec<u32> {
+    let mut t = out.tokens.clone();
+    if t.len() < GEN {
+        t.push(u32::MAX);
+    }
+    t
+}
+
+/// The target's exact law of `GEN`-token outcomes, from its own distributions.
+fn exact_law(model: &Model, prompt: &[u32], eos: &[u32]) -> HashMap<Vec<u32>, f64> {
+    fn go(
+        model: &Model,
+        ctx: &mut Vec<u32>,
+        prompt_len: usize,
+        mass: f64,
+        eos: &[u32],
+        law: &mut HashMap<Vec<u32>, f64>,
+    ) {
+        let mut cache = model.new_cache();
+        let l = model
+            .forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: ctx,
+                logits: Logits::Last,
+            }])
+            .unwrap();
+        let p = transform(
+            &l[0].squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+            ctx,
+            &sampling(0),
+        );
+        for (x, &px) in p.iter().enumerate() {
+            if px == 0.0 {
+                continue;
+            }
+            let m = mass * px as f64;
+            let generated = &ctx[prompt_len..];
+            if eos.contains(&(x as u32)) {
+                let mut key = generated.to_vec();
+                key.push(u32::MAX);
+                *law.entry(key).or_default() += m;
+            } else if generated.len() + 1 == GEN {
+                let mut key = generated.to_vec();
+                key.push(x as u32);
+                *law.entry(key).or_default() += m;
+            } else {
+                ctx.push(x as u32);
+                go(model, ctx, prompt_len, m, eos, law);
+                ctx.pop();
+            }
+        }
+    }
+    let mut law = HashMap::new();
+    go(
+        model,
+        &mut prompt.to_vec(),
+        prompt.len(),
+        1.0,
+        eos,
+        &mut law,
+    );
+    law
+}
+
+fn sample_speculative(
+    target: &Model,
+    draft: &DraftModelProposer,
+    rule: AcceptRule,
+    prompt: &[u32],
+    n: u64,
+) -> HashMap<Vec<u32>, f64> {
+    let loaded = tiny_model(&spec()).unwrap();
+    let tok = loaded.tokenizer.unwrap();
+    let spec = Speculator::new(target, Some(draft)).with_rule(rule);
+    let policy = DraftPolicyConfig {
+        max_draft: 3,
+        adaptive: false,
+        confidence: None,
+    };
+    let mut counts = HashMap::new();
+    let (mut drafted, mut accepted) = (0, 0);
+    for i in 0..n {
+        let req = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_tokens: GEN,
+            sampling: sampling(i),
+            stop: Vec::new(),
+        };
+        let mut seq = Sequence::new(target, &tok, Some(draft), req, policy).unwrap();
+        seq.prefill(target).unwrap();
+        while !seq.is_finished() {
+            spec.step(&mut [&mut seq]).unwrap();
+        }
+        let out = seq.output();
+        drafted += out.speculation.drafted_tokens;
+        accepted += out.speculation.accepted_tokens;
+        *counts.entry(outcome(&out)).or_default() += 1.0;
+    }
+    eprintln!("{accepted} of {drafted} drafts accepted");
+    // Both outcomes must be common, or the rejection path went untested.
+    assert!(
+        accepted > n / 10 && drafted - accepted > n / 10,
+        "{accepted} of {drafted}"
+    );
+    counts
+}
+
+#[test]
+fn sampled_generations_follow_the_target_with_and_without_speculation() {
+    const N: u64 = 20_000;
+    let target = tiny_model(&spec()).unwrap();
+    let tok = target.tokenizer.clone().unwrap();
+    let d = tiny_draft_model(&spec(), 0.25, 3).unwrap();
+    let draft = DraftModelProposer::new(
+        Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        &tok,
+    )
+    .unwrap();
+    let prompt = [40u32, 71, 33];
+    let exact = exact_law(&target.model, &prompt, tok.eos_token_ids());
+
+    let mut plain = HashMap::new();
+    for i in 0..N {
+        let req = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_tokens: GEN,
+            sampling: sampling(1_000_000 + i),
+            stop: Vec::new(),
+        };
+        let out = generate(&target.model, &tok, &req, |_| {}).unwrap();
+        *plain.entry(outcome(&out)).or_default() += 1.0;
+    }
+    let (stat, df) = chi_square(&plain, &exact, N as f64);
+    eprintln!(
+        "target only: chi2 {stat:.1}, {df} df, critical {:.1}",
+        critical(df)
+    );
+    assert!(
+        stat < critical(df),
+        "target-only sampling is off: chi2 {stat:.1}, {df} df"
+    );
+
+    let spec_counts = sample_speculative(&target.model, &draft, accept_stochastic, &prompt, N);
+    let (stat, df) = chi_square(&spec_counts, &exact, N as f64);
+    eprintln!(
+        "speculative: chi2 {stat:.1}, {df} df, critical {:.1}",
+        critical(df)
+    );
+    assert!(
+        stat < critical(df),
+        "speculative sampling is off: chi2 {stat:.1}, {df} df"
+    );
+
+    // The same harness with the wrong rule must fail, or the bound proves nothing.
+    let wrong = sample_speculative(&target.model, &draft, wrong_accept, &prompt, N);
+    let (stat, df) = chi_square(&wrong, &exact, N as f64);
+    eprintln!(
+        "wrong rule: chi2 {stat:.1}, {df} df, critical {:.1}",
+        critical(df)
+    );
+    assert!(
+        stat > critical(df),
+        "the wrong rule passed: chi2 {stat:.1}, {df} df — the test cannot tell"
+    );
+}

@@ -1,0 +1,322 @@
+//! Speculative decoding is lossless: greedy output equals the target's own token for token,
+//! rollback leaves caches as if rejected drafts never existed.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
+use specd_engine::model::{LoadedModel, Logits, Model, SeqInput};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{
+    generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer, Sequence,
+    Speculator,
+};
+
+fn target_spec() -> TinySpec {
+    TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    }
+}
+
+struct Pair {
+    target: LoadedModel,
+    draft: DraftModelProposer,
+}
+
+fn pair(noise: f32) -> Pair {
+    let target = tiny_model(&target_spec()).unwrap();
+    let d = tiny_draft_model(&target_spec(), noise, 5).unwrap();
+    let draft = DraftModelProposer::new(
+        Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        target.tokenizer.as_ref().unwrap(),
+    )
+    .unwrap();
+    Pair { target, draft }
+}
+
+fn random_prompts(n: usize, seed: u64, vocab: u32) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(1..24);
+            // Ids below 256 + merges: ordinary tokens, never the EOS specials at the end.
+            (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()
+        })
+        .collect()
+}
+
+fn request(prompt: &[u32], max_tokens: usize, penalty: f32) -> GenerateRequest {
+    GenerateRequest {
+        prompt: prompt.to_vec(),
+        max_tokens,
+        sampling: SamplingParams {
+            repetition_penalty: penalty,
+            ..Default::default()
+        },
+        stop: Vec::new(),
+    }
+}
+
+#[test]
+fn greedy_speculative_output_equals_target_only_output() {
+    let p = pair(0.15);
+    let ngram = NgramProposer::new(3, 1).unwrap();
+    let model = &p.target.model;
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let prompts = random_prompts(50, 1, model.config().vocab_size as u32);
+    let proposers: [(&str, &dyn Proposer); 2] = [("draft", &p.draft), ("ngram", &ngram)];
+    let mut totals = [(0u64, 0u64); 2];
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let penalty = if pi % 3 == 2 { 1.3 } else { 1.0 };
+        let req = request(prompt, 32, penalty);
+        let want = generate(model, tok, &req, |_| {}).unwrap();
+        for (which, (name, proposer)) in proposers.iter().enumerate() {
+            for k in 1..=8 {
+                for adaptive in [false, true] {
+                    let policy = DraftPolicyConfig {
+                        max_draft: k,
+                        adaptive,
+                        confidence: None,
+                    };
+                    let got =
+                        generate_speculative(model, tok, Some(*proposer), policy, &req, |_| {})
+                            .unwrap();
+                    assert_eq!(
+                        got.tokens, want.tokens,
+                        "prompt {pi} {prompt:?}, {name}, k={k}, adaptive={adaptive}"
+                    );
+                    assert_eq!(got.finish_reason, want.finish_reason);
+                    let s = &got.speculation;
+                    totals[which].0 += s.drafted_tokens;
+                    totals[which].1 += s.accepted_tokens;
+                }
+            }
+        }
+    }
+    for (which, (name, _)) in proposers.iter().enumerate() {
+        let (drafted, accepted) = totals[which];
+        // Identity proves nothing unless drafts were both kept and thrown away.
+        assert!(accepted > 0, "{name}: no draft was ever accepted");
+        assert!(drafted > accepted, "{name}: no draft was ever rejected");
+        eprintln!("{name}: {accepted} of {drafted} drafts accepted");
+    }
+}
+
+/// Runs sequences together, one speculative step at a time, until all are done.
+fn run_batch(spec: &Speculator<'_>, seqs: &mut [Sequence]) {
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        spec.step(&mut refs).unwrap();
+    }
+}
+
+#[test]
+fn a_batch_with_different_draft_lengths_matches_each_sequence_alone() {
+    let p = pair(0.15);
+    let ngram = NgramProposer::default();
+    let model = &p.target.model;
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let prompts = random_prompts(7, 2, model.config().vocab_size as u32);
+    for proposer in [&p.draft as &dyn Proposer, &ngram] {
+        let spec = Speculator::new(model, Some(proposer));
+        let mut seqs: Vec<Sequence> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let policy = DraftPolicyConfig {
+                    max_draft: i % 7,
+                    adaptive: i % 2 == 1,
+                    confidence: None,
+                };
+                let mut s = Sequence::new(
+                    model,
+                    tok,
+                    Some(proposer),
+                    request(prompt, 20 + i, 1.0),
+                    policy,
+                )
+                .unwrap();
+                s.prefill(model).unwrap();
+                s
+            })
+            .collect();
+        run_batch(&spec, &mut seqs);
+        for (i, s) in seqs.iter_mut().enumerate() {
+            let want = generate(model, tok, &request(&prompts[i], 20 + i, 1.0), |_| {}).unwrap();
+            assert_eq!(
+                s.output().tokens,
+                want.tokens,
+                "{} sequence {i}",
+                proposer.name()
+            );
+        }
+    }
+}
+
+/// A cache filled with `tokens`: `head` tokens in one forward, then one token per forward.
+fn reference_cache(model: &Model, tokens: &[u32], head: usize) -> specd_engine::kv::SequenceCache {
+    let mut cache = model.new_cache();
+    if head > 0 {
+        model
+            .forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &tokens[..head],
+                logits: Logits::None,
+            }])
+            .unwrap();
+    }
+    for t in &tokens[head..] {
+        model
+            .forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: std::slice::from_ref(t),
+                logits: Logits::None,
+            }])
+            .unwrap();
+    }
+    cache
+}
+
+fn assert_same_cache(
+    a: &specd_engine::kv::SequenceCache,
+    b: &specd_engine::kv::SequenceCache,
+    layers: usize,
+    what: &str,
+) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    for l in 0..layers {
+        assert!(
+            a.layer_snapshot(l) == b.layer_snapshot(l),
+            "{what}: layer {l} differs"
+        );
+    }
+}
+
+#[test]
+fn rollback_leaves_both_caches_as_if_rejected_drafts_never_existed() {
+    let p = pair(0.3);
+    let model = &p.target.model;
+    let draft = p.draft.model();
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let layers = model.config().num_layers;
+    let (mut rejected, mut accepted) = (0, 0);
+    for prompt in random_prompts(6, 3, model.config().vocab_size as u32) {
+        let policy = DraftPolicyConfig {
+            max_draft: 5,
+            ..Default::default()
+        };
+        let mut s = Sequence::new(
+            model,
+            tok,
+            Some(&p.draft),
+            request(&prompt, 40, 1.0),
+            policy,
+        )
+        .unwrap();
+        s.prefill(model).unwrap();
+        let spec = Speculator::new(model, Some(&p.draft));
+        while !s.is_finished() {
+            spec.step(&mut [&mut s]).unwrap();
+            if s.is_finished() {
+                break;
+            }
+            let t = s.tokens();
+            // The target holds every committed token but the last.
+            let want = reference_cache(model, &t[..t.len() - 1], prompt.len() - 1);
+            assert_same_cache(s.cache(), &want, layers, "target");
+            // The drafter holds a prefix of the committed tokens (the prompt went in at once).
+            let held = s.proposer_state().cached_len().unwrap();
+            assert!(held < t.len());
+            let want = reference_cache(draft, &t[..held], prompt.len().min(held));
+            assert_same_cache(
+                s.proposer_state().cache().unwrap(),
+                &want,
+                layers,
+                "drafter",
+            );
+        }
+        let st = s.stats();
+        accepted += st.accepted_tokens;
+        rejected += st.drafted_tokens - st.accepted_tokens;
+    }
+    assert!(
+        accepted > 0 && rejected > 0,
+        "accepted {accepted}, rejected {rejected}"
+    );
+}
+
+#[test]
+fn confidence_gating_drafts_less_and_changes_nothing() {
+    let p = pair(0.15);
+    let model = &p.target.model;
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let mut drafted = Vec::new();
+    for confidence in [None, Some(0.6), Some(1.0)] {
+        let mut total = 0;
+        for prompt in random_prompts(10, 4, model.config().vocab_size as u32) {
+            let req = request(&prompt, 24, 1.0);
+            let want = generate(model, tok, &req, |_| {}).unwrap();
+            let policy = DraftPolicyConfig {
+                max_draft: 6,
+                adaptive: false,
+                confidence,
+            };
+            let got =
+                generate_speculative(model, tok, Some(&p.draft), policy, &req, |_| {}).unwrap();
+            assert_eq!(got.tokens, want.tokens, "confidence {confidence:?}");
+            total += got.speculation.drafted_tokens;
+        }
+        drafted.push(total);
+    }
+    assert!(
+        drafted[0] > drafted[1],
+        "a threshold of 0.6 drafts less: {drafted:?}"
+    );
+    assert_eq!(drafted[2], 0, "nothing is ever more than certain");
+}
+
+#[test]
+fn a_drafter_with_another_vocabulary_is_refused() {
+    let target = tiny_model(&target_spec()).unwrap();
+    let d = tiny_draft_model(&target_spec(), 0.1, 1).unwrap();
+    let mut other = d.tokenizer.clone().unwrap().inner().clone();
+    other
+        .add_special_tokens([tokenizers::AddedToken::from("<|extra|>", true)])
+        .unwrap();
+    let other = specd_engine::model::Tokenizer::from_tokenizer(other);
+    let err = DraftModelProposer::new(
+        Arc::new(d.model),
+        Some(&other),
+        &d.path,
+        &target.model,
+        target.tokenizer.as_ref().unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("vocabulary") && err.contains("tiny draft"),
+        "{err}"
+    );
+}
+
+#[test]
+fn draft_lengths_beyond_the_verification_limit_are_refused() {
+    let p = pair(0.1);
+    let model = &p.target.model;
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let policy = DraftPolicyConfig {
+        max_draft: 16,
+        ..Default::default()
+    };
+    let err = Sequence::new(model, tok, Some(&p.draft), request(&[1, 2], 4, 1.0), policy)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_draft") && err.contains("15"), "{err}");
+}
