@@ -22,6 +22,11 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Instead of pp/tg: time a verification forward of each of these row counts (comma
+    /// separated, e.g. 1,2,4,6,8) after a prompt of --prompt-tokens, with logits for every row,
+    /// and report each against one row.
+    #[arg(long, value_delimiter = ',')]
+    verify_rows: Vec<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -43,6 +48,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab.min(32000))
         .collect();
+    if !args.verify_rows.is_empty() {
+        return verify_rows(model, &prompt, &args);
+    }
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..args.repeat {
         let mut cache = model.new_cache();
@@ -81,6 +89,70 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         median(tg.clone()),
         spread(&tg),
         rss.map_or("null".to_string(), |r| format!("{r:.0}")),
+    );
+    Ok(())
+}
+
+/// The cost of verifying k drafts: one forward of k + 1 rows with all logits, on top of a
+/// cached prompt, rolled back after each run; medians of `--repeat` runs (at least 5).
+fn verify_rows(
+    model: &specd_engine::model::Model,
+    prompt: &[u32],
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let mut cache = model.new_cache();
+    model.forward(&mut [SeqInput {
+        cache: &mut cache,
+        tokens: prompt,
+        logits: Logits::None,
+    }])?;
+    let len = cache.len();
+    let repeat = args.repeat.max(5);
+    let mut rows = args.verify_rows.clone();
+    if !rows.contains(&1) {
+        rows.insert(0, 1);
+    }
+    let mut results = Vec::new();
+    for &m in &rows {
+        anyhow::ensure!(m >= 1, "--verify-rows: row counts start at 1");
+        let tokens: Vec<u32> = (0..m as u32).map(|i| 100 + i).collect();
+        let mut times = Vec::new();
+        // One unmeasured run: caches warm, candle's repacking done.
+        for run in 0..=repeat {
+            let t = Instant::now();
+            model.forward(&mut [SeqInput {
+                cache: &mut cache,
+                tokens: &tokens,
+                logits: Logits::All,
+            }])?;
+            if run > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            cache.truncate(len);
+        }
+        results.push((m, median(times)));
+    }
+    let one = results
+        .iter()
+        .find(|(m, _)| *m == 1)
+        .map(|r| r.1)
+        .unwrap_or(1.0);
+    let parts: Vec<String> = results
+        .iter()
+        .map(|(m, ms)| {
+            format!(
+                "{{\"rows\":{m},\"ms\":{ms:.2},\"vs_one_row\":{:.2}}}",
+                ms / one
+            )
+        })
+        .collect();
+    println!(
+        "{{\"model\":\"{}\",\"context\":{len},\"verify\":[{}]}}",
+        args.model
+            .model
+            .as_deref()
+            .map_or("default".into(), |p| p.display().to_string()),
+        parts.join(",")
     );
     Ok(())
 }

@@ -89,6 +89,27 @@ pub enum Speculation {
     Ngram,
 }
 
+/// Loads a draft model for `target`, its head cut to `head_rows` rows unless 0.
+pub fn load_drafter(
+    path: &std::path::Path,
+    head_rows: usize,
+    target: &model::LoadedModel,
+    tokenizer: &model::Tokenizer,
+) -> anyhow::Result<DraftModelProposer> {
+    let mut d = model::load(path, &LoadOptions::default())?;
+    if head_rows > 0 {
+        d.model.restrict_head(head_rows)?;
+    }
+    d.model.warm_up()?;
+    Ok(DraftModelProposer::new(
+        Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        tokenizer,
+    )?)
+}
+
 /// Speculation flags shared by the subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
@@ -107,6 +128,10 @@ pub struct SpecArgs {
     /// Stop drafting when the drafter's top probability falls below this (draft models).
     #[arg(long)]
     pub confidence: Option<f32>,
+    /// Keep only the first N rows of the draft model's output head (frequent tokens; lossless,
+    /// cheaper drafting, acceptance may drop). 0 keeps the whole head.
+    #[arg(long, default_value_t = 0)]
+    pub draft_head: usize,
     /// Longest suffix the n-gram proposer matches.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub ngram: u16,
@@ -135,13 +160,10 @@ impl SpecArgs {
                     Some(p) => p.clone(),
                     None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
                 };
-                let d = model::load(&path, &LoadOptions::default())?;
-                d.model.warm_up()?;
-                Some(Box::new(DraftModelProposer::new(
-                    Arc::new(d.model),
-                    d.tokenizer.as_ref(),
-                    &d.path,
-                    &target.model,
+                Some(Box::new(load_drafter(
+                    &path,
+                    self.draft_head,
+                    target,
                     tokenizer,
                 )?))
             }

@@ -1,7 +1,8 @@
 //! The `specd` command line: `generate` streams a completion, `bench` measures prefill and
-//! decode speed.
+//! decode speed, `bench-spec` compares speculative decoding methods.
 
 mod bench;
+mod bench_spec;
 mod generate;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode tokens/s of a model.
     Bench(bench::BenchArgs),
+    /// Compare speculative decoding methods with target-only decoding on a prompt set.
+    BenchSpec(bench_spec::BenchSpecArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,5 +59,6 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchSpec(args) => bench_spec::run(args),
     }
 }

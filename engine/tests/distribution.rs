@@ -456,7 +456,7 @@ fn sample_speculative(
             stop: Vec::new(),
         };
         let mut seq = Sequence::new(target, &tok, Some(draft), req, policy).unwrap();
-        seq.prefill(target).unwrap();
+        seq.prefill(target, Some(draft)).unwrap();
         while !seq.is_finished() {
             spec.step(&mut [&mut seq]).unwrap();
         }

@@ -143,7 +143,7 @@ fn a_batch_with_different_draft_lengths_matches_each_sequence_alone() {
                     policy,
                 )
                 .unwrap();
-                s.prefill(model).unwrap();
+                s.prefill(model, Some(proposer)).unwrap();
                 s
             })
             .collect();
@@ -220,7 +220,7 @@ fn rollback_leaves_both_caches_as_if_rejected_drafts_never_existed() {
             policy,
         )
         .unwrap();
-        s.prefill(model).unwrap();
+        s.prefill(model, Some(&p.draft)).unwrap();
         let spec = Speculator::new(model, Some(&p.draft));
         while !s.is_finished() {
             spec.step(&mut [&mut s]).unwrap();
@@ -231,10 +231,11 @@ fn rollback_leaves_both_caches_as_if_rejected_drafts_never_existed() {
             // The target holds every committed token but the last.
             let want = reference_cache(model, &t[..t.len() - 1], prompt.len() - 1);
             assert_same_cache(s.cache(), &want, layers, "target");
-            // The drafter holds a prefix of the committed tokens (the prompt went in at once).
+            // The drafter holds a prefix of the committed tokens (the prompt's head went in at
+            // once, at prefill).
             let held = s.proposer_state().cached_len().unwrap();
             assert!(held < t.len());
-            let want = reference_cache(draft, &t[..held], prompt.len().min(held));
+            let want = reference_cache(draft, &t[..held], (prompt.len() - 1).min(held));
             assert_same_cache(
                 s.proposer_state().cache().unwrap(),
                 &want,

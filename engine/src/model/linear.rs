@@ -64,6 +64,34 @@ impl Linear {
         Ok(self.inner.forward(x)?)
     }
 
+    /// Output rows of the matrix.
+    pub fn rows(&self) -> usize {
+        match &self.inner {
+            QMatMul::QTensor(q) => q.shape().dims()[0],
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
+        }
+    }
+
+    /// A matrix of the first `rows` output rows (quantized rows are runs of whole blocks, so
+    /// this copies their bytes).
+    pub fn first_rows(&self, rows: usize) -> Result<Self> {
+        Ok(Self::new(match &self.inner {
+            QMatMul::QTensor(q) => {
+                let (n, k) = q.shape().dims2()?;
+                let data = q.data()?;
+                let bytes = data.len() / n * rows;
+                let storage = candle_core::quantized::QStorage::from_data(
+                    std::borrow::Cow::Owned(data[..bytes].to_vec()),
+                    &Device::Cpu,
+                    q.dtype(),
+                )?;
+                QMatMul::from_qtensor(QTensor::new(storage, (rows, k))?)?
+            }
+            QMatMul::Tensor(t) => QMatMul::Tensor(t.narrow(0, 0, rows)?.contiguous()?),
+            QMatMul::TensorF16(t) => QMatMul::TensorF16(t.narrow(0, 0, rows)?.contiguous()?),
+        }))
+    }
+
     /// Rows of the matrix for the given ids (embedding lookup), dequantized.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(self.inner.embedding(ids)?)

@@ -226,6 +226,27 @@ impl Model {
         Ok(())
     }
 
+    /// Keeps only the first `rows` rows of the output head: logits then cover token ids
+    /// `0..rows` only. For drafters: byte-level BPE vocabularies number tokens roughly by merge
+    /// order, so the first ids are the frequent ones, and a head of 32k of Qwen's 152k rows
+    /// costs a fifth of the full one. Speculation stays lossless (the drafter's distribution is
+    /// simply zero on the other ids); only acceptance can change.
+    pub fn restrict_head(&mut self, rows: usize) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if rows == 0 || rows > vocab {
+            return Err(Error::InvalidRequest(format!(
+                "the draft head must keep between 1 and {vocab} rows, got {rows}"
+            )));
+        }
+        self.lm_head = self.lm_head.first_rows(rows)?;
+        Ok(())
+    }
+
+    /// Number of logits a forward returns per row (the vocabulary, or a restricted head).
+    pub fn head_rows(&self) -> usize {
+        self.lm_head.rows()
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -380,7 +401,7 @@ impl Model {
         }
         let mut normed = vec![0f32; selected.len()];
         kern::rms_norm(&selected, &self.norm, eps, &mut normed);
-        let vocab = c.vocab_size;
+        let vocab = self.lm_head.rows();
         let logits = if wanted.is_empty() {
             Tensor::zeros((0, vocab), candle_core::DType::F32, &Device::Cpu)?
         } else {

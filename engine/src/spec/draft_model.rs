@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::proposer::{Draft, ProposeInput, Proposer};
+use super::proposer::{Draft, ProposeInput, Proposer, ProposerState};
 use crate::error::{Error, Result};
 use crate::generate::PREFILL_CHUNK;
 use crate::model::{Logits, Model, SeqInput, Tokenizer};
@@ -102,6 +102,23 @@ fn choose(
 impl Proposer for DraftModelProposer {
     fn name(&self) -> &'static str {
         "draft"
+    }
+
+    fn prefill(&self, state: &mut ProposerState, prompt: &[u32]) -> Result<()> {
+        let cache = state.cache.get_or_insert_with(|| self.model.new_cache());
+        let head = &prompt[..prompt.len().saturating_sub(1)];
+        if cache.len() >= head.len() {
+            return Ok(());
+        }
+        let from = cache.len();
+        for chunk in head[from..].chunks(PREFILL_CHUNK) {
+            self.model.forward(&mut [SeqInput {
+                cache,
+                tokens: chunk,
+                logits: Logits::None,
+            }])?;
+        }
+        Ok(())
     }
 
     fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {

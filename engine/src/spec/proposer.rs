@@ -61,6 +61,13 @@ pub trait Proposer: Send + Sync {
         ProposerState::default()
     }
 
+    /// Brings the state up to date with a new sequence's prompt (all but its last token), so
+    /// that the first proposal does not pay for it. Optional: `propose` catches up anyway.
+    fn prefill(&self, state: &mut ProposerState, prompt: &[u32]) -> Result<()> {
+        let _ = (state, prompt);
+        Ok(())
+    }
+
     /// Proposes up to `max` tokens for each sequence, one [`Draft`] per input in order.
     fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>>;
 

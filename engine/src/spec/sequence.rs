@@ -91,9 +91,13 @@ impl Sequence {
         })
     }
 
-    /// Runs the target over the prompt, all but its last token (which the first step feeds).
-    pub fn prefill(&mut self, target: &Model) -> Result<()> {
+    /// Runs the target (and the proposer, if it keeps state) over the prompt, all but its last
+    /// token, which the first step feeds.
+    pub fn prefill(&mut self, target: &Model, proposer: Option<&dyn Proposer>) -> Result<()> {
         let t = Instant::now();
+        if let Some(p) = proposer {
+            p.prefill(&mut self.proposer_state, &self.req.prompt)?;
+        }
         let head = &self.req.prompt[..self.req.prompt.len() - 1];
         for chunk in head[self.cache.len().min(head.len())..].chunks(PREFILL_CHUNK) {
             target.forward(&mut [SeqInput {
@@ -385,7 +389,7 @@ pub fn generate_speculative(
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerateOutput> {
     let mut seq = Sequence::new(target, tokenizer, proposer, req.clone(), policy)?;
-    seq.prefill(target)?;
+    seq.prefill(target, proposer)?;
     let spec = Speculator::new(target, proposer);
     while !seq.is_finished() {
         spec.step(&mut [&mut seq])?;

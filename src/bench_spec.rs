@@ -1,0 +1,252 @@
+//! `specd bench-spec`: speculative decoding against target-only decoding on a set of prompts,
+//! every method on every prompt in one run (methods rotate their order from prompt to prompt so
+//! that machine drift spreads evenly), greedy. Prints one markdown table.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use specd_engine::chat::{ChatTemplate, Message};
+use specd_engine::generate::GenerateRequest;
+use specd_engine::model;
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{
+    generate_speculative, DraftPolicyConfig, NgramProposer, Proposer, SpecStats,
+};
+
+use crate::generate::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchSpecArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The draft model (default: the fetched Qwen2.5-Coder-0.5B).
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Keep only the first N rows of the draft model's head (0: all).
+    #[arg(long, default_value_t = 0)]
+    draft_head: usize,
+    /// A JSON file `{"prompts": [{"kind": ..., "text": ...}, ...]}`; each text is sent as the
+    /// user message of the target's chat template.
+    #[arg(long, default_value = "scripts/bench/code_prompts.json")]
+    prompts: PathBuf,
+    /// Use only the first N prompts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Tokens generated per prompt and method.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`.
+    #[arg(
+        long,
+        default_value = "none,draft:2,draft:3,draft:4,draft:5,draft:6,draft:adaptive:6,ngram:6"
+    )]
+    methods: String,
+}
+
+#[derive(Debug, Clone)]
+struct Method {
+    label: String,
+    proposer: Option<usize>,
+    policy: DraftPolicyConfig,
+}
+
+fn parse_methods(spec: &str) -> anyhow::Result<Vec<Method>> {
+    let mut out = Vec::new();
+    for m in spec.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let parts: Vec<&str> = m.split(':').collect();
+        let num = |s: &str| -> anyhow::Result<usize> {
+            let k: usize = s
+                .parse()
+                .with_context(|| format!("method `{m}`: `{s}` is not a number"))?;
+            anyhow::ensure!(
+                (1..=15).contains(&k),
+                "method `{m}`: draft length must be 1..=15"
+            );
+            Ok(k)
+        };
+        let (proposer, max_draft, adaptive) = match parts.as_slice() {
+            ["none"] => (None, 0, false),
+            ["draft", k] => (Some(0), num(k)?, false),
+            ["draft", "adaptive", k] => (Some(0), num(k)?, true),
+            ["ngram", k] => (Some(1), num(k)?, false),
+            ["ngram", "adaptive", k] => (Some(1), num(k)?, true),
+            _ => bail!("unknown method `{m}`: use none, draft:K, draft:adaptive:MAX, ngram:K"),
+        };
+        out.push(Method {
+            label: m.to_string(),
+            proposer,
+            policy: DraftPolicyConfig {
+                max_draft,
+                adaptive,
+                confidence: None,
+            },
+        });
+    }
+    anyhow::ensure!(!out.is_empty(), "no methods given");
+    Ok(out)
+}
+
+#[derive(Default, Clone)]
+struct Totals {
+    tokens: u64,
+    decode: Duration,
+    prefill: Duration,
+    spec: SpecStats,
+    same_as_none: usize,
+    by_kind: std::collections::BTreeMap<String, (u64, Duration)>,
+}
+
+fn add_stats(a: &mut SpecStats, b: &SpecStats) {
+    a.verifications += b.verifications;
+    a.drafts += b.drafts;
+    a.drafted_tokens += b.drafted_tokens;
+    a.accepted_tokens += b.accepted_tokens;
+    a.draft_time += b.draft_time;
+    a.verify_time += b.verify_time;
+    if a.by_position.len() < b.by_position.len() {
+        a.by_position
+            .resize(b.by_position.len(), Default::default());
+    }
+    for (x, y) in a.by_position.iter_mut().zip(&b.by_position) {
+        x.drafted += y.drafted;
+        x.accepted += y.accepted;
+    }
+}
+
+pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
+    let methods = parse_methods(&args.methods)?;
+    let raw = std::fs::read_to_string(&args.prompts)
+        .with_context(|| format!("reading {}", args.prompts.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&raw)
+        .with_context(|| format!("{}: not JSON", args.prompts.display()))?;
+    let mut prompts: Vec<(String, String)> = json["prompts"]
+        .as_array()
+        .with_context(|| format!("{}: no `prompts` array", args.prompts.display()))?
+        .iter()
+        .map(|p| {
+            let kind = p["kind"].as_str().unwrap_or("prompt").to_string();
+            let text = p["text"].as_str().context("a prompt without `text`")?;
+            Ok((kind, text.to_string()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(n) = args.limit {
+        prompts.truncate(n);
+    }
+
+    let target = args.model.load()?;
+    target.model.warm_up()?;
+    let tokenizer = target
+        .tokenizer
+        .clone()
+        .context("the target has no tokenizer")?;
+    let template = ChatTemplate::new(
+        target
+            .chat_template
+            .as_deref()
+            .context("the target ships no chat template")?,
+        tokenizer.bos_token(),
+        tokenizer.eos_token(),
+    )?;
+    let mut proposers: Vec<Box<dyn Proposer>> = Vec::new();
+    let draft_path = match &args.draft {
+        Some(p) => p.clone(),
+        None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
+    };
+    proposers.push(Box::new(crate::generate::load_drafter(
+        &draft_path,
+        args.draft_head,
+        &target,
+        &tokenizer,
+    )?));
+    proposers.push(Box::new(NgramProposer::default()));
+
+    let mut totals = vec![Totals::default(); methods.len()];
+    for (pi, (kind, text)) in prompts.iter().enumerate() {
+        let prompt = template.render(&[Message::new("user", text)], true)?;
+        let req = GenerateRequest {
+            prompt: tokenizer.encode(&prompt, true)?,
+            max_tokens: args.max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        };
+        let mut outputs: Vec<Option<Vec<u32>>> = vec![None; methods.len()];
+        for j in 0..methods.len() {
+            let mi = (j + pi) % methods.len();
+            let m = &methods[mi];
+            let proposer = m.proposer.map(|i| proposers[i].as_ref());
+            let out =
+                generate_speculative(&target.model, &tokenizer, proposer, m.policy, &req, |_| {})?;
+            let t = &mut totals[mi];
+            t.tokens += out.tokens.len() as u64;
+            t.decode += out.decode_time;
+            t.prefill += out.prefill_time;
+            add_stats(&mut t.spec, &out.speculation);
+            let e = t.by_kind.entry(kind.clone()).or_default();
+            e.0 += out.tokens.len() as u64;
+            e.1 += out.decode_time;
+            eprintln!(
+                "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}",
+                m.label,
+                out.tokens.len(),
+                out.tokens.len() as f64 / out.decode_time.as_secs_f64().max(1e-9),
+                100.0 * out.speculation.acceptance_rate(),
+                out.speculation.mean_accepted_length(),
+            );
+            outputs[mi] = Some(out.tokens);
+        }
+        let none = methods.iter().position(|m| m.proposer.is_none());
+        for (mi, o) in outputs.iter().enumerate() {
+            if none.is_some_and(|n| outputs[n] == *o) {
+                totals[mi].same_as_none += 1;
+            }
+        }
+    }
+
+    let base = methods
+        .iter()
+        .position(|m| m.proposer.is_none())
+        .map(|i| totals[i].tokens as f64 / totals[i].decode.as_secs_f64());
+    let kinds: Vec<String> = totals[0].by_kind.keys().cloned().collect();
+    println!(
+        "| method | decode tok/s | vs none | {} | acceptance | mean accepted length | draft s | verify s | output = none |",
+        kinds.iter().map(|k| format!("{k} tok/s")).collect::<Vec<_>>().join(" | ")
+    );
+    println!(
+        "|---|---|---|{}---|---|---|---|---|",
+        "---|".repeat(kinds.len())
+    );
+    for (m, t) in methods.iter().zip(&totals) {
+        let tps = t.tokens as f64 / t.decode.as_secs_f64();
+        let by_kind: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                let (n, d) = t.by_kind[k];
+                format!("{:.2}", n as f64 / d.as_secs_f64())
+            })
+            .collect();
+        println!(
+            "| {} | {:.2} | {} | {} | {} | {} | {:.1} | {:.1} | {}/{} |",
+            m.label,
+            tps,
+            base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
+            by_kind.join(" | "),
+            if m.proposer.is_some() {
+                format!("{:.1}%", 100.0 * t.spec.acceptance_rate())
+            } else {
+                "-".into()
+            },
+            if m.proposer.is_some() {
+                format!("{:.2}", t.spec.mean_accepted_length())
+            } else {
+                "1".into()
+            },
+            t.spec.draft_time.as_secs_f64(),
+            t.spec.verify_time.as_secs_f64(),
+            t.same_as_none,
+            prompts.len(),
+        );
+    }
+    Ok(())
+}
