@@ -321,3 +321,40 @@ fn draft_lengths_beyond_the_verification_limit_are_refused() {
         .to_string();
     assert!(err.contains("max_draft") && err.contains("15"), "{err}");
 }
+
+#[test]
+fn a_drafter_with_a_restricted_head_stays_lossless() {
+    let target = tiny_model(&target_spec()).unwrap();
+    let tok = target.tokenizer.as_ref().unwrap();
+    let mut d = tiny_draft_model(&target_spec(), 0.1, 5).unwrap();
+    let rows = 200;
+    d.model.restrict_head(rows).unwrap();
+    assert_eq!(d.model.head_rows(), rows);
+    assert!(d.model.clone().restrict_head(0).is_err());
+    let draft = DraftModelProposer::new(
+        Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        tok,
+    )
+    .unwrap();
+    let (mut drafted, mut accepted) = (0, 0);
+    for prompt in random_prompts(12, 6, target.model.config().vocab_size as u32) {
+        let req = request(&prompt, 24, 1.0);
+        let want = generate(&target.model, tok, &req, |_| {}).unwrap();
+        let policy = DraftPolicyConfig {
+            max_draft: 4,
+            ..Default::default()
+        };
+        let got =
+            generate_speculative(&target.model, tok, Some(&draft), policy, &req, |_| {}).unwrap();
+        assert_eq!(got.tokens, want.tokens);
+        drafted += got.speculation.drafted_tokens;
+        accepted += got.speculation.accepted_tokens;
+    }
+    assert!(
+        accepted > 0 && drafted > accepted,
+        "{accepted} of {drafted}"
+    );
+}
