@@ -64,13 +64,16 @@ fn truncated_and_corrupt_safetensors() {
     assert_mentions(&load_err(dir.path()), &["model.safetensors"]);
 }
 
+/// An edit of config.json and the words its error must contain.
+type ConfigCase<'a> = (Box<dyn Fn(&mut serde_json::Value)>, Vec<&'a str>);
+
 #[test]
 fn config_problems_name_the_field() {
     let dir = copy_fixture();
     let cfg_path = dir.path().join("config.json");
     let orig: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, Vec<&str>)> = vec![
+    let cases: Vec<ConfigCase> = vec![
         (
             Box::new(|c| c["model_type"] = "gpt_neox".into()),
             vec!["unsupported architecture `gpt_neox`"],

@@ -87,37 +87,37 @@ fn one_hot_choice(seed: u64, ctx: &[u32], v: usize) -> u32 {
     sample_from(&d, &mut StdRng::seed_from_u64(ctx.len() as u64 + seed))
 }
 
-/// The exact distribution of one step's emitted tokens (accepted drafts + one target token),
-/// enumerating every draft and every acceptance outcome, for drafts of length `k`.
-fn step_outcomes(
-    k: usize,
+/// A target's distribution after a context.
+type TargetFn<'a> = &'a dyn Fn(&[u32]) -> Vec<f32>;
+/// A drafter's distribution after a context, and whether it is deterministic (one-hot).
+type DraftFn<'a> = &'a dyn Fn(&[u32]) -> (Vec<f32>, bool);
+
+/// Enumerates every draft and every acceptance outcome of one step.
+struct Enumerator<'a> {
     v: usize,
-    p: &dyn Fn(&[u32]) -> Vec<f32>,
-    q: &dyn Fn(&[u32]) -> (Vec<f32>, bool),
+    p: TargetFn<'a>,
+    q: DraftFn<'a>,
     res: ResidualFn,
-) -> HashMap<Vec<u32>, f64> {
-    let mut out = HashMap::new();
-    fn go(
-        ctx: Vec<u32>,
-        mass: f64,
-        left: usize,
-        v: usize,
-        p: &dyn Fn(&[u32]) -> Vec<f32>,
-        q: &dyn Fn(&[u32]) -> (Vec<f32>, bool),
-        res: ResidualFn,
-        out: &mut HashMap<Vec<u32>, f64>,
-    ) {
-        let pd = p(&ctx);
+    out: HashMap<Vec<u32>, f64>,
+}
+
+impl Enumerator<'_> {
+    fn emit(&mut self, ctx: &[u32], x: usize, mass: f64) {
+        let mut e = ctx.to_vec();
+        e.push(x as u32);
+        *self.out.entry(e).or_default() += mass;
+    }
+
+    fn go(&mut self, ctx: Vec<u32>, mass: f64, left: usize) {
+        let pd = (self.p)(&ctx);
         if left == 0 {
-            for x in 0..v {
-                let mut e = ctx.clone();
-                e.push(x as u32);
-                *out.entry(e).or_default() += mass * pd[x] as f64;
+            for (x, &px) in pd.iter().enumerate() {
+                self.emit(&ctx, x, mass * px as f64);
             }
             return;
         }
-        let (qd, one_hot) = q(&ctx);
-        for d in 0..v {
+        let (qd, one_hot) = (self.q)(&ctx);
+        for d in 0..self.v {
             if qd[d] == 0.0 {
                 continue;
             }
@@ -130,22 +130,38 @@ fn step_outcomes(
             let m = mass * qd[d] as f64;
             let mut next = ctx.clone();
             next.push(d as u32);
-            go(next, m * a, left - 1, v, p, q, res, out);
-            let r = res(&pd, qi, d as u32);
-            for x in 0..v {
-                let mut e = ctx.clone();
-                e.push(x as u32);
-                *out.entry(e).or_default() += m * (1.0 - a) * r[x] as f64;
+            self.go(next, m * a, left - 1);
+            let r = (self.res)(&pd, qi, d as u32);
+            for (x, &rx) in r.iter().enumerate() {
+                self.emit(&ctx, x, m * (1.0 - a) * rx as f64);
             }
         }
     }
-    go(Vec::new(), 1.0, k, v, p, q, res, &mut out);
-    out
+}
+
+/// The exact distribution of one step's emitted tokens (accepted drafts + one target token),
+/// enumerating every draft and every acceptance outcome, for drafts of length `k`.
+fn step_outcomes(
+    k: usize,
+    v: usize,
+    p: TargetFn<'_>,
+    q: DraftFn<'_>,
+    res: ResidualFn,
+) -> HashMap<Vec<u32>, f64> {
+    let mut e = Enumerator {
+        v,
+        p,
+        q,
+        res,
+        out: HashMap::new(),
+    };
+    e.go(Vec::new(), 1.0, k);
+    e.out
 }
 
 /// Largest gap between the target's law of token sequences up to length `k + 1` and the law
 /// speculation produces: one step, continued by the target itself once the step ends.
-fn max_gap(k: usize, v: usize, p: &dyn Fn(&[u32]) -> Vec<f32>, e: &HashMap<Vec<u32>, f64>) -> f64 {
+fn max_gap(k: usize, v: usize, p: TargetFn<'_>, e: &HashMap<Vec<u32>, f64>) -> f64 {
     let mut worst = 0f64;
     let mut seqs: Vec<Vec<u32>> = vec![Vec::new()];
     for _ in 0..=k {

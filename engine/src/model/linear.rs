@@ -1,17 +1,18 @@
 //! Weight matrices applied as `x · Wᵀ`, quantized or dense.
 
-use candle_core::quantized::k_quants::{self, BlockQ4K, GgmlType};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use specd_kernels::cpu as kern;
 
 use crate::error::Result;
 
-/// Rows up to which a product runs through our per-row kernels, whose result for one row does
-/// not depend on the other rows of the batch. Verification of up to `SMALL_BATCH_ROWS - 1`
-/// drafts then computes, bit for bit, the logits that one-token decode steps compute, which is
-/// what makes greedy speculative output identical to plain greedy output.
-pub const SMALL_BATCH_ROWS: usize = 16;
+/// Rows one kernel call takes; longer inputs go through in groups of this many. Every product
+/// (quantized in the formats of `kernels/`, or dense) is computed per row in a way that does
+/// not depend on the other rows of the batch, so verification of up to `SMALL_BATCH_ROWS - 1`
+/// drafts computes, bit for bit, the logits one-token decode steps compute (and prefill the
+/// same as decode). That, not luck with near-ties, is why greedy speculative output equals
+/// plain greedy output.
+pub const SMALL_BATCH_ROWS: usize = kern::qmatmul::MAX_ROWS;
 
 /// Work split over candle's own worker pool, the one its matrix products use, so that no
 /// second pool competes for the same cores.
@@ -22,12 +23,6 @@ impl kern::ParallelFor for CandlePool {
         candle_core::utils::barrier_pool().execute_chunked(n, f);
     }
 }
-
-/// Rows up to which a Q4_K product streams the weights in their file layout (decode steps).
-/// candle's default for Q4_K repacks weights into tiles that suit many rows but are a third
-/// larger; with one or two rows the product is bound by memory traffic and the compact layout
-/// wins (measured on the real 1.5B: see BENCHMARKS.md).
-const COMPACT_MAX_ROWS: usize = 2;
 
 /// A weight matrix of shape `[out, in]`.
 #[derive(Debug, Clone)]
@@ -54,9 +49,8 @@ impl Linear {
             }
         }
         if let QMatMul::QTensor(q) = &self.inner {
-            let rows = x.dims()[0];
-            if q.dtype() == GgmlDType::Q4K && rows <= COMPACT_MAX_ROWS && x.rank() == 2 {
-                if let Some(y) = compact_matmul::<BlockQ4K>(q, x)? {
+            if x.rank() == 2 {
+                if let Some(y) = quant_rows(q, x)? {
                     return Ok(y);
                 }
             }
@@ -126,34 +120,41 @@ fn dense_rows(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
 }
 
-/// The product through candle's per-row dot products on the weights as stored. `None` when the
-/// storage cannot be viewed as blocks of `T` (then the caller takes candle's default path).
-fn compact_matmul<T: GgmlType>(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    let (n, k) = q.shape().dims2()?;
-    let (m, xk) = x.dims2()?;
-    if xk != k || k % T::BLCK_SIZE != 0 || x.dtype() != candle_core::DType::F32 {
-        return Ok(None);
-    }
-    let data = q.data()?;
-    let size = std::mem::size_of::<T>();
-    if data.len() != n * k / T::BLCK_SIZE * size
-        || data.as_ptr().align_offset(std::mem::align_of::<T>()) != 0
-    {
-        return Ok(None);
-    }
-    // SAFETY: the bytes are the tensor's own block storage (a `Vec` of `T` inside candle), the
-    // pointer is aligned for `T` and the length is a whole number of blocks, checked above.
-    let blocks: &[T] =
-        unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<T>(), data.len() / size) };
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
+/// Our kernel's block format for a candle dtype, if it has one.
+fn kernel_format(dtype: GgmlDType) -> Option<kern::QuantFormat> {
+    Some(match dtype {
+        GgmlDType::Q4K => kern::QuantFormat::Q4K,
+        GgmlDType::Q6K => kern::QuantFormat::Q6K,
+        GgmlDType::Q8_0 => kern::QuantFormat::Q8_0,
+        GgmlDType::Q5_0 => kern::QuantFormat::Q5_0,
+        _ => return None,
+    })
+}
+
+/// A product of up to [`SMALL_BATCH_ROWS`] rows through our small-batch quantized kernel (each
+/// weight block decoded once for all rows; batch-invariant). `None` for formats it lacks.
+fn quant_rows(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let Some(format) = kernel_format(q.dtype()) else {
         return Ok(None);
     };
-    let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-    let mut dst = vec![0f32; m * n];
-    k_quants::matmul((m, k, n), lhs, blocks, &mut dst)?;
-    Ok(Some(Tensor::from_vec(dst, (m, n), &Device::Cpu)?))
+    let (n, k) = q.shape().dims2()?;
+    let m = x.dims()[0];
+    let data = q.data()?;
+    let Ok(w) = kern::QuantMatrix::new(format, &data, n, k) else {
+        return Ok(None);
+    };
+    let xs = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut out = vec![0f32; m * n];
+    for (xg, og) in xs
+        .chunks(SMALL_BATCH_ROWS * k)
+        .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
+    {
+        kern::quant_matmul(&w, xg, og, &CandlePool);
+    }
+    Ok(Some(Tensor::from_vec(out, (m, n), &Device::Cpu)?))
 }
 
 #[cfg(test)]
@@ -161,16 +162,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compact_path_matches_candles_default() {
-        let w = Tensor::randn(0f32, 1.0, (64, 512), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        let lin = Linear::new(QMatMul::from_qtensor(q).unwrap());
-        for rows in 1..=3 {
-            let x = Tensor::randn(0f32, 1.0, (rows, 512), &Device::Cpu).unwrap();
-            let ours = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-            let theirs = lin.inner().forward(&x).unwrap().to_vec2::<f32>().unwrap();
-            for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
-                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+    fn kernel_path_matches_the_f32_product_for_every_native_format_and_row_count() {
+        let w = Tensor::randn(0f32, 1.0, (48, 512), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            assert!(kernel_format(dtype).is_some());
+            let lin = Linear::new(QMatMul::from_qtensor(q).unwrap());
+            for rows in [1, 3, 16, 17, 40] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 512), &Device::Cpu).unwrap();
+                let ours = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+                // The product with the weights as stored, in f32.
+                let deq = QTensor::quantize(&w, dtype).unwrap();
+                let deq = deq.dequantize(&Device::Cpu).unwrap();
+                let exact = x
+                    .matmul(&deq.t().unwrap())
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                for (ro, re) in ours.iter().zip(&exact) {
+                    // The input is rounded to 8 bits per block: errors are a small fraction of
+                    // the row's typical output, not of each (possibly tiny) value.
+                    let rms = (re.iter().map(|v| v * v).sum::<f32>() / re.len() as f32).sqrt();
+                    for (a, b) in ro.iter().zip(re) {
+                        assert!(
+                            (a - b).abs() <= 0.03 * rms,
+                            "{dtype:?}: {a} vs {b}, rms {rms}"
+                        );
+                    }
+                }
+                // Row 0 alone is bit-identical to row 0 within the batch.
+                let alone = lin.forward(&x.narrow(0, 0, 1).unwrap()).unwrap();
+                assert_eq!(
+                    alone.to_vec2::<f32>().unwrap()[0],
+                    ours[0],
+                    "{dtype:?}, {rows} rows"
+                );
             }
         }
     }

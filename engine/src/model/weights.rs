@@ -296,41 +296,23 @@ pub(crate) fn root_cause(e: &candle_core::Error) -> String {
     msg
 }
 
-/// Re-encodes weights whose format candle has no fast CPU kernel for into one it has, without
-/// changing a single value: Q4_0 and Q5_0 store `d * (q - offset)` with small integer `q`, which
-/// Q8_0 (`d * q`, `q` in i8) represents exactly with the same block size and scale.
+/// Re-encodes weights whose format our kernels lack into one they have, without changing a
+/// single value: Q4_0 stores `d * (q - 8)` with 4-bit `q`, which Q8_0 (`d * q`, `q` in i8)
+/// represents exactly with the same block size and scale. (Q5_0, Q8_0, Q4_K and Q6_K run
+/// natively through `kernels/`.)
 fn cpu_friendly(q: QTensor) -> Result<QTensor> {
-    let dtype = q.dtype();
-    if !matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0) {
+    if q.dtype() != GgmlDType::Q4_0 {
         return Ok(q);
     }
     let data = q.data()?;
-    let (block_bytes, n_blocks) = match dtype {
-        GgmlDType::Q4_0 => (18, data.len() / 18),
-        _ => (22, data.len() / 22),
-    };
-    let mut out = Vec::with_capacity(n_blocks * 34);
-    for block in data.chunks_exact(block_bytes) {
+    let mut out = Vec::with_capacity(data.len() / 18 * 34);
+    for block in data.chunks_exact(18) {
         out.extend_from_slice(&block[..2]); // the f16 scale is kept as is
         let mut qs = [0i8; 32];
-        match dtype {
-            GgmlDType::Q4_0 => {
-                for j in 0..16 {
-                    let b = block[2 + j];
-                    qs[j] = (b & 0x0F) as i8 - 8;
-                    qs[j + 16] = (b >> 4) as i8 - 8;
-                }
-            }
-            _ => {
-                let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                for j in 0..16 {
-                    let b = block[6 + j];
-                    let lo_hi = (((qh >> j) & 1) << 4) as u8;
-                    let hi_hi = (((qh >> (j + 16)) & 1) << 4) as u8;
-                    qs[j] = ((b & 0x0F) | lo_hi) as i8 - 16;
-                    qs[j + 16] = ((b >> 4) | hi_hi) as i8 - 16;
-                }
-            }
+        for j in 0..16 {
+            let b = block[2 + j];
+            qs[j] = (b & 0x0F) as i8 - 8;
+            qs[j + 16] = (b >> 4) as i8 - 8;
         }
         out.extend(qs.iter().map(|&v| v as u8));
     }
@@ -349,7 +331,8 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
         let src = Tensor::from_vec(values, (4, 64), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q5_0] {
+        {
+            let dtype = GgmlDType::Q4_0;
             let q = QTensor::quantize(&src, dtype).unwrap();
             let before = q
                 .dequantize(&Device::Cpu)
@@ -358,6 +341,13 @@ mod tests {
                 .unwrap();
             let r = cpu_friendly(q).unwrap();
             assert_eq!(r.dtype(), GgmlDType::Q8_0);
+            assert_eq!(
+                cpu_friendly(QTensor::quantize(&src, GgmlDType::Q5_0).unwrap())
+                    .unwrap()
+                    .dtype(),
+                GgmlDType::Q5_0,
+                "Q5_0 runs natively"
+            );
             let after = r
                 .dequantize(&Device::Cpu)
                 .unwrap()

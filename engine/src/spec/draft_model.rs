@@ -78,7 +78,8 @@ impl DraftModelProposer {
     }
 }
 
-/// The drafter's choice at one position and how sure it is.
+/// The drafter's choice at one position and how sure it is (its top probability; computed
+/// only when a confidence threshold asks for it, 1 otherwise).
 fn choose(
     logits: &[f32],
     history: &[u32],
@@ -89,6 +90,9 @@ fn choose(
         let mut l = logits.to_vec();
         apply_repetition_penalty(&mut l, history, params.repetition_penalty);
         let tok = argmax(&l);
+        if input.confidence.is_none() {
+            return (tok, 1.0, None);
+        }
         let top = l[tok as usize];
         let sum: f32 = l.iter().map(|&x| (x - top).exp()).sum();
         return (tok, 1.0 / sum, None);

@@ -17,7 +17,7 @@ unsafe impl Sync for SharedOut {}
 /// tokens then yields exactly the logits k single-token steps would.
 pub fn dense_matmul(w: &[f32], x: &[f32], k: usize, out: &mut [f32], par: &dyn ParallelFor) {
     assert!(
-        k > 0 && w.len() % k == 0 && x.len() % k == 0,
+        k > 0 && w.len().is_multiple_of(k) && x.len().is_multiple_of(k),
         "dense_matmul: shape mismatch"
     );
     let (n, m) = (w.len() / k, x.len() / k);
@@ -55,8 +55,12 @@ mod tests {
     #[test]
     fn rows_match_a_naive_product_and_do_not_depend_on_the_batch() {
         let (n, k) = (37, 19);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-        let x: Vec<f32> = (0..5 * k).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..5 * k)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
         let mut out = vec![0f32; 5 * n];
         dense_matmul(&w, &x, k, &mut out, &Halves);
         for r in 0..5 {

@@ -2,10 +2,12 @@
 
 mod attention;
 mod dense;
+pub mod qmatmul;
 mod rope;
 
 pub use attention::{attention, AttentionShape, KvChunks, ParallelFor, Serial};
 pub use dense::dense_matmul;
+pub use qmatmul::{quant_matmul, QuantFormat, QuantKernel, QuantMatrix, QuantMatrixError};
 pub use rope::{apply_rope, rope_tables, RopeTables};
 
 /// `out[i] = silu(gate[i]) * up[i]`, the SwiGLU activation of Llama-family MLPs.
@@ -24,7 +26,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
     assert!(
-        x.len() == out.len() && x.len() % d == 0,
+        x.len() == out.len() && x.len().is_multiple_of(d),
         "rms_norm: shape mismatch"
     );
     for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
