@@ -113,7 +113,8 @@ pub fn load_drafter(
 /// Speculation flags shared by the subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
-    /// The proposer [default: `draft` when --draft is given, else `none`].
+    /// The proposer [default: `draft` on the default model pair or when --draft is given, else
+    /// `none`].
     #[arg(long, value_enum)]
     pub speculation: Option<Speculation>,
     /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
@@ -143,12 +144,15 @@ impl SpecArgs {
         &self,
         target: &model::LoadedModel,
         tokenizer: &model::Tokenizer,
+        default_target: bool,
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
-        let kind = self.speculation.unwrap_or(if self.draft.is_some() {
-            Speculation::Draft
-        } else {
-            Speculation::None
-        });
+        let kind = self
+            .speculation
+            .unwrap_or(if self.draft.is_some() || default_target {
+                Speculation::Draft
+            } else {
+                Speculation::None
+            });
         if self.draft.is_some() && kind != Speculation::Draft {
             bail!("--draft needs --speculation draft");
         }
@@ -219,7 +223,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         stop: args.stop.clone(),
     };
-    let proposer = args.spec.proposer(&loaded, &tokenizer)?;
+    let proposer = args
+        .spec
+        .proposer(&loaded, &tokenizer, args.model.model.is_none())?;
     let proposer = proposer.as_deref();
     let policy = args.spec.policy(proposer);
     let mut stdout = std::io::stdout().lock();
