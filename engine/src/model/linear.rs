@@ -161,37 +161,63 @@ fn quant_rows(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 mod tests {
     use super::*;
 
+    /// Deterministic values in about [-2, 2).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
     #[test]
     fn kernel_path_matches_the_f32_product_for_every_native_format_and_row_count() {
-        let w = Tensor::randn(0f32, 1.0, (48, 512), &Device::Cpu).unwrap();
-        for dtype in [
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
-            GgmlDType::Q8_0,
-            GgmlDType::Q5_0,
+        let k = 512;
+        let w = Tensor::from_vec(values(48 * k, 1), (48, k), &Device::Cpu).unwrap();
+        for (dtype, act_block) in [
+            (GgmlDType::Q4K, 256),
+            (GgmlDType::Q6K, 256),
+            (GgmlDType::Q8_0, 32),
+            (GgmlDType::Q5_0, 32),
         ] {
             let q = QTensor::quantize(&w, dtype).unwrap();
             assert!(kernel_format(dtype).is_some());
+            // The product with the weights as stored, in f32.
+            let deq = q.dequantize(&Device::Cpu).unwrap();
+            let wq = deq.to_vec2::<f32>().unwrap();
             let lin = Linear::new(QMatMul::from_qtensor(q).unwrap());
             for rows in [1, 3, 16, 17, 40] {
-                let x = Tensor::randn(0f32, 1.0, (rows, 512), &Device::Cpu).unwrap();
+                let xv = values(rows * k, rows as u64);
+                let x = Tensor::from_vec(xv.clone(), (rows, k), &Device::Cpu).unwrap();
                 let ours = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-                // The product with the weights as stored, in f32.
-                let deq = QTensor::quantize(&w, dtype).unwrap();
-                let deq = deq.dequantize(&Device::Cpu).unwrap();
                 let exact = x
                     .matmul(&deq.t().unwrap())
                     .unwrap()
                     .to_vec2::<f32>()
                     .unwrap();
-                for (ro, re) in ours.iter().zip(&exact) {
-                    // The input is rounded to 8 bits per block: errors are a small fraction of
-                    // the row's typical output, not of each (possibly tiny) value.
-                    let rms = (re.iter().map(|v| v * v).sum::<f32>() / re.len() as f32).sqrt();
-                    for (a, b) in ro.iter().zip(re) {
+                for (r, (ro, re)) in ours.iter().zip(&exact).enumerate() {
+                    let xr = &xv[r * k..(r + 1) * k];
+                    // Each input is rounded to 8 bits per block: off by at most half a step,
+                    // max|x_block| / 254, so an output by at most that times Σ|w| per block.
+                    let half_steps: Vec<f32> = xr
+                        .chunks(act_block)
+                        .map(|b| b.iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0)
+                        .collect();
+                    for (j, (a, b)) in ro.iter().zip(re).enumerate() {
+                        let bound: f32 = wq[j]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, wv)| wv.abs() * half_steps[i / act_block])
+                            .sum();
                         assert!(
-                            (a - b).abs() <= 0.03 * rms,
-                            "{dtype:?}: {a} vs {b}, rms {rms}"
+                            (a - b).abs() <= bound * 1.01 + 1e-3,
+                            "{dtype:?} row {r} col {j}: {a} vs {b}, bound {bound}"
                         );
                     }
                 }
