@@ -87,9 +87,16 @@ fn choose(
 ) -> (u32, f32, Option<Vec<f32>>) {
     let params = input.sampling;
     if params.is_greedy() {
-        let mut l = logits.to_vec();
-        apply_repetition_penalty(&mut l, history, params.repetition_penalty);
-        let tok = argmax(&l);
+        let penalized;
+        let l = if params.repetition_penalty == 1.0 {
+            logits
+        } else {
+            let mut v = logits.to_vec();
+            apply_repetition_penalty(&mut v, history, params.repetition_penalty);
+            penalized = v;
+            &penalized
+        };
+        let tok = argmax(l);
         if input.confidence.is_none() {
             return (tok, 1.0, None);
         }
@@ -180,7 +187,13 @@ impl Proposer for DraftModelProposer {
             for (&i, row) in active.iter().zip(&rows) {
                 let s = &mut batch[i];
                 let d = &mut drafts[i];
-                let history: Vec<u32> = s.tokens.iter().chain(&d.tokens).copied().collect();
+                // The history matters only to a repetition penalty or a sampling transform.
+                let history: Vec<u32> =
+                    if s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0 {
+                        Vec::new()
+                    } else {
+                        s.tokens.iter().chain(&d.tokens).copied().collect()
+                    };
                 let (tok, top, q) = choose(row, &history, s);
                 if s.confidence.is_some_and(|c| top < c) {
                     continue;

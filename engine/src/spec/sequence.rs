@@ -344,6 +344,10 @@ impl Sequence {
         rule: AcceptRule,
     ) -> Verdict {
         let params = self.sampler.params().clone();
+        if params.is_greedy() && params.repetition_penalty == 1.0 {
+            let choices: Vec<u32> = rows.iter().map(|row| argmax(row)).collect();
+            return accept_greedy(drafts, &choices);
+        }
         let mut history = self.tokens.clone();
         if params.is_greedy() {
             let choices: Vec<u32> = rows
@@ -353,13 +357,9 @@ impl Sequence {
                     if i > 0 {
                         history.push(drafts[i - 1]);
                     }
-                    if params.repetition_penalty == 1.0 {
-                        argmax(row)
-                    } else {
-                        let mut l = row.clone();
-                        apply_repetition_penalty(&mut l, &history, params.repetition_penalty);
-                        argmax(&l)
-                    }
+                    let mut l = row.clone();
+                    apply_repetition_penalty(&mut l, &history, params.repetition_penalty);
+                    argmax(&l)
                 })
                 .collect();
             return accept_greedy(drafts, &choices);
