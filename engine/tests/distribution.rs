@@ -447,6 +447,17 @@ fn exact_law(model: &Model, prompt: &[u32], eos: &[u32]) -> HashMap<Vec<u32>, f6
     law
 }
 
+/// Whether `counts` of `N` samples pass the chi-square test against `exact` (printed).
+fn fits(name: &str, counts: &HashMap<Vec<u32>, f64>, exact: &HashMap<Vec<u32>, f64>) -> bool {
+    let n = counts.values().sum::<f64>();
+    let (stat, df) = chi_square(counts, exact, n);
+    eprintln!(
+        "{name}: chi2 {stat:.1}, {df} df, critical {:.1}",
+        critical(df)
+    );
+    stat < critical(df)
+}
+
 fn sample_speculative(
     target: &Model,
     draft: &DraftModelProposer,
@@ -518,36 +529,21 @@ fn sampled_generations_follow_the_target_with_and_without_speculation() {
         let out = generate(&target.model, &tok, &req, |_| {}).unwrap();
         *plain.entry(outcome(&out)).or_default() += 1.0;
     }
-    let (stat, df) = chi_square(&plain, &exact, N as f64);
-    eprintln!(
-        "target only: chi2 {stat:.1}, {df} df, critical {:.1}",
-        critical(df)
-    );
     assert!(
-        stat < critical(df),
-        "target-only sampling is off: chi2 {stat:.1}, {df} df"
+        fits("target only", &plain, &exact),
+        "target-only sampling is off"
     );
 
     let spec_counts = sample_speculative(&target.model, &draft, accept_stochastic, &prompt, N);
-    let (stat, df) = chi_square(&spec_counts, &exact, N as f64);
-    eprintln!(
-        "speculative: chi2 {stat:.1}, {df} df, critical {:.1}",
-        critical(df)
-    );
     assert!(
-        stat < critical(df),
-        "speculative sampling is off: chi2 {stat:.1}, {df} df"
+        fits("speculative", &spec_counts, &exact),
+        "speculative sampling is off"
     );
 
     // The same harness with the wrong rule must fail, or the bound proves nothing.
     let wrong = sample_speculative(&target.model, &draft, wrong_accept, &prompt, N);
-    let (stat, df) = chi_square(&wrong, &exact, N as f64);
-    eprintln!(
-        "wrong rule: chi2 {stat:.1}, {df} df, critical {:.1}",
-        critical(df)
-    );
     assert!(
-        stat > critical(df),
-        "the wrong rule passed: chi2 {stat:.1}, {df} df — the test cannot tell"
+        !fits("wrong rule", &wrong, &exact),
+        "the wrong rule passed — the test cannot tell"
     );
 }
