@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Args;
-use specd_engine::model::{Logits, SeqInput};
+use specd_engine::model::Logits;
 use specd_engine::sampling::argmax;
 
 use crate::generate::ModelArgs;
@@ -55,21 +55,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for _ in 0..args.repeat {
         let mut cache = model.new_cache();
         let t = Instant::now();
-        let logits = model.forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &prompt,
-            logits: Logits::Last,
-        }])?;
+        let logits = model.forward_cache(&mut cache, &prompt, Logits::Last)?;
         pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
-        let mut next = argmax(&logits[0].squeeze(0)?.to_vec1::<f32>()?);
+        let mut next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
         let t = Instant::now();
         for _ in 0..args.gen_tokens {
-            let logits = model.forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &[next],
-                logits: Logits::Last,
-            }])?;
-            next = argmax(&logits[0].squeeze(0)?.to_vec1::<f32>()?);
+            let logits = model.forward_cache(&mut cache, &[next], Logits::Last)?;
+            next = argmax(&logits.squeeze(0)?.to_vec1::<f32>()?);
         }
         tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
     }
@@ -101,11 +93,7 @@ fn verify_rows(
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let mut cache = model.new_cache();
-    model.forward(&mut [SeqInput {
-        cache: &mut cache,
-        tokens: prompt,
-        logits: Logits::None,
-    }])?;
+    model.forward_cache(&mut cache, prompt, Logits::None)?;
     let len = cache.len();
     let repeat = args.repeat.max(5);
     let mut rows = args.verify_rows.clone();
@@ -120,11 +108,7 @@ fn verify_rows(
         // One unmeasured run: caches warm, candle's repacking done.
         for run in 0..=repeat {
             let t = Instant::now();
-            model.forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &tokens,
-                logits: Logits::All,
-            }])?;
+            model.forward_cache(&mut cache, &tokens, Logits::All)?;
             if run > 0 {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }

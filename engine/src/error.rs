@@ -47,6 +47,22 @@ pub enum Error {
     #[error("sequence of {len} tokens exceeds the context length of {limit} tokens")]
     ContextLength { len: usize, limit: usize },
 
+    /// The KV pool has too few free blocks for what was asked.
+    #[error("KV cache exhausted: {needed} more blocks needed, {free} of {total} free")]
+    KvExhausted {
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
+
+    /// The engine's waiting queue is full; the request was not accepted.
+    #[error("overloaded: {waiting} requests are already waiting (limit {limit}); retry later")]
+    Overloaded { waiting: usize, limit: usize },
+
+    /// The engine has stopped and takes no more requests.
+    #[error("the engine has stopped")]
+    EngineStopped,
+
     /// A draft model that cannot draft for the target (different vocabulary).
     #[error("draft model {}: {message}", path.display())]
     IncompatibleDraft { path: PathBuf, message: String },
@@ -57,6 +73,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The client-facing code of this error (the gateway's wire codes): what the client did
+    /// wrong, or `overloaded`/`internal` when the fault is on this side.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::ContextLength { .. } | Error::KvExhausted { .. } => "prompt_too_long",
+            Error::Overloaded { .. } | Error::EngineStopped => "overloaded",
+            _ => "internal",
+        }
+    }
+
     pub(crate) fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
         Error::File {
             path: path.into(),

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
-use specd_engine::model::{Logits, Model, SeqInput};
+use specd_engine::model::{Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
 use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
 use specd_engine::spec::{
@@ -402,15 +402,9 @@ fn exact_law(model: &Model, prompt: &[u32], eos: &[u32]) -> HashMap<Vec<u32>, f6
         law: &mut HashMap<Vec<u32>, f64>,
     ) {
         let mut cache = model.new_cache();
-        let l = model
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: ctx,
-                logits: Logits::Last,
-            }])
-            .unwrap();
+        let l = model.forward_cache(&mut cache, ctx, Logits::Last).unwrap();
         let p = transform(
-            &l[0].squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+            &l.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
             ctx,
             &sampling(0),
         );
@@ -467,7 +461,7 @@ fn sample_speculative(
 ) -> HashMap<Vec<u32>, f64> {
     let loaded = tiny_model(&spec()).unwrap();
     let tok = loaded.tokenizer.unwrap();
-    let spec = Speculator::new(target, Some(draft)).with_rule(rule);
+    let mut spec = Speculator::new(target, Some(draft)).with_rule(rule);
     let policy = DraftPolicyConfig {
         max_draft: 3,
         adaptive: false,
@@ -483,10 +477,11 @@ fn sample_speculative(
             stop: Vec::new(),
         };
         let mut seq = Sequence::new(target, &tok, Some(draft), req, policy).unwrap();
-        seq.prefill(target, Some(draft)).unwrap();
+        spec.prefill(&mut seq).unwrap();
         while !seq.is_finished() {
             spec.step(&mut [&mut seq]).unwrap();
         }
+        spec.release(&mut seq);
         let out = seq.output();
         drafted += out.speculation.drafted_tokens;
         accepted += out.speculation.accepted_tokens;

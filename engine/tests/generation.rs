@@ -3,7 +3,7 @@
 
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
 use specd_engine::model::tiny::{tiny_model, tiny_tokenizer, TinySpec};
-use specd_engine::model::{LoadedModel, Logits, SeqInput};
+use specd_engine::model::{LoadedModel, Logits};
 use specd_engine::sampling::{argmax, SamplingParams};
 use specd_engine::Error;
 
@@ -34,13 +34,9 @@ fn reference_greedy(m: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
         let mut cache = m.model.new_cache();
         let l = m
             .model
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &seq,
-                logits: Logits::Last,
-            }])
+            .forward_cache(&mut cache, &seq, Logits::Last)
             .unwrap();
-        let t = argmax(&l[0].squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+        let t = argmax(&l.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
         out.push(t);
         seq.push(t);
     }

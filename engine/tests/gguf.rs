@@ -10,7 +10,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use specd_engine::model::tiny::{tiny_config, tiny_vocab, tiny_weights, TinySpec, SPECIAL_TOKENS};
 use specd_engine::model::{
-    self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, SeqInput, Weights,
+    self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, Weights,
 };
 
 /// llama.cpp's conversion reorders each head's Q/K rows so that rotation pairs are adjacent:
@@ -157,12 +157,8 @@ fn write_gguf_with(
 
 fn logits(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    m.forward(&mut [SeqInput {
-        cache: &mut cache,
-        tokens: toks,
-        logits: Logits::All,
-    }])
-    .unwrap()[0]
+    m.forward_cache(&mut cache, toks, Logits::All)
+        .unwrap()
         .to_vec2()
         .unwrap()
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use specd_engine::model::{self, LoadOptions, Logits, Model, SeqInput};
+use specd_engine::model::{self, LoadOptions, Logits, Model};
 use specd_engine::sampling::argmax;
 
 const MODELS: &[&str] = &["llama3", "mistral", "qwen2"];
@@ -70,14 +70,8 @@ fn full_forward_matches_transformers_logits() {
         let m = load(&fixture(name));
         let tokens: Vec<u32> = g.prompt.iter().chain(&g.continuation).copied().collect();
         let mut cache = m.new_cache();
-        let out = m
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &tokens,
-                logits: Logits::All,
-            }])
-            .unwrap();
-        let ours = rows(&out[0]);
+        let out = m.forward_cache(&mut cache, &tokens, Logits::All).unwrap();
+        let ours = rows(&out);
         assert_eq!(ours.len(), g.logits.len());
         for (pos, (a, b)) in ours.iter().zip(&g.logits).enumerate() {
             let d = max_abs_diff(a, b);
@@ -93,27 +87,17 @@ fn incremental_decoding_matches_transformers_and_its_greedy_continuation() {
         let m = load(&fixture(name));
         let mut cache = m.new_cache();
         let out = m
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &g.prompt,
-                logits: Logits::Last,
-            }])
+            .forward_cache(&mut cache, &g.prompt, Logits::Last)
             .unwrap();
-        let mut last = rows(&out[0]).remove(0);
+        let mut last = rows(&out).remove(0);
         let n = g.prompt.len();
         let mut generated = Vec::new();
         for (i, &tok) in g.continuation.iter().enumerate() {
             let d = max_abs_diff(&last, &g.logits[n - 1 + i]);
             assert!(d <= TOLERANCE, "{name}: decode step {i} differs by {d}");
             generated.push(argmax(&last));
-            let out = m
-                .forward(&mut [SeqInput {
-                    cache: &mut cache,
-                    tokens: &[tok],
-                    logits: Logits::Last,
-                }])
-                .unwrap();
-            last = rows(&out[0]).remove(0);
+            let out = m.forward_cache(&mut cache, &[tok], Logits::Last).unwrap();
+            last = rows(&out).remove(0);
         }
         assert_eq!(
             generated, g.continuation,
@@ -161,14 +145,7 @@ fn rewrite(name: &str, dtype: DType, shards: usize) -> tempfile::TempDir {
 
 fn all_logits(m: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    rows(
-        &m.forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens,
-            logits: Logits::All,
-        }])
-        .unwrap()[0],
-    )
+    rows(&m.forward_cache(&mut cache, tokens, Logits::All).unwrap())
 }
 
 #[test]

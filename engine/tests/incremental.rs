@@ -1,6 +1,7 @@
 //! Incremental = full: a sequence fed in chunks (and rolled back and re-fed) gives the logits of
 //! one forward over the whole sequence; a ragged batch gives what each sequence gives alone.
 
+use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{tiny_model, TinySpec};
 use specd_engine::model::{Architecture, Logits, Model, SeqInput};
 
@@ -34,14 +35,8 @@ fn tokens(n: usize, seed: u32, vocab: usize) -> Vec<u32> {
 
 fn full(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.new_cache();
-    let out = m
-        .forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: toks,
-            logits: Logits::All,
-        }])
-        .unwrap();
-    out[0].to_vec2().unwrap()
+    let out = m.forward_cache(&mut cache, toks, Logits::All).unwrap();
+    out.to_vec2().unwrap()
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
@@ -63,21 +58,11 @@ fn chunks_of_every_size_match_one_full_forward() {
             let prefix = 5;
             let mut got = full(&m, &seq[..prefix]);
             // the prefix again, through the cache this time
-            m.forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &seq[..prefix],
-                logits: Logits::Last,
-            }])
-            .unwrap();
+            m.forward_cache(&mut cache, &seq[..prefix], Logits::Last)
+                .unwrap();
             for chunk in seq[prefix..].chunks(n) {
-                let out = m
-                    .forward(&mut [SeqInput {
-                        cache: &mut cache,
-                        tokens: chunk,
-                        logits: Logits::All,
-                    }])
-                    .unwrap();
-                got.extend(out[0].to_vec2::<f32>().unwrap());
+                let out = m.forward_cache(&mut cache, chunk, Logits::All).unwrap();
+                got.extend(out.to_vec2::<f32>().unwrap());
             }
             assert_eq!(cache.len(), seq.len());
             for (pos, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -99,33 +84,20 @@ fn truncate_then_reappend_matches_and_leaves_no_trace() {
         let want = full(&m, &seq);
         for n in 1..=8 {
             let mut cache = m.new_cache();
-            m.forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &seq[..12],
-                logits: Logits::Last,
-            }])
-            .unwrap();
+            m.forward_cache(&mut cache, &seq[..12], Logits::Last)
+                .unwrap();
             let clean = cache.clone();
             // speculate n wrong tokens, then roll back
             let wrong = tokens(n, 1000 + n as u32, vocab);
-            m.forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &wrong,
-                logits: Logits::All,
-            }])
-            .unwrap();
+            m.forward_cache(&mut cache, &wrong, Logits::All).unwrap();
             cache.truncate(12);
             for layer in 0..m.config().num_layers {
                 assert_eq!(cache.layer_snapshot(layer), clean.layer_snapshot(layer));
             }
             let out = m
-                .forward(&mut [SeqInput {
-                    cache: &mut cache,
-                    tokens: &seq[12..],
-                    logits: Logits::All,
-                }])
+                .forward_cache(&mut cache, &seq[12..], Logits::All)
                 .unwrap();
-            for (i, row) in out[0].to_vec2::<f32>().unwrap().iter().enumerate() {
+            for (i, row) in out.to_vec2::<f32>().unwrap().iter().enumerate() {
                 assert_close(
                     row,
                     &want[12 + i],
@@ -145,26 +117,37 @@ fn ragged_batch_matches_each_sequence_alone() {
         let seqs: Vec<Vec<u32>> = (0..4)
             .map(|i| tokens(prefixes[i] + news[i], 50 + i as u32, vocab))
             .collect();
-        let mut caches: Vec<_> = (0..4).map(|_| m.new_cache()).collect();
-        for (i, c) in caches.iter_mut().enumerate() {
-            m.forward(&mut [SeqInput {
-                cache: c,
-                tokens: &seqs[i][..prefixes[i]],
-                logits: Logits::Last,
-            }])
+        // One shared pool: the sequences' blocks interleave in it.
+        let mut pool = m.new_pool(64);
+        let mut tables: Vec<BlockTable> = (0..4).map(|_| BlockTable::new()).collect();
+        for (i, t) in tables.iter_mut().enumerate() {
+            m.forward(
+                &mut pool,
+                &mut [SeqInput {
+                    table: t,
+                    tokens: &seqs[i][..prefixes[i]],
+                    logits: Logits::Last,
+                }],
+            )
             .unwrap();
         }
         let modes = [Logits::All, Logits::Last, Logits::None, Logits::Last];
-        let mut batch: Vec<SeqInput> = caches
+        let mut batch: Vec<SeqInput> = tables
             .iter_mut()
             .enumerate()
-            .map(|(i, c)| SeqInput {
-                cache: c,
+            .map(|(i, t)| SeqInput {
+                table: t,
                 tokens: &seqs[i][prefixes[i]..],
                 logits: modes[i],
             })
             .collect();
-        let out = m.forward(&mut batch).unwrap();
+        let out = m.forward(&mut pool, &mut batch).unwrap();
+        drop(batch);
+        for t in &mut tables {
+            pool.free(t);
+        }
+        assert_eq!(pool.usage().blocks_used, 0);
+        pool.check_consistency().unwrap();
         for i in 0..4 {
             let want = full(&m, &seqs[i]);
             let got = out[i].to_vec2::<f32>().unwrap();
@@ -190,28 +173,16 @@ fn failed_forward_changes_no_cache() {
     .unwrap()
     .model;
     let mut cache = m.new_cache();
-    m.forward(&mut [SeqInput {
-        cache: &mut cache,
-        tokens: &[1, 2, 3],
-        logits: Logits::Last,
-    }])
-    .unwrap();
+    m.forward_cache(&mut cache, &[1, 2, 3], Logits::Last)
+        .unwrap();
     let before = cache.clone();
     let too_long = vec![1u32; 14];
     let e = m
-        .forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &too_long,
-            logits: Logits::Last,
-        }])
+        .forward_cache(&mut cache, &too_long, Logits::Last)
         .unwrap_err();
     assert!(e.to_string().contains("context length of 16"), "{e}");
     let e = m
-        .forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &[100_000],
-            logits: Logits::Last,
-        }])
+        .forward_cache(&mut cache, &[100_000], Logits::Last)
         .unwrap_err();
     assert!(e.to_string().contains("token id 100000"), "{e}");
     assert_eq!(cache.len(), 3);

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
-use specd_engine::model::{LoadedModel, Logits, Model, SeqInput};
+use specd_engine::model::{LoadedModel, Logits, Model};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
     generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer, Sequence,
@@ -110,11 +111,21 @@ fn greedy_speculative_output_equals_target_only_output() {
 }
 
 /// Runs sequences together, one speculative step at a time, until all are done.
-fn run_batch(spec: &Speculator<'_>, seqs: &mut [Sequence]) {
+/// Afterwards every block is back in the pools.
+fn run_batch(spec: &mut Speculator<'_>, seqs: &mut [Sequence]) {
+    for s in seqs.iter_mut() {
+        spec.prefill(s).unwrap();
+    }
     while seqs.iter().any(|s| !s.is_finished()) {
         let mut refs: Vec<&mut Sequence> = seqs.iter_mut().collect();
         spec.step(&mut refs).unwrap();
     }
+    for s in seqs.iter_mut() {
+        spec.release(s);
+    }
+    assert_eq!(spec.target_kv().usage().blocks_used, 0);
+    assert_eq!(spec.draft_kv().usage().blocks_used, 0);
+    assert_eq!(spec.target_kv().usage().tokens_cached, 0);
 }
 
 #[test]
@@ -125,7 +136,7 @@ fn a_batch_with_different_draft_lengths_matches_each_sequence_alone() {
     let tok = p.target.tokenizer.as_ref().unwrap();
     let prompts = random_prompts(7, 2, model.config().vocab_size as u32);
     for proposer in [&p.draft as &dyn Proposer, &ngram] {
-        let spec = Speculator::new(model, Some(proposer));
+        let mut spec = Speculator::new(model, Some(proposer));
         let mut seqs: Vec<Sequence> = prompts
             .iter()
             .enumerate()
@@ -135,19 +146,17 @@ fn a_batch_with_different_draft_lengths_matches_each_sequence_alone() {
                     adaptive: i % 2 == 1,
                     confidence: None,
                 };
-                let mut s = Sequence::new(
+                Sequence::new(
                     model,
                     tok,
                     Some(proposer),
                     request(prompt, 20 + i, 1.0),
                     policy,
                 )
-                .unwrap();
-                s.prefill(model, Some(proposer)).unwrap();
-                s
+                .unwrap()
             })
             .collect();
-        run_batch(&spec, &mut seqs);
+        run_batch(&mut spec, &mut seqs);
         for (i, s) in seqs.iter_mut().enumerate() {
             let want = generate(model, tok, &request(&prompts[i], 20 + i, 1.0), |_| {}).unwrap();
             assert_eq!(
@@ -165,27 +174,20 @@ fn reference_cache(model: &Model, tokens: &[u32], head: usize) -> specd_engine::
     let mut cache = model.new_cache();
     if head > 0 {
         model
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: &tokens[..head],
-                logits: Logits::None,
-            }])
+            .forward_cache(&mut cache, &tokens[..head], Logits::None)
             .unwrap();
     }
     for t in &tokens[head..] {
         model
-            .forward(&mut [SeqInput {
-                cache: &mut cache,
-                tokens: std::slice::from_ref(t),
-                logits: Logits::None,
-            }])
+            .forward_cache(&mut cache, std::slice::from_ref(t), Logits::None)
             .unwrap();
     }
     cache
 }
 
 fn assert_same_cache(
-    a: &specd_engine::kv::SequenceCache,
+    pool: &KvPool,
+    a: &BlockTable,
     b: &specd_engine::kv::SequenceCache,
     layers: usize,
     what: &str,
@@ -193,7 +195,7 @@ fn assert_same_cache(
     assert_eq!(a.len(), b.len(), "{what}: length");
     for l in 0..layers {
         assert!(
-            a.layer_snapshot(l) == b.layer_snapshot(l),
+            pool.layer_snapshot(a, l) == b.layer_snapshot(l),
             "{what}: layer {l} differs"
         );
     }
@@ -220,8 +222,8 @@ fn rollback_leaves_both_caches_as_if_rejected_drafts_never_existed() {
             policy,
         )
         .unwrap();
-        s.prefill(model, Some(&p.draft)).unwrap();
-        let spec = Speculator::new(model, Some(&p.draft));
+        let mut spec = Speculator::new(model, Some(&p.draft));
+        spec.prefill(&mut s).unwrap();
         while !s.is_finished() {
             spec.step(&mut [&mut s]).unwrap();
             if s.is_finished() {
@@ -230,14 +232,15 @@ fn rollback_leaves_both_caches_as_if_rejected_drafts_never_existed() {
             let t = s.tokens();
             // The target holds every committed token but the last.
             let want = reference_cache(model, &t[..t.len() - 1], prompt.len() - 1);
-            assert_same_cache(s.cache(), &want, layers, "target");
+            assert_same_cache(spec.target_kv(), s.table(), &want, layers, "target");
             // The drafter holds a prefix of the committed tokens (the prompt's head went in at
             // once, at prefill).
             let held = s.proposer_state().cached_len().unwrap();
             assert!(held < t.len());
             let want = reference_cache(draft, &t[..held], (prompt.len() - 1).min(held));
             assert_same_cache(
-                s.proposer_state().cache().unwrap(),
+                spec.draft_kv(),
+                s.proposer_state().table().unwrap(),
                 &want,
                 layers,
                 "drafter",

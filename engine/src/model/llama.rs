@@ -13,7 +13,7 @@ use super::config::ModelConfig;
 use super::linear::{CandlePool, Linear};
 use super::weights::{Param, Weights};
 use crate::error::{Error, Result};
-use crate::kv::SequenceCache;
+use crate::kv::{BlockTable, KvPool, SequenceCache};
 
 /// Which logits a sequence wants back from a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,8 @@ pub enum Logits {
 /// One sequence's part of a batched forward.
 #[derive(Debug)]
 pub struct SeqInput<'a> {
-    pub cache: &'a mut SequenceCache,
+    /// The sequence's blocks in the pool the forward runs on.
+    pub table: &'a mut BlockTable,
     pub tokens: &'a [u32],
     pub logits: Logits,
 }
@@ -213,16 +214,8 @@ impl Model {
     /// first request.
     pub fn warm_up(&self) -> Result<()> {
         let mut cache = self.new_cache();
-        self.forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &[0; 4],
-            logits: Logits::Last,
-        }])?;
-        self.forward(&mut [SeqInput {
-            cache: &mut cache,
-            tokens: &[0],
-            logits: Logits::Last,
-        }])?;
+        self.forward_cache(&mut cache, &[0; 4], Logits::Last)?;
+        self.forward_cache(&mut cache, &[0], Logits::Last)?;
         Ok(())
     }
 
@@ -252,26 +245,52 @@ impl Model {
         &self.config
     }
 
-    /// A new, empty cache for one sequence of this model.
+    /// A new, empty cache with a pool of its own for one sequence of this model (tools and
+    /// tests; the engine shares one [`KvPool`] among its sequences).
     pub fn new_cache(&self) -> SequenceCache {
         SequenceCache::new(
             self.config.num_layers,
             self.config.num_kv_heads * self.config.head_dim,
+            self.config.max_position_embeddings,
         )
     }
 
-    /// Appends each sequence's tokens to its cache and returns its logits: `[n_i, vocab]` for
-    /// [`Logits::All`], `[1, vocab]` for [`Logits::Last`], `[0, vocab]` for [`Logits::None`]. New tokens attend causally to each
-    /// other and to everything cached before them. On error no cache is changed.
-    pub fn forward(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+    /// A pool of `max_blocks` blocks for this model.
+    pub fn new_pool(&self, max_blocks: usize) -> KvPool {
+        KvPool::for_model(&self.config, max_blocks)
+    }
+
+    /// Appends each sequence's tokens to its cache in `kv` and returns its logits: `[n_i, vocab]`
+    /// for [`Logits::All`], `[1, vocab]` for [`Logits::Last`], `[0, vocab]` for [`Logits::None`].
+    /// New tokens attend causally to each other and to everything cached before them. Slots
+    /// for the new tokens are reserved first ([`Error::KvExhausted`] when the pool is full).
+    /// On error no sequence's committed length changes (reserved blocks stay with their
+    /// tables).
+    pub fn forward(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
         self.check_batch(batch)?;
-        let result = self.forward_inner(batch);
-        if result.is_err() {
-            for s in batch.iter_mut() {
-                s.cache.discard_uncommitted();
-            }
+        for s in batch.iter_mut() {
+            kv.reserve(s.table, s.tokens.len())?;
         }
-        result
+        self.forward_inner(kv, batch)
+    }
+
+    /// [`Model::forward`] for one sequence with its own cache; returns its logits.
+    pub fn forward_cache(
+        &self,
+        cache: &mut SequenceCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let (pool, table) = cache.parts();
+        let mut out = self.forward(
+            pool,
+            &mut [SeqInput {
+                table,
+                tokens,
+                logits,
+            }],
+        )?;
+        Ok(out.pop().expect("one sequence in, one out"))
     }
 
     fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<()> {
@@ -282,7 +301,7 @@ impl Model {
                     "sequence {i} of the batch has no new tokens"
                 )));
             }
-            let len = s.cache.len() + s.tokens.len();
+            let len = s.table.len() + s.tokens.len();
             if len > c.max_position_embeddings {
                 return Err(Error::ContextLength {
                     len,
@@ -299,7 +318,7 @@ impl Model {
         Ok(())
     }
 
-    fn forward_inner(&self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
+    fn forward_inner(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let (q_dim, kv_dim) = (nh * hd, nkv * hd);
@@ -311,7 +330,7 @@ impl Model {
         let total = ids.len();
         let positions: Vec<usize> = batch
             .iter()
-            .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
+            .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
             .collect();
         let rope = kern::rope_tables(&positions, &self.inv_freq);
         let interleaved = c.rope_layout == super::config::RopeLayout::Interleaved;
@@ -348,19 +367,25 @@ impl Model {
                 let n = s.tokens.len();
                 let rows = &qkv[row0 * qkv_dim..(row0 + n) * qkv_dim];
                 // Keys and values go straight into the cache; only the queries are gathered.
+                let start = s.table.len();
                 let mut q = Vec::with_capacity(n * q_dim);
-                for r in rows.chunks_exact(qkv_dim) {
+                for (i, r) in rows.chunks_exact(qkv_dim).enumerate() {
                     q.extend_from_slice(&r[..q_dim]);
-                    s.cache
-                        .write(li, &r[q_dim..q_dim + kv_dim], &r[q_dim + kv_dim..]);
+                    kv.write(
+                        s.table,
+                        start + i,
+                        li,
+                        &r[q_dim..q_dim + kv_dim],
+                        &r[q_dim + kv_dim..],
+                    );
                 }
-                let (k_all, v_all) = s.cache.layer_rows(li);
+                let (keys, values) = kv.layer_chunks(s.table, li, start + n);
                 let chunks = kern::KvChunks {
-                    keys: &[k_all],
-                    values: &[v_all],
+                    keys: &keys,
+                    values: &values,
                 };
                 let out = &mut attn_out[row0 * q_dim..(row0 + n) * q_dim];
-                kern::attention(&q, s.cache.len(), chunks, shape, out, &CandlePool);
+                kern::attention(&q, start, chunks, shape, out, &CandlePool);
                 row0 += n;
             }
             let a = Tensor::from_slice(&attn_out, (total, q_dim), &Device::Cpu)?;
@@ -380,7 +405,7 @@ impl Model {
             kern::add_assign(&mut x, &d);
         }
         for s in batch.iter_mut() {
-            s.cache.commit(s.tokens.len());
+            kv.commit(s.table, s.tokens.len());
         }
 
         // Only the rows whose logits are wanted go through the final norm and the head.

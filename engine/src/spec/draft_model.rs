@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::proposer::{Draft, ProposeInput, Proposer, ProposerState};
 use crate::error::{Error, Result};
 use crate::generate::PREFILL_CHUNK;
+use crate::kv::{BlockTable, KvPool};
 use crate::model::{Logits, Model, SeqInput, Tokenizer};
 use crate::sampling::{apply_repetition_penalty, argmax, sample_from, transform};
 
@@ -115,24 +116,61 @@ impl Proposer for DraftModelProposer {
         "draft"
     }
 
-    fn prefill(&self, state: &mut ProposerState, prompt: &[u32]) -> Result<()> {
-        let cache = state.cache.get_or_insert_with(|| self.model.new_cache());
-        let head = &prompt[..prompt.len().saturating_sub(1)];
-        if cache.len() >= head.len() {
+    fn new_pool(&self, max_blocks: usize) -> KvPool {
+        self.model.new_pool(max_blocks)
+    }
+
+    fn blocks_needed(
+        &self,
+        _kv: &KvPool,
+        state: &ProposerState,
+        committed: usize,
+        k: usize,
+    ) -> usize {
+        if k == 0 {
+            return 0;
+        }
+        // Drafting feeds every committed token, then drafts 1..k-1 (the last is never fed).
+        let held = state.table.as_ref().map_or(0, |t| t.blocks().len());
+        KvPool::blocks_for(committed + k - 1).saturating_sub(held)
+    }
+
+    fn reserve(
+        &self,
+        kv: &mut KvPool,
+        state: &mut ProposerState,
+        committed: usize,
+        k: usize,
+    ) -> Result<()> {
+        if k == 0 {
             return Ok(());
         }
-        let from = cache.len();
+        let table = state.table.get_or_insert_with(BlockTable::new);
+        let want = committed + k - 1;
+        kv.reserve(table, want.saturating_sub(table.len()))
+    }
+
+    fn prefill(&self, kv: &mut KvPool, state: &mut ProposerState, tokens: &[u32]) -> Result<()> {
+        let table = state.table.get_or_insert_with(BlockTable::new);
+        let head = &tokens[..tokens.len().saturating_sub(1)];
+        if table.len() >= head.len() {
+            return Ok(());
+        }
+        let from = table.len();
         for chunk in head[from..].chunks(PREFILL_CHUNK) {
-            self.model.forward(&mut [SeqInput {
-                cache,
-                tokens: chunk,
-                logits: Logits::None,
-            }])?;
+            self.model.forward(
+                kv,
+                &mut [SeqInput {
+                    table,
+                    tokens: chunk,
+                    logits: Logits::None,
+                }],
+            )?;
         }
         Ok(())
     }
 
-    fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+    fn propose(&self, kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
         let ctx = self.model.config().max_position_embeddings;
         let mut drafts = vec![Draft::default(); batch.len()];
         // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
@@ -146,18 +184,21 @@ impl Proposer for DraftModelProposer {
         }
         for &i in &active {
             let s = &mut batch[i];
-            let cache = s.state.cache.get_or_insert_with(|| self.model.new_cache());
-            if cache.len() >= s.tokens.len() {
-                cache.truncate(s.tokens.len() - 1);
+            let table = s.state.table.get_or_insert_with(BlockTable::new);
+            if table.len() >= s.tokens.len() {
+                kv.truncate(table, s.tokens.len() - 1);
             }
             // Long catch-ups (the prompt) go in chunks; the last chunk joins the batch below.
-            while s.tokens.len() - cache.len() > PREFILL_CHUNK {
-                let from = cache.len();
-                self.model.forward(&mut [SeqInput {
-                    cache,
-                    tokens: &s.tokens[from..from + PREFILL_CHUNK],
-                    logits: Logits::None,
-                }])?;
+            while s.tokens.len() - table.len() > PREFILL_CHUNK {
+                let from = table.len();
+                self.model.forward(
+                    kv,
+                    &mut [SeqInput {
+                        table,
+                        tokens: &s.tokens[from..from + PREFILL_CHUNK],
+                        logits: Logits::None,
+                    }],
+                )?;
             }
         }
         // Catch up with the committed tokens, getting the distribution of the first draft.
@@ -166,16 +207,16 @@ impl Proposer for DraftModelProposer {
             let mut it = batch.iter_mut().enumerate();
             for &i in &active {
                 let s = it.find(|(j, _)| *j == i).expect("active indices ascend").1;
-                let cache = s.state.cache.as_mut().expect("created above");
-                let from = cache.len();
+                let table = s.state.table.as_mut().expect("created above");
+                let from = table.len();
                 inputs.push(SeqInput {
-                    cache,
+                    table,
                     tokens: &s.tokens[from..],
                     logits: Logits::Last,
                 });
             }
             self.model
-                .forward(&mut inputs)?
+                .forward(kv, &mut inputs)?
                 .iter()
                 .map(|t| self.logits_row(t))
                 .collect::<Result<_>>()?
@@ -215,12 +256,12 @@ impl Proposer for DraftModelProposer {
                 for &i in &still {
                     let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
                     inputs.push(SeqInput {
-                        cache: s.state.cache.as_mut().expect("created above"),
+                        table: s.state.table.as_mut().expect("created above"),
                         tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
                         logits: Logits::Last,
                     });
                 }
-                for t in self.model.forward(&mut inputs)? {
+                for t in self.model.forward(kv, &mut inputs)? {
                     still_rows.push(self.logits_row(&t)?);
                 }
             }

@@ -22,5 +22,8 @@ pub use draft_model::DraftModelProposer;
 pub use ngram::NgramProposer;
 pub use policy::{DraftPolicy, DraftPolicyConfig};
 pub use proposer::{Draft, ProposeInput, Proposer, ProposerState};
-pub use sequence::{generate_speculative, AcceptRule, Sequence, Speculator};
+pub use sequence::{
+    generate_speculative, propose_drafts, verify, AcceptRule, Decision, PhaseTimes, Sequence,
+    Speculator,
+};
 pub use stats::{PositionStats, SpecStats};

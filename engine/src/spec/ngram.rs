@@ -3,6 +3,7 @@
 
 use super::proposer::{Draft, ProposeInput, Proposer};
 use crate::error::{Error, Result};
+use crate::kv::KvPool;
 
 /// The n-gram (prompt lookup) proposer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl Proposer for NgramProposer {
         "ngram"
     }
 
-    fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+    fn propose(&self, _kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
         Ok(batch
             .iter()
             .map(|s| Draft {

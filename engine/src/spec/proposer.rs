@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 
 use crate::error::Result;
-use crate::kv::SequenceCache;
+use crate::kv::{BlockTable, KvPool};
 use crate::sampling::SamplingParams;
 
 /// Tokens proposed for one sequence.
@@ -19,19 +19,19 @@ pub struct Draft {
 /// A proposer's per-sequence state, owned by the sequence.
 #[derive(Debug, Default)]
 pub struct ProposerState {
-    /// The drafter's own KV cache (draft models).
-    pub(crate) cache: Option<SequenceCache>,
+    /// The drafter's own KV cache (draft models): its blocks in the proposer's pool.
+    pub(crate) table: Option<BlockTable>,
 }
 
 impl ProposerState {
     /// Positions held in the drafter's cache, if the proposer keeps one.
     pub fn cached_len(&self) -> Option<usize> {
-        self.cache.as_ref().map(SequenceCache::len)
+        self.table.as_ref().map(BlockTable::len)
     }
 
-    /// The drafter's cache, if any (tests compare it).
-    pub fn cache(&self) -> Option<&SequenceCache> {
-        self.cache.as_ref()
+    /// The drafter's block table, if any (tests compare caches through it).
+    pub fn table(&self) -> Option<&BlockTable> {
+        self.table.as_ref()
     }
 }
 
@@ -51,7 +51,8 @@ pub struct ProposeInput<'a> {
 }
 
 /// Drafts tokens for a batch of sequences. Implementations keep any per-sequence state in
-/// [`ProposerState`] so that one proposer serves every sequence.
+/// [`ProposerState`] (and KV memory in the pool the caller passes, one per proposer) so that
+/// one proposer serves every sequence.
 pub trait Proposer: Send + Sync {
     /// A short name (`ngram`, `draft`).
     fn name(&self) -> &'static str;
@@ -61,21 +62,61 @@ pub trait Proposer: Send + Sync {
         ProposerState::default()
     }
 
-    /// Brings the state up to date with a new sequence's prompt (all but its last token), so
-    /// that the first proposal does not pay for it. Optional: `propose` catches up anyway.
-    fn prefill(&self, state: &mut ProposerState, prompt: &[u32]) -> Result<()> {
-        let _ = (state, prompt);
+    /// A KV pool of `max_blocks` blocks for this proposer's sequences (an empty one for
+    /// proposers without a cache).
+    fn new_pool(&self, max_blocks: usize) -> KvPool {
+        let _ = max_blocks;
+        KvPool::new(0, 0, 0)
+    }
+
+    /// Blocks of `kv` that drafting `k` tokens after `committed` committed tokens needs beyond
+    /// what `state` holds, so that the caller can reserve them before the step.
+    fn blocks_needed(
+        &self,
+        kv: &KvPool,
+        state: &ProposerState,
+        committed: usize,
+        k: usize,
+    ) -> usize {
+        let _ = (kv, state, committed, k);
+        0
+    }
+
+    /// Reserves what [`Proposer::blocks_needed`] counts.
+    fn reserve(
+        &self,
+        kv: &mut KvPool,
+        state: &mut ProposerState,
+        committed: usize,
+        k: usize,
+    ) -> Result<()> {
+        let _ = (kv, state, committed, k);
+        Ok(())
+    }
+
+    /// Brings the state up to date with a sequence's tokens (all but the last), so that the
+    /// first proposal does not pay for them. Optional: `propose` catches up anyway.
+    fn prefill(&self, kv: &mut KvPool, state: &mut ProposerState, tokens: &[u32]) -> Result<()> {
+        let _ = (kv, state, tokens);
         Ok(())
     }
 
     /// Proposes up to `max` tokens for each sequence, one [`Draft`] per input in order.
-    fn propose(&self, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>>;
+    fn propose(&self, kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>>;
 
     /// After verification: the first `valid` committed tokens are the only ones the state may
-    /// still hold (rejected drafts go).
-    fn rollback(&self, state: &mut ProposerState, valid: usize) {
-        if let Some(c) = &mut state.cache {
-            c.truncate(valid);
+    /// still hold (rejected drafts go, and blocks no longer needed return to `kv`).
+    fn rollback(&self, kv: &mut KvPool, state: &mut ProposerState, valid: usize) {
+        if let Some(t) = &mut state.table {
+            kv.truncate(t, valid);
+        }
+    }
+
+    /// Returns everything `state` holds in `kv` (the sequence finished, was cancelled or
+    /// preempted).
+    fn release(&self, kv: &mut KvPool, state: &mut ProposerState) {
+        if let Some(t) = &mut state.table {
+            kv.free(t);
         }
     }
 }

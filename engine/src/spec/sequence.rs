@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::generate::{
     validate_request, FinishReason, GenerateOutput, GenerateRequest, StopMatcher, PREFILL_CHUNK,
 };
-use crate::kv::SequenceCache;
+use crate::kv::{BlockTable, KvPool};
 use crate::model::{Logits, Model, SeqInput, TextStream, Tokenizer};
 use crate::sampling::{apply_repetition_penalty, argmax, transform, Sampler};
 
@@ -30,7 +30,8 @@ pub struct Sequence {
     req: GenerateRequest,
     /// Prompt and accepted output.
     tokens: Vec<u32>,
-    cache: SequenceCache,
+    /// The target's blocks of this sequence.
+    table: BlockTable,
     proposer_state: ProposerState,
     sampler: Sampler,
     policy: DraftPolicy,
@@ -73,7 +74,7 @@ impl Sequence {
         }
         Ok(Self {
             tokens: req.prompt.clone(),
-            cache: target.new_cache(),
+            table: BlockTable::new(),
             proposer_state: proposer.map(|p| p.new_state()).unwrap_or_default(),
             sampler: Sampler::new(req.sampling.clone()),
             policy: DraftPolicy::new(policy),
@@ -91,23 +92,93 @@ impl Sequence {
         })
     }
 
-    /// Runs the target (and the proposer, if it keeps state) over the prompt, all but its last
-    /// token, which the first step feeds.
-    pub fn prefill(&mut self, target: &Model, proposer: Option<&dyn Proposer>) -> Result<()> {
-        let t = Instant::now();
-        if let Some(p) = proposer {
-            p.prefill(&mut self.proposer_state, &self.req.prompt)?;
+    /// Runs the target (and the proposer, if it keeps state) over the sequence's tokens but
+    /// the last, which the next step feeds: the prompt of a new sequence, or prompt and output
+    /// of one recomputed after preemption.
+    pub fn prefill(
+        &mut self,
+        target: &Model,
+        target_kv: &mut KvPool,
+        proposer: Option<(&dyn Proposer, &mut KvPool)>,
+    ) -> Result<()> {
+        if let Some((p, kv)) = proposer {
+            self.prefill_proposer(p, kv)?;
         }
-        let head = &self.req.prompt[..self.req.prompt.len() - 1];
-        for chunk in head[self.cache.len().min(head.len())..].chunks(PREFILL_CHUNK) {
-            target.forward(&mut [SeqInput {
-                cache: &mut self.cache,
-                tokens: chunk,
-                logits: Logits::None,
-            }])?;
+        self.prefill_target(target, target_kv)
+    }
+
+    /// The proposer's part of [`Sequence::prefill`].
+    pub fn prefill_proposer(&mut self, proposer: &dyn Proposer, kv: &mut KvPool) -> Result<()> {
+        let t = Instant::now();
+        proposer.prefill(kv, &mut self.proposer_state, &self.tokens)?;
+        self.prefill_time += t.elapsed();
+        Ok(())
+    }
+
+    /// The target's part of [`Sequence::prefill`].
+    pub fn prefill_target(&mut self, target: &Model, kv: &mut KvPool) -> Result<()> {
+        let t = Instant::now();
+        let head = &self.tokens[..self.tokens.len() - 1];
+        for chunk in head[self.table.len().min(head.len())..].chunks(PREFILL_CHUNK) {
+            target.forward(
+                kv,
+                &mut [SeqInput {
+                    table: &mut self.table,
+                    tokens: chunk,
+                    logits: Logits::None,
+                }],
+            )?;
         }
         self.prefill_time += t.elapsed();
         Ok(())
+    }
+
+    /// The draft length the request asks for at most (0 without speculation).
+    pub fn request_draft_len(&self) -> usize {
+        self.policy.next_len()
+    }
+
+    /// Tokens the target has yet to cache before this sequence can step (its prompt when new,
+    /// everything when preempted).
+    pub fn pending_prefill(&self) -> usize {
+        (self.tokens.len() - 1).saturating_sub(self.table.len())
+    }
+
+    /// Blocks of the target's pool that prefill plus a step drafting `k` tokens needs beyond
+    /// what the sequence holds.
+    pub fn target_blocks_needed(&self, k: usize) -> usize {
+        // The step feeds [last, d_1..d_k] after the cached tokens[..len-1].
+        KvPool::blocks_for(self.tokens.len() + k).saturating_sub(self.table.blocks().len())
+    }
+
+    /// Reserves the target blocks of [`Sequence::target_blocks_needed`].
+    pub fn reserve_target(&mut self, kv: &mut KvPool, k: usize) -> Result<()> {
+        let n = (self.tokens.len() + k).saturating_sub(self.table.len());
+        kv.reserve(&mut self.table, n)
+    }
+
+    /// Reserves the proposer's blocks for drafting `k` tokens after `committed` tokens.
+    pub fn reserve_proposer(
+        &mut self,
+        proposer: &dyn Proposer,
+        kv: &mut KvPool,
+        committed: usize,
+        k: usize,
+    ) -> Result<()> {
+        proposer.reserve(kv, &mut self.proposer_state, committed, k)
+    }
+
+    /// Returns every block the sequence holds (target and proposer) to the pools. The sequence
+    /// keeps its tokens: prefill rebuilds the caches (recompute after preemption).
+    pub fn release(
+        &mut self,
+        target_kv: &mut KvPool,
+        proposer: Option<(&dyn Proposer, &mut KvPool)>,
+    ) {
+        target_kv.free(&mut self.table);
+        if let Some((p, kv)) = proposer {
+            p.release(kv, &mut self.proposer_state);
+        }
     }
 
     /// Whether generation has ended.
@@ -125,9 +196,24 @@ impl Sequence {
         &self.tokens
     }
 
-    /// The target's cache of this sequence.
-    pub fn cache(&self) -> &SequenceCache {
-        &self.cache
+    /// The target's block table of this sequence.
+    pub fn table(&self) -> &BlockTable {
+        &self.table
+    }
+
+    /// The request this sequence serves.
+    pub fn request(&self) -> &GenerateRequest {
+        &self.req
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
     }
 
     /// The proposer's state of this sequence (the drafter's cache).
@@ -155,12 +241,13 @@ impl Sequence {
         }
     }
 
-    /// How many tokens to draft now: the policy's length, cut so that the step cannot emit more
-    /// than `max_tokens` nor reach past the target's context.
-    fn draft_budget(&self, ctx: usize) -> usize {
+    /// How many tokens to draft now: the policy's length (at most `cap`), cut so that the step
+    /// cannot emit more than `max_tokens` nor reach past the target's context.
+    pub fn draft_budget(&self, ctx: usize, cap: usize) -> usize {
         let remaining = self.req.max_tokens.saturating_sub(self.generated.len());
         self.policy
             .next_len()
+            .min(cap)
             .min(remaining.saturating_sub(1))
             .min(ctx.saturating_sub(self.tokens.len()))
     }
@@ -203,140 +290,84 @@ impl Sequence {
 /// distributions (one more row than drafts), the request's RNG.
 pub type AcceptRule = fn(&[u32], Option<&[Vec<f32>]>, &[Vec<f32>], &mut StdRng) -> Verdict;
 
-/// Runs speculative steps for sequences of one target model and one proposer (or none).
-#[derive(Clone, Copy)]
-pub struct Speculator<'a> {
-    target: &'a Model,
-    proposer: Option<&'a dyn Proposer>,
-    rule: AcceptRule,
+/// What acceptance decided for one sequence in one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Tokens drafted.
+    pub drafted: usize,
+    /// Leading drafts kept.
+    pub accepted: usize,
+    /// The corrected or bonus token the target supplies.
+    pub next: u32,
+    /// Positions both caches keep: the committed tokens (but the last, which is cached now)
+    /// and the accepted drafts.
+    pub keep: usize,
 }
 
-impl<'a> Speculator<'a> {
-    /// `proposer: None` decodes one token per step (target only).
-    pub fn new(target: &'a Model, proposer: Option<&'a dyn Proposer>) -> Self {
-        Self {
-            target,
-            proposer,
-            rule: accept_stochastic,
-        }
-    }
-
-    /// Replaces the stochastic acceptance rule ([`accept_stochastic`] by default). Only the
-    /// distribution tests use this, to show that they fail on a wrong rule.
-    pub fn with_rule(mut self, rule: AcceptRule) -> Self {
-        self.rule = rule;
-        self
-    }
-
-    /// One token step for every unfinished sequence of the batch: draft, verify all drafts of
-    /// all sequences in one target forward, accept, roll back both caches, emit.
-    pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<()> {
-        let ctx = self.target.config().max_position_embeddings;
-        let mut live: Vec<&mut Sequence> = seqs
-            .iter_mut()
-            .map(|s| &mut **s)
-            .filter(|s| !s.is_finished())
-            .collect();
-        if live.is_empty() {
-            return Ok(());
-        }
-        let step_start = Instant::now();
-        for s in live.iter_mut() {
-            s.decode_start.get_or_insert(step_start);
-        }
-
-        // 1. Propose.
-        let t = Instant::now();
-        let budgets: Vec<usize> = live.iter().map(|s| s.draft_budget(ctx)).collect();
-        let mut drafts = vec![Draft::default(); live.len()];
-        if let Some(p) = self.proposer {
-            let idx: Vec<usize> = (0..live.len()).filter(|&i| budgets[i] > 0).collect();
-            if !idx.is_empty() {
-                let mut inputs = Vec::with_capacity(idx.len());
-                for (i, s) in live.iter_mut().enumerate() {
-                    if budgets[i] == 0 {
-                        continue;
-                    }
-                    let Sequence {
-                        tokens,
-                        proposer_state,
-                        sampler,
-                        policy,
-                        ..
-                    } = &mut **s;
-                    let confidence = policy.config().confidence;
-                    let (params, rng) = sampler.parts();
-                    inputs.push(ProposeInput {
-                        tokens,
-                        state: proposer_state,
-                        max: budgets[i],
-                        sampling: params,
-                        rng,
-                        confidence,
-                    });
-                }
-                for (&i, mut d) in idx.iter().zip(p.propose(&mut inputs)?) {
-                    d.tokens.truncate(budgets[i]);
-                    if let Some(q) = &mut d.probs {
-                        q.truncate(budgets[i]);
-                    }
-                    drafts[i] = d;
-                }
-            }
-        }
-        let draft_time = t.elapsed();
-
-        // 2. Verify: one forward over [last, drafts..] of every sequence.
-        let t = Instant::now();
-        let inputs_tokens: Vec<Vec<u32>> = live
-            .iter()
-            .zip(&drafts)
-            .map(|(s, d)| {
-                let mut v = vec![*s.tokens.last().expect("prompt is not empty")];
-                v.extend_from_slice(&d.tokens);
-                v
-            })
-            .collect();
-        let logits = {
-            let mut batch: Vec<SeqInput<'_>> = live
-                .iter_mut()
-                .zip(&inputs_tokens)
-                .map(|(s, toks)| SeqInput {
-                    cache: &mut s.cache,
-                    tokens: toks,
-                    logits: Logits::All,
-                })
-                .collect();
-            self.target.forward(&mut batch)?
-        };
-        let verify_time = t.elapsed();
-
-        // 3. Accept, 4. roll back, 5. emit.
-        for ((s, d), l) in live.iter_mut().zip(&drafts).zip(logits) {
-            let rows = l.to_vec2::<f32>()?;
-            let verdict = s.decide(&d.tokens, d.probs.as_deref(), &rows, self.rule);
-            let n = s.tokens.len();
-            // Keep the last committed token and the accepted drafts; `next` is fed next step.
-            s.cache.truncate(n + verdict.accepted);
-            if let Some(p) = self.proposer {
-                p.rollback(&mut s.proposer_state, n + verdict.accepted);
-            }
-            s.stats.record(d.tokens.len(), verdict.accepted);
-            s.stats.draft_time += draft_time;
-            s.stats.verify_time += verify_time;
-            s.policy.observe(d.tokens.len(), verdict.accepted);
-            let mut new = d.tokens[..verdict.accepted].to_vec();
-            new.push(verdict.next);
-            s.emit(&new, ctx)?;
-            s.decode_time = s.decode_start.map(|t| t.elapsed()).unwrap_or_default();
-        }
-        Ok(())
-    }
+/// How long the phases of one step took (shared by every sequence of the step).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimes {
+    pub draft: Duration,
+    pub verify: Duration,
 }
 
 impl Sequence {
+    /// Starts a step: the number of tokens to draft (the policy's length, at most `cap`, within
+    /// `max_tokens` and the context).
+    pub fn plan(&mut self, ctx: usize, cap: usize) -> usize {
+        self.decode_start.get_or_insert_with(Instant::now);
+        self.draft_budget(ctx, cap)
+    }
+
+    /// Acceptance of `draft` against the target's rows (one more than drafted tokens), greedy
+    /// or stochastic with `rule`.
+    pub fn decide(&mut self, draft: &Draft, rows: &[Vec<f32>], rule: AcceptRule) -> Decision {
+        let verdict = self.verdict(&draft.tokens, draft.probs.as_deref(), rows, rule);
+        Decision {
+            drafted: draft.tokens.len(),
+            accepted: verdict.accepted,
+            next: verdict.next,
+            keep: self.tokens.len() + verdict.accepted,
+        }
+    }
+
+    /// Cuts both caches back to what `decision` keeps, returning freed blocks to the pools.
+    pub fn rollback(
+        &mut self,
+        target_kv: &mut KvPool,
+        proposer: Option<(&dyn Proposer, &mut KvPool)>,
+        decision: &Decision,
+    ) {
+        target_kv.truncate(&mut self.table, decision.keep);
+        if let Some((p, kv)) = proposer {
+            p.rollback(kv, &mut self.proposer_state, decision.keep);
+        }
+    }
+
+    /// Takes the accepted drafts and the target's token: statistics, draft policy, output text
+    /// and the finish checks. Returns the tokens committed (fewer than accepted + 1 when
+    /// generation ended on the way).
+    pub fn commit(
+        &mut self,
+        draft: &Draft,
+        decision: &Decision,
+        ctx: usize,
+        times: PhaseTimes,
+    ) -> Result<usize> {
+        self.stats.record(decision.drafted, decision.accepted);
+        self.stats.draft_time += times.draft;
+        self.stats.verify_time += times.verify;
+        self.policy.observe(decision.drafted, decision.accepted);
+        let mut new = draft.tokens[..decision.accepted].to_vec();
+        new.push(decision.next);
+        let before = self.generated.len();
+        self.emit(&new, ctx)?;
+        self.decode_time = self.decode_start.map(|t| t.elapsed()).unwrap_or_default();
+        Ok(self.generated.len() - before)
+    }
+
     /// Acceptance against the target's rows (one more than drafts), greedy or stochastic.
-    fn decide(
+    fn verdict(
         &mut self,
         drafts: &[u32],
         q: Option<&[Vec<f32>]>,
@@ -378,6 +409,186 @@ impl Sequence {
     }
 }
 
+/// Drafting phase: up to `budgets[i]` tokens for each sequence, all sharing `proposer` and its
+/// pool. Sequences with a zero budget get an empty draft without reaching the proposer.
+pub fn propose_drafts(
+    proposer: &dyn Proposer,
+    kv: &mut KvPool,
+    seqs: &mut [&mut Sequence],
+    budgets: &[usize],
+) -> Result<Vec<Draft>> {
+    let mut drafts = vec![Draft::default(); seqs.len()];
+    let idx: Vec<usize> = (0..seqs.len()).filter(|&i| budgets[i] > 0).collect();
+    if idx.is_empty() {
+        return Ok(drafts);
+    }
+    let mut inputs = Vec::with_capacity(idx.len());
+    for (i, s) in seqs.iter_mut().enumerate() {
+        if budgets[i] == 0 {
+            continue;
+        }
+        let Sequence {
+            tokens,
+            proposer_state,
+            sampler,
+            policy,
+            ..
+        } = &mut **s;
+        let confidence = policy.config().confidence;
+        let (params, rng) = sampler.parts();
+        inputs.push(ProposeInput {
+            tokens,
+            state: proposer_state,
+            max: budgets[i],
+            sampling: params,
+            rng,
+            confidence,
+        });
+    }
+    for (&i, mut d) in idx.iter().zip(proposer.propose(kv, &mut inputs)?) {
+        d.tokens.truncate(budgets[i]);
+        if let Some(q) = &mut d.probs {
+            q.truncate(budgets[i]);
+        }
+        drafts[i] = d;
+    }
+    Ok(drafts)
+}
+
+/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence; returns
+/// each sequence's rows of logits (one more than its drafts).
+pub fn verify(
+    target: &Model,
+    kv: &mut KvPool,
+    seqs: &mut [&mut Sequence],
+    drafts: &[Draft],
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let inputs_tokens: Vec<Vec<u32>> = seqs
+        .iter()
+        .zip(drafts)
+        .map(|(s, d)| {
+            let mut v = vec![*s.tokens.last().expect("prompt is not empty")];
+            v.extend_from_slice(&d.tokens);
+            v
+        })
+        .collect();
+    let mut batch: Vec<SeqInput<'_>> = seqs
+        .iter_mut()
+        .zip(&inputs_tokens)
+        .map(|(s, toks)| SeqInput {
+            table: &mut s.table,
+            tokens: toks,
+            logits: Logits::All,
+        })
+        .collect();
+    target
+        .forward(kv, &mut batch)?
+        .into_iter()
+        .map(|l| Ok(l.to_vec2::<f32>()?))
+        .collect()
+}
+
+/// Runs speculative steps for sequences of one target model and one proposer (or none), with
+/// KV pools of its own. The engine runs the same phases through its actors.
+pub struct Speculator<'a> {
+    target: &'a Model,
+    proposer: Option<&'a dyn Proposer>,
+    rule: AcceptRule,
+    target_kv: KvPool,
+    draft_kv: KvPool,
+}
+
+impl std::fmt::Debug for Speculator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speculator")
+            .field("proposer", &self.proposer.map(|p| p.name()))
+            .field("target_kv", &self.target_kv.usage())
+            .field("draft_kv", &self.draft_kv.usage())
+            .finish()
+    }
+}
+
+/// Blocks a [`Speculator`]'s pools may hand out: block memory is allocated on first use, so
+/// this only bounds how much the sequences one caller runs can take.
+const SPECULATOR_BLOCKS: usize = 1 << 20;
+
+impl<'a> Speculator<'a> {
+    /// `proposer: None` decodes one token per step (target only).
+    pub fn new(target: &'a Model, proposer: Option<&'a dyn Proposer>) -> Self {
+        Self {
+            target,
+            proposer,
+            rule: accept_stochastic,
+            target_kv: target.new_pool(SPECULATOR_BLOCKS),
+            draft_kv: proposer
+                .map_or_else(|| KvPool::new(0, 0, 0), |p| p.new_pool(SPECULATOR_BLOCKS)),
+        }
+    }
+
+    /// Replaces the stochastic acceptance rule ([`accept_stochastic`] by default). Only the
+    /// distribution tests use this, to show that they fail on a wrong rule.
+    pub fn with_rule(mut self, rule: AcceptRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    /// The target's pool.
+    pub fn target_kv(&self) -> &KvPool {
+        &self.target_kv
+    }
+
+    /// The proposer's pool.
+    pub fn draft_kv(&self) -> &KvPool {
+        &self.draft_kv
+    }
+
+    /// Prefills `seq`'s caches.
+    pub fn prefill(&mut self, seq: &mut Sequence) -> Result<()> {
+        let proposer = self.proposer.map(|p| (p, &mut self.draft_kv));
+        seq.prefill(self.target, &mut self.target_kv, proposer)
+    }
+
+    /// Returns `seq`'s blocks to the pools.
+    pub fn release(&mut self, seq: &mut Sequence) {
+        let proposer = self.proposer.map(|p| (p, &mut self.draft_kv));
+        seq.release(&mut self.target_kv, proposer);
+    }
+
+    /// One token step for every unfinished sequence of the batch: draft, verify all drafts of
+    /// all sequences in one target forward, accept, roll back both caches, emit.
+    pub fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<()> {
+        let ctx = self.target.config().max_position_embeddings;
+        let mut live: Vec<&mut Sequence> = seqs
+            .iter_mut()
+            .map(|s| &mut **s)
+            .filter(|s| !s.is_finished())
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let budgets: Vec<usize> = live.iter_mut().map(|s| s.plan(ctx, usize::MAX)).collect();
+        let drafts = match self.proposer {
+            Some(p) => propose_drafts(p, &mut self.draft_kv, &mut live, &budgets)?,
+            None => vec![Draft::default(); live.len()],
+        };
+        let draft = t.elapsed();
+        let t = Instant::now();
+        let rows = verify(self.target, &mut self.target_kv, &mut live, &drafts)?;
+        let times = PhaseTimes {
+            draft,
+            verify: t.elapsed(),
+        };
+        for ((s, d), rows) in live.iter_mut().zip(&drafts).zip(rows) {
+            let decision = s.decide(d, &rows, self.rule);
+            let proposer = self.proposer.map(|p| (p, &mut self.draft_kv));
+            s.rollback(&mut self.target_kv, proposer, &decision);
+            s.commit(d, &decision, ctx, times)?;
+        }
+        Ok(())
+    }
+}
+
 /// Generates for one request with speculation (`proposer: Some`) or without, calling `on_text`
 /// with each piece of text as soon as it is final.
 pub fn generate_speculative(
@@ -389,8 +600,8 @@ pub fn generate_speculative(
     mut on_text: impl FnMut(&str),
 ) -> Result<GenerateOutput> {
     let mut seq = Sequence::new(target, tokenizer, proposer, req.clone(), policy)?;
-    seq.prefill(target, proposer)?;
-    let spec = Speculator::new(target, proposer);
+    let mut spec = Speculator::new(target, proposer);
+    spec.prefill(&mut seq)?;
     while !seq.is_finished() {
         spec.step(&mut [&mut seq])?;
         let text = seq.take_text();
@@ -398,6 +609,7 @@ pub fn generate_speculative(
             on_text(&text);
         }
     }
+    spec.release(&mut seq);
     let out = seq.output();
     let rest = seq.take_text();
     if !rest.is_empty() {

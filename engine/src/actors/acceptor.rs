@@ -1,0 +1,40 @@
+//! The Acceptor: keeps each sequence's accepted draft prefix plus one token from the target
+//! (greedy, or speculative rejection sampling with the request's own RNG).
+
+use std::time::Instant;
+
+use actix::{Actor, Addr, Context, Handler};
+
+use super::kv_manager::KvCacheManager;
+use super::messages::{Decide, Rollback};
+use crate::metrics::Phase;
+use crate::spec::accept_stochastic;
+
+/// Stateless: the sampling RNGs and draft policies live in the sequences it is handed.
+pub(crate) struct Acceptor {
+    pub kv: Addr<KvCacheManager>,
+}
+
+impl Actor for Acceptor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Decide> for Acceptor {
+    type Result = ();
+
+    fn handle(&mut self, Decide(mut batch): Decide, _: &mut Context<Self>) {
+        let t = Instant::now();
+        if batch.error.is_none() {
+            let rows = std::mem::take(&mut batch.rows);
+            batch.decisions = batch
+                .slots
+                .iter_mut()
+                .zip(&batch.drafts)
+                .zip(&rows)
+                .map(|((slot, draft), rows)| slot.seq.decide(draft, rows, accept_stochastic))
+                .collect();
+        }
+        batch.clock.add(Phase::Accept, t.elapsed());
+        self.kv.do_send(Rollback(batch));
+    }
+}

@@ -1,0 +1,98 @@
+//! Engine settings: limits of the queue and the batch, KV pool sizes, and when speculation
+//! gives way under load.
+
+use crate::kv::KvPool;
+use crate::model::ModelConfig;
+
+/// How drafting shrinks as the batch grows. Verification rows cost compute; once the batch is
+/// large, a step is compute-bound and every rejected draft row slows everyone down, so drafts
+/// are shortened and then switched off. `BENCHMARKS.md` has the measurement behind the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadPolicy {
+    /// From this many running sequences on, draft at most `shorten_to` tokens.
+    pub shorten_at: usize,
+    /// The draft length cap between `shorten_at` and `off_at`.
+    pub shorten_to: usize,
+    /// From this many running sequences on, draft nothing.
+    pub off_at: usize,
+}
+
+impl LoadPolicy {
+    /// Never limits drafting.
+    pub const NEVER: LoadPolicy = LoadPolicy {
+        shorten_at: usize::MAX,
+        shorten_to: usize::MAX,
+        off_at: usize::MAX,
+    };
+
+    /// The most tokens a sequence may draft in a step of `running` sequences.
+    pub fn cap(&self, running: usize) -> usize {
+        if running >= self.off_at {
+            0
+        } else if running >= self.shorten_at {
+            self.shorten_to
+        } else {
+            usize::MAX
+        }
+    }
+}
+
+impl Default for LoadPolicy {
+    fn default() -> Self {
+        Self {
+            shorten_at: 4,
+            shorten_to: 2,
+            off_at: 8,
+        }
+    }
+}
+
+/// Limits and sizes of one engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Requests that may wait for admission; beyond it `submit` answers `overloaded`.
+    pub max_waiting: usize,
+    /// Sequences in the running batch at most.
+    pub max_running: usize,
+    /// Token rows one step may feed the target (verification rows plus prompt prefill of the
+    /// sequences admitted in it). A prompt longer than this is still admitted when it is first
+    /// in line and the batch is empty.
+    pub max_batch_tokens: usize,
+    /// Blocks of the target's KV pool.
+    pub target_kv_blocks: usize,
+    /// Blocks of the draft model's KV pool.
+    pub draft_kv_blocks: usize,
+    /// When drafting shortens and stops under load.
+    pub load: LoadPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_waiting: 256,
+            max_running: 64,
+            max_batch_tokens: 2048,
+            target_kv_blocks: 4096,
+            draft_kv_blocks: 4096,
+            load: LoadPolicy::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Sizes both pools from one memory budget in bytes, split in proportion to the models'
+    /// bytes per token (so both hold the same number of tokens).
+    pub fn with_kv_memory(
+        mut self,
+        bytes: usize,
+        target: &ModelConfig,
+        draft: Option<&ModelConfig>,
+    ) -> Self {
+        let t = KvPool::block_bytes_for(target);
+        let d = draft.map_or(0, KvPool::block_bytes_for);
+        let blocks = (bytes / (t + d)).max(1);
+        self.target_kv_blocks = blocks;
+        self.draft_kv_blocks = if draft.is_some() { blocks } else { 0 };
+        self
+    }
+}

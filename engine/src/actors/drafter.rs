@@ -1,0 +1,65 @@
+//! The Drafter: runs every sequence's proposer (draft model or n-gram) for the step.
+
+use std::time::Instant;
+
+use actix::{Actor, Addr, Context, Handler};
+
+use super::messages::{Propose, Verify};
+use super::request::Method;
+use super::verifier::Verifier;
+use super::EngineModels;
+use crate::metrics::Phase;
+use crate::spec::{propose_drafts, Draft};
+
+/// Owns the drafters (through [`EngineModels`]); the drafter's KV arrives lent with the step.
+pub(crate) struct Drafter {
+    pub models: EngineModels,
+    pub verifier: Addr<Verifier>,
+}
+
+impl Actor for Drafter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Propose> for Drafter {
+    type Result = ();
+
+    fn handle(&mut self, Propose(mut batch): Propose, _: &mut Context<Self>) {
+        let t = Instant::now();
+        batch.drafts = vec![Draft::default(); batch.slots.len()];
+        if batch.error.is_none() {
+            for method in [Method::Draft, Method::Ngram] {
+                let Some(proposer) = self.models.proposer(method) else {
+                    continue;
+                };
+                let idx: Vec<usize> = (0..batch.slots.len())
+                    .filter(|&i| batch.slots[i].method == method && batch.slots[i].budget > 0)
+                    .collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let budgets: Vec<usize> = idx.iter().map(|&i| batch.slots[i].budget).collect();
+                let mut pools = batch.pools.take().expect("pools lent with the step");
+                let result = {
+                    let mut seqs = batch.seqs_at(&idx);
+                    propose_drafts(proposer, &mut pools.draft, &mut seqs, &budgets)
+                };
+                batch.pools = Some(pools);
+                match result {
+                    Ok(drafts) => {
+                        for (i, d) in idx.into_iter().zip(drafts) {
+                            batch.drafts[i] = d;
+                        }
+                    }
+                    Err(e) => {
+                        batch.error = Some((&e).into());
+                        break;
+                    }
+                }
+            }
+        }
+        batch.times.draft = t.elapsed();
+        batch.clock.add(Phase::Draft, t.elapsed());
+        self.verifier.do_send(Verify(batch));
+    }
+}

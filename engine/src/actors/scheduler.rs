@@ -1,0 +1,397 @@
+//! The Scheduler: owns the waiting queue and the running set, admits requests FCFS under the
+//! token budget, starts every step, streams each step's tokens to the requests, and retires
+//! finished and cancelled ones.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Context, Handler, MessageResult};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::config::EngineConfig;
+use super::kv_manager::KvCacheManager;
+use super::messages::{Cancel, Commit, Free, GetStats, Reserve, Shutdown, Submit};
+use super::request::{
+    Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, Usage,
+};
+use super::step::{Slot, StepBatch, StepClock};
+use super::{EngineModels, EngineStats};
+use crate::error::{Error, Result};
+use crate::generate::FinishReason;
+use crate::kv::KvPool;
+use crate::metrics::{self as m, Phase};
+use crate::spec::{DraftPolicyConfig, Sequence};
+
+pub(crate) struct Scheduler {
+    pub models: EngineModels,
+    pub config: EngineConfig,
+    pub kv: Addr<KvCacheManager>,
+    pub waiting: VecDeque<Slot>,
+    /// The running set between steps (empty while a step is out: its slots travel with it).
+    pub running: Vec<Slot>,
+    /// Sequences in the step in flight.
+    pub in_step: usize,
+    pub stepping: bool,
+    /// Requests cancelled while their step was in flight.
+    pub cancels: HashSet<RequestId>,
+    pub next_id: RequestId,
+    pub stats: EngineStats,
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+}
+
+impl Scheduler {
+    fn validate(&self, req: &EngineRequest) -> Result<()> {
+        if req.method == Method::Draft && self.models.draft.is_none() {
+            return Err(Error::InvalidRequest(
+                "`speculation.method` `draft` needs a draft model, and this engine has none".into(),
+            ));
+        }
+        // The prompt and one step must fit the target's pool on their own.
+        let k = if req.method == Method::None {
+            0
+        } else {
+            req.policy.max_draft
+        };
+        let need = KvPool::blocks_for(req.generate.prompt.len() + k);
+        if need > self.config.target_kv_blocks {
+            return Err(Error::ContextLength {
+                len: req.generate.prompt.len(),
+                limit: self.config.target_kv_blocks * crate::kv::BLOCK_SIZE - k - 1,
+            });
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, req: EngineRequest) -> Result<(RequestId, UnboundedReceiver<Event>)> {
+        if self.waiting.len() >= self.config.max_waiting {
+            metrics::counter!(m::REQUESTS, "status" => "rejected").increment(1);
+            return Err(Error::Overloaded {
+                waiting: self.waiting.len(),
+                limit: self.config.max_waiting,
+            });
+        }
+        self.validate(&req)?;
+        let policy = match req.method {
+            Method::None => DraftPolicyConfig {
+                max_draft: 0,
+                ..req.policy
+            },
+            _ => req.policy,
+        };
+        let proposer = self.models.proposer(req.method);
+        let seq = Sequence::new(
+            &self.models.target,
+            &self.models.tokenizer,
+            proposer,
+            req.generate,
+            policy,
+        )?;
+        let (tx, rx) = unbounded_channel();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.waiting.push_back(Slot {
+            id,
+            seq,
+            method: req.method,
+            reply: tx,
+            submitted: Instant::now(),
+            admitted: None,
+            first_token: None,
+            last_chunk: None,
+            budget: 0,
+            preemptions: 0,
+        });
+        metrics::gauge!(m::WAITING_SEQUENCES).set(self.waiting.len() as f64);
+        Ok((id, rx))
+    }
+
+    /// Moves waiting requests into the running set, first come first served, while the batch
+    /// has room under `max_running` and `max_batch_tokens`.
+    fn admit(&mut self) {
+        let rows = |s: &Slot| 1 + s.seq.request_draft_len();
+        let mut tokens: usize = self.running.iter().map(rows).sum();
+        while let Some(front) = self.waiting.front() {
+            if self.running.len() >= self.config.max_running {
+                break;
+            }
+            let cost = front.seq.pending_prefill() + rows(front);
+            if tokens + cost > self.config.max_batch_tokens && !self.running.is_empty() {
+                break;
+            }
+            let mut slot = self.waiting.pop_front().expect("front exists");
+            if slot.admitted.is_none() {
+                slot.admitted = Some(Instant::now());
+                metrics::counter!(m::PROMPT_TOKENS)
+                    .increment(slot.seq.request().prompt.len() as u64);
+            }
+            tokens += cost;
+            self.running.push(slot);
+        }
+    }
+
+    /// Starts a step if there is work and none is in flight.
+    fn start_step(&mut self) {
+        if self.stepping {
+            return;
+        }
+        let t = Instant::now();
+        let clock = StepClock::new();
+        self.admit();
+        metrics::gauge!(m::WAITING_SEQUENCES).set(self.waiting.len() as f64);
+        metrics::gauge!(m::RUNNING_SEQUENCES).set(self.running.len() as f64);
+        if self.running.is_empty() {
+            return;
+        }
+        let ctx = self.models.target.config().max_position_embeddings;
+        let cap = self.config.load.cap(self.running.len());
+        for slot in self.running.iter_mut() {
+            slot.budget = slot.seq.plan(ctx, cap);
+        }
+        let mut batch = StepBatch::new(std::mem::take(&mut self.running), clock);
+        batch.clock.add(Phase::Schedule, t.elapsed());
+        self.in_step = batch.slots.len();
+        self.stats.peak_running = self.stats.peak_running.max(self.in_step);
+        self.stepping = true;
+        self.kv.do_send(Reserve(batch));
+    }
+
+    /// Ends a request: its last text, then `Done`.
+    fn finish(&mut self, mut slot: Slot, reason: Option<FinishReason>) -> Slot {
+        if reason == Some(FinishReason::Cancelled) {
+            slot.seq.cancel();
+        }
+        let out = slot.seq.output();
+        let rest = slot.seq.take_text();
+        if !rest.is_empty() {
+            let _ = slot.reply.send(Event::Chunk(Chunk {
+                tokens: Vec::new(),
+                text: rest,
+                drafted: 0,
+                accepted: 0,
+            }));
+        }
+        let now = Instant::now();
+        let timings = Timings {
+            queued: slot
+                .admitted
+                .map_or(Duration::ZERO, |a| a.duration_since(slot.submitted)),
+            time_to_first_token: slot.first_token.map(|f| f.duration_since(slot.submitted)),
+            total: now.duration_since(slot.submitted),
+            preemptions: slot.preemptions,
+        };
+        metrics::counter!(m::REQUESTS, "status" => out.finish_reason.as_str()).increment(1);
+        metrics::histogram!(m::REQUEST_DURATION).record(timings.total.as_secs_f64());
+        self.stats.finished += 1;
+        let _ = slot.reply.send(Event::Done(Box::new(Done {
+            finish_reason: out.finish_reason,
+            usage: Usage {
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.tokens.len(),
+            },
+            speculation: out.speculation,
+            timings,
+        })));
+        slot
+    }
+
+    fn fail(&mut self, slot: Slot, e: RequestError) -> Slot {
+        metrics::counter!(m::REQUESTS, "status" => "error").increment(1);
+        self.stats.finished += 1;
+        let _ = slot.reply.send(Event::Error(e));
+        slot
+    }
+
+    /// Streams one sequence's step; returns whether it goes on.
+    fn stream(
+        &mut self,
+        slot: &mut Slot,
+        committed: usize,
+        drafted: usize,
+        accepted: usize,
+    ) -> bool {
+        let now = Instant::now();
+        let tokens = slot.seq.generated()[slot.seq.generated().len() - committed..].to_vec();
+        let text = slot.seq.take_text();
+        if committed > 0 {
+            if slot.first_token.is_none() {
+                slot.first_token = Some(now);
+                metrics::histogram!(m::TIME_TO_FIRST_TOKEN)
+                    .record(now.duration_since(slot.submitted).as_secs_f64());
+            } else if let Some(last) = slot.last_chunk {
+                let per = now.duration_since(last).as_secs_f64() / committed as f64;
+                for _ in 0..committed {
+                    metrics::histogram!(m::INTER_TOKEN_LATENCY).record(per);
+                }
+            }
+            slot.last_chunk = Some(now);
+            metrics::counter!(m::GENERATED_TOKENS).increment(committed as u64);
+        }
+        if tokens.is_empty() && text.is_empty() {
+            return true;
+        }
+        slot.reply
+            .send(Event::Chunk(Chunk {
+                tokens,
+                text,
+                drafted,
+                accepted,
+            }))
+            .is_ok()
+    }
+
+    fn record_step(&mut self, batch: &StepBatch) {
+        let total = batch.clock.started.elapsed();
+        let busy: Duration = batch.clock.busy.iter().sum();
+        let messaging = total.saturating_sub(busy);
+        self.stats.steps += 1;
+        self.stats.step_time += total;
+        self.stats.messaging_time += messaging;
+        for (i, phase) in [
+            Phase::Schedule,
+            Phase::Kv,
+            Phase::Draft,
+            Phase::Verify,
+            Phase::Accept,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.stats.phase_time[i] += batch.clock.busy[i];
+            metrics::histogram!(m::STEP_DURATION, "phase" => phase.as_str())
+                .record(batch.clock.busy[i].as_secs_f64());
+        }
+        metrics::histogram!(m::STEP_DURATION, "phase" => Phase::Messaging.as_str())
+            .record(messaging.as_secs_f64());
+        metrics::histogram!(m::STEP_DURATION, "phase" => Phase::Total.as_str())
+            .record(total.as_secs_f64());
+    }
+}
+
+fn record_speculation(drafted: usize, accepted: usize) {
+    if drafted > 0 {
+        metrics::counter!(m::SPEC_DRAFTS).increment(1);
+        metrics::counter!(m::SPEC_DRAFT_TOKENS).increment(drafted as u64);
+        metrics::counter!(m::SPEC_ACCEPTED_TOKENS).increment(accepted as u64);
+        for pos in 1..=accepted {
+            metrics::counter!(m::SPEC_ACCEPTED_PER_POSITION, "position" => pos.to_string())
+                .increment(1);
+        }
+    }
+    metrics::histogram!(m::ACCEPTED_LENGTH).record((accepted + 1) as f64);
+}
+
+impl Handler<Submit> for Scheduler {
+    type Result = Result<(RequestId, UnboundedReceiver<Event>)>;
+
+    fn handle(&mut self, Submit(req): Submit, _: &mut Context<Self>) -> Self::Result {
+        let r = self.submit(req);
+        self.start_step();
+        r
+    }
+}
+
+impl Handler<Cancel> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, Cancel(id): Cancel, _: &mut Context<Self>) {
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            let slot = self.waiting.remove(i).expect("position found");
+            // Waiting sequences hold no blocks; nothing to free.
+            self.finish(slot, Some(FinishReason::Cancelled));
+            metrics::gauge!(m::WAITING_SEQUENCES).set(self.waiting.len() as f64);
+        } else if self.stepping {
+            self.cancels.insert(id);
+        }
+    }
+}
+
+impl Handler<Commit> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, Commit(mut batch): Commit, _: &mut Context<Self>) {
+        let t = Instant::now();
+        self.stepping = false;
+        let ctx = self.models.target.config().max_position_embeddings;
+        let mut leaving = Vec::new();
+        let slots = std::mem::take(&mut batch.slots);
+        if let Some(e) = batch.error.clone() {
+            for slot in slots {
+                leaving.push(self.fail(slot, e.clone()));
+            }
+        } else {
+            let drafts = std::mem::take(&mut batch.drafts);
+            let decisions = std::mem::take(&mut batch.decisions);
+            for ((mut slot, draft), d) in slots.into_iter().zip(&drafts).zip(&decisions) {
+                if self.cancels.remove(&slot.id) {
+                    leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
+                    continue;
+                }
+                record_speculation(d.drafted, d.accepted);
+                let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        leaving.push(self.fail(slot, (&e).into()));
+                        continue;
+                    }
+                };
+                let open = self.stream(&mut slot, committed, d.drafted, d.accepted);
+                if slot.seq.is_finished() {
+                    leaving.push(self.finish(slot, None));
+                } else if !open {
+                    // The stream was dropped: the request is cancelled.
+                    leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
+                } else {
+                    self.running.push(slot);
+                }
+            }
+        }
+        for (slot, e) in std::mem::take(&mut batch.failed) {
+            self.fail(slot, e);
+        }
+        let mut requeue = std::mem::take(&mut batch.requeue);
+        requeue.sort_by_key(|s| std::cmp::Reverse(s.id));
+        for slot in requeue {
+            if self.cancels.remove(&slot.id) {
+                self.finish(slot, Some(FinishReason::Cancelled));
+            } else {
+                self.waiting.push_front(slot);
+            }
+        }
+        // Cancels of requests that finished in this very step are moot.
+        self.cancels.clear();
+        batch.clock.add(Phase::Schedule, t.elapsed());
+        self.record_step(&batch);
+        self.in_step = 0;
+        if !leaving.is_empty() {
+            self.kv.do_send(Free(leaving));
+        }
+        self.start_step();
+    }
+}
+
+impl Handler<GetStats> for Scheduler {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(EngineStats {
+            running: self.running.len() + self.in_step,
+            waiting: self.waiting.len(),
+            ..self.stats.clone()
+        })
+    }
+}
+
+impl Handler<Shutdown> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        let e = RequestError::from(&Error::EngineStopped);
+        for slot in std::mem::take(&mut self.waiting) {
+            self.fail(slot, e.clone());
+        }
+        actix::System::current().stop();
+    }
+}

@@ -1,0 +1,246 @@
+//! The block pool: KV memory of one model, handed out in blocks of [`BLOCK_SIZE`] token slots.
+//!
+//! A block holds the keys and values of [`BLOCK_SIZE`] consecutive positions of one sequence for
+//! every layer, laid out `[layer][keys | values][slot][row]`, so that one layer's keys of a block
+//! are one contiguous chunk for the attention kernel. Block memory is allocated the first time a
+//! block is handed out and recycled after that: a pool sized for a large budget costs only what
+//! it has actually used.
+
+use super::table::BlockTable;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// Token slots in one block.
+pub const BLOCK_SIZE: usize = 16;
+
+/// How full a pool is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvUsage {
+    /// Blocks held by block tables.
+    pub blocks_used: usize,
+    /// Blocks the pool may hand out.
+    pub blocks_total: usize,
+    /// Positions committed across all tables (fewer than `blocks_used * BLOCK_SIZE`: the last
+    /// block of a sequence is partly filled, and reservations hold empty slots).
+    pub tokens_cached: usize,
+}
+
+impl KvUsage {
+    /// Blocks used over blocks total, 0 for an empty pool.
+    pub fn utilization(&self) -> f64 {
+        if self.blocks_total == 0 {
+            0.0
+        } else {
+            self.blocks_used as f64 / self.blocks_total as f64
+        }
+    }
+}
+
+/// The KV memory of one model: block storage, the free list, and usage counts.
+#[derive(Debug, Clone)]
+pub struct KvPool {
+    layers: usize,
+    row: usize,
+    max_blocks: usize,
+    /// Storage of every block handed out so far; the index is the block id.
+    blocks: Vec<Box<[f32]>>,
+    /// Ids of allocated blocks no table holds, reused last-freed first.
+    free: Vec<u32>,
+    used: usize,
+    tokens: usize,
+}
+
+impl KvPool {
+    /// A pool for a model with `layers` layers and `row` floats of keys (and of values) per token
+    /// and layer, holding at most `max_blocks` blocks.
+    pub fn new(layers: usize, row: usize, max_blocks: usize) -> Self {
+        Self {
+            layers,
+            row,
+            max_blocks,
+            blocks: Vec::new(),
+            free: Vec::new(),
+            used: 0,
+            tokens: 0,
+        }
+    }
+
+    /// A pool of `max_blocks` blocks for `config`'s model.
+    pub fn for_model(config: &ModelConfig, max_blocks: usize) -> Self {
+        Self::new(
+            config.num_layers,
+            config.num_kv_heads * config.head_dim,
+            max_blocks,
+        )
+    }
+
+    /// Bytes of one block of `config`'s model.
+    pub fn block_bytes_for(config: &ModelConfig) -> usize {
+        2 * config.num_layers
+            * config.num_kv_heads
+            * config.head_dim
+            * BLOCK_SIZE
+            * std::mem::size_of::<f32>()
+    }
+
+    /// How many blocks of `config`'s model fit in `bytes` (at least one).
+    pub fn blocks_in_budget(config: &ModelConfig, bytes: usize) -> usize {
+        (bytes / Self::block_bytes_for(config)).max(1)
+    }
+
+    /// Bytes of one block.
+    pub fn block_bytes(&self) -> usize {
+        self.block_floats() * std::mem::size_of::<f32>()
+    }
+
+    fn block_floats(&self) -> usize {
+        2 * self.layers * BLOCK_SIZE * self.row
+    }
+
+    /// Blocks needed to hold `tokens` positions.
+    pub fn blocks_for(tokens: usize) -> usize {
+        tokens.div_ceil(BLOCK_SIZE)
+    }
+
+    /// Usage counts.
+    pub fn usage(&self) -> KvUsage {
+        KvUsage {
+            blocks_used: self.used,
+            blocks_total: self.max_blocks,
+            tokens_cached: self.tokens,
+        }
+    }
+
+    /// Blocks no table holds.
+    pub fn blocks_free(&self) -> usize {
+        self.max_blocks - self.used
+    }
+
+    /// Bytes of block memory allocated so far (the high-water mark of use).
+    pub fn allocated_bytes(&self) -> usize {
+        self.blocks.len() * self.block_bytes()
+    }
+
+    /// Blocks `table` lacks to hold `n` more positions after its committed ones.
+    pub fn blocks_needed(&self, table: &BlockTable, n: usize) -> usize {
+        Self::blocks_for(table.len() + n).saturating_sub(table.blocks().len())
+    }
+
+    /// Makes room in `table` for `n` positions after its committed ones. All or nothing: when
+    /// the pool has too few free blocks, nothing is taken and [`Error::KvExhausted`] says how
+    /// many were missing.
+    pub fn reserve(&mut self, table: &mut BlockTable, n: usize) -> Result<()> {
+        let needed = self.blocks_needed(table, n);
+        if needed > self.blocks_free() {
+            return Err(Error::KvExhausted {
+                needed,
+                free: self.blocks_free(),
+                total: self.max_blocks,
+            });
+        }
+        for _ in 0..needed {
+            let id = match self.free.pop() {
+                Some(id) => id,
+                None => {
+                    self.blocks
+                        .push(vec![0f32; self.block_floats()].into_boxed_slice());
+                    (self.blocks.len() - 1) as u32
+                }
+            };
+            table.blocks.push(id);
+        }
+        self.used += needed;
+        Ok(())
+    }
+
+    /// Cuts `table` back to its first `len` positions (rollback of rejected drafts) and returns
+    /// the blocks it no longer needs to the pool.
+    pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
+        let len = len.min(table.len);
+        self.tokens -= table.len - len;
+        table.len = len;
+        let keep = Self::blocks_for(len);
+        while table.blocks.len() > keep {
+            let id = table.blocks.pop().expect("more blocks than kept");
+            self.free.push(id);
+            self.used -= 1;
+        }
+    }
+
+    /// Returns every block of `table` to the pool and empties it.
+    pub fn free(&mut self, table: &mut BlockTable) {
+        self.truncate(table, 0);
+    }
+
+    /// Writes the keys and values of position `pos` of `table` for `layer`. The position must
+    /// be reserved; it becomes part of the sequence on [`KvPool::commit`].
+    pub(crate) fn write(
+        &mut self,
+        table: &BlockTable,
+        pos: usize,
+        layer: usize,
+        keys: &[f32],
+        values: &[f32],
+    ) {
+        let row = self.row;
+        let block = &mut self.blocks[table.blocks[pos / BLOCK_SIZE] as usize];
+        let base = 2 * layer * BLOCK_SIZE * row + (pos % BLOCK_SIZE) * row;
+        block[base..base + row].copy_from_slice(keys);
+        let base = base + BLOCK_SIZE * row;
+        block[base..base + row].copy_from_slice(values);
+    }
+
+    /// The keys and values of positions `0..upto` of `table` for `layer`, one chunk per block.
+    pub(crate) fn layer_chunks(
+        &self,
+        table: &BlockTable,
+        layer: usize,
+        upto: usize,
+    ) -> (Vec<&[f32]>, Vec<&[f32]>) {
+        let row = self.row;
+        let n_blocks = Self::blocks_for(upto);
+        let mut keys = Vec::with_capacity(n_blocks);
+        let mut values = Vec::with_capacity(n_blocks);
+        for (b, &id) in table.blocks[..n_blocks].iter().enumerate() {
+            let rows = (upto - b * BLOCK_SIZE).min(BLOCK_SIZE);
+            let block = &self.blocks[id as usize];
+            let base = 2 * layer * BLOCK_SIZE * row;
+            keys.push(&block[base..base + rows * row]);
+            let base = base + BLOCK_SIZE * row;
+            values.push(&block[base..base + rows * row]);
+        }
+        (keys, values)
+    }
+
+    /// Makes `n` written positions part of `table`'s sequence.
+    pub(crate) fn commit(&mut self, table: &mut BlockTable, n: usize) {
+        debug_assert!(table.len + n <= table.blocks.len() * BLOCK_SIZE);
+        table.len += n;
+        self.tokens += n;
+    }
+
+    /// The stored rows of `layer` for positions `0..table.len()`, for tests comparing caches.
+    pub fn layer_snapshot(&self, table: &BlockTable, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        let (k, v) = self.layer_chunks(table, layer, table.len());
+        (k.concat(), v.concat())
+    }
+
+    /// Checks that the pool's counts agree with its free list (for tests).
+    pub fn check_consistency(&self) -> std::result::Result<(), String> {
+        let allocated = self.blocks.len();
+        if allocated != self.used + self.free.len() {
+            return Err(format!(
+                "{allocated} blocks allocated, but {} used + {} free",
+                self.used,
+                self.free.len()
+            ));
+        }
+        let mut seen = vec![false; allocated];
+        for &id in &self.free {
+            if std::mem::replace(&mut seen[id as usize], true) {
+                return Err(format!("block {id} is on the free list twice"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! The actor engine: concurrent requests produce exactly what each produces alone, blocks are
+//! accounted for through cancel / drop / finish / preemption, and overload is refused cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use specd_engine::actors::{
+    Engine, EngineConfig, EngineHandle, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+    RequestStream,
+};
+use specd_engine::generate::{generate, FinishReason, GenerateRequest};
+use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{DraftModelProposer, DraftPolicyConfig, NgramProposer};
+
+fn models(with_draft: bool) -> EngineModels {
+    let spec = TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    };
+    let target = tiny_model(&spec).unwrap();
+    let draft = with_draft.then(|| {
+        let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
+        Arc::new(
+            DraftModelProposer::new(
+                Arc::new(d.model),
+                d.tokenizer.as_ref(),
+                &d.path,
+                &target.model,
+                target.tokenizer.as_ref().unwrap(),
+            )
+            .unwrap(),
+        )
+    });
+    EngineModels {
+        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
+        target: Arc::new(target.model),
+        draft,
+        ngram: NgramProposer::default(),
+    }
+}
+
+fn prompt(rng: &mut StdRng, vocab: u32, len: usize) -> Vec<u32> {
+    (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize, method: Method, k: usize) -> EngineRequest {
+    EngineRequest {
+        generate: GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        },
+        method,
+        policy: DraftPolicyConfig {
+            max_draft: k,
+            adaptive: k.is_multiple_of(2),
+            confidence: None,
+        },
+    }
+}
+
+/// What a finished stream delivered.
+#[derive(Debug, Default)]
+struct Outcome {
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+    error: Option<String>,
+    drafted: usize,
+}
+
+async fn drain(s: RequestStream) -> Outcome {
+    drain_into(s, Outcome::default()).await
+}
+
+/// Reads one event into `o`; false at the end of the stream.
+async fn read_one(s: &mut RequestStream, o: &mut Outcome) -> bool {
+    let Some(e) = s.next_event().await else {
+        return false;
+    };
+    match e {
+        Event::Chunk(c) => {
+            assert!(c.accepted <= c.drafted);
+            o.tokens.extend(c.tokens);
+            o.text.push_str(&c.text);
+            o.drafted += c.drafted;
+        }
+        Event::Done(d) => {
+            assert_eq!(d.usage.completion_tokens, o.tokens.len());
+            assert_eq!(d.speculation.drafted_tokens as usize, o.drafted);
+            o.finish = Some(d.finish_reason);
+        }
+        Event::Error(e) => o.error = Some(format!("{}: {}", e.code, e.message)),
+    }
+    true
+}
+
+async fn drain_into(mut s: RequestStream, mut o: Outcome) -> Outcome {
+    while read_one(&mut s, &mut o).await {}
+    o
+}
+
+/// Waits until nothing runs or waits, then checks that every block came back and that the
+/// per-step accounting never disagreed.
+async fn assert_idle_and_empty(h: &EngineHandle) -> specd_engine::actors::EngineStats {
+    for _ in 0..2000 {
+        let s = h.stats().await.unwrap();
+        if s.running == 0 && s.waiting == 0 && s.kv_target.blocks_used == 0 {
+            assert_eq!(s.kv_draft.blocks_used, 0, "draft blocks leaked: {s:?}");
+            assert_eq!(s.kv_target.tokens_cached, 0, "{s:?}");
+            assert_eq!(s.kv_draft.tokens_cached, 0, "{s:?}");
+            assert_eq!(s.kv_accounting_errors, 0, "{s:?}");
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("engine did not drain: {:?}", h.stats().await.unwrap());
+}
+
+/// 32 concurrent greedy requests of mixed lengths, proposers and draft lengths, under the
+/// given config; each must equal target-only generation alone.
+async fn mixed_requests_match_alone(config: EngineConfig) -> specd_engine::actors::EngineStats {
+    let m = models(true);
+    let vocab = m.target.config().vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(7);
+    let reqs: Vec<EngineRequest> = (0..32)
+        .map(|i| {
+            let len = rng.random_range(1..40);
+            let method = [Method::None, Method::Draft, Method::Ngram][i % 3];
+            request(
+                prompt(&mut rng, vocab, len),
+                rng.random_range(4..48),
+                method,
+                1 + i % 6,
+            )
+        })
+        .collect();
+    let engine = Engine::start(m.clone(), config).unwrap();
+    let h = engine.handle();
+    let mut streams = Vec::new();
+    for r in &reqs {
+        streams.push(h.submit(r.clone()).await.unwrap());
+    }
+    let outs = futures_join(streams.into_iter().map(drain).collect()).await;
+    for (i, (r, o)) in reqs.iter().zip(&outs).enumerate() {
+        let want = generate(&m.target, &m.tokenizer, &r.generate, |_| {}).unwrap();
+        assert_eq!(o.error, None, "request {i}");
+        assert_eq!(o.tokens, want.tokens, "request {i} ({:?})", r.method);
+        assert_eq!(o.text, want.text, "request {i}");
+        assert_eq!(o.finish, Some(want.finish_reason), "request {i}");
+    }
+    assert_idle_and_empty(&h).await
+}
+
+/// Polls all futures to completion on this task (no extra dependency for join_all).
+async fn futures_join<F: std::future::Future<Output = Outcome> + 'static>(
+    fs: Vec<F>,
+) -> Vec<Outcome> {
+    let handles: Vec<_> = fs.into_iter().map(tokio::task::spawn_local).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+#[test]
+fn thirty_two_concurrent_mixed_requests_equal_each_alone() {
+    local(async {
+        let s = mixed_requests_match_alone(EngineConfig {
+            load: LoadPolicy::NEVER,
+            ..Default::default()
+        })
+        .await;
+        assert!(s.steps > 0 && s.finished == 32, "{s:?}");
+        assert!(s.peak_running >= 8, "requests barely overlapped: {s:?}");
+        // And with the default policy, which stops drafting in a batch this large.
+        mixed_requests_match_alone(EngineConfig::default()).await;
+    });
+}
+
+#[test]
+fn kv_exhaustion_preempts_and_outputs_stay_identical() {
+    local(async {
+        // 24 blocks of 16 slots cannot hold 32 sequences of up to 40 + 48 tokens at once.
+        let s = mixed_requests_match_alone(EngineConfig {
+            target_kv_blocks: 24,
+            draft_kv_blocks: 24,
+            load: LoadPolicy::NEVER,
+            ..Default::default()
+        })
+        .await;
+        assert!(s.preemptions > 0, "no preemption happened: {s:?}");
+        eprintln!("{} preemptions", s.preemptions);
+    });
+}
+
+#[test]
+fn cancel_drop_and_finish_return_every_block() {
+    local(async {
+        let m = models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        // Prompts whose greedy continuation runs 400 tokens without EOS, so that only the
+        // cancel can end the first two early.
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut prompts = Vec::new();
+        while prompts.len() < 6 {
+            let p = prompt(&mut rng, vocab, 20);
+            let r = request(p.clone(), 400, Method::None, 0).generate;
+            if generate(&m.target, &m.tokenizer, &r, |_| {})
+                .unwrap()
+                .finish_reason
+                == FinishReason::Length
+            {
+                prompts.push(p);
+            }
+        }
+        let engine = Engine::start(m, EngineConfig::default()).unwrap();
+        let h = engine.handle();
+        let mut streams = Vec::new();
+        for (i, p) in prompts.into_iter().enumerate() {
+            let method = [Method::Draft, Method::Ngram, Method::None][i % 3];
+            let r = request(p, 400, method, 4);
+            streams.push((h.submit(r).await.unwrap(), Outcome::default()));
+        }
+        // Let them all get going.
+        for (s, o) in streams.iter_mut() {
+            assert!(read_one(s, o).await);
+            assert!(!o.tokens.is_empty());
+        }
+        let mut it = streams.into_iter();
+        // Cancel through the handle: the stream ends with `cancelled`.
+        let (a, o) = it.next().unwrap();
+        h.cancel(a.id());
+        let o = drain_into(a, o).await;
+        assert_eq!(o.finish, Some(FinishReason::Cancelled));
+        assert!(o.tokens.len() < 400);
+        // Drop a stream mid-flight.
+        drop(it.next().unwrap());
+        // Finish the rest.
+        for (s, o) in it {
+            let o = drain_into(s, o).await;
+            assert_eq!(o.error, None);
+            assert!(o.finish.is_some());
+        }
+        assert_idle_and_empty(&h).await;
+        // Cancelling an unknown id is harmless, and the engine still serves.
+        h.cancel(999_999);
+        let o = drain(
+            h.submit(request(vec![1, 2, 3], 8, Method::Draft, 3))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(o.tokens.len(), 8);
+        assert_idle_and_empty(&h).await;
+    });
+}
+
+#[test]
+fn overloaded_queue_refuses_clearly_and_keeps_serving() {
+    local(async {
+        let m = models(false);
+        let config = EngineConfig {
+            max_waiting: 2,
+            max_running: 1,
+            ..Default::default()
+        };
+        let engine = Engine::start(m, config).unwrap();
+        let h = engine.handle();
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for i in 0..8u32 {
+            match h
+                .submit(request(vec![1 + i, 2, 3], 30, Method::Ngram, 3))
+                .await
+            {
+                Ok(s) => accepted.push(s),
+                Err(e) => {
+                    assert_eq!(e.code(), "overloaded");
+                    assert!(e.to_string().contains("limit 2"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "the queue limit was never hit");
+        for s in accepted {
+            let o = drain(s).await;
+            assert_eq!(o.tokens.len(), 30);
+        }
+        assert_idle_and_empty(&h).await;
+        let o = drain(
+            h.submit(request(vec![5, 6], 4, Method::None, 0))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(o.tokens.len(), 4);
+    });
+}
+
+#[test]
+fn invalid_requests_name_the_problem() {
+    local(async {
+        let m = models(false);
+        let engine = Engine::start(
+            m,
+            EngineConfig {
+                target_kv_blocks: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let e = h
+            .submit(request(vec![1, 2], 4, Method::Draft, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+        assert!(e.to_string().contains("draft model"), "{e}");
+        let e = h
+            .submit(request(vec![1; 100], 4, Method::None, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "prompt_too_long", "{e}");
+        let e = h
+            .submit(request(Vec::new(), 4, Method::None, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{e}");
+        // A sequence that outgrows the whole pool ends with an error, not a hang.
+        let o = drain(
+            h.submit(request(vec![1; 40], 200, Method::None, 0))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            o.error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("prompt_too_long"),
+            "{o:?}"
+        );
+        assert_idle_and_empty(&h).await;
+    });
+}
