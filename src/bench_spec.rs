@@ -115,22 +115,27 @@ fn add_stats(a: &mut SpecStats, b: &SpecStats) {
     }
 }
 
-pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
-    let methods = parse_methods(&args.methods)?;
-    let raw = std::fs::read_to_string(&args.prompts)
-        .with_context(|| format!("reading {}", args.prompts.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&raw)
-        .with_context(|| format!("{}: not JSON", args.prompts.display()))?;
-    let mut prompts: Vec<(String, String)> = json["prompts"]
+/// Reads a prompt file `{"prompts": [{"kind": ..., "text": ...}, ...]}` as (kind, text) pairs.
+pub fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let raw =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&raw).with_context(|| format!("{}: not JSON", path.display()))?;
+    json["prompts"]
         .as_array()
-        .with_context(|| format!("{}: no `prompts` array", args.prompts.display()))?
+        .with_context(|| format!("{}: no `prompts` array", path.display()))?
         .iter()
         .map(|p| {
             let kind = p["kind"].as_str().unwrap_or("prompt").to_string();
             let text = p["text"].as_str().context("a prompt without `text`")?;
             Ok((kind, text.to_string()))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+}
+
+pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
+    let methods = parse_methods(&args.methods)?;
+    let mut prompts = read_prompts(&args.prompts)?;
     if let Some(n) = args.limit {
         prompts.truncate(n);
     }

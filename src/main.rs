@@ -1,7 +1,9 @@
 //! The `specd` command line: `generate` streams a completion, `bench` measures prefill and
-//! decode speed, `bench-spec` compares speculative decoding methods.
+//! decode speed, `bench-spec` compares speculative decoding methods, `bench-load` measures the engine under
+//! concurrent requests.
 
 mod bench;
+mod bench_load;
 mod bench_spec;
 mod generate;
 
@@ -29,6 +31,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare speculative decoding methods with target-only decoding on a prompt set.
     BenchSpec(bench_spec::BenchSpecArgs),
+    /// Measure the engine under concurrent requests, speculation on and off.
+    BenchLoad(bench_load::BenchLoadArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,5 +64,6 @@ fn run() -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchSpec(args) => bench_spec::run(args),
+        Command::BenchLoad(args) => bench_load::run(args),
     }
 }

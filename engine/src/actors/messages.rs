@@ -15,6 +15,11 @@ use crate::kv::KvUsage;
 #[rtype(result = "Result<(RequestId, UnboundedReceiver<Event>)>")]
 pub(crate) struct Submit(pub EngineRequest);
 
+/// Scheduler → itself: start a step if idle (queued after the submissions already waiting).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StartStep;
+
 /// Handle → Scheduler: stop a request (its stream was dropped, or the client asked).
 #[derive(Message)]
 #[rtype(result = "()")]

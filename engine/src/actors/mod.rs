@@ -169,6 +169,7 @@ impl Engine {
                         running: Vec::new(),
                         in_step: 0,
                         stepping: false,
+                        kick_queued: false,
                         cancels: HashSet::new(),
                         next_id: 0,
                         stats: EngineStats::default(),

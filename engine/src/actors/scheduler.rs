@@ -5,12 +5,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Context, Handler, MessageResult};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::config::EngineConfig;
 use super::kv_manager::KvCacheManager;
-use super::messages::{Cancel, Commit, Free, GetStats, Reserve, Shutdown, Submit};
+use super::messages::{Cancel, Commit, Free, GetStats, Reserve, Shutdown, StartStep, Submit};
 use super::request::{
     Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, Usage,
 };
@@ -22,6 +22,11 @@ use crate::kv::KvPool;
 use crate::metrics::{self as m, Phase};
 use crate::spec::{DraftPolicyConfig, Sequence};
 
+/// Drafting resumes after a pause only while the drafter's catch-up (tokens it missed) is at
+/// most this many times the tokens the request may still generate: prefill of the 0.5B drafter
+/// runs about this many times faster per token than speculation saves per generated token.
+const CATCH_UP_PER_REMAINING_TOKEN: usize = 4;
+
 pub(crate) struct Scheduler {
     pub models: EngineModels,
     pub config: EngineConfig,
@@ -32,6 +37,8 @@ pub(crate) struct Scheduler {
     /// Sequences in the step in flight.
     pub in_step: usize,
     pub stepping: bool,
+    /// A `StartStep` is queued behind the requests already in the mailbox.
+    pub kick_queued: bool,
     /// Requests cancelled while their step was in flight.
     pub cancels: HashSet<RequestId>,
     pub next_id: RequestId,
@@ -146,9 +153,27 @@ impl Scheduler {
             return;
         }
         let ctx = self.models.target.config().max_position_embeddings;
-        let cap = self.config.load.cap(self.running.len());
+        // Load counts the queue too: a burst of requests should not start with drafting for
+        // the first one alone.
+        let cap = self
+            .config
+            .load
+            .cap(self.running.len() + self.waiting.len());
         for slot in self.running.iter_mut() {
             slot.budget = slot.seq.plan(ctx, cap);
+            // A drafter left behind while load kept drafting off must first re-read what it
+            // missed; near the end of a request that costs more than drafting saves.
+            let seq = &slot.seq;
+            let lag = self
+                .models
+                .proposer(slot.method)
+                .map_or(0, |p| seq.drafter_lag(p));
+            if slot.budget > 0
+                && !seq.generated().is_empty()
+                && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens()
+            {
+                slot.budget = 0;
+            }
         }
         let mut batch = StepBatch::new(std::mem::take(&mut self.running), clock);
         batch.clock.add(Phase::Schedule, t.elapsed());
@@ -286,10 +311,24 @@ fn record_speculation(drafted: usize, accepted: usize) {
 impl Handler<Submit> for Scheduler {
     type Result = Result<(RequestId, UnboundedReceiver<Event>)>;
 
-    fn handle(&mut self, Submit(req): Submit, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Submit(req): Submit, ctx: &mut Context<Self>) -> Self::Result {
         let r = self.submit(req);
-        self.start_step();
+        // An idle engine starts stepping once the requests queued behind this one are in too,
+        // so that a burst is admitted (and sized by the load policy) as one batch.
+        if !self.stepping && !self.kick_queued {
+            self.kick_queued = true;
+            ctx.address().do_send(StartStep);
+        }
         r
+    }
+}
+
+impl Handler<StartStep> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: StartStep, _: &mut Context<Self>) {
+        self.kick_queued = false;
+        self.start_step();
     }
 }
 

@@ -244,3 +244,76 @@ impl KvPool {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: f32, n: usize) -> Vec<f32> {
+        vec![v; n]
+    }
+
+    #[test]
+    fn reserve_commit_truncate_free_keep_counts_and_rows() {
+        let mut pool = KvPool::new(2, 3, 5);
+        let mut a = BlockTable::new();
+        pool.reserve(&mut a, 20).unwrap();
+        assert_eq!(a.blocks().len(), 2);
+        for p in 0..20 {
+            for l in 0..2 {
+                pool.write(&a, p, l, &row(p as f32, 3), &row(-(p as f32) - l as f32, 3));
+            }
+        }
+        pool.commit(&mut a, 20);
+        assert_eq!(pool.usage().tokens_cached, 20);
+        let (k, v) = pool.layer_chunks(&a, 1, 20);
+        assert_eq!(k.iter().map(|c| c.len()).collect::<Vec<_>>(), [48, 12]);
+        assert_eq!(k[1][0], 16.0);
+        assert_eq!(v[1][0], -17.0);
+        // Rollback into the first block gives the second back.
+        pool.truncate(&mut a, 16);
+        assert_eq!((pool.usage().blocks_used, a.len()), (1, 16));
+        assert_eq!(pool.layer_snapshot(&a, 0).0.len(), 16 * 3);
+        // All or nothing: 5 blocks total, 1 used, asking for 5 more fails and takes none.
+        let mut b = BlockTable::new();
+        let e = pool.reserve(&mut b, 5 * BLOCK_SIZE).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::KvExhausted {
+                    needed: 5,
+                    free: 4,
+                    total: 5
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(pool.usage().blocks_used, 1);
+        pool.reserve(&mut b, 4 * BLOCK_SIZE).unwrap();
+        assert_eq!(pool.blocks_free(), 0);
+        pool.free(&mut a);
+        pool.free(&mut b);
+        assert_eq!(
+            pool.usage(),
+            KvUsage {
+                blocks_used: 0,
+                blocks_total: 5,
+                tokens_cached: 0
+            }
+        );
+        pool.check_consistency().unwrap();
+        // Memory stays allocated for reuse, and is never more than was used at once.
+        assert_eq!(pool.allocated_bytes(), 5 * pool.block_bytes());
+    }
+
+    #[test]
+    fn reserving_an_exact_fit_takes_no_extra_block() {
+        let mut pool = KvPool::new(1, 1, 4);
+        let mut a = BlockTable::new();
+        pool.reserve(&mut a, 16).unwrap();
+        assert_eq!(pool.blocks_needed(&a, 0), 0);
+        pool.commit(&mut a, 16);
+        assert_eq!(pool.blocks_needed(&a, 1), 1);
+        pool.free(&mut a);
+    }
+}

@@ -135,6 +135,10 @@ impl Proposer for DraftModelProposer {
         KvPool::blocks_for(committed + k - 1).saturating_sub(held)
     }
 
+    fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
+        committed.saturating_sub(1 + state.cached_len().unwrap_or(0))
+    }
+
     fn reserve(
         &self,
         kv: &mut KvPool,

@@ -82,6 +82,13 @@ pub trait Proposer: Send + Sync {
         0
     }
 
+    /// Committed tokens (of `committed`) that `state` has yet to read before it can draft: the
+    /// catch-up cost of drafting now (0 for proposers without a cache).
+    fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
+        let _ = (state, committed);
+        0
+    }
+
     /// Reserves what [`Proposer::blocks_needed`] counts.
     fn reserve(
         &self,

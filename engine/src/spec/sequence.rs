@@ -133,6 +133,16 @@ impl Sequence {
         Ok(())
     }
 
+    /// Committed tokens `proposer` has yet to read for this sequence before it can draft again.
+    pub fn drafter_lag(&self, proposer: &dyn Proposer) -> usize {
+        proposer.catch_up(&self.proposer_state, self.tokens.len())
+    }
+
+    /// Tokens the request may still generate.
+    pub fn remaining_tokens(&self) -> usize {
+        self.req.max_tokens.saturating_sub(self.generated.len())
+    }
+
     /// The draft length the request asks for at most (0 without speculation).
     pub fn request_draft_len(&self) -> usize {
         self.policy.next_len()

@@ -1,0 +1,144 @@
+//! The engine records the metrics of DESIGN.md through the `metrics` facade: counters agree
+//! with what the requests' streams reported, every step phase is timed, KV gauges are set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use specd_engine::actors::{
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+};
+use specd_engine::generate::GenerateRequest;
+use specd_engine::metrics as m;
+use specd_engine::model::tiny::{tiny_model, TinySpec};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+
+#[test]
+fn engine_records_the_declared_metrics() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
+    m::describe();
+
+    let target = tiny_model(&TinySpec::default()).unwrap();
+    let models = EngineModels {
+        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
+        target: Arc::new(target.model),
+        draft: None,
+        ngram: NgramProposer::default(),
+    };
+    let config = EngineConfig {
+        target_kv_blocks: 64,
+        load: LoadPolicy::NEVER,
+        ..Default::default()
+    };
+    let engine = Engine::start(models, config).unwrap();
+    let h = engine.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut tokens, mut drafted, mut accepted, mut requests) = (0u64, 0u64, 0u64, 0u64);
+    rt.block_on(async {
+        for i in 0..6u32 {
+            let prompt: Vec<u32> = (0..12).map(|t| (t * 3 + i) % 5 + 10).collect();
+            let mut s = h
+                .submit(EngineRequest {
+                    generate: GenerateRequest {
+                        prompt,
+                        max_tokens: 20,
+                        sampling: SamplingParams::default(),
+                        stop: Vec::new(),
+                    },
+                    method: [Method::None, Method::Ngram][i as usize % 2],
+                    policy: DraftPolicyConfig {
+                        max_draft: 4,
+                        ..Default::default()
+                    },
+                })
+                .await
+                .unwrap();
+            while let Some(e) = s.next_event().await {
+                match e {
+                    Event::Chunk(c) => tokens += c.tokens.len() as u64,
+                    Event::Done(d) => {
+                        drafted += d.speculation.drafted_tokens;
+                        accepted += d.speculation.accepted_tokens;
+                        requests += 1;
+                    }
+                    Event::Error(e) => panic!("{}", e.message),
+                }
+            }
+        }
+        // The last step's gauges are published as the pools come home.
+        while h.stats().await.unwrap().kv_target.blocks_used != 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    drop(engine);
+
+    let mut counters: HashMap<String, u64> = HashMap::new();
+    let mut gauges: HashMap<String, f64> = HashMap::new();
+    let mut phases: HashMap<String, usize> = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let k = key.key();
+        let labels: Vec<String> = k
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = if labels.is_empty() {
+            k.name().to_string()
+        } else {
+            format!("{}{{{}}}", k.name(), labels.join(","))
+        };
+        assert!(k.name().starts_with(m::PREFIX), "{name}");
+        match value {
+            DebugValue::Counter(c) => {
+                counters.insert(name, c);
+            }
+            DebugValue::Gauge(g) => {
+                gauges.insert(name, g.into_inner());
+            }
+            DebugValue::Histogram(v) => {
+                if k.name() == m::STEP_DURATION {
+                    phases.insert(labels.join(","), v.len());
+                }
+            }
+        }
+    }
+    assert!(tokens > 0 && drafted > 0 && accepted > 0);
+    assert_eq!(counters[m::GENERATED_TOKENS], tokens);
+    assert_eq!(counters[m::SPEC_DRAFT_TOKENS], drafted);
+    assert_eq!(counters[m::SPEC_ACCEPTED_TOKENS], accepted);
+    assert_eq!(
+        counters[&format!("{}{{status=length}}", m::REQUESTS)],
+        requests
+    );
+    assert!(counters[&format!("{}{{position=1}}", m::SPEC_ACCEPTED_PER_POSITION)] > 0);
+    assert_eq!(counters[m::PROMPT_TOKENS], 6 * 12);
+    for phase in m::Phase::ALL {
+        let n = phases
+            .get(&format!("phase={}", phase.as_str()))
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "no {} samples for phase {}",
+            m::STEP_DURATION,
+            phase.as_str()
+        );
+    }
+    assert_eq!(
+        gauges[&format!("{}{{model=target}}", m::KV_BLOCKS_TOTAL)],
+        64.0
+    );
+    assert_eq!(
+        gauges[&format!("{}{{model=target}}", m::KV_BLOCKS_USED)],
+        0.0
+    );
+    assert_eq!(gauges[m::RUNNING_SEQUENCES], 0.0);
+}

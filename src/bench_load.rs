@@ -1,0 +1,364 @@
+//! `specd bench-load`: the actor engine under concurrent load. For each concurrency level and
+//! mode, that many requests (code prompts through the chat template, greedy) are submitted at
+//! once; the run reports aggregate tokens/s, per-request latency, and the share of step time
+//! spent passing actor messages. Prints one markdown table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use specd_engine::actors::{
+    Engine, EngineConfig, EngineModels, EngineRequest, EngineStats, Event, LoadPolicy, Method,
+    RequestStream,
+};
+use specd_engine::chat::{ChatTemplate, Message};
+use specd_engine::generate::GenerateRequest;
+use specd_engine::model;
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+
+use crate::generate::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchLoadArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The draft model (default: the fetched Qwen2.5-Coder-0.5B).
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Prompt file, as for `bench-spec`.
+    #[arg(long, default_value = "scripts/bench/code_prompts.json")]
+    prompts: PathBuf,
+    /// Comma-separated numbers of concurrent requests.
+    #[arg(long, default_value = "1,4,16,32")]
+    concurrency: String,
+    /// Comma-separated modes: `none`, `draft:K` (always speculate), `draft:K:policy`
+    /// (speculate under the load policy), `ngram:K`, `ngram:K:policy`.
+    #[arg(long, default_value = "none,draft:4,draft:4:policy")]
+    modes: String,
+    /// Tokens generated per request.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Runs of every cell; rounds alternate the modes and each cell reports its median run.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// KV memory for both pools, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    kv_mib: usize,
+    /// Load policy: running sequences from which drafts are shortened.
+    #[arg(long, default_value_t = LoadPolicy::default().shorten_at)]
+    shorten_at: usize,
+    /// Load policy: the shortened draft length.
+    #[arg(long, default_value_t = LoadPolicy::default().shorten_to)]
+    shorten_to: usize,
+    /// Load policy: running sequences from which speculation is off.
+    #[arg(long, default_value_t = LoadPolicy::default().off_at)]
+    off_at: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Mode {
+    label: String,
+    method: Method,
+    k: usize,
+    policy: bool,
+}
+
+fn parse_modes(spec: &str) -> anyhow::Result<Vec<Mode>> {
+    let mut out = Vec::new();
+    for m in spec.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let parts: Vec<&str> = m.split(':').collect();
+        let k = |s: &str| -> anyhow::Result<usize> {
+            s.parse()
+                .with_context(|| format!("mode `{m}`: `{s}` is not a number"))
+        };
+        let (method, k, policy) = match parts.as_slice() {
+            ["none"] => (Method::None, 0, false),
+            ["draft", n] => (Method::Draft, k(n)?, false),
+            ["draft", n, "policy"] => (Method::Draft, k(n)?, true),
+            ["ngram", n] => (Method::Ngram, k(n)?, false),
+            ["ngram", n, "policy"] => (Method::Ngram, k(n)?, true),
+            _ => bail!("unknown mode `{m}`: use none, draft:K, draft:K:policy, ngram:K[:policy]"),
+        };
+        out.push(Mode {
+            label: m.to_string(),
+            method,
+            k,
+            policy,
+        });
+    }
+    anyhow::ensure!(!out.is_empty(), "no modes given");
+    Ok(out)
+}
+
+/// One request's measurements.
+struct Sample {
+    tokens: usize,
+    total: Duration,
+    ttft: Duration,
+    drafted: u64,
+    accepted: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
+    let modes = parse_modes(&args.modes)?;
+    let levels: Vec<usize> = args
+        .concurrency
+        .split(',')
+        .map(|s| s.trim().parse().context("--concurrency takes numbers"))
+        .collect::<anyhow::Result<_>>()?;
+    let prompts = crate::bench_spec::read_prompts(&args.prompts)?;
+    let target = args.model.load()?;
+    target.model.warm_up()?;
+    let tokenizer = target
+        .tokenizer
+        .clone()
+        .context("the target has no tokenizer")?;
+    let template = ChatTemplate::new(
+        target
+            .chat_template
+            .as_deref()
+            .context("the target ships no chat template")?,
+        tokenizer.bos_token(),
+        tokenizer.eos_token(),
+    )?;
+    let encoded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|(_, text)| {
+            let p = template.render(&[Message::new("user", text)], true)?;
+            Ok(tokenizer.encode(&p, true)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let needs_draft = modes.iter().any(|m| m.method == Method::Draft);
+    let draft = if needs_draft {
+        let path = match &args.draft {
+            Some(p) => p.clone(),
+            None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
+        };
+        Some(Arc::new(crate::generate::load_drafter(
+            &path, 0, &target, &tokenizer,
+        )?))
+    } else {
+        None
+    };
+    let draft_config = draft.as_ref().map(|d| d.model().config().clone());
+    let models = EngineModels {
+        target: Arc::new(target.model),
+        tokenizer: Arc::new(tokenizer),
+        draft,
+        ngram: NgramProposer::default(),
+    };
+    let policy = LoadPolicy {
+        shorten_at: args.shorten_at,
+        shorten_to: args.shorten_to,
+        off_at: args.off_at,
+    };
+
+    let bench = Bench {
+        models,
+        encoded,
+        max_tokens: args.max_tokens,
+        kv_bytes: args.kv_mib << 20,
+        draft_config,
+        policy,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    println!(
+        "| concurrency | mode | aggregate tok/s | vs none | request s (mean / p50 / p95) | TTFT s (mean) | per-token ms (mean) | acceptance | steps | messaging % of step |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &c in &levels {
+        // Rounds alternate the modes (rotating their order); each cell reports its median run.
+        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); modes.len()];
+        for round in 0..args.rounds.max(1) {
+            for j in 0..modes.len() {
+                let mi = (j + round) % modes.len();
+                let row = bench.run(c, &modes[mi])?;
+                eprintln!(
+                    "c={c} {} round {round}: {:.1} tok/s; step time {:.1}s of which messaging {:.4}s, phases (schedule, kv, draft, verify, accept) {:?}",
+                    modes[mi].label,
+                    row.tps,
+                    row.stats.step_time.as_secs_f64(),
+                    row.stats.messaging_time.as_secs_f64(),
+                    row.stats.phase_time,
+                );
+                rows[mi].push(row);
+            }
+        }
+        let medians: Vec<Row> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+                r.swap_remove(r.len() / 2)
+            })
+            .collect();
+        let none_tps = modes
+            .iter()
+            .position(|m| m.method == Method::None)
+            .map(|i| medians[i].tps);
+        for (mode, row) in modes.iter().zip(&medians) {
+            println!(
+                "| {c} | {} | {:.1} | {} | {:.2} / {:.2} / {:.2} | {:.2} | {:.1} | {} | {} | {:.3}% |",
+                mode.label,
+                row.tps,
+                none_tps.map_or("-".into(), |n| format!("{:.2}×", row.tps / n)),
+                row.mean_total,
+                percentile(&row.totals, 0.5),
+                percentile(&row.totals, 0.95),
+                row.mean_ttft,
+                row.per_token_ms,
+                if row.drafted > 0 {
+                    format!("{:.1}%", 100.0 * row.accepted as f64 / row.drafted as f64)
+                } else {
+                    "-".into()
+                },
+                row.stats.steps,
+                100.0 * row.stats.messaging_fraction(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What every run shares.
+struct Bench {
+    models: EngineModels,
+    encoded: Vec<Vec<u32>>,
+    max_tokens: usize,
+    kv_bytes: usize,
+    draft_config: Option<model::ModelConfig>,
+    policy: LoadPolicy,
+    rt: tokio::runtime::Runtime,
+}
+
+/// One run of one mode at one concurrency.
+#[derive(Clone)]
+struct Row {
+    tps: f64,
+    /// Request times, sorted.
+    totals: Vec<f64>,
+    mean_total: f64,
+    mean_ttft: f64,
+    per_token_ms: f64,
+    drafted: u64,
+    accepted: u64,
+    stats: EngineStats,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    s / n.max(1) as f64
+}
+
+impl Bench {
+    fn run(&self, c: usize, mode: &Mode) -> anyhow::Result<Row> {
+        let config = EngineConfig {
+            max_running: c.max(1),
+            load: if mode.policy {
+                self.policy
+            } else {
+                LoadPolicy::NEVER
+            },
+            ..EngineConfig::default()
+        }
+        .with_kv_memory(
+            self.kv_bytes,
+            self.models.target.config(),
+            self.draft_config.as_ref(),
+        );
+        let engine = Engine::start(self.models.clone(), config)?;
+        let h = engine.handle();
+        let reqs: Vec<EngineRequest> = (0..c)
+            .map(|i| EngineRequest {
+                generate: GenerateRequest {
+                    prompt: self.encoded[i % self.encoded.len()].clone(),
+                    max_tokens: self.max_tokens,
+                    sampling: SamplingParams::default(),
+                    stop: Vec::new(),
+                },
+                method: mode.method,
+                policy: DraftPolicyConfig {
+                    max_draft: mode.k,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let start = Instant::now();
+        let samples: Vec<Sample> = tokio::task::LocalSet::new().block_on(&self.rt, async {
+            // Every request is submitted at once, as independent clients would.
+            let tasks: Vec<_> = reqs
+                .into_iter()
+                .map(|r| {
+                    let h = h.clone();
+                    tokio::task::spawn_local(async move {
+                        let submitted = Instant::now();
+                        read_stream(h.submit(r).await?, submitted).await
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await??);
+            }
+            anyhow::Ok(out)
+        })?;
+        let wall = start.elapsed();
+        let stats = self.rt.block_on(h.stats())?;
+        drop(engine);
+        let tokens: usize = samples.iter().map(|s| s.tokens).sum();
+        let mut totals: Vec<f64> = samples.iter().map(|s| s.total.as_secs_f64()).collect();
+        totals.sort_by(f64::total_cmp);
+        let (drafted, accepted) = samples
+            .iter()
+            .fold((0, 0), |(d, a), s| (d + s.drafted, a + s.accepted));
+        Ok(Row {
+            tps: tokens as f64 / wall.as_secs_f64(),
+            mean_total: mean(totals.iter().copied()),
+            totals,
+            mean_ttft: mean(samples.iter().map(|s| s.ttft.as_secs_f64())),
+            per_token_ms: mean(samples.iter().map(|s| {
+                1e3 * (s.total - s.ttft).as_secs_f64() / s.tokens.saturating_sub(1).max(1) as f64
+            })),
+            drafted,
+            accepted,
+            stats,
+        })
+    }
+}
+
+/// Reads one request's stream to the end.
+async fn read_stream(mut s: RequestStream, submitted: Instant) -> anyhow::Result<Sample> {
+    let mut sample = Sample {
+        tokens: 0,
+        total: Duration::ZERO,
+        ttft: Duration::ZERO,
+        drafted: 0,
+        accepted: 0,
+    };
+    while let Some(e) = s.next_event().await {
+        match e {
+            Event::Chunk(ch) => {
+                if sample.tokens == 0 && !ch.tokens.is_empty() {
+                    sample.ttft = submitted.elapsed();
+                }
+                sample.tokens += ch.tokens.len();
+            }
+            Event::Done(d) => {
+                sample.total = submitted.elapsed();
+                sample.drafted = d.speculation.drafted_tokens;
+                sample.accepted = d.speculation.accepted_tokens;
+            }
+            Event::Error(e) => bail!("request failed: {}: {}", e.code, e.message),
+        }
+    }
+    Ok(sample)
+}
