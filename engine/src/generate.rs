@@ -143,6 +143,12 @@ pub fn validate_request(model: &Model, req: &GenerateRequest) -> Result<()> {
             limit: ctx - 1,
         });
     }
+    let vocab = model.config().vocab_size;
+    if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidRequest(format!(
+            "prompt token id {t} is outside the vocabulary of {vocab} tokens"
+        )));
+    }
     if req.max_tokens == 0 {
         return Err(Error::InvalidRequest(
             "`max_tokens` must be at least 1".into(),

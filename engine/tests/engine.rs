@@ -341,20 +341,72 @@ fn invalid_requests_name_the_problem() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), "invalid_request", "{e}");
-        // A sequence that outgrows the whole pool ends with an error, not a hang.
+        // A sequence that outgrows the whole pool (4 blocks, 64 positions) ends like one
+        // reaching the context length: `length`, after what fitted.
         let o = drain(
             h.submit(request(vec![1; 40], 200, Method::None, 0))
                 .await
                 .unwrap(),
         )
         .await;
-        assert!(
-            o.error
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("prompt_too_long"),
-            "{o:?}"
+        assert_eq!((o.error, o.finish), (None, Some(FinishReason::Length)));
+        assert_eq!(
+            o.tokens.len(),
+            64 - 40 + 1,
+            "generated until the pool was full"
         );
+        // Token ids outside the vocabulary are refused before they reach a batch.
+        let e = h
+            .submit(request(vec![1, 1 << 30], 4, Method::None, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{e}");
+        assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        // A pool of 64 positions takes a 64-token prompt without drafting, not 65.
+        let e = h
+            .submit(request(vec![1; 65], 4, Method::None, 0))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("of 64 tokens"), "{e}");
+        let o = drain(
+            h.submit(request(vec![1; 64], 4, Method::None, 0))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(o.finish, Some(FinishReason::Length), "{o:?}");
         assert_idle_and_empty(&h).await;
+    });
+}
+
+#[test]
+fn stopping_the_engine_ends_every_stream_with_an_error() {
+    local(async {
+        let m = models(true);
+        let engine = Engine::start(
+            m,
+            EngineConfig {
+                max_running: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let mut running = h
+            .submit(request(vec![1, 2, 3], 400, Method::Draft, 4))
+            .await
+            .unwrap();
+        let waiting = h
+            .submit(request(vec![4, 5, 6], 400, Method::None, 0))
+            .await
+            .unwrap();
+        let mut first = Outcome::default();
+        assert!(read_one(&mut running, &mut first).await);
+        drop(engine);
+        for o in [drain_into(running, first).await, drain(waiting).await] {
+            let e = o.error.expect("a terminal error event");
+            assert!(e.starts_with("overloaded") && e.contains("stopped"), "{e}");
+        }
+        assert!(h.stats().await.is_err(), "the engine is gone");
     });
 }

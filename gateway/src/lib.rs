@@ -65,14 +65,14 @@ impl ErrorCode {
         }
     }
 
-    /// The code for an engine error.
+    /// The code for an engine error (the engine names it: [`specd_engine::Error::code`]).
     pub fn from_engine(e: &specd_engine::Error) -> Self {
-        use specd_engine::Error as E;
-        match e {
-            E::InvalidRequest(_) => Self::InvalidRequest,
-            E::ContextLength { .. } => Self::PromptTooLong,
-            _ => Self::Internal,
-        }
+        Self::from_wire(e.code()).unwrap_or(Self::Internal)
+    }
+
+    /// The code whose wire form is `s`.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

@@ -27,7 +27,7 @@ impl Handler<Propose> for Drafter {
     fn handle(&mut self, Propose(mut batch): Propose, _: &mut Context<Self>) {
         let t = Instant::now();
         batch.drafts = vec![Draft::default(); batch.slots.len()];
-        if batch.error.is_none() {
+        if batch.error.is_none() && !batch.slots.is_empty() {
             for method in [Method::Draft, Method::Ngram] {
                 let Some(proposer) = self.models.proposer(method) else {
                     continue;

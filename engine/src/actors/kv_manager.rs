@@ -105,8 +105,27 @@ impl Handler<Reserve> for KvCacheManager {
                 nt += a;
                 nd += b;
             }
-            if nt <= pools.target.blocks_free() && nd <= pools.draft.blocks_free() {
+            let target_fits = nt <= pools.target.blocks_free();
+            if target_fits && nd <= pools.draft.blocks_free() {
                 break;
+            }
+            if target_fits {
+                // Only the drafter's pool is short: the newest drafting sequence skips drafting
+                // this step rather than anyone being preempted.
+                if let Some(s) = batch.slots.iter_mut().rev().find(|s| {
+                    s.budget > 0
+                        && self.models.proposer(s.method).is_some_and(|p| {
+                            p.blocks_needed(
+                                &pools.draft,
+                                s.seq.proposer_state(),
+                                s.seq.tokens().len(),
+                                s.budget,
+                            ) > 0
+                        })
+                }) {
+                    s.budget = 0;
+                    continue;
+                }
             }
             if batch.slots.len() == 1 {
                 // Alone and still too big: first give up drafting, then give up.
@@ -116,12 +135,16 @@ impl Handler<Reserve> for KvCacheManager {
                 }
                 let mut slot = batch.slots.pop().expect("one slot");
                 self.release(&mut pools, &mut slot);
-                let e = Error::KvExhausted {
-                    needed: nt,
-                    free: pools.target.blocks_free(),
-                    total: pools.target.usage().blocks_total,
-                };
-                batch.failed.push((slot, (&e).into()));
+                if slot.seq.generated().is_empty() {
+                    let e = Error::KvExhausted {
+                        needed: nt,
+                        free: pools.target.blocks_free(),
+                        total: pools.target.usage().blocks_total,
+                    };
+                    batch.failed.push((slot, (&e).into()));
+                } else {
+                    batch.outgrown.push(slot);
+                }
                 break;
             }
             let mut slot = batch.slots.pop().expect("more than one slot");

@@ -170,6 +170,7 @@ impl Engine {
                         in_step: 0,
                         stepping: false,
                         kick_queued: false,
+                        stopping: false,
                         cancels: HashSet::new(),
                         next_id: 0,
                         stats: EngineStats::default(),

@@ -18,7 +18,6 @@ use super::step::{Slot, StepBatch, StepClock};
 use super::{EngineModels, EngineStats};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
-use crate::kv::KvPool;
 use crate::metrics::{self as m, Phase};
 use crate::spec::{DraftPolicyConfig, Sequence};
 
@@ -39,6 +38,8 @@ pub(crate) struct Scheduler {
     pub stepping: bool,
     /// A `StartStep` is queued behind the requests already in the mailbox.
     pub kick_queued: bool,
+    /// Shutdown was asked while a step was in flight: end at its commit.
+    pub stopping: bool,
     /// Requests cancelled while their step was in flight.
     pub cancels: HashSet<RequestId>,
     pub next_id: RequestId,
@@ -50,37 +51,26 @@ impl Actor for Scheduler {
 }
 
 impl Scheduler {
-    fn validate(&self, req: &EngineRequest) -> Result<()> {
+    /// Checks what only the engine knows (drafters present, pool size); the request's own
+    /// fields are checked by [`Sequence::new`] first.
+    fn validate(&self, req: &EngineRequest, k: usize) -> Result<()> {
         if req.method == Method::Draft && self.models.draft.is_none() {
             return Err(Error::InvalidRequest(
                 "`speculation.method` `draft` needs a draft model, and this engine has none".into(),
             ));
         }
-        // The prompt and one step must fit the target's pool on their own.
-        let k = if req.method == Method::None {
-            0
-        } else {
-            req.policy.max_draft
-        };
-        let need = KvPool::blocks_for(req.generate.prompt.len() + k);
-        if need > self.config.target_kv_blocks {
+        // The prompt and one step (`prompt + k` positions) must fit the target's pool alone.
+        let capacity = self.config.target_kv_blocks * crate::kv::BLOCK_SIZE;
+        if req.generate.prompt.len() + k > capacity {
             return Err(Error::ContextLength {
                 len: req.generate.prompt.len(),
-                limit: self.config.target_kv_blocks * crate::kv::BLOCK_SIZE - k - 1,
+                limit: capacity.saturating_sub(k),
             });
         }
         Ok(())
     }
 
     fn submit(&mut self, req: EngineRequest) -> Result<(RequestId, UnboundedReceiver<Event>)> {
-        if self.waiting.len() >= self.config.max_waiting {
-            metrics::counter!(m::REQUESTS, "status" => "rejected").increment(1);
-            return Err(Error::Overloaded {
-                waiting: self.waiting.len(),
-                limit: self.config.max_waiting,
-            });
-        }
-        self.validate(&req)?;
         let policy = match req.method {
             Method::None => DraftPolicyConfig {
                 max_draft: 0,
@@ -89,13 +79,33 @@ impl Scheduler {
             _ => req.policy,
         };
         let proposer = self.models.proposer(req.method);
-        let seq = Sequence::new(
+        let checked = Sequence::new(
             &self.models.target,
             &self.models.tokenizer,
             proposer,
-            req.generate,
+            req.generate.clone(),
             policy,
-        )?;
+        )
+        .and_then(|seq| self.validate(&req, policy.max_draft).map(|()| seq));
+        let seq = match checked {
+            Ok(seq) => seq,
+            Err(e) => {
+                metrics::counter!(m::REQUESTS, "status" => "invalid").increment(1);
+                return Err(e);
+            }
+        };
+        // Requests the batch can take at once do not count against the queue.
+        let free_slots = self
+            .config
+            .max_running
+            .saturating_sub(self.running.len() + self.in_step);
+        if self.waiting.len() >= self.config.max_waiting + free_slots {
+            metrics::counter!(m::REQUESTS, "status" => "rejected").increment(1);
+            return Err(Error::Overloaded {
+                waiting: self.waiting.len(),
+                limit: self.config.max_waiting,
+            });
+        }
         let (tx, rx) = unbounded_channel();
         self.next_id += 1;
         let id = self.next_id;
@@ -220,6 +230,20 @@ impl Scheduler {
             timings,
         })));
         slot
+    }
+
+    /// Fails every request still here with `EngineStopped` and stops the engine's thread.
+    fn stop(&mut self) {
+        let e = RequestError::from(&Error::EngineStopped);
+        let left: Vec<Slot> = self
+            .waiting
+            .drain(..)
+            .chain(self.running.drain(..))
+            .collect();
+        for slot in left {
+            self.fail(slot, e.clone());
+        }
+        actix::System::current().stop();
     }
 
     fn fail(&mut self, slot: Slot, e: RequestError) -> Slot {
@@ -390,6 +414,10 @@ impl Handler<Commit> for Scheduler {
         for (slot, e) in std::mem::take(&mut batch.failed) {
             self.fail(slot, e);
         }
+        for slot in std::mem::take(&mut batch.outgrown) {
+            // Its blocks are already back; like reaching the context length.
+            self.finish(slot, None);
+        }
         let mut requeue = std::mem::take(&mut batch.requeue);
         requeue.sort_by_key(|s| std::cmp::Reverse(s.id));
         for slot in requeue {
@@ -406,6 +434,10 @@ impl Handler<Commit> for Scheduler {
         self.in_step = 0;
         if !leaving.is_empty() {
             self.kv.do_send(Free(leaving));
+        }
+        if self.stopping {
+            self.stop();
+            return;
         }
         self.start_step();
     }
@@ -427,10 +459,9 @@ impl Handler<Shutdown> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
-        let e = RequestError::from(&Error::EngineStopped);
-        for slot in std::mem::take(&mut self.waiting) {
-            self.fail(slot, e.clone());
+        self.stopping = true;
+        if !self.stepping {
+            self.stop();
         }
-        actix::System::current().stop();
     }
 }

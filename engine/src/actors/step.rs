@@ -72,6 +72,8 @@ pub(crate) struct StepBatch {
     pub requeue: Vec<Slot>,
     /// Slots that cannot run at all, with why.
     pub failed: Vec<(Slot, RequestError)>,
+    /// Slots that outgrew the whole KV pool after generating: they end with `length`.
+    pub outgrown: Vec<Slot>,
     /// A failure of the step's model work; every slot of the step fails with it.
     pub error: Option<RequestError>,
     pub pools: Option<Pools>,
@@ -88,6 +90,7 @@ impl StepBatch {
             decisions: Vec::new(),
             requeue: Vec::new(),
             failed: Vec::new(),
+            outgrown: Vec::new(),
             error: None,
             pools: None,
             clock,

@@ -27,7 +27,7 @@ impl Handler<Verify> for Verifier {
 
     fn handle(&mut self, Verify(mut batch): Verify, _: &mut Context<Self>) {
         let t = Instant::now();
-        if batch.error.is_none() {
+        if batch.error.is_none() && !batch.slots.is_empty() {
             let mut pools = batch.pools.take().expect("pools lent with the step");
             let target = &self.models.target;
             let result: Result<Vec<Vec<Vec<f32>>>> = (|| {
