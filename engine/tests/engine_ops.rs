@@ -77,9 +77,10 @@ async fn run(ops: Vec<Op>) {
     let engine = Engine::start(
         m,
         EngineConfig {
-            target_kv_blocks: 40,
-            draft_kv_blocks: 40,
+            target_kv_blocks: 16,
+            draft_kv_blocks: 16,
             max_waiting: 12,
+            max_running: 6,
             load: LoadPolicy::NEVER,
             ..Default::default()
         },

@@ -7,7 +7,9 @@
 //! - [`accept`]: greedy and stochastic acceptance as plain functions.
 //! - [`policy`]: the draft length of a sequence (fixed, adaptive, confidence-gated).
 //! - [`stats`]: per-request statistics.
-//! - [`sequence`]: the token step over a batch of sequences and one-request generation.
+//! - [`verify`]: the drafting and verification phases over a batch.
+//! - [`sequence`]: one request's state, acceptance, rollback and commit; the token step over a
+//!   batch ([`Speculator`]) and one-request generation.
 
 pub mod accept;
 pub mod draft_model;
@@ -16,14 +18,13 @@ pub mod policy;
 pub mod proposer;
 pub mod sequence;
 pub mod stats;
+pub mod verify;
 
 pub use accept::{accept_greedy, accept_stochastic, Verdict};
 pub use draft_model::DraftModelProposer;
 pub use ngram::NgramProposer;
 pub use policy::{DraftPolicy, DraftPolicyConfig};
 pub use proposer::{Draft, ProposeInput, Proposer, ProposerState};
-pub use sequence::{
-    generate_speculative, propose_drafts, verify, AcceptRule, Decision, PhaseTimes, Sequence,
-    Speculator,
-};
+pub use sequence::{generate_speculative, AcceptRule, Decision, PhaseTimes, Sequence, Speculator};
 pub use stats::{PositionStats, SpecStats};
+pub use verify::{propose_drafts, verify};

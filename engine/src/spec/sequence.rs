@@ -14,8 +14,9 @@ use rand::rngs::StdRng;
 
 use super::accept::{accept_greedy, accept_stochastic, Verdict};
 use super::policy::{DraftPolicy, DraftPolicyConfig};
-use super::proposer::{Draft, ProposeInput, Proposer, ProposerState};
+use super::proposer::{Draft, Proposer, ProposerState};
 use super::stats::SpecStats;
+use super::verify::{propose_drafts, verify};
 use crate::error::{Error, Result};
 use crate::generate::{
     validate_request, FinishReason, GenerateOutput, GenerateRequest, StopMatcher, PREFILL_CHUNK,
@@ -29,12 +30,12 @@ use crate::sampling::{apply_repetition_penalty, argmax, transform, Sampler};
 pub struct Sequence {
     req: GenerateRequest,
     /// Prompt and accepted output.
-    tokens: Vec<u32>,
+    pub(super) tokens: Vec<u32>,
     /// The target's blocks of this sequence.
-    table: BlockTable,
-    proposer_state: ProposerState,
-    sampler: Sampler,
-    policy: DraftPolicy,
+    pub(super) table: BlockTable,
+    pub(super) proposer_state: ProposerState,
+    pub(super) sampler: Sampler,
+    pub(super) policy: DraftPolicy,
     stats: SpecStats,
     stream: TextStream,
     stops: StopMatcher,
@@ -417,85 +418,6 @@ impl Sequence {
             .collect();
         rule(drafts, q, &p, self.sampler.rng())
     }
-}
-
-/// Drafting phase: up to `budgets[i]` tokens for each sequence, all sharing `proposer` and its
-/// pool. Sequences with a zero budget get an empty draft without reaching the proposer.
-pub fn propose_drafts(
-    proposer: &dyn Proposer,
-    kv: &mut KvPool,
-    seqs: &mut [&mut Sequence],
-    budgets: &[usize],
-) -> Result<Vec<Draft>> {
-    let mut drafts = vec![Draft::default(); seqs.len()];
-    let idx: Vec<usize> = (0..seqs.len()).filter(|&i| budgets[i] > 0).collect();
-    if idx.is_empty() {
-        return Ok(drafts);
-    }
-    let mut inputs = Vec::with_capacity(idx.len());
-    for (i, s) in seqs.iter_mut().enumerate() {
-        if budgets[i] == 0 {
-            continue;
-        }
-        let Sequence {
-            tokens,
-            proposer_state,
-            sampler,
-            policy,
-            ..
-        } = &mut **s;
-        let confidence = policy.config().confidence;
-        let (params, rng) = sampler.parts();
-        inputs.push(ProposeInput {
-            tokens,
-            state: proposer_state,
-            max: budgets[i],
-            sampling: params,
-            rng,
-            confidence,
-        });
-    }
-    for (&i, mut d) in idx.iter().zip(proposer.propose(kv, &mut inputs)?) {
-        d.tokens.truncate(budgets[i]);
-        if let Some(q) = &mut d.probs {
-            q.truncate(budgets[i]);
-        }
-        drafts[i] = d;
-    }
-    Ok(drafts)
-}
-
-/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence; returns
-/// each sequence's rows of logits (one more than its drafts).
-pub fn verify(
-    target: &Model,
-    kv: &mut KvPool,
-    seqs: &mut [&mut Sequence],
-    drafts: &[Draft],
-) -> Result<Vec<Vec<Vec<f32>>>> {
-    let inputs_tokens: Vec<Vec<u32>> = seqs
-        .iter()
-        .zip(drafts)
-        .map(|(s, d)| {
-            let mut v = vec![*s.tokens.last().expect("prompt is not empty")];
-            v.extend_from_slice(&d.tokens);
-            v
-        })
-        .collect();
-    let mut batch: Vec<SeqInput<'_>> = seqs
-        .iter_mut()
-        .zip(&inputs_tokens)
-        .map(|(s, toks)| SeqInput {
-            table: &mut s.table,
-            tokens: toks,
-            logits: Logits::All,
-        })
-        .collect();
-    target
-        .forward(kv, &mut batch)?
-        .into_iter()
-        .map(|l| Ok(l.to_vec2::<f32>()?))
-        .collect()
 }
 
 /// Runs speculative steps for sequences of one target model and one proposer (or none), with
