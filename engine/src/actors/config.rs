@@ -1,6 +1,8 @@
 //! Engine settings: limits of the queue and the batch, KV pool sizes, and when speculation
 //! gives way under load.
 
+use std::time::Duration;
+
 use crate::kv::KvPool;
 use crate::model::ModelConfig;
 
@@ -67,6 +69,9 @@ pub struct EngineConfig {
     pub draft_kv_blocks: usize,
     /// When drafting shortens and stops under load.
     pub load: LoadPolicy,
+    /// How long an idle engine waits after a request arrives before its first step, to admit
+    /// requests arriving with it in the same batch.
+    pub admission_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +83,7 @@ impl Default for EngineConfig {
             target_kv_blocks: 4096,
             draft_kv_blocks: 4096,
             load: LoadPolicy::default(),
+            admission_window: Duration::from_millis(2),
         }
     }
 }

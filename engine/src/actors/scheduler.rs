@@ -337,11 +337,12 @@ impl Handler<Submit> for Scheduler {
 
     fn handle(&mut self, Submit(req): Submit, ctx: &mut Context<Self>) -> Self::Result {
         let r = self.submit(req);
-        // An idle engine starts stepping once the requests queued behind this one are in too,
-        // so that a burst is admitted (and sized by the load policy) as one batch.
-        if !self.stepping && !self.kick_queued {
+        // An idle engine waits a moment (`admission_window`, a small fraction of a step) for
+        // the rest of a burst, so that it is admitted, and sized by the load policy, as one
+        // batch rather than as a lone request that drafts followed by the others.
+        if r.is_ok() && !self.stepping && !self.kick_queued {
             self.kick_queued = true;
-            ctx.address().do_send(StartStep);
+            ctx.notify_later(StartStep, self.config.admission_window);
         }
         r
     }
