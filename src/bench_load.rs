@@ -13,7 +13,7 @@ use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, EngineStats, Event, LoadPolicy, Method,
     RequestStream,
 };
-use specd_engine::chat::{ChatTemplate, Message};
+use specd_engine::chat::Message;
 use specd_engine::generate::GenerateRequest;
 use specd_engine::model;
 use specd_engine::sampling::SamplingParams;
@@ -115,20 +115,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         .map(|s| s.trim().parse().context("--concurrency takes numbers"))
         .collect::<anyhow::Result<_>>()?;
     let prompts = crate::bench_spec::read_prompts(&args.prompts)?;
-    let target = args.model.load()?;
-    target.model.warm_up()?;
-    let tokenizer = target
-        .tokenizer
-        .clone()
-        .context("the target has no tokenizer")?;
-    let template = ChatTemplate::new(
-        target
-            .chat_template
-            .as_deref()
-            .context("the target ships no chat template")?,
-        tokenizer.bos_token(),
-        tokenizer.eos_token(),
-    )?;
+    let (target, tokenizer, template) = crate::bench_spec::load_chat_target(&args.model)?;
     let encoded: Vec<Vec<u32>> = prompts
         .iter()
         .map(|(_, text)| {
@@ -138,10 +125,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let needs_draft = modes.iter().any(|m| m.method == Method::Draft);
     let draft = if needs_draft {
-        let path = match &args.draft {
-            Some(p) => p.clone(),
-            None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
-        };
+        let path = crate::bench_spec::draft_or_default(args.draft.as_ref())?;
         Some(Arc::new(crate::generate::load_drafter(
             &path, 0, &target, &tokenizer,
         )?))

@@ -133,14 +133,12 @@ pub fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<(String, Strin
         .collect()
 }
 
-pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
-    let methods = parse_methods(&args.methods)?;
-    let mut prompts = read_prompts(&args.prompts)?;
-    if let Some(n) = args.limit {
-        prompts.truncate(n);
-    }
-
-    let target = args.model.load()?;
+/// Loads and warms up the target, with its tokenizer and chat template (the benchmarks send
+/// every prompt as a user message).
+pub fn load_chat_target(
+    args: &ModelArgs,
+) -> anyhow::Result<(model::LoadedModel, model::Tokenizer, ChatTemplate)> {
+    let target = args.load()?;
     target.model.warm_up()?;
     let tokenizer = target
         .tokenizer
@@ -154,11 +152,27 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         tokenizer.bos_token(),
         tokenizer.eos_token(),
     )?;
-    let mut proposers: Vec<Box<dyn Proposer>> = Vec::new();
-    let draft_path = match &args.draft {
+    Ok((target, tokenizer, template))
+}
+
+/// The given draft model, or the fetched default.
+pub fn draft_or_default(path: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match path {
         Some(p) => p.clone(),
         None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
-    };
+    })
+}
+
+pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
+    let methods = parse_methods(&args.methods)?;
+    let mut prompts = read_prompts(&args.prompts)?;
+    if let Some(n) = args.limit {
+        prompts.truncate(n);
+    }
+
+    let (target, tokenizer, template) = load_chat_target(&args.model)?;
+    let mut proposers: Vec<Box<dyn Proposer>> = Vec::new();
+    let draft_path = draft_or_default(args.draft.as_ref())?;
     proposers.push(Box::new(crate::generate::load_drafter(
         &draft_path,
         args.draft_head,

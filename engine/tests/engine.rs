@@ -1,47 +1,20 @@
 //! The actor engine: concurrent requests produce exactly what each produces alone, blocks are
 //! accounted for through cancel / drop / finish / preemption, and overload is refused cleanly.
 
-use std::sync::Arc;
+mod common;
+
+use common::engine_models as models;
+
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineHandle, EngineModels, EngineRequest, Event, LoadPolicy, Method,
-    RequestStream,
+    Engine, EngineConfig, EngineHandle, EngineRequest, Event, LoadPolicy, Method, RequestStream,
 };
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
-use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{DraftModelProposer, DraftPolicyConfig, NgramProposer};
-
-fn models(with_draft: bool) -> EngineModels {
-    let spec = TinySpec {
-        seed: 11,
-        weight_scale: 0.35,
-        ..Default::default()
-    };
-    let target = tiny_model(&spec).unwrap();
-    let draft = with_draft.then(|| {
-        let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
-        Arc::new(
-            DraftModelProposer::new(
-                Arc::new(d.model),
-                d.tokenizer.as_ref(),
-                &d.path,
-                &target.model,
-                target.tokenizer.as_ref().unwrap(),
-            )
-            .unwrap(),
-        )
-    });
-    EngineModels {
-        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
-        target: Arc::new(target.model),
-        draft,
-        ngram: NgramProposer::default(),
-    }
-}
+use specd_engine::spec::DraftPolicyConfig;
 
 fn prompt(rng: &mut StdRng, vocab: u32, len: usize) -> Vec<u32> {
     (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()

@@ -1,17 +1,17 @@
 //! Property test: any sequence of submit / cancel / drop / read / finish operations leaves the
 //! engine with zero blocks used, and the per-step block accounting never disagrees.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use proptest::prelude::*;
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method, RequestStream,
+    Engine, EngineConfig, EngineRequest, Event, LoadPolicy, Method, RequestStream,
 };
 use specd_engine::generate::GenerateRequest;
-use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{DraftModelProposer, DraftPolicyConfig, NgramProposer};
+use specd_engine::spec::DraftPolicyConfig;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -46,32 +46,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn models() -> EngineModels {
-    let spec = TinySpec {
-        seed: 11,
-        weight_scale: 0.35,
-        ..Default::default()
-    };
-    let target = tiny_model(&spec).unwrap();
-    let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
-    let draft = DraftModelProposer::new(
-        Arc::new(d.model),
-        d.tokenizer.as_ref(),
-        &d.path,
-        &target.model,
-        target.tokenizer.as_ref().unwrap(),
-    )
-    .unwrap();
-    EngineModels {
-        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
-        target: Arc::new(target.model),
-        draft: Some(Arc::new(draft)),
-        ngram: NgramProposer::default(),
-    }
-}
-
 async fn run(ops: Vec<Op>) {
-    let m = models();
+    let m = common::engine_models(true);
     let vocab = m.target.config().vocab_size as u32;
     // A pool small enough that preemption happens, a queue small enough that overload does.
     let engine = Engine::start(
