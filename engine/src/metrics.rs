@@ -130,7 +130,7 @@ pub fn describe() {
     describe_counter!(PREEMPTIONS, "Sequences preempted when KV blocks ran out");
     describe_gauge!(KV_BLOCKS_USED, "KV cache blocks held by sequences");
     describe_gauge!(KV_BLOCKS_TOTAL, "KV cache blocks in the pool");
-    describe_gauge!(KV_UTILIZATION, Unit::Percent, "KV blocks used over total");
+    describe_gauge!(KV_UTILIZATION, "KV blocks used over total (0 to 1)");
     describe_gauge!(RUNNING_SEQUENCES, "Sequences in the running batch");
     describe_gauge!(WAITING_SEQUENCES, "Requests waiting for admission");
     describe_gauge!(WEBSOCKET_CONNECTIONS, "Open WebSocket connections");
