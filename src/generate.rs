@@ -120,9 +120,9 @@ pub struct SpecArgs {
     /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
     #[arg(long)]
     pub draft: Option<PathBuf>,
-    /// The most tokens drafted per step.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=15))]
-    pub max_draft: u16,
+    /// The most tokens drafted per step [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=15))]
+    pub max_draft: Option<u16>,
     /// Adapt the draft length to acceptance (grow on full acceptance, shrink on early rejection).
     #[arg(long)]
     pub adaptive: bool,
@@ -130,12 +130,12 @@ pub struct SpecArgs {
     #[arg(long)]
     pub confidence: Option<f32>,
     /// Keep only the first N rows of the draft model's output head (frequent tokens; lossless,
-    /// cheaper drafting, acceptance may drop). 0 keeps the whole head.
-    #[arg(long, default_value_t = 0)]
-    pub draft_head: usize,
-    /// Longest suffix the n-gram proposer matches.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
-    pub ngram: u16,
+    /// cheaper drafting, acceptance may drop). 0 keeps the whole head [default: 0].
+    #[arg(long)]
+    pub draft_head: Option<usize>,
+    /// Longest suffix the n-gram proposer matches [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub ngram: Option<u16>,
 }
 
 impl SpecArgs {
@@ -158,7 +158,10 @@ impl SpecArgs {
         }
         Ok(match kind {
             Speculation::None => None,
-            Speculation::Ngram => Some(Box::new(NgramProposer::new(self.ngram as usize, 1)?)),
+            Speculation::Ngram => Some(Box::new(NgramProposer::new(
+                self.ngram.unwrap_or(3) as usize,
+                1,
+            )?)),
             Speculation::Draft => {
                 let path = match &self.draft {
                     Some(p) => p.clone(),
@@ -166,7 +169,7 @@ impl SpecArgs {
                 };
                 Some(Box::new(load_drafter(
                     &path,
-                    self.draft_head,
+                    self.draft_head.unwrap_or(0),
                     target,
                     tokenizer,
                 )?))
@@ -178,7 +181,7 @@ impl SpecArgs {
     pub fn policy(&self, proposer: Option<&dyn Proposer>) -> DraftPolicyConfig {
         DraftPolicyConfig {
             max_draft: if proposer.is_some() {
-                self.max_draft as usize
+                self.max_draft.unwrap_or(4) as usize
             } else {
                 0
             },

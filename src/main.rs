@@ -1,4 +1,4 @@
-//! The `specd` command line: `generate` streams a completion, `bench` measures prefill and
+//! The `specd` command line: `serve` runs the server, `generate` streams a completion, `bench` measures prefill and
 //! decode speed, `bench-spec` compares speculative decoding methods, `bench-load` measures the engine under
 //! concurrent requests.
 
@@ -6,6 +6,7 @@ mod bench;
 mod bench_load;
 mod bench_spec;
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the models over WebSocket and OpenAI-compatible HTTP, with a demo page.
+    Serve(serve::ServeArgs),
     /// Generate text from a prompt and stream it to stdout.
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode tokens/s of a model.
@@ -61,6 +64,7 @@ fn run() -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchSpec(args) => bench_spec::run(args),

@@ -3,42 +3,17 @@
 use std::path::Path;
 use std::process::Command;
 
-use specd_engine::model::tiny::{
-    tiny_config, tiny_tokenizer, tiny_weights, TinySpec, CHATML_TEMPLATE,
-};
+use specd_engine::model::tiny::{tiny_config, tiny_weights, write_folder, TinySpec};
 
-/// Writes a Hugging Face style folder (config.json, model.safetensors, tokenizer.json,
-/// tokenizer_config.json) holding a tiny Qwen2 model.
+/// Writes a Hugging Face style folder holding a tiny Qwen2 model.
 fn write_tiny_folder(dir: &Path) {
     let spec = TinySpec {
         seed: 4,
         weight_scale: 0.5,
         ..Default::default()
     };
-    let cfg = tiny_config(&spec);
-    let config = serde_json::json!({
-        "model_type": "qwen2",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "tie_word_embeddings": true,
-        "eos_token_id": cfg.eos_token_ids,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    tiny_tokenizer()
-        .inner()
-        .save(dir.join("tokenizer.json"), false)
-        .unwrap();
-    let tc = serde_json::json!({ "chat_template": CHATML_TEMPLATE, "eos_token": "<|im_end|>" });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let tensors = tiny_weights(&tiny_config(&spec), spec.seed, spec.weight_scale);
+    write_folder(dir, &spec, &tensors).unwrap();
 }
 
 fn specd(args: &[&str], home: &Path) -> std::process::Output {

@@ -50,6 +50,9 @@ pub struct Chunk {
     pub drafted: usize,
     /// Drafted tokens the target accepted; the chunk's other token came from the target.
     pub accepted: usize,
+    /// Leading characters of `text` released by accepted draft tokens (the rest came from
+    /// the target's own tokens or from text held back earlier).
+    pub draft_chars: usize,
 }
 
 /// Token counts of a finished request.

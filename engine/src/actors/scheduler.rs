@@ -206,6 +206,7 @@ impl Scheduler {
                 text: rest,
                 drafted: 0,
                 accepted: 0,
+                draft_chars: 0,
             }));
         }
         let now = Instant::now();
@@ -263,7 +264,7 @@ impl Scheduler {
     ) -> bool {
         let now = Instant::now();
         let tokens = slot.seq.generated()[slot.seq.generated().len() - committed..].to_vec();
-        let text = slot.seq.take_text();
+        let (text, draft_chars) = slot.seq.take_text_split();
         if committed > 0 {
             if slot.first_token.is_none() {
                 slot.first_token = Some(now);
@@ -287,6 +288,7 @@ impl Scheduler {
                 text,
                 drafted,
                 accepted,
+                draft_chars,
             }))
             .is_ok()
     }

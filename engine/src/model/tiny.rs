@@ -213,10 +213,13 @@ pub fn tiny_model(spec: &TinySpec) -> Result<LoadedModel> {
     })
 }
 
-/// A drafter for [`tiny_model`]`(spec)`: the same weights, each plus uniform noise of up to
-/// `noise` times its own spread, drawn from `seed`. Small noise gives a drafter that agrees with
-/// the target often but not always, so speculative tests see both accepted and rejected drafts.
-pub fn tiny_draft_model(spec: &TinySpec, noise: f32, seed: u64) -> Result<LoadedModel> {
+/// The weights of [`tiny_draft_model`]: the target's weights of `spec`, each plus uniform noise
+/// of up to `noise` times its tensor's spread, drawn from `seed`.
+pub fn tiny_draft_weights(
+    spec: &TinySpec,
+    noise: f32,
+    seed: u64,
+) -> Result<HashMap<String, Tensor>> {
     let config = tiny_config(spec);
     let mut tensors = tiny_weights(&config, spec.seed, spec.weight_scale);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -235,6 +238,51 @@ pub fn tiny_draft_model(spec: &TinySpec, noise: f32, seed: u64) -> Result<Loaded
         }
         tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
     }
+    Ok(tensors)
+}
+
+/// Writes a Hugging Face style folder (config.json, model.safetensors, tokenizer.json,
+/// tokenizer_config.json with the ChatML template) holding a tiny model of `spec` with
+/// `tensors`: what the binary's end-to-end tests load.
+pub fn write_folder(
+    dir: &std::path::Path,
+    spec: &TinySpec,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let cfg = tiny_config(spec);
+    let io = |e: std::io::Error| crate::Error::file(dir, e);
+    let config = serde_json::json!({
+        "model_type": "qwen2",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": true,
+        "eos_token_id": cfg.eos_token_ids,
+    });
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join("config.json"), config.to_string()).map_err(io)?;
+    candle_core::safetensors::save(tensors, dir.join("model.safetensors"))?;
+    tiny_tokenizer()
+        .inner()
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| crate::Error::Tokenizer(e.to_string()))?;
+    let tc = serde_json::json!({ "chat_template": CHATML_TEMPLATE, "eos_token": "<|im_end|>" });
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).map_err(io)?;
+    Ok(())
+}
+
+/// A drafter for [`tiny_model`]`(spec)`: the same weights, each plus uniform noise of up to
+/// `noise` times its own spread, drawn from `seed`. Small noise gives a drafter that agrees with
+/// the target often but not always, so speculative tests see both accepted and rejected drafts.
+pub fn tiny_draft_model(spec: &TinySpec, noise: f32, seed: u64) -> Result<LoadedModel> {
+    let config = tiny_config(spec);
+    let tensors = tiny_draft_weights(spec, noise, seed)?;
     let model = Model::load(config, &mut Weights::from_tensors(tensors))?;
     Ok(LoadedModel {
         model,

@@ -43,6 +43,8 @@ pub struct Sequence {
     generated: Vec<u32>,
     /// Text final since the last [`Sequence::take_text`].
     pending: String,
+    /// Bytes at the start of `pending` released while accepted draft tokens were appended.
+    pending_drafted: usize,
     finish: Option<FinishReason>,
     prefill_time: Duration,
     decode_start: Option<Instant>,
@@ -85,6 +87,7 @@ impl Sequence {
             eos: tokenizer.eos_token_ids().to_vec(),
             generated: Vec::new(),
             pending: String::new(),
+            pending_drafted: 0,
             finish: None,
             prefill_time: Duration::ZERO,
             decode_start: None,
@@ -199,7 +202,15 @@ impl Sequence {
 
     /// Text that became final since the last call.
     pub fn take_text(&mut self) -> String {
-        std::mem::take(&mut self.pending)
+        self.take_text_split().0
+    }
+
+    /// Text that became final since the last call, and how many of its leading characters
+    /// were released by accepted draft tokens (the rest by the target's own tokens).
+    pub fn take_text_split(&mut self) -> (String, usize) {
+        let drafted = self.pending[..self.pending_drafted].chars().count();
+        self.pending_drafted = 0;
+        (std::mem::take(&mut self.pending), drafted)
     }
 
     /// Prompt and accepted output tokens.
@@ -263,10 +274,11 @@ impl Sequence {
             .min(ctx.saturating_sub(self.tokens.len()))
     }
 
-    /// Appends tokens the target produced this step, one at a time, ending generation at EOS,
-    /// a stop string, `max_tokens` or the context length.
-    fn emit(&mut self, new: &[u32], ctx: usize) -> Result<()> {
-        for &t in new {
+    /// Appends tokens the target produced this step (the first `drafted` of them accepted
+    /// drafts), one at a time, ending generation at EOS, a stop string, `max_tokens` or the
+    /// context length.
+    fn emit(&mut self, new: &[u32], drafted: usize, ctx: usize) -> Result<()> {
+        for (i, &t) in new.iter().enumerate() {
             if self.eos.contains(&t) {
                 self.finish = Some(FinishReason::Stop);
                 return Ok(());
@@ -275,6 +287,10 @@ impl Sequence {
             self.generated.push(t);
             if let Some(text) = self.stream.push(t)? {
                 let (out, stopped) = self.stops.push(&text);
+                // Drafted text stays a prefix of `pending`: only counted while all of it is.
+                if i < drafted && self.pending_drafted == self.pending.len() {
+                    self.pending_drafted += out.len();
+                }
                 self.pending.push_str(&out);
                 if stopped {
                     self.finish = Some(FinishReason::Stop);
@@ -372,7 +388,7 @@ impl Sequence {
         let mut new = draft.tokens[..decision.accepted].to_vec();
         new.push(decision.next);
         let before = self.generated.len();
-        self.emit(&new, ctx)?;
+        self.emit(&new, decision.accepted, ctx)?;
         self.decode_time = self.decode_start.map(|t| t.elapsed()).unwrap_or_default();
         Ok(self.generated.len() - before)
     }

@@ -1,0 +1,346 @@
+//! `GET /v1/stream`: one task per socket reads client frames, starts a task per request, and
+//! writes every request's frames in the order they come. Heartbeat pings, a client timeout,
+//! an idle timeout and a frame-size limit keep dead or abusive sockets from holding
+//! resources; a closed socket cancels its requests (their KV blocks are freed before the
+//! engine's next step).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use serde_json::json;
+use specd_engine::actors::{EngineRequest, Event, Method};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::auth;
+use crate::backend::{Backend, EndpointDefaults};
+use crate::config::Config;
+use crate::error::{ApiError, ErrorCode};
+use crate::lifecycle::{InflightGuard, Phase};
+use crate::protocol::{parse_client_frame, ClientFrame, GenerateFrame, ServerFrame};
+use crate::server::{AppState, ConnectionPermit};
+
+/// Defaults of the WebSocket protocol: greedy, up to 256 tokens.
+const DEFAULTS: EndpointDefaults = EndpointDefaults {
+    max_tokens: Some(256),
+    temperature: 0.0,
+};
+
+/// The upgrade: key, origin, readiness and the connection limit are checked before it.
+pub async fn stream(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let protocols = auth::offered_subprotocols(&req);
+    auth::authorize(&req, &state.config.server, &protocols)?;
+    auth::check_origin(&req, &state.config.server)?;
+    let backend = state.backend()?;
+    state.accepting()?;
+    let permit = AppState::connect(&state)?;
+    let (mut res, session, msgs) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::invalid("upgrade", format!("not a WebSocket upgrade request: {e}"))
+    })?;
+    if protocols.iter().any(|p| p == auth::SUBPROTOCOL) {
+        res.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(auth::SUBPROTOCOL),
+        );
+    }
+    let limit = state.config.limits.max_frame_bytes;
+    let msgs = msgs
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let conn = Connection {
+        config: state.config.clone(),
+        state: state.clone(),
+        backend,
+        requests: HashMap::new(),
+        draining: false,
+        _permit: permit,
+    };
+    actix_web::rt::spawn(conn.run(session, msgs));
+    Ok(res)
+}
+
+/// A frame from a request task; `last` marks the frame that ends the request.
+struct Outgoing {
+    id: String,
+    frame: ServerFrame,
+    last: bool,
+}
+
+/// A request in flight on the socket.
+struct InFlight {
+    cancel: Option<oneshot::Sender<()>>,
+    task: actix_web::rt::task::JoinHandle<()>,
+}
+
+struct Connection {
+    config: Config,
+    state: web::Data<AppState>,
+    backend: Arc<Backend>,
+    requests: HashMap<String, InFlight>,
+    draining: bool,
+    _permit: ConnectionPermit,
+}
+
+impl Connection {
+    async fn run(mut self, mut session: Session, mut msgs: AggregatedMessageStream) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+        let mut phase = self.state.lifecycle.watch();
+        let server = &self.config.server;
+        let heartbeat = Config::secs(server.heartbeat_secs);
+        let client_timeout = Config::secs(server.client_timeout_secs);
+        let idle_timeout = Config::secs(server.idle_timeout_secs);
+        let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        let (mut heard, mut active) = (Instant::now(), Instant::now());
+        if session.text(self.hello().to_json()).await.is_err() {
+            return self.abandon();
+        }
+        let close: Option<CloseReason> = loop {
+            if self.draining && self.requests.is_empty() {
+                break Some(reason(CloseCode::Away, "the server is shutting down"));
+            }
+            tokio::select! {
+                msg = msgs.recv() => {
+                    heard = Instant::now();
+                    let reply = match msg {
+                        None => break None,
+                        Some(Ok(AggregatedMessage::Text(text))) => {
+                            active = Instant::now();
+                            self.on_text(&text, &tx)
+                        }
+                        Some(Ok(AggregatedMessage::Binary(_))) => Some(ServerFrame::error(
+                            None,
+                            ApiError::invalid(
+                                "frame",
+                                "binary frames are not supported: send JSON text frames",
+                            ),
+                        )),
+                        Some(Ok(AggregatedMessage::Ping(b))) => {
+                            if session.pong(&b).await.is_err() {
+                                break None;
+                            }
+                            None
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => None,
+                        Some(Ok(AggregatedMessage::Close(_))) => {
+                            break Some(reason(CloseCode::Normal, "bye"));
+                        }
+                        Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                            let limit = self.config.limits.max_frame_bytes;
+                            let e = ApiError::invalid(
+                                "frame",
+                                format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
+                            );
+                            let _ = session.text(ServerFrame::error(None, e).to_json()).await;
+                            break Some(reason(CloseCode::Size, "message too big"));
+                        }
+                        Some(Err(e)) => break Some(reason(CloseCode::Protocol, &e.to_string())),
+                    };
+                    if let Some(frame) = reply {
+                        if session.text(frame.to_json()).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+                Some(out) = rx.recv() => {
+                    if out.last {
+                        self.requests.remove(&out.id);
+                        active = Instant::now();
+                    }
+                    if session.text(out.frame.to_json()).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = ticks.tick() => {
+                    if heard.elapsed() > client_timeout {
+                        break Some(reason(CloseCode::Away, "no frame or pong within the client timeout"));
+                    }
+                    if self.requests.is_empty() && active.elapsed() > idle_timeout {
+                        break Some(reason(CloseCode::Normal, "idle timeout"));
+                    }
+                    if session.ping(b"").await.is_err() {
+                        break None;
+                    }
+                }
+                changed = phase.changed(), if !self.draining => {
+                    // The lifecycle outlives every connection; an error would mean it is gone.
+                    if changed.is_err() || *phase.borrow() >= Phase::Draining {
+                        self.draining = true;
+                    }
+                }
+            }
+        };
+        self.abandon();
+        if let Some(r) = close {
+            let _ = session.close(Some(r)).await;
+        }
+    }
+
+    /// Cancels every request still in flight (the socket is gone or closing): dropping a
+    /// request's engine stream cancels it in the engine.
+    fn abandon(&mut self) {
+        for (_, r) in self.requests.drain() {
+            r.task.abort();
+        }
+    }
+
+    fn hello(&self) -> ServerFrame {
+        let b = &self.backend;
+        let (method, policy) = b.defaults();
+        let limits = &self.config.limits;
+        ServerFrame::Hello(json!({
+            "model": b.model_name(),
+            "draft_model": b.draft_name(),
+            "methods": b.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            "speculation": {"method": method.as_str(), "max_draft": policy.max_draft},
+            "limits": {
+                "max_tokens": limits.max_tokens,
+                "max_prompt_tokens": b.max_prompt_tokens(limits),
+                "max_requests_per_connection": limits.max_requests_per_connection,
+                "max_frame_bytes": limits.max_frame_bytes,
+            },
+        }))
+    }
+
+    /// Handles a text frame; returns a frame to send at once (an error), if any.
+    fn on_text(&mut self, text: &str, tx: &mpsc::UnboundedSender<Outgoing>) -> Option<ServerFrame> {
+        match parse_client_frame(text) {
+            Err((id, e)) => Some(ServerFrame::error(id, e)),
+            Ok(ClientFrame::Cancel { id }) => match self.requests.get_mut(&id) {
+                Some(r) => {
+                    if let Some(c) = r.cancel.take() {
+                        let _ = c.send(());
+                    }
+                    None
+                }
+                None => Some(ServerFrame::error(
+                    Some(id.clone()),
+                    ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("no request `{id}` is in flight on this connection"),
+                    )
+                    .with_param("id"),
+                )),
+            },
+            Ok(ClientFrame::Generate(g)) => match self.admit(&g) {
+                Ok((req, guard)) => {
+                    let (cancel_tx, cancel_rx) = oneshot::channel();
+                    let task = actix_web::rt::spawn(run_request(
+                        self.backend.clone(),
+                        g.id.clone(),
+                        req,
+                        tx.clone(),
+                        cancel_rx,
+                        self.state.lifecycle.watch(),
+                        guard,
+                    ));
+                    self.requests.insert(
+                        g.id.clone(),
+                        InFlight {
+                            cancel: Some(cancel_tx),
+                            task,
+                        },
+                    );
+                    None
+                }
+                Err(e) => Some(ServerFrame::error(Some(g.id.clone()), e)),
+            },
+        }
+    }
+
+    fn admit(&self, g: &GenerateFrame) -> Result<(EngineRequest, InflightGuard), ApiError> {
+        if self.draining {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                "the server is shutting down and takes no new requests",
+            ));
+        }
+        if self.requests.contains_key(&g.id) {
+            return Err(ApiError::invalid(
+                "id",
+                format!("`id` `{}` is already in flight on this connection", g.id),
+            ));
+        }
+        let limit = self.config.limits.max_requests_per_connection;
+        if self.requests.len() >= limit {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "{limit} requests are already in flight on this connection (limits.max_requests_per_connection)"
+                ),
+            ));
+        }
+        let req = self
+            .backend
+            .prepare(g.prompt()?, &g.params(), DEFAULTS, &self.config.limits)?;
+        Ok((req, self.state.lifecycle.enter()))
+    }
+}
+
+fn reason(code: CloseCode, description: &str) -> CloseReason {
+    CloseReason {
+        code,
+        description: Some(description.to_string()),
+    }
+}
+
+/// Runs one request: submits it, forwards its events, cancels it on the client's `cancel` or
+/// when the server's shutdown grace period ends.
+async fn run_request(
+    backend: Arc<Backend>,
+    id: String,
+    req: EngineRequest,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    mut cancel: oneshot::Receiver<()>,
+    mut phase: watch::Receiver<Phase>,
+    _guard: InflightGuard,
+) {
+    let method: Method = req.method;
+    let send = |frame: ServerFrame, last: bool| {
+        let _ = tx.send(Outgoing {
+            id: id.clone(),
+            frame,
+            last,
+        });
+    };
+    let mut stream = match backend.submit(req).await {
+        Ok(s) => s,
+        Err(e) => return send(ServerFrame::error(Some(id.clone()), e), true),
+    };
+    let mut cancelled = *phase.borrow_and_update() == Phase::Cancelling;
+    if cancelled {
+        backend.engine().cancel(stream.id());
+    }
+    loop {
+        tokio::select! {
+            ev = stream.next_event() => match ev {
+                Some(Event::Chunk(c)) => send(ServerFrame::chunk(&id, c), false),
+                Some(Event::Done(d)) => return send(ServerFrame::done(&id, &d, method), true),
+                Some(Event::Error(e)) => {
+                    return send(ServerFrame::error(Some(id.clone()), e.into()), true)
+                }
+                None => {
+                    let e = ApiError::internal("the engine stopped");
+                    return send(ServerFrame::error(Some(id.clone()), e), true);
+                }
+            },
+            _ = &mut cancel, if !cancelled => {
+                cancelled = true;
+                backend.engine().cancel(stream.id());
+            }
+            changed = phase.changed(), if !cancelled => {
+                if changed.is_err() || *phase.borrow() == Phase::Cancelling {
+                    cancelled = true;
+                    backend.engine().cancel(stream.id());
+                }
+            }
+        }
+    }
+}

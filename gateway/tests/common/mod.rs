@@ -1,0 +1,204 @@
+//! Shared by the gateway tests: a real server on port 0 over the tiny target/draft pair, and
+//! WebSocket helpers (tokio-tungstenite).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use specd_engine::actors::{EngineConfig, EngineModels, Method};
+use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec, CHATML_TEMPLATE};
+use specd_engine::spec::{DraftModelProposer, DraftPolicyConfig, NgramProposer};
+use specd_gateway::{Backend, BackendOptions, Config, Server};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The served model's id.
+pub const MODEL: &str = "tiny";
+
+/// The tiny target (seed 11) with its noisy copy as drafter, behind a fresh engine.
+pub fn backend(engine: EngineConfig) -> Backend {
+    let spec = TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    };
+    let target = tiny_model(&spec).unwrap();
+    let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
+    let draft = DraftModelProposer::new(
+        Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        target.tokenizer.as_ref().unwrap(),
+    )
+    .unwrap();
+    let models = EngineModels {
+        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
+        target: Arc::new(target.model),
+        draft: Some(Arc::new(draft)),
+        ngram: NgramProposer::default(),
+    };
+    let options = BackendOptions {
+        model_name: MODEL.into(),
+        draft_name: Some("tiny-draft".into()),
+        chat_template: Some(CHATML_TEMPLATE.into()),
+        default_method: Method::Draft,
+        default_policy: DraftPolicyConfig::default(),
+        engine,
+    };
+    Backend::start(models, options).unwrap()
+}
+
+/// A server on a free loopback port, ready, with `tweak` applied to the test defaults.
+pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut c = Config::default();
+    c.server.port = 0;
+    c.server.shutdown_timeout_secs = 5.0;
+    tweak(&mut c);
+    c.validate().unwrap();
+    let server = Server::start(c).unwrap();
+    server.set_backend(backend(EngineConfig::default()));
+    server
+}
+
+/// Opens `/v1/stream` with an optional API key and Origin header.
+pub async fn connect(
+    server: &Server,
+    key: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let url = format!("ws://{}/v1/stream", server.local_addr());
+    let mut req = url.into_client_request().unwrap();
+    if let Some(k) = key {
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {k}")).unwrap(),
+        );
+    }
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(o).unwrap());
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    Ok(ws)
+}
+
+/// The next JSON frame (pings are answered by the library while reading).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("no frame within 60 s")
+            .expect("the socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Sends a JSON frame.
+pub async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// A generate frame: `extra` fields are merged in.
+pub fn generate(id: &str, prompt: &str, extra: Value) -> Value {
+    let mut f = json!({"type": "generate", "id": id, "prompt": prompt});
+    if let (Some(f), Value::Object(e)) = (f.as_object_mut(), extra) {
+        f.extend(e);
+    }
+    f
+}
+
+/// What one request streamed.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub text: String,
+    pub tokens: Vec<u64>,
+    pub chunks: usize,
+    pub drafted: u64,
+    pub accepted: u64,
+    pub draft_chars: u64,
+    /// The `done` frame, or the `error` frame that ended it.
+    pub end: Value,
+}
+
+impl Outcome {
+    /// Adds a frame of this request; returns whether it ended the request.
+    pub fn add(&mut self, f: &Value) -> bool {
+        match f["type"].as_str().unwrap() {
+            "chunk" => {
+                self.text.push_str(f["text"].as_str().unwrap());
+                self.tokens.extend(
+                    f["tokens"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_u64().unwrap()),
+                );
+                self.chunks += 1;
+                self.drafted += f["drafted"].as_u64().unwrap();
+                self.accepted += f["accepted"].as_u64().unwrap();
+                self.draft_chars += f["draft_chars"].as_u64().unwrap();
+                false
+            }
+            "done" | "error" => {
+                self.end = f.clone();
+                true
+            }
+            t => panic!("unexpected frame type {t}: {f}"),
+        }
+    }
+
+    pub fn finish_reason(&self) -> &str {
+        self.end["finish_reason"].as_str().unwrap_or("<error>")
+    }
+}
+
+/// Reads frames until request `id` ends (frames of other ids are an error here).
+pub async fn run_to_end(ws: &mut Ws, id: &str) -> Outcome {
+    let mut out = Outcome::default();
+    loop {
+        let f = next_json(ws).await;
+        assert_eq!(f["id"], id, "{f}");
+        if out.add(&f) {
+            return out;
+        }
+    }
+}
+
+/// Sends one request on a fresh socket and reads it to the end.
+pub async fn run_alone(server: &Server, key: Option<&str>, frame: Value) -> Outcome {
+    let mut ws = connect(server, key, None).await.unwrap();
+    let id = frame["id"].as_str().unwrap().to_string();
+    send(&mut ws, frame).await;
+    run_to_end(&mut ws, &id).await
+}
+
+/// Waits until the engine has no sequence and no KV block in use.
+pub async fn wait_engine_idle(server: &Server) -> specd_engine::actors::EngineStats {
+    let backend = server.state().backend().unwrap();
+    for _ in 0..500 {
+        let s = backend.engine().stats().await.unwrap();
+        if s.running == 0 && s.waiting == 0 && s.kv_target.blocks_used == 0 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the engine still holds work after 5 s: {:?}",
+        backend.engine().stats().await.unwrap()
+    );
+}

@@ -1,0 +1,248 @@
+//! `specd serve`: the network server. Configuration comes from defaults, a TOML file
+//! (`--config`), `SPECD_<SECTION>__<KEY>` variables and these flags, in that order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use specd_engine::actors::{EngineConfig, EngineModels};
+use specd_engine::model::{self, LoadOptions};
+use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+use specd_gateway::config::SpeculationMethod;
+use specd_gateway::{Backend, BackendOptions, Config, Server};
+
+use crate::generate::{load_drafter, ModelArgs, SpecArgs, Speculation};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Address to bind [default: 127.0.0.1; 0.0.0.0 listens on every interface].
+    #[arg(long, env = "SPECD_HOST")]
+    host: Option<String>,
+    /// Port to bind [default: 8000; 0 picks a free port].
+    #[arg(long, env = "SPECD_PORT")]
+    port: Option<u16>,
+    /// A TOML configuration file (see README).
+    #[arg(long, env = "SPECD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Require `Authorization: Bearer KEY` on /v1/* and /metrics.
+    #[arg(long, env = "SPECD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A browser origin allowed to open WebSockets besides the page's own (repeatable).
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// The model id clients see [default: the target's file or folder name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Memory for both KV caches, MiB.
+    #[arg(long)]
+    kv_mib: Option<usize>,
+}
+
+/// The configuration: file and environment, then the flags.
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut c = Config::load(args.config.as_deref()).context("configuration")?;
+    let (s, m) = (&mut c.server, &mut c.model);
+    if let Some(h) = &args.host {
+        s.host = h.clone();
+    }
+    if let Some(p) = args.port {
+        s.port = p;
+    }
+    if args.api_key.is_some() {
+        s.api_key = args.api_key.clone();
+    }
+    s.allowed_origins.extend(args.allow_origins.iter().cloned());
+    let a = &args.spec;
+    m.model = args.model.model.clone().or(m.model.take());
+    m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
+    m.draft = a.draft.clone().or(m.draft.take());
+    m.name = args.name.clone().or(m.name.take());
+    if let Some(sp) = a.speculation {
+        m.speculation = Some(match sp {
+            Speculation::None => SpeculationMethod::None,
+            Speculation::Draft => SpeculationMethod::Draft,
+            Speculation::Ngram => SpeculationMethod::Ngram,
+        });
+    }
+    m.max_draft = a.max_draft.unwrap_or(m.max_draft);
+    m.adaptive |= a.adaptive;
+    m.confidence = a.confidence.or(m.confidence);
+    m.draft_head = a.draft_head.unwrap_or(m.draft_head);
+    m.ngram = a.ngram.unwrap_or(m.ngram);
+    if let Some(mib) = args.kv_mib {
+        c.engine.kv_memory_mib = Some(mib);
+    }
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok(c)
+}
+
+/// The files to load: the target, and the draft model if one is served.
+struct ModelPaths {
+    target: PathBuf,
+    draft: Option<PathBuf>,
+    method: SpeculationMethod,
+}
+
+fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
+    const MISSING: &str = "`specd serve` with no --model serves the default Qwen2.5-Coder \
+         pair; download it first with `scripts/fetch-models` (1.6 GB), or pass --model PATH";
+    let default_pair = c.model.model.is_none();
+    let target = match &c.model.model {
+        Some(p) => p.clone(),
+        None => model::default_model(model::DEFAULT_TARGET_FILE).context(MISSING)?,
+    };
+    let method = c
+        .model
+        .speculation
+        .unwrap_or(if c.model.draft.is_some() || default_pair {
+            SpeculationMethod::Draft
+        } else {
+            SpeculationMethod::None
+        });
+    let draft = match &c.model.draft {
+        Some(p) => Some(p.clone()),
+        None if default_pair && method == SpeculationMethod::Draft => {
+            Some(model::default_model(model::DEFAULT_DRAFT_FILE).context(MISSING)?)
+        }
+        None if method == SpeculationMethod::Draft => {
+            bail!("--speculation draft needs a draft model: pass --draft PATH")
+        }
+        None => None,
+    };
+    for p in std::iter::once(&target).chain(draft.as_ref()) {
+        if !p.exists() {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    Ok(ModelPaths {
+        target,
+        draft,
+        method,
+    })
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .or(path.file_name())
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Loads the models and starts the engine behind them.
+fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
+    let target = model::load(
+        &paths.target,
+        &LoadOptions {
+            tokenizer: c.model.tokenizer.clone(),
+        },
+    )?;
+    target.model.warm_up()?;
+    let tokenizer = target
+        .tokenizer
+        .clone()
+        .context("the model has no tokenizer: pass --tokenizer tokenizer.json")?;
+    let draft = match &paths.draft {
+        Some(p) => Some(Arc::new(load_drafter(
+            p,
+            c.model.draft_head,
+            &target,
+            &tokenizer,
+        )?)),
+        None => None,
+    };
+    let mut engine = EngineConfig {
+        max_running: c.engine.max_running,
+        max_waiting: c.engine.max_waiting,
+        max_batch_tokens: c.engine.max_batch_tokens,
+        ..EngineConfig::default()
+    };
+    if let Some(mib) = c.engine.kv_memory_mib {
+        let draft_cfg = draft.as_ref().map(|d| d.model().config().clone());
+        engine = engine.with_kv_memory(mib << 20, target.model.config(), draft_cfg.as_ref());
+    }
+    let options = BackendOptions {
+        model_name: c
+            .model
+            .name
+            .clone()
+            .unwrap_or_else(|| name_of(&paths.target)),
+        draft_name: paths.draft.as_deref().map(name_of),
+        chat_template: target.chat_template.clone(),
+        default_method: paths.method.method(),
+        default_policy: DraftPolicyConfig {
+            max_draft: c.model.max_draft as usize,
+            adaptive: c.model.adaptive,
+            confidence: c.model.confidence,
+        },
+        engine,
+    };
+    let models = EngineModels {
+        target: Arc::new(target.model),
+        tokenizer: Arc::new(tokenizer),
+        draft,
+        ngram: NgramProposer::new(c.model.ngram as usize, 1)?,
+    };
+    Ok(Backend::start(models, options)?)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let c = config(&args)?;
+    // Missing models are reported before anything binds.
+    let paths = model_paths(&c)?;
+    let server = Server::start(c.clone())
+        .with_context(|| format!("cannot listen on {}:{}", c.server.host, c.server.port))?;
+    let addr = server.local_addr();
+    println!("specd listening on http://{addr}");
+    println!("  demo page     http://{addr}/");
+    println!("  WebSocket     ws://{addr}/v1/stream");
+    println!("  OpenAI API    http://{addr}/v1  (completions, chat/completions, models)");
+    println!("  metrics       http://{addr}/metrics   health http://{addr}/health");
+    println!("loading {} ...", paths.target.display());
+    let backend = load_backend(&c, &paths)?;
+    println!(
+        "ready: serving `{}` (speculation: {}{})",
+        backend.model_name(),
+        backend.defaults().0.as_str(),
+        backend
+            .draft_name()
+            .map(|d| format!(", draft model `{d}`"))
+            .unwrap_or_default()
+    );
+    server.set_backend(backend);
+    wait_for_signal()?;
+    println!(
+        "shutting down: finishing streams in flight (up to {} s) ...",
+        c.server.shutdown_timeout_secs
+    );
+    let cancelled = server.shutdown();
+    println!("stopped ({cancelled} streams cancelled)");
+    Ok(())
+}
+
+/// Blocks until SIGINT (Ctrl-C) or SIGTERM.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await
+        }
+    })?;
+    Ok(())
+}
