@@ -261,7 +261,7 @@ impl Backend {
         s: Option<&SpeculationParams>,
     ) -> Result<(Method, DraftPolicyConfig), ApiError> {
         let (default_method, default_policy) = self.defaults();
-        let mut policy = default_policy.clone();
+        let mut policy = *default_policy;
         let Some(s) = s else {
             return Ok((default_method, policy));
         };

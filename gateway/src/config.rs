@@ -195,14 +195,14 @@ pub const ENV_PREFIX: &str = "SPECD_";
 
 impl Config {
     /// Defaults, then the TOML file if given, then `SPECD_<SECTION>__<KEY>` variables.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "config file {} does not exist",
                     f.display()
-                )));
+                ))));
             }
             fig = fig.merge(Toml::file_exact(f));
         }
@@ -210,8 +210,10 @@ impl Config {
         let env = Env::prefixed(ENV_PREFIX)
             .filter(|k| k.as_str().contains("__"))
             .split("__");
-        let config: Config = fig.merge(env).extract()?;
-        config.validate().map_err(figment::Error::from)?;
+        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
+        config
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
 

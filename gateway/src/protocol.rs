@@ -99,15 +99,19 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, Ap
         ));
     };
     let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
-    let fail = |e: ApiError| (id.clone(), e);
     if let Some(i) = &id {
         if i.is_empty() || i.len() > MAX_ID_BYTES {
-            return Err(fail(ApiError::invalid(
-                "id",
-                format!("`id` must have 1 to {MAX_ID_BYTES} bytes, got {}", i.len()),
-            )));
+            // Not echoed: an id the client cannot have meant for a request.
+            return Err((
+                None,
+                ApiError::invalid(
+                    "id",
+                    format!("`id` must have 1 to {MAX_ID_BYTES} bytes, got {}", i.len()),
+                ),
+            ));
         }
     }
+    let fail = |e: ApiError| (id.clone(), e);
     match obj.get("type") {
         Some(Value::String(t)) if t == "generate" => {
             let f: GenerateFrame = from_value(value).map_err(fail)?;
@@ -273,7 +277,7 @@ mod tests {
         let (_, e) = err(r#"{"type":"generate","id":"a","prompt":"x","colour":1}"#);
         assert_eq!(e.param.as_deref(), Some("colour"), "{e}");
         let (_, e) = err(r#"{"type":"generate","id":"a","prompt":"x","speculation":{"k":1}}"#);
-        assert_eq!(e.param.as_deref(), Some("speculation"), "{e}");
+        assert_eq!(e.param.as_deref(), Some("speculation.k"), "{e}");
         assert!(e.message.contains("`k`"), "{e}");
         let (_, e) = err(r#"{"type":"generate","prompt":"x"}"#);
         assert_eq!(e.param.as_deref(), Some("id"), "{e}");

@@ -224,7 +224,7 @@ impl Connection {
                     Some(id.clone()),
                     ApiError::new(
                         ErrorCode::NotFound,
-                        format!("no request `{id}` is in flight on this connection"),
+                        format!("no request with `id` `{id}` is in flight on this connection"),
                     )
                     .with_param("id"),
                 )),

@@ -1,0 +1,269 @@
+//! The HTTP side against a real server on port 0: OpenAI endpoints (JSON and Server-Sent
+//! Events), /v1/models, /health, /metrics and the demo page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use specd_gateway::{Config, Server};
+
+async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let mut resp = awc::Client::default()
+        .post(format!("http://{}{path}", server.local_addr()))
+        .send_json(&body)
+        .await
+        .unwrap();
+    let bytes = resp.body().limit(1 << 22).await.unwrap();
+    (
+        resp.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap(),
+    )
+}
+
+async fn get(server: &Server, path: &str) -> (u16, String) {
+    let mut resp = awc::Client::default()
+        .get(format!("http://{}{path}", server.local_addr()))
+        .send()
+        .await
+        .unwrap();
+    let bytes = resp.body().limit(1 << 22).await.unwrap();
+    (
+        resp.status().as_u16(),
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+/// Posts a streaming request and parses its events: the JSON payloads, and whether the
+/// stream ended with `[DONE]`.
+async fn post_sse(server: &Server, path: &str, body: Value) -> (Vec<Value>, bool) {
+    let mut resp = awc::Client::default()
+        .post(format!("http://{}{path}", server.local_addr()))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let bytes = resp.body().limit(1 << 22).await.unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let mut events = Vec::new();
+    let mut done = false;
+    for block in text.split("\n\n").filter(|b| !b.is_empty()) {
+        let data = block.strip_prefix("data: ").expect(block);
+        assert!(!done, "data after [DONE]");
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    (events, done)
+}
+
+#[actix_rt::test]
+async fn completions_as_json_and_as_events_equal_the_websocket_stream() {
+    let server = start(|_| {});
+    let ws = run_alone(
+        &server,
+        None,
+        generate("w", "hello world", json!({"max_tokens": 24})),
+    )
+    .await;
+    let body = json!({"model": MODEL, "prompt": "hello world", "max_tokens": 24, "temperature": 0});
+    let (status, full) = post(&server, "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{full}");
+    assert_eq!(full["object"], "text_completion");
+    assert_eq!(full["model"], MODEL);
+    let choice = &full["choices"][0];
+    assert_eq!(choice["text"].as_str().unwrap(), ws.text);
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(full["usage"]["completion_tokens"], 24);
+    assert_eq!(full["speculation"]["method"], "draft");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (events, done) = post_sse(&server, "/v1/completions", streamed).await;
+    assert!(done, "no [DONE]");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0).and_then(|c| c["text"].as_str()))
+        .collect();
+    assert_eq!(text, ws.text);
+    assert!(events.len() > 3, "not streamed in pieces: {}", events.len());
+    let finish: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            e["choices"]
+                .get(0)
+                .and_then(|c| c["finish_reason"].as_str())
+        })
+        .collect();
+    assert_eq!(finish, ["length"]);
+    let usage = events.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 24);
+    assert!(events.iter().all(|e| e["id"] == events[0]["id"]));
+
+    // Stop as a single string.
+    let stop: String = ws.text.chars().skip(10).take(2).collect();
+    let at = ws.text.find(&stop).unwrap();
+    let (_, cut) = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "hello world", "max_tokens": 24, "temperature": 0, "stop": stop}),
+    )
+    .await;
+    assert_eq!(cut["choices"][0]["text"].as_str().unwrap(), &ws.text[..at]);
+    assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+}
+
+#[actix_rt::test]
+async fn chat_completions_use_the_chat_template_and_stream_deltas() {
+    let server = start(|_| {});
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
+    let mut ws = connect(&server, None, None).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "c", "messages": messages, "max_tokens": 20}),
+    )
+    .await;
+    let expected = run_to_end(&mut ws, "c").await;
+    let body = json!({"model": MODEL, "messages": messages, "max_tokens": 20, "temperature": 0});
+    let (status, full) = post(&server, "/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{full}");
+    assert_eq!(full["object"], "chat.completion");
+    let msg = &full["choices"][0]["message"];
+    assert_eq!(msg["role"], "assistant");
+    assert_eq!(msg["content"].as_str().unwrap(), expected.text);
+    assert_eq!(
+        full["choices"][0]["finish_reason"],
+        expected.finish_reason()
+    );
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    // Content given as text parts, as newer clients send it.
+    streamed["messages"][1]["content"] = json!([{"type": "text", "text": "hi"}]);
+    let (events, done) = post_sse(&server, "/v1/chat/completions", streamed).await;
+    assert!(done);
+    assert!(events
+        .iter()
+        .all(|e| e["object"] == "chat.completion.chunk"));
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, expected.text);
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["choices"][0]["finish_reason"],
+        expected.finish_reason()
+    );
+}
+
+#[actix_rt::test]
+async fn dropping_an_event_stream_cancels_the_request() {
+    let server = start(|_| {});
+    let body = json!({"prompt": "the", "max_tokens": 400, "temperature": 1.0, "seed": 0, "stream": true,
+                      "speculation": {"method": "none"}});
+    let mut resp = awc::Client::default()
+        .post(format!("http://{}/v1/completions", server.local_addr()))
+        .send_json(&body)
+        .await
+        .unwrap();
+    let first = resp.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let stats = server
+        .state()
+        .backend()
+        .unwrap()
+        .engine()
+        .stats()
+        .await
+        .unwrap();
+    assert_eq!(stats.running + stats.waiting, 1, "{stats:?}");
+    drop(resp);
+    let idle = wait_engine_idle(&server).await;
+    assert_eq!(idle.kv_accounting_errors, 0);
+}
+
+#[actix_rt::test]
+async fn models_health_metrics_and_the_page() {
+    // Not ready until the backend is set.
+    let mut c = Config::default();
+    c.server.port = 0;
+    let server = Server::start(c).unwrap();
+    let (status, body) = get(&server, "/health").await;
+    assert_eq!((status, body.contains("loading")), (503, true), "{body}");
+    let (status, body) = post(&server, "/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("overloaded")),
+        "{body}"
+    );
+    server.set_backend(backend(Default::default()));
+    let (status, body) = get(&server, "/health").await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = get(&server, "/v1/models").await;
+    assert_eq!(status, 200);
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(models["data"][0]["context_length"], 512);
+
+    let (status, page) = get(&server, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<html") && page.contains("/v1/stream"),
+        "not the demo page"
+    );
+
+    let mut ws = connect(&server, None, None).await.unwrap();
+    send(
+        &mut ws,
+        generate("m", "hello world", json!({"max_tokens": 12})),
+    )
+    .await;
+    run_to_end(&mut ws, "m").await;
+    let (status, text) = get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "specd_generated_tokens_total",
+        "specd_prompt_tokens_total",
+        "specd_spec_draft_tokens_total",
+        "specd_spec_accepted_tokens_total",
+        "specd_requests_total{status=\"length\"}",
+        "specd_kv_cache_blocks_total",
+        "specd_kv_cache_utilization_ratio",
+        "specd_running_sequences",
+        "specd_websocket_connections",
+        "specd_time_to_first_token_seconds_bucket{le=\"0.005\"}",
+        "specd_step_duration_seconds_bucket{phase=\"verify\"",
+        "# HELP specd_generated_tokens_total",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    // This socket is open: the gauge says so.
+    let open: f64 = text
+        .lines()
+        .find(|l| l.starts_with("specd_websocket_connections "))
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open >= 1.0, "{open}");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
