@@ -71,12 +71,7 @@ async fn multiplexing_cancel_stop_strings_and_a_closed_socket() {
 
     // Closing the socket mid-stream frees the request's KV blocks (seen in /metrics).
     send(&mut ws, models.long_request("gone")).await;
-    loop {
-        let f = next_json(&mut ws).await;
-        if f["id"] == "gone" && f["type"] == "chunk" {
-            break;
-        }
-    }
+    first_chunk(&mut ws, "gone").await;
     assert!(serve.metric("specd_kv_cache_blocks_used{model=\"target\"}").await > 0.0);
     drop(ws);
     let mut freed = false;
@@ -114,12 +109,7 @@ async fn config_file_environment_and_sigterm() {
     assert_eq!(limits["max_prompt_tokens"], 100, "{hello}");
     assert_eq!(limits["max_requests_per_connection"], 3, "{hello}");
     send(&mut ws, models.long_request("long")).await;
-    loop {
-        let f = next_json(&mut ws).await;
-        if f["type"] == "chunk" {
-            break;
-        }
-    }
+    first_chunk(&mut ws, "long").await;
     // SIGTERM with no grace period: the stream is cancelled with a final frame, the socket
     // closed, the process ends cleanly.
     serve.sigterm();

@@ -76,7 +76,7 @@ impl Models {
             json!({"type": "generate", "id": id, "prompt": "the", "max_tokens": 400,
                    "temperature": 1.0, "seed": 0, "speculation": {"method": "none"}})
         } else {
-            json!({"type": "generate", "id": id, "max_tokens": 1000, "temperature": 0,
+            json!({"type": "generate", "id": id, "max_tokens": 400, "temperature": 0,
                    "messages": [{"role": "user", "content": "Write a long, detailed tutorial on Rust lifetimes with many examples."}]})
         }
     }
@@ -230,8 +230,20 @@ pub async fn send(ws: &mut Ws, frame: Value) {
     ws.send(Message::text(frame.to_string())).await.unwrap();
 }
 
-/// Text, token count and final frame of request `id` (frames of other ids are skipped into
-/// `others`).
+/// Waits for the first chunk of request `id` (an error frame for it fails the test).
+pub async fn first_chunk(ws: &mut Ws, id: &str) {
+    loop {
+        let f = next_json(ws).await;
+        if f["id"] == id {
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "chunk" {
+                return;
+            }
+        }
+    }
+}
+
+/// Text, token count and final frame of request `id` (frames of other ids are skipped).
 pub async fn collect(ws: &mut Ws, id: &str) -> (String, usize, Value) {
     let (mut text, mut tokens) = (String::new(), 0);
     loop {
