@@ -32,9 +32,13 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1/* and /metrics.
     #[arg(long, env = "SPECD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// A browser origin allowed to open WebSockets besides the page's own (repeatable).
+    /// A browser origin allowed to open WebSockets and POST besides the page's own (repeatable).
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// A host name to answer to besides IP addresses and localhost, e.g. behind a reverse
+    /// proxy (repeatable; guards against DNS rebinding).
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
     /// The model id clients see [default: the target's file or folder name].
     #[arg(long)]
     name: Option<String>,
@@ -57,6 +61,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
         s.api_key = args.api_key.clone();
     }
     s.allowed_origins.extend(args.allow_origins.iter().cloned());
+    s.allowed_hosts.extend(args.allow_hosts.iter().cloned());
     let a = &args.spec;
     m.model = args.model.model.clone().or(m.model.take());
     m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
@@ -204,7 +209,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  metrics       http://{addr}/metrics   health http://{addr}/health");
     println!("loading {} ...", paths.target.display());
     let backend = load_backend(&c, &paths)?;
-    println!(
+    let ready = format!(
         "ready: serving `{}` (speculation: {}{})",
         backend.model_name(),
         backend.defaults().0.as_str(),
@@ -213,8 +218,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|d| format!(", draft model `{d}`"))
             .unwrap_or_default()
     );
+    // Ready means ready: the line is printed once requests are served.
     server.set_backend(backend);
+    println!("{ready}");
     wait_for_signal()?;
+    // A second signal while draining stops at once.
+    std::thread::spawn(|| {
+        if wait_for_signal().is_ok() {
+            eprintln!("second signal: exiting without waiting for streams");
+            std::process::exit(130);
+        }
+    });
     println!(
         "shutting down: finishing streams in flight (up to {} s) ...",
         c.server.shutdown_timeout_secs

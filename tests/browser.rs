@@ -119,7 +119,10 @@ impl Cdp {
     /// Evaluates `expr` in the page; returns its value.
     async fn eval(&mut self, expr: &str) -> Value {
         let r = self
-            .call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}))
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true}),
+            )
             .await;
         r["result"]["value"].clone()
     }
@@ -131,17 +134,31 @@ async fn the_demo_page_streams_text_with_drafted_tokens_marked() {
     let serve = Serve::start(&models, &[], &[]);
     // What the page should show: the greedy completion of the same request.
     let (mut ws, _) = serve.connect().await;
-    send(&mut ws, json!({"type": "generate", "id": "ref", "prompt": models.prompt(), "max_tokens": 40,
-                         "speculation": {"method": "draft", "max_draft": 4}}))
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "ref", "prompt": models.prompt(), "max_tokens": 40,
+                         "speculation": {"method": "draft", "max_draft": 4}}),
+    )
     .await;
     let (expected, _, _) = collect(&mut ws, "ref").await;
 
     let browser = Browser::launch();
-    let (bws, _) = tokio_tungstenite::connect_async(&browser.ws_url).await.unwrap();
-    let mut cdp = Cdp { ws: bws, next: 0, session: None };
-    let target = cdp.call("Target.createTarget", json!({"url": "about:blank"})).await;
+    let (bws, _) = tokio_tungstenite::connect_async(&browser.ws_url)
+        .await
+        .unwrap();
+    let mut cdp = Cdp {
+        ws: bws,
+        next: 0,
+        session: None,
+    };
+    let target = cdp
+        .call("Target.createTarget", json!({"url": "about:blank"}))
+        .await;
     let attached = cdp
-        .call("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}))
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        )
         .await;
     cdp.session = Some(attached["sessionId"].as_str().unwrap().to_string());
     cdp.call("Page.enable", json!({})).await;
@@ -162,30 +179,64 @@ async fn the_demo_page_streams_text_with_drafted_tokens_marked() {
     let start = Instant::now();
     let mut states = Vec::new();
     loop {
-        let state = cdp.eval("document.body && document.body.dataset.state").await;
+        let state = cdp
+            .eval("document.body && document.body.dataset.state")
+            .await;
         if states.last() != Some(&state) {
             states.push(state.clone());
         }
         if state == "done" || state == "error" {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "the page never finished: {states:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the page never finished: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = cdp.eval("document.getElementById('status').textContent").await;
-    assert_eq!(states.last().unwrap(), "done", "states {states:?}, status {status}");
-    let shown = cdp.eval("document.getElementById('output').textContent").await;
-    assert_eq!(shown.as_str().unwrap(), expected, "the page shows other text than was streamed");
-    let drafted = cdp.eval("document.querySelectorAll('#output span.drafted').length").await;
-    let from_target = cdp.eval("document.querySelectorAll('#output span.target').length").await;
-    assert!(drafted.as_u64().unwrap() > 0, "no drafted tokens are marked");
-    assert!(from_target.as_u64().unwrap() > 0, "no target tokens are marked");
-    let acceptance = cdp.eval("document.getElementById('acceptance').textContent").await;
-    assert!(acceptance.as_str().unwrap().contains('%'), "acceptance shows {acceptance}");
+    let status = cdp
+        .eval("document.getElementById('status').textContent")
+        .await;
+    assert_eq!(
+        states.last().unwrap(),
+        "done",
+        "states {states:?}, status {status}"
+    );
+    let shown = cdp
+        .eval("document.getElementById('output').textContent")
+        .await;
+    assert_eq!(
+        shown.as_str().unwrap(),
+        expected,
+        "the page shows other text than was streamed"
+    );
+    let drafted = cdp
+        .eval("document.querySelectorAll('#output span.drafted').length")
+        .await;
+    let from_target = cdp
+        .eval("document.querySelectorAll('#output span.target').length")
+        .await;
+    assert!(
+        drafted.as_u64().unwrap() > 0,
+        "no drafted tokens are marked"
+    );
+    assert!(
+        from_target.as_u64().unwrap() > 0,
+        "no target tokens are marked"
+    );
+    let acceptance = cdp
+        .eval("document.getElementById('acceptance').textContent")
+        .await;
+    assert!(
+        acceptance.as_str().unwrap().contains('%'),
+        "acceptance shows {acceptance}"
+    );
     let tps = cdp.eval("document.getElementById('tps').textContent").await;
     println!("page: status {status}, acceptance {acceptance}, tokens/s {tps}");
 
-    let shot = cdp.call("Page.captureScreenshot", json!({"format": "png"})).await;
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().unwrap())
         .unwrap();
@@ -196,4 +247,3 @@ async fn the_demo_page_streams_text_with_drafted_tokens_marked() {
     std::fs::write(&path, png).unwrap();
     println!("screenshot: {}", path.display());
 }
-

@@ -12,9 +12,11 @@ use server::*;
 
 /// The Python with `openai` installed: `SPECD_TEST_PYTHON`, else .test-env/venv.
 fn python() -> PathBuf {
-    let p = std::env::var_os("SPECD_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-env/venv/bin/python")
-    });
+    let p = std::env::var_os("SPECD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-env/venv/bin/python")
+        });
     let ok = Command::new(&p)
         .args(["-c", "import openai"])
         .status()
@@ -42,7 +44,10 @@ async fn the_official_openai_client_streams_completions_and_chat() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the OpenAI client script failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the OpenAI client script failed:\n{stderr}"
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("{report}");
 
@@ -50,13 +55,20 @@ async fn the_official_openai_client_streams_completions_and_chat() {
     // the script asked for temperature 0).
     let (mut ws, _) = {
         let url = format!("ws://{}/v1/stream", serve.addr);
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
-        req.headers_mut().insert("authorization", "Bearer sk-test".parse().unwrap());
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-test".parse().unwrap());
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let hello = next_json(&mut ws).await;
         (ws, hello)
     };
-    send(&mut ws, json!({"type": "generate", "id": "w", "prompt": models.prompt(), "max_tokens": 32})).await;
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "w", "prompt": models.prompt(), "max_tokens": 32}),
+    )
+    .await;
     let (text, _, _) = collect(&mut ws, "w").await;
     assert_eq!(report["completion"].as_str().unwrap(), text);
 }

@@ -25,14 +25,24 @@ async fn greedy_streams_equal_specd_generate_for_every_method() {
             args.extend(["--draft", &draft]);
         }
         let out = specd(&args, home.path());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let expected = String::from_utf8(out.stdout).unwrap();
-        send(&mut ws, json!({"type": "generate", "id": method, "prompt": models.prompt(),
-                             "max_tokens": 48, "speculation": {"method": method}}))
+        send(
+            &mut ws,
+            json!({"type": "generate", "id": method, "prompt": models.prompt(),
+                             "max_tokens": 48, "speculation": {"method": method}}),
+        )
         .await;
         let (text, _, end) = collect(&mut ws, method).await;
         assert_eq!(end["type"], "done", "{end}");
-        assert_eq!(text, expected, "{method}: the server's stream differs from `specd generate`");
+        assert_eq!(
+            text, expected,
+            "{method}: the server's stream differs from `specd generate`"
+        );
     }
 }
 
@@ -42,7 +52,11 @@ async fn multiplexing_cancel_stop_strings_and_a_closed_socket() {
     let serve = Serve::start(&models, &[], &[]);
     let (mut ws, _) = serve.connect().await;
     send(&mut ws, models.long_request("long")).await;
-    send(&mut ws, json!({"type": "generate", "id": "short", "prompt": models.prompt(), "max_tokens": 32})).await;
+    send(
+        &mut ws,
+        json!({"type": "generate", "id": "short", "prompt": models.prompt(), "max_tokens": 32}),
+    )
+    .await;
     // `short` completes while `long` streams on the same socket.
     let mut long_chunks = 0;
     let (mut short_text, mut short_end) = (String::new(), json!(null));
@@ -67,16 +81,26 @@ async fn multiplexing_cancel_stop_strings_and_a_closed_socket() {
     let at = short_text.find(&stop).unwrap();
     send(&mut ws, json!({"type": "generate", "id": "cut", "prompt": models.prompt(), "max_tokens": 32, "stop": [stop]})).await;
     let (text, _, end) = collect(&mut ws, "cut").await;
-    assert_eq!((text.as_str(), end["finish_reason"].as_str()), (&short_text[..at], Some("stop")));
+    assert_eq!(
+        (text.as_str(), end["finish_reason"].as_str()),
+        (&short_text[..at], Some("stop"))
+    );
 
     // Closing the socket mid-stream frees the request's KV blocks (seen in /metrics).
     send(&mut ws, models.long_request("gone")).await;
     first_chunk(&mut ws, "gone").await;
-    assert!(serve.metric("specd_kv_cache_blocks_used{model=\"target\"}").await > 0.0);
+    assert!(
+        serve
+            .metric("specd_kv_cache_blocks_used{model=\"target\"}")
+            .await
+            > 0.0
+    );
     drop(ws);
     let mut freed = false;
     for _ in 0..200 {
-        let used = serve.metric("specd_kv_cache_blocks_used{model=\"target\"}").await;
+        let used = serve
+            .metric("specd_kv_cache_blocks_used{model=\"target\"}")
+            .await;
         let running = serve.metric("specd_running_sequences").await;
         if used == 0.0 && running == 0.0 {
             freed = true;
@@ -117,7 +141,10 @@ async fn config_file_environment_and_sigterm() {
     assert_eq!(end["finish_reason"], "cancelled", "{end}");
     let (status, lines) = serve.wait();
     assert!(status.success(), "{status:?}");
-    assert!(lines.iter().any(|l| l.contains("1 streams cancelled")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("1 streams cancelled")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -128,11 +155,17 @@ fn without_models_serve_says_what_to_run() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(stderr.contains("scripts/fetch-models"), "{stderr}");
-    assert!(!stdout.contains("listening"), "bound before checking the models: {stdout}");
+    assert!(
+        !stdout.contains("listening"),
+        "bound before checking the models: {stdout}"
+    );
     // A config file with an unknown key names it.
     let config = home.path().join("bad.toml");
     std::fs::write(&config, "[server]\nhots = \"0.0.0.0\"\n").unwrap();
-    let out = specd(&["serve", "--config", config.to_str().unwrap()], home.path());
+    let out = specd(
+        &["serve", "--config", config.to_str().unwrap()],
+        home.path(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("hots"), "{stderr}");

@@ -85,3 +85,59 @@ pub fn check_origin(req: &HttpRequest, config: &ServerConfig) -> Result<(), ApiE
         ))
     }
 }
+
+/// Refuses requests whose `Host` is a name the server was not told to answer to. A page on
+/// another site whose name is made to resolve to this machine (DNS rebinding) sends its own
+/// name as `Host` and, for WebSockets, as `Origin`; only IP literals, `localhost` and
+/// `server.allowed_hosts` pass. Requests without a `Host` (HTTP/1.0 tools) pass.
+pub fn check_host(req: &HttpRequest, config: &ServerConfig) -> Result<(), ApiError> {
+    let Some(host) = req.headers().get(header::HOST) else {
+        return Ok(());
+    };
+    let host = host.to_str().unwrap_or("");
+    let name = host_name(host);
+    let allowed = name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || config
+            .allowed_hosts
+            .iter()
+            .any(|h| h == "*" || h.eq_ignore_ascii_case(name));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::ForbiddenOrigin,
+            format!(
+                "host name `{name}` is not served here (add it to server.allowed_hosts); \
+                 this guards against DNS rebinding"
+            ),
+        ))
+    }
+}
+
+/// The host of a `Host` header value, without port or IPv6 brackets.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_port_and_brackets() {
+        assert_eq!(host_name("127.0.0.1:8000"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8000"), "::1");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("evil.example:80"), "evil.example");
+    }
+}

@@ -38,7 +38,6 @@ pub struct BackendOptions {
 /// The loaded models and their running engine.
 #[derive(Debug)]
 pub struct Backend {
-    // Dropped last: stopping the engine ends every stream still open.
     handle: EngineHandle,
     tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
@@ -46,6 +45,7 @@ pub struct Backend {
     context: usize,
     vocab: usize,
     has_draft: bool,
+    /// Dropped with the backend: stopping the engine ends every stream still open.
     _engine: Engine,
 }
 
@@ -175,7 +175,10 @@ impl Backend {
         limits: &Limits,
     ) -> Result<EngineRequest, ApiError> {
         let max_tokens = match params.max_tokens {
-            None => defaults.max_tokens.unwrap_or(limits.max_tokens),
+            None => defaults
+                .max_tokens
+                .unwrap_or(limits.max_tokens)
+                .min(limits.max_tokens),
             Some(v) if v >= 1 && v as u64 <= limits.max_tokens as u64 => v as usize,
             Some(v) => {
                 return Err(ApiError::invalid(

@@ -31,9 +31,12 @@ pub struct ServerConfig {
     /// When set, every `/v1/*` and `/metrics` request must carry `Authorization: Bearer KEY`
     /// (browsers may send it as the WebSocket subprotocol `bearer.KEY`).
     pub api_key: Option<String>,
-    /// Browser origins allowed to open WebSockets, e.g. `https://app.example.com`; the page's
-    /// own origin is always allowed, `*` allows any.
+    /// Browser origins allowed to open WebSockets and POST, e.g. `https://app.example.com`;
+    /// the page's own origin is always allowed, `*` allows any.
     pub allowed_origins: Vec<String>,
+    /// Host names the server answers to besides IP addresses and `localhost` (e.g. the name a
+    /// reverse proxy forwards); `*` allows any. Guards against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
     /// Seconds between WebSocket pings.
     pub heartbeat_secs: f64,
     /// A WebSocket that sends nothing (not even a pong) for this long is closed.
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             port: 8000,
             api_key: None,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             heartbeat_secs: 5.0,
             client_timeout_secs: 30.0,
             idle_timeout_secs: 300.0,
@@ -231,9 +235,9 @@ impl Config {
                 ));
             }
         }
-        if !(s.shutdown_timeout_secs.is_finite() && s.shutdown_timeout_secs >= 0.0) {
+        if !(0.0..1e6).contains(&s.shutdown_timeout_secs) {
             return Err(format!(
-                "server.shutdown_timeout_secs must be ≥ 0, got {}",
+                "server.shutdown_timeout_secs must be in [0, 1e6), got {}",
                 s.shutdown_timeout_secs
             ));
         }

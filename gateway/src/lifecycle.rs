@@ -51,10 +51,13 @@ impl Lifecycle {
         self.inflight.load(Ordering::SeqCst)
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+    /// Counts a new request in flight until the guard drops, unless shutdown has begun.
+    /// Counting before checking the phase closes the race with [`Lifecycle::shut_down`]:
+    /// either shutdown sees this request, or the request sees shutdown.
+    pub fn try_enter(self: &Arc<Self>) -> Option<InflightGuard> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
-        InflightGuard(self.clone())
+        let guard = InflightGuard(self.clone());
+        (self.phase() == Phase::Serving).then_some(guard)
     }
 
     /// Moves to `phase` (never backwards).
@@ -76,9 +79,10 @@ impl Lifecycle {
         let mut cancelled = 0;
         if !self.wait_idle(grace).await {
             cancelled = self.inflight();
-            self.advance(Phase::Cancelling);
-            self.wait_idle(cancel_wait).await;
         }
+        // Always: whatever is still running now (or raced past the drain) is cancelled.
+        self.advance(Phase::Cancelling);
+        self.wait_idle(cancel_wait).await;
         (cancelled, self.inflight())
     }
 
@@ -105,5 +109,42 @@ impl Drop for InflightGuard {
         if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_after_shutdown_began_are_refused_and_the_rest_waited_for() {
+        let l = Arc::new(Lifecycle::default());
+        let g = l.try_enter().unwrap();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                l.shut_down(Duration::from_secs(10), Duration::from_secs(1))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(l.phase(), Phase::Draining);
+        assert!(l.try_enter().is_none(), "admitted while draining");
+        assert_eq!(l.inflight(), 1, "a refused request is not counted");
+        drop(g);
+        assert_eq!(waiter.await.unwrap(), (0, 0));
+        assert_eq!(l.phase(), Phase::Cancelling);
+    }
+
+    #[tokio::test]
+    async fn what_outlives_the_grace_period_is_cancelled() {
+        let l = Arc::new(Lifecycle::default());
+        let g = l.try_enter().unwrap();
+        let (cancelled, left) = l
+            .shut_down(Duration::from_millis(10), Duration::from_millis(10))
+            .await;
+        assert_eq!((cancelled, left), (1, 1));
+        drop(g);
+        assert_eq!(l.inflight(), 0);
     }
 }

@@ -263,8 +263,28 @@ impl ChatRequest {
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes.
-async fn read_json(mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+/// Reads a JSON body of at most `limit` bytes. The body must be declared JSON: a browser
+/// cannot send that cross-site without asking first (CORS), which specd never allows.
+async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return Err(ApiError::invalid(
+            "content-type",
+            "the body must be JSON sent with `Content-Type: application/json`",
+        ));
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -386,7 +406,7 @@ pub async fn completions(
 ) -> Result<HttpResponse, ApiError> {
     let backend = state.guard_http(&req)?;
     let body: CompletionRequest =
-        from_value(read_json(payload, state.config.limits.max_body_bytes).await?)?;
+        from_value(read_json(&req, payload, state.config.limits.max_body_bytes).await?)?;
     body.check()?;
     check_model(&backend, &body.model)?;
     let params = GenerationParams {
@@ -431,7 +451,7 @@ pub async fn chat_completions(
 ) -> Result<HttpResponse, ApiError> {
     let backend = state.guard_http(&req)?;
     let body: ChatRequest =
-        from_value(read_json(payload, state.config.limits.max_body_bytes).await?)?;
+        from_value(read_json(&req, payload, state.config.limits.max_body_bytes).await?)?;
     body.check()?;
     check_model(&backend, &body.model)?;
     let params = GenerationParams {
@@ -480,7 +500,12 @@ async fn respond(
 ) -> Result<HttpResponse, ApiError> {
     let req = backend.prepare(prompt, &params, defaults, &state.config.limits)?;
     let method = req.method;
-    let guard = state.lifecycle.enter();
+    let guard = state.lifecycle.try_enter().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Overloaded,
+            "the server is shutting down and takes no new requests",
+        )
+    })?;
     let events = backend.submit(req).await?;
     let call = Call {
         backend,
@@ -596,6 +621,7 @@ impl Running {
                     }
                     None => {
                         queue.push(sse(&ApiError::internal("the engine stopped").openai_body()));
+                        queue.push(Bytes::from_static(b"data: [DONE]\n\n"));
                         run = None;
                     }
                 }

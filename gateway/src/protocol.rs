@@ -202,11 +202,6 @@ impl ServerFrame {
         }
     }
 
-    /// Whether this frame ends its request.
-    pub fn ends_request(&self) -> bool {
-        matches!(self, Self::Done { .. } | Self::Error { id: Some(_), .. })
-    }
-
     /// The JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
@@ -65,9 +67,11 @@ impl AppState {
         }
     }
 
-    /// The checks every generating HTTP request passes: key, readiness, shutdown.
+    /// The checks every generating HTTP request passes: key, a browser's origin, readiness,
+    /// shutdown.
     pub fn guard_http(&self, req: &HttpRequest) -> Result<Arc<Backend>, ApiError> {
         auth::authorize(req, &self.config.server, &[])?;
+        auth::check_origin(req, &self.config.server)?;
         let b = self.backend()?;
         self.accepting()?;
         Ok(b)
@@ -82,8 +86,9 @@ impl AppState {
                 (n < limit).then_some(n + 1)
             });
         match taken {
-            Ok(n) => {
-                metrics::gauge!(m::WEBSOCKET_CONNECTIONS).set((n + 1) as f64);
+            Ok(_) => {
+                // Relative updates: servers sharing the process recorder (tests) add up.
+                metrics::gauge!(m::WEBSOCKET_CONNECTIONS).increment(1.0);
                 Ok(ConnectionPermit(state.clone()))
             }
             Err(_) => Err(ApiError::new(
@@ -105,8 +110,8 @@ pub struct ConnectionPermit(web::Data<AppState>);
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        let n = self.0.connections.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!(m::WEBSOCKET_CONNECTIONS).set(n as f64);
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!(m::WEBSOCKET_CONNECTIONS).decrement(1.0);
     }
 }
 
@@ -171,6 +176,17 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ))
 }
 
+/// Checks the `Host` of every request (DNS rebinding) before routing it.
+async fn host_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        auth::check_host(req.request(), &state.config.server)?;
+    }
+    next.call(req).await
+}
+
 /// Routes and shared state.
 fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
@@ -212,13 +228,18 @@ impl Server {
             .name("specd-http".into())
             .spawn(move || {
                 actix_web::rt::System::new().block_on(async move {
-                    let server =
-                        HttpServer::new(move || App::new().configure(configure(app_state.clone())))
-                            .workers(workers)
-                            .disable_signals()
-                            .shutdown_timeout(2)
-                            .listen(listener)?
-                            .run();
+                    let server = HttpServer::new(move || {
+                        App::new()
+                            .wrap(from_fn(host_guard))
+                            .configure(configure(app_state.clone()))
+                    })
+                    .workers(workers)
+                    // A client that closes its side is gone: drop its handler and request.
+                    .h1_allow_half_closed(false)
+                    .disable_signals()
+                    .shutdown_timeout(2)
+                    .listen(listener)?
+                    .run();
                     let _ = tx.send(server.handle());
                     server.await
                 })

@@ -4,8 +4,9 @@
 //! resources; a closed socket cancels its requests (their KV blocks are freed before the
 //! engine's next step).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -60,6 +61,7 @@ pub async fn stream(
         state: state.clone(),
         backend,
         requests: HashMap::new(),
+        recent: VecDeque::new(),
         draining: false,
         _permit: permit,
     };
@@ -85,21 +87,37 @@ struct Connection {
     state: web::Data<AppState>,
     backend: Arc<Backend>,
     requests: HashMap<String, InFlight>,
+    /// Ids of the last requests that ended: a `cancel` racing their final frame is ignored.
+    recent: VecDeque<String>,
     draining: bool,
     _permit: ConnectionPermit,
+}
+
+/// How many ended request ids a connection remembers.
+const RECENT_IDS: usize = 64;
+
+/// Sends a frame, giving up when the client has not taken it within `limit` (it stopped
+/// reading): a socket that cannot be written is dropped like one that went silent.
+async fn send(session: &mut Session, frame: &ServerFrame, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, session.text(frame.to_json())).await,
+        Ok(Ok(()))
+    )
 }
 
 impl Connection {
     async fn run(mut self, mut session: Session, mut msgs: AggregatedMessageStream) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
         let mut phase = self.state.lifecycle.watch();
+        // Shutdown may have begun between the upgrade and now.
+        self.draining = *phase.borrow_and_update() >= Phase::Draining;
         let server = &self.config.server;
         let heartbeat = Config::secs(server.heartbeat_secs);
         let client_timeout = Config::secs(server.client_timeout_secs);
         let idle_timeout = Config::secs(server.idle_timeout_secs);
         let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let (mut heard, mut active) = (Instant::now(), Instant::now());
-        if session.text(self.hello().to_json()).await.is_err() {
+        if !send(&mut session, &self.hello(), client_timeout).await {
             return self.abandon();
         }
         let close: Option<CloseReason> = loop {
@@ -123,7 +141,8 @@ impl Connection {
                             ),
                         )),
                         Some(Ok(AggregatedMessage::Ping(b))) => {
-                            if session.pong(&b).await.is_err() {
+                            let pong = tokio::time::timeout(client_timeout, session.pong(&b));
+                            if !matches!(pong.await, Ok(Ok(()))) {
                                 break None;
                             }
                             None
@@ -132,19 +151,19 @@ impl Connection {
                         Some(Ok(AggregatedMessage::Close(_))) => {
                             break Some(reason(CloseCode::Normal, "bye"));
                         }
-                        Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                        Some(Err(e)) if is_overflow(&e) => {
                             let limit = self.config.limits.max_frame_bytes;
                             let e = ApiError::invalid(
                                 "frame",
                                 format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
                             );
-                            let _ = session.text(ServerFrame::error(None, e).to_json()).await;
+                            send(&mut session, &ServerFrame::error(None, e), client_timeout).await;
                             break Some(reason(CloseCode::Size, "message too big"));
                         }
                         Some(Err(e)) => break Some(reason(CloseCode::Protocol, &e.to_string())),
                     };
                     if let Some(frame) = reply {
-                        if session.text(frame.to_json()).await.is_err() {
+                        if !send(&mut session, &frame, client_timeout).await {
                             break None;
                         }
                     }
@@ -152,9 +171,13 @@ impl Connection {
                 Some(out) = rx.recv() => {
                     if out.last {
                         self.requests.remove(&out.id);
+                        if self.recent.len() == RECENT_IDS {
+                            self.recent.pop_front();
+                        }
+                        self.recent.push_back(out.id);
                         active = Instant::now();
                     }
-                    if session.text(out.frame.to_json()).await.is_err() {
+                    if !send(&mut session, &out.frame, client_timeout).await {
                         break None;
                     }
                 }
@@ -165,7 +188,8 @@ impl Connection {
                     if self.requests.is_empty() && active.elapsed() > idle_timeout {
                         break Some(reason(CloseCode::Normal, "idle timeout"));
                     }
-                    if session.ping(b"").await.is_err() {
+                    let ping = tokio::time::timeout(client_timeout, session.ping(b""));
+                    if !matches!(ping.await, Ok(Ok(()))) {
                         break None;
                     }
                 }
@@ -179,7 +203,7 @@ impl Connection {
         };
         self.abandon();
         if let Some(r) = close {
-            let _ = session.close(Some(r)).await;
+            let _ = tokio::time::timeout(client_timeout, session.close(Some(r))).await;
         }
     }
 
@@ -212,7 +236,11 @@ impl Connection {
     /// Handles a text frame; returns a frame to send at once (an error), if any.
     fn on_text(&mut self, text: &str, tx: &mpsc::UnboundedSender<Outgoing>) -> Option<ServerFrame> {
         match parse_client_frame(text) {
-            Err((id, e)) => Some(ServerFrame::error(id, e)),
+            // A bad frame reusing the id of a request in flight must not look like its end.
+            Err((id, e)) => Some(ServerFrame::error(
+                id.filter(|i| !self.requests.contains_key(i)),
+                e,
+            )),
             Ok(ClientFrame::Cancel { id }) => match self.requests.get_mut(&id) {
                 Some(r) => {
                     if let Some(c) = r.cancel.take() {
@@ -220,8 +248,10 @@ impl Connection {
                     }
                     None
                 }
+                // The request ended while the cancel was on its way: nothing to do.
+                None if self.recent.contains(&id) => None,
                 None => Some(ServerFrame::error(
-                    Some(id.clone()),
+                    None,
                     ApiError::new(
                         ErrorCode::NotFound,
                         format!("no request with `id` `{id}` is in flight on this connection"),
@@ -250,18 +280,16 @@ impl Connection {
                     );
                     None
                 }
-                Err(e) => Some(ServerFrame::error(Some(g.id.clone()), e)),
+                Err(e) => {
+                    // A duplicate id names a request that goes on: not attributed to it.
+                    let id = (!self.requests.contains_key(&g.id)).then(|| g.id.clone());
+                    Some(ServerFrame::error(id, e))
+                }
             },
         }
     }
 
     fn admit(&self, g: &GenerateFrame) -> Result<(EngineRequest, InflightGuard), ApiError> {
-        if self.draining {
-            return Err(ApiError::new(
-                ErrorCode::Overloaded,
-                "the server is shutting down and takes no new requests",
-            ));
-        }
         if self.requests.contains_key(&g.id) {
             return Err(ApiError::invalid(
                 "id",
@@ -280,7 +308,28 @@ impl Connection {
         let req = self
             .backend
             .prepare(g.prompt()?, &g.params(), DEFAULTS, &self.config.limits)?;
-        Ok((req, self.state.lifecycle.enter()))
+        let guard = self.state.lifecycle.try_enter();
+        match guard {
+            Some(g) if !self.draining => Ok((req, g)),
+            _ => Err(shutting_down()),
+        }
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        ErrorCode::Overloaded,
+        "the server is shutting down and takes no new requests",
+    )
+}
+
+/// A message over the size limit: one frame (`Overflow`) or joined continuations (an I/O
+/// error from the aggregator).
+fn is_overflow(e: &actix_ws::ProtocolError) -> bool {
+    match e {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(io) => io.to_string().contains("continuation size"),
+        _ => false,
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 const KEY: &str = "secret";
@@ -320,6 +322,25 @@ async fn next_error(ws: &mut Ws) -> Value {
     }
 }
 
+/// An oversized message: an `invalid_request` error naming the limit, then close 1009.
+async fn refused_as_too_big(ws: &mut Ws) {
+    let e = next_json(ws).await;
+    assert_eq!(
+        (e["code"].as_str(), e["param"].as_str()),
+        (Some("invalid_request"), Some("frame")),
+        "{e}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("4096"), "{e}");
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(c))) => break c.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame after an oversized message: {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Size);
+}
+
 fn error_body(e: WsError) -> (u16, Value) {
     match e {
         WsError::Http(resp) => {
@@ -340,7 +361,7 @@ async fn http(
     key: Option<&str>,
     addr: std::net::SocketAddr,
 ) -> (u16, Value) {
-    let client = awc::Client::default();
+    let client = http_client();
     let url = format!("http://{addr}{path}");
     let mut req = match method {
         "GET" => client.get(url),
@@ -462,27 +483,48 @@ async fn bad_inputs_get_their_codes_while_a_good_stream_completes() {
     for id in ["dup", "flood0", "flood1", "flood2"] {
         send(&mut ws, json!({"type": "cancel", "id": id})).await;
     }
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 4 {
+        let f = next_json(&mut ws).await;
+        assert_ne!(f["type"], "error", "{f}");
+        if f["type"] == "done" {
+            ended.insert(
+                f["id"].as_str().unwrap().to_string(),
+                f["finish_reason"].clone(),
+            );
+        }
+    }
+    assert_eq!(
+        ended["dup"], "cancelled",
+        "the first `dup` did not go on to its own end"
+    );
+
+    // An oversized message sent as small fragments is refused the same way.
+    let mut frag = connect(&server, Some(KEY), None).await.unwrap();
+    let piece = "z".repeat(3000);
+    frag.send(Message::Frame(Frame::message(
+        piece.clone(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    frag.send(Message::Frame(Frame::message(
+        piece,
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    refused_as_too_big(&mut frag).await;
+    checked += 1;
 
     // An oversized frame: an error naming the limit, then the socket closes with 1009.
     let mut big = connect(&server, Some(KEY), None).await.unwrap();
     big.send(gen(json!({"prompt": "x".repeat(5000)})))
         .await
         .unwrap();
-    let e = next_json(&mut big).await;
-    assert_eq!(
-        (e["code"].as_str(), e["param"].as_str()),
-        (Some("invalid_request"), Some("frame")),
-        "{e}"
-    );
-    assert!(e["message"].as_str().unwrap().contains("4096"), "{e}");
-    let close = loop {
-        match big.next().await {
-            Some(Ok(Message::Close(c))) => break c.unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("no close frame after an oversized message: {other:?}"),
-        }
-    };
-    assert_eq!(close.code, CloseCode::Size);
+    refused_as_too_big(&mut big).await;
     checked += 1;
 
     // Refused upgrades: no key, a wrong key, a foreign origin; an allowed origin passes.
@@ -574,6 +616,86 @@ async fn bad_inputs_get_their_codes_while_a_good_stream_completes() {
         }
         checked += 1;
     }
+    // Requests a browser on another site could make: a foreign Host (DNS rebinding), a
+    // foreign Origin on a POST, a body not declared JSON (no CORS preflight).
+    let json_body = json!({"prompt": "x"}).to_string();
+    let header_cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        (
+            "foreign Host",
+            "/v1/models",
+            vec![("host", "evil.example:8000")],
+            403,
+            "forbidden_origin",
+        ),
+        (
+            "foreign Host on the page",
+            "/",
+            vec![("host", "evil.example")],
+            403,
+            "forbidden_origin",
+        ),
+        (
+            "foreign Origin on a POST",
+            "/v1/completions",
+            vec![("origin", "https://evil.example")],
+            403,
+            "forbidden_origin",
+        ),
+        (
+            "text/plain body",
+            "/v1/completions",
+            vec![("content-type", "text/plain")],
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (name, path, headers, status, code) in header_cases {
+        let client = http_client();
+        let url = format!("http://{addr}{path}");
+        let mut req = if path == "/v1/completions" {
+            client
+                .post(url)
+                .insert_header(("content-type", "application/json"))
+        } else {
+            client.get(url)
+        };
+        req = req.insert_header(("authorization", format!("Bearer {KEY}")));
+        for (k, v) in headers {
+            req = req.insert_header((k, v));
+        }
+        let mut resp = req.send_body(json_body.clone()).await.unwrap();
+        let b: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{name}: {b}"
+        );
+        checked += 1;
+    }
+    let mut rebinding = format!("ws://{addr}/v1/stream")
+        .into_client_request()
+        .unwrap();
+    rebinding
+        .headers_mut()
+        .insert("host", "evil.example".parse().unwrap());
+    rebinding
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    rebinding
+        .headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let (status, body) = error_body(
+        tokio_tungstenite::connect_async(rebinding)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden_origin")),
+        "{body}"
+    );
+    checked += 1;
+
     assert!(checked >= 30, "only {checked} bad inputs");
     println!("{checked} bad inputs answered with their codes");
 

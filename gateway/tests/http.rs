@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use specd_gateway::{Config, Server};
 
 async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let mut resp = awc::Client::default()
+    let mut resp = http_client()
         .post(format!("http://{}{path}", server.local_addr()))
         .send_json(&body)
         .await
@@ -24,7 +24,7 @@ async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
 }
 
 async fn get(server: &Server, path: &str) -> (u16, String) {
-    let mut resp = awc::Client::default()
+    let mut resp = http_client()
         .get(format!("http://{}{path}", server.local_addr()))
         .send()
         .await
@@ -39,7 +39,7 @@ async fn get(server: &Server, path: &str) -> (u16, String) {
 /// Posts a streaming request and parses its events: the JSON payloads, and whether the
 /// stream ended with `[DONE]`.
 async fn post_sse(server: &Server, path: &str, body: Value) -> (Vec<Value>, bool) {
-    let mut resp = awc::Client::default()
+    let mut resp = http_client()
         .post(format!("http://{}{path}", server.local_addr()))
         .send_json(&body)
         .await
@@ -177,7 +177,7 @@ async fn dropping_an_event_stream_cancels_the_request() {
     let server = start(|_| {});
     let body = json!({"prompt": "the", "max_tokens": 400, "temperature": 1.0, "seed": 0, "stream": true,
                       "speculation": {"method": "none"}});
-    let mut resp = awc::Client::default()
+    let mut resp = http_client()
         .post(format!("http://{}/v1/completions", server.local_addr()))
         .send_json(&body)
         .await
@@ -196,6 +196,71 @@ async fn dropping_an_event_stream_cancels_the_request() {
     drop(resp);
     let idle = wait_engine_idle(&server).await;
     assert_eq!(idle.kv_accounting_errors, 0);
+}
+
+#[actix_rt::test]
+async fn a_client_leaving_a_whole_response_cancels_the_request() {
+    let server = start_with_backend(|_| {}, backend_of(&slow_spec(), Default::default()));
+    let engine = server.state().backend().unwrap();
+    let body = json!({"prompt": "the", "max_tokens": 400, "temperature": 1.0, "seed": 1,
+                      "speculation": {"method": "none"}});
+    let (status, full) = post(&server, "/v1/completions", body.clone()).await;
+    let tokens = full["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(
+        status == 200 && tokens >= 300,
+        "the reference request is too short: {full}"
+    );
+    // The same request, abandoned by its client (the connection closes) once it streams.
+    let steps = engine.engine().stats().await.unwrap().steps;
+    let url = format!("http://{}/v1/completions", server.local_addr());
+    let client = actix_rt::spawn(async move { http_client().post(url).send_json(&body).await });
+    loop {
+        let s = engine.engine().stats().await.unwrap();
+        if s.running == 1 && s.steps > steps + 5 {
+            break;
+        }
+        assert!(
+            !client.is_finished(),
+            "the request ended before the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    client.abort();
+    wait_engine_idle(&server).await;
+    let used = engine.engine().stats().await.unwrap().steps - steps;
+    assert!(
+        used < tokens / 2,
+        "{used} steps after the client left of {tokens} for the whole"
+    );
+}
+
+#[actix_rt::test]
+async fn a_flood_beyond_the_engine_queue_is_refused_as_overloaded() {
+    let engine = specd_engine::actors::EngineConfig {
+        max_running: 1,
+        max_waiting: 1,
+        ..Default::default()
+    };
+    let server = start_with_engine(|_| {}, engine);
+    let body = json!({"prompt": "the", "max_tokens": 200, "temperature": 1.0, "seed": 0,
+                      "speculation": {"method": "none"}});
+    let replies = futures_util::future::join_all(
+        (0..6).map(|_| post(&server, "/v1/completions", body.clone())),
+    )
+    .await;
+    let ok = replies.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = replies.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(ok >= 2, "{replies:?}");
+    assert!(!refused.is_empty(), "nothing was refused: {replies:?}");
+    for (_, b) in &refused {
+        assert_eq!(b["error"]["code"], "overloaded", "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("limit"),
+            "{b}"
+        );
+    }
+    assert_eq!(ok + refused.len(), 6, "{replies:?}");
+    wait_engine_idle(&server).await;
 }
 
 #[actix_rt::test]

@@ -82,6 +82,14 @@ impl Models {
     }
 }
 
+/// An HTTP client whose requests may take as long as a loaded CI machine needs (awc's
+/// default gives up after 5 s).
+pub fn http_client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .finish()
+}
+
 /// Runs the `specd` binary with `args`, `SPECD_HOME` pointing at `home`.
 pub fn specd(args: &[&str], home: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_specd"))
@@ -164,13 +172,16 @@ impl Serve {
 
     /// `GET path` as text.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let mut resp = awc::Client::default()
+        let mut resp = http_client()
             .get(format!("http://{}{path}", self.addr))
             .send()
             .await
             .unwrap();
         let body = resp.body().limit(1 << 22).await.unwrap();
-        (resp.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+        (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     /// The value of a Prometheus sample whose line starts with `prefix`.

@@ -29,6 +29,27 @@ pub fn backend(engine: EngineConfig) -> Backend {
         weight_scale: 0.35,
         ..Default::default()
     };
+    backend_of(&spec, engine)
+}
+
+/// A larger tiny model whose steps take milliseconds: for tests that must act while a
+/// request is still generating.
+pub fn slow_spec() -> TinySpec {
+    TinySpec {
+        hidden_size: 256,
+        intermediate_size: 1024,
+        num_layers: 6,
+        num_heads: 8,
+        num_kv_heads: 4,
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    }
+}
+
+/// The model of `spec` with its noisy copy as drafter, behind a fresh engine.
+pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
+    let spec = spec.clone();
     let target = tiny_model(&spec).unwrap();
     let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
     let draft = DraftModelProposer::new(
@@ -58,14 +79,32 @@ pub fn backend(engine: EngineConfig) -> Backend {
 
 /// A server on a free loopback port, ready, with `tweak` applied to the test defaults.
 pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    start_with_engine(tweak, EngineConfig::default())
+}
+
+/// [`start`] with an engine configured as given.
+pub fn start_with_engine(tweak: impl FnOnce(&mut Config), engine: EngineConfig) -> Server {
+    start_with_backend(tweak, backend(engine))
+}
+
+/// [`start`] serving `backend`.
+pub fn start_with_backend(tweak: impl FnOnce(&mut Config), backend: Backend) -> Server {
     let mut c = Config::default();
     c.server.port = 0;
     c.server.shutdown_timeout_secs = 5.0;
     tweak(&mut c);
     c.validate().unwrap();
     let server = Server::start(c).unwrap();
-    server.set_backend(backend(EngineConfig::default()));
+    server.set_backend(backend);
     server
+}
+
+/// An HTTP client whose requests may take as long as a loaded CI machine needs (awc's
+/// default gives up after 5 s).
+pub fn http_client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .finish()
 }
 
 /// Opens `/v1/stream` with an optional API key and Origin header.
