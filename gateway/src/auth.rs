@@ -80,7 +80,7 @@ pub fn check_origin(req: &HttpRequest, config: &ServerConfig) -> Result<(), ApiE
         Err(ApiError::new(
             ErrorCode::ForbiddenOrigin,
             format!(
-                "origin `{origin}` may not open WebSockets on this server (allow it in server.allowed_origins)"
+                "origin `{origin}` may not open WebSockets or POST to this server (allow it in server.allowed_origins)"
             ),
         ))
     }
@@ -115,18 +115,22 @@ pub fn check_host(req: &HttpRequest, config: &ServerConfig) -> Result<(), ApiErr
     }
 }
 
-/// The host of a `Host` header value, without port or IPv6 brackets.
+/// The host of a `Host` header value, without port or IPv6 brackets; anything malformed
+/// (text after the brackets or a port that is not a number) is returned whole, so that it
+/// matches no allowed name.
 fn host_name(host: &str) -> &str {
+    let is_port = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
+        return match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some((ip, tail)) if tail.strip_prefix(':').is_some_and(is_port) => ip,
+            _ => host,
+        };
     }
-    host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    })
+    match host.rsplit_once(':') {
+        Some((h, port)) if is_port(port) => h,
+        _ => host,
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +143,9 @@ mod tests {
         assert_eq!(host_name("[::1]:8000"), "::1");
         assert_eq!(host_name("localhost"), "localhost");
         assert_eq!(host_name("evil.example:80"), "evil.example");
+        // Malformed values stay whole and so match nothing allowed.
+        assert_eq!(host_name("[::1]evil"), "[::1]evil");
+        assert_eq!(host_name("[::1]:80junk"), "[::1]:80junk");
+        assert_eq!(host_name("127.0.0.1:"), "127.0.0.1:");
     }
 }

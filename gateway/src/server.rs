@@ -181,9 +181,11 @@ async fn host_guard(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        auth::check_host(req.request(), &state.config.server)?;
-    }
+    // Fails closed: without the state there is no allow-list to check against.
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::internal("the server state is missing"))?;
+    auth::check_host(req.request(), &state.config.server)?;
     next.call(req).await
 }
 

@@ -74,6 +74,9 @@ struct Outgoing {
     id: String,
     frame: ServerFrame,
     last: bool,
+    /// When the frame was produced: a client whose backlog grows older than the client
+    /// timeout reads too slowly to keep up and is dropped.
+    queued: Instant,
 }
 
 /// A request in flight on the socket.
@@ -116,6 +119,9 @@ impl Connection {
         let client_timeout = Config::secs(server.client_timeout_secs);
         let idle_timeout = Config::secs(server.idle_timeout_secs);
         let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        // After a slow send, one ping, not a burst of the missed ones.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let recent_cap = RECENT_IDS.max(self.config.limits.max_requests_per_connection);
         let (mut heard, mut active) = (Instant::now(), Instant::now());
         if !send(&mut session, &self.hello(), client_timeout).await {
             return self.abandon();
@@ -125,6 +131,8 @@ impl Connection {
                 break Some(reason(CloseCode::Away, "the server is shutting down"));
             }
             tokio::select! {
+                // The client's frames first: its pongs must count before the timeout check.
+                biased;
                 msg = msgs.recv() => {
                     heard = Instant::now();
                     let reply = match msg {
@@ -157,7 +165,9 @@ impl Connection {
                                 "frame",
                                 format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
                             );
-                            send(&mut session, &ServerFrame::error(None, e), client_timeout).await;
+                            if !send(&mut session, &ServerFrame::error(None, e), client_timeout).await {
+                                break None;
+                            }
                             break Some(reason(CloseCode::Size, "message too big"));
                         }
                         Some(Err(e)) => break Some(reason(CloseCode::Protocol, &e.to_string())),
@@ -169,9 +179,12 @@ impl Connection {
                     }
                 }
                 Some(out) = rx.recv() => {
+                    if out.queued.elapsed() > client_timeout {
+                        break Some(reason(CloseCode::Away, "the client reads too slowly"));
+                    }
                     if out.last {
                         self.requests.remove(&out.id);
-                        if self.recent.len() == RECENT_IDS {
+                        if self.recent.len() >= recent_cap {
                             self.recent.pop_front();
                         }
                         self.recent.push_back(out.id);
@@ -357,6 +370,7 @@ async fn run_request(
             id: id.clone(),
             frame,
             last,
+            queued: Instant::now(),
         });
     };
     let mut stream = match backend.submit(req).await {
