@@ -171,10 +171,11 @@ fn empty_bias(bias: &Option<Value>) -> Result<(), ApiError> {
     neutral("logit_bias", ok, "leave it empty")
 }
 
-impl CompletionRequest {
-    fn prompt(self_prompt: PromptField) -> Result<Prompt, ApiError> {
+impl PromptField {
+    /// The one prompt of a request.
+    fn into_prompt(self) -> Result<Prompt, ApiError> {
         let many = || ApiError::invalid("prompt", "only one prompt per request is supported");
-        Ok(match self_prompt {
+        Ok(match self {
             PromptField::Text(t) => Prompt::Text(t),
             PromptField::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
             PromptField::Tokens(t) => Prompt::Tokens(t),
@@ -185,7 +186,9 @@ impl CompletionRequest {
             _ => return Err(many()),
         })
     }
+}
 
+impl CompletionRequest {
     fn check(&self) -> Result<(), ApiError> {
         one_choice(self.n)?;
         neutral(
@@ -429,7 +432,7 @@ pub async fn completions(
         temperature: 1.0,
     };
     let include_usage = body.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
-    let prompt = CompletionRequest::prompt(body.prompt)?;
+    let prompt = body.prompt.into_prompt()?;
     respond(
         state,
         backend,
