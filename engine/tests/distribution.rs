@@ -8,12 +8,11 @@
 //! `norm(max(0, p − q))` — and shown to catch it, so the bounds are not too loose to fail.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
-use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
+use specd_engine::model::tiny::{tiny_drafter, tiny_model, TinySpec};
 use specd_engine::model::{Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
 use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
@@ -501,15 +500,7 @@ fn sampled_generations_follow_the_target_with_and_without_speculation() {
     const N: u64 = 20_000;
     let target = tiny_model(&spec()).unwrap();
     let tok = target.tokenizer.clone().unwrap();
-    let d = tiny_draft_model(&spec(), 0.25, 3).unwrap();
-    let draft = DraftModelProposer::new(
-        Arc::new(d.model),
-        d.tokenizer.as_ref(),
-        &d.path,
-        &target.model,
-        &tok,
-    )
-    .unwrap();
+    let draft = tiny_drafter(&spec(), 0.25, 3, &target).unwrap();
     let prompt = [40u32, 71, 33];
     let exact = exact_law(&target.model, &prompt, tok.eos_token_ids());
 

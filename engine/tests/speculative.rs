@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec};
+use specd_engine::model::tiny::{tiny_draft_model, tiny_drafter, tiny_model, TinySpec};
 use specd_engine::model::{LoadedModel, Logits, Model};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
@@ -30,15 +30,7 @@ struct Pair {
 
 fn pair(noise: f32) -> Pair {
     let target = tiny_model(&target_spec()).unwrap();
-    let d = tiny_draft_model(&target_spec(), noise, 5).unwrap();
-    let draft = DraftModelProposer::new(
-        Arc::new(d.model),
-        d.tokenizer.as_ref(),
-        &d.path,
-        &target.model,
-        target.tokenizer.as_ref().unwrap(),
-    )
-    .unwrap();
+    let draft = tiny_drafter(&target_spec(), noise, 5, &target).unwrap();
     Pair { target, draft }
 }
 

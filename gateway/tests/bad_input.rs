@@ -322,6 +322,22 @@ async fn next_error(ws: &mut Ws) -> Value {
     }
 }
 
+/// A bad HTTP request: name, method, path, body, API key, then the expected status, code and
+/// `param`.
+type HttpCase<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<String>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
+/// A request with a bad header: name, path, headers, then the expected status and code.
+type HeaderCase<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 /// An oversized message: an `invalid_request` error naming the limit, then close 1009.
 async fn refused_as_too_big(ws: &mut Ws) {
     let e = next_json(ws).await;
@@ -579,7 +595,7 @@ async fn bad_inputs_get_their_codes_while_a_good_stream_completes() {
 
     // HTTP: the same error type in OpenAI's error shape.
     let big_body = json!({"prompt": "y".repeat(9000)}).to_string();
-    let http_cases: Vec<(&str, &str, &str, Option<String>, Option<&str>, u16, &str, Option<&str>)> = vec![
+    let http_cases: Vec<HttpCase> = vec![
         ("no key", "POST", "/v1/completions", Some(json!({"prompt": "x"}).to_string()), None, 401, "unauthorized", None),
         ("wrong key", "POST", "/v1/completions", Some(json!({"prompt": "x"}).to_string()), Some("nope"), 401, "unauthorized", None),
         ("no key for metrics", "GET", "/metrics", None, None, 401, "unauthorized", None),
@@ -619,7 +635,7 @@ async fn bad_inputs_get_their_codes_while_a_good_stream_completes() {
     // Requests a browser on another site could make: a foreign Host (DNS rebinding), a
     // foreign Origin on a POST, a body not declared JSON (no CORS preflight).
     let json_body = json!({"prompt": "x"}).to_string();
-    let header_cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    let header_cases: Vec<HeaderCase> = vec![
         (
             "foreign Host",
             "/v1/models",

@@ -277,6 +277,27 @@ pub fn write_folder(
     Ok(())
 }
 
+/// A draft-model proposer for `target` over [`tiny_draft_model`]`(spec, noise, seed)`.
+pub fn tiny_drafter(
+    spec: &TinySpec,
+    noise: f32,
+    seed: u64,
+    target: &LoadedModel,
+) -> Result<crate::spec::DraftModelProposer> {
+    let d = tiny_draft_model(spec, noise, seed)?;
+    let target_tokenizer = target
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| crate::Error::Tokenizer("the tiny target has no tokenizer".into()))?;
+    crate::spec::DraftModelProposer::new(
+        std::sync::Arc::new(d.model),
+        d.tokenizer.as_ref(),
+        &d.path,
+        &target.model,
+        target_tokenizer,
+    )
+}
+
 /// A drafter for [`tiny_model`]`(spec)`: the same weights, each plus uniform noise of up to
 /// `noise` times its own spread, drawn from `seed`. Small noise gives a drafter that agrees with
 /// the target often but not always, so speculative tests see both accepted and rejected drafts.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use specd_engine::actors::{EngineConfig, EngineModels, Method};
-use specd_engine::model::tiny::{tiny_draft_model, tiny_model, TinySpec, CHATML_TEMPLATE};
-use specd_engine::spec::{DraftModelProposer, DraftPolicyConfig, NgramProposer};
+use specd_engine::model::tiny::{tiny_drafter, tiny_model, TinySpec, CHATML_TEMPLATE};
+use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -51,15 +51,7 @@ pub fn slow_spec() -> TinySpec {
 pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
     let spec = spec.clone();
     let target = tiny_model(&spec).unwrap();
-    let d = tiny_draft_model(&spec, 0.15, 5).unwrap();
-    let draft = DraftModelProposer::new(
-        Arc::new(d.model),
-        d.tokenizer.as_ref(),
-        &d.path,
-        &target.model,
-        target.tokenizer.as_ref().unwrap(),
-    )
-    .unwrap();
+    let draft = tiny_drafter(&spec, 0.15, 5, &target).unwrap();
     let models = EngineModels {
         tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
         target: Arc::new(target.model),
