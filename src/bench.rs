@@ -12,21 +12,30 @@ use crate::generate::ModelArgs;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub model: ModelArgs,
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 128)]
-    prompt_tokens: usize,
+    pub prompt_tokens: usize,
     /// Tokens generated for the decode measurement.
     #[arg(long, default_value_t = 64)]
-    gen_tokens: usize,
+    pub gen_tokens: usize,
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    pub repeat: usize,
     /// Instead of pp/tg: time a verification forward of each of these row counts (comma
     /// separated, e.g. 1,2,4,6,8) after a prompt of --prompt-tokens, with logits for every row,
-    /// and report each against one row.
+    /// and report each against one row. On a GPU the report always includes them (1..8 by
+    /// default), with the greedy verdict decided on the device as the engine does.
     #[arg(long, value_delimiter = ',')]
-    verify_rows: Vec<usize>,
+    pub verify_rows: Vec<usize>,
+    /// On a GPU: also the aggregate decode tokens/s of this many sequences stepping together
+    /// (comma separated, e.g. 1,4,16,64).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// On a GPU: first time every row-product kernel (tile shapes, CUDA cores) and keep the
+    /// fastest for the rest.
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -48,6 +57,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab.min(32000))
         .collect();
+    if model.device().is_cuda() {
+        let name = args
+            .model
+            .model
+            .as_deref()
+            .map_or("default".into(), |p| p.display().to_string());
+        return crate::bench_gpu::run(model, &name, &prompt, &args);
+    }
     if !args.verify_rows.is_empty() {
         return verify_rows(model, &prompt, &args);
     }

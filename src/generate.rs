@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
-use specd_engine::model::{self, LoadOptions};
+use specd_engine::model::{self, Device, LoadOptions};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
     generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer,
@@ -23,6 +23,10 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the model's own tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Where the models run: `cpu`, `cuda` or `cuda:N` (a build with `--features cuda`)
+    /// [default: cpu].
+    #[arg(long, env = "SPECD_DEVICE")]
+    pub device: Option<Device>,
 }
 
 impl ModelArgs {
@@ -34,6 +38,7 @@ impl ModelArgs {
         };
         let opts = LoadOptions {
             tokenizer: self.tokenizer.clone(),
+            device: self.device.unwrap_or_default(),
         };
         // Engine errors name the file already.
         Ok(model::load(&path, &opts)?)
@@ -89,14 +94,19 @@ pub enum Speculation {
     Ngram,
 }
 
-/// Loads a draft model for `target`, its head cut to `head_rows` rows unless 0.
+/// Loads a draft model for `target` on the target's device, its head cut to `head_rows` rows
+/// unless 0.
 pub fn load_drafter(
     path: &std::path::Path,
     head_rows: usize,
     target: &model::LoadedModel,
     tokenizer: &model::Tokenizer,
 ) -> anyhow::Result<DraftModelProposer> {
-    let mut d = model::load(path, &LoadOptions::default())?;
+    let opts = LoadOptions {
+        tokenizer: None,
+        device: target.model.device(),
+    };
+    let mut d = model::load(path, &opts)?;
     if head_rows > 0 {
         d.model.restrict_head(head_rows)?;
     }

@@ -3,6 +3,7 @@
 //! concurrent requests.
 
 mod bench;
+mod bench_gpu;
 mod bench_load;
 mod bench_spec;
 mod generate;

@@ -65,6 +65,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     let a = &args.spec;
     m.model = args.model.model.clone().or(m.model.take());
     m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
+    m.device = args.model.device.unwrap_or(m.device);
     m.draft = a.draft.clone().or(m.draft.take());
     m.name = args.name.clone().or(m.name.take());
     if let Some(sp) = a.speculation {
@@ -144,6 +145,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         &paths.target,
         &LoadOptions {
             tokenizer: c.model.tokenizer.clone(),
+            device: c.model.device,
         },
     )?;
     target.model.warm_up()?;

@@ -172,3 +172,34 @@ fn speculative_generation_prints_the_same_text_and_its_statistics() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--speculation draft"));
 }
+
+#[test]
+fn a_device_this_build_cannot_use_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_folder(dir.path());
+    let model = dir.path().to_str().unwrap();
+    let run = |device: &str| {
+        let out = specd(
+            &[
+                "generate", "--model", model, "--prompt", "x", "--device", device,
+            ],
+            dir.path(),
+        );
+        assert!(!out.status.success(), "--device {device} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run("tpu");
+    assert!(
+        e.contains("unknown device `tpu`") && e.contains("cuda:N"),
+        "{e}"
+    );
+    if !cfg!(feature = "cuda") {
+        // A CPU build says how to get a CUDA one, never panics.
+        let e = run("cuda:0");
+        assert!(
+            e.contains("built without CUDA") && e.contains("--features cuda"),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}

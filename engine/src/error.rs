@@ -67,6 +67,11 @@ pub enum Error {
     #[error("draft model {}: {message}", path.display())]
     IncompatibleDraft { path: PathBuf, message: String },
 
+    /// The device could not be used: no GPU, a driver too old, not enough GPU memory, a
+    /// failed kernel; the message says which and what to do.
+    #[error("device: {0}")]
+    Device(String),
+
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use specd_engine::model::Device;
 
 /// Everything `specd serve` can be told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -95,6 +96,8 @@ pub struct ModelConfig {
     pub model: Option<PathBuf>,
     /// A tokenizer.json overriding the target's own.
     pub tokenizer: Option<PathBuf>,
+    /// Where the models run: "cpu", "cuda" or "cuda:N".
+    pub device: Device,
     /// Draft model (default with the default target: the fetched Qwen2.5-Coder-0.5B).
     pub draft: Option<PathBuf>,
     /// Default method [draft when a draft model is served, else none].
@@ -118,6 +121,7 @@ impl Default for ModelConfig {
         Self {
             model: None,
             tokenizer: None,
+            device: Device::Cpu,
             draft: None,
             speculation: None,
             max_draft: 4,
@@ -320,7 +324,9 @@ mod tests {
             )?;
             jail.set_env("SPECD_LIMITS__MAX_TOKENS", "32");
             jail.set_env("SPECD_HOME", "/elsewhere"); // not a config key: ignored
+            jail.set_env("SPECD_MODEL__DEVICE", "cuda:1");
             let c = Config::load(Some(Path::new("specd.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.model.device, Device::Cuda(1));
             assert_eq!(c.server.port, 9001);
             assert_eq!(c.server.api_key.as_deref(), Some("k"));
             assert_eq!(c.limits.max_tokens, 32);
@@ -342,6 +348,11 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("limits.max_connections"), "{e}");
+            jail.create_file("c.toml", "[model]\ndevice = \"metal\"\n")?;
+            let e = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("device") && e.contains("metal"), "{e}");
             let e = Config::load(Some(Path::new("missing.toml")))
                 .unwrap_err()
                 .to_string();

@@ -90,9 +90,17 @@ pub fn http_client() -> awc::Client {
         .finish()
 }
 
+/// The `specd` binary under test: the one cargo built, or `SPECD_BIN` (scripts/gpu/check runs
+/// these tests on a GPU machine, against a carried binary, with `SPECD_DEVICE=cuda`).
+pub fn specd_bin() -> std::path::PathBuf {
+    std::env::var_os("SPECD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_specd").into())
+}
+
 /// Runs the `specd` binary with `args`, `SPECD_HOME` pointing at `home`.
 pub fn specd(args: &[&str], home: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_specd"))
+    Command::new(specd_bin())
         .args(args)
         .env("SPECD_HOME", home)
         .output()
@@ -122,7 +130,7 @@ impl Serve {
             "0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_specd"))
+        let mut child = Command::new(specd_bin())
             .args(&args)
             .env("SPECD_HOME", home.path())
             .envs(env.iter().copied())

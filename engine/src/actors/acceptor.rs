@@ -25,13 +25,13 @@ impl Handler<Decide> for Acceptor {
     fn handle(&mut self, Decide(mut batch): Decide, _: &mut Context<Self>) {
         let t = Instant::now();
         if batch.error.is_none() {
-            let rows = std::mem::take(&mut batch.rows);
+            let verified = std::mem::take(&mut batch.verified);
             batch.decisions = batch
                 .slots
                 .iter_mut()
                 .zip(&batch.drafts)
-                .zip(&rows)
-                .map(|((slot, draft), rows)| slot.seq.decide(draft, rows, accept_stochastic))
+                .zip(&verified)
+                .map(|((slot, draft), v)| slot.seq.decide(draft, v, accept_stochastic))
                 .collect();
         }
         batch.clock.add(Phase::Accept, t.elapsed());

@@ -127,6 +127,22 @@ impl Engine {
             Some(d) => d.new_pool(config.draft_kv_blocks),
             None => crate::kv::KvPool::new(0, 0, 0),
         };
+        // GPU pools allocate as they fill: check now that they can fill, so that a size the
+        // card cannot hold is an error at start rather than failed requests later.
+        if let Some(free) = models.target.device_memory_free()? {
+            let need = config.target_kv_blocks * target_kv.block_bytes()
+                + config.draft_kv_blocks.min(draft_kv.usage().blocks_total)
+                    * draft_kv.block_bytes();
+            if need > free {
+                return Err(Error::Device(format!(
+                    "the KV caches need {need} bytes ({} target and {} draft blocks) but {} has \
+                     {free} bytes free: lower the KV memory (--kv-mib / engine.kv_memory_mib)",
+                    config.target_kv_blocks,
+                    config.draft_kv_blocks,
+                    models.target.device()
+                )));
+            }
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("specd-engine".into())

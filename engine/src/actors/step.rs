@@ -7,7 +7,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::request::{Event, Method, RequestError, RequestId};
 use crate::kv::KvPool;
 use crate::metrics::Phase;
-use crate::spec::{Decision, Draft, PhaseTimes, Sequence};
+use crate::spec::{Decision, Draft, PhaseTimes, Sequence, Verified};
 
 /// One request inside the engine: its sequence, how it drafts, and where its events go.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl StepClock {
 pub(crate) struct StepBatch {
     pub slots: Vec<Slot>,
     pub drafts: Vec<Draft>,
-    pub rows: Vec<Vec<Vec<f32>>>,
+    pub verified: Vec<Verified>,
     pub decisions: Vec<Decision>,
     /// Slots taken out of the step for lack of KV blocks (preempted or deferred), to requeue.
     pub requeue: Vec<Slot>,
@@ -86,7 +86,7 @@ impl StepBatch {
         Self {
             slots,
             drafts: Vec::new(),
-            rows: Vec::new(),
+            verified: Vec::new(),
             decisions: Vec::new(),
             requeue: Vec::new(),
             failed: Vec::new(),

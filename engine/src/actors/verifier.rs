@@ -10,7 +10,7 @@ use super::messages::{Decide, Verify};
 use super::EngineModels;
 use crate::error::Result;
 use crate::metrics::Phase;
-use crate::spec::verify;
+use crate::spec::{verify, Verified};
 
 /// Owns the target model (through [`EngineModels`]); its KV arrives lent with the step.
 pub(crate) struct Verifier {
@@ -30,7 +30,7 @@ impl Handler<Verify> for Verifier {
         if batch.error.is_none() && !batch.slots.is_empty() {
             let mut pools = batch.pools.take().expect("pools lent with the step");
             let target = &self.models.target;
-            let result: Result<Vec<Vec<Vec<f32>>>> = (|| {
+            let result: Result<Vec<Verified>> = (|| {
                 for slot in batch.slots.iter_mut() {
                     if slot.seq.pending_prefill() > 0 {
                         slot.seq.prefill_target(target, &mut pools.target)?;
@@ -41,7 +41,7 @@ impl Handler<Verify> for Verifier {
             })();
             batch.pools = Some(pools);
             match result {
-                Ok(rows) => batch.rows = rows,
+                Ok(v) => batch.verified = v,
                 Err(e) => batch.error = Some((&e).into()),
             }
         }

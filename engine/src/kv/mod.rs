@@ -38,8 +38,13 @@ impl Clone for SequenceCache {
 impl SequenceCache {
     /// An empty cache for `layers` layers of `row` floats per token, up to `max_len` positions.
     pub fn new(layers: usize, row: usize, max_len: usize) -> Self {
+        Self::with_pool(KvPool::new(layers, row, KvPool::blocks_for(max_len)))
+    }
+
+    /// An empty cache in `pool`, which it keeps to itself.
+    pub fn with_pool(pool: KvPool) -> Self {
         Self {
-            pool: KvPool::new(layers, row, KvPool::blocks_for(max_len)),
+            pool,
             table: BlockTable::new(),
         }
     }

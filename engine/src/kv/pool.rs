@@ -8,7 +8,8 @@
 
 use super::table::BlockTable;
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
+use crate::model::cuda::GpuBlocks;
+use crate::model::{Device, ModelConfig};
 
 /// Token slots in one block.
 pub const BLOCK_SIZE: usize = 16;
@@ -36,18 +37,47 @@ impl KvUsage {
     }
 }
 
+/// Where a pool's blocks live.
+#[derive(Debug)]
+enum Storage {
+    /// Host memory, f32: every block handed out so far; the index is the block id.
+    Host(Vec<Box<[f32]>>),
+    /// GPU memory, bf16, allocated in chunks of blocks.
+    Gpu(GpuBlocks),
+}
+
 /// The KV memory of one model: block storage, the free list, and usage counts.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvPool {
     layers: usize,
     row: usize,
     max_blocks: usize,
-    /// Storage of every block handed out so far; the index is the block id.
-    blocks: Vec<Box<[f32]>>,
+    storage: Storage,
     /// Ids of allocated blocks no table holds, reused last-freed first.
     free: Vec<u32>,
     used: usize,
     tokens: usize,
+}
+
+impl Clone for KvPool {
+    /// A copy with its own block memory (on the GPU a copy of the device memory; for tests).
+    fn clone(&self) -> Self {
+        Self {
+            layers: self.layers,
+            row: self.row,
+            max_blocks: self.max_blocks,
+            storage: match &self.storage {
+                Storage::Host(b) => Storage::Host(b.clone()),
+                Storage::Gpu(g) => Storage::Gpu(
+                    g.try_clone()
+                        .unwrap_or_else(|e| panic!("copying a GPU KV pool: {e}")),
+                ),
+            },
+            free: self.free.clone(),
+            used: self.used,
+            tokens: self.tokens,
+        }
+    }
 }
 
 impl KvPool {
@@ -58,10 +88,54 @@ impl KvPool {
             layers,
             row,
             max_blocks,
-            blocks: Vec::new(),
+            storage: Storage::Host(Vec::new()),
             free: Vec::new(),
             used: 0,
             tokens: 0,
+        }
+    }
+
+    /// A pool of `config`'s model whose blocks live in GPU memory.
+    pub(crate) fn on_gpu(blocks: GpuBlocks, config: &ModelConfig, max_blocks: usize) -> Self {
+        Self {
+            layers: config.num_layers,
+            row: config.num_kv_heads * config.head_dim,
+            max_blocks,
+            storage: Storage::Gpu(blocks),
+            free: Vec::new(),
+            used: 0,
+            tokens: 0,
+        }
+    }
+
+    /// The device the blocks live on.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Host(_) => Device::Cpu,
+            Storage::Gpu(g) => Device::Cuda(g.ordinal()),
+        }
+    }
+
+    /// The GPU blocks, for the CUDA forward.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn gpu_blocks(&mut self) -> Option<&mut GpuBlocks> {
+        match &mut self.storage {
+            Storage::Gpu(g) => Some(g),
+            Storage::Host(_) => None,
+        }
+    }
+
+    fn host_blocks(&self) -> &[Box<[f32]>] {
+        match &self.storage {
+            Storage::Host(b) => b,
+            Storage::Gpu(_) => panic!("host access to a GPU KV pool"),
+        }
+    }
+
+    fn allocated(&self) -> usize {
+        match &self.storage {
+            Storage::Host(b) => b.len(),
+            Storage::Gpu(g) => g.allocated(),
         }
     }
 
@@ -88,9 +162,12 @@ impl KvPool {
         (bytes / Self::block_bytes_for(config)).max(1)
     }
 
-    /// Bytes of one block.
+    /// Bytes of one block (f32 on the CPU, bf16 on a GPU).
     pub fn block_bytes(&self) -> usize {
-        self.block_floats() * std::mem::size_of::<f32>()
+        match &self.storage {
+            Storage::Host(_) => self.block_floats() * std::mem::size_of::<f32>(),
+            Storage::Gpu(g) => g.block_bytes(),
+        }
     }
 
     fn block_floats(&self) -> usize {
@@ -118,7 +195,7 @@ impl KvPool {
 
     /// Bytes of block memory allocated so far (the high-water mark of use).
     pub fn allocated_bytes(&self) -> usize {
-        self.blocks.len() * self.block_bytes()
+        self.allocated() * self.block_bytes()
     }
 
     /// Blocks `table` lacks to hold `n` more positions after its committed ones.
@@ -138,14 +215,24 @@ impl KvPool {
                 total: self.max_blocks,
             });
         }
+        let before = table.blocks.len();
         for _ in 0..needed {
             let id = match self.free.pop() {
                 Some(id) => id,
-                None => {
-                    self.blocks
-                        .push(vec![0f32; self.block_floats()].into_boxed_slice());
-                    (self.blocks.len() - 1) as u32
-                }
+                None => match &mut self.storage {
+                    Storage::Host(blocks) => {
+                        blocks.push(vec![0f32; 2 * self.layers * BLOCK_SIZE * self.row].into());
+                        (blocks.len() - 1) as u32
+                    }
+                    Storage::Gpu(g) => match g.grow() {
+                        Ok(id) => id,
+                        Err(e) => {
+                            // All or nothing: give back what this call took.
+                            self.free.extend(table.blocks.drain(before..).rev());
+                            return Err(e);
+                        }
+                    },
+                },
             };
             table.blocks.push(id);
         }
@@ -183,7 +270,10 @@ impl KvPool {
         values: &[f32],
     ) {
         let row = self.row;
-        let block = &mut self.blocks[table.blocks[pos / BLOCK_SIZE] as usize];
+        let Storage::Host(blocks) = &mut self.storage else {
+            panic!("host write to a GPU KV pool")
+        };
+        let block = &mut blocks[table.blocks[pos / BLOCK_SIZE] as usize];
         let base = 2 * layer * BLOCK_SIZE * row + (pos % BLOCK_SIZE) * row;
         block[base..base + row].copy_from_slice(keys);
         let base = base + BLOCK_SIZE * row;
@@ -203,7 +293,7 @@ impl KvPool {
         let mut values = Vec::with_capacity(n_blocks);
         for (b, &id) in table.blocks[..n_blocks].iter().enumerate() {
             let rows = (upto - b * BLOCK_SIZE).min(BLOCK_SIZE);
-            let block = &self.blocks[id as usize];
+            let block = &self.host_blocks()[id as usize];
             let base = 2 * layer * BLOCK_SIZE * row;
             keys.push(&block[base..base + rows * row]);
             let base = base + BLOCK_SIZE * row;
@@ -219,15 +309,19 @@ impl KvPool {
         self.tokens += n;
     }
 
-    /// The stored rows of `layer` for positions `0..table.len()`, for tests comparing caches.
+    /// The stored rows of `layer` for positions `0..table.len()`, for tests comparing caches
+    /// (copied back from a GPU, as f32).
     pub fn layer_snapshot(&self, table: &BlockTable, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        if let Storage::Gpu(g) = &self.storage {
+            return g.snapshot(table, layer);
+        }
         let (k, v) = self.layer_chunks(table, layer, table.len());
         (k.concat(), v.concat())
     }
 
     /// Checks that the pool's counts agree with its free list (for tests).
     pub fn check_consistency(&self) -> std::result::Result<(), String> {
-        let allocated = self.blocks.len();
+        let allocated = self.allocated();
         if allocated != self.used + self.free.len() {
             return Err(format!(
                 "{allocated} blocks allocated, but {} used + {} free",

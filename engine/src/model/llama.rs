@@ -1,16 +1,21 @@
 //! The Llama-family forward (Llama 2/3, Mistral, Qwen2): GQA, RoPE, RMSNorm, SwiGLU, optional
-//! QKV bias, tied or untied head.
+//! QKV bias, tied or untied head — one forward for every device.
 //!
 //! The forward is ragged: each sequence of a batch appends its own number of new tokens to its
-//! own cache. All new tokens of the batch go through the matrix products together (one matmul of
-//! `T = Σ n_i` rows per weight); only attention is per sequence.
+//! own cache. All new tokens of the batch go through the matrix products together (one product
+//! of `T = Σ n_i` rows per weight); attention reads each sequence's own cache. The layer loop is
+//! written once, in [`run_layers`], over the operations of [`ForwardOps`]; the CPU
+//! (`cpu_forward.rs`) and CUDA (`cuda/`) backends implement those operations on their own
+//! buffers, which is the whole device seam.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Tensor, D};
-use specd_kernels::cpu as kern;
+use std::sync::Arc;
+
+use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::linear::{CandlePool, Linear};
+use super::cpu_forward::{CpuWeights, Projection};
+use super::cuda::CudaModel;
+use super::device::{Device, GpuStats};
 use super::weights::{Param, Weights};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool, SequenceCache};
@@ -26,6 +31,17 @@ pub enum Logits {
     None,
 }
 
+impl Logits {
+    /// Rows of logits wanted from `n` new tokens.
+    pub fn rows(self, n: usize) -> usize {
+        match self {
+            Logits::All => n,
+            Logits::Last => 1,
+            Logits::None => 0,
+        }
+    }
+}
+
 /// One sequence's part of a batched forward.
 #[derive(Debug)]
 pub struct SeqInput<'a> {
@@ -35,183 +51,169 @@ pub struct SeqInput<'a> {
     pub logits: Logits,
 }
 
-/// Several weight matrices applied to the same input, fused into one matrix when their
-/// storage allows it (same quantization), so that the input is quantized and read once.
+/// The argmax of one row of logits and its softmax probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Top {
+    pub token: u32,
+    pub prob: f32,
+}
+
+/// What a forward hands back, per sequence.
+#[derive(Debug)]
+pub(crate) enum ForwardOut {
+    /// The wanted rows of logits, on the host.
+    Logits(Vec<Tensor>),
+    /// The argmax of each wanted row.
+    Top(Vec<Vec<Top>>),
+    /// Greedy acceptance of each sequence's tokens after the first as drafts: (kept, next).
+    Verdicts(Vec<(usize, u32)>),
+}
+
+/// How a forward's logits are turned into its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum OutputMode {
+    Logits,
+    Top,
+    GreedyVerdict,
+}
+
+/// Activation buffers of a forward, by role (the residual stream itself is the backend's own).
+/// Each backend sizes them for the step's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    /// RMSNorm of the residual stream, the input of the next product, `[T, hidden]`.
+    Normed,
+    /// Queries, keys and values, `[T, q + 2 kv]`.
+    Qkv,
+    /// Attention output, `[T, q]`.
+    Attn,
+    /// A product's output to add to the residual stream, `[T, hidden]`.
+    Delta,
+    /// Gate and up projections, `[T, 2 intermediate]`.
+    GateUp,
+    /// SwiGLU of them, `[T, intermediate]`.
+    Gated,
+}
+
+/// The operations of a forward on one device. A backend holds the step's rows, positions and
+/// caches; [`run_layers`] calls these in order.
+pub(crate) trait ForwardOps {
+    /// A weight matrix (with its bias, if any).
+    type Matrix;
+    /// A norm's weight vector.
+    type Vector;
+
+    /// `Hidden = embedding rows of the step's tokens`.
+    fn embed(&mut self, table: &Self::Matrix) -> Result<()>;
+    /// `Hidden += Delta` (when `add`), then `Normed = rms_norm(Hidden) · weight`.
+    fn add_rms_norm(&mut self, add: bool, weight: &Self::Vector) -> Result<()>;
+    /// `out = x · Wᵀ (+ bias)`.
+    fn linear(&mut self, m: &Self::Matrix, x: Act, out: Act) -> Result<()>;
+    /// Rotates queries and keys of `Qkv` and writes keys and values of `layer` to the cache.
+    fn rope_write_kv(&mut self, layer: usize) -> Result<()>;
+    /// `Attn` = attention of the step's queries over their sequences' caches at `layer`.
+    fn attention(&mut self, layer: usize) -> Result<()>;
+    /// `Gated = silu(gate) · up` of `GateUp`.
+    fn silu_mul(&mut self) -> Result<()>;
+    /// `Hidden += Delta`; the wanted rows through the final norm and the head.
+    fn head(&mut self, norm: &Self::Vector, head: &Self::Matrix) -> Result<()>;
+}
+
+/// The weights of a Llama-family model in a backend's representation.
 #[derive(Debug, Clone)]
-struct Projection {
-    parts: Vec<Linear>,
-    bias: Option<Vec<f32>>,
+pub(crate) struct LlamaWeights<M, V> {
+    pub embed: M,
+    pub layers: Vec<LayerWeights<M, V>>,
+    pub norm: V,
+    pub head: M,
 }
 
-impl Projection {
-    fn new(mats: Vec<QMatMul>, bias: Option<Vec<f32>>) -> Result<Self> {
-        let parts = match fuse(&mats)? {
-            Some(m) => vec![Linear::new(m)],
-            None => mats.into_iter().map(Linear::new).collect(),
-        };
-        Ok(Self { parts, bias })
-    }
-
-    /// The rows of `x · Wᵀ + b`, flattened.
-    fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
-        let y = if self.parts.len() == 1 {
-            self.parts[0].forward(x)?
-        } else {
-            let outs = self
-                .parts
-                .iter()
-                .map(|p| p.forward(x))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&outs, D::Minus1)?
-        };
-        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(b.len()) {
-                kern::add_assign(row, b);
-            }
-        }
-        Ok(y)
-    }
-}
-
-/// Stacks the rows of matrices with the same storage kind into one matrix.
-fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
-    if mats.len() < 2 {
-        return Ok(mats.first().cloned());
-    }
-    if let Some(ts) = mats
-        .iter()
-        .map(|m| match m {
-            QMatMul::Tensor(t) => Some(t),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()
-    {
-        return Ok(Some(QMatMul::Tensor(Tensor::cat(&ts, 0)?)));
-    }
-    let Some(qs) = mats
-        .iter()
-        .map(|m| match m {
-            QMatMul::QTensor(q) => Some(q),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()
-    else {
-        return Ok(None);
-    };
-    let dtype = qs[0].dtype();
-    let k = qs[0].shape().dims()[1];
-    if qs
-        .iter()
-        .any(|q| q.dtype() != dtype || q.shape().dims()[1] != k)
-    {
-        return Ok(None);
-    }
-    // Quantized rows are independent runs of blocks: stacking matrices is concatenating bytes.
-    let mut bytes = Vec::new();
-    let mut rows = 0;
-    for q in &qs {
-        bytes.extend_from_slice(&q.data()?);
-        rows += q.shape().dims()[0];
-    }
-    let storage = candle_core::quantized::QStorage::from_data(
-        std::borrow::Cow::Owned(bytes),
-        &Device::Cpu,
-        dtype,
-    )?;
-    Ok(Some(QMatMul::from_qtensor(QTensor::new(
-        storage,
-        (rows, k),
-    )?)?))
-}
-
+/// One decoder layer's weights.
 #[derive(Debug, Clone)]
-struct Layer {
-    attn_norm: Vec<f32>,
-    qkv: Projection,
-    o: Linear,
-    ffn_norm: Vec<f32>,
-    gate_up: Projection,
-    down: Linear,
+pub(crate) struct LayerWeights<M, V> {
+    pub attn_norm: V,
+    /// Q, K and V stacked, with their biases.
+    pub qkv: M,
+    pub o: M,
+    pub ffn_norm: V,
+    /// Gate and up stacked.
+    pub gate_up: M,
+    pub down: M,
+}
+
+/// The forward: embedding, every decoder layer, final norm and head.
+pub(crate) fn run_layers<O: ForwardOps>(
+    ops: &mut O,
+    w: &LlamaWeights<O::Matrix, O::Vector>,
+) -> Result<()> {
+    ops.embed(&w.embed)?;
+    for (li, layer) in w.layers.iter().enumerate() {
+        ops.add_rms_norm(li > 0, &layer.attn_norm)?;
+        ops.linear(&layer.qkv, Act::Normed, Act::Qkv)?;
+        ops.rope_write_kv(li)?;
+        ops.attention(li)?;
+        ops.linear(&layer.o, Act::Attn, Act::Delta)?;
+        ops.add_rms_norm(true, &layer.ffn_norm)?;
+        ops.linear(&layer.gate_up, Act::Normed, Act::GateUp)?;
+        ops.silu_mul()?;
+        ops.linear(&layer.down, Act::Gated, Act::Delta)?;
+    }
+    ops.head(&w.norm, &w.head)
+}
+
+/// The weights of a model on its device.
+#[derive(Debug, Clone)]
+enum DeviceWeights {
+    Cpu(Arc<CpuWeights>),
+    Cuda(Arc<CudaModel>),
 }
 
 /// A loaded Llama-family model.
 #[derive(Debug, Clone)]
 pub struct Model {
     config: ModelConfig,
-    embed: Linear,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
-    lm_head: Linear,
+    weights: DeviceWeights,
+    /// Rows of the output head in use (a drafter may keep only the first ones).
+    head_rows: usize,
     inv_freq: Vec<f64>,
 }
 
 impl Model {
-    /// Builds the model from weights whose shapes must match `config`.
+    /// Builds the model on the CPU from weights whose shapes must match `config`.
     pub fn load(config: ModelConfig, weights: &mut Weights) -> Result<Self> {
-        let c = &config;
-        let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
-        let q_dim = c.num_heads * hd;
-        let embed = Linear::new(weights.embedding(c.vocab_size, h)?);
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let bias = if c.qkv_bias {
-                let q = weights.tensor(Param::QBias(i), &[q_dim])?;
-                let k = weights.tensor(Param::KBias(i), &[kv])?;
-                let v = weights.tensor(Param::VBias(i), &[kv])?;
-                Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
-            } else {
-                None
-            };
-            let qkv = Projection::new(
-                vec![
-                    weights.matrix(Param::Q(i), q_dim, h)?,
-                    weights.matrix(Param::K(i), kv, h)?,
-                    weights.matrix(Param::V(i), kv, h)?,
-                ],
-                bias,
-            )?;
-            let gate_up = Projection::new(
-                vec![
-                    weights.matrix(Param::Gate(i), c.intermediate_size, h)?,
-                    weights.matrix(Param::Up(i), c.intermediate_size, h)?,
-                ],
-                None,
-            )?;
-            layers.push(Layer {
-                attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
-                qkv,
-                o: Linear::new(weights.matrix(Param::O(i), h, q_dim)?),
-                ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
-                gate_up,
-                down: Linear::new(weights.matrix(Param::Down(i), h, c.intermediate_size)?),
-            });
-        }
-        let norm = weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?;
-        let lm_head = if weights.contains(Param::LmHead) {
-            Linear::new(weights.matrix(Param::LmHead, c.vocab_size, h)?)
-        } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
-            embed.clone()
-        } else {
-            return Err(Error::MissingTensor {
-                path: weights.origin().to_path_buf(),
-                name: weights.naming().name(Param::LmHead),
-            });
+        Self::load_on(config, weights, Device::Cpu)
+    }
+
+    /// Builds the model on `device` from weights whose shapes must match `config`. On a GPU
+    /// the weights are uploaded (GGUF blocks as they are, dense weights as bf16).
+    pub fn load_on(config: ModelConfig, weights: &mut Weights, device: Device) -> Result<Self> {
+        let (host, tied) = load_host(&config, weights, device)?;
+        let weights = match device {
+            Device::Cpu => DeviceWeights::Cpu(Arc::new(host.into_cpu()?)),
+            Device::Cuda(ordinal) => {
+                DeviceWeights::Cuda(Arc::new(CudaModel::load(&config, host, tied, ordinal)?))
+            }
         };
         let inv_freq = config.rope_inv_freq();
         Ok(Self {
+            head_rows: config.vocab_size,
             config,
-            embed,
-            layers,
-            norm,
-            lm_head,
+            weights,
             inv_freq,
         })
     }
 
-    /// Runs a few forwards on a scratch cache. candle packs quantized weights into the
-    /// layouts of its multi-row kernels on first use; doing it here keeps that cost out of the
-    /// first request.
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => Device::Cpu,
+            DeviceWeights::Cuda(m) => Device::Cuda(m.ordinal()),
+        }
+    }
+
+    /// Runs a few forwards on a scratch cache. On the CPU candle packs quantized weights into
+    /// the layouts of its multi-row kernels on first use; on a GPU the first steps capture
+    /// graphs. Doing it here keeps that cost out of the first request.
     pub fn warm_up(&self) -> Result<()> {
         let mut cache = self.new_cache();
         self.forward_cache(&mut cache, &[0; 4], Logits::Last)?;
@@ -231,13 +233,18 @@ impl Model {
                 "the draft head must keep between 1 and {vocab} rows, got {rows}"
             )));
         }
-        self.lm_head = self.lm_head.first_rows(rows)?;
+        if let DeviceWeights::Cpu(w) = &mut self.weights {
+            let mut cut = (**w).clone();
+            cut.head = cut.head.first_rows(rows)?;
+            *w = Arc::new(cut);
+        }
+        self.head_rows = rows;
         Ok(())
     }
 
     /// Number of logits a forward returns per row (the vocabulary, or a restricted head).
     pub fn head_rows(&self) -> usize {
-        self.lm_head.rows()
+        self.head_rows
     }
 
     /// The model's configuration.
@@ -248,16 +255,67 @@ impl Model {
     /// A new, empty cache with a pool of its own for one sequence of this model (tools and
     /// tests; the engine shares one [`KvPool`] among its sequences).
     pub fn new_cache(&self) -> SequenceCache {
-        SequenceCache::new(
-            self.config.num_layers,
-            self.config.num_kv_heads * self.config.head_dim,
-            self.config.max_position_embeddings,
+        SequenceCache::with_pool(
+            self.new_pool(KvPool::blocks_for(self.config.max_position_embeddings)),
         )
     }
 
-    /// A pool of `max_blocks` blocks for this model.
+    /// A pool of `max_blocks` blocks for this model, on its device (block memory is allocated
+    /// as blocks are first used).
     pub fn new_pool(&self, max_blocks: usize) -> KvPool {
-        KvPool::for_model(&self.config, max_blocks)
+        match &self.weights {
+            DeviceWeights::Cpu(_) => KvPool::for_model(&self.config, max_blocks),
+            DeviceWeights::Cuda(m) => {
+                KvPool::on_gpu(m.kv_storage(max_blocks), &self.config, max_blocks)
+            }
+        }
+    }
+
+    /// Forward counters on a GPU (`None` on the CPU).
+    pub fn gpu_stats(&self) -> Option<GpuStats> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => None,
+            DeviceWeights::Cuda(m) => Some(m.stats()),
+        }
+    }
+
+    /// On a GPU, the device-to-device copy bandwidth in bytes per second (read plus written),
+    /// the ceiling of a memory-bound decode step; `None` on the CPU.
+    pub fn copy_bandwidth(&self) -> Result<Option<f64>> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => Ok(None),
+            DeviceWeights::Cuda(m) => m.copy_bandwidth().map(Some),
+        }
+    }
+
+    /// On a GPU, whether forwards of up to a few hundred rows are captured into CUDA graphs
+    /// and replayed (on by default); no effect on the CPU.
+    pub fn set_cuda_graphs(&self, on: bool) {
+        if let DeviceWeights::Cuda(m) = &self.weights {
+            m.set_graphs(on);
+        }
+    }
+
+    /// On a GPU, switches the row-product kernel (`8x8`, `16x8`, `32x8`, `16x4`, `32x4`:
+    /// tensor-core tile shapes; `simple`: CUDA cores); for benchmarks. No effect on the CPU.
+    pub fn set_cuda_matmul(&self, name: &str) -> Result<()> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => Ok(()),
+            DeviceWeights::Cuda(m) => m.set_matmul(name),
+        }
+    }
+
+    /// The names [`Model::set_cuda_matmul`] takes (empty without CUDA).
+    pub fn cuda_matmul_kernels() -> Vec<String> {
+        super::cuda::matmul_kernels()
+    }
+
+    /// Bytes of device memory free now, for sizing KV pools (`None` on the CPU).
+    pub fn device_memory_free(&self) -> Result<Option<usize>> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => Ok(None),
+            DeviceWeights::Cuda(m) => m.memory_free().map(Some),
+        }
     }
 
     /// Appends each sequence's tokens to its cache in `kv` and returns its logits: `[n_i, vocab]`
@@ -267,11 +325,44 @@ impl Model {
     /// On error no sequence's committed length changes (reserved blocks stay with their
     /// tables).
     pub fn forward(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
-        self.check_batch(batch)?;
-        for s in batch.iter_mut() {
-            kv.reserve(s.table, s.tokens.len())?;
+        match self.run(kv, batch, OutputMode::Logits)? {
+            ForwardOut::Logits(l) => Ok(l),
+            _ => unreachable!("logits asked for"),
         }
-        self.forward_inner(kv, batch)
+    }
+
+    /// [`Model::forward`], returning only the argmax of each wanted row and its probability
+    /// (computed on the device: on a GPU, a few bytes per row cross to the host instead of the
+    /// vocabulary's logits).
+    pub fn forward_top(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+    ) -> Result<Vec<Vec<Top>>> {
+        match self.run(kv, batch, OutputMode::Top)? {
+            ForwardOut::Top(t) => Ok(t),
+            _ => unreachable!("argmax asked for"),
+        }
+    }
+
+    /// Verification with greedy acceptance on the device: each sequence feeds its last
+    /// committed token then its drafts, and gets back how many drafts the target's own greedy
+    /// choices keep and the target's token after them. Every sequence must want
+    /// [`Logits::All`].
+    pub fn verify_greedy(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+    ) -> Result<Vec<(usize, u32)>> {
+        if batch.iter().any(|s| s.logits != Logits::All) {
+            return Err(Error::InvalidRequest(
+                "greedy verification needs every row's logits (Logits::All)".into(),
+            ));
+        }
+        match self.run(kv, batch, OutputMode::GreedyVerdict)? {
+            ForwardOut::Verdicts(v) => Ok(v),
+            _ => unreachable!("verdicts asked for"),
+        }
     }
 
     /// [`Model::forward`] for one sequence with its own cache; returns its logits.
@@ -293,8 +384,37 @@ impl Model {
         Ok(out.pop().expect("one sequence in, one out"))
     }
 
-    fn check_batch(&self, batch: &[SeqInput<'_>]) -> Result<()> {
+    fn run(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        mode: OutputMode,
+    ) -> Result<ForwardOut> {
+        self.check_batch(kv, batch)?;
+        for s in batch.iter_mut() {
+            kv.reserve(s.table, s.tokens.len())?;
+        }
+        let out = match &self.weights {
+            DeviceWeights::Cpu(w) => {
+                super::cpu_forward::forward(&self.config, &self.inv_freq, w, kv, batch, mode)?
+            }
+            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, self.head_rows)?,
+        };
+        for s in batch.iter_mut() {
+            kv.commit(s.table, s.tokens.len());
+        }
+        Ok(out)
+    }
+
+    fn check_batch(&self, kv: &KvPool, batch: &[SeqInput<'_>]) -> Result<()> {
         let c = &self.config;
+        if kv.device() != self.device() {
+            return Err(Error::InvalidRequest(format!(
+                "the KV pool lives on {} but the model on {}",
+                kv.device(),
+                self.device()
+            )));
+        }
         for (i, s) in batch.iter().enumerate() {
             if s.tokens.is_empty() {
                 return Err(Error::InvalidRequest(format!(
@@ -317,133 +437,116 @@ impl Model {
         }
         Ok(())
     }
+}
 
-    fn forward_inner(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
-        let c = &self.config;
-        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
-        let qkv_dim = q_dim + 2 * kv_dim;
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        let total = ids.len();
-        let positions: Vec<usize> = batch
-            .iter()
-            .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
-            .collect();
-        let rope = kern::rope_tables(&positions, &self.inv_freq);
-        let interleaved = c.rope_layout == super::config::RopeLayout::Interleaved;
-        let shape = kern::AttentionShape {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            sliding_window: c.sliding_window,
-        };
-        let eps = c.rms_norm_eps as f32;
+/// The weights as read from the file, before they go to a device: matrices in candle's form
+/// (GGUF blocks or dense tensors), norms and biases as f32.
+pub(crate) type HostWeights = LlamaWeights<HostMatrix, Vec<f32>>;
 
-        // The hidden state stays a plain buffer: only matrix products go through candle, and
-        // the small per-token operations run inline instead of waking a thread pool.
-        let hidden = c.hidden_size;
-        let inter = c.intermediate_size;
-        let mut x = self
-            .embed
-            .embedding(&Tensor::from_vec(ids, total, &Device::Cpu)?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut h = vec![0f32; total * hidden];
-        let mut attn_out = vec![0f32; total * q_dim];
-        let mut act = vec![0f32; total * inter];
-        for (li, layer) in self.layers.iter().enumerate() {
-            kern::rms_norm(&x, &layer.attn_norm, eps, &mut h);
-            let mut qkv =
-                layer
-                    .qkv
-                    .forward(&Tensor::from_slice(&h, (total, hidden), &Device::Cpu)?)?;
-            kern::apply_rope(&mut qkv, qkv_dim, 0, nh, &rope, interleaved);
-            kern::apply_rope(&mut qkv, qkv_dim, q_dim, nkv, &rope, interleaved);
-            let mut row0 = 0;
-            for s in batch.iter_mut() {
-                let n = s.tokens.len();
-                let rows = &qkv[row0 * qkv_dim..(row0 + n) * qkv_dim];
-                // Keys and values go straight into the cache; only the queries are gathered.
-                let start = s.table.len();
-                let mut q = Vec::with_capacity(n * q_dim);
-                for (i, r) in rows.chunks_exact(qkv_dim).enumerate() {
-                    q.extend_from_slice(&r[..q_dim]);
-                    kv.write(
-                        s.table,
-                        start + i,
-                        li,
-                        &r[q_dim..q_dim + kv_dim],
-                        &r[q_dim + kv_dim..],
-                    );
-                }
-                let (keys, values) = kv.layer_chunks(s.table, li, start + n);
-                let chunks = kern::KvChunks {
-                    keys: &keys,
-                    values: &values,
-                };
-                let out = &mut attn_out[row0 * q_dim..(row0 + n) * q_dim];
-                kern::attention(&q, start, chunks, shape, out, &CandlePool);
-                row0 += n;
-            }
-            let a = Tensor::from_slice(&attn_out, (total, q_dim), &Device::Cpu)?;
-            let o = layer.o.forward(&a)?.flatten_all()?.to_vec1::<f32>()?;
-            kern::add_assign(&mut x, &o);
-            kern::rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-            let gu =
-                layer
-                    .gate_up
-                    .forward(&Tensor::from_slice(&h, (total, hidden), &Device::Cpu)?)?;
-            for (row, out) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
-                let (g, u) = row.split_at(inter);
-                kern::silu_mul(g, u, out);
-            }
-            let a = Tensor::from_slice(&act, (total, inter), &Device::Cpu)?;
-            let d = layer.down.forward(&a)?.flatten_all()?.to_vec1::<f32>()?;
-            kern::add_assign(&mut x, &d);
-        }
-        for s in batch.iter_mut() {
-            kv.commit(s.table, s.tokens.len());
-        }
+/// A weight matrix read from the file: its parts (stacked into one when their storage allows)
+/// and its bias.
+#[derive(Debug, Clone)]
+pub(crate) struct HostMatrix {
+    pub parts: Vec<candle_core::quantized::QMatMul>,
+    pub bias: Option<Vec<f32>>,
+}
 
-        // Only the rows whose logits are wanted go through the final norm and the head.
-        let mut wanted = Vec::new();
-        let mut row0 = 0;
-        for s in batch.iter() {
-            let n = s.tokens.len();
-            match s.logits {
-                Logits::All => wanted.extend(row0..row0 + n),
-                Logits::Last => wanted.push(row0 + n - 1),
-                Logits::None => {}
-            }
-            row0 += n;
-        }
-        let mut selected = Vec::with_capacity(wanted.len() * hidden);
-        for &r in &wanted {
-            selected.extend_from_slice(&x[r * hidden..(r + 1) * hidden]);
-        }
-        let mut normed = vec![0f32; selected.len()];
-        kern::rms_norm(&selected, &self.norm, eps, &mut normed);
-        let vocab = self.lm_head.rows();
-        let logits = if wanted.is_empty() {
-            Tensor::zeros((0, vocab), candle_core::DType::F32, &Device::Cpu)?
-        } else {
-            let x = Tensor::from_vec(normed, (wanted.len(), hidden), &Device::Cpu)?;
-            self.lm_head.forward(&x)?
-        };
-        let mut out = Vec::with_capacity(batch.len());
-        let mut r = 0;
-        for s in batch.iter() {
-            let n = match s.logits {
-                Logits::All => s.tokens.len(),
-                Logits::Last => 1,
-                Logits::None => 0,
-            };
-            out.push(logits.narrow(0, r, n)?);
-            r += n;
-        }
-        Ok(out)
+impl HostWeights {
+    fn into_cpu(self) -> Result<CpuWeights> {
+        let m = |h: HostMatrix| Projection::new(h.parts, h.bias);
+        Ok(LlamaWeights {
+            embed: m(self.embed)?,
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| {
+                    Ok(LayerWeights {
+                        attn_norm: l.attn_norm,
+                        qkv: m(l.qkv)?,
+                        o: m(l.o)?,
+                        ffn_norm: l.ffn_norm,
+                        gate_up: m(l.gate_up)?,
+                        down: m(l.down)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            norm: self.norm,
+            head: m(self.head)?,
+        })
     }
+}
+
+/// Reads every weight of `config`'s model. Dense weights stay in their file's precision when
+/// they go to a GPU (bf16 there) and become f32 for the CPU. Also says whether the head is the
+/// embedding table itself (tied), so that a GPU holds it once.
+fn load_host(
+    config: &ModelConfig,
+    weights: &mut Weights,
+    device: Device,
+) -> Result<(HostWeights, bool)> {
+    let c = config;
+    let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
+    let q_dim = c.num_heads * hd;
+    let keep_dtype = device.is_cuda();
+    let mat = |w: &mut Weights, p: Param, rows: usize, cols: usize| {
+        w.matrix_as(p, rows, cols, keep_dtype)
+    };
+    let single = |m| HostMatrix {
+        parts: vec![m],
+        bias: None,
+    };
+    let embed = single(mat(weights, Param::Embed, c.vocab_size, h)?);
+    let mut layers = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let bias = if c.qkv_bias {
+            let q = weights.tensor(Param::QBias(i), &[q_dim])?;
+            let k = weights.tensor(Param::KBias(i), &[kv])?;
+            let v = weights.tensor(Param::VBias(i), &[kv])?;
+            Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let qkv = HostMatrix {
+            parts: vec![
+                mat(weights, Param::Q(i), q_dim, h)?,
+                mat(weights, Param::K(i), kv, h)?,
+                mat(weights, Param::V(i), kv, h)?,
+            ],
+            bias,
+        };
+        let gate_up = HostMatrix {
+            parts: vec![
+                mat(weights, Param::Gate(i), c.intermediate_size, h)?,
+                mat(weights, Param::Up(i), c.intermediate_size, h)?,
+            ],
+            bias: None,
+        };
+        layers.push(LayerWeights {
+            attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
+            qkv,
+            o: single(mat(weights, Param::O(i), h, q_dim)?),
+            ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
+            gate_up,
+            down: single(mat(weights, Param::Down(i), h, c.intermediate_size)?),
+        });
+    }
+    let norm = weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?;
+    let tied = !weights.contains(Param::LmHead);
+    let head = if !tied {
+        single(mat(weights, Param::LmHead, c.vocab_size, h)?)
+    } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
+        embed.clone()
+    } else {
+        return Err(Error::MissingTensor {
+            path: weights.origin().to_path_buf(),
+            name: weights.naming().name(Param::LmHead),
+        });
+    };
+    let host = LlamaWeights {
+        embed,
+        layers,
+        norm,
+        head,
+    };
+    Ok((host, tied))
 }

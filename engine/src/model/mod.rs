@@ -1,6 +1,13 @@
 //! Models: configuration, weights, tokenizer and the Llama-family forward.
 
 pub mod config;
+mod cpu_forward;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_disabled.rs"]
+pub(crate) mod cuda;
+pub mod device;
 pub mod linear;
 pub mod llama;
 pub mod tiny;
@@ -14,8 +21,9 @@ use candle_core::quantized::gguf_file;
 use serde_json::Value as Json;
 
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+pub use device::{Device, GpuStats};
 pub use linear::SMALL_BATCH_ROWS;
-pub use llama::{Logits, Model, SeqInput};
+pub use llama::{Logits, Model, SeqInput, Top};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Naming, Param, Weights};
 
@@ -38,18 +46,21 @@ pub struct LoadedModel {
 pub struct LoadOptions {
     /// A tokenizer.json to use instead of the model's own tokenizer.
     pub tokenizer: Option<PathBuf>,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder (config.json, *.safetensors,
 /// tokenizer.json); `path` may also name the folder's config.json.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
+    let device = options.device;
     let mut loaded = if meta.is_dir() {
-        load_hf_dir(path)?
+        load_hf_dir(path, device)?
     } else if path.file_name().is_some_and(|n| n == "config.json") {
-        load_hf_dir(path.parent().unwrap_or(Path::new(".")))?
+        load_hf_dir(path.parent().unwrap_or(Path::new(".")), device)?
     } else {
-        load_gguf(path)?
+        load_gguf(path, device)?
     };
     if let Some(tok) = &options.tokenizer {
         let mut t = Tokenizer::from_file(tok)?;
@@ -59,12 +70,12 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     Ok(loaded)
 }
 
-fn load_hf_dir(dir: &Path) -> Result<LoadedModel> {
+fn load_hf_dir(dir: &Path, device: Device) -> Result<LoadedModel> {
     let config_path = dir.join("config.json");
     let config = ModelConfig::from_hf_config(&config_path)?;
     let shards = safetensors_files(dir)?;
     let mut weights = Weights::from_safetensors(&shards, dir)?;
-    let model = Model::load(config, &mut weights)?;
+    let model = Model::load_on(config, &mut weights, device)?;
 
     let tok_path = dir.join("tokenizer.json");
     let mut tokenizer = if tok_path.exists() {
@@ -175,7 +186,7 @@ fn token_text(v: Option<&Json>) -> Option<String> {
     }
 }
 
-fn load_gguf(path: &Path) -> Result<LoadedModel> {
+fn load_gguf(path: &Path, device: Device) -> Result<LoadedModel> {
     let mut file = File::open(path).map_err(|e| Error::file(path, e))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| {
         Error::file(
@@ -205,7 +216,7 @@ fn load_gguf(path: &Path) -> Result<LoadedModel> {
         let factors = weights.tensor_named("rope_freqs.weight", &[config.head_dim / 2])?;
         config.rope_scaling = RopeScaling::FreqFactors(factors.to_vec1::<f32>()?);
     }
-    let model = Model::load(config, &mut weights)?;
+    let model = Model::load_on(config, &mut weights, device)?;
     model.warm_up()?;
     Ok(LoadedModel {
         model,

@@ -12,7 +12,7 @@ use tokenizers::AddedToken;
 
 use super::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 use super::weights::{Naming, Param, Weights};
-use super::{LoadedModel, Model, Tokenizer};
+use super::{Device as ModelDevice, LoadedModel, Model, Tokenizer};
 use crate::error::Result;
 
 /// ChatML, the chat format of the tiny models (the same as Qwen's).
@@ -202,9 +202,14 @@ pub fn tiny_weights(config: &ModelConfig, seed: u64, scale: f32) -> HashMap<Stri
 
 /// A complete tiny model: weights, tokenizer and ChatML template.
 pub fn tiny_model(spec: &TinySpec) -> Result<LoadedModel> {
+    tiny_model_on(spec, ModelDevice::Cpu)
+}
+
+/// [`tiny_model`] on `device`.
+pub fn tiny_model_on(spec: &TinySpec, device: ModelDevice) -> Result<LoadedModel> {
     let config = tiny_config(spec);
     let tensors = tiny_weights(&config, spec.seed, spec.weight_scale);
-    let model = Model::load(config, &mut Weights::from_tensors(tensors))?;
+    let model = Model::load_on(config, &mut Weights::from_tensors(tensors), device)?;
     Ok(LoadedModel {
         model,
         tokenizer: Some(tiny_tokenizer()),
@@ -284,7 +289,7 @@ pub fn tiny_drafter(
     seed: u64,
     target: &LoadedModel,
 ) -> Result<crate::spec::DraftModelProposer> {
-    let d = tiny_draft_model(spec, noise, seed)?;
+    let d = tiny_draft_model_on(spec, noise, seed, target.model.device())?;
     let target_tokenizer = target
         .tokenizer
         .as_ref()
@@ -302,9 +307,19 @@ pub fn tiny_drafter(
 /// `noise` times its own spread, drawn from `seed`. Small noise gives a drafter that agrees with
 /// the target often but not always, so speculative tests see both accepted and rejected drafts.
 pub fn tiny_draft_model(spec: &TinySpec, noise: f32, seed: u64) -> Result<LoadedModel> {
+    tiny_draft_model_on(spec, noise, seed, ModelDevice::Cpu)
+}
+
+/// [`tiny_draft_model`] on `device`.
+pub fn tiny_draft_model_on(
+    spec: &TinySpec,
+    noise: f32,
+    seed: u64,
+    device: ModelDevice,
+) -> Result<LoadedModel> {
     let config = tiny_config(spec);
     let tensors = tiny_draft_weights(spec, noise, seed)?;
-    let model = Model::load(config, &mut Weights::from_tensors(tensors))?;
+    let model = Model::load_on(config, &mut Weights::from_tensors(tensors), device)?;
     Ok(LoadedModel {
         model,
         tokenizer: Some(tiny_tokenizer()),

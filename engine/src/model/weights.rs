@@ -253,6 +253,39 @@ impl Weights {
         }
     }
 
+    /// Like [`Weights::matrix`]; with `keep_dtype`, dense weights keep the file's precision
+    /// (bf16 or f16 stay so, for a GPU) instead of becoming f32.
+    pub fn matrix_as(
+        &mut self,
+        param: Param,
+        out_dim: usize,
+        in_dim: usize,
+        keep_dtype: bool,
+    ) -> Result<QMatMul> {
+        let name = self.naming.name(param);
+        if !keep_dtype || matches!(self.store, Store::Gguf { .. }) {
+            return self.matrix_named(&name, out_dim, in_dim);
+        }
+        let t = match &self.store {
+            Store::Safetensors { shards, index } => {
+                let &i = index
+                    .get(&name)
+                    .ok_or_else(|| missing(&self.origin, &name))?;
+                let (path, st) = &shards[i];
+                st.load(&name, &Device::Cpu).map_err(|e| {
+                    Error::file(path, format!("tensor `{name}`: {}", root_cause(&e)))
+                })?
+            }
+            Store::Memory(tensors) => tensors
+                .get(&name)
+                .ok_or_else(|| missing(&self.origin, &name))?
+                .clone(),
+            Store::Gguf { .. } => unreachable!("handled above"),
+        };
+        check_shape(&self.origin, &name, t.dims(), &[out_dim, in_dim])?;
+        Ok(QMatMul::Tensor(t))
+    }
+
     /// Reads an embedding table of shape `[vocab, hidden]`, kept quantized for GGUF (rows are
     /// dequantized on lookup).
     pub fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<QMatMul> {

@@ -13,7 +13,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, ProposerState};
 use crate::error::{Error, Result};
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{Logits, Model, SeqInput, Tokenizer};
+use crate::model::{Logits, Model, SeqInput, Tokenizer, Top};
 use crate::sampling::{apply_repetition_penalty, argmax, sample_from, transform};
 
 /// A draft model proposer.
@@ -77,15 +77,51 @@ impl DraftModelProposer {
         row.resize(self.target_vocab, f32::NEG_INFINITY);
         Ok(row)
     }
+
+    /// One drafter forward over `inputs` (one wanted row each): on a GPU, when every sequence
+    /// drafts greedily without a penalty, only each row's argmax and its probability come back;
+    /// otherwise the rows of logits.
+    fn step(
+        &self,
+        kv: &mut KvPool,
+        inputs: &mut [SeqInput<'_>],
+        on_device: bool,
+    ) -> Result<Vec<Next>> {
+        if on_device {
+            return Ok(self
+                .model
+                .forward_top(kv, inputs)?
+                .into_iter()
+                .map(|t| Next::Top(t[0]))
+                .collect());
+        }
+        self.model
+            .forward(kv, inputs)?
+            .iter()
+            .map(|t| Ok(Next::Row(self.logits_row(t)?)))
+            .collect()
+    }
+}
+
+/// What a drafter forward gives for one sequence's next position.
+enum Next {
+    /// The logits row (cut or padded to the target's vocabulary).
+    Row(Vec<f32>),
+    /// Its argmax and that token's probability, decided on the device.
+    Top(Top),
 }
 
 /// The drafter's choice at one position and how sure it is (its top probability; computed
 /// only when a confidence threshold asks for it, 1 otherwise).
 fn choose(
-    logits: &[f32],
+    next: &Next,
     history: &[u32],
     input: &mut ProposeInput<'_>,
 ) -> (u32, f32, Option<Vec<f32>>) {
+    let logits = match next {
+        Next::Top(t) => return (t.token, t.prob, None),
+        Next::Row(r) => r,
+    };
     let params = input.sampling;
     if params.is_greedy() {
         let penalized;
@@ -205,8 +241,13 @@ impl Proposer for DraftModelProposer {
                 )?;
             }
         }
+        // The device picks greedy drafts itself (a GPU model, no sampling transform).
+        let on_device = self.model.device().is_cuda()
+            && batch
+                .iter()
+                .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);
         // Catch up with the committed tokens, getting the distribution of the first draft.
-        let mut rows: Vec<Vec<f32>> = {
+        let mut rows: Vec<Next> = {
             let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
             let mut it = batch.iter_mut().enumerate();
             for &i in &active {
@@ -219,16 +260,12 @@ impl Proposer for DraftModelProposer {
                     logits: Logits::Last,
                 });
             }
-            self.model
-                .forward(kv, &mut inputs)?
-                .iter()
-                .map(|t| self.logits_row(t))
-                .collect::<Result<_>>()?
+            self.step(kv, &mut inputs, on_device)?
         };
         let mut active = active;
         loop {
             let mut still = Vec::with_capacity(active.len());
-            let mut still_rows = Vec::new();
+            let still_rows;
             for (&i, row) in active.iter().zip(&rows) {
                 let s = &mut batch[i];
                 let d = &mut drafts[i];
@@ -265,9 +302,7 @@ impl Proposer for DraftModelProposer {
                         logits: Logits::Last,
                     });
                 }
-                for t in self.model.forward(kv, &mut inputs)? {
-                    still_rows.push(self.logits_row(&t)?);
-                }
+                still_rows = self.step(kv, &mut inputs, on_device)?;
             }
             active = still;
             rows = still_rows;

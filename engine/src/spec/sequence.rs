@@ -16,7 +16,7 @@ use super::accept::{accept_greedy, accept_stochastic, Verdict};
 use super::policy::{DraftPolicy, DraftPolicyConfig};
 use super::proposer::{Draft, Proposer, ProposerState};
 use super::stats::SpecStats;
-use super::verify::{propose_drafts, verify};
+use super::verify::{propose_drafts, verify, Verified};
 use crate::error::{Error, Result};
 use crate::generate::{
     validate_request, FinishReason, GenerateOutput, GenerateRequest, StopMatcher, PREFILL_CHUNK,
@@ -346,10 +346,20 @@ impl Sequence {
         self.draft_budget(ctx, cap)
     }
 
-    /// Acceptance of `draft` against the target's rows (one more than drafted tokens), greedy
-    /// or stochastic with `rule`.
-    pub fn decide(&mut self, draft: &Draft, rows: &[Vec<f32>], rule: AcceptRule) -> Decision {
-        let verdict = self.verdict(&draft.tokens, draft.probs.as_deref(), rows, rule);
+    /// Whether acceptance for this sequence is plain greedy (argmax, no repetition penalty),
+    /// which the verification forward can decide by itself.
+    pub fn decides_greedily(&self) -> bool {
+        let p = self.sampler.params();
+        p.is_greedy() && p.repetition_penalty == 1.0
+    }
+
+    /// Acceptance of `draft` against what verification returned: the target's rows (one more
+    /// than drafted tokens), greedy or stochastic with `rule`, or a verdict already taken.
+    pub fn decide(&mut self, draft: &Draft, verified: &Verified, rule: AcceptRule) -> Decision {
+        let verdict = match verified {
+            Verified::Greedy(v) => *v,
+            Verified::Rows(rows) => self.verdict(&draft.tokens, draft.probs.as_deref(), rows, rule),
+        };
         Decision {
             drafted: draft.tokens.len(),
             accepted: verdict.accepted,
@@ -522,13 +532,13 @@ impl<'a> Speculator<'a> {
         };
         let draft = t.elapsed();
         let t = Instant::now();
-        let rows = verify(self.target, &mut self.target_kv, &mut live, &drafts)?;
+        let verified = verify(self.target, &mut self.target_kv, &mut live, &drafts)?;
         let times = PhaseTimes {
             draft,
             verify: t.elapsed(),
         };
-        for ((s, d), rows) in live.iter_mut().zip(&drafts).zip(rows) {
-            let decision = s.decide(d, &rows, self.rule);
+        for ((s, d), v) in live.iter_mut().zip(&drafts).zip(verified) {
+            let decision = s.decide(d, &v, self.rule);
             let proposer = self.proposer.map(|p| (p, &mut self.draft_kv));
             s.rollback(&mut self.target_kv, proposer, &decision);
             s.commit(d, &decision, ctx, times)?;

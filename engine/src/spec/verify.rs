@@ -2,11 +2,22 @@
 //! each sequence with its own budget) and verification (ONE target forward over the last
 //! committed token plus the drafts of every sequence).
 
+use super::accept::Verdict;
 use super::proposer::{Draft, ProposeInput, Proposer};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::{Logits, Model, SeqInput};
+
+/// What verification hands to acceptance for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verified {
+    /// The target's rows of logits (one more than drafts), for acceptance on the host.
+    Rows(Vec<Vec<f32>>),
+    /// Greedy acceptance already decided by the forward (on the device, on a GPU): only the
+    /// count and the next token crossed to the host.
+    Greedy(Verdict),
+}
 
 /// Drafting phase: up to `budgets[i]` tokens for each sequence, all sharing `proposer` and its
 /// pool. Sequences with a zero budget get an empty draft without reaching the proposer.
@@ -54,14 +65,16 @@ pub fn propose_drafts(
     Ok(drafts)
 }
 
-/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence; returns
-/// each sequence's rows of logits (one more than its drafts).
+/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence. When every
+/// sequence decodes greedily (no repetition penalty) the forward decides acceptance itself;
+/// otherwise each sequence gets its rows of logits (one more than its drafts).
 pub fn verify(
     target: &Model,
     kv: &mut KvPool,
     seqs: &mut [&mut Sequence],
     drafts: &[Draft],
-) -> Result<Vec<Vec<Vec<f32>>>> {
+) -> Result<Vec<Verified>> {
+    let greedy = seqs.iter().all(|s| s.decides_greedily());
     let inputs_tokens: Vec<Vec<u32>> = seqs
         .iter()
         .zip(drafts)
@@ -80,9 +93,16 @@ pub fn verify(
             logits: Logits::All,
         })
         .collect();
+    if greedy {
+        return Ok(target
+            .verify_greedy(kv, &mut batch)?
+            .into_iter()
+            .map(|(accepted, next)| Verified::Greedy(Verdict { accepted, next }))
+            .collect());
+    }
     target
         .forward(kv, &mut batch)?
         .into_iter()
-        .map(|l| Ok(l.to_vec2::<f32>()?))
+        .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
         .collect()
 }

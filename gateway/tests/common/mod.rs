@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use specd_engine::actors::{EngineConfig, EngineModels, Method};
-use specd_engine::model::tiny::{tiny_drafter, tiny_model, TinySpec, CHATML_TEMPLATE};
+use specd_engine::model::tiny::{tiny_drafter, tiny_model_on, TinySpec, CHATML_TEMPLATE};
 use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 use tokio::net::TcpStream;
@@ -50,7 +50,11 @@ pub fn slow_spec() -> TinySpec {
 /// The model of `spec` with its noisy copy as drafter, behind a fresh engine.
 pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
     let spec = spec.clone();
-    let target = tiny_model(&spec).unwrap();
+    // `SPECD_DEVICE=cuda` runs these tests against models on a GPU (scripts/gpu/check).
+    let device = std::env::var("SPECD_DEVICE")
+        .map(|d| d.parse().expect("SPECD_DEVICE: cpu, cuda or cuda:N"))
+        .unwrap_or_default();
+    let target = tiny_model_on(&spec, device).unwrap();
     let draft = tiny_drafter(&spec, 0.15, 5, &target).unwrap();
     let models = EngineModels {
         tokenizer: Arc::new(target.tokenizer.clone().unwrap()),

@@ -4,6 +4,7 @@ mod attention;
 mod dense;
 pub mod qmatmul;
 mod rope;
+pub mod sample;
 
 pub use attention::{attention, AttentionShape, KvChunks, ParallelFor, Serial};
 pub use dense::dense_matmul;

@@ -1,0 +1,374 @@
+//! The CPU backend of the forward: matrix products through `linear.rs` (our small-batch
+//! quantized kernels, candle for the rest), everything else inline on plain buffers.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Tensor, D};
+use specd_kernels::cpu as kern;
+
+use super::config::{ModelConfig, RopeLayout};
+use super::linear::{CandlePool, Linear};
+use super::llama::{
+    run_layers, Act, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode, SeqInput, Top,
+};
+use crate::error::Result;
+use crate::kv::KvPool;
+
+/// The weights of a model on the CPU.
+pub(crate) type CpuWeights = LlamaWeights<Projection, Vec<f32>>;
+
+/// Several weight matrices applied to the same input, fused into one matrix when their
+/// storage allows it (same quantization), so that the input is quantized and read once.
+#[derive(Debug, Clone)]
+pub(crate) struct Projection {
+    parts: Vec<Linear>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Projection {
+    pub(crate) fn new(mats: Vec<QMatMul>, bias: Option<Vec<f32>>) -> Result<Self> {
+        let parts = match fuse(&mats)? {
+            Some(m) => vec![Linear::new(m)],
+            None => mats.into_iter().map(Linear::new).collect(),
+        };
+        Ok(Self { parts, bias })
+    }
+
+    /// The rows of `x · Wᵀ + b`, flattened.
+    fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let y = if self.parts.len() == 1 {
+            self.parts[0].forward(x)?
+        } else {
+            let outs = self
+                .parts
+                .iter()
+                .map(|p| p.forward(x))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs, D::Minus1)?
+        };
+        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(b.len()) {
+                kern::add_assign(row, b);
+            }
+        }
+        Ok(y)
+    }
+
+    /// The matrix of the first `rows` output rows (a single-part matrix: heads).
+    pub(crate) fn first_rows(&self, rows: usize) -> Result<Self> {
+        Ok(Self {
+            parts: vec![self.parts[0].first_rows(rows)?],
+            bias: None,
+        })
+    }
+
+    /// Output rows.
+    fn rows(&self) -> usize {
+        self.parts.iter().map(Linear::rows).sum()
+    }
+}
+
+/// Stacks the rows of matrices with the same storage kind into one matrix.
+fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
+    if mats.len() < 2 {
+        return Ok(mats.first().cloned());
+    }
+    if let Some(ts) = mats
+        .iter()
+        .map(|m| match m {
+            QMatMul::Tensor(t) => Some(t),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        return Ok(Some(QMatMul::Tensor(Tensor::cat(&ts, 0)?)));
+    }
+    let Some(qs) = mats
+        .iter()
+        .map(|m| match m {
+            QMatMul::QTensor(q) => Some(q),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let dtype = qs[0].dtype();
+    let k = qs[0].shape().dims()[1];
+    if qs
+        .iter()
+        .any(|q| q.dtype() != dtype || q.shape().dims()[1] != k)
+    {
+        return Ok(None);
+    }
+    // Quantized rows are independent runs of blocks: stacking matrices is concatenating bytes.
+    let mut bytes = Vec::new();
+    let mut rows = 0;
+    for q in &qs {
+        bytes.extend_from_slice(&q.data()?);
+        rows += q.shape().dims()[0];
+    }
+    let storage = candle_core::quantized::QStorage::from_data(
+        std::borrow::Cow::Owned(bytes),
+        &Device::Cpu,
+        dtype,
+    )?;
+    Ok(Some(QMatMul::from_qtensor(QTensor::new(
+        storage,
+        (rows, k),
+    )?)?))
+}
+
+/// One forward on the CPU: the step's rows, their rope tables, the buffers and the pool.
+struct CpuStep<'a, 'b> {
+    c: &'a ModelConfig,
+    kv: &'a mut KvPool,
+    batch: &'a mut [SeqInput<'b>],
+    ids: Vec<u32>,
+    rope: kern::RopeTables,
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    delta: Vec<f32>,
+    gate_up: Vec<f32>,
+    gated: Vec<f32>,
+    logits: Option<Tensor>,
+}
+
+impl CpuStep<'_, '_> {
+    fn buf(&self, a: Act) -> &[f32] {
+        match a {
+            Act::Normed => &self.normed,
+            Act::Qkv => &self.qkv,
+            Act::Attn => &self.attn,
+            Act::Delta => &self.delta,
+            Act::GateUp => &self.gate_up,
+            Act::Gated => &self.gated,
+        }
+    }
+
+    fn buf_mut(&mut self, a: Act) -> &mut Vec<f32> {
+        match a {
+            Act::Normed => &mut self.normed,
+            Act::Qkv => &mut self.qkv,
+            Act::Attn => &mut self.attn,
+            Act::Delta => &mut self.delta,
+            Act::GateUp => &mut self.gate_up,
+            Act::Gated => &mut self.gated,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+impl ForwardOps for CpuStep<'_, '_> {
+    type Matrix = Projection;
+    type Vector = Vec<f32>;
+
+    fn embed(&mut self, table: &Projection) -> Result<()> {
+        let ids = Tensor::from_slice(&self.ids, self.rows(), &Device::Cpu)?;
+        self.x = table.parts[0]
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(())
+    }
+
+    fn add_rms_norm(&mut self, add: bool, weight: &Vec<f32>) -> Result<()> {
+        if add {
+            kern::add_assign(&mut self.x, &self.delta);
+        }
+        let eps = self.c.rms_norm_eps as f32;
+        self.normed.resize(self.x.len(), 0.0);
+        kern::rms_norm(&self.x, weight, eps, &mut self.normed);
+        Ok(())
+    }
+
+    fn linear(&mut self, m: &Projection, x: Act, out: Act) -> Result<()> {
+        let input = self.buf(x);
+        let cols = input.len() / self.rows();
+        let t = Tensor::from_slice(input, (self.rows(), cols), &Device::Cpu)?;
+        *self.buf_mut(out) = m.forward(&t)?;
+        Ok(())
+    }
+
+    fn rope_write_kv(&mut self, layer: usize) -> Result<()> {
+        let c = self.c;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let interleaved = c.rope_layout == RopeLayout::Interleaved;
+        kern::apply_rope(&mut self.qkv, qkv_dim, 0, nh, &self.rope, interleaved);
+        kern::apply_rope(&mut self.qkv, qkv_dim, q_dim, nkv, &self.rope, interleaved);
+        let mut row0 = 0;
+        for s in self.batch.iter() {
+            let start = s.table.len();
+            for i in 0..s.tokens.len() {
+                let r = &self.qkv[(row0 + i) * qkv_dim..(row0 + i + 1) * qkv_dim];
+                self.kv.write(
+                    s.table,
+                    start + i,
+                    layer,
+                    &r[q_dim..q_dim + kv_dim],
+                    &r[q_dim + kv_dim..],
+                );
+            }
+            row0 += s.tokens.len();
+        }
+        Ok(())
+    }
+
+    fn attention(&mut self, layer: usize) -> Result<()> {
+        let c = self.c;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let shape = kern::AttentionShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            sliding_window: c.sliding_window,
+        };
+        self.attn.resize(self.rows() * q_dim, 0.0);
+        let mut row0 = 0;
+        for s in self.batch.iter() {
+            let n = s.tokens.len();
+            let start = s.table.len();
+            let mut q = Vec::with_capacity(n * q_dim);
+            for r in self.qkv[row0 * qkv_dim..(row0 + n) * qkv_dim].chunks_exact(qkv_dim) {
+                q.extend_from_slice(&r[..q_dim]);
+            }
+            let (keys, values) = self.kv.layer_chunks(s.table, layer, start + n);
+            let chunks = kern::KvChunks {
+                keys: &keys,
+                values: &values,
+            };
+            let out = &mut self.attn[row0 * q_dim..(row0 + n) * q_dim];
+            kern::attention(&q, start, chunks, shape, out, &CandlePool);
+            row0 += n;
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&mut self) -> Result<()> {
+        let inter = self.c.intermediate_size;
+        self.gated.resize(self.rows() * inter, 0.0);
+        for (row, out) in self
+            .gate_up
+            .chunks_exact(2 * inter)
+            .zip(self.gated.chunks_exact_mut(inter))
+        {
+            let (g, u) = row.split_at(inter);
+            kern::silu_mul(g, u, out);
+        }
+        Ok(())
+    }
+
+    fn head(&mut self, norm: &Vec<f32>, head: &Projection) -> Result<()> {
+        kern::add_assign(&mut self.x, &self.delta);
+        let hidden = self.c.hidden_size;
+        // Only the rows whose logits are wanted go through the final norm and the head.
+        let mut selected = Vec::new();
+        let mut row0 = 0;
+        for s in self.batch.iter() {
+            let n = s.tokens.len();
+            let rows = match s.logits {
+                Logits::All => row0..row0 + n,
+                Logits::Last => row0 + n - 1..row0 + n,
+                Logits::None => row0..row0,
+            };
+            selected.extend_from_slice(&self.x[rows.start * hidden..rows.end * hidden]);
+            row0 += n;
+        }
+        let wanted = selected.len() / hidden;
+        let mut normed = vec![0f32; selected.len()];
+        kern::rms_norm(&selected, norm, self.c.rms_norm_eps as f32, &mut normed);
+        self.logits = Some(if wanted == 0 {
+            Tensor::zeros((0, head.rows()), candle_core::DType::F32, &Device::Cpu)?
+        } else {
+            let x = Tensor::from_vec(normed, (wanted, hidden), &Device::Cpu)?;
+            let y = head.forward(&x)?;
+            Tensor::from_vec(y, (wanted, head.rows()), &Device::Cpu)?
+        });
+        Ok(())
+    }
+}
+
+/// Runs the forward on the CPU (slots already reserved) and shapes its output.
+pub(crate) fn forward(
+    c: &ModelConfig,
+    inv_freq: &[f64],
+    w: &CpuWeights,
+    kv: &mut KvPool,
+    batch: &mut [SeqInput<'_>],
+    mode: OutputMode,
+) -> Result<ForwardOut> {
+    let ids: Vec<u32> = batch
+        .iter()
+        .flat_map(|s| s.tokens.iter().copied())
+        .collect();
+    let positions: Vec<usize> = batch
+        .iter()
+        .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
+        .collect();
+    let rope = kern::rope_tables(&positions, inv_freq);
+    let mut step = CpuStep {
+        c,
+        kv,
+        batch,
+        ids,
+        rope,
+        x: Vec::new(),
+        normed: Vec::new(),
+        qkv: Vec::new(),
+        attn: Vec::new(),
+        delta: Vec::new(),
+        gate_up: Vec::new(),
+        gated: Vec::new(),
+        logits: None,
+    };
+    run_layers(&mut step, w)?;
+    let logits = step.logits.take().expect("the head ran");
+    let batch = &*step.batch;
+    let mut per_seq = Vec::with_capacity(batch.len());
+    let mut r = 0;
+    for s in batch {
+        let n = s.logits.rows(s.tokens.len());
+        per_seq.push(logits.narrow(0, r, n)?);
+        r += n;
+    }
+    Ok(match mode {
+        OutputMode::Logits => ForwardOut::Logits(per_seq),
+        OutputMode::Top => ForwardOut::Top(
+            per_seq
+                .iter()
+                .map(|l| {
+                    Ok(l.to_vec2::<f32>()?
+                        .iter()
+                        .map(|row| {
+                            let (token, prob) = kern::sample::argmax_prob(row);
+                            Top { token, prob }
+                        })
+                        .collect())
+                })
+                .collect::<Result<_>>()?,
+        ),
+        OutputMode::GreedyVerdict => ForwardOut::Verdicts(
+            per_seq
+                .iter()
+                .zip(batch)
+                .map(|(l, s)| {
+                    let choices: Vec<u32> = l
+                        .to_vec2::<f32>()?
+                        .iter()
+                        .map(|row| crate::sampling::argmax(row))
+                        .collect();
+                    Ok(kern::sample::accept_greedy(s.tokens, &choices))
+                })
+                .collect::<Result<_>>()?,
+        ),
+    })
+}

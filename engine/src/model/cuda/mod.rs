@@ -1,0 +1,352 @@
+//! The CUDA backend: a model's weights, KV blocks and activations in GPU memory, one forward
+//! per step through specd's kernels, replayed from CUDA graphs.
+//!
+//! Per step only the metadata goes in (token ids, positions, KV slots, block tables: a few
+//! hundred bytes) and only what the caller asked for comes out: argmax tokens, greedy
+//! verdicts, or (for sampling on the host) the wanted rows of logits.
+
+mod kv;
+mod step;
+mod weights;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
+
+pub(crate) use kv::GpuBlocks;
+use step::{Buffers, CudaStep, Plan, Shape, GRAPH_MAX_ROWS};
+use weights::GpuWeights;
+
+use super::config::ModelConfig;
+use super::device::GpuStats;
+use super::llama::{run_layers, ForwardOut, HostWeights, OutputMode, SeqInput, Top};
+use crate::error::{Error, Result};
+use crate::kv::KvPool;
+
+/// The names of the row-product kernels built in.
+pub(crate) fn matmul_kernels() -> Vec<String> {
+    specd_kernels::cuda::MatmulKernel::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect()
+}
+
+pub(crate) fn gpu_err(e: GpuError) -> Error {
+    Error::Device(e.to_string())
+}
+
+impl From<GpuError> for Error {
+    fn from(e: GpuError) -> Self {
+        gpu_err(e)
+    }
+}
+
+/// What the scratch of a model holds between forwards.
+#[derive(Debug, Default)]
+struct Scratch {
+    bufs: Option<Buffers>,
+    graphs: HashMap<(Shape, OutputMode, usize), Graph>,
+    last_chunks: Vec<u64>,
+}
+
+/// A model on a GPU.
+#[derive(Debug)]
+pub(crate) struct CudaModel {
+    gpu: Arc<Gpu>,
+    config: ModelConfig,
+    weights: GpuWeights,
+    weight_bytes: usize,
+    step_weight_bytes: usize,
+    /// (cos, sin) of every position and frequency, `[max_position][head_dim / 2]`.
+    cos_sin: Buffer<f32>,
+    scratch: Mutex<Scratch>,
+    graphs: AtomicBool,
+    forwards: AtomicU64,
+    replays: AtomicU64,
+    captures: AtomicU64,
+    launches: AtomicU64,
+    host_ns: AtomicU64,
+}
+
+impl CudaModel {
+    pub(crate) fn load(
+        config: &ModelConfig,
+        host: HostWeights,
+        tied: bool,
+        ordinal: usize,
+    ) -> Result<Self> {
+        let gpu = Gpu::open(ordinal).map_err(gpu_err)?;
+        for (what, n) in [
+            ("hidden size", config.hidden_size),
+            ("intermediate size", config.intermediate_size),
+        ] {
+            if !n.is_multiple_of(32) {
+                return Err(Error::Device(format!(
+                    "the model's {what} is {n}; the CUDA kernels need a multiple of 32"
+                )));
+            }
+        }
+        if config.head_dim > 256 || !config.head_dim.is_multiple_of(8) {
+            return Err(Error::Device(format!(
+                "the model's head dimension is {}; the CUDA attention kernel takes multiples of 8 up to 256",
+                config.head_dim
+            )));
+        }
+        let weights = weights::upload(&gpu, host, tied)?;
+        let half = config.head_dim / 2;
+        let inv_freq = config.rope_inv_freq();
+        let mut table = Vec::with_capacity(config.max_position_embeddings * half * 2);
+        for p in 0..config.max_position_embeddings {
+            for &f in &inv_freq {
+                let a = p as f64 * f;
+                table.push(a.cos() as f32);
+                table.push(a.sin() as f32);
+            }
+        }
+        let cos_sin = gpu
+            .upload(
+                &table,
+                "the rotary embedding table",
+                "use a shorter context",
+            )
+            .map_err(gpu_err)?;
+        let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let weight_bytes = weights::weight_bytes(&weights, tied);
+        let step_weight_bytes = weights::step_bytes(&weights);
+        Ok(Self {
+            gpu,
+            config: config.clone(),
+            weights,
+            weight_bytes,
+            step_weight_bytes,
+            cos_sin,
+            scratch: Mutex::new(Scratch::default()),
+            graphs: AtomicBool::new(graphs),
+            forwards: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            captures: AtomicU64::new(0),
+            launches: AtomicU64::new(0),
+            host_ns: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn ordinal(&self) -> usize {
+        self.gpu.ordinal()
+    }
+
+    pub(crate) fn kv_storage(&self, max_blocks: usize) -> GpuBlocks {
+        GpuBlocks::new(self.gpu.clone(), &self.config, max_blocks)
+    }
+
+    pub(crate) fn memory_free(&self) -> Result<usize> {
+        Ok(self.gpu.memory().map_err(gpu_err)?.0)
+    }
+
+    /// Turns graph capture and replay on or off (on by default; `SPECD_CUDA_GRAPHS=0` starts
+    /// with it off).
+    pub(crate) fn set_graphs(&self, on: bool) {
+        self.graphs.store(on, Ordering::Relaxed);
+    }
+
+    /// Device-to-device copy bandwidth in bytes per second (read plus written), measured on a
+    /// 1 GiB buffer.
+    pub(crate) fn copy_bandwidth(&self) -> Result<f64> {
+        let n = 1usize << 30;
+        let what = "a bandwidth measurement";
+        let a = self.gpu.alloc::<u8>(n, what, "free GPU memory")?;
+        let b = self.gpu.alloc::<u8>(n, what, "free GPU memory")?;
+        for _ in 0..3 {
+            self.gpu.copy(b.ptr(), a.ptr(), n)?;
+        }
+        self.gpu.synchronize()?;
+        let reps = 20;
+        let t = Instant::now();
+        for _ in 0..reps {
+            self.gpu.copy(b.ptr(), a.ptr(), n)?;
+        }
+        self.gpu.synchronize()?;
+        Ok(2.0 * (n * reps) as f64 / t.elapsed().as_secs_f64())
+    }
+
+    /// Switches the row-product kernel by name (`8x8`, `16x8`, ..., `simple`), dropping the
+    /// graphs captured with the old one.
+    pub(crate) fn set_matmul(&self, name: &str) -> Result<()> {
+        let k = specd_kernels::cuda::MatmulKernel::from_name(name).ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "unknown product kernel `{name}`: one of {}",
+                matmul_kernels().join(", ")
+            ))
+        })?;
+        self.gpu.set_matmul_kernel(k);
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .graphs
+            .clear();
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self) -> GpuStats {
+        GpuStats {
+            device: self.gpu.name().to_string(),
+            matmul: self.gpu.matmul_kernel().name(),
+            weight_bytes: self.weight_bytes,
+            step_weight_bytes: self.step_weight_bytes,
+            forwards: self.forwards.load(Ordering::Relaxed),
+            replays: self.replays.load(Ordering::Relaxed),
+            captures: self.captures.load(Ordering::Relaxed),
+            launches: self.launches.load(Ordering::Relaxed),
+            host_us: self.host_ns.load(Ordering::Relaxed) / 1000,
+        }
+    }
+
+    /// One forward of `batch` (slots reserved in `kv`), shaped as `mode` asks.
+    pub(crate) fn forward(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        mode: OutputMode,
+        head_rows: usize,
+    ) -> Result<ForwardOut> {
+        let t0 = Instant::now();
+        self.gpu.bind().map_err(gpu_err)?;
+        let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let use_graph = self.graphs.load(Ordering::Relaxed) && rows <= GRAPH_MAX_ROWS;
+        let plan = Plan::new(batch, use_graph);
+        let chunks = kv.gpu_blocks().map_or(0, |g| g.chunk_ptrs().len());
+        let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = &mut *scratch;
+        self.ensure_buffers(scratch, &plan.shape, chunks)?;
+        let bufs = scratch.bufs.as_ref().expect("buffers ensured");
+        step::upload(&self.gpu, bufs, &plan, kv, &mut scratch.last_chunks)?;
+        let cos_sin = self.cos_sin.ptr();
+        let make = || {
+            CudaStep::new(
+                &self.gpu,
+                &self.config,
+                bufs,
+                plan.shape,
+                chunk_blocks,
+                cos_sin,
+                head_rows,
+                mode,
+            )
+        };
+        let launches_before = self.gpu.launches();
+        if use_graph {
+            let key = (plan.shape, mode, head_rows);
+            let graph = match scratch.graphs.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    self.captures.fetch_add(1, Ordering::Relaxed);
+                    e.insert(
+                        self.gpu
+                            .capture(|| run_layers(&mut make(), &self.weights))?,
+                    )
+                }
+            };
+            self.gpu.replay(graph).map_err(gpu_err)?;
+            self.replays.fetch_add(1, Ordering::Relaxed);
+        } else {
+            run_layers(&mut make(), &self.weights)?;
+            self.launches
+                .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
+        }
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        self.host_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.read_out(bufs, &plan, batch, mode, head_rows)
+    }
+
+    /// Reallocates the buffers when a forward outgrows them (graphs captured with the old
+    /// ones are dropped).
+    fn ensure_buffers(&self, scratch: &mut Scratch, shape: &Shape, chunks: usize) -> Result<()> {
+        if scratch.bufs.as_ref().is_some_and(|b| b.fits(shape, chunks)) {
+            return Ok(());
+        }
+        let old = scratch.bufs.take();
+        scratch.graphs.clear();
+        scratch.last_chunks.clear();
+        let grow = |new: usize, old: Option<usize>| new.max(old.unwrap_or(0)).next_power_of_two();
+        let bufs = Buffers::new(
+            &self.gpu,
+            &self.config,
+            grow(shape.rows.max(16), old.as_ref().map(|b| b.rows)),
+            grow(shape.logit_rows.max(16), old.as_ref().map(|b| b.logit_rows)),
+            grow(shape.seqs.max(8), old.as_ref().map(|b| b.seqs)),
+            grow(shape.ints().max(1024), old.as_ref().map(|b| b.meta_ints)),
+            grow(chunks.max(16), old.as_ref().map(|b| b.chunks)),
+        )?;
+        scratch.bufs = Some(bufs);
+        Ok(())
+    }
+
+    fn read_out(
+        &self,
+        bufs: &Buffers,
+        plan: &Plan,
+        batch: &[SeqInput<'_>],
+        mode: OutputMode,
+        head_rows: usize,
+    ) -> Result<ForwardOut> {
+        let gpu = &self.gpu;
+        match mode {
+            OutputMode::Logits => {
+                let all: Vec<f32> = gpu
+                    .read(bufs.logits.ptr(), plan.logit_rows * head_rows)
+                    .map_err(gpu_err)?;
+                let mut out = Vec::with_capacity(batch.len());
+                let mut r = 0;
+                for s in batch {
+                    let n = s.logits.rows(s.tokens.len());
+                    let rows = all[r * head_rows..(r + n) * head_rows].to_vec();
+                    out.push(Tensor::from_vec(
+                        rows,
+                        (n, head_rows),
+                        &candle_core::Device::Cpu,
+                    )?);
+                    r += n;
+                }
+                Ok(ForwardOut::Logits(out))
+            }
+            OutputMode::Top => {
+                let tok: Vec<i32> = gpu
+                    .read(bufs.top_tok.ptr(), plan.logit_rows)
+                    .map_err(gpu_err)?;
+                let prob: Vec<f32> = gpu
+                    .read(bufs.top_prob.ptr(), plan.logit_rows)
+                    .map_err(gpu_err)?;
+                let mut out = Vec::with_capacity(batch.len());
+                let mut r = 0;
+                for s in batch {
+                    let n = s.logits.rows(s.tokens.len());
+                    out.push(
+                        (r..r + n)
+                            .map(|i| Top {
+                                token: tok[i] as u32,
+                                prob: prob[i],
+                            })
+                            .collect(),
+                    );
+                    r += n;
+                }
+                Ok(ForwardOut::Top(out))
+            }
+            OutputMode::GreedyVerdict => {
+                let v: Vec<i32> = gpu
+                    .read(bufs.verdicts.ptr(), 2 * plan.seqs)
+                    .map_err(gpu_err)?;
+                Ok(ForwardOut::Verdicts(
+                    v.chunks_exact(2)
+                        .map(|p| (p[0] as usize, p[1] as u32))
+                        .collect(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Model weights in GPU memory: GGUF blocks in the formats the kernels decode (Q4_K, Q6_K,
+//! Q8_0, Q5_0) kept as they are, everything else as bf16.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Tensor};
+use specd_kernels::cuda::{Buffer, Gpu, WeightFormat, WeightView};
+
+use super::gpu_err;
+use crate::error::{Error, Result};
+use crate::model::llama::{HostMatrix, HostWeights, LayerWeights, LlamaWeights};
+
+const ADVICE: &str = "use a smaller or quantized model (GGUF), or another GPU";
+
+/// One stored block of rows of a matrix: its format and the output columns it fills.
+#[derive(Debug, Clone)]
+pub(crate) struct GpuPart {
+    pub view: WeightView,
+    /// First output column this part writes.
+    pub col: usize,
+    _data: Arc<Buffer<u8>>,
+}
+
+/// A weight matrix `[rows, cols]` on the GPU: one part, or several when the file stores its
+/// stacked pieces (Q, K, V) in different formats; and its bias.
+#[derive(Debug, Clone)]
+pub(crate) struct GpuMatrix {
+    pub parts: Vec<GpuPart>,
+    pub bias: Option<Arc<Buffer<f32>>>,
+    /// Output columns (rows of the stored matrix).
+    pub rows: usize,
+}
+
+/// A model's weights on the GPU.
+pub(crate) type GpuWeights = LlamaWeights<GpuMatrix, Buffer<f32>>;
+
+/// Bytes of weights a model holds on the GPU (each shared buffer counted once).
+pub(crate) fn weight_bytes(w: &GpuWeights, tied: bool) -> usize {
+    let m = |m: &GpuMatrix| m.parts.iter().map(|p| p._data.bytes()).sum::<usize>();
+    let layers: usize = w
+        .layers
+        .iter()
+        .map(|l| m(&l.qkv) + m(&l.o) + m(&l.gate_up) + m(&l.down))
+        .sum();
+    layers + m(&w.embed) + if tied { 0 } else { m(&w.head) }
+}
+
+/// Bytes of weights one decode step reads: every layer's matrices, norms and biases, the final
+/// norm and the head (the embedding contributes one row, left out).
+pub(crate) fn step_bytes(w: &GpuWeights) -> usize {
+    let m = |m: &GpuMatrix| {
+        m.parts.iter().map(|p| p._data.bytes()).sum::<usize>()
+            + m.bias.as_ref().map_or(0, |b| b.bytes())
+    };
+    let layers: usize = w
+        .layers
+        .iter()
+        .map(|l| {
+            m(&l.qkv)
+                + m(&l.o)
+                + m(&l.gate_up)
+                + m(&l.down)
+                + l.attn_norm.bytes()
+                + l.ffn_norm.bytes()
+        })
+        .sum();
+    layers + w.norm.bytes() + m(&w.head)
+}
+
+/// Uploads every weight; a tied head shares the embedding's memory.
+pub(crate) fn upload(gpu: &Gpu, host: HostWeights, tied: bool) -> Result<GpuWeights> {
+    let vector = |v: &[f32], what: &str| gpu.upload(v, what, ADVICE).map_err(gpu_err);
+    let embed = matrix(gpu, &host.embed, "the embedding table")?;
+    let head = if tied {
+        embed.clone()
+    } else {
+        matrix(gpu, &host.head, "the output head")?
+    };
+    let mut layers = Vec::with_capacity(host.layers.len());
+    for (i, l) in host.layers.iter().enumerate() {
+        let what = |m: &str| format!("layer {i}'s {m} weights");
+        layers.push(LayerWeights {
+            attn_norm: vector(&l.attn_norm, &what("attention norm"))?,
+            qkv: matrix(gpu, &l.qkv, &what("QKV"))?,
+            o: matrix(gpu, &l.o, &what("output projection"))?,
+            ffn_norm: vector(&l.ffn_norm, &what("MLP norm"))?,
+            gate_up: matrix(gpu, &l.gate_up, &what("gate/up"))?,
+            down: matrix(gpu, &l.down, &what("down projection"))?,
+        });
+    }
+    Ok(LlamaWeights {
+        embed,
+        layers,
+        norm: vector(&host.norm, "the final norm")?,
+        head,
+    })
+}
+
+/// The kernels' format for a GGUF block type, if they decode it.
+fn gpu_format(dtype: GgmlDType) -> Option<WeightFormat> {
+    Some(match dtype {
+        GgmlDType::Q4K => WeightFormat::Q4K,
+        GgmlDType::Q6K => WeightFormat::Q6K,
+        GgmlDType::Q8_0 => WeightFormat::Q8_0,
+        GgmlDType::Q5_0 => WeightFormat::Q5_0,
+        _ => return None,
+    })
+}
+
+/// A matrix in a kernel format, ready to upload.
+enum Encoded {
+    /// GGUF blocks as stored.
+    Blocks(WeightFormat, Vec<u8>),
+    /// bf16 values.
+    Bf16(Vec<half::bf16>),
+}
+
+impl Encoded {
+    fn format(&self) -> WeightFormat {
+        match self {
+            Encoded::Blocks(f, _) => *f,
+            Encoded::Bf16(_) => WeightFormat::Bf16,
+        }
+    }
+
+    fn upload(&self, gpu: &Gpu, what: &str) -> Result<Buffer<u8>> {
+        match self {
+            Encoded::Blocks(_, b) => gpu.upload(b, what, ADVICE),
+            Encoded::Bf16(v) => gpu.upload_raw(v, what, ADVICE),
+        }
+        .map_err(gpu_err)
+    }
+
+    fn append(&mut self, other: Encoded) {
+        match (self, other) {
+            (Encoded::Blocks(_, a), Encoded::Blocks(_, b)) => a.extend_from_slice(&b),
+            (Encoded::Bf16(a), Encoded::Bf16(b)) => a.extend_from_slice(&b),
+            _ => unreachable!("only matrices of one format are stacked"),
+        }
+    }
+}
+
+/// A matrix in a kernel format (GGUF blocks as stored, or bf16) with its rows and columns.
+fn encode(m: &QMatMul) -> Result<(Encoded, usize, usize)> {
+    let dense = |t: &Tensor| -> Result<(Encoded, usize, usize)> {
+        let (rows, cols) = t.dims2()?;
+        let v = t
+            .to_dtype(DType::BF16)?
+            .flatten_all()?
+            .to_vec1::<half::bf16>()?;
+        Ok((Encoded::Bf16(v), rows, cols))
+    };
+    match m {
+        QMatMul::QTensor(q) => {
+            let (rows, cols) = q.shape().dims2()?;
+            match gpu_format(q.dtype()) {
+                Some(f) if f.supports_cols(cols) => {
+                    Ok((Encoded::Blocks(f, q.data()?.into_owned()), rows, cols))
+                }
+                _ => dense(&dequantized(q)?),
+            }
+        }
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => dense(t),
+    }
+}
+
+fn dequantized(q: &QTensor) -> Result<Tensor> {
+    Ok(q.dequantize(&candle_core::Device::Cpu)?)
+}
+
+/// Uploads a host matrix: its parts stacked when they share a format, else one part each.
+fn matrix(gpu: &Gpu, h: &HostMatrix, what: &str) -> Result<GpuMatrix> {
+    let mut encoded = Vec::with_capacity(h.parts.len());
+    for p in &h.parts {
+        encoded.push(encode(p)?);
+    }
+    let cols = encoded[0].2;
+    if !cols.is_multiple_of(32) {
+        return Err(Error::Device(format!(
+            "{what}: {cols} input columns; the CUDA kernels need a multiple of 32"
+        )));
+    }
+    // Mixed formats (a GGUF may store V in another type than Q and K) stay one part each.
+    if encoded.len() > 1
+        && encoded
+            .iter()
+            .all(|e| e.0.format() == encoded[0].0.format())
+    {
+        let mut rest = encoded.split_off(1);
+        let (first, rows, _) = &mut encoded[0];
+        for (e, r, _) in rest.drain(..) {
+            first.append(e);
+            *rows += r;
+        }
+    }
+    let mut parts = Vec::with_capacity(encoded.len());
+    let mut col = 0;
+    for (enc, rows, cols) in encoded {
+        let data = enc.upload(gpu, what)?;
+        parts.push(GpuPart {
+            view: WeightView {
+                format: enc.format(),
+                ptr: data.ptr(),
+                rows,
+                cols,
+            },
+            col,
+            _data: Arc::new(data),
+        });
+        col += rows;
+    }
+    let bias = match &h.bias {
+        Some(b) => Some(Arc::new(gpu.upload(b, what, ADVICE).map_err(gpu_err)?)),
+        None => None,
+    };
+    Ok(GpuMatrix {
+        parts,
+        bias,
+        rows: col,
+    })
+}

@@ -1,0 +1,230 @@
+// Row products `y = x · Wᵀ (+ bias)` for any number of rows, on the tensor cores.
+//
+// One kernel serves decode (1 row), verification (k + 1 rows per sequence, many sequences) and
+// prefill: rows go through in passes of 16-row m16n8k16 tiles, and every output element is
+// accumulated in the same order whatever the number of rows, so a row's result is bit-identical
+// alone or in a batch (batch invariance). A CTA owns a few n8 tiles of output columns; its warps
+// split K into interleaved 32-wide chunks and their partial sums are added in warp order.
+//
+// The k index inside an mma tile is permuted so that each lane reads 8 consecutive weights (one
+// 16-byte load for bf16) and the same 8 consecutive activations: the product sums over k, so any
+// permutation applied to both operands gives the same mathematical result, and the hardware's
+// order for a given lane layout is fixed.
+#include "common.cuh"
+
+#define UNROLL_MAX 8
+
+__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 load_x8(const bf16* x, int rows, int r, int k, int kk) {
+    if (r >= rows) return make_uint4(0, 0, 0, 0);
+    return *reinterpret_cast<const uint4*>(x + (size_t)r * k + kk);
+}
+
+// NTL n8-tiles per warp (a CTA owns 8·NTL output columns), KWARPS warps splitting K, MTILES
+// 16-row m-tiles per pass, UNROLL chunks of weights loaded ahead. None of these changes the order
+// in which one output element is accumulated for a given KWARPS.
+template <int F, int NTL, int KWARPS, int MTILES, int UNROLL>
+__device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                            const bf16* __restrict__ x, float* __restrict__ y,
+                                            const float* __restrict__ bias, int rows, int n, int k,
+                                            int ldy) {
+    constexpr int COLS = 8 * NTL;
+    __shared__ float part[KWARPS][MTILES][16][COLS + 1];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int g = lane / 4, t = lane % 4;
+    const int n0 = blockIdx.x * COLS;
+    // The last tile may hang over the matrix: its extra lanes read the last row, and their
+    // results are never written.
+    int wrow[NTL];
+#pragma unroll
+    for (int j = 0; j < NTL; ++j) wrow[j] = min(n0 + 8 * j + g, n - 1);
+    const int chunks = k / 32;
+    for (int r0 = 0; r0 < rows; r0 += 16 * MTILES) {
+        float acc[MTILES][NTL][4];
+#pragma unroll
+        for (int m = 0; m < MTILES; ++m)
+#pragma unroll
+            for (int j = 0; j < NTL; ++j) acc[m][j][0] = acc[m][j][1] = acc[m][j][2] = acc[m][j][3] = 0.f;
+        const int tiles = min(MTILES, (rows - r0 + 15) / 16);
+        for (int c0 = warp; c0 < chunks; c0 += KWARPS * UNROLL) {
+            uint32_t b[UNROLL][NTL][4];
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * KWARPS;
+                if (c < chunks) {
+#pragma unroll
+                    for (int j = 0; j < NTL; ++j) Fmt<F>::load8(w, row_bytes, wrow[j], c * 32 + t * 8, b[u][j]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * KWARPS;
+                if (c >= chunks) break;
+                const int kk = c * 32 + t * 8;
+#pragma unroll
+                for (int m = 0; m < MTILES; ++m) {
+                    if (m >= tiles) break;
+                    const int ra = r0 + m * 16 + g;
+                    const uint4 xa = load_x8(x, rows, ra, k, kk);
+                    const uint4 xb = load_x8(x, rows, ra + 8, k, kk);
+#pragma unroll
+                    for (int j = 0; j < NTL; ++j) {
+                        mma_bf16(acc[m][j], xa.x, xb.x, xa.y, xb.y, b[u][j][0], b[u][j][1]);
+                        mma_bf16(acc[m][j], xa.z, xb.z, xa.w, xb.w, b[u][j][2], b[u][j][3]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MTILES; ++m)
+#pragma unroll
+            for (int j = 0; j < NTL; ++j) {
+                part[warp][m][g][8 * j + 2 * t] = acc[m][j][0];
+                part[warp][m][g][8 * j + 2 * t + 1] = acc[m][j][1];
+                part[warp][m][g + 8][8 * j + 2 * t] = acc[m][j][2];
+                part[warp][m][g + 8][8 * j + 2 * t + 1] = acc[m][j][3];
+            }
+        __syncthreads();
+        for (int o = threadIdx.x; o < MTILES * 16 * COLS; o += blockDim.x) {
+            const int m = o / (16 * COLS), rr = (o / COLS) % 16, col = o % COLS;
+            const int row = r0 + m * 16 + rr, nn = n0 + col;
+            if (row < rows && nn < n) {
+                float s = 0.f;
+#pragma unroll
+                for (int wi = 0; wi < KWARPS; ++wi) s += part[wi][m][rr][col];
+                if (bias) s += bias[nn];
+                y[(size_t)row * ldy + nn] = s;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// y[rows, n] (row stride ldy) = x[rows, k] · W[n, k]ᵀ + bias. W has `row_bytes` per row; k is a
+// multiple of 32 (and of the format's block). One kernel per weight format and tile shape:
+// matmul_<fmt>_<cols>x<warps>; grid ceil(n / cols) CTAs of 32·warps threads.
+#define MATMUL_KERNEL(FMTNAME, F, TAG, NTL, KWARPS, MTILES, UNROLL)                                \
+    extern "C" __global__ void __launch_bounds__(KWARPS * 32) matmul_##FMTNAME##_##TAG(           \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
+        float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        matmul_body<F, NTL, KWARPS, MTILES, UNROLL>(w, (size_t)row_bytes, x, y, bias, rows, n, k,  \
+                                                    ldy);                                         \
+    }
+
+// The tile shapes measured by scripts/gpu/bench (BENCHMARKS.md): output columns per CTA x warps.
+#define MATMUL_SHAPES(FMTNAME, F)                    \
+    MATMUL_KERNEL(FMTNAME, F, 8x8, 1, 8, 4, 4)       \
+    MATMUL_KERNEL(FMTNAME, F, 16x8, 2, 8, 4, 4)      \
+    MATMUL_KERNEL(FMTNAME, F, 32x8, 4, 8, 2, 2)      \
+    MATMUL_KERNEL(FMTNAME, F, 16x4, 2, 4, 4, 4)      \
+    MATMUL_KERNEL(FMTNAME, F, 32x4, 4, 4, 2, 4)
+MATMUL_SHAPES(bf16, F_BF16)
+MATMUL_SHAPES(q4k, F_Q4K)
+MATMUL_SHAPES(q6k, F_Q6K)
+MATMUL_SHAPES(q8_0, F_Q8_0)
+MATMUL_SHAPES(q5_0, F_Q5_0)
+
+// The same product on the CUDA cores, for comparison and as a fallback (SPECD_MATMUL=simple):
+// a warp per output column, lanes over K eight weights at a time, rows in tiles of 8; each
+// row's sum runs in the same order whatever the number of rows (batch-invariant too).
+template <int F>
+__device__ __forceinline__ void matmul_simple_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                                   const bf16* __restrict__ x, float* __restrict__ y,
+                                                   const float* __restrict__ bias, int rows, int n,
+                                                   int k, int ldy) {
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int col = blockIdx.x * (blockDim.x / WARP) + warp;
+    if (col >= n) return;
+    for (int r0 = 0; r0 < rows; r0 += 8) {
+        float acc[8];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+        for (int kk = lane * 8; kk < k; kk += WARP * 8) {
+            uint32_t wv[4];
+            Fmt<F>::load8(w, row_bytes, col, kk, wv);
+            float wf[8];
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+                const __nv_bfloat162 p = *reinterpret_cast<const __nv_bfloat162*>(&wv[t]);
+                wf[2 * t] = __low2float(p);
+                wf[2 * t + 1] = __high2float(p);
+            }
+#pragma unroll
+            for (int r = 0; r < 8; ++r) {
+                if (r0 + r >= rows) break;
+                const uint4 xv = load_x8(x, rows, r0 + r, k, kk);
+                const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                    const __nv_bfloat162 p = *reinterpret_cast<const __nv_bfloat162*>(&xw[t]);
+                    acc[r] = fmaf(wf[2 * t], __low2float(p), acc[r]);
+                    acc[r] = fmaf(wf[2 * t + 1], __high2float(p), acc[r]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            const float s = warp_sum(acc[r]);
+            if (lane == 0 && r0 + r < rows)
+                y[(size_t)(r0 + r) * ldy + col] = s + (bias ? bias[col] : 0.f);
+        }
+    }
+}
+
+#define MATMUL_SIMPLE_KERNEL(FMTNAME, F)                                                          \
+    extern "C" __global__ void __launch_bounds__(256) matmul_##FMTNAME##_simple(                  \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
+        float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        matmul_simple_body<F>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);                  \
+    }
+MATMUL_SIMPLE_KERNEL(bf16, F_BF16)
+MATMUL_SIMPLE_KERNEL(q4k, F_Q4K)
+MATMUL_SIMPLE_KERNEL(q6k, F_Q6K)
+MATMUL_SIMPLE_KERNEL(q8_0, F_Q8_0)
+MATMUL_SIMPLE_KERNEL(q5_0, F_Q5_0)
+
+// Rows `ids[i]` of a weight table in format `fmt`, dequantized to f32 (embedding lookup).
+// Grid: one CTA per row; a row with a negative id is written as zeros.
+extern "C" __global__ void embed_rows(int fmt, const uint8_t* __restrict__ w,
+                                      unsigned long long row_bytes, const int* __restrict__ ids,
+                                      int k, float* __restrict__ out) {
+    const int r = blockIdx.x;
+    const int id = ids[r];
+    for (int kk = threadIdx.x * 8; kk < k; kk += blockDim.x * 8) {
+        float* o = out + (size_t)r * k + kk;
+        if (id < 0) {
+            for (int t = 0; t < 8; ++t) o[t] = 0.f;
+            continue;
+        }
+        uint32_t v[4];
+        FORMAT_SWITCH(fmt, F, Fmt<F>::load8(w, (size_t)row_bytes, id, kk, v));
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const __nv_bfloat162 p = *reinterpret_cast<const __nv_bfloat162*>(&v[t]);
+            o[2 * t] = __low2float(p);
+            o[2 * t + 1] = __high2float(p);
+        }
+    }
+}
+
+// Dequantizes rows [0, rows) of a weight table to bf16 (the dense-GEMM path for prefill).
+extern "C" __global__ void dequantize_rows(int fmt, const uint8_t* __restrict__ w,
+                                           unsigned long long row_bytes, int rows, int k,
+                                           bf16* __restrict__ out) {
+    const size_t groups = (size_t)rows * (k / 8);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < groups;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int r = (int)(i / (k / 8)), kk = (int)(i % (k / 8)) * 8;
+        uint32_t v[4];
+        FORMAT_SWITCH(fmt, F, Fmt<F>::load8(w, (size_t)row_bytes, r, kk, v));
+        *reinterpret_cast<uint4*>(out + (size_t)r * k + kk) = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+}

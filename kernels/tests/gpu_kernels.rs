@@ -1,0 +1,820 @@
+//! Every CUDA kernel against its CPU reference, on a GPU (feature `cuda`; run by
+//! `scripts/gpu/check`, never by `scripts/test`).
+//!
+//! Inputs are fresh random values each run (the seed is printed, `SPECD_CHECK_SEED` repeats a
+//! run); outputs are poisoned with NaN before each launch, so an element a kernel fails to
+//! write fails the comparison. Shapes are ragged (row counts that are not multiples of the
+//! kernels' tiles, sequences of different lengths) and cover GQA ratios 1, 6 and 7.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use specd_kernels::cpu::{
+    self, sample, AttentionShape, KvChunks, QuantFormat, QuantMatrix, Serial,
+};
+use specd_kernels::cuda::{
+    bf16_to_f32, f32_to_bf16, AttentionArgs, Buffer, Gpu, KvLayout, MatmulArgs, MatmulKernel,
+    RejectionArgs, RopeArgs, WeightFormat, WeightView,
+};
+
+/// A small xorshift generator: each test draws from its own stream of the run's seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(salt: u64) -> Self {
+        let seed = std::env::var("SPECD_CHECK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("seed {seed} (SPECD_CHECK_SEED={seed} repeats this run)");
+        Self((seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [-a, a).
+    fn sym(&mut self, a: f32) -> f32 {
+        (self.unit() * 2.0 - 1.0) * a
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.sym(a)).collect()
+    }
+}
+
+fn gpu() -> Arc<Gpu> {
+    let ordinal = std::env::var("SPECD_CHECK_GPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Gpu::open(ordinal).unwrap_or_else(|e| panic!("these tests need a GPU: {e}"))
+}
+
+const ADVICE: &str = "a test";
+
+fn poisoned_f32(g: &Gpu, n: usize) -> Buffer<f32> {
+    g.upload(&vec![f32::NAN; n], "test output", ADVICE).unwrap()
+}
+
+fn poisoned_bf16(g: &Gpu, n: usize) -> Buffer<u16> {
+    g.upload(&vec![0x7fc0u16; n], "test output", ADVICE)
+        .unwrap()
+}
+
+fn bf16(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| f32_to_bf16(x)).collect()
+}
+
+fn round_bf16(x: f32) -> f32 {
+    bf16_to_f32(f32_to_bf16(x))
+}
+
+fn read_f32(g: &Gpu, b: &Buffer<f32>) -> Vec<f32> {
+    g.read(b.ptr(), b.len()).unwrap()
+}
+
+fn read_bf16(g: &Gpu, b: &Buffer<u16>) -> Vec<f32> {
+    g.read::<u16>(b.ptr(), b.len())
+        .unwrap()
+        .into_iter()
+        .map(bf16_to_f32)
+        .collect()
+}
+
+/// ‖a − b‖ / ‖b‖, failing on any NaN (an unwritten, poisoned element).
+fn rel_err(a: &[f32], b: &[f32], what: &str) -> f64 {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    if let Some(i) = a.iter().position(|x| x.is_nan()) {
+        panic!("{what}: element {i} is NaN (not written?)");
+    }
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Each element within `ulps` bf16 steps of the reference (relative to its magnitude).
+fn assert_bf16_close(got: &[f32], want: &[f32], ulps: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = ulps * (w.abs().max(1e-6) / 128.0) + 1e-6;
+        assert!((g - w).abs() <= tol, "{what}: element {i}: {g} vs {w}");
+    }
+}
+
+fn ggml(f: QuantFormat) -> GgmlDType {
+    match f {
+        QuantFormat::Q4K => GgmlDType::Q4K,
+        QuantFormat::Q6K => GgmlDType::Q6K,
+        QuantFormat::Q8_0 => GgmlDType::Q8_0,
+        QuantFormat::Q5_0 => GgmlDType::Q5_0,
+    }
+}
+
+fn gpu_format(f: QuantFormat) -> WeightFormat {
+    match f {
+        QuantFormat::Q4K => WeightFormat::Q4K,
+        QuantFormat::Q6K => WeightFormat::Q6K,
+        QuantFormat::Q8_0 => WeightFormat::Q8_0,
+        QuantFormat::Q5_0 => WeightFormat::Q5_0,
+    }
+}
+
+/// A random matrix in `format` (None: bf16): its bytes and its exact values as the kernels
+/// see them (dequantized by our CPU decoder, rounded to bf16).
+fn random_matrix(
+    rng: &mut Rng,
+    format: Option<QuantFormat>,
+    n: usize,
+    k: usize,
+) -> (WeightFormat, Vec<u8>, Vec<f32>) {
+    let values: Vec<f32> = (0..n * k)
+        .map(|i| rng.sym(1.0) * (1.0 + (i / 32 % 5) as f32))
+        .collect();
+    match format {
+        None => {
+            let bits = bf16(&values);
+            let exact = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+            (
+                WeightFormat::Bf16,
+                bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+                exact,
+            )
+        }
+        Some(f) => {
+            let t = Tensor::from_vec(values, (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, ggml(f)).unwrap();
+            let bytes = q.data().unwrap().into_owned();
+            let m = QuantMatrix::new(f, &bytes, n, k).unwrap();
+            let mut exact = vec![0f32; n * k];
+            for (j, row) in exact.chunks_exact_mut(k).enumerate() {
+                m.dequantize_row(j, row);
+            }
+            let exact = exact.into_iter().map(round_bf16).collect();
+            (gpu_format(f), bytes, exact)
+        }
+    }
+}
+
+/// [`random_matrix`] uploaded: its buffer, its view and its exact values.
+fn upload_matrix(
+    g: &Gpu,
+    rng: &mut Rng,
+    format: Option<QuantFormat>,
+    n: usize,
+    k: usize,
+) -> (Buffer<u8>, WeightView, Vec<f32>) {
+    let (format, bytes, exact) = random_matrix(rng, format, n, k);
+    let buf = g.upload(&bytes, "weights", ADVICE).unwrap();
+    let view = WeightView {
+        format,
+        ptr: buf.ptr(),
+        rows: n,
+        cols: k,
+    };
+    (buf, view, exact)
+}
+
+#[test]
+fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() {
+    let g = gpu();
+    let mut rng = Rng::new(1);
+    let formats = [
+        None,
+        Some(QuantFormat::Q4K),
+        Some(QuantFormat::Q6K),
+        Some(QuantFormat::Q8_0),
+        Some(QuantFormat::Q5_0),
+    ];
+    for format in formats {
+        let shapes: &[(usize, usize)] = match format.map(QuantFormat::block_len) {
+            Some(256) => &[(37, 512), (300, 1536), (8, 256)],
+            _ => &[(45, 96), (300, 896), (7, 32), (1029, 224)],
+        };
+        for &(n, k) in shapes {
+            let (_wbuf, view, w) = upload_matrix(&g, &mut rng, format, n, k);
+            let wf = view.format;
+            let bias = rng.vec(n, 1.0);
+            let bbuf = g.upload(&bias, "bias", ADVICE).unwrap();
+            let max_rows = 130;
+            let x: Vec<f32> = rng
+                .vec(max_rows * k, 2.0)
+                .into_iter()
+                .map(round_bf16)
+                .collect();
+            let xbuf = g.upload(&bf16(&x), "x", ADVICE).unwrap();
+            for kernel in MatmulKernel::ALL {
+                let mut alone: Option<Vec<f32>> = None;
+                for rows in [1, 2, 5, 16, 17, 64, 65, 130] {
+                    let y = poisoned_f32(&g, rows * n);
+                    g.matmul_rows_with(
+                        kernel,
+                        &MatmulArgs {
+                            w: view,
+                            x: xbuf.ptr(),
+                            y: y.ptr(),
+                            bias: bbuf.ptr(),
+                            rows,
+                            ldy: n,
+                        },
+                    )
+                    .unwrap();
+                    let got = read_f32(&g, &y);
+                    let want: Vec<f32> = (0..rows * n)
+                        .map(|i| {
+                            let (r, j) = (i / n, i % n);
+                            let s: f64 = (0..k)
+                                .map(|c| x[r * k + c] as f64 * w[j * k + c] as f64)
+                                .sum();
+                            (s + bias[j] as f64) as f32
+                        })
+                        .collect();
+                    let what = format!("{kernel:?} {wf:?} {n}x{k}, {rows} rows");
+                    let e = rel_err(&got, &want, &what);
+                    assert!(e < 1e-5, "{what}: relative error {e}");
+                    // Row 0 is bit-identical whatever else shares the launch.
+                    match &alone {
+                        None => alone = Some(got[..n].to_vec()),
+                        Some(a) => assert_eq!(&got[..n], &a[..], "{what}: row 0 changed"),
+                    }
+                    // And so is a row deep in a larger launch against the same row alone.
+                    if rows == 130 {
+                        let y1 = poisoned_f32(&g, n);
+                        let x129 = xbuf.at(129 * k);
+                        g.matmul_rows_with(
+                            kernel,
+                            &MatmulArgs {
+                                w: view,
+                                x: x129,
+                                y: y1.ptr(),
+                                bias: bbuf.ptr(),
+                                rows: 1,
+                                ldy: n,
+                            },
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            read_f32(&g, &y1),
+                            got[129 * n..].to_vec(),
+                            "{what}: row 129"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_and_dequantization_give_the_stored_values() {
+    let g = gpu();
+    let mut rng = Rng::new(2);
+    for format in [
+        None,
+        Some(QuantFormat::Q4K),
+        Some(QuantFormat::Q6K),
+        Some(QuantFormat::Q8_0),
+        Some(QuantFormat::Q5_0),
+    ] {
+        let (n, k) = (40, 512);
+        let (_wbuf, view, w) = upload_matrix(&g, &mut rng, format, n, k);
+        let wf = view.format;
+        let ids: Vec<i32> = vec![3, 0, 39, 17, 17, -1, 5];
+        let idbuf = g.upload(&ids, "ids", ADVICE).unwrap();
+        let out = poisoned_f32(&g, ids.len() * k);
+        g.embed_rows(&view, idbuf.ptr(), ids.len(), out.ptr())
+            .unwrap();
+        let got = read_f32(&g, &out);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| {
+                if id < 0 {
+                    vec![0.0; k]
+                } else {
+                    w[id as usize * k..(id as usize + 1) * k].to_vec()
+                }
+            })
+            .collect();
+        assert_bf16_close(&got, &want, 1.0, &format!("embedding {wf:?}"));
+        let deq = poisoned_bf16(&g, n * k);
+        g.dequantize(&view, deq.ptr()).unwrap();
+        assert_bf16_close(&read_bf16(&g, &deq), &w, 1.0, &format!("dequantize {wf:?}"));
+    }
+}
+
+#[test]
+fn norm_activation_and_gather_match_the_cpu() {
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    for (rows, d) in [(1, 64), (7, 1536), (33, 3584), (2, 4096)] {
+        let x = rng.vec(rows * d, 3.0);
+        let delta = rng.vec(rows * d, 1.0);
+        let w = rng.vec(d, 1.5);
+        let xb = g.upload(&x, "x", ADVICE).unwrap();
+        let db = g.upload(&delta, "delta", ADVICE).unwrap();
+        let wb = g.upload(&w, "w", ADVICE).unwrap();
+        let out = poisoned_bf16(&g, rows * d);
+        g.add_rms_norm(xb.ptr(), db.ptr(), wb.ptr(), 1e-6, out.ptr(), d, rows)
+            .unwrap();
+        let mut xr = x.clone();
+        cpu::add_assign(&mut xr, &delta);
+        assert_eq!(read_f32(&g, &xb), xr, "residual add ({rows}x{d})");
+        let mut want = vec![0f32; rows * d];
+        cpu::rms_norm(&xr, &w, 1e-6, &mut want);
+        assert_bf16_close(
+            &read_bf16(&g, &out),
+            &want,
+            2.0,
+            &format!("rms_norm {rows}x{d}"),
+        );
+        // Without a delta the stream is left alone.
+        g.add_rms_norm(xb.ptr(), 0, wb.ptr(), 1e-6, out.ptr(), d, rows)
+            .unwrap();
+        assert_eq!(read_f32(&g, &xb), xr, "no delta");
+
+        let inter = d / 2;
+        let gu = rng.vec(rows * 2 * inter, 4.0);
+        let gub = g.upload(&gu, "gu", ADVICE).unwrap();
+        let act = poisoned_bf16(&g, rows * inter);
+        g.silu_mul(gub.ptr(), act.ptr(), inter, rows).unwrap();
+        let mut want = vec![0f32; rows * inter];
+        for (r, o) in gu.chunks_exact(2 * inter).zip(want.chunks_exact_mut(inter)) {
+            cpu::silu_mul(&r[..inter], &r[inter..], o);
+        }
+        assert_bf16_close(
+            &read_bf16(&g, &act),
+            &want,
+            2.0,
+            &format!("silu_mul {rows}x{inter}"),
+        );
+
+        let sel: Vec<i32> = (0..rows as i32).rev().collect();
+        let selb = g.upload(&sel, "sel", ADVICE).unwrap();
+        let src = g.upload(&bf16(&x), "src", ADVICE).unwrap();
+        let dst = poisoned_bf16(&g, rows * d);
+        g.gather_rows(src.ptr(), selb.ptr(), d, rows, dst.ptr())
+            .unwrap();
+        let want: Vec<f32> = sel
+            .iter()
+            .flat_map(|&r| {
+                x[r as usize * d..(r as usize + 1) * d]
+                    .iter()
+                    .map(|&v| round_bf16(v))
+            })
+            .collect();
+        assert_eq!(read_bf16(&g, &dst), want, "gather_rows");
+    }
+}
+
+/// A paged pool for a test: chunks of blocks on the GPU and the same values on the host.
+struct TestPool {
+    chunks: Vec<Buffer<u16>>,
+    table_buf: Buffer<u64>,
+    layout: KvLayout,
+    block_elems: usize,
+}
+
+impl TestPool {
+    fn new(
+        g: &Gpu,
+        rng: &mut Rng,
+        blocks: usize,
+        chunk_blocks: usize,
+        n_layers: usize,
+        kv_dim: usize,
+    ) -> (Self, Vec<f32>) {
+        let block_elems = n_layers * 2 * 16 * kv_dim;
+        let host: Vec<f32> = rng
+            .vec(blocks * block_elems, 1.0)
+            .into_iter()
+            .map(round_bf16)
+            .collect();
+        let mut chunks = Vec::new();
+        for c in host.chunks(chunk_blocks * block_elems) {
+            chunks.push(g.upload(&bf16(c), "pool chunk", ADVICE).unwrap());
+        }
+        let ptrs: Vec<u64> = chunks.iter().map(Buffer::ptr).collect();
+        let table_buf = g.upload(&ptrs, "chunk table", ADVICE).unwrap();
+        let layout = KvLayout {
+            chunks: table_buf.ptr(),
+            chunk_blocks,
+            n_layers,
+            kv_dim,
+        };
+        (
+            Self {
+                chunks,
+                table_buf,
+                layout,
+                block_elems,
+            },
+            host,
+        )
+    }
+
+    fn read(&self, g: &Gpu) -> Vec<f32> {
+        let _ = &self.table_buf;
+        self.chunks
+            .iter()
+            .flat_map(|c| read_bf16(g, c))
+            .collect::<Vec<_>>()[..]
+            .to_vec()
+    }
+}
+
+/// Offset of (block, layer, keys/values, slot) in the pool's host copy.
+fn kv_at(
+    block_elems: usize,
+    kv_dim: usize,
+    block: usize,
+    layer: usize,
+    values: bool,
+    slot: usize,
+) -> usize {
+    block * block_elems + ((layer * 2 + usize::from(values)) * 16 + slot) * kv_dim
+}
+
+#[test]
+fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() {
+    let g = gpu();
+    let mut rng = Rng::new(4);
+    // (n_heads, n_kv, head_dim, window): GQA ratios 1, 6 and 7, small and large heads.
+    for (nh, nkv, hd, window) in [
+        (4, 4, 64, 0),
+        (12, 2, 128, 0),
+        (28, 4, 128, 0),
+        (7, 1, 16, 0),
+        (6, 1, 64, 5),
+    ] {
+        let (n_layers, layer) = (3, 1);
+        let kv_dim = nkv * hd;
+        let q_dim = nh * hd;
+        let qkv_dim = q_dim + 2 * kv_dim;
+        // Ragged sequences: (cached positions, new tokens).
+        let seqs = [(0usize, 5usize), (37, 1), (16, 6), (100, 3), (3, 1)];
+        let width = 8;
+        let blocks = seqs.len() * width;
+        let (pool, mut host) = TestPool::new(&g, &mut rng, blocks, 7, n_layers, kv_dim);
+        // Block tables: a shuffled assignment of the pool's blocks.
+        let mut ids: Vec<usize> = (0..blocks).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i + 1));
+        }
+        let tables: Vec<i32> = ids.iter().map(|&b| b as i32).collect();
+        let (mut pos, mut slot, mut row_seq, mut row_len) = (vec![], vec![], vec![], vec![]);
+        for (si, &(start, n)) in seqs.iter().enumerate() {
+            for i in 0..n {
+                let p = start + i;
+                pos.push(p as i32);
+                slot.push(tables[si * width + p / 16] * 16 + (p % 16) as i32);
+                row_seq.push(si as i32);
+                row_len.push((p + 1) as i32);
+            }
+        }
+        // Two padding rows at the end.
+        for _ in 0..2 {
+            pos.push(0);
+            slot.push(-1);
+            row_seq.push(-1);
+            row_len.push(0);
+        }
+        let rows = pos.len();
+        let qkv = rng.vec(rows * qkv_dim, 2.0);
+        let theta = 10000f64;
+        let inv_freq: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        let cs: Vec<f32> = (0..128)
+            .flat_map(|p| {
+                inv_freq
+                    .iter()
+                    .flat_map(move |&f| [(p as f64 * f).cos() as f32, (p as f64 * f).sin() as f32])
+            })
+            .collect();
+        for interleaved in [false, true] {
+            let qkv_buf = g.upload(&qkv, "qkv", ADVICE).unwrap();
+            let cs_buf = g.upload(&cs, "cos_sin", ADVICE).unwrap();
+            let b = |v: &Vec<i32>| g.upload(v, "meta", ADVICE).unwrap();
+            let (pos_b, slot_b, seq_b, len_b, tab_b) =
+                (b(&pos), b(&slot), b(&row_seq), b(&row_len), b(&tables));
+            g.rope_store_kv(&RopeArgs {
+                qkv: qkv_buf.ptr(),
+                rows,
+                n_heads: nh,
+                n_kv: nkv,
+                head_dim: hd,
+                cos_sin: cs_buf.ptr(),
+                pos: pos_b.ptr(),
+                slot: slot_b.ptr(),
+                interleaved,
+                kv: pool.layout,
+                layer,
+            })
+            .unwrap();
+            // CPU: rotate, write the new keys and values into the host pool copy.
+            let mut want_qkv = qkv.clone();
+            let positions: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
+            let tabs = cpu::rope_tables(&positions, &inv_freq);
+            cpu::apply_rope(&mut want_qkv, qkv_dim, 0, nh, &tabs, interleaved);
+            cpu::apply_rope(&mut want_qkv, qkv_dim, q_dim, nkv, &tabs, interleaved);
+            for r in 0..rows {
+                if slot[r] < 0 {
+                    continue;
+                }
+                let (blk, s) = (slot[r] as usize / 16, slot[r] as usize % 16);
+                let row = &want_qkv[r * qkv_dim..(r + 1) * qkv_dim];
+                for (vals, off) in [(false, q_dim), (true, q_dim + kv_dim)] {
+                    let at = kv_at(pool.block_elems, kv_dim, blk, layer, vals, s);
+                    for c in 0..kv_dim {
+                        host[at + c] = round_bf16(row[off + c]);
+                    }
+                }
+            }
+            let got_qkv = read_f32(&g, &qkv_buf);
+            for r in 0..rows {
+                let range = r * qkv_dim..r * qkv_dim + q_dim;
+                let (got, want) = (&got_qkv[range.clone()], &want_qkv[range]);
+                if slot[r] < 0 {
+                    assert_eq!(
+                        got,
+                        &qkv[r * qkv_dim..r * qkv_dim + q_dim],
+                        "padding row {r} untouched"
+                    );
+                } else {
+                    assert!(
+                        rel_err(got, want, "rotated queries") < 1e-6,
+                        "rotated queries, row {r}"
+                    );
+                }
+            }
+            let got_pool = pool.read(&g);
+            assert_bf16_close(&got_pool, &host, 1.0, &format!("pool after the KV write (nh {nh}, nkv {nkv}, hd {hd}, interleaved {interleaved})"));
+
+            // Attention over the pool as the GPU holds it, against the CPU kernel per row.
+            let out = poisoned_bf16(&g, rows * q_dim);
+            g.paged_attention(&AttentionArgs {
+                q: qkv_buf.ptr(),
+                q_stride: qkv_dim,
+                kv: pool.layout,
+                layer,
+                row_seq: seq_b.ptr(),
+                row_kv_len: len_b.ptr(),
+                tables: tab_b.ptr(),
+                table_width: width,
+                rows,
+                n_heads: nh,
+                n_kv: nkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                out: out.ptr(),
+            })
+            .unwrap();
+            let got = read_bf16(&g, &out);
+            let shape = AttentionShape {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                sliding_window: (window > 0).then_some(window),
+            };
+            for r in 0..rows {
+                let o = &got[r * q_dim..(r + 1) * q_dim];
+                if row_seq[r] < 0 {
+                    assert!(
+                        o.iter().all(|&v| v == 0.0),
+                        "padding row {r} attends to nothing"
+                    );
+                    continue;
+                }
+                let si = row_seq[r] as usize;
+                let len = row_len[r] as usize;
+                let mut keys: Vec<Vec<f32>> = Vec::new();
+                let mut values: Vec<Vec<f32>> = Vec::new();
+                for bi in 0..len.div_ceil(16) {
+                    let blk = tables[si * width + bi] as usize;
+                    let n = (len - bi * 16).min(16);
+                    let k0 = kv_at(pool.block_elems, kv_dim, blk, layer, false, 0);
+                    let v0 = kv_at(pool.block_elems, kv_dim, blk, layer, true, 0);
+                    keys.push(got_pool[k0..k0 + n * kv_dim].to_vec());
+                    values.push(got_pool[v0..v0 + n * kv_dim].to_vec());
+                }
+                let kr: Vec<&[f32]> = keys.iter().map(Vec::as_slice).collect();
+                let vr: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+                let q = &got_qkv[r * qkv_dim..r * qkv_dim + q_dim];
+                let mut want = vec![0f32; q_dim];
+                cpu::attention(
+                    q,
+                    len - 1,
+                    KvChunks {
+                        keys: &kr,
+                        values: &vr,
+                    },
+                    shape,
+                    &mut want,
+                    &Serial,
+                );
+                let e = rel_err(o, &want, "attention");
+                assert!(e < 1e-2, "attention row {r} (seq {si}, len {len}, nh {nh}, nkv {nkv}, hd {hd}, window {window}): relative error {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn argmax_greedy_acceptance_softmax_and_rejection_sampling_match_the_cpu() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    let vocab = 5003;
+    let rows = 9;
+    let mut logits = rng.vec(rows * vocab, 8.0);
+    // A tie in row 2: the lowest index wins.
+    logits[2 * vocab + 100] = 50.0;
+    logits[2 * vocab + 4000] = 50.0;
+    let lb = g.upload(&logits, "logits", ADVICE).unwrap();
+    let tok = g.upload(&vec![-7i32; rows], "tok", ADVICE).unwrap();
+    let prob = poisoned_f32(&g, rows);
+    g.argmax_rows(lb.ptr(), vocab, vocab, rows, tok.ptr(), prob.ptr())
+        .unwrap();
+    let toks: Vec<i32> = g.read(tok.ptr(), rows).unwrap();
+    let probs = read_f32(&g, &prob);
+    for r in 0..rows {
+        let (t, p) = sample::argmax_prob(&logits[r * vocab..(r + 1) * vocab]);
+        assert_eq!(toks[r] as u32, t, "argmax row {r}");
+        assert!(
+            (probs[r] - p).abs() <= 1e-5 * p.max(1e-3),
+            "top probability row {r}: {} vs {p}",
+            probs[r]
+        );
+    }
+    assert_eq!(toks[2], 100);
+
+    // Greedy acceptance over three sequences of 4, 1 and 4 rows.
+    let mut ids: Vec<i32> = (0..rows).map(|_| rng.below(vocab) as i32).collect();
+    ids[1] = toks[0]; // seq 0: first draft accepted
+    ids[2] = toks[1]; // second too; the third is random (almost surely rejected)
+    ids[6] = toks[5]; // seq 2: first draft accepted
+    ids[7] = toks[6];
+    ids[8] = toks[7]; // all accepted
+    let (first, n) = (vec![0, 4, 5], vec![4, 1, 4]);
+    let bufs = |v: &Vec<i32>| g.upload(v, "meta", ADVICE).unwrap();
+    let (ib, fb, nb) = (bufs(&ids), bufs(&first), bufs(&n));
+    let out = g.upload(&[-1i32; 6], "out", ADVICE).unwrap();
+    g.accept_greedy(tok.ptr(), ib.ptr(), fb.ptr(), nb.ptr(), 3, out.ptr())
+        .unwrap();
+    let got: Vec<i32> = g.read(out.ptr(), 6).unwrap();
+    for s in 0..3 {
+        let (f, k) = (first[s] as usize, n[s] as usize);
+        let idu: Vec<u32> = ids[f..f + k].iter().map(|&x| x as u32).collect();
+        let ch: Vec<u32> = toks[f..f + k].iter().map(|&x| x as u32).collect();
+        let (a, next) = sample::accept_greedy(&idu, &ch);
+        assert_eq!(
+            (got[2 * s] as usize, got[2 * s + 1] as u32),
+            (a, next),
+            "greedy verdict of sequence {s}"
+        );
+    }
+    assert_eq!(got[4], 3, "sequence 2 keeps all three drafts");
+
+    // Softmax with temperature.
+    let inv_temp = 1.0 / 0.7;
+    let pb = poisoned_f32(&g, rows * vocab);
+    g.softmax_rows(lb.ptr(), vocab, vocab, inv_temp, rows, pb.ptr())
+        .unwrap();
+    let p = read_f32(&g, &pb);
+    for r in 0..rows {
+        let want = sample::softmax(&logits[r * vocab..(r + 1) * vocab], inv_temp);
+        let e = rel_err(&p[r * vocab..(r + 1) * vocab], &want, "softmax");
+        assert!(e < 1e-5, "softmax row {r}: {e}");
+    }
+
+    // Rejection sampling, with the GPU's own probabilities as input to both sides, for many
+    // uniforms: drafts drawn from q (one-hot for sequence 1), so that both branches happen.
+    let q = {
+        let mut ql = rng.vec(rows * vocab, 8.0);
+        ql.iter_mut()
+            .zip(&logits)
+            .for_each(|(a, &b)| *a = 0.5 * *a + b);
+        let mut qp = Vec::new();
+        for r in 0..rows {
+            qp.extend(sample::softmax(&ql[r * vocab..(r + 1) * vocab], 1.0));
+        }
+        qp
+    };
+    let qb = g.upload(&q, "q", ADVICE).unwrap();
+    let qrow = vec![0, -1, 5];
+    let qrb = bufs(&qrow);
+    let ustride = 4;
+    let mut mismatches = 0;
+    let trials = 200;
+    for trial in 0..trials {
+        let mut ids = ids.clone();
+        for s in [0usize, 2] {
+            for i in 1..n[s] as usize {
+                let row = first[s] as usize + i - 1;
+                let u = rng.unit();
+                ids[first[s] as usize + i] =
+                    sample::draw(vocab, |j| q[row * vocab + j], u).unwrap() as i32;
+            }
+        }
+        let u: Vec<f32> = (0..3 * ustride).map(|_| rng.unit()).collect();
+        let (ib, ub) = (bufs(&ids), g.upload(&u, "u", ADVICE).unwrap());
+        let out = g.upload(&[-1i32; 6], "out", ADVICE).unwrap();
+        g.rejection_sample(&RejectionArgs {
+            p: pb.ptr(),
+            vocab,
+            q: qb.ptr(),
+            ids: ib.ptr(),
+            first: fb.ptr(),
+            n: nb.ptr(),
+            qrow: qrb.ptr(),
+            u: ub.ptr(),
+            ustride,
+            seqs: 3,
+            out: out.ptr(),
+        })
+        .unwrap();
+        let got: Vec<i32> = g.read(out.ptr(), 6).unwrap();
+        for s in 0..3 {
+            let (f, k) = (first[s] as usize, n[s] as usize);
+            let prow: Vec<&[f32]> = (f..f + k).map(|r| &p[r * vocab..(r + 1) * vocab]).collect();
+            let qrows: Option<Vec<&[f32]>> = (qrow[s] >= 0).then(|| {
+                (0..k - 1)
+                    .map(|i| &q[(qrow[s] as usize + i) * vocab..(qrow[s] as usize + i + 1) * vocab])
+                    .collect()
+            });
+            let idu: Vec<u32> = ids[f..f + k].iter().map(|&x| x as u32).collect();
+            let want = sample::rejection_sample(&prow, qrows.as_deref(), &idu, &u[s * ustride..]);
+            if (got[2 * s] as usize, got[2 * s + 1] as u32) != want {
+                mismatches += 1;
+                eprintln!(
+                    "trial {trial} sequence {s}: GPU {:?}, CPU {want:?}",
+                    (got[2 * s], got[2 * s + 1])
+                );
+            }
+        }
+    }
+    assert_eq!(
+        mismatches, 0,
+        "rejection sampling disagreed with the CPU reference"
+    );
+}
+
+#[test]
+fn a_captured_graph_replays_the_same_launches() {
+    let g = gpu();
+    let mut rng = Rng::new(6);
+    let (n, k, rows) = (256, 512, 3);
+    let (_wbuf, view, _) = upload_matrix(&g, &mut rng, None, n, k);
+    let xbuf = g
+        .upload(&bf16(&rng.vec(rows * k, 1.0)), "x", ADVICE)
+        .unwrap();
+    let direct = poisoned_f32(&g, rows * n);
+    let args = |y| MatmulArgs {
+        w: view,
+        x: xbuf.ptr(),
+        y,
+        bias: 0,
+        rows,
+        ldy: n,
+    };
+    g.matmul_rows(&args(direct.ptr())).unwrap();
+    let replayed = poisoned_f32(&g, rows * n);
+    let graph = g.capture(|| g.matmul_rows(&args(replayed.ptr()))).unwrap();
+    assert!(
+        read_f32(&g, &replayed).iter().all(|v| v.is_nan()),
+        "capture must not run the launches"
+    );
+    g.replay(&graph).unwrap();
+    g.synchronize().unwrap();
+    assert_eq!(read_f32(&g, &replayed), read_f32(&g, &direct));
+}
+
+#[test]
+fn a_gpu_that_does_not_exist_is_a_clear_error() {
+    let e = Gpu::open(999).unwrap_err().to_string();
+    assert!(e.contains("cuda:999") && e.contains("CUDA device"), "{e}");
+}
