@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Prints the tables of a scripts/gpu/bench results folder: specd's decode step against the
+roofline, the anchor and transformers; verification cost by rows; one draft-and-verify cycle
+(the 1.5B shape drafting for the 7B shape); aggregate tokens/s by batch. Usage: summarize.py DIR"""
+import json, pathlib, sys
+
+d = pathlib.Path(sys.argv[1])
+
+
+def lines(name):
+    p = d / name
+    if not p.exists():
+        return []
+    out = []
+    for l in p.read_text().splitlines():
+        l = l.strip()
+        if l.startswith("{"):
+            try:
+                out.append(json.loads(l))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+shapes = ["qwen2.5-1.5b-shape", "qwen2.5-7b-shape"]
+specd = {s: (lines(f"specd-{s}.json") or [None])[0] for s in shapes}
+anchor = {a.get("shape", "").replace("qwen2.5-", "qwen2.5-") + "-shape": a for a in lines("anchor.jsonl") if "shape" in a}
+tf = {}
+tfc = {}
+for r in lines("transformers.jsonl"):
+    if "ms_per_step" in r:
+        key = (pathlib.Path(r["model"]).name, r["rows"])
+        if r.get("variant") == "eager":
+            tf[key] = r["ms_per_step"]
+        elif r.get("variant") == "compiled-graphs":
+            tfc[key] = r["ms_per_step"]
+
+print("## Decode, batch 1, 128-token cache (ms per step)")
+print("| shape | bytes/step | copy TB/s | roofline | specd graphs | % roofline | specd no graphs | product kernel | torch graph anchor | transformers eager | transformers compiled + graphs |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for s in shapes:
+    r = specd[s]
+    if not r:
+        print(f"| {s} | (failed: see specd-{s}.err) |")
+        continue
+    g = next(x for x in r["decode"] if x["graphs"])
+    n = next(x for x in r["decode"] if not x["graphs"])
+    a = anchor.get(s, {}).get("graph_ms")
+    t = tf.get((s, 1))
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"
+    print(f"| {s} | {r['bytes_per_step']/1e9:.2f} GB | {r['copy_bandwidth_TBps']:.2f} | {r['roofline_ms']:.2f} | {g['ms_per_step']:.2f} | {g['pct_of_roofline']:.0f} % | {n['ms_per_step']:.2f} | {r.get('matmul')} | {fmt(a)} | {fmt(t)} | {fmt(tfc.get((s, 1)))} |")
+print()
+print("## Row-product kernels side by side (decode ms, 6-row verification ms)")
+for s in shapes:
+    r = specd[s]
+    if r and r.get("sweep"):
+        print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f}" for v in r["sweep"]))
+print()
+print("## Launches and host time per decode step")
+print("| shape | graphs: launches | host µs | no graphs: launches | host µs |")
+print("|---|---|---|---|---|")
+for s in shapes:
+    r = specd[s]
+    if r:
+        g = next(x for x in r["decode"] if x["graphs"])
+        n = next(x for x in r["decode"] if not x["graphs"])
+        print(f"| {s} | {g['launches_per_step']} | {g['host_us_per_step']} | {n['launches_per_step']} | {n['host_us_per_step']} |")
+print()
+print("## Verification of k + 1 rows (greedy verdict on the device), ms and against one row")
+for s in shapes:
+    r = specd[s]
+    if r:
+        print(f"- {s}: " + ", ".join(f"{v['rows']}: {v['ms']:.2f} ({v['vs_one_row']:.2f}×)" for v in r["verify"]))
+        for name, src in (("eager", tf), ("compiled + graphs", tfc)):
+            t6 = src.get((s, 6)); t1 = src.get((s, 1))
+            if t1 and t6:
+                print(f"  transformers {name}: 1 row {t1:.2f} ms, 6 rows {t6:.2f} ms ({t6/t1:.2f}×)")
+print()
+dr, tg = specd.get("qwen2.5-1.5b-shape"), specd.get("qwen2.5-7b-shape")
+if dr and tg:
+    d1 = next(x for x in dr["decode"] if x["graphs"])["ms_per_step"]
+    t1 = next(x for x in tg["decode"] if x["graphs"])["ms_per_step"]
+    print("## One draft-and-verify cycle: 1.5B-shape drafter, 7B-shape target (ms)")
+    print("| k | k drafter steps | verify k+1 rows | cycle | target-only for the same tokens at full acceptance | ratio |")
+    print("|---|---|---|---|---|---|")
+    for v in tg["verify"]:
+        k = v["rows"] - 1
+        if k == 0:
+            continue
+        cycle = k * d1 + v["ms"]
+        print(f"| {k} | {k*d1:.2f} | {v['ms']:.2f} | {cycle:.2f} | {(k+1)*t1:.2f} | {(k+1)*t1/cycle:.2f}× |")
+    print()
+print("## Aggregate decode tokens/s by batch (one row per sequence)")
+for s in shapes:
+    r = specd[s]
+    if r:
+        print(f"- {s}: " + ", ".join(f"{b['batch']}: {b['tokens_per_s']:.0f}" for b in r["batch"]))
+
+prof = d / "ncu-7b.csv"
+if prof.exists():
+    import csv, collections, io
+    text = prof.read_text()
+    rows = [l for l in text.splitlines() if l.startswith('"')]
+    if rows:
+        rd = csv.DictReader(io.StringIO("\n".join(rows)))
+        dur = collections.defaultdict(float)
+        cnt = collections.Counter()
+        byts = collections.defaultdict(float)
+        for r in rd:
+            name = r.get("Kernel Name", "?").split("(")[0]
+            fam = name.split("_")[0] if not name.startswith("paged") else "paged_attention"
+            if name.startswith("matmul"):
+                fam = name
+            unit = r.get("Metric Unit", "")
+            try:
+                v = float(r.get("Metric Value", "0").replace(",", ""))
+            except ValueError:
+                continue
+            m = r.get("Metric Name", "")
+            if m == "gpu__time_duration.sum":
+                scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+                dur[fam] += v * scale
+                cnt[fam] += 1
+            elif m == "dram__bytes_read.sum":
+                scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(unit, 1)
+                byts[fam] += v * scale
+        total = sum(dur.values())
+        print()
+        print("## Where a 7B-shape decode step's kernel time goes (Nsight Compute, graphs off)")
+        print("| kernel | launches | µs | share | DRAM read GB/s |")
+        print("|---|---|---|---|---|")
+        for fam, us in sorted(dur.items(), key=lambda x: -x[1]):
+            bw = byts[fam] / (us * 1e-6) / 1e9 if us else 0
+            print(f"| {fam} | {cnt[fam]} | {us:.0f} | {100*us/total:.0f} % | {bw:.0f} |")
+        print(f"| total | {sum(cnt.values())} | {total:.0f} | | |")
