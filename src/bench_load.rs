@@ -15,7 +15,6 @@ use specd_engine::actors::{
 };
 use specd_engine::chat::Message;
 use specd_engine::generate::GenerateRequest;
-use specd_engine::model;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
 
@@ -132,7 +131,6 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let draft_config = draft.as_ref().map(|d| d.model().config().clone());
     let models = EngineModels {
         target: Arc::new(target.model),
         tokenizer: Arc::new(tokenizer),
@@ -150,7 +148,6 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         encoded,
         max_tokens: args.max_tokens,
         kv_bytes: args.kv_mib << 20,
-        draft_config,
         policy,
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -219,7 +216,6 @@ struct Bench {
     encoded: Vec<Vec<u32>>,
     max_tokens: usize,
     kv_bytes: usize,
-    draft_config: Option<model::ModelConfig>,
     policy: LoadPolicy,
     rt: tokio::runtime::Runtime,
 }
@@ -256,8 +252,8 @@ impl Bench {
         }
         .with_kv_memory(
             self.kv_bytes,
-            self.models.target.config(),
-            self.draft_config.as_ref(),
+            &self.models.target,
+            self.models.draft.as_ref().map(|d| d.model()),
         );
         let engine = Engine::start(self.models.clone(), config)?;
         let h = engine.handle();

@@ -169,8 +169,8 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         ..EngineConfig::default()
     };
     if let Some(mib) = c.engine.kv_memory_mib {
-        let draft_cfg = draft.as_ref().map(|d| d.model().config().clone());
-        engine = engine.with_kv_memory(mib << 20, target.model.config(), draft_cfg.as_ref());
+        let draft_model = draft.as_ref().map(|d| d.model());
+        engine = engine.with_kv_memory(mib << 20, &target.model, draft_model);
     }
     let options = BackendOptions {
         model_name: c

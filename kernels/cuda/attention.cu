@@ -10,7 +10,7 @@
 // the 4 warps' partial results are combined in warp order. The order of every sum depends only
 // on the row's own length, so a row's output is the same in any batch.
 #include <float.h>
-#include "common.cuh"
+#include "reductions.cuh"
 
 #define BLOCK_SLOTS 16
 #define WARPS 4
@@ -129,7 +129,8 @@ __device__ __forceinline__ void attention_body(
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         float v = 0.f;
         for (int w = 0; w < WARPS; ++w) v += wacc[w][i] * expf(wm[w] - mm);
-        o[i] = __float2bfloat16(v / ll);
+        // No visible position (an empty cross-attention context): zeros, not 0/0.
+        o[i] = __float2bfloat16(ll > 0.f ? v / ll : 0.f);
     }
 }
 

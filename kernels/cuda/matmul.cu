@@ -10,7 +10,7 @@
 // 16-byte load for bf16) and the same 8 consecutive activations: the product sums over k, so any
 // permutation applied to both operands gives the same mathematical result, and the hardware's
 // order for a given lane layout is fixed.
-#include "common.cuh"
+#include "weight_formats.cuh"
 
 #define UNROLL_MAX 8
 
@@ -212,19 +212,5 @@ extern "C" __global__ void embed_rows(int fmt, const uint8_t* __restrict__ w,
             o[2 * t] = __low2float(p);
             o[2 * t + 1] = __high2float(p);
         }
-    }
-}
-
-// Dequantizes rows [0, rows) of a weight table to bf16 (the dense-GEMM path for prefill).
-extern "C" __global__ void dequantize_rows(int fmt, const uint8_t* __restrict__ w,
-                                           unsigned long long row_bytes, int rows, int k,
-                                           bf16* __restrict__ out) {
-    const size_t groups = (size_t)rows * (k / 8);
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < groups;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const int r = (int)(i / (k / 8)), kk = (int)(i % (k / 8)) * 8;
-        uint32_t v[4];
-        FORMAT_SWITCH(fmt, F, Fmt<F>::load8(w, (size_t)row_bytes, r, kk, v));
-        *reinterpret_cast<uint4*>(out + (size_t)r * k + kk) = make_uint4(v[0], v[1], v[2], v[3]);
     }
 }

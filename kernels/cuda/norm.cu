@@ -1,7 +1,7 @@
 // Row-wise kernels of the residual stream: RMSNorm with the residual add fused, SwiGLU, and
 // gathering rows. One CTA per row; reductions run in a fixed order, so a row's result does not
 // depend on the other rows of the launch.
-#include "common.cuh"
+#include "reductions.cuh"
 
 // x[row] += delta[row] (when delta is not null), then out[row] = bf16(x · rsqrt(mean(x²) + eps) · w).
 // Grid: one CTA per row (any block size that is a multiple of 32).

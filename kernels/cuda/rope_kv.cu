@@ -3,7 +3,7 @@
 // The KV pool is a set of chunks of blocks; a block holds BLOCK_SLOTS positions of one sequence
 // for every layer, laid out [layer][keys | values][slot][n_kv_heads · head_dim] in bf16 (the
 // CPU pool's layout, in f32 there). Block b lives in chunk b / chunk_blocks.
-#include "common.cuh"
+#include "reductions.cuh"
 
 #define BLOCK_SLOTS 16
 

@@ -3,7 +3,7 @@
 // speculative rejection sampling. Reductions and scans run in a fixed order; the CPU references
 // in kernels/src/cpu/sample.rs follow the same order.
 #include <float.h>
-#include "common.cuh"
+#include "reductions.cuh"
 
 #define THREADS 1024
 

@@ -290,7 +290,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
 }
 
 #[test]
-fn embedding_and_dequantization_give_the_stored_values() {
+fn embedding_gives_the_stored_values() {
     let g = gpu();
     let mut rng = Rng::new(2);
     for format in [
@@ -320,9 +320,6 @@ fn embedding_and_dequantization_give_the_stored_values() {
             })
             .collect();
         assert_bf16_close(&got, &want, 1.0, &format!("embedding {wf:?}"));
-        let deq = poisoned_bf16(&g, n * k);
-        g.dequantize(&view, deq.ptr()).unwrap();
-        assert_bf16_close(&read_bf16(&g, &deq), &w, 1.0, &format!("dequantize {wf:?}"));
     }
 }
 

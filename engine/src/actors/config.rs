@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use crate::kv::KvPool;
-use crate::model::ModelConfig;
+use crate::model::Model;
 
 /// How drafting shrinks as the batch grows. Verification rows cost compute; once the batch is
 /// large, a step is compute-bound and every rejected draft row slows everyone down, so drafts
@@ -90,15 +89,11 @@ impl Default for EngineConfig {
 
 impl EngineConfig {
     /// Sizes both pools from one memory budget in bytes, split in proportion to the models'
-    /// bytes per token (so both hold the same number of tokens).
-    pub fn with_kv_memory(
-        mut self,
-        bytes: usize,
-        target: &ModelConfig,
-        draft: Option<&ModelConfig>,
-    ) -> Self {
-        let t = KvPool::block_bytes_for(target);
-        let d = draft.map_or(0, KvPool::block_bytes_for);
+    /// bytes per token on their device (so both hold the same number of tokens; GPU blocks are
+    /// bf16, half the CPU's f32).
+    pub fn with_kv_memory(mut self, bytes: usize, target: &Model, draft: Option<&Model>) -> Self {
+        let t = target.kv_block_bytes();
+        let d = draft.map_or(0, Model::kv_block_bytes);
         let blocks = (bytes / (t + d)).max(1);
         self.target_kv_blocks = blocks;
         self.draft_kv_blocks = if draft.is_some() { blocks } else { 0 };

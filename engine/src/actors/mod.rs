@@ -112,6 +112,31 @@ impl EngineStats {
     }
 }
 
+/// GPU pools allocate as they fill: checks at start that they can fill, so that a size the card
+/// cannot hold is an error now rather than failed requests later.
+fn check_device_memory(
+    models: &EngineModels,
+    config: &EngineConfig,
+    target_kv: &crate::kv::KvPool,
+    draft_kv: &crate::kv::KvPool,
+) -> Result<()> {
+    let Some(free) = models.target.device_memory_free()? else {
+        return Ok(());
+    };
+    let need = config.target_kv_blocks * target_kv.block_bytes()
+        + config.draft_kv_blocks.min(draft_kv.usage().blocks_total) * draft_kv.block_bytes();
+    if need > free {
+        return Err(Error::Device(format!(
+            "the KV caches need {need} bytes ({} target and {} draft blocks) but {} has {free} \
+             bytes free: lower the KV memory (--kv-mib / engine.kv_memory_mib)",
+            config.target_kv_blocks,
+            config.draft_kv_blocks,
+            models.target.device()
+        )));
+    }
+    Ok(())
+}
+
 /// The engine: owns the thread its actors run on. Dropping it stops them.
 #[derive(Debug)]
 pub struct Engine {
@@ -127,22 +152,7 @@ impl Engine {
             Some(d) => d.new_pool(config.draft_kv_blocks),
             None => crate::kv::KvPool::new(0, 0, 0),
         };
-        // GPU pools allocate as they fill: check now that they can fill, so that a size the
-        // card cannot hold is an error at start rather than failed requests later.
-        if let Some(free) = models.target.device_memory_free()? {
-            let need = config.target_kv_blocks * target_kv.block_bytes()
-                + config.draft_kv_blocks.min(draft_kv.usage().blocks_total)
-                    * draft_kv.block_bytes();
-            if need > free {
-                return Err(Error::Device(format!(
-                    "the KV caches need {need} bytes ({} target and {} draft blocks) but {} has \
-                     {free} bytes free: lower the KV memory (--kv-mib / engine.kv_memory_mib)",
-                    config.target_kv_blocks,
-                    config.draft_kv_blocks,
-                    models.target.device()
-                )));
-            }
-        }
+        check_device_memory(&models, &config, &target_kv, &draft_kv)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("specd-engine".into())

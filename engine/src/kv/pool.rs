@@ -108,6 +108,11 @@ impl KvPool {
         }
     }
 
+    /// Layers and floats of keys (and of values) per token and layer this pool holds.
+    pub(crate) fn row_shape(&self) -> (usize, usize) {
+        (self.layers, self.row)
+    }
+
     /// The device the blocks live on.
     pub fn device(&self) -> Device {
         match &self.storage {

@@ -5,7 +5,8 @@ use std::convert::Infallible;
 
 use super::config::ModelConfig;
 use super::device::GpuStats;
-use super::llama::{ForwardOut, HostWeights, OutputMode, SeqInput};
+use super::host_weights::HostWeights;
+use super::llama::{ForwardOut, OutputMode, SeqInput};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 

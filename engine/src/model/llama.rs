@@ -13,10 +13,11 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::cpu_forward::{CpuWeights, Projection};
+use super::cpu_forward::CpuWeights;
 use super::cuda::CudaModel;
 use super::device::{Device, GpuStats};
-use super::weights::{Param, Weights};
+use super::host_weights::load_host;
+use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool, SequenceCache};
 
@@ -310,6 +311,11 @@ impl Model {
         super::cuda::matmul_kernels()
     }
 
+    /// Bytes of one KV block of this model on its device (f32 on the CPU, bf16 on a GPU).
+    pub fn kv_block_bytes(&self) -> usize {
+        self.new_pool(1).block_bytes()
+    }
+
     /// Bytes of device memory free now, for sizing KV pools (`None` on the CPU).
     pub fn device_memory_free(&self) -> Result<Option<usize>> {
         match &self.weights {
@@ -415,6 +421,13 @@ impl Model {
                 self.device()
             )));
         }
+        let shape = (c.num_layers, c.num_kv_heads * c.head_dim);
+        if kv.row_shape() != shape {
+            return Err(Error::InvalidRequest(format!(
+                "the KV pool holds (layers, row) {:?} but the model needs {shape:?}: a pool of another model",
+                kv.row_shape()
+            )));
+        }
         for (i, s) in batch.iter().enumerate() {
             if s.tokens.is_empty() {
                 return Err(Error::InvalidRequest(format!(
@@ -437,116 +450,4 @@ impl Model {
         }
         Ok(())
     }
-}
-
-/// The weights as read from the file, before they go to a device: matrices in candle's form
-/// (GGUF blocks or dense tensors), norms and biases as f32.
-pub(crate) type HostWeights = LlamaWeights<HostMatrix, Vec<f32>>;
-
-/// A weight matrix read from the file: its parts (stacked into one when their storage allows)
-/// and its bias.
-#[derive(Debug, Clone)]
-pub(crate) struct HostMatrix {
-    pub parts: Vec<candle_core::quantized::QMatMul>,
-    pub bias: Option<Vec<f32>>,
-}
-
-impl HostWeights {
-    fn into_cpu(self) -> Result<CpuWeights> {
-        let m = |h: HostMatrix| Projection::new(h.parts, h.bias);
-        Ok(LlamaWeights {
-            embed: m(self.embed)?,
-            layers: self
-                .layers
-                .into_iter()
-                .map(|l| {
-                    Ok(LayerWeights {
-                        attn_norm: l.attn_norm,
-                        qkv: m(l.qkv)?,
-                        o: m(l.o)?,
-                        ffn_norm: l.ffn_norm,
-                        gate_up: m(l.gate_up)?,
-                        down: m(l.down)?,
-                    })
-                })
-                .collect::<Result<_>>()?,
-            norm: self.norm,
-            head: m(self.head)?,
-        })
-    }
-}
-
-/// Reads every weight of `config`'s model. Dense weights stay in their file's precision when
-/// they go to a GPU (bf16 there) and become f32 for the CPU. Also says whether the head is the
-/// embedding table itself (tied), so that a GPU holds it once.
-fn load_host(
-    config: &ModelConfig,
-    weights: &mut Weights,
-    device: Device,
-) -> Result<(HostWeights, bool)> {
-    let c = config;
-    let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
-    let q_dim = c.num_heads * hd;
-    let keep_dtype = device.is_cuda();
-    let mat = |w: &mut Weights, p: Param, rows: usize, cols: usize| {
-        w.matrix_as(p, rows, cols, keep_dtype)
-    };
-    let single = |m| HostMatrix {
-        parts: vec![m],
-        bias: None,
-    };
-    let embed = single(mat(weights, Param::Embed, c.vocab_size, h)?);
-    let mut layers = Vec::with_capacity(c.num_layers);
-    for i in 0..c.num_layers {
-        let bias = if c.qkv_bias {
-            let q = weights.tensor(Param::QBias(i), &[q_dim])?;
-            let k = weights.tensor(Param::KBias(i), &[kv])?;
-            let v = weights.tensor(Param::VBias(i), &[kv])?;
-            Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
-        } else {
-            None
-        };
-        let qkv = HostMatrix {
-            parts: vec![
-                mat(weights, Param::Q(i), q_dim, h)?,
-                mat(weights, Param::K(i), kv, h)?,
-                mat(weights, Param::V(i), kv, h)?,
-            ],
-            bias,
-        };
-        let gate_up = HostMatrix {
-            parts: vec![
-                mat(weights, Param::Gate(i), c.intermediate_size, h)?,
-                mat(weights, Param::Up(i), c.intermediate_size, h)?,
-            ],
-            bias: None,
-        };
-        layers.push(LayerWeights {
-            attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
-            qkv,
-            o: single(mat(weights, Param::O(i), h, q_dim)?),
-            ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
-            gate_up,
-            down: single(mat(weights, Param::Down(i), h, c.intermediate_size)?),
-        });
-    }
-    let norm = weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?;
-    let tied = !weights.contains(Param::LmHead);
-    let head = if !tied {
-        single(mat(weights, Param::LmHead, c.vocab_size, h)?)
-    } else if c.tie_word_embeddings || weights.naming() == super::weights::Naming::Gguf {
-        embed.clone()
-    } else {
-        return Err(Error::MissingTensor {
-            path: weights.origin().to_path_buf(),
-            name: weights.naming().name(Param::LmHead),
-        });
-    };
-    let host = LlamaWeights {
-        embed,
-        layers,
-        norm,
-        head,
-    };
-    Ok((host, tied))
 }

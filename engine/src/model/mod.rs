@@ -8,6 +8,7 @@ pub(crate) mod cuda;
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
 pub mod device;
+mod host_weights;
 pub mod linear;
 pub mod llama;
 pub mod tiny;

@@ -242,7 +242,9 @@ impl Proposer for DraftModelProposer {
             }
         }
         // The device picks greedy drafts itself (a GPU model, no sampling transform).
+        // (A head wider than the target's vocabulary needs the host's cut first.)
         let on_device = self.model.device().is_cuda()
+            && self.model.head_rows() <= self.target_vocab
             && batch
                 .iter()
                 .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);

@@ -6,6 +6,7 @@
 //! a CUDA graph and replayed. Each kernel has a CPU reference in [`crate::cpu`] that the tests
 //! compare against.
 
+mod args;
 mod error;
 mod ops;
 
@@ -17,11 +18,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::sys::{self, CUstreamCaptureMode};
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaGraph, CudaStream, DeviceRepr};
 
-pub use error::{GpuError, GpuResult};
-pub use ops::{
+pub use args::{
     AttentionArgs, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat,
     WeightView,
 };
+pub use error::{GpuError, GpuResult};
 
 /// A raw device address.
 pub type DevicePtr = u64;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use specd_kernels::cuda::{bf16_to_f32, Buffer, DevicePtr, Gpu};
 
 use super::gpu_err;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::{BlockTable, BLOCK_SIZE};
 use crate::model::ModelConfig;
 
@@ -70,10 +70,15 @@ impl GpuBlocks {
 
     /// The id of a new block, allocating a chunk when the last one is full.
     pub(crate) fn grow(&mut self) -> Result<u32> {
+        if self.allocated >= self.max_blocks {
+            return Err(Error::KvExhausted {
+                needed: 1,
+                free: 0,
+                total: self.max_blocks,
+            });
+        }
         if self.allocated == self.chunks.len() * self.chunk_blocks {
-            let blocks = self
-                .chunk_blocks
-                .min(self.max_blocks.saturating_sub(self.allocated).max(1));
+            let blocks = self.chunk_blocks.min(self.max_blocks - self.allocated);
             let what = format!(
                 "a chunk of {blocks} KV cache blocks ({} of {} blocks allocated)",
                 self.allocated, self.max_blocks

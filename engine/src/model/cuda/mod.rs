@@ -6,6 +6,7 @@
 //! verdicts, or (for sampling on the host) the wanted rows of logits.
 
 mod kv;
+mod plan;
 mod step;
 mod weights;
 
@@ -18,12 +19,14 @@ use candle_core::Tensor;
 use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
 
 pub(crate) use kv::GpuBlocks;
-use step::{Buffers, CudaStep, Plan, Shape, GRAPH_MAX_ROWS};
+use plan::{Plan, Shape, GRAPH_MAX_ROWS};
+use step::{Buffers, CudaStep};
 use weights::GpuWeights;
 
 use super::config::ModelConfig;
 use super::device::GpuStats;
-use super::llama::{run_layers, ForwardOut, HostWeights, OutputMode, SeqInput, Top};
+use super::host_weights::HostWeights;
+use super::llama::{run_layers, ForwardOut, OutputMode, SeqInput, Top};
 use crate::error::{Error, Result};
 use crate::kv::KvPool;
 

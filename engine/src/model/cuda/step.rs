@@ -1,180 +1,18 @@
-//! One forward on the GPU: the step's metadata (token ids, positions, KV slots, block tables,
-//! wanted rows) laid out for the kernels, the activation buffers, and the [`ForwardOps`] that
-//! launch the kernels. The operations only enqueue launches on the stream (no copies, no
-//! waits), so a whole forward can be captured into a CUDA graph and replayed: the graph's
-//! pointers stay valid because every buffer here lives as long as the model's scratch.
+//! One forward on the GPU: the activation buffers, and the [`ForwardOps`] that launch the
+//! kernels over them and the step's metadata (`plan.rs`). The operations only enqueue
+//! launches on the stream (no copies, no waits), so a whole forward can be captured into a CUDA
+//! graph and replayed: the graph's pointers stay valid because every buffer here lives as long
+//! as the model's scratch.
 
 use specd_kernels::cuda::{AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RopeArgs};
 
 use super::gpu_err;
+use super::plan::{MetaPtrs, Plan, Shape};
 use super::weights::GpuMatrix;
 use crate::error::Result;
-use crate::kv::{KvPool, BLOCK_SIZE};
+use crate::kv::KvPool;
 use crate::model::config::{ModelConfig, RopeLayout};
-use crate::model::llama::{Act, ForwardOps, Logits, OutputMode, SeqInput};
-
-/// Rows (and wanted logit rows) a captured graph covers at most; larger forwards (long prompt
-/// chunks) launch their kernels directly.
-pub(super) const GRAPH_MAX_ROWS: usize = 256;
-
-/// The padded sizes of a forward: what its kernels are launched for. Graphs are captured per
-/// shape; rows past the real ones are padding that writes nowhere it matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct Shape {
-    /// Token rows.
-    pub rows: usize,
-    /// Rows of logits.
-    pub logit_rows: usize,
-    /// Sequences.
-    pub seqs: usize,
-    /// Block-table entries per sequence.
-    pub width: usize,
-}
-
-/// A count rounded up to the sizes graphs are captured for: exact up to 16, then steps of a
-/// quarter of a power of two.
-fn bucket(n: usize) -> usize {
-    if n <= 16 {
-        return n;
-    }
-    let p = n.next_power_of_two();
-    let step = p / 8;
-    n.div_ceil(step) * step
-}
-
-impl Shape {
-    /// The exact shape, or (for graphs) the bucketed one.
-    fn of(rows: usize, logit_rows: usize, seqs: usize, width: usize, padded: bool) -> Self {
-        if !padded {
-            return Self {
-                rows,
-                logit_rows,
-                seqs,
-                width: width.max(1),
-            };
-        }
-        Self {
-            rows: bucket(rows),
-            logit_rows: bucket(logit_rows),
-            seqs: bucket(seqs),
-            width: width.max(4).next_power_of_two(),
-        }
-    }
-
-    /// i32 values of the metadata: ids, positions, slots, row sequences, row lengths (one
-    /// each per row), selected rows, sequence first rows and row counts, block tables.
-    pub fn ints(&self) -> usize {
-        5 * self.rows + self.logit_rows + 2 * self.seqs + self.seqs * self.width
-    }
-
-    fn offsets(&self) -> [usize; 9] {
-        let r = self.rows;
-        let sel = 5 * r;
-        let first = sel + self.logit_rows;
-        let n = first + self.seqs;
-        [0, r, 2 * r, 3 * r, 4 * r, sel, first, n, n + self.seqs]
-    }
-}
-
-/// The host side of a forward's metadata.
-#[derive(Debug)]
-pub(super) struct Plan {
-    pub shape: Shape,
-    /// Real wanted rows and sequences.
-    pub logit_rows: usize,
-    pub seqs: usize,
-    pub meta: Vec<i32>,
-}
-
-impl Plan {
-    /// Lays out `batch` (slots already reserved in `kv`'s tables).
-    pub fn new(batch: &[SeqInput<'_>], padded: bool) -> Self {
-        let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
-        let logit_rows: usize = batch.iter().map(|s| s.logits.rows(s.tokens.len())).sum();
-        let width = batch
-            .iter()
-            .map(|s| s.table.blocks().len())
-            .max()
-            .unwrap_or(1);
-        let shape = Shape::of(rows, logit_rows, batch.len(), width, padded);
-        let mut meta = vec![0i32; shape.ints()];
-        let o = shape.offsets();
-        let (mut row, mut sel) = (0, 0);
-        for (si, s) in batch.iter().enumerate() {
-            let start = s.table.len();
-            let blocks = s.table.blocks();
-            meta[o[6] + si] = row as i32;
-            meta[o[7] + si] = s.tokens.len() as i32;
-            for (j, &b) in blocks.iter().enumerate() {
-                meta[o[8] + si * shape.width + j] = b as i32;
-            }
-            for (i, &t) in s.tokens.iter().enumerate() {
-                let p = start + i;
-                meta[o[0] + row] = t as i32;
-                meta[o[1] + row] = p as i32;
-                meta[o[2] + row] =
-                    (blocks[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i32;
-                meta[o[3] + row] = si as i32;
-                meta[o[4] + row] = (p + 1) as i32;
-                let wanted = match s.logits {
-                    Logits::All => true,
-                    Logits::Last => i + 1 == s.tokens.len(),
-                    Logits::None => false,
-                };
-                if wanted {
-                    meta[o[5] + sel] = row as i32;
-                    sel += 1;
-                }
-                row += 1;
-            }
-        }
-        // Padding rows write no KV and attend to nothing; padding sequences own one row.
-        for r in rows..shape.rows {
-            meta[o[2] + r] = -1;
-            meta[o[3] + r] = -1;
-        }
-        for si in batch.len()..shape.seqs {
-            meta[o[7] + si] = 1;
-        }
-        Self {
-            shape,
-            logit_rows,
-            seqs: batch.len(),
-            meta,
-        }
-    }
-}
-
-/// Device addresses of the metadata sections of a shape in the `meta` buffer.
-#[derive(Debug, Clone, Copy)]
-struct MetaPtrs {
-    ids: DevicePtr,
-    pos: DevicePtr,
-    slot: DevicePtr,
-    row_seq: DevicePtr,
-    row_len: DevicePtr,
-    sel: DevicePtr,
-    first: DevicePtr,
-    n: DevicePtr,
-    tables: DevicePtr,
-}
-
-impl MetaPtrs {
-    fn new(meta: &Buffer<i32>, shape: &Shape) -> Self {
-        let o = shape.offsets();
-        Self {
-            ids: meta.at(o[0]),
-            pos: meta.at(o[1]),
-            slot: meta.at(o[2]),
-            row_seq: meta.at(o[3]),
-            row_len: meta.at(o[4]),
-            sel: meta.at(o[5]),
-            first: meta.at(o[6]),
-            n: meta.at(o[7]),
-            tables: meta.at(o[8]),
-        }
-    }
-}
+use crate::model::llama::{Act, ForwardOps, OutputMode};
 
 /// Activation and output buffers, sized for `rows` token rows and `logit_rows` rows of logits.
 #[derive(Debug)]
@@ -327,7 +165,11 @@ fn product(
     for p in &m.parts {
         let mut w = p.view;
         if let Some(h) = head_rows {
-            w.rows = w.rows.min(h);
+            // Only the output columns below `h` are kept.
+            if p.col >= h {
+                continue;
+            }
+            w.rows = w.rows.min(h - p.col);
         }
         let bias = m.bias.as_ref().map_or(0, |b| b.at(p.col));
         gpu.matmul_rows(&MatmulArgs {

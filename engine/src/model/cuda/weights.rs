@@ -9,7 +9,8 @@ use specd_kernels::cuda::{Buffer, Gpu, WeightFormat, WeightView};
 
 use super::gpu_err;
 use crate::error::{Error, Result};
-use crate::model::llama::{HostMatrix, HostWeights, LayerWeights, LlamaWeights};
+use crate::model::host_weights::{HostMatrix, HostWeights};
+use crate::model::llama::{LayerWeights, LlamaWeights};
 
 const ADVICE: &str = "use a smaller or quantized model (GGUF), or another GPU";
 
@@ -19,7 +20,7 @@ pub(crate) struct GpuPart {
     pub view: WeightView,
     /// First output column this part writes.
     pub col: usize,
-    _data: Arc<Buffer<u8>>,
+    data: Arc<Buffer<u8>>,
 }
 
 /// A weight matrix `[rows, cols]` on the GPU: one part, or several when the file stores its
@@ -37,7 +38,7 @@ pub(crate) type GpuWeights = LlamaWeights<GpuMatrix, Buffer<f32>>;
 
 /// Bytes of weights a model holds on the GPU (each shared buffer counted once).
 pub(crate) fn weight_bytes(w: &GpuWeights, tied: bool) -> usize {
-    let m = |m: &GpuMatrix| m.parts.iter().map(|p| p._data.bytes()).sum::<usize>();
+    let m = |m: &GpuMatrix| m.parts.iter().map(|p| p.data.bytes()).sum::<usize>();
     let layers: usize = w
         .layers
         .iter()
@@ -50,7 +51,7 @@ pub(crate) fn weight_bytes(w: &GpuWeights, tied: bool) -> usize {
 /// norm and the head (the embedding contributes one row, left out).
 pub(crate) fn step_bytes(w: &GpuWeights) -> usize {
     let m = |m: &GpuMatrix| {
-        m.parts.iter().map(|p| p._data.bytes()).sum::<usize>()
+        m.parts.iter().map(|p| p.data.bytes()).sum::<usize>()
             + m.bias.as_ref().map_or(0, |b| b.bytes())
     };
     let layers: usize = w
@@ -206,7 +207,7 @@ fn matrix(gpu: &Gpu, h: &HostMatrix, what: &str) -> Result<GpuMatrix> {
                 cols,
             },
             col,
-            _data: Arc::new(data),
+            data: Arc::new(data),
         });
         col += rows;
     }

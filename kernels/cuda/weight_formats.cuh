@@ -1,39 +1,7 @@
-// Shared device helpers: bf16/f16 conversion, warp and block reductions, and the GGUF block
-// formats decoded eight weights at a time (the unit every product and lookup kernel reads).
+// The weight formats the product and lookup kernels read: bf16, and GGUF's Q4_K, Q6_K, Q8_0
+// and Q5_0 blocks, each decoded eight consecutive weights at a time.
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-typedef __nv_bfloat16 bf16;
-
-#define WARP 32
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Sum over the whole block in a fixed order (lanes, then warps), so that the result depends only
-// on the values, never on timing. `scratch` holds at least blockDim.x / 32 floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    const int warps = (blockDim.x + WARP - 1) / WARP;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float total = 0.f;
-    for (int w = 0; w < warps; ++w) total += scratch[w];
-    return total;
-}
+#include "reductions.cuh"
 
 __device__ __forceinline__ float half_at(const uint8_t* p) {
     uint16_t bits = (uint16_t)p[0] | ((uint16_t)p[1] << 8);
