@@ -5,15 +5,16 @@
 // the drafts before it), or the target's verified length for a GLIDE drafter's cross-attention
 // over the target's cache. GQA: query head h reads kv head h / (n_heads / n_kv).
 //
-// One CTA per (row, query head), 4 warps. A warp takes 32 keys at a time, one key per lane for
+// One CTA per (row, query head), 8 warps. A warp takes 32 keys at a time, one key per lane for
 // the scores, then all lanes over the head dimensions for the values, with an online softmax;
-// the 4 warps' partial results are combined in warp order. The order of every sum depends only
+// the 8 warps' partial results are combined in warp order. Up to 256 visible positions, each
+// warp has one round of keys, so a decode step's latency is one key load and one value load. The order of every sum depends only
 // on the row's own length, so a row's output is the same in any batch.
 #include <float.h>
 #include "reductions.cuh"
 
 #define BLOCK_SLOTS 16
-#define WARPS 4
+#define WARPS 8
 #define MAX_HEAD_DIM 256
 
 // HD: the head dimension when known at compile time (64, 128: loops fully unrolled, so that a
@@ -85,16 +86,17 @@ __device__ __forceinline__ void attention_body(
 #pragma unroll
         for (int i = 0; i < DPL; ++i) acc[i] *= corr;
         m = m_new;
-        // Values: the keys' weights go round the warp, lanes read the head dims, eight keys'
+        // Values: the keys' weights go round the warp, lanes read the head dims, VK keys'
         // loads in flight at a time.
+        constexpr int VK = DPL <= 4 ? 16 : 8;
         const int n_here = min(WARP, len - base);
         const unsigned long long vaddr =
             kr ? (unsigned long long)(kr + (size_t)BLOCK_SLOTS * kv_dim) : 0ull;
-        for (int j0 = 0; j0 < n_here; j0 += 8) {
-            float pj[8];
-            float v[8][DPL];
+        for (int j0 = 0; j0 < n_here; j0 += VK) {
+            float pj[VK];
+            float v[VK][DPL];
 #pragma unroll
-            for (int jj = 0; jj < 8; ++jj) {
+            for (int jj = 0; jj < VK; ++jj) {
                 const int j = j0 + jj;
                 pj[jj] = __shfl_sync(0xffffffffu, e, j & 31);
                 const bf16* vr = reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, vaddr, j & 31));
@@ -105,7 +107,7 @@ __device__ __forceinline__ void attention_body(
                 }
             }
 #pragma unroll
-            for (int jj = 0; jj < 8; ++jj) {
+            for (int jj = 0; jj < VK; ++jj) {
                 if (j0 + jj >= n_here) break;
 #pragma unroll
                 for (int i = 0; i < DPL; ++i) acc[i] = fmaf(pj[jj], v[jj][i], acc[i]);
@@ -135,13 +137,14 @@ __device__ __forceinline__ void attention_body(
 }
 
 // One kernel per head-dimension specialization: paged_attention_64, _128, and paged_attention
-// for any other multiple of 8 up to 256. Grid (rows, n_heads), 128 threads.
+// for any other multiple of 8 up to 256. Grid (rows, n_heads), 256 threads.
 #define ATTENTION_KERNEL(NAME, HD)                                                                 \
     extern "C" __global__ void __launch_bounds__(WARPS * WARP) NAME(                              \
         const float* __restrict__ q, int q_stride, bf16* const* __restrict__ chunks,               \
         int chunk_blocks, int layer, int n_layers, const int* __restrict__ row_seq,                \
         const int* __restrict__ row_kv_len, const int* __restrict__ tables, int table_width,       \
         int n_heads, int n_kv, int head_dim, float scale, int window, bf16* __restrict__ out) {     \
+        grid_dependency();                                                                          \
         attention_body<HD>(q, q_stride, chunks, chunk_blocks, layer, n_layers, row_seq, row_kv_len, \
                            tables, table_width, n_heads, n_kv, head_dim, scale, window, out);      \
     }

@@ -115,17 +115,25 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
     extern "C" __global__ void __launch_bounds__(KWARPS * 32) matmul_##FMTNAME##_##TAG(           \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
         float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        grid_dependency();                                                                        \
         matmul_body<F, NTL, KWARPS, MTILES, UNROLL>(w, (size_t)row_bytes, x, y, bias, rows, n, k,  \
                                                     ldy);                                         \
     }
 
 // The tile shapes measured by scripts/gpu/bench (BENCHMARKS.md): output columns per CTA x warps.
+// The u-shapes load 8 or 16 chunks per lane ahead (a 7B layer's K = 3584 is 14 chunks per warp
+// of 8), trading registers (fewer CTAs per SM) for bytes in flight. Keep in step with
+// MatmulKernel::ALL (args.rs).
 #define MATMUL_SHAPES(FMTNAME, F)                    \
     MATMUL_KERNEL(FMTNAME, F, 8x8, 1, 8, 4, 4)       \
     MATMUL_KERNEL(FMTNAME, F, 16x8, 2, 8, 4, 4)      \
     MATMUL_KERNEL(FMTNAME, F, 32x8, 4, 8, 2, 2)      \
     MATMUL_KERNEL(FMTNAME, F, 16x4, 2, 4, 4, 4)      \
-    MATMUL_KERNEL(FMTNAME, F, 32x4, 4, 4, 2, 4)
+    MATMUL_KERNEL(FMTNAME, F, 32x4, 4, 4, 2, 4)      \
+    MATMUL_KERNEL(FMTNAME, F, 8x8u8, 1, 8, 2, 8)     \
+    MATMUL_KERNEL(FMTNAME, F, 8x8u16, 1, 8, 2, 16)   \
+    MATMUL_KERNEL(FMTNAME, F, 16x8u8, 2, 8, 2, 8)    \
+    MATMUL_KERNEL(FMTNAME, F, 8x4u16, 1, 4, 2, 16)
 MATMUL_SHAPES(bf16, F_BF16)
 MATMUL_SHAPES(q4k, F_Q4K)
 MATMUL_SHAPES(q6k, F_Q6K)
@@ -183,6 +191,7 @@ __device__ __forceinline__ void matmul_simple_body(const uint8_t* __restrict__ w
     extern "C" __global__ void __launch_bounds__(256) matmul_##FMTNAME##_simple(                  \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
         float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        grid_dependency();                                                                        \
         matmul_simple_body<F>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);                  \
     }
 MATMUL_SIMPLE_KERNEL(bf16, F_BF16)
@@ -196,6 +205,7 @@ MATMUL_SIMPLE_KERNEL(q5_0, F_Q5_0)
 extern "C" __global__ void embed_rows(int fmt, const uint8_t* __restrict__ w,
                                       unsigned long long row_bytes, const int* __restrict__ ids,
                                       int k, float* __restrict__ out) {
+    grid_dependency();
     const int r = blockIdx.x;
     const int id = ids[r];
     for (int kk = threadIdx.x * 8; kk < k; kk += blockDim.x * 8) {

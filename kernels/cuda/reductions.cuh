@@ -1,5 +1,5 @@
-// What every kernel uses: the bf16 type, the warp size, and warp and block reductions that
-// add in a fixed order.
+// What every kernel uses: the bf16 type, the warp size, the launch dependency, and warp and block
+// reductions that add in a fixed order.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,6 +8,16 @@
 typedef __nv_bfloat16 bf16;
 
 #define WARP 32
+
+// Programmatic dependent launch (the host launches every kernel with it, unless SPECD_PDL=0):
+// wait until the kernel before this one has finished and its writes are visible, then allow the
+// next kernel to be scheduled while this one runs. Every kernel calls this as its first
+// statement, before any early return, so that the kernels complete in stream order. Without the
+// launch attribute both instructions do nothing.
+__device__ __forceinline__ void grid_dependency() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

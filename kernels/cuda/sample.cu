@@ -7,40 +7,85 @@
 
 #define THREADS 1024
 
-// For each row r (one CTA of THREADS threads): tok[r] = the index of the largest logit (the
-// lowest index on ties), prob[r] = its softmax probability 1 / Σ exp(l_i − max).
-extern "C" __global__ void __launch_bounds__(THREADS) argmax_rows(
-    const float* __restrict__ logits, int v, int ld, int* __restrict__ tok,
-    float* __restrict__ prob) {
-    __shared__ float sv[THREADS / WARP];
-    __shared__ int si[THREADS / WARP];
+// Argmax in two launches, so that a row of 150k logits is read by many SMs at once:
+// argmax_partial reduces fixed chunks of ARGMAX_CHUNK logits (grid (chunks, rows), 256 threads)
+// to (max, its lowest index, Σ exp(l − max)), and argmax_finish combines a row's chunks in chunk
+// order (one warp per row): tok[r] = the index of the largest logit (the lowest on ties), prob[r]
+// = its softmax probability 1 / Σ exp(l_i − max). The chunking depends only on the vocabulary,
+// so a row's result does not depend on the other rows.
+#define ARGMAX_CHUNK 4096
+#define ARGMAX_THREADS 256
+
+struct ArgmaxPart {
+    float max;
+    int index;
+    float sum;
+    float pad;
+};
+
+__device__ __forceinline__ void better(float& best, int& bi, float x, int i) {
+    if (x > best || (x == best && i < bi)) { best = x; bi = i; }
+}
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial(
+    const float* __restrict__ logits, int v, int ld, ArgmaxPart* __restrict__ parts) {
+    grid_dependency();
+    __shared__ float sv[ARGMAX_THREADS / WARP];
+    __shared__ int si[ARGMAX_THREADS / WARP];
     __shared__ float scratch[32];
-    const float* l = logits + (size_t)blockIdx.x * ld;
+    const int chunk = blockIdx.x, row = blockIdx.y;
+    const float* l = logits + (size_t)row * ld;
+    const int lo = chunk * ARGMAX_CHUNK, hi = min(v, lo + ARGMAX_CHUNK);
+    float vals[ARGMAX_CHUNK / ARGMAX_THREADS];
     float best = -FLT_MAX;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) {
-        const float x = l[i];
-        if (x > best || (x == best && i < bi)) { best = x; bi = i; }
+#pragma unroll
+    for (int j = 0; j < ARGMAX_CHUNK / ARGMAX_THREADS; ++j) {
+        const int i = lo + j * ARGMAX_THREADS + threadIdx.x;
+        vals[j] = i < hi ? l[i] : -FLT_MAX;
+        if (i < hi) better(best, bi, vals[j], i);
     }
     for (int o = WARP / 2; o > 0; o >>= 1) {
         const float ob = __shfl_xor_sync(0xffffffffu, best, o);
         const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        better(best, bi, ob, oi);
     }
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     if (lane == 0) { sv[warp] = best; si[warp] = bi; }
     __syncthreads();
     best = sv[0];
     bi = si[0];
-    for (int w = 1; w < (int)(blockDim.x / WARP); ++w)
-        if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
-    if (bi == 0x7fffffff) bi = 0;  // every logit NaN: like the CPU, index 0
-    float s = 0.f;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) s += expf(l[i] - best);
-    s = block_sum(s, scratch);
-    if (threadIdx.x == 0) {
-        tok[blockIdx.x] = bi;
-        prob[blockIdx.x] = 1.f / s;
+    for (int w = 1; w < ARGMAX_THREADS / WARP; ++w) better(best, bi, sv[w], si[w]);
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < ARGMAX_CHUNK / ARGMAX_THREADS; ++j) {
+        const int i = lo + j * ARGMAX_THREADS + threadIdx.x;
+        if (i < hi) sum += expf(vals[j] - best);
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) parts[(size_t)row * gridDim.x + chunk] = {best, bi, sum, 0.f};
+}
+
+// Grid: one warp per row; `chunks` partial results per row.
+extern "C" __global__ void argmax_finish(const ArgmaxPart* __restrict__ parts, int chunks,
+                                         int* __restrict__ tok, float* __restrict__ prob) {
+    grid_dependency();
+    const int row = blockIdx.x, lane = threadIdx.x;
+    const ArgmaxPart* p = parts + (size_t)row * chunks;
+    float best = -FLT_MAX;
+    int bi = 0x7fffffff;
+    for (int c = lane; c < chunks; c += WARP) better(best, bi, p[c].max, p[c].index);
+    for (int o = WARP / 2; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        better(best, bi, ob, oi);
+    }
+    float sum = 0.f;
+    for (int c = lane; c < chunks; c += WARP) sum += p[c].sum * expf(p[c].max - best);
+    sum = warp_sum(sum);
+    if (lane == 0) {
+        tok[row] = bi == 0x7fffffff ? 0 : bi;  // every logit NaN: like the CPU, index 0
+        prob[row] = 1.f / sum;
     }
 }
 
@@ -52,6 +97,7 @@ extern "C" __global__ void accept_greedy(const int* __restrict__ argmax,
                                          const int* __restrict__ ids,
                                          const int* __restrict__ first, const int* __restrict__ n,
                                          int seqs, int* __restrict__ out) {
+    grid_dependency();
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= seqs) return;
     const int f = first[s], rows = n[s];
@@ -64,6 +110,7 @@ extern "C" __global__ void accept_greedy(const int* __restrict__ argmax,
 // probs[r] = softmax(logits[r] · inv_temp). One CTA of THREADS threads per row.
 extern "C" __global__ void __launch_bounds__(THREADS) softmax_rows(
     const float* __restrict__ logits, int v, int ld, float inv_temp, float* __restrict__ probs) {
+    grid_dependency();
     __shared__ float scratch[32];
     __shared__ float red[THREADS / WARP];
     const float* l = logits + (size_t)blockIdx.x * ld;
@@ -160,6 +207,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) rejection_sample(
     const int* __restrict__ ids, const int* __restrict__ first, const int* __restrict__ n,
     const int* __restrict__ qrow, const float* __restrict__ u, int ustride,
     int* __restrict__ out) {
+    grid_dependency();
     __shared__ float seg_sums[THREADS];
     const int s = blockIdx.x;
     const int f = first[s], drafts = n[s] - 1;

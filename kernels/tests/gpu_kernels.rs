@@ -212,8 +212,9 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     ];
     for format in formats {
         let shapes: &[(usize, usize)] = match format.map(QuantFormat::block_len) {
-            Some(256) => &[(37, 512), (300, 1536), (8, 256)],
-            _ => &[(45, 96), (300, 896), (7, 32), (1029, 224)],
+            // Both sides past MatmulKernel::NARROW_MAX too, where `auto` switches kernels.
+            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304)],
+            _ => &[(45, 96), (300, 896), (7, 32), (1029, 224), (2056, 2112)],
         };
         for &(n, k) in shapes {
             let (_wbuf, view, w) = upload_matrix(&g, &mut rng, format, n, k);
@@ -227,7 +228,20 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                 .map(round_bf16)
                 .collect();
             let xbuf = g.upload(&bf16(&x), "x", ADVICE).unwrap();
-            for kernel in MatmulKernel::ALL {
+            // The f64 product of every row, once (a row's value does not depend on the others).
+            let want_all: Vec<f32> = (0..max_rows * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    let s: f64 = (0..k)
+                        .map(|c| x[r * k + c] as f64 * w[j * k + c] as f64)
+                        .sum();
+                    (s + bias[j] as f64) as f32
+                })
+                .collect();
+            // Kernels that add in the same order (the tensor-core kernels of 8 warps, and
+            // `auto`, which picks among them per product) must agree bit for bit.
+            let mut same_order: Vec<(MatmulKernel, usize, Vec<f32>)> = Vec::new();
+            for kernel in MatmulKernel::CHOICES {
                 let mut alone: Option<Vec<f32>> = None;
                 for rows in [1, 2, 5, 16, 17, 64, 65, 130] {
                     let y = poisoned_f32(&g, rows * n);
@@ -244,18 +258,16 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     )
                     .unwrap();
                     let got = read_f32(&g, &y);
-                    let want: Vec<f32> = (0..rows * n)
-                        .map(|i| {
-                            let (r, j) = (i / n, i % n);
-                            let s: f64 = (0..k)
-                                .map(|c| x[r * k + c] as f64 * w[j * k + c] as f64)
-                                .sum();
-                            (s + bias[j] as f64) as f32
-                        })
-                        .collect();
+                    let want = &want_all[..rows * n];
                     let what = format!("{kernel:?} {wf:?} {n}x{k}, {rows} rows");
-                    let e = rel_err(&got, &want, &what);
+                    let e = rel_err(&got, want, &what);
                     assert!(e < 1e-5, "{what}: relative error {e}");
+                    for (other, r, seen) in &same_order {
+                        if *r == rows && kernel.same_order(*other) {
+                            assert!(got == *seen, "{what}: differs from {other:?}");
+                        }
+                    }
+                    same_order.push((kernel, rows, got.clone()));
                     // Row 0 is bit-identical whatever else shares the launch.
                     match &alone {
                         None => alone = Some(got[..n].to_vec()),
@@ -654,8 +666,17 @@ fn argmax_greedy_acceptance_softmax_and_rejection_sampling_match_the_cpu() {
     let lb = g.upload(&logits, "logits", ADVICE).unwrap();
     let tok = g.upload(&vec![-7i32; rows], "tok", ADVICE).unwrap();
     let prob = poisoned_f32(&g, rows);
-    g.argmax_rows(lb.ptr(), vocab, vocab, rows, tok.ptr(), prob.ptr())
-        .unwrap();
+    let scratch = poisoned_f32(&g, Gpu::argmax_scratch_floats(vocab, rows));
+    g.argmax_rows(
+        lb.ptr(),
+        vocab,
+        vocab,
+        rows,
+        tok.ptr(),
+        prob.ptr(),
+        scratch.ptr(),
+    )
+    .unwrap();
     let toks: Vec<i32> = g.read(tok.ptr(), rows).unwrap();
     let probs = read_f32(&g, &prob);
     for r in 0..rows {
@@ -668,6 +689,37 @@ fn argmax_greedy_acceptance_softmax_and_rejection_sampling_match_the_cpu() {
         );
     }
     assert_eq!(toks[2], 100);
+
+    // A real vocabulary spans many of the kernel's chunks: ties across chunks keep the lowest
+    // index, and a maximum in the last, partial chunk is found.
+    let big = 152_064;
+    let mut wide = rng.vec(3 * big, 8.0);
+    wide[5000] = 60.0;
+    wide[100_000] = 60.0;
+    wide[big + big - 3] = 61.0;
+    wide[2 * big + 4095] = 30.0;
+    wide[2 * big + 4096] = 30.0;
+    let wb = g.upload(&wide, "logits", ADVICE).unwrap();
+    let wt = g.upload(&[-7i32; 3], "tok", ADVICE).unwrap();
+    let wp = poisoned_f32(&g, 3);
+    let ws = poisoned_f32(&g, Gpu::argmax_scratch_floats(big, 3));
+    g.argmax_rows(wb.ptr(), big, big, 3, wt.ptr(), wp.ptr(), ws.ptr())
+        .unwrap();
+    let (wtoks, wprobs): (Vec<i32>, Vec<f32>) = (g.read(wt.ptr(), 3).unwrap(), read_f32(&g, &wp));
+    assert_eq!(
+        wtoks,
+        [5000, big as i32 - 3, 4095],
+        "argmax over {big} logits"
+    );
+    for r in 0..3 {
+        let (t, p) = sample::argmax_prob(&wide[r * big..(r + 1) * big]);
+        assert_eq!(wtoks[r] as u32, t, "argmax row {r} of {big}");
+        assert!(
+            (wprobs[r] - p).abs() <= 1e-5 * p.max(1e-3),
+            "top probability row {r} of {big}: {} vs {p}",
+            wprobs[r]
+        );
+    }
 
     // Greedy acceptance over three sequences of 4, 1 and 4 rows.
     let mut ids: Vec<i32> = (0..rows).map(|_| rng.below(vocab) as i32).collect();

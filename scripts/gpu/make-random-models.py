@@ -13,7 +13,11 @@ Creates OUTDIR/qwen2.5-1.5b-shape and OUTDIR/qwen2.5-7b-shape. A folder that alr
 config.json is left alone (the script is idempotent); a model is written to NAME.tmp first and
 renamed when complete. Prints one JSON line per model:
     {"model": ..., "path": ..., "params": ..., "bytes": ..., "seconds": ...}
-("skipped": true is added for a folder that already existed). No tokenizer is written.
+("skipped": true is added for a folder that already existed). Each folder also gets a byte-level
+tokenizer.json (no merges: one token per byte, the rest of the vocabulary filler tokens that
+encoding never produces, Qwen's special tokens at their ids) and a tokenizer_config.json with
+the ChatML template, so that `specd bench-load` and `serve` can run on the folder; the same
+tokenizer for every shape, so one shape may draft for another.
 
 `--tiny` (a test aid, not shown in --help) makes the same two models with tiny shapes
 (hidden 64, 2 layers, vocab 1000) in folders named *-tiny, e.g. for a CPU test with
@@ -183,6 +187,60 @@ def fix_config_json(folder):
         f.write("\n")
 
 
+CHATML = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def byte_alphabet():
+    """GPT-2's byte-to-character table of byte-level BPE: printable bytes map to themselves."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def write_tokenizer(path, vocab):
+    """A byte-level tokenizer.json over `vocab` ids and a ChatML tokenizer_config.json."""
+    if vocab > 151645:
+        special = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+    else:
+        special = {"<|endoftext|>": vocab - 1, "<|im_start|>": vocab - 3, "<|im_end|>": vocab - 2}
+    taken = set(special.values())
+    model_vocab = {c: i for i, c in enumerate(byte_alphabet())}
+    for i in range(256, vocab):
+        if i not in taken:
+            model_vocab[f"filler{i}"] = i
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+            for t, i in sorted(special.items(), key=lambda kv: kv[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": None,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "vocab": model_vocab, "merges": []},
+    }
+    with open(os.path.join(path, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": CHATML, "eos_token": "<|im_end|>"}, f)
+
+
 def make_one(key, shape, outdir, device, seed):
     from transformers import Qwen2ForCausalLM
 
@@ -258,8 +316,12 @@ def main():
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("CUDA is not available; pass --device cpu")
     os.makedirs(args.outdir, exist_ok=True)
+    # One tokenizer for every shape (over the smallest vocabulary), written even into folders
+    # that already existed.
+    vocab = min(shape["vocab_size"] for shape in table.values())
     for k in keys:
         make_one(k, table[k], args.outdir, args.device, args.seed)
+        write_tokenizer(os.path.join(args.outdir, table[k]["name"]), vocab)
 
 
 if __name__ == "__main__":

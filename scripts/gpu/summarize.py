@@ -56,6 +56,17 @@ for s in shapes:
     if r and r.get("sweep"):
         print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f}" for v in r["sweep"]))
 print()
+print("## Programmatic dependent launch (PDL) on and off, same kernel (ms: decode, 6-row verification)")
+for s in shapes:
+    r, off = specd[s], (lines(f"specd-{s}-nopdl.json") or [None])[0]
+    if r and off:
+        def dv(x):
+            g = next(v for v in x["decode"] if v["graphs"])["ms_per_step"]
+            six = next((v["ms"] for v in x["verify"] if v["rows"] == 6), float("nan"))
+            return g, six
+        (a, a6), (b, b6) = dv(r), dv(off)
+        print(f"- {s} ({off.get('matmul')}): on {a:.2f} / {a6:.2f}, off {b:.2f} / {b6:.2f}")
+print()
 print("## Launches and host time per decode step")
 print("| shape | graphs: launches | host µs | no graphs: launches | host µs |")
 print("|---|---|---|---|---|")
@@ -108,9 +119,10 @@ if prof.exists():
         byts = collections.defaultdict(float)
         for r in rd:
             name = r.get("Kernel Name", "?").split("(")[0]
-            fam = name.split("_")[0] if not name.startswith("paged") else "paged_attention"
+            fam = name
             if name.startswith("matmul"):
-                fam = name
+                # One row per product: the grid size tells QKV, O, gate/up, down and the head apart.
+                fam = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
             unit = r.get("Metric Unit", "")
             try:
                 v = float(r.get("Metric Value", "0").replace(",", ""))
@@ -118,18 +130,27 @@ if prof.exists():
                 continue
             m = r.get("Metric Name", "")
             if m == "gpu__time_duration.sum":
-                scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+                scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
+                         "msecond": 1e3}[unit]
                 dur[fam] += v * scale
                 cnt[fam] += 1
             elif m == "dram__bytes_read.sum":
-                scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9}.get(unit, 1)
+                scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1, "KB": 1e3,
+                         "MB": 1e6, "GB": 1e9}[unit]
                 byts[fam] += v * scale
         total = sum(dur.values())
         print()
         print("## Where a 7B-shape decode step's kernel time goes (Nsight Compute, graphs off)")
-        print("| kernel | launches | µs | share | DRAM read GB/s |")
-        print("|---|---|---|---|---|")
+        print("| kernel | launches | µs | µs each | share | DRAM read GB/s |")
+        print("|---|---|---|---|---|---|")
         for fam, us in sorted(dur.items(), key=lambda x: -x[1]):
             bw = byts[fam] / (us * 1e-6) / 1e9 if us else 0
-            print(f"| {fam} | {cnt[fam]} | {us:.0f} | {100*us/total:.0f} % | {bw:.0f} |")
-        print(f"| total | {sum(cnt.values())} | {total:.0f} | | |")
+            print(f"| {fam} | {cnt[fam]} | {us:.0f} | {us / cnt[fam]:.1f} | {100*us/total:.0f} % | {bw:.0f} |")
+        print(f"| total | {sum(cnt.values())} | {total:.0f} | | | |")
+
+for s in shapes:
+    p = d / f"load-{s}.md"
+    if p.exists() and p.read_text().strip():
+        print()
+        print(f"## The engine on the GPU: `specd bench-load` on {s}")
+        print(p.read_text().strip())

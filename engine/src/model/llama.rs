@@ -297,7 +297,7 @@ impl Model {
         }
     }
 
-    /// On a GPU, switches the row-product kernel (`8x8`, `16x8`, `32x8`, `16x4`, `32x4`:
+    /// On a GPU, switches the row-product kernel (`8x8`, `16x8`, `32x8`, `8x8u16`, ...:
     /// tensor-core tile shapes; `simple`: CUDA cores); for benchmarks. No effect on the CPU.
     pub fn set_cuda_matmul(&self, name: &str) -> Result<()> {
         match &self.weights {

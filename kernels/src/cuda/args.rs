@@ -160,51 +160,126 @@ pub struct RejectionArgs {
 }
 
 /// Which row-product kernel `matmul_rows` launches: a tensor-core tile shape, or the CUDA-core
-/// kernel. `SPECD_MATMUL` picks one by name (`16x8`, `simple`, ...).
+/// kernel. `SPECD_MATMUL` picks one by name (`16x8`, `8x8u16`, `simple`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulKernel {
     /// Tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate): `cols` output columns per
-    /// CTA, `warps` warps splitting K.
-    TensorCore { cols: u32, warps: u32 },
+    /// CTA, `warps` warps splitting K, `unroll` chunks of 32 weights per row loaded ahead by
+    /// each lane (more bytes in flight, more registers), `mtiles` 16-row tiles per pass over the
+    /// weights.
+    TensorCore {
+        cols: u32,
+        warps: u32,
+        unroll: u32,
+        mtiles: u32,
+    },
     /// CUDA cores, a warp per output column.
     Simple,
+    /// Per product, by its shape: [`MatmulKernel::NARROW`] when it has at most
+    /// [`MatmulKernel::NARROW_MAX`] output columns or inputs, else [`MatmulKernel::WIDE`]. Both
+    /// split K over 8 warps, and every tensor-core kernel with the same number of warps adds
+    /// each output element in the same order (matmul.cu), so the choice never changes a result.
+    Auto,
+}
+
+const fn tc(cols: u32, warps: u32, unroll: u32, mtiles: u32) -> MatmulKernel {
+    MatmulKernel::TensorCore {
+        cols,
+        warps,
+        unroll,
+        mtiles,
+    }
 }
 
 impl MatmulKernel {
-    /// Every kernel built into the module.
-    pub const ALL: [MatmulKernel; 6] = [
-        MatmulKernel::TensorCore { cols: 8, warps: 8 },
-        MatmulKernel::TensorCore { cols: 16, warps: 8 },
-        MatmulKernel::TensorCore { cols: 32, warps: 8 },
-        MatmulKernel::TensorCore { cols: 16, warps: 4 },
-        MatmulKernel::TensorCore { cols: 32, warps: 4 },
+    /// Every kernel built into the module (matmul.cu's MATMUL_SHAPES, in its order).
+    pub const ALL: [MatmulKernel; 10] = [
+        tc(8, 8, 4, 4),
+        tc(16, 8, 4, 4),
+        tc(32, 8, 2, 2),
+        tc(16, 4, 4, 4),
+        tc(32, 4, 4, 2),
+        tc(8, 8, 8, 2),
+        tc(8, 8, 16, 2),
+        tc(16, 8, 8, 2),
+        tc(8, 4, 16, 2),
         MatmulKernel::Simple,
     ];
 
-    /// The default: 8 columns per CTA of 8 warps, the shape of GPU run 1 (the best 7B-shape
-    /// step measured, 6.24 ms, with the SwiGLU as its own kernel as now) and the fastest
-    /// tensor-core shape on the 1.5B shape in run 2 (BENCHMARKS.md). Run 2 timed the others
-    /// only with the SwiGLU fused, which favoured wide tiles; sweep again (`specd bench --sweep`).
-    pub const DEFAULT: MatmulKernel = MatmulKernel::TensorCore { cols: 8, warps: 8 };
+    /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], then
+    /// every built kernel.
+    pub const CHOICES: [MatmulKernel; 11] = {
+        let mut c = [MatmulKernel::Auto; 11];
+        let mut i = 0;
+        while i < 10 {
+            c[i + 1] = Self::ALL[i];
+            i += 1;
+        }
+        c
+    };
 
-    /// The name `SPECD_MATMUL` takes and the kernels carry (`16x8`, `simple`).
-    pub fn name(self) -> String {
+    /// The default. GPU runs 3 and 4 (BENCHMARKS.md) swept every kernel over whole models: 8
+    /// columns per CTA of 8 warps with 8 chunks ahead was fastest on the 1.5B shape (hidden
+    /// 1536: a short K is one round of loads per warp, and few columns need narrow CTAs to fill
+    /// the GPU), 32 columns of 8 warps on the 7B shape (hidden 3584); `auto` gives each model
+    /// its winner, by the smaller side of each matrix.
+    pub const DEFAULT: MatmulKernel = MatmulKernel::Auto;
+    /// [`MatmulKernel::Auto`]'s choice for matrices with a side of at most
+    /// [`MatmulKernel::NARROW_MAX`].
+    pub const NARROW: MatmulKernel = tc(8, 8, 8, 2);
+    /// The widest side [`MatmulKernel::NARROW`] is chosen for.
+    pub const NARROW_MAX: usize = 2048;
+    /// [`MatmulKernel::Auto`]'s choice for the others.
+    pub const WIDE: MatmulKernel = tc(32, 8, 2, 2);
+
+    /// The built kernel that runs a product of `n` output columns over `k` inputs.
+    pub fn resolve(self, n: usize, k: usize) -> MatmulKernel {
         match self {
-            MatmulKernel::TensorCore { cols, warps } => format!("{cols}x{warps}"),
-            MatmulKernel::Simple => "simple".into(),
+            MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
+            MatmulKernel::Auto => Self::WIDE,
+            other => other,
         }
     }
 
-    /// The kernel called `name`, if built.
+    /// Whether two kernels give bit-identical results (tensor-core kernels with the same number
+    /// of warps splitting K; `Auto` picks among kernels of 8 warps).
+    pub fn same_order(self, other: MatmulKernel) -> bool {
+        let warps = |k: MatmulKernel| match k {
+            MatmulKernel::TensorCore { warps, .. } => Some(warps),
+            MatmulKernel::Auto => Some(8),
+            MatmulKernel::Simple => None,
+        };
+        self == other || (warps(self).is_some() && warps(self) == warps(other))
+    }
+
+    /// The name `SPECD_MATMUL` takes and the kernels carry: `{cols}x{warps}` for the first five
+    /// shapes (as measured in GPU runs 1 and 2), `{cols}x{warps}u{unroll}` for the deeper
+    /// unrolled ones, `simple`.
+    pub fn name(self) -> String {
+        match self {
+            MatmulKernel::TensorCore {
+                cols,
+                warps,
+                unroll,
+                ..
+            } if unroll >= 8 => format!("{cols}x{warps}u{unroll}"),
+            MatmulKernel::TensorCore { cols, warps, .. } => format!("{cols}x{warps}"),
+            MatmulKernel::Simple => "simple".into(),
+            MatmulKernel::Auto => "auto".into(),
+        }
+    }
+
+    /// The kernel called `name`, if built (or `auto`).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
+        Self::CHOICES.into_iter().find(|k| k.name() == name)
     }
 
     /// CTAs and threads per CTA of a product with `n` output columns.
     pub(super) fn launch_shape(self, n: usize) -> (usize, u32) {
         let (cols, threads) = match self {
-            MatmulKernel::TensorCore { cols, warps } => (cols as usize, warps * 32),
+            MatmulKernel::TensorCore { cols, warps, .. } => (cols as usize, warps * 32),
             MatmulKernel::Simple => (8, 256),
+            MatmulKernel::Auto => unreachable!("resolved before launch"),
         };
         (n.div_ceil(cols), threads)
     }

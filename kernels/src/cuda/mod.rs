@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::{self, CUstreamCaptureMode};
-use cudarc::driver::{result, CudaContext, CudaFunction, CudaGraph, CudaStream, DeviceRepr};
+use cudarc::driver::{result, CudaContext, CudaGraph, CudaStream, DeviceRepr};
 
 pub use args::{
     AttentionArgs, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat,
@@ -46,9 +46,11 @@ pub struct Gpu {
     name: String,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// Index into [`MatmulKernel::ALL`].
+    /// Index into [`MatmulKernel::CHOICES`].
     matmul_kernel: std::sync::atomic::AtomicUsize,
     launches: AtomicU64,
+    /// Launch kernels with programmatic dependent launch (`SPECD_PDL=0` turns it off).
+    pdl: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -99,6 +101,7 @@ impl Gpu {
                     .unwrap_or(MatmulKernel::DEFAULT),
             )),
             launches: AtomicU64::new(0),
+            pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
             shared,
         }))
     }
@@ -173,7 +176,7 @@ impl Gpu {
     /// The row-product kernel `matmul_rows` uses (`SPECD_MATMUL=16x8`, `simple`, ... picks
     /// another; see [`MatmulKernel`]).
     pub fn matmul_kernel(&self) -> MatmulKernel {
-        MatmulKernel::ALL[self.matmul_kernel.load(Ordering::Relaxed)]
+        MatmulKernel::CHOICES[self.matmul_kernel.load(Ordering::Relaxed)]
     }
 
     /// Switches the row-product kernel (graphs captured before keep the old one).
@@ -368,11 +371,6 @@ impl Gpu {
 
     fn count_launch(&self) {
         self.launches.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn function(&self, f: &CudaFunction) -> (Arc<CudaStream>, CudaFunction) {
-        self.count_launch();
-        (self.stream.clone(), f.clone())
     }
 }
 

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use cudarc::driver::{sys, CudaContext, CudaFunction, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::args::{AttentionArgs, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightView};
@@ -16,10 +19,10 @@ const ATTENTION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attention.fat
 const SAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sample.fatbin"));
 
 pub(super) fn kernel_index(k: MatmulKernel) -> usize {
-    MatmulKernel::ALL
+    MatmulKernel::CHOICES
         .iter()
         .position(|&x| x == k)
-        .expect("every kernel is in ALL")
+        .expect("every kernel is in CHOICES")
 }
 
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
@@ -34,7 +37,8 @@ pub(super) struct Kernels {
     rope_store_kv: CudaFunction,
     /// For head dims 64 and 128 (fully unrolled), and any other.
     paged_attention: [CudaFunction; 3],
-    argmax_rows: CudaFunction,
+    argmax_partial: CudaFunction,
+    argmax_finish: CudaFunction,
     accept_greedy: CudaFunction,
     softmax_rows: CudaFunction,
     rejection_sample: CudaFunction,
@@ -78,7 +82,8 @@ impl Kernels {
                 f(&att, "paged_attention_128")?,
                 f(&att, "paged_attention")?,
             ],
-            argmax_rows: f(&sample, "argmax_rows")?,
+            argmax_partial: f(&sample, "argmax_partial")?,
+            argmax_finish: f(&sample, "argmax_finish")?,
             accept_greedy: f(&sample, "accept_greedy")?,
             softmax_rows: f(&sample, "softmax_rows")?,
             rejection_sample: f(&sample, "rejection_sample")?,
@@ -94,14 +99,74 @@ fn grid(blocks: usize, threads: u32) -> LaunchConfig {
     }
 }
 
-fn launched(r: Result<(), cudarc::driver::DriverError>) -> GpuResult<()> {
-    r.map_err(GpuError::driver("launching a kernel"))
+/// A kernel's arguments: pointers to values that outlive the launch call (as the driver reads
+/// them during `cuLaunchKernelEx`).
+#[derive(Default)]
+struct Args<'a> {
+    ptrs: Vec<*mut c_void>,
+    _values: PhantomData<&'a ()>,
+}
+
+impl<'a> Args<'a> {
+    fn arg<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
+        self.ptrs.push(v as *const T as *mut c_void);
+        self
+    }
+}
+
+impl Gpu {
+    /// Launches `f` on the stream. With programmatic dependent launch (on unless
+    /// `SPECD_PDL=0`), the next kernel may be scheduled while this one drains: every kernel
+    /// starts with `griddepcontrol.wait` (kernels/cuda/reductions.cuh), so none reads its inputs
+    /// before the kernel before it has finished and its writes are visible.
+    fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &Args) -> GpuResult<()> {
+        self.count_launch();
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        let mut params = args.ptrs.clone();
+        self.ctx
+            .bind_to_thread()
+            .map_err(GpuError::driver("binding the context"))?;
+        // SAFETY: `params` points at values of the types and order of the kernel's parameters
+        // (each launch function pushes them in the signature's order), alive until this returns;
+        // the device buffers they name are the caller's, valid for the stream's work.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(GpuError::driver("launching a kernel"))
+    }
 }
 
 /// Blocks for a grid-stride loop over `n` elements.
 fn stride_blocks(n: usize) -> usize {
     n.div_ceil(256).clamp(1, 4096)
 }
+
+/// Logits per CTA of `argmax_partial` (ARGMAX_CHUNK in sample.cu).
+const ARGMAX_CHUNK: usize = 4096;
 
 fn to_i32(v: usize) -> i32 {
     i32::try_from(v).expect("a size that fits the kernels' 32-bit indices")
@@ -119,8 +184,8 @@ impl Gpu {
         if a.rows == 0 {
             return Ok(());
         }
+        let kernel = kernel.resolve(a.w.rows, a.w.cols);
         let f = &self.kernels().matmul[&(kernel, a.w.format.index())];
-        let (stream, f) = self.function(f);
         let (w, rb, x, y, bias) = (a.w.ptr, a.w.row_bytes(), a.x, a.y, a.bias);
         let (rows, n, k, ldy) = (
             to_i32(a.rows),
@@ -128,12 +193,11 @@ impl Gpu {
             to_i32(a.w.cols),
             to_i32(a.ldy),
         );
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&w).arg(&rb).arg(&x).arg(&y).arg(&bias);
         b.arg(&rows).arg(&n).arg(&k).arg(&ldy);
-        // SAFETY: the argument list matches the kernel's signature; the buffers are the caller's.
         let (blocks, threads) = kernel.launch_shape(a.w.rows);
-        launched(unsafe { b.launch(grid(blocks, threads)) }.map(|_| ()))
+        self.launch(f, grid(blocks, threads), &b)
     }
 
     /// `out[r] = w[ids[r]]` as f32, for `rows` ids (embedding lookup; a negative id gives zeros).
@@ -147,17 +211,16 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().embed_rows);
+        let f = &self.kernels().embed_rows;
         let (fmt, ptr, rb, k) = (
             w.format.index() as i32,
             w.ptr,
             w.row_bytes(),
             to_i32(w.cols),
         );
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&fmt).arg(&ptr).arg(&rb).arg(&ids).arg(&k).arg(&out);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(rows, 128)) }.map(|_| ()))
+        self.launch(f, grid(rows, 128), &b)
     }
 
     /// For each of `rows` rows of width `d`: `x += delta` (when `delta` is not 0), then
@@ -176,9 +239,9 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().add_rms_norm);
+        let f = &self.kernels().add_rms_norm;
         let dd = to_i32(d);
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&x)
             .arg(&delta)
             .arg(&weight)
@@ -186,8 +249,7 @@ impl Gpu {
             .arg(&out)
             .arg(&dd);
         let threads = if d >= 2048 { 1024 } else { 256 };
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(rows, threads)) }.map(|_| ()))
+        self.launch(f, grid(rows, threads), &b)
     }
 
     /// `out[r, i] = bf16(silu(gu[r, i]) · gu[r, inter + i])`.
@@ -201,12 +263,11 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().silu_mul);
+        let f = &self.kernels().silu_mul;
         let (n, r) = (to_i32(inter), to_i32(rows));
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&gu).arg(&out).arg(&n).arg(&r);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(stride_blocks(inter * rows), 256)) }.map(|_| ()))
+        self.launch(f, grid(stride_blocks(inter * rows), 256), &b)
     }
 
     /// `dst[j] = src[sel[j]]` for `rows` selected rows of `d` bf16 values.
@@ -221,12 +282,11 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().gather_rows);
+        let f = &self.kernels().gather_rows;
         let dd = to_i32(d);
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&src).arg(&sel).arg(&dd).arg(&dst);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(rows, 256)) }.map(|_| ()))
+        self.launch(f, grid(rows, 256), &b)
     }
 
     /// Rotary embedding of the step's rows and the paged KV write of one layer.
@@ -234,7 +294,7 @@ impl Gpu {
         if a.rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().rope_store_kv);
+        let f = &self.kernels().rope_store_kv;
         let (nh, nkv, hd) = (to_i32(a.n_heads), to_i32(a.n_kv), to_i32(a.head_dim));
         let inter = i32::from(a.interleaved);
         let (cb, layer, nl) = (
@@ -242,7 +302,7 @@ impl Gpu {
             to_i32(a.layer),
             to_i32(a.kv.n_layers),
         );
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&a.qkv)
             .arg(&nh)
             .arg(&nkv)
@@ -255,8 +315,12 @@ impl Gpu {
             .arg(&cb)
             .arg(&layer)
             .arg(&nl);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(a.rows, 128)) }.map(|_| ()))
+        let cfg = LaunchConfig {
+            grid_dim: (a.rows as u32, (a.n_heads + a.n_kv) as u32, 1),
+            block_dim: ((a.head_dim / 2).next_multiple_of(32).min(1024) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(f, cfg, &b)
     }
 
     /// Paged attention for a ragged batch of query rows.
@@ -273,7 +337,7 @@ impl Gpu {
             128 => 1,
             _ => 2,
         };
-        let (stream, f) = self.function(&self.kernels().paged_attention[which]);
+        let f = &self.kernels().paged_attention[which];
         let (qs, cb, layer, nl) = (
             to_i32(a.q_stride),
             to_i32(a.kv.chunk_blocks),
@@ -287,7 +351,7 @@ impl Gpu {
             to_i32(a.head_dim),
             to_i32(a.window),
         );
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&a.q)
             .arg(&qs)
             .arg(&a.kv.chunks)
@@ -303,15 +367,21 @@ impl Gpu {
             .arg(&a.out);
         let cfg = LaunchConfig {
             grid_dim: (a.rows.max(1) as u32, a.n_heads as u32, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: as above.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()))
+        self.launch(f, cfg, &b)
+    }
+
+    /// Floats of scratch that [`Gpu::argmax_rows`] needs for `rows` rows of `vocab` logits.
+    pub fn argmax_scratch_floats(vocab: usize, rows: usize) -> usize {
+        4 * vocab.div_ceil(ARGMAX_CHUNK) * rows
     }
 
     /// `tok[r]` = argmax of logits row r (lowest index on ties), `prob[r]` its softmax
-    /// probability; `ld` floats between rows.
+    /// probability; `ld` floats between rows. `scratch` holds
+    /// [`Gpu::argmax_scratch_floats`] floats (per-chunk partial results).
+    #[allow(clippy::too_many_arguments)]
     pub fn argmax_rows(
         &self,
         logits: DevicePtr,
@@ -320,16 +390,26 @@ impl Gpu {
         rows: usize,
         tok: DevicePtr,
         prob: DevicePtr,
+        scratch: DevicePtr,
     ) -> GpuResult<()> {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().argmax_rows);
-        let (v, l) = (to_i32(vocab), to_i32(ld));
-        let mut b = stream.launch_builder(&f);
-        b.arg(&logits).arg(&v).arg(&l).arg(&tok).arg(&prob);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(rows, 1024)) }.map(|_| ()))
+        let chunks = vocab.div_ceil(ARGMAX_CHUNK);
+        let f = &self.kernels().argmax_partial;
+        let (v, l, nc) = (to_i32(vocab), to_i32(ld), to_i32(chunks));
+        let mut b = Args::default();
+        b.arg(&logits).arg(&v).arg(&l).arg(&scratch);
+        let cfg = LaunchConfig {
+            grid_dim: (chunks as u32, rows as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(f, cfg, &b)?;
+        let f = &self.kernels().argmax_finish;
+        let mut b = Args::default();
+        b.arg(&scratch).arg(&nc).arg(&tok).arg(&prob);
+        self.launch(f, grid(rows, 32), &b)
     }
 
     /// Greedy acceptance of `seqs` sequences' drafts against the target's choices.
@@ -345,17 +425,16 @@ impl Gpu {
         if seqs == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().accept_greedy);
+        let f = &self.kernels().accept_greedy;
         let s = to_i32(seqs);
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&argmax)
             .arg(&ids)
             .arg(&first)
             .arg(&n)
             .arg(&s)
             .arg(&out);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(seqs.div_ceil(128), 128)) }.map(|_| ()))
+        self.launch(f, grid(seqs.div_ceil(128), 128), &b)
     }
 
     /// `probs[r] = softmax(logits[r] / temperature)`.
@@ -371,12 +450,11 @@ impl Gpu {
         if rows == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().softmax_rows);
+        let f = &self.kernels().softmax_rows;
         let (v, l) = (to_i32(vocab), to_i32(ld));
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&logits).arg(&v).arg(&l).arg(&inv_temp).arg(&probs);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(rows, 1024)) }.map(|_| ()))
+        self.launch(f, grid(rows, 1024), &b)
     }
 
     /// Speculative rejection sampling, one CTA per sequence.
@@ -384,9 +462,9 @@ impl Gpu {
         if a.seqs == 0 {
             return Ok(());
         }
-        let (stream, f) = self.function(&self.kernels().rejection_sample);
+        let f = &self.kernels().rejection_sample;
         let (v, us) = (to_i32(a.vocab), to_i32(a.ustride));
-        let mut b = stream.launch_builder(&f);
+        let mut b = Args::default();
         b.arg(&a.p)
             .arg(&v)
             .arg(&a.q)
@@ -394,7 +472,6 @@ impl Gpu {
             .arg(&a.first)
             .arg(&a.n);
         b.arg(&a.qrow).arg(&a.u).arg(&us).arg(&a.out);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(grid(a.seqs, 1024)) }.map(|_| ()))
+        self.launch(f, grid(a.seqs, 1024), &b)
     }
 }

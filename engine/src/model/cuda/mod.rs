@@ -32,7 +32,7 @@ use crate::kv::KvPool;
 
 /// The names of the row-product kernels built in.
 pub(crate) fn matmul_kernels() -> Vec<String> {
-    specd_kernels::cuda::MatmulKernel::ALL
+    specd_kernels::cuda::MatmulKernel::CHOICES
         .iter()
         .map(|k| k.name())
         .collect()

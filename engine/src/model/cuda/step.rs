@@ -33,6 +33,7 @@ pub(super) struct Buffers {
     pub logits: Buffer<f32>,
     pub top_tok: Buffer<i32>,
     pub top_prob: Buffer<f32>,
+    argmax_scratch: Buffer<f32>,
     pub verdicts: Buffer<i32>,
     pub meta: Buffer<i32>,
     pub chunk_table: Buffer<u64>,
@@ -75,6 +76,11 @@ impl Buffers {
             logits: alloc!(f32, logit_rows * c.vocab_size, "logits"),
             top_tok: alloc!(i32, logit_rows, "argmax tokens"),
             top_prob: alloc!(f32, logit_rows, "argmax probabilities"),
+            argmax_scratch: alloc!(
+                f32,
+                Gpu::argmax_scratch_floats(c.vocab_size, logit_rows),
+                "argmax partial results"
+            ),
             verdicts: alloc!(i32, 2 * seqs, "acceptance results"),
             meta: alloc!(i32, meta_ints, "step metadata"),
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
@@ -320,6 +326,7 @@ impl ForwardOps for CudaStep<'_> {
             s.logit_rows,
             b.top_tok.ptr(),
             b.top_prob.ptr(),
+            b.argmax_scratch.ptr(),
         )
         .map_err(gpu_err)?;
         if self.mode == OutputMode::GreedyVerdict {
