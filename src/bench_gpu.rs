@@ -137,8 +137,17 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
             decode_ms(model, &mut cache, 3)?;
             let d = decode_ms(model, &mut cache, 24)?;
             let v = verify_ms(model, &mut cache, 6, 12)?;
+            // The prompt's prefill with this kernel (the best of two), for `auto`'s many-row
+            // choice.
+            let mut pp = 0f64;
+            for _ in 0..2 {
+                let mut c2 = model.new_cache();
+                let t = Instant::now();
+                model.forward_cache(&mut c2, prompt, Logits::Last)?;
+                pp = pp.max(prompt.len() as f64 / t.elapsed().as_secs_f64());
+            }
             sweep.push(format!(
-                "{{\"matmul\":\"{k}\",\"decode_ms\":{d:.3},\"verify6_ms\":{v:.3}}}"
+                "{{\"matmul\":\"{k}\",\"decode_ms\":{d:.3},\"verify6_ms\":{v:.3},\"pp_tokens_per_s\":{pp:.0}}}"
             ));
             if d + v < best.0 {
                 best = (d + v, k);

@@ -29,15 +29,18 @@ __device__ __forceinline__ uint4 load_x8(const bf16* x, int rows, int r, int k, 
 }
 
 // NTL n8-tiles per warp (a CTA owns 8·NTL output columns), KWARPS warps splitting K, MTILES
-// 16-row m-tiles per pass, UNROLL chunks of weights loaded ahead. None of these changes the order
-// in which one output element is accumulated for a given KWARPS.
+// 16-row m-tiles per pass, UNROLL chunks of weights loaded ahead. None of these changes the
+// order in which one output element is accumulated for a given KWARPS. (Loading the next round
+// while the current one computes, in a second register buffer, was slower in every shape: GPU
+// run 6 in BENCHMARKS.md.)
 template <int F, int NTL, int KWARPS, int MTILES, int UNROLL>
 __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_t row_bytes,
                                             const bf16* __restrict__ x, float* __restrict__ y,
                                             const float* __restrict__ bias, int rows, int n, int k,
                                             int ldy) {
     constexpr int COLS = 8 * NTL;
-    __shared__ float part[KWARPS][MTILES][16][COLS + 1];
+    constexpr int STEP = KWARPS * UNROLL;
+    __shared__ float part[KWARPS][16][COLS + 1];
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     const int g = lane / 4, t = lane % 4;
     const int n0 = blockIdx.x * COLS;
@@ -54,8 +57,8 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
 #pragma unroll
             for (int j = 0; j < NTL; ++j) acc[m][j][0] = acc[m][j][1] = acc[m][j][2] = acc[m][j][3] = 0.f;
         const int tiles = min(MTILES, (rows - r0 + 15) / 16);
-        for (int c0 = warp; c0 < chunks; c0 += KWARPS * UNROLL) {
-            uint32_t b[UNROLL][NTL][4];
+        // A round: this warp's chunks c0, c0 + KWARPS, ... (UNROLL of them), in that order.
+        auto load = [&](uint32_t (&b)[UNROLL][NTL][4], int c0) {
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int c = c0 + u * KWARPS;
@@ -64,6 +67,8 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
                     for (int j = 0; j < NTL; ++j) Fmt<F>::load8(w, row_bytes, wrow[j], c * 32 + t * 8, b[u][j]);
                 }
             }
+        };
+        auto compute = [&](const uint32_t (&b)[UNROLL][NTL][4], int c0) {
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int c = c0 + u * KWARPS;
@@ -82,29 +87,37 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
                     }
                 }
             }
+        };
+        for (int c0 = warp; c0 < chunks; c0 += STEP) {
+            uint32_t b[UNROLL][NTL][4];
+            load(b, c0);
+            compute(b, c0);
         }
+        // The warps' partial sums, one m-tile at a time, added in warp order.
 #pragma unroll
-        for (int m = 0; m < MTILES; ++m)
+        for (int m = 0; m < MTILES; ++m) {
+            if (m >= tiles) break;
 #pragma unroll
             for (int j = 0; j < NTL; ++j) {
-                part[warp][m][g][8 * j + 2 * t] = acc[m][j][0];
-                part[warp][m][g][8 * j + 2 * t + 1] = acc[m][j][1];
-                part[warp][m][g + 8][8 * j + 2 * t] = acc[m][j][2];
-                part[warp][m][g + 8][8 * j + 2 * t + 1] = acc[m][j][3];
+                part[warp][g][8 * j + 2 * t] = acc[m][j][0];
+                part[warp][g][8 * j + 2 * t + 1] = acc[m][j][1];
+                part[warp][g + 8][8 * j + 2 * t] = acc[m][j][2];
+                part[warp][g + 8][8 * j + 2 * t + 1] = acc[m][j][3];
             }
-        __syncthreads();
-        for (int o = threadIdx.x; o < MTILES * 16 * COLS; o += blockDim.x) {
-            const int m = o / (16 * COLS), rr = (o / COLS) % 16, col = o % COLS;
-            const int row = r0 + m * 16 + rr, nn = n0 + col;
-            if (row < rows && nn < n) {
-                float s = 0.f;
+            __syncthreads();
+            for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
+                const int rr = o / COLS, col = o % COLS;
+                const int row = r0 + m * 16 + rr, nn = n0 + col;
+                if (row < rows && nn < n) {
+                    float s = 0.f;
 #pragma unroll
-                for (int wi = 0; wi < KWARPS; ++wi) s += part[wi][m][rr][col];
-                if (bias) s += bias[nn];
-                y[(size_t)row * ldy + nn] = s;
+                    for (int wi = 0; wi < KWARPS; ++wi) s += part[wi][rr][col];
+                    if (bias) s += bias[nn];
+                    y[(size_t)row * ldy + nn] = s;
+                }
             }
+            __syncthreads();
         }
-        __syncthreads();
     }
 }
 
@@ -122,8 +135,8 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
 
 // The tile shapes measured by scripts/gpu/bench (BENCHMARKS.md): output columns per CTA x warps.
 // The u-shapes load 8 or 16 chunks per lane ahead (a 7B layer's K = 3584 is 14 chunks per warp
-// of 8), trading registers (fewer CTAs per SM) for bytes in flight. Keep in step with
-// MatmulKernel::ALL (args.rs).
+// of 8), trading registers (fewer CTAs per SM) for bytes in flight; 32x8m4 takes 64 rows per
+// pass over the weights (prefill). Keep in step with MatmulKernel::ALL (args.rs).
 #define MATMUL_SHAPES(FMTNAME, F)                    \
     MATMUL_KERNEL(FMTNAME, F, 8x8, 1, 8, 4, 4)       \
     MATMUL_KERNEL(FMTNAME, F, 16x8, 2, 8, 4, 4)      \
@@ -133,7 +146,8 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
     MATMUL_KERNEL(FMTNAME, F, 8x8u8, 1, 8, 2, 8)     \
     MATMUL_KERNEL(FMTNAME, F, 8x8u16, 1, 8, 2, 16)   \
     MATMUL_KERNEL(FMTNAME, F, 16x8u8, 2, 8, 2, 8)    \
-    MATMUL_KERNEL(FMTNAME, F, 8x4u16, 1, 4, 2, 16)
+    MATMUL_KERNEL(FMTNAME, F, 8x4u16, 1, 4, 2, 16)   \
+    MATMUL_KERNEL(FMTNAME, F, 32x8m4, 4, 8, 4, 2)
 MATMUL_SHAPES(bf16, F_BF16)
 MATMUL_SHAPES(q4k, F_Q4K)
 MATMUL_SHAPES(q6k, F_Q6K)

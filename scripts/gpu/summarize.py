@@ -50,11 +50,11 @@ for s in shapes:
     fmt = lambda v: "–" if v is None else f"{v:.2f}"
     print(f"| {s} | {r['bytes_per_step']/1e9:.2f} GB | {r['copy_bandwidth_TBps']:.2f} | {r['roofline_ms']:.2f} | {g['ms_per_step']:.2f} | {g['pct_of_roofline']:.0f} % | {n['ms_per_step']:.2f} | {r.get('matmul')} | {fmt(a)} | {fmt(t)} | {fmt(tfc.get((s, 1)))} |")
 print()
-print("## Row-product kernels side by side (decode ms, 6-row verification ms)")
+print("## Row-product kernels side by side (decode ms, 6-row verification ms, 128-token prefill tok/s)")
 for s in shapes:
     r = specd[s]
     if r and r.get("sweep"):
-        print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f}" for v in r["sweep"]))
+        print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f} / {v.get('pp_tokens_per_s', 0):.0f}" for v in r["sweep"]))
 print()
 print("## Programmatic dependent launch (PDL) on and off, same kernel (ms: decode, 6-row verification)")
 for s in shapes:

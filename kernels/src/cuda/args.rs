@@ -160,14 +160,15 @@ pub struct RejectionArgs {
 }
 
 /// Which row-product kernel `matmul_rows` launches: a tensor-core tile shape, or the CUDA-core
-/// kernel. `SPECD_MATMUL` picks one by name (`16x8`, `8x8u16`, `simple`, ...).
+/// kernel. `SPECD_MATMUL` picks one by name (`16x8`, `8x8u16`, `simple`, `auto`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulKernel {
-    /// Tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate): `cols` output columns per
-    /// CTA, `warps` warps splitting K, `unroll` chunks of 32 weights per row loaded ahead by
-    /// each lane (more bytes in flight, more registers), `mtiles` 16-row tiles per pass over the
-    /// weights.
+    /// Tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), built as
+    /// `matmul_<format>_<name>` (matmul.cu's MATMUL_SHAPES): `cols` output columns per CTA,
+    /// `warps` warps splitting K, `unroll` chunks of 32 weights per row loaded ahead by each lane
+    /// (more bytes in flight, more registers), `mtiles` 16-row tiles per pass over the weights.
     TensorCore {
+        name: &'static str,
         cols: u32,
         warps: u32,
         unroll: u32,
@@ -175,15 +176,18 @@ pub enum MatmulKernel {
     },
     /// CUDA cores, a warp per output column.
     Simple,
-    /// Per product, by its shape: [`MatmulKernel::NARROW`] when it has at most
-    /// [`MatmulKernel::NARROW_MAX`] output columns or inputs, else [`MatmulKernel::WIDE`]. Both
-    /// split K over 8 warps, and every tensor-core kernel with the same number of warps adds
-    /// each output element in the same order (matmul.cu), so the choice never changes a result.
+    /// Per product, by its shape and rows: for up to [`MatmulKernel::FEW_ROWS`] rows (decode,
+    /// verification) [`MatmulKernel::NARROW`] when the matrix has a side of at most
+    /// [`MatmulKernel::NARROW_MAX`], else [`MatmulKernel::WIDE`]; for more rows (prefill)
+    /// [`MatmulKernel::MANY_ROWS`]. All split K over 8 warps, and every tensor-core kernel with
+    /// the same number of warps adds each output element in the same order (matmul.cu), so the
+    /// choice never changes a result: a row is bit-identical in decode, verification and prefill.
     Auto,
 }
 
-const fn tc(cols: u32, warps: u32, unroll: u32, mtiles: u32) -> MatmulKernel {
+const fn tc(name: &'static str, cols: u32, warps: u32, unroll: u32, mtiles: u32) -> MatmulKernel {
     MatmulKernel::TensorCore {
+        name,
         cols,
         warps,
         unroll,
@@ -193,32 +197,33 @@ const fn tc(cols: u32, warps: u32, unroll: u32, mtiles: u32) -> MatmulKernel {
 
 impl MatmulKernel {
     /// Every kernel built into the module (matmul.cu's MATMUL_SHAPES, in its order).
-    pub const ALL: [MatmulKernel; 10] = [
-        tc(8, 8, 4, 4),
-        tc(16, 8, 4, 4),
-        tc(32, 8, 2, 2),
-        tc(16, 4, 4, 4),
-        tc(32, 4, 4, 2),
-        tc(8, 8, 8, 2),
-        tc(8, 8, 16, 2),
-        tc(16, 8, 8, 2),
-        tc(8, 4, 16, 2),
+    pub const ALL: [MatmulKernel; 11] = [
+        tc("8x8", 8, 8, 4, 4),
+        tc("16x8", 16, 8, 4, 4),
+        tc("32x8", 32, 8, 2, 2),
+        tc("16x4", 16, 4, 4, 4),
+        tc("32x4", 32, 4, 4, 2),
+        tc("8x8u8", 8, 8, 8, 2),
+        tc("8x8u16", 8, 8, 16, 2),
+        tc("16x8u8", 16, 8, 8, 2),
+        tc("8x4u16", 8, 4, 16, 2),
+        tc("32x8m4", 32, 8, 2, 4),
         MatmulKernel::Simple,
     ];
 
     /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], then
     /// every built kernel.
-    pub const CHOICES: [MatmulKernel; 11] = {
-        let mut c = [MatmulKernel::Auto; 11];
+    pub const CHOICES: [MatmulKernel; 12] = {
+        let mut c = [MatmulKernel::Auto; 12];
         let mut i = 0;
-        while i < 10 {
+        while i < 11 {
             c[i + 1] = Self::ALL[i];
             i += 1;
         }
         c
     };
 
-    /// The default. GPU runs 3 and 4 (BENCHMARKS.md) swept every kernel over whole models: 8
+    /// The default. GPU runs 3–6 (BENCHMARKS.md) swept every kernel over whole models: 8
     /// columns per CTA of 8 warps with 8 chunks ahead was fastest on the 1.5B shape (hidden
     /// 1536: a short K is one round of loads per warp, and few columns need narrow CTAs to fill
     /// the GPU), 32 columns of 8 warps on the 7B shape (hidden 3584); `auto` gives each model
@@ -226,15 +231,21 @@ impl MatmulKernel {
     pub const DEFAULT: MatmulKernel = MatmulKernel::Auto;
     /// [`MatmulKernel::Auto`]'s choice for matrices with a side of at most
     /// [`MatmulKernel::NARROW_MAX`].
-    pub const NARROW: MatmulKernel = tc(8, 8, 8, 2);
+    pub const NARROW: MatmulKernel = Self::ALL[5];
     /// The widest side [`MatmulKernel::NARROW`] is chosen for.
     pub const NARROW_MAX: usize = 2048;
     /// [`MatmulKernel::Auto`]'s choice for the others.
-    pub const WIDE: MatmulKernel = tc(32, 8, 2, 2);
+    pub const WIDE: MatmulKernel = Self::ALL[2];
+    /// The most rows [`MatmulKernel::Auto`] treats as decode or verification.
+    pub const FEW_ROWS: usize = 32;
+    /// [`MatmulKernel::Auto`]'s choice for more rows (prefill): 64 rows per pass, the fastest
+    /// 128-token prefill on both shapes in GPU run 6.
+    pub const MANY_ROWS: MatmulKernel = Self::ALL[9];
 
-    /// The built kernel that runs a product of `n` output columns over `k` inputs.
-    pub fn resolve(self, n: usize, k: usize) -> MatmulKernel {
+    /// The built kernel that runs a product of `rows` rows, `n` output columns and `k` inputs.
+    pub fn resolve(self, rows: usize, n: usize, k: usize) -> MatmulKernel {
         match self {
+            MatmulKernel::Auto if rows > Self::FEW_ROWS => Self::MANY_ROWS,
             MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
             MatmulKernel::Auto => Self::WIDE,
             other => other,
@@ -252,18 +263,12 @@ impl MatmulKernel {
         self == other || (warps(self).is_some() && warps(self) == warps(other))
     }
 
-    /// The name `SPECD_MATMUL` takes and the kernels carry: `{cols}x{warps}` for the first five
-    /// shapes (as measured in GPU runs 1 and 2), `{cols}x{warps}u{unroll}` for the deeper
-    /// unrolled ones, `simple`.
+    /// The name `SPECD_MATMUL` takes and the kernels carry (`16x8`, `8x8u8`, `32x8m4`, `simple`,
+    /// `auto`): `{cols}x{warps}`, then `u{unroll}` for the deeper unrolled shapes and
+    /// `m{mtiles}` for the taller one.
     pub fn name(self) -> String {
         match self {
-            MatmulKernel::TensorCore {
-                cols,
-                warps,
-                unroll,
-                ..
-            } if unroll >= 8 => format!("{cols}x{warps}u{unroll}"),
-            MatmulKernel::TensorCore { cols, warps, .. } => format!("{cols}x{warps}"),
+            MatmulKernel::TensorCore { name, .. } => name.into(),
             MatmulKernel::Simple => "simple".into(),
             MatmulKernel::Auto => "auto".into(),
         }

@@ -184,7 +184,7 @@ impl Gpu {
         if a.rows == 0 {
             return Ok(());
         }
-        let kernel = kernel.resolve(a.w.rows, a.w.cols);
+        let kernel = kernel.resolve(a.rows, a.w.rows, a.w.cols);
         let f = &self.kernels().matmul[&(kernel, a.w.format.index())];
         let (w, rb, x, y, bias) = (a.w.ptr, a.w.row_bytes(), a.x, a.y, a.bias);
         let (rows, n, k, ldy) = (
