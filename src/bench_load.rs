@@ -73,13 +73,18 @@ fn parse_modes(spec: &str) -> anyhow::Result<Vec<Mode>> {
             s.parse()
                 .with_context(|| format!("mode `{m}`: `{s}` is not a number"))
         };
-        let (method, k, policy) = match parts.as_slice() {
-            ["none"] => (Method::None, 0, false),
-            ["draft", n] => (Method::Draft, k(n)?, false),
-            ["draft", n, "policy"] => (Method::Draft, k(n)?, true),
-            ["ngram", n] => (Method::Ngram, k(n)?, false),
-            ["ngram", n, "policy"] => (Method::Ngram, k(n)?, true),
-            _ => bail!("unknown mode `{m}`: use none, draft:K, draft:K:policy, ngram:K[:policy]"),
+        let usage = || {
+            anyhow::anyhow!(
+                "unknown mode `{m}`: use none, draft:K, draft:K:policy, ngram:K[:policy]"
+            )
+        };
+        let method: Method = parts[0].parse().map_err(|_| usage())?;
+        let (k, policy) = match (method, &parts[1..]) {
+            (Method::None, []) => (0, false),
+            (Method::None, _) => return Err(usage()),
+            (_, [n]) => (k(n)?, false),
+            (_, [n, "policy"]) => (k(n)?, true),
+            _ => return Err(usage()),
         };
         out.push(Mode {
             label: m.to_string(),
@@ -122,7 +127,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
             Ok(tokenizer.encode(&p, true)?)
         })
         .collect::<anyhow::Result<_>>()?;
-    let needs_draft = modes.iter().any(|m| m.method == Method::Draft);
+    let needs_draft = modes.iter().any(|m| m.method.needs_draft_model());
     let draft = if needs_draft {
         let path = crate::bench_spec::draft_or_default(args.draft.as_ref())?;
         Some(Arc::new(crate::generate::load_drafter(
@@ -341,4 +346,26 @@ async fn read_stream(mut s: RequestStream, submitted: Instant) -> anyhow::Result
         }
     }
     Ok(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_into_the_engine_method() {
+        let m = parse_modes("none,draft:4:policy,ngram:3").unwrap();
+        let got: Vec<(Method, usize, bool)> = m.iter().map(|m| (m.method, m.k, m.policy)).collect();
+        assert_eq!(
+            got,
+            [
+                (Method::None, 0, false),
+                (Method::Draft, 4, true),
+                (Method::Ngram, 3, false)
+            ]
+        );
+        for bad in ["none:2", "warp:4", "draft", "draft:4:always"] {
+            assert!(parse_modes(bad).is_err(), "`{bad}` was accepted");
+        }
+    }
 }

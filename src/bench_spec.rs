@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
+use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
 use specd_engine::model;
@@ -37,7 +38,8 @@ pub struct BenchSpecArgs {
     /// Tokens generated per prompt and method.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`.
+    /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`,
+    /// `ngram:adaptive:MAX`.
     #[arg(
         long,
         default_value = "none,draft:2,draft:3,draft:4,draft:5,draft:6,draft:adaptive:6,ngram:6"
@@ -45,14 +47,15 @@ pub struct BenchSpecArgs {
     methods: String,
 }
 
+/// One column of the comparison: a method with its draft-length policy.
 #[derive(Debug, Clone)]
-struct Method {
+struct Mode {
     label: String,
-    proposer: Option<usize>,
+    method: Method,
     policy: DraftPolicyConfig,
 }
 
-fn parse_methods(spec: &str) -> anyhow::Result<Vec<Method>> {
+fn parse_methods(spec: &str) -> anyhow::Result<Vec<Mode>> {
     let mut out = Vec::new();
     for m in spec.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let parts: Vec<&str> = m.split(':').collect();
@@ -66,17 +69,20 @@ fn parse_methods(spec: &str) -> anyhow::Result<Vec<Method>> {
             );
             Ok(k)
         };
-        let (proposer, max_draft, adaptive) = match parts.as_slice() {
-            ["none"] => (None, 0, false),
-            ["draft", k] => (Some(0), num(k)?, false),
-            ["draft", "adaptive", k] => (Some(0), num(k)?, true),
-            ["ngram", k] => (Some(1), num(k)?, false),
-            ["ngram", "adaptive", k] => (Some(1), num(k)?, true),
-            _ => bail!("unknown method `{m}`: use none, draft:K, draft:adaptive:MAX, ngram:K"),
+        let usage = || {
+            anyhow::anyhow!("unknown method `{m}`: use none, draft:K, draft:adaptive:MAX, ngram:K, ngram:adaptive:MAX")
         };
-        out.push(Method {
+        let method: Method = parts[0].parse().map_err(|_| usage())?;
+        let (max_draft, adaptive) = match (method, &parts[1..]) {
+            (Method::None, []) => (0, false),
+            (Method::None, _) => return Err(usage()),
+            (_, [k]) => (num(k)?, false),
+            (_, ["adaptive", k]) => (num(k)?, true),
+            _ => return Err(usage()),
+        };
+        out.push(Mode {
             label: m.to_string(),
-            proposer,
+            method,
             policy: DraftPolicyConfig {
                 max_draft,
                 adaptive,
@@ -171,15 +177,26 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
     }
 
     let (target, tokenizer, template) = load_chat_target(&args.model)?;
-    let mut proposers: Vec<Box<dyn Proposer>> = Vec::new();
-    let draft_path = draft_or_default(args.draft.as_ref())?;
-    proposers.push(Box::new(crate::generate::load_drafter(
-        &draft_path,
-        args.draft_head,
-        &target,
-        &tokenizer,
-    )?));
-    proposers.push(Box::new(NgramProposer::default()));
+    // The draft model is loaded only when a method drafts with it.
+    let drafter = if methods.iter().any(|m| m.method.needs_draft_model()) {
+        let draft_path = draft_or_default(args.draft.as_ref())?;
+        Some(crate::generate::load_drafter(
+            &draft_path,
+            args.draft_head,
+            &target,
+            &tokenizer,
+        )?)
+    } else {
+        None
+    };
+    let ngram = NgramProposer::default();
+    let proposer = |m: Method| -> Option<&dyn Proposer> {
+        match m {
+            Method::None => None,
+            Method::Draft => drafter.as_ref().map(|d| d as &dyn Proposer),
+            Method::Ngram => Some(&ngram),
+        }
+    };
 
     let mut totals = vec![Totals::default(); methods.len()];
     for (pi, (kind, text)) in prompts.iter().enumerate() {
@@ -194,9 +211,14 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         for j in 0..methods.len() {
             let mi = (j + pi) % methods.len();
             let m = &methods[mi];
-            let proposer = m.proposer.map(|i| proposers[i].as_ref());
-            let out =
-                generate_speculative(&target.model, &tokenizer, proposer, m.policy, &req, |_| {})?;
+            let out = generate_speculative(
+                &target.model,
+                &tokenizer,
+                proposer(m.method),
+                m.policy,
+                &req,
+                |_| {},
+            )?;
             let t = &mut totals[mi];
             t.tokens += out.tokens.len() as u64;
             t.decode += out.decode_time;
@@ -215,7 +237,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             );
             outputs[mi] = Some(out.tokens);
         }
-        let none = methods.iter().position(|m| m.proposer.is_none());
+        let none = methods.iter().position(|m| m.method == Method::None);
         for (mi, o) in outputs.iter().enumerate() {
             if none.is_some_and(|n| outputs[n] == *o) {
                 totals[mi].same_as_none += 1;
@@ -225,7 +247,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
 
     let base = methods
         .iter()
-        .position(|m| m.proposer.is_none())
+        .position(|m| m.method == Method::None)
         .map(|i| totals[i].tokens as f64 / totals[i].decode.as_secs_f64());
     let kinds: Vec<String> = totals[0].by_kind.keys().cloned().collect();
     println!(
@@ -251,12 +273,12 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             tps,
             base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
             by_kind.join(" | "),
-            if m.proposer.is_some() {
+            if m.method != Method::None {
                 format!("{:.1}%", 100.0 * t.spec.acceptance_rate())
             } else {
                 "-".into()
             },
-            if m.proposer.is_some() {
+            if m.method != Method::None {
                 format!("{:.2}", t.spec.mean_accepted_length())
             } else {
                 "1".into()
@@ -268,4 +290,37 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_into_the_engine_method_and_a_policy() {
+        let m = parse_methods("none, draft:4,ngram:adaptive:6").unwrap();
+        let got: Vec<(Method, usize, bool)> = m
+            .iter()
+            .map(|m| (m.method, m.policy.max_draft, m.policy.adaptive))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Method::None, 0, false),
+                (Method::Draft, 4, false),
+                (Method::Ngram, 6, true)
+            ]
+        );
+        for bad in [
+            "none:3",
+            "warp:4",
+            "draft",
+            "draft:0",
+            "draft:x",
+            "ngram:fast:4",
+            "",
+        ] {
+            assert!(parse_methods(bad).is_err(), "`{bad}` was accepted");
+        }
+    }
 }

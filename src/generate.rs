@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
 use specd_engine::model::{self, Device, LoadOptions};
@@ -83,17 +84,6 @@ pub struct GenerateArgs {
     spec: SpecArgs,
 }
 
-/// How tokens are proposed for the target to verify.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Speculation {
-    /// Target only: one token per forward.
-    None,
-    /// A small draft model (`--draft`, default: the fetched Qwen2.5-Coder-0.5B).
-    Draft,
-    /// Prompt lookup: continue an earlier occurrence of the last tokens.
-    Ngram,
-}
-
 /// Loads a draft model for `target` on the target's device, its head cut to `head_rows` rows
 /// unless 0.
 pub fn load_drafter(
@@ -126,7 +116,7 @@ pub struct SpecArgs {
     /// The proposer [default: `draft` on the default model pair or when --draft is given, else
     /// `none`].
     #[arg(long, value_enum)]
-    pub speculation: Option<Speculation>,
+    pub speculation: Option<Method>,
     /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
     #[arg(long)]
     pub draft: Option<PathBuf>,
@@ -158,21 +148,17 @@ impl SpecArgs {
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
         let kind = self
             .speculation
-            .unwrap_or(if self.draft.is_some() || default_target {
-                Speculation::Draft
-            } else {
-                Speculation::None
-            });
-        if self.draft.is_some() && kind != Speculation::Draft {
+            .unwrap_or(Method::default_with(self.draft.is_some() || default_target));
+        if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
         }
         Ok(match kind {
-            Speculation::None => None,
-            Speculation::Ngram => Some(Box::new(NgramProposer::new(
+            Method::None => None,
+            Method::Ngram => Some(Box::new(NgramProposer::new(
                 self.ngram.unwrap_or(3) as usize,
                 1,
             )?)),
-            Speculation::Draft => {
+            Method::Draft => {
                 let path = match &self.draft {
                     Some(p) => p.clone(),
                     None => model::default_model(model::DEFAULT_DRAFT_FILE)?,

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use specd_engine::actors::{EngineConfig, EngineModels};
+use specd_engine::actors::{EngineConfig, EngineModels, Method};
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
-use specd_gateway::config::SpeculationMethod;
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 
-use crate::generate::{load_drafter, ModelArgs, SpecArgs, Speculation};
+use crate::generate::{load_drafter, ModelArgs, SpecArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -68,13 +67,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     m.device = args.model.device.unwrap_or(m.device);
     m.draft = a.draft.clone().or(m.draft.take());
     m.name = args.name.clone().or(m.name.take());
-    if let Some(sp) = a.speculation {
-        m.speculation = Some(match sp {
-            Speculation::None => SpeculationMethod::None,
-            Speculation::Draft => SpeculationMethod::Draft,
-            Speculation::Ngram => SpeculationMethod::Ngram,
-        });
-    }
+    m.speculation = a.speculation.or(m.speculation);
     m.max_draft = a.max_draft.unwrap_or(m.max_draft);
     m.adaptive |= a.adaptive;
     m.confidence = a.confidence.or(m.confidence);
@@ -91,7 +84,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
 struct ModelPaths {
     target: PathBuf,
     draft: Option<PathBuf>,
-    method: SpeculationMethod,
+    method: Method,
 }
 
 fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
@@ -102,20 +95,15 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
         Some(p) => p.clone(),
         None => model::default_model(model::DEFAULT_TARGET_FILE).context(MISSING)?,
     };
-    let method = c
-        .model
-        .speculation
-        .unwrap_or(if c.model.draft.is_some() || default_pair {
-            SpeculationMethod::Draft
-        } else {
-            SpeculationMethod::None
-        });
+    let method = c.model.speculation.unwrap_or(Method::default_with(
+        c.model.draft.is_some() || default_pair,
+    ));
     let draft = match &c.model.draft {
         Some(p) => Some(p.clone()),
-        None if default_pair && method == SpeculationMethod::Draft => {
+        None if default_pair && method.needs_draft_model() => {
             Some(model::default_model(model::DEFAULT_DRAFT_FILE).context(MISSING)?)
         }
-        None if method == SpeculationMethod::Draft => {
+        None if method.needs_draft_model() => {
             bail!("--speculation draft needs a draft model: pass --draft PATH")
         }
         None => None,
@@ -180,7 +168,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             .unwrap_or_else(|| name_of(&paths.target)),
         draft_name: paths.draft.as_deref().map(name_of),
         chat_template: target.chat_template.clone(),
-        default_method: paths.method.method(),
+        default_method: paths.method,
         default_policy: DraftPolicyConfig {
             max_draft: c.model.max_draft as usize,
             adaptive: c.model.adaptive,

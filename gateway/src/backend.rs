@@ -270,29 +270,29 @@ impl Backend {
         };
         let method = match s.method.as_deref() {
             None => default_method,
-            Some("none") => Method::None,
-            Some("ngram") => Method::Ngram,
-            Some("draft") if self.has_draft => Method::Draft,
-            Some("draft") => {
-                return Err(ApiError::invalid(
-                    "speculation.method",
-                    "`speculation.method` `draft` needs a draft model and this server has none \
-                     (use `ngram` or `none`)",
-                ))
-            }
             Some("glide") => return Err(ApiError::invalid(
                 "speculation.method",
                 "`speculation.method` `glide` is not served yet (use `draft`, `ngram` or `none`)",
             )),
-            Some(other) => {
-                return Err(ApiError::invalid(
+            Some(name) => name.parse::<Method>().map_err(|_| {
+                ApiError::invalid(
                     "speculation.method",
                     format!(
-                        "unknown `speculation.method` `{other}`; expected one of none, draft, ngram"
+                        "unknown `speculation.method` `{name}`; expected one of {}",
+                        Method::names()
                     ),
-                ))
-            }
+                )
+            })?,
         };
+        if method.needs_draft_model() && !self.has_draft {
+            return Err(ApiError::invalid(
+                "speculation.method",
+                format!(
+                    "`speculation.method` `{method}` needs a draft model and this server has \
+                     none (use `ngram` or `none`)"
+                ),
+            ));
+        }
         if let Some(k) = s.max_draft {
             if !(1..=MAX_DRAFT as i64).contains(&k) {
                 return Err(ApiError::invalid(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use specd_engine::actors::Method;
 use specd_engine::model::Device;
 
 /// Everything `specd serve` can be told.
@@ -67,27 +68,6 @@ impl Default for ServerConfig {
     }
 }
 
-/// A speculation method as configured (`glide` is not served yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpeculationMethod {
-    None,
-    Draft,
-    Ngram,
-}
-
-impl SpeculationMethod {
-    /// The engine's method.
-    pub fn method(self) -> specd_engine::actors::Method {
-        use specd_engine::actors::Method;
-        match self {
-            Self::None => Method::None,
-            Self::Draft => Method::Draft,
-            Self::Ngram => Method::Ngram,
-        }
-    }
-}
-
 /// Which models to serve and how to speculate by default (requests may choose otherwise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,7 +81,7 @@ pub struct ModelConfig {
     /// Draft model (default with the default target: the fetched Qwen2.5-Coder-0.5B).
     pub draft: Option<PathBuf>,
     /// Default method [draft when a draft model is served, else none].
-    pub speculation: Option<SpeculationMethod>,
+    pub speculation: Option<Method>,
     /// Default and largest draft length a request may ask for.
     pub max_draft: u16,
     /// Adapt draft length to acceptance by default.
@@ -353,6 +333,14 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("device") && e.contains("metal"), "{e}");
+            jail.create_file("d.toml", "[model]\nspeculation = \"warp\"\n")?;
+            let e = Config::load(Some(Path::new("d.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("speculation") && e.contains("warp"), "{e}");
+            jail.create_file("e.toml", "[model]\nspeculation = \"ngram\"\n")?;
+            let c = Config::load(Some(Path::new("e.toml"))).unwrap();
+            assert_eq!(c.model.speculation, Some(Method::Ngram));
             let e = Config::load(Some(Path::new("missing.toml")))
                 .unwrap_err()
                 .to_string();

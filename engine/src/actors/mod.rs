@@ -37,7 +37,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 pub use config::{EngineConfig, LoadPolicy};
 pub use request::{
-    Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, Usage,
+    Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, UnknownMethod,
+    Usage,
 };
 
 use crate::error::{Error, Result};

@@ -1,6 +1,10 @@
 //! What clients hand the engine and what comes back on a request's stream.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::generate::{FinishReason, GenerateRequest};
 use crate::spec::{DraftPolicyConfig, SpecStats};
@@ -8,18 +12,24 @@ use crate::spec::{DraftPolicyConfig, SpecStats};
 /// The engine's id of a request.
 pub type RequestId = u64;
 
-/// How a request is drafted for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a request is drafted for: one type from the command line (`--speculation`, clap) and the
+/// configuration file and wire (`"none"`, `"draft"`, `"ngram"`, serde) to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Target only.
+    /// Target only: one token per forward.
     None,
-    /// The engine's draft model.
+    /// A small draft model (`--draft`, default: the fetched Qwen2.5-Coder-0.5B).
     Draft,
-    /// Prompt lookup (n-gram).
+    /// Prompt lookup: continue an earlier occurrence of the last tokens.
     Ngram,
 }
 
 impl Method {
+    /// Every method, in the order names are listed.
+    pub const ALL: [Method; 3] = [Method::None, Method::Draft, Method::Ngram];
+
     /// The wire name (`none`, `draft`, `ngram`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -27,6 +37,48 @@ impl Method {
             Method::Draft => "draft",
             Method::Ngram => "ngram",
         }
+    }
+
+    /// The default when none is chosen: `draft` when a draft model is at hand (given, or the
+    /// default pair's), else `none`.
+    pub fn default_with(draft_model: bool) -> Method {
+        if draft_model {
+            Method::Draft
+        } else {
+            Method::None
+        }
+    }
+
+    /// Whether requests of this method need the engine's draft model.
+    pub fn needs_draft_model(self) -> bool {
+        self == Method::Draft
+    }
+
+    /// The names, for messages: `none, draft, ngram`.
+    pub fn names() -> String {
+        Self::ALL.map(Method::as_str).join(", ")
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no [`Method`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown speculation method `{0}`; expected one of {names}", names = Method::names())]
+pub struct UnknownMethod(pub String);
+
+impl FromStr for Method {
+    type Err = UnknownMethod;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| UnknownMethod(s.to_string()))
     }
 }
 
@@ -106,4 +158,37 @@ pub enum Event {
     Chunk(Chunk),
     Done(Box<Done>),
     Error(RequestError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_has_one_name_on_the_command_line_in_config_and_on_the_wire() {
+        for m in Method::ALL {
+            assert_eq!(m.as_str().parse::<Method>(), Ok(m));
+            assert_eq!(m.to_string(), m.as_str());
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{}\"", m.as_str()));
+            assert_eq!(serde_json::from_str::<Method>(&json).unwrap(), m);
+        }
+        let e = "warp".parse::<Method>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown speculation method `warp`; expected one of none, draft, ngram"
+        );
+        assert!(serde_json::from_str::<Method>("\"Draft\"").is_err());
+    }
+
+    #[test]
+    fn only_draft_needs_the_draft_model_and_is_the_default_with_one() {
+        assert_eq!(Method::default_with(true), Method::Draft);
+        assert_eq!(Method::default_with(false), Method::None);
+        let needing: Vec<Method> = Method::ALL
+            .into_iter()
+            .filter(|m| m.needs_draft_model())
+            .collect();
+        assert_eq!(needing, [Method::Draft]);
+    }
 }
