@@ -11,8 +11,8 @@ use specd_engine::model::tiny::{tiny_draft_model, tiny_drafter, tiny_model, Tiny
 use specd_engine::model::{LoadedModel, Logits, Model};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
-    generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer, Sequence,
-    Speculator,
+    drafts_now, generate_speculative, propose_drafts, Draft, DraftModelProposer, DraftPolicyConfig,
+    NgramProposer, ProposeInput, Proposer, Sequence, Speculator, TargetView,
 };
 
 fn target_spec() -> TinySpec {
@@ -352,4 +352,111 @@ fn a_drafter_with_a_restricted_head_stays_lossless() {
         accepted > 0 && drafted > accepted,
         "{accepted} of {drafted}"
     );
+}
+
+/// A proposer that reads the target's cache (as GLIDE will): it records what it was shown and
+/// proposes what the n-gram proposer would.
+struct TargetReader {
+    ngram: NgramProposer,
+    /// (committed tokens, target positions cached, target pool's cached positions) per input.
+    seen: std::sync::Mutex<Vec<(usize, usize, usize)>>,
+}
+
+impl Proposer for TargetReader {
+    fn name(&self) -> &'static str {
+        "target-reader"
+    }
+
+    fn reads_target_cache(&self) -> bool {
+        true
+    }
+
+    fn propose(
+        &self,
+        target: TargetView<'_>,
+        kv: &mut KvPool,
+        batch: &mut [ProposeInput<'_>],
+    ) -> specd_engine::error::Result<Vec<Draft>> {
+        let cached = target.kv.usage().tokens_cached;
+        self.seen.lock().unwrap().extend(
+            batch
+                .iter()
+                .map(|b| (b.tokens.len(), b.target_table.len(), cached)),
+        );
+        self.ngram.propose(target, kv, batch)
+    }
+}
+
+#[test]
+fn a_proposer_reading_the_target_cache_drafts_only_after_the_prompt_is_prefilled() {
+    assert!(
+        drafts_now(3, false, 10),
+        "a proposer of its own drafts at once"
+    );
+    assert!(!drafts_now(3, true, 10), "one that reads the target waits");
+    assert!(drafts_now(3, true, 0));
+    assert!(!drafts_now(0, false, 0), "no budget, no draft");
+
+    let p = pair(0.15);
+    let model = &p.target.model;
+    let tok = p.target.tokenizer.as_ref().unwrap();
+    let reader = TargetReader {
+        ngram: NgramProposer::default(),
+        seen: Default::default(),
+    };
+    // At least two tokens each, so that a prompt has something to prefill.
+    let prompts: Vec<Vec<u32>> = random_prompts(2, 9, model.config().vocab_size as u32)
+        .into_iter()
+        .map(|p| [&[40, 41][..], &p].concat())
+        .collect();
+    let policy = DraftPolicyConfig {
+        max_draft: 3,
+        adaptive: false,
+        confidence: None,
+    };
+    let new_seq = |prompt: &[u32]| {
+        Sequence::new(model, tok, Some(&reader), request(prompt, 24, 1.0), policy).unwrap()
+    };
+    // One sequence prefilled, one not: only the first reaches the proposer, and it sees the
+    // target's cache of all its committed tokens but the last.
+    let mut spec = Speculator::new(model, Some(&reader));
+    let (mut a, mut b) = (new_seq(&prompts[0]), new_seq(&prompts[1]));
+    spec.prefill(&mut a).unwrap();
+    let mut own_pool = reader.new_pool(0);
+    let target = TargetView {
+        model,
+        kv: spec.target_kv(),
+    };
+    let drafts = propose_drafts(
+        &reader,
+        target,
+        &mut own_pool,
+        &mut [&mut a, &mut b],
+        &[3, 3],
+    )
+    .unwrap();
+    assert_eq!(drafts.len(), 2);
+    assert!(
+        drafts[1].tokens.is_empty(),
+        "the unprefilled sequence drafts nothing"
+    );
+    let committed = prompts[0].len();
+    assert_eq!(
+        *reader.seen.lock().unwrap(),
+        [(committed, committed - 1, committed - 1)]
+    );
+    spec.release(&mut a);
+
+    // Through whole generations it stays lossless, and every proposal saw a fully cached target.
+    reader.seen.lock().unwrap().clear();
+    let mut seqs: Vec<Sequence> = prompts.iter().map(|p| new_seq(p)).collect();
+    let mut spec = Speculator::new(model, Some(&reader));
+    run_batch(&mut spec, &mut seqs);
+    for (s, prompt) in seqs.iter_mut().zip(&prompts) {
+        let want = generate(model, tok, &request(prompt, 24, 1.0), |_| {}).unwrap();
+        assert_eq!(s.output().tokens, want.tokens);
+    }
+    let seen = reader.seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|&(c, t, _)| t == c - 1), "{seen:?}");
 }

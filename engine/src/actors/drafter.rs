@@ -9,7 +9,7 @@ use super::request::Method;
 use super::verifier::Verifier;
 use super::EngineModels;
 use crate::metrics::Phase;
-use crate::spec::{propose_drafts, Draft};
+use crate::spec::{propose_drafts, Draft, TargetView};
 
 /// Owns the drafters (through [`EngineModels`]); the drafter's KV arrives lent with the step.
 pub(crate) struct Drafter {
@@ -28,7 +28,7 @@ impl Handler<Propose> for Drafter {
         let t = Instant::now();
         batch.drafts = vec![Draft::default(); batch.slots.len()];
         if batch.error.is_none() && !batch.slots.is_empty() {
-            for method in [Method::Draft, Method::Ngram] {
+            for method in Method::ALL {
                 let Some(proposer) = self.models.proposer(method) else {
                     continue;
                 };
@@ -42,7 +42,11 @@ impl Handler<Propose> for Drafter {
                 let mut pools = batch.pools.take().expect("pools lent with the step");
                 let result = {
                     let mut seqs = batch.seqs_at(&idx);
-                    propose_drafts(proposer, &mut pools.draft, &mut seqs, &budgets)
+                    let target = TargetView {
+                        model: &self.models.target,
+                        kv: &pools.target,
+                    };
+                    propose_drafts(proposer, target, &mut pools.draft, &mut seqs, &budgets)
                 };
                 batch.pools = Some(pools);
                 match result {

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::proposer::{Draft, ProposeInput, Proposer, ProposerState};
+use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::{Error, Result};
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
@@ -210,7 +210,12 @@ impl Proposer for DraftModelProposer {
         Ok(())
     }
 
-    fn propose(&self, kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+    fn propose(
+        &self,
+        _target: TargetView<'_>,
+        kv: &mut KvPool,
+        batch: &mut [ProposeInput<'_>],
+    ) -> Result<Vec<Draft>> {
         let ctx = self.model.config().max_position_embeddings;
         let mut drafts = vec![Draft::default(); batch.len()];
         // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.

@@ -1,7 +1,7 @@
 //! Prompt lookup: propose what followed the latest earlier occurrence of the sequence's last
 //! tokens. Code and edits repeat themselves, and this costs no model at all.
 
-use super::proposer::{Draft, ProposeInput, Proposer};
+use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use crate::error::{Error, Result};
 use crate::kv::KvPool;
 
@@ -52,7 +52,12 @@ impl Proposer for NgramProposer {
         "ngram"
     }
 
-    fn propose(&self, _kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>> {
+    fn propose(
+        &self,
+        _target: TargetView<'_>,
+        _kv: &mut KvPool,
+        batch: &mut [ProposeInput<'_>],
+    ) -> Result<Vec<Draft>> {
         Ok(batch
             .iter()
             .map(|s| Draft {

@@ -4,6 +4,7 @@ use rand::rngs::StdRng;
 
 use crate::error::Result;
 use crate::kv::{BlockTable, KvPool};
+use crate::model::Model;
 use crate::sampling::SamplingParams;
 
 /// Tokens proposed for one sequence.
@@ -35,11 +36,23 @@ impl ProposerState {
     }
 }
 
+/// What a proposer may read of the target, for drafters that use its state (GLIDE attends to
+/// the target's KV cache and shares its token embedding): the model and its KV pool, read-only.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetView<'a> {
+    pub model: &'a Model,
+    pub kv: &'a KvPool,
+}
+
 /// What a proposer gets for one sequence.
 #[derive(Debug)]
 pub struct ProposeInput<'a> {
     /// The committed tokens: prompt and generated output.
     pub tokens: &'a [u32],
+    /// The sequence's blocks in the target's pool ([`TargetView::kv`]); its length is the
+    /// number of positions the target has verified and cached (all committed tokens but the
+    /// last, which the next verification feeds).
+    pub target_table: &'a BlockTable,
     pub state: &'a mut ProposerState,
     /// Propose at most this many tokens (fewer is fine, none too).
     pub max: usize,
@@ -82,6 +95,13 @@ pub trait Proposer: Send + Sync {
         0
     }
 
+    /// Whether drafting reads the target's cache of the sequence, so that a sequence whose
+    /// prompt the target has not yet prefilled gets no draft (its first step verifies the last
+    /// prompt token alone, and it drafts from the next step on).
+    fn reads_target_cache(&self) -> bool {
+        false
+    }
+
     /// Committed tokens (of `committed`) that `state` has yet to read before it can draft: the
     /// catch-up cost of drafting now (0 for proposers without a cache).
     fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
@@ -108,8 +128,14 @@ pub trait Proposer: Send + Sync {
         Ok(())
     }
 
-    /// Proposes up to `max` tokens for each sequence, one [`Draft`] per input in order.
-    fn propose(&self, kv: &mut KvPool, batch: &mut [ProposeInput<'_>]) -> Result<Vec<Draft>>;
+    /// Proposes up to `max` tokens for each sequence, one [`Draft`] per input in order; `kv` is
+    /// the proposer's own pool, `target` what it may read of the target.
+    fn propose(
+        &self,
+        target: TargetView<'_>,
+        kv: &mut KvPool,
+        batch: &mut [ProposeInput<'_>],
+    ) -> Result<Vec<Draft>>;
 
     /// After verification: the first `valid` committed tokens are the only ones the state may
     /// still hold (rejected drafts go, and blocks no longer needed return to `kv`).

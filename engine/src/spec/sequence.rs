@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 
 use super::accept::{accept_greedy, accept_stochastic, Verdict};
 use super::policy::{DraftPolicy, DraftPolicyConfig};
-use super::proposer::{Draft, Proposer, ProposerState};
+use super::proposer::{Draft, Proposer, ProposerState, TargetView};
 use super::stats::SpecStats;
 use super::verify::{propose_drafts, verify, Verified};
 use crate::error::{Error, Result};
@@ -527,7 +527,13 @@ impl<'a> Speculator<'a> {
         let t = Instant::now();
         let budgets: Vec<usize> = live.iter_mut().map(|s| s.plan(ctx, usize::MAX)).collect();
         let drafts = match self.proposer {
-            Some(p) => propose_drafts(p, &mut self.draft_kv, &mut live, &budgets)?,
+            Some(p) => {
+                let target = TargetView {
+                    model: self.target,
+                    kv: &self.target_kv,
+                };
+                propose_drafts(p, target, &mut self.draft_kv, &mut live, &budgets)?
+            }
             None => vec![Draft::default(); live.len()],
         };
         let draft = t.elapsed();

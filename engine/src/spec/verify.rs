@@ -3,7 +3,7 @@
 //! committed token plus the drafts of every sequence).
 
 use super::accept::Verdict;
-use super::proposer::{Draft, ProposeInput, Proposer};
+use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::kv::KvPool;
@@ -19,26 +19,39 @@ pub enum Verified {
     Greedy(Verdict),
 }
 
+/// Whether a sequence drafts this step: it has a budget, and when the proposer reads the
+/// target's cache, the target has prefilled its prompt.
+pub fn drafts_now(budget: usize, reads_target_cache: bool, pending_target_prefill: usize) -> bool {
+    budget > 0 && (!reads_target_cache || pending_target_prefill == 0)
+}
+
 /// Drafting phase: up to `budgets[i]` tokens for each sequence, all sharing `proposer` and its
-/// pool. Sequences with a zero budget get an empty draft without reaching the proposer.
+/// pool, reading the target through `target`. Sequences that do not draft now
+/// ([`drafts_now`]) get an empty draft without reaching the proposer.
 pub fn propose_drafts(
     proposer: &dyn Proposer,
+    target: TargetView<'_>,
     kv: &mut KvPool,
     seqs: &mut [&mut Sequence],
     budgets: &[usize],
 ) -> Result<Vec<Draft>> {
     let mut drafts = vec![Draft::default(); seqs.len()];
-    let idx: Vec<usize> = (0..seqs.len()).filter(|&i| budgets[i] > 0).collect();
+    let reads = proposer.reads_target_cache();
+    let now: Vec<bool> = (0..seqs.len())
+        .map(|i| drafts_now(budgets[i], reads, seqs[i].pending_prefill()))
+        .collect();
+    let idx: Vec<usize> = (0..seqs.len()).filter(|&i| now[i]).collect();
     if idx.is_empty() {
         return Ok(drafts);
     }
     let mut inputs = Vec::with_capacity(idx.len());
     for (i, s) in seqs.iter_mut().enumerate() {
-        if budgets[i] == 0 {
+        if !now[i] {
             continue;
         }
         let Sequence {
             tokens,
+            table,
             proposer_state,
             sampler,
             policy,
@@ -48,6 +61,7 @@ pub fn propose_drafts(
         let (params, rng) = sampler.parts();
         inputs.push(ProposeInput {
             tokens,
+            target_table: table,
             state: proposer_state,
             max: budgets[i],
             sampling: params,
@@ -55,7 +69,7 @@ pub fn propose_drafts(
             confidence,
         });
     }
-    for (&i, mut d) in idx.iter().zip(proposer.propose(kv, &mut inputs)?) {
+    for (&i, mut d) in idx.iter().zip(proposer.propose(target, kv, &mut inputs)?) {
         d.tokens.truncate(budgets[i]);
         if let Some(q) = &mut d.probs {
             q.truncate(budgets[i]);
