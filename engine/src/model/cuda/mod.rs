@@ -10,12 +10,13 @@ mod plan;
 mod step;
 mod weights;
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::Tensor;
+use lru::LruCache;
 use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
 
 pub(crate) use kv::GpuBlocks;
@@ -48,12 +49,33 @@ impl From<GpuError> for Error {
     }
 }
 
+/// Captured graphs a model keeps (`SPECD_CUDA_GRAPH_CACHE`), the least recently replayed
+/// dropped first: padded shapes bound their number for a given batch limit, but a server that
+/// sees every batch size and table width should not hold graphs for all of them.
+const GRAPH_CACHE: usize = 256;
+
+type GraphKey = (Shape, OutputMode, usize);
+
 /// What the scratch of a model holds between forwards.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scratch {
     bufs: Option<Buffers>,
-    graphs: HashMap<(Shape, OutputMode, usize), Graph>,
+    graphs: LruCache<GraphKey, Graph>,
     last_chunks: Vec<u64>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let cap = std::env::var("SPECD_CUDA_GRAPH_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GRAPH_CACHE);
+        Self {
+            bufs: None,
+            graphs: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
+            last_chunks: Vec::new(),
+        }
+    }
 }
 
 /// A model on a GPU.
@@ -127,7 +149,7 @@ impl CudaModel {
             weight_bytes,
             step_weight_bytes,
             cos_sin,
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Mutex::new(Scratch::new()),
             graphs: AtomicBool::new(graphs),
             forwards: AtomicU64::new(0),
             replays: AtomicU64::new(0),
@@ -243,16 +265,14 @@ impl CudaModel {
         let launches_before = self.gpu.launches();
         if use_graph {
             let key = (plan.shape, mode, head_rows);
-            let graph = match scratch.graphs.entry(key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    self.captures.fetch_add(1, Ordering::Relaxed);
-                    e.insert(
-                        self.gpu
-                            .capture(|| run_layers(&mut make(), &self.weights))?,
-                    )
-                }
-            };
+            if !scratch.graphs.contains(&key) {
+                self.captures.fetch_add(1, Ordering::Relaxed);
+                let graph = self
+                    .gpu
+                    .capture(|| run_layers(&mut make(), &self.weights))?;
+                scratch.graphs.put(key, graph);
+            }
+            let graph = scratch.graphs.get(&key).expect("captured above");
             self.gpu.replay(graph).map_err(gpu_err)?;
             self.replays.fetch_add(1, Ordering::Relaxed);
         } else {
