@@ -22,6 +22,11 @@ def lines(name):
     return out
 
 
+def decode(r, graphs=True):
+    """A `specd bench` result's decode measurement with CUDA graphs on (or off)."""
+    return next(x for x in r["decode"] if x["graphs"] == graphs)
+
+
 shapes = ["qwen2.5-1.5b-shape", "qwen2.5-7b-shape"]
 specd = {s: (lines(f"specd-{s}.json") or [None])[0] for s in shapes}
 anchor = {a.get("shape", "").replace("qwen2.5-", "qwen2.5-") + "-shape": a for a in lines("anchor.jsonl") if "shape" in a}
@@ -43,8 +48,7 @@ for s in shapes:
     if not r:
         print(f"| {s} | (failed: see specd-{s}.err) |")
         continue
-    g = next(x for x in r["decode"] if x["graphs"])
-    n = next(x for x in r["decode"] if not x["graphs"])
+    g, n = decode(r), decode(r, False)
     a = anchor.get(s, {}).get("graph_ms")
     t = tf.get((s, 1))
     fmt = lambda v: "–" if v is None else f"{v:.2f}"
@@ -54,14 +58,14 @@ print("## Row-product kernels side by side (decode ms, 6-row verification ms, 12
 for s in shapes:
     r = specd[s]
     if r and r.get("sweep"):
-        print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f} / {v.get('pp_tokens_per_s', 0):.0f}" for v in r["sweep"]))
+        print(f"- {s}: " + ", ".join(f"{v['matmul']}: {v['decode_ms']:.2f} / {v['verify6_ms']:.2f}" + (f" / {v['pp_tokens_per_s']:.0f}" if "pp_tokens_per_s" in v else "") for v in r["sweep"]))
 print()
 print("## Programmatic dependent launch (PDL) on and off, same kernel (ms: decode, 6-row verification)")
 for s in shapes:
     r, off = specd[s], (lines(f"specd-{s}-nopdl.json") or [None])[0]
     if r and off:
         def dv(x):
-            g = next(v for v in x["decode"] if v["graphs"])["ms_per_step"]
+            g = decode(x)["ms_per_step"]
             six = next((v["ms"] for v in x["verify"] if v["rows"] == 6), float("nan"))
             return g, six
         (a, a6), (b, b6) = dv(r), dv(off)
@@ -73,8 +77,7 @@ print("|---|---|---|---|---|")
 for s in shapes:
     r = specd[s]
     if r:
-        g = next(x for x in r["decode"] if x["graphs"])
-        n = next(x for x in r["decode"] if not x["graphs"])
+        g, n = decode(r), decode(r, False)
         print(f"| {s} | {g['launches_per_step']} | {g['host_us_per_step']} | {n['launches_per_step']} | {n['host_us_per_step']} |")
 print()
 print("## Verification of k + 1 rows (greedy verdict on the device), ms and against one row")
@@ -89,8 +92,7 @@ for s in shapes:
 print()
 dr, tg = specd.get("qwen2.5-1.5b-shape"), specd.get("qwen2.5-7b-shape")
 if dr and tg:
-    d1 = next(x for x in dr["decode"] if x["graphs"])["ms_per_step"]
-    t1 = next(x for x in tg["decode"] if x["graphs"])["ms_per_step"]
+    d1, t1 = decode(dr)["ms_per_step"], decode(tg)["ms_per_step"]
     print("## One draft-and-verify cycle: 1.5B-shape drafter, 7B-shape target (ms)")
     print("| k | k drafter steps | verify k+1 rows | cycle | target-only for the same tokens at full acceptance | ratio |")
     print("|---|---|---|---|---|---|")

@@ -119,7 +119,7 @@ impl Gpu {
     /// `SPECD_PDL=0`), the next kernel may be scheduled while this one drains: every kernel
     /// starts with `griddepcontrol.wait` (kernels/cuda/reductions.cuh), so none reads its inputs
     /// before the kernel before it has finished and its writes are visible.
-    fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &Args) -> GpuResult<()> {
+    fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: Args<'_>) -> GpuResult<()> {
         self.count_launch();
         let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
@@ -140,7 +140,7 @@ impl Gpu {
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
         };
-        let mut params = args.ptrs.clone();
+        let mut params = args.ptrs;
         self.ctx
             .bind_to_thread()
             .map_err(GpuError::driver("binding the context"))?;
@@ -197,7 +197,7 @@ impl Gpu {
         b.arg(&w).arg(&rb).arg(&x).arg(&y).arg(&bias);
         b.arg(&rows).arg(&n).arg(&k).arg(&ldy);
         let (blocks, threads) = kernel.launch_shape(a.w.rows);
-        self.launch(f, grid(blocks, threads), &b)
+        self.launch(f, grid(blocks, threads), b)
     }
 
     /// `out[r] = w[ids[r]]` as f32, for `rows` ids (embedding lookup; a negative id gives zeros).
@@ -220,7 +220,7 @@ impl Gpu {
         );
         let mut b = Args::default();
         b.arg(&fmt).arg(&ptr).arg(&rb).arg(&ids).arg(&k).arg(&out);
-        self.launch(f, grid(rows, 128), &b)
+        self.launch(f, grid(rows, 128), b)
     }
 
     /// For each of `rows` rows of width `d`: `x += delta` (when `delta` is not 0), then
@@ -249,7 +249,7 @@ impl Gpu {
             .arg(&out)
             .arg(&dd);
         let threads = if d >= 2048 { 1024 } else { 256 };
-        self.launch(f, grid(rows, threads), &b)
+        self.launch(f, grid(rows, threads), b)
     }
 
     /// `out[r, i] = bf16(silu(gu[r, i]) · gu[r, inter + i])`.
@@ -267,7 +267,7 @@ impl Gpu {
         let (n, r) = (to_i32(inter), to_i32(rows));
         let mut b = Args::default();
         b.arg(&gu).arg(&out).arg(&n).arg(&r);
-        self.launch(f, grid(stride_blocks(inter * rows), 256), &b)
+        self.launch(f, grid(stride_blocks(inter * rows), 256), b)
     }
 
     /// `dst[j] = src[sel[j]]` for `rows` selected rows of `d` bf16 values.
@@ -286,7 +286,7 @@ impl Gpu {
         let dd = to_i32(d);
         let mut b = Args::default();
         b.arg(&src).arg(&sel).arg(&dd).arg(&dst);
-        self.launch(f, grid(rows, 256), &b)
+        self.launch(f, grid(rows, 256), b)
     }
 
     /// Rotary embedding of the step's rows and the paged KV write of one layer.
@@ -320,7 +320,7 @@ impl Gpu {
             block_dim: ((a.head_dim / 2).next_multiple_of(32).min(1024) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch(f, cfg, &b)
+        self.launch(f, cfg, b)
     }
 
     /// Paged attention for a ragged batch of query rows.
@@ -370,7 +370,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch(f, cfg, &b)
+        self.launch(f, cfg, b)
     }
 
     /// Floats of scratch that [`Gpu::argmax_rows`] needs for `rows` rows of `vocab` logits.
@@ -405,11 +405,11 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch(f, cfg, &b)?;
+        self.launch(f, cfg, b)?;
         let f = &self.kernels().argmax_finish;
         let mut b = Args::default();
         b.arg(&scratch).arg(&nc).arg(&tok).arg(&prob);
-        self.launch(f, grid(rows, 32), &b)
+        self.launch(f, grid(rows, 32), b)
     }
 
     /// Greedy acceptance of `seqs` sequences' drafts against the target's choices.
@@ -434,7 +434,7 @@ impl Gpu {
             .arg(&n)
             .arg(&s)
             .arg(&out);
-        self.launch(f, grid(seqs.div_ceil(128), 128), &b)
+        self.launch(f, grid(seqs.div_ceil(128), 128), b)
     }
 
     /// `probs[r] = softmax(logits[r] / temperature)`.
@@ -454,7 +454,7 @@ impl Gpu {
         let (v, l) = (to_i32(vocab), to_i32(ld));
         let mut b = Args::default();
         b.arg(&logits).arg(&v).arg(&l).arg(&inv_temp).arg(&probs);
-        self.launch(f, grid(rows, 1024), &b)
+        self.launch(f, grid(rows, 1024), b)
     }
 
     /// Speculative rejection sampling, one CTA per sequence.
@@ -472,6 +472,6 @@ impl Gpu {
             .arg(&a.first)
             .arg(&a.n);
         b.arg(&a.qrow).arg(&a.u).arg(&us).arg(&a.out);
-        self.launch(f, grid(a.seqs, 1024), &b)
+        self.launch(f, grid(a.seqs, 1024), b)
     }
 }

@@ -264,15 +264,12 @@ impl CudaModel {
         };
         let launches_before = self.gpu.launches();
         if use_graph {
-            let key = (plan.shape, mode, head_rows);
-            if !scratch.graphs.contains(&key) {
-                self.captures.fetch_add(1, Ordering::Relaxed);
-                let graph = self
-                    .gpu
-                    .capture(|| run_layers(&mut make(), &self.weights))?;
-                scratch.graphs.put(key, graph);
-            }
-            let graph = scratch.graphs.get(&key).expect("captured above");
+            let graph = scratch
+                .graphs
+                .try_get_or_insert((plan.shape, mode, head_rows), || {
+                    self.captures.fetch_add(1, Ordering::Relaxed);
+                    self.gpu.capture(|| run_layers(&mut make(), &self.weights))
+                })?;
             self.gpu.replay(graph).map_err(gpu_err)?;
             self.replays.fetch_add(1, Ordering::Relaxed);
         } else {
