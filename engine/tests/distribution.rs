@@ -17,9 +17,10 @@ use specd_engine::model::{Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
 use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
 use specd_engine::spec::{
-    accept_stochastic, AcceptRule, DraftModelProposer, DraftPolicyConfig, Sequence, Speculator,
-    Verdict,
+    accept_stochastic, verify, AcceptRule, Acceptance, Draft, DraftModelProposer,
+    DraftPolicyConfig, Sequence, Speculator, Verdict, Verified,
 };
+use specd_kernels::cpu::sample as kernel_sample;
 
 type ResidualFn = fn(&[f32], DraftDist<'_>, u32) -> Vec<f32>;
 
@@ -318,6 +319,67 @@ fn accept_stochastic_draws_what_the_analysis_predicts() {
     assert!(stat < critical(df), "chi2 {stat:.1} with {df} df");
 }
 
+/// The rejection sampling the verification forward runs (on a GPU the kernel, which
+/// gpu_kernels shows equal to this CPU reference; on the CPU the reference itself) against the
+/// enumerated law, for a drafter with its own distribution and a deterministic one: the
+/// algorithm behind `Model::verify_sampled` is exact too. And with the wrong residual (a
+/// rejection redraws from `p`), the same harness fails.
+#[test]
+fn the_forwards_rejection_sampling_draws_what_the_analysis_predicts() {
+    let (v, k, n) = (4, 2, 200_000);
+    let p = |ctx: &[u32]| dist(7, ctx, v);
+    let q_model = |ctx: &[u32]| (dist(8, ctx, v), false);
+    let q_det = |ctx: &[u32]| (one_hot_dist(one_hot_choice(8, ctx, v) as usize, v), true);
+    let mut rng = StdRng::seed_from_u64(10);
+    for (name, q) in [
+        (
+            "draft model",
+            &q_model as &dyn Fn(&[u32]) -> (Vec<f32>, bool),
+        ),
+        ("deterministic", &q_det),
+    ] {
+        let exact = step_outcomes(k, v, &p, q, residual);
+        let mut counts: HashMap<Vec<u32>, f64> = HashMap::new();
+        let mut wrong: HashMap<Vec<u32>, f64> = HashMap::new();
+        for _ in 0..n {
+            // ids: the last committed token (any), then the drafts.
+            let mut ids = vec![0u32];
+            let mut qs = Vec::new();
+            for _ in 0..k {
+                let (qd, one_hot) = q(&ids[1..]);
+                ids.push(sample_from(&qd, &mut rng));
+                if !one_hot {
+                    qs.push(qd);
+                }
+            }
+            let ps: Vec<Vec<f32>> = (0..=k).map(|i| p(&ids[1..1 + i])).collect();
+            let p_refs: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
+            let q_refs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+            let q_arg = (!qs.is_empty()).then_some(&q_refs[..]);
+            let u: Vec<f32> = (0..=k).map(|_| rng.random()).collect();
+            let (kept, next) = kernel_sample::rejection_sample(&p_refs, q_arg, &ids, &u);
+            let mut e = ids[1..1 + kept].to_vec();
+            e.push(next);
+            *counts.entry(e).or_default() += 1.0;
+            // The wrong rule: the same draws, but a rejection redraws from p.
+            let mut e = ids[1..1 + kept].to_vec();
+            e.push(if kept < k {
+                kernel_sample::draw(v, |j| ps[kept][j], u[k]).unwrap_or(0)
+            } else {
+                next
+            });
+            *wrong.entry(e).or_default() += 1.0;
+        }
+        let (stat, df) = chi_square(&counts, &exact, n as f64);
+        assert!(stat < critical(df), "{name}: chi2 {stat:.1} with {df} df");
+        let (stat, df) = chi_square(&wrong, &exact, n as f64);
+        assert!(
+            stat > critical(df),
+            "{name}: the wrong rule passed (chi2 {stat:.1} with {df} df)"
+        );
+    }
+}
+
 /// Pearson's statistic of observed counts against exact probabilities; cells expecting fewer
 /// than 5 observations are pooled. Returns the statistic and its degrees of freedom.
 fn chi_square<K: std::hash::Hash + Eq + Clone>(
@@ -377,67 +439,97 @@ fn sampling(seed: u64) -> SamplingParams {
     }
 }
 
-/// Tokens generated per sample: the first step drafts two tokens, so the chain's second
-/// position is exercised too.
-const GEN: usize = 3;
+/// Sampling at a temperature alone: acceptance runs inside the verification forward.
+fn temperature_only(seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        repetition_penalty: 1.0,
+        seed,
+    }
+}
+
+/// How samples are drawn: the parameters by seed, and the tokens generated per sample.
+#[derive(Clone, Copy)]
+struct Setup {
+    params: fn(u64) -> SamplingParams,
+    gen: usize,
+}
+
+/// Three tokens per sample: the first step drafts two tokens, so the chain's second position
+/// is exercised too.
+const TRUNCATED: Setup = Setup {
+    params: sampling,
+    gen: 3,
+};
+
+/// Two tokens per sample: without truncation every token has mass, and the exact law's
+/// enumeration grows with the vocabulary per generated token.
+const TEMPERATURE_ONLY: Setup = Setup {
+    params: temperature_only,
+    gen: 2,
+};
 
 /// Outcome of a generation: the tokens, with `u32::MAX` standing for an EOS.
-fn outcome(out: &GenerateOutput) -> Vec<u32> {
+fn outcome(out: &GenerateOutput, gen: usize) -> Vec<u32> {
     let mut t = out.tokens.clone();
-    if t.len() < GEN {
+    if t.len() < gen {
         t.push(u32::MAX);
     }
     t
 }
 
-/// The target's exact law of `GEN`-token outcomes, from its own distributions.
-fn exact_law(model: &Model, prompt: &[u32], eos: &[u32]) -> HashMap<Vec<u32>, f64> {
-    fn go(
-        model: &Model,
-        ctx: &mut Vec<u32>,
+/// The target's exact law of `setup.gen`-token outcomes, from its own distributions.
+fn exact_law(model: &Model, prompt: &[u32], eos: &[u32], setup: Setup) -> HashMap<Vec<u32>, f64> {
+    struct Walk<'a> {
+        model: &'a Model,
         prompt_len: usize,
-        mass: f64,
-        eos: &[u32],
-        law: &mut HashMap<Vec<u32>, f64>,
-    ) {
-        let mut cache = model.new_cache();
-        let l = model.forward_cache(&mut cache, ctx, Logits::Last).unwrap();
+        eos: &'a [u32],
+        setup: Setup,
+        law: HashMap<Vec<u32>, f64>,
+    }
+    fn go(w: &mut Walk<'_>, ctx: &mut Vec<u32>, mass: f64) {
+        let mut cache = w.model.new_cache();
+        let l = w
+            .model
+            .forward_cache(&mut cache, ctx, Logits::Last)
+            .unwrap();
         let p = transform(
             &l.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
             ctx,
-            &sampling(0),
+            &(w.setup.params)(0),
         );
         for (x, &px) in p.iter().enumerate() {
             if px == 0.0 {
                 continue;
             }
             let m = mass * px as f64;
-            let generated = &ctx[prompt_len..];
-            if eos.contains(&(x as u32)) {
+            let generated = &ctx[w.prompt_len..];
+            if w.eos.contains(&(x as u32)) {
                 let mut key = generated.to_vec();
                 key.push(u32::MAX);
-                *law.entry(key).or_default() += m;
-            } else if generated.len() + 1 == GEN {
+                *w.law.entry(key).or_default() += m;
+            } else if generated.len() + 1 == w.setup.gen {
                 let mut key = generated.to_vec();
                 key.push(x as u32);
-                *law.entry(key).or_default() += m;
+                *w.law.entry(key).or_default() += m;
             } else {
                 ctx.push(x as u32);
-                go(model, ctx, prompt_len, m, eos, law);
+                go(w, ctx, m);
                 ctx.pop();
             }
         }
     }
-    let mut law = HashMap::new();
-    go(
+    let mut walk = Walk {
         model,
-        &mut prompt.to_vec(),
-        prompt.len(),
-        1.0,
+        prompt_len: prompt.len(),
         eos,
-        &mut law,
-    );
-    law
+        setup,
+        law: HashMap::new(),
+    };
+    go(&mut walk, &mut prompt.to_vec(), 1.0);
+    walk.law
 }
 
 /// Whether `counts` of `N` samples pass the chi-square test against `exact` (printed).
@@ -451,16 +543,22 @@ fn fits(name: &str, counts: &HashMap<Vec<u32>, f64>, exact: &HashMap<Vec<u32>, f
     stat < critical(df)
 }
 
+/// `n` speculative samples with the draft model; `rule: None` leaves acceptance where the
+/// engine puts it (in the verification forward when the sampling allows it).
 fn sample_speculative(
     target: &Model,
     draft: &DraftModelProposer,
-    rule: AcceptRule,
+    rule: Option<AcceptRule>,
     prompt: &[u32],
     n: u64,
+    setup: Setup,
 ) -> HashMap<Vec<u32>, f64> {
     let loaded = tiny_model(&spec()).unwrap();
     let tok = loaded.tokenizer.unwrap();
-    let mut spec = Speculator::new(target, Some(draft)).with_rule(rule);
+    let mut spec = Speculator::new(target, Some(draft));
+    if let Some(rule) = rule {
+        spec = spec.with_rule(rule);
+    }
     let policy = DraftPolicyConfig {
         max_draft: 3,
         adaptive: false,
@@ -471,8 +569,8 @@ fn sample_speculative(
     for i in 0..n {
         let req = GenerateRequest {
             prompt: prompt.to_vec(),
-            max_tokens: GEN,
-            sampling: sampling(i),
+            max_tokens: setup.gen,
+            sampling: (setup.params)(i),
             stop: Vec::new(),
         };
         let mut seq = Sequence::new(target, &tok, Some(draft), req, policy).unwrap();
@@ -484,7 +582,7 @@ fn sample_speculative(
         let out = seq.output();
         drafted += out.speculation.drafted_tokens;
         accepted += out.speculation.accepted_tokens;
-        *counts.entry(outcome(&out)).or_default() += 1.0;
+        *counts.entry(outcome(&out, setup.gen)).or_default() += 1.0;
     }
     eprintln!("{accepted} of {drafted} drafts accepted");
     // Both outcomes must be common, or the rejection path went untested.
@@ -502,34 +600,104 @@ fn sampled_generations_follow_the_target_with_and_without_speculation() {
     let tok = target.tokenizer.clone().unwrap();
     let draft = tiny_drafter(&spec(), 0.25, 3, &target).unwrap();
     let prompt = [40u32, 71, 33];
-    let exact = exact_law(&target.model, &prompt, tok.eos_token_ids());
+    let exact = exact_law(&target.model, &prompt, tok.eos_token_ids(), TRUNCATED);
 
     let mut plain = HashMap::new();
     for i in 0..N {
         let req = GenerateRequest {
             prompt: prompt.to_vec(),
-            max_tokens: GEN,
+            max_tokens: TRUNCATED.gen,
             sampling: sampling(1_000_000 + i),
             stop: Vec::new(),
         };
         let out = generate(&target.model, &tok, &req, |_| {}).unwrap();
-        *plain.entry(outcome(&out)).or_default() += 1.0;
+        *plain.entry(outcome(&out, TRUNCATED.gen)).or_default() += 1.0;
     }
     assert!(
         fits("target only", &plain, &exact),
         "target-only sampling is off"
     );
 
-    let spec_counts = sample_speculative(&target.model, &draft, accept_stochastic, &prompt, N);
+    let spec_counts = sample_speculative(
+        &target.model,
+        &draft,
+        Some(accept_stochastic),
+        &prompt,
+        N,
+        TRUNCATED,
+    );
     assert!(
         fits("speculative", &spec_counts, &exact),
         "speculative sampling is off"
     );
 
     // The same harness with the wrong rule must fail, or the bound proves nothing.
-    let wrong = sample_speculative(&target.model, &draft, wrong_accept, &prompt, N);
+    let wrong = sample_speculative(
+        &target.model,
+        &draft,
+        Some(wrong_accept),
+        &prompt,
+        N,
+        TRUNCATED,
+    );
     assert!(
         !fits("wrong rule", &wrong, &exact),
         "the wrong rule passed — the test cannot tell"
+    );
+}
+
+/// At a temperature alone the verification forward decides acceptance
+/// (`Model::verify_sampled`: on the CPU the kernels' references, on a GPU the kernels), and
+/// speculative generations still follow the target's exact law. (The algorithm's power to
+/// fail is shown by `the_forwards_rejection_sampling_draws_what_the_analysis_predicts`.)
+#[test]
+fn sampling_at_a_temperature_alone_decides_in_the_forward_and_follows_the_target() {
+    const N: u64 = 20_000;
+    let target = tiny_model(&spec()).unwrap();
+    let tok = target.tokenizer.clone().unwrap();
+    let draft = tiny_drafter(&spec(), 0.25, 3, &target).unwrap();
+    let prompt = [40u32, 71, 33];
+
+    // The routing: acceptance comes back decided for a temperature alone, as rows otherwise.
+    for (params, decided) in [(temperature_only(1), true), (sampling(1), false)] {
+        let mut pool = target.model.new_pool(64);
+        let req = GenerateRequest {
+            prompt: prompt.to_vec(),
+            max_tokens: 4,
+            sampling: params,
+            stop: Vec::new(),
+        };
+        let mut seq =
+            Sequence::new(&target.model, &tok, None, req, DraftPolicyConfig::default()).unwrap();
+        seq.prefill(&target.model, &mut pool, None).unwrap();
+        let drafts = [Draft {
+            tokens: vec![7, 9],
+            probs: None,
+        }];
+        let v = verify(
+            &target.model,
+            &mut pool,
+            &mut [&mut seq],
+            &drafts,
+            Acceptance::InForward,
+        )
+        .unwrap();
+        assert_eq!(
+            matches!(v[0], Verified::Decided(_)),
+            decided,
+            "temperature alone: {decided}"
+        );
+    }
+
+    let exact = exact_law(
+        &target.model,
+        &prompt,
+        tok.eos_token_ids(),
+        TEMPERATURE_ONLY,
+    );
+    let counts = sample_speculative(&target.model, &draft, None, &prompt, N, TEMPERATURE_ONLY);
+    assert!(
+        fits("speculative, decided in the forward", &counts, &exact),
+        "sampling decided in the forward is off"
     );
 }

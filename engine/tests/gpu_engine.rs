@@ -14,9 +14,10 @@ use specd_engine::actors::{Engine, EngineConfig, EngineModels, EngineRequest, Ev
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{tiny_drafter, tiny_model, tiny_model_on, TinySpec};
-use specd_engine::model::{Device, LoadedModel, Logits, Model, SeqInput};
+use specd_engine::model::{Device, LoadedModel, Logits, Model, SampleInput, SeqInput};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{generate_speculative, DraftPolicyConfig, NgramProposer, Proposer};
+use specd_kernels::cpu::sample as kernel_sample;
 
 fn cuda() -> Device {
     Device::Cuda(
@@ -178,6 +179,143 @@ fn a_rows_logits_are_bit_identical_alone_among_drafts_and_in_a_batch_of_32() {
         }
     }
     m.set_cuda_graphs(true);
+}
+
+/// A long prompt's rows go through the prefill GEMM (more than 32 rows), decoding through the
+/// row kernels: the logits of every position are the same bits either way, so a sequence
+/// recomputed after preemption (or prefilled in chunks) continues exactly as it would have.
+#[test]
+fn prefill_rows_are_bit_identical_to_the_same_tokens_decoded_one_at_a_time() {
+    let m = gpu_target().model;
+    let vocab = m.config().vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(12);
+    let prompt: Vec<u32> = (0..150).map(|_| rng.random_range(0..vocab - 3)).collect();
+    let mut c = m.new_cache();
+    let prefilled = rows(&m.forward_cache(&mut c, &prompt, Logits::All).unwrap());
+    let decoded = step_by_step(&m, &prompt[..1], &prompt[1..]);
+    assert_eq!(
+        &prefilled[1..],
+        &decoded[..],
+        "prefill rows vs decoded rows"
+    );
+}
+
+/// Sampled verification decided on the GPU (softmax at each sequence's temperature, then
+/// rejection sampling, in the forward) gives for a ragged batch, with drafts from a drafter's
+/// distribution and one-hot ones, what the kernels' CPU reference gives on the rows of the
+/// same forward and the same uniforms; twice, so that a replayed graph reads each step's new
+/// temperatures, uniforms and draft distributions.
+#[test]
+fn sampled_verification_on_the_gpu_decides_as_the_reference_on_its_own_rows() {
+    let m = gpu_target().model;
+    let vocab = m.config().vocab_size;
+    let ps = prompts(12, 9, vocab as u32);
+    let mut rng = StdRng::seed_from_u64(13);
+    let (mut kept, mut rejected) = (0, 0);
+    for round in 0..2 {
+        let mut tables: Vec<[BlockTable; 2]> = Vec::new();
+        let (mut pool_rows, mut pool_decide) = (m.new_pool(4096), m.new_pool(4096));
+        // Both pools hold each prompt but its last token, which verification feeds.
+        for p in &ps {
+            let mut t = [BlockTable::new(), BlockTable::new()];
+            for (table, pool) in t.iter_mut().zip([&mut pool_rows, &mut pool_decide]) {
+                if p.len() > 1 {
+                    let mut one = [SeqInput {
+                        table,
+                        tokens: &p[..p.len() - 1],
+                        logits: Logits::None,
+                    }];
+                    m.forward(pool, &mut one).unwrap();
+                }
+            }
+            tables.push(t);
+        }
+        // Per sequence: a temperature, 0..5 drafts, uniforms. Every third sequence drafts the
+        // target's own greedy continuation as one-hot drafts (mostly kept); the others draw
+        // from a random distribution, which the next third hands over and the last third does
+        // not (one-hot, as n-gram drafts; mostly rejected).
+        let mut tokens: Vec<Vec<u32>> = Vec::new();
+        let mut qs: Vec<Option<Vec<Vec<f32>>>> = Vec::new();
+        let mut inv_temps = Vec::new();
+        let mut us = Vec::new();
+        for (i, p) in ps.iter().enumerate() {
+            let drafts = (i + round) % 6;
+            let mut t = vec![*p.last().unwrap()];
+            let mut q = Vec::new();
+            if i % 3 == 0 {
+                let mut c = m.new_cache();
+                let mut l = m.forward_cache(&mut c, p, Logits::Last).unwrap();
+                for _ in 0..drafts {
+                    let next = specd_engine::sampling::argmax(&rows(&l)[0]);
+                    t.push(next);
+                    l = m.forward_cache(&mut c, &[next], Logits::Last).unwrap();
+                }
+            } else {
+                for _ in 0..drafts {
+                    let mut d: Vec<f32> = (0..vocab).map(|_| rng.random::<f32>().powi(2)).collect();
+                    let sum: f32 = d.iter().sum();
+                    d.iter_mut().for_each(|x| *x /= sum);
+                    t.push(specd_engine::sampling::sample_from(&d, &mut rng));
+                    q.push(d);
+                }
+            }
+            tokens.push(t);
+            qs.push((i % 3 == 1).then_some(q));
+            inv_temps.push(1.0 / rng.random_range(0.3f32..2.0));
+            us.push(
+                (0..=drafts)
+                    .map(|_| rng.random::<f32>())
+                    .collect::<Vec<f32>>(),
+            );
+        }
+        let mut batch: Vec<SeqInput<'_>> = Vec::new();
+        let mut batch2: Vec<SeqInput<'_>> = Vec::new();
+        for (t, toks) in tables.iter_mut().zip(&tokens) {
+            let [a, b] = t;
+            batch.push(SeqInput {
+                table: a,
+                tokens: toks,
+                logits: Logits::All,
+            });
+            batch2.push(SeqInput {
+                table: b,
+                tokens: toks,
+                logits: Logits::All,
+            });
+        }
+        let logits = m.forward(&mut pool_rows, &mut batch).unwrap();
+        let inputs: Vec<SampleInput<'_>> = (0..ps.len())
+            .map(|i| SampleInput {
+                inv_temp: inv_temps[i],
+                q: qs[i].as_deref(),
+                u: us[i].clone(),
+            })
+            .collect();
+        let got = m
+            .verify_sampled(&mut pool_decide, &mut batch2, &inputs)
+            .unwrap();
+        for (i, l) in logits.iter().enumerate() {
+            let p: Vec<Vec<f32>> = rows(l)
+                .iter()
+                .map(|r| kernel_sample::softmax(r, inv_temps[i]))
+                .collect();
+            let p_refs: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+            let q_refs: Option<Vec<&[f32]>> = qs[i]
+                .as_ref()
+                .map(|q| q.iter().map(Vec::as_slice).collect());
+            let want =
+                kernel_sample::rejection_sample(&p_refs, q_refs.as_deref(), &tokens[i], &us[i]);
+            assert_eq!(got[i], want, "round {round}, sequence {i}");
+            let drafts = tokens[i].len() - 1;
+            kept += got[i].0;
+            rejected += usize::from(got[i].0 < drafts);
+        }
+    }
+    eprintln!("{kept} drafts kept, {rejected} rejections");
+    assert!(
+        kept > 0 && rejected > 0,
+        "{kept} drafts kept, {rejected} rejections"
+    );
 }
 
 #[test]

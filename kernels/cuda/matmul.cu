@@ -10,18 +10,10 @@
 // 16-byte load for bf16) and the same 8 consecutive activations: the product sums over k, so any
 // permutation applied to both operands gives the same mathematical result, and the hardware's
 // order for a given lane layout is fixed.
+#include "mma.cuh"
 #include "weight_formats.cuh"
 
 #define UNROLL_MAX 8
-
-__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ uint4 load_x8(const bf16* x, int rows, int r, int k, int kk) {
     if (r >= rows) return make_uint4(0, 0, 0, 0);

@@ -107,10 +107,13 @@ extern "C" __global__ void accept_greedy(const int* __restrict__ argmax,
     out[2 * s + 1] = argmax[f + a];
 }
 
-// probs[r] = softmax(logits[r] · inv_temp). One CTA of THREADS threads per row.
+// probs[r] = softmax(logits[r] · inv_temp[r]) (row stride v). One CTA of THREADS threads per
+// row. `probs` may be `logits` itself when ld == v: each element is read before it is written,
+// by the same thread.
 extern "C" __global__ void __launch_bounds__(THREADS) softmax_rows(
-    const float* __restrict__ logits, int v, int ld, float inv_temp, float* __restrict__ probs) {
+    const float* logits, int v, int ld, const float* __restrict__ inv_temps, float* probs) {
     grid_dependency();
+    const float inv_temp = inv_temps[blockIdx.x];
     __shared__ float scratch[32];
     __shared__ float red[THREADS / WARP];
     const float* l = logits + (size_t)blockIdx.x * ld;

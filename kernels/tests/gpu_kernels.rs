@@ -202,6 +202,11 @@ fn upload_matrix(
 #[test]
 fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() {
     let g = gpu();
+    // The GEMM dequantizes into a scratch of 128 x 2304 values here: the widest matrices go
+    // through it in many slices. A second handle has none, so its GEMM falls back to the row
+    // kernel for quantized weights (the same result).
+    g.reserve_dequant_scratch(128 * 2304).unwrap();
+    let plain = gpu();
     let mut rng = Rng::new(1);
     let formats = [
         None,
@@ -241,11 +246,16 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
             // Kernels that add in the same order (the tensor-core kernels of 8 warps, and
             // `auto`, which picks among them per product) must agree bit for bit.
             let mut same_order: Vec<(MatmulKernel, usize, Vec<f32>)> = Vec::new();
-            for kernel in MatmulKernel::CHOICES {
+            let runs = MatmulKernel::CHOICES
+                .into_iter()
+                .map(|k| (k, &g, ""))
+                .chain([(MatmulKernel::Gemm, &plain, " without scratch")]);
+            for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;
                 for rows in [1, 2, 5, 16, 17, 64, 65, 130] {
                     let y = poisoned_f32(&g, rows * n);
-                    g.matmul_rows_with(
+                    g.synchronize().unwrap();
+                    on.matmul_rows_with(
                         kernel,
                         &MatmulArgs {
                             w: view,
@@ -257,9 +267,10 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                         },
                     )
                     .unwrap();
+                    on.synchronize().unwrap();
                     let got = read_f32(&g, &y);
                     let want = &want_all[..rows * n];
-                    let what = format!("{kernel:?} {wf:?} {n}x{k}, {rows} rows");
+                    let what = format!("{kernel:?}{how} {wf:?} {n}x{k}, {rows} rows");
                     let e = rel_err(&got, want, &what);
                     assert!(e < 1e-5, "{what}: relative error {e}");
                     for (other, r, seen) in &same_order {
@@ -277,7 +288,8 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     if rows == 130 {
                         let y1 = poisoned_f32(&g, n);
                         let x129 = xbuf.at(129 * k);
-                        g.matmul_rows_with(
+                        g.synchronize().unwrap();
+                        on.matmul_rows_with(
                             kernel,
                             &MatmulArgs {
                                 w: view,
@@ -289,6 +301,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                             },
                         )
                         .unwrap();
+                        on.synchronize().unwrap();
                         assert_eq!(
                             read_f32(&g, &y1),
                             got[129 * n..].to_vec(),
@@ -748,17 +761,24 @@ fn argmax_greedy_acceptance_softmax_and_rejection_sampling_match_the_cpu() {
     }
     assert_eq!(got[4], 3, "sequence 2 keeps all three drafts");
 
-    // Softmax with temperature.
-    let inv_temp = 1.0 / 0.7;
+    // Softmax with a temperature per row, into another buffer and in place.
+    let inv_temps: Vec<f32> = (0..rows).map(|r| 1.0 / (0.4 + 0.3 * r as f32)).collect();
+    let tb = g
+        .upload(&inv_temps, "inverse temperatures", ADVICE)
+        .unwrap();
     let pb = poisoned_f32(&g, rows * vocab);
-    g.softmax_rows(lb.ptr(), vocab, vocab, inv_temp, rows, pb.ptr())
+    g.softmax_rows(lb.ptr(), vocab, vocab, tb.ptr(), rows, pb.ptr())
         .unwrap();
     let p = read_f32(&g, &pb);
     for r in 0..rows {
-        let want = sample::softmax(&logits[r * vocab..(r + 1) * vocab], inv_temp);
+        let want = sample::softmax(&logits[r * vocab..(r + 1) * vocab], inv_temps[r]);
         let e = rel_err(&p[r * vocab..(r + 1) * vocab], &want, "softmax");
         assert!(e < 1e-5, "softmax row {r}: {e}");
     }
+    let in_place = g.upload(&logits, "logits", ADVICE).unwrap();
+    g.softmax_rows(in_place.ptr(), vocab, vocab, tb.ptr(), rows, in_place.ptr())
+        .unwrap();
+    assert_eq!(read_f32(&g, &in_place), p, "softmax in place");
 
     // Rejection sampling, with the GPU's own probabilities as input to both sides, for many
     // uniforms: drafts drawn from q (one-hot for sequence 1), so that both branches happen.

@@ -10,7 +10,7 @@ use super::messages::{Decide, Verify};
 use super::EngineModels;
 use crate::error::Result;
 use crate::metrics::Phase;
-use crate::spec::{verify, Verified};
+use crate::spec::{verify, Acceptance, Verified};
 
 /// Owns the target model (through [`EngineModels`]); its KV arrives lent with the step.
 pub(crate) struct Verifier {
@@ -37,7 +37,13 @@ impl Handler<Verify> for Verifier {
                     }
                 }
                 let mut seqs: Vec<_> = batch.slots.iter_mut().map(|s| &mut s.seq).collect();
-                verify(target, &mut pools.target, &mut seqs, &batch.drafts)
+                verify(
+                    target,
+                    &mut pools.target,
+                    &mut seqs,
+                    &batch.drafts,
+                    Acceptance::InForward,
+                )
             })();
             batch.pools = Some(pools);
             match result {

@@ -8,7 +8,8 @@ use specd_kernels::cpu as kern;
 use super::config::{ModelConfig, RopeLayout};
 use super::linear::{CandlePool, Linear};
 use super::llama::{
-    run_layers, Act, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode, SeqInput, Top,
+    run_layers, Act, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode, SampleInput,
+    SeqInput, Top,
 };
 use crate::error::Result;
 use crate::kv::KvPool;
@@ -305,6 +306,7 @@ pub(crate) fn forward(
     kv: &mut KvPool,
     batch: &mut [SeqInput<'_>],
     mode: OutputMode,
+    sample: &[SampleInput<'_>],
 ) -> Result<ForwardOut> {
     let ids: Vec<u32> = batch
         .iter()
@@ -370,5 +372,35 @@ pub(crate) fn forward(
                 })
                 .collect::<Result<_>>()?,
         ),
+        OutputMode::SampledVerdict => ForwardOut::Verdicts(
+            per_seq
+                .iter()
+                .zip(batch)
+                .zip(sample)
+                .map(|((l, s), x)| Ok(sampled_verdict(&l.to_vec2::<f32>()?, s.tokens, x)))
+                .collect::<Result<_>>()?,
+        ),
     })
+}
+
+/// Rejection sampling of one sequence's rows as the GPU does it (the kernels' CPU references):
+/// softmax at the sequence's temperature, draft rows fitted to the vocabulary.
+fn sampled_verdict(rows: &[Vec<f32>], tokens: &[u32], x: &SampleInput<'_>) -> (usize, u32) {
+    let p: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| kern::sample::softmax(r, x.inv_temp))
+        .collect();
+    let v = rows.first().map_or(0, Vec::len);
+    let q: Option<Vec<Vec<f32>>> = x.q.map(|q| {
+        q.iter()
+            .map(|r| {
+                let mut r = r[..r.len().min(v)].to_vec();
+                r.resize(v, 0.0);
+                r
+            })
+            .collect()
+    });
+    let p_refs: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
+    let q_refs: Option<Vec<&[f32]>> = q.as_ref().map(|q| q.iter().map(Vec::as_slice).collect());
+    kern::sample::rejection_sample(&p_refs, q_refs.as_deref(), tokens, &x.u)
 }

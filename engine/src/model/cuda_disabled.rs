@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use super::config::ModelConfig;
 use super::device::GpuStats;
 use super::host_weights::HostWeights;
-use super::llama::{ForwardOut, OutputMode, SeqInput};
+use super::llama::{ForwardOut, OutputMode, SampleInput, SeqInput};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 
@@ -72,6 +72,7 @@ impl CudaModel {
         _: &mut KvPool,
         _: &mut [SeqInput<'_>],
         _: OutputMode,
+        _: &[SampleInput<'_>],
         _head_rows: usize,
     ) -> Result<ForwardOut> {
         match self.never {}

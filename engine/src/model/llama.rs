@@ -52,6 +52,18 @@ pub struct SeqInput<'a> {
     pub logits: Logits,
 }
 
+/// What rejection sampling in the forward needs of one sequence ([`Model::verify_sampled`]).
+#[derive(Debug, Clone)]
+pub struct SampleInput<'a> {
+    /// The inverse of the sequence's temperature.
+    pub inv_temp: f32,
+    /// The drafter's distribution of each draft (rows of the target's vocabulary; missing
+    /// entries count as zero), or `None` when every draft is one-hot (n-gram).
+    pub q: Option<&'a [Vec<f32>]>,
+    /// Uniforms in [0, 1): one per draft (keep it or not), then one to draw the token.
+    pub u: Vec<f32>,
+}
+
 /// The argmax of one row of logits and its softmax probability.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Top {
@@ -66,7 +78,7 @@ pub(crate) enum ForwardOut {
     Logits(Vec<Tensor>),
     /// The argmax of each wanted row.
     Top(Vec<Vec<Top>>),
-    /// Greedy acceptance of each sequence's tokens after the first as drafts: (kept, next).
+    /// Acceptance of each sequence's tokens after the first as drafts: (kept, next).
     Verdicts(Vec<(usize, u32)>),
 }
 
@@ -76,6 +88,8 @@ pub(crate) enum OutputMode {
     Logits,
     Top,
     GreedyVerdict,
+    /// Rejection sampling with each sequence's temperature and [`SampleInput`].
+    SampledVerdict,
 }
 
 /// Activation buffers of a forward, by role (the residual stream itself is the backend's own).
@@ -331,7 +345,7 @@ impl Model {
     /// On error no sequence's committed length changes (reserved blocks stay with their
     /// tables).
     pub fn forward(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
-        match self.run(kv, batch, OutputMode::Logits)? {
+        match self.run(kv, batch, OutputMode::Logits, &[])? {
             ForwardOut::Logits(l) => Ok(l),
             _ => unreachable!("logits asked for"),
         }
@@ -345,7 +359,7 @@ impl Model {
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
     ) -> Result<Vec<Vec<Top>>> {
-        match self.run(kv, batch, OutputMode::Top)? {
+        match self.run(kv, batch, OutputMode::Top, &[])? {
             ForwardOut::Top(t) => Ok(t),
             _ => unreachable!("argmax asked for"),
         }
@@ -365,7 +379,45 @@ impl Model {
                 "greedy verification needs every row's logits (Logits::All)".into(),
             ));
         }
-        match self.run(kv, batch, OutputMode::GreedyVerdict)? {
+        match self.run(kv, batch, OutputMode::GreedyVerdict, &[])? {
+            ForwardOut::Verdicts(v) => Ok(v),
+            _ => unreachable!("verdicts asked for"),
+        }
+    }
+
+    /// Verification with speculative rejection sampling in the forward (on a GPU: softmax and
+    /// acceptance on the device, so only the counts and tokens cross to the host; on the CPU
+    /// the kernels' references): each sequence feeds its last committed token then its drafts
+    /// and gets back how many drafts it keeps and the token drawn after them, distributed
+    /// exactly as the target's softmax at its temperature. `sample[i]` goes with `batch[i]`;
+    /// every sequence must want [`Logits::All`].
+    pub fn verify_sampled(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        sample: &[SampleInput<'_>],
+    ) -> Result<Vec<(usize, u32)>> {
+        if sample.len() != batch.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} sampling inputs for {} sequences",
+                sample.len(),
+                batch.len()
+            )));
+        }
+        for (i, (s, x)) in batch.iter().zip(sample).enumerate() {
+            let drafts = s.tokens.len().saturating_sub(1);
+            let q_rows = x.q.map_or(drafts, <[_]>::len);
+            if s.logits != Logits::All || x.u.len() != drafts + 1 || q_rows != drafts {
+                return Err(Error::InvalidRequest(format!(
+                    "sampled verification of sequence {i}: every row's logits, one uniform per \
+                     token ({} given for {}) and one draft distribution per draft ({q_rows} for \
+                     {drafts})",
+                    x.u.len(),
+                    drafts + 1
+                )));
+            }
+        }
+        match self.run(kv, batch, OutputMode::SampledVerdict, sample)? {
             ForwardOut::Verdicts(v) => Ok(v),
             _ => unreachable!("verdicts asked for"),
         }
@@ -395,16 +447,23 @@ impl Model {
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
         mode: OutputMode,
+        sample: &[SampleInput<'_>],
     ) -> Result<ForwardOut> {
         self.check_batch(kv, batch)?;
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
         let out = match &self.weights {
-            DeviceWeights::Cpu(w) => {
-                super::cpu_forward::forward(&self.config, &self.inv_freq, w, kv, batch, mode)?
-            }
-            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, self.head_rows)?,
+            DeviceWeights::Cpu(w) => super::cpu_forward::forward(
+                &self.config,
+                &self.inv_freq,
+                w,
+                kv,
+                batch,
+                mode,
+                sample,
+            )?,
+            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, sample, self.head_rows)?,
         };
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());

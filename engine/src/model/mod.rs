@@ -24,7 +24,7 @@ use serde_json::Value as Json;
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 pub use device::{Device, GpuStats};
 pub use linear::SMALL_BATCH_ROWS;
-pub use llama::{Logits, Model, SeqInput, Top};
+pub use llama::{Logits, Model, SampleInput, SeqInput, Top};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Naming, Param, Weights};
 

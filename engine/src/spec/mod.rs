@@ -27,4 +27,4 @@ pub use policy::{DraftPolicy, DraftPolicyConfig};
 pub use proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 pub use sequence::{generate_speculative, AcceptRule, Decision, PhaseTimes, Sequence, Speculator};
 pub use stats::{PositionStats, SpecStats};
-pub use verify::{drafts_now, propose_drafts, verify, Verified};
+pub use verify::{drafts_now, propose_drafts, verify, Acceptance, Verified};

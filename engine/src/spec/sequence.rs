@@ -16,7 +16,7 @@ use super::accept::{accept_greedy, accept_stochastic, Verdict};
 use super::policy::{DraftPolicy, DraftPolicyConfig};
 use super::proposer::{Draft, Proposer, ProposerState, TargetView};
 use super::stats::SpecStats;
-use super::verify::{propose_drafts, verify, Verified};
+use super::verify::{propose_drafts, verify, Acceptance, Verified};
 use crate::error::{Error, Result};
 use crate::generate::{
     validate_request, FinishReason, GenerateOutput, GenerateRequest, StopMatcher, PREFILL_CHUNK,
@@ -353,11 +353,19 @@ impl Sequence {
         p.is_greedy() && p.repetition_penalty == 1.0
     }
 
+    /// Whether acceptance for this sequence is rejection sampling at a temperature alone (no
+    /// top-k, top-p or repetition penalty), which the verification forward can decide by
+    /// itself ([`Model::verify_sampled`]).
+    pub fn samples_in_forward(&self) -> bool {
+        let p = self.sampler.params();
+        !p.is_greedy() && p.top_k == 0 && p.top_p >= 1.0 && p.repetition_penalty == 1.0
+    }
+
     /// Acceptance of `draft` against what verification returned: the target's rows (one more
     /// than drafted tokens), greedy or stochastic with `rule`, or a verdict already taken.
     pub fn decide(&mut self, draft: &Draft, verified: &Verified, rule: AcceptRule) -> Decision {
         let verdict = match verified {
-            Verified::Greedy(v) => *v,
+            Verified::Decided(v) => *v,
             Verified::Rows(rows) => self.verdict(&draft.tokens, draft.probs.as_deref(), rows, rule),
         };
         Decision {
@@ -452,6 +460,7 @@ pub struct Speculator<'a> {
     target: &'a Model,
     proposer: Option<&'a dyn Proposer>,
     rule: AcceptRule,
+    acceptance: Acceptance,
     target_kv: KvPool,
     draft_kv: KvPool,
 }
@@ -477,16 +486,19 @@ impl<'a> Speculator<'a> {
             target,
             proposer,
             rule: accept_stochastic,
+            acceptance: Acceptance::InForward,
             target_kv: target.new_pool(SPECULATOR_BLOCKS),
             draft_kv: proposer
                 .map_or_else(|| KvPool::new(0, 0, 0), |p| p.new_pool(SPECULATOR_BLOCKS)),
         }
     }
 
-    /// Replaces the stochastic acceptance rule ([`accept_stochastic`] by default). Only the
-    /// distribution tests use this, to show that they fail on a wrong rule.
+    /// Replaces the stochastic acceptance rule ([`accept_stochastic`] by default), which then
+    /// always runs on the host (never in the verification forward). Only the distribution
+    /// tests use this, to show that they fail on a wrong rule.
     pub fn with_rule(mut self, rule: AcceptRule) -> Self {
         self.rule = rule;
+        self.acceptance = Acceptance::Host;
         self
     }
 
@@ -538,7 +550,13 @@ impl<'a> Speculator<'a> {
         };
         let draft = t.elapsed();
         let t = Instant::now();
-        let verified = verify(self.target, &mut self.target_kv, &mut live, &drafts)?;
+        let verified = verify(
+            self.target,
+            &mut self.target_kv,
+            &mut live,
+            &drafts,
+            self.acceptance,
+        )?;
         let times = PhaseTimes {
             draft,
             verify: t.elapsed(),

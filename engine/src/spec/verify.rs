@@ -2,21 +2,33 @@
 //! each sequence with its own budget) and verification (ONE target forward over the last
 //! committed token plus the drafts of every sequence).
 
+use rand::Rng;
+
 use super::accept::Verdict;
 use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::kv::KvPool;
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{Logits, Model, SampleInput, SeqInput};
 
 /// What verification hands to acceptance for one sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verified {
     /// The target's rows of logits (one more than drafts), for acceptance on the host.
     Rows(Vec<Vec<f32>>),
-    /// Greedy acceptance already decided by the forward (on the device, on a GPU): only the
-    /// count and the next token crossed to the host.
-    Greedy(Verdict),
+    /// Acceptance already decided by the forward (on the device, on a GPU): greedy, or
+    /// rejection sampling at the sequence's temperature. Only the count and the next token
+    /// crossed to the host.
+    Decided(Verdict),
+}
+
+/// Where stochastic acceptance runs: in the verification forward when every sequence's
+/// sampling allows it ([`Sequence::samples_in_forward`]), or always on the host with a given
+/// rule (the distribution tests' deliberately wrong rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    InForward,
+    Host,
 }
 
 /// Whether a sequence drafts this step: it has a budget, and when the proposer reads the
@@ -80,15 +92,36 @@ pub fn propose_drafts(
 }
 
 /// Verification phase: ONE target forward over `[last, drafts..]` of every sequence. When every
-/// sequence decodes greedily (no repetition penalty) the forward decides acceptance itself;
+/// sequence decodes greedily (no repetition penalty), or (with [`Acceptance::InForward`])
+/// every sequence samples at a temperature alone, the forward decides acceptance itself;
 /// otherwise each sequence gets its rows of logits (one more than its drafts).
 pub fn verify(
     target: &Model,
     kv: &mut KvPool,
     seqs: &mut [&mut Sequence],
     drafts: &[Draft],
+    acceptance: Acceptance,
 ) -> Result<Vec<Verified>> {
     let greedy = seqs.iter().all(|s| s.decides_greedily());
+    let sampled = !greedy
+        && acceptance == Acceptance::InForward
+        && seqs.iter().all(|s| s.samples_in_forward());
+    // Uniforms first (one per draft, one for the token), from each sequence's own generator.
+    let uniforms: Vec<Vec<f32>> = if sampled {
+        seqs.iter_mut()
+            .zip(drafts)
+            .map(|(s, d)| {
+                let rng = s.sampler.rng();
+                (0..=d.tokens.len()).map(|_| rng.random::<f32>()).collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let inv_temps: Vec<f32> = seqs
+        .iter()
+        .map(|s| 1.0 / s.sampler.params().temperature)
+        .collect();
     let inputs_tokens: Vec<Vec<u32>> = seqs
         .iter()
         .zip(drafts)
@@ -107,12 +140,26 @@ pub fn verify(
             logits: Logits::All,
         })
         .collect();
+    let decided = |v: Vec<(usize, u32)>| {
+        v.into_iter()
+            .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
+            .collect()
+    };
     if greedy {
-        return Ok(target
-            .verify_greedy(kv, &mut batch)?
-            .into_iter()
-            .map(|(accepted, next)| Verified::Greedy(Verdict { accepted, next }))
-            .collect());
+        return Ok(decided(target.verify_greedy(kv, &mut batch)?));
+    }
+    if sampled {
+        let inputs: Vec<SampleInput<'_>> = inv_temps
+            .iter()
+            .zip(drafts)
+            .zip(uniforms)
+            .map(|((&inv_temp, d), u)| SampleInput {
+                inv_temp,
+                q: d.probs.as_deref(),
+                u,
+            })
+            .collect();
+        return Ok(decided(target.verify_sampled(kv, &mut batch, &inputs)?));
     }
     target
         .forward(kv, &mut batch)?

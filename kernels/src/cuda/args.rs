@@ -176,12 +176,17 @@ pub enum MatmulKernel {
     },
     /// CUDA cores, a warp per output column.
     Simple,
+    /// The prefill GEMM (gemm.cu): 64 x 64 output tiles through shared memory, quantized
+    /// weights dequantized to bf16 first, a slice at a time, into the GPU's scratch
+    /// ([`crate::cuda::Gpu::reserve_dequant_scratch`]; without one, quantized products take
+    /// [`MatmulKernel::MANY_ROWS_IN_PLACE`]). It adds in the order of the 8-warp row kernels.
+    Gemm,
     /// Per product, by its shape and rows: for up to [`MatmulKernel::FEW_ROWS`] rows (decode,
     /// verification) [`MatmulKernel::NARROW`] when the matrix has a side of at most
-    /// [`MatmulKernel::NARROW_MAX`], else [`MatmulKernel::WIDE`]; for more rows (prefill)
-    /// [`MatmulKernel::MANY_ROWS`]. All split K over 8 warps, and every tensor-core kernel with
-    /// the same number of warps adds each output element in the same order (matmul.cu), so the
-    /// choice never changes a result: a row is bit-identical in decode, verification and prefill.
+    /// [`MatmulKernel::NARROW_MAX`], else [`MatmulKernel::WIDE`]; for more rows (prefill, wide
+    /// verification batches) [`MatmulKernel::Gemm`]. All split K over 8 warps in the same
+    /// order (matmul.cu, gemm.cu), so the choice never changes a result: a row is
+    /// bit-identical in decode, verification and prefill.
     Auto,
 }
 
@@ -196,7 +201,7 @@ const fn tc(name: &'static str, cols: u32, warps: u32, unroll: u32, mtiles: u32)
 }
 
 impl MatmulKernel {
-    /// Every kernel built into the module (matmul.cu's MATMUL_SHAPES, in its order).
+    /// Every row kernel built into the module (matmul.cu's MATMUL_SHAPES, in its order).
     pub const ALL: [MatmulKernel; 11] = [
         tc("8x8", 8, 8, 4, 4),
         tc("16x8", 16, 8, 4, 4),
@@ -211,15 +216,16 @@ impl MatmulKernel {
         MatmulKernel::Simple,
     ];
 
-    /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], then
-    /// every built kernel.
-    pub const CHOICES: [MatmulKernel; 12] = {
-        let mut c = [MatmulKernel::Auto; 12];
+    /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], every
+    /// row kernel, and the GEMM.
+    pub const CHOICES: [MatmulKernel; 13] = {
+        let mut c = [MatmulKernel::Auto; 13];
         let mut i = 0;
         while i < 11 {
             c[i + 1] = Self::ALL[i];
             i += 1;
         }
+        c[12] = MatmulKernel::Gemm;
         c
     };
 
@@ -238,9 +244,12 @@ impl MatmulKernel {
     pub const WIDE: MatmulKernel = Self::ALL[2];
     /// The most rows [`MatmulKernel::Auto`] treats as decode or verification.
     pub const FEW_ROWS: usize = 32;
-    /// [`MatmulKernel::Auto`]'s choice for more rows (prefill): 64 rows per pass, the fastest
-    /// 128-token prefill on both shapes in GPU run 6.
-    pub const MANY_ROWS: MatmulKernel = Self::ALL[9];
+    /// [`MatmulKernel::Auto`]'s choice for more rows (prefill, wide verification batches).
+    pub const MANY_ROWS: MatmulKernel = MatmulKernel::Gemm;
+    /// The row kernel for many rows where the GEMM cannot run (quantized weights and no
+    /// dequantization scratch): 64 rows per pass, the fastest 128-token prefill on both shapes
+    /// in GPU run 6.
+    pub const MANY_ROWS_IN_PLACE: MatmulKernel = Self::ALL[9];
 
     /// The built kernel that runs a product of `rows` rows, `n` output columns and `k` inputs.
     pub fn resolve(self, rows: usize, n: usize, k: usize) -> MatmulKernel {
@@ -257,19 +266,20 @@ impl MatmulKernel {
     pub fn same_order(self, other: MatmulKernel) -> bool {
         let warps = |k: MatmulKernel| match k {
             MatmulKernel::TensorCore { warps, .. } => Some(warps),
-            MatmulKernel::Auto => Some(8),
+            MatmulKernel::Auto | MatmulKernel::Gemm => Some(8),
             MatmulKernel::Simple => None,
         };
         self == other || (warps(self).is_some() && warps(self) == warps(other))
     }
 
     /// The name `SPECD_MATMUL` takes and the kernels carry (`16x8`, `8x8u8`, `32x8m4`, `simple`,
-    /// `auto`): `{cols}x{warps}`, then `u{unroll}` for the deeper unrolled shapes and
+    /// `gemm`, `auto`): `{cols}x{warps}`, then `u{unroll}` for the deeper unrolled shapes and
     /// `m{mtiles}` for the taller one.
     pub fn name(self) -> String {
         match self {
             MatmulKernel::TensorCore { name, .. } => name.into(),
             MatmulKernel::Simple => "simple".into(),
+            MatmulKernel::Gemm => "gemm".into(),
             MatmulKernel::Auto => "auto".into(),
         }
     }
@@ -279,12 +289,12 @@ impl MatmulKernel {
         Self::CHOICES.into_iter().find(|k| k.name() == name)
     }
 
-    /// CTAs and threads per CTA of a product with `n` output columns.
+    /// CTAs and threads per CTA of a row product with `n` output columns.
     pub(super) fn launch_shape(self, n: usize) -> (usize, u32) {
         let (cols, threads) = match self {
             MatmulKernel::TensorCore { cols, warps, .. } => (cols as usize, warps * 32),
             MatmulKernel::Simple => (8, 256),
-            MatmulKernel::Auto => unreachable!("resolved before launch"),
+            MatmulKernel::Gemm | MatmulKernel::Auto => unreachable!("launched on their own"),
         };
         (n.div_ceil(cols), threads)
     }

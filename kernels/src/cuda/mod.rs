@@ -51,6 +51,8 @@ pub struct Gpu {
     launches: AtomicU64,
     /// Launch kernels with programmatic dependent launch (`SPECD_PDL=0` turns it off).
     pdl: bool,
+    /// Where the prefill GEMM dequantizes quantized weights (bf16), if reserved.
+    dequant: Mutex<Option<Buffer<u16>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -102,6 +104,7 @@ impl Gpu {
             )),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
+            dequant: Mutex::new(None),
             shared,
         }))
     }
@@ -183,6 +186,29 @@ impl Gpu {
     pub fn set_matmul_kernel(&self, k: MatmulKernel) {
         self.matmul_kernel
             .store(ops::kernel_index(k), Ordering::Relaxed);
+    }
+
+    /// Reserves `elems` bf16 values of scratch for products of many rows over quantized
+    /// weights, which dequantize a slice of the matrix at a time (as many 64-row tiles as fit)
+    /// and run the prefill GEMM over it; without it they take the row kernel. Call it before
+    /// capturing graphs: a larger reservation replaces the buffer those graphs point at.
+    pub fn reserve_dequant_scratch(&self, elems: usize) -> GpuResult<()> {
+        let mut d = self.dequant.lock().unwrap_or_else(|e| e.into_inner());
+        if d.as_ref().is_some_and(|b| b.len() >= elems) {
+            return Ok(());
+        }
+        *d = Some(self.alloc::<u16>(
+            elems,
+            "the prefill dequantization scratch",
+            "use a smaller model or bf16 weights",
+        )?);
+        Ok(())
+    }
+
+    /// The dequantization scratch's address and length (0 and 0 when none is reserved).
+    fn dequant_scratch(&self) -> (DevicePtr, usize) {
+        let d = self.dequant.lock().unwrap_or_else(|e| e.into_inner());
+        d.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()))
     }
 
     /// Kernel launches issued so far (graph replays count the launches they hold once, when

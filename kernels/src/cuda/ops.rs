@@ -8,11 +8,14 @@ use std::marker::PhantomData;
 use cudarc::driver::{sys, CudaContext, CudaFunction, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
-use super::args::{AttentionArgs, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightView};
+use super::args::{
+    AttentionArgs, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
+};
 use super::{DevicePtr, Gpu, GpuError, GpuResult};
 
 // Fat binaries from build.rs: sm_90 machine code, and PTX for newer GPUs' drivers to compile.
 const MATMUL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/matmul.fatbin"));
+const GEMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.fatbin"));
 const NORM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin"));
 const ROPE_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope_kv.fatbin"));
 const ATTENTION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin"));
@@ -31,6 +34,8 @@ pub(super) struct Kernels {
     /// By (kernel, format index).
     matmul: std::collections::HashMap<(MatmulKernel, usize), CudaFunction>,
     embed_rows: CudaFunction,
+    gemm_bf16: CudaFunction,
+    dequantize_rows: CudaFunction,
     add_rms_norm: CudaFunction,
     silu_mul: CudaFunction,
     gather_rows: CudaFunction,
@@ -52,8 +57,9 @@ impl Kernels {
                     "loading specd's kernels (is the driver new enough?)",
                 ))
         };
-        let (mm, norm, rope, att, sample) = (
+        let (mm, gemm, norm, rope, att, sample) = (
             module(MATMUL)?,
+            module(GEMM)?,
             module(NORM)?,
             module(ROPE_KV)?,
             module(ATTENTION)?,
@@ -70,9 +76,20 @@ impl Kernels {
                 matmul.insert((kernel, fi), f(&mm, &name)?);
             }
         }
+        let gemm_bf16 = f(&gemm, "gemm_bf16")?;
+        gemm_bf16
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                GEMM_SHARED_BYTES as i32,
+            )
+            .map_err(GpuError::driver(
+                "giving the prefill GEMM its shared memory (a GPU before Hopper?)",
+            ))?;
         Ok(Self {
             matmul,
             embed_rows: f(&mm, "embed_rows")?,
+            gemm_bf16,
+            dequantize_rows: f(&gemm, "dequantize_rows")?,
             add_rms_norm: f(&norm, "add_rms_norm")?,
             silu_mul: f(&norm, "silu_mul")?,
             gather_rows: f(&norm, "gather_rows")?,
@@ -165,6 +182,11 @@ fn stride_blocks(n: usize) -> usize {
     n.div_ceil(256).clamp(1, 4096)
 }
 
+/// The prefill GEMM's output tile (GEMM_BM, GEMM_BN in gemm.cu) and its dynamic shared memory
+/// (GEMM_SHARED: three stages of two 64 x 288 bf16 tiles).
+const GEMM_TILE: usize = 64;
+const GEMM_SHARED_BYTES: u32 = 3 * 2 * 64 * 288 * 2;
+
 /// Logits per CTA of `argmax_partial` (ARGMAX_CHUNK in sample.cu).
 const ARGMAX_CHUNK: usize = 4096;
 
@@ -184,7 +206,13 @@ impl Gpu {
         if a.rows == 0 {
             return Ok(());
         }
-        let kernel = kernel.resolve(a.rows, a.w.rows, a.w.cols);
+        match kernel.resolve(a.rows, a.w.rows, a.w.cols) {
+            MatmulKernel::Gemm => self.gemm(a),
+            kernel => self.row_product(kernel, a),
+        }
+    }
+
+    fn row_product(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {
         let f = &self.kernels().matmul[&(kernel, a.w.format.index())];
         let (w, rb, x, y, bias) = (a.w.ptr, a.w.row_bytes(), a.x, a.y, a.bias);
         let (rows, n, k, ldy) = (
@@ -198,6 +226,82 @@ impl Gpu {
         b.arg(&rows).arg(&n).arg(&k).arg(&ldy);
         let (blocks, threads) = kernel.launch_shape(a.w.rows);
         self.launch(f, grid(blocks, threads), b)
+    }
+
+    /// The product through the prefill GEMM: bf16 weights directly; quantized ones dequantized
+    /// into the scratch a slice of output columns at a time (as many whole 64-column tiles as
+    /// it holds), each slice followed by its GEMM. Without room for one tile, the row kernel
+    /// for many rows (the same result).
+    fn gemm(&self, a: &MatmulArgs) -> GpuResult<()> {
+        let (n, k) = (a.w.rows, a.w.cols);
+        if a.w.format == WeightFormat::Bf16 {
+            return self.gemm_bf16(a.w.ptr, k, a, 0, n);
+        }
+        let (scratch, len) = self.dequant_scratch();
+        let slice = (len / k) / GEMM_TILE * GEMM_TILE;
+        if slice == 0 {
+            return self.row_product(MatmulKernel::MANY_ROWS_IN_PLACE, a);
+        }
+        let (fmt, w, rb, ki) = (
+            a.w.format.index() as i32,
+            a.w.ptr,
+            a.w.row_bytes(),
+            to_i32(k),
+        );
+        for n0 in (0..n).step_by(slice) {
+            let count = slice.min(n - n0);
+            let (n0i, ci) = (to_i32(n0), to_i32(count));
+            let mut b = Args::default();
+            b.arg(&fmt)
+                .arg(&w)
+                .arg(&rb)
+                .arg(&n0i)
+                .arg(&ci)
+                .arg(&ki)
+                .arg(&scratch);
+            let f = &self.kernels().dequantize_rows;
+            self.launch(f, grid(stride_blocks(count * k / 8), 256), b)?;
+            self.gemm_bf16(scratch, k, a, n0, count)?;
+        }
+        Ok(())
+    }
+
+    /// Output columns `n0 .. n0 + count` of `a` from the bf16 matrix at `w` (`ldw` elements
+    /// per row, its first row being column `n0`).
+    fn gemm_bf16(
+        &self,
+        w: DevicePtr,
+        ldw: usize,
+        a: &MatmulArgs,
+        n0: usize,
+        count: usize,
+    ) -> GpuResult<()> {
+        let (x, y) = (a.x, a.y + (n0 * 4) as u64);
+        let bias = if a.bias == 0 {
+            0
+        } else {
+            a.bias + (n0 * 4) as u64
+        };
+        let (ldw, rows, n, k, ldy) = (
+            to_i32(ldw),
+            to_i32(a.rows),
+            to_i32(count),
+            to_i32(a.w.cols),
+            to_i32(a.ldy),
+        );
+        let mut b = Args::default();
+        b.arg(&w).arg(&ldw).arg(&x).arg(&y).arg(&bias);
+        b.arg(&rows).arg(&n).arg(&k).arg(&ldy);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                a.rows.div_ceil(GEMM_TILE) as u32,
+                count.div_ceil(GEMM_TILE) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: GEMM_SHARED_BYTES,
+        };
+        self.launch(&self.kernels().gemm_bf16, cfg, b)
     }
 
     /// `out[r] = w[ids[r]]` as f32, for `rows` ids (embedding lookup; a negative id gives zeros).
@@ -437,13 +541,14 @@ impl Gpu {
         self.launch(f, grid(seqs.div_ceil(128), 128), b)
     }
 
-    /// `probs[r] = softmax(logits[r] / temperature)`.
+    /// `probs[r] = softmax(logits[r] · inv_temp[r])` (`inv_temp`: f32 per row, the inverse
+    /// temperature); `probs` may be `logits` when `ld == vocab` (in place).
     pub fn softmax_rows(
         &self,
         logits: DevicePtr,
         vocab: usize,
         ld: usize,
-        inv_temp: f32,
+        inv_temp: DevicePtr,
         rows: usize,
         probs: DevicePtr,
     ) -> GpuResult<()> {

@@ -27,7 +27,7 @@ use weights::GpuWeights;
 use super::config::ModelConfig;
 use super::device::GpuStats;
 use super::host_weights::HostWeights;
-use super::llama::{run_layers, ForwardOut, OutputMode, SeqInput, Top};
+use super::llama::{run_layers, ForwardOut, OutputMode, SampleInput, SeqInput, Top};
 use crate::error::{Error, Result};
 use crate::kv::KvPool;
 
@@ -235,6 +235,7 @@ impl CudaModel {
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
         mode: OutputMode,
+        sample: &[SampleInput<'_>],
         head_rows: usize,
     ) -> Result<ForwardOut> {
         let t0 = Instant::now();
@@ -247,8 +248,15 @@ impl CudaModel {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = &mut *scratch;
         self.ensure_buffers(scratch, &plan.shape, chunks)?;
+        if mode == OutputMode::SampledVerdict {
+            let bufs = scratch.bufs.as_mut().expect("buffers ensured");
+            bufs.ensure_q(&self.gpu, &self.config)?;
+        }
         let bufs = scratch.bufs.as_ref().expect("buffers ensured");
         step::upload(&self.gpu, bufs, &plan, kv, &mut scratch.last_chunks)?;
+        if mode == OutputMode::SampledVerdict {
+            step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
+        }
         let cos_sin = self.cos_sin.ptr();
         let make = || {
             CudaStep::new(
@@ -357,7 +365,7 @@ impl CudaModel {
                 }
                 Ok(ForwardOut::Top(out))
             }
-            OutputMode::GreedyVerdict => {
+            OutputMode::GreedyVerdict | OutputMode::SampledVerdict => {
                 let v: Vec<i32> = gpu
                     .read(bufs.verdicts.ptr(), 2 * plan.seqs)
                     .map_err(gpu_err)?;

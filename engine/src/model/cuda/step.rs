@@ -4,7 +4,9 @@
 //! graph and replayed: the graph's pointers stay valid because every buffer here lives as long
 //! as the model's scratch.
 
-use specd_kernels::cuda::{AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RopeArgs};
+use specd_kernels::cuda::{
+    AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RejectionArgs, RopeArgs,
+};
 
 use super::gpu_err;
 use super::plan::{MetaPtrs, Plan, Shape};
@@ -12,7 +14,7 @@ use super::weights::GpuMatrix;
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::config::{ModelConfig, RopeLayout};
-use crate::model::llama::{Act, ForwardOps, OutputMode};
+use crate::model::llama::{Act, ForwardOps, OutputMode, SampleInput, SeqInput};
 
 /// Activation and output buffers, sized for `rows` token rows and `logit_rows` rows of logits.
 #[derive(Debug)]
@@ -35,6 +37,14 @@ pub(super) struct Buffers {
     pub top_prob: Buffer<f32>,
     argmax_scratch: Buffer<f32>,
     pub verdicts: Buffer<i32>,
+    /// Sampled verification: the inverse temperature of each logit row, then `logit_rows`
+    /// uniforms per sequence.
+    sample: Buffer<f32>,
+    /// Sampled verification: each sequence's first row in `q` (−1: one-hot drafts).
+    qrow: Buffer<i32>,
+    /// Sampled verification: the drafts' distributions, `[logit_rows, vocab]`, allocated by
+    /// the first sampled verification.
+    q: Option<Buffer<f32>>,
     pub meta: Buffer<i32>,
     pub chunk_table: Buffer<u64>,
 }
@@ -82,9 +92,26 @@ impl Buffers {
                 "argmax partial results"
             ),
             verdicts: alloc!(i32, 2 * seqs, "acceptance results"),
+            sample: alloc!(f32, logit_rows * (1 + seqs), "sampling inputs"),
+            qrow: alloc!(i32, seqs, "sampling inputs"),
+            q: None,
             meta: alloc!(i32, meta_ints, "step metadata"),
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
         })
+    }
+
+    /// Allocates the draft-distribution buffer of sampled verification, if not yet there.
+    pub fn ensure_q(&mut self, gpu: &Gpu, c: &ModelConfig) -> Result<()> {
+        if self.q.is_none() {
+            let advice = "lower the batch (max_running, max_batch_tokens) or use a smaller model";
+            let q = gpu.alloc::<f32>(
+                self.logit_rows * c.vocab_size,
+                "draft distributions",
+                advice,
+            );
+            self.q = Some(q.map_err(gpu_err)?);
+        }
+        Ok(())
     }
 
     /// Whether these buffers hold a forward of `shape` with `chunks` KV chunks.
@@ -316,9 +343,18 @@ impl ForwardOps for CudaStep<'_> {
             s.logit_rows,
             Some(self.head_rows),
         )?;
-        if self.mode == OutputMode::Logits {
-            return Ok(());
+        match self.mode {
+            OutputMode::Logits => Ok(()),
+            OutputMode::SampledVerdict => self.rejection_sample(),
+            OutputMode::Top | OutputMode::GreedyVerdict => self.argmax(),
         }
+    }
+}
+
+impl CudaStep<'_> {
+    /// Argmax of every logit row, then (greedy verification) acceptance.
+    fn argmax(&mut self) -> Result<()> {
+        let (gpu, b, s) = (self.gpu, self.bufs, self.shape);
         gpu.argmax_rows(
             b.logits.ptr(),
             self.head_rows,
@@ -342,6 +378,69 @@ impl ForwardOps for CudaStep<'_> {
         }
         Ok(())
     }
+
+    /// Softmax of every logit row at its sequence's temperature (in place), then rejection
+    /// sampling of each sequence's drafts.
+    fn rejection_sample(&mut self) -> Result<()> {
+        let (gpu, b, s) = (self.gpu, self.bufs, self.shape);
+        let v = self.head_rows;
+        let logits = b.logits.ptr();
+        gpu.softmax_rows(logits, v, v, b.sample.ptr(), s.logit_rows, logits)
+            .map_err(gpu_err)?;
+        gpu.rejection_sample(&RejectionArgs {
+            p: logits,
+            vocab: v,
+            q: b.q.as_ref().map_or(0, Buffer::ptr),
+            ids: self.meta.ids,
+            first: self.meta.first,
+            n: self.meta.n,
+            qrow: b.qrow.ptr(),
+            u: b.sample.at(s.logit_rows),
+            ustride: s.logit_rows,
+            seqs: s.seqs,
+            out: b.verdicts.ptr(),
+        })
+        .map_err(gpu_err)
+    }
+}
+
+/// Uploads what sampled verification needs beyond the metadata: each logit row's inverse
+/// temperature, each sequence's uniforms, and the draft distributions (rows of `vocab`, cut or
+/// padded with zeros). Padding rows and sequences get temperature 1 and one-hot drafts.
+pub(super) fn upload_sampling(
+    gpu: &Gpu,
+    bufs: &Buffers,
+    shape: &Shape,
+    batch: &[SeqInput<'_>],
+    sample: &[SampleInput<'_>],
+    vocab: usize,
+) -> Result<()> {
+    let lr = shape.logit_rows;
+    let mut f = vec![0f32; lr * (1 + shape.seqs)];
+    f[..lr].fill(1.0);
+    let mut qrow = vec![-1i32; shape.seqs];
+    let mut q: Vec<f32> = Vec::new();
+    let mut row = 0;
+    for (si, (s, x)) in batch.iter().zip(sample).enumerate() {
+        let n = s.tokens.len();
+        f[row..row + n].fill(x.inv_temp);
+        f[lr * (1 + si)..][..n].copy_from_slice(&x.u);
+        if let Some(rows) = x.q {
+            qrow[si] = (q.len() / vocab) as i32;
+            for r in rows {
+                let kept = r.len().min(vocab);
+                q.extend_from_slice(&r[..kept]);
+                q.resize(q.len() + vocab - kept, 0.0);
+            }
+        }
+        row += n;
+    }
+    gpu.write(&bufs.sample, 0, &f).map_err(gpu_err)?;
+    gpu.write(&bufs.qrow, 0, &qrow).map_err(gpu_err)?;
+    if let Some(qb) = &bufs.q {
+        gpu.write(qb, 0, &q).map_err(gpu_err)?;
+    }
+    Ok(())
 }
 
 /// Uploads the step's chunk table (when it changed) and metadata.

@@ -90,12 +90,44 @@ pub(crate) fn upload(gpu: &Gpu, host: HostWeights, tied: bool) -> Result<GpuWeig
             down: matrix(gpu, &l.down, &what("down projection"))?,
         });
     }
-    Ok(LlamaWeights {
+    let weights = LlamaWeights {
         embed,
         layers,
         norm: vector(&host.norm, "the final norm")?,
         head,
-    })
+    };
+    let scratch = dequant_scratch_len(&weights);
+    if scratch > 0 {
+        gpu.reserve_dequant_scratch(scratch).map_err(gpu_err)?;
+    }
+    Ok(weights)
+}
+
+/// The most bf16 values the prefill GEMM's dequantization scratch holds (64 MiB): larger
+/// matrices are dequantized and multiplied a slice at a time.
+const DEQUANT_SCRATCH_MAX: usize = 32 << 20;
+
+/// Scratch for the largest quantized matrix the products read, up to [`DEQUANT_SCRATCH_MAX`]
+/// (0 when every matrix is bf16).
+fn dequant_scratch_len(w: &GpuWeights) -> usize {
+    let largest = |m: &GpuMatrix| {
+        m.parts
+            .iter()
+            .filter(|p| p.view.format != WeightFormat::Bf16)
+            .map(|p| p.view.rows * p.view.cols)
+            .max()
+            .unwrap_or(0)
+    };
+    let layers = w
+        .layers
+        .iter()
+        .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
+    layers
+        .chain([&w.head])
+        .map(largest)
+        .max()
+        .unwrap_or(0)
+        .min(DEQUANT_SCRATCH_MAX)
 }
 
 /// The kernels' format for a GGUF block type, if they decode it.
