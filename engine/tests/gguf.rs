@@ -399,3 +399,64 @@ fn llama3_rope_scaling_from_gguf_rope_freqs_matches_the_config_form() {
         assert!(d < 1e-3, "logits differ by {d}");
     }
 }
+
+/// On a GPU (feature `cuda`; run by `scripts/gpu/check`): quantized matrices stay quantized in
+/// GPU memory, and a prompt long enough for the prefill GEMM (which dequantizes them into its
+/// scratch first) gives the same bits, row by row, as its tokens decoded one at a time through
+/// the row kernels that read the blocks directly.
+#[cfg(feature = "cuda")]
+#[test]
+fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
+    let device = std::env::var("SPECD_CHECK_GPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(
+            specd_engine::model::Device::Cuda(0),
+            specd_engine::model::Device::Cuda,
+        );
+    for (dtype, hidden, inter) in [(GgmlDType::Q4K, 256, 512), (GgmlDType::Q8_0, 64, 128)] {
+        let spec = TinySpec {
+            hidden_size: hidden,
+            intermediate_size: inter,
+            seed: 8,
+            weight_scale: 1.6 / (hidden as f32).sqrt(),
+            ..Default::default()
+        };
+        let cfg = tiny_config(&spec);
+        let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-q.gguf");
+        write_gguf(&path, &cfg, &tensors, dtype);
+        let options = LoadOptions {
+            tokenizer: None,
+            device,
+        };
+        let m = model::load(&path, &options)
+            .unwrap_or_else(|e| panic!("this test needs a GPU: {e}"))
+            .model;
+        let stats = m.gpu_stats().expect("a GPU model");
+        let f32_bytes: usize = tensors.values().map(|t| t.elem_count() * 4).sum();
+        assert!(
+            stats.weight_bytes < f32_bytes / 4,
+            "{dtype:?}: {} bytes of weights on the GPU, not quantized",
+            stats.weight_bytes
+        );
+        let toks: Vec<u32> = (0..100u32)
+            .map(|i| (i * 37 + 5) % (cfg.vocab_size as u32 - 3))
+            .collect();
+        let prefilled = logits(&m, &toks);
+        let mut cache = m.new_cache();
+        m.forward_cache(&mut cache, &toks[..1], Logits::None)
+            .unwrap();
+        for (i, &t) in toks.iter().enumerate().skip(1) {
+            let row: Vec<f32> = m
+                .forward_cache(&mut cache, &[t], Logits::Last)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(row, prefilled[i], "{dtype:?}: position {i}");
+        }
+    }
+}
