@@ -436,9 +436,10 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
             .model;
         let stats = m.gpu_stats().expect("a GPU model");
         let f32_bytes: usize = tensors.values().map(|t| t.elem_count() * 4).sum();
+        // Q8_0 keeps 34 bytes per 32 weights (0.27 of f32), Q4_K less; bf16 would be half.
         assert!(
-            stats.weight_bytes < f32_bytes / 4,
-            "{dtype:?}: {} bytes of weights on the GPU, not quantized",
+            stats.weight_bytes * 5 < f32_bytes * 2,
+            "{dtype:?}: {} bytes of weights on the GPU ({f32_bytes} as f32): not quantized",
             stats.weight_bytes
         );
         let toks: Vec<u32> = (0..100u32)
