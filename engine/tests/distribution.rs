@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use specd_engine::model::tiny::{tiny_drafter, tiny_model, TinySpec};
-use specd_engine::model::{Logits, Model};
+use specd_engine::model::{DraftVocab, Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
 use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
 use specd_engine::spec::{
@@ -377,6 +377,54 @@ fn the_forwards_rejection_sampling_draws_what_the_analysis_predicts() {
             stat > critical(df),
             "{name}: the wrong rule passed (chi2 {stat:.1} with {df} df)"
         );
+    }
+}
+
+/// A drafter over a reduced vocabulary (GLIDE's head scores a subset of the target's tokens):
+/// its distribution is zero outside the subset, drafts are target ids from the subset, and
+/// acceptance stays exact, on the host (`accept_stochastic`) and in the forward (the kernel's
+/// reference) alike, though the target puts mass outside the subset.
+#[test]
+fn a_reduced_draft_vocabulary_keeps_sampling_exact() {
+    let (v, k, n) = (6, 2, 200_000);
+    let vocab = DraftVocab::new(vec![4, 1, 3], v).unwrap();
+    let p = |ctx: &[u32]| dist(11, ctx, v);
+    let q = |ctx: &[u32]| (vocab.expand_probs(&dist(12, ctx, vocab.len())), false);
+    let outside: f32 = [0, 2, 5].iter().map(|&t| p(&[])[t]).sum();
+    assert!(
+        outside > 0.1,
+        "the target's mass outside the subset: {outside}"
+    );
+    let exact = step_outcomes(k, v, &p, &q, residual);
+    let mut rng = StdRng::seed_from_u64(13);
+    let (mut host, mut forward): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
+        Default::default();
+    for _ in 0..n {
+        let mut drafts = Vec::new();
+        let mut qs = Vec::new();
+        for _ in 0..k {
+            let qd = q(&drafts).0;
+            drafts.push(sample_from(&qd, &mut rng));
+            qs.push(qd);
+        }
+        assert!(drafts.iter().all(|&d| vocab.from_target(d).is_some()));
+        let ps: Vec<Vec<f32>> = (0..=k).map(|i| p(&drafts[..i])).collect();
+        let verdict = accept_stochastic(&drafts, Some(&qs), &ps, &mut rng);
+        let mut e = drafts[..verdict.accepted].to_vec();
+        e.push(verdict.next);
+        *host.entry(e).or_default() += 1.0;
+        let ids: Vec<u32> = std::iter::once(0).chain(drafts.iter().copied()).collect();
+        let p_refs: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
+        let q_refs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+        let u: Vec<f32> = (0..=k).map(|_| rng.random()).collect();
+        let (kept, next) = kernel_sample::rejection_sample(&p_refs, Some(&q_refs), &ids, &u);
+        let mut e = drafts[..kept].to_vec();
+        e.push(next);
+        *forward.entry(e).or_default() += 1.0;
+    }
+    for (name, counts) in [("host", &host), ("forward", &forward)] {
+        let (stat, df) = chi_square(counts, &exact, n as f64);
+        assert!(stat < critical(df), "{name}: chi2 {stat:.1} with {df} df");
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod cuda;
 #[path = "cuda_disabled.rs"]
 pub(crate) mod cuda;
 pub mod device;
+pub mod draft_vocab;
 mod host_weights;
 pub mod linear;
 pub mod llama;
@@ -23,6 +24,7 @@ use serde_json::Value as Json;
 
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 pub use device::{Device, GpuStats};
+pub use draft_vocab::DraftVocab;
 pub use linear::SMALL_BATCH_ROWS;
 pub use llama::{Logits, Model, SampleInput, SeqInput, Top};
 pub use tokenizer::{TextStream, Tokenizer};
