@@ -1,0 +1,196 @@
+//! What a GLIDE drafter is (its own shapes) and what it was trained against (the target's
+//! shapes and the target layer whose cache it reads), checked against the served target
+//! before anything else is loaded.
+//!
+//! A GLIDE drafter (Du et al., "GLIDE with a CAPE", ICML 2024) is one decoder layer: self-attention
+//! over its own cache, cross-attention whose queries read the keys and values one target layer
+//! has cached for the verified positions, an MLP, RMSNorms; it embeds tokens with the target's
+//! own embedding and scores a reduced vocabulary ([`super::DraftVocab`]). Its cross-attention
+//! queries are shaped as the target's (heads, head dimension, rotary embedding), so a file made
+//! for another target cannot be used: the target's name may match and its shapes not, so the
+//! shapes are what is checked.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// The target shapes a GLIDE drafter was trained against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlideTarget {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+}
+
+impl GlideTarget {
+    /// The shapes of `target`.
+    pub fn of(target: &ModelConfig) -> Self {
+        Self {
+            vocab_size: target.vocab_size,
+            hidden_size: target.hidden_size,
+            num_layers: target.num_layers,
+            num_heads: target.num_heads,
+            num_kv_heads: target.num_kv_heads,
+            head_dim: target.head_dim,
+            rope_theta: target.rope_theta,
+        }
+    }
+}
+
+/// A GLIDE drafter's configuration (stored with its weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlideConfig {
+    /// Decoder layers (1 in the paper and here).
+    pub num_layers: usize,
+    /// Self-attention heads, key/value heads and head dimension (the drafter's own; the
+    /// cross-attention uses the target's).
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub rms_norm_eps: f64,
+    /// The target layer whose cached keys and values the cross-attention reads.
+    pub target_layer: usize,
+    /// Rows of the reduced head (the id map stored with the weights has as many entries).
+    pub draft_vocab_size: usize,
+    /// What it was trained against.
+    pub target: GlideTarget,
+}
+
+impl GlideConfig {
+    /// Refuses a drafter that does not fit `target`, naming the first mismatch and the file.
+    pub fn check_target(&self, target: &ModelConfig, path: &Path) -> Result<()> {
+        let refuse = |message: String| {
+            Err(Error::IncompatibleDraft {
+                path: path.to_path_buf(),
+                message,
+            })
+        };
+        let want = GlideTarget::of(target);
+        let t = &self.target;
+        let fields: [(&str, usize, usize); 6] = [
+            ("vocabulary size", t.vocab_size, want.vocab_size),
+            ("hidden size", t.hidden_size, want.hidden_size),
+            ("layer count", t.num_layers, want.num_layers),
+            ("attention head count", t.num_heads, want.num_heads),
+            ("key/value head count", t.num_kv_heads, want.num_kv_heads),
+            ("head dimension", t.head_dim, want.head_dim),
+        ];
+        for (what, trained, served) in fields {
+            if trained != served {
+                return refuse(format!(
+                    "the GLIDE drafter was trained for a target with {what} {trained}, but the \
+                     served target has {served}"
+                ));
+            }
+        }
+        if t.rope_theta != want.rope_theta {
+            return refuse(format!(
+                "the GLIDE drafter was trained for a target with rope theta {}, but the served \
+                 target has {}",
+                t.rope_theta, want.rope_theta
+            ));
+        }
+        if self.target_layer >= target.num_layers {
+            return refuse(format!(
+                "the GLIDE drafter reads target layer {}, but the target has layers 0..{}",
+                self.target_layer, target.num_layers
+            ));
+        }
+        if self.draft_vocab_size == 0 || self.draft_vocab_size > target.vocab_size {
+            return refuse(format!(
+                "the GLIDE drafter's head has {} rows; it needs 1 to {} (the target's vocabulary)",
+                self.draft_vocab_size, target.vocab_size
+            ));
+        }
+        if self.num_layers == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
+        {
+            return refuse(format!(
+                "the GLIDE drafter has {} layers, {} heads and {} key/value heads: it needs at \
+                 least one layer and heads in whole groups per key/value head",
+                self.num_layers, self.num_heads, self.num_kv_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::{tiny_config, TinySpec};
+
+    fn glide_for(target: &ModelConfig) -> GlideConfig {
+        GlideConfig {
+            num_layers: 1,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            intermediate_size: 128,
+            rms_norm_eps: 1e-6,
+            target_layer: target.num_layers - 1,
+            draft_vocab_size: target.vocab_size / 2,
+            target: GlideTarget::of(target),
+        }
+    }
+
+    #[test]
+    fn a_drafter_made_for_the_target_is_accepted() {
+        let target = tiny_config(&TinySpec::default());
+        glide_for(&target)
+            .check_target(&target, Path::new("glide.safetensors"))
+            .unwrap();
+    }
+
+    #[test]
+    fn every_mismatch_is_refused_with_what_and_where() {
+        let target = tiny_config(&TinySpec::default());
+        let path = Path::new("models/glide/x.safetensors");
+        type Breakage = fn(&mut GlideConfig);
+        let cases: [(&str, Breakage); 10] = [
+            ("vocabulary size", |g| g.target.vocab_size += 1),
+            ("hidden size", |g| g.target.hidden_size *= 2),
+            ("layer count", |g| g.target.num_layers += 1),
+            ("attention head count", |g| g.target.num_heads += 1),
+            ("key/value head count", |g| g.target.num_kv_heads += 1),
+            ("head dimension", |g| g.target.head_dim *= 2),
+            ("rope theta", |g| g.target.rope_theta *= 2.0),
+            ("reads target layer", |g| g.target_layer = 99),
+            ("head has", |g| g.draft_vocab_size = 0),
+            ("whole groups", |g| g.num_kv_heads = 3),
+        ];
+        for (what, break_it) in cases {
+            let mut g = glide_for(&target);
+            break_it(&mut g);
+            let e = g.check_target(&target, path).unwrap_err().to_string();
+            assert!(
+                e.contains(what) && e.contains("models/glide/x.safetensors"),
+                "{what}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_config_round_trips_through_json_and_refuses_unknown_fields() {
+        let target = tiny_config(&TinySpec::default());
+        let g = glide_for(&target);
+        let text = serde_json::to_string(&g).unwrap();
+        assert_eq!(serde_json::from_str::<GlideConfig>(&text).unwrap(), g);
+        let extra = text.replacen('{', "{\"surprise\":1,", 1);
+        let e = serde_json::from_str::<GlideConfig>(&extra)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("surprise"), "{e}");
+    }
+}
