@@ -8,8 +8,8 @@ use specd_kernels::cpu as kern;
 use super::config::{ModelConfig, RopeLayout};
 use super::linear::{CandlePool, Linear};
 use super::llama::{
-    run_layers, Act, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode, SampleInput,
-    SeqInput, Top,
+    run_layers, Act, CrossInput, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode,
+    SampleInput, SeqInput, Top,
 };
 use crate::error::Result;
 use crate::kv::KvPool;
@@ -120,8 +120,9 @@ fn fuse(mats: &[QMatMul]) -> Result<Option<QMatMul>> {
     )?)?))
 }
 
-/// One forward on the CPU: the step's rows, their rope tables, the buffers and the pool.
-struct CpuStep<'a, 'b> {
+/// One forward on the CPU: the step's rows, their rope tables, the buffers and the pool (and,
+/// for a GLIDE drafter, what its cross-attention reads of the target).
+pub(crate) struct CpuStep<'a, 'b> {
     c: &'a ModelConfig,
     kv: &'a mut KvPool,
     batch: &'a mut [SeqInput<'b>],
@@ -134,7 +135,63 @@ struct CpuStep<'a, 'b> {
     delta: Vec<f32>,
     gate_up: Vec<f32>,
     gated: Vec<f32>,
+    cross_q: Vec<f32>,
+    cross: Option<CrossInput<'a>>,
     logits: Option<Tensor>,
+}
+
+impl<'a, 'b> CpuStep<'a, 'b> {
+    pub(crate) fn new(
+        c: &'a ModelConfig,
+        inv_freq: &[f64],
+        kv: &'a mut KvPool,
+        batch: &'a mut [SeqInput<'b>],
+        cross: Option<CrossInput<'a>>,
+    ) -> Self {
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let rope = kern::rope_tables(&positions(batch), inv_freq);
+        Self {
+            c,
+            kv,
+            batch,
+            ids,
+            rope,
+            x: Vec::new(),
+            normed: Vec::new(),
+            qkv: Vec::new(),
+            attn: Vec::new(),
+            delta: Vec::new(),
+            gate_up: Vec::new(),
+            gated: Vec::new(),
+            cross_q: Vec::new(),
+            cross,
+            logits: None,
+        }
+    }
+
+    /// Each wanted row's logits, per sequence (after the head ran).
+    pub(crate) fn logits_per_seq(&mut self) -> Result<Vec<Tensor>> {
+        let logits = self.logits.take().expect("the head ran");
+        let mut per_seq = Vec::with_capacity(self.batch.len());
+        let mut r = 0;
+        for s in self.batch.iter() {
+            let n = s.logits.rows(s.tokens.len());
+            per_seq.push(logits.narrow(0, r, n)?);
+            r += n;
+        }
+        Ok(per_seq)
+    }
+}
+
+/// The position of every row of a batch, in order.
+fn positions(batch: &[SeqInput<'_>]) -> Vec<usize> {
+    batch
+        .iter()
+        .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
+        .collect()
 }
 
 impl CpuStep<'_, '_> {
@@ -146,6 +203,7 @@ impl CpuStep<'_, '_> {
             Act::Delta => &self.delta,
             Act::GateUp => &self.gate_up,
             Act::Gated => &self.gated,
+            Act::CrossQ => &self.cross_q,
         }
     }
 
@@ -157,6 +215,7 @@ impl CpuStep<'_, '_> {
             Act::Delta => &mut self.delta,
             Act::GateUp => &mut self.gate_up,
             Act::Gated => &mut self.gated,
+            Act::CrossQ => &mut self.cross_q,
         }
     }
 
@@ -268,6 +327,16 @@ impl ForwardOps for CpuStep<'_, '_> {
         Ok(())
     }
 
+    fn cross_attention(&mut self) -> Result<()> {
+        let cross = self.cross.as_ref().ok_or_else(|| {
+            crate::error::Error::InvalidRequest(
+                "cross-attention without a target to read (not a GLIDE forward)".into(),
+            )
+        })?;
+        self.attn = super::glide::cross_attention(cross, self.batch, &self.cross_q);
+        Ok(())
+    }
+
     fn head(&mut self, norm: &Vec<f32>, head: &Projection) -> Result<()> {
         kern::add_assign(&mut self.x, &self.delta);
         let hidden = self.c.hidden_size;
@@ -308,40 +377,10 @@ pub(crate) fn forward(
     mode: OutputMode,
     sample: &[SampleInput<'_>],
 ) -> Result<ForwardOut> {
-    let ids: Vec<u32> = batch
-        .iter()
-        .flat_map(|s| s.tokens.iter().copied())
-        .collect();
-    let positions: Vec<usize> = batch
-        .iter()
-        .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
-        .collect();
-    let rope = kern::rope_tables(&positions, inv_freq);
-    let mut step = CpuStep {
-        c,
-        kv,
-        batch,
-        ids,
-        rope,
-        x: Vec::new(),
-        normed: Vec::new(),
-        qkv: Vec::new(),
-        attn: Vec::new(),
-        delta: Vec::new(),
-        gate_up: Vec::new(),
-        gated: Vec::new(),
-        logits: None,
-    };
+    let mut step = CpuStep::new(c, inv_freq, kv, batch, None);
     run_layers(&mut step, w)?;
-    let logits = step.logits.take().expect("the head ran");
+    let per_seq = step.logits_per_seq()?;
     let batch = &*step.batch;
-    let mut per_seq = Vec::with_capacity(batch.len());
-    let mut r = 0;
-    for s in batch {
-        let n = s.logits.rows(s.tokens.len());
-        per_seq.push(logits.narrow(0, r, n)?);
-        r += n;
-    }
     Ok(match mode {
         OutputMode::Logits => ForwardOut::Logits(per_seq),
         OutputMode::Top => ForwardOut::Top(

@@ -22,27 +22,39 @@ pub(crate) struct HostMatrix {
     pub bias: Option<Vec<f32>>,
 }
 
+impl HostMatrix {
+    pub(crate) fn into_cpu(self) -> Result<Projection> {
+        Projection::new(self.parts, self.bias)
+    }
+}
+
+/// One decoder layer's weights as read from the file.
+pub(crate) type HostLayer = LayerWeights<HostMatrix, Vec<f32>>;
+
+impl HostLayer {
+    pub(crate) fn into_cpu(self) -> Result<LayerWeights<Projection, Vec<f32>>> {
+        Ok(LayerWeights {
+            attn_norm: self.attn_norm,
+            qkv: self.qkv.into_cpu()?,
+            o: self.o.into_cpu()?,
+            ffn_norm: self.ffn_norm,
+            gate_up: self.gate_up.into_cpu()?,
+            down: self.down.into_cpu()?,
+        })
+    }
+}
+
 impl HostWeights {
     pub(crate) fn into_cpu(self) -> Result<CpuWeights> {
-        let m = |h: HostMatrix| Projection::new(h.parts, h.bias);
         Ok(LlamaWeights {
-            embed: m(self.embed)?,
+            embed: self.embed.into_cpu()?,
             layers: self
                 .layers
                 .into_iter()
-                .map(|l| {
-                    Ok(LayerWeights {
-                        attn_norm: l.attn_norm,
-                        qkv: m(l.qkv)?,
-                        o: m(l.o)?,
-                        ffn_norm: l.ffn_norm,
-                        gate_up: m(l.gate_up)?,
-                        down: m(l.down)?,
-                    })
-                })
+                .map(HostLayer::into_cpu)
                 .collect::<Result<_>>()?,
             norm: self.norm,
-            head: m(self.head)?,
+            head: self.head.into_cpu()?,
         })
     }
 }
@@ -56,8 +68,7 @@ pub(crate) fn load_host(
     device: Device,
 ) -> Result<(HostWeights, bool)> {
     let c = config;
-    let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
-    let q_dim = c.num_heads * hd;
+    let h = c.hidden_size;
     let keep_dtype = device.is_cuda();
     let mat = |w: &mut Weights, p: Param, rows: usize, cols: usize| {
         w.matrix_as(p, rows, cols, keep_dtype)
@@ -67,40 +78,9 @@ pub(crate) fn load_host(
         bias: None,
     };
     let embed = single(mat(weights, Param::Embed, c.vocab_size, h)?);
-    let mut layers = Vec::with_capacity(c.num_layers);
-    for i in 0..c.num_layers {
-        let bias = if c.qkv_bias {
-            let q = weights.tensor(Param::QBias(i), &[q_dim])?;
-            let k = weights.tensor(Param::KBias(i), &[kv])?;
-            let v = weights.tensor(Param::VBias(i), &[kv])?;
-            Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
-        } else {
-            None
-        };
-        let qkv = HostMatrix {
-            parts: vec![
-                mat(weights, Param::Q(i), q_dim, h)?,
-                mat(weights, Param::K(i), kv, h)?,
-                mat(weights, Param::V(i), kv, h)?,
-            ],
-            bias,
-        };
-        let gate_up = HostMatrix {
-            parts: vec![
-                mat(weights, Param::Gate(i), c.intermediate_size, h)?,
-                mat(weights, Param::Up(i), c.intermediate_size, h)?,
-            ],
-            bias: None,
-        };
-        layers.push(LayerWeights {
-            attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
-            qkv,
-            o: single(mat(weights, Param::O(i), h, q_dim)?),
-            ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
-            gate_up,
-            down: single(mat(weights, Param::Down(i), h, c.intermediate_size)?),
-        });
-    }
+    let layers = (0..c.num_layers)
+        .map(|i| load_layer(c, weights, i, keep_dtype))
+        .collect::<Result<Vec<_>>>()?;
     let norm = weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?;
     let tied = !weights.contains(Param::LmHead);
     let head = if !tied {
@@ -120,4 +100,55 @@ pub(crate) fn load_host(
         head,
     };
     Ok((host, tied))
+}
+
+/// Decoder layer `i` of a model of `config`'s shapes (`keep_dtype`: dense weights stay in the
+/// file's precision, for a GPU).
+pub(crate) fn load_layer(
+    config: &ModelConfig,
+    weights: &mut Weights,
+    i: usize,
+    keep_dtype: bool,
+) -> Result<HostLayer> {
+    let c = config;
+    let (h, kv, hd) = (c.hidden_size, c.num_kv_heads * c.head_dim, c.head_dim);
+    let q_dim = c.num_heads * hd;
+    let mat = |w: &mut Weights, p: Param, rows: usize, cols: usize| {
+        w.matrix_as(p, rows, cols, keep_dtype)
+    };
+    let single = |m| HostMatrix {
+        parts: vec![m],
+        bias: None,
+    };
+    let bias = if c.qkv_bias {
+        let q = weights.tensor(Param::QBias(i), &[q_dim])?;
+        let k = weights.tensor(Param::KBias(i), &[kv])?;
+        let v = weights.tensor(Param::VBias(i), &[kv])?;
+        Some(Tensor::cat(&[q, k, v], 0)?.to_vec1::<f32>()?)
+    } else {
+        None
+    };
+    let qkv = HostMatrix {
+        parts: vec![
+            mat(weights, Param::Q(i), q_dim, h)?,
+            mat(weights, Param::K(i), kv, h)?,
+            mat(weights, Param::V(i), kv, h)?,
+        ],
+        bias,
+    };
+    let gate_up = HostMatrix {
+        parts: vec![
+            mat(weights, Param::Gate(i), c.intermediate_size, h)?,
+            mat(weights, Param::Up(i), c.intermediate_size, h)?,
+        ],
+        bias: None,
+    };
+    Ok(LayerWeights {
+        attn_norm: weights.tensor(Param::AttnNorm(i), &[h])?.to_vec1()?,
+        qkv,
+        o: single(mat(weights, Param::O(i), h, q_dim)?),
+        ffn_norm: weights.tensor(Param::FfnNorm(i), &[h])?.to_vec1()?,
+        gate_up,
+        down: single(mat(weights, Param::Down(i), h, c.intermediate_size)?),
+    })
 }

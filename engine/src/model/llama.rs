@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
-use super::cpu_forward::CpuWeights;
+use super::cpu_forward::{CpuWeights, Projection};
 use super::cuda::CudaModel;
 use super::device::{Device, GpuStats};
 use super::host_weights::load_host;
@@ -108,6 +108,8 @@ pub(crate) enum Act {
     GateUp,
     /// SwiGLU of them, `[T, intermediate]`.
     Gated,
+    /// Cross-attention queries of a GLIDE drafter, `[T, target heads · target head_dim]`.
+    CrossQ,
 }
 
 /// The operations of a forward on one device. A backend holds the step's rows, positions and
@@ -130,6 +132,14 @@ pub(crate) trait ForwardOps {
     fn attention(&mut self, layer: usize) -> Result<()>;
     /// `Gated = silu(gate) · up` of `GateUp`.
     fn silu_mul(&mut self) -> Result<()>;
+    /// `Attn` = attention of the `CrossQ` queries, rotated at each row's position, over the
+    /// keys and values one target layer cached for the row's sequence, verified positions only
+    /// (a GLIDE drafter's cross-attention, [`CrossInput`]). Backends without it refuse.
+    fn cross_attention(&mut self) -> Result<()> {
+        Err(Error::Device(
+            "a GLIDE drafter's cross-attention runs on the CPU only so far".into(),
+        ))
+    }
     /// `Hidden += Delta`; the wanted rows through the final norm and the head.
     fn head(&mut self, norm: &Self::Vector, head: &Self::Matrix) -> Result<()>;
 }
@@ -163,17 +173,50 @@ pub(crate) fn run_layers<O: ForwardOps>(
 ) -> Result<()> {
     ops.embed(&w.embed)?;
     for (li, layer) in w.layers.iter().enumerate() {
-        ops.add_rms_norm(li > 0, &layer.attn_norm)?;
-        ops.linear(&layer.qkv, Act::Normed, Act::Qkv)?;
-        ops.rope_write_kv(li)?;
-        ops.attention(li)?;
-        ops.linear(&layer.o, Act::Attn, Act::Delta)?;
-        ops.add_rms_norm(true, &layer.ffn_norm)?;
-        ops.linear(&layer.gate_up, Act::Normed, Act::GateUp)?;
-        ops.silu_mul()?;
-        ops.linear(&layer.down, Act::Gated, Act::Delta)?;
+        self_attention_block(ops, layer, li)?;
+        mlp_block(ops, layer)?;
     }
     ops.head(&w.norm, &w.head)
+}
+
+/// A layer's self-attention: norm (after adding the previous layer's output), QKV, RoPE and
+/// the cache write, attention, output projection into `Delta`.
+pub(crate) fn self_attention_block<O: ForwardOps>(
+    ops: &mut O,
+    layer: &LayerWeights<O::Matrix, O::Vector>,
+    li: usize,
+) -> Result<()> {
+    ops.add_rms_norm(li > 0, &layer.attn_norm)?;
+    ops.linear(&layer.qkv, Act::Normed, Act::Qkv)?;
+    ops.rope_write_kv(li)?;
+    ops.attention(li)?;
+    ops.linear(&layer.o, Act::Attn, Act::Delta)
+}
+
+/// A layer's MLP: norm (after adding `Delta`), gate and up, SwiGLU, down into `Delta`.
+pub(crate) fn mlp_block<O: ForwardOps>(
+    ops: &mut O,
+    layer: &LayerWeights<O::Matrix, O::Vector>,
+) -> Result<()> {
+    ops.add_rms_norm(true, &layer.ffn_norm)?;
+    ops.linear(&layer.gate_up, Act::Normed, Act::GateUp)?;
+    ops.silu_mul()?;
+    ops.linear(&layer.down, Act::Gated, Act::Delta)
+}
+
+/// What a GLIDE drafter's cross-attention reads of the target: its pool, each sequence's
+/// block table there (whose length is the number of verified positions), the layer, and the
+/// target's attention shape and rotary frequencies (the queries are rotated as the target's).
+#[derive(Debug)]
+pub(crate) struct CrossInput<'a> {
+    pub kv: &'a KvPool,
+    pub tables: Vec<&'a BlockTable>,
+    pub layer: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub inv_freq: &'a [f64],
+    pub interleaved: bool,
 }
 
 /// The weights of a model on its device.
@@ -255,6 +298,14 @@ impl Model {
         }
         self.head_rows = rows;
         Ok(())
+    }
+
+    /// The token embedding on the CPU (a GLIDE drafter shares it); `None` on a GPU.
+    pub(crate) fn cpu_embedding(&self) -> Option<Projection> {
+        match &self.weights {
+            DeviceWeights::Cpu(w) => Some(w.embed.clone()),
+            DeviceWeights::Cuda(_) => None,
+        }
     }
 
     /// Number of logits a forward returns per row (the vocabulary, or a restricted head).

@@ -11,8 +11,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
 use super::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
+use super::glide::cross_tensor_names;
 use super::weights::{Naming, Param, Weights};
 use super::{Device as ModelDevice, LoadedModel, Model, Tokenizer};
+use super::{DraftVocab, GlideConfig, GlideModel, GlideTarget};
 use crate::error::Result;
 
 /// ChatML, the chat format of the tiny models (the same as Qwen's).
@@ -165,16 +167,10 @@ pub fn tiny_weights(config: &ModelConfig, seed: u64, scale: f32) -> HashMap<Stri
     let (h, hd) = (c.hidden_size, c.head_dim);
     let (q, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
     let mut put = |param: Param, shape: &[usize], base: f32, scale: f32| {
-        let n: usize = shape.iter().product();
-        // Sum of uniforms: cheap, deterministic and close enough to a normal distribution.
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                let u: f32 = (0..3).map(|_| rng.random::<f32>() - 0.5).sum();
-                base + u * 2.0 * scale
-            })
-            .collect();
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data");
-        out.insert(Naming::HuggingFace.name(param), t);
+        out.insert(
+            Naming::HuggingFace.name(param),
+            random_tensor(&mut rng, shape, base, scale),
+        );
     };
     put(Param::Embed, &[c.vocab_size, h], 0.0, 1.0);
     for i in 0..c.num_layers {
@@ -198,6 +194,83 @@ pub fn tiny_weights(config: &ModelConfig, seed: u64, scale: f32) -> HashMap<Stri
         put(Param::LmHead, &[c.vocab_size, h], 0.0, scale);
     }
     out
+}
+
+/// Values around `base`, spread by `scale`: sums of uniforms, cheap, deterministic and close
+/// enough to a normal distribution.
+fn random_tensor(rng: &mut StdRng, shape: &[usize], base: f32, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            let u: f32 = (0..3).map(|_| rng.random::<f32>() - 0.5).sum();
+            base + u * 2.0 * scale
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+}
+
+/// A GLIDE configuration for `target`: one layer with the target's attention shape and MLP
+/// width, reading the target's last layer, its head over `draft_vocab` tokens.
+pub fn tiny_glide_config(target: &ModelConfig, draft_vocab: usize) -> GlideConfig {
+    GlideConfig {
+        num_layers: 1,
+        num_heads: target.num_heads,
+        num_kv_heads: target.num_kv_heads,
+        head_dim: target.head_dim,
+        intermediate_size: target.intermediate_size,
+        rms_norm_eps: target.rms_norm_eps,
+        target_layer: target.num_layers - 1,
+        draft_vocab_size: draft_vocab,
+        target: GlideTarget::of(target),
+    }
+}
+
+/// The weights of a random GLIDE drafter for `target` (Hugging Face names for its Llama
+/// layers, [`cross_tensor_names`] for its cross-attention, `lm_head.weight` of the reduced
+/// head's rows; no embedding, the target's is used), seeded by `seed`.
+pub fn tiny_glide_weights(
+    target: &ModelConfig,
+    glide: &GlideConfig,
+    seed: u64,
+    scale: f32,
+) -> HashMap<String, Tensor> {
+    let mut base = target.clone();
+    base.num_layers = glide.num_layers;
+    base.num_heads = glide.num_heads;
+    base.num_kv_heads = glide.num_kv_heads;
+    base.head_dim = glide.head_dim;
+    base.intermediate_size = glide.intermediate_size;
+    base.vocab_size = glide.draft_vocab_size;
+    base.tie_word_embeddings = false;
+    base.qkv_bias = false;
+    let mut out = tiny_weights(&base, seed, scale);
+    out.remove(&Naming::HuggingFace.name(Param::Embed));
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x911de);
+    let (h, cross) = (target.hidden_size, target.num_heads * target.head_dim);
+    for i in 0..glide.num_layers {
+        let [norm, q, o] = cross_tensor_names(i);
+        out.insert(norm, random_tensor(&mut rng, &[h], 1.0, 0.1));
+        out.insert(q, random_tensor(&mut rng, &[cross, h], 0.0, scale));
+        out.insert(o, random_tensor(&mut rng, &[h, cross], 0.0, scale));
+    }
+    out
+}
+
+/// A random GLIDE drafter for `target`, its head over the first `draft_vocab` token ids.
+pub fn tiny_glide(target: &Model, draft_vocab: usize, seed: u64, scale: f32) -> Result<GlideModel> {
+    let config = tiny_glide_config(target.config(), draft_vocab);
+    let vocab = DraftVocab::new(
+        (0..draft_vocab as u32).collect(),
+        target.config().vocab_size,
+    )?;
+    let tensors = tiny_glide_weights(target.config(), &config, seed, scale);
+    GlideModel::from_weights(
+        config,
+        &mut Weights::from_tensors(tensors),
+        vocab,
+        target,
+        std::path::Path::new("<tiny glide>"),
+    )
 }
 
 /// A complete tiny model: weights, tokenizer and ChatML template.

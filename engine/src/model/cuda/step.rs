@@ -177,6 +177,9 @@ impl<'a> CudaStep<'a> {
             Act::Delta => b.delta.ptr(),
             Act::GateUp => b.gate_up.ptr(),
             Act::Gated => b.gated.ptr(),
+            // A GLIDE drafter's queries: GLIDE runs on the CPU only so far (GlideModel refuses
+            // a GPU target, and the GPU backend refuses cross-attention).
+            Act::CrossQ => b.attn.ptr(),
         }
     }
 

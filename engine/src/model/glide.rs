@@ -1,0 +1,287 @@
+//! A GLIDE drafter (Du et al., "GLIDE with a CAPE", ICML 2024): per layer, self-attention over
+//! its own cache, then cross-attention whose queries (rotated as the target's) read the keys
+//! and values one target layer cached for the verified positions, then an MLP, with RMSNorms;
+//! tokens are embedded with the target's own table, and the head scores a reduced vocabulary
+//! ([`DraftVocab`]).
+//!
+//! The forward is the Llama one ([`self_attention_block`], [`mlp_block`]) with the
+//! cross-attention block between them, over the same [`ForwardOps`] seam. The drafter runs on
+//! the CPU so far (its cross-attention reads the target's pool through the CPU backend; the GPU
+//! backend refuses the operation, and [`GlideModel::from_weights`] refuses a GPU target).
+//!
+//! Which target positions a row sees: a row at position `p` of a sequence whose target cache
+//! holds `V` verified positions sees target positions `0 .. min(p + 1, V)`: its own and earlier
+//! ones while catching up on committed tokens, all verified ones while drafting beyond them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use specd_kernels::cpu as kern;
+
+use super::config::ModelConfig;
+use super::cpu_forward::{CpuStep, Projection};
+use super::draft_vocab::DraftVocab;
+use super::glide_config::GlideConfig;
+use super::host_weights::{load_layer, HostMatrix};
+use super::llama::{
+    mlp_block, self_attention_block, Act, CrossInput, ForwardOps, LlamaWeights, SeqInput,
+};
+use super::weights::{Param, Weights};
+use super::{Model, RopeLayout};
+use crate::error::{Error, Result};
+use crate::kv::{BlockTable, KvPool};
+
+/// A layer's cross-attention weights.
+#[derive(Debug, Clone)]
+pub(crate) struct CrossWeights<M, V> {
+    pub norm: V,
+    /// hidden → target heads × target head_dim.
+    pub q: M,
+    /// target heads × target head_dim → hidden.
+    pub o: M,
+}
+
+/// A GLIDE drafter's weights: the Llama layers (embedding shared with the target), each with
+/// its cross-attention.
+#[derive(Debug, Clone)]
+pub(crate) struct GlideWeights<M, V> {
+    pub base: LlamaWeights<M, V>,
+    pub cross: Vec<CrossWeights<M, V>>,
+}
+
+/// The drafter's forward over `ops`.
+pub(crate) fn run_glide<O: ForwardOps>(
+    ops: &mut O,
+    w: &GlideWeights<O::Matrix, O::Vector>,
+) -> Result<()> {
+    ops.embed(&w.base.embed)?;
+    for (li, (layer, cross)) in w.base.layers.iter().zip(&w.cross).enumerate() {
+        self_attention_block(ops, layer, li)?;
+        ops.add_rms_norm(true, &cross.norm)?;
+        ops.linear(&cross.q, Act::Normed, Act::CrossQ)?;
+        ops.cross_attention()?;
+        ops.linear(&cross.o, Act::Attn, Act::Delta)?;
+        mlp_block(ops, layer)?;
+    }
+    ops.head(&w.base.norm, &w.base.head)
+}
+
+/// The cross-attention of `q` (`[rows, heads · head_dim]` of the batch's rows, in order) on the
+/// CPU: queries rotated at their rows' positions, each row over its sequence's verified target
+/// positions up to its own (module docs).
+pub(crate) fn cross_attention(
+    cross: &CrossInput<'_>,
+    batch: &[SeqInput<'_>],
+    q: &[f32],
+) -> Vec<f32> {
+    let q_dim = cross.n_heads * cross.head_dim;
+    let positions: Vec<usize> = batch
+        .iter()
+        .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
+        .collect();
+    let mut q = q.to_vec();
+    let rope = kern::rope_tables(&positions, cross.inv_freq);
+    kern::apply_rope(&mut q, q_dim, 0, cross.n_heads, &rope, cross.interleaved);
+    let shape = kern::AttentionShape {
+        n_heads: cross.n_heads,
+        n_kv_heads: cross.n_kv_heads,
+        head_dim: cross.head_dim,
+        sliding_window: None,
+    };
+    let mut out = vec![0f32; q.len()];
+    let mut row = 0;
+    for (s, table) in batch.iter().zip(&cross.tables) {
+        for p in s.table.len()..s.table.len() + s.tokens.len() {
+            let seen = (p + 1).min(table.len());
+            if seen > 0 {
+                let (keys, values) = cross.kv.layer_chunks(table, cross.layer, seen);
+                let chunks = kern::KvChunks {
+                    keys: &keys,
+                    values: &values,
+                };
+                let o = &mut out[row * q_dim..(row + 1) * q_dim];
+                kern::attention(
+                    &q[row * q_dim..(row + 1) * q_dim],
+                    seen - 1,
+                    chunks,
+                    shape,
+                    o,
+                    &kern::Serial,
+                );
+            }
+            row += 1;
+        }
+    }
+    out
+}
+
+/// Tensor names of a GLIDE file beyond the Llama ones (Hugging Face naming).
+pub fn cross_tensor_names(layer: usize) -> [String; 3] {
+    [
+        format!("model.layers.{layer}.cross_attn_layernorm.weight"),
+        format!("model.layers.{layer}.cross_attn.q_proj.weight"),
+        format!("model.layers.{layer}.cross_attn.o_proj.weight"),
+    ]
+}
+
+/// A GLIDE drafter for one target model.
+#[derive(Debug, Clone)]
+pub struct GlideModel {
+    config: GlideConfig,
+    /// The drafter's own forward shapes: the target's, with the drafter's layers, heads and
+    /// MLP width (the embedding is the target's, so the vocabulary and hidden size are too).
+    base: ModelConfig,
+    weights: Arc<GlideWeights<Projection, Vec<f32>>>,
+    vocab: DraftVocab,
+    inv_freq: Vec<f64>,
+    target: ModelConfig,
+    target_inv_freq: Vec<f64>,
+}
+
+impl GlideModel {
+    /// Builds the drafter for `target` from `weights` (Hugging Face names for the Llama layers,
+    /// [`cross_tensor_names`] for the cross-attention, `lm_head.weight` of `vocab.len()` rows),
+    /// refusing a drafter that does not fit the target (named with `path`).
+    pub fn from_weights(
+        config: GlideConfig,
+        weights: &mut Weights,
+        vocab: DraftVocab,
+        target: &Model,
+        path: &Path,
+    ) -> Result<Self> {
+        let t = target.config();
+        config.check_target(t, path)?;
+        let incompatible = |message: String| Error::IncompatibleDraft {
+            path: path.to_path_buf(),
+            message,
+        };
+        if vocab.len() != config.draft_vocab_size || vocab.target_len() != t.vocab_size {
+            return Err(incompatible(format!(
+                "its id map has {} of {} tokens; its configuration says {} of {}",
+                vocab.len(),
+                vocab.target_len(),
+                config.draft_vocab_size,
+                t.vocab_size
+            )));
+        }
+        let embed = target.cpu_embedding().ok_or_else(|| {
+            Error::Device(
+                "a GLIDE drafter runs on the CPU only so far; serve the target with --device cpu"
+                    .into(),
+            )
+        })?;
+        let mut base = t.clone();
+        base.num_layers = config.num_layers;
+        base.num_heads = config.num_heads;
+        base.num_kv_heads = config.num_kv_heads;
+        base.head_dim = config.head_dim;
+        base.intermediate_size = config.intermediate_size;
+        base.rms_norm_eps = config.rms_norm_eps;
+        base.qkv_bias = false;
+        base.sliding_window = None;
+        let h = base.hidden_size;
+        let cross_dim = t.num_heads * t.head_dim;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        let mut cross = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            layers.push(load_layer(&base, weights, i, false)?.into_cpu()?);
+            let [norm, q, o] = cross_tensor_names(i);
+            let single = |m| HostMatrix {
+                parts: vec![m],
+                bias: None,
+            };
+            cross.push(CrossWeights {
+                norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
+                q: single(weights.matrix_named(&q, cross_dim, h)?).into_cpu()?,
+                o: single(weights.matrix_named(&o, h, cross_dim)?).into_cpu()?,
+            });
+        }
+        let head = HostMatrix {
+            parts: vec![weights.matrix(Param::LmHead, vocab.len(), h)?],
+            bias: None,
+        };
+        let weights = GlideWeights {
+            base: LlamaWeights {
+                embed,
+                layers,
+                norm: weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?,
+                head: head.into_cpu()?,
+            },
+            cross,
+        };
+        Ok(Self {
+            inv_freq: base.rope_inv_freq(),
+            target_inv_freq: t.rope_inv_freq(),
+            target: t.clone(),
+            config,
+            base,
+            weights: Arc::new(weights),
+            vocab,
+        })
+    }
+
+    pub fn config(&self) -> &GlideConfig {
+        &self.config
+    }
+
+    /// The target ids of the head's rows.
+    pub fn vocab(&self) -> &DraftVocab {
+        &self.vocab
+    }
+
+    /// A pool of `max_blocks` blocks for the drafter's own cache.
+    pub fn new_pool(&self, max_blocks: usize) -> KvPool {
+        KvPool::for_model(&self.base, max_blocks)
+    }
+
+    /// Appends each sequence's tokens to its cache in `kv` (the drafter's pool) and returns
+    /// the logits over the reduced vocabulary of the rows each wants. `target_tables[i]` is
+    /// sequence `i`'s table in `target_kv`, the target's pool, which the cross-attention reads.
+    pub fn forward(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target_kv: &KvPool,
+        target_tables: &[&BlockTable],
+    ) -> Result<Vec<Tensor>> {
+        if target_tables.len() != batch.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} target tables for {} sequences",
+                target_tables.len(),
+                batch.len()
+            )));
+        }
+        let vocab = self.base.vocab_size;
+        for s in batch.iter() {
+            if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidRequest(format!(
+                    "token id {t} is outside the vocabulary of {vocab} tokens"
+                )));
+            }
+        }
+        for s in batch.iter_mut() {
+            kv.reserve(s.table, s.tokens.len())?;
+        }
+        let t = &self.target;
+        let cross = CrossInput {
+            kv: target_kv,
+            tables: target_tables.to_vec(),
+            layer: self.config.target_layer,
+            n_heads: t.num_heads,
+            n_kv_heads: t.num_kv_heads,
+            head_dim: t.head_dim,
+            inv_freq: &self.target_inv_freq,
+            interleaved: t.rope_layout == RopeLayout::Interleaved,
+        };
+        let logits = {
+            let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
+            run_glide(&mut step, &self.weights)?;
+            step.logits_per_seq()?
+        };
+        for s in batch.iter_mut() {
+            kv.commit(s.table, s.tokens.len());
+        }
+        Ok(logits)
+    }
+}

@@ -1,0 +1,351 @@
+//! The GLIDE drafter's forward (issue 12): against an independent f64 reference written here
+//! from the paper's description, reading only the target's verified positions (stale keys and
+//! values of rejected drafts change nothing), and the same row by row as all at once.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use specd_engine::kv::{BlockTable, KvPool};
+use specd_engine::model::glide::cross_tensor_names;
+use specd_engine::model::tiny::{
+    tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights, TinySpec,
+};
+use specd_engine::model::{
+    DraftVocab, GlideConfig, GlideModel, Logits, Model, ModelConfig, Naming, Param, SeqInput,
+    Weights,
+};
+
+const SCALE: f32 = 0.3;
+
+fn spec() -> TinySpec {
+    TinySpec {
+        seed: 31,
+        weight_scale: SCALE,
+        ..Default::default()
+    }
+}
+
+/// The target, its weights, and a GLIDE drafter for it with its weights (head over the first
+/// `n` ids).
+struct Pair {
+    target: Model,
+    target_tensors: HashMap<String, Tensor>,
+    glide: GlideModel,
+    glide_config: GlideConfig,
+    glide_tensors: HashMap<String, Tensor>,
+}
+
+fn pair(n: usize) -> Pair {
+    let config = tiny_config(&spec());
+    let target_tensors = tiny_weights(&config, spec().seed, SCALE);
+    let target = Model::load(
+        config.clone(),
+        &mut Weights::from_tensors(target_tensors.clone()),
+    )
+    .unwrap();
+    let glide_config = tiny_glide_config(&config, n);
+    let glide_tensors = tiny_glide_weights(&config, &glide_config, 5, SCALE);
+    let vocab = DraftVocab::new((0..n as u32).collect(), config.vocab_size).unwrap();
+    let glide = GlideModel::from_weights(
+        glide_config.clone(),
+        &mut Weights::from_tensors(glide_tensors.clone()),
+        vocab,
+        &target,
+        Path::new("<test>"),
+    )
+    .unwrap();
+    Pair {
+        target,
+        target_tensors,
+        glide,
+        glide_config,
+        glide_tensors,
+    }
+}
+
+/// The target's cache of `tokens` in a pool of its own.
+fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
+    let mut pool = m.new_pool(64);
+    let mut table = BlockTable::new();
+    m.forward(
+        &mut pool,
+        &mut [SeqInput {
+            table: &mut table,
+            tokens,
+            logits: Logits::None,
+        }],
+    )
+    .unwrap();
+    (pool, table)
+}
+
+/// The drafter's logits for `tokens` fed from position 0, `chunk` tokens per forward.
+fn glide_rows(
+    p: &Pair,
+    tokens: &[u32],
+    chunk: usize,
+    target_kv: &KvPool,
+    target_table: &BlockTable,
+) -> Vec<Vec<f32>> {
+    let mut pool = p.glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut rows = Vec::new();
+    for part in tokens.chunks(chunk) {
+        let out = p
+            .glide
+            .forward(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: part,
+                    logits: Logits::All,
+                }],
+                target_kv,
+                &[target_table],
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+    }
+    rows
+}
+
+fn matrix(t: &HashMap<String, Tensor>, name: &str) -> Vec<Vec<f64>> {
+    t[name]
+        .to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(f64::from).collect())
+        .collect()
+}
+
+fn vector(t: &HashMap<String, Tensor>, name: &str) -> Vec<f64> {
+    t[name]
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// `w · x` for a matrix stored as `[out][in]`.
+fn apply(w: &[Vec<f64>], x: &[f64]) -> Vec<f64> {
+    w.iter()
+        .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
+}
+
+/// Rotates every head of `x` at `pos` (dimension i with i + d/2, Hugging Face's layout).
+fn rope(x: &mut [f64], head_dim: usize, pos: usize, theta: f64) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let a = pos as f64 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let (c, s) = (a.cos(), a.sin());
+            let (u, v) = (head[i], head[i + half]);
+            head[i] = u * c - v * s;
+            head[i + half] = u * s + v * c;
+        }
+    }
+}
+
+/// Attention of one query row over `keys`/`values` rows (GQA: head h reads kv head h / group).
+fn attend(
+    q: &[f64],
+    keys: &[Vec<f64>],
+    values: &[Vec<f64>],
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0; heads * d];
+    for h in 0..heads {
+        let kh = h / (heads / kv_heads);
+        let qh = &q[h * d..(h + 1) * d];
+        let scores: Vec<f64> = keys
+            .iter()
+            .map(|k| {
+                qh.iter()
+                    .zip(&k[kh * d..(kh + 1) * d])
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    / (d as f64).sqrt()
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for (w, v) in e.iter().zip(values) {
+            for i in 0..d {
+                out[h * d + i] += w / z * v[kh * d + i];
+            }
+        }
+    }
+    out
+}
+
+/// The drafter's logits for `tokens` at positions 0.., straight from the tensors: embedding
+/// (the target's), self-attention, cross-attention over the target's cached layer (`tk`, `tv`:
+/// its verified positions), MLP, final norm, head.
+fn reference(
+    p: &Pair,
+    target: &ModelConfig,
+    tokens: &[u32],
+    tk: &[Vec<f64>],
+    tv: &[Vec<f64>],
+) -> Vec<Vec<f64>> {
+    let (g, t) = (&p.glide_config, &p.glide_tensors);
+    let hf = |param| Naming::HuggingFace.name(param);
+    let embed = matrix(&p.target_tensors, &hf(Param::Embed));
+    let eps = g.rms_norm_eps;
+    let (wq, wk, wv, wo) = (
+        matrix(t, &hf(Param::Q(0))),
+        matrix(t, &hf(Param::K(0))),
+        matrix(t, &hf(Param::V(0))),
+        matrix(t, &hf(Param::O(0))),
+    );
+    let [cn, cq, co] = cross_tensor_names(0);
+    let (cross_norm, wcq, wco) = (vector(t, &cn), matrix(t, &cq), matrix(t, &co));
+    let (wg, wu, wd) = (
+        matrix(t, &hf(Param::Gate(0))),
+        matrix(t, &hf(Param::Up(0))),
+        matrix(t, &hf(Param::Down(0))),
+    );
+    let mut hidden: Vec<Vec<f64>> = tokens.iter().map(|&x| embed[x as usize].clone()).collect();
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
+    for (pos, h) in hidden.iter_mut().enumerate() {
+        let a = rms_norm(h, &vector(t, &hf(Param::AttnNorm(0))), eps);
+        let mut q = apply(&wq, &a);
+        let mut k = apply(&wk, &a);
+        rope(&mut q, g.head_dim, pos, target.rope_theta);
+        rope(&mut k, g.head_dim, pos, target.rope_theta);
+        keys.push(k);
+        values.push(apply(&wv, &a));
+        let att = attend(&q, &keys, &values, g.num_heads, g.num_kv_heads, g.head_dim);
+        h.iter_mut()
+            .zip(apply(&wo, &att))
+            .for_each(|(x, d)| *x += d);
+        let c = rms_norm(h, &cross_norm, eps);
+        let mut q = apply(&wcq, &c);
+        rope(&mut q, target.head_dim, pos, target.rope_theta);
+        let seen = (pos + 1).min(tk.len());
+        if seen > 0 {
+            let att = attend(
+                &q,
+                &tk[..seen],
+                &tv[..seen],
+                target.num_heads,
+                target.num_kv_heads,
+                target.head_dim,
+            );
+            h.iter_mut()
+                .zip(apply(&wco, &att))
+                .for_each(|(x, d)| *x += d);
+        }
+        let m = rms_norm(h, &vector(t, &hf(Param::FfnNorm(0))), eps);
+        let act: Vec<f64> = apply(&wg, &m)
+            .iter()
+            .zip(apply(&wu, &m))
+            .map(|(gv, uv)| gv / (1.0 + (-gv).exp()) * uv)
+            .collect();
+        h.iter_mut()
+            .zip(apply(&wd, &act))
+            .for_each(|(x, d)| *x += d);
+        let f = rms_norm(h, &vector(t, &hf(Param::FinalNorm)), eps);
+        out.push(apply(&matrix(t, &hf(Param::LmHead)), &f));
+    }
+    out
+}
+
+fn rows_of(flat: &[f32], width: usize) -> Vec<Vec<f64>> {
+    flat.chunks_exact(width)
+        .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+        .collect()
+}
+
+#[test]
+fn the_forward_follows_an_independent_reference() {
+    let p = pair(200);
+    let c = p.target.config().clone();
+    let prompt: Vec<u32> = (0..12u32).map(|i| (i * 29 + 7) % 250).collect();
+    // The target has verified 9 of them; the drafter reads 12 (its last rows see all 9).
+    let (tkv, ttable) = target_cache(&p.target, &prompt[..9]);
+    let (k, v) = tkv.layer_snapshot(&ttable, p.glide_config.target_layer);
+    let kv_dim = c.num_kv_heads * c.head_dim;
+    let got = glide_rows(&p, &prompt, prompt.len(), &tkv, &ttable);
+    let want = reference(&p, &c, &prompt, &rows_of(&k, kv_dim), &rows_of(&v, kv_dim));
+    let scale = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), 200, "the reduced head's width");
+        let d = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-4 * scale.max(1.0),
+            "row {i}: off by {d} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn only_the_targets_verified_positions_are_read() {
+    let p = pair(150);
+    let prompt: Vec<u32> = (0..10u32).map(|i| (i * 17 + 3) % 250).collect();
+    let rejected = [201u32, 44, 97, 5];
+    // One target cache that also held four rejected drafts (their keys and values stay in the
+    // slots past the cut), one that never did.
+    let (mut stale_kv, mut stale) = target_cache(&p.target, &prompt);
+    p.target
+        .forward(
+            &mut stale_kv,
+            &mut [SeqInput {
+                table: &mut stale,
+                tokens: &rejected,
+                logits: Logits::None,
+            }],
+        )
+        .unwrap();
+    stale_kv.truncate(&mut stale, prompt.len());
+    let (clean_kv, clean) = target_cache(&p.target, &prompt);
+    // The drafter catches up on the prompt and drafts past it (rows beyond the verified ones).
+    let tokens: Vec<u32> = prompt.iter().chain(&[9, 8, 7]).copied().collect();
+    let a = glide_rows(&p, &tokens, 5, &stale_kv, &stale);
+    let b = glide_rows(&p, &tokens, 5, &clean_kv, &clean);
+    assert_eq!(a, b);
+    // And the verified positions do matter: with fewer of them verified, the last rows change.
+    let (short_kv, short) = target_cache(&p.target, &prompt[..6]);
+    let c = glide_rows(&p, &tokens, 5, &short_kv, &short);
+    assert_eq!(
+        a[..6],
+        c[..6],
+        "rows that see only the first 6 positions either way"
+    );
+    assert_ne!(
+        a[12], c[12],
+        "a drafting row must see the verified positions"
+    );
+}
+
+#[test]
+fn row_by_row_equals_all_at_once() {
+    let p = pair(100);
+    let prompt: Vec<u32> = (0..14u32).map(|i| (i * 13 + 11) % 250).collect();
+    let (tkv, ttable) = target_cache(&p.target, &prompt[..10]);
+    let whole = glide_rows(&p, &prompt, prompt.len(), &tkv, &ttable);
+    for chunk in [1, 3] {
+        assert_eq!(
+            glide_rows(&p, &prompt, chunk, &tkv, &ttable),
+            whole,
+            "{chunk} tokens per forward"
+        );
+    }
+}
