@@ -1,19 +1,26 @@
-//! The GLIDE drafter's forward (issue 12): against an independent f64 reference written here
+//! The GLIDE drafter (issue 12): its forward against an independent f64 reference written here
 //! from the paper's description, reading only the target's verified positions (stale keys and
-//! values of rejected drafts change nothing), and the same row by row as all at once.
+//! values of rejected drafts change nothing), the same row by row as all at once; and as a
+//! proposer, greedy speculation with it equal to target-only output, alone and in a batch.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Tensor;
+use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::glide::cross_tensor_names;
 use specd_engine::model::tiny::{
-    tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights, TinySpec,
+    tiny_config, tiny_glide_config, tiny_glide_weights, tiny_tokenizer, tiny_weights, TinySpec,
 };
 use specd_engine::model::{
     DraftVocab, GlideConfig, GlideModel, Logits, Model, ModelConfig, Naming, Param, SeqInput,
     Weights,
+};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{
+    generate_speculative, DraftPolicyConfig, GlideProposer, Proposer, Sequence, Speculator,
 };
 
 const SCALE: f32 = 0.3;
@@ -37,6 +44,12 @@ struct Pair {
 }
 
 fn pair(n: usize) -> Pair {
+    pair_with(n, SCALE, true)
+}
+
+/// [`pair`] with the drafter's weights spread by `scale`, and its own head or (`own_head`
+/// false) the target's rows.
+fn pair_with(n: usize, scale: f32, own_head: bool) -> Pair {
     let config = tiny_config(&spec());
     let target_tensors = tiny_weights(&config, spec().seed, SCALE);
     let target = Model::load(
@@ -45,7 +58,10 @@ fn pair(n: usize) -> Pair {
     )
     .unwrap();
     let glide_config = tiny_glide_config(&config, n);
-    let glide_tensors = tiny_glide_weights(&config, &glide_config, 5, SCALE);
+    let mut glide_tensors = tiny_glide_weights(&config, &glide_config, 5, scale);
+    if !own_head {
+        glide_tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
+    }
     let vocab = DraftVocab::new((0..n as u32).collect(), config.vocab_size).unwrap();
     let glide = GlideModel::from_weights(
         glide_config.clone(),
@@ -217,6 +233,16 @@ fn reference(
         matrix(t, &hf(Param::Up(0))),
         matrix(t, &hf(Param::Down(0))),
     );
+    // The drafter's own head, or the target's rows for its tokens (0..n here).
+    let head = if t.contains_key(&hf(Param::LmHead)) {
+        matrix(t, &hf(Param::LmHead))
+    } else {
+        let target_head = match p.target_tensors.get(&hf(Param::LmHead)) {
+            Some(_) => matrix(&p.target_tensors, &hf(Param::LmHead)),
+            None => embed.clone(),
+        };
+        target_head[..g.draft_vocab_size].to_vec()
+    };
     let mut hidden: Vec<Vec<f64>> = tokens.iter().map(|&x| embed[x as usize].clone()).collect();
     let (mut keys, mut values) = (Vec::new(), Vec::new());
     let mut out = Vec::new();
@@ -259,7 +285,7 @@ fn reference(
             .zip(apply(&wd, &act))
             .for_each(|(x, d)| *x += d);
         let f = rms_norm(h, &vector(t, &hf(Param::FinalNorm)), eps);
-        out.push(apply(&matrix(t, &hf(Param::LmHead)), &f));
+        out.push(apply(&head, &f));
     }
     out
 }
@@ -272,15 +298,20 @@ fn rows_of(flat: &[f32], width: usize) -> Vec<Vec<f64>> {
 
 #[test]
 fn the_forward_follows_an_independent_reference() {
-    let p = pair(200);
+    for own_head in [true, false] {
+        follows_the_reference(&pair_with(200, SCALE, own_head));
+    }
+}
+
+fn follows_the_reference(p: &Pair) {
     let c = p.target.config().clone();
     let prompt: Vec<u32> = (0..12u32).map(|i| (i * 29 + 7) % 250).collect();
     // The target has verified 9 of them; the drafter reads 12 (its last rows see all 9).
     let (tkv, ttable) = target_cache(&p.target, &prompt[..9]);
     let (k, v) = tkv.layer_snapshot(&ttable, p.glide_config.target_layer);
     let kv_dim = c.num_kv_heads * c.head_dim;
-    let got = glide_rows(&p, &prompt, prompt.len(), &tkv, &ttable);
-    let want = reference(&p, &c, &prompt, &rows_of(&k, kv_dim), &rows_of(&v, kv_dim));
+    let got = glide_rows(p, &prompt, prompt.len(), &tkv, &ttable);
+    let want = reference(p, &c, &prompt, &rows_of(&k, kv_dim), &rows_of(&v, kv_dim));
     let scale = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.len(), 200, "the reduced head's width");
@@ -348,4 +379,97 @@ fn row_by_row_equals_all_at_once() {
             "{chunk} tokens per forward"
         );
     }
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+    }
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    (0..6u32)
+        .map(|s| {
+            (0..(5 + 3 * s))
+                .map(|i| (i * 37 + s * 11 + 5) % 250)
+                .collect()
+        })
+        .collect()
+}
+
+/// A drafter whose own layers are faint and whose head is the target's rows guesses the
+/// target's next token from the current one often enough for both accepted and rejected drafts.
+fn guessing_pair() -> Pair {
+    pair_with(240, 0.02, false)
+}
+
+#[test]
+fn greedy_speculation_with_glide_equals_target_only_output() {
+    let p = guessing_pair();
+    let tok = tiny_tokenizer();
+    let glide = GlideProposer::new(Arc::new(p.glide.clone()));
+    let (mut drafted, mut accepted) = (0, 0);
+    for (pi, prompt) in prompts().into_iter().enumerate() {
+        let req = greedy(prompt, 24);
+        let want = generate(&p.target, &tok, &req, |_| {}).unwrap();
+        for (k, adaptive) in [(1, false), (2, false), (4, true), (6, false)] {
+            let policy = DraftPolicyConfig {
+                max_draft: k,
+                adaptive,
+                confidence: None,
+            };
+            let got =
+                generate_speculative(&p.target, &tok, Some(&glide), policy, &req, |_| {}).unwrap();
+            assert_eq!(got.tokens, want.tokens, "prompt {pi}, k = {k}");
+            drafted += got.speculation.drafted_tokens;
+            accepted += got.speculation.accepted_tokens;
+        }
+    }
+    eprintln!("{accepted} of {drafted} GLIDE drafts accepted");
+    assert!(
+        accepted > 0 && accepted < drafted,
+        "{accepted} of {drafted} drafts accepted: both outcomes must occur"
+    );
+}
+
+#[test]
+fn a_batch_drafted_by_glide_gives_each_sequence_its_own_output() {
+    let p = guessing_pair();
+    let tok = tiny_tokenizer();
+    let glide = GlideProposer::new(Arc::new(p.glide.clone()));
+    let reqs: Vec<GenerateRequest> = prompts().into_iter().map(|q| greedy(q, 20)).collect();
+    let want: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| generate(&p.target, &tok, r, |_| {}).unwrap().tokens)
+        .collect();
+    let policy = DraftPolicyConfig {
+        max_draft: 3,
+        adaptive: false,
+        confidence: None,
+    };
+    let proposer: &dyn Proposer = &glide;
+    let mut spec = Speculator::new(&p.target, Some(proposer));
+    let mut seqs: Vec<Sequence> = reqs
+        .iter()
+        .map(|r| Sequence::new(&p.target, &tok, Some(proposer), r.clone(), policy).unwrap())
+        .collect();
+    for s in seqs.iter_mut() {
+        spec.prefill(s).unwrap();
+    }
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut batch: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        spec.step(&mut batch).unwrap();
+    }
+    for (i, s) in seqs.iter_mut().enumerate() {
+        spec.release(s);
+        assert_eq!(s.output().tokens, want[i], "sequence {i}");
+    }
+    assert_eq!(
+        spec.draft_kv().usage().blocks_used,
+        0,
+        "GLIDE's blocks all returned"
+    );
 }

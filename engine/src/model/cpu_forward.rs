@@ -63,6 +63,14 @@ impl Projection {
         })
     }
 
+    /// The matrix of the output rows `ids`, in order (a single-part matrix: heads).
+    pub(crate) fn select_rows(&self, ids: &[u32]) -> Result<Self> {
+        Ok(Self {
+            parts: vec![self.parts[0].select_rows(ids)?],
+            bias: None,
+        })
+    }
+
     /// Output rows.
     fn rows(&self) -> usize {
         self.parts.iter().map(Linear::rows).sum()

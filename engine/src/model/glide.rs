@@ -141,8 +141,9 @@ pub struct GlideModel {
 
 impl GlideModel {
     /// Builds the drafter for `target` from `weights` (Hugging Face names for the Llama layers,
-    /// [`cross_tensor_names`] for the cross-attention, `lm_head.weight` of `vocab.len()` rows),
-    /// refusing a drafter that does not fit the target (named with `path`).
+    /// [`cross_tensor_names`] for the cross-attention, and `lm_head.weight` of `vocab.len()`
+    /// rows; without it the head is the target's own rows for the drafter's tokens), refusing a
+    /// drafter that does not fit the target (named with `path`).
     pub fn from_weights(
         config: GlideConfig,
         weights: &mut Weights,
@@ -197,16 +198,23 @@ impl GlideModel {
                 o: single(weights.matrix_named(&o, h, cross_dim)?).into_cpu()?,
             });
         }
-        let head = HostMatrix {
-            parts: vec![weights.matrix(Param::LmHead, vocab.len(), h)?],
-            bias: None,
+        // Its own head if the file has one, else the target's rows for its tokens.
+        let head = if weights.contains(Param::LmHead) {
+            HostMatrix {
+                parts: vec![weights.matrix(Param::LmHead, vocab.len(), h)?],
+                bias: None,
+            }
+            .into_cpu()?
+        } else {
+            let rows = target.cpu_head().expect("a CPU target (checked above)");
+            rows.select_rows(vocab.ids())?
         };
         let weights = GlideWeights {
             base: LlamaWeights {
                 embed,
                 layers,
                 norm: weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?,
-                head: head.into_cpu()?,
+                head,
             },
             cross,
         };

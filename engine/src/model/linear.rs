@@ -66,23 +66,41 @@ impl Linear {
         }
     }
 
-    /// A matrix of the first `rows` output rows (quantized rows are runs of whole blocks, so
-    /// this copies their bytes).
+    /// A matrix of the first `rows` output rows.
     pub fn first_rows(&self, rows: usize) -> Result<Self> {
+        self.select_rows(&(0..rows as u32).collect::<Vec<_>>())
+    }
+
+    /// A matrix of the output rows `ids`, in that order (quantized rows are runs of whole
+    /// blocks, so this copies their bytes and the rows stay quantized).
+    pub fn select_rows(&self, ids: &[u32]) -> Result<Self> {
+        let n = self.rows();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= n) {
+            return Err(crate::error::Error::InvalidRequest(format!(
+                "row {bad} of a matrix of {n} rows"
+            )));
+        }
+        let index = || Tensor::from_slice(ids, ids.len(), &Device::Cpu);
         Ok(Self::new(match &self.inner {
             QMatMul::QTensor(q) => {
-                let (n, k) = q.shape().dims2()?;
+                let k = q.shape().dims2()?.1;
                 let data = q.data()?;
-                let bytes = data.len() / n * rows;
+                let row = data.len() / n;
+                let mut bytes = Vec::with_capacity(row * ids.len());
+                for &i in ids {
+                    bytes.extend_from_slice(&data[i as usize * row..(i as usize + 1) * row]);
+                }
                 let storage = candle_core::quantized::QStorage::from_data(
-                    std::borrow::Cow::Owned(data[..bytes].to_vec()),
+                    std::borrow::Cow::Owned(bytes),
                     &Device::Cpu,
                     q.dtype(),
                 )?;
-                QMatMul::from_qtensor(QTensor::new(storage, (rows, k))?)?
+                QMatMul::from_qtensor(QTensor::new(storage, (ids.len(), k))?)?
             }
-            QMatMul::Tensor(t) => QMatMul::Tensor(t.narrow(0, 0, rows)?.contiguous()?),
-            QMatMul::TensorF16(t) => QMatMul::TensorF16(t.narrow(0, 0, rows)?.contiguous()?),
+            QMatMul::Tensor(t) => QMatMul::Tensor(t.index_select(&index()?, 0)?.contiguous()?),
+            QMatMul::TensorF16(t) => {
+                QMatMul::TensorF16(t.index_select(&index()?, 0)?.contiguous()?)
+            }
         }))
     }
 

@@ -308,6 +308,14 @@ impl Model {
         }
     }
 
+    /// The output head on the CPU (a GLIDE drafter may take rows of it); `None` on a GPU.
+    pub(crate) fn cpu_head(&self) -> Option<&Projection> {
+        match &self.weights {
+            DeviceWeights::Cpu(w) => Some(&w.head),
+            DeviceWeights::Cuda(_) => None,
+        }
+    }
+
     /// Number of logits a forward returns per row (the vocabulary, or a restricted head).
     pub fn head_rows(&self) -> usize {
         self.head_rows

@@ -78,15 +78,19 @@ impl DraftModelProposer {
         Ok(row)
     }
 
-    /// One drafter forward over `inputs` (one wanted row each): on a GPU, when every sequence
-    /// drafts greedily without a penalty, only each row's argmax and its probability come back;
-    /// otherwise the rows of logits.
+    /// One drafter forward over `inputs` (one wanted row each, or none for a catch-up chunk):
+    /// on a GPU, when every sequence drafts greedily without a penalty, only each row's argmax
+    /// and its probability come back; otherwise the rows of logits.
     fn step(
         &self,
         kv: &mut KvPool,
         inputs: &mut [SeqInput<'_>],
         on_device: bool,
     ) -> Result<Vec<Next>> {
+        if inputs.iter().all(|s| s.logits == Logits::None) {
+            self.model.forward(kv, inputs)?;
+            return Ok(Vec::new());
+        }
         if on_device {
             return Ok(self
                 .model
@@ -104,7 +108,7 @@ impl DraftModelProposer {
 }
 
 /// What a drafter forward gives for one sequence's next position.
-enum Next {
+pub(super) enum Next {
     /// The logits row (cut or padded to the target's vocabulary).
     Row(Vec<f32>),
     /// Its argmax and that token's probability, decided on the device.
@@ -163,16 +167,11 @@ impl Proposer for DraftModelProposer {
         committed: usize,
         k: usize,
     ) -> usize {
-        if k == 0 {
-            return 0;
-        }
-        // Drafting feeds every committed token, then drafts 1..k-1 (the last is never fed).
-        let held = state.table.as_ref().map_or(0, |t| t.blocks().len());
-        KvPool::blocks_for(committed + k - 1).saturating_sub(held)
+        own_cache_blocks_needed(state, committed, k)
     }
 
     fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
-        committed.saturating_sub(1 + state.cached_len().unwrap_or(0))
+        own_cache_catch_up(state, committed)
     }
 
     fn reserve(
@@ -182,12 +181,7 @@ impl Proposer for DraftModelProposer {
         committed: usize,
         k: usize,
     ) -> Result<()> {
-        if k == 0 {
-            return Ok(());
-        }
-        let table = state.table.get_or_insert_with(BlockTable::new);
-        let want = committed + k - 1;
-        kv.reserve(table, want.saturating_sub(table.len()))
+        own_cache_reserve(kv, state, committed, k)
     }
 
     fn prefill(&self, kv: &mut KvPool, state: &mut ProposerState, tokens: &[u32]) -> Result<()> {
@@ -216,36 +210,6 @@ impl Proposer for DraftModelProposer {
         kv: &mut KvPool,
         batch: &mut [ProposeInput<'_>],
     ) -> Result<Vec<Draft>> {
-        let ctx = self.model.config().max_position_embeddings;
-        let mut drafts = vec![Draft::default(); batch.len()];
-        // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
-        let limits: Vec<usize> = batch
-            .iter()
-            .map(|s| s.max.min((ctx + 1).saturating_sub(s.tokens.len())))
-            .collect();
-        let active: Vec<usize> = (0..batch.len()).filter(|&i| limits[i] > 0).collect();
-        if active.is_empty() {
-            return Ok(drafts);
-        }
-        for &i in &active {
-            let s = &mut batch[i];
-            let table = s.state.table.get_or_insert_with(BlockTable::new);
-            if table.len() >= s.tokens.len() {
-                kv.truncate(table, s.tokens.len() - 1);
-            }
-            // Long catch-ups (the prompt) go in chunks; the last chunk joins the batch below.
-            while s.tokens.len() - table.len() > PREFILL_CHUNK {
-                let from = table.len();
-                self.model.forward(
-                    kv,
-                    &mut [SeqInput {
-                        table,
-                        tokens: &s.tokens[from..from + PREFILL_CHUNK],
-                        logits: Logits::None,
-                    }],
-                )?;
-            }
-        }
         // The device picks greedy drafts itself (a GPU model, no sampling transform).
         // (A head wider than the target's vocabulary needs the host's cut first.)
         let on_device = self.model.device().is_cuda()
@@ -253,67 +217,147 @@ impl Proposer for DraftModelProposer {
             && batch
                 .iter()
                 .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);
-        // Catch up with the committed tokens, getting the distribution of the first draft.
-        let mut rows: Vec<Next> = {
-            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
-            let mut it = batch.iter_mut().enumerate();
-            for &i in &active {
-                let s = it.find(|(j, _)| *j == i).expect("active indices ascend").1;
-                let table = s.state.table.as_mut().expect("created above");
-                let from = table.len();
-                inputs.push(SeqInput {
+        let ctx = self.model.config().max_position_embeddings;
+        draft_rounds(batch, kv, ctx, |kv, inputs, _| {
+            self.step(kv, inputs, on_device)
+        })
+    }
+}
+
+/// Blocks of its own pool a drafter with its own cache needs to draft `k` tokens after
+/// `committed` ones, beyond what `state` holds: drafting feeds every committed token, then
+/// drafts 1..k-1 (the last is never fed).
+pub(super) fn own_cache_blocks_needed(state: &ProposerState, committed: usize, k: usize) -> usize {
+    if k == 0 {
+        return 0;
+    }
+    let held = state.table.as_ref().map_or(0, |t| t.blocks().len());
+    KvPool::blocks_for(committed + k - 1).saturating_sub(held)
+}
+
+/// Committed tokens a drafter with its own cache has yet to read.
+pub(super) fn own_cache_catch_up(state: &ProposerState, committed: usize) -> usize {
+    committed.saturating_sub(1 + state.cached_len().unwrap_or(0))
+}
+
+/// Reserves what [`own_cache_blocks_needed`] counts.
+pub(super) fn own_cache_reserve(
+    kv: &mut KvPool,
+    state: &mut ProposerState,
+    committed: usize,
+    k: usize,
+) -> Result<()> {
+    if k == 0 {
+        return Ok(());
+    }
+    let table = state.table.get_or_insert_with(BlockTable::new);
+    let want = committed + k - 1;
+    kv.reserve(table, want.saturating_sub(table.len()))
+}
+
+/// The drafting rounds of a drafter with its own cache: each sequence first feeds the committed
+/// tokens its cache lacks (a long catch-up in chunks), the last of them giving the first
+/// draft's row; then one forward per drafted token for the sequences still drafting, each
+/// token chosen from its row, until a sequence has its `max` (within the context of `ctx`
+/// positions) or its confidence falls. `step(kv, inputs, seqs)` runs one forward over
+/// `inputs`, the inputs of the sequences `seqs` (indices into `batch`), and returns the row
+/// each wants (none for catch-up chunks).
+pub(super) fn draft_rounds(
+    batch: &mut [ProposeInput<'_>],
+    kv: &mut KvPool,
+    ctx: usize,
+    mut step: impl FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize]) -> Result<Vec<Next>>,
+) -> Result<Vec<Draft>> {
+    let mut drafts = vec![Draft::default(); batch.len()];
+    // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
+    let limits: Vec<usize> = batch
+        .iter()
+        .map(|s| s.max.min((ctx + 1).saturating_sub(s.tokens.len())))
+        .collect();
+    let active: Vec<usize> = (0..batch.len()).filter(|&i| limits[i] > 0).collect();
+    if active.is_empty() {
+        return Ok(drafts);
+    }
+    for &i in &active {
+        let s = &mut batch[i];
+        let table = s.state.table.get_or_insert_with(BlockTable::new);
+        if table.len() >= s.tokens.len() {
+            kv.truncate(table, s.tokens.len() - 1);
+        }
+        // Long catch-ups (the prompt) go in chunks; the last chunk joins the batch below.
+        while s.tokens.len() - table.len() > PREFILL_CHUNK {
+            let from = table.len();
+            step(
+                kv,
+                &mut [SeqInput {
                     table,
-                    tokens: &s.tokens[from..],
+                    tokens: &s.tokens[from..from + PREFILL_CHUNK],
+                    logits: Logits::None,
+                }],
+                &[i],
+            )?;
+        }
+    }
+    // Catch up with the committed tokens, getting the distribution of the first draft.
+    let mut rows: Vec<Next> = {
+        let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
+        let mut it = batch.iter_mut().enumerate();
+        for &i in &active {
+            let s = it.find(|(j, _)| *j == i).expect("active indices ascend").1;
+            let table = s.state.table.as_mut().expect("created above");
+            let from = table.len();
+            inputs.push(SeqInput {
+                table,
+                tokens: &s.tokens[from..],
+                logits: Logits::Last,
+            });
+        }
+        step(kv, &mut inputs, &active)?
+    };
+    let mut active = active;
+    loop {
+        let mut still = Vec::with_capacity(active.len());
+        let still_rows;
+        for (&i, row) in active.iter().zip(&rows) {
+            let s = &mut batch[i];
+            let d = &mut drafts[i];
+            // The history matters only to a repetition penalty or a sampling transform.
+            let history: Vec<u32> =
+                if s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0 {
+                    Vec::new()
+                } else {
+                    s.tokens.iter().chain(&d.tokens).copied().collect()
+                };
+            let (tok, top, q) = choose(row, &history, s);
+            if s.confidence.is_some_and(|c| top < c) {
+                continue;
+            }
+            d.tokens.push(tok);
+            if let Some(q) = q {
+                d.probs.get_or_insert_with(Vec::new).push(q);
+            }
+            if d.tokens.len() < limits[i] {
+                still.push(i);
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        {
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(still.len());
+            let mut it = batch.iter_mut().enumerate();
+            for &i in &still {
+                let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
+                inputs.push(SeqInput {
+                    table: s.state.table.as_mut().expect("created above"),
+                    tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
                     logits: Logits::Last,
                 });
             }
-            self.step(kv, &mut inputs, on_device)?
-        };
-        let mut active = active;
-        loop {
-            let mut still = Vec::with_capacity(active.len());
-            let still_rows;
-            for (&i, row) in active.iter().zip(&rows) {
-                let s = &mut batch[i];
-                let d = &mut drafts[i];
-                // The history matters only to a repetition penalty or a sampling transform.
-                let history: Vec<u32> =
-                    if s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0 {
-                        Vec::new()
-                    } else {
-                        s.tokens.iter().chain(&d.tokens).copied().collect()
-                    };
-                let (tok, top, q) = choose(row, &history, s);
-                if s.confidence.is_some_and(|c| top < c) {
-                    continue;
-                }
-                d.tokens.push(tok);
-                if let Some(q) = q {
-                    d.probs.get_or_insert_with(Vec::new).push(q);
-                }
-                if d.tokens.len() < limits[i] {
-                    still.push(i);
-                }
-            }
-            if still.is_empty() {
-                break;
-            }
-            {
-                let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(still.len());
-                let mut it = batch.iter_mut().enumerate();
-                for &i in &still {
-                    let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
-                    inputs.push(SeqInput {
-                        table: s.state.table.as_mut().expect("created above"),
-                        tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
-                        logits: Logits::Last,
-                    });
-                }
-                still_rows = self.step(kv, &mut inputs, on_device)?;
-            }
-            active = still;
-            rows = still_rows;
+            still_rows = step(kv, &mut inputs, &still)?;
         }
-        Ok(drafts)
+        active = still;
+        rows = still_rows;
     }
+    Ok(drafts)
 }

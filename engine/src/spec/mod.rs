@@ -2,8 +2,9 @@
 //! acceptance keeps a prefix (losslessly: greedy output equals the target's own, sampled output
 //! follows the target's distribution), and both caches roll back to the accepted length.
 //!
-//! - [`proposer`]: the [`Proposer`] trait; [`ngram`] (prompt lookup) and [`draft_model`] (an
-//!   independent small model) implement it. GLIDE drafters will be a third kind.
+//! - [`proposer`]: the [`Proposer`] trait; [`ngram`] (prompt lookup), [`draft_model`] (an
+//!   independent small model) and [`glide`] (a one-layer drafter reading the target's cache)
+//!   implement it.
 //! - [`accept`]: greedy and stochastic acceptance as plain functions.
 //! - [`policy`]: the draft length of a sequence (fixed, adaptive, confidence-gated).
 //! - [`stats`]: per-request statistics.
@@ -13,6 +14,7 @@
 
 pub mod accept;
 pub mod draft_model;
+pub mod glide;
 pub mod ngram;
 pub mod policy;
 pub mod proposer;
@@ -22,6 +24,7 @@ pub mod verify;
 
 pub use accept::{accept_greedy, accept_stochastic, Verdict};
 pub use draft_model::DraftModelProposer;
+pub use glide::GlideProposer;
 pub use ngram::NgramProposer;
 pub use policy::{DraftPolicy, DraftPolicyConfig};
 pub use proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
