@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::glide::cross_tensor_names;
+use specd_engine::model::glide::{cross_tensor_names, save_glide};
 use specd_engine::model::tiny::{
     tiny_config, tiny_glide_config, tiny_glide_weights, tiny_tokenizer, tiny_weights, TinySpec,
 };
@@ -104,12 +104,21 @@ fn glide_rows(
     target_kv: &KvPool,
     target_table: &BlockTable,
 ) -> Vec<Vec<f32>> {
-    let mut pool = p.glide.new_pool(64);
+    rows_of_model(&p.glide, tokens, chunk, target_kv, target_table)
+}
+
+fn rows_of_model(
+    glide: &GlideModel,
+    tokens: &[u32],
+    chunk: usize,
+    target_kv: &KvPool,
+    target_table: &BlockTable,
+) -> Vec<Vec<f32>> {
+    let mut pool = glide.new_pool(64);
     let mut table = BlockTable::new();
     let mut rows = Vec::new();
     for part in tokens.chunks(chunk) {
-        let out = p
-            .glide
+        let out = glide
             .forward(
                 &mut pool,
                 &mut [SeqInput {
@@ -472,4 +481,54 @@ fn a_batch_drafted_by_glide_gives_each_sequence_its_own_output() {
         0,
         "GLIDE's blocks all returned"
     );
+}
+
+#[test]
+fn a_glide_file_round_trips_and_files_that_do_not_fit_are_refused_by_name() {
+    let p = pair(120);
+    let vocab_size = p.target.config().vocab_size;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("glide.safetensors");
+    let vocab = DraftVocab::new((0..120).collect(), vocab_size).unwrap();
+    save_glide(&path, &p.glide_config, &vocab, &p.glide_tensors).unwrap();
+    let loaded = GlideModel::load(&path, &p.target).unwrap();
+    let prompt: Vec<u32> = (0..9u32).map(|i| (i * 23 + 1) % 250).collect();
+    let (tkv, ttable) = target_cache(&p.target, &prompt[..6]);
+    assert_eq!(
+        rows_of_model(&loaded, &prompt, 4, &tkv, &ttable),
+        glide_rows(&p, &prompt, 4, &tkv, &ttable)
+    );
+    let name = path.display().to_string();
+    // A target of another width.
+    let wider = TinySpec {
+        hidden_size: 2 * spec().hidden_size,
+        ..spec()
+    };
+    let other = Model::load(
+        tiny_config(&wider),
+        &mut Weights::from_tensors(tiny_weights(&tiny_config(&wider), 1, SCALE)),
+    )
+    .unwrap();
+    let e = GlideModel::load(&path, &other).unwrap_err().to_string();
+    assert!(e.contains("hidden size") && e.contains(&name), "{e}");
+    // An id map reaching past the target's vocabulary.
+    let bad_ids = dir.path().join("bad-ids.safetensors");
+    let past = DraftVocab::new(
+        (vocab_size as u32 - 60..vocab_size as u32 + 60).collect(),
+        vocab_size + 60,
+    )
+    .unwrap();
+    save_glide(&bad_ids, &p.glide_config, &past, &p.glide_tensors).unwrap();
+    let e = GlideModel::load(&bad_ids, &p.target)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("outside the target's {vocab_size} tokens")),
+        "{e}"
+    );
+    // A safetensors file that is not a GLIDE drafter.
+    let plain = dir.path().join("plain.safetensors");
+    candle_core::safetensors::save(&p.glide_tensors, &plain).unwrap();
+    let e = GlideModel::load(&plain, &p.target).unwrap_err().to_string();
+    assert!(e.contains("not a GLIDE drafter file"), "{e}");
 }

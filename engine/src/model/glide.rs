@@ -13,6 +13,7 @@
 //! holds `V` verified positions sees target positions `0 .. min(p + 1, V)`: its own and earlier
 //! ones while catching up on committed tokens, all verified ones while drafting beyond them.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -116,6 +117,28 @@ pub(crate) fn cross_attention(
     out
 }
 
+/// The safetensors metadata key holding a GLIDE file's [`GlideConfig`] (JSON).
+pub const CONFIG_KEY: &str = "glide_config";
+/// The tensor holding a GLIDE file's id map: the target id of each head row (i64 or u32).
+pub const VOCAB_TENSOR: &str = "draft_vocab.ids";
+
+/// Writes a GLIDE file: one safetensors file with `config` in its metadata, `vocab`'s id map,
+/// and the weights `tensors` (the names [`GlideModel::from_weights`] reads).
+pub fn save_glide(
+    path: &Path,
+    config: &GlideConfig,
+    vocab: &DraftVocab,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let ids: Vec<i64> = vocab.ids().iter().map(|&i| i64::from(i)).collect();
+    let ids = Tensor::from_vec(ids, vocab.len(), &candle_core::Device::Cpu)?;
+    let mut all: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    all.push((VOCAB_TENSOR, &ids));
+    let json = serde_json::to_string(config).expect("a config serializes");
+    let metadata = HashMap::from([(CONFIG_KEY.to_string(), json)]);
+    safetensors::serialize_to_file(all, Some(metadata), path).map_err(|e| Error::file(path, e))
+}
+
 /// Tensor names of a GLIDE file beyond the Llama ones (Hugging Face naming).
 pub fn cross_tensor_names(layer: usize) -> [String; 3] {
     [
@@ -140,6 +163,48 @@ pub struct GlideModel {
 }
 
 impl GlideModel {
+    /// Loads a GLIDE file ([`save_glide`]'s format) for `target`, refusing one that is not a
+    /// GLIDE file, whose configuration or id map does not parse, or that does not fit the
+    /// target, with the file and the problem named.
+    pub fn load(path: &Path, target: &Model) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, e))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CONFIG_KEY))
+            .ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("no `{CONFIG_KEY}` in its metadata: not a GLIDE drafter file"),
+                )
+            })?;
+        let config: GlideConfig = serde_json::from_str(json)
+            .map_err(|e| Error::file(path, format!("its `{CONFIG_KEY}`: {e}")))?;
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
+        let ids = tensors
+            .remove(VOCAB_TENSOR)
+            .ok_or_else(|| Error::file(path, format!("no `{VOCAB_TENSOR}` tensor (the id map)")))?;
+        let ids: Vec<i64> = ids.to_dtype(candle_core::DType::I64)?.to_vec1()?;
+        let target_vocab = target.config().vocab_size;
+        let ids = ids
+            .into_iter()
+            .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        let vocab = DraftVocab::new(ids, target_vocab).map_err(|e| Error::IncompatibleDraft {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_weights(
+            config,
+            &mut Weights::from_tensors(tensors),
+            vocab,
+            target,
+            path,
+        )
+    }
+
     /// Builds the drafter for `target` from `weights` (Hugging Face names for the Llama layers,
     /// [`cross_tensor_names`] for the cross-attention, and `lm_head.weight` of `vocab.len()`
     /// rows; without it the head is the target's own rows for the drafter's tokens), refusing a
