@@ -292,6 +292,18 @@ fn every_position_of_a_draft_chain_follows_the_target() {
     }
 }
 
+/// `k` drafts drawn one after another from the drafter `q`, and the distribution of each.
+fn draw_drafts(k: usize, q: DraftFn<'_>, rng: &mut StdRng) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut drafts = Vec::new();
+    let mut qs = Vec::new();
+    for _ in 0..k {
+        let qd = q(&drafts).0;
+        drafts.push(sample_from(&qd, rng));
+        qs.push(qd);
+    }
+    (drafts, qs)
+}
+
 #[test]
 fn accept_stochastic_draws_what_the_analysis_predicts() {
     // Monte Carlo of the real function against the enumerated outcome law.
@@ -302,13 +314,7 @@ fn accept_stochastic_draws_what_the_analysis_predicts() {
     let mut rng = StdRng::seed_from_u64(9);
     let mut counts: HashMap<Vec<u32>, f64> = HashMap::new();
     for _ in 0..n {
-        let mut drafts = Vec::new();
-        let mut qs = Vec::new();
-        for _ in 0..k {
-            let qd = q(&drafts).0;
-            drafts.push(sample_from(&qd, &mut rng));
-            qs.push(qd);
-        }
+        let (drafts, qs) = draw_drafts(k, &q, &mut rng);
         let ps: Vec<Vec<f32>> = (0..=k).map(|i| p(&drafts[..i])).collect();
         let verdict = accept_stochastic(&drafts, Some(&qs), &ps, &mut rng);
         let mut e = drafts[..verdict.accepted].to_vec();
@@ -400,13 +406,7 @@ fn a_reduced_draft_vocabulary_keeps_sampling_exact() {
     let (mut host, mut forward): (HashMap<Vec<u32>, f64>, HashMap<Vec<u32>, f64>) =
         Default::default();
     for _ in 0..n {
-        let mut drafts = Vec::new();
-        let mut qs = Vec::new();
-        for _ in 0..k {
-            let qd = q(&drafts).0;
-            drafts.push(sample_from(&qd, &mut rng));
-            qs.push(qd);
-        }
+        let (drafts, qs) = draw_drafts(k, &q, &mut rng);
         assert!(drafts.iter().all(|&d| vocab.from_target(d).is_some()));
         let ps: Vec<Vec<f32>> = (0..=k).map(|i| p(&drafts[..i])).collect();
         let verdict = accept_stochastic(&drafts, Some(&qs), &ps, &mut rng);

@@ -219,6 +219,29 @@ fn f32_gguf_of_both_architectures_matches_the_safetensors_model() {
     }
 }
 
+/// A tiny model of `hidden` x `inter` written as a GGUF with its matrices in `dtype`, in
+/// `dir`: its configuration, its (unquantized) weights and the file.
+fn quantized_tiny(
+    dir: &Path,
+    dtype: GgmlDType,
+    hidden: usize,
+    inter: usize,
+) -> (ModelConfig, HashMap<String, Tensor>, std::path::PathBuf) {
+    // Same gain per matrix at every width, so that errors are not amplified more at 256.
+    let spec = TinySpec {
+        hidden_size: hidden,
+        intermediate_size: inter,
+        seed: 8,
+        weight_scale: 1.6 / (hidden as f32).sqrt(),
+        ..Default::default()
+    };
+    let cfg = tiny_config(&spec);
+    let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
+    let path = dir.join("tiny-q.gguf");
+    write_gguf(&path, &cfg, &tensors, dtype);
+    (cfg, tensors, path)
+}
+
 #[test]
 fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
     // Q4_K needs rows of 256 values; Q8_0 (with Q4_0/Q5_0 re-encoded to it) rows of 32.
@@ -227,20 +250,8 @@ fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
         (GgmlDType::Q4K, 256, 512),
         (GgmlDType::Q5_0, 64, 128),
     ] {
-        // Same gain per matrix at both widths, so that errors are not amplified more at 256.
-        let weight_scale = 1.6 / (hidden as f32).sqrt();
-        let spec = TinySpec {
-            hidden_size: hidden,
-            intermediate_size: inter,
-            seed: 8,
-            weight_scale,
-            ..Default::default()
-        };
-        let cfg = tiny_config(&spec);
-        let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny-q.gguf");
-        write_gguf(&path, &cfg, &tensors, dtype);
+        let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
         let size = std::fs::metadata(&path).unwrap().len() as usize;
         let f32_bytes: usize = tensors.values().map(|t| t.elem_count() * 4).sum();
         assert!(
@@ -415,18 +426,8 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
             specd_engine::model::Device::Cuda,
         );
     for (dtype, hidden, inter) in [(GgmlDType::Q4K, 256, 512), (GgmlDType::Q8_0, 64, 128)] {
-        let spec = TinySpec {
-            hidden_size: hidden,
-            intermediate_size: inter,
-            seed: 8,
-            weight_scale: 1.6 / (hidden as f32).sqrt(),
-            ..Default::default()
-        };
-        let cfg = tiny_config(&spec);
-        let tensors = tiny_weights(&cfg, spec.seed, spec.weight_scale);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny-q.gguf");
-        write_gguf(&path, &cfg, &tensors, dtype);
+        let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
         let options = LoadOptions {
             tokenizer: None,
             device,

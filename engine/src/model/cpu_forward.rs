@@ -195,7 +195,7 @@ impl<'a, 'b> CpuStep<'a, 'b> {
 }
 
 /// The position of every row of a batch, in order.
-fn positions(batch: &[SeqInput<'_>]) -> Vec<usize> {
+pub(crate) fn positions(batch: &[SeqInput<'_>]) -> Vec<usize> {
     batch
         .iter()
         .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())

@@ -21,7 +21,7 @@ use candle_core::Tensor;
 use specd_kernels::cpu as kern;
 
 use super::config::ModelConfig;
-use super::cpu_forward::{CpuStep, Projection};
+use super::cpu_forward::{positions, CpuStep, Projection};
 use super::draft_vocab::DraftVocab;
 use super::glide_config::GlideConfig;
 use super::host_weights::{load_layer, HostMatrix};
@@ -77,12 +77,8 @@ pub(crate) fn cross_attention(
     q: &[f32],
 ) -> Vec<f32> {
     let q_dim = cross.n_heads * cross.head_dim;
-    let positions: Vec<usize> = batch
-        .iter()
-        .flat_map(|s| s.table.len()..s.table.len() + s.tokens.len())
-        .collect();
     let mut q = q.to_vec();
-    let rope = kern::rope_tables(&positions, cross.inv_freq);
+    let rope = kern::rope_tables(&positions(batch), cross.inv_freq);
     kern::apply_rope(&mut q, q_dim, 0, cross.n_heads, &rope, cross.interleaved);
     let shape = kern::AttentionShape {
         n_heads: cross.n_heads,
@@ -237,15 +233,7 @@ impl GlideModel {
                     .into(),
             )
         })?;
-        let mut base = t.clone();
-        base.num_layers = config.num_layers;
-        base.num_heads = config.num_heads;
-        base.num_kv_heads = config.num_kv_heads;
-        base.head_dim = config.head_dim;
-        base.intermediate_size = config.intermediate_size;
-        base.rms_norm_eps = config.rms_norm_eps;
-        base.qkv_bias = false;
-        base.sliding_window = None;
+        let base = config.forward_config(t);
         let h = base.hidden_size;
         let cross_dim = t.num_heads * t.head_dim;
         let mut layers = Vec::with_capacity(config.num_layers);

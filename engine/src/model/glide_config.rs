@@ -67,6 +67,21 @@ pub struct GlideConfig {
 }
 
 impl GlideConfig {
+    /// The drafter's own forward shapes: the target's (its embedding, hidden size, rotary
+    /// embedding and context), with the drafter's layers, heads and MLP width.
+    pub fn forward_config(&self, target: &ModelConfig) -> ModelConfig {
+        let mut base = target.clone();
+        base.num_layers = self.num_layers;
+        base.num_heads = self.num_heads;
+        base.num_kv_heads = self.num_kv_heads;
+        base.head_dim = self.head_dim;
+        base.intermediate_size = self.intermediate_size;
+        base.rms_norm_eps = self.rms_norm_eps;
+        base.qkv_bias = false;
+        base.sliding_window = None;
+        base
+    }
+
     /// Refuses a drafter that does not fit `target`, naming the first mismatch and the file.
     pub fn check_target(&self, target: &ModelConfig, path: &Path) -> Result<()> {
         let refuse = |message: String| {

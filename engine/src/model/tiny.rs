@@ -234,15 +234,10 @@ pub fn tiny_glide_weights(
     seed: u64,
     scale: f32,
 ) -> HashMap<String, Tensor> {
-    let mut base = target.clone();
-    base.num_layers = glide.num_layers;
-    base.num_heads = glide.num_heads;
-    base.num_kv_heads = glide.num_kv_heads;
-    base.head_dim = glide.head_dim;
-    base.intermediate_size = glide.intermediate_size;
+    // The drafter's layers, with an untied head of its reduced vocabulary's rows.
+    let mut base = glide.forward_config(target);
     base.vocab_size = glide.draft_vocab_size;
     base.tie_word_embeddings = false;
-    base.qkv_bias = false;
     let mut out = tiny_weights(&base, seed, scale);
     out.remove(&Naming::HuggingFace.name(Param::Embed));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x911de);

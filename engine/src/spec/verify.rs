@@ -107,6 +107,13 @@ pub fn verify(
         && acceptance == Acceptance::InForward
         && seqs.iter().all(|s| s.samples_in_forward());
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
+    let inv_temps: Vec<f32> = if sampled {
+        seqs.iter()
+            .map(|s| 1.0 / s.sampler.params().temperature)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let uniforms: Vec<Vec<f32>> = if sampled {
         seqs.iter_mut()
             .zip(drafts)
@@ -118,10 +125,6 @@ pub fn verify(
     } else {
         Vec::new()
     };
-    let inv_temps: Vec<f32> = seqs
-        .iter()
-        .map(|s| 1.0 / s.sampler.params().temperature)
-        .collect();
     let inputs_tokens: Vec<Vec<u32>> = seqs
         .iter()
         .zip(drafts)
