@@ -279,7 +279,9 @@ impl Scheduler {
             slot.last_chunk = Some(now);
             metrics::counter!(m::GENERATED_TOKENS).increment(committed as u64);
         }
-        if tokens.is_empty() && text.is_empty() {
+        // A step that ended at an end-of-text token may commit nothing and still have drafted:
+        // its chunk carries the counts, so that the chunks add up to the final statistics.
+        if tokens.is_empty() && text.is_empty() && drafted == 0 {
             return true;
         }
         slot.reply
