@@ -141,6 +141,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         tokenizer: Arc::new(tokenizer),
         draft,
         ngram: NgramProposer::default(),
+        glide: None,
     };
     let policy = LoadPolicy {
         shorten_at: args.shorten_at,
@@ -255,11 +256,7 @@ impl Bench {
             },
             ..EngineConfig::default()
         }
-        .with_kv_memory(
-            self.kv_bytes,
-            &self.models.target,
-            self.models.draft.as_ref().map(|d| d.model()),
-        );
+        .with_kv_memory(self.kv_bytes, &self.models);
         let engine = Engine::start(self.models.clone(), config)?;
         let h = engine.handle();
         let reqs: Vec<EngineRequest> = (0..c)

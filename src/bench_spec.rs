@@ -195,6 +195,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             Method::None => None,
             Method::Draft => drafter.as_ref().map(|d| d as &dyn Proposer),
             Method::Ngram => Some(&ngram),
+            Method::Glide => None,
         }
     };
 

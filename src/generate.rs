@@ -146,9 +146,10 @@ impl SpecArgs {
         tokenizer: &model::Tokenizer,
         default_target: bool,
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
-        let kind = self
-            .speculation
-            .unwrap_or(Method::default_with(self.draft.is_some() || default_target));
+        let kind = self.speculation.unwrap_or(Method::default_with(
+            self.draft.is_some() || default_target,
+            false,
+        ));
         if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
         }
@@ -170,6 +171,7 @@ impl SpecArgs {
                     tokenizer,
                 )?))
             }
+            Method::Glide => bail!("--speculation glide is not served by this command yet"),
         })
     }
 

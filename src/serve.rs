@@ -97,6 +97,7 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
     };
     let method = c.model.speculation.unwrap_or(Method::default_with(
         c.model.draft.is_some() || default_pair,
+        false,
     ));
     let draft = match &c.model.draft {
         Some(p) => Some(p.clone()),
@@ -150,6 +151,14 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         )?)),
         None => None,
     };
+    let chat_template = target.chat_template.clone();
+    let models = EngineModels {
+        target: Arc::new(target.model),
+        tokenizer: Arc::new(tokenizer),
+        draft,
+        ngram: NgramProposer::new(c.model.ngram as usize, 1)?,
+        glide: None,
+    };
     let mut engine = EngineConfig {
         max_running: c.engine.max_running,
         max_waiting: c.engine.max_waiting,
@@ -157,8 +166,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         ..EngineConfig::default()
     };
     if let Some(mib) = c.engine.kv_memory_mib {
-        let draft_model = draft.as_ref().map(|d| d.model());
-        engine = engine.with_kv_memory(mib << 20, &target.model, draft_model);
+        engine = engine.with_kv_memory(mib << 20, &models);
     }
     let options = BackendOptions {
         model_name: c
@@ -167,7 +175,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             .clone()
             .unwrap_or_else(|| name_of(&paths.target)),
         draft_name: paths.draft.as_deref().map(name_of),
-        chat_template: target.chat_template.clone(),
+        chat_template,
         default_method: paths.method,
         default_policy: DraftPolicyConfig {
             max_draft: c.model.max_draft as usize,
@@ -175,12 +183,6 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             confidence: c.model.confidence,
         },
         engine,
-    };
-    let models = EngineModels {
-        target: Arc::new(target.model),
-        tokenizer: Arc::new(tokenizer),
-        draft,
-        ngram: NgramProposer::new(c.model.ngram as usize, 1)?,
     };
     Ok(Backend::start(models, options)?)
 }

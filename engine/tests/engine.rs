@@ -1,5 +1,6 @@
-//! The actor engine: concurrent requests produce exactly what each produces alone, blocks are
-//! accounted for through cancel / drop / finish / preemption, and overload is refused cleanly.
+//! The actor engine: concurrent requests of every method (none, draft model, n-gram, GLIDE)
+//! produce exactly what each produces alone, blocks are accounted for in every pool through
+//! cancel / drop / finish / preemption, and overload is refused cleanly.
 
 mod common;
 
@@ -45,6 +46,7 @@ struct Outcome {
     finish: Option<FinishReason>,
     error: Option<String>,
     drafted: usize,
+    accepted: usize,
 }
 
 async fn drain(s: RequestStream) -> Outcome {
@@ -62,6 +64,7 @@ async fn read_one(s: &mut RequestStream, o: &mut Outcome) -> bool {
             o.tokens.extend(c.tokens);
             o.text.push_str(&c.text);
             o.drafted += c.drafted;
+            o.accepted += c.accepted;
         }
         Event::Done(d) => {
             assert_eq!(d.usage.completion_tokens, o.tokens.len());
@@ -85,8 +88,10 @@ async fn assert_idle_and_empty(h: &EngineHandle) -> specd_engine::actors::Engine
         let s = h.stats().await.unwrap();
         if s.running == 0 && s.waiting == 0 && s.kv_target.blocks_used == 0 {
             assert_eq!(s.kv_draft.blocks_used, 0, "draft blocks leaked: {s:?}");
+            assert_eq!(s.kv_glide.blocks_used, 0, "GLIDE blocks leaked: {s:?}");
             assert_eq!(s.kv_target.tokens_cached, 0, "{s:?}");
             assert_eq!(s.kv_draft.tokens_cached, 0, "{s:?}");
+            assert_eq!(s.kv_glide.tokens_cached, 0, "{s:?}");
             assert_eq!(s.kv_accounting_errors, 0, "{s:?}");
             return s;
         }
@@ -104,7 +109,7 @@ async fn mixed_requests_match_alone(config: EngineConfig) -> specd_engine::actor
     let reqs: Vec<EngineRequest> = (0..32)
         .map(|i| {
             let len = rng.random_range(1..40);
-            let method = [Method::None, Method::Draft, Method::Ngram][i % 3];
+            let method = Method::ALL[i % Method::ALL.len()];
             request(
                 prompt(&mut rng, vocab, len),
                 rng.random_range(4..48),
@@ -172,12 +177,78 @@ fn kv_exhaustion_preempts_and_outputs_stay_identical() {
         let s = mixed_requests_match_alone(EngineConfig {
             target_kv_blocks: 24,
             draft_kv_blocks: 24,
+            glide_kv_blocks: 24,
             load: LoadPolicy::NEVER,
             ..Default::default()
         })
         .await;
         assert!(s.preemptions > 0, "no preemption happened: {s:?}");
         eprintln!("{} preemptions", s.preemptions);
+    });
+}
+
+/// Requests of every method in one batch, for k = 1, 4 and adaptive: each equals target-only
+/// output token for token, GLIDE's drafts are both accepted and rejected, and the draft
+/// model's and GLIDE's pools (like the target's) hold no block once all have finished.
+#[test]
+fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() {
+    local(async {
+        let m = models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut prompts: Vec<Vec<u32>> = (0..8)
+            .map(|_| {
+                let len = rng.random_range(2..30);
+                prompt(&mut rng, vocab, len)
+            })
+            .collect();
+        // A GLIDE request's prompt after which the target repeats tokens in long runs, which
+        // the tiny GLIDE (it guesses the current token) drafts well: whole drafts accepted.
+        prompts[3] = vec![130; 6];
+        let want: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                let r = request(p.clone(), 40, Method::None, 0).generate;
+                generate(&m.target, &m.tokenizer, &r, |_| {})
+                    .unwrap()
+                    .tokens
+            })
+            .collect();
+        let config = EngineConfig {
+            load: LoadPolicy::NEVER,
+            ..Default::default()
+        };
+        let engine = Engine::start(m, config).unwrap();
+        let h = engine.handle();
+        let (mut drafted, mut accepted) = (0, 0);
+        for (k, adaptive) in [(1, false), (4, false), (4, true)] {
+            let mut streams = Vec::new();
+            for (i, p) in prompts.iter().enumerate() {
+                let mut r = request(p.clone(), 40, Method::ALL[i % 4], k);
+                r.policy.adaptive = adaptive;
+                streams.push(h.submit(r).await.unwrap());
+            }
+            let outs = futures_join(streams.into_iter().map(drain).collect()).await;
+            for (i, o) in outs.iter().enumerate() {
+                let method = Method::ALL[i % 4];
+                assert_eq!(o.error, None, "request {i} ({method})");
+                assert_eq!(
+                    o.tokens, want[i],
+                    "request {i} ({method}), k = {k}, adaptive {adaptive}"
+                );
+                if method == Method::Glide {
+                    drafted += o.drafted;
+                    accepted += o.accepted;
+                }
+            }
+            let s = assert_idle_and_empty(&h).await;
+            assert!(s.kv_glide.blocks_total > 0, "{s:?}");
+        }
+        eprintln!("{accepted} of {drafted} GLIDE drafts accepted");
+        assert!(
+            accepted > 0 && accepted < drafted,
+            "{accepted} of {drafted} GLIDE drafts accepted: both outcomes must occur"
+        );
     });
 }
 
@@ -205,7 +276,7 @@ fn cancel_drop_and_finish_return_every_block() {
         let h = engine.handle();
         let mut streams = Vec::new();
         for (i, p) in prompts.into_iter().enumerate() {
-            let method = [Method::Draft, Method::Ngram, Method::None][i % 3];
+            let method = [Method::Draft, Method::Ngram, Method::Glide, Method::None][i % 4];
             let r = request(p, 400, method, 4);
             streams.push((h.submit(r).await.unwrap(), Outcome::default()));
         }
@@ -304,6 +375,17 @@ fn invalid_requests_name_the_problem() {
             .unwrap_err();
         assert_eq!(e.code(), "invalid_request");
         assert!(e.to_string().contains("draft model"), "{e}");
+        let e = h
+            .submit(request(vec![1, 2], 4, Method::Glide, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+        let e = e.to_string();
+        assert!(
+            e.contains("`speculation.method` `glide` needs a GLIDE drafter")
+                && e.contains("it serves none, ngram"),
+            "{e}"
+        );
         let e = h
             .submit(request(vec![1; 100], 4, Method::None, 0))
             .await

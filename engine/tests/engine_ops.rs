@@ -30,7 +30,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..60, 1usize..40, 0u8..3, 0usize..7, any::<bool>()).prop_map(
+        4 => (1usize..60, 1usize..40, 0u8..4, 0usize..7, any::<bool>()).prop_map(
             |(len, max_tokens, method, k, temperature)| Op::Submit {
                 len,
                 max_tokens,
@@ -55,6 +55,7 @@ async fn run(ops: Vec<Op>) {
         EngineConfig {
             target_kv_blocks: 16,
             draft_kv_blocks: 16,
+            glide_kv_blocks: 16,
             max_waiting: 12,
             max_running: 6,
             load: LoadPolicy::NEVER,
@@ -87,7 +88,7 @@ async fn run(ops: Vec<Op>) {
                         },
                         stop: Vec::new(),
                     },
-                    method: [Method::None, Method::Draft, Method::Ngram][method as usize],
+                    method: Method::ALL[method as usize],
                     policy: DraftPolicyConfig {
                         max_draft: k,
                         adaptive: k % 2 == 1,
@@ -135,6 +136,7 @@ async fn run(ops: Vec<Op>) {
         if s.running == 0 && s.waiting == 0 {
             assert_eq!(s.kv_target.blocks_used, 0, "{s:?}");
             assert_eq!(s.kv_draft.blocks_used, 0, "{s:?}");
+            assert_eq!(s.kv_glide.blocks_used, 0, "{s:?}");
             assert_eq!(s.kv_target.tokens_cached, 0, "{s:?}");
             assert_eq!(s.kv_accounting_errors, 0, "{s:?}");
             eprintln!(

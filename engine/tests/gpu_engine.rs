@@ -405,6 +405,7 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
         tokenizer: Arc::new(tok.clone()),
         draft: Some(draft),
         ngram: NgramProposer::new(3, 1).unwrap(),
+        glide: None,
     };
     let engine = Engine::start(models, EngineConfig::default()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -30,6 +30,7 @@ fn engine_records_the_declared_metrics() {
         target: Arc::new(target.model),
         draft: None,
         ngram: NgramProposer::default(),
+        glide: None,
     };
     let config = EngineConfig {
         target_kv_blocks: 64,
@@ -140,5 +141,12 @@ fn engine_records_the_declared_metrics() {
         gauges[&format!("{}{{model=target}}", m::KV_BLOCKS_USED)],
         0.0
     );
+    // Every pool's gauges are published, a drafter's not loaded as empty.
+    for model in ["draft", "glide"] {
+        assert_eq!(
+            gauges[&format!("{}{{model={model}}}", m::KV_BLOCKS_TOTAL)],
+            0.0
+        );
+    }
     assert_eq!(gauges[m::RUNNING_SEQUENCES], 0.0);
 }

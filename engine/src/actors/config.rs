@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::model::Model;
+use super::request::Method;
+use super::EngineModels;
 
 /// How drafting shrinks as the batch grows. Verification rows cost compute; once the batch is
 /// large, a step is compute-bound and every rejected draft row slows everyone down, so drafts
@@ -66,6 +67,8 @@ pub struct EngineConfig {
     pub target_kv_blocks: usize,
     /// Blocks of the draft model's KV pool.
     pub draft_kv_blocks: usize,
+    /// Blocks of the GLIDE drafter's own KV pool (it reads the target's too).
+    pub glide_kv_blocks: usize,
     /// When drafting shortens and stops under load.
     pub load: LoadPolicy,
     /// How long an idle engine waits after a request arrives before its first step, to admit
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 2048,
             target_kv_blocks: 4096,
             draft_kv_blocks: 4096,
+            glide_kv_blocks: 4096,
             load: LoadPolicy::default(),
             admission_window: Duration::from_millis(2),
         }
@@ -88,15 +92,18 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Sizes both pools from one memory budget in bytes, split in proportion to the models'
-    /// bytes per token on their device (so both hold the same number of tokens; GPU blocks are
-    /// bf16, half the CPU's f32).
-    pub fn with_kv_memory(mut self, bytes: usize, target: &Model, draft: Option<&Model>) -> Self {
-        let t = target.kv_block_bytes();
-        let d = draft.map_or(0, Model::kv_block_bytes);
-        let blocks = (bytes / (t + d)).max(1);
+    /// Sizes the pools of `models` (the target's, and the draft model's and GLIDE's own when
+    /// loaded) from one memory budget in bytes, split in proportion to the models' bytes per
+    /// token on their device (so every pool holds the same number of tokens; GPU blocks are
+    /// bf16, half the CPU's f32). A drafter not loaded gets no blocks.
+    pub fn with_kv_memory(mut self, bytes: usize, models: &EngineModels) -> Self {
+        let block_bytes = |m| models.proposer(m).map(|p| p.new_pool(1).block_bytes());
+        let (draft, glide) = (block_bytes(Method::Draft), block_bytes(Method::Glide));
+        let t = models.target.kv_block_bytes();
+        let blocks = (bytes / (t + draft.unwrap_or(0) + glide.unwrap_or(0))).max(1);
         self.target_kv_blocks = blocks;
         self.draft_kv_blocks = if draft.is_some() { blocks } else { 0 };
+        self.glide_kv_blocks = if glide.is_some() { blocks } else { 0 };
         self
     }
 }

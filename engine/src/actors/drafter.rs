@@ -1,4 +1,6 @@
-//! The Drafter: runs every sequence's proposer (draft model or n-gram) for the step.
+//! The Drafter: runs every sequence's proposer (draft model, n-gram or GLIDE) for the step,
+//! each method's sequences together, with their drafter's own pool and a read-only view of the
+//! target's.
 
 use std::time::Instant;
 
@@ -8,6 +10,7 @@ use super::messages::{Propose, Verify};
 use super::request::Method;
 use super::verifier::Verifier;
 use super::EngineModels;
+use crate::kv::KvPool;
 use crate::metrics::Phase;
 use crate::spec::{propose_drafts, Draft, TargetView};
 
@@ -42,11 +45,15 @@ impl Handler<Propose> for Drafter {
                 let mut pools = batch.pools.take().expect("pools lent with the step");
                 let result = {
                     let mut seqs = batch.seqs_at(&idx);
+                    let (target_kv, own) = pools.split(method);
+                    // Proposers without a cache of their own (n-gram) are lent an empty pool.
+                    let mut cacheless = KvPool::new(0, 0, 0);
                     let target = TargetView {
                         model: &self.models.target,
-                        kv: &pools.target,
+                        kv: target_kv,
                     };
-                    propose_drafts(proposer, target, &mut pools.draft, &mut seqs, &budgets)
+                    let kv = own.unwrap_or(&mut cacheless);
+                    propose_drafts(proposer, target, kv, &mut seqs, &budgets)
                 };
                 batch.pools = Some(pools);
                 match result {

@@ -1,4 +1,5 @@
-//! The KvCacheManager: owns the block pools of the target and the draft model. It reserves
+//! The KvCacheManager: owns the block pools of the target and of the drafters that keep a cache
+//! of their own (the draft model, GLIDE), each sequence drafting in its method's. It reserves
 //! every step's slots before any model work (preempting the newest sequences when blocks run
 //! out), lends the pools to the drafter and verifier for the step, rolls rejected slots back
 //! afterwards, and frees the blocks of sequences that leave.
@@ -9,12 +10,11 @@ use actix::{Actor, Addr, Context, Handler, MessageResult};
 
 use super::drafter::Drafter;
 use super::messages::{Commit, Free, GetKvUsage, KvReport, Propose, Reserve, Rollback};
-use super::request::RequestError;
+use super::request::{Method, RequestError};
 use super::scheduler::Scheduler;
-use super::step::{Pools, Slot};
+use super::step::{Pools, PoolsUsage, Slot, StepBatch};
 use super::EngineModels;
 use crate::error::Error;
-use crate::kv::KvUsage;
 use crate::metrics::{self as m, Phase};
 
 pub(crate) struct KvCacheManager {
@@ -22,7 +22,7 @@ pub(crate) struct KvCacheManager {
     /// Home of the pools between steps (`None` while lent).
     pub pools: Option<Pools>,
     /// Usage when the pools were last home.
-    pub usage: (KvUsage, KvUsage),
+    pub usage: PoolsUsage,
     /// Steps at whose start the pools' used blocks differed from what the sequences hold.
     pub accounting_errors: u64,
     /// Sequences preempted so far.
@@ -37,30 +37,31 @@ impl Actor for KvCacheManager {
 
 impl KvCacheManager {
     fn release(&self, pools: &mut Pools, slot: &mut Slot) {
-        let proposer = self
-            .models
-            .proposer(slot.method)
-            .map(|p| (p, &mut pools.draft));
-        slot.seq.release(&mut pools.target, proposer);
+        let (target, own) = pools.split(slot.method);
+        let proposer = self.models.proposer(slot.method).zip(own);
+        slot.seq.release(target, proposer);
     }
 
-    /// Blocks the slot needs for its step in the target's and the drafter's pool.
-    fn needs(&self, pools: &Pools, slot: &Slot) -> (usize, usize) {
+    /// Blocks the slot needs for its step in the target's pool and in its drafter's own pool.
+    fn needs(&self, pools: &mut Pools, slot: &Slot) -> (usize, usize) {
         let t = slot.seq.target_blocks_needed(slot.budget);
-        let d = self.models.proposer(slot.method).map_or(0, |p| {
-            p.blocks_needed(
-                &pools.draft,
+        let proposer = self.models.proposer(slot.method);
+        let d = match (proposer, pools.proposer_pool(slot.method)) {
+            (Some(p), Some(kv)) => p.blocks_needed(
+                kv,
                 slot.seq.proposer_state(),
                 slot.seq.tokens().len(),
                 slot.budget,
-            )
-        });
+            ),
+            _ => 0,
+        };
         (t, d)
     }
 
     fn publish(&mut self, pools: &Pools) {
-        self.usage = (pools.target.usage(), pools.draft.usage());
-        for (model, u) in [("target", self.usage.0), ("draft", self.usage.1)] {
+        self.usage = pools.usage();
+        let u = self.usage;
+        for (model, u) in [("target", u.target), ("draft", u.draft), ("glide", u.glide)] {
             metrics::gauge!(m::KV_BLOCKS_USED, "model" => model).set(u.blocks_used as f64);
             metrics::gauge!(m::KV_BLOCKS_TOTAL, "model" => model).set(u.blocks_total as f64);
             metrics::gauge!(m::KV_UTILIZATION, "model" => model).set(u.utilization());
@@ -68,23 +69,92 @@ impl KvCacheManager {
     }
 
     /// Checks that the pools hold exactly the blocks of the step's sequences (everything that
-    /// is not in the step holds none).
+    /// is not in the step holds none), each drafter's pool those of its method's sequences.
     fn check_accounting(&mut self, pools: &Pools, slots: &[Slot]) {
+        let own = |m: Method| -> usize {
+            slots
+                .iter()
+                .filter(|s| s.method == m)
+                .filter_map(|s| s.seq.proposer_state().table())
+                .map(|t| t.blocks().len())
+                .sum()
+        };
         let target: usize = slots.iter().map(|s| s.seq.table().blocks().len()).sum();
-        let draft: usize = slots
-            .iter()
-            .filter_map(|s| s.seq.proposer_state().table())
-            .map(|t| t.blocks().len())
-            .sum();
-        let (ut, ud) = (
-            pools.target.usage().blocks_used,
-            pools.draft.usage().blocks_used,
-        );
-        if target != ut || draft != ud {
+        let held = [target, own(Method::Draft), own(Method::Glide)];
+        let u = pools.usage();
+        let counted = [u.target, u.draft, u.glide].map(|u| u.blocks_used);
+        if held != counted {
             self.accounting_errors += 1;
             eprintln!(
-                "specd: KV accounting error: sequences hold {target}/{draft} blocks, pools count {ut}/{ud}"
+                "specd: KV accounting error: sequences hold {held:?} blocks, pools count \
+                 {counted:?} (target, draft, glide)"
             );
+        }
+    }
+
+    /// Takes sequences out of the step, or their drafting, until what the rest need fits the
+    /// pools. When only a drafter's pool is short, the newest sequence drafting into it skips
+    /// drafting this step rather than anyone being preempted; otherwise the newest sequence is
+    /// preempted (requeued with its blocks freed), and one alone that still does not fit gives
+    /// up drafting, then fails (or ends with `length` if it has generated).
+    fn fit(&mut self, pools: &mut Pools, batch: &mut StepBatch) {
+        loop {
+            let mut nt = 0;
+            for s in &batch.slots {
+                nt += self.needs(pools, s).0;
+            }
+            let short: Vec<Method> = Pools::PROPOSER_POOLS
+                .into_iter()
+                .filter(|&m| {
+                    let need: usize = batch
+                        .slots
+                        .iter()
+                        .filter(|s| s.method == m)
+                        .map(|s| self.needs(pools, s).1)
+                        .sum();
+                    need > pools.proposer_pool(m).map_or(0, |kv| kv.blocks_free())
+                })
+                .collect();
+            let target_fits = nt <= pools.target.blocks_free();
+            if target_fits && short.is_empty() {
+                return;
+            }
+            if target_fits {
+                if let Some(s) = batch.slots.iter_mut().rev().find(|s| {
+                    s.budget > 0 && short.contains(&s.method) && self.needs(pools, s).1 > 0
+                }) {
+                    s.budget = 0;
+                    continue;
+                }
+            }
+            if batch.slots.len() == 1 {
+                // Alone and still too big: first give up drafting, then give up.
+                if batch.slots[0].budget > 0 {
+                    batch.slots[0].budget = 0;
+                    continue;
+                }
+                let mut slot = batch.slots.pop().expect("one slot");
+                self.release(pools, &mut slot);
+                if slot.seq.generated().is_empty() {
+                    let e = Error::KvExhausted {
+                        needed: nt,
+                        free: pools.target.blocks_free(),
+                        total: pools.target.usage().blocks_total,
+                    };
+                    batch.failed.push((slot, (&e).into()));
+                } else {
+                    batch.outgrown.push(slot);
+                }
+                return;
+            }
+            let mut slot = batch.slots.pop().expect("more than one slot");
+            if !slot.seq.table().blocks().is_empty() {
+                slot.preemptions += 1;
+                self.preemptions += 1;
+                metrics::counter!(m::PREEMPTIONS).increment(1);
+            }
+            self.release(pools, &mut slot);
+            batch.requeue.push(slot);
         }
     }
 }
@@ -98,75 +168,17 @@ impl Handler<Reserve> for KvCacheManager {
         self.check_accounting(&pools, &batch.slots);
         // Oldest first: preemption takes from the end.
         batch.slots.sort_by_key(|s| s.id);
-        loop {
-            let (mut nt, mut nd) = (0, 0);
-            for s in &batch.slots {
-                let (a, b) = self.needs(&pools, s);
-                nt += a;
-                nd += b;
-            }
-            let target_fits = nt <= pools.target.blocks_free();
-            if target_fits && nd <= pools.draft.blocks_free() {
-                break;
-            }
-            if target_fits {
-                // Only the drafter's pool is short: the newest drafting sequence skips drafting
-                // this step rather than anyone being preempted.
-                if let Some(s) = batch.slots.iter_mut().rev().find(|s| {
-                    s.budget > 0
-                        && self.models.proposer(s.method).is_some_and(|p| {
-                            p.blocks_needed(
-                                &pools.draft,
-                                s.seq.proposer_state(),
-                                s.seq.tokens().len(),
-                                s.budget,
-                            ) > 0
-                        })
-                }) {
-                    s.budget = 0;
-                    continue;
-                }
-            }
-            if batch.slots.len() == 1 {
-                // Alone and still too big: first give up drafting, then give up.
-                if batch.slots[0].budget > 0 {
-                    batch.slots[0].budget = 0;
-                    continue;
-                }
-                let mut slot = batch.slots.pop().expect("one slot");
-                self.release(&mut pools, &mut slot);
-                if slot.seq.generated().is_empty() {
-                    let e = Error::KvExhausted {
-                        needed: nt,
-                        free: pools.target.blocks_free(),
-                        total: pools.target.usage().blocks_total,
-                    };
-                    batch.failed.push((slot, (&e).into()));
-                } else {
-                    batch.outgrown.push(slot);
-                }
-                break;
-            }
-            let mut slot = batch.slots.pop().expect("more than one slot");
-            if !slot.seq.table().blocks().is_empty() {
-                slot.preemptions += 1;
-                self.preemptions += 1;
-                metrics::counter!(m::PREEMPTIONS).increment(1);
-            }
-            self.release(&mut pools, &mut slot);
-            batch.requeue.push(slot);
-        }
+        self.fit(&mut pools, &mut batch);
         for slot in batch.slots.iter_mut() {
-            let k = slot.budget;
+            let (k, n) = (slot.budget, slot.seq.tokens().len());
+            let proposer = self.models.proposer(slot.method);
+            let (target, own) = pools.split(slot.method);
             let r = slot
                 .seq
-                .reserve_target(&mut pools.target, k)
-                .and_then(|()| match self.models.proposer(slot.method) {
-                    Some(p) => {
-                        let n = slot.seq.tokens().len();
-                        slot.seq.reserve_proposer(p, &mut pools.draft, n, k)
-                    }
-                    None => Ok(()),
+                .reserve_target(target, k)
+                .and_then(|()| match (proposer, own) {
+                    (Some(p), Some(kv)) => slot.seq.reserve_proposer(p, kv, n, k),
+                    _ => Ok(()),
                 });
             if let Err(e) = r {
                 // Cannot happen after the fit check; fail the step rather than the engine.
@@ -193,11 +205,9 @@ impl Handler<Rollback> for KvCacheManager {
             }
         } else {
             for (slot, d) in batch.slots.iter_mut().zip(&batch.decisions) {
-                let proposer = self
-                    .models
-                    .proposer(slot.method)
-                    .map(|p| (p, &mut pools.draft));
-                slot.seq.rollback(&mut pools.target, proposer, d);
+                let (target, own) = pools.split(slot.method);
+                let proposer = self.models.proposer(slot.method).zip(own);
+                slot.seq.rollback(target, proposer, d);
             }
         }
         self.publish(&pools);
@@ -225,8 +235,7 @@ impl Handler<GetKvUsage> for KvCacheManager {
 
     fn handle(&mut self, _: GetKvUsage, _: &mut Context<Self>) -> Self::Result {
         MessageResult(KvReport {
-            target: self.usage.0,
-            draft: self.usage.1,
+            usage: self.usage,
             accounting_errors: self.accounting_errors,
             preemptions: self.preemptions,
         })

@@ -4,10 +4,9 @@ use actix::Message;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::request::{EngineRequest, Event, RequestId};
-use super::step::{Slot, StepBatch};
+use super::step::{PoolsUsage, Slot, StepBatch};
 use super::EngineStats;
 use crate::error::Result;
-use crate::kv::KvUsage;
 
 /// Handle → Scheduler: a new request. Answers its id and event stream, or why it was refused
 /// (`overloaded`, an invalid field).
@@ -46,7 +45,8 @@ pub(crate) struct Verify(pub StepBatch);
 #[rtype(result = "()")]
 pub(crate) struct Decide(pub StepBatch);
 
-/// Acceptor → KvCacheManager: roll both caches back to what acceptance kept.
+/// Acceptor → KvCacheManager: roll the target's and the drafters' caches back to what
+/// acceptance kept.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Rollback(pub StepBatch);
@@ -75,8 +75,7 @@ pub(crate) struct GetKvUsage;
 /// What [`GetKvUsage`] answers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KvReport {
-    pub target: KvUsage,
-    pub draft: KvUsage,
+    pub usage: PoolsUsage,
     pub accounting_errors: u64,
     pub preemptions: u64,
 }

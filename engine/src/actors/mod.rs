@@ -44,7 +44,7 @@ pub use request::{
 use crate::error::{Error, Result};
 use crate::kv::KvUsage;
 use crate::model::{Model, Tokenizer};
-use crate::spec::{DraftModelProposer, NgramProposer, Proposer};
+use crate::spec::{DraftModelProposer, GlideProposer, NgramProposer, Proposer};
 use acceptor::Acceptor;
 use drafter::Drafter;
 use kv_manager::KvCacheManager;
@@ -60,6 +60,8 @@ pub struct EngineModels {
     pub tokenizer: Arc<Tokenizer>,
     pub draft: Option<Arc<DraftModelProposer>>,
     pub ngram: NgramProposer,
+    /// A GLIDE drafter made for `target` (it reads the target's cache).
+    pub glide: Option<Arc<GlideProposer>>,
 }
 
 impl EngineModels {
@@ -69,7 +71,16 @@ impl EngineModels {
             Method::None => None,
             Method::Draft => self.draft.as_deref().map(|d| d as &dyn Proposer),
             Method::Ngram => Some(&self.ngram),
+            Method::Glide => self.glide.as_deref().map(|g| g as &dyn Proposer),
         }
+    }
+
+    /// The methods requests may choose: `none`, `ngram`, and those whose drafter is loaded.
+    pub fn methods(&self) -> Vec<Method> {
+        Method::ALL
+            .into_iter()
+            .filter(|&m| m == Method::None || self.proposer(m).is_some())
+            .collect()
     }
 }
 
@@ -94,8 +105,10 @@ pub struct EngineStats {
     pub messaging_time: Duration,
     /// Target pool usage (as of the last time the pools were home).
     pub kv_target: KvUsage,
-    /// Draft pool usage.
+    /// Draft model pool usage.
     pub kv_draft: KvUsage,
+    /// GLIDE drafter pool usage (its own cache; it reads the target's).
+    pub kv_glide: KvUsage,
     /// Sequences preempted (blocks freed, requeued, recomputed later).
     pub preemptions: u64,
     /// Steps whose pools' used blocks differed from what the sequences held (must stay 0).
@@ -115,27 +128,40 @@ impl EngineStats {
 
 /// GPU pools allocate as they fill: checks at start that they can fill, so that a size the card
 /// cannot hold is an error now rather than failed requests later.
-fn check_device_memory(
-    models: &EngineModels,
-    config: &EngineConfig,
-    target_kv: &crate::kv::KvPool,
-    draft_kv: &crate::kv::KvPool,
-) -> Result<()> {
+fn check_device_memory(models: &EngineModels, config: &EngineConfig, pools: &Pools) -> Result<()> {
     let Some(free) = models.target.device_memory_free()? else {
         return Ok(());
     };
-    let need = config.target_kv_blocks * target_kv.block_bytes()
-        + config.draft_kv_blocks.min(draft_kv.usage().blocks_total) * draft_kv.block_bytes();
+    let own = |blocks: usize, kv: &crate::kv::KvPool| {
+        blocks.min(kv.usage().blocks_total) * kv.block_bytes()
+    };
+    let need = config.target_kv_blocks * pools.target.block_bytes()
+        + own(config.draft_kv_blocks, &pools.draft)
+        + own(config.glide_kv_blocks, &pools.glide);
     if need > free {
         return Err(Error::Device(format!(
-            "the KV caches need {need} bytes ({} target and {} draft blocks) but {} has {free} \
-             bytes free: lower the KV memory (--kv-mib / engine.kv_memory_mib)",
+            "the KV caches need {need} bytes ({} target, {} draft and {} GLIDE blocks) but {} \
+             has {free} bytes free: lower the KV memory (--kv-mib / engine.kv_memory_mib)",
             config.target_kv_blocks,
             config.draft_kv_blocks,
+            config.glide_kv_blocks,
             models.target.device()
         )));
     }
     Ok(())
+}
+
+/// The pools an engine starts with: the target's and each loaded drafter's own, sized by
+/// `config` (empty for drafters not loaded).
+fn new_pools(models: &EngineModels, config: &EngineConfig) -> Pools {
+    let own = |p: Option<&dyn Proposer>, blocks: usize| {
+        p.map_or_else(|| crate::kv::KvPool::new(0, 0, 0), |p| p.new_pool(blocks))
+    };
+    Pools {
+        target: models.target.new_pool(config.target_kv_blocks),
+        draft: own(models.proposer(Method::Draft), config.draft_kv_blocks),
+        glide: own(models.proposer(Method::Glide), config.glide_kv_blocks),
+    }
 }
 
 /// The engine: owns the thread its actors run on. Dropping it stops them.
@@ -148,12 +174,8 @@ pub struct Engine {
 impl Engine {
     /// Starts the actors on a new thread.
     pub fn start(models: EngineModels, config: EngineConfig) -> Result<Self> {
-        let target_kv = models.target.new_pool(config.target_kv_blocks);
-        let draft_kv = match &models.draft {
-            Some(d) => d.new_pool(config.draft_kv_blocks),
-            None => crate::kv::KvPool::new(0, 0, 0),
-        };
-        check_device_memory(&models, &config, &target_kv, &draft_kv)?;
+        let pools = new_pools(&models, &config);
+        check_device_memory(&models, &config, &pools)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("specd-engine".into())
@@ -174,11 +196,7 @@ impl Engine {
                         verifier,
                     }
                     .start();
-                    let pools = Pools {
-                        target: target_kv,
-                        draft: draft_kv,
-                    };
-                    let usage = (pools.target.usage(), pools.draft.usage());
+                    let usage = pools.usage();
                     kv_ctx.run(KvCacheManager {
                         models: models.clone(),
                         pools: Some(pools),
@@ -274,8 +292,9 @@ impl EngineHandle {
             .send(GetKvUsage)
             .await
             .map_err(|_| Error::EngineStopped)?;
-        s.kv_target = r.target;
-        s.kv_draft = r.draft;
+        s.kv_target = r.usage.target;
+        s.kv_draft = r.usage.draft;
+        s.kv_glide = r.usage.glide;
         s.kv_accounting_errors = r.accounting_errors;
         s.preemptions = r.preemptions;
         Ok(s)

@@ -13,7 +13,7 @@ use crate::spec::{DraftPolicyConfig, SpecStats};
 pub type RequestId = u64;
 
 /// How a request is drafted for: one type from the command line (`--speculation`, clap) and the
-/// configuration file and wire (`"none"`, `"draft"`, `"ngram"`, serde) to the engine.
+/// configuration file and wire (`"none"`, `"draft"`, `"ngram"`, `"glide"`, serde) to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -24,26 +24,32 @@ pub enum Method {
     Draft,
     /// Prompt lookup: continue an earlier occurrence of the last tokens.
     Ngram,
+    /// A GLIDE drafter (`--glide`): a small decoder whose cross-attention reads the target's
+    /// own KV cache.
+    Glide,
 }
 
 impl Method {
     /// Every method, in the order names are listed.
-    pub const ALL: [Method; 3] = [Method::None, Method::Draft, Method::Ngram];
+    pub const ALL: [Method; 4] = [Method::None, Method::Draft, Method::Ngram, Method::Glide];
 
-    /// The wire name (`none`, `draft`, `ngram`).
+    /// The wire name (`none`, `draft`, `ngram`, `glide`).
     pub fn as_str(self) -> &'static str {
         match self {
             Method::None => "none",
             Method::Draft => "draft",
             Method::Ngram => "ngram",
+            Method::Glide => "glide",
         }
     }
 
     /// The default when none is chosen: `draft` when a draft model is at hand (given, or the
-    /// default pair's), else `none`.
-    pub fn default_with(draft_model: bool) -> Method {
+    /// default pair's), else `glide` when a GLIDE drafter was given, else `none`.
+    pub fn default_with(draft_model: bool, glide: bool) -> Method {
         if draft_model {
             Method::Draft
+        } else if glide {
+            Method::Glide
         } else {
             Method::None
         }
@@ -54,7 +60,17 @@ impl Method {
         self == Method::Draft
     }
 
-    /// The names, for messages: `none, draft, ngram`.
+    /// The model a request of this method needs loaded besides the target, for messages
+    /// (`a draft model`, `a GLIDE drafter`); `None` when it needs none.
+    pub fn needs_model(self) -> Option<&'static str> {
+        match self {
+            Method::Draft => Some("a draft model"),
+            Method::Glide => Some("a GLIDE drafter"),
+            Method::None | Method::Ngram => None,
+        }
+    }
+
+    /// The names, for messages: `none, draft, ngram, glide`.
     pub fn names() -> String {
         Self::ALL.map(Method::as_str).join(", ")
     }
@@ -176,19 +192,33 @@ mod tests {
         let e = "warp".parse::<Method>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown speculation method `warp`; expected one of none, draft, ngram"
+            "unknown speculation method `warp`; expected one of none, draft, ngram, glide"
         );
         assert!(serde_json::from_str::<Method>("\"Draft\"").is_err());
+        assert_eq!("glide".parse::<Method>(), Ok(Method::Glide));
     }
 
     #[test]
-    fn only_draft_needs_the_draft_model_and_is_the_default_with_one() {
-        assert_eq!(Method::default_with(true), Method::Draft);
-        assert_eq!(Method::default_with(false), Method::None);
+    fn draft_and_glide_need_their_models_and_are_the_defaults_with_them() {
+        assert_eq!(Method::default_with(true, false), Method::Draft);
+        assert_eq!(Method::default_with(true, true), Method::Draft);
+        assert_eq!(Method::default_with(false, true), Method::Glide);
+        assert_eq!(Method::default_with(false, false), Method::None);
         let needing: Vec<Method> = Method::ALL
             .into_iter()
             .filter(|m| m.needs_draft_model())
             .collect();
         assert_eq!(needing, [Method::Draft]);
+        let models: Vec<(Method, &str)> = Method::ALL
+            .into_iter()
+            .filter_map(|m| m.needs_model().map(|n| (m, n)))
+            .collect();
+        assert_eq!(
+            models,
+            [
+                (Method::Draft, "a draft model"),
+                (Method::Glide, "a GLIDE drafter")
+            ]
+        );
     }
 }

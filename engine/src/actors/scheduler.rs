@@ -19,7 +19,7 @@ use super::{EngineModels, EngineStats};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::metrics::{self as m, Phase};
-use crate::spec::{DraftPolicyConfig, Sequence};
+use crate::spec::{drafts_now, DraftPolicyConfig, Sequence};
 
 /// Drafting resumes after a pause only while the drafter's catch-up (tokens it missed) is at
 /// most this many times the tokens the request may still generate: prefill of the 0.5B drafter
@@ -54,10 +54,20 @@ impl Scheduler {
     /// Checks what only the engine knows (drafters present, pool size); the request's own
     /// fields are checked by [`Sequence::new`] first.
     fn validate(&self, req: &EngineRequest, k: usize) -> Result<()> {
-        if req.method == Method::Draft && self.models.draft.is_none() {
-            return Err(Error::InvalidRequest(
-                "`speculation.method` `draft` needs a draft model, and this engine has none".into(),
-            ));
+        if let Some(model) = req.method.needs_model() {
+            if self.models.proposer(req.method).is_none() {
+                let served: Vec<&str> = self
+                    .models
+                    .methods()
+                    .into_iter()
+                    .map(Method::as_str)
+                    .collect();
+                return Err(Error::InvalidRequest(format!(
+                    "`speculation.method` `{}` needs {model}, and this engine has none (it serves {})",
+                    req.method,
+                    served.join(", ")
+                )));
+            }
         }
         // The prompt and one step (`prompt + k` positions) must fit the target's pool alone.
         let capacity = self.config.target_kv_blocks * crate::kv::BLOCK_SIZE;
@@ -170,20 +180,7 @@ impl Scheduler {
             .load
             .cap(self.running.len() + self.waiting.len());
         for slot in self.running.iter_mut() {
-            slot.budget = slot.seq.plan(ctx, cap);
-            // A drafter left behind while load kept drafting off must first re-read what it
-            // missed; near the end of a request that costs more than drafting saves.
-            let seq = &slot.seq;
-            let lag = self
-                .models
-                .proposer(slot.method)
-                .map_or(0, |p| seq.drafter_lag(p));
-            if slot.budget > 0
-                && !seq.generated().is_empty()
-                && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens()
-            {
-                slot.budget = 0;
-            }
+            slot.budget = budget(&self.models, slot, ctx, cap);
         }
         let mut batch = StepBatch::new(std::mem::take(&mut self.running), clock);
         batch.clock.add(Phase::Schedule, t.elapsed());
@@ -321,6 +318,28 @@ impl Scheduler {
         metrics::histogram!(m::STEP_DURATION, "phase" => Phase::Total.as_str())
             .record(total.as_secs_f64());
     }
+}
+
+/// The tokens `slot` drafts this step (its policy's length, at most `cap`), or none where
+/// drafting would not pay or cannot happen yet.
+fn budget(models: &EngineModels, slot: &mut Slot, ctx: usize, cap: usize) -> usize {
+    let budget = slot.seq.plan(ctx, cap);
+    let Some(p) = models.proposer(slot.method) else {
+        return budget;
+    };
+    let seq = &slot.seq;
+    // A drafter reading the target's cache waits for the target to prefill the prompt (it
+    // would draft nothing), so nothing is reserved for it.
+    if !drafts_now(budget, p.reads_target_cache(), seq.pending_prefill()) {
+        return 0;
+    }
+    // A drafter left behind while load kept drafting off must first re-read what it missed;
+    // near the end of a request that costs more than drafting saves.
+    let lag = seq.drafter_lag(p);
+    if !seq.generated().is_empty() && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens() {
+        return 0;
+    }
+    budget
 }
 
 fn record_speculation(drafted: usize, accepted: usize) {

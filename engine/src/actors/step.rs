@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::request::{Event, Method, RequestError, RequestId};
-use crate::kv::KvPool;
+use crate::kv::{KvPool, KvUsage};
 use crate::metrics::Phase;
 use crate::spec::{Decision, Draft, PhaseTimes, Sequence, Verified};
 
@@ -25,11 +25,53 @@ pub(crate) struct Slot {
     pub preemptions: u32,
 }
 
-/// The KV pools, lent by the `KvCacheManager` to the drafter and verifier for one step.
+/// The KV pools, lent by the `KvCacheManager` to the drafter and verifier for one step: the
+/// target's, and one for each drafter that keeps a cache of its own, so that sequences of
+/// different methods in one batch reserve, roll back and free each in their drafter's pool.
 #[derive(Debug)]
 pub(crate) struct Pools {
     pub target: KvPool,
+    /// The draft model's cache.
     pub draft: KvPool,
+    /// The GLIDE drafter's own cache (its cross-attention reads `target`).
+    pub glide: KvPool,
+}
+
+/// Usage of every pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PoolsUsage {
+    pub target: KvUsage,
+    pub draft: KvUsage,
+    pub glide: KvUsage,
+}
+
+impl Pools {
+    /// The pools of the drafters with a cache of their own, with the method drafting in each.
+    pub const PROPOSER_POOLS: [Method; 2] = [Method::Draft, Method::Glide];
+
+    /// The pool of `method`'s drafter's own cache; `None` for methods whose proposer keeps no
+    /// cache (`none`, `ngram`).
+    pub fn proposer_pool(&mut self, method: Method) -> Option<&mut KvPool> {
+        self.split(method).1
+    }
+
+    /// The target's pool and [`Pools::proposer_pool`], borrowed together.
+    pub fn split(&mut self, method: Method) -> (&mut KvPool, Option<&mut KvPool>) {
+        let own = match method {
+            Method::Draft => Some(&mut self.draft),
+            Method::Glide => Some(&mut self.glide),
+            Method::None | Method::Ngram => None,
+        };
+        (&mut self.target, own)
+    }
+
+    pub fn usage(&self) -> PoolsUsage {
+        PoolsUsage {
+            target: self.target.usage(),
+            draft: self.draft.usage(),
+            glide: self.glide.usage(),
+        }
+    }
 }
 
 /// Time spent inside each actor's handler during one step.

@@ -253,12 +253,33 @@ pub fn tiny_glide_weights(
 
 /// A random GLIDE drafter for `target`, its head over the first `draft_vocab` token ids.
 pub fn tiny_glide(target: &Model, draft_vocab: usize, seed: u64, scale: f32) -> Result<GlideModel> {
+    build_tiny_glide(target, draft_vocab, seed, scale, true)
+}
+
+/// A GLIDE drafter for `target` that guesses the target's next token often but not always:
+/// faint random layers of its own and, instead of a head of its own, the target's head rows for
+/// the first `draft_vocab` token ids. What the engine and gateway tests serve, so that they see
+/// both accepted and rejected GLIDE drafts.
+pub fn tiny_guessing_glide(target: &Model, draft_vocab: usize, seed: u64) -> Result<GlideModel> {
+    build_tiny_glide(target, draft_vocab, seed, 0.02, false)
+}
+
+fn build_tiny_glide(
+    target: &Model,
+    draft_vocab: usize,
+    seed: u64,
+    scale: f32,
+    own_head: bool,
+) -> Result<GlideModel> {
     let config = tiny_glide_config(target.config(), draft_vocab);
     let vocab = DraftVocab::new(
         (0..draft_vocab as u32).collect(),
         target.config().vocab_size,
     )?;
-    let tensors = tiny_glide_weights(target.config(), &config, seed, scale);
+    let mut tensors = tiny_glide_weights(target.config(), &config, seed, scale);
+    if !own_head {
+        tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
+    }
     GlideModel::from_weights(
         config,
         &mut Weights::from_tensors(tensors),

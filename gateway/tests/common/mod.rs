@@ -61,6 +61,7 @@ pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
         target: Arc::new(target.model),
         draft: Some(Arc::new(draft)),
         ngram: NgramProposer::default(),
+        glide: None,
     };
     let options = BackendOptions {
         model_name: MODEL.into(),
