@@ -175,6 +175,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             .clone()
             .unwrap_or_else(|| name_of(&paths.target)),
         draft_name: paths.draft.as_deref().map(name_of),
+        glide_name: None,
         chat_template,
         default_method: paths.method,
         default_policy: DraftPolicyConfig {

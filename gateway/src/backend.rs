@@ -26,6 +26,8 @@ pub struct BackendOptions {
     pub model_name: String,
     /// The draft model's name, if one is served.
     pub draft_name: Option<String>,
+    /// The GLIDE drafter's name, if one is served.
+    pub glide_name: Option<String>,
     /// The target's Jinja chat template (chat requests are refused without one).
     pub chat_template: Option<String>,
     /// Method of requests that do not choose one.
@@ -44,7 +46,8 @@ pub struct Backend {
     options: BackendOptions,
     context: usize,
     vocab: usize,
-    has_draft: bool,
+    /// The methods requests may choose (`none`, `ngram`, and those whose drafter is loaded).
+    methods: Vec<Method>,
     /// Dropped with the backend: stopping the engine ends every stream still open.
     _engine: Engine,
 }
@@ -61,7 +64,8 @@ pub enum Prompt {
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpeculationParams {
-    /// `none`, `draft`, `ngram` (`glide` is refused until a GLIDE drafter is served).
+    /// `none`, `draft`, `ngram`, `glide` (`draft` and `glide` only where their drafter is
+    /// served).
     pub method: Option<String>,
     pub max_draft: Option<i64>,
     pub adaptive: Option<bool>,
@@ -91,11 +95,16 @@ pub struct EndpointDefaults {
 impl Backend {
     /// Starts the engine over `models`.
     pub fn start(models: EngineModels, options: BackendOptions) -> Result<Self, ApiError> {
-        let has_draft = models.draft.is_some();
-        if options.default_method == Method::Draft && !has_draft {
-            return Err(ApiError::internal(
-                "the default speculation method is `draft` but no draft model is loaded",
-            ));
+        let methods = models.methods();
+        if !methods.contains(&options.default_method) {
+            return Err(ApiError::internal(format!(
+                "the default speculation method is `{}` but {} is not loaded",
+                options.default_method,
+                options
+                    .default_method
+                    .needs_model()
+                    .unwrap_or("its drafter")
+            )));
         }
         let template = match &options.chat_template {
             Some(src) => Some(
@@ -120,7 +129,7 @@ impl Backend {
             options,
             context,
             vocab,
-            has_draft,
+            methods,
             _engine: engine,
         })
     }
@@ -140,19 +149,19 @@ impl Backend {
         self.options.draft_name.as_deref()
     }
 
+    /// The GLIDE drafter's name, if one is served.
+    pub fn glide_name(&self) -> Option<&str> {
+        self.options.glide_name.as_deref()
+    }
+
     /// The target's context length in tokens.
     pub fn context(&self) -> usize {
         self.context
     }
 
     /// The methods requests may choose.
-    pub fn methods(&self) -> Vec<Method> {
-        let mut m = vec![Method::None];
-        if self.has_draft {
-            m.push(Method::Draft);
-        }
-        m.push(Method::Ngram);
-        m
+    pub fn methods(&self) -> &[Method] {
+        &self.methods
     }
 
     /// Method and draft length of requests that choose none.
@@ -270,10 +279,6 @@ impl Backend {
         };
         let method = match s.method.as_deref() {
             None => default_method,
-            Some("glide") => return Err(ApiError::invalid(
-                "speculation.method",
-                "`speculation.method` `glide` is not served yet (use `draft`, `ngram` or `none`)",
-            )),
             Some(name) => name.parse::<Method>().map_err(|_| {
                 ApiError::invalid(
                     "speculation.method",
@@ -284,12 +289,15 @@ impl Backend {
                 )
             })?,
         };
-        if method.needs_draft_model() && !self.has_draft {
+        if !self.methods.contains(&method) {
+            let served: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
             return Err(ApiError::invalid(
                 "speculation.method",
                 format!(
-                    "`speculation.method` `{method}` needs a draft model and this server has \
-                     none (use `ngram` or `none`)"
+                    "`speculation.method` `{method}` needs {} and this server has none (it \
+                     serves {})",
+                    method.needs_model().unwrap_or("a drafter"),
+                    served.join(", ")
                 ),
             ));
         }

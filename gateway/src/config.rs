@@ -80,7 +80,11 @@ pub struct ModelConfig {
     pub device: Device,
     /// Draft model (default with the default target: the fetched Qwen2.5-Coder-0.5B).
     pub draft: Option<PathBuf>,
-    /// Default method [draft when a draft model is served, else none].
+    /// GLIDE drafter: a safetensors file made for the target (default with the default
+    /// target: the trained one, where it is found).
+    pub glide: Option<PathBuf>,
+    /// Default method [draft when a draft model is served, else glide when a GLIDE drafter is
+    /// given, else none].
     pub speculation: Option<Method>,
     /// Default and largest draft length a request may ask for.
     pub max_draft: u16,
@@ -103,6 +107,7 @@ impl Default for ModelConfig {
             tokenizer: None,
             device: Device::Cpu,
             draft: None,
+            glide: None,
             speculation: None,
             max_draft: 4,
             adaptive: false,
@@ -341,6 +346,13 @@ mod tests {
             jail.create_file("e.toml", "[model]\nspeculation = \"ngram\"\n")?;
             let c = Config::load(Some(Path::new("e.toml"))).unwrap();
             assert_eq!(c.model.speculation, Some(Method::Ngram));
+            jail.create_file(
+                "f.toml",
+                "[model]\nspeculation = \"glide\"\nglide = \"g.safetensors\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("f.toml"))).unwrap();
+            assert_eq!(c.model.speculation, Some(Method::Glide));
+            assert_eq!(c.model.glide.as_deref(), Some(Path::new("g.safetensors")));
             let e = Config::load(Some(Path::new("missing.toml")))
                 .unwrap_err()
                 .to_string();

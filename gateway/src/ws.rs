@@ -235,6 +235,7 @@ impl Connection {
         ServerFrame::Hello(json!({
             "model": b.model_name(),
             "draft_model": b.draft_name(),
+            "glide_model": b.glide_name(),
             "methods": b.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>(),
             "speculation": {"method": method.as_str(), "max_draft": policy.max_draft},
             "limits": {

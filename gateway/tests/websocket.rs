@@ -120,6 +120,83 @@ async fn multiplexed_requests_each_equal_their_request_alone() {
     wait_engine_idle(&server).await;
 }
 
+/// Without a GLIDE drafter a `glide` request is refused naming the field and what is served;
+/// with one, `glide` is among the methods and its greedy stream equals the target-only one.
+#[actix_rt::test]
+async fn glide_is_served_where_a_glide_drafter_is_loaded_and_refused_by_name_elsewhere() {
+    let glide = |id: &str, prompt: &str| {
+        generate(
+            id,
+            prompt,
+            json!({"max_tokens": 40, "speculation": {"method": "glide", "max_draft": 4}}),
+        )
+    };
+    let server = start(|_| {});
+    let (mut ws, hello) = connect_hello(&server).await;
+    assert_eq!(hello["methods"], json!(["none", "draft", "ngram"]));
+    assert!(hello["glide_model"].is_null(), "{hello}");
+    send(&mut ws, glide("g", PROMPT)).await;
+    let e = run_to_end(&mut ws, "g").await.end;
+    assert_eq!(
+        (&e["type"], &e["code"], &e["param"]),
+        (
+            &json!("error"),
+            &json!("invalid_request"),
+            &json!("speculation.method")
+        ),
+        "{e}"
+    );
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("`glide` needs a GLIDE drafter")
+            && message.contains("serves none, draft, ngram"),
+        "{message}"
+    );
+
+    let backend = match glide_backend(specd_engine::actors::EngineConfig::default()) {
+        Ok(b) => b,
+        Err(e) => {
+            // GLIDE's cross-attention runs on the CPU only so far: refused at load, clearly.
+            assert_ne!(device(), specd_engine::model::Device::Cpu, "{e}");
+            assert!(e.contains("CPU only"), "{e}");
+            return;
+        }
+    };
+    let server = start_with_backend(|_| {}, backend);
+    let (mut ws, hello) = connect_hello(&server).await;
+    assert_eq!(hello["methods"], json!(["none", "draft", "ngram", "glide"]));
+    assert_eq!(hello["glide_model"], "tiny-glide");
+    // After the second prompt the target repeats tokens, which the tiny GLIDE drafts well.
+    let mut accepted = 0;
+    for prompt in [PROMPT, "======"] {
+        let plain = run_alone(
+            &server,
+            None,
+            generate(
+                "p",
+                prompt,
+                json!({"max_tokens": 40, "speculation": {"method": "none"}}),
+            ),
+        )
+        .await;
+        send(&mut ws, glide("g", prompt)).await;
+        let g = run_to_end(&mut ws, "g").await;
+        assert_eq!(g.end["type"], "done", "{}", g.end);
+        assert_eq!(g.end["speculation"]["method"], "glide");
+        assert_eq!(
+            (&g.tokens, &g.text),
+            (&plain.tokens, &plain.text),
+            "{prompt:?}"
+        );
+        assert!(g.drafted > 0, "{g:?}");
+        accepted += g.accepted;
+    }
+    assert!(accepted > 0, "no GLIDE draft was accepted");
+    let idle = wait_engine_idle(&server).await;
+    assert_eq!(idle.kv_glide.blocks_used, 0, "{idle:?}");
+    assert_eq!(idle.kv_accounting_errors, 0, "{idle:?}");
+}
+
 #[actix_rt::test]
 async fn cancel_ends_a_request_and_the_socket_keeps_serving() {
     let server = start(|_| {});

@@ -367,6 +367,7 @@ pub async fn models(
     let data = json!([{
         "id": backend.model_name(), "object": "model", "created": 0, "owned_by": "specd",
         "context_length": backend.context(), "draft_model": backend.draft_name(),
+        "glide_model": backend.glide_name(),
     }]);
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }

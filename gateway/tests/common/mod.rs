@@ -8,8 +8,11 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use specd_engine::actors::{EngineConfig, EngineModels, Method};
-use specd_engine::model::tiny::{tiny_drafter, tiny_model_on, TinySpec, CHATML_TEMPLATE};
-use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+use specd_engine::model::tiny::{
+    tiny_drafter, tiny_guessing_glide, tiny_model_on, TinySpec, CHATML_TEMPLATE,
+};
+use specd_engine::model::Device;
+use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -47,31 +50,60 @@ pub fn slow_spec() -> TinySpec {
     }
 }
 
+/// Where the models of these tests run: `SPECD_DEVICE=cuda` runs them on a GPU
+/// (scripts/gpu/check).
+pub fn device() -> Device {
+    std::env::var("SPECD_DEVICE")
+        .map(|d| d.parse().expect("SPECD_DEVICE: cpu, cuda or cuda:N"))
+        .unwrap_or_default()
+}
+
 /// The model of `spec` with its noisy copy as drafter, behind a fresh engine.
 pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
-    let spec = spec.clone();
-    // `SPECD_DEVICE=cuda` runs these tests against models on a GPU (scripts/gpu/check).
-    let device = std::env::var("SPECD_DEVICE")
-        .map(|d| d.parse().expect("SPECD_DEVICE: cpu, cuda or cuda:N"))
-        .unwrap_or_default();
-    let target = tiny_model_on(&spec, device).unwrap();
-    let draft = tiny_drafter(&spec, 0.15, 5, &target).unwrap();
-    let models = EngineModels {
-        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
-        target: Arc::new(target.model),
-        draft: Some(Arc::new(draft)),
-        ngram: NgramProposer::default(),
-        glide: None,
+    backend_with(spec, engine, false).unwrap()
+}
+
+/// The tiny target (as [`backend`]) serving a GLIDE drafter besides its draft model, or why
+/// the GLIDE drafter cannot be loaded (on a GPU).
+pub fn glide_backend(engine: EngineConfig) -> Result<Backend, String> {
+    let spec = TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    };
+    backend_with(&spec, engine, true)
+}
+
+fn backend_with(
+    spec: &TinySpec,
+    engine: EngineConfig,
+    with_glide: bool,
+) -> Result<Backend, String> {
+    let target = tiny_model_on(spec, device()).unwrap();
+    let draft = tiny_drafter(spec, 0.15, 5, &target).unwrap();
+    let glide = if with_glide {
+        let g = tiny_guessing_glide(&target.model, 240, 9).map_err(|e| e.to_string())?;
+        Some(Arc::new(GlideProposer::new(Arc::new(g))))
+    } else {
+        None
     };
     let options = BackendOptions {
         model_name: MODEL.into(),
         draft_name: Some("tiny-draft".into()),
+        glide_name: glide.as_ref().map(|_| "tiny-glide".into()),
         chat_template: Some(CHATML_TEMPLATE.into()),
         default_method: Method::Draft,
         default_policy: DraftPolicyConfig::default(),
         engine,
     };
-    Backend::start(models, options).unwrap()
+    let models = EngineModels {
+        tokenizer: Arc::new(target.tokenizer.clone().unwrap()),
+        target: Arc::new(target.model),
+        draft: Some(Arc::new(draft)),
+        ngram: NgramProposer::default(),
+        glide,
+    };
+    Ok(Backend::start(models, options).unwrap())
 }
 
 /// A server on a free loopback port, ready, with `tweak` applied to the test defaults.
@@ -126,6 +158,15 @@ pub async fn connect(
     let hello = next_json(&mut ws).await;
     assert_eq!(hello["type"], "hello", "{hello}");
     Ok(ws)
+}
+
+/// Opens `/v1/stream` without a key and returns the socket with its `hello` frame.
+pub async fn connect_hello(server: &Server) -> (Ws, Value) {
+    let url = format!("ws://{}/v1/stream", server.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    (ws, hello)
 }
 
 /// The next JSON frame (pings are answered by the library while reading).
