@@ -252,6 +252,25 @@ fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() 
     });
 }
 
+/// GLIDE drafts from its first chance, the step after the target's prefill, even when reading
+/// the prompt then costs more than a drafter left behind may catch up near a request's end.
+#[test]
+fn glide_drafts_after_a_long_prompt_and_few_tokens_to_generate() {
+    local(async {
+        let m = models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let long = prompt(&mut StdRng::seed_from_u64(5), vocab, 60);
+        let req = request(long, 8, Method::Glide, 4);
+        let want = generate(&m.target, &m.tokenizer, &req.generate, |_| {}).unwrap();
+        let engine = Engine::start(m, EngineConfig::default()).unwrap();
+        let h = engine.handle();
+        let o = drain(h.submit(req).await.unwrap()).await;
+        assert_eq!(o.tokens, want.tokens);
+        assert!(o.drafted > 0, "GLIDE never drafted: {o:?}");
+        assert_idle_and_empty(&h).await;
+    });
+}
+
 #[test]
 fn cancel_drop_and_finish_return_every_block() {
     local(async {

@@ -334,9 +334,14 @@ fn budget(models: &EngineModels, slot: &mut Slot, ctx: usize, cap: usize) -> usi
         return 0;
     }
     // A drafter left behind while load kept drafting off must first re-read what it missed;
-    // near the end of a request that costs more than drafting saves.
+    // near the end of a request that costs more than drafting saves. Reading the prompt at its
+    // first chance to draft (the first step; for a drafter reading the target's cache the
+    // second, after the target's prefill) is no lag.
+    let first_chance = usize::from(p.reads_target_cache());
     let lag = seq.drafter_lag(p);
-    if !seq.generated().is_empty() && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens() {
+    if seq.generated().len() > first_chance
+        && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens()
+    {
         return 0;
     }
     budget
