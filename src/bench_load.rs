@@ -27,6 +27,9 @@ pub struct BenchLoadArgs {
     /// The draft model (default: the fetched Qwen2.5-Coder-0.5B).
     #[arg(long)]
     draft: Option<PathBuf>,
+    /// The GLIDE drafter [default with the default target: the trained one, where found].
+    #[arg(long)]
+    glide: Option<PathBuf>,
     /// Prompt file, as for `bench-spec`.
     #[arg(long, default_value = "scripts/bench/code_prompts.json")]
     prompts: PathBuf,
@@ -34,7 +37,8 @@ pub struct BenchLoadArgs {
     #[arg(long, default_value = "1,4,16,32")]
     concurrency: String,
     /// Comma-separated modes: `none`, `draft:K` (always speculate), `draft:K:policy`
-    /// (speculate under the load policy), `ngram:K`, `ngram:K:policy`.
+    /// (speculate under the load policy), `ngram:K`, `ngram:K:policy`, `glide:K`,
+    /// `glide:K:policy`.
     #[arg(long, default_value = "none,draft:4,draft:4:policy")]
     modes: String,
     /// Tokens generated per request.
@@ -75,7 +79,7 @@ fn parse_modes(spec: &str) -> anyhow::Result<Vec<Mode>> {
         };
         let usage = || {
             anyhow::anyhow!(
-                "unknown mode `{m}`: use none, draft:K, draft:K:policy, ngram:K[:policy]"
+                "unknown mode `{m}`: use none, draft:K[:policy], ngram:K[:policy], glide:K[:policy]"
             )
         };
         let method: Method = parts[0].parse().map_err(|_| usage())?;
@@ -127,21 +131,20 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
             Ok(tokenizer.encode(&p, true)?)
         })
         .collect::<anyhow::Result<_>>()?;
-    let needs_draft = modes.iter().any(|m| m.method.needs_draft_model());
-    let draft = if needs_draft {
-        let path = crate::bench_spec::draft_or_default(args.draft.as_ref())?;
-        Some(Arc::new(crate::generate::load_drafter(
-            &path, 0, &target, &tokenizer,
-        )?))
-    } else {
-        None
+    let kinds: Vec<Method> = modes.iter().map(|m| m.method).collect();
+    let files = crate::bench_spec::DrafterFiles {
+        draft: args.draft.as_ref(),
+        draft_head: 0,
+        glide: args.glide.as_ref(),
+        default_target: args.model.model.is_none(),
     };
+    let (draft, glide) = crate::bench_spec::load_drafters(&kinds, &files, &target, &tokenizer)?;
     let models = EngineModels {
         target: Arc::new(target.model),
         tokenizer: Arc::new(tokenizer),
-        draft,
+        draft: draft.map(Arc::new),
         ngram: NgramProposer::default(),
-        glide: None,
+        glide: glide.map(Arc::new),
     };
     let policy = LoadPolicy {
         shorten_at: args.shorten_at,
@@ -351,17 +354,18 @@ mod tests {
 
     #[test]
     fn modes_parse_into_the_engine_method() {
-        let m = parse_modes("none,draft:4:policy,ngram:3").unwrap();
+        let m = parse_modes("none,draft:4:policy,ngram:3,glide:5:policy").unwrap();
         let got: Vec<(Method, usize, bool)> = m.iter().map(|m| (m.method, m.k, m.policy)).collect();
         assert_eq!(
             got,
             [
                 (Method::None, 0, false),
                 (Method::Draft, 4, true),
-                (Method::Ngram, 3, false)
+                (Method::Ngram, 3, false),
+                (Method::Glide, 5, true)
             ]
         );
-        for bad in ["none:2", "warp:4", "draft", "draft:4:always"] {
+        for bad in ["none:2", "warp:4", "draft", "draft:4:always", "glide"] {
             assert!(parse_modes(bad).is_err(), "`{bad}` was accepted");
         }
     }

@@ -13,10 +13,11 @@ use specd_engine::generate::GenerateRequest;
 use specd_engine::model;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
-    generate_speculative, DraftPolicyConfig, NgramProposer, Proposer, SpecStats,
+    generate_speculative, DraftModelProposer, DraftPolicyConfig, GlideProposer, NgramProposer,
+    Proposer, SpecStats,
 };
 
-use crate::generate::ModelArgs;
+use crate::generate::{glide_path, load_drafter, load_glide, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchSpecArgs {
@@ -28,6 +29,9 @@ pub struct BenchSpecArgs {
     /// Keep only the first N rows of the draft model's head (0: all).
     #[arg(long, default_value_t = 0)]
     draft_head: usize,
+    /// The GLIDE drafter [default with the default target: the trained one, where found].
+    #[arg(long)]
+    glide: Option<PathBuf>,
     /// A JSON file `{"prompts": [{"kind": ..., "text": ...}, ...]}`; each text is sent as the
     /// user message of the target's chat template.
     #[arg(long, default_value = "scripts/bench/code_prompts.json")]
@@ -39,7 +43,7 @@ pub struct BenchSpecArgs {
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`,
-    /// `ngram:adaptive:MAX`.
+    /// `ngram:adaptive:MAX`, `glide:K`, `glide:adaptive:MAX`.
     #[arg(
         long,
         default_value = "none,draft:2,draft:3,draft:4,draft:5,draft:6,draft:adaptive:6,ngram:6"
@@ -70,7 +74,7 @@ fn parse_methods(spec: &str) -> anyhow::Result<Vec<Mode>> {
             Ok(k)
         };
         let usage = || {
-            anyhow::anyhow!("unknown method `{m}`: use none, draft:K, draft:adaptive:MAX, ngram:K, ngram:adaptive:MAX")
+            anyhow::anyhow!("unknown method `{m}`: use none, or draft, ngram or glide as METHOD:K or METHOD:adaptive:MAX")
         };
         let method: Method = parts[0].parse().map_err(|_| usage())?;
         let (max_draft, adaptive) = match (method, &parts[1..]) {
@@ -162,11 +166,45 @@ pub fn load_chat_target(
 }
 
 /// The given draft model, or the fetched default.
-pub fn draft_or_default(path: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+fn draft_or_default(path: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(match path {
         Some(p) => p.clone(),
         None => model::default_model(model::DEFAULT_DRAFT_FILE)?,
     })
+}
+
+/// Where the benchmarks' drafters come from.
+pub struct DrafterFiles<'a> {
+    /// The draft model (default: the fetched one).
+    pub draft: Option<&'a PathBuf>,
+    /// Keep only this many rows of the draft model's head (0: all).
+    pub draft_head: usize,
+    /// The GLIDE drafter (default with the default target: the one found).
+    pub glide: Option<&'a PathBuf>,
+    pub default_target: bool,
+}
+
+/// The draft model and the GLIDE drafter, each loaded only when one of `methods` drafts with
+/// it.
+pub fn load_drafters(
+    methods: &[Method],
+    files: &DrafterFiles<'_>,
+    target: &model::LoadedModel,
+    tokenizer: &model::Tokenizer,
+) -> anyhow::Result<(Option<DraftModelProposer>, Option<GlideProposer>)> {
+    let draft = if methods.contains(&Method::Draft) {
+        let path = draft_or_default(files.draft)?;
+        Some(load_drafter(&path, files.draft_head, target, tokenizer)?)
+    } else {
+        None
+    };
+    let glide = if methods.contains(&Method::Glide) {
+        let path = glide_path(files.glide, files.default_target)?;
+        Some(load_glide(&path, target)?)
+    } else {
+        None
+    };
+    Ok((draft, glide))
 }
 
 pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
@@ -177,25 +215,21 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
     }
 
     let (target, tokenizer, template) = load_chat_target(&args.model)?;
-    // The draft model is loaded only when a method drafts with it.
-    let drafter = if methods.iter().any(|m| m.method.needs_draft_model()) {
-        let draft_path = draft_or_default(args.draft.as_ref())?;
-        Some(crate::generate::load_drafter(
-            &draft_path,
-            args.draft_head,
-            &target,
-            &tokenizer,
-        )?)
-    } else {
-        None
+    let kinds: Vec<Method> = methods.iter().map(|m| m.method).collect();
+    let files = DrafterFiles {
+        draft: args.draft.as_ref(),
+        draft_head: args.draft_head,
+        glide: args.glide.as_ref(),
+        default_target: args.model.model.is_none(),
     };
+    let (drafter, glide) = load_drafters(&kinds, &files, &target, &tokenizer)?;
     let ngram = NgramProposer::default();
     let proposer = |m: Method| -> Option<&dyn Proposer> {
         match m {
             Method::None => None,
             Method::Draft => drafter.as_ref().map(|d| d as &dyn Proposer),
             Method::Ngram => Some(&ngram),
-            Method::Glide => None,
+            Method::Glide => glide.as_ref().map(|g| g as &dyn Proposer),
         }
     };
 
@@ -299,7 +333,7 @@ mod tests {
 
     #[test]
     fn methods_parse_into_the_engine_method_and_a_policy() {
-        let m = parse_methods("none, draft:4,ngram:adaptive:6").unwrap();
+        let m = parse_methods("none, draft:4,ngram:adaptive:6,glide:3,glide:adaptive:5").unwrap();
         let got: Vec<(Method, usize, bool)> = m
             .iter()
             .map(|m| (m.method, m.policy.max_draft, m.policy.adaptive))
@@ -309,7 +343,9 @@ mod tests {
             [
                 (Method::None, 0, false),
                 (Method::Draft, 4, false),
-                (Method::Ngram, 6, true)
+                (Method::Ngram, 6, true),
+                (Method::Glide, 3, false),
+                (Method::Glide, 5, true)
             ]
         );
         for bad in [
@@ -319,6 +355,7 @@ mod tests {
             "draft:0",
             "draft:x",
             "ngram:fast:4",
+            "glide",
             "",
         ] {
             assert!(parse_methods(bad).is_err(), "`{bad}` was accepted");

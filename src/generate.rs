@@ -1,18 +1,19 @@
 //! `specd generate`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
-use specd_engine::model::{self, Device, LoadOptions};
+use specd_engine::model::{self, Device, GlideModel, LoadOptions};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
-    generate_speculative, DraftModelProposer, DraftPolicyConfig, NgramProposer, Proposer,
+    generate_speculative, DraftModelProposer, DraftPolicyConfig, GlideProposer, NgramProposer,
+    Proposer,
 };
 
 /// Model selection shared by the subcommands.
@@ -110,16 +111,69 @@ pub fn load_drafter(
     )?)
 }
 
+/// Where the default GLIDE drafter is looked for, in order: the models folder, then
+/// `models/glide/` of the repository this binary was built from.
+pub fn default_glide_paths() -> [PathBuf; 2] {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        model::models_dir().join(model::DEFAULT_GLIDE_FILE),
+        repository
+            .join("models/glide")
+            .join(model::DEFAULT_GLIDE_FILE),
+    ]
+}
+
+/// The default GLIDE drafter's file if there is one, else where it was looked for (which an
+/// info line says too).
+pub fn find_default_glide() -> Result<PathBuf, String> {
+    let places = default_glide_paths();
+    if let Some(p) = places.iter().find(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    let looked = format!("{} and {}", places[0].display(), places[1].display());
+    tracing::info!("no GLIDE drafter: looked for {looked}");
+    Err(looked)
+}
+
+/// The GLIDE drafter of a command that drafts with one: `given`, else with the default target
+/// the default one; an error saying what to pass otherwise.
+pub fn glide_path(given: Option<&PathBuf>, default_target: bool) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None if default_target => find_default_glide().map_err(|looked| {
+            anyhow!(
+                "--speculation glide needs a GLIDE drafter and none was found (looked for \
+                 {looked}): pass --glide PATH"
+            )
+        }),
+        None => bail!(
+            "--speculation glide needs a GLIDE drafter made for this target: pass --glide PATH"
+        ),
+    }
+}
+
+/// Loads a GLIDE drafter file for `target`; one made for another target is refused with the
+/// file and the mismatch named, and so is a target on a GPU (GLIDE runs on the CPU only so far).
+pub fn load_glide(path: &Path, target: &model::LoadedModel) -> anyhow::Result<GlideProposer> {
+    let glide = GlideModel::load(path, &target.model)?;
+    Ok(GlideProposer::new(Arc::new(glide)))
+}
+
 /// Speculation flags shared by the subcommands.
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
-    /// The proposer [default: `draft` on the default model pair or when --draft is given, else
-    /// `none`].
+    /// The proposer [default: `draft` on the default model pair or when --draft is given,
+    /// `glide` when --glide is given, else `none`].
     #[arg(long, value_enum)]
     pub speculation: Option<Method>,
     /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
     #[arg(long)]
     pub draft: Option<PathBuf>,
+    /// The GLIDE drafter: a safetensors file made for the target [default with the default
+    /// target: glide-qwen2.5-coder-1.5b-instruct.safetensors in the models folder or in the
+    /// repository's models/glide/, where found].
+    #[arg(long)]
+    pub glide: Option<PathBuf>,
     /// The most tokens drafted per step [default: 4].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=15))]
     pub max_draft: Option<u16>,
@@ -146,12 +200,16 @@ impl SpecArgs {
         tokenizer: &model::Tokenizer,
         default_target: bool,
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
-        let kind = self.speculation.unwrap_or(Method::default_with(
-            self.draft.is_some() || default_target,
-            false,
-        ));
+        // A drafter given by flag is the default over the default pair's draft model.
+        let default_draft = self.draft.is_some() || (default_target && self.glide.is_none());
+        let kind = self
+            .speculation
+            .unwrap_or(Method::default_with(default_draft, self.glide.is_some()));
         if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
+        }
+        if self.glide.is_some() && kind != Method::Glide {
+            bail!("--glide needs --speculation glide");
         }
         Ok(match kind {
             Method::None => None,
@@ -171,7 +229,10 @@ impl SpecArgs {
                     tokenizer,
                 )?))
             }
-            Method::Glide => bail!("--speculation glide is not served by this command yet"),
+            Method::Glide => {
+                let path = glide_path(self.glide.as_ref(), default_target)?;
+                Some(Box::new(load_glide(&path, target)?))
+            }
         })
     }
 

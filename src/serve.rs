@@ -7,11 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use specd_engine::actors::{EngineConfig, EngineModels, Method};
-use specd_engine::model::{self, LoadOptions};
-use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+use specd_engine::model::{self, Device, LoadOptions};
+use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 
-use crate::generate::{load_drafter, ModelArgs, SpecArgs};
+use crate::generate::{
+    find_default_glide, glide_path, load_drafter, load_glide, ModelArgs, SpecArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -66,6 +68,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
     m.device = args.model.device.unwrap_or(m.device);
     m.draft = a.draft.clone().or(m.draft.take());
+    m.glide = a.glide.clone().or(m.glide.take());
     m.name = args.name.clone().or(m.name.take());
     m.speculation = a.speculation.or(m.speculation);
     m.max_draft = a.max_draft.unwrap_or(m.max_draft);
@@ -80,10 +83,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-/// The files to load: the target, and the draft model if one is served.
+/// The files to load: the target, and the draft model and GLIDE drafter if served.
 struct ModelPaths {
     target: PathBuf,
     draft: Option<PathBuf>,
+    glide: Option<PathBuf>,
+    /// The GLIDE drafter was found in a default place, not given.
+    glide_found: bool,
     method: Method,
 }
 
@@ -97,7 +103,7 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
     };
     let method = c.model.speculation.unwrap_or(Method::default_with(
         c.model.draft.is_some() || default_pair,
-        false,
+        c.model.glide.is_some(),
     ));
     let draft = match &c.model.draft {
         Some(p) => Some(p.clone()),
@@ -109,7 +115,15 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
         }
         None => None,
     };
-    for p in std::iter::once(&target).chain(draft.as_ref()) {
+    // With the default target, its GLIDE drafter is served where it is found.
+    let glide = match (&c.model.glide, method) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Method::Glide) => Some(glide_path(None, default_pair)?),
+        (None, _) if default_pair => find_default_glide().ok(),
+        (None, _) => None,
+    };
+    let given = [Some(&target), draft.as_ref(), c.model.glide.as_ref()];
+    for p in given.into_iter().flatten() {
         if !p.exists() {
             bail!("{}: no such file or folder", p.display());
         }
@@ -117,6 +131,8 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
     Ok(ModelPaths {
         target,
         draft,
+        glide_found: glide.is_some() && c.model.glide.is_none(),
+        glide,
         method,
     })
 }
@@ -126,6 +142,26 @@ fn name_of(path: &Path) -> String {
         .or(path.file_name())
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_else(|| "model".into())
+}
+
+/// The GLIDE drafter of `paths`, loaded for `target`. One found in a default place is left out
+/// (with an info line) on a GPU, where GLIDE does not run yet, unless it is the default method.
+fn load_served_glide(
+    paths: &ModelPaths,
+    target: &model::LoadedModel,
+) -> anyhow::Result<Option<Arc<GlideProposer>>> {
+    let Some(path) = &paths.glide else {
+        return Ok(None);
+    };
+    let on_gpu = target.model.device() != Device::Cpu;
+    if paths.glide_found && on_gpu && paths.method != Method::Glide {
+        tracing::info!(
+            "the GLIDE drafter {} is not served: GLIDE runs on the CPU only so far",
+            path.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(load_glide(path, target)?)))
 }
 
 /// Loads the models and starts the engine behind them.
@@ -151,13 +187,15 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         )?)),
         None => None,
     };
+    let glide = load_served_glide(paths, &target)?;
+    let glide_name = glide.as_ref().and(paths.glide.as_deref()).map(name_of);
     let chat_template = target.chat_template.clone();
     let models = EngineModels {
         target: Arc::new(target.model),
         tokenizer: Arc::new(tokenizer),
         draft,
         ngram: NgramProposer::new(c.model.ngram as usize, 1)?,
-        glide: None,
+        glide,
     };
     let mut engine = EngineConfig {
         max_running: c.engine.max_running,
@@ -175,7 +213,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             .clone()
             .unwrap_or_else(|| name_of(&paths.target)),
         draft_name: paths.draft.as_deref().map(name_of),
-        glide_name: None,
+        glide_name,
         chat_template,
         default_method: paths.method,
         default_policy: DraftPolicyConfig {
@@ -203,12 +241,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("loading {} ...", paths.target.display());
     let backend = load_backend(&c, &paths)?;
     let ready = format!(
-        "ready: serving `{}` (speculation: {}{})",
+        "ready: serving `{}` (speculation: {}{}{})",
         backend.model_name(),
         backend.defaults().0.as_str(),
         backend
             .draft_name()
             .map(|d| format!(", draft model `{d}`"))
+            .unwrap_or_default(),
+        backend
+            .glide_name()
+            .map(|g| format!(", GLIDE drafter `{g}`"))
             .unwrap_or_default()
     );
     // Ready means ready: the line is printed once requests are served.

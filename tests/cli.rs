@@ -3,15 +3,22 @@
 use std::path::Path;
 use std::process::Command;
 
-use specd_engine::model::tiny::{tiny_config, tiny_weights, write_folder, TinySpec};
+use specd_engine::model::tiny::{
+    tiny_config, tiny_weights, write_folder, write_guessing_glide, TinySpec,
+};
+use specd_engine::model::{DEFAULT_GLIDE_FILE, DEFAULT_TARGET_FILE};
 
-/// Writes a Hugging Face style folder holding a tiny Qwen2 model.
-fn write_tiny_folder(dir: &Path) {
-    let spec = TinySpec {
+fn tiny_spec() -> TinySpec {
+    TinySpec {
         seed: 4,
         weight_scale: 0.5,
         ..Default::default()
-    };
+    }
+}
+
+/// Writes a Hugging Face style folder holding a tiny Qwen2 model.
+fn write_tiny_folder(dir: &Path) {
+    let spec = tiny_spec();
     let tensors = tiny_weights(&tiny_config(&spec), spec.seed, spec.weight_scale);
     write_folder(dir, &spec, &tensors).unwrap();
 }
@@ -171,6 +178,103 @@ fn speculative_generation_prints_the_same_text_and_its_statistics() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--speculation draft"));
+}
+
+#[test]
+fn glide_drafts_from_a_given_file_and_refuses_files_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    write_tiny_folder(&model);
+    let glide = dir.path().join("glide.safetensors");
+    write_guessing_glide(&glide, &tiny_spec(), 240, 9).unwrap();
+    let (model, glide) = (model.to_str().unwrap(), glide.to_str().unwrap());
+    let base = [
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "======",
+        "--max-tokens",
+        "24",
+    ];
+    let run = |extra: &[&str]| specd(&[&base[..], extra].concat(), dir.path());
+    let plain = run(&[]);
+    assert!(plain.status.success());
+    let out = run(&["--glide", glide, "--max-draft", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, plain.stdout, "GLIDE changed the text");
+    assert!(stderr.contains("[speculation glide:"), "{stderr}");
+    let refused = |extra: &[&str], wanted: &[&str]| {
+        let out = run(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        for w in wanted {
+            assert!(stderr.contains(w), "{extra:?}: {stderr}");
+        }
+    };
+    refused(&["--speculation", "glide"], &["pass --glide PATH"]);
+    refused(
+        &["--glide", glide, "--speculation", "ngram"],
+        &["--glide needs --speculation glide"],
+    );
+    // A drafter made for a target of another width is refused, the file and mismatch named.
+    let other = dir.path().join("other.safetensors");
+    let wider = TinySpec {
+        hidden_size: 2 * tiny_spec().hidden_size,
+        ..tiny_spec()
+    };
+    write_guessing_glide(&other, &wider, 240, 9).unwrap();
+    refused(
+        &["--glide", other.to_str().unwrap()],
+        &[other.to_str().unwrap(), "hidden size"],
+    );
+    refused(
+        &["--glide", "/nonexistent/g.safetensors"],
+        &["/nonexistent/g.safetensors"],
+    );
+}
+
+/// With the default target, `--speculation glide` finds the GLIDE drafter in the models
+/// folder by its default name, and says where it looked when there is none.
+#[test]
+fn the_default_glide_drafter_is_found_in_the_models_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    // The tiny folder stands in for the default target, under its name.
+    write_tiny_folder(&models.join(DEFAULT_TARGET_FILE));
+    let args = [
+        "generate",
+        "--prompt",
+        "======",
+        "--max-tokens",
+        "24",
+        "--speculation",
+    ];
+    let plain = specd(&[&args[..], &["none"]].concat(), home.path());
+    assert!(plain.status.success());
+    let missing = specd(&[&args[..], &["glide"]].concat(), home.path());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    let in_repository = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/glide")
+        .join(DEFAULT_GLIDE_FILE);
+    if in_repository.exists() {
+        // The repository's drafter is made for the real target, not this tiny one.
+        assert!(stderr.contains(in_repository.to_str().unwrap()), "{stderr}");
+    } else {
+        let home_file = models.join(DEFAULT_GLIDE_FILE);
+        assert!(
+            stderr.contains("looked for") && stderr.contains(home_file.to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+    write_guessing_glide(&models.join(DEFAULT_GLIDE_FILE), &tiny_spec(), 240, 9).unwrap();
+    let out = specd(&[&args[..], &["glide"]].concat(), home.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, plain.stdout);
+    assert!(stderr.contains("[speculation glide:"), "{stderr}");
 }
 
 #[test]

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use server::*;
+use specd_engine::model::tiny::{
+    tiny_config, tiny_draft_weights, tiny_weights, write_folder, write_guessing_glide, TinySpec,
+};
+use specd_engine::model::{DEFAULT_DRAFT_FILE, DEFAULT_GLIDE_FILE, DEFAULT_TARGET_FILE};
 
 #[actix_rt::test]
 async fn greedy_streams_equal_specd_generate_for_every_method() {
@@ -145,6 +149,49 @@ async fn config_file_environment_and_sigterm() {
         lines.iter().any(|l| l.contains("1 streams cancelled")),
         "{lines:?}"
     );
+}
+
+/// With no --model, `serve` serves the default pair and the default GLIDE drafter it finds in
+/// the models folder (tiny models under the default names here): glide is offered and its
+/// greedy stream equals the target-only one. On a GPU, where GLIDE does not run yet, the
+/// drafter it found is left out.
+#[actix_rt::test]
+async fn the_default_glide_drafter_is_found_and_served() {
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    let spec = TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    };
+    let weights = tiny_weights(&tiny_config(&spec), spec.seed, spec.weight_scale);
+    write_folder(&models.join(DEFAULT_TARGET_FILE), &spec, &weights).unwrap();
+    let draft = tiny_draft_weights(&spec, 0.15, 5).unwrap();
+    write_folder(&models.join(DEFAULT_DRAFT_FILE), &spec, &draft).unwrap();
+    write_guessing_glide(&models.join(DEFAULT_GLIDE_FILE), &spec, 240, 9).unwrap();
+    let serve = Serve::start_in(home, &[], &[]);
+    let (mut ws, hello) = serve.connect().await;
+    assert_eq!(hello["speculation"]["method"], "draft", "{hello}");
+    if std::env::var("SPECD_DEVICE").is_ok_and(|d| d.starts_with("cuda")) {
+        assert_eq!(hello["methods"], json!(["none", "draft", "ngram"]));
+        return;
+    }
+    assert_eq!(hello["methods"], json!(["none", "draft", "ngram", "glide"]));
+    assert_eq!(hello["glide_model"], "glide-qwen2.5-coder-1.5b-instruct");
+    let mut texts = Vec::new();
+    for method in ["none", "glide"] {
+        send(
+            &mut ws,
+            json!({"type": "generate", "id": method, "prompt": "======", "max_tokens": 40,
+                   "speculation": {"method": method}}),
+        )
+        .await;
+        let (text, _, end) = collect(&mut ws, method).await;
+        assert_eq!(end["type"], "done", "{end}");
+        assert_eq!(end["speculation"]["method"], method, "{end}");
+        texts.push(text);
+    }
+    assert_eq!(texts[0], texts[1], "glide changed the text");
 }
 
 #[test]

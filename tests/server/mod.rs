@@ -119,17 +119,19 @@ impl Serve {
     /// Starts `specd serve` over `models` on a free port with `extra` flags and waits until
     /// it is ready.
     pub fn start(models: &Models, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let mut args = vec![
-            "serve".to_string(),
-            "--model".into(),
-            models.target.display().to_string(),
-            "--draft".into(),
-            models.draft.display().to_string(),
-            "--port".into(),
-            "0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let target = models.target.display().to_string();
+        let draft = models.draft.display().to_string();
+        let mut args = vec!["--model", &target, "--draft", &draft];
+        args.extend(extra);
+        Self::start_in(tempfile::tempdir().unwrap(), &args, env)
+    }
+
+    /// Starts `specd serve` with `args` (and no models but what they name: the default ones
+    /// of the models folder in `home`, its `SPECD_HOME`) on a free port and waits until it is
+    /// ready.
+    pub fn start_in(home: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.splice(0..0, ["serve".to_string(), "--port".into(), "0".into()]);
         let mut child = Command::new(specd_bin())
             .args(&args)
             .env("SPECD_HOME", home.path())

@@ -237,6 +237,9 @@ fn load_gguf(path: &Path, device: Device) -> Result<LoadedModel> {
 pub const DEFAULT_TARGET_FILE: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 /// File name of the default draft model in the models folder (scripts/fetch-models).
 pub const DEFAULT_DRAFT_FILE: &str = "qwen2.5-coder-0.5b-instruct.gguf";
+/// File name of the default GLIDE drafter (made for the default target): looked for in the
+/// models folder, then in the repository's `models/glide/`.
+pub const DEFAULT_GLIDE_FILE: &str = "glide-qwen2.5-coder-1.5b-instruct.safetensors";
 
 /// The folder scripts/fetch-models fills: `$SPECD_HOME/models`, by default
 /// `~/.cache/specd/models`.

@@ -264,6 +264,37 @@ pub fn tiny_guessing_glide(target: &Model, draft_vocab: usize, seed: u64) -> Res
     build_tiny_glide(target, draft_vocab, seed, 0.02, false)
 }
 
+/// Writes [`tiny_guessing_glide`] for the tiny target of `spec` as a GLIDE file (the format
+/// [`GlideModel::load`] reads): what the binary's end-to-end tests pass as `--glide`.
+pub fn write_guessing_glide(
+    path: &std::path::Path,
+    spec: &TinySpec,
+    draft_vocab: usize,
+    seed: u64,
+) -> Result<()> {
+    let target = tiny_config(spec);
+    let (config, vocab, tensors) = tiny_glide_parts(&target, draft_vocab, seed, 0.02, false)?;
+    super::glide::save_glide(path, &config, &vocab, &tensors)
+}
+
+/// A tiny GLIDE drafter's configuration, id map (the first `draft_vocab` ids) and weights
+/// (without a head of its own unless `own_head`).
+fn tiny_glide_parts(
+    target: &ModelConfig,
+    draft_vocab: usize,
+    seed: u64,
+    scale: f32,
+    own_head: bool,
+) -> Result<(GlideConfig, DraftVocab, HashMap<String, Tensor>)> {
+    let config = tiny_glide_config(target, draft_vocab);
+    let vocab = DraftVocab::new((0..draft_vocab as u32).collect(), target.vocab_size)?;
+    let mut tensors = tiny_glide_weights(target, &config, seed, scale);
+    if !own_head {
+        tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
+    }
+    Ok((config, vocab, tensors))
+}
+
 fn build_tiny_glide(
     target: &Model,
     draft_vocab: usize,
@@ -271,15 +302,8 @@ fn build_tiny_glide(
     scale: f32,
     own_head: bool,
 ) -> Result<GlideModel> {
-    let config = tiny_glide_config(target.config(), draft_vocab);
-    let vocab = DraftVocab::new(
-        (0..draft_vocab as u32).collect(),
-        target.config().vocab_size,
-    )?;
-    let mut tensors = tiny_glide_weights(target.config(), &config, seed, scale);
-    if !own_head {
-        tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
-    }
+    let (config, vocab, tensors) =
+        tiny_glide_parts(target.config(), draft_vocab, seed, scale, own_head)?;
     GlideModel::from_weights(
         config,
         &mut Weights::from_tensors(tensors),
