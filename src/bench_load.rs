@@ -47,7 +47,7 @@ pub struct BenchLoadArgs {
     /// Runs of every cell; rounds alternate the modes and each cell reports its median run.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// KV memory for both pools, in MiB.
+    /// KV memory for all pools (target and drafters), in MiB.
     #[arg(long, default_value_t = 2048)]
     kv_mib: usize,
     /// Load policy: running sequences from which drafts are shortened.

@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// The model id clients see [default: the target's file or folder name].
     #[arg(long)]
     name: Option<String>,
-    /// Memory for both KV caches, MiB.
+    /// Memory for all KV caches (target, draft model, GLIDE), MiB.
     #[arg(long)]
     kv_mib: Option<usize>,
 }

@@ -160,7 +160,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSection {
-    /// Memory for both KV caches, MiB [default: 4096 blocks each].
+    /// Memory for all KV caches (target, draft model, GLIDE), MiB [default: 4096 blocks each].
     pub kv_memory_mib: Option<usize>,
     /// Most sequences in one batch.
     pub max_running: usize,
