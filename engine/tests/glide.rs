@@ -270,7 +270,7 @@ fn reference(
         let c = rms_norm(h, &cross_norm, eps);
         let mut q = apply(&wcq, &c);
         rope(&mut q, target.head_dim, pos, target.rope_theta);
-        let seen = (pos + 1).min(tk.len());
+        let seen = pos.min(tk.len());
         if seen > 0 {
             let att = attend(
                 &q,

@@ -10,8 +10,11 @@
 //! backend refuses the operation, and [`GlideModel::from_weights`] refuses a GPU target).
 //!
 //! Which target positions a row sees: a row at position `p` of a sequence whose target cache
-//! holds `V` verified positions sees target positions `0 .. min(p + 1, V)`: its own and earlier
-//! ones while catching up on committed tokens, all verified ones while drafting beyond them.
+//! holds `V` verified positions sees target positions `0 .. min(p, V)`, the verified ones
+//! before it. This is the paper's block-wise mask, which training uses: the rows drafted after
+//! a verification form a block that sees only the positions verified before the block began,
+//! and a row that catches up on a committed token (the prompt, or the last of a fully accepted
+//! draft) is a block of its own. The row at position 0 sees nothing.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,7 +73,7 @@ pub(crate) fn run_glide<O: ForwardOps>(
 
 /// The cross-attention of `q` (`[rows, heads · head_dim]` of the batch's rows, in order) on the
 /// CPU: queries rotated at their rows' positions, each row over its sequence's verified target
-/// positions up to its own (module docs).
+/// positions before its own (module docs).
 pub(crate) fn cross_attention(
     cross: &CrossInput<'_>,
     batch: &[SeqInput<'_>],
@@ -90,7 +93,7 @@ pub(crate) fn cross_attention(
     let mut row = 0;
     for (s, table) in batch.iter().zip(&cross.tables) {
         for p in s.table.len()..s.table.len() + s.tokens.len() {
-            let seen = (p + 1).min(table.len());
+            let seen = p.min(table.len());
             if seen > 0 {
                 let (keys, values) = cross.kv.layer_chunks(table, cross.layer, seen);
                 let chunks = kern::KvChunks {

@@ -1,0 +1,92 @@
+//! Parity of specd's GLIDE drafter with the training script's PyTorch model
+//! (models/glide/train/glide_model.py): a tiny random drafter made and saved by
+//! models/glide/train/golden.py for the tiny Qwen2 of the transformers fixtures, with the logits
+//! PyTorch computed for it. specd loads the same file, prefills the same target with the
+//! verified tokens, runs the drafter over every token at once, and must give the same logits.
+//! A drafter trained by the script therefore drafts in specd as it did in training.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use specd_engine::kv::BlockTable;
+use specd_engine::model::{self, GlideModel, LoadOptions, Logits, SeqInput};
+
+/// f32 against f32, through different orders of summation.
+const TOLERANCE: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[test]
+fn specd_gives_the_training_scripts_glide_logits() {
+    let dir = fixtures().join("glide_golden");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let tokens: Vec<u32> = golden["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let verified = golden["verified"].as_u64().unwrap() as usize;
+    let expected = candle_core::safetensors::load(dir.join("logits.safetensors"), &Device::Cpu)
+        .unwrap()
+        .remove("logits")
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(expected.len(), tokens.len());
+
+    let target = model::load(&fixtures().join("golden/qwen2"), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
+    assert_eq!(glide.vocab().len(), expected[0].len());
+
+    let mut target_kv = target.new_pool(16);
+    let mut target_table = BlockTable::new();
+    target
+        .forward(
+            &mut target_kv,
+            &mut [SeqInput {
+                table: &mut target_table,
+                tokens: &tokens[..verified],
+                logits: Logits::None,
+            }],
+        )
+        .unwrap();
+    let mut kv = glide.new_pool(16);
+    let mut table = BlockTable::new();
+    let rows = glide
+        .forward(
+            &mut kv,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens: &tokens,
+                logits: Logits::All,
+            }],
+            &target_kv,
+            &[&target_table],
+        )
+        .unwrap()[0]
+        .to_vec2::<f32>()
+        .unwrap();
+
+    let scale = expected.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(
+        scale > 0.1,
+        "the fixture's logits are all near zero: a drafter that does nothing"
+    );
+    for (p, (ours, theirs)) in rows.iter().zip(&expected).enumerate() {
+        let diff = ours
+            .iter()
+            .zip(theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= TOLERANCE * scale.max(1.0),
+            "row {p} (sees target positions 0..{}): max |specd - pytorch| = {diff}",
+            p.min(verified)
+        );
+    }
+}

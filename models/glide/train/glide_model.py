@@ -1,0 +1,284 @@
+"""The GLIDE drafter in PyTorch, as specd runs it (engine/src/model/glide.rs), and its file.
+
+One decoder layer (or more) over the target's token embedding:
+
+    h = embed(x)
+    h += self_attention(rms_norm(h))                  own causal cache, drafter's heads
+    h += cross_attention(rms_norm(h), target K, V)    target's heads, one target layer
+    h += mlp(rms_norm(h))                             SiLU-gated
+    logits = head(rms_norm(h))                        the draft vocabulary's rows
+
+The cross-attention's queries are rotated at their row's position with the target's rotary
+embedding and read the keys (already rotated) and values one target layer cached. Which target
+positions a row sees is the paper's block-wise mask: a row in a block that starts at position s
+sees target positions 0..s-1. specd drafts exactly so: the rows drafted after a verification are
+a block starting at the first unverified position, and a row catching up on a committed token is
+a block of its own (s = its position). A row that sees nothing gets no cross-attention output.
+
+The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
+configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names
+for the weights (see `tensor_names`). Without `lm_head.weight` the head is the target's own rows
+for the drafter's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_KEY = "glide_config"
+VOCAB_TENSOR = "draft_vocab.ids"
+
+
+@dataclass
+class GlideTarget:
+    """The shapes of the target a drafter is made for (specd checks them at load)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+
+
+@dataclass
+class GlideConfig:
+    """Mirrors specd's GlideConfig (engine/src/model/glide_config.rs), field for field."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    target_layer: int
+    draft_vocab_size: int
+    target: GlideTarget
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "GlideConfig":
+        d = json.loads(text)
+        d["target"] = GlideTarget(**d["target"])
+        return GlideConfig(**d)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return (x * weight.float()).to(dtype)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos and sin of the half-rotation ("NeoX", Qwen2's) layout: `[..., head_dim]`."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    angles = positions.to(torch.float64)[..., None] * inv
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates `x` of `[B, heads, T, d]` with tables of `[B, T, d]`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos, sin = cos[:, None], sin[:, None]
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+def block_starts_from_sizes(sizes: list[int], length: int, device=None) -> torch.Tensor:
+    """The start position of each row's block, for blocks of the given sizes laid end to end."""
+    starts = []
+    pos = 0
+    for s in sizes:
+        s = min(s, length - pos)
+        starts.extend([pos] * s)
+        pos += s
+        if pos >= length:
+            break
+    assert pos == length, "block sizes must cover the sequence"
+    return torch.tensor(starts, dtype=torch.long, device=device)
+
+
+def random_block_starts(length: int, max_block: int, generator: torch.Generator, device=None) -> torch.Tensor:
+    """A random partition into blocks of 1..max_block rows (uniform sizes)."""
+    sizes = []
+    total = 0
+    while total < length:
+        s = int(torch.randint(1, max_block + 1, (1,), generator=generator))
+        sizes.append(s)
+        total += s
+    return block_starts_from_sizes(sizes, length, device)
+
+
+class GlideLayer(nn.Module):
+    def __init__(self, cfg: GlideConfig):
+        super().__init__()
+        h, t = cfg.target.hidden_size, cfg.target
+        self.cfg = cfg
+        self.input_layernorm = nn.Parameter(torch.ones(h))
+        self.q_proj = nn.Linear(h, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, h, bias=False)
+        self.cross_attn_layernorm = nn.Parameter(torch.ones(h))
+        self.cross_q_proj = nn.Linear(h, t.num_heads * t.head_dim, bias=False)
+        self.cross_o_proj = nn.Linear(t.num_heads * t.head_dim, h, bias=False)
+        self.post_attention_layernorm = nn.Parameter(torch.ones(h))
+        self.gate_proj = nn.Linear(h, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(h, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, h, bias=False)
+
+    def forward(self, h, positions, target_k, target_v, starts):
+        cfg, t = self.cfg, self.cfg.target
+        B, T, _ = h.shape
+        eps = cfg.rms_norm_eps
+
+        # Self-attention over the drafter's own causal cache.
+        a = rms_norm(h, self.input_layernorm, eps)
+        q = self.q_proj(a).view(B, T, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        cos, sin = rope_tables(positions, cfg.head_dim, t.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rep = cfg.num_heads // cfg.num_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + self.o_proj(att.transpose(1, 2).reshape(B, T, -1))
+
+        # Cross-attention over the target layer's keys and values, block-wise masked.
+        c = rms_norm(h, self.cross_attn_layernorm, eps)
+        q = self.cross_q_proj(c).view(B, T, t.num_heads, t.head_dim).transpose(1, 2)
+        cos, sin = rope_tables(positions, t.head_dim, t.rope_theta)
+        q = apply_rope(q, cos, sin)
+        rep = t.num_heads // t.num_kv_heads
+        tk = target_k.to(q.dtype).repeat_interleave(rep, dim=1)
+        tv = target_v.to(q.dtype).repeat_interleave(rep, dim=1)
+        S = tk.shape[2]
+        # Row i sees target positions j < starts[i]; a row that sees none is given key 0 so the
+        # softmax is defined, and its output is zeroed below.
+        seen = torch.arange(S, device=h.device)[None, :] < starts[:, None]  # [T, S]
+        empty = ~seen.any(dim=1)
+        mask = seen.clone()
+        mask[empty, 0] = True
+        att = F.scaled_dot_product_attention(q, tk, tv, attn_mask=mask[None, None])
+        att = att.masked_fill(empty[None, None, :, None], 0.0)
+        h = h + self.cross_o_proj(att.transpose(1, 2).reshape(B, T, -1))
+
+        # MLP.
+        m = rms_norm(h, self.post_attention_layernorm, eps)
+        return h + self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
+
+
+class GlideDrafter(nn.Module):
+    """The drafter; `embed` and `head_rows` (the target's, for the draft vocabulary) are frozen
+    buffers, everything else trains."""
+
+    def __init__(self, cfg: GlideConfig, embed: torch.Tensor, vocab_ids: torch.Tensor, head: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("embed", embed, persistent=False)
+        self.register_buffer("vocab_ids", vocab_ids.long(), persistent=False)
+        head_rows = (head if head is not None else embed)[vocab_ids.long()]
+        self.register_buffer("head_rows", head_rows, persistent=False)
+        self.layers = nn.ModuleList(GlideLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.target.hidden_size))
+        self.own_head = None  # a trained head (lm_head.weight) when set
+
+    def hidden(self, ids, positions, target_k, target_v, starts):
+        h = self.embed[ids].float()
+        for layer in self.layers:
+            h = layer(h, positions, target_k, target_v, starts)
+        return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
+
+    def forward(self, ids, positions, target_k, target_v, starts):
+        """Logits over the draft vocabulary, `[B, T, draft_vocab_size]`.
+
+        ids, positions: `[B, T]`; target_k, target_v: `[B, target kv heads, S, head_dim]`
+        (keys rotated, as the target cached them); starts: `[T]` block starts."""
+        h = self.hidden(ids, positions, target_k, target_v, starts)
+        head = self.own_head if self.own_head is not None else self.head_rows
+        return h @ head.to(h.dtype).T
+
+    def init_from_target(self, layer_weights: dict[str, torch.Tensor], final_norm: torch.Tensor, std: float = 0.02):
+        """A warm start: the cross-attention's query and output projections are the target
+        layer's own (its queries already read its keys), the norms the target's; the rest is
+        small random."""
+        with torch.no_grad():
+            for layer in self.layers:
+                for lin in (layer.q_proj, layer.k_proj, layer.v_proj, layer.gate_proj, layer.up_proj):
+                    nn.init.normal_(lin.weight, std=std)
+                for lin in (layer.o_proj, layer.down_proj):
+                    nn.init.normal_(lin.weight, std=std / math.sqrt(2 * self.cfg.num_layers))
+                layer.cross_q_proj.weight.copy_(layer_weights["q_proj"])
+                layer.cross_o_proj.weight.copy_(layer_weights["o_proj"])
+                layer.cross_attn_layernorm.copy_(layer_weights["input_layernorm"])
+                layer.input_layernorm.copy_(layer_weights["input_layernorm"])
+                layer.post_attention_layernorm.copy_(layer_weights["post_attention_layernorm"])
+            self.norm.copy_(final_norm)
+
+
+def tensor_names(layer: int) -> dict[str, str]:
+    """Attribute of a GlideLayer → specd's tensor name."""
+    p = f"model.layers.{layer}."
+    return {
+        "input_layernorm": p + "input_layernorm.weight",
+        "q_proj": p + "self_attn.q_proj.weight",
+        "k_proj": p + "self_attn.k_proj.weight",
+        "v_proj": p + "self_attn.v_proj.weight",
+        "o_proj": p + "self_attn.o_proj.weight",
+        "cross_attn_layernorm": p + "cross_attn_layernorm.weight",
+        "cross_q_proj": p + "cross_attn.q_proj.weight",
+        "cross_o_proj": p + "cross_attn.o_proj.weight",
+        "post_attention_layernorm": p + "post_attention_layernorm.weight",
+        "gate_proj": p + "mlp.gate_proj.weight",
+        "up_proj": p + "mlp.up_proj.weight",
+        "down_proj": p + "mlp.down_proj.weight",
+    }
+
+
+def state_for_file(model: GlideDrafter, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for attr, name in tensor_names(i).items():
+            t = getattr(layer, attr)
+            t = t.weight if isinstance(t, nn.Linear) else t
+            out[name] = t.detach().to("cpu", dtype).contiguous()
+    out["model.norm.weight"] = model.norm.detach().to("cpu", dtype).contiguous()
+    if model.own_head is not None:
+        out["lm_head.weight"] = model.own_head.detach().to("cpu", dtype).contiguous()
+    out[VOCAB_TENSOR] = model.vocab_ids.detach().to("cpu", torch.int64).contiguous()
+    return out
+
+
+def save_glide(path: str, model: GlideDrafter, dtype=torch.bfloat16) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state_for_file(model, dtype), path, metadata={CONFIG_KEY: model.cfg.to_json()})
+
+
+def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None) -> GlideDrafter:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        cfg = GlideConfig.from_json(f.metadata()[CONFIG_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model = GlideDrafter(cfg, embed, tensors.pop(VOCAB_TENSOR), head)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            for attr, name in tensor_names(i).items():
+                t = getattr(layer, attr)
+                (t.weight if isinstance(t, nn.Linear) else t).copy_(tensors[name].float())
+        model.norm.copy_(tensors["model.norm.weight"].float())
+        if "lm_head.weight" in tensors:
+            model.own_head = nn.Parameter(tensors["lm_head.weight"].float())
+    return model

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""The GLIDE parity fixture: the training script's drafter against specd's.
+
+Takes the tiny Qwen2 target of engine/tests/fixtures/golden/qwen2 (made by
+scripts/golden/make_golden.py), builds a tiny random GLIDE drafter for it with this folder's
+PyTorch model, saves it in specd's format, and writes the drafter's logits for a fixed input:
+the target prefilled with the first VERIFIED tokens, the drafter run over all TOKENS rows at once
+(the first VERIFIED rows each a block of its own, the rest one block drafted past the verified
+length). engine/tests/glide_golden.rs loads the same files into specd and compares.
+
+    <out>/glide.safetensors    the drafter (float32)
+    <out>/logits.safetensors   tensor "logits", [TOKENS, draft vocabulary], float32
+    <out>/golden.json          token ids, verified length, versions
+
+Usage: python3 models/glide/train/golden.py [OUT_DIR]   (default engine/tests/fixtures/glide_golden)
+Needs torch 2.11 and transformers 5.17 (the versions of make_golden.py), CPU only.
+"""
+
+import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glide_model import GlideConfig, GlideDrafter, block_starts_from_sizes, save_glide  # noqa: E402
+from target import embed_weight, head_weight, target_pass, target_shapes  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+TARGET = REPO / "engine/tests/fixtures/golden/qwen2"
+TOKENS = [3, 17, 200, 45, 45, 9, 128, 77, 1, 250, 64, 12, 99, 5]
+VERIFIED = 10
+SEED = 1234
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "engine/tests/fixtures/glide_golden"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    target = transformers.Qwen2ForCausalLM.from_pretrained(TARGET, dtype=torch.float32, attn_implementation="eager")
+    target.eval().requires_grad_(False)
+    shapes = target_shapes(target)
+    draft_vocab = torch.randperm(shapes.vocab_size)[:100].sort().values
+    cfg = GlideConfig(
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        intermediate_size=48,
+        rms_norm_eps=1e-6,
+        target_layer=shapes.num_layers - 1,
+        draft_vocab_size=len(draft_vocab),
+        target=shapes,
+    )
+    model = GlideDrafter(cfg, embed_weight(target).detach(), draft_vocab, head_weight(target).detach())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    model.eval()
+
+    ids = torch.tensor([TOKENS])
+    k, v, _ = target_pass(target, ids[:, :VERIFIED], cfg.target_layer)
+    starts = block_starts_from_sizes([1] * VERIFIED + [len(TOKENS) - VERIFIED], len(TOKENS))
+    positions = torch.arange(len(TOKENS))[None]
+    with torch.no_grad():
+        logits = model(ids, positions, k, v, starts)[0]
+
+    save_glide(str(out / "glide.safetensors"), model, dtype=torch.float32)
+    save_file({"logits": logits.contiguous()}, str(out / "logits.safetensors"))
+    (out / "golden.json").write_text(
+        json.dumps(
+            {
+                "target": "engine/tests/fixtures/golden/qwen2",
+                "tokens": TOKENS,
+                "verified": VERIFIED,
+                "starts": starts.tolist(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "seed": SEED,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}: logits {tuple(logits.shape)}")
+
+
+if __name__ == "__main__":
+    main()

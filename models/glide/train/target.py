@@ -1,0 +1,74 @@
+"""The frozen target in PyTorch: loading it (a GGUF file through transformers and the `gguf`
+package, or a Hugging Face folder) and the one pass training needs from it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from glide_model import GlideTarget
+
+
+def load_target(path: str, device: str, dtype=torch.bfloat16):
+    """The target model and its tokenizer, frozen, in eval mode. A GGUF file is dequantized by
+    transformers (through the `gguf` package) into `dtype`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.isdir(path):
+        kwargs = dict(pretrained_model_name_or_path=path)
+    else:
+        kwargs = dict(pretrained_model_name_or_path=os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+    model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(**kwargs)
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def target_shapes(model) -> GlideTarget:
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = getattr(c, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", None))
+    return GlideTarget(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        head_dim=head_dim,
+        rope_theta=float(theta),
+    )
+
+
+def layer_kv(cache, layer: int):
+    """One layer's cached keys and values, `[B, kv heads, T, head_dim]` (keys rotated)."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    if hasattr(cache, "key_cache"):
+        return cache.key_cache[layer], cache.value_cache[layer]
+    return cache[layer][0], cache[layer][1]
+
+
+def head_weight(model) -> torch.Tensor:
+    return model.get_output_embeddings().weight
+
+
+def embed_weight(model) -> torch.Tensor:
+    return model.get_input_embeddings().weight
+
+
+@torch.no_grad()
+def target_pass(model, ids: torch.Tensor, layer: int, vocab_ids: torch.Tensor | None = None):
+    """Runs the target over `ids` (`[B, T]`, right-padded rows are fine: attention is causal).
+
+    Returns the keys and values target layer `layer` caches, and the target's logits for each
+    row, over `vocab_ids` only when given (the draft vocabulary: the target's distribution
+    renormalized on it is what the drafter learns)."""
+    out = model.model(input_ids=ids, use_cache=True)
+    k, v = layer_kv(out.past_key_values, layer)
+    head = head_weight(model)
+    if vocab_ids is not None:
+        head = head[vocab_ids]
+    logits = out.last_hidden_state @ head.T
+    return k, v, logits
