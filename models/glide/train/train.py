@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Trains specd's GLIDE drafter for a frozen target (Qwen2.5-Coder-1.5B-Instruct by default).
+
+Two stages, each rerunnable with the same seeds:
+
+  prepare  loads the target, collects permissively licensed Python source on this machine
+           (corpus.py; a held-out split by content hash), has the target answer code prompts
+           made from that source (self-distillation: greedy, its own chat template), picks the
+           draft vocabulary (the most frequent target tokens in the training text) and writes
+           everything to WORK/data.pt, with WORK/manifest.json naming every source and licence.
+  train    trains the drafter on that data against the target's own distributions: for each
+           row, the target's next-token distribution renormalized on the draft vocabulary is the
+           label (soft cross-entropy); the cross-attention reads the target layer's keys and
+           values under the paper's block-wise mask (random blocks of 1..MAX_BLOCK rows, each row
+           seeing target positions before its block). Writes OUT (specd's GLIDE file) and
+           WORK/report.json (losses, held-out agreement and simulated acceptance).
+
+Usage (the GPU machine: scripts/gpu/train-glide runs both):
+  python3 train.py prepare --target TARGET.gguf --work WORK
+  python3 train.py train   --target TARGET.gguf --work WORK --out glide.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import collect, make_prompts  # noqa: E402
+from glide_model import GlideConfig, GlideDrafter, random_block_starts, save_glide  # noqa: E402
+from target import embed_weight, head_weight, load_target, target_pass, target_shapes  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+START = time.time()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def bench_prompts() -> set[str]:
+    """bench-spec's prompts: none may be used for training."""
+    path = REPO / "scripts/bench/code_prompts.json"
+    return {p["text"].strip() for p in json.loads(path.read_text())["prompts"]}
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@torch.no_grad()
+def generate_answers(model, tok, prompts: list[str], batch: int, max_new: int, device: str, deadline: float):
+    """The target's greedy chat answers: (prompt + answer ids, index of the first answer id)."""
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    eos = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
+    out = []
+    t0 = time.time()
+    for i in range(0, len(prompts), batch):
+        if time.time() - t0 > deadline:
+            log(f"  generation deadline: {i} of {len(prompts)} prompts answered")
+            break
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts[i : i + batch]
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        gen = model.generate(
+            **enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
+        )
+        width = enc["input_ids"].shape[1]
+        for row in range(gen.shape[0]):
+            prompt = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+            answer = gen[row, width:].tolist()
+            # Through the first end-of-turn token (the target emits it; the drafter should
+            # learn to propose it too), padding dropped.
+            for j, t in enumerate(answer):
+                if t in eos:
+                    answer = answer[: j + 1]
+                    break
+            out.append((prompt + answer, len(prompt)))
+        log(f"  answered {min(i + batch, len(prompts))}/{len(prompts)} prompts")
+    return out
+
+
+def tokenize_files(tok, files, limit: int, eos: int) -> list[int]:
+    """Files' tokens, each file followed by `eos`, until `limit` tokens."""
+    ids: list[int] = []
+    for i in range(0, len(files), 256):
+        enc = tok([f.text for f in files[i : i + 256]], add_special_tokens=False)["input_ids"]
+        for e in enc:
+            ids.extend(e)
+            ids.append(eos)
+        if len(ids) >= limit:
+            break
+    return ids[:limit]
+
+
+def windows(ids: list[int], length: int) -> torch.Tensor:
+    n = len(ids) // length
+    return torch.tensor(ids[: n * length], dtype=torch.int32).view(n, length)
+
+
+def cmd_prepare(a, loaded=None) -> None:
+    random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if loaded is None:
+        log(f"loading the target {a.target}")
+        loaded = load_target(a.target, a.device)
+    model, tok = loaded
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    log("collecting Python source")
+    corpus = collect()
+    held_in = [f for f in corpus.files if not f.held_out]
+    held_out = [f for f in corpus.files if f.held_out]
+    log(f"  {len(corpus.files)} files from {len(corpus.licences)} packages ({len(held_out)} held out)")
+
+    prompts = make_prompts(corpus, a.prompts, a.seed, bench_prompts())
+    log(f"generating the target's answers to {len(prompts)} prompts")
+    t0 = time.time()
+    samples = generate_answers(model, tok, prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline)
+    gen_s = time.time() - t0
+    rng = random.Random(a.seed)
+    order = list(range(len(samples)))
+    rng.shuffle(order)
+    n_eval = max(1, len(samples) // 20)
+    distill_eval = [samples[i] for i in order[:n_eval]]
+    distill = [samples[i] for i in order[n_eval:]]
+
+    log("tokenizing the source")
+    rng.shuffle(held_in)
+    code = tokenize_files(tok, held_in, a.code_tokens, eos)
+    code_eval = tokenize_files(tok, held_out, a.eval_tokens, eos)
+
+    counts = torch.bincount(torch.tensor(code, dtype=torch.long), minlength=model.config.vocab_size)
+    for ids, start in distill:
+        counts += torch.bincount(torch.tensor(ids[start:], dtype=torch.long), minlength=model.config.vocab_size)
+    vocab_ids = torch.argsort(counts, descending=True, stable=True)[: a.draft_vocab]
+
+    in_vocab = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    in_vocab[vocab_ids] = True
+    answer_eval_tokens = torch.tensor([t for ids, s in distill_eval for t in ids[s:]], dtype=torch.long)
+    coverage = {
+        "held_out_code": float(in_vocab[torch.tensor(code_eval, dtype=torch.long)].float().mean()),
+        "held_out_answers": float(in_vocab[answer_eval_tokens].float().mean()),
+    }
+    stats = {
+        "files": len(corpus.files),
+        "held_out_files": len(held_out),
+        "code_tokens": len(code),
+        "code_eval_tokens": len(code_eval),
+        "prompts": len(prompts),
+        "answers": len(distill),
+        "answer_tokens": sum(len(i) - s for i, s in distill),
+        "eval_answers": len(distill_eval),
+        "generation_seconds": round(gen_s, 1),
+        "draft_vocab": a.draft_vocab,
+        "draft_vocab_coverage": coverage,
+    }
+    log(f"  {json.dumps(stats)}")
+    torch.save(
+        {
+            "code": windows(code, a.seq_len),
+            "code_eval": windows(code_eval, a.seq_len),
+            "distill": distill,
+            "distill_eval": distill_eval,
+            "vocab_ids": vocab_ids,
+            "stats": stats,
+            "args": vars(a),
+        },
+        work / "data.pt",
+    )
+    (work / "manifest.json").write_text(
+        json.dumps({"sources": corpus.manifest(), "example_prompts": prompts[:10], "stats": stats}, indent=1)
+    )
+    log(f"wrote {work / 'data.pt'}")
+
+
+# ---------------------------------------------------------------- train
+
+
+def padded(samples, length: int, pad: int):
+    """Right-padded ids `[B, length]` and the rows whose next token is an answer token."""
+    ids = torch.full((len(samples), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(samples), length), dtype=torch.bool)
+    for r, (toks, start) in enumerate(samples):
+        toks = toks[:length]
+        ids[r, : len(toks)] = torch.tensor(toks)
+        # Row p predicts token p + 1: rows start-1 .. len-2.
+        mask[r, max(start - 1, 0) : len(toks) - 1] = True
+    return ids, mask
+
+
+def batches(data, a, rng: random.Random):
+    """An endless, seeded mix of code windows and target answers."""
+    code, distill = data["code"], data["distill"]
+    while True:
+        if rng.random() < a.distill_share and distill:
+            picks = [distill[rng.randrange(len(distill))] for _ in range(a.batch)]
+            ids, mask = padded(picks, a.seq_len, 0)
+        else:
+            rows = [rng.randrange(code.shape[0]) for _ in range(a.batch)]
+            ids = code[rows].long()
+            mask = torch.ones_like(ids, dtype=torch.bool)
+            mask[:, -1] = False
+        yield ids, mask
+
+
+def soft_ce(logits, target_logits, rows):
+    """Cross-entropy against the target's distribution on the draft vocabulary, over `rows`."""
+    p = torch.softmax(target_logits.float(), dim=-1)
+    per_row = -(p * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
+    return (per_row * rows).sum() / rows.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
+    """Top-1 agreement with the target's argmax over the full vocabulary, and greedy acceptance
+    simulated on blocks of k rows (the drafts after a verification): accepted = the leading rows
+    whose draft equals the target's choice."""
+    agree = total = 0
+    accepted, blocks = [], 0
+    vocab_ids = drafter.vocab_ids
+    for i in range(0, ids.shape[0], a.batch):
+        x = ids[i : i + a.batch].to(device)
+        m = mask[i : i + a.batch].to(device)
+        kk, vv, full = target_pass(target, x, cfg.target_layer)
+        T = x.shape[1]
+        starts = torch.arange(T, device=device) // k * k
+        pos = torch.arange(T, device=device)[None].expand(x.shape[0], T)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16):
+            logits = drafter(x, pos, kk, vv, starts)
+        draft = vocab_ids[logits.argmax(-1)]
+        want = full.argmax(-1)
+        hit = (draft == want) & m & (starts > 0)[None]
+        agree += int(hit.sum())
+        total += int((m & (starts > 0)[None]).sum())
+        nb = T // k
+        h = hit[:, 1 * k : nb * k].view(x.shape[0], nb - 1, k)
+        valid = (m & (starts > 0)[None])[:, k : nb * k].view(x.shape[0], nb - 1, k).all(-1)
+        lead = torch.cumprod(h.int(), dim=-1).sum(-1)
+        accepted.append(lead[valid].float())
+        blocks += int(valid.sum())
+    acc = torch.cat(accepted) if accepted else torch.zeros(0)
+    return {
+        "top1_agreement": agree / max(total, 1),
+        "k": k,
+        "blocks": blocks,
+        "acceptance_rate": float(acc.mean() / k) if blocks else 0.0,
+        "mean_accepted_length": float(acc.mean() + 1) if blocks else 0.0,
+    }
+
+
+def cmd_train(a, loaded=None) -> None:
+    random.seed(a.seed)
+    torch.manual_seed(a.seed)
+    work = Path(a.work)
+    data = torch.load(work / "data.pt", weights_only=False)
+    if loaded is None:
+        log(f"loading the target {a.target}")
+        loaded = load_target(a.target, a.device)
+    target, _ = loaded
+    shapes = target_shapes(target)
+    layer = shapes.num_layers - 1 if a.target_layer < 0 else a.target_layer
+    vocab_ids = data["vocab_ids"].to(a.device)
+    cfg = GlideConfig(
+        num_layers=1,
+        num_heads=a.heads,
+        num_kv_heads=a.kv_heads,
+        head_dim=a.head_dim,
+        intermediate_size=a.intermediate,
+        rms_norm_eps=target.config.rms_norm_eps,
+        target_layer=layer,
+        draft_vocab_size=len(vocab_ids),
+        target=shapes,
+    )
+    drafter = GlideDrafter(cfg, embed_weight(target).detach(), vocab_ids, head_weight(target).detach()).to(a.device)
+    tl = target.model.layers[layer]
+    drafter.init_from_target(
+        {
+            "q_proj": tl.self_attn.q_proj.weight.float(),
+            "o_proj": tl.self_attn.o_proj.weight.float(),
+            "input_layernorm": tl.input_layernorm.weight.float(),
+            "post_attention_layernorm": tl.post_attention_layernorm.weight.float(),
+        },
+        target.model.norm.weight.float(),
+    )
+    params = [p for p in drafter.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    log(f"drafter: {n_params / 1e6:.2f} M parameters, config {cfg.to_json()}")
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    warm = max(1, a.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
+    )
+    rng = random.Random(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+    amp = "cuda" if a.device.startswith("cuda") else "cpu"
+    losses = []
+    tokens_seen = 0
+    t0 = time.time()
+    stream = batches(data, a, rng)
+    for step in range(a.steps):
+        if time.time() - t0 > a.deadline or (a.until and time.time() - START > a.until):
+            log(f"training deadline reached after {step} steps")
+            break
+        ids, mask = next(stream)
+        ids, mask = ids.to(a.device), mask.to(a.device)
+        k, v, tlogits = target_pass(target, ids, layer, vocab_ids)
+        starts = random_block_starts(a.seq_len, a.max_block, gen, a.device)
+        rows = mask & (starts > 0)[None]
+        pos = torch.arange(a.seq_len, device=a.device)[None].expand(ids.shape[0], -1)
+        with torch.autocast(device_type=amp, dtype=torch.bfloat16):
+            logits = drafter(ids, pos, k, v, starts)
+        loss = soft_ce(logits, tlogits, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        tokens_seen += int(rows.sum())
+        losses.append(float(loss.detach()))
+        if step % a.log_every == 0 or step == a.steps - 1:
+            recent = sum(losses[-a.log_every :]) / len(losses[-a.log_every :])
+            log(f"step {step}/{a.steps} loss {recent:.4f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f} s)")
+    train_s = time.time() - t0
+
+    drafter.eval()
+    code_eval = data["code_eval"][: a.eval_windows].long()
+    code_mask = torch.ones_like(code_eval, dtype=torch.bool)
+    code_mask[:, -1] = False
+    d_ids, d_mask = padded(data["distill_eval"], a.seq_len, 0)
+    report = {
+        "config": json.loads(cfg.to_json()),
+        "parameters": n_params,
+        "steps": len(losses),
+        "batch": a.batch,
+        "seq_len": a.seq_len,
+        "tokens_seen": tokens_seen,
+        "train_seconds": round(train_s, 1),
+        "loss_first_50": sum(losses[:50]) / max(1, len(losses[:50])),
+        "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "held_out_code": evaluate(drafter, target, a, code_eval, code_mask, cfg, a.device),
+        "held_out_answers": evaluate(drafter, target, a, d_ids, d_mask, cfg, a.device),
+        "data": data["stats"],
+        "args": vars(a),
+        "torch": torch.__version__,
+    }
+    log(json.dumps({k: report[k] for k in ("loss_first_50", "loss_last_50", "held_out_code", "held_out_answers")}))
+    save_glide(a.out, drafter.cpu(), dtype=torch.bfloat16)
+    (work / "report.json").write_text(json.dumps(report, indent=1))
+    log(f"wrote {a.out} ({os.path.getsize(a.out)} bytes) and {work / 'report.json'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("prepare", "train", "all"):
+        p = sub.add_parser(name)
+        p.add_argument("--target", required=True, help="the target: a GGUF file or a Hugging Face folder")
+        p.add_argument("--work", required=True, help="folder for data.pt, manifest.json, report.json")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--seed", type=int, default=20261203)
+        p.add_argument("--seq-len", type=int, default=512)
+    for p in (sub.choices["prepare"], sub.choices["all"]):
+        prepare_args(p)
+    for p in (sub.choices["train"], sub.choices["all"]):
+        train_args(p)
+    a = ap.parse_args()
+    if a.cmd == "all":
+        log(f"loading the target {a.target}")
+        loaded = load_target(a.target, a.device)
+        cmd_prepare(a, loaded)
+        cmd_train(a, loaded)
+    else:
+        {"prepare": cmd_prepare, "train": cmd_train}[a.cmd](a)
+
+
+def prepare_args(p) -> None:
+    p.add_argument("--prompts", type=int, default=2560, help="code prompts the target answers")
+    p.add_argument("--gen-batch", type=int, default=256)
+    p.add_argument("--gen-tokens", type=int, default=320, help="longest answer")
+    p.add_argument("--gen-deadline", type=float, default=300, help="seconds after which no new batch is answered")
+    p.add_argument("--code-tokens", type=int, default=12_000_000, help="training tokens of source")
+    p.add_argument("--eval-tokens", type=int, default=262_144, help="held-out tokens of source")
+    p.add_argument("--draft-vocab", type=int, default=16384)
+
+
+def train_args(p) -> None:
+    p.add_argument("--out", required=True, help="the GLIDE file to write")
+    p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--deadline", type=float, default=420, help="seconds after which training stops")
+    p.add_argument("--until", type=float, default=0, help="seconds after the start of the program when training stops (0: none)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-block", type=int, default=8, help="largest block of the block-wise mask")
+    p.add_argument("--distill-share", type=float, default=0.6, help="share of batches of target answers")
+    p.add_argument("--target-layer", type=int, default=-1, help="target layer read (-1: the last)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=1024)
+    p.add_argument("--eval-windows", type=int, default=256)
+    p.add_argument("--log-every", type=int, default=50)
+
+
+if __name__ == "__main__":
+    main()
