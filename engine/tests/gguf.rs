@@ -8,10 +8,18 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use specd_engine::model::tiny::{tiny_config, tiny_vocab, tiny_weights, TinySpec, SPECIAL_TOKENS};
+use std::sync::Arc;
+
+use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::model::tiny::{
+    tiny_config, tiny_guessing_glide, tiny_tokenizer, tiny_vocab, tiny_weights, TinySpec,
+    SPECIAL_TOKENS,
+};
 use specd_engine::model::{
     self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, Weights,
 };
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{generate_speculative, DraftPolicyConfig, GlideProposer};
 
 /// llama.cpp's conversion reorders each head's Q/K rows so that rotation pairs are adjacent:
 /// row 2i + j of the result is row j * d/2 + i of the Hugging Face weight.
@@ -461,4 +469,49 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
             assert_eq!(row, prefilled[i], "{dtype:?}: position {i}");
         }
     }
+}
+
+/// A GLIDE drafter served with a quantized target has its dense matrices quantized to Q8_0
+/// (with a dense target they stay dense), and greedy speculation with it still equals
+/// target-only output.
+#[test]
+fn a_glide_drafter_follows_a_quantized_target_into_q8_0_and_stays_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, tensors, path) = quantized_tiny(dir.path(), GgmlDType::Q8_0, 64, 128);
+    let quantized = model::load(&path, &LoadOptions::default()).unwrap().model;
+    let dense = Model::load(cfg, &mut Weights::from_tensors(tensors)).unwrap();
+    assert!(!tiny_guessing_glide(&dense, 200, 3).unwrap().is_quantized());
+    let glide = tiny_guessing_glide(&quantized, 200, 3).unwrap();
+    assert!(
+        glide.is_quantized(),
+        "a drafter for a quantized target stayed dense"
+    );
+
+    let tok = tiny_tokenizer();
+    let proposer = GlideProposer::new(Arc::new(glide));
+    let (mut drafted, mut accepted) = (0, 0);
+    for s in 0..4u32 {
+        let prompt: Vec<u32> = (0..8 + 3 * s)
+            .map(|i| (i * 37 + s * 11 + 5) % 250)
+            .collect();
+        let req = GenerateRequest {
+            prompt,
+            max_tokens: 20,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        };
+        let want = generate(&quantized, &tok, &req, |_| {}).unwrap();
+        let policy = DraftPolicyConfig {
+            max_draft: 4,
+            adaptive: false,
+            confidence: None,
+        };
+        let got =
+            generate_speculative(&quantized, &tok, Some(&proposer), policy, &req, |_| {}).unwrap();
+        assert_eq!(got.tokens, want.tokens, "prompt {s}");
+        drafted += got.speculation.drafted_tokens;
+        accepted += got.speculation.accepted_tokens;
+    }
+    assert!(drafted > 0, "the quantized drafter never drafted");
+    eprintln!("{accepted} of {drafted} drafts accepted");
 }

@@ -75,6 +75,13 @@ impl Projection {
     fn rows(&self) -> usize {
         self.parts.iter().map(Linear::rows).sum()
     }
+
+    /// Whether any part is stored quantized.
+    pub(crate) fn is_quantized(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p.inner(), QMatMul::QTensor(_)))
+    }
 }
 
 /// Stacks the rows of matrices with the same storage kind into one matrix.

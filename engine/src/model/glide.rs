@@ -207,7 +207,8 @@ impl GlideModel {
     /// Builds the drafter for `target` from `weights` (Hugging Face names for the Llama layers,
     /// [`cross_tensor_names`] for the cross-attention, and `lm_head.weight` of `vocab.len()`
     /// rows; without it the head is the target's own rows for the drafter's tokens), refusing a
-    /// drafter that does not fit the target (named with `path`).
+    /// drafter that does not fit the target (named with `path`). For a quantized target the
+    /// drafter's dense matrices are quantized to Q8_0; for a dense one they stay as stored.
     pub fn from_weights(
         config: GlideConfig,
         weights: &mut Weights,
@@ -241,8 +242,18 @@ impl GlideModel {
         let cross_dim = t.num_heads * t.head_dim;
         let mut layers = Vec::with_capacity(config.num_layers);
         let mut cross = Vec::with_capacity(config.num_layers);
+        // A quantized target is served at its quantization's precision: the drafter's dense
+        // matrices follow it into Q8_0, which cuts the bytes a drafted token reads by four.
+        let quantize = target.cpu_head().is_some_and(|h| h.is_quantized());
+        let prepare = |m: HostMatrix| if quantize { m.quantized_q8() } else { Ok(m) };
         for i in 0..config.num_layers {
-            layers.push(load_layer(&base, weights, i, false)?.into_cpu()?);
+            let layer = load_layer(&base, weights, i, false)?;
+            let layer = if quantize {
+                layer.quantized_q8()?
+            } else {
+                layer
+            };
+            layers.push(layer.into_cpu()?);
             let [norm, q, o] = cross_tensor_names(i);
             let single = |m| HostMatrix {
                 parts: vec![m],
@@ -250,16 +261,16 @@ impl GlideModel {
             };
             cross.push(CrossWeights {
                 norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
-                q: single(weights.matrix_named(&q, cross_dim, h)?).into_cpu()?,
-                o: single(weights.matrix_named(&o, h, cross_dim)?).into_cpu()?,
+                q: prepare(single(weights.matrix_named(&q, cross_dim, h)?))?.into_cpu()?,
+                o: prepare(single(weights.matrix_named(&o, h, cross_dim)?))?.into_cpu()?,
             });
         }
         // Its own head if the file has one, else the target's rows for its tokens.
         let head = if weights.contains(Param::LmHead) {
-            HostMatrix {
+            prepare(HostMatrix {
                 parts: vec![weights.matrix(Param::LmHead, vocab.len(), h)?],
                 bias: None,
-            }
+            })?
             .into_cpu()?
         } else {
             let rows = target.cpu_head().expect("a CPU target (checked above)");
@@ -287,6 +298,17 @@ impl GlideModel {
 
     pub fn config(&self) -> &GlideConfig {
         &self.config
+    }
+
+    /// Whether the drafter's layer matrices are stored quantized (they are for a quantized
+    /// target: [`GlideModel::from_weights`]).
+    pub fn is_quantized(&self) -> bool {
+        self.weights
+            .base
+            .layers
+            .iter()
+            .all(|l| l.qkv.is_quantized())
+            && self.weights.cross.iter().all(|c| c.q.is_quantized())
     }
 
     /// The target ids of the head's rows.

@@ -1,6 +1,7 @@
 //! A Llama-family model's weights as read from the file, before they go to a device: matrices
 //! in candle's form (GGUF blocks or dense tensors, stacked parts and biases), norms as f32.
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
@@ -26,12 +27,51 @@ impl HostMatrix {
     pub(crate) fn into_cpu(self) -> Result<Projection> {
         Projection::new(self.parts, self.bias)
     }
+
+    /// The matrix with its dense parts quantized to Q8_0 (parts already quantized, and parts
+    /// whose rows are not whole Q8_0 blocks, stay as they are).
+    pub(crate) fn quantized_q8(self) -> Result<Self> {
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|m| match m {
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t)
+                    if t.dims()
+                        .last()
+                        .is_some_and(|&c| c % GgmlDType::Q8_0.block_size() == 0) =>
+                {
+                    let t = t.to_dtype(candle_core::DType::F32)?;
+                    Ok(QMatMul::from_qtensor(QTensor::quantize(
+                        &t,
+                        GgmlDType::Q8_0,
+                    )?)?)
+                }
+                other => Ok(other),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            parts,
+            bias: self.bias,
+        })
+    }
 }
 
 /// One decoder layer's weights as read from the file.
 pub(crate) type HostLayer = LayerWeights<HostMatrix, Vec<f32>>;
 
 impl HostLayer {
+    /// [`HostMatrix::quantized_q8`] for each of the layer's matrices.
+    pub(crate) fn quantized_q8(self) -> Result<Self> {
+        Ok(LayerWeights {
+            attn_norm: self.attn_norm,
+            qkv: self.qkv.quantized_q8()?,
+            o: self.o.quantized_q8()?,
+            ffn_norm: self.ffn_norm,
+            gate_up: self.gate_up.quantized_q8()?,
+            down: self.down.quantized_q8()?,
+        })
+    }
+
     pub(crate) fn into_cpu(self) -> Result<LayerWeights<Projection, Vec<f32>>> {
         Ok(LayerWeights {
             attn_norm: self.attn_norm,
