@@ -24,7 +24,18 @@ MAX_FILE_BYTES = 200_000
 PERMISSIVE = re.compile(
     r"\b(MIT|BSD|Apache|Python Software Foundation|PSF|ISC|HPND|Unlicense|zlib|CNRI)\b", re.I
 )
-COPYLEFT = re.compile(r"\b(GPL|LGPL|AGPL|MPL|Mozilla|GNU General|Lesser General)\b", re.I)
+COPYLEFT = re.compile(
+    r"(?<![A-Za-z])(A|L)?GPL|General Public|(?<![A-Za-z])MPL(?![A-Za-z])|Mozilla Public|"
+    r"(?<![A-Za-z])EU?PL(?![A-Za-z])|CDDL|(?<![A-Za-z])OSL(?![A-Za-z])|CC-BY-SA|SSPL",
+    re.I,
+)
+# A copyleft licence named in a file's header (case-sensitive: code says "sample" and "mpl").
+COPYLEFT_HEADER = re.compile(
+    r"GNU (Lesser |Library |Affero )?General Public License|Mozilla Public License|"
+    r"\b(A|L)?GPL(v?[23])?\b|\bMPL-2\.0\b"
+)
+# Code another project's licence governs, shipped inside a package.
+VENDORED = {"_vendor", "vendor", "vendored", "_vendored", "third_party", "thirdparty", "externals", "extern"}
 
 
 @dataclass
@@ -39,11 +50,15 @@ class SourceFile:
 class Corpus:
     files: list[SourceFile] = field(default_factory=list)
     licences: dict[str, str] = field(default_factory=dict)  # package → licence text
+    versions: dict[str, str] = field(default_factory=dict)  # package → version
 
     def manifest(self) -> dict:
         per = {}
         for f in self.files:
-            p = per.setdefault(f.package, {"licence": self.licences[f.package], "files": 0, "bytes": 0, "held_out_files": 0})
+            p = per.setdefault(
+                f.package,
+                {"licence": self.licences[f.package], "version": self.versions.get(f.package, ""), "files": 0, "bytes": 0, "held_out_files": 0},
+            )
             p["files"] += 1
             p["bytes"] += len(f.text.encode())
             p["held_out_files"] += int(f.held_out)
@@ -53,7 +68,7 @@ class Corpus:
 def licence_of(dist) -> str | None:
     """The permissive licence a distribution declares, or None (unknown or copyleft)."""
     meta = dist.metadata
-    texts = [meta.get("License-Expression") or "", (meta.get("License") or "")[:200]]
+    texts = [meta.get("License-Expression") or "", meta.get("License") or ""]
     texts += [c for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
     joined = " | ".join(t for t in texts if t)
     if not joined or COPYLEFT.search(joined) or not PERMISSIVE.search(joined):
@@ -62,13 +77,18 @@ def licence_of(dist) -> str | None:
 
 
 def _read(path: str) -> str | None:
+    """A file's text, unless it is too large, vendored from another project, or its header
+    names a copyleft licence."""
+    if VENDORED & set(os.path.normpath(path).split(os.sep)):
+        return None
     try:
         if os.path.getsize(path) > MAX_FILE_BYTES:
             return None
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except (OSError, UnicodeDecodeError):
         return None
+    return None if COPYLEFT_HEADER.search(text[:4096]) else text
 
 
 def collect(skip_packages: set[str] = frozenset()) -> Corpus:
@@ -81,6 +101,7 @@ def collect(skip_packages: set[str] = frozenset()) -> Corpus:
         dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "dist-packages", "__pycache__"))
         candidates += [(os.path.join(root, n), "python-stdlib") for n in sorted(names) if n.endswith(".py")]
     corpus.licences["python-stdlib"] = "PSF-2.0 (Python Software Foundation License)"
+    corpus.versions["python-stdlib"] = sysconfig.get_python_version()
     dists = sorted(md.distributions(), key=lambda d: (d.metadata.get("Name") or "").lower())
     for dist in dists:
         name = (dist.metadata.get("Name") or "").lower()
@@ -90,6 +111,7 @@ def collect(skip_packages: set[str] = frozenset()) -> Corpus:
         if lic is None or not dist.files:
             continue
         corpus.licences[name] = lic
+        corpus.versions[name] = dist.version
         candidates += [(str(dist.locate_file(f)), name) for f in sorted(dist.files, key=str) if str(f).endswith(".py")]
     for path, package in candidates:
         text = _read(path)
@@ -143,10 +165,10 @@ def functions(text: str):
         yield node.name, args, doc, src
 
 
-def make_prompts(corpus: Corpus, count: int, seed: int, exclude: set[str]) -> list[str]:
-    """`count` prompts from held-in files' functions, none equal to an excluded prompt."""
+def make_prompts(files: list[SourceFile], count: int, seed: int, exclude: set[str]) -> list[str]:
+    """`count` prompts from functions of `files`, none equal to an excluded prompt."""
     rng = random.Random(seed)
-    files = [f for f in corpus.files if not f.held_out]
+    files = list(files)
     rng.shuffle(files)
     prompts: list[str] = []
     for f in files:

@@ -43,6 +43,15 @@ REPO = Path(__file__).resolve().parents[3]
 START = time.time()
 
 
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -127,20 +136,22 @@ def cmd_prepare(a, loaded=None) -> None:
     held_out = [f for f in corpus.files if f.held_out]
     log(f"  {len(corpus.files)} files from {len(corpus.licences)} packages ({len(held_out)} held out)")
 
-    prompts = make_prompts(corpus, a.prompts, a.seed, bench_prompts())
-    log(f"generating the target's answers to {len(prompts)} prompts")
+    # Held-out answers answer prompts made from held-out files, and are generated first, so
+    # that neither the split nor the files chosen depend on how fast generation runs.
+    exclude = bench_prompts()
+    eval_prompts = make_prompts(held_out, max(1, a.prompts // 20), a.seed + 1, exclude)
+    prompts = make_prompts(held_in, a.prompts, a.seed, exclude)
+    log(f"generating the target's answers to {len(eval_prompts)} held-out and {len(prompts)} training prompts")
     t0 = time.time()
-    samples = generate_answers(model, tok, prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline)
+    distill_eval = generate_answers(model, tok, eval_prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline)
+    distill = generate_answers(
+        model, tok, prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
+    )
     gen_s = time.time() - t0
-    rng = random.Random(a.seed)
-    order = list(range(len(samples)))
-    rng.shuffle(order)
-    n_eval = max(1, len(samples) // 20)
-    distill_eval = [samples[i] for i in order[:n_eval]]
-    distill = [samples[i] for i in order[n_eval:]]
 
     log("tokenizing the source")
-    rng.shuffle(held_in)
+    random.Random(a.seed + 2).shuffle(held_in)
+    random.Random(a.seed + 3).shuffle(held_out)
     code = tokenize_files(tok, held_in, a.code_tokens, eos)
     code_eval = tokenize_files(tok, held_out, a.eval_tokens, eos)
 
@@ -164,6 +175,7 @@ def cmd_prepare(a, loaded=None) -> None:
         "prompts": len(prompts),
         "answers": len(distill),
         "answer_tokens": sum(len(i) - s for i, s in distill),
+        "eval_prompts": len(eval_prompts),
         "eval_answers": len(distill_eval),
         "generation_seconds": round(gen_s, 1),
         "draft_vocab": a.draft_vocab,
@@ -268,6 +280,10 @@ def cmd_train(a, loaded=None) -> None:
     torch.manual_seed(a.seed)
     work = Path(a.work)
     data = torch.load(work / "data.pt", weights_only=False)
+    prepared = data["code"].shape[1]
+    if a.seq_len != prepared:
+        log(f"--seq-len {a.seq_len} given, but the data was prepared in windows of {prepared}: using {prepared}")
+        a.seq_len = prepared
     if loaded is None:
         log(f"loading the target {a.target}")
         loaded = load_target(a.target, a.device)
@@ -301,21 +317,31 @@ def cmd_train(a, loaded=None) -> None:
     n_params = sum(p.numel() for p in params)
     log(f"drafter: {n_params / 1e6:.2f} M parameters, config {cfg.to_json()}")
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warm = max(1, a.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
-    )
+
+    def lr_at(step: int, progress: float) -> float:
+        """Warm-up over the first 5 %, then cosine down to a tenth of --lr."""
+        warm = min(1.0, max((step + 1) / (0.05 * a.steps), progress / 0.05))
+        return a.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
     rng = random.Random(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
     amp = "cuda" if a.device.startswith("cuda") else "cpu"
     losses = []
     tokens_seen = 0
     t0 = time.time()
+    # The time training may take: the schedule follows whichever runs out first, steps or
+    # time, so that a run cut by a deadline still ends annealed.
+    budget = a.deadline
+    if a.until:
+        budget = min(budget, a.until - (t0 - START))
     stream = batches(data, a, rng)
     for step in range(a.steps):
-        if time.time() - t0 > a.deadline or (a.until and time.time() - START > a.until):
+        progress = max(step / a.steps, (time.time() - t0) / budget)
+        if progress >= 1.0:
             log(f"training deadline reached after {step} steps")
             break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, progress)
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
         k, v, tlogits = target_pass(target, ids, layer, vocab_ids)
@@ -329,12 +355,11 @@ def cmd_train(a, loaded=None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         tokens_seen += int(rows.sum())
         losses.append(float(loss.detach()))
         if step % a.log_every == 0 or step == a.steps - 1:
             recent = sum(losses[-a.log_every :]) / len(losses[-a.log_every :])
-            log(f"step {step}/{a.steps} loss {recent:.4f} lr {sched.get_last_lr()[0]:.2e} ({time.time() - t0:.0f} s)")
+            log(f"step {step}/{a.steps} loss {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
     train_s = time.time() - t0
 
     drafter.eval()
@@ -356,7 +381,7 @@ def cmd_train(a, loaded=None) -> None:
         "held_out_answers": evaluate(drafter, target, a, d_ids, d_mask, cfg, a.device),
         "data": data["stats"],
         "args": vars(a),
-        "torch": torch.__version__,
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "gguf": _version("gguf")},
     }
     log(json.dumps({k: report[k] for k in ("loss_first_50", "loss_last_50", "held_out_code", "held_out_answers")}))
     save_glide(a.out, drafter.cpu(), dtype=torch.bfloat16)
