@@ -99,18 +99,19 @@ impl KvCacheManager {
     /// up drafting, then fails (or ends with `length` if it has generated).
     fn fit(&mut self, pools: &mut Pools, batch: &mut StepBatch) {
         loop {
-            let mut nt = 0;
-            for s in &batch.slots {
-                nt += self.needs(pools, s).0;
-            }
+            // Each slot's (target, own pool) blocks, computed once per round.
+            let needs: Vec<(usize, usize)> =
+                batch.slots.iter().map(|s| self.needs(pools, s)).collect();
+            let nt: usize = needs.iter().map(|n| n.0).sum();
             let short: Vec<Method> = Pools::PROPOSER_POOLS
                 .into_iter()
                 .filter(|&m| {
                     let need: usize = batch
                         .slots
                         .iter()
-                        .filter(|s| s.method == m)
-                        .map(|s| self.needs(pools, s).1)
+                        .zip(&needs)
+                        .filter(|(s, _)| s.method == m)
+                        .map(|(_, n)| n.1)
                         .sum();
                     need > pools.proposer_pool(m).map_or(0, |kv| kv.blocks_free())
                 })
@@ -120,9 +121,13 @@ impl KvCacheManager {
                 return;
             }
             if target_fits {
-                if let Some(s) = batch.slots.iter_mut().rev().find(|s| {
-                    s.budget > 0 && short.contains(&s.method) && self.needs(pools, s).1 > 0
-                }) {
+                if let Some((s, _)) = batch
+                    .slots
+                    .iter_mut()
+                    .zip(&needs)
+                    .rev()
+                    .find(|(s, n)| s.budget > 0 && short.contains(&s.method) && n.1 > 0)
+                {
                     s.budget = 0;
                     continue;
                 }
