@@ -127,8 +127,11 @@ def collect(skip_packages: set[str] = frozenset()) -> Corpus:
     return corpus
 
 
-# Code prompts for self-distillation, made from functions of held-in files.
-TASKS = [
+# Code prompts for self-distillation, made from held-in files. Three kinds, in the proportions
+# of KIND_SHARES: tasks on one function, tasks on a whole snippet (a run of top-level
+# statements) that ask for the whole code back, as edits of given code do, and functions to
+# write in other languages from a Python docstring. None of the wordings is a bench-spec prompt's.
+FUNCTION_TASKS = [
     "Write a Python function `{name}{args}` that does the following: {doc}",
     "Explain what this Python function does, step by step:\n```python\n{src}\n```",
     "Add type hints and a Google-style docstring to this function:\n```python\n{src}\n```",
@@ -138,14 +141,39 @@ TASKS = [
     "Rewrite this function without changing its behaviour, then show an example call:\n```python\n{src}\n```",
     "Implement `{name}{args}` in Python. {doc} Include a short usage example.",
 ]
+SNIPPET_TASKS = [
+    "Annotate every function below with type hints and give back the complete code:\n\n```python\n{code}\n```",
+    "Change the name `{ident}` to `{new_ident}` throughout this code and give back all of it:\n\n```python\n{code}\n```",
+    "Give each function and class in this code a docstring, and return the code in full:\n\n```python\n{code}\n```",
+    "Use the logging module instead of print in this code (a module-level logger) and return the complete file:\n\n```python\n{code}\n```",
+    "Make these functions check their arguments and raise ValueError on bad ones; return the updated code in full:\n\n```python\n{code}\n```",
+    "Port this Python code to {lang}, keeping its structure and comments:\n\n```python\n{code}\n```",
+    "Tidy the imports of this file (unused ones removed, the rest sorted) and return the entire file:\n\n```python\n{code}\n```",
+    "Look for bugs in this file, fix them, and return the corrected file in full:\n\n```python\n{code}\n```",
+    "Comment the non-obvious lines of this code and return it unchanged otherwise, in full:\n\n```python\n{code}\n```",
+    "Convert the string formatting in this code to f-strings where possible and return the whole code:\n\n```python\n{code}\n```",
+    "Split the longest function here into smaller helpers and return the full module:\n\n```python\n{code}\n```",
+    "Add a short module docstring and a `if __name__ == \"__main__\":` demo to this file, and return all of it:\n\n```python\n{code}\n```",
+]
+LANGUAGE_TASKS = [
+    "Write a {lang} function `{name}` that does the following: {doc}",
+    "In {lang}, implement `{name}`: {doc} Show how to call it.",
+    "Give me a {lang} version of a function named `{name}`. {doc}",
+]
+LANGUAGES = ["Rust", "JavaScript", "TypeScript", "Go", "C", "C++", "Java", "C#", "Ruby", "Kotlin", "Bash"]
+# Prompts come from files of at most PROMPT_FILE_CHARS (parsing large ones is slow) and are at
+# most PROMPT_CHARS long (about 1,000 tokens).
+PROMPT_FILE_CHARS = 40_000
+PROMPT_CHARS = 3_600
+KIND_SHARES = {"function": 0.35, "snippet": 0.45, "language": 0.20}
 
 
-def functions(text: str):
+def functions(text: str, tree=None):
     """(name, args, first docstring line, source) of the top-level and method functions of a
     file, 3 to 25 lines long."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
+    if tree is None:
+        tree = _parse(text)
+    if tree is None:
         return
     lines = text.splitlines()
     for node in ast.walk(tree):
@@ -165,20 +193,85 @@ def functions(text: str):
         yield node.name, args, doc, src
 
 
+def _parse(text: str):
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def snippets(text: str, tree, min_lines: int = 8, max_lines: int = 60):
+    """Runs of consecutive top-level statements of a file, `min_lines` to `max_lines` lines
+    long (the file's own text, comments included), each with the identifiers it assigns or
+    defines."""
+    if tree is None or not tree.body:
+        return []
+    lines = text.splitlines()
+    body = tree.body
+    out = []
+    i = 0
+    while i < len(body):
+        first = body[i].lineno
+        if hasattr(body[i], "decorator_list") and body[i].decorator_list:
+            first = min(d.lineno for d in body[i].decorator_list)
+        j = i
+        while j + 1 < len(body) and body[j + 1].end_lineno - first + 1 <= max_lines:
+            j += 1
+        last = body[j].end_lineno
+        if min_lines <= last - first + 1 <= max_lines:
+            names = sorted(
+                {n.id for k in body[i : j + 1] for n in ast.walk(k) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                | {a.arg for k in body[i : j + 1] for n in ast.walk(k) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for a in n.args.args if a.arg not in ("self", "cls")}
+            )
+            out.append(("\n".join(lines[first - 1 : last]), [n for n in names if len(n) > 2]))
+        i = j + 1
+    return out
+
+
+RENAMES = {"data": "records", "result": "outcome", "value": "item_value", "items": "entries", "path": "file_path"}
+
+
+def _new_name(ident: str, rng: random.Random) -> str:
+    if ident in RENAMES:
+        return RENAMES[ident]
+    return rng.choice(["new_", "the_", "my_"]) + ident if rng.random() < 0.5 else ident + rng.choice(["_value", "_list", "_obj"])
+
+
 def make_prompts(files: list[SourceFile], count: int, seed: int, exclude: set[str]) -> list[str]:
-    """`count` prompts from functions of `files`, none equal to an excluded prompt."""
+    """`count` prompts from `files` (the kinds of KIND_SHARES), none equal to an excluded prompt."""
     rng = random.Random(seed)
     files = list(files)
     rng.shuffle(files)
+    kinds = list(KIND_SHARES)
+    weights = [KIND_SHARES[k] for k in kinds]
     prompts: list[str] = []
     for f in files:
-        fns = list(functions(f.text))
-        if not fns:
+        if len(f.text) > PROMPT_FILE_CHARS:
             continue
-        name, args, doc, src = rng.choice(fns)
-        task = rng.choice(TASKS if doc else [t for t in TASKS if "{doc}" not in t])
-        prompt = task.format(name=name, args=args, doc=doc, src=src)
-        if prompt.strip() not in exclude:
+        tree = _parse(f.text)
+        if tree is None:
+            continue
+        kind = rng.choices(kinds, weights)[0]
+        prompt = None
+        if kind == "snippet":
+            found = snippets(f.text, tree)
+            if found:
+                code, names = rng.choice(found)
+                task = rng.choice(SNIPPET_TASKS if names else [t for t in SNIPPET_TASKS if "{ident}" not in t])
+                ident = rng.choice(names) if names else ""
+                prompt = task.format(code=code, ident=ident, new_ident=_new_name(ident, rng), lang=rng.choice(LANGUAGES))
+        else:
+            fns = list(functions(f.text, tree))
+            if kind == "language":
+                fns = [fn for fn in fns if fn[2]]
+            if fns:
+                name, args, doc, src = rng.choice(fns)
+                if kind == "language":
+                    prompt = rng.choice(LANGUAGE_TASKS).format(lang=rng.choice(LANGUAGES), name=name, doc=doc)
+                else:
+                    task = rng.choice(FUNCTION_TASKS if doc else [t for t in FUNCTION_TASKS if "{doc}" not in t])
+                    prompt = task.format(name=name, args=args, doc=doc, src=src)
+        if prompt is not None and len(prompt) <= PROMPT_CHARS and prompt.strip() not in exclude:
             prompts.append(prompt)
         if len(prompts) >= count:
             break

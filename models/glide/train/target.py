@@ -15,6 +15,8 @@ def load_target(path: str, device: str, dtype=torch.bfloat16):
     transformers (through the `gguf` package) into `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if os.path.isfile(os.path.join(path, SAVED_WEIGHTS)):
+        return _load_saved(path, device, dtype)
     if os.path.isdir(path):
         kwargs = dict(pretrained_model_name_or_path=path)
     else:
@@ -23,6 +25,40 @@ def load_target(path: str, device: str, dtype=torch.bfloat16):
     tokenizer = AutoTokenizer.from_pretrained(**kwargs)
     model.to(device).eval().requires_grad_(False)
     return model, tokenizer
+
+
+# A target saved by `save_target`: its config, tokenizer and weights in one folder.
+SAVED_WEIGHTS = "target.safetensors"
+
+
+def save_target(model, tokenizer, folder: str) -> None:
+    """Saves a loaded target (a dequantized GGUF one included, which transformers will not
+    serialize) so that `load_target(folder)` reads it back without dequantizing again."""
+    import copy
+
+    from safetensors.torch import save_model
+
+    os.makedirs(folder, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_model(model, os.path.join(folder, SAVED_WEIGHTS))
+
+
+def _load_saved(folder: str, device: str, dtype):
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = "sdpa"
+    # Built on the device (random initialization there is quick), then overwritten.
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    load_model(model, os.path.join(folder, SAVED_WEIGHTS), device=device)
+    model.to(device).eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def target_shapes(model) -> GlideTarget:

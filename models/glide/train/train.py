@@ -37,10 +37,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import collect, make_prompts  # noqa: E402
 from glide_model import GlideConfig, GlideDrafter, random_block_starts, save_glide  # noqa: E402
-from target import embed_weight, head_weight, load_target, target_pass, target_shapes  # noqa: E402
+from target import embed_weight, head_weight, load_target, save_target, target_pass, target_shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 START = time.time()
+GEN_SORT_RUN = 4
 
 
 def _version(package: str) -> str:
@@ -74,15 +75,19 @@ def generate_answers(model, tok, prompts: list[str], batch: int, max_new: int, d
     eos = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
     out = []
     t0 = time.time()
-    for i in range(0, len(prompts), batch):
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    # Batches of similar length (less padding): sorted within runs of GEN_SORT_RUN batches,
+    # so that a deadline still leaves a sample of every length.
+    run = batch * GEN_SORT_RUN
+    texts = [t for i in range(0, len(texts), run) for t in sorted(texts[i : i + run], key=len)]
+    for i in range(0, len(texts), batch):
         if time.time() - t0 > deadline:
             log(f"  generation deadline: {i} of {len(prompts)} prompts answered")
             break
-        texts = [
-            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts[i : i + batch]
-        ]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         gen = model.generate(
             **enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
         )
@@ -128,6 +133,11 @@ def cmd_prepare(a, loaded=None) -> None:
         log(f"loading the target {a.target}")
         loaded = load_target(a.target, a.device)
     model, tok = loaded
+    if a.save_target:
+        # The dequantized target as a Hugging Face folder: `train --target DIR` loads it in
+        # seconds instead of dequantizing the GGUF again.
+        log(f"saving the dequantized target to {a.save_target}")
+        save_target(model, tok, a.save_target)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
 
     log("collecting Python source")
@@ -204,24 +214,40 @@ def cmd_prepare(a, loaded=None) -> None:
 
 
 def padded(samples, length: int, pad: int):
-    """Right-padded ids `[B, length]` and the rows whose next token is an answer token."""
+    """Right-padded ids `[B, length]` and the rows whose next token is an answer token. A
+    sample longer than `length` loses the start of its prompt (the target's labels are then
+    its distribution on the shorter context, which is what the drafter sees too)."""
     ids = torch.full((len(samples), length), pad, dtype=torch.long)
     mask = torch.zeros((len(samples), length), dtype=torch.bool)
     for r, (toks, start) in enumerate(samples):
-        toks = toks[:length]
+        cut = max(0, len(toks) - length)
+        toks, start = toks[cut:], max(start - cut, 1)
         ids[r, : len(toks)] = torch.tensor(toks)
         # Row p predicts token p + 1: rows start-1 .. len-2.
-        mask[r, max(start - 1, 0) : len(toks) - 1] = True
+        mask[r, start - 1 : len(toks) - 1] = True
     return ids, mask
 
 
+def answer_batch(distill, rng: random.Random, tokens: int, longest: int):
+    """Answers drawn at random until the batch, padded to its longest sample (a multiple of
+    64, at most `longest`), would hold more than `tokens` ids."""
+    picks, width = [], 0
+    while True:
+        s = distill[rng.randrange(len(distill))]
+        w = min(longest, -(-len(s[0]) // 64) * 64)
+        if picks and (len(picks) + 1) * max(width, w) > tokens:
+            return padded(picks, width, 0)
+        picks.append(s)
+        width = max(width, w)
+
+
 def batches(data, a, rng: random.Random):
-    """An endless, seeded mix of code windows and target answers."""
+    """An endless, seeded mix of code windows and target answers, each batch about
+    batch × seq_len ids."""
     code, distill = data["code"], data["distill"]
     while True:
         if rng.random() < a.distill_share and distill:
-            picks = [distill[rng.randrange(len(distill))] for _ in range(a.batch)]
-            ids, mask = padded(picks, a.seq_len, 0)
+            ids, mask = answer_batch(distill, rng, a.batch * a.seq_len, a.answer_len)
         else:
             rows = [rng.randrange(code.shape[0]) for _ in range(a.batch)]
             ids = code[rows].long()
@@ -345,9 +371,10 @@ def cmd_train(a, loaded=None) -> None:
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
         k, v, tlogits = target_pass(target, ids, layer, vocab_ids)
-        starts = random_block_starts(a.seq_len, a.max_block, gen, a.device)
+        width = ids.shape[1]
+        starts = random_block_starts(width, a.max_block, gen, a.device)
         rows = mask & (starts > 0)[None]
-        pos = torch.arange(a.seq_len, device=a.device)[None].expand(ids.shape[0], -1)
+        pos = torch.arange(width, device=a.device)[None].expand(ids.shape[0], -1)
         with torch.autocast(device_type=amp, dtype=torch.bfloat16):
             logits = drafter(ids, pos, k, v, starts)
         loss = soft_ce(logits, tlogits, rows)
@@ -366,7 +393,7 @@ def cmd_train(a, loaded=None) -> None:
     code_eval = data["code_eval"][: a.eval_windows].long()
     code_mask = torch.ones_like(code_eval, dtype=torch.bool)
     code_mask[:, -1] = False
-    d_ids, d_mask = padded(data["distill_eval"], a.seq_len, 0)
+    d_ids, d_mask = padded(data["distill_eval"], a.answer_len, 0)
     report = {
         "config": json.loads(cfg.to_json()),
         "parameters": n_params,
@@ -414,10 +441,11 @@ def main() -> None:
 
 
 def prepare_args(p) -> None:
-    p.add_argument("--prompts", type=int, default=2560, help="code prompts the target answers")
-    p.add_argument("--gen-batch", type=int, default=256)
+    p.add_argument("--prompts", type=int, default=12288, help="code prompts the target answers")
+    p.add_argument("--gen-batch", type=int, default=768)
     p.add_argument("--gen-tokens", type=int, default=320, help="longest answer")
-    p.add_argument("--gen-deadline", type=float, default=300, help="seconds after which no new batch is answered")
+    p.add_argument("--gen-deadline", type=float, default=330, help="seconds after which no new batch is answered")
+    p.add_argument("--save-target", default="", help="also save the dequantized target here (a Hugging Face folder)")
     p.add_argument("--code-tokens", type=int, default=12_000_000, help="training tokens of source")
     p.add_argument("--eval-tokens", type=int, default=262_144, help="held-out tokens of source")
     p.add_argument("--draft-vocab", type=int, default=16384)
@@ -425,13 +453,14 @@ def prepare_args(p) -> None:
 
 def train_args(p) -> None:
     p.add_argument("--out", required=True, help="the GLIDE file to write")
-    p.add_argument("--steps", type=int, default=1400)
-    p.add_argument("--deadline", type=float, default=420, help="seconds after which training stops")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--deadline", type=float, default=520, help="seconds after which training stops")
     p.add_argument("--until", type=float, default=0, help="seconds after the start of the program when training stops (0: none)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-block", type=int, default=8, help="largest block of the block-wise mask")
-    p.add_argument("--distill-share", type=float, default=0.6, help="share of batches of target answers")
+    p.add_argument("--max-block", type=int, default=6, help="largest block of the block-wise mask")
+    p.add_argument("--answer-len", type=int, default=1344, help="longest prompt + answer trained (longer ones lose the prompt's start)")
+    p.add_argument("--distill-share", type=float, default=0.7, help="share of batches of target answers")
     p.add_argument("--target-layer", type=int, default=-1, help="target layer read (-1: the last)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
