@@ -123,8 +123,8 @@ impl KvPool {
 
     /// The GPU blocks, for the CUDA forward.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) fn gpu_blocks(&mut self) -> Option<&mut GpuBlocks> {
-        match &mut self.storage {
+    pub(crate) fn gpu_blocks(&self) -> Option<&GpuBlocks> {
+        match &self.storage {
             Storage::Gpu(g) => Some(g),
             Storage::Host(_) => None,
         }

@@ -5,8 +5,9 @@ use std::convert::Infallible;
 
 use super::config::ModelConfig;
 use super::device::GpuStats;
+use super::glide::GlideHost;
 use super::host_weights::HostWeights;
-use super::llama::{ForwardOut, OutputMode, SampleInput, SeqInput};
+use super::llama::{CrossInput, ForwardOut, OutputMode, SampleInput, SeqInput};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 
@@ -37,6 +38,24 @@ impl CudaModel {
         _ordinal: usize,
     ) -> Result<Self> {
         Err(not_compiled())
+    }
+
+    pub(crate) fn load_glide(
+        target: &CudaModel,
+        _: &ModelConfig,
+        _: GlideHost,
+        _vocab_ids: &[u32],
+        _target_layer: usize,
+    ) -> Result<Self> {
+        match target.never {}
+    }
+
+    pub(crate) fn head_is_quantized(&self) -> bool {
+        match self.never {}
+    }
+
+    pub(crate) fn layers_quantized(&self) -> bool {
+        match self.never {}
     }
 
     pub(crate) fn ordinal(&self) -> usize {
@@ -74,6 +93,7 @@ impl CudaModel {
         _: OutputMode,
         _: &[SampleInput<'_>],
         _head_rows: usize,
+        _: Option<&CrossInput<'_>>,
     ) -> Result<ForwardOut> {
         match self.never {}
     }

@@ -6,8 +6,9 @@
 //!
 //! The forward is the Llama one ([`self_attention_block`], [`mlp_block`]) with the
 //! cross-attention block between them, over the same [`ForwardOps`] seam. The drafter runs on
-//! the CPU so far (its cross-attention reads the target's pool through the CPU backend; the GPU
-//! backend refuses the operation, and [`GlideModel::from_weights`] refuses a GPU target).
+//! its target's device: on the CPU through the CPU backend ([`cross_attention`] below), on a
+//! GPU as a model of the CUDA backend on the target's stream, whose cross-attention reads the
+//! target's pool through the paged-attention kernel.
 //!
 //! Which target positions a row sees: a row at position `p` of a sequence whose target cache
 //! holds `V` verified positions sees target positions `0 .. min(p, V)`, the verified ones
@@ -25,11 +26,14 @@ use specd_kernels::cpu as kern;
 
 use super::config::ModelConfig;
 use super::cpu_forward::{positions, CpuStep, Projection};
+use super::cuda::CudaModel;
+use super::device::Device;
 use super::draft_vocab::DraftVocab;
 use super::glide_config::GlideConfig;
-use super::host_weights::{load_layer, HostMatrix};
+use super::host_weights::{load_layer, HostLayer, HostMatrix};
 use super::llama::{
-    mlp_block, self_attention_block, Act, CrossInput, ForwardOps, LlamaWeights, SeqInput,
+    mlp_block, self_attention_block, Act, CrossInput, ForwardOps, ForwardOut, LlamaWeights,
+    OutputMode, SeqInput,
 };
 use super::weights::{Param, Weights};
 use super::{Model, RopeLayout};
@@ -54,13 +58,62 @@ pub(crate) struct GlideWeights<M, V> {
     pub cross: Vec<CrossWeights<M, V>>,
 }
 
-/// The drafter's forward over `ops`.
+/// A GLIDE drafter's weights as read from its file, before they go to the target's device
+/// (the embedding is the target's; the head, where the file has none, the target's rows).
+#[derive(Debug)]
+pub(crate) struct GlideHost {
+    pub layers: Vec<HostLayer>,
+    pub cross: Vec<CrossWeights<HostMatrix, Vec<f32>>>,
+    pub norm: Vec<f32>,
+    /// The file's own head over the reduced vocabulary, if it has one.
+    pub head: Option<HostMatrix>,
+}
+
+impl GlideHost {
+    /// The weights on the CPU, sharing `target`'s embedding (and head rows for `ids`).
+    fn into_cpu(self, target: &Model, ids: &[u32]) -> Result<GlideWeights<Projection, Vec<f32>>> {
+        let (Some(embed), Some(target_head)) = (target.cpu_embedding(), target.cpu_head()) else {
+            return Err(Error::Device("the target is not on the CPU".into()));
+        };
+        let head = match self.head {
+            Some(h) => h.into_cpu()?,
+            None => target_head.select_rows(ids)?,
+        };
+        let cross = self
+            .cross
+            .into_iter()
+            .map(|c| {
+                Ok(CrossWeights {
+                    norm: c.norm,
+                    q: c.q.into_cpu()?,
+                    o: c.o.into_cpu()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GlideWeights {
+            base: LlamaWeights {
+                embed,
+                layers: self
+                    .layers
+                    .into_iter()
+                    .map(HostLayer::into_cpu)
+                    .collect::<Result<_>>()?,
+                norm: self.norm,
+                head,
+            },
+            cross,
+        })
+    }
+}
+
+/// The drafter's forward over `ops`: the Llama layers of `base`, each with its `cross`-attention.
 pub(crate) fn run_glide<O: ForwardOps>(
     ops: &mut O,
-    w: &GlideWeights<O::Matrix, O::Vector>,
+    base: &LlamaWeights<O::Matrix, O::Vector>,
+    cross: &[CrossWeights<O::Matrix, O::Vector>],
 ) -> Result<()> {
-    ops.embed(&w.base.embed)?;
-    for (li, (layer, cross)) in w.base.layers.iter().zip(&w.cross).enumerate() {
+    ops.embed(&base.embed)?;
+    for (li, (layer, cross)) in base.layers.iter().zip(cross).enumerate() {
         self_attention_block(ops, layer, li)?;
         ops.add_rms_norm(true, &cross.norm)?;
         ops.linear(&cross.q, Act::Normed, Act::CrossQ)?;
@@ -68,7 +121,7 @@ pub(crate) fn run_glide<O: ForwardOps>(
         ops.linear(&cross.o, Act::Attn, Act::Delta)?;
         mlp_block(ops, layer)?;
     }
-    ops.head(&w.base.norm, &w.base.head)
+    ops.head(&base.norm, &base.head)
 }
 
 /// The cross-attention of `q` (`[rows, heads · head_dim]` of the batch's rows, in order) on the
@@ -147,6 +200,13 @@ pub fn cross_tensor_names(layer: usize) -> [String; 3] {
     ]
 }
 
+/// A GLIDE drafter's weights on its target's device.
+#[derive(Debug, Clone)]
+enum GlideDevice {
+    Cpu(Arc<GlideWeights<Projection, Vec<f32>>>),
+    Cuda(Arc<CudaModel>),
+}
+
 /// A GLIDE drafter for one target model.
 #[derive(Debug, Clone)]
 pub struct GlideModel {
@@ -154,7 +214,7 @@ pub struct GlideModel {
     /// The drafter's own forward shapes: the target's, with the drafter's layers, heads and
     /// MLP width (the embedding is the target's, so the vocabulary and hidden size are too).
     base: ModelConfig,
-    weights: Arc<GlideWeights<Projection, Vec<f32>>>,
+    weights: GlideDevice,
     vocab: DraftVocab,
     inv_freq: Vec<f64>,
     target: ModelConfig,
@@ -204,11 +264,12 @@ impl GlideModel {
         )
     }
 
-    /// Builds the drafter for `target` from `weights` (Hugging Face names for the Llama layers,
-    /// [`cross_tensor_names`] for the cross-attention, and `lm_head.weight` of `vocab.len()`
-    /// rows; without it the head is the target's own rows for the drafter's tokens), refusing a
-    /// drafter that does not fit the target (named with `path`). For a quantized target the
-    /// drafter's dense matrices are quantized to Q8_0; for a dense one they stay as stored.
+    /// Builds the drafter for `target` on its device from `weights` (Hugging Face names for the
+    /// Llama layers, [`cross_tensor_names`] for the cross-attention, and `lm_head.weight` of
+    /// `vocab.len()` rows; without it the head is the target's own rows for the drafter's
+    /// tokens), refusing a drafter that does not fit the target (named with `path`). For a
+    /// quantized target the drafter's dense matrices are quantized to Q8_0; for a dense one
+    /// they stay as stored (bf16 on a GPU).
     pub fn from_weights(
         config: GlideConfig,
         weights: &mut Weights,
@@ -231,59 +292,17 @@ impl GlideModel {
                 t.vocab_size
             )));
         }
-        let embed = target.cpu_embedding().ok_or_else(|| {
-            Error::Device(
-                "a GLIDE drafter runs on the CPU only so far; serve the target with --device cpu"
-                    .into(),
-            )
-        })?;
         let base = config.forward_config(t);
-        let h = base.hidden_size;
-        let cross_dim = t.num_heads * t.head_dim;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        let mut cross = Vec::with_capacity(config.num_layers);
-        // A quantized target is served at its quantization's precision: the drafter's dense
-        // matrices follow it into Q8_0, which cuts the bytes a drafted token reads by four.
-        let quantize = target.cpu_head().is_some_and(|h| h.is_quantized());
-        let prepare = |m: HostMatrix| if quantize { m.quantized_q8() } else { Ok(m) };
-        for i in 0..config.num_layers {
-            let layer = load_layer(&base, weights, i, false)?;
-            let layer = if quantize {
-                layer.quantized_q8()?
-            } else {
-                layer
-            };
-            layers.push(layer.into_cpu()?);
-            let [norm, q, o] = cross_tensor_names(i);
-            let single = |m| HostMatrix {
-                parts: vec![m],
-                bias: None,
-            };
-            cross.push(CrossWeights {
-                norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
-                q: prepare(single(weights.matrix_named(&q, cross_dim, h)?))?.into_cpu()?,
-                o: prepare(single(weights.matrix_named(&o, h, cross_dim)?))?.into_cpu()?,
-            });
-        }
-        // Its own head if the file has one, else the target's rows for its tokens.
-        let head = if weights.contains(Param::LmHead) {
-            prepare(HostMatrix {
-                parts: vec![weights.matrix(Param::LmHead, vocab.len(), h)?],
-                bias: None,
-            })?
-            .into_cpu()?
-        } else {
-            let rows = target.cpu_head().expect("a CPU target (checked above)");
-            rows.select_rows(vocab.ids())?
-        };
-        let weights = GlideWeights {
-            base: LlamaWeights {
-                embed,
-                layers,
-                norm: weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?,
-                head,
-            },
-            cross,
+        let host = read_host(&config, &base, weights, &vocab, target)?;
+        let weights = match target.cuda_model() {
+            None => GlideDevice::Cpu(Arc::new(host.into_cpu(target, vocab.ids())?)),
+            Some(m) => GlideDevice::Cuda(Arc::new(CudaModel::load_glide(
+                m,
+                &base,
+                host,
+                vocab.ids(),
+                config.target_layer,
+            )?)),
         };
         Ok(Self {
             inv_freq: base.rope_inv_freq(),
@@ -291,9 +310,17 @@ impl GlideModel {
             target: t.clone(),
             config,
             base,
-            weights: Arc::new(weights),
+            weights,
             vocab,
         })
+    }
+
+    /// The device the drafter runs on (its target's).
+    pub fn device(&self) -> Device {
+        match &self.weights {
+            GlideDevice::Cpu(_) => Device::Cpu,
+            GlideDevice::Cuda(m) => Device::Cuda(m.ordinal()),
+        }
     }
 
     pub fn config(&self) -> &GlideConfig {
@@ -303,12 +330,13 @@ impl GlideModel {
     /// Whether the drafter's layer matrices are stored quantized (they are for a quantized
     /// target: [`GlideModel::from_weights`]).
     pub fn is_quantized(&self) -> bool {
-        self.weights
-            .base
-            .layers
-            .iter()
-            .all(|l| l.qkv.is_quantized())
-            && self.weights.cross.iter().all(|c| c.q.is_quantized())
+        match &self.weights {
+            GlideDevice::Cpu(w) => {
+                w.base.layers.iter().all(|l| l.qkv.is_quantized())
+                    && w.cross.iter().all(|c| c.q.is_quantized())
+            }
+            GlideDevice::Cuda(m) => m.layers_quantized(),
+        }
     }
 
     /// The target ids of the head's rows.
@@ -316,9 +344,14 @@ impl GlideModel {
         &self.vocab
     }
 
-    /// A pool of `max_blocks` blocks for the drafter's own cache.
+    /// A pool of `max_blocks` blocks for the drafter's own cache, on its device.
     pub fn new_pool(&self, max_blocks: usize) -> KvPool {
-        KvPool::for_model(&self.base, max_blocks)
+        match &self.weights {
+            GlideDevice::Cpu(_) => KvPool::for_model(&self.base, max_blocks),
+            GlideDevice::Cuda(m) => {
+                KvPool::on_gpu(m.kv_storage(max_blocks), &self.base, max_blocks)
+            }
+        }
     }
 
     /// Appends each sequence's tokens to its cache in `kv` (the drafter's pool) and returns
@@ -337,6 +370,15 @@ impl GlideModel {
                 target_tables.len(),
                 batch.len()
             )));
+        }
+        let device = self.device();
+        for (what, pool) in [("its own", &*kv), ("the target's", target_kv)] {
+            if pool.device() != device || pool.row_shape().0 == 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "the GLIDE drafter runs on {device}, but {what} KV pool lives on {} or is                      empty",
+                    pool.device()
+                )));
+            }
         }
         let vocab = self.base.vocab_size;
         for s in batch.iter() {
@@ -360,14 +402,75 @@ impl GlideModel {
             inv_freq: &self.target_inv_freq,
             interleaved: t.rope_layout == RopeLayout::Interleaved,
         };
-        let logits = {
-            let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
-            run_glide(&mut step, &self.weights)?;
-            step.logits_per_seq()?
+        let logits = match &self.weights {
+            GlideDevice::Cpu(w) => {
+                let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
+                run_glide(&mut step, &w.base, &w.cross)?;
+                step.logits_per_seq()?
+            }
+            GlideDevice::Cuda(m) => {
+                let rows = self.vocab.len();
+                match m.forward(kv, batch, OutputMode::Logits, &[], rows, Some(&cross))? {
+                    ForwardOut::Logits(l) => l,
+                    _ => unreachable!("logits asked for"),
+                }
+            }
         };
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());
         }
         Ok(logits)
     }
+}
+
+/// Reads a GLIDE drafter's weights of `base`'s shapes (layers, cross-attention, final norm,
+/// and its own head if the file has one), quantized to Q8_0 for a quantized `target`: a
+/// quantized target is served at its quantization's precision, and the drafter's dense
+/// matrices follow it, which cuts the bytes a drafted token reads by four.
+fn read_host(
+    config: &GlideConfig,
+    base: &ModelConfig,
+    weights: &mut Weights,
+    vocab: &DraftVocab,
+    target: &Model,
+) -> Result<GlideHost> {
+    let t = target.config();
+    let h = base.hidden_size;
+    let cross_dim = t.num_heads * t.head_dim;
+    let quantize = target.head_is_quantized();
+    // Dense weights stay in the file's precision for a GPU (bf16 there).
+    let keep_dtype = target.device().is_cuda();
+    let prepare = |m: HostMatrix| if quantize { m.quantized_q8() } else { Ok(m) };
+    let single = |m| HostMatrix {
+        parts: vec![m],
+        bias: None,
+    };
+    let mut layers = Vec::with_capacity(config.num_layers);
+    let mut cross = Vec::with_capacity(config.num_layers);
+    for i in 0..config.num_layers {
+        let layer = load_layer(base, weights, i, keep_dtype)?;
+        layers.push(if quantize {
+            layer.quantized_q8()?
+        } else {
+            layer
+        });
+        let [norm, q, o] = cross_tensor_names(i);
+        cross.push(CrossWeights {
+            norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
+            q: prepare(single(weights.matrix_named(&q, cross_dim, h)?))?,
+            o: prepare(single(weights.matrix_named(&o, h, cross_dim)?))?,
+        });
+    }
+    let head = if weights.contains(Param::LmHead) {
+        let m = weights.matrix_as(Param::LmHead, vocab.len(), h, keep_dtype)?;
+        Some(prepare(single(m))?)
+    } else {
+        None
+    };
+    Ok(GlideHost {
+        layers,
+        cross,
+        norm: weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?,
+        head,
+    })
 }

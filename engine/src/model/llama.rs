@@ -134,12 +134,9 @@ pub(crate) trait ForwardOps {
     fn silu_mul(&mut self) -> Result<()>;
     /// `Attn` = attention of the `CrossQ` queries, rotated at each row's position, over the
     /// keys and values one target layer cached for the row's sequence, verified positions only
-    /// (a GLIDE drafter's cross-attention, [`CrossInput`]). Backends without it refuse.
-    fn cross_attention(&mut self) -> Result<()> {
-        Err(Error::Device(
-            "a GLIDE drafter's cross-attention runs on the CPU only so far".into(),
-        ))
-    }
+    /// (a GLIDE drafter's cross-attention, [`CrossInput`]). A forward without a target to read
+    /// refuses.
+    fn cross_attention(&mut self) -> Result<()>;
     /// `Hidden += Delta`; the wanted rows through the final norm and the head.
     fn head(&mut self, norm: &Self::Vector, head: &Self::Matrix) -> Result<()>;
 }
@@ -313,6 +310,24 @@ impl Model {
         match &self.weights {
             DeviceWeights::Cpu(w) => Some(&w.head),
             DeviceWeights::Cuda(_) => None,
+        }
+    }
+
+    /// The model on a GPU (a GLIDE drafter shares its stream, embedding and head); `None` on
+    /// the CPU.
+    pub(crate) fn cuda_model(&self) -> Option<&CudaModel> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => None,
+            DeviceWeights::Cuda(m) => Some(m),
+        }
+    }
+
+    /// Whether the output head is stored quantized (a GGUF target's): a GLIDE drafter then
+    /// quantizes its own matrices.
+    pub(crate) fn head_is_quantized(&self) -> bool {
+        match &self.weights {
+            DeviceWeights::Cpu(w) => w.head.is_quantized(),
+            DeviceWeights::Cuda(m) => m.head_is_quantized(),
         }
     }
 
@@ -522,7 +537,7 @@ impl Model {
                 mode,
                 sample,
             )?,
-            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, sample, self.head_rows)?,
+            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, sample, self.head_rows, None)?,
         };
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());

@@ -1,5 +1,8 @@
 //! The CUDA backend: a model's weights, KV blocks and activations in GPU memory, one forward
-//! per step through specd's kernels, replayed from CUDA graphs.
+//! per step through specd's kernels, replayed from CUDA graphs. A GLIDE drafter is a model of
+//! this backend too ([`CudaModel::load_glide`]): it shares its target's GPU stream, embedding
+//! and rotary table, and its cross-attention reads the target's pool through the
+//! paged-attention kernel.
 //!
 //! Per step only the metadata goes in (token ids, positions, KV slots, block tables: a few
 //! hundred bytes) and only what the caller asked for comes out: argmax tokens, greedy
@@ -21,15 +24,17 @@ use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
 
 pub(crate) use kv::GpuBlocks;
 use plan::{Plan, Shape, GRAPH_MAX_ROWS};
-use step::{Buffers, CudaStep};
-use weights::GpuWeights;
+use step::{Buffers, Capacity, CrossLaunch, CudaStep, UploadedChunks};
+use weights::{GpuMatrix, GpuWeights};
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, RopeLayout};
 use super::device::GpuStats;
+use super::glide::{run_glide, CrossWeights, GlideHost};
 use super::host_weights::HostWeights;
-use super::llama::{run_layers, ForwardOut, OutputMode, SampleInput, SeqInput, Top};
+use super::llama::{run_layers, CrossInput, ForwardOut, OutputMode, SampleInput, SeqInput, Top};
 use crate::error::{Error, Result};
-use crate::kv::KvPool;
+use crate::kv::{BlockTable, KvPool};
+use specd_kernels::cuda::{KvLayout, WeightFormat};
 
 /// The names of the row-product kernels built in.
 pub(crate) fn matmul_kernels() -> Vec<String> {
@@ -61,7 +66,7 @@ type GraphKey = (Shape, OutputMode, usize);
 struct Scratch {
     bufs: Option<Buffers>,
     graphs: LruCache<GraphKey, Graph>,
-    last_chunks: Vec<u64>,
+    last_chunks: UploadedChunks,
 }
 
 impl Scratch {
@@ -73,9 +78,28 @@ impl Scratch {
         Self {
             bufs: None,
             graphs: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
-            last_chunks: Vec::new(),
+            last_chunks: UploadedChunks::default(),
         }
     }
+}
+
+/// A GLIDE drafter's part beyond the Llama layers: each layer's cross-attention weights, and
+/// what its cross-attention reads of the target.
+#[derive(Debug)]
+struct CudaCross {
+    layers: Vec<CrossWeights<GpuMatrix, Buffer<f32>>>,
+    /// The target layer whose keys and values are read.
+    layer: usize,
+    /// The target's attention shape.
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    interleaved: bool,
+    /// The target's KV blocks per chunk and layers (its pool's layout).
+    chunk_blocks: usize,
+    n_layers: usize,
+    /// The target's rotary table (shared with it).
+    cos_sin: Arc<Buffer<f32>>,
 }
 
 /// A model on a GPU.
@@ -84,10 +108,12 @@ pub(crate) struct CudaModel {
     gpu: Arc<Gpu>,
     config: ModelConfig,
     weights: GpuWeights,
+    /// A GLIDE drafter's cross-attention (`None` for a Llama-family model).
+    cross: Option<CudaCross>,
     weight_bytes: usize,
     step_weight_bytes: usize,
     /// (cos, sin) of every position and frequency, `[max_position][head_dim / 2]`.
-    cos_sin: Buffer<f32>,
+    cos_sin: Arc<Buffer<f32>>,
     scratch: Mutex<Scratch>,
     graphs: AtomicBool,
     forwards: AtomicU64,
@@ -122,30 +148,89 @@ impl CudaModel {
             )));
         }
         let weights = weights::upload(&gpu, host, tied)?;
-        let half = config.head_dim / 2;
-        let inv_freq = config.rope_inv_freq();
-        let mut table = Vec::with_capacity(config.max_position_embeddings * half * 2);
-        for p in 0..config.max_position_embeddings {
-            for &f in &inv_freq {
-                let a = p as f64 * f;
-                table.push(a.cos() as f32);
-                table.push(a.sin() as f32);
-            }
-        }
-        let cos_sin = gpu
-            .upload(
-                &table,
-                "the rotary embedding table",
-                "use a shorter context",
-            )
-            .map_err(gpu_err)?;
-        let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let cos_sin = Arc::new(rope_table(&gpu, config)?);
         let weight_bytes = weights::weight_bytes(&weights, tied);
         let step_weight_bytes = weights::step_bytes(&weights);
-        Ok(Self {
+        Ok(Self::assemble(
+            gpu,
+            config,
+            weights,
+            None,
+            (weight_bytes, step_weight_bytes),
+            cos_sin,
+        ))
+    }
+
+    /// A GLIDE drafter of `base`'s shapes on `target`'s GPU (and stream): its layers, final
+    /// norm and cross-attention uploaded, the target's embedding shared, and as head its own
+    /// matrix or the target's head rows `vocab_ids`; its cross-attention reads target layer
+    /// `target_layer`.
+    pub(crate) fn load_glide(
+        target: &CudaModel,
+        base: &ModelConfig,
+        host: GlideHost,
+        vocab_ids: &[u32],
+        target_layer: usize,
+    ) -> Result<Self> {
+        let gpu = target.gpu.clone();
+        gpu.bind().map_err(gpu_err)?;
+        if !base.intermediate_size.is_multiple_of(32) {
+            return Err(Error::Device(format!(
+                "the GLIDE drafter's intermediate size is {}; the CUDA kernels need a multiple                  of 32",
+                base.intermediate_size
+            )));
+        }
+        if base.head_dim > 256 || !base.head_dim.is_multiple_of(8) {
+            return Err(Error::Device(format!(
+                "the GLIDE drafter's head dimension is {}; the CUDA attention kernel takes                  multiples of 8 up to 256",
+                base.head_dim
+            )));
+        }
+        let (weights, layers) = weights::upload_glide(&gpu, host, &target.weights, vocab_ids)?;
+        let t = &target.config;
+        // Its own rotary table is the target's when its heads are as wide (the frequencies
+        // depend on the head dimension only).
+        let cos_sin = if base.rope_inv_freq() == t.rope_inv_freq() {
+            target.cos_sin.clone()
+        } else {
+            Arc::new(rope_table(&gpu, base)?)
+        };
+        let cross = CudaCross {
+            layers,
+            layer: target_layer,
+            n_heads: t.num_heads,
+            n_kv: t.num_kv_heads,
+            head_dim: t.head_dim,
+            interleaved: t.rope_layout == RopeLayout::Interleaved,
+            chunk_blocks: kv::chunk_blocks(t),
+            n_layers: t.num_layers,
+            cos_sin: target.cos_sin.clone(),
+        };
+        let bytes = weights::step_bytes(&weights) + weights::cross_bytes(&cross.layers);
+        Ok(Self::assemble(
+            gpu,
+            base,
+            weights,
+            Some(cross),
+            (bytes, bytes),
+            cos_sin,
+        ))
+    }
+
+    fn assemble(
+        gpu: Arc<Gpu>,
+        config: &ModelConfig,
+        weights: GpuWeights,
+        cross: Option<CudaCross>,
+        (weight_bytes, step_weight_bytes): (usize, usize),
+        cos_sin: Arc<Buffer<f32>>,
+    ) -> Self {
+        let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Self {
             gpu,
             config: config.clone(),
             weights,
+            cross,
             weight_bytes,
             step_weight_bytes,
             cos_sin,
@@ -156,7 +241,20 @@ impl CudaModel {
             captures: AtomicU64::new(0),
             launches: AtomicU64::new(0),
             host_ns: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Whether the output head is stored quantized (a GLIDE drafter of this target then
+    /// quantizes its own matrices).
+    pub(crate) fn head_is_quantized(&self) -> bool {
+        is_quantized(&self.weights.head)
+    }
+
+    /// Whether every layer matrix, cross-attention ones included, is stored quantized.
+    pub(crate) fn layers_quantized(&self) -> bool {
+        let cross = self.cross.as_ref().map_or(&[][..], |c| &c.layers[..]);
+        self.weights.layers.iter().all(|l| is_quantized(&l.qkv))
+            && cross.iter().all(|c| is_quantized(&c.q))
     }
 
     pub(crate) fn ordinal(&self) -> usize {
@@ -229,7 +327,9 @@ impl CudaModel {
         }
     }
 
-    /// One forward of `batch` (slots reserved in `kv`), shaped as `mode` asks.
+    /// One forward of `batch` (slots reserved in `kv`), shaped as `mode` asks. A GLIDE
+    /// drafter's forward takes `cross`, what its cross-attention reads of the target (the
+    /// target's shapes and layer there are the drafter's own, checked at load).
     pub(crate) fn forward(
         &self,
         kv: &mut KvPool,
@@ -237,26 +337,71 @@ impl CudaModel {
         mode: OutputMode,
         sample: &[SampleInput<'_>],
         head_rows: usize,
+        cross: Option<&CrossInput<'_>>,
     ) -> Result<ForwardOut> {
         let t0 = Instant::now();
         self.gpu.bind().map_err(gpu_err)?;
+        let target = match (&self.cross, cross) {
+            (None, None) => None,
+            (Some(mine), Some(given)) => Some((mine, given)),
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "a GLIDE drafter's forward needs the target's pool and tables, and only it                      reads them"
+                        .into(),
+                ))
+            }
+        };
+        let cross_tables: Option<&[&BlockTable]> = cross.map(|c| c.tables.as_slice());
+        let cross_kv = match cross {
+            Some(c) => Some(c.kv.gpu_blocks().ok_or_else(|| {
+                Error::InvalidRequest("the target's KV pool is not on the GPU".into())
+            })?),
+            None => None,
+        };
         let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
         let use_graph = self.graphs.load(Ordering::Relaxed) && rows <= GRAPH_MAX_ROWS;
-        let plan = Plan::new(batch, use_graph);
+        let plan = Plan::new(batch, cross_tables, use_graph);
         let chunks = kv.gpu_blocks().map_or(0, |g| g.chunk_ptrs().len());
         let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
+        let cross_chunks = cross_kv.map_or(0, |g| g.chunk_ptrs().len());
+        let launch = target.map(|(mine, _)| CrossLaunch {
+            kv: KvLayout {
+                chunks: 0,
+                chunk_blocks: mine.chunk_blocks,
+                n_layers: mine.n_layers,
+                kv_dim: mine.n_kv * mine.head_dim,
+            },
+            layer: mine.layer,
+            n_heads: mine.n_heads,
+            n_kv: mine.n_kv,
+            head_dim: mine.head_dim,
+            interleaved: mine.interleaved,
+            cos_sin: mine.cos_sin.ptr(),
+        });
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = &mut *scratch;
-        self.ensure_buffers(scratch, &plan.shape, chunks)?;
+        self.ensure_buffers(scratch, &plan.shape, chunks, cross_chunks)?;
         if mode == OutputMode::SampledVerdict {
             let bufs = scratch.bufs.as_mut().expect("buffers ensured");
             bufs.ensure_q(&self.gpu, &self.config)?;
         }
         let bufs = scratch.bufs.as_ref().expect("buffers ensured");
-        step::upload(&self.gpu, bufs, &plan, kv, &mut scratch.last_chunks)?;
+        let cross_pool = cross.map(|c| c.kv);
+        step::upload(
+            &self.gpu,
+            bufs,
+            &plan,
+            kv,
+            cross_pool,
+            &mut scratch.last_chunks,
+        )?;
         if mode == OutputMode::SampledVerdict {
             step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
         }
+        let launch = launch.map(|mut l| {
+            l.kv.chunks = bufs.cross_chunk_table.ptr();
+            l
+        });
         let cos_sin = self.cos_sin.ptr();
         let make = || {
             CudaStep::new(
@@ -268,7 +413,12 @@ impl CudaModel {
                 cos_sin,
                 head_rows,
                 mode,
+                launch,
             )
+        };
+        let body = |step: &mut CudaStep<'_>| match &self.cross {
+            Some(c) => run_glide(step, &self.weights, &c.layers),
+            None => run_layers(step, &self.weights),
         };
         let launches_before = self.gpu.launches();
         if use_graph {
@@ -276,12 +426,12 @@ impl CudaModel {
                 .graphs
                 .try_get_or_insert((plan.shape, mode, head_rows), || {
                     self.captures.fetch_add(1, Ordering::Relaxed);
-                    self.gpu.capture(|| run_layers(&mut make(), &self.weights))
+                    self.gpu.capture(|| body(&mut make()))
                 })?;
             self.gpu.replay(graph).map_err(gpu_err)?;
             self.replays.fetch_add(1, Ordering::Relaxed);
         } else {
-            run_layers(&mut make(), &self.weights)?;
+            body(&mut make())?;
             self.launches
                 .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
         }
@@ -293,24 +443,34 @@ impl CudaModel {
 
     /// Reallocates the buffers when a forward outgrows them (graphs captured with the old
     /// ones are dropped).
-    fn ensure_buffers(&self, scratch: &mut Scratch, shape: &Shape, chunks: usize) -> Result<()> {
-        if scratch.bufs.as_ref().is_some_and(|b| b.fits(shape, chunks)) {
+    fn ensure_buffers(
+        &self,
+        scratch: &mut Scratch,
+        shape: &Shape,
+        chunks: usize,
+        cross_chunks: usize,
+    ) -> Result<()> {
+        if scratch
+            .bufs
+            .as_ref()
+            .is_some_and(|b| b.fits(shape, chunks, cross_chunks))
+        {
             return Ok(());
         }
-        let old = scratch.bufs.take();
+        let old = scratch.bufs.take().map(|b| b.cap);
         scratch.graphs.clear();
-        scratch.last_chunks.clear();
+        scratch.last_chunks = UploadedChunks::default();
         let grow = |new: usize, old: Option<usize>| new.max(old.unwrap_or(0)).next_power_of_two();
-        let bufs = Buffers::new(
-            &self.gpu,
-            &self.config,
-            grow(shape.rows.max(16), old.as_ref().map(|b| b.rows)),
-            grow(shape.logit_rows.max(16), old.as_ref().map(|b| b.logit_rows)),
-            grow(shape.seqs.max(8), old.as_ref().map(|b| b.seqs)),
-            grow(shape.ints().max(1024), old.as_ref().map(|b| b.meta_ints)),
-            grow(chunks.max(16), old.as_ref().map(|b| b.chunks)),
-        )?;
-        scratch.bufs = Some(bufs);
+        let cap = Capacity {
+            rows: grow(shape.rows.max(16), old.map(|c| c.rows)),
+            logit_rows: grow(shape.logit_rows.max(16), old.map(|c| c.logit_rows)),
+            seqs: grow(shape.seqs.max(8), old.map(|c| c.seqs)),
+            meta_ints: grow(shape.ints().max(1024), old.map(|c| c.meta_ints)),
+            chunks: grow(chunks.max(16), old.map(|c| c.chunks)),
+            cross_chunks: grow(cross_chunks.max(16), old.map(|c| c.cross_chunks)),
+        };
+        let cross_q_dim = self.cross.as_ref().map_or(0, |c| c.n_heads * c.head_dim);
+        scratch.bufs = Some(Buffers::new(&self.gpu, &self.config, cross_q_dim, cap)?);
         Ok(())
     }
 
@@ -377,4 +537,30 @@ impl CudaModel {
             }
         }
     }
+}
+
+/// Whether any part of `m` is stored in a quantized format.
+fn is_quantized(m: &GpuMatrix) -> bool {
+    m.parts.iter().any(|p| p.view.format != WeightFormat::Bf16)
+}
+
+/// The rotary table of `config`'s model on the GPU: (cos, sin) of every position and frequency,
+/// `[max_position][head_dim / 2]`.
+fn rope_table(gpu: &Gpu, config: &ModelConfig) -> Result<Buffer<f32>> {
+    let half = config.head_dim / 2;
+    let inv_freq = config.rope_inv_freq();
+    let mut table = Vec::with_capacity(config.max_position_embeddings * half * 2);
+    for p in 0..config.max_position_embeddings {
+        for &f in &inv_freq {
+            let a = p as f64 * f;
+            table.push(a.cos() as f32);
+            table.push(a.sin() as f32);
+        }
+    }
+    gpu.upload(
+        &table,
+        "the rotary embedding table",
+        "use a shorter context",
+    )
+    .map_err(gpu_err)
 }

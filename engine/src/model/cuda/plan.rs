@@ -1,10 +1,11 @@
 //! A forward's metadata for the kernels: token ids, positions, KV slots, the rows' sequences
-//! and lengths, wanted rows, block tables, padded to the shapes CUDA graphs are captured for,
-//! and where each section lies in the device buffer.
+//! and lengths, wanted rows, block tables (and, for a GLIDE drafter, what each row sees of the
+//! target's cache and the target's block tables), padded to the shapes CUDA graphs are captured
+//! for, and where each section lies in the device buffer.
 
 use specd_kernels::cuda::{Buffer, DevicePtr};
 
-use crate::kv::BLOCK_SIZE;
+use crate::kv::{BlockTable, BLOCK_SIZE};
 use crate::model::llama::{Logits, SeqInput};
 
 /// Rows (and wanted logit rows) a captured graph covers at most; larger forwards (long prompt
@@ -23,6 +24,9 @@ pub(super) struct Shape {
     pub seqs: usize,
     /// Block-table entries per sequence.
     pub width: usize,
+    /// Target block-table entries per sequence of a GLIDE drafter's cross-attention (0: a
+    /// forward without one).
+    pub cross_width: usize,
 }
 
 /// A count rounded up to the sizes graphs are captured for: exact up to 16, then steps of an
@@ -37,36 +41,67 @@ fn bucket(n: usize) -> usize {
 }
 
 impl Shape {
-    /// The exact shape, or (for graphs) the bucketed one.
-    fn of(rows: usize, logit_rows: usize, seqs: usize, width: usize, padded: bool) -> Self {
+    /// The exact shape, or (for graphs) the bucketed one. `cross_width` is `None` for a
+    /// forward without cross-attention.
+    fn of(
+        rows: usize,
+        logit_rows: usize,
+        seqs: usize,
+        width: usize,
+        cross_width: Option<usize>,
+        padded: bool,
+    ) -> Self {
         if !padded {
             return Self {
                 rows,
                 logit_rows,
                 seqs,
                 width: width.max(1),
+                cross_width: cross_width.map_or(0, |w| w.max(1)),
             };
         }
+        let table = |w: usize| w.max(4).next_power_of_two();
         Self {
             rows: bucket(rows),
             logit_rows: bucket(logit_rows),
             seqs: bucket(seqs),
-            width: width.max(4).next_power_of_two(),
+            width: table(width),
+            cross_width: cross_width.map_or(0, table),
         }
     }
 
     /// i32 values of the metadata: ids, positions, slots, row sequences, row lengths (one
-    /// each per row), selected rows, sequence first rows and row counts, block tables.
+    /// each per row), selected rows, sequence first rows and row counts, block tables; with a
+    /// cross-attention, the target positions each row sees and the target's block tables.
     pub fn ints(&self) -> usize {
-        5 * self.rows + self.logit_rows + 2 * self.seqs + self.seqs * self.width
+        let cross = if self.cross_width > 0 {
+            self.rows + self.seqs * self.cross_width
+        } else {
+            0
+        };
+        5 * self.rows + self.logit_rows + 2 * self.seqs + self.seqs * self.width + cross
     }
 
-    fn offsets(&self) -> [usize; 9] {
+    fn offsets(&self) -> [usize; 11] {
         let r = self.rows;
         let sel = 5 * r;
         let first = sel + self.logit_rows;
         let n = first + self.seqs;
-        [0, r, 2 * r, 3 * r, 4 * r, sel, first, n, n + self.seqs]
+        let tables = n + self.seqs;
+        let cross_len = tables + self.seqs * self.width;
+        [
+            0,
+            r,
+            2 * r,
+            3 * r,
+            4 * r,
+            sel,
+            first,
+            n,
+            tables,
+            cross_len,
+            cross_len + r,
+        ]
     }
 }
 
@@ -81,8 +116,10 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// Lays out `batch` (slots already reserved in `kv`'s tables).
-    pub fn new(batch: &[SeqInput<'_>], padded: bool) -> Self {
+    /// Lays out `batch` (slots already reserved in `kv`'s tables). `cross[i]`, for a GLIDE
+    /// drafter, is sequence `i`'s table in the target's pool: a row at position `p` sees target
+    /// positions `0..min(p, V)` of its `V` verified ones (model/glide.rs).
+    pub fn new(batch: &[SeqInput<'_>], cross: Option<&[&BlockTable]>, padded: bool) -> Self {
         let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
         let logit_rows: usize = batch.iter().map(|s| s.logits.rows(s.tokens.len())).sum();
         let width = batch
@@ -90,7 +127,10 @@ impl Plan {
             .map(|s| s.table.blocks().len())
             .max()
             .unwrap_or(1);
-        let shape = Shape::of(rows, logit_rows, batch.len(), width, padded);
+        // Only the blocks holding verified positions are read.
+        let cross_blocks = |t: &BlockTable| t.len().div_ceil(BLOCK_SIZE);
+        let cross_width = cross.map(|c| c.iter().map(|t| cross_blocks(t)).max().unwrap_or(1));
+        let shape = Shape::of(rows, logit_rows, batch.len(), width, cross_width, padded);
         let mut meta = vec![0i32; shape.ints()];
         let o = shape.offsets();
         let (mut row, mut sel) = (0, 0);
@@ -102,6 +142,12 @@ impl Plan {
             for (j, &b) in blocks.iter().enumerate() {
                 meta[o[8] + si * shape.width + j] = b as i32;
             }
+            let target = cross.map(|c| c[si]);
+            if let Some(t) = target {
+                for (j, &b) in t.blocks()[..cross_blocks(t)].iter().enumerate() {
+                    meta[o[10] + si * shape.cross_width + j] = b as i32;
+                }
+            }
             for (i, &t) in s.tokens.iter().enumerate() {
                 let p = start + i;
                 meta[o[0] + row] = t as i32;
@@ -110,6 +156,9 @@ impl Plan {
                     (blocks[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i32;
                 meta[o[3] + row] = si as i32;
                 meta[o[4] + row] = (p + 1) as i32;
+                if let Some(t) = target {
+                    meta[o[9] + row] = p.min(t.len()) as i32;
+                }
                 let wanted = match s.logits {
                     Logits::All => true,
                     Logits::Last => i + 1 == s.tokens.len(),
@@ -151,11 +200,15 @@ pub(super) struct MetaPtrs {
     pub first: DevicePtr,
     pub n: DevicePtr,
     pub tables: DevicePtr,
+    /// Target positions each row sees, and the target's block tables (cross-attention only).
+    pub cross_len: DevicePtr,
+    pub cross_tables: DevicePtr,
 }
 
 impl MetaPtrs {
     pub fn new(meta: &Buffer<i32>, shape: &Shape) -> Self {
         let o = shape.offsets();
+        let cross = shape.cross_width > 0;
         Self {
             ids: meta.at(o[0]),
             pos: meta.at(o[1]),
@@ -166,6 +219,8 @@ impl MetaPtrs {
             first: meta.at(o[6]),
             n: meta.at(o[7]),
             tables: meta.at(o[8]),
+            cross_len: cross.then(|| meta.at(o[9])).unwrap_or(0),
+            cross_tables: cross.then(|| meta.at(o[10])).unwrap_or(0),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One forward on the GPU: the activation buffers, and the [`ForwardOps`] that launch the
-//! kernels over them and the step's metadata (`plan.rs`). The operations only enqueue
+//! kernels over them and the step's metadata (`plan.rs`); for a GLIDE drafter, also its
+//! cross-attention over the target's pool. The operations only enqueue
 //! launches on the stream (no copies, no waits), so a whole forward can be captured into a CUDA
 //! graph and replayed: the graph's pointers stay valid because every buffer here lives as long
 //! as the model's scratch.
@@ -16,14 +17,27 @@ use crate::kv::KvPool;
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::llama::{Act, ForwardOps, OutputMode, SampleInput, SeqInput};
 
-/// Activation and output buffers, sized for `rows` token rows and `logit_rows` rows of logits.
-#[derive(Debug)]
-pub(super) struct Buffers {
+/// What a set of [`Buffers`] holds at most.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Capacity {
+    /// Token rows.
     pub rows: usize,
+    /// Rows of logits.
     pub logit_rows: usize,
     pub seqs: usize,
+    /// i32 values of metadata.
     pub meta_ints: usize,
+    /// KV chunks of the model's own pool.
     pub chunks: usize,
+    /// KV chunks of the target's pool a GLIDE drafter reads.
+    pub cross_chunks: usize,
+}
+
+/// Activation and output buffers, sized for `cap.rows` token rows and `cap.logit_rows` rows
+/// of logits.
+#[derive(Debug)]
+pub(super) struct Buffers {
+    pub cap: Capacity,
     x: Buffer<f32>,
     normed: Buffer<u16>,
     qkv: Buffer<f32>,
@@ -47,38 +61,40 @@ pub(super) struct Buffers {
     q: Option<Buffer<f32>>,
     pub meta: Buffer<i32>,
     pub chunk_table: Buffer<u64>,
+    /// A GLIDE drafter's cross-attention queries, `[rows, cross_q_dim]`.
+    cross_q: Buffer<f32>,
+    /// The chunks of the target's pool the cross-attention reads.
+    pub cross_chunk_table: Buffer<u64>,
 }
 
 impl Buffers {
-    /// Buffers for at least the given sizes.
-    pub fn new(
-        gpu: &Gpu,
-        c: &ModelConfig,
-        rows: usize,
-        logit_rows: usize,
-        seqs: usize,
-        meta_ints: usize,
-        chunks: usize,
-    ) -> Result<Self> {
+    /// Buffers for at least `cap`; `cross_q_dim` is the width of a GLIDE drafter's
+    /// cross-attention queries (the target's heads · head dimension; 0 for other models).
+    pub fn new(gpu: &Gpu, c: &ModelConfig, cross_q_dim: usize, cap: Capacity) -> Result<Self> {
         let advice = "lower the batch (max_running, max_batch_tokens) or use a smaller model";
         let (h, inter) = (c.hidden_size, c.intermediate_size);
         let q_dim = c.num_heads * c.head_dim;
         let qkv_dim = q_dim + 2 * c.num_kv_heads * c.head_dim;
+        let Capacity {
+            rows,
+            logit_rows,
+            seqs,
+            meta_ints,
+            chunks,
+            cross_chunks,
+        } = cap;
         macro_rules! alloc {
             ($t:ty, $n:expr, $what:expr) => {
                 gpu.alloc::<$t>($n, $what, advice).map_err(gpu_err)?
             };
         }
         Ok(Self {
-            rows,
-            logit_rows,
-            seqs,
-            meta_ints,
-            chunks,
+            cap,
             x: alloc!(f32, rows * h, "the residual stream"),
             normed: alloc!(u16, rows * h, "normed activations"),
             qkv: alloc!(f32, rows * qkv_dim, "queries, keys and values"),
-            attn: alloc!(u16, rows * q_dim, "attention outputs"),
+            // Self- and cross-attention outputs share it.
+            attn: alloc!(u16, rows * q_dim.max(cross_q_dim), "attention outputs"),
             delta: alloc!(f32, rows * h, "layer outputs"),
             gate_up: alloc!(f32, rows * 2 * inter, "MLP activations"),
             gated: alloc!(u16, rows * inter, "MLP activations"),
@@ -97,6 +113,8 @@ impl Buffers {
             q: None,
             meta: alloc!(i32, meta_ints, "step metadata"),
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
+            cross_q: alloc!(f32, rows * cross_q_dim, "cross-attention queries"),
+            cross_chunk_table: alloc!(u64, cross_chunks.max(1), "the target's KV chunk table"),
         })
     }
 
@@ -105,7 +123,7 @@ impl Buffers {
         if self.q.is_none() {
             let advice = "lower the batch (max_running, max_batch_tokens) or use a smaller model";
             let q = gpu.alloc::<f32>(
-                self.logit_rows * c.vocab_size,
+                self.cap.logit_rows * c.vocab_size,
                 "draft distributions",
                 advice,
             );
@@ -114,14 +132,31 @@ impl Buffers {
         Ok(())
     }
 
-    /// Whether these buffers hold a forward of `shape` with `chunks` KV chunks.
-    pub fn fits(&self, shape: &Shape, chunks: usize) -> bool {
-        shape.rows <= self.rows
-            && shape.logit_rows <= self.logit_rows
-            && shape.seqs <= self.seqs
-            && shape.ints() <= self.meta_ints
-            && chunks.max(1) <= self.chunks
+    /// Whether these buffers hold a forward of `shape` with `chunks` KV chunks of its own pool
+    /// and `cross_chunks` of the target's.
+    pub fn fits(&self, shape: &Shape, chunks: usize, cross_chunks: usize) -> bool {
+        let c = &self.cap;
+        shape.rows <= c.rows
+            && shape.logit_rows <= c.logit_rows
+            && shape.seqs <= c.seqs
+            && shape.ints() <= c.meta_ints
+            && chunks.max(1) <= c.chunks
+            && cross_chunks.max(1) <= c.cross_chunks
     }
+}
+
+/// What a GLIDE drafter's cross-attention launches with: the target's pool layout and layer,
+/// its attention shape, and its rotary table.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CrossLaunch {
+    pub kv: KvLayout,
+    pub layer: usize,
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    pub interleaved: bool,
+    /// (cos, sin) of the target's frequencies, `[max_position][head_dim / 2]`.
+    pub cos_sin: DevicePtr,
 }
 
 /// The launches of one forward: [`ForwardOps`] over the buffers and the metadata.
@@ -134,6 +169,7 @@ pub(super) struct CudaStep<'a> {
     pub cos_sin: DevicePtr,
     pub head_rows: usize,
     pub mode: OutputMode,
+    pub cross: Option<CrossLaunch>,
     meta: MetaPtrs,
 }
 
@@ -148,6 +184,7 @@ impl<'a> CudaStep<'a> {
         cos_sin: DevicePtr,
         head_rows: usize,
         mode: OutputMode,
+        cross: Option<CrossLaunch>,
     ) -> Self {
         let kv = KvLayout {
             chunks: bufs.chunk_table.ptr(),
@@ -164,6 +201,7 @@ impl<'a> CudaStep<'a> {
             cos_sin,
             head_rows,
             mode,
+            cross,
             meta: MetaPtrs::new(&bufs.meta, &shape),
         }
     }
@@ -177,9 +215,7 @@ impl<'a> CudaStep<'a> {
             Act::Delta => b.delta.ptr(),
             Act::GateUp => b.gate_up.ptr(),
             Act::Gated => b.gated.ptr(),
-            // A GLIDE drafter's queries: GLIDE runs on the CPU only so far (GlideModel refuses
-            // a GPU target, and the GPU backend refuses cross-attention).
-            Act::CrossQ => b.attn.ptr(),
+            Act::CrossQ => b.cross_q.ptr(),
         }
     }
 
@@ -311,6 +347,52 @@ impl ForwardOps for CudaStep<'_> {
                 self.c.intermediate_size,
                 self.shape.rows,
             )
+            .map_err(gpu_err)
+    }
+
+    fn cross_attention(&mut self) -> Result<()> {
+        let x = self.cross.ok_or_else(|| {
+            crate::error::Error::InvalidRequest(
+                "cross-attention without a target to read (not a GLIDE forward)".into(),
+            )
+        })?;
+        let q = self.bufs.cross_q.ptr();
+        // The queries rotated at their rows' positions with the target's frequencies: the rope
+        // kernel with no key heads rotates the query heads only and writes no cache.
+        self.gpu
+            .rope_store_kv(&RopeArgs {
+                qkv: q,
+                rows: self.shape.rows,
+                n_heads: x.n_heads,
+                n_kv: 0,
+                head_dim: x.head_dim,
+                cos_sin: x.cos_sin,
+                pos: self.meta.pos,
+                slot: self.meta.slot,
+                interleaved: x.interleaved,
+                kv: x.kv,
+                layer: x.layer,
+            })
+            .map_err(gpu_err)?;
+        // Each row over the target positions it sees (none: zeros).
+        self.gpu
+            .paged_attention(&AttentionArgs {
+                q,
+                q_stride: x.n_heads * x.head_dim,
+                kv: x.kv,
+                layer: x.layer,
+                row_seq: self.meta.row_seq,
+                row_kv_len: self.meta.cross_len,
+                tables: self.meta.cross_tables,
+                table_width: self.shape.cross_width,
+                rows: self.shape.rows,
+                n_heads: x.n_heads,
+                n_kv: x.n_kv,
+                head_dim: x.head_dim,
+                scale: 1.0 / (x.head_dim as f32).sqrt(),
+                window: 0,
+                out: self.bufs.attn.ptr(),
+            })
             .map_err(gpu_err)
     }
 
@@ -446,19 +528,37 @@ pub(super) fn upload_sampling(
     Ok(())
 }
 
-/// Uploads the step's chunk table (when it changed) and metadata.
+/// The chunk tables last uploaded (rewritten only when a pool grew or another pool is read).
+#[derive(Debug, Default)]
+pub(super) struct UploadedChunks {
+    pub own: Vec<u64>,
+    pub cross: Vec<u64>,
+}
+
+/// Uploads the step's chunk tables (when they changed) and metadata; `cross` is the target's
+/// pool a GLIDE drafter reads.
 pub(super) fn upload(
     gpu: &Gpu,
     bufs: &Buffers,
     plan: &Plan,
-    kv: &mut KvPool,
-    last_chunks: &mut Vec<u64>,
+    kv: &KvPool,
+    cross: Option<&KvPool>,
+    last: &mut UploadedChunks,
 ) -> Result<()> {
-    let blocks = kv.gpu_blocks().expect("a GPU pool (checked by the model)");
-    let chunks = blocks.chunk_ptrs();
-    if chunks != *last_chunks {
-        gpu.write(&bufs.chunk_table, 0, &chunks).map_err(gpu_err)?;
-        *last_chunks = chunks;
+    let tables = [
+        (Some(kv), &bufs.chunk_table, &mut last.own),
+        (cross, &bufs.cross_chunk_table, &mut last.cross),
+    ];
+    for (pool, buf, last) in tables {
+        let Some(pool) = pool else { continue };
+        let blocks = pool
+            .gpu_blocks()
+            .expect("a GPU pool (checked by the model)");
+        let chunks = blocks.chunk_ptrs();
+        if chunks != *last {
+            gpu.write(buf, 0, &chunks).map_err(gpu_err)?;
+            *last = chunks;
+        }
     }
     gpu.write(&bufs.meta, 0, &plan.meta).map_err(gpu_err)
 }

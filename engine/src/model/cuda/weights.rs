@@ -9,7 +9,8 @@ use specd_kernels::cuda::{Buffer, Gpu, WeightFormat, WeightView};
 
 use super::gpu_err;
 use crate::error::{Error, Result};
-use crate::model::host_weights::{HostMatrix, HostWeights};
+use crate::model::glide::{CrossWeights, GlideHost};
+use crate::model::host_weights::{HostLayer, HostMatrix, HostWeights};
 use crate::model::llama::{LayerWeights, LlamaWeights};
 
 const ADVICE: &str = "use a smaller or quantized model (GGUF), or another GPU";
@@ -69,38 +70,167 @@ pub(crate) fn step_bytes(w: &GpuWeights) -> usize {
     layers + w.norm.bytes() + m(&w.head)
 }
 
+/// Bytes of a GLIDE drafter's cross-attention weights.
+pub(crate) fn cross_bytes(cross: &[CrossWeights<GpuMatrix, Buffer<f32>>]) -> usize {
+    let m = |m: &GpuMatrix| m.parts.iter().map(|p| p.data.bytes()).sum::<usize>();
+    cross
+        .iter()
+        .map(|c| c.norm.bytes() + m(&c.q) + m(&c.o))
+        .sum()
+}
+
+fn vector(gpu: &Gpu, v: &[f32], what: &str) -> Result<Buffer<f32>> {
+    gpu.upload(v, what, ADVICE).map_err(gpu_err)
+}
+
+/// Uploads decoder layer `i`.
+fn upload_layer(
+    gpu: &Gpu,
+    i: usize,
+    l: &HostLayer,
+) -> Result<LayerWeights<GpuMatrix, Buffer<f32>>> {
+    let what = |m: &str| format!("layer {i}'s {m} weights");
+    Ok(LayerWeights {
+        attn_norm: vector(gpu, &l.attn_norm, &what("attention norm"))?,
+        qkv: matrix(gpu, &l.qkv, &what("QKV"))?,
+        o: matrix(gpu, &l.o, &what("output projection"))?,
+        ffn_norm: vector(gpu, &l.ffn_norm, &what("MLP norm"))?,
+        gate_up: matrix(gpu, &l.gate_up, &what("gate/up"))?,
+        down: matrix(gpu, &l.down, &what("down projection"))?,
+    })
+}
+
 /// Uploads every weight; a tied head shares the embedding's memory.
 pub(crate) fn upload(gpu: &Gpu, host: HostWeights, tied: bool) -> Result<GpuWeights> {
-    let vector = |v: &[f32], what: &str| gpu.upload(v, what, ADVICE).map_err(gpu_err);
     let embed = matrix(gpu, &host.embed, "the embedding table")?;
     let head = if tied {
         embed.clone()
     } else {
         matrix(gpu, &host.head, "the output head")?
     };
-    let mut layers = Vec::with_capacity(host.layers.len());
-    for (i, l) in host.layers.iter().enumerate() {
-        let what = |m: &str| format!("layer {i}'s {m} weights");
-        layers.push(LayerWeights {
-            attn_norm: vector(&l.attn_norm, &what("attention norm"))?,
-            qkv: matrix(gpu, &l.qkv, &what("QKV"))?,
-            o: matrix(gpu, &l.o, &what("output projection"))?,
-            ffn_norm: vector(&l.ffn_norm, &what("MLP norm"))?,
-            gate_up: matrix(gpu, &l.gate_up, &what("gate/up"))?,
-            down: matrix(gpu, &l.down, &what("down projection"))?,
-        });
-    }
+    let layers = host
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| upload_layer(gpu, i, l))
+        .collect::<Result<Vec<_>>>()?;
     let weights = LlamaWeights {
         embed,
         layers,
-        norm: vector(&host.norm, "the final norm")?,
+        norm: vector(gpu, &host.norm, "the final norm")?,
         head,
     };
-    let scratch = dequant_scratch_len(&weights);
+    reserve_dequant_scratch(gpu, weights_matrices(&weights))?;
+    Ok(weights)
+}
+
+/// Uploads a GLIDE drafter's weights: its layers, cross-attention and final norm; the
+/// embedding is `target`'s (shared), and the head the drafter's own or, without one, `target`'s
+/// head rows `vocab_ids`.
+pub(crate) fn upload_glide(
+    gpu: &Gpu,
+    host: GlideHost,
+    target: &GpuWeights,
+    vocab_ids: &[u32],
+) -> Result<(GpuWeights, Vec<CrossWeights<GpuMatrix, Buffer<f32>>>)> {
+    let layers = host
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| upload_layer(gpu, i, l))
+        .collect::<Result<Vec<_>>>()?;
+    let mut cross = Vec::with_capacity(host.cross.len());
+    for (i, c) in host.cross.iter().enumerate() {
+        let what = |m: &str| format!("GLIDE layer {i}'s cross-attention {m}");
+        cross.push(CrossWeights {
+            norm: vector(gpu, &c.norm, &what("norm"))?,
+            q: matrix(gpu, &c.q, &what("query projection"))?,
+            o: matrix(gpu, &c.o, &what("output projection"))?,
+        });
+    }
+    let head = match &host.head {
+        Some(h) => matrix(gpu, h, "the GLIDE drafter's head")?,
+        None => select_rows(gpu, &target.head, vocab_ids)?,
+    };
+    let weights = LlamaWeights {
+        embed: target.embed.clone(),
+        layers,
+        norm: vector(gpu, &host.norm, "the GLIDE drafter's final norm")?,
+        head,
+    };
+    let crossed = cross.iter().flat_map(|c| [&c.q, &c.o]);
+    reserve_dequant_scratch(gpu, weights_matrices(&weights).chain(crossed))?;
+    Ok((weights, cross))
+}
+
+/// The rows `ids` of a single-part matrix (a head), in order, in its format: stored rows are
+/// independent runs of bytes in every format, copied on the device.
+fn select_rows(gpu: &Gpu, m: &GpuMatrix, ids: &[u32]) -> Result<GpuMatrix> {
+    let ([part], None) = (&m.parts[..], &m.bias) else {
+        return Err(Error::Device(
+            "the target's head is stored in several parts or has a bias: a GLIDE drafter \
+             without a head of its own cannot take its rows"
+                .into(),
+        ));
+    };
+    let view = part.view;
+    let row_bytes = view.format.row_bytes(view.cols);
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= view.rows) {
+        return Err(Error::InvalidRequest(format!(
+            "head row {bad} is outside the target's head of {} rows",
+            view.rows
+        )));
+    }
+    let data = gpu
+        .alloc::<u8>(
+            ids.len() * row_bytes,
+            "the GLIDE drafter's head rows",
+            ADVICE,
+        )
+        .map_err(gpu_err)?;
+    // Runs of consecutive ids are one copy each.
+    let mut j = 0;
+    while j < ids.len() {
+        let mut n = 1;
+        while j + n < ids.len() && ids[j + n] == ids[j] + n as u32 {
+            n += 1;
+        }
+        let src = view.ptr + (ids[j] as usize * row_bytes) as u64;
+        gpu.copy(data.at(j * row_bytes), src, n * row_bytes)
+            .map_err(gpu_err)?;
+        j += n;
+    }
+    Ok(GpuMatrix {
+        parts: vec![GpuPart {
+            view: WeightView {
+                format: view.format,
+                ptr: data.ptr(),
+                rows: ids.len(),
+                cols: view.cols,
+            },
+            col: 0,
+            data: Arc::new(data),
+        }],
+        bias: None,
+        rows: ids.len(),
+    })
+}
+
+/// The matrices the products of a forward read: every layer's, and the head.
+fn weights_matrices(w: &GpuWeights) -> impl Iterator<Item = &GpuMatrix> {
+    w.layers
+        .iter()
+        .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down])
+        .chain([&w.head])
+}
+
+/// Reserves the prefill dequantization scratch for the largest quantized matrix of `mats`.
+fn reserve_dequant_scratch<'a>(gpu: &Gpu, mats: impl Iterator<Item = &'a GpuMatrix>) -> Result<()> {
+    let scratch = dequant_scratch_len(mats);
     if scratch > 0 {
         gpu.reserve_dequant_scratch(scratch).map_err(gpu_err)?;
     }
-    Ok(weights)
+    Ok(())
 }
 
 /// The most bf16 values the prefill GEMM's dequantization scratch holds (64 MiB): larger
@@ -109,7 +239,7 @@ const DEQUANT_SCRATCH_MAX: usize = 32 << 20;
 
 /// Scratch for the largest quantized matrix the products read, up to [`DEQUANT_SCRATCH_MAX`]
 /// (0 when every matrix is bf16).
-fn dequant_scratch_len(w: &GpuWeights) -> usize {
+fn dequant_scratch_len<'a>(mats: impl Iterator<Item = &'a GpuMatrix>) -> usize {
     let largest = |m: &GpuMatrix| {
         m.parts
             .iter()
@@ -118,13 +248,7 @@ fn dequant_scratch_len(w: &GpuWeights) -> usize {
             .max()
             .unwrap_or(0)
     };
-    let layers = w
-        .layers
-        .iter()
-        .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
-    layers
-        .chain([&w.head])
-        .map(largest)
+    mats.map(largest)
         .max()
         .unwrap_or(0)
         .min(DEQUANT_SCRATCH_MAX)
