@@ -31,20 +31,41 @@ impl NgramProposer {
 
     /// The proposal for one token history.
     pub fn lookup(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        self.lookup_match(tokens, max)
+            .map(|m| m.tokens)
+            .unwrap_or_default()
+    }
+
+    /// The proposal for one token history with the length of the suffix it continues; `None`
+    /// when no suffix of `min_n..=max_n` tokens occurred earlier (or `max` is 0).
+    pub fn lookup_match(&self, tokens: &[u32], max: usize) -> Option<NgramMatch> {
         let len = tokens.len();
         if max == 0 {
-            return Vec::new();
+            return None;
         }
         for n in (self.min_n..=self.max_n.min(len.saturating_sub(1))).rev() {
             let pattern = &tokens[len - n..];
             // Latest start strictly before the suffix itself, so that a token follows it.
             if let Some(start) = (0..len - n).rev().find(|&i| &tokens[i..i + n] == pattern) {
                 let from = start + n;
-                return tokens[from..(from + max).min(len)].to_vec();
+                return Some(NgramMatch {
+                    len: n,
+                    tokens: tokens[from..(from + max).min(len)].to_vec(),
+                });
             }
         }
-        Vec::new()
+        None
     }
+}
+
+/// A prompt-lookup proposal: what followed the latest earlier occurrence of the history's last
+/// `len` tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NgramMatch {
+    /// Tokens of the matched suffix (the longest that occurred earlier, up to `max_n`).
+    pub len: usize,
+    /// The proposed continuation (never empty: a token always follows the occurrence).
+    pub tokens: Vec<u32>,
 }
 
 impl Proposer for NgramProposer {
@@ -84,6 +105,20 @@ mod tests {
         assert_eq!(p.lookup(&[1, 2, 3], 3), Vec::<u32>::new());
         assert_eq!(p.lookup(&[7], 3), Vec::<u32>::new());
         assert_eq!(p.lookup(&t, 0), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_match_says_how_long_a_suffix_it_continues() {
+        let p = NgramProposer::new(8, 1).unwrap();
+        // The last five tokens 4 5 6 7 8 occurred at 1; a 1-gram match would be later (8 at 9).
+        let t = [3, 4, 5, 6, 7, 8, 1, 2, 8, 9, 4, 5, 6, 7, 8];
+        let m = p.lookup_match(&t, 3).unwrap();
+        assert_eq!((m.len, m.tokens), (5, vec![1, 2, 8]));
+        assert_eq!(p.lookup(&t, 3), vec![1, 2, 8]);
+        assert_eq!(p.lookup_match(&[1, 2, 3], 3), None);
+        assert_eq!(p.lookup_match(&t, 0), None);
+        // A proposer that needs at least six matching tokens finds none here.
+        assert_eq!(NgramProposer::new(8, 6).unwrap().lookup_match(&t, 3), None);
     }
 
     #[test]
