@@ -152,8 +152,8 @@ pub fn glide_path(given: Option<&PathBuf>, default_target: bool) -> anyhow::Resu
     }
 }
 
-/// Loads a GLIDE drafter file for `target`; one made for another target is refused with the
-/// file and the mismatch named, and so is a target on a GPU (GLIDE runs on the CPU only so far).
+/// Loads a GLIDE drafter file for `target`, on the target's device; one made for another target
+/// is refused with the file and the mismatch named.
 pub fn load_glide(path: &Path, target: &model::LoadedModel) -> anyhow::Result<GlideProposer> {
     let glide = GlideModel::load(path, &target.model)?;
     Ok(GlideProposer::new(Arc::new(glide)))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use specd_engine::actors::{EngineConfig, EngineModels, Method};
-use specd_engine::model::{self, Device, LoadOptions};
+use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 
@@ -88,8 +88,6 @@ struct ModelPaths {
     target: PathBuf,
     draft: Option<PathBuf>,
     glide: Option<PathBuf>,
-    /// The GLIDE drafter was found in a default place, not given.
-    glide_found: bool,
     method: Method,
 }
 
@@ -131,7 +129,6 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
     Ok(ModelPaths {
         target,
         draft,
-        glide_found: glide.is_some() && c.model.glide.is_none(),
         glide,
         method,
     })
@@ -144,8 +141,7 @@ fn name_of(path: &Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
-/// The GLIDE drafter of `paths`, loaded for `target`. One found in a default place is left out
-/// (with an info line) on a GPU, where GLIDE does not run yet, unless it is the default method.
+/// The GLIDE drafter of `paths`, loaded for `target` on its device.
 fn load_served_glide(
     paths: &ModelPaths,
     target: &model::LoadedModel,
@@ -153,14 +149,6 @@ fn load_served_glide(
     let Some(path) = &paths.glide else {
         return Ok(None);
     };
-    let on_gpu = target.model.device() != Device::Cpu;
-    if paths.glide_found && on_gpu && paths.method != Method::Glide {
-        tracing::info!(
-            "the GLIDE drafter {} is not served: GLIDE runs on the CPU only so far",
-            path.display()
-        );
-        return Ok(None);
-    }
     Ok(Some(Arc::new(load_glide(path, target)?)))
 }
 

@@ -476,10 +476,31 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
 /// target-only output.
 #[test]
 fn a_glide_drafter_follows_a_quantized_target_into_q8_0_and_stays_lossless() {
+    glide_follows_a_quantized_target(specd_engine::model::Device::Cpu);
+}
+
+/// The same on a GPU (feature `cuda`; run by `scripts/gpu/check`): the drafter's Q8_0 blocks
+/// go to GPU memory as they are.
+#[cfg(feature = "cuda")]
+#[test]
+fn on_the_gpu_a_glide_drafter_follows_a_quantized_target_into_q8_0_and_stays_lossless() {
+    let ordinal = std::env::var("SPECD_CHECK_GPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    glide_follows_a_quantized_target(specd_engine::model::Device::Cuda(ordinal));
+}
+
+fn glide_follows_a_quantized_target(device: specd_engine::model::Device) {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, tensors, path) = quantized_tiny(dir.path(), GgmlDType::Q8_0, 64, 128);
-    let quantized = model::load(&path, &LoadOptions::default()).unwrap().model;
-    let dense = Model::load(cfg, &mut Weights::from_tensors(tensors)).unwrap();
+    let options = LoadOptions {
+        tokenizer: None,
+        device,
+    };
+    let quantized = model::load(&path, &options).unwrap().model;
+    let mut dense = Weights::from_tensors(tensors);
+    let dense = Model::load_on(cfg, &mut dense, device).unwrap();
     assert!(!tiny_guessing_glide(&dense, 200, 3).unwrap().is_quantized());
     let glide = tiny_guessing_glide(&quantized, 200, 3).unwrap();
     assert!(

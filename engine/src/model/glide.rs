@@ -292,8 +292,8 @@ impl GlideModel {
                 t.vocab_size
             )));
         }
-        let base = config.forward_config(t);
-        let host = read_host(&config, &base, weights, &vocab, target)?;
+        let mut base = config.forward_config(t);
+        let host = read_host(&config, &mut base, weights, &vocab, target)?;
         let weights = match target.cuda_model() {
             None => GlideDevice::Cpu(Arc::new(host.into_cpu(target, vocab.ids())?)),
             Some(m) => GlideDevice::Cuda(Arc::new(CudaModel::load_glide(
@@ -426,10 +426,12 @@ impl GlideModel {
 /// Reads a GLIDE drafter's weights of `base`'s shapes (layers, cross-attention, final norm,
 /// and its own head if the file has one), quantized to Q8_0 for a quantized `target`: a
 /// quantized target is served at its quantization's precision, and the drafter's dense
-/// matrices follow it, which cuts the bytes a drafted token reads by four.
+/// matrices follow it, which cuts the bytes a drafted token reads by four. For a GPU target
+/// the layers are padded to the CUDA kernels' shapes ([`HostLayer::padded_for_gpu`]: the same
+/// function) and `base` says the padded shapes.
 fn read_host(
     config: &GlideConfig,
-    base: &ModelConfig,
+    base: &mut ModelConfig,
     weights: &mut Weights,
     vocab: &DraftVocab,
     target: &Model,
@@ -447,8 +449,14 @@ fn read_host(
     };
     let mut layers = Vec::with_capacity(config.num_layers);
     let mut cross = Vec::with_capacity(config.num_layers);
+    let file_shapes = base.clone();
     for i in 0..config.num_layers {
-        let layer = load_layer(base, weights, i, keep_dtype)?;
+        let mut layer = load_layer(&file_shapes, weights, i, keep_dtype)?;
+        if keep_dtype {
+            let mut padded = file_shapes.clone();
+            layer = layer.padded_for_gpu(&mut padded)?;
+            *base = padded;
+        }
         layers.push(if quantize {
             layer.quantized_q8()?
         } else {

@@ -25,11 +25,11 @@ use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
 pub(crate) use kv::GpuBlocks;
 use plan::{Plan, Shape, GRAPH_MAX_ROWS};
 use step::{Buffers, Capacity, CrossLaunch, CudaStep, UploadedChunks};
-use weights::{GpuMatrix, GpuWeights};
+use weights::{GpuCross, GpuMatrix, GpuWeights};
 
 use super::config::{ModelConfig, RopeLayout};
 use super::device::GpuStats;
-use super::glide::{run_glide, CrossWeights, GlideHost};
+use super::glide::{run_glide, GlideHost};
 use super::host_weights::HostWeights;
 use super::llama::{run_layers, CrossInput, ForwardOut, OutputMode, SampleInput, SeqInput, Top};
 use crate::error::{Error, Result};
@@ -87,7 +87,7 @@ impl Scratch {
 /// what its cross-attention reads of the target.
 #[derive(Debug)]
 struct CudaCross {
-    layers: Vec<CrossWeights<GpuMatrix, Buffer<f32>>>,
+    layers: Vec<GpuCross>,
     /// The target layer whose keys and values are read.
     layer: usize,
     /// The target's attention shape.

@@ -219,8 +219,8 @@ impl MetaPtrs {
             first: meta.at(o[6]),
             n: meta.at(o[7]),
             tables: meta.at(o[8]),
-            cross_len: cross.then(|| meta.at(o[9])).unwrap_or(0),
-            cross_tables: cross.then(|| meta.at(o[10])).unwrap_or(0),
+            cross_len: if cross { meta.at(o[9]) } else { 0 },
+            cross_tables: if cross { meta.at(o[10]) } else { 0 },
         }
     }
 }

@@ -37,6 +37,9 @@ pub(crate) struct GpuMatrix {
 /// A model's weights on the GPU.
 pub(crate) type GpuWeights = LlamaWeights<GpuMatrix, Buffer<f32>>;
 
+/// A GLIDE drafter's cross-attention weights of one layer on the GPU.
+pub(crate) type GpuCross = CrossWeights<GpuMatrix, Buffer<f32>>;
+
 /// Bytes of weights a model holds on the GPU (each shared buffer counted once).
 pub(crate) fn weight_bytes(w: &GpuWeights, tied: bool) -> usize {
     let m = |m: &GpuMatrix| m.parts.iter().map(|p| p.data.bytes()).sum::<usize>();
@@ -71,7 +74,7 @@ pub(crate) fn step_bytes(w: &GpuWeights) -> usize {
 }
 
 /// Bytes of a GLIDE drafter's cross-attention weights.
-pub(crate) fn cross_bytes(cross: &[CrossWeights<GpuMatrix, Buffer<f32>>]) -> usize {
+pub(crate) fn cross_bytes(cross: &[GpuCross]) -> usize {
     let m = |m: &GpuMatrix| m.parts.iter().map(|p| p.data.bytes()).sum::<usize>();
     cross
         .iter()
@@ -132,7 +135,7 @@ pub(crate) fn upload_glide(
     host: GlideHost,
     target: &GpuWeights,
     vocab_ids: &[u32],
-) -> Result<(GpuWeights, Vec<CrossWeights<GpuMatrix, Buffer<f32>>>)> {
+) -> Result<(GpuWeights, Vec<GpuCross>)> {
     let layers = host
         .layers
         .iter()

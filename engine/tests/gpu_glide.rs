@@ -1,0 +1,381 @@
+//! The GLIDE drafter on a GPU (feature `cuda`; its own suite in `scripts/gpu/check`, never run
+//! by `scripts/test`): its logits against the CPU forward on the tiny models (own head and the
+//! target's head rows, every verified length and feeding chunk) and on the golden fixture the
+//! training script made, a batch of sequences giving each its own rows, and greedy speculation
+//! with GLIDE equal to target-only output, alone for k = 1, 4 and adaptive and through the
+//! engine's actors in a batch of none, draft, n-gram and GLIDE requests.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use specd_engine::actors::{Engine, EngineConfig, EngineModels, EngineRequest, Event, Method};
+use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::kv::{BlockTable, KvPool};
+use specd_engine::model::tiny::{
+    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_model, tiny_model_on, TinySpec,
+};
+use specd_engine::model::{self, Device, GlideModel, LoadOptions, Logits, Model, SeqInput};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{generate_speculative, DraftPolicyConfig, GlideProposer, NgramProposer};
+
+/// bf16 weights, activations and KV on the GPU against f32 on the CPU (as gpu_engine.rs).
+const TOLERANCE: f64 = 5e-2;
+
+fn cuda() -> Device {
+    Device::Cuda(
+        std::env::var("SPECD_CHECK_GPU")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+fn spec() -> TinySpec {
+    TinySpec {
+        seed: 11,
+        weight_scale: 0.35,
+        ..Default::default()
+    }
+}
+
+fn gpu_target() -> Model {
+    tiny_model_on(&spec(), cuda())
+        .unwrap_or_else(|e| panic!("these tests need a GPU: {e}"))
+        .model
+}
+
+/// The test fixtures: where this crate was built, or (a test binary carried to a GPU machine
+/// and run from the repository root) engine/tests/fixtures.
+fn fixtures() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from("engine/tests/fixtures")
+    }
+}
+
+fn prompts(n: u32) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|s| {
+            (0..(5 + 7 * s))
+                .map(|i| (i * 37 + s * 11 + 5) % 250)
+                .collect()
+        })
+        .collect()
+}
+
+/// The target's cache of `tokens` in a pool of its own.
+fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
+    let mut pool = m.new_pool(64);
+    let mut table = BlockTable::new();
+    if !tokens.is_empty() {
+        m.forward(
+            &mut pool,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens,
+                logits: Logits::None,
+            }],
+        )
+        .unwrap();
+    }
+    (pool, table)
+}
+
+/// The drafter's rows of `tokens` fed from position 0, `chunk` tokens per forward, reading the
+/// target's cache of the first `verified` tokens.
+fn glide_rows(
+    target: &Model,
+    glide: &GlideModel,
+    tokens: &[u32],
+    verified: usize,
+    chunk: usize,
+) -> Vec<Vec<f32>> {
+    let (tkv, ttable) = target_cache(target, &tokens[..verified]);
+    let mut pool = glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut rows = Vec::new();
+    for part in tokens.chunks(chunk) {
+        let out = glide
+            .forward(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: part,
+                    logits: Logits::All,
+                }],
+                &tkv,
+                &[&ttable],
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+    }
+    rows
+}
+
+/// ‖a − b‖ / ‖a‖ over all rows, every value of `b` finite.
+fn relative_error(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rows");
+    let (mut num, mut den) = (0f64, 0f64);
+    for (ra, rb) in a.iter().zip(b) {
+        assert_eq!(ra.len(), rb.len(), "columns");
+        for (x, y) in ra.iter().zip(rb) {
+            assert!(y.is_finite(), "a GPU logit is not finite");
+            num += f64::from(x - y).powi(2);
+            den += f64::from(*x).powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+#[test]
+fn glide_logits_on_the_gpu_follow_the_cpu_forward() {
+    let cpu = tiny_model(&spec()).unwrap().model;
+    let gpu = gpu_target();
+    type Make = fn(&Model) -> GlideModel;
+    let drafters: [(&str, Make); 2] = [
+        ("own head", |t| tiny_glide(t, 200, 5, 0.3).unwrap()),
+        ("target's head rows", |t| {
+            tiny_guessing_glide(t, 240, 9).unwrap()
+        }),
+    ];
+    for (name, make) in drafters {
+        let (gc, gg) = (make(&cpu), make(&gpu));
+        assert_eq!(
+            gg.device(),
+            cuda(),
+            "{name}: the drafter follows its target"
+        );
+        for (pi, prompt) in prompts(4).iter().enumerate() {
+            let n = prompt.len();
+            // Nothing verified (every row sees nothing: zeros), one, half, all.
+            for verified in [0, 1, n / 2, n] {
+                for chunk in [1, 3, n] {
+                    let a = glide_rows(&cpu, &gc, prompt, verified, chunk);
+                    let b = glide_rows(&gpu, &gg, prompt, verified, chunk);
+                    let e = relative_error(&a, &b);
+                    assert!(
+                        e < TOLERANCE,
+                        "{name}, prompt {pi}, {verified} verified, chunks of {chunk}: GPU rows \
+                         differ from the CPU's by {e} (relative)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sequences of different lengths and verified lengths drafted in one forward give each the
+/// rows it gets alone, bit for bit (the kernels' batch invariance).
+#[test]
+fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
+    let target = gpu_target();
+    let glide = tiny_glide(&target, 200, 5, 0.3).unwrap();
+    let ps = prompts(5);
+    let verified: Vec<usize> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.len() * i / 4)
+        .collect();
+    let alone: Vec<Vec<Vec<f32>>> = ps
+        .iter()
+        .zip(&verified)
+        .map(|(p, &v)| glide_rows(&target, &glide, p, v, p.len()))
+        .collect();
+    let mut tkv = target.new_pool(256);
+    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+    for ((p, &v), t) in ps.iter().zip(&verified).zip(ttables.iter_mut()) {
+        if v > 0 {
+            let mut one = [SeqInput {
+                table: t,
+                tokens: &p[..v],
+                logits: Logits::None,
+            }];
+            target.forward(&mut tkv, &mut one).unwrap();
+        }
+    }
+    let mut pool = glide.new_pool(256);
+    let mut tables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+    let mut batch: Vec<SeqInput<'_>> = tables
+        .iter_mut()
+        .zip(&ps)
+        .map(|(table, p)| SeqInput {
+            table,
+            tokens: p,
+            logits: Logits::All,
+        })
+        .collect();
+    let refs: Vec<&BlockTable> = ttables.iter().collect();
+    let out = glide.forward(&mut pool, &mut batch, &tkv, &refs).unwrap();
+    for (i, rows) in out.iter().enumerate() {
+        assert_eq!(rows.to_vec2::<f32>().unwrap(), alone[i], "sequence {i}");
+    }
+}
+
+/// The drafter the training script made for the tiny Qwen2 fixture (heads of 8, an MLP of 48:
+/// padded to the kernels' shapes on the GPU) gives PyTorch's logits on the GPU, and the CPU's.
+#[test]
+fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
+    let dir = fixtures().join("glide_golden");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let tokens: Vec<u32> = golden["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let verified = golden["verified"].as_u64().unwrap() as usize;
+    let expected =
+        candle_core::safetensors::load(dir.join("logits.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .remove("logits")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+    let load = |device| {
+        let options = LoadOptions {
+            tokenizer: None,
+            device,
+        };
+        let target = model::load(&fixtures().join("golden/qwen2"), &options)
+            .unwrap_or_else(|e| panic!("loading the fixture on {device}: {e}"))
+            .model;
+        let glide = GlideModel::load(&dir.join("glide.safetensors"), &target)
+            .unwrap_or_else(|e| panic!("loading the GLIDE fixture on {device}: {e}"));
+        (target, glide)
+    };
+    let (ct, cg) = load(Device::Cpu);
+    let (gt, gg) = load(cuda());
+    let n = tokens.len();
+    let cpu = glide_rows(&ct, &cg, &tokens, verified, n);
+    for chunk in [1, 4, n] {
+        let gpu = glide_rows(&gt, &gg, &tokens, verified, chunk);
+        let vs_torch = relative_error(&expected, &gpu);
+        let vs_cpu = relative_error(&cpu, &gpu);
+        assert!(
+            vs_torch < TOLERANCE && vs_cpu < TOLERANCE,
+            "chunks of {chunk}: GPU rows differ from PyTorch's by {vs_torch} and from the \
+             CPU's by {vs_cpu} (relative)"
+        );
+    }
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+    }
+}
+
+#[test]
+fn greedy_speculation_with_glide_on_the_gpu_equals_target_only_output() {
+    let target = tiny_model_on(&spec(), cuda()).unwrap();
+    let (model, tok) = (&target.model, target.tokenizer.as_ref().unwrap());
+    let glide = GlideProposer::new(Arc::new(tiny_guessing_glide(model, 240, 9).unwrap()));
+    let (mut drafted, mut accepted) = (0, 0);
+    for (pi, prompt) in prompts(8).into_iter().enumerate() {
+        let req = greedy(prompt, 32);
+        let want = generate(model, tok, &req, |_| {}).unwrap();
+        for (k, adaptive) in [(1, false), (4, false), (4, true)] {
+            let policy = DraftPolicyConfig {
+                max_draft: k,
+                adaptive,
+                confidence: None,
+            };
+            let got = generate_speculative(model, tok, Some(&glide), policy, &req, |_| {}).unwrap();
+            assert_eq!(
+                got.tokens, want.tokens,
+                "prompt {pi}, k = {k}, adaptive {adaptive}"
+            );
+            drafted += got.speculation.drafted_tokens;
+            accepted += got.speculation.accepted_tokens;
+        }
+    }
+    eprintln!("{accepted} of {drafted} GLIDE drafts accepted on the GPU");
+    assert!(
+        accepted > 0 && accepted < drafted,
+        "{accepted} of {drafted} drafts accepted: both outcomes must occur"
+    );
+}
+
+/// The engine's actors on the GPU with none, draft, n-gram and GLIDE requests in one running
+/// batch (k = 1, 4 and adaptive): each output equals target-only, GLIDE drafts are accepted,
+/// and every GLIDE block goes back to its pool.
+#[test]
+fn the_engine_batches_glide_with_none_draft_and_ngram_on_the_gpu() {
+    let target = tiny_model_on(&spec(), cuda()).unwrap();
+    let draft = Arc::new(tiny_drafter(&spec(), 0.15, 5, &target).unwrap());
+    let glide = tiny_guessing_glide(&target.model, 240, 9).unwrap();
+    let tok = target.tokenizer.clone().unwrap();
+    let model = Arc::new(target.model);
+    let models = EngineModels {
+        target: model.clone(),
+        tokenizer: Arc::new(tok.clone()),
+        draft: Some(draft),
+        ngram: NgramProposer::new(3, 1).unwrap(),
+        glide: Some(Arc::new(GlideProposer::new(Arc::new(glide)))),
+    };
+    let engine = Engine::start(models, EngineConfig::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ps = prompts(16);
+    let methods = [Method::None, Method::Draft, Method::Ngram, Method::Glide];
+    let policies = [(1, false), (4, false), (4, true)];
+    let (outputs, glide_accepted, stats) = tokio::task::LocalSet::new().block_on(&rt, async {
+        let mut streams = Vec::new();
+        for (i, p) in ps.iter().enumerate() {
+            let (max_draft, adaptive) = policies[i / methods.len() % policies.len()];
+            let req = EngineRequest {
+                generate: greedy(p.clone(), 24),
+                method: methods[i % methods.len()],
+                policy: DraftPolicyConfig {
+                    max_draft,
+                    adaptive,
+                    confidence: None,
+                },
+            };
+            streams.push(engine.handle().submit(req).await.unwrap());
+        }
+        let (mut outs, mut glide_accepted) = (Vec::new(), 0);
+        for (i, mut s) in streams.into_iter().enumerate() {
+            let mut tokens = Vec::new();
+            while let Some(ev) = s.next_event().await {
+                match ev {
+                    Event::Chunk(c) => tokens.extend(c.tokens),
+                    Event::Done(d) => {
+                        if methods[i % methods.len()] == Method::Glide {
+                            glide_accepted += d.speculation.accepted_tokens;
+                        }
+                        break;
+                    }
+                    Event::Error(e) => panic!("request {i} failed: {e:?}"),
+                }
+            }
+            outs.push(tokens);
+        }
+        // The pools come home once the last step has committed.
+        let mut stats = engine.handle().stats().await.unwrap();
+        for _ in 0..500 {
+            if stats.running == 0 && stats.waiting == 0 && stats.kv_target.blocks_used == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            stats = engine.handle().stats().await.unwrap();
+        }
+        (outs, glide_accepted, stats)
+    });
+    for (i, (p, got)) in ps.iter().zip(outputs).enumerate() {
+        let want = generate(&model, &tok, &greedy(p.clone(), 24), |_| {}).unwrap();
+        assert_eq!(got, want.tokens, "request {i} ({:?})", methods[i % 4]);
+    }
+    assert!(glide_accepted > 0, "no GLIDE draft was accepted");
+    assert_eq!(stats.kv_glide.blocks_used, 0, "{stats:?}");
+    assert_eq!(stats.kv_accounting_errors, 0, "{stats:?}");
+}
