@@ -63,8 +63,8 @@ pub fn backend_of(spec: &TinySpec, engine: EngineConfig) -> Backend {
     backend_with(spec, engine, false).unwrap()
 }
 
-/// The tiny target (as [`backend`]) serving a GLIDE drafter besides its draft model, or why
-/// the GLIDE drafter cannot be loaded (on a GPU).
+/// The tiny target (as [`backend`]) serving a GLIDE drafter besides its draft model (on the
+/// target's device), or why the GLIDE drafter cannot be loaded.
 pub fn glide_backend(engine: EngineConfig) -> Result<Backend, String> {
     let spec = TinySpec {
         seed: 11,
