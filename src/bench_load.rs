@@ -38,7 +38,7 @@ pub struct BenchLoadArgs {
     concurrency: String,
     /// Comma-separated modes: `none`, `draft:K` (always speculate), `draft:K:policy`
     /// (speculate under the load policy), `ngram:K`, `ngram:K:policy`, `glide:K`,
-    /// `glide:K:policy`.
+    /// `glide:K:policy`, `glide+ngram:K`, `glide+ngram:K:policy`.
     #[arg(long, default_value = "none,draft:4,draft:4:policy")]
     modes: String,
     /// Tokens generated per request.
@@ -79,7 +79,8 @@ fn parse_modes(spec: &str) -> anyhow::Result<Vec<Mode>> {
         };
         let usage = || {
             anyhow::anyhow!(
-                "unknown mode `{m}`: use none, draft:K[:policy], ngram:K[:policy], glide:K[:policy]"
+                "unknown mode `{m}`: use none, draft:K[:policy], ngram:K[:policy], glide:K[:policy], \
+                 glide+ngram:K[:policy]"
             )
         };
         let method: Method = parts[0].parse().map_err(|_| usage())?;
@@ -354,7 +355,7 @@ mod tests {
 
     #[test]
     fn modes_parse_into_the_engine_method() {
-        let m = parse_modes("none,draft:4:policy,ngram:3,glide:5:policy").unwrap();
+        let m = parse_modes("none,draft:4:policy,ngram:3,glide:5:policy,glide+ngram:4").unwrap();
         let got: Vec<(Method, usize, bool)> = m.iter().map(|m| (m.method, m.k, m.policy)).collect();
         assert_eq!(
             got,
@@ -362,7 +363,8 @@ mod tests {
                 (Method::None, 0, false),
                 (Method::Draft, 4, true),
                 (Method::Ngram, 3, false),
-                (Method::Glide, 5, true)
+                (Method::Glide, 5, true),
+                (Method::GlideNgram, 4, false)
             ]
         );
         for bad in ["none:2", "warp:4", "draft", "draft:4:always", "glide"] {

@@ -43,7 +43,8 @@ pub struct BenchSpecArgs {
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`,
-    /// `ngram:adaptive:MAX`, `glide:K`, `glide:adaptive:MAX`.
+    /// `ngram:adaptive:MAX`, `glide:K`, `glide:adaptive:MAX`, `glide+ngram:K`,
+    /// `glide+ngram:adaptive:MAX`.
     #[arg(
         long,
         default_value = "none,draft:2,draft:3,draft:4,draft:5,draft:6,draft:adaptive:6,ngram:6"
@@ -82,7 +83,7 @@ fn parse_methods(spec: &str) -> anyhow::Result<Vec<Mode>> {
             Ok(k)
         };
         let usage = || {
-            anyhow::anyhow!("unknown method `{m}`: use none, or draft, ngram or glide as METHOD:K or METHOD:adaptive:MAX")
+            anyhow::anyhow!("unknown method `{m}`: use none, or draft, ngram, glide or glide+ngram as METHOD:K or METHOD:adaptive:MAX")
         };
         let method: Method = parts[0].parse().map_err(|_| usage())?;
         let (max_draft, adaptive) = match (method, &parts[1..]) {
@@ -206,7 +207,7 @@ pub fn load_drafters(
     } else {
         None
     };
-    let glide = if methods.contains(&Method::Glide) {
+    let glide = if methods.iter().any(|m| m.needs_glide()) {
         let path = glide_path(files.glide, files.default_target)?;
         Some(load_glide(&path, target)?)
     } else {
@@ -243,6 +244,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             Method::Draft => drafter.as_ref().map(|d| d as &dyn Proposer),
             Method::Ngram => Some(&ngram),
             Method::Glide => glide.as_ref().map(|g| g as &dyn Proposer),
+            Method::GlideNgram => glide.as_ref().map(|g| g.with_ngram() as &dyn Proposer),
         }
     };
 
@@ -353,7 +355,11 @@ mod tests {
 
     #[test]
     fn methods_parse_into_the_engine_method_and_a_policy() {
-        let m = parse_methods("none, draft:4,ngram:adaptive:6,glide:3,glide:adaptive:5").unwrap();
+        let m = parse_methods(
+            "none, draft:4,ngram:adaptive:6,glide:3,glide:adaptive:5,glide+ngram:4,\
+             glide+ngram:adaptive:6",
+        )
+        .unwrap();
         let got: Vec<(Method, usize, bool)> = m
             .iter()
             .map(|m| (m.method, m.policy.max_draft, m.policy.adaptive))
@@ -365,7 +371,9 @@ mod tests {
                 (Method::Draft, 4, false),
                 (Method::Ngram, 6, true),
                 (Method::Glide, 3, false),
-                (Method::Glide, 5, true)
+                (Method::Glide, 5, true),
+                (Method::GlideNgram, 4, false),
+                (Method::GlideNgram, 6, true)
             ]
         );
         for bad in [
@@ -376,6 +384,8 @@ mod tests {
             "draft:x",
             "ngram:fast:4",
             "glide",
+            "glide+ngram",
+            "glide+ngram:adaptive",
             "",
         ] {
             assert!(parse_methods(bad).is_err(), "`{bad}` was accepted");

@@ -163,7 +163,8 @@ pub fn load_glide(path: &Path, target: &model::LoadedModel) -> anyhow::Result<Gl
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
     /// The proposer [default: `draft` on the default model pair or when --draft is given,
-    /// `glide` when --glide is given, else `none`].
+    /// `glide` when --glide is given, else `none`]. `glide+ngram` takes prompt lookup's draft
+    /// instead of GLIDE's where the last tokens continue a long earlier match.
     #[arg(long, value_enum)]
     pub speculation: Option<Method>,
     /// The draft model: a GGUF file or Hugging Face folder sharing the target's vocabulary.
@@ -208,8 +209,8 @@ impl SpecArgs {
         if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
         }
-        if self.glide.is_some() && kind != Method::Glide {
-            bail!("--glide needs --speculation glide");
+        if self.glide.is_some() && !kind.needs_glide() {
+            bail!("--glide needs --speculation glide or glide+ngram");
         }
         Ok(match kind {
             Method::None => None,
@@ -229,9 +230,14 @@ impl SpecArgs {
                     tokenizer,
                 )?))
             }
-            Method::Glide => {
+            Method::Glide | Method::GlideNgram => {
                 let path = glide_path(self.glide.as_ref(), default_target)?;
-                Some(Box::new(load_glide(&path, target)?))
+                let glide = load_glide(&path, target)?;
+                if kind == Method::GlideNgram {
+                    Some(Box::new(glide.with_ngram().clone()))
+                } else {
+                    Some(Box::new(glide))
+                }
             }
         })
     }

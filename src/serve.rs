@@ -116,7 +116,7 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
     // With the default target, its GLIDE drafter is served where it is found.
     let glide = match (&c.model.glide, method) {
         (Some(p), _) => Some(p.clone()),
-        (None, Method::Glide) => Some(glide_path(None, default_pair)?),
+        (None, m) if m.needs_glide() => Some(glide_path(None, default_pair)?),
         (None, _) if default_pair => find_default_glide().ok(),
         (None, _) => None,
     };

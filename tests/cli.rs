@@ -216,7 +216,7 @@ fn glide_drafts_from_a_given_file_and_refuses_files_that_do_not_fit() {
     refused(&["--speculation", "glide"], &["pass --glide PATH"]);
     refused(
         &["--glide", glide, "--speculation", "ngram"],
-        &["--glide needs --speculation glide"],
+        &["--glide needs --speculation glide or glide+ngram"],
     );
     // A drafter made for a target of another width is refused, the file and mismatch named.
     let other = dir.path().join("other.safetensors");

@@ -8,17 +8,18 @@
 //! `norm(max(0, p − q))` — and shown to catch it, so the bounds are not too loose to fail.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
-use specd_engine::model::tiny::{tiny_drafter, tiny_model, TinySpec};
+use specd_engine::model::tiny::{tiny_drafter, tiny_guessing_glide, tiny_model, TinySpec};
 use specd_engine::model::{DraftVocab, Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
 use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
 use specd_engine::spec::{
-    accept_stochastic, verify, AcceptRule, Acceptance, Draft, DraftModelProposer,
-    DraftPolicyConfig, Sequence, Speculator, Verdict, Verified,
+    accept_stochastic, verify, AcceptRule, Acceptance, Draft, DraftPolicyConfig, GlideNgramConfig,
+    GlideNgramProposer, Proposer, Sequence, Speculator, Verdict, Verified,
 };
 use specd_kernels::cpu::sample as kernel_sample;
 
@@ -591,11 +592,11 @@ fn fits(name: &str, counts: &HashMap<Vec<u32>, f64>, exact: &HashMap<Vec<u32>, f
     stat < critical(df)
 }
 
-/// `n` speculative samples with the draft model; `rule: None` leaves acceptance where the
+/// `n` speculative samples drafted by `draft`; `rule: None` leaves acceptance where the
 /// engine puts it (in the verification forward when the sampling allows it).
 fn sample_speculative(
     target: &Model,
-    draft: &DraftModelProposer,
+    draft: &dyn Proposer,
     rule: Option<AcceptRule>,
     prompt: &[u32],
     n: u64,
@@ -692,6 +693,44 @@ fn sampled_generations_follow_the_target_with_and_without_speculation() {
         !fits("wrong rule", &wrong, &exact),
         "the wrong rule passed — the test cannot tell"
     );
+}
+
+/// GLIDE with prompt lookup (`glide+ngram`): the prompt's last two tokens occurred before, so
+/// the first draft is the n-gram proposal (deterministic: one-hot `q`) and later ones mostly
+/// GLIDE's sampled drafts (its reduced vocabulary's `q`; with two tokens to generate, only the
+/// n-gram drafts). Generations follow the target's exact
+/// law, with acceptance on the host (top-k, top-p) and in the verification forward
+/// (temperature alone).
+#[test]
+fn sampled_generations_with_glide_and_ngram_follow_the_target() {
+    const N: u64 = 20_000;
+    let target = tiny_model(&spec()).unwrap();
+    let tok = target.tokenizer.clone().unwrap();
+    let glide = tiny_guessing_glide(&target.model, 240, 9).unwrap();
+    let combined = GlideNgramProposer::new(
+        Arc::new(glide),
+        GlideNgramConfig {
+            min_match: 2,
+            max_match: 8,
+        },
+    )
+    .unwrap();
+    // The n-gram proposal continues `40 71` with `12 40`; the target gives `12` a probability of
+    // 0.39 at temperature 1 (0.31 at top-k 4), so it is both accepted and rejected often.
+    let prompt = [40u32, 71, 12, 40, 71];
+    for setup in [TRUNCATED, TEMPERATURE_ONLY] {
+        let exact = exact_law(&target.model, &prompt, tok.eos_token_ids(), setup);
+        let counts = sample_speculative(&target.model, &combined, None, &prompt, N, setup);
+        assert!(
+            fits(
+                &format!("glide+ngram, {} tokens", setup.gen),
+                &counts,
+                &exact
+            ),
+            "sampling with glide+ngram is off ({} tokens)",
+            setup.gen
+        );
+    }
 }
 
 /// At a temperature alone the verification forward decides acceptance

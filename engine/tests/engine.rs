@@ -1,5 +1,5 @@
-//! The actor engine: concurrent requests of every method (none, draft model, n-gram, GLIDE)
-//! produce exactly what each produces alone, blocks are accounted for in every pool through
+//! The actor engine: concurrent requests of every method (none, draft model, n-gram, GLIDE,
+//! GLIDE with n-gram) produce exactly what each produces alone, blocks are accounted for in every pool through
 //! cancel / drop / finish / preemption, and overload is refused cleanly.
 
 mod common;
@@ -205,6 +205,9 @@ fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() 
         // A GLIDE request's prompt after which the target repeats tokens in long runs, which
         // the tiny GLIDE (it guesses the current token) drafts well: whole drafts accepted.
         prompts[3] = vec![130; 6];
+        // The same for a glide+ngram request: in a run, the n-gram proposal is one token long,
+        // taken at k = 1 (it fills the budget), GLIDE's otherwise.
+        prompts[4] = vec![130; 6];
         let want: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| {
@@ -224,13 +227,13 @@ fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() 
         for (k, adaptive) in [(1, false), (4, false), (4, true)] {
             let mut streams = Vec::new();
             for (i, p) in prompts.iter().enumerate() {
-                let mut r = request(p.clone(), 40, Method::ALL[i % 4], k);
+                let mut r = request(p.clone(), 40, Method::ALL[i % Method::ALL.len()], k);
                 r.policy.adaptive = adaptive;
                 streams.push(h.submit(r).await.unwrap());
             }
             let outs = futures_join(streams.into_iter().map(drain).collect()).await;
             for (i, o) in outs.iter().enumerate() {
-                let method = Method::ALL[i % 4];
+                let method = Method::ALL[i % Method::ALL.len()];
                 assert_eq!(o.error, None, "request {i} ({method})");
                 assert_eq!(
                     o.tokens, want[i],
@@ -239,6 +242,9 @@ fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() 
                 if method == Method::Glide {
                     drafted += o.drafted;
                     accepted += o.accepted;
+                }
+                if method == Method::GlideNgram {
+                    assert!(o.drafted > 0, "glide+ngram never drafted: {o:?}");
                 }
             }
             let s = assert_idle_and_empty(&h).await;
@@ -295,7 +301,13 @@ fn cancel_drop_and_finish_return_every_block() {
         let h = engine.handle();
         let mut streams = Vec::new();
         for (i, p) in prompts.into_iter().enumerate() {
-            let method = [Method::Draft, Method::Ngram, Method::Glide, Method::None][i % 4];
+            let method = [
+                Method::Draft,
+                Method::Ngram,
+                Method::Glide,
+                Method::GlideNgram,
+                Method::None,
+            ][i % 5];
             let r = request(p, 400, method, 4);
             streams.push((h.submit(r).await.unwrap(), Outcome::default()));
         }
@@ -403,6 +415,16 @@ fn invalid_requests_name_the_problem() {
         assert!(
             e.contains("`speculation.method` `glide` needs a GLIDE drafter")
                 && e.contains("it serves none, ngram"),
+            "{e}"
+        );
+        let e = h
+            .submit(request(vec![1, 2], 4, Method::GlideNgram, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+        assert!(
+            e.to_string()
+                .contains("`speculation.method` `glide+ngram` needs a GLIDE drafter"),
             "{e}"
         );
         let e = h

@@ -30,7 +30,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1usize..60, 1usize..40, 0u8..4, 0usize..7, any::<bool>()).prop_map(
+        4 => (1usize..60, 1usize..40, 0u8..5, 0usize..7, any::<bool>()).prop_map(
             |(len, max_tokens, method, k, temperature)| Op::Submit {
                 len,
                 max_tokens,

@@ -253,6 +253,12 @@ fn ws_cases() -> Vec<WsCase> {
             Some("speculation.method"),
         ),
         case(
+            "glide+ngram not served",
+            gen(json!({"speculation": {"method": "glide+ngram"}})),
+            "invalid_request",
+            Some("speculation.method"),
+        ),
+        case(
             "max_draft too large",
             gen(json!({"speculation": {"max_draft": 99}})),
             "invalid_request",

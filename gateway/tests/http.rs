@@ -126,6 +126,47 @@ async fn completions_as_json_and_as_events_equal_the_websocket_stream() {
     assert_eq!(cut["choices"][0]["finish_reason"], "stop");
 }
 
+/// `glide+ngram` is served wherever a GLIDE drafter is: its greedy completion equals the
+/// target-only one, and without a GLIDE drafter it is refused naming the field.
+#[actix_rt::test]
+async fn glide_and_ngram_completions_are_served_with_glide_and_refused_without() {
+    let body = |method: &str| {
+        json!({"prompt": "======", "max_tokens": 40, "temperature": 0,
+               "speculation": {"method": method, "max_draft": 4}})
+    };
+    let server = start(|_| {});
+    let (status, e) = post(&server, "/v1/completions", body("glide+ngram")).await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["param"].as_str()),
+        (Some("invalid_request"), Some("speculation.method")),
+        "{e}"
+    );
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`glide+ngram` needs a GLIDE drafter"),
+        "{message}"
+    );
+
+    let backend = glide_backend(specd_engine::actors::EngineConfig::default())
+        .unwrap_or_else(|e| panic!("the GLIDE drafter does not load on {}: {e}", device()));
+    let server = start_with_backend(|_| {}, backend);
+    let (status, plain) = post(&server, "/v1/completions", body("none")).await;
+    assert_eq!(status, 200, "{plain}");
+    let (status, both) = post(&server, "/v1/completions", body("glide+ngram")).await;
+    assert_eq!(status, 200, "{both}");
+    assert_eq!(both["speculation"]["method"], "glide+ngram");
+    assert_eq!(both["choices"][0]["text"], plain["choices"][0]["text"]);
+    assert_eq!(both["usage"], plain["usage"]);
+    assert!(
+        both["speculation"]["drafted"].as_u64().unwrap() > 0,
+        "{both}"
+    );
+    let idle = wait_engine_idle(&server).await;
+    assert_eq!(idle.kv_glide.blocks_used, 0, "{idle:?}");
+    assert_eq!(idle.kv_accounting_errors, 0, "{idle:?}");
+}
+
 #[actix_rt::test]
 async fn chat_completions_use_the_chat_template_and_stream_deltas() {
     let server = start(|_| {});

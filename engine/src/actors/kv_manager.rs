@@ -74,7 +74,7 @@ impl KvCacheManager {
         let own = |m: Method| -> usize {
             slots
                 .iter()
-                .filter(|s| s.method == m)
+                .filter(|s| Pools::pool_of(s.method) == Some(m))
                 .filter_map(|s| s.seq.proposer_state().table())
                 .map(|t| t.blocks().len())
                 .sum()
@@ -110,7 +110,7 @@ impl KvCacheManager {
                         .slots
                         .iter()
                         .zip(&needs)
-                        .filter(|(s, _)| s.method == m)
+                        .filter(|(s, _)| Pools::pool_of(s.method) == Some(m))
                         .map(|(_, n)| n.1)
                         .sum();
                     need > pools.proposer_pool(m).map_or(0, |kv| kv.blocks_free())
@@ -121,13 +121,11 @@ impl KvCacheManager {
                 return;
             }
             if target_fits {
-                if let Some((s, _)) = batch
-                    .slots
-                    .iter_mut()
-                    .zip(&needs)
-                    .rev()
-                    .find(|(s, n)| s.budget > 0 && short.contains(&s.method) && n.1 > 0)
-                {
+                if let Some((s, _)) = batch.slots.iter_mut().zip(&needs).rev().find(|(s, n)| {
+                    s.budget > 0
+                        && Pools::pool_of(s.method).is_some_and(|m| short.contains(&m))
+                        && n.1 > 0
+                }) {
                     s.budget = 0;
                     continue;
                 }

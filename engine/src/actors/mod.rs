@@ -72,6 +72,10 @@ impl EngineModels {
             Method::Draft => self.draft.as_deref().map(|d| d as &dyn Proposer),
             Method::Ngram => Some(&self.ngram),
             Method::Glide => self.glide.as_deref().map(|g| g as &dyn Proposer),
+            Method::GlideNgram => self
+                .glide
+                .as_deref()
+                .map(|g| g.with_ngram() as &dyn Proposer),
         }
     }
 

@@ -13,7 +13,8 @@ use crate::spec::{DraftPolicyConfig, SpecStats};
 pub type RequestId = u64;
 
 /// How a request is drafted for: one type from the command line (`--speculation`, clap) and the
-/// configuration file and wire (`"none"`, `"draft"`, `"ngram"`, `"glide"`, serde) to the engine.
+/// configuration file and wire (`"none"`, `"draft"`, `"ngram"`, `"glide"`, `"glide+ngram"`,
+/// serde) to the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -27,19 +28,31 @@ pub enum Method {
     /// A GLIDE drafter (`--glide`): a small decoder whose cross-attention reads the target's
     /// own KV cache.
     Glide,
+    /// GLIDE, or prompt lookup when the last tokens continue a long earlier match (edits of
+    /// given code): served wherever GLIDE is.
+    #[serde(rename = "glide+ngram")]
+    #[cfg_attr(feature = "clap", value(name = "glide+ngram"))]
+    GlideNgram,
 }
 
 impl Method {
     /// Every method, in the order names are listed.
-    pub const ALL: [Method; 4] = [Method::None, Method::Draft, Method::Ngram, Method::Glide];
+    pub const ALL: [Method; 5] = [
+        Method::None,
+        Method::Draft,
+        Method::Ngram,
+        Method::Glide,
+        Method::GlideNgram,
+    ];
 
-    /// The wire name (`none`, `draft`, `ngram`, `glide`).
+    /// The wire name (`none`, `draft`, `ngram`, `glide`, `glide+ngram`).
     pub fn as_str(self) -> &'static str {
         match self {
             Method::None => "none",
             Method::Draft => "draft",
             Method::Ngram => "ngram",
             Method::Glide => "glide",
+            Method::GlideNgram => "glide+ngram",
         }
     }
 
@@ -60,17 +73,22 @@ impl Method {
         self == Method::Draft
     }
 
+    /// Whether requests of this method need a GLIDE drafter (`glide`, `glide+ngram`).
+    pub fn needs_glide(self) -> bool {
+        matches!(self, Method::Glide | Method::GlideNgram)
+    }
+
     /// The model a request of this method needs loaded besides the target, for messages
     /// (`a draft model`, `a GLIDE drafter`); `None` when it needs none.
     pub fn needs_model(self) -> Option<&'static str> {
         match self {
             Method::Draft => Some("a draft model"),
-            Method::Glide => Some("a GLIDE drafter"),
+            Method::Glide | Method::GlideNgram => Some("a GLIDE drafter"),
             Method::None | Method::Ngram => None,
         }
     }
 
-    /// The names, for messages: `none, draft, ngram, glide`.
+    /// The names, for messages: `none, draft, ngram, glide, glide+ngram`.
     pub fn names() -> String {
         Self::ALL.map(Method::as_str).join(", ")
     }
@@ -192,10 +210,16 @@ mod tests {
         let e = "warp".parse::<Method>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown speculation method `warp`; expected one of none, draft, ngram, glide"
+            "unknown speculation method `warp`; expected one of none, draft, ngram, glide, \
+             glide+ngram"
         );
         assert!(serde_json::from_str::<Method>("\"Draft\"").is_err());
         assert_eq!("glide".parse::<Method>(), Ok(Method::Glide));
+        assert_eq!("glide+ngram".parse::<Method>(), Ok(Method::GlideNgram));
+        assert_eq!(
+            serde_json::from_str::<Method>("\"glide+ngram\"").unwrap(),
+            Method::GlideNgram
+        );
     }
 
     #[test]
@@ -217,8 +241,14 @@ mod tests {
             models,
             [
                 (Method::Draft, "a draft model"),
-                (Method::Glide, "a GLIDE drafter")
+                (Method::Glide, "a GLIDE drafter"),
+                (Method::GlideNgram, "a GLIDE drafter")
             ]
         );
+        let glide: Vec<Method> = Method::ALL
+            .into_iter()
+            .filter(|m| m.needs_glide())
+            .collect();
+        assert_eq!(glide, [Method::Glide, Method::GlideNgram]);
     }
 }

@@ -49,6 +49,16 @@ impl Pools {
     /// The pools of the drafters with a cache of their own, with the method drafting in each.
     pub const PROPOSER_POOLS: [Method; 2] = [Method::Draft, Method::Glide];
 
+    /// The method whose drafter's own pool `method`'s sequences draft in (`glide+ngram` drafts
+    /// in GLIDE's); `None` for methods whose proposer keeps no cache (`none`, `ngram`).
+    pub fn pool_of(method: Method) -> Option<Method> {
+        match method {
+            Method::Draft => Some(Method::Draft),
+            Method::Glide | Method::GlideNgram => Some(Method::Glide),
+            Method::None | Method::Ngram => None,
+        }
+    }
+
     /// The pool of `method`'s drafter's own cache; `None` for methods whose proposer keeps no
     /// cache (`none`, `ngram`).
     pub fn proposer_pool(&mut self, method: Method) -> Option<&mut KvPool> {
@@ -57,10 +67,10 @@ impl Pools {
 
     /// The target's pool and [`Pools::proposer_pool`], borrowed together.
     pub fn split(&mut self, method: Method) -> (&mut KvPool, Option<&mut KvPool>) {
-        let own = match method {
-            Method::Draft => Some(&mut self.draft),
-            Method::Glide => Some(&mut self.glide),
-            Method::None | Method::Ngram => None,
+        let own = match Self::pool_of(method) {
+            Some(Method::Draft) => Some(&mut self.draft),
+            Some(_) => Some(&mut self.glide),
+            None => None,
         };
         (&mut self.target, own)
     }

@@ -4,7 +4,7 @@
 //!
 //! - [`proposer`]: the [`Proposer`] trait; [`ngram`] (prompt lookup), [`draft_model`] (an
 //!   independent small model) and [`glide`] (a one-layer drafter reading the target's cache)
-//!   implement it.
+//!   implement it; [`glide_ngram`] combines GLIDE with prompt lookup.
 //! - [`accept`]: greedy and stochastic acceptance as plain functions.
 //! - [`policy`]: the draft length of a sequence (fixed, adaptive, confidence-gated).
 //! - [`stats`]: per-request statistics.
@@ -15,6 +15,7 @@
 pub mod accept;
 pub mod draft_model;
 pub mod glide;
+pub mod glide_ngram;
 pub mod ngram;
 pub mod policy;
 pub mod proposer;
@@ -25,7 +26,8 @@ pub mod verify;
 pub use accept::{accept_greedy, accept_stochastic, Verdict};
 pub use draft_model::DraftModelProposer;
 pub use glide::GlideProposer;
-pub use ngram::NgramProposer;
+pub use glide_ngram::{choose_proposal, GlideNgramConfig, GlideNgramProposer, Proposal};
+pub use ngram::{NgramMatch, NgramProposer};
 pub use policy::{DraftPolicy, DraftPolicyConfig};
 pub use proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 pub use sequence::{generate_speculative, AcceptRule, Decision, PhaseTimes, Sequence, Speculator};
