@@ -375,7 +375,8 @@ impl GlideModel {
         for (what, pool) in [("its own", &*kv), ("the target's", target_kv)] {
             if pool.device() != device || pool.row_shape().0 == 0 {
                 return Err(Error::InvalidRequest(format!(
-                    "the GLIDE drafter runs on {device}, but {what} KV pool lives on {} or is                      empty",
+                    "the GLIDE drafter runs on {device}, but {what} KV pool lives on {} or is \
+                     empty",
                     pool.device()
                 )));
             }

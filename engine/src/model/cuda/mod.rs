@@ -176,13 +176,15 @@ impl CudaModel {
         gpu.bind().map_err(gpu_err)?;
         if !base.intermediate_size.is_multiple_of(32) {
             return Err(Error::Device(format!(
-                "the GLIDE drafter's intermediate size is {}; the CUDA kernels need a multiple                  of 32",
+                "the GLIDE drafter's intermediate size is {}; the CUDA kernels need a multiple \
+                 of 32",
                 base.intermediate_size
             )));
         }
         if base.head_dim > 256 || !base.head_dim.is_multiple_of(8) {
             return Err(Error::Device(format!(
-                "the GLIDE drafter's head dimension is {}; the CUDA attention kernel takes                  multiples of 8 up to 256",
+                "the GLIDE drafter's head dimension is {}; the CUDA attention kernel takes \
+                 multiples of 8 up to 256",
                 base.head_dim
             )));
         }
@@ -341,16 +343,11 @@ impl CudaModel {
     ) -> Result<ForwardOut> {
         let t0 = Instant::now();
         self.gpu.bind().map_err(gpu_err)?;
-        let target = match (&self.cross, cross) {
-            (None, None) => None,
-            (Some(mine), Some(given)) => Some((mine, given)),
-            _ => {
-                return Err(Error::InvalidRequest(
-                    "a GLIDE drafter's forward needs the target's pool and tables, and only it                      reads them"
-                        .into(),
-                ))
-            }
-        };
+        if self.cross.is_some() != cross.is_some() {
+            return Err(Error::InvalidRequest(
+                "a GLIDE drafter's forward, and only it, reads the target's pool and tables".into(),
+            ));
+        }
         let cross_tables: Option<&[&BlockTable]> = cross.map(|c| c.tables.as_slice());
         let cross_kv = match cross {
             Some(c) => Some(c.kv.gpu_blocks().ok_or_else(|| {
@@ -364,20 +361,6 @@ impl CudaModel {
         let chunks = kv.gpu_blocks().map_or(0, |g| g.chunk_ptrs().len());
         let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
         let cross_chunks = cross_kv.map_or(0, |g| g.chunk_ptrs().len());
-        let launch = target.map(|(mine, _)| CrossLaunch {
-            kv: KvLayout {
-                chunks: 0,
-                chunk_blocks: mine.chunk_blocks,
-                n_layers: mine.n_layers,
-                kv_dim: mine.n_kv * mine.head_dim,
-            },
-            layer: mine.layer,
-            n_heads: mine.n_heads,
-            n_kv: mine.n_kv,
-            head_dim: mine.head_dim,
-            interleaved: mine.interleaved,
-            cos_sin: mine.cos_sin.ptr(),
-        });
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = &mut *scratch;
         self.ensure_buffers(scratch, &plan.shape, chunks, cross_chunks)?;
@@ -398,9 +381,19 @@ impl CudaModel {
         if mode == OutputMode::SampledVerdict {
             step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
         }
-        let launch = launch.map(|mut l| {
-            l.kv.chunks = bufs.cross_chunk_table.ptr();
-            l
+        let launch = self.cross.as_ref().map(|x| CrossLaunch {
+            kv: KvLayout {
+                chunks: bufs.cross_chunk_table.ptr(),
+                chunk_blocks: x.chunk_blocks,
+                n_layers: x.n_layers,
+                kv_dim: x.n_kv * x.head_dim,
+            },
+            layer: x.layer,
+            n_heads: x.n_heads,
+            n_kv: x.n_kv,
+            head_dim: x.head_dim,
+            interleaved: x.interleaved,
+            cos_sin: x.cos_sin.ptr(),
         });
         let cos_sin = self.cos_sin.ptr();
         let make = || {
