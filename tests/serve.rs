@@ -171,10 +171,13 @@ async fn the_default_glide_drafter_is_found_and_served() {
     let serve = Serve::start_in(home, &[], &[]);
     let (mut ws, hello) = serve.connect().await;
     assert_eq!(hello["speculation"]["method"], "draft", "{hello}");
-    assert_eq!(hello["methods"], json!(["none", "draft", "ngram", "glide"]));
+    assert_eq!(
+        hello["methods"],
+        json!(["none", "draft", "ngram", "glide", "glide+ngram"])
+    );
     assert_eq!(hello["glide_model"], "glide-qwen2.5-coder-1.5b-instruct");
     let mut texts = Vec::new();
-    for method in ["none", "glide"] {
+    for method in ["none", "glide", "glide+ngram"] {
         send(
             &mut ws,
             json!({"type": "generate", "id": method, "prompt": "======", "max_tokens": 40,
@@ -187,6 +190,7 @@ async fn the_default_glide_drafter_is_found_and_served() {
         texts.push(text);
     }
     assert_eq!(texts[0], texts[1], "glide changed the text");
+    assert_eq!(texts[0], texts[2], "glide+ngram changed the text");
 }
 
 #[test]

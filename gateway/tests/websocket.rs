@@ -158,7 +158,10 @@ async fn glide_is_served_where_a_glide_drafter_is_loaded_and_refused_by_name_els
         .unwrap_or_else(|e| panic!("the GLIDE drafter does not load on {}: {e}", device()));
     let server = start_with_backend(|_| {}, backend);
     let (mut ws, hello) = connect_hello(&server).await;
-    assert_eq!(hello["methods"], json!(["none", "draft", "ngram", "glide"]));
+    assert_eq!(
+        hello["methods"],
+        json!(["none", "draft", "ngram", "glide", "glide+ngram"])
+    );
     assert_eq!(hello["glide_model"], "tiny-glide");
     // After the second prompt the target repeats tokens, which the tiny GLIDE drafts well.
     let mut accepted = 0;
