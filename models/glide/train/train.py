@@ -67,8 +67,12 @@ def bench_prompts() -> set[str]:
 
 
 @torch.no_grad()
-def generate_answers(model, tok, prompts: list[str], batch: int, max_new: int, device: str, deadline: float):
-    """The target's greedy chat answers: (prompt + answer ids, index of the first answer id)."""
+def generate_answers(model, tok, prompts: list[str], batch: int, batch_tokens: int, max_new: int, device: str, deadline: float):
+    """The target's greedy chat answers: (prompt + answer ids, index of the first answer id).
+
+    A batch holds at most `batch` prompts and at most `batch_tokens` ids once answered (rows ×
+    (longest prompt + `max_new`)): run 2's first try, 768 rows of up to 1,000-token prompts,
+    ran out of the H200's memory."""
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -79,21 +83,22 @@ def generate_answers(model, tok, prompts: list[str], batch: int, max_new: int, d
         tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         for p in prompts
     ]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
     # Batches of similar length (less padding): sorted within runs of GEN_SORT_RUN batches,
     # so that a deadline still leaves a sample of every length.
     run = batch * GEN_SORT_RUN
-    texts = [t for i in range(0, len(texts), run) for t in sorted(texts[i : i + run], key=len)]
-    for i in range(0, len(texts), batch):
+    ids = [x for i in range(0, len(ids), run) for x in sorted(ids[i : i + run], key=len)]
+    done = 0
+    for group in length_batches(ids, batch, batch_tokens, max_new):
         if time.time() - t0 > deadline:
-            log(f"  generation deadline: {i} of {len(prompts)} prompts answered")
+            log(f"  generation deadline: {done} of {len(prompts)} prompts answered")
             break
-        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = tok.pad({"input_ids": group}, return_tensors="pt").to(device)
         gen = model.generate(
             **enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
         )
         width = enc["input_ids"].shape[1]
-        for row in range(gen.shape[0]):
-            prompt = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+        for row, prompt in enumerate(group):
             answer = gen[row, width:].tolist()
             # Through the first end-of-turn token (the target emits it; the drafter should
             # learn to propose it too), padding dropped.
@@ -101,9 +106,26 @@ def generate_answers(model, tok, prompts: list[str], batch: int, max_new: int, d
                 if t in eos:
                     answer = answer[: j + 1]
                     break
-            out.append((prompt + answer, len(prompt)))
-        log(f"  answered {min(i + batch, len(prompts))}/{len(prompts)} prompts")
+            out.append((list(prompt) + answer, len(prompt)))
+        done += len(group)
+        log(f"  answered {done}/{len(prompts)} prompts ({len(group)} in this batch)")
     return out
+
+
+def length_batches(ids: list[list[int]], rows: int, tokens: int, max_new: int):
+    """Consecutive groups of `ids` of at most `rows` prompts and at most `tokens` ids once
+    padded to the group's longest prompt and answered."""
+    group: list[list[int]] = []
+    longest = 0
+    for x in ids:
+        wider = max(longest, len(x))
+        if group and (len(group) == rows or (len(group) + 1) * (wider + max_new) > tokens):
+            yield group
+            group, wider = [], len(x)
+        group.append(x)
+        longest = wider
+    if group:
+        yield group
 
 
 def tokenize_files(tok, files, limit: int, eos: int) -> list[int]:
@@ -153,9 +175,11 @@ def cmd_prepare(a, loaded=None) -> None:
     prompts = make_prompts(held_in, a.prompts, a.seed, exclude)
     log(f"generating the target's answers to {len(eval_prompts)} held-out and {len(prompts)} training prompts")
     t0 = time.time()
-    distill_eval = generate_answers(model, tok, eval_prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline)
+    distill_eval = generate_answers(
+        model, tok, eval_prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline
+    )
     distill = generate_answers(
-        model, tok, prompts, a.gen_batch, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
+        model, tok, prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
     )
     gen_s = time.time() - t0
 
@@ -245,9 +269,14 @@ def batches(data, a, rng: random.Random):
     """An endless, seeded mix of code windows and target answers, each batch about
     batch × seq_len ids."""
     code, distill = data["code"], data["distill"]
+    # Answers are few next to source (run 2 drew each of its 2,688 about 18 times and did worse
+    # on new prompts than run 1): past --answer-epochs draws per answer, batches are source.
+    allowed = a.answer_epochs * len(distill)
+    drawn = 0
     while True:
-        if rng.random() < a.distill_share and distill:
+        if rng.random() < a.distill_share and drawn < allowed:
             ids, mask = answer_batch(distill, rng, a.batch * a.seq_len, a.answer_len)
+            drawn += ids.shape[0]
         else:
             rows = [rng.randrange(code.shape[0]) for _ in range(a.batch)]
             ids = code[rows].long()
@@ -442,8 +471,9 @@ def main() -> None:
 
 def prepare_args(p) -> None:
     p.add_argument("--prompts", type=int, default=12288, help="code prompts the target answers")
-    p.add_argument("--gen-batch", type=int, default=768)
-    p.add_argument("--gen-tokens", type=int, default=320, help="longest answer")
+    p.add_argument("--gen-batch", type=int, default=1024, help="most prompts answered at once")
+    p.add_argument("--gen-batch-tokens", type=int, default=512 * 1024, help="ids a generation batch may hold, answers included")
+    p.add_argument("--gen-tokens", type=int, default=192, help="longest answer (bench-spec measures 128 tokens)")
     p.add_argument("--gen-deadline", type=float, default=330, help="seconds after which no new batch is answered")
     p.add_argument("--save-target", default="", help="also save the dequantized target here (a Hugging Face folder)")
     p.add_argument("--code-tokens", type=int, default=12_000_000, help="training tokens of source")
@@ -460,6 +490,7 @@ def train_args(p) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-block", type=int, default=6, help="largest block of the block-wise mask")
     p.add_argument("--answer-len", type=int, default=1344, help="longest prompt + answer trained (longer ones lose the prompt's start)")
+    p.add_argument("--answer-epochs", type=float, default=8, help="draws per answer, on average, after which batches are source only")
     p.add_argument("--distill-share", type=float, default=0.7, help="share of batches of target answers")
     p.add_argument("--target-layer", type=int, default=-1, help="target layer read (-1: the last)")
     p.add_argument("--heads", type=int, default=4)
