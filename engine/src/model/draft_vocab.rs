@@ -111,6 +111,22 @@ impl DraftVocab {
         full
     }
 
+    /// The greedy choice of logits over the draft rows, as `argmax` of [`Self::expand_logits`]
+    /// would make it, without building that row: the target id of the largest logit (ties go
+    /// to the lower target id) and its draft row. (With every logit `-inf` or NaN the expanded
+    /// row's argmax is target id 0, in the subset or not; this gives a subset token.)
+    pub fn argmax_target(&self, logits: &[f32]) -> (u32, usize) {
+        assert_eq!(logits.len(), self.len(), "one logit per draft row");
+        let mut best = 0;
+        for (row, &v) in logits.iter().enumerate() {
+            let b = logits[best];
+            if v > b || (v == b && self.to_target[row] < self.to_target[best]) {
+                best = row;
+            }
+        }
+        (self.to_target[best], best)
+    }
+
     /// Logits over the draft rows as logits over the target's vocabulary: `-inf` outside the
     /// subset, so that any softmax, argmax or sampling transform of them gives zero there.
     pub fn expand_logits(&self, logits: &[f32]) -> Vec<f32> {
@@ -140,6 +156,30 @@ mod tests {
         }
         let full = DraftVocab::full(5);
         assert!((0..5).all(|t| full.from_target(t) == Some(t) && full.to_target(t) == t));
+    }
+
+    #[test]
+    fn the_greedy_choice_on_draft_rows_is_the_argmax_of_the_expanded_row() {
+        use crate::sampling::argmax;
+        use rand::{Rng, SeedableRng};
+        // Rows in an order unlike the target ids', so that ties tell the two orders apart.
+        let v = DraftVocab::new(vec![9, 4, 11, 0, 7, 2], 12).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..500 {
+            // Few distinct values, so that the largest is often tied.
+            let logits: Vec<f32> = (0..v.len())
+                .map(|_| f32::from(rng.random_range(0u8..4)) - 1.5)
+                .collect();
+            let (token, row) = v.argmax_target(&logits);
+            assert_eq!(
+                token,
+                argmax(&v.expand_logits(&logits)),
+                "case {case}: {logits:?}"
+            );
+            assert_eq!(v.to_target(row as u32), token);
+        }
+        // A tie between rows 0 (token 9) and 1 (token 4) goes to token 4, as in the full row.
+        assert_eq!(v.argmax_target(&[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), (4, 1));
     }
 
     #[test]

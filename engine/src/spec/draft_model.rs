@@ -13,7 +13,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::{Error, Result};
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{Logits, Model, SeqInput, Tokenizer, Top};
+use crate::model::{DraftVocab, Logits, Model, SeqInput, Tokenizer, Top};
 use crate::sampling::{apply_repetition_penalty, argmax, sample_from, transform};
 
 /// A draft model proposer.
@@ -86,7 +86,7 @@ impl DraftModelProposer {
         kv: &mut KvPool,
         inputs: &mut [SeqInput<'_>],
         on_device: bool,
-    ) -> Result<Vec<Next>> {
+    ) -> Result<Vec<Next<'static>>> {
         if inputs.iter().all(|s| s.logits == Logits::None) {
             self.model.forward(kv, inputs)?;
             return Ok(Vec::new());
@@ -108,9 +108,13 @@ impl DraftModelProposer {
 }
 
 /// What a drafter forward gives for one sequence's next position.
-pub(super) enum Next {
+pub(super) enum Next<'v> {
     /// The logits row (cut or padded to the target's vocabulary).
     Row(Vec<f32>),
+    /// The logits row over a reduced draft vocabulary (`-inf` at every other target id). A
+    /// greedy choice is made on it directly; sampling or a repetition penalty spreads it onto
+    /// the target's vocabulary first.
+    Reduced(Vec<f32>, &'v DraftVocab),
     /// Its argmax and that token's probability, decided on the device.
     Top(Top),
 }
@@ -118,15 +122,29 @@ pub(super) enum Next {
 /// The drafter's choice at one position and how sure it is (its top probability; computed
 /// only when a confidence threshold asks for it, 1 otherwise).
 fn choose(
-    next: &Next,
+    next: &Next<'_>,
     history: &[u32],
     input: &mut ProposeInput<'_>,
 ) -> (u32, f32, Option<Vec<f32>>) {
+    let params = input.sampling;
+    let expanded;
     let logits = match next {
         Next::Top(t) => return (t.token, t.prob, None),
         Next::Row(r) => r,
+        Next::Reduced(r, vocab) if params.is_greedy() && params.repetition_penalty == 1.0 => {
+            let (token, row) = vocab.argmax_target(r);
+            if input.confidence.is_none() {
+                return (token, 1.0, None);
+            }
+            let top = r[row];
+            let sum: f32 = r.iter().map(|&x| (x - top).exp()).sum();
+            return (token, 1.0 / sum, None);
+        }
+        Next::Reduced(r, vocab) => {
+            expanded = vocab.expand_logits(r);
+            &expanded
+        }
     };
-    let params = input.sampling;
     if params.is_greedy() {
         let penalized;
         let l = if params.repetition_penalty == 1.0 {
@@ -262,11 +280,11 @@ pub(super) fn own_cache_reserve(
 /// positions) or its confidence falls. `step(kv, inputs, seqs)` runs one forward over
 /// `inputs`, the inputs of the sequences `seqs` (indices into `batch`), and returns the row
 /// each wants (none for catch-up chunks).
-pub(super) fn draft_rounds(
+pub(super) fn draft_rounds<'v>(
     batch: &mut [ProposeInput<'_>],
     kv: &mut KvPool,
     ctx: usize,
-    mut step: impl FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize]) -> Result<Vec<Next>>,
+    mut step: impl FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize]) -> Result<Vec<Next<'v>>>,
 ) -> Result<Vec<Draft>> {
     let mut drafts = vec![Draft::default(); batch.len()];
     // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
@@ -299,7 +317,7 @@ pub(super) fn draft_rounds(
         }
     }
     // Catch up with the committed tokens, getting the distribution of the first draft.
-    let mut rows: Vec<Next> = {
+    let mut rows: Vec<Next<'v>> = {
         let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(active.len());
         let mut it = batch.iter_mut().enumerate();
         for &i in &active {

@@ -49,7 +49,8 @@ impl GlideProposer {
 }
 
 /// GLIDE's drafts for `batch`: its own cache first reads the committed tokens it lacks, then
-/// drafts one token per round, its rows spread from the reduced vocabulary onto the target's.
+/// drafts one token per round, chosen on its reduced vocabulary (spread onto the target's
+/// only when sampling needs the whole row).
 pub(super) fn glide_drafts(
     model: &GlideModel,
     target: TargetView<'_>,
@@ -67,10 +68,7 @@ pub(super) fn glide_drafts(
             return Ok(Vec::new());
         }
         out.iter()
-            .map(|t| {
-                let reduced = t.squeeze(0)?.to_vec1::<f32>()?;
-                Ok(Next::Row(vocab.expand_logits(&reduced)))
-            })
+            .map(|t| Ok(Next::Reduced(t.squeeze(0)?.to_vec1::<f32>()?, vocab)))
             .collect()
     })
 }
