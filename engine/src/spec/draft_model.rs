@@ -178,28 +178,8 @@ impl Proposer for DraftModelProposer {
         self.model.new_pool(max_blocks)
     }
 
-    fn blocks_needed(
-        &self,
-        _kv: &KvPool,
-        state: &ProposerState,
-        committed: usize,
-        k: usize,
-    ) -> usize {
-        own_cache_blocks_needed(state, committed, k)
-    }
-
-    fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
-        own_cache_catch_up(state, committed)
-    }
-
-    fn reserve(
-        &self,
-        kv: &mut KvPool,
-        state: &mut ProposerState,
-        committed: usize,
-        k: usize,
-    ) -> Result<()> {
-        own_cache_reserve(kv, state, committed, k)
+    fn has_own_cache(&self) -> bool {
+        true
     }
 
     fn prefill(&self, kv: &mut KvPool, state: &mut ProposerState, tokens: &[u32]) -> Result<()> {
@@ -240,37 +220,6 @@ impl Proposer for DraftModelProposer {
             self.step(kv, inputs, on_device)
         })
     }
-}
-
-/// Blocks of its own pool a drafter with its own cache needs to draft `k` tokens after
-/// `committed` ones, beyond what `state` holds: drafting feeds every committed token, then
-/// drafts 1..k-1 (the last is never fed).
-pub(super) fn own_cache_blocks_needed(state: &ProposerState, committed: usize, k: usize) -> usize {
-    if k == 0 {
-        return 0;
-    }
-    let held = state.table.as_ref().map_or(0, |t| t.blocks().len());
-    KvPool::blocks_for(committed + k - 1).saturating_sub(held)
-}
-
-/// Committed tokens a drafter with its own cache has yet to read.
-pub(super) fn own_cache_catch_up(state: &ProposerState, committed: usize) -> usize {
-    committed.saturating_sub(1 + state.cached_len().unwrap_or(0))
-}
-
-/// Reserves what [`own_cache_blocks_needed`] counts.
-pub(super) fn own_cache_reserve(
-    kv: &mut KvPool,
-    state: &mut ProposerState,
-    committed: usize,
-    k: usize,
-) -> Result<()> {
-    if k == 0 {
-        return Ok(());
-    }
-    let table = state.table.get_or_insert_with(BlockTable::new);
-    let want = committed + k - 1;
-    kv.reserve(table, want.saturating_sub(table.len()))
 }
 
 /// The drafting rounds of a drafter with its own cache: each sequence first feeds the committed

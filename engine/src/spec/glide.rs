@@ -13,11 +13,9 @@
 
 use std::sync::Arc;
 
-use super::draft_model::{
-    draft_rounds, own_cache_blocks_needed, own_cache_catch_up, own_cache_reserve, Next,
-};
+use super::draft_model::{draft_rounds, Next};
 use super::glide_ngram::{GlideNgramConfig, GlideNgramProposer};
-use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
+use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
@@ -120,32 +118,12 @@ impl Proposer for GlideProposer {
         self.model.new_pool(max_blocks)
     }
 
-    fn blocks_needed(
-        &self,
-        _kv: &KvPool,
-        state: &ProposerState,
-        committed: usize,
-        k: usize,
-    ) -> usize {
-        own_cache_blocks_needed(state, committed, k)
+    fn has_own_cache(&self) -> bool {
+        true
     }
 
     fn reads_target_cache(&self) -> bool {
         true
-    }
-
-    fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
-        own_cache_catch_up(state, committed)
-    }
-
-    fn reserve(
-        &self,
-        kv: &mut KvPool,
-        state: &mut ProposerState,
-        committed: usize,
-        k: usize,
-    ) -> Result<()> {
-        own_cache_reserve(kv, state, committed, k)
     }
 
     fn propose(

@@ -82,8 +82,16 @@ pub trait Proposer: Send + Sync {
         KvPool::new(0, 0, 0)
     }
 
+    /// Whether the proposer keeps a KV cache of its own in its pool (a draft model, GLIDE),
+    /// which reads every committed token before it drafts: the block, catch-up and reservation
+    /// defaults below then count that cache; without one they are zero and reserve nothing.
+    fn has_own_cache(&self) -> bool {
+        false
+    }
+
     /// Blocks of `kv` that drafting `k` tokens after `committed` committed tokens needs beyond
-    /// what `state` holds, so that the caller can reserve them before the step.
+    /// what `state` holds, so that the caller can reserve them before the step. With its own
+    /// cache, drafting feeds every committed token, then drafts 1..k-1 (the last is never fed).
     fn blocks_needed(
         &self,
         kv: &KvPool,
@@ -91,8 +99,12 @@ pub trait Proposer: Send + Sync {
         committed: usize,
         k: usize,
     ) -> usize {
-        let _ = (kv, state, committed, k);
-        0
+        let _ = kv;
+        if !self.has_own_cache() || k == 0 {
+            return 0;
+        }
+        let held = state.table.as_ref().map_or(0, |t| t.blocks().len());
+        KvPool::blocks_for(committed + k - 1).saturating_sub(held)
     }
 
     /// Whether drafting reads the target's cache of the sequence, so that a sequence whose
@@ -105,8 +117,10 @@ pub trait Proposer: Send + Sync {
     /// Committed tokens (of `committed`) that `state` has yet to read before it can draft: the
     /// catch-up cost of drafting now (0 for proposers without a cache).
     fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {
-        let _ = (state, committed);
-        0
+        if !self.has_own_cache() {
+            return 0;
+        }
+        committed.saturating_sub(1 + state.cached_len().unwrap_or(0))
     }
 
     /// Reserves what [`Proposer::blocks_needed`] counts.
@@ -117,8 +131,12 @@ pub trait Proposer: Send + Sync {
         committed: usize,
         k: usize,
     ) -> Result<()> {
-        let _ = (kv, state, committed, k);
-        Ok(())
+        if !self.has_own_cache() || k == 0 {
+            return Ok(());
+        }
+        let table = state.table.get_or_insert_with(BlockTable::new);
+        let want = committed + k - 1;
+        kv.reserve(table, want.saturating_sub(table.len()))
     }
 
     /// Brings the state up to date with a sequence's tokens (all but the last), so that the

@@ -118,12 +118,11 @@ def length_batches(ids: list[list[int]], rows: int, tokens: int, max_new: int):
     group: list[list[int]] = []
     longest = 0
     for x in ids:
-        wider = max(longest, len(x))
-        if group and (len(group) == rows or (len(group) + 1) * (wider + max_new) > tokens):
+        if group and (len(group) == rows or (len(group) + 1) * (max(longest, len(x)) + max_new) > tokens):
             yield group
-            group, wider = [], len(x)
+            group, longest = [], 0
         group.append(x)
-        longest = wider
+        longest = max(longest, len(x))
     if group:
         yield group
 
