@@ -10,7 +10,9 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use specd_engine::actors::{Engine, EngineConfig, EngineModels, EngineRequest, Event, Method};
+use specd_engine::actors::{
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+};
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{tiny_drafter, tiny_model, tiny_model_on, TinySpec};
@@ -407,14 +409,20 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
         ngram: NgramProposer::new(3, 1).unwrap(),
         glide: None,
     };
-    let engine = Engine::start(models, EngineConfig::default()).unwrap();
+    // Drafting on for every batch size (the default load policy turns it off at three
+    // sequences, and this batch has sixteen).
+    let config = EngineConfig {
+        load: LoadPolicy::NEVER,
+        ..Default::default()
+    };
+    let engine = Engine::start(models, config).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let ps = prompts(16, 7, model.config().vocab_size as u32);
     let methods = [Method::None, Method::Draft, Method::Ngram];
-    let outputs = tokio::task::LocalSet::new().block_on(&rt, async {
+    let (outputs, drafted) = tokio::task::LocalSet::new().block_on(&rt, async {
         let mut streams = Vec::new();
         for (i, p) in ps.iter().enumerate() {
             let req = EngineRequest {
@@ -433,20 +441,33 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
             };
             streams.push(engine.handle().submit(req).await.unwrap());
         }
-        let mut outs = Vec::new();
+        // Tokens drafted for each request (none for target-only ones).
+        let (mut outs, mut drafted) = (Vec::new(), Vec::new());
         for mut s in streams {
             let mut tokens = Vec::new();
             while let Some(ev) = s.next_event().await {
                 match ev {
                     Event::Chunk(c) => tokens.extend(c.tokens),
-                    Event::Done(_) => break,
+                    Event::Done(d) => {
+                        drafted.push(d.speculation.drafted_tokens);
+                        break;
+                    }
                     Event::Error(e) => panic!("request failed: {e:?}"),
                 }
             }
             outs.push(tokens);
         }
-        outs
+        (outs, drafted)
     });
+    // Every draft-model request speculated in the batch (the n-gram ones may find no match).
+    for (i, d) in drafted.iter().enumerate() {
+        if methods[i % 3] == Method::Draft {
+            assert!(
+                *d > 0,
+                "request {i} (draft model) drafted nothing: {drafted:?}"
+            );
+        }
+    }
     for (p, got) in ps.iter().zip(outputs) {
         let req = GenerateRequest {
             prompt: p.clone(),
