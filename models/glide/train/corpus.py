@@ -237,42 +237,76 @@ def _new_name(ident: str, rng: random.Random) -> str:
     return rng.choice(["new_", "the_", "my_"]) + ident if rng.random() < 0.5 else ident + rng.choice(["_value", "_list", "_obj"])
 
 
-def make_prompts(files: list[SourceFile], count: int, seed: int, exclude: set[str]) -> list[str]:
-    """`count` prompts from `files` (the kinds of KIND_SHARES), none equal to an excluded prompt."""
-    rng = random.Random(seed)
-    files = list(files)
-    rng.shuffle(files)
+def _file_prompts(text: str, rng: random.Random, tries: int) -> list[str]:
+    """Up to `tries` prompts (kinds drawn by KIND_SHARES) made from one file's text."""
+    if len(text) > PROMPT_FILE_CHARS:
+        return []
+    tree = _parse(text)
+    if tree is None:
+        return []
     kinds = list(KIND_SHARES)
     weights = [KIND_SHARES[k] for k in kinds]
-    prompts: list[str] = []
-    for f in files:
-        if len(f.text) > PROMPT_FILE_CHARS:
-            continue
-        tree = _parse(f.text)
-        if tree is None:
-            continue
+    found = fns = None
+    out = []
+    for _ in range(tries):
         kind = rng.choices(kinds, weights)[0]
         prompt = None
         if kind == "snippet":
-            found = snippets(f.text, tree)
+            found = snippets(text, tree) if found is None else found
             if found:
                 code, names = rng.choice(found)
                 task = rng.choice(SNIPPET_TASKS if names else [t for t in SNIPPET_TASKS if "{ident}" not in t])
                 ident = rng.choice(names) if names else ""
                 prompt = task.format(code=code, ident=ident, new_ident=_new_name(ident, rng), lang=rng.choice(LANGUAGES))
         else:
-            fns = list(functions(f.text, tree))
-            if kind == "language":
-                fns = [fn for fn in fns if fn[2]]
-            if fns:
-                name, args, doc, src = rng.choice(fns)
+            fns = list(functions(text, tree)) if fns is None else fns
+            pool = [fn for fn in fns if fn[2]] if kind == "language" else fns
+            if pool:
+                name, args, doc, src = rng.choice(pool)
                 if kind == "language":
                     prompt = rng.choice(LANGUAGE_TASKS).format(lang=rng.choice(LANGUAGES), name=name, doc=doc)
                 else:
                     task = rng.choice(FUNCTION_TASKS if doc else [t for t in FUNCTION_TASKS if "{doc}" not in t])
                     prompt = task.format(name=name, args=args, doc=doc, src=src)
-        if prompt is not None and len(prompt) <= PROMPT_CHARS and prompt.strip() not in exclude:
-            prompts.append(prompt)
-        if len(prompts) >= count:
-            break
+        if prompt is not None and len(prompt) <= PROMPT_CHARS:
+            out.append(prompt)
+    return out
+
+
+# The files make_prompts' worker processes read (inherited when they fork).
+_FILES: list[SourceFile] = []
+
+
+def _prompts_of(job: tuple[int, int, int]) -> list[str]:
+    index, seed, tries = job
+    f = _FILES[index]
+    # Each file's draws depend only on the seed and the file's content, not on the workers.
+    return _file_prompts(f.text, random.Random(f"{seed}:{hashlib.sha256(f.text.encode()).hexdigest()}"), tries)
+
+
+def make_prompts(files: list[SourceFile], count: int, seed: int, exclude: set[str], per_file: int = 4) -> list[str]:
+    """`count` distinct prompts from `files` (the kinds of KIND_SHARES), none equal to an
+    excluded prompt: up to `per_file` from each file, taken round-robin over the files in a
+    seeded order (every file's first prompt before any file's second), parsed in parallel."""
+    global _FILES
+    import multiprocessing
+
+    files = list(files)
+    random.Random(seed).shuffle(files)
+    _FILES = files
+    jobs = [(i, seed, per_file) for i in range(len(files))]
+    try:
+        with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+            per = pool.map(_prompts_of, jobs, chunksize=64)
+    finally:
+        _FILES = []
+    prompts: list[str] = []
+    seen = set(exclude)
+    for round_ in range(per_file):
+        for ps in per:
+            if round_ < len(ps) and ps[round_].strip() not in seen:
+                seen.add(ps[round_].strip())
+                prompts.append(ps[round_])
+                if len(prompts) >= count:
+                    return prompts
     return prompts

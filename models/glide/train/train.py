@@ -5,7 +5,8 @@ Two stages, each rerunnable with the same seeds:
 
   prepare  loads the target, collects permissively licensed Python source on this machine
            (corpus.py; a held-out split by content hash), has the target answer code prompts
-           made from that source (self-distillation: greedy, its own chat template), picks the
+           made from that source (self-distillation: greedy, its own chat template, decoded in
+           large batches by fastgen.py), picks the
            draft vocabulary (the most frequent target tokens in the training text) and writes
            everything to WORK/data.pt, with WORK/manifest.json naming every source and licence.
   train    trains the drafter on that data against the target's own distributions: for each
@@ -18,6 +19,7 @@ Two stages, each rerunnable with the same seeds:
 Usage (the GPU machine: scripts/gpu/train-glide runs both):
   python3 train.py prepare --target TARGET.gguf --work WORK
   python3 train.py train   --target TARGET.gguf --work WORK --out glide.safetensors
+  python3 train.py train   ... --resume glide.safetensors   (more steps from a file it wrote)
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import collect, make_prompts  # noqa: E402
-from glide_model import GlideConfig, GlideDrafter, random_block_starts, save_glide  # noqa: E402
+from fastgen import FastDecoder  # noqa: E402
+from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
 from target import embed_weight, head_weight, load_target, save_target, target_pass, target_shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -71,45 +74,63 @@ def generate_answers(model, tok, prompts: list[str], batch: int, batch_tokens: i
     """The target's greedy chat answers: (prompt + answer ids, index of the first answer id).
 
     A batch holds at most `batch` prompts and at most `batch_tokens` ids once answered (rows ×
-    (longest prompt + `max_new`)): run 2's first try, 768 rows of up to 1,000-token prompts,
-    ran out of the H200's memory."""
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    eos = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
+    (longest prompt + `max_new`)): the static cache of fastgen.py holds that many positions."""
+    eos = end_ids(tok)
+    decoder = FastDecoder(model)
     out = []
     t0 = time.time()
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    ids = chat_ids(tok, prompts)
     # Batches of similar length (less padding): sorted within runs of GEN_SORT_RUN batches,
     # so that a deadline still leaves a sample of every length.
     run = batch * GEN_SORT_RUN
     ids = [x for i in range(0, len(ids), run) for x in sorted(ids[i : i + run], key=len)]
-    done = 0
+    done = answer_tokens = 0
     for group in length_batches(ids, batch, batch_tokens, max_new):
         if time.time() - t0 > deadline:
             log(f"  generation deadline: {done} of {len(prompts)} prompts answered")
             break
-        enc = tok.pad({"input_ids": group}, return_tensors="pt").to(device)
-        gen = model.generate(
-            **enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id
-        )
-        width = enc["input_ids"].shape[1]
-        for row, prompt in enumerate(group):
-            answer = gen[row, width:].tolist()
+        for prompt, answer in zip(group, decoder.generate(group, max_new, eos)):
             # Through the first end-of-turn token (the target emits it; the drafter should
-            # learn to propose it too), padding dropped.
-            for j, t in enumerate(answer):
-                if t in eos:
-                    answer = answer[: j + 1]
-                    break
+            # learn to propose it too).
             out.append((list(prompt) + answer, len(prompt)))
+            answer_tokens += len(answer)
         done += len(group)
-        log(f"  answered {done}/{len(prompts)} prompts ({len(group)} in this batch)")
+        rate = answer_tokens / max(time.time() - t0, 1e-9)
+        log(f"  answered {done}/{len(prompts)} prompts ({len(group)} in this batch; {answer_tokens} answer tokens, {rate:.0f}/s)")
     return out
+
+
+def end_ids(tok) -> list[int]:
+    return [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>") if t in tok.get_vocab()]
+
+
+def chat_ids(tok, prompts: list[str]) -> list[list[int]]:
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def check_fastgen(model, tok, prompts: list[str], max_new: int) -> None:
+    """fastgen.py's answers against transformers' `generate`, one prompt at a time: logged, and
+    fatal only if no answer agrees on its first 16 tokens (bf16 rounding may flip near ties
+    later on, which changes the rest of an answer)."""
+    eos = end_ids(tok)
+    ids = chat_ids(tok, prompts)
+    fast = FastDecoder(model).generate(ids, max_new, eos)
+    same = prefix = 0
+    for p, f in zip(ids, fast):
+        x = torch.tensor([p], device=model.device)
+        ref = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos[-1])[0, len(p):].tolist()
+        ref = ref[: next((j + 1 for j, t in enumerate(ref) if t in eos), len(ref))]
+        same += int(ref == f)
+        prefix += int(ref[:16] == f[:16])
+    log(f"  fastgen check: {same}/{len(ids)} answers equal transformers' generate, {prefix}/{len(ids)} on their first 16 tokens")
+    if prefix == 0:
+        raise SystemExit("fastgen.py disagrees with transformers' generate from the start: not generating with it")
 
 
 def length_batches(ids: list[list[int]], rows: int, tokens: int, max_new: int):
@@ -170,8 +191,10 @@ def cmd_prepare(a, loaded=None) -> None:
     # Held-out answers answer prompts made from held-out files, and are generated first, so
     # that neither the split nor the files chosen depend on how fast generation runs.
     exclude = bench_prompts()
-    eval_prompts = make_prompts(held_out, max(1, a.prompts // 20), a.seed + 1, exclude)
-    prompts = make_prompts(held_in, a.prompts, a.seed, exclude)
+    eval_prompts = make_prompts(held_out, a.eval_prompts, a.seed + 1, exclude, a.prompts_per_file)
+    prompts = make_prompts(held_in, a.prompts, a.seed, exclude, a.prompts_per_file)
+    log(f"  {len(prompts)} training and {len(eval_prompts)} held-out prompts")
+    check_fastgen(model, tok, eval_prompts[:4], 64)
     log(f"generating the target's answers to {len(eval_prompts)} held-out and {len(prompts)} training prompts")
     t0 = time.time()
     distill_eval = generate_answers(
@@ -356,17 +379,24 @@ def cmd_train(a, loaded=None) -> None:
         draft_vocab_size=len(vocab_ids),
         target=shapes,
     )
-    drafter = GlideDrafter(cfg, embed_weight(target).detach(), vocab_ids, head_weight(target).detach()).to(a.device)
-    tl = target.model.layers[layer]
-    drafter.init_from_target(
-        {
-            "q_proj": tl.self_attn.q_proj.weight.float(),
-            "o_proj": tl.self_attn.o_proj.weight.float(),
-            "input_layernorm": tl.input_layernorm.weight.float(),
-            "post_attention_layernorm": tl.post_attention_layernorm.weight.float(),
-        },
-        target.model.norm.weight.float(),
-    )
+    if a.resume:
+        # A later call in the same hold goes on from the drafter an earlier one wrote.
+        log(f"resuming from {a.resume}")
+        drafter = load_glide(a.resume, embed_weight(target).detach(), head_weight(target).detach()).to(a.device)
+        if drafter.cfg.to_json() != cfg.to_json() or not torch.equal(drafter.vocab_ids, vocab_ids):
+            raise SystemExit(f"--resume {a.resume}: its shapes or draft vocabulary differ from this run's")
+    else:
+        drafter = GlideDrafter(cfg, embed_weight(target).detach(), vocab_ids, head_weight(target).detach()).to(a.device)
+        tl = target.model.layers[layer]
+        drafter.init_from_target(
+            {
+                "q_proj": tl.self_attn.q_proj.weight.float(),
+                "o_proj": tl.self_attn.o_proj.weight.float(),
+                "input_layernorm": tl.input_layernorm.weight.float(),
+                "post_attention_layernorm": tl.post_attention_layernorm.weight.float(),
+            },
+            target.model.norm.weight.float(),
+        )
     params = [p for p in drafter.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
     log(f"drafter: {n_params / 1e6:.2f} M parameters, config {cfg.to_json()}")
@@ -469,7 +499,9 @@ def main() -> None:
 
 
 def prepare_args(p) -> None:
-    p.add_argument("--prompts", type=int, default=12288, help="code prompts the target answers")
+    p.add_argument("--prompts", type=int, default=65536, help="code prompts the target answers (at most --prompts-per-file per file)")
+    p.add_argument("--prompts-per-file", type=int, default=6, help="most prompts made from one source file")
+    p.add_argument("--eval-prompts", type=int, default=384, help="prompts made from held-out files, answered for evaluation")
     p.add_argument("--gen-batch", type=int, default=1024, help="most prompts answered at once")
     p.add_argument("--gen-batch-tokens", type=int, default=512 * 1024, help="ids a generation batch may hold, answers included")
     p.add_argument("--gen-tokens", type=int, default=192, help="longest answer (bench-spec measures 128 tokens)")
@@ -482,6 +514,7 @@ def prepare_args(p) -> None:
 
 def train_args(p) -> None:
     p.add_argument("--out", required=True, help="the GLIDE file to write")
+    p.add_argument("--resume", default="", help="a GLIDE file to go on training from (same data and shapes)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--deadline", type=float, default=520, help="seconds after which training stops")
     p.add_argument("--until", type=float, default=0, help="seconds after the start of the program when training stops (0: none)")
