@@ -100,6 +100,13 @@ impl DraftVocab {
             .filter(|&r| r != ABSENT)
     }
 
+    /// The draft rows of the target ids in `history` that the subset holds, in order (what a
+    /// repetition penalty on draft rows must see: the other tokens' logits are `-inf` in the
+    /// expanded row, which the penalty leaves `-inf`).
+    pub fn rows_of(&self, history: &[u32]) -> Vec<u32> {
+        history.iter().filter_map(|&t| self.from_target(t)).collect()
+    }
+
     /// A distribution over the draft rows as one over the target's vocabulary: zero outside
     /// the subset.
     pub fn expand_probs(&self, q: &[f32]) -> Vec<f32> {
@@ -180,6 +187,47 @@ mod tests {
         }
         // A tie between rows 0 (token 9) and 1 (token 4) goes to token 4, as in the full row.
         assert_eq!(v.argmax_target(&[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]), (4, 1));
+    }
+
+    #[test]
+    fn sampling_on_draft_rows_gives_the_law_of_sampling_the_expanded_row() {
+        use crate::sampling::{transform, SamplingParams};
+        use rand::{Rng, SeedableRng};
+        let v = DraftVocab::new(vec![9, 4, 11, 0, 7, 2, 13, 5], 16).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let settings = [
+            (1.0, 0, 1.0, 1.0),
+            (0.7, 0, 1.0, 1.3),
+            (0.7, 3, 1.0, 1.0),
+            (1.2, 0, 0.8, 1.0),
+            (0.5, 5, 0.9, 0.8),
+            // Top-k past the subset's size: the expanded row keeps zeros, nothing else.
+            (1.0, 12, 1.0, 1.0),
+        ];
+        for case in 0..300 {
+            let (temperature, top_k, top_p, repetition_penalty) = settings[case % settings.len()];
+            let params = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty,
+                seed: 0,
+            };
+            // Distinct values (no probability ties, which the two orders cut differently).
+            let logits: Vec<f32> = (0..v.len())
+                .map(|_| rng.random_range(-4.0f32..4.0))
+                .collect();
+            // Tokens in and out of the subset, one repeated.
+            let history: Vec<u32> = (0..6).map(|_| rng.random_range(0u32..16)).collect();
+            let want = transform(&v.expand_logits(&logits), &history, &params);
+            let got = v.expand_probs(&transform(&logits, &v.rows_of(&history), &params));
+            for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6,
+                    "case {case}, token {t}: {g} against {w} ({params:?}, history {history:?})"
+                );
+            }
+        }
     }
 
     #[test]

@@ -111,9 +111,8 @@ impl DraftModelProposer {
 pub(super) enum Next<'v> {
     /// The logits row (cut or padded to the target's vocabulary).
     Row(Vec<f32>),
-    /// The logits row over a reduced draft vocabulary (`-inf` at every other target id). A
-    /// greedy choice is made on it directly; sampling or a repetition penalty spreads it onto
-    /// the target's vocabulary first.
+    /// The logits row over a reduced draft vocabulary (`-inf` at every other target id),
+    /// chosen from on its rows ([`choose_reduced`]).
     Reduced(Vec<f32>, &'v DraftVocab),
     /// Its argmax and that token's probability, decided on the device.
     Top(Top),
@@ -127,23 +126,10 @@ fn choose(
     input: &mut ProposeInput<'_>,
 ) -> (u32, f32, Option<Vec<f32>>) {
     let params = input.sampling;
-    let expanded;
     let logits = match next {
         Next::Top(t) => return (t.token, t.prob, None),
         Next::Row(r) => r,
-        Next::Reduced(r, vocab) if params.is_greedy() && params.repetition_penalty == 1.0 => {
-            let (token, row) = vocab.argmax_target(r);
-            if input.confidence.is_none() {
-                return (token, 1.0, None);
-            }
-            let top = r[row];
-            let sum: f32 = r.iter().map(|&x| (x - top).exp()).sum();
-            return (token, 1.0 / sum, None);
-        }
-        Next::Reduced(r, vocab) => {
-            expanded = vocab.expand_logits(r);
-            &expanded
-        }
+        Next::Reduced(r, vocab) => return choose_reduced(r, vocab, history, input),
     };
     if params.is_greedy() {
         let penalized;
@@ -167,6 +153,48 @@ fn choose(
     let tok = sample_from(&q, input.rng);
     let top = q.iter().cloned().fold(0.0, f32::max);
     (tok, top, Some(q))
+}
+
+/// [`choose`] on logits over a reduced draft vocabulary, worked on its rows (16,384 for the
+/// GLIDE drafter) instead of a copy spread onto the target's vocabulary (151,936 ids, `-inf`
+/// outside the subset), which gives the same choice and law: the penalty reaches the same
+/// tokens (`DraftVocab::rows_of`), greedy ties go to the lower target id, and a sampled
+/// draft's distribution is spread onto the target's ids (zero elsewhere) only at the end, for
+/// the acceptance test. (Top-k and top-p cut probability ties by row rather than by id.)
+fn choose_reduced(
+    r: &[f32],
+    vocab: &DraftVocab,
+    history: &[u32],
+    input: &mut ProposeInput<'_>,
+) -> (u32, f32, Option<Vec<f32>>) {
+    let params = input.sampling;
+    let rows = if params.repetition_penalty == 1.0 {
+        Vec::new()
+    } else {
+        vocab.rows_of(history)
+    };
+    if !params.is_greedy() {
+        let q = transform(r, &rows, params);
+        let row = sample_from(&q, input.rng);
+        let top = q.iter().cloned().fold(0.0, f32::max);
+        return (vocab.to_target(row), top, Some(vocab.expand_probs(&q)));
+    }
+    let penalized;
+    let logits = if rows.is_empty() {
+        r
+    } else {
+        let mut v = r.to_vec();
+        apply_repetition_penalty(&mut v, &rows, params.repetition_penalty);
+        penalized = v;
+        &penalized
+    };
+    let (token, row) = vocab.argmax_target(logits);
+    if input.confidence.is_none() {
+        return (token, 1.0, None);
+    }
+    let top = logits[row];
+    let sum: f32 = logits.iter().map(|&x| (x - top).exp()).sum();
+    (token, 1.0 / sum, None)
 }
 
 impl Proposer for DraftModelProposer {
