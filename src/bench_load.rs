@@ -270,6 +270,7 @@ impl Bench {
                     max_tokens: self.max_tokens,
                     sampling: SamplingParams::default(),
                     stop: Vec::new(),
+                    ignore_eos: false,
                 },
                 method: mode.method,
                 policy: DraftPolicyConfig {

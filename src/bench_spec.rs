@@ -260,6 +260,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
                 ..SamplingParams::default()
             },
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let mut outputs: Vec<Option<Vec<u32>>> = vec![None; methods.len()];
         for j in 0..methods.len() {

@@ -290,6 +290,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             seed: args.seed,
         },
         stop: args.stop.clone(),
+        ignore_eos: false,
     };
     let proposer = args
         .spec

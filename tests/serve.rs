@@ -123,7 +123,7 @@ async fn config_file_environment_and_sigterm() {
     let config = dir.path().join("specd.toml");
     std::fs::write(
         &config,
-        "[server]\nshutdown_timeout_secs = 0.0\n[limits]\nmax_tokens = 450\nmax_requests_per_connection = 3\n",
+        "[server]\nshutdown_timeout_secs = 0.0\n[limits]\nmax_tokens = 4500\nmax_requests_per_connection = 3\n",
     )
     .unwrap();
     let serve = Serve::start(
@@ -133,7 +133,7 @@ async fn config_file_environment_and_sigterm() {
     );
     let (mut ws, hello) = serve.connect().await;
     let limits = &hello["limits"];
-    assert_eq!(limits["max_tokens"], 450, "{hello}");
+    assert_eq!(limits["max_tokens"], 4500, "{hello}");
     assert_eq!(limits["max_prompt_tokens"], 100, "{hello}");
     assert_eq!(limits["max_requests_per_connection"], 3, "{hello}");
     send(&mut ws, models.long_request("long")).await;

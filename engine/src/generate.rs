@@ -41,6 +41,10 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Generation stops before the first occurrence of any of these strings.
     pub stop: Vec<String>,
+    /// Generation goes on past the model's end-of-sequence tokens (to `max_tokens`, a stop
+    /// string or the context), which are then ordinary tokens of the output: fixed-length
+    /// outputs, for benchmarks and load tests.
+    pub ignore_eos: bool,
 }
 
 /// The result of a finished generation.

@@ -621,6 +621,7 @@ fn sample_speculative(
             max_tokens: setup.gen,
             sampling: (setup.params)(i),
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let mut seq = Sequence::new(target, &tok, Some(draft), req, policy).unwrap();
         spec.prefill(&mut seq).unwrap();
@@ -658,6 +659,7 @@ fn sampled_generations_follow_the_target_with_and_without_speculation() {
             max_tokens: TRUNCATED.gen,
             sampling: sampling(1_000_000 + i),
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let out = generate(&target.model, &tok, &req, |_| {}).unwrap();
         *plain.entry(outcome(&out, TRUNCATED.gen)).or_default() += 1.0;
@@ -753,6 +755,7 @@ fn sampling_at_a_temperature_alone_decides_in_the_forward_and_follows_the_target
             max_tokens: 4,
             sampling: params,
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let mut seq =
             Sequence::new(&target.model, &tok, None, req, DraftPolicyConfig::default()).unwrap();

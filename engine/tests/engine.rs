@@ -28,6 +28,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize, method: Method, k: usize) -> Eng
             max_tokens,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         },
         method,
         policy: DraftPolicyConfig {

@@ -87,6 +87,7 @@ async fn run(ops: Vec<Op>) {
                             ..Default::default()
                         },
                         stop: Vec::new(),
+                        ignore_eos: false,
                     },
                     method: Method::ALL[method as usize],
                     policy: DraftPolicyConfig {

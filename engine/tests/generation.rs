@@ -23,6 +23,7 @@ fn request(prompt: &str, max_tokens: usize) -> GenerateRequest {
         max_tokens,
         sampling: SamplingParams::default(),
         stop: vec![],
+        ignore_eos: false,
     }
 }
 
@@ -89,7 +90,7 @@ fn stop_string_ends_generation_before_it() {
 }
 
 #[test]
-fn eos_token_stops_with_reason_stop() {
+fn eos_token_stops_with_reason_stop_unless_ignored() {
     let m = model();
     let base = run(&m, &request("x = ", 12)).0;
     let eos = base.tokens[5];
@@ -99,6 +100,13 @@ fn eos_token_stops_with_reason_stop() {
     let out = generate(&m.model, &tok, &request("x = ", 12), |_| {}).unwrap();
     assert_eq!(out.finish_reason, FinishReason::Stop);
     assert_eq!(out.tokens, base.tokens[..first]);
+    // With `ignore_eos` the same EOS token is an ordinary token: the run goes to its length
+    // and equals the run without that EOS.
+    let mut req = request("x = ", 12);
+    req.ignore_eos = true;
+    let out = generate(&m.model, &tok, &req, |_| {}).unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Length);
+    assert_eq!(out.tokens, base.tokens);
 }
 
 #[test]

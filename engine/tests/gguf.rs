@@ -520,6 +520,7 @@ fn glide_follows_a_quantized_target(device: specd_engine::model::Device) {
             max_tokens: 20,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let want = generate(&quantized, &tok, &req, |_| {}).unwrap();
         let policy = DraftPolicyConfig {

@@ -343,6 +343,7 @@ fn greedy_speculation_on_the_gpu_equals_target_only_output() {
                 ..Default::default()
             },
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let want = generate(model, tok, &req, |_| {}).unwrap();
         for (which, (name, p)) in proposers.iter().enumerate() {
@@ -431,6 +432,7 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
                     max_tokens: 24,
                     sampling: SamplingParams::default(),
                     stop: Vec::new(),
+                    ignore_eos: false,
                 },
                 method: methods[i % 3],
                 policy: DraftPolicyConfig {
@@ -474,6 +476,7 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
             max_tokens: 24,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         };
         let want = generate(&model, &tok, &req, |_| {}).unwrap();
         assert_eq!(got, want.tokens);

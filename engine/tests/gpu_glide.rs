@@ -278,6 +278,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         max_tokens,
         sampling: SamplingParams::default(),
         stop: Vec::new(),
+        ignore_eos: false,
     }
 }
 

@@ -54,6 +54,7 @@ fn engine_records_the_declared_metrics() {
                         max_tokens: 20,
                         sampling: SamplingParams::default(),
                         stop: Vec::new(),
+                        ignore_eos: false,
                     },
                     method: [Method::None, Method::Ngram][i as usize % 2],
                     policy: DraftPolicyConfig {

@@ -54,6 +54,7 @@ fn request(prompt: &[u32], max_tokens: usize, penalty: f32) -> GenerateRequest {
             ..Default::default()
         },
         stop: Vec::new(),
+        ignore_eos: false,
     }
 }
 

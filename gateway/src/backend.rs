@@ -82,6 +82,8 @@ pub struct GenerationParams {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub speculation: Option<SpeculationParams>,
+    /// Generation goes on past the end-of-sequence tokens.
+    pub ignore_eos: bool,
 }
 
 /// Defaults that differ between endpoints.
@@ -209,6 +211,7 @@ impl Backend {
                 max_tokens,
                 sampling,
                 stop,
+                ignore_eos: params.ignore_eos,
             },
             method,
             policy,

@@ -38,6 +38,7 @@ pub struct GenerateFrame {
     pub seed: Option<u64>,
     pub stop: Option<Vec<String>>,
     pub speculation: Option<SpeculationParams>,
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +77,7 @@ impl GenerateFrame {
             seed: self.seed,
             stop: self.stop.clone().unwrap_or_default(),
             speculation: self.speculation.clone(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         }
     }
 }

@@ -124,6 +124,16 @@ async fn completions_as_json_and_as_events_equal_the_websocket_stream() {
     .await;
     assert_eq!(cut["choices"][0]["text"].as_str().unwrap(), &ws.text[..at]);
     assert_eq!(cut["choices"][0]["finish_reason"], "stop");
+
+    // vLLM's `ignore_eos`: greedy, "hello world" ends after 178 tokens; with it, the run goes
+    // on to `max_tokens`.
+    for (ignore, finish, tokens) in [(false, "stop", 178), (true, "length", 200)] {
+        let body = json!({"prompt": "hello world", "max_tokens": 200, "temperature": 0, "ignore_eos": ignore});
+        let (status, out) = post(&server, "/v1/completions", body).await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(out["choices"][0]["finish_reason"], finish, "{out}");
+        assert_eq!(out["usage"]["completion_tokens"], tokens, "{out}");
+    }
 }
 
 /// `glide+ngram` is served wherever a GLIDE drafter is: its greedy completion equals the

@@ -254,6 +254,41 @@ async fn stop_strings_cut_the_text_before_them() {
     }
 }
 
+/// `ignore_eos` runs past the end-of-text token to `max_tokens`: the text up to where the free
+/// run ended is the same, and it must be a boolean.
+#[actix_rt::test]
+async fn ignore_eos_runs_to_max_tokens() {
+    let server = start(|_| {});
+    let free = run_alone(
+        &server,
+        None,
+        generate("a", PROMPT, json!({"max_tokens": 250})),
+    )
+    .await;
+    assert_eq!(free.finish_reason(), "stop", "{}", free.end);
+    assert!(free.tokens.len() < 250, "{}", free.tokens.len());
+    for method in ["none", "draft", "ngram"] {
+        let past = run_alone(
+            &server,
+            None,
+            generate(
+                "b",
+                PROMPT,
+                json!({"max_tokens": 250, "ignore_eos": true, "speculation": {"method": method}}),
+            ),
+        )
+        .await;
+        assert_eq!(past.finish_reason(), "length", "{method}: {}", past.end);
+        assert_eq!(past.tokens.len(), 250, "{method}");
+        assert_eq!(past.tokens[..free.tokens.len()], free.tokens, "{method}");
+    }
+    let mut ws = connect(&server, None, None).await.unwrap();
+    send(&mut ws, generate("c", PROMPT, json!({"ignore_eos": "yes"}))).await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("ignore_eos"), "{e}");
+}
+
 #[actix_rt::test]
 async fn closing_the_socket_mid_stream_frees_the_requests_blocks() {
     let server = start(|_| {});

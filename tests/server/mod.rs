@@ -19,6 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Tokens `Models::long_request` asks for on the tiny models.
+pub const LONG_TOKENS: usize = 4000;
+
 /// The models the tests serve.
 pub struct Models {
     pub target: PathBuf,
@@ -45,6 +48,8 @@ impl Models {
         let spec = TinySpec {
             seed: 11,
             weight_scale: 0.35,
+            // Room for `long_request`.
+            max_position_embeddings: 8192,
             ..Default::default()
         };
         let target = dir.path().join("tiny");
@@ -72,9 +77,13 @@ impl Models {
     /// A generate frame that runs long (cancelled or cut by the tests).
     pub fn long_request(&self, id: &str) -> Value {
         if self.tiny {
-            // Sampled with seed 0, the tiny target writes 400 tokens without an end.
-            json!({"type": "generate", "id": id, "prompt": "the", "max_tokens": 400,
-                   "temperature": 1.0, "seed": 0, "speculation": {"method": "none"}})
+            // The tiny target writes 10,000 or more tokens a second and, sampled, ends within
+            // about 2,000: 4,000 past its ends (`ignore_eos`), so that a test's cancel lands
+            // before the last (with 400, all could be written first, and the request end with
+            // `length`).
+            json!({"type": "generate", "id": id, "prompt": "the", "max_tokens": LONG_TOKENS,
+                   "temperature": 1.0, "seed": 0, "ignore_eos": true,
+                   "speculation": {"method": "none"}})
         } else {
             json!({"type": "generate", "id": id, "max_tokens": 400, "temperature": 0,
                    "messages": [{"role": "user", "content": "Write a long, detailed tutorial on Rust lifetimes with many examples."}]})

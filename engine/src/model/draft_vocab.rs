@@ -104,7 +104,10 @@ impl DraftVocab {
     /// repetition penalty on draft rows must see: the other tokens' logits are `-inf` in the
     /// expanded row, which the penalty leaves `-inf`).
     pub fn rows_of(&self, history: &[u32]) -> Vec<u32> {
-        history.iter().filter_map(|&t| self.from_target(t)).collect()
+        history
+            .iter()
+            .filter_map(|&t| self.from_target(t))
+            .collect()
     }
 
     /// A distribution over the draft rows as one over the target's vocabulary: zero outside

@@ -84,7 +84,11 @@ impl Sequence {
             stats: SpecStats::default(),
             stream: tokenizer.text_stream(true),
             stops: StopMatcher::new(&req.stop),
-            eos: tokenizer.eos_token_ids().to_vec(),
+            eos: if req.ignore_eos {
+                Vec::new()
+            } else {
+                tokenizer.eos_token_ids().to_vec()
+            },
             generated: Vec::new(),
             pending: String::new(),
             pending_drafted: 0,

@@ -149,6 +149,7 @@ pub async fn completions(
             .map(OneOrMany::into_vec)
             .unwrap_or_default(),
         speculation: body.speculation.clone(),
+        ignore_eos: body.ignore_eos.unwrap_or(false),
     };
     // OpenAI's defaults: 16 tokens, temperature 1.
     let defaults = EndpointDefaults {
@@ -194,6 +195,7 @@ pub async fn chat_completions(
             .map(OneOrMany::into_vec)
             .unwrap_or_default(),
         speculation: body.speculation.clone(),
+        ignore_eos: body.ignore_eos.unwrap_or(false),
     };
     let defaults = EndpointDefaults {
         max_tokens: None,

@@ -69,6 +69,8 @@ pub struct CompletionRequest {
     pub suffix: Option<Value>,
     pub user: Option<String>,
     pub speculation: Option<SpeculationParams>,
+    /// Go on past the end-of-sequence token (vLLM's extension of the same name).
+    pub ignore_eos: Option<bool>,
 }
 
 /// Message content: text, or a list of text parts.
@@ -119,6 +121,8 @@ pub struct ChatRequest {
     pub logit_bias: Option<Value>,
     pub user: Option<String>,
     pub speculation: Option<SpeculationParams>,
+    /// Go on past the end-of-sequence token (vLLM's extension of the same name).
+    pub ignore_eos: Option<bool>,
 }
 
 /// Refuses OpenAI features specd does not implement unless they hold their neutral value.
