@@ -33,7 +33,7 @@ pub struct GlideNgramConfig {
 impl Default for GlideNgramConfig {
     fn default() -> Self {
         Self {
-            min_match: 4,
+            min_match: 2,
             max_match: 8,
         }
     }
