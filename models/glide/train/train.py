@@ -161,6 +161,16 @@ def tokenize_files(tok, files, limit: int, eos: int) -> list[int]:
     return ids[:limit]
 
 
+def draft_vocab_of(glide_file: str) -> torch.Tensor:
+    """The target ids of a GLIDE file's draft vocabulary, in row order."""
+    from safetensors import safe_open
+
+    from glide_model import VOCAB_TENSOR
+
+    with safe_open(glide_file, "pt") as f:
+        return f.get_tensor(VOCAB_TENSOR).long()
+
+
 def windows(ids: list[int], length: int) -> torch.Tensor:
     n = len(ids) // length
     return torch.tensor(ids[: n * length], dtype=torch.int32).view(n, length)
@@ -192,8 +202,8 @@ def cmd_prepare(a, loaded=None) -> None:
     # that neither the split nor the files chosen depend on how fast generation runs.
     exclude = bench_prompts()
     eval_prompts = make_prompts(held_out, a.eval_prompts, a.seed + 1, exclude, a.prompts_per_file)
-    prompts = make_prompts(held_in, a.prompts, a.seed, exclude, a.prompts_per_file)
-    log(f"  {len(prompts)} training and {len(eval_prompts)} held-out prompts")
+    prompts = make_prompts(held_in, a.skip_prompts + a.prompts, a.seed, exclude, a.prompts_per_file)[a.skip_prompts :]
+    log(f"  {len(prompts)} training prompts (after the first {a.skip_prompts}) and {len(eval_prompts)} held-out ones")
     check_fastgen(model, tok, eval_prompts[:4], 64)
     log(f"generating the target's answers to {len(eval_prompts)} held-out and {len(prompts)} training prompts")
     t0 = time.time()
@@ -214,7 +224,12 @@ def cmd_prepare(a, loaded=None) -> None:
     counts = torch.bincount(torch.tensor(code, dtype=torch.long), minlength=model.config.vocab_size)
     for ids, start in distill:
         counts += torch.bincount(torch.tensor(ids[start:], dtype=torch.long), minlength=model.config.vocab_size)
-    vocab_ids = torch.argsort(counts, descending=True, stable=True)[: a.draft_vocab]
+    if a.vocab_from:
+        # The draft vocabulary of an earlier drafter, so that `train --resume` can go on from it.
+        vocab_ids = draft_vocab_of(a.vocab_from)
+        log(f"  the draft vocabulary of {a.vocab_from}: {len(vocab_ids)} tokens")
+    else:
+        vocab_ids = torch.argsort(counts, descending=True, stable=True)[: a.draft_vocab]
 
     in_vocab = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     in_vocab[vocab_ids] = True
@@ -510,6 +525,8 @@ def prepare_args(p) -> None:
     p.add_argument("--code-tokens", type=int, default=12_000_000, help="training tokens of source")
     p.add_argument("--eval-tokens", type=int, default=262_144, help="held-out tokens of source")
     p.add_argument("--draft-vocab", type=int, default=16384)
+    p.add_argument("--vocab-from", default="", help="take the draft vocabulary from this GLIDE file (to --resume training it)")
+    p.add_argument("--skip-prompts", type=int, default=0, help="leave out the first N training prompts (answered by an earlier run)")
 
 
 def train_args(p) -> None:
