@@ -15,6 +15,13 @@ pub const SPEC_DRAFTS: &str = "specd_spec_drafts_total";
 pub const SPEC_DRAFT_TOKENS: &str = "specd_spec_draft_tokens_total";
 /// Proposed tokens the target accepted.
 pub const SPEC_ACCEPTED_TOKENS: &str = "specd_spec_accepted_tokens_total";
+/// Drafting rounds whose tokens came from prompt lookup (the n-gram proposer, or glide+ngram
+/// taking the n-gram proposal over GLIDE's): a share of `SPEC_DRAFTS`.
+pub const SPEC_LOOKUP_DRAFTS: &str = "specd_spec_lookup_drafts_total";
+/// Tokens of those rounds: a share of `SPEC_DRAFT_TOKENS`.
+pub const SPEC_LOOKUP_DRAFT_TOKENS: &str = "specd_spec_lookup_draft_tokens_total";
+/// Tokens of those rounds the target accepted: a share of `SPEC_ACCEPTED_TOKENS`.
+pub const SPEC_LOOKUP_ACCEPTED_TOKENS: &str = "specd_spec_lookup_accepted_tokens_total";
 /// Accepted tokens by draft position (label `position`, 1-based).
 pub const SPEC_ACCEPTED_PER_POSITION: &str = "specd_spec_accepted_tokens_per_position_total";
 /// Tokens generated (streamed to clients).
@@ -119,6 +126,15 @@ pub fn describe() {
         "Verifications that had at least one drafted token"
     );
     describe_counter!(SPEC_DRAFT_TOKENS, "Tokens proposed by drafters");
+    describe_counter!(
+        SPEC_LOOKUP_DRAFTS,
+        "Drafting rounds whose tokens came from prompt lookup (n-gram, or glide+ngram's n-gram choice)"
+    );
+    describe_counter!(SPEC_LOOKUP_DRAFT_TOKENS, "Tokens proposed by prompt lookup");
+    describe_counter!(
+        SPEC_LOOKUP_ACCEPTED_TOKENS,
+        "Tokens proposed by prompt lookup that the target accepted"
+    );
     describe_counter!(SPEC_ACCEPTED_TOKENS, "Drafted tokens the target accepted");
     describe_counter!(
         SPEC_ACCEPTED_PER_POSITION,

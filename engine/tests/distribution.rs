@@ -763,6 +763,7 @@ fn sampling_at_a_temperature_alone_decides_in_the_forward_and_follows_the_target
         let drafts = [Draft {
             tokens: vec![7, 9],
             probs: None,
+            lookup: false,
         }];
         let v = verify(
             &target.model,

@@ -16,8 +16,8 @@ use specd_engine::model::{GlideModel, Logits, Model, SeqInput, Tokenizer};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
     generate_speculative, Draft, DraftPolicyConfig, GlideNgramConfig, GlideNgramProposer,
-    GlideProposer, NgramProposer, ProposeInput, Proposer, ProposerState, Sequence, Speculator,
-    TargetView,
+    GlideProposer, NgramProposer, ProposeInput, Proposer, ProposerState, Sequence, SpecStats,
+    Speculator, TargetView,
 };
 
 /// The engine tests' tiny target (its tokenizer) and GLIDE drafter.
@@ -238,10 +238,11 @@ fn prompts(target: &Model, tok: &Tokenizer) -> Vec<Vec<u32>> {
 #[test]
 fn greedy_speculation_with_glide_and_ngram_equals_target_only_output() {
     let (target, tok, model) = models();
-    let lenient = GlideNgramProposer::new(
+    // The default (a 2-token match) and a stricter threshold.
+    let strict = GlideNgramProposer::new(
         model.clone(),
         GlideNgramConfig {
-            min_match: 2,
+            min_match: 4,
             max_match: 8,
         },
     )
@@ -251,7 +252,7 @@ fn greedy_speculation_with_glide_and_ngram_equals_target_only_output() {
     for (pi, prompt) in prompts(&target, &tok).into_iter().enumerate() {
         let req = greedy(prompt, 32);
         let want = generate(&target, &tok, &req, |_| {}).unwrap();
-        for proposer in [&default, &lenient] {
+        for proposer in [&default, &strict] {
             for (k, adaptive) in [(1, false), (2, false), (4, false), (4, true), (6, true)] {
                 let policy = DraftPolicyConfig {
                     max_draft: k,
@@ -275,6 +276,68 @@ fn greedy_speculation_with_glide_and_ngram_equals_target_only_output() {
         accepted > 0 && accepted < drafted,
         "{accepted} of {drafted} drafts accepted: both outcomes must occur"
     );
+}
+
+/// Each request counts the drafts that came from prompt lookup: every n-gram draft, none of
+/// GLIDE's, and with glide+ngram some of each (its repetitive prompts match, the others not).
+#[test]
+fn drafts_from_prompt_lookup_are_counted_per_source() {
+    let (target, tok, model) = models();
+    let glide = GlideProposer::new(model.clone());
+    let ngram = NgramProposer::new(8, 2).unwrap();
+    let combined = GlideNgramProposer::new(model, GlideNgramConfig::default()).unwrap();
+    let proposers: [(&str, &dyn Proposer); 3] = [
+        ("glide", &glide),
+        ("ngram", &ngram),
+        ("glide+ngram", &combined),
+    ];
+    let policy = DraftPolicyConfig {
+        max_draft: 4,
+        adaptive: false,
+        confidence: None,
+    };
+    for (name, proposer) in proposers {
+        let mut total = SpecStats::default();
+        for prompt in prompts(&target, &tok) {
+            let got = generate_speculative(
+                &target,
+                &tok,
+                Some(proposer),
+                policy,
+                &greedy(prompt, 32),
+                |_| {},
+            )
+            .unwrap();
+            let s = got.speculation;
+            assert!(
+                s.lookup_drafts <= s.drafts
+                    && s.lookup_drafted_tokens <= s.drafted_tokens
+                    && s.lookup_accepted_tokens <= s.accepted_tokens
+                    && s.lookup_accepted_tokens <= s.lookup_drafted_tokens,
+                "{name}: {s:?}"
+            );
+            total.drafts += s.drafts;
+            total.drafted_tokens += s.drafted_tokens;
+            total.lookup_drafts += s.lookup_drafts;
+            total.lookup_drafted_tokens += s.lookup_drafted_tokens;
+        }
+        eprintln!(
+            "{name}: {} of {} drafts from lookup",
+            total.lookup_drafts, total.drafts
+        );
+        assert!(total.drafts > 0, "{name} drafted nothing");
+        match name {
+            "glide" => assert_eq!(total.lookup_drafts, 0, "{total:?}"),
+            "ngram" => assert_eq!(
+                (total.lookup_drafts, total.lookup_drafted_tokens),
+                (total.drafts, total.drafted_tokens)
+            ),
+            _ => assert!(
+                total.lookup_drafts > 0 && total.lookup_drafts < total.drafts,
+                "glide+ngram should take both proposals: {total:?}"
+            ),
+        }
+    }
 }
 
 #[test]

@@ -237,6 +237,11 @@ pub fn done_body(d: &Done, method: Method) -> Value {
             "mean_accepted_length": s.mean_accepted_length(),
             "verifications": s.verifications,
             "acceptance_by_position": s.acceptance_by_position(),
+            "lookup": {
+                "drafts": s.lookup_drafts,
+                "drafted": s.lookup_drafted_tokens,
+                "accepted": s.lookup_accepted_tokens,
+            },
         },
         "timings": {
             "queued_ms": ms(d.timings.queued),

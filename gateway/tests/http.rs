@@ -361,6 +361,22 @@ async fn models_health_metrics_and_the_page() {
     )
     .await;
     run_to_end(&mut ws, "m").await;
+    // Every n-gram draft comes from prompt lookup, and is counted so.
+    let (status, ngram) = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "x = 1\nx = 1\nx =", "max_tokens": 30, "temperature": 0,
+               "speculation": {"method": "ngram", "max_draft": 3}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ngram}");
+    let spec = &ngram["speculation"];
+    assert!(spec["drafted"].as_u64().unwrap() > 0, "{ngram}");
+    assert_eq!(
+        (&spec["lookup"]["drafted"], &spec["lookup"]["accepted"]),
+        (&spec["drafted"], &spec["accepted"]),
+        "{ngram}"
+    );
     let (status, text) = get(&server, "/metrics").await;
     assert_eq!(status, 200);
     for name in [
@@ -368,6 +384,8 @@ async fn models_health_metrics_and_the_page() {
         "specd_prompt_tokens_total",
         "specd_spec_draft_tokens_total",
         "specd_spec_accepted_tokens_total",
+        "specd_spec_lookup_drafts_total",
+        "specd_spec_lookup_accepted_tokens_total",
         "specd_requests_total{status=\"length\"}",
         "specd_kv_cache_blocks_total",
         "specd_kv_cache_utilization_ratio",

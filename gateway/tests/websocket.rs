@@ -110,6 +110,11 @@ async fn multiplexed_requests_each_equal_their_request_alone() {
     assert_eq!(spec["method"], "draft");
     assert_eq!(spec["drafted"].as_u64(), Some(d.drafted));
     assert_eq!(spec["accepted"].as_u64(), Some(d.accepted));
+    // None of the draft model's drafts came from prompt lookup (http.rs checks n-gram's).
+    assert_eq!(
+        spec["lookup"],
+        json!({"drafts": 0, "drafted": 0, "accepted": 0})
+    );
     assert!(d.end["timings"]["ttft_ms"].as_f64().unwrap() > 0.0);
     // Frames of different requests really were interleaved on the one socket.
     let switches = order.windows(2).filter(|w| w[0] != w[1]).count();

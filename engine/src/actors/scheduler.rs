@@ -347,11 +347,16 @@ fn budget(models: &EngineModels, slot: &mut Slot, ctx: usize, cap: usize) -> usi
     budget
 }
 
-fn record_speculation(drafted: usize, accepted: usize) {
+fn record_speculation(drafted: usize, accepted: usize, lookup: bool) {
     if drafted > 0 {
         metrics::counter!(m::SPEC_DRAFTS).increment(1);
         metrics::counter!(m::SPEC_DRAFT_TOKENS).increment(drafted as u64);
         metrics::counter!(m::SPEC_ACCEPTED_TOKENS).increment(accepted as u64);
+        if lookup {
+            metrics::counter!(m::SPEC_LOOKUP_DRAFTS).increment(1);
+            metrics::counter!(m::SPEC_LOOKUP_DRAFT_TOKENS).increment(drafted as u64);
+            metrics::counter!(m::SPEC_LOOKUP_ACCEPTED_TOKENS).increment(accepted as u64);
+        }
         for pos in 1..=accepted {
             metrics::counter!(m::SPEC_ACCEPTED_PER_POSITION, "position" => pos.to_string())
                 .increment(1);
@@ -421,7 +426,7 @@ impl Handler<Commit> for Scheduler {
                     leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
                     continue;
                 }
-                record_speculation(d.drafted, d.accepted);
+                record_speculation(d.drafted, d.accepted, draft.lookup);
                 let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
                     Ok(n) => n,
                     Err(e) => {

@@ -125,6 +125,7 @@ impl Proposer for GlideNgramProposer {
             match choose_proposal(m.as_ref(), s.max, self.config.min_match) {
                 Proposal::Ngram => {
                     drafts[i].tokens = m.expect("chosen only with a match").tokens;
+                    drafts[i].lookup = true;
                     ngram_in.push(reborrow(s));
                 }
                 Proposal::Glide => {

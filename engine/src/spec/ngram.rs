@@ -84,6 +84,7 @@ impl Proposer for NgramProposer {
             .map(|s| Draft {
                 tokens: self.lookup(s.tokens, s.max),
                 probs: None,
+                lookup: true,
             })
             .collect())
     }

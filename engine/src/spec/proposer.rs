@@ -15,6 +15,9 @@ pub struct Draft {
     /// transform), for stochastic acceptance. `None` for deterministic proposers (one-hot) and
     /// for greedy requests, where acceptance needs no distribution.
     pub probs: Option<Vec<Vec<f32>>>,
+    /// Whether the tokens come from prompt lookup (the n-gram proposer, or glide+ngram taking
+    /// the n-gram proposal over GLIDE's) rather than from a drafter model.
+    pub lookup: bool,
 }
 
 /// A proposer's per-sequence state, owned by the sequence.

@@ -404,6 +404,10 @@ impl Sequence {
         times: PhaseTimes,
     ) -> Result<usize> {
         self.stats.record(decision.drafted, decision.accepted);
+        if draft.lookup {
+            self.stats
+                .record_lookup(decision.drafted, decision.accepted);
+        }
         self.stats.draft_time += times.draft;
         self.stats.verify_time += times.verify;
         self.policy.observe(decision.drafted, decision.accepted);

@@ -22,6 +22,13 @@ pub struct SpecStats {
     pub accepted_tokens: u64,
     /// Per draft position.
     pub by_position: Vec<PositionStats>,
+    /// Of the drafts (verifications with drafted tokens), those from prompt lookup (the
+    /// n-gram proposer; with glide+ngram, the steps that took the n-gram proposal).
+    pub lookup_drafts: u64,
+    /// Tokens of those drafts.
+    pub lookup_drafted_tokens: u64,
+    /// Tokens of those drafts the target kept.
+    pub lookup_accepted_tokens: u64,
     /// Time spent proposing (drafter forwards, n-gram lookups).
     pub draft_time: Duration,
     /// Time spent in target forwards after the prompt.
@@ -46,6 +53,16 @@ impl SpecStats {
             if i < accepted {
                 p.accepted += 1;
             }
+        }
+    }
+
+    /// Records the source of a verification [`Self::record`] counted: `drafted` tokens from
+    /// prompt lookup, `accepted` of them kept.
+    pub fn record_lookup(&mut self, drafted: usize, accepted: usize) {
+        if drafted > 0 {
+            self.lookup_drafts += 1;
+            self.lookup_drafted_tokens += drafted as u64;
+            self.lookup_accepted_tokens += accepted as u64;
         }
     }
 
@@ -112,5 +129,16 @@ mod tests {
         assert_eq!(s.acceptance_rate(), 0.6);
         assert_eq!(s.mean_accepted_length(), 2.0);
         assert_eq!(s.acceptance_by_position(), vec![1.0, 0.5, 0.0]);
+        // The second round came from prompt lookup; a round without drafts counts nowhere.
+        s.record_lookup(2, 2);
+        s.record_lookup(0, 0);
+        assert_eq!(
+            (
+                s.lookup_drafts,
+                s.lookup_drafted_tokens,
+                s.lookup_accepted_tokens
+            ),
+            (1, 2, 2)
+        );
     }
 }
