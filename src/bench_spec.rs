@@ -117,23 +117,6 @@ struct Totals {
     by_kind: std::collections::BTreeMap<String, (u64, Duration)>,
 }
 
-fn add_stats(a: &mut SpecStats, b: &SpecStats) {
-    a.verifications += b.verifications;
-    a.drafts += b.drafts;
-    a.drafted_tokens += b.drafted_tokens;
-    a.accepted_tokens += b.accepted_tokens;
-    a.draft_time += b.draft_time;
-    a.verify_time += b.verify_time;
-    if a.by_position.len() < b.by_position.len() {
-        a.by_position
-            .resize(b.by_position.len(), Default::default());
-    }
-    for (x, y) in a.by_position.iter_mut().zip(&b.by_position) {
-        x.drafted += y.drafted;
-        x.accepted += y.accepted;
-    }
-}
-
 /// Reads a prompt file `{"prompts": [{"kind": ..., "text": ...}, ...]}` as (kind, text) pairs.
 pub fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let raw =
@@ -278,7 +261,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             t.tokens += out.tokens.len() as u64;
             t.decode += out.decode_time;
             t.prefill += out.prefill_time;
-            add_stats(&mut t.spec, &out.speculation);
+            t.spec.add(&out.speculation);
             let e = t.by_kind.entry(kind.clone()).or_default();
             e.0 += out.tokens.len() as u64;
             e.1 += out.decode_time;
@@ -306,11 +289,11 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         .map(|i| totals[i].tokens as f64 / totals[i].decode.as_secs_f64());
     let kinds: Vec<String> = totals[0].by_kind.keys().cloned().collect();
     println!(
-        "| method | decode tok/s | vs none | {} | acceptance | mean accepted length | draft s | verify s | output = none |",
+        "| method | decode tok/s | vs none | {} | acceptance | mean accepted length | lookup drafts | draft s | verify s | output = none |",
         kinds.iter().map(|k| format!("{k} tok/s")).collect::<Vec<_>>().join(" | ")
     );
     println!(
-        "|---|---|---|{}---|---|---|---|---|",
+        "|---|---|---|{}---|---|---|---|---|---|",
         "---|".repeat(kinds.len())
     );
     for (m, t) in methods.iter().zip(&totals) {
@@ -323,7 +306,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "| {} | {:.2} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {:.2} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
             m.label,
             tps,
             base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
@@ -337,6 +320,16 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
                 format!("{:.2}", t.spec.mean_accepted_length())
             } else {
                 "1".into()
+            },
+            // The share of drafts taken from prompt lookup (all of n-gram's; glide+ngram's
+            // n-gram choices).
+            if t.spec.drafts > 0 {
+                format!(
+                    "{:.0}%",
+                    100.0 * t.spec.lookup_drafts as f64 / t.spec.drafts as f64
+                )
+            } else {
+                "-".into()
             },
             t.spec.draft_time.as_secs_f64(),
             t.spec.verify_time.as_secs_f64(),

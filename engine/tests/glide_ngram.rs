@@ -316,10 +316,7 @@ fn drafts_from_prompt_lookup_are_counted_per_source() {
                     && s.lookup_accepted_tokens <= s.lookup_drafted_tokens,
                 "{name}: {s:?}"
             );
-            total.drafts += s.drafts;
-            total.drafted_tokens += s.drafted_tokens;
-            total.lookup_drafts += s.lookup_drafts;
-            total.lookup_drafted_tokens += s.lookup_drafted_tokens;
+            total.add(&s);
         }
         eprintln!(
             "{name}: {} of {} drafts from lookup",

@@ -66,6 +66,27 @@ impl SpecStats {
         }
     }
 
+    /// Adds `other`'s counts and times to these (totals over requests).
+    pub fn add(&mut self, other: &SpecStats) {
+        self.verifications += other.verifications;
+        self.drafts += other.drafts;
+        self.drafted_tokens += other.drafted_tokens;
+        self.accepted_tokens += other.accepted_tokens;
+        self.lookup_drafts += other.lookup_drafts;
+        self.lookup_drafted_tokens += other.lookup_drafted_tokens;
+        self.lookup_accepted_tokens += other.lookup_accepted_tokens;
+        self.draft_time += other.draft_time;
+        self.verify_time += other.verify_time;
+        if self.by_position.len() < other.by_position.len() {
+            self.by_position
+                .resize(other.by_position.len(), PositionStats::default());
+        }
+        for (x, y) in self.by_position.iter_mut().zip(&other.by_position) {
+            x.drafted += y.drafted;
+            x.accepted += y.accepted;
+        }
+    }
+
     /// Accepted / drafted tokens (0 when nothing was drafted).
     pub fn acceptance_rate(&self) -> f64 {
         if self.drafted_tokens == 0 {
@@ -139,6 +160,24 @@ mod tests {
                 s.lookup_accepted_tokens
             ),
             (1, 2, 2)
+        );
+        // Totals over two requests: every count twice, positions summed.
+        let mut t = s.clone();
+        t.add(&s);
+        assert_eq!((t.verifications, t.drafts), (6, 4));
+        assert_eq!((t.drafted_tokens, t.accepted_tokens), (10, 6));
+        assert_eq!(t.lookup_drafted_tokens, 4);
+        assert_eq!(t.acceptance_by_position(), vec![1.0, 0.5, 0.0]);
+        let mut longer = SpecStats::default();
+        longer.record(4, 4);
+        t.add(&longer);
+        assert_eq!(t.by_position.len(), 4);
+        assert_eq!(
+            t.by_position[3],
+            PositionStats {
+                drafted: 1,
+                accepted: 1
+            }
         );
     }
 }
