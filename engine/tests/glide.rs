@@ -3,13 +3,16 @@
 //! values of rejected drafts change nothing), the same row by row as all at once; and as a
 //! proposer, greedy speculation with it equal to target-only output, alone and in a batch.
 
+#[path = "common/glide_cache.rs"]
+mod glide_cache;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use glide_cache::{glide_rows, target_cache};
 use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::glide::{cross_tensor_names, save_glide};
 use specd_engine::model::tiny::{
     tiny_config, tiny_glide_config, tiny_glide_weights, tiny_tokenizer, tiny_weights, TinySpec,
@@ -78,61 +81,6 @@ fn pair_with(n: usize, scale: f32, own_head: bool) -> Pair {
         glide_config,
         glide_tensors,
     }
-}
-
-/// The target's cache of `tokens` in a pool of its own.
-fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
-    let mut pool = m.new_pool(64);
-    let mut table = BlockTable::new();
-    m.forward(
-        &mut pool,
-        &mut [SeqInput {
-            table: &mut table,
-            tokens,
-            logits: Logits::None,
-        }],
-    )
-    .unwrap();
-    (pool, table)
-}
-
-/// The drafter's logits for `tokens` fed from position 0, `chunk` tokens per forward.
-fn glide_rows(
-    p: &Pair,
-    tokens: &[u32],
-    chunk: usize,
-    target_kv: &KvPool,
-    target_table: &BlockTable,
-) -> Vec<Vec<f32>> {
-    rows_of_model(&p.glide, tokens, chunk, target_kv, target_table)
-}
-
-fn rows_of_model(
-    glide: &GlideModel,
-    tokens: &[u32],
-    chunk: usize,
-    target_kv: &KvPool,
-    target_table: &BlockTable,
-) -> Vec<Vec<f32>> {
-    let mut pool = glide.new_pool(64);
-    let mut table = BlockTable::new();
-    let mut rows = Vec::new();
-    for part in tokens.chunks(chunk) {
-        let out = glide
-            .forward(
-                &mut pool,
-                &mut [SeqInput {
-                    table: &mut table,
-                    tokens: part,
-                    logits: Logits::All,
-                }],
-                target_kv,
-                &[target_table],
-            )
-            .unwrap();
-        rows.extend(out[0].to_vec2::<f32>().unwrap());
-    }
-    rows
 }
 
 fn matrix(t: &HashMap<String, Tensor>, name: &str) -> Vec<Vec<f64>> {
@@ -319,7 +267,7 @@ fn follows_the_reference(p: &Pair) {
     let (tkv, ttable) = target_cache(&p.target, &prompt[..9]);
     let (k, v) = tkv.layer_snapshot(&ttable, p.glide_config.target_layer);
     let kv_dim = c.num_kv_heads * c.head_dim;
-    let got = glide_rows(p, &prompt, prompt.len(), &tkv, &ttable);
+    let got = glide_rows(&p.glide, &prompt, prompt.len(), &tkv, &ttable);
     let want = reference(p, &c, &prompt, &rows_of(&k, kv_dim), &rows_of(&v, kv_dim));
     let scale = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs()));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -358,12 +306,12 @@ fn only_the_targets_verified_positions_are_read() {
     let (clean_kv, clean) = target_cache(&p.target, &prompt);
     // The drafter catches up on the prompt and drafts past it (rows beyond the verified ones).
     let tokens: Vec<u32> = prompt.iter().chain(&[9, 8, 7]).copied().collect();
-    let a = glide_rows(&p, &tokens, 5, &stale_kv, &stale);
-    let b = glide_rows(&p, &tokens, 5, &clean_kv, &clean);
+    let a = glide_rows(&p.glide, &tokens, 5, &stale_kv, &stale);
+    let b = glide_rows(&p.glide, &tokens, 5, &clean_kv, &clean);
     assert_eq!(a, b);
     // And the verified positions do matter: with fewer of them verified, the last rows change.
     let (short_kv, short) = target_cache(&p.target, &prompt[..6]);
-    let c = glide_rows(&p, &tokens, 5, &short_kv, &short);
+    let c = glide_rows(&p.glide, &tokens, 5, &short_kv, &short);
     assert_eq!(
         a[..6],
         c[..6],
@@ -380,10 +328,10 @@ fn row_by_row_equals_all_at_once() {
     let p = pair(100);
     let prompt: Vec<u32> = (0..14u32).map(|i| (i * 13 + 11) % 250).collect();
     let (tkv, ttable) = target_cache(&p.target, &prompt[..10]);
-    let whole = glide_rows(&p, &prompt, prompt.len(), &tkv, &ttable);
+    let whole = glide_rows(&p.glide, &prompt, prompt.len(), &tkv, &ttable);
     for chunk in [1, 3] {
         assert_eq!(
-            glide_rows(&p, &prompt, chunk, &tkv, &ttable),
+            glide_rows(&p.glide, &prompt, chunk, &tkv, &ttable),
             whole,
             "{chunk} tokens per forward"
         );
@@ -496,8 +444,8 @@ fn a_glide_file_round_trips_and_files_that_do_not_fit_are_refused_by_name() {
     let prompt: Vec<u32> = (0..9u32).map(|i| (i * 23 + 1) % 250).collect();
     let (tkv, ttable) = target_cache(&p.target, &prompt[..6]);
     assert_eq!(
-        rows_of_model(&loaded, &prompt, 4, &tkv, &ttable),
-        glide_rows(&p, &prompt, 4, &tkv, &ttable)
+        glide_rows(&loaded, &prompt, 4, &tkv, &ttable),
+        glide_rows(&p.glide, &prompt, 4, &tkv, &ttable)
     );
     let name = path.display().to_string();
     // A target of another width.

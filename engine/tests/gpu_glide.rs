@@ -6,14 +6,18 @@
 //! engine's actors in a batch of none, draft, n-gram and GLIDE requests.
 #![cfg(feature = "cuda")]
 
+#[path = "common/glide_cache.rs"]
+mod glide_cache;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use glide_cache::{glide_rows, target_cache};
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
 };
 use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::kv::{BlockTable, KvPool};
+use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{
     tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_model, tiny_model_on, TinySpec,
 };
@@ -75,27 +79,9 @@ fn run_prompt() -> Vec<u32> {
     vec![130; 6]
 }
 
-/// The target's cache of `tokens` in a pool of its own.
-fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
-    let mut pool = m.new_pool(64);
-    let mut table = BlockTable::new();
-    if !tokens.is_empty() {
-        m.forward(
-            &mut pool,
-            &mut [SeqInput {
-                table: &mut table,
-                tokens,
-                logits: Logits::None,
-            }],
-        )
-        .unwrap();
-    }
-    (pool, table)
-}
-
 /// The drafter's rows of `tokens` fed from position 0, `chunk` tokens per forward, reading the
 /// target's cache of the first `verified` tokens.
-fn glide_rows(
+fn rows_reading(
     target: &Model,
     glide: &GlideModel,
     tokens: &[u32],
@@ -103,25 +89,7 @@ fn glide_rows(
     chunk: usize,
 ) -> Vec<Vec<f32>> {
     let (tkv, ttable) = target_cache(target, &tokens[..verified]);
-    let mut pool = glide.new_pool(64);
-    let mut table = BlockTable::new();
-    let mut rows = Vec::new();
-    for part in tokens.chunks(chunk) {
-        let out = glide
-            .forward(
-                &mut pool,
-                &mut [SeqInput {
-                    table: &mut table,
-                    tokens: part,
-                    logits: Logits::All,
-                }],
-                &tkv,
-                &[&ttable],
-            )
-            .unwrap();
-        rows.extend(out[0].to_vec2::<f32>().unwrap());
-    }
-    rows
+    glide_rows(glide, tokens, chunk, &tkv, &ttable)
 }
 
 /// ‖a − b‖ / ‖a‖ over all rows, every value of `b` finite.
@@ -162,8 +130,8 @@ fn glide_logits_on_the_gpu_follow_the_cpu_forward() {
             // Nothing verified (every row sees nothing: zeros), one, half, all.
             for verified in [0, 1, n / 2, n] {
                 for chunk in [1, 3, n] {
-                    let a = glide_rows(&cpu, &gc, prompt, verified, chunk);
-                    let b = glide_rows(&gpu, &gg, prompt, verified, chunk);
+                    let a = rows_reading(&cpu, &gc, prompt, verified, chunk);
+                    let b = rows_reading(&gpu, &gg, prompt, verified, chunk);
                     let e = relative_error(&a, &b);
                     assert!(
                         e < TOLERANCE,
@@ -191,7 +159,7 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
     let alone: Vec<Vec<Vec<f32>>> = ps
         .iter()
         .zip(&verified)
-        .map(|(p, &v)| glide_rows(&target, &glide, p, v, p.len()))
+        .map(|(p, &v)| rows_reading(&target, &glide, p, v, p.len()))
         .collect();
     let mut tkv = target.new_pool(256);
     let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
@@ -259,9 +227,9 @@ fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
     let (ct, cg) = load(Device::Cpu);
     let (gt, gg) = load(cuda());
     let n = tokens.len();
-    let cpu = glide_rows(&ct, &cg, &tokens, verified, n);
+    let cpu = rows_reading(&ct, &cg, &tokens, verified, n);
     for chunk in [1, 4, n] {
-        let gpu = glide_rows(&gt, &gg, &tokens, verified, chunk);
+        let gpu = rows_reading(&gt, &gg, &tokens, verified, chunk);
         let vs_torch = relative_error(&expected, &gpu);
         let vs_cpu = relative_error(&cpu, &gpu);
         assert!(

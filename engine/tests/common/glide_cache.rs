@@ -1,0 +1,53 @@
+//! Shared by the GLIDE tests on the CPU (`glide.rs`) and the GPU (`gpu_glide.rs`): a target's
+//! cache of some tokens, and a GLIDE drafter's logits rows read against it.
+
+use specd_engine::kv::{BlockTable, KvPool};
+use specd_engine::model::{GlideModel, Logits, Model, SeqInput};
+
+/// The target's cache of `tokens` (none: an empty cache) in a pool of its own.
+pub fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
+    let mut pool = m.new_pool(64);
+    let mut table = BlockTable::new();
+    if !tokens.is_empty() {
+        m.forward(
+            &mut pool,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens,
+                logits: Logits::None,
+            }],
+        )
+        .unwrap();
+    }
+    (pool, table)
+}
+
+/// The drafter's logits rows for `tokens` fed from position 0, `chunk` tokens per forward,
+/// reading the target's cache `target_kv` / `target_table`.
+pub fn glide_rows(
+    glide: &GlideModel,
+    tokens: &[u32],
+    chunk: usize,
+    target_kv: &KvPool,
+    target_table: &BlockTable,
+) -> Vec<Vec<f32>> {
+    let mut pool = glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut rows = Vec::new();
+    for part in tokens.chunks(chunk) {
+        let out = glide
+            .forward(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: part,
+                    logits: Logits::All,
+                }],
+                target_kv,
+                &[target_table],
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+    }
+    rows
+}
