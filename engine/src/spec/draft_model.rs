@@ -145,14 +145,22 @@ fn choose(
         if input.confidence.is_none() {
             return (tok, 1.0, None);
         }
-        let top = l[tok as usize];
-        let sum: f32 = l.iter().map(|&x| (x - top).exp()).sum();
-        return (tok, 1.0 / sum, None);
+        return (tok, top_probability(l, tok as usize), None);
     }
     let q = transform(logits, history, params);
     let tok = sample_from(&q, input.rng);
-    let top = q.iter().cloned().fold(0.0, f32::max);
-    (tok, top, Some(q))
+    (tok, max_probability(&q), Some(q))
+}
+
+/// The softmax probability of `logits[i]`, the largest logit: how sure a greedy draft is.
+fn top_probability(logits: &[f32], i: usize) -> f32 {
+    let top = logits[i];
+    1.0 / logits.iter().map(|&x| (x - top).exp()).sum::<f32>()
+}
+
+/// The largest probability of a distribution: how sure a sampled draft is.
+fn max_probability(q: &[f32]) -> f32 {
+    q.iter().cloned().fold(0.0, f32::max)
 }
 
 /// [`choose`] on logits over a reduced draft vocabulary, worked on its rows (16,384 for the
@@ -176,7 +184,7 @@ fn choose_reduced(
     if !params.is_greedy() {
         let q = transform(r, &rows, params);
         let row = sample_from(&q, input.rng);
-        let top = q.iter().cloned().fold(0.0, f32::max);
+        let top = max_probability(&q);
         return (vocab.to_target(row), top, Some(vocab.expand_probs(&q)));
     }
     let penalized;
@@ -192,9 +200,7 @@ fn choose_reduced(
     if input.confidence.is_none() {
         return (token, 1.0, None);
     }
-    let top = logits[row];
-    let sum: f32 = logits.iter().map(|&x| (x - top).exp()).sum();
-    (token, 1.0 / sum, None)
+    (token, top_probability(logits, row), None)
 }
 
 impl Proposer for DraftModelProposer {
