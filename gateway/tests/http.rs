@@ -125,10 +125,12 @@ async fn completions_as_json_and_as_events_equal_the_websocket_stream() {
     assert_eq!(cut["choices"][0]["text"].as_str().unwrap(), &ws.text[..at]);
     assert_eq!(cut["choices"][0]["finish_reason"], "stop");
 
-    // vLLM's `ignore_eos`: greedy, "hello world" ends after 178 tokens; with it, the run goes
-    // on to `max_tokens`.
-    for (ignore, finish, tokens) in [(false, "stop", 178), (true, "length", 200)] {
-        let body = json!({"prompt": "hello world", "max_tokens": 200, "temperature": 0, "ignore_eos": ignore});
+    // vLLM's `ignore_eos`: a greedy run that ends with end-of-text (as many tokens as over the
+    // WebSocket); with it, the run goes on to `max_tokens`.
+    let (prompt, free) = prompt_that_stops(&server, 200).await;
+    for (ignore, finish, tokens) in [(false, "stop", free.tokens.len()), (true, "length", 200)] {
+        let body =
+            json!({"prompt": prompt, "max_tokens": 200, "temperature": 0, "ignore_eos": ignore});
         let (status, out) = post(&server, "/v1/completions", body).await;
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["choices"][0]["finish_reason"], finish, "{out}");

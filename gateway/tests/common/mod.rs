@@ -264,6 +264,43 @@ pub async fn run_alone(server: &Server, key: Option<&str>, frame: Value) -> Outc
     run_to_end(&mut ws, &id).await
 }
 
+/// A prompt whose greedy run (target only) ends with the end-of-text token before `max_tokens`,
+/// with that run. Where the tiny random model stops depends on the arithmetic of the device its
+/// tests run on (near ties break differently on a GPU), so tests that need a run that stops
+/// find one instead of assuming it of a fixed prompt. Panics, naming the prompts tried, if none
+/// stops.
+pub async fn prompt_that_stops(server: &Server, max_tokens: usize) -> (String, Outcome) {
+    const CANDIDATES: &[&str] = &[
+        "hello world",
+        "the",
+        "def main():",
+        "import os",
+        "fn add(a: i32, b: i32) -> i32 {",
+        "a b c d",
+        "print('hi')",
+        "return x",
+        "// comment",
+        "class Point:",
+        "for i in range(10):",
+        "let x = 1;",
+    ];
+    for prompt in CANDIDATES {
+        let frame = generate(
+            "stops",
+            prompt,
+            json!({"max_tokens": max_tokens, "speculation": {"method": "none"}}),
+        );
+        let run = run_alone(server, None, frame).await;
+        if run.finish_reason() == "stop" {
+            return (prompt.to_string(), run);
+        }
+    }
+    panic!(
+        "no greedy run of {CANDIDATES:?} ended with end-of-text within {max_tokens} tokens on {}",
+        device()
+    );
+}
+
 /// Waits until the engine has no sequence and no KV block in use.
 pub async fn wait_engine_idle(server: &Server) -> specd_engine::actors::EngineStats {
     let backend = server.state().backend().unwrap();
