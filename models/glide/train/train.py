@@ -60,10 +60,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def bench_prompt_texts() -> list[str]:
+    """bench-spec's 20 prompts, in its order."""
+    path = REPO / "scripts/bench/code_prompts.json"
+    return [p["text"] for p in json.loads(path.read_text())["prompts"]]
+
+
 def bench_prompts() -> set[str]:
     """bench-spec's prompts: none may be used for training."""
-    path = REPO / "scripts/bench/code_prompts.json"
-    return {p["text"].strip() for p in json.loads(path.read_text())["prompts"]}
+    return {t.strip() for t in bench_prompt_texts()}
 
 
 # ---------------------------------------------------------------- prepare
@@ -214,6 +219,9 @@ def cmd_prepare(a, loaded=None) -> None:
         model, tok, prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
     )
     gen_s = time.time() - t0
+    # bench-spec's prompts, answered as bench-spec measures them (128 tokens): for evaluation
+    # only, so that the report can be set beside what specd measures on them.
+    bench_eval = generate_answers(model, tok, bench_prompt_texts(), a.gen_batch, a.gen_batch_tokens, 128, a.device, 60)
 
     log("tokenizing the source")
     random.Random(a.seed + 2).shuffle(held_in)
@@ -259,6 +267,7 @@ def cmd_prepare(a, loaded=None) -> None:
             "code_eval": windows(code_eval, a.seq_len),
             "distill": distill,
             "distill_eval": distill_eval,
+            "bench_eval": bench_eval,
             "vocab_ids": vocab_ids,
             "stats": stats,
             "args": vars(a),
@@ -467,6 +476,12 @@ def cmd_train(a, loaded=None) -> None:
     code_mask = torch.ones_like(code_eval, dtype=torch.bool)
     code_mask[:, -1] = False
     d_ids, d_mask = padded(data["distill_eval"], a.answer_len, 0)
+    evals = {}
+    if "bench_eval" in data:
+        # Not a held-out set of the training distribution: bench-spec's own prompts, never
+        # trained on, to compare with specd's acceptance on them.
+        b_ids, b_mask = padded(data["bench_eval"], a.answer_len, 0)
+        evals["bench_spec_answers"] = evaluate(drafter, target, a, b_ids, b_mask, cfg, a.device)
     report = {
         "config": json.loads(cfg.to_json()),
         "parameters": n_params,
@@ -479,11 +494,13 @@ def cmd_train(a, loaded=None) -> None:
         "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
         "held_out_code": evaluate(drafter, target, a, code_eval, code_mask, cfg, a.device),
         "held_out_answers": evaluate(drafter, target, a, d_ids, d_mask, cfg, a.device),
+        **evals,
         "data": data["stats"],
         "args": vars(a),
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "gguf": _version("gguf")},
     }
-    log(json.dumps({k: report[k] for k in ("loss_first_50", "loss_last_50", "held_out_code", "held_out_answers")}))
+    shown = ("loss_first_50", "loss_last_50", "held_out_code", "held_out_answers", *evals)
+    log(json.dumps({k: report[k] for k in shown}))
     save_glide(a.out, drafter.cpu(), dtype=torch.bfloat16)
     (work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {a.out} ({os.path.getsize(a.out)} bytes) and {work / 'report.json'}")
