@@ -2,26 +2,10 @@
 //! `tokenizer.chat_template` or tokenizer_config.json), never with hand-built strings.
 
 use minijinja::{context, Environment, ErrorKind};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    /// A message from `role` with `content`.
-    pub fn new(role: &str, content: &str) -> Self {
-        Self {
-            role: role.to_string(),
-            content: content.to_string(),
-        }
-    }
-}
+pub use specd_protocol::Message;
 
 /// A compiled chat template.
 #[derive(Debug)]

@@ -11,27 +11,7 @@ use crate::spec::{generate_speculative, DraftPolicyConfig, SpecStats};
 /// Largest number of prompt tokens sent through one forward.
 pub const PREFILL_CHUNK: usize = 512;
 
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// `max_tokens` or the context length was reached.
-    Length,
-    /// An EOS token or a stop string was produced.
-    Stop,
-    /// The client cancelled the request.
-    Cancelled,
-}
-
-impl FinishReason {
-    /// The wire name (`length`, `stop`, `cancelled`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Length => "length",
-            Self::Stop => "stop",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
+pub use specd_protocol::FinishReason;
 
 /// What to generate.
 #[derive(Debug, Clone)]

@@ -60,16 +60,7 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
-/// Per-request speculation settings.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpeculationParams {
-    /// `none`, `draft`, `ngram`, `glide` (`draft` and `glide` only where their drafter is
-    /// served).
-    pub method: Option<String>,
-    pub max_draft: Option<i64>,
-    pub adaptive: Option<bool>,
-}
+pub use specd_protocol::SpeculationParams;
 
 /// Generation settings common to every endpoint; `None` takes the endpoint's default.
 #[derive(Debug, Clone, Default)]
@@ -280,18 +271,7 @@ impl Backend {
         let Some(s) = s else {
             return Ok((default_method, policy));
         };
-        let method = match s.method.as_deref() {
-            None => default_method,
-            Some(name) => name.parse::<Method>().map_err(|_| {
-                ApiError::invalid(
-                    "speculation.method",
-                    format!(
-                        "unknown `speculation.method` `{name}`; expected one of {}",
-                        Method::names()
-                    ),
-                )
-            })?,
-        };
+        let method = s.method.unwrap_or(default_method);
         if !self.methods.contains(&method) {
             let served: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
             return Err(ApiError::invalid(

@@ -3,82 +3,47 @@
 //! told apart: not JSON (`invalid_json`), then a field missing, unknown or of the wrong type
 //! (`invalid_request`, naming the field).
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use specd_engine::actors::{Chunk, Done, Method};
-use specd_engine::chat::Message;
+pub use specd_protocol::{
+    CancelFrame, ChunkFrame, ClientFrame, DoneBody, DoneFrame, ErrorFrame, GenerateFrame,
+    LookupReport, ServerFrame, SpeculationParams, SpeculationReport, Timings, Usage,
+};
 
-use crate::backend::{GenerationParams, Prompt, SpeculationParams};
+use crate::backend::{GenerationParams, Prompt};
 use crate::error::{ApiError, ErrorCode};
 
 /// Longest request id accepted.
 pub const MAX_ID_BYTES: usize = 128;
 
-/// A frame from the client.
-#[derive(Debug, Clone)]
-pub enum ClientFrame {
-    Generate(Box<GenerateFrame>),
-    Cancel { id: String },
-}
-
-/// `{"type":"generate", ...}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateFrame {
-    #[serde(rename = "type")]
-    _type: String,
-    pub id: String,
-    pub prompt: Option<String>,
-    pub messages: Option<Vec<Message>>,
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<i64>,
-    pub repetition_penalty: Option<f64>,
-    pub seed: Option<u64>,
-    pub stop: Option<Vec<String>>,
-    pub speculation: Option<SpeculationParams>,
-    pub ignore_eos: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelFrame {
-    #[serde(rename = "type")]
-    _type: String,
-    id: String,
-}
-
-impl GenerateFrame {
-    /// The prompt: exactly one of `prompt` and `messages`.
-    pub fn prompt(&self) -> Result<Prompt, ApiError> {
-        match (&self.prompt, &self.messages) {
-            (Some(p), None) => Ok(Prompt::Text(p.clone())),
-            (None, Some(m)) => Ok(Prompt::Messages(m.clone())),
-            (Some(_), Some(_)) => Err(ApiError::invalid(
-                "prompt",
-                "give either `prompt` or `messages`, not both",
-            )),
-            (None, None) => Err(ApiError::invalid(
-                "prompt",
-                "missing field `prompt` (or `messages`)",
-            )),
-        }
+/// The prompt of a generate frame: exactly one of `prompt` and `messages`.
+pub fn frame_prompt(g: &GenerateFrame) -> Result<Prompt, ApiError> {
+    match (&g.prompt, &g.messages) {
+        (Some(p), None) => Ok(Prompt::Text(p.clone())),
+        (None, Some(m)) => Ok(Prompt::Messages(m.clone())),
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "prompt",
+            "give either `prompt` or `messages`, not both",
+        )),
+        (None, None) => Err(ApiError::invalid(
+            "prompt",
+            "missing field `prompt` (or `messages`)",
+        )),
     }
+}
 
-    /// The generation settings.
-    pub fn params(&self) -> GenerationParams {
-        GenerationParams {
-            max_tokens: self.max_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty,
-            seed: self.seed,
-            stop: self.stop.clone().unwrap_or_default(),
-            speculation: self.speculation.clone(),
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-        }
+/// The generation settings of a generate frame.
+pub fn frame_params(g: &GenerateFrame) -> GenerationParams {
+    GenerationParams {
+        max_tokens: g.max_tokens,
+        temperature: g.temperature,
+        top_p: g.top_p,
+        top_k: g.top_k,
+        repetition_penalty: g.repetition_penalty,
+        seed: g.seed,
+        stop: g.stop.clone().unwrap_or_default(),
+        speculation: g.speculation.clone(),
+        ignore_eos: g.ignore_eos.unwrap_or(false),
     }
 }
 
@@ -94,7 +59,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, Ap
             ),
         )
     })?;
-    let Value::Object(obj) = &value else {
+    let Value::Object(mut obj) = value else {
         return Err((
             None,
             ApiError::invalid("type", "a frame must be a JSON object with a `type`"),
@@ -114,14 +79,17 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, Ap
         }
     }
     let fail = |e: ApiError| (id.clone(), e);
-    match obj.get("type") {
+    // The tag is read here rather than by serde, so that an error inside a frame names its
+    // field (serde buffers an internally tagged enum's fields and loses their paths).
+    let kind = obj.remove("type");
+    match kind {
         Some(Value::String(t)) if t == "generate" => {
-            let f: GenerateFrame = from_value(value).map_err(fail)?;
+            let f: GenerateFrame = from_value(Value::Object(obj)).map_err(fail)?;
             Ok(ClientFrame::Generate(Box::new(f)))
         }
         Some(Value::String(t)) if t == "cancel" => {
-            let f: CancelFrame = from_value(value).map_err(fail)?;
-            Ok(ClientFrame::Cancel { id: f.id })
+            let f: CancelFrame = from_value(Value::Object(obj)).map_err(fail)?;
+            Ok(ClientFrame::Cancel(f))
         }
         Some(Value::String(t)) => Err(fail(ApiError::invalid(
             "type",
@@ -147,74 +115,46 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Api
     })
 }
 
-/// A frame to the client.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ServerFrame {
-    Hello(Value),
-    Chunk {
-        id: String,
-        text: String,
-        tokens: Vec<u32>,
-        drafted: usize,
-        accepted: usize,
-        draft_chars: usize,
-    },
-    Done {
-        id: String,
-        #[serde(flatten)]
-        body: Value,
-    },
-    Error {
-        id: Option<String>,
-        code: ErrorCode,
-        message: String,
-        param: Option<String>,
-    },
+/// A chunk frame.
+pub fn chunk_frame(id: &str, c: Chunk) -> ServerFrame {
+    ServerFrame::Chunk(ChunkFrame {
+        id: id.to_owned(),
+        text: c.text,
+        tokens: c.tokens,
+        drafted: c.drafted,
+        accepted: c.accepted,
+        draft_chars: c.draft_chars,
+    })
 }
 
-impl ServerFrame {
-    /// A chunk frame.
-    pub fn chunk(id: &str, c: Chunk) -> Self {
-        Self::Chunk {
-            id: id.to_owned(),
-            text: c.text,
-            tokens: c.tokens,
-            drafted: c.drafted,
-            accepted: c.accepted,
-            draft_chars: c.draft_chars,
-        }
-    }
+/// A done frame.
+pub fn done_frame(id: &str, d: &Done, method: Method) -> ServerFrame {
+    ServerFrame::Done(DoneFrame {
+        id: id.to_owned(),
+        body: done_body(d, method),
+    })
+}
 
-    /// A done frame.
-    pub fn done(id: &str, d: &Done, method: Method) -> Self {
-        Self::Done {
-            id: id.to_owned(),
-            body: done_body(d, method),
-        }
-    }
+/// An error frame.
+pub fn error_frame(id: Option<String>, e: ApiError) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame {
+        id,
+        code: e.code,
+        message: e.message,
+        param: e.param,
+    })
+}
 
-    /// An error frame.
-    pub fn error(id: Option<String>, e: ApiError) -> Self {
-        Self::Error {
-            id,
-            code: e.code,
-            message: e.message,
-            param: e.param,
-        }
-    }
-
-    /// The JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","id":null,"code":"internal","message":"{e}"}}"#)
-        })
-    }
+/// A frame's JSON text.
+pub fn frame_json(frame: &ServerFrame) -> String {
+    serde_json::to_string(frame).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","id":null,"code":"internal","message":"{e}"}}"#)
+    })
 }
 
 /// `finish_reason`, `usage`, `speculation` and `timings` of a finished request (the `done`
 /// frame's body; the HTTP endpoints add `speculation` and `timings` to their responses too).
-pub fn done_body(d: &Done, method: Method) -> Value {
+pub fn done_body(d: &Done, method: Method) -> DoneBody {
     let ms = |t: std::time::Duration| (t.as_secs_f64() * 1e6).round() / 1e3;
     let s = &d.speculation;
     let decode = d
@@ -226,40 +166,36 @@ pub fn done_body(d: &Done, method: Method) -> Value {
     } else {
         0.0
     };
-    json!({
-        "finish_reason": d.finish_reason.as_str(),
-        "usage": usage_body(d),
-        "speculation": {
-            "method": method.as_str(),
-            "drafted": s.drafted_tokens,
-            "accepted": s.accepted_tokens,
-            "acceptance_rate": s.acceptance_rate(),
-            "mean_accepted_length": s.mean_accepted_length(),
-            "verifications": s.verifications,
-            "acceptance_by_position": s.acceptance_by_position(),
-            "lookup": {
-                "drafts": s.lookup_drafts,
-                "drafted": s.lookup_drafted_tokens,
-                "accepted": s.lookup_accepted_tokens,
+    DoneBody {
+        finish_reason: d.finish_reason,
+        usage: usage_of(d),
+        speculation: SpeculationReport {
+            method,
+            drafted: s.drafted_tokens,
+            accepted: s.accepted_tokens,
+            acceptance_rate: s.acceptance_rate(),
+            mean_accepted_length: s.mean_accepted_length(),
+            verifications: s.verifications,
+            acceptance_by_position: s.acceptance_by_position(),
+            lookup: LookupReport {
+                drafts: s.lookup_drafts,
+                drafted: s.lookup_drafted_tokens,
+                accepted: s.lookup_accepted_tokens,
             },
         },
-        "timings": {
-            "queued_ms": ms(d.timings.queued),
-            "ttft_ms": d.timings.time_to_first_token.map(ms),
-            "total_ms": ms(d.timings.total),
-            "tokens_per_second": (tps * 10.0).round() / 10.0,
-            "preemptions": d.timings.preemptions,
+        timings: Timings {
+            queued_ms: ms(d.timings.queued),
+            ttft_ms: d.timings.time_to_first_token.map(ms),
+            total_ms: ms(d.timings.total),
+            tokens_per_second: (tps * 10.0).round() / 10.0,
+            preemptions: d.timings.preemptions,
         },
-    })
+    }
 }
 
 /// OpenAI's usage object.
-pub fn usage_body(d: &Done) -> Value {
-    json!({
-        "prompt_tokens": d.usage.prompt_tokens,
-        "completion_tokens": d.usage.completion_tokens,
-        "total_tokens": d.usage.prompt_tokens + d.usage.completion_tokens,
-    })
+pub fn usage_of(d: &Done) -> Usage {
+    Usage::new(d.usage.prompt_tokens, d.usage.completion_tokens)
 }
 
 #[cfg(test)]
@@ -292,7 +228,7 @@ mod tests {
     #[test]
     fn frames_parse() {
         let f = parse_client_frame(r#"{"type":"cancel","id":"r1"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Cancel { id } if id == "r1"));
+        assert!(matches!(f, ClientFrame::Cancel(c) if c.id == "r1"));
         let f = parse_client_frame(
             r#"{"type":"generate","id":"r2","messages":[{"role":"user","content":"hi"}],"stop":["\n"],"speculation":{"method":"ngram","max_draft":3}}"#,
         )
@@ -300,7 +236,7 @@ mod tests {
         let ClientFrame::Generate(g) = f else {
             panic!("not generate")
         };
-        assert!(matches!(g.prompt().unwrap(), Prompt::Messages(m) if m.len() == 1));
-        assert_eq!(g.params().stop, vec!["\n".to_string()]);
+        assert!(matches!(frame_prompt(&g).unwrap(), Prompt::Messages(m) if m.len() == 1));
+        assert_eq!(frame_params(&g).stop, vec!["\n".to_string()]);
     }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use serde_json::json;
 use specd_engine::actors::{EngineRequest, Event, Method};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -21,8 +20,12 @@ use crate::backend::{Backend, EndpointDefaults};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::{InflightGuard, Phase};
-use crate::protocol::{parse_client_frame, ClientFrame, GenerateFrame, ServerFrame};
+use crate::protocol::{
+    chunk_frame, done_frame, error_frame, frame_json, frame_params, frame_prompt,
+    parse_client_frame, CancelFrame, ClientFrame, GenerateFrame, ServerFrame,
+};
 use crate::server::{AppState, ConnectionPermit};
+use specd_protocol::{Hello, HelloLimits, HelloSpeculation};
 
 /// Defaults of the WebSocket protocol: greedy, up to 256 tokens.
 const DEFAULTS: EndpointDefaults = EndpointDefaults {
@@ -103,7 +106,7 @@ const RECENT_IDS: usize = 64;
 /// reading): a socket that cannot be written is dropped like one that went silent.
 async fn send(session: &mut Session, frame: &ServerFrame, limit: Duration) -> bool {
     matches!(
-        tokio::time::timeout(limit, session.text(frame.to_json())).await,
+        tokio::time::timeout(limit, session.text(frame_json(frame))).await,
         Ok(Ok(()))
     )
 }
@@ -141,7 +144,7 @@ impl Connection {
                             active = Instant::now();
                             self.on_text(&text, &tx)
                         }
-                        Some(Ok(AggregatedMessage::Binary(_))) => Some(ServerFrame::error(
+                        Some(Ok(AggregatedMessage::Binary(_))) => Some(error_frame(
                             None,
                             ApiError::invalid(
                                 "frame",
@@ -165,7 +168,7 @@ impl Connection {
                                 "frame",
                                 format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
                             );
-                            if !send(&mut session, &ServerFrame::error(None, e), client_timeout).await {
+                            if !send(&mut session, &error_frame(None, e), client_timeout).await {
                                 break None;
                             }
                             break Some(reason(CloseCode::Size, "message too big"));
@@ -232,30 +235,33 @@ impl Connection {
         let b = &self.backend;
         let (method, policy) = b.defaults();
         let limits = &self.config.limits;
-        ServerFrame::Hello(json!({
-            "model": b.model_name(),
-            "draft_model": b.draft_name(),
-            "glide_model": b.glide_name(),
-            "methods": b.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-            "speculation": {"method": method.as_str(), "max_draft": policy.max_draft},
-            "limits": {
-                "max_tokens": limits.max_tokens,
-                "max_prompt_tokens": b.max_prompt_tokens(limits),
-                "max_requests_per_connection": limits.max_requests_per_connection,
-                "max_frame_bytes": limits.max_frame_bytes,
+        ServerFrame::Hello(Hello {
+            model: b.model_name().to_string(),
+            draft_model: b.draft_name().map(str::to_string),
+            glide_model: b.glide_name().map(str::to_string),
+            methods: b.methods().to_vec(),
+            speculation: HelloSpeculation {
+                method,
+                max_draft: policy.max_draft,
             },
-        }))
+            limits: HelloLimits {
+                max_tokens: limits.max_tokens,
+                max_prompt_tokens: b.max_prompt_tokens(limits),
+                max_requests_per_connection: limits.max_requests_per_connection,
+                max_frame_bytes: limits.max_frame_bytes,
+            },
+        })
     }
 
     /// Handles a text frame; returns a frame to send at once (an error), if any.
     fn on_text(&mut self, text: &str, tx: &mpsc::UnboundedSender<Outgoing>) -> Option<ServerFrame> {
         match parse_client_frame(text) {
             // A bad frame reusing the id of a request in flight must not look like its end.
-            Err((id, e)) => Some(ServerFrame::error(
+            Err((id, e)) => Some(error_frame(
                 id.filter(|i| !self.requests.contains_key(i)),
                 e,
             )),
-            Ok(ClientFrame::Cancel { id }) => match self.requests.get_mut(&id) {
+            Ok(ClientFrame::Cancel(CancelFrame { id })) => match self.requests.get_mut(&id) {
                 Some(r) => {
                     if let Some(c) = r.cancel.take() {
                         let _ = c.send(());
@@ -264,7 +270,7 @@ impl Connection {
                 }
                 // The request ended while the cancel was on its way: nothing to do.
                 None if self.recent.contains(&id) => None,
-                None => Some(ServerFrame::error(
+                None => Some(error_frame(
                     None,
                     ApiError::new(
                         ErrorCode::NotFound,
@@ -297,7 +303,7 @@ impl Connection {
                 Err(e) => {
                     // A duplicate id names a request that goes on: not attributed to it.
                     let id = (!self.requests.contains_key(&g.id)).then(|| g.id.clone());
-                    Some(ServerFrame::error(id, e))
+                    Some(error_frame(id, e))
                 }
             },
         }
@@ -319,9 +325,12 @@ impl Connection {
                 ),
             ));
         }
-        let req = self
-            .backend
-            .prepare(g.prompt()?, &g.params(), DEFAULTS, &self.config.limits)?;
+        let req = self.backend.prepare(
+            frame_prompt(g)?,
+            &frame_params(g),
+            DEFAULTS,
+            &self.config.limits,
+        )?;
         let guard = self.state.lifecycle.try_enter();
         match guard {
             Some(g) if !self.draining => Ok((req, g)),
@@ -376,7 +385,7 @@ async fn run_request(
     };
     let mut stream = match backend.submit(req).await {
         Ok(s) => s,
-        Err(e) => return send(ServerFrame::error(Some(id.clone()), e), true),
+        Err(e) => return send(error_frame(Some(id.clone()), e), true),
     };
     let mut cancelled = *phase.borrow_and_update() == Phase::Cancelling;
     if cancelled {
@@ -385,14 +394,14 @@ async fn run_request(
     loop {
         tokio::select! {
             ev = stream.next_event() => match ev {
-                Some(Event::Chunk(c)) => send(ServerFrame::chunk(&id, c), false),
-                Some(Event::Done(d)) => return send(ServerFrame::done(&id, &d, method), true),
+                Some(Event::Chunk(c)) => send(chunk_frame(&id, c), false),
+                Some(Event::Done(d)) => return send(done_frame(&id, &d, method), true),
                 Some(Event::Error(e)) => {
-                    return send(ServerFrame::error(Some(id.clone()), e.into()), true)
+                    return send(error_frame(Some(id.clone()), e.into()), true)
                 }
                 None => {
                     let e = ApiError::internal("the engine stopped");
-                    return send(ServerFrame::error(Some(id.clone()), e), true);
+                    return send(error_frame(Some(id.clone()), e), true);
                 }
             },
             _ = &mut cancel, if !cancelled => {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use specd_engine::model::tiny::{
     tiny_config, tiny_draft_weights, tiny_weights, write_folder, TinySpec,
 };
+use specd_protocol::ServerFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 pub type Ws =
@@ -185,7 +186,10 @@ impl Serve {
             .await
             .unwrap();
         let hello = next_json(&mut ws).await;
-        assert_eq!(hello["type"], "hello", "{hello}");
+        assert!(
+            matches!(server_frame(&hello), ServerFrame::Hello(_)),
+            "{hello}"
+        );
         (ws, hello)
     }
 
@@ -260,15 +264,19 @@ pub async fn send(ws: &mut Ws, frame: Value) {
     ws.send(Message::text(frame.to_string())).await.unwrap();
 }
 
+/// A frame read as the shared protocol's type (failing, with the frame, when it is not one).
+pub fn server_frame(f: &Value) -> ServerFrame {
+    serde_json::from_value(f.clone()).unwrap_or_else(|e| panic!("not a server frame ({e}): {f}"))
+}
+
 /// Waits for the first chunk of request `id` (an error frame for it fails the test).
 pub async fn first_chunk(ws: &mut Ws, id: &str) {
     loop {
         let f = next_json(ws).await;
-        if f["id"] == id {
-            assert_ne!(f["type"], "error", "{f}");
-            if f["type"] == "chunk" {
-                return;
-            }
+        match server_frame(&f) {
+            ServerFrame::Chunk(c) if c.id == id => return,
+            ServerFrame::Error(e) if e.id.as_deref() == Some(id) => panic!("{f}"),
+            _ => {}
         }
     }
 }
@@ -278,15 +286,14 @@ pub async fn collect(ws: &mut Ws, id: &str) -> (String, usize, Value) {
     let (mut text, mut tokens) = (String::new(), 0);
     loop {
         let f = next_json(ws).await;
-        if f["id"] != id {
-            continue;
-        }
-        match f["type"].as_str().unwrap() {
-            "chunk" => {
-                text.push_str(f["text"].as_str().unwrap());
-                tokens += f["tokens"].as_array().unwrap().len();
+        match server_frame(&f) {
+            ServerFrame::Chunk(c) if c.id == id => {
+                text.push_str(&c.text);
+                tokens += c.tokens.len();
             }
-            _ => return (text, tokens, f),
+            ServerFrame::Done(d) if d.id == id => return (text, tokens, f),
+            ServerFrame::Error(e) if e.id.as_deref() == Some(id) => return (text, tokens, f),
+            _ => {}
         }
     }
 }

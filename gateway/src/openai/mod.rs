@@ -25,7 +25,7 @@ use crate::auth;
 use crate::backend::{Backend, EndpointDefaults, GenerationParams, Prompt};
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::{InflightGuard, Phase};
-use crate::protocol::{done_body, from_value, usage_body};
+use crate::protocol::{done_body, from_value, usage_of};
 use crate::server::AppState;
 
 fn check_model(backend: &Backend, model: &Option<String>) -> Result<(), ApiError> {
@@ -93,15 +93,15 @@ impl Call {
         json!({
             "id": self.id, "object": self.object(false), "created": self.created,
             "model": self.backend.model_name(), "choices": [choice],
-            "usage": usage_body(done),
-            "speculation": extra["speculation"], "timings": extra["timings"],
+            "usage": usage_of(done),
+            "speculation": extra.speculation, "timings": extra.timings,
         })
     }
 
     fn usage_chunk(&self, done: &Done) -> Value {
         json!({
             "id": self.id, "object": self.object(true), "created": self.created,
-            "model": self.backend.model_name(), "choices": [], "usage": usage_body(done),
+            "model": self.backend.model_name(), "choices": [], "usage": usage_of(done),
         })
     }
 }

@@ -14,6 +14,7 @@ use specd_engine::model::tiny::{
 use specd_engine::model::Device;
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
+use specd_protocol::ServerFrame;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -156,7 +157,10 @@ pub async fn connect(
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let hello = next_json(&mut ws).await;
-    assert_eq!(hello["type"], "hello", "{hello}");
+    assert!(
+        matches!(server_frame(&hello), ServerFrame::Hello(_)),
+        "{hello}"
+    );
     Ok(ws)
 }
 
@@ -165,7 +169,10 @@ pub async fn connect_hello(server: &Server) -> (Ws, Value) {
     let url = format!("ws://{}/v1/stream", server.local_addr());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let hello = next_json(&mut ws).await;
-    assert_eq!(hello["type"], "hello", "{hello}");
+    assert!(
+        matches!(server_frame(&hello), ServerFrame::Hello(_)),
+        "{hello}"
+    );
     (ws, hello)
 }
 
@@ -183,6 +190,11 @@ pub async fn next_json(ws: &mut Ws) -> Value {
             other => panic!("unexpected message {other:?}"),
         }
     }
+}
+
+/// A frame read as the shared protocol's type (failing, with the frame, when it is not one).
+pub fn server_frame(f: &Value) -> ServerFrame {
+    serde_json::from_value(f.clone()).unwrap_or_else(|e| panic!("not a server frame ({e}): {f}"))
 }
 
 /// Sends a JSON frame.
@@ -213,29 +225,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Adds a frame of this request; returns whether it ended the request.
+    /// Adds a frame of this request; returns whether it ended the request. The frame is read
+    /// as the shared protocol's [`ServerFrame`], so a frame the types do not describe fails.
     pub fn add(&mut self, f: &Value) -> bool {
-        match f["type"].as_str().unwrap() {
-            "chunk" => {
-                self.text.push_str(f["text"].as_str().unwrap());
-                self.tokens.extend(
-                    f["tokens"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|t| t.as_u64().unwrap()),
-                );
+        match server_frame(f) {
+            ServerFrame::Chunk(c) => {
+                self.text.push_str(&c.text);
+                self.tokens.extend(c.tokens.iter().map(|&t| u64::from(t)));
                 self.chunks += 1;
-                self.drafted += f["drafted"].as_u64().unwrap();
-                self.accepted += f["accepted"].as_u64().unwrap();
-                self.draft_chars += f["draft_chars"].as_u64().unwrap();
+                self.drafted += c.drafted as u64;
+                self.accepted += c.accepted as u64;
+                self.draft_chars += c.draft_chars as u64;
                 false
             }
-            "done" | "error" => {
+            ServerFrame::Done(_) | ServerFrame::Error(_) => {
                 self.end = f.clone();
                 true
             }
-            t => panic!("unexpected frame type {t}: {f}"),
+            ServerFrame::Hello(_) => panic!("a second hello frame: {f}"),
         }
     }
 
