@@ -1,6 +1,7 @@
 //! `specd bench`: prefill and decode speed of one model, measured the way llama.cpp's
 //! llama-bench does (a prompt of N tokens in one batch; then single-token decode steps).
 
+use specd_loadtest::median;
 use std::time::Instant;
 
 use clap::Args;
@@ -36,11 +37,6 @@ pub struct BenchArgs {
     /// fastest for the rest.
     #[arg(long)]
     pub sweep: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -92,10 +88,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{{\"model\":\"{}\",\"load_s\":{load_s:.2},\"pp{}\":{:.2},\"pp_range\":\"{}\",\"tg{}\":{:.2},\"tg_range\":\"{}\",\"peak_rss_mib\":{}}}",
         loaded.path.display(),
         args.prompt_tokens,
-        median(pp.clone()),
+        median(&pp),
         spread(&pp),
         args.gen_tokens,
-        median(tg.clone()),
+        median(&tg),
         spread(&tg),
         rss.map_or("null".to_string(), |r| format!("{r:.0}")),
     );
@@ -131,7 +127,7 @@ fn verify_rows(
             }
             cache.truncate(len);
         }
-        results.push((m, median(times)));
+        results.push((m, median(&times)));
     }
     let one = results
         .iter()

@@ -2,17 +2,13 @@
 //! greedy verdicts decided on the device), against the memory roofline measured in the same
 //! process, with CUDA graphs on and off.
 
+use specd_loadtest::median;
 use std::time::Instant;
 
 use specd_engine::kv::SequenceCache;
 use specd_engine::model::{Logits, Model, SeqInput};
 
 use crate::bench::BenchArgs;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Milliseconds of one decode step (argmax on the device), median over `steps`.
 fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Result<f64> {
@@ -36,7 +32,7 @@ fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Resu
         next = top[0][0].token;
         cache.truncate(len);
     }
-    Ok(median(times))
+    Ok(median(&times))
 }
 
 /// Milliseconds of a verification of `rows` rows with the greedy verdict on the device.
@@ -65,7 +61,7 @@ fn verify_ms(
         }
         cache.truncate(len);
     }
-    Ok(median(times))
+    Ok(median(&times))
 }
 
 /// Aggregate decode tokens/s of `batch` sequences of `ctx` cached tokens stepping together.
@@ -224,7 +220,7 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
         bandwidth / 1e12,
         stats.weight_bytes,
         prompt.len(),
-        median(pp),
+        median(&pp),
         per_mode.join(","),
         verify.join(","),
         batches.join(","),

@@ -3,6 +3,7 @@
 //! once; the run reports aggregate tokens/s, per-request latency, and the share of step time
 //! spent passing actor messages. Prints one markdown table.
 
+use specd_loadtest::quantile;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,11 +112,6 @@ struct Sample {
     accepted: u64,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
     let modes = parse_modes(&args.modes)?;
     let levels: Vec<usize> = args
@@ -203,8 +199,8 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
                 row.tps,
                 none_tps.map_or("-".into(), |n| format!("{:.2}×", row.tps / n)),
                 row.mean_total,
-                percentile(&row.totals, 0.5),
-                percentile(&row.totals, 0.95),
+                quantile(&row.totals, 0.5),
+                quantile(&row.totals, 0.95),
                 row.mean_ttft,
                 row.per_token_ms,
                 if row.drafted > 0 {

@@ -37,6 +37,9 @@ enum Command {
     BenchSpec(bench_spec::BenchSpecArgs),
     /// Measure the engine under concurrent requests, speculation on and off.
     BenchLoad(bench_load::BenchLoadArgs),
+    /// Drive a running specd over its WebSocket protocol: a closed-loop concurrency sweep
+    /// (what `specd-loadtest` does).
+    Loadtest(specd_loadtest::cli::LoadtestArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,5 +73,6 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchSpec(args) => bench_spec::run(args),
         Command::BenchLoad(args) => bench_load::run(args),
+        Command::Loadtest(args) => specd_loadtest::cli::run(args),
     }
 }

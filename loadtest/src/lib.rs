@@ -1,64 +1,73 @@
-//! specd-loadtest: the load tester bundled with specd. It will drive a running server over its
-//! WebSocket and HTTP endpoints at a chosen concurrency and report throughput, time to first
-//! token, inter-token latency and acceptance rate.
+//! specd-loadtest: drives a running specd over its WebSocket protocol (the shared types of
+//! `specd-protocol`) and reports what a client sees: time to first token, time per output
+//! token, the gaps between chunks, end-to-end latency, throughput, errors by code and the
+//! speculation figures of the `done` frames.
 //!
-//! What exists now is the statistics it reports: latency summaries with percentiles computed
-//! the same way for every run, so that numbers in BENCHMARKS.md are comparable.
+//! What exists: the closed loop (a sweep of fixed concurrencies, bounded in requests and time,
+//! loopback unless told otherwise), prompts from a JSONL file or the built-in code set, a
+//! Markdown table and a JSON report. Still to come (issue 13): OpenAI SSE, the open loop,
+//! SLO goodput, `/metrics` deltas, charts and the soak mode.
 
-/// Summary of a set of latency samples, in the samples' unit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    pub count: usize,
-    pub mean: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub max: f64,
+pub mod cli;
+pub mod client;
+pub mod closed_loop;
+pub mod prompts;
+pub mod report;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use client::{Connection, RequestRecord, RequestTemplate, Target};
+pub use closed_loop::{Level, LevelRun};
+pub use prompts::Prompt;
+pub use report::{table, LevelReport};
+pub use stats::{median, quantile, summarize, Summary};
+
+/// A closed-loop sweep: the same requests at each concurrency in turn.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub target: Target,
+    pub prompts: Vec<Prompt>,
+    pub template: RequestTemplate,
+    pub concurrency: Vec<usize>,
+    /// Requests per level.
+    pub requests: usize,
+    /// Per level: no request starts after this.
+    pub max_duration: Duration,
+    /// Draw a progress bar on the terminal (hidden when stderr is not one).
+    pub progress: bool,
 }
 
-/// The `q`-quantile (0..=1) of sorted samples, by linear interpolation between closest ranks.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    assert!(!sorted.is_empty(), "quantile of no samples");
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// Summarizes samples; `None` when there are none or any is not a finite number.
-pub fn summarize(samples: &[f64]) -> Option<Summary> {
-    if samples.is_empty() || samples.iter().any(|s| !s.is_finite()) {
-        return None;
+/// Runs the sweep; a level's records stay in its [`LevelRun`].
+pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
+    anyhow::ensure!(s.requests >= 1, "--requests must be at least 1");
+    anyhow::ensure!(!s.concurrency.is_empty(), "give at least one concurrency");
+    let prompts = Arc::new(s.prompts.clone());
+    let mut runs = Vec::new();
+    for &concurrency in &s.concurrency {
+        let bar = if s.progress {
+            ProgressBar::new(s.requests as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} requests, {elapsed}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("concurrency {concurrency}"));
+        let level = Level {
+            concurrency,
+            requests: s.requests,
+            max_duration: s.max_duration,
+        };
+        let run =
+            closed_loop::run_level(&s.target, prompts.clone(), &s.template, &level, &bar).await?;
+        bar.finish_and_clear();
+        runs.push(run);
     }
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    Some(Summary {
-        count: v.len(),
-        mean: v.iter().sum::<f64>() / v.len() as f64,
-        p50: quantile(&v, 0.5),
-        p90: quantile(&v, 0.9),
-        p99: quantile(&v, 0.99),
-        max: v[v.len() - 1],
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_interpolate_between_ranks() {
-        let s = summarize(&[4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
-        assert_eq!(s.count, 5);
-        assert_eq!(s.p50, 3.0);
-        assert_eq!(s.mean, 3.0);
-        assert!((s.p90 - 4.6).abs() < 1e-12);
-        assert_eq!(s.max, 5.0);
-        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
-    }
-
-    #[test]
-    fn no_or_bad_samples_give_no_summary() {
-        assert!(summarize(&[]).is_none());
-        assert!(summarize(&[1.0, f64::NAN]).is_none());
-    }
+    Ok(runs)
 }

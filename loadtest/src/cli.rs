@@ -1,0 +1,93 @@
+//! The command line, shared by `specd-loadtest` and `specd loadtest`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use specd_protocol::Method;
+
+use crate::{prompts, sweep, table, LevelReport, RequestTemplate, Sweep, Target};
+
+/// The load tester's options (`specd-loadtest` and `specd loadtest`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadtestArgs {
+    /// The server (`http://HOST:PORT`; loopback only unless --allow-remote).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Allow a server that is not on this machine.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// The server's API key (or SPECD_API_KEY).
+    #[arg(long, env = "SPECD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Comma-separated concurrencies, run in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub concurrency: Vec<usize>,
+    /// Requests per concurrency.
+    #[arg(long, default_value_t = 32)]
+    pub requests: usize,
+    /// Seconds per concurrency after which no request starts.
+    #[arg(long, default_value_t = 300)]
+    pub max_seconds: u64,
+    /// A JSONL file of prompts (`{"prompt": ...}` or `{"messages": [...]}` per line); default:
+    /// the built-in twenty code prompts.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Sampling temperature (the server's default when not given).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// The speculation method (the server's default when not given).
+    #[arg(long, value_enum)]
+    pub speculation: Option<Method>,
+    /// Most tokens drafted per step.
+    #[arg(long)]
+    pub max_draft: Option<usize>,
+    /// Generate max_tokens for every request, past end-of-text (comparable runs).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Also write the report (every level, with its requests' records) as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs the sweep `a` describes, prints its table and writes its JSON report.
+pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
+    let prompts = match &a.prompts {
+        Some(p) => prompts::from_jsonl(p)?,
+        None => prompts::built_in(),
+    };
+    let s = Sweep {
+        target: Target::new(&a.url, a.api_key.clone(), a.allow_remote)?,
+        prompts,
+        template: RequestTemplate {
+            max_tokens: a.max_tokens,
+            temperature: a.temperature,
+            method: a.speculation,
+            max_draft: a.max_draft,
+            ignore_eos: a.ignore_eos,
+        },
+        concurrency: a.concurrency.clone(),
+        requests: a.requests,
+        max_duration: Duration::from_secs(a.max_seconds),
+        progress: true,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let runs = rt.block_on(sweep(&s))?;
+    let reports: Vec<LevelReport> = runs.iter().map(LevelReport::new).collect();
+    print!("{}", table(&reports));
+    if let Some(path) = &a.json {
+        let levels: Vec<_> = reports
+            .iter()
+            .zip(&runs)
+            .map(|(r, run)| serde_json::json!({"summary": r, "requests": run.records}))
+            .collect();
+        let doc = serde_json::json!({"url": s.target.ws_url, "max_tokens": a.max_tokens, "levels": levels});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! One WebSocket connection to specd and the requests run over it, timed.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use specd_protocol::{
+    ClientFrame, ErrorCode, FinishReason, GenerateFrame, Hello, Method, ServerFrame,
+    SpeculationParams, SpeculationReport,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::prompts::Prompt;
+
+/// Longest wait for the server's next frame before a request counts as failed.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where the load goes: the server's WebSocket endpoint and its API key.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `ws://host:port/v1/stream`.
+    pub ws_url: String,
+    pub api_key: Option<String>,
+}
+
+impl Target {
+    /// The target at `url` (`http://host:port`, `ws://host:port` or either with the path
+    /// `/v1/stream`). Only loopback hosts unless `allow_remote`: a load test is not to be
+    /// pointed at someone else's server by a typo.
+    pub fn new(url: &str, api_key: Option<String>, allow_remote: bool) -> anyhow::Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("--url {url:?} is not a URL"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http" | "ws") => "ws",
+            Some("https" | "wss") => "wss",
+            _ => bail!("--url {url:?}: give http://HOST:PORT (or ws://, https://, wss://)"),
+        };
+        let Some(authority) = uri.authority() else {
+            bail!("--url {url:?} has no host");
+        };
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !allow_remote {
+            bail!("--url {url:?} is not a loopback address; pass --allow-remote to load a remote server");
+        }
+        let path = match uri.path() {
+            "" | "/" => "/v1/stream",
+            p => p,
+        };
+        Ok(Self {
+            ws_url: format!("{scheme}://{authority}{path}"),
+            api_key,
+        })
+    }
+}
+
+/// What each request asks for, besides its prompt.
+#[derive(Debug, Clone, Default)]
+pub struct RequestTemplate {
+    pub max_tokens: usize,
+    pub temperature: Option<f64>,
+    /// The server's default when `None`.
+    pub method: Option<Method>,
+    pub max_draft: Option<usize>,
+    /// Every request generates `max_tokens` (comparable runs).
+    pub ignore_eos: bool,
+}
+
+impl RequestTemplate {
+    fn frame(&self, id: &str, prompt: &Prompt) -> ClientFrame {
+        let (text, messages) = match prompt {
+            Prompt::Text(t) => (Some(t.clone()), None),
+            Prompt::Messages(m) => (None, Some(m.clone())),
+        };
+        let speculation =
+            (self.method.is_some() || self.max_draft.is_some()).then(|| SpeculationParams {
+                method: self.method,
+                max_draft: self.max_draft.map(|k| k as i64),
+                adaptive: None,
+            });
+        ClientFrame::Generate(Box::new(GenerateFrame {
+            id: id.to_string(),
+            prompt: text,
+            messages,
+            max_tokens: Some(self.max_tokens as i64),
+            temperature: self.temperature,
+            speculation,
+            ignore_eos: self.ignore_eos.then_some(true),
+            ..Default::default()
+        }))
+    }
+}
+
+/// One request's measurements. Times are seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// When it was sent, from the start of its level.
+    pub start_s: f64,
+    /// Sending to the first chunk with tokens.
+    pub ttft_s: Option<f64>,
+    /// Sending to the final frame.
+    pub e2e_s: f64,
+    pub output_tokens: usize,
+    /// Gaps between successive chunks (one chunk carries every token one engine step produced
+    /// for the request: with speculation, several).
+    pub itl_s: Vec<f64>,
+    pub finish_reason: Option<FinishReason>,
+    /// The error frame's code, for a failed request.
+    pub error: Option<ErrorCode>,
+    pub error_message: Option<String>,
+    /// The `done` frame's speculation figures.
+    pub speculation: Option<SpeculationReport>,
+}
+
+impl RequestRecord {
+    /// Time per output token after the first.
+    pub fn tpot_s(&self) -> Option<f64> {
+        let ttft = self.ttft_s?;
+        (self.output_tokens > 1).then(|| (self.e2e_s - ttft) / (self.output_tokens - 1) as f64)
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An open connection whose `hello` frame has been read.
+pub struct Connection {
+    ws: Socket,
+    pub hello: Hello,
+}
+
+impl Connection {
+    /// Connects and reads the `hello` frame; a server that is down or is not specd is a clear
+    /// error.
+    pub async fn open(target: &Target) -> anyhow::Result<Self> {
+        let mut req = target
+            .ws_url
+            .as_str()
+            .into_client_request()
+            .with_context(|| format!("{} is not a WebSocket URL", target.ws_url))?;
+        if let Some(k) = &target.api_key {
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {k}"))?,
+            );
+        }
+        let (mut ws, _) =
+            tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(req))
+                .await
+                .map_err(|_| anyhow::anyhow!("connecting to {} timed out", target.ws_url))?
+                .with_context(|| {
+                    format!("cannot open {} (is specd serving there?)", target.ws_url)
+                })?;
+        match next_frame(&mut ws).await? {
+            ServerFrame::Hello(hello) => Ok(Self { ws, hello }),
+            other => bail!(
+                "{}: expected a hello frame first, got {other:?}",
+                target.ws_url
+            ),
+        }
+    }
+
+    /// Sends one request and reads it to its end. A refused or failed request is a record with
+    /// its error code; a broken connection is an error.
+    pub async fn run(
+        &mut self,
+        id: &str,
+        prompt: &Prompt,
+        template: &RequestTemplate,
+        level_start: Instant,
+    ) -> anyhow::Result<RequestRecord> {
+        let frame = serde_json::to_string(&template.frame(id, prompt))?;
+        let sent = Instant::now();
+        self.ws
+            .send(Message::text(frame))
+            .await
+            .context("sending a request")?;
+        let mut rec = RequestRecord {
+            start_s: (sent - level_start).as_secs_f64(),
+            ttft_s: None,
+            e2e_s: 0.0,
+            output_tokens: 0,
+            itl_s: Vec::new(),
+            finish_reason: None,
+            error: None,
+            error_message: None,
+            speculation: None,
+        };
+        let mut last_chunk: Option<Instant> = None;
+        loop {
+            let frame = next_frame(&mut self.ws).await?;
+            let now = Instant::now();
+            match frame {
+                ServerFrame::Chunk(c) if c.id == id => {
+                    if c.tokens.is_empty() {
+                        continue;
+                    }
+                    rec.ttft_s.get_or_insert((now - sent).as_secs_f64());
+                    if let Some(t) = last_chunk {
+                        rec.itl_s.push((now - t).as_secs_f64());
+                    }
+                    last_chunk = Some(now);
+                    rec.output_tokens += c.tokens.len();
+                }
+                ServerFrame::Done(d) if d.id == id => {
+                    rec.finish_reason = Some(d.body.finish_reason);
+                    rec.speculation = Some(d.body.speculation);
+                    rec.e2e_s = (now - sent).as_secs_f64();
+                    return Ok(rec);
+                }
+                ServerFrame::Error(e) if e.id.as_deref() == Some(id) || e.id.is_none() => {
+                    rec.error = Some(e.code);
+                    rec.error_message = Some(e.message);
+                    rec.e2e_s = (now - sent).as_secs_f64();
+                    return Ok(rec);
+                }
+                other => bail!("a frame of no request in flight on this connection: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The next server frame (pings are answered by the library while reading).
+async fn next_frame(ws: &mut Socket) -> anyhow::Result<ServerFrame> {
+    loop {
+        let msg = tokio::time::timeout(FRAME_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no frame from the server for {} s", FRAME_TIMEOUT.as_secs())
+            })?
+            .context("the server closed the connection")?
+            .context("the connection failed")?;
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str(&t).with_context(|| format!("not a specd frame: {t}"));
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(c) => bail!("the server closed the connection: {c:?}"),
+            other => bail!("unexpected message {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_become_the_stream_endpoint_and_remote_hosts_need_consent() {
+        let t = Target::new("http://127.0.0.1:8000", None, false).unwrap();
+        assert_eq!(t.ws_url, "ws://127.0.0.1:8000/v1/stream");
+        let t = Target::new("ws://localhost:9/v1/stream", None, false).unwrap();
+        assert_eq!(t.ws_url, "ws://localhost:9/v1/stream");
+        let t = Target::new("http://[::1]:8000/", None, false).unwrap();
+        assert_eq!(t.ws_url, "ws://[::1]:8000/v1/stream");
+        let e = Target::new("http://example.com:8000", None, false).unwrap_err();
+        assert!(e.to_string().contains("--allow-remote"), "{e}");
+        assert!(Target::new("https://example.com", None, true)
+            .unwrap()
+            .ws_url
+            .starts_with("wss://example.com"));
+        assert!(Target::new("ftp://127.0.0.1", None, false).is_err());
+        assert!(Target::new("not a url", None, false).is_err());
+    }
+
+    #[test]
+    fn the_template_makes_a_generate_frame() {
+        let t = RequestTemplate {
+            max_tokens: 16,
+            method: Some(Method::Ngram),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(t.frame("r1", &Prompt::Text("x".into()))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "generate", "id": "r1", "prompt": "x", "max_tokens": 16,
+                "speculation": {"method": "ngram"}, "ignore_eos": true})
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Closed loop: a fixed number of clients, each sending its next request as soon as the last
+//! one ended, for a bounded number of requests and time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+
+use crate::client::{Connection, RequestRecord, RequestTemplate, Target};
+use crate::prompts::Prompt;
+
+/// One concurrency level of a sweep.
+#[derive(Debug, Clone)]
+pub struct Level {
+    /// Clients, each on its own connection with one request in flight.
+    pub concurrency: usize,
+    /// Requests in all (the level ends when they have all ended).
+    pub requests: usize,
+    /// No request starts after this much time (those in flight finish).
+    pub max_duration: Duration,
+}
+
+/// What a level measured.
+#[derive(Debug, Clone)]
+pub struct LevelRun {
+    pub concurrency: usize,
+    pub records: Vec<RequestRecord>,
+    /// From the first request's start to the last one's end.
+    pub wall_s: f64,
+}
+
+/// Runs one level against `target`. Prompts are taken in turn (request i gets prompt
+/// i mod their number), so that every level sends the same ones.
+pub async fn run_level(
+    target: &Target,
+    prompts: Arc<Vec<Prompt>>,
+    template: &RequestTemplate,
+    level: &Level,
+    progress: &ProgressBar,
+) -> anyhow::Result<LevelRun> {
+    anyhow::ensure!(level.concurrency >= 1, "concurrency must be at least 1");
+    anyhow::ensure!(!prompts.is_empty(), "no prompts");
+    // Connections first, so that connecting is not timed and a server that is down fails
+    // before anything is sent.
+    let mut connections = Vec::with_capacity(level.concurrency);
+    for _ in 0..level.concurrency {
+        connections.push(Connection::open(target).await?);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let records = Arc::new(Mutex::new(Vec::with_capacity(level.requests)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut conn in connections {
+        let (next, records, prompts) = (next.clone(), records.clone(), prompts.clone());
+        let (template, level, progress) = (template.clone(), level.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= level.requests || start.elapsed() >= level.max_duration {
+                    return anyhow::Ok(());
+                }
+                let prompt = &prompts[i % prompts.len()];
+                let rec = conn
+                    .run(&format!("r{i}"), prompt, &template, start)
+                    .await
+                    .with_context(|| format!("request r{i}"))?;
+                records.lock().unwrap().push(rec);
+                progress.inc(1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("a client task panicked")??;
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    let mut records = std::mem::take(&mut *records.lock().unwrap());
+    records.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    Ok(LevelRun {
+        concurrency: level.concurrency,
+        records,
+        wall_s,
+    })
+}
