@@ -6,10 +6,10 @@ mod server;
 use std::time::Duration;
 
 use server::*;
-use specd_loadtest::{sweep, LevelReport, Prompt, RequestTemplate, Sweep, Target};
+use specd_loadtest::{sweep, LevelReport, Load, Prompt, RequestTemplate, Slo, Sweep, Target};
 use specd_protocol::{FinishReason, Method};
 
-fn sweep_of(serve: &Serve, concurrency: Vec<usize>, requests: usize, tokens: usize) -> Sweep {
+fn sweep_of(serve: &Serve, loads: Vec<Load>, requests: usize, tokens: usize) -> Sweep {
     Sweep {
         target: Target::new(&format!("http://{}", serve.addr), None, false).unwrap(),
         prompts: vec![
@@ -22,7 +22,8 @@ fn sweep_of(serve: &Serve, concurrency: Vec<usize>, requests: usize, tokens: usi
             ignore_eos: true,
             ..Default::default()
         },
-        concurrency,
+        loads,
+        seed: 3,
         requests,
         max_duration: Duration::from_secs(300),
         progress: false,
@@ -33,10 +34,17 @@ fn sweep_of(serve: &Serve, concurrency: Vec<usize>, requests: usize, tokens: usi
 async fn a_sweep_measures_every_request_and_its_speculation() {
     let models = Models::get();
     let serve = Serve::start(&models, &[], &[]);
-    let runs = sweep(&sweep_of(&serve, vec![1, 3], 6, 16)).await.unwrap();
+    let runs = sweep(&sweep_of(
+        &serve,
+        vec![Load::Clients(1), Load::Clients(3)],
+        6,
+        16,
+    ))
+    .await
+    .unwrap();
     assert_eq!(runs.len(), 2);
     for run in &runs {
-        assert_eq!(run.records.len(), 6, "concurrency {}", run.concurrency);
+        assert_eq!(run.records.len(), 6, "{}", run.load);
         for r in &run.records {
             assert!(r.error.is_none(), "{r:?}");
             assert_eq!(r.output_tokens, 16, "{r:?}");
@@ -54,11 +62,11 @@ async fn a_sweep_measures_every_request_and_its_speculation() {
             assert!(s.accepted <= s.drafted, "{s:?}");
             // Alone, a request drafts; at 3 sequences the default load policy may turn
             // drafting off.
-            if run.concurrency == 1 {
+            if run.load == Load::Clients(1) {
                 assert!(s.drafted > 0, "{s:?}");
             }
         }
-        let report = LevelReport::new(run);
+        let report = LevelReport::new(run, &Slo::default());
         assert_eq!((report.requests, report.succeeded), (6, 6));
         assert_eq!(report.output_tokens, 96);
         assert!(report.output_tokens_per_s > 0.0);
@@ -99,7 +107,8 @@ async fn a_server_that_is_down_is_a_clear_error() {
             max_tokens: 1,
             ..Default::default()
         },
-        concurrency: vec![1],
+        loads: vec![Load::Clients(1)],
+        seed: 0,
         requests: 1,
         max_duration: Duration::from_secs(10),
         progress: false,
@@ -121,6 +130,10 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
             &format!("http://{}", serve.addr),
             "--concurrency",
             "2",
+            "--rate",
+            "50",
+            "--slo-ttft-ms",
+            "60000",
             "--requests",
             "4",
             "--max-tokens",
@@ -139,11 +152,8 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("| concurrency | requests | errors |"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("| 2 | 4 | 0 |"), "{stdout}");
+    assert!(stdout.contains("| load | requests | errors |"), "{stdout}");
+    assert!(stdout.contains("| 2 clients | 4 | 0 |"), "{stdout}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let level = &doc["levels"][0];
@@ -153,6 +163,10 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
         level["summary"]["speculation"]["methods"]["ngram"], 4,
         "{level}"
     );
+    assert_eq!(doc["levels"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["levels"][1]["summary"]["load"]["rate"]["per_s"], 50.0);
+    assert_eq!(doc["levels"][1]["summary"]["slo_attainment"], 1.0);
+    assert!(stdout.contains("| 50 req/s | 4 | 0 |"), "{stdout}");
     let refused = std::process::Command::new(specd_bin())
         .args([
             "loadtest",
@@ -166,4 +180,42 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--allow-remote"), "{stderr}");
+}
+
+#[actix_rt::test]
+async fn an_open_loop_sends_at_its_rate_whatever_the_answers_take() {
+    let models = Models::get();
+    let serve = Serve::start(&models, &[], &[]);
+    let load = Load::Rate {
+        per_s: 40.0,
+        burstiness: 1.0,
+    };
+    let runs = sweep(&sweep_of(&serve, vec![load], 20, 24)).await.unwrap();
+    let run = &runs[0];
+    assert_eq!(run.records.len(), 20);
+    assert!(run
+        .records
+        .iter()
+        .all(|r| r.error.is_none() && r.output_tokens == 24));
+    // Request i is sent at its scheduled arrival (the seeded gaps), not when an answer comes:
+    // never early, and late only by its connection's opening.
+    let gaps = specd_loadtest::open_loop::arrival_gaps(40.0, 1.0, 20, 3).unwrap();
+    let mut due = 0.0;
+    for (i, r) in run.records.iter().enumerate() {
+        if i > 0 {
+            due += gaps[i];
+        }
+        assert!(
+            r.start_s >= due - 1e-3 && r.start_s < due + 0.5,
+            "request {i} sent at {} s, due at {due} s",
+            r.start_s
+        );
+    }
+    let slo = Slo {
+        ttft_ms: Some(60_000.0),
+        ..Default::default()
+    };
+    let report = LevelReport::new(run, &slo);
+    assert_eq!(report.load, load);
+    assert_eq!(report.goodput_requests_per_s, report.requests_per_s);
 }

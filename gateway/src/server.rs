@@ -236,6 +236,10 @@ impl Server {
                             .configure(configure(app_state.clone()))
                     })
                     .workers(workers)
+                    // Every chunk frame leaves at once: with Nagle's algorithm a small write
+                    // waits for the ACK of the one before, which the client may delay by
+                    // 40 ms (the load tester saw streams arrive in 40 ms bursts).
+                    .tcp_nodelay(true)
                     // A client that closes its side is gone: drop its handler and request.
                     .h1_allow_half_closed(false)
                     .disable_signals()

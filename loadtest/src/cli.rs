@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use specd_protocol::Method;
 
-use crate::{prompts, sweep, table, LevelReport, RequestTemplate, Sweep, Target};
+use crate::{prompts, sweep, table, LevelReport, Load, RequestTemplate, Slo, Sweep, Target};
 
 /// The load tester's options (`specd-loadtest` and `specd loadtest`).
 #[derive(clap::Args, Debug, Clone)]
@@ -20,13 +20,25 @@ pub struct LoadtestArgs {
     /// The server's API key (or SPECD_API_KEY).
     #[arg(long, env = "SPECD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Comma-separated concurrencies, run in turn.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    /// Closed loop: comma-separated concurrencies (clients with one request in flight each),
+    /// run in turn [default: 1,2,4,8 when no --rate is given].
+    #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
-    /// Requests per concurrency.
+    /// Open loop: comma-separated arrival rates in requests per second, run after the
+    /// concurrencies.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Shape of the open loop's gamma-distributed gaps: 1 is a Poisson process, below 1
+    /// burstier, above 1 more regular.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Seed of the open loop's arrival times.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Requests per level (concurrency or rate).
     #[arg(long, default_value_t = 32)]
     pub requests: usize,
-    /// Seconds per concurrency after which no request starts.
+    /// Seconds per level after which no request starts.
     #[arg(long, default_value_t = 300)]
     pub max_seconds: u64,
     /// A JSONL file of prompts (`{"prompt": ...}` or `{"messages": [...]}` per line); default:
@@ -47,6 +59,15 @@ pub struct LoadtestArgs {
     /// Generate max_tokens for every request, past end-of-text (comparable runs).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Goodput counts requests whose time to first token is at most this many ms.
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    /// ... and whose time per output token is at most this many ms.
+    #[arg(long)]
+    pub slo_tpot_ms: Option<f64>,
+    /// ... and whose end-to-end latency is at most this many ms.
+    #[arg(long)]
+    pub slo_e2e_ms: Option<f64>,
     /// Also write the report (every level, with its requests' records) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -68,7 +89,8 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
             max_draft: a.max_draft,
             ignore_eos: a.ignore_eos,
         },
-        concurrency: a.concurrency.clone(),
+        loads: loads(&a),
+        seed: a.seed,
         requests: a.requests,
         max_duration: Duration::from_secs(a.max_seconds),
         progress: true,
@@ -77,7 +99,12 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let runs = rt.block_on(sweep(&s))?;
-    let reports: Vec<LevelReport> = runs.iter().map(LevelReport::new).collect();
+    let slo = Slo {
+        ttft_ms: a.slo_ttft_ms,
+        tpot_ms: a.slo_tpot_ms,
+        e2e_ms: a.slo_e2e_ms,
+    };
+    let reports: Vec<LevelReport> = runs.iter().map(|r| LevelReport::new(r, &slo)).collect();
     print!("{}", table(&reports));
     if let Some(path) = &a.json {
         let levels: Vec<_> = reports
@@ -85,9 +112,22 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
             .zip(&runs)
             .map(|(r, run)| serde_json::json!({"summary": r, "requests": run.records}))
             .collect();
-        let doc = serde_json::json!({"url": s.target.ws_url, "max_tokens": a.max_tokens, "levels": levels});
+        let doc = serde_json::json!({"url": s.target.ws_url, "max_tokens": a.max_tokens, "slo": slo, "levels": levels});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The levels: the concurrencies, then the rates (1, 2, 4, 8 clients when neither is given).
+fn loads(a: &LoadtestArgs) -> Vec<Load> {
+    let mut loads: Vec<Load> = a.concurrency.iter().map(|&n| Load::Clients(n)).collect();
+    loads.extend(a.rate.iter().map(|&per_s| Load::Rate {
+        per_s,
+        burstiness: a.burstiness,
+    }));
+    if loads.is_empty() {
+        loads = [1, 2, 4, 8].map(Load::Clients).to_vec();
+    }
+    loads
 }

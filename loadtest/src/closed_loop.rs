@@ -22,10 +22,30 @@ pub struct Level {
     pub max_duration: Duration,
 }
 
+/// How a level loads the server.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Load {
+    /// Closed loop: this many clients, one request in flight each.
+    Clients(usize),
+    /// Open loop: arrivals at `per_s` requests per second (gaps of shape `burstiness`).
+    Rate { per_s: f64, burstiness: f64 },
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Load::Clients(n) => write!(f, "{n} clients"),
+            Load::Rate { per_s, burstiness } if *burstiness == 1.0 => write!(f, "{per_s} req/s"),
+            Load::Rate { per_s, burstiness } => write!(f, "{per_s} req/s, burstiness {burstiness}"),
+        }
+    }
+}
+
 /// What a level measured.
 #[derive(Debug, Clone)]
 pub struct LevelRun {
-    pub concurrency: usize,
+    pub load: Load,
     pub records: Vec<RequestRecord>,
     /// From the first request's start to the last one's end.
     pub wall_s: f64,
@@ -78,7 +98,7 @@ pub async fn run_level(
     let mut records = std::mem::take(&mut *records.lock().unwrap());
     records.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     Ok(LevelRun {
-        concurrency: level.concurrency,
+        load: Load::Clients(level.concurrency),
         records,
         wall_s,
     })

@@ -3,14 +3,16 @@
 //! token, the gaps between chunks, end-to-end latency, throughput, errors by code and the
 //! speculation figures of the `done` frames.
 //!
-//! What exists: the closed loop (a sweep of fixed concurrencies, bounded in requests and time,
-//! loopback unless told otherwise), prompts from a JSONL file or the built-in code set, a
-//! Markdown table and a JSON report. Still to come (issue 13): OpenAI SSE, the open loop,
-//! SLO goodput, `/metrics` deltas, charts and the soak mode.
+//! What exists: the closed loop (a sweep of fixed concurrencies) and the open loop (Poisson or
+//! gamma arrivals at a rate), each bounded in requests and time and loopback unless told
+//! otherwise; prompts from a JSONL file or the built-in code set; goodput under optional SLOs;
+//! a Markdown table and a JSON report. Still to come (issue 13): OpenAI SSE, `/metrics`
+//! deltas, charts and the soak mode.
 
 pub mod cli;
 pub mod client;
 pub mod closed_loop;
+pub mod open_loop;
 pub mod prompts;
 pub mod report;
 pub mod stats;
@@ -21,18 +23,20 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub use client::{Connection, RequestRecord, RequestTemplate, Target};
-pub use closed_loop::{Level, LevelRun};
+pub use closed_loop::{Level, LevelRun, Load};
 pub use prompts::Prompt;
-pub use report::{table, LevelReport};
+pub use report::{table, LevelReport, Slo};
 pub use stats::{median, quantile, summarize, Summary};
 
-/// A closed-loop sweep: the same requests at each concurrency in turn.
+/// A sweep: the same requests at each load in turn.
 #[derive(Debug, Clone)]
 pub struct Sweep {
     pub target: Target,
     pub prompts: Vec<Prompt>,
     pub template: RequestTemplate,
-    pub concurrency: Vec<usize>,
+    pub loads: Vec<Load>,
+    /// Seeds the open loop's arrival times.
+    pub seed: u64,
     /// Requests per level.
     pub requests: usize,
     /// Per level: no request starts after this.
@@ -44,28 +48,49 @@ pub struct Sweep {
 /// Runs the sweep; a level's records stay in its [`LevelRun`].
 pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
     anyhow::ensure!(s.requests >= 1, "--requests must be at least 1");
-    anyhow::ensure!(!s.concurrency.is_empty(), "give at least one concurrency");
+    anyhow::ensure!(
+        !s.loads.is_empty(),
+        "give at least one load (--concurrency or --rate)"
+    );
     let prompts = Arc::new(s.prompts.clone());
     let mut runs = Vec::new();
-    for &concurrency in &s.concurrency {
+    for &load in &s.loads {
         let bar = if s.progress {
             ProgressBar::new(s.requests as u64)
         } else {
             ProgressBar::hidden()
         };
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} requests, {elapsed}")
+            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} requests, {elapsed}")
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("concurrency {concurrency}"));
-        let level = Level {
-            concurrency,
-            requests: s.requests,
-            max_duration: s.max_duration,
+        bar.set_prefix(load.to_string());
+        let run = match load {
+            Load::Clients(concurrency) => {
+                let level = Level {
+                    concurrency,
+                    requests: s.requests,
+                    max_duration: s.max_duration,
+                };
+                closed_loop::run_level(&s.target, prompts.clone(), &s.template, &level, &bar)
+                    .await?
+            }
+            Load::Rate { per_s, burstiness } => {
+                open_loop::run_open(
+                    &s.target,
+                    prompts.clone(),
+                    &s.template,
+                    per_s,
+                    burstiness,
+                    s.requests,
+                    s.max_duration,
+                    s.seed,
+                    &bar,
+                )
+                .await?
+            }
         };
-        let run =
-            closed_loop::run_level(&s.target, prompts.clone(), &s.template, &level, &bar).await?;
         bar.finish_and_clear();
         runs.push(run);
     }

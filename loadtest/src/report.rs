@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::closed_loop::LevelRun;
+use crate::client::RequestRecord;
+use crate::closed_loop::{LevelRun, Load};
 use crate::stats::{summarize, Summary};
 
 /// One level of a sweep, summarized. Latencies are milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct LevelReport {
-    pub concurrency: usize,
+    pub load: Load,
     pub requests: usize,
     pub succeeded: usize,
     /// Failed requests by error code.
@@ -20,6 +21,11 @@ pub struct LevelReport {
     /// Output tokens per second of the level's wall time, all clients together.
     pub output_tokens_per_s: f64,
     pub requests_per_s: f64,
+    /// Requests per second that succeeded within every SLO given (all that succeeded when
+    /// none is).
+    pub goodput_requests_per_s: f64,
+    /// Share of the requests that met every SLO.
+    pub slo_attainment: f64,
     pub ttft_ms: Option<Summary>,
     /// Time per output token after the first, per request.
     pub tpot_ms: Option<Summary>,
@@ -27,6 +33,30 @@ pub struct LevelReport {
     pub itl_ms: Option<Summary>,
     pub e2e_ms: Option<Summary>,
     pub speculation: SpeculationTotals,
+}
+
+/// Service-level objectives a request must meet to count towards goodput (DistServe's and
+/// vLLM's definition); `None` sets no bound.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Slo {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub e2e_ms: Option<f64>,
+}
+
+impl Slo {
+    /// Whether `r` succeeded within every bound.
+    pub fn met(&self, r: &RequestRecord) -> bool {
+        let within = |bound: Option<f64>, value: Option<f64>| match (bound, value) {
+            (None, _) => true,
+            (Some(b), Some(v)) => v * 1e3 <= b,
+            (Some(_), None) => false,
+        };
+        r.error.is_none()
+            && within(self.ttft_ms, r.ttft_s)
+            && within(self.tpot_ms, r.tpot_s().or(r.ttft_s.map(|_| 0.0)))
+            && within(self.e2e_ms, Some(r.e2e_s))
+    }
 }
 
 /// The `done` frames' speculation figures, summed over the level's requests.
@@ -44,7 +74,7 @@ pub struct SpeculationTotals {
 }
 
 impl LevelReport {
-    pub fn new(run: &LevelRun) -> Self {
+    pub fn new(run: &LevelRun, slo: &Slo) -> Self {
         let ok: Vec<_> = run.records.iter().filter(|r| r.error.is_none()).collect();
         let mut errors = BTreeMap::new();
         for r in run.records.iter().filter_map(|r| r.error) {
@@ -73,8 +103,9 @@ impl LevelReport {
                 0.0
             }
         };
+        let good = run.records.iter().filter(|r| slo.met(r)).count();
         Self {
-            concurrency: run.concurrency,
+            load: run.load,
             requests: run.records.len(),
             succeeded: ok.len(),
             errors,
@@ -82,6 +113,12 @@ impl LevelReport {
             output_tokens,
             output_tokens_per_s: per_s(output_tokens as f64),
             requests_per_s: per_s(ok.len() as f64),
+            goodput_requests_per_s: per_s(good as f64),
+            slo_attainment: if run.records.is_empty() {
+                0.0
+            } else {
+                good as f64 / run.records.len() as f64
+            },
             ttft_ms: ms(ok.iter().filter_map(|r| r.ttft_s).collect()),
             tpot_ms: ms(ok.iter().filter_map(|r| r.tpot_s()).collect()),
             itl_ms: ms(ok.iter().flat_map(|r| r.itl_s.iter().copied()).collect()),
@@ -94,8 +131,8 @@ impl LevelReport {
 /// The sweep as a Markdown table.
 pub fn table(levels: &[LevelReport]) -> String {
     let mut out = String::from(
-        "| concurrency | requests | errors | output tok/s | req/s | TTFT ms p50 / p95 / p99 | TPOT ms p50 / p95 / p99 | ITL ms p50 / p95 / p99 | e2e ms p50 / p99 | acceptance | mean accepted length |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| load | requests | errors | output tok/s | req/s | goodput req/s | TTFT ms p50 / p95 / p99 | TPOT ms p50 / p95 / p99 | ITL ms p50 / p95 / p99 | e2e ms p50 / p99 | acceptance | mean accepted length |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let three = |s: &Option<Summary>| match s {
         Some(s) => format!("{:.1} / {:.1} / {:.1}", s.p50, s.p95, s.p99),
@@ -124,12 +161,13 @@ pub fn table(levels: &[LevelReport]) -> String {
             ("-".into(), "-".into())
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
-            l.concurrency,
+            "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+            l.load,
             l.requests,
             errors,
             l.output_tokens_per_s,
             l.requests_per_s,
+            l.goodput_requests_per_s,
             three(&l.ttft_ms),
             three(&l.tpot_ms),
             three(&l.itl_ms),
@@ -146,7 +184,6 @@ mod tests {
     use specd_protocol::{ErrorCode, FinishReason, LookupReport, Method, SpeculationReport};
 
     use super::*;
-    use crate::client::RequestRecord;
 
     fn record(
         ttft: f64,
@@ -188,7 +225,7 @@ mod tests {
         failed.error = Some(ErrorCode::Overloaded);
         failed.ttft_s = None;
         let run = LevelRun {
-            concurrency: 2,
+            load: Load::Clients(2),
             records: vec![
                 record(0.1, 1.1, 11, 8, 6, 4),
                 record(0.3, 2.3, 21, 12, 2, 6),
@@ -196,7 +233,7 @@ mod tests {
             ],
             wall_s: 4.0,
         };
-        let r = LevelReport::new(&run);
+        let r = LevelReport::new(&run, &Slo::default());
         assert_eq!((r.requests, r.succeeded), (3, 2));
         assert_eq!(r.errors.get("overloaded"), Some(&1));
         assert_eq!(r.output_tokens, 32);
@@ -210,7 +247,26 @@ mod tests {
         assert_eq!(r.speculation.acceptance_rate, 0.4);
         assert_eq!(r.speculation.mean_accepted_length, 1.8);
         assert_eq!(r.speculation.methods.get("draft"), Some(&2));
+        assert_eq!(r.goodput_requests_per_s, 0.5);
         let t = table(&[r]);
-        assert!(t.contains("| 2 | 3 | 1 overloaded | 8.0 | 0.50 |"), "{t}");
+        assert!(
+            t.contains("| 2 clients | 3 | 1 overloaded | 8.0 | 0.50 | 0.50 |"),
+            "{t}"
+        );
+        // A TTFT bound of 200 ms keeps the first request only; a TPOT bound of 99 ms none.
+        let slo = Slo {
+            ttft_ms: Some(200.0),
+            ..Default::default()
+        };
+        let r = LevelReport::new(&run, &slo);
+        assert_eq!(
+            (r.goodput_requests_per_s, r.slo_attainment),
+            (0.25, 1.0 / 3.0)
+        );
+        let slo = Slo {
+            tpot_ms: Some(99.0),
+            ..Default::default()
+        };
+        assert_eq!(LevelReport::new(&run, &slo).goodput_requests_per_s, 0.0);
     }
 }
