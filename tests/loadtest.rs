@@ -147,6 +147,7 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
     assert!(
         out.status.success(),
         "{stdout}\n{}",
