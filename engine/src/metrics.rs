@@ -9,7 +9,9 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 /// Prefix of every metric name.
 pub const PREFIX: &str = "specd_";
 
-/// Drafting rounds that proposed at least one token.
+/// Drafting rounds that proposed at least one token. Every `specd_spec_*` counter and
+/// [`ACCEPTED_LENGTH`] carry the label `method`: the request's speculation method (`none`,
+/// `draft`, `ngram`, `glide`, `glide+ngram`).
 pub const SPEC_DRAFTS: &str = "specd_spec_drafts_total";
 /// Tokens proposed by drafters.
 pub const SPEC_DRAFT_TOKENS: &str = "specd_spec_draft_tokens_total";
@@ -24,12 +26,19 @@ pub const SPEC_LOOKUP_DRAFT_TOKENS: &str = "specd_spec_lookup_draft_tokens_total
 pub const SPEC_LOOKUP_ACCEPTED_TOKENS: &str = "specd_spec_lookup_accepted_tokens_total";
 /// Accepted tokens by draft position (label `position`, 1-based).
 pub const SPEC_ACCEPTED_PER_POSITION: &str = "specd_spec_accepted_tokens_per_position_total";
+/// Drafted tokens by draft position (label `position`, 1-based): acceptance at position i is
+/// `SPEC_ACCEPTED_PER_POSITION / SPEC_DRAFTED_PER_POSITION` at i.
+pub const SPEC_DRAFTED_PER_POSITION: &str = "specd_spec_draft_tokens_per_position_total";
 /// Tokens generated (streamed to clients).
 pub const GENERATED_TOKENS: &str = "specd_generated_tokens_total";
 /// Prompt tokens of admitted requests.
 pub const PROMPT_TOKENS: &str = "specd_prompt_tokens_total";
-/// Finished requests (label `status`: `length`, `stop`, `cancelled`, `error`, `rejected`).
+/// Requests the engine ended, with two labels: `finish_reason` (`length`, `stop`, `cancelled`,
+/// or `error` for one that failed or was refused) and `error_code` (`none`, or the error's code
+/// as clients see it: `invalid_request`, `prompt_too_long`, `overloaded`, `internal`, ...).
 pub const REQUESTS: &str = "specd_requests_total";
+/// [`REQUESTS`]' `error_code` of a request that did not fail.
+pub const NO_ERROR: &str = "none";
 /// Sequences preempted because KV blocks ran out.
 pub const PREEMPTIONS: &str = "specd_preemptions_total";
 
@@ -140,9 +149,16 @@ pub fn describe() {
         SPEC_ACCEPTED_PER_POSITION,
         "Accepted drafted tokens by draft position"
     );
+    describe_counter!(
+        SPEC_DRAFTED_PER_POSITION,
+        "Drafted tokens by draft position"
+    );
     describe_counter!(GENERATED_TOKENS, "Tokens generated and streamed");
     describe_counter!(PROMPT_TOKENS, "Prompt tokens of admitted requests");
-    describe_counter!(REQUESTS, "Finished requests by status");
+    describe_counter!(
+        REQUESTS,
+        "Requests ended, by finish reason (length, stop, cancelled, error) and error code (none if it did not fail)"
+    );
     describe_counter!(PREEMPTIONS, "Sequences preempted when KV blocks ran out");
     describe_gauge!(KV_BLOCKS_USED, "KV cache blocks held by sequences");
     describe_gauge!(KV_BLOCKS_TOTAL, "KV cache blocks in the pool");

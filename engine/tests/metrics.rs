@@ -76,6 +76,21 @@ fn engine_records_the_declared_metrics() {
                 }
             }
         }
+        // A prompt longer than the context is refused: counted with its error code.
+        let refused = h
+            .submit(EngineRequest {
+                generate: GenerateRequest {
+                    prompt: vec![10; 100_000],
+                    max_tokens: 4,
+                    sampling: SamplingParams::default(),
+                    stop: Vec::new(),
+                    ignore_eos: false,
+                },
+                method: Method::None,
+                policy: DraftPolicyConfig::default(),
+            })
+            .await;
+        assert!(refused.is_err(), "a 100,000-token prompt was admitted");
         // The last step's gauges are published as the pools come home.
         while h.stats().await.unwrap().kv_target.blocks_used != 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -114,13 +129,43 @@ fn engine_records_the_declared_metrics() {
     }
     assert!(tokens > 0 && drafted > 0 && accepted > 0);
     assert_eq!(counters[m::GENERATED_TOKENS], tokens);
-    assert_eq!(counters[m::SPEC_DRAFT_TOKENS], drafted);
-    assert_eq!(counters[m::SPEC_ACCEPTED_TOKENS], accepted);
+    // Only the n-gram requests drafted: the speculation counters carry their method.
     assert_eq!(
-        counters[&format!("{}{{status=length}}", m::REQUESTS)],
+        counters[&format!("{}{{method=ngram}}", m::SPEC_DRAFT_TOKENS)],
+        drafted
+    );
+    assert_eq!(
+        counters[&format!("{}{{method=ngram}}", m::SPEC_ACCEPTED_TOKENS)],
+        accepted
+    );
+    assert!(!counters
+        .keys()
+        .any(|k| k.contains("method=none") && k.starts_with("specd_spec_")));
+    assert_eq!(
+        counters[&format!("{}{{finish_reason=length,error_code=none}}", m::REQUESTS)],
         requests
     );
-    assert!(counters[&format!("{}{{position=1}}", m::SPEC_ACCEPTED_PER_POSITION)] > 0);
+    assert_eq!(
+        counters[&format!(
+            "{}{{finish_reason=error,error_code=prompt_too_long}}",
+            m::REQUESTS
+        )],
+        1
+    );
+    // Position 1 is drafted at every drafting round; acceptance there is at most 1.
+    let at = |name: &str, pos: usize| counters[&format!("{name}{{method=ngram,position={pos}}}")];
+    assert_eq!(
+        at(m::SPEC_DRAFTED_PER_POSITION, 1),
+        counters[&format!("{}{{method=ngram}}", m::SPEC_DRAFTS)]
+    );
+    assert!(at(m::SPEC_ACCEPTED_PER_POSITION, 1) > 0);
+    assert!(at(m::SPEC_ACCEPTED_PER_POSITION, 1) <= at(m::SPEC_DRAFTED_PER_POSITION, 1));
+    let drafted_by_position: u64 = counters
+        .iter()
+        .filter(|(k, _)| k.starts_with(m::SPEC_DRAFTED_PER_POSITION))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(drafted_by_position, drafted);
     assert_eq!(counters[m::PROMPT_TOKENS], 6 * 12);
     for phase in m::Phase::ALL {
         let n = phases

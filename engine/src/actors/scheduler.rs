@@ -100,7 +100,8 @@ impl Scheduler {
         let seq = match checked {
             Ok(seq) => seq,
             Err(e) => {
-                metrics::counter!(m::REQUESTS, "status" => "invalid").increment(1);
+                metrics::counter!(m::REQUESTS, "finish_reason" => "error", "error_code" => e.code())
+                    .increment(1);
                 return Err(e);
             }
         };
@@ -110,11 +111,13 @@ impl Scheduler {
             .max_running
             .saturating_sub(self.running.len() + self.in_step);
         if self.waiting.len() >= self.config.max_waiting + free_slots {
-            metrics::counter!(m::REQUESTS, "status" => "rejected").increment(1);
-            return Err(Error::Overloaded {
+            let e = Error::Overloaded {
                 waiting: self.waiting.len(),
                 limit: self.config.max_waiting,
-            });
+            };
+            metrics::counter!(m::REQUESTS, "finish_reason" => "error", "error_code" => e.code())
+                .increment(1);
+            return Err(e);
         }
         let (tx, rx) = unbounded_channel();
         self.next_id += 1;
@@ -215,7 +218,8 @@ impl Scheduler {
             total: now.duration_since(slot.submitted),
             preemptions: slot.preemptions,
         };
-        metrics::counter!(m::REQUESTS, "status" => out.finish_reason.as_str()).increment(1);
+        metrics::counter!(m::REQUESTS, "finish_reason" => out.finish_reason.as_str(), "error_code" => m::NO_ERROR)
+            .increment(1);
         metrics::histogram!(m::REQUEST_DURATION).record(timings.total.as_secs_f64());
         self.stats.finished += 1;
         let _ = slot.reply.send(Event::Done(Box::new(Done {
@@ -245,7 +249,8 @@ impl Scheduler {
     }
 
     fn fail(&mut self, slot: Slot, e: RequestError) -> Slot {
-        metrics::counter!(m::REQUESTS, "status" => "error").increment(1);
+        metrics::counter!(m::REQUESTS, "finish_reason" => "error", "error_code" => e.code)
+            .increment(1);
         self.stats.finished += 1;
         let _ = slot.reply.send(Event::Error(e));
         slot
@@ -347,22 +352,30 @@ fn budget(models: &EngineModels, slot: &mut Slot, ctx: usize, cap: usize) -> usi
     budget
 }
 
-fn record_speculation(drafted: usize, accepted: usize, lookup: bool) {
+fn record_speculation(method: Method, drafted: usize, accepted: usize, lookup: bool) {
+    let method = method.as_str();
     if drafted > 0 {
-        metrics::counter!(m::SPEC_DRAFTS).increment(1);
-        metrics::counter!(m::SPEC_DRAFT_TOKENS).increment(drafted as u64);
-        metrics::counter!(m::SPEC_ACCEPTED_TOKENS).increment(accepted as u64);
+        metrics::counter!(m::SPEC_DRAFTS, "method" => method).increment(1);
+        metrics::counter!(m::SPEC_DRAFT_TOKENS, "method" => method).increment(drafted as u64);
+        metrics::counter!(m::SPEC_ACCEPTED_TOKENS, "method" => method).increment(accepted as u64);
         if lookup {
-            metrics::counter!(m::SPEC_LOOKUP_DRAFTS).increment(1);
-            metrics::counter!(m::SPEC_LOOKUP_DRAFT_TOKENS).increment(drafted as u64);
-            metrics::counter!(m::SPEC_LOOKUP_ACCEPTED_TOKENS).increment(accepted as u64);
+            metrics::counter!(m::SPEC_LOOKUP_DRAFTS, "method" => method).increment(1);
+            metrics::counter!(m::SPEC_LOOKUP_DRAFT_TOKENS, "method" => method)
+                .increment(drafted as u64);
+            metrics::counter!(m::SPEC_LOOKUP_ACCEPTED_TOKENS, "method" => method)
+                .increment(accepted as u64);
         }
-        for pos in 1..=accepted {
-            metrics::counter!(m::SPEC_ACCEPTED_PER_POSITION, "position" => pos.to_string())
+        for pos in 1..=drafted {
+            let position = pos.to_string();
+            metrics::counter!(m::SPEC_DRAFTED_PER_POSITION, "method" => method, "position" => position.clone())
                 .increment(1);
+            if pos <= accepted {
+                metrics::counter!(m::SPEC_ACCEPTED_PER_POSITION, "method" => method, "position" => position)
+                    .increment(1);
+            }
         }
     }
-    metrics::histogram!(m::ACCEPTED_LENGTH).record((accepted + 1) as f64);
+    metrics::histogram!(m::ACCEPTED_LENGTH, "method" => method).record((accepted + 1) as f64);
 }
 
 impl Handler<Submit> for Scheduler {
@@ -426,7 +439,7 @@ impl Handler<Commit> for Scheduler {
                     leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
                     continue;
                 }
-                record_speculation(d.drafted, d.accepted, draft.lookup);
+                record_speculation(slot.method, d.drafted, d.accepted, draft.lookup);
                 let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
                     Ok(n) => n,
                     Err(e) => {
