@@ -128,8 +128,16 @@ pub fn buckets() -> Vec<(&'static str, Vec<f64>)> {
     ]
 }
 
-/// Registers units and help texts with the installed recorder.
+/// Registers units and help texts with the installed recorder, and creates the unlabelled
+/// counters and gauges at zero: a series that exists from the start reads 0 on a dashboard
+/// instead of "no data" (preemptions, say, may never happen).
 pub fn describe() {
+    for name in [PREEMPTIONS, GENERATED_TOKENS, PROMPT_TOKENS] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [RUNNING_SEQUENCES, WAITING_SEQUENCES, WEBSOCKET_CONNECTIONS] {
+        metrics::gauge!(name).increment(0.0);
+    }
     describe_counter!(
         SPEC_DRAFTS,
         "Verifications that had at least one drafted token"
