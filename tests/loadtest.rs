@@ -129,7 +129,7 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
             "--url",
             &format!("http://{}", serve.addr),
             "--concurrency",
-            "2",
+            "1,2",
             "--rate",
             "50",
             "--slo-ttft-ms",
@@ -141,8 +141,10 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
             "--ignore-eos",
             "--speculation",
             "ngram",
-            "--json",
+            "--charts",
         ])
+        .arg(dir.path().join("charts"))
+        .arg("--json")
         .arg(&json)
         .output()
         .unwrap();
@@ -157,16 +159,30 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
     assert!(stdout.contains("| 2 clients | 4 | 0 |"), "{stdout}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let level = &doc["levels"][0];
+    let level = &doc["levels"][1];
     assert_eq!(level["summary"]["output_tokens"], 32, "{level}");
     assert_eq!(level["requests"].as_array().unwrap().len(), 4);
     assert_eq!(
         level["summary"]["speculation"]["methods"]["ngram"], 4,
         "{level}"
     );
-    assert_eq!(doc["levels"].as_array().unwrap().len(), 2);
-    assert_eq!(doc["levels"][1]["summary"]["load"]["rate"]["per_s"], 50.0);
-    assert_eq!(doc["levels"][1]["summary"]["slo_attainment"], 1.0);
+    assert_eq!(doc["levels"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["levels"][2]["summary"]["load"]["rate"]["per_s"], 50.0);
+    assert_eq!(doc["levels"][2]["summary"]["slo_attainment"], 1.0);
+    for chart in [
+        "ttft-cdf",
+        "tpot-cdf",
+        "e2e-cdf",
+        "throughput-by-concurrency",
+        "ttft-by-concurrency",
+    ] {
+        let svg = std::fs::read_to_string(dir.path().join(format!("charts/{chart}.svg")))
+            .unwrap_or_else(|e| panic!("no {chart}.svg: {e}"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{chart}.svg draws no line"
+        );
+    }
     assert!(stdout.contains("| 50 req/s | 4 | 0 |"), "{stdout}");
     let refused = std::process::Command::new(specd_bin())
         .args([

@@ -68,6 +68,10 @@ pub struct LoadtestArgs {
     /// ... and whose end-to-end latency is at most this many ms.
     #[arg(long)]
     pub slo_e2e_ms: Option<f64>,
+    /// Also draw charts here (SVG): latency CDFs per level, and throughput and TTFT against
+    /// concurrency (with two or more concurrencies).
+    #[arg(long)]
+    pub charts: Option<PathBuf>,
     /// Also write the report (every level, with its requests' records) as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -106,6 +110,11 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
     };
     let reports: Vec<LevelReport> = runs.iter().map(|r| LevelReport::new(r, &slo)).collect();
     print!("{}", table(&reports));
+    if let Some(dir) = &a.charts {
+        for path in crate::charts::write_charts(dir, &runs, &reports)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if let Some(path) = &a.json {
         let levels: Vec<_> = reports
             .iter()

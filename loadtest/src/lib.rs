@@ -6,9 +6,10 @@
 //! What exists: the closed loop (a sweep of fixed concurrencies) and the open loop (Poisson or
 //! gamma arrivals at a rate), each bounded in requests and time and loopback unless told
 //! otherwise; prompts from a JSONL file or the built-in code set; goodput under optional SLOs;
-//! a Markdown table and a JSON report. Still to come (issue 13): OpenAI SSE, `/metrics`
-//! deltas, charts and the soak mode.
+//! a Markdown table, a JSON report and SVG charts. Still to come (issue 13): OpenAI SSE,
+//! `/metrics` deltas and the soak mode.
 
+pub mod charts;
 pub mod cli;
 pub mod client;
 pub mod closed_loop;
