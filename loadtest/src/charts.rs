@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use plotters::prelude::*;
 
+use crate::client::RequestRecord;
 use crate::closed_loop::{LevelRun, Load};
 use crate::report::LevelReport;
 
 const SIZE: (u32, u32) = (880, 520);
+
+/// A request's value a CDF is drawn of, in seconds.
+type Measure = fn(&RequestRecord) -> Option<f64>;
 
 /// Writes the charts into `dir` (created if needed) and returns their paths.
 pub fn write_charts(
@@ -19,7 +23,7 @@ pub fn write_charts(
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = Vec::new();
-    let cdfs: [(&str, &str, fn(&crate::client::RequestRecord) -> Option<f64>); 3] = [
+    let cdfs: [(&str, &str, Measure); 3] = [
         ("ttft-cdf.svg", "Time to first token", |r| r.ttft_s),
         ("tpot-cdf.svg", "Time per output token", |r| r.tpot_s()),
         ("e2e-cdf.svg", "End-to-end latency", |r| Some(r.e2e_s)),
