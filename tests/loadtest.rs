@@ -236,3 +236,33 @@ async fn an_open_loop_sends_at_its_rate_whatever_the_answers_take() {
     assert_eq!(report.load, load);
     assert_eq!(report.goodput_requests_per_s, report.requests_per_s);
 }
+
+#[actix_rt::test]
+async fn connections_the_server_refuses_are_overloaded_requests_not_a_failed_run() {
+    let models = Models::get();
+    // Two connections at most: an open loop of long requests arriving fast goes over.
+    let serve = Serve::start(&models, &[], &[("SPECD_LIMITS__MAX_CONNECTIONS", "2")]);
+    let load = Load::Rate {
+        per_s: 200.0,
+        burstiness: 1.0,
+    };
+    let runs = sweep(&sweep_of(&serve, vec![load], 12, 1000)).await.unwrap();
+    let records = &runs[0].records;
+    assert_eq!(records.len(), 12);
+    let refused: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();
+    assert!(
+        !refused.is_empty(),
+        "no connection was refused at a limit of 2"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.error == Some(specd_protocol::ErrorCode::Overloaded)),
+        "{refused:?}"
+    );
+    assert!(records
+        .iter()
+        .any(|r| r.error.is_none() && r.output_tokens == 1000));
+    let report = LevelReport::new(&runs[0], &Slo::default());
+    assert_eq!(report.errors.get("overloaded"), Some(&refused.len()));
+}

@@ -75,12 +75,13 @@ panel("Acceptance by draft position", "percentunit",
         f"sum by (position) (rate(specd_spec_accepted_tokens_per_position_total{{{METHOD}}}[{RATE}])) / "
         f"sum by (position) (rate(specd_spec_draft_tokens_per_position_total{{{METHOD}}}[{RATE}]))")],
       description="Of the tokens drafted at position i, the share the target accepted.")
-panel("Share of output from drafts", "percentunit",
-      [("from drafts", f"sum(rate(specd_spec_accepted_tokens_total{{{METHOD}}}[{RATE}])) / "
+panel("Share of output from drafts (all methods)", "percentunit",
+      [("from drafts", f"sum(rate(specd_spec_accepted_tokens_total{{{SEL}}}[{RATE}])) / "
                        f"sum(rate(specd_generated_tokens_total{{{SEL}}}[{RATE}]))"),
-       ("from prompt lookup", f"sum(rate(specd_spec_lookup_accepted_tokens_total{{{METHOD}}}[{RATE}])) / "
+       ("from prompt lookup", f"sum(rate(specd_spec_lookup_accepted_tokens_total{{{SEL}}}[{RATE}])) / "
                               f"sum(rate(specd_generated_tokens_total{{{SEL}}}[{RATE}]))")],
-      description="Generated tokens that were accepted drafts (and those drafted by prompt lookup).")
+      description="Generated tokens that were accepted drafts (and those drafted by prompt lookup), over "
+                  "every method: generated tokens are not counted by method, so the method filter does not apply.")
 panel("KV cache utilization", "percentunit",
       [("{{model}}", f"specd_kv_cache_utilization_ratio{{{SEL}}}")],
       description="KV blocks held by sequences over the pool.")
@@ -142,7 +143,7 @@ dashboard = {
             {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
              "current": {"text": "default", "value": "default"}, "hide": 0, "refresh": 1, "options": []},
             query_variable("instance", "Instance", "label_values(specd_generated_tokens_total, instance)"),
-            query_variable("method", "Method", "label_values(specd_spec_draft_tokens_total, method)"),
+            query_variable("method", "Method", "label_values(specd_accepted_length_count, method)"),
         ]
     },
     "panels": panels,

@@ -51,10 +51,15 @@ pub fn write_charts(
         cdf_chart(&path, title, &series).with_context(|| format!("drawing {}", path.display()))?;
         written.push(path);
     }
-    let closed: Vec<&LevelReport> = reports
+    let mut closed: Vec<&LevelReport> = reports
         .iter()
         .filter(|r| matches!(r.load, Load::Clients(_)))
         .collect();
+    // Lines run left to right whatever order the concurrencies were given in.
+    closed.sort_by_key(|r| match r.load {
+        Load::Clients(n) => n,
+        Load::Rate { .. } => 0,
+    });
     if closed.len() >= 2 {
         let x = |r: &LevelReport| match r.load {
             Load::Clients(n) => n as f64,

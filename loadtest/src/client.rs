@@ -13,7 +13,7 @@ use specd_protocol::{
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::prompts::Prompt;
@@ -121,6 +121,21 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// A request the server refused before it was sent (its connection was refused).
+    pub fn refused(start_s: f64, e2e_s: f64, code: ErrorCode, message: String) -> Self {
+        Self {
+            start_s,
+            ttft_s: None,
+            e2e_s,
+            output_tokens: 0,
+            itl_s: Vec::new(),
+            finish_reason: None,
+            error: Some(code),
+            error_message: Some(message),
+            speculation: None,
+        }
+    }
+
     /// Time per output token after the first.
     pub fn tpot_s(&self) -> Option<f64> {
         let ttft = self.ttft_s?;
@@ -134,12 +149,62 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Connection {
     ws: Socket,
     pub hello: Hello,
+    /// The server sent an error for no request (it closes such a connection): open a new one.
+    pub broken: bool,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The server answered the upgrade with an HTTP error (overloaded, unauthorized, ...): a
+    /// refused request, not a broken run.
+    Refused(ErrorCode, String),
+    /// No server, or not specd.
+    Failed(anyhow::Error),
 }
 
 impl Connection {
     /// Connects and reads the `hello` frame; a server that is down or is not specd is a clear
-    /// error.
+    /// error, and so is one that refuses the connection.
     pub async fn open(target: &Target) -> anyhow::Result<Self> {
+        match Self::try_open(target).await {
+            Ok(c) => Ok(c),
+            Err(OpenError::Refused(code, message)) => {
+                bail!(
+                    "{} refused the connection: {code}: {message}",
+                    target.ws_url
+                )
+            }
+            Err(OpenError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Like [`Connection::open`], telling a refusal by the server (HTTP 503 when it is at its
+    /// connection limit, 401, 403) apart from a failure.
+    pub async fn try_open(target: &Target) -> Result<Self, OpenError> {
+        Self::connect(target).await.map_err(|e| {
+            let refused = e.chain().find_map(|c| match c.downcast_ref::<WsError>() {
+                Some(WsError::Http(resp)) => Some(resp.status()),
+                _ => None,
+            });
+            match refused {
+                Some(status) => {
+                    let code = match status.as_u16() {
+                        401 => ErrorCode::Unauthorized,
+                        403 => ErrorCode::ForbiddenOrigin,
+                        404 => ErrorCode::NotFound,
+                        503 | 429 => ErrorCode::Overloaded,
+                        400..=499 => ErrorCode::InvalidRequest,
+                        _ => ErrorCode::Internal,
+                    };
+                    OpenError::Refused(code, format!("HTTP {status}"))
+                }
+                None => OpenError::Failed(e),
+            }
+        })
+    }
+
+    async fn connect(target: &Target) -> anyhow::Result<Self> {
         let mut req = target
             .ws_url
             .as_str()
@@ -159,7 +224,11 @@ impl Connection {
                     format!("cannot open {} (is specd serving there?)", target.ws_url)
                 })?;
         match next_frame(&mut ws).await? {
-            ServerFrame::Hello(hello) => Ok(Self { ws, hello }),
+            ServerFrame::Hello(hello) => Ok(Self {
+                ws,
+                hello,
+                broken: false,
+            }),
             other => bail!(
                 "{}: expected a hello frame first, got {other:?}",
                 target.ws_url
@@ -168,16 +237,19 @@ impl Connection {
     }
 
     /// Sends one request and reads it to its end. A refused or failed request is a record with
-    /// its error code; a broken connection is an error.
+    /// its error code; a broken connection is an error. Its times count from `arrived` (the
+    /// open loop's scheduled arrival, so that connecting under load is counted) or, when
+    /// `None`, from sending.
     pub async fn run(
         &mut self,
         id: &str,
         prompt: &Prompt,
         template: &RequestTemplate,
         level_start: Instant,
+        arrived: Option<Instant>,
     ) -> anyhow::Result<RequestRecord> {
         let frame = serde_json::to_string(&template.frame(id, prompt))?;
-        let sent = Instant::now();
+        let sent = arrived.unwrap_or_else(Instant::now);
         self.ws
             .send(Message::text(frame))
             .await
@@ -216,6 +288,9 @@ impl Connection {
                     return Ok(rec);
                 }
                 ServerFrame::Error(e) if e.id.as_deref() == Some(id) || e.id.is_none() => {
+                    // An error for no request (a frame over the size limit, say) ends the
+                    // connection: the request in flight is lost with it.
+                    self.broken |= e.id.is_none();
                     rec.error = Some(e.code);
                     rec.error_message = Some(e.message);
                     rec.e2e_s = (now - sent).as_secs_f64();

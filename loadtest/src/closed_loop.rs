@@ -71,28 +71,33 @@ pub async fn run_level(
     let next = Arc::new(AtomicUsize::new(0));
     let records = Arc::new(Mutex::new(Vec::with_capacity(level.requests)));
     let start = Instant::now();
-    let mut tasks = Vec::new();
+    // Dropping the set (a failed request ends the level) aborts the other clients.
+    let mut tasks = tokio::task::JoinSet::new();
     for mut conn in connections {
         let (next, records, prompts) = (next.clone(), records.clone(), prompts.clone());
         let (template, level, progress) = (template.clone(), level.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move {
+        let target = target.clone();
+        tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= level.requests || start.elapsed() >= level.max_duration {
                     return anyhow::Ok(());
                 }
+                if conn.broken {
+                    conn = Connection::open(&target).await?;
+                }
                 let prompt = &prompts[i % prompts.len()];
                 let rec = conn
-                    .run(&format!("r{i}"), prompt, &template, start)
+                    .run(&format!("r{i}"), prompt, &template, start, None)
                     .await
                     .with_context(|| format!("request r{i}"))?;
                 records.lock().unwrap().push(rec);
                 progress.inc(1);
             }
-        }));
+        });
     }
-    for t in tasks {
-        t.await.context("a client task panicked")??;
+    while let Some(done) = tasks.join_next().await {
+        done.context("a client task panicked")??;
     }
     let wall_s = start.elapsed().as_secs_f64();
     let mut records = std::mem::take(&mut *records.lock().unwrap());

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Gamma};
 
-use crate::client::{Connection, RequestTemplate, Target};
+use crate::client::{Connection, OpenError, RequestRecord, RequestTemplate, Target};
 use crate::closed_loop::{LevelRun, Load};
 use crate::prompts::Prompt;
 
@@ -32,8 +32,9 @@ pub fn arrival_gaps(rate: f64, burstiness: f64, n: usize, seed: u64) -> anyhow::
 }
 
 /// Sends `requests` requests at `rate` per second (no new one after `max_duration`), prompt i
-/// mod their number to request i, and waits for them all. A request's times start when it
-/// is sent, after its connection is open.
+/// mod their number to request i, and waits for them all. A request's times start at its
+/// arrival, so they include opening its connection; a connection the server refuses is a
+/// request that failed with the refusal's code.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_open(
     target: &Target,
@@ -53,7 +54,8 @@ pub async fn run_open(
     let records = Arc::new(Mutex::new(Vec::with_capacity(requests)));
     let start = Instant::now();
     let mut due = Duration::ZERO;
-    let mut tasks = Vec::with_capacity(requests);
+    // Dropping the set (a failed request ends the level) aborts the requests in flight.
+    let mut tasks = tokio::task::JoinSet::new();
     for (i, gap) in gaps.into_iter().enumerate() {
         if i > 0 {
             due += Duration::from_secs_f64(gap);
@@ -61,23 +63,39 @@ pub async fn run_open(
         if due >= max_duration {
             break;
         }
-        tokio::time::sleep_until((start + due).into()).await;
+        let arrival = start + due;
+        tokio::time::sleep_until(arrival.into()).await;
         let (target, prompts, records) = (target.clone(), prompts.clone(), records.clone());
         let (template, progress) = (template.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Connection::open(&target).await?;
-            let prompt = &prompts[i % prompts.len()];
-            let rec = conn
-                .run(&format!("r{i}"), prompt, &template, start)
-                .await
-                .with_context(|| format!("request r{i}"))?;
+        tasks.spawn(async move {
+            let rec = match Connection::try_open(&target).await {
+                // Times count from the arrival: connecting under load is part of the wait.
+                Ok(mut conn) => conn
+                    .run(
+                        &format!("r{i}"),
+                        &prompts[i % prompts.len()],
+                        &template,
+                        start,
+                        Some(arrival),
+                    )
+                    .await
+                    .with_context(|| format!("request r{i}"))?,
+                // At its connection limit the server refuses the upgrade: a refused request.
+                Err(OpenError::Refused(code, message)) => RequestRecord::refused(
+                    (arrival - start).as_secs_f64(),
+                    arrival.elapsed().as_secs_f64(),
+                    code,
+                    message,
+                ),
+                Err(OpenError::Failed(e)) => return Err(e.context(format!("request r{i}"))),
+            };
             records.lock().unwrap().push(rec);
             progress.inc(1);
             anyhow::Ok(())
-        }));
+        });
     }
-    for t in tasks {
-        t.await.context("a request task panicked")??;
+    while let Some(done) = tasks.join_next().await {
+        done.context("a request task panicked")??;
     }
     let wall_s = start.elapsed().as_secs_f64();
     let mut records = std::mem::take(&mut *records.lock().unwrap());

@@ -126,7 +126,7 @@ pub enum ServerFrame {
     Chunk(ChunkFrame),
     /// A request's end, with its usage, speculation figures and timings.
     Done(DoneFrame),
-    /// A refused frame or a failed request (`id` is absent when the frame had no usable id).
+    /// A refused frame or a failed request (`id` is null when the frame had no usable id).
     Error(ErrorFrame),
 }
 
@@ -244,7 +244,7 @@ pub struct LookupReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub queued_ms: f64,
-    /// Absent when no token was produced.
+    /// Null when no token was produced.
     pub ttft_ms: Option<f64>,
     pub total_ms: f64,
     /// Output tokens after the first, per second of decoding.

@@ -7,7 +7,8 @@
 //! `type` names it: [`ClientFrame`] from the client, [`ServerFrame`] from the server. Every type
 //! here is `Serialize` and `Deserialize`. The client frames refuse unknown fields (a misspelt
 //! option is an error, not a silent default); the server frames accept them, so that a client
-//! built against this version keeps working when a server adds a field.
+//! built against this version keeps working when a server adds a field (not a new frame type,
+//! method, finish reason or error code: those need this crate's new version).
 
 mod error;
 mod frames;
