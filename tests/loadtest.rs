@@ -77,6 +77,15 @@ async fn a_sweep_measures_every_request_and_its_speculation() {
             .map(|r| r.speculation.as_ref().unwrap().drafted)
             .sum();
         assert_eq!(report.speculation.drafted, drafted);
+        // The server counted the same level: the load tester is its only client.
+        let server = report.server.as_ref().expect("no /metrics delta");
+        assert_eq!(server.generated_tokens, 96.0, "{server:?}");
+        assert_eq!(server.requests, 6.0, "{server:?}");
+        assert_eq!(server.drafted, drafted as f64, "{server:?}");
+        assert_eq!(
+            server.accepted, report.speculation.accepted as f64,
+            "{server:?}"
+        );
     }
     // The three clients of the second level overlapped: some request started before another
     // ended.
@@ -246,7 +255,9 @@ async fn connections_the_server_refuses_are_overloaded_requests_not_a_failed_run
         per_s: 200.0,
         burstiness: 1.0,
     };
-    let runs = sweep(&sweep_of(&serve, vec![load], 12, 1000)).await.unwrap();
+    let runs = sweep(&sweep_of(&serve, vec![load], 12, 1000))
+        .await
+        .unwrap();
     let records = &runs[0].records;
     assert_eq!(records.len(), 12);
     let refused: Vec<_> = records.iter().filter(|r| r.error.is_some()).collect();

@@ -62,6 +62,20 @@ impl Target {
     }
 }
 
+impl Target {
+    /// `http://host:port` (or https) of the same server, for `/metrics`.
+    pub fn http_base(&self) -> String {
+        let rest = self.ws_url.split_once("://").map_or("", |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let scheme = if self.ws_url.starts_with("wss://") {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{authority}")
+    }
+}
+
 /// What each request asks for, besides its prompt.
 #[derive(Debug, Clone, Default)]
 pub struct RequestTemplate {
@@ -335,6 +349,7 @@ mod tests {
         assert_eq!(t.ws_url, "ws://localhost:9/v1/stream");
         let t = Target::new("http://[::1]:8000/", None, false).unwrap();
         assert_eq!(t.ws_url, "ws://[::1]:8000/v1/stream");
+        assert_eq!(t.http_base(), "http://[::1]:8000");
         let e = Target::new("http://example.com:8000", None, false).unwrap_err();
         assert!(e.to_string().contains("--allow-remote"), "{e}");
         assert!(Target::new("https://example.com", None, true)

@@ -49,6 +49,8 @@ pub struct LevelRun {
     pub records: Vec<RequestRecord>,
     /// From the first request's start to the last one's end.
     pub wall_s: f64,
+    /// What the server's `/metrics` counted during the level, when it could be read.
+    pub server: Option<crate::server_metrics::MetricsDelta>,
 }
 
 /// Runs one level against `target`. Prompts are taken in turn (request i gets prompt
@@ -106,5 +108,6 @@ pub async fn run_level(
         load: Load::Clients(level.concurrency),
         records,
         wall_s,
+        server: None,
     })
 }

@@ -6,8 +6,8 @@
 //! What exists: the closed loop (a sweep of fixed concurrencies) and the open loop (Poisson or
 //! gamma arrivals at a rate), each bounded in requests and time and loopback unless told
 //! otherwise; prompts from a JSONL file or the built-in code set; goodput under optional SLOs;
-//! a Markdown table, a JSON report and SVG charts. Still to come (issue 13): OpenAI SSE,
-//! `/metrics` deltas and the soak mode.
+//! the server's own counts from `/metrics` around each level; a Markdown table, a JSON report
+//! and SVG charts. Still to come (issue 13): OpenAI SSE and the soak mode.
 
 pub mod charts;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod closed_loop;
 pub mod open_loop;
 pub mod prompts;
 pub mod report;
+pub mod server_metrics;
 pub mod stats;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
         "give at least one load (--concurrency or --rate)"
     );
     let prompts = Arc::new(s.prompts.clone());
+    let http = reqwest::Client::new();
     let mut runs = Vec::new();
     for &load in &s.loads {
         let bar = if s.progress {
@@ -67,7 +69,12 @@ pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
                 .progress_chars("=> "),
         );
         bar.set_prefix(load.to_string());
-        let run = match load {
+        // The server's counters around the level (None where /metrics cannot be read).
+        let base = s.target.http_base();
+        let before = server_metrics::scrape(&http, &base, s.target.api_key.as_deref())
+            .await
+            .ok();
+        let mut run = match load {
             Load::Clients(concurrency) => {
                 let level = Level {
                     concurrency,
@@ -93,6 +100,12 @@ pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
             }
         };
         bar.finish_and_clear();
+        if let Some(before) = before {
+            let after = server_metrics::scrape(&http, &base, s.target.api_key.as_deref()).await;
+            run.server = after
+                .ok()
+                .map(|a| server_metrics::MetricsDelta::between(&before, &a));
+        }
         runs.push(run);
     }
     Ok(runs)

@@ -107,6 +107,7 @@ pub async fn run_open(
         },
         records,
         wall_s,
+        server: None,
     })
 }
 

@@ -33,6 +33,8 @@ pub struct LevelReport {
     pub itl_ms: Option<Summary>,
     pub e2e_ms: Option<Summary>,
     pub speculation: SpeculationTotals,
+    /// The server's own counts during the level (`/metrics` before and after).
+    pub server: Option<crate::server_metrics::MetricsDelta>,
 }
 
 /// Service-level objectives a request must meet to count towards goodput (DistServe's and
@@ -124,6 +126,7 @@ impl LevelReport {
             itl_ms: ms(ok.iter().flat_map(|r| r.itl_s.iter().copied()).collect()),
             e2e_ms: ms(ok.iter().map(|r| r.e2e_s).collect()),
             speculation: spec,
+            server: run.server.clone(),
         }
     }
 }
@@ -232,6 +235,7 @@ mod tests {
                 failed,
             ],
             wall_s: 4.0,
+            server: None,
         };
         let r = LevelReport::new(&run, &Slo::default());
         assert_eq!((r.requests, r.succeeded), (3, 2));
