@@ -277,3 +277,57 @@ async fn connections_the_server_refuses_are_overloaded_requests_not_a_failed_run
     let report = LevelReport::new(&runs[0], &Slo::default());
     assert_eq!(report.errors.get("overloaded"), Some(&refused.len()));
 }
+
+#[actix_rt::test]
+async fn the_openai_endpoints_streamed_are_measured_like_the_websocket() {
+    let models = Models::get();
+    let serve = Serve::start(&models, &[], &[]);
+    let mut s = sweep_of(
+        &serve,
+        vec![
+            Load::Clients(2),
+            Load::Rate {
+                per_s: 50.0,
+                burstiness: 1.0,
+            },
+        ],
+        4,
+        16,
+    );
+    s.template.api = specd_loadtest::Api::Openai;
+    // A text prompt (/v1/completions) and a chat (/v1/chat/completions).
+    s.prompts = vec![
+        Prompt::Text("hello world".into()),
+        Prompt::Messages(vec![specd_protocol::Message::new("user", "hi")]),
+    ];
+    let runs = sweep(&s).await.unwrap();
+    for run in &runs {
+        assert_eq!(run.records.len(), 4, "{}", run.load);
+        for r in &run.records {
+            assert!(r.error.is_none(), "{r:?}");
+            assert_eq!(r.output_tokens, 16, "{r:?}");
+            assert_eq!(r.finish_reason, Some(FinishReason::Length), "{r:?}");
+            let ttft = r.ttft_s.unwrap();
+            assert!(ttft > 0.0 && ttft <= r.e2e_s, "{r:?}");
+        }
+        let server = LevelReport::new(run, &Slo::default())
+            .server
+            .expect("no /metrics delta");
+        assert_eq!(
+            (server.generated_tokens, server.requests),
+            (64.0, 4.0),
+            "{server:?}"
+        );
+    }
+    // A refused body is a record with the server's error code.
+    s.template.max_tokens = 1 << 30;
+    s.loads = vec![Load::Clients(1)];
+    s.requests = 1;
+    let runs = sweep(&s).await.unwrap();
+    assert_eq!(
+        runs[0].records[0].error,
+        Some(specd_protocol::ErrorCode::InvalidRequest),
+        "{:?}",
+        runs[0].records[0]
+    );
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use specd_protocol::Method;
 
-use crate::{prompts, sweep, table, LevelReport, Load, RequestTemplate, Slo, Sweep, Target};
+use crate::{prompts, sweep, table, Api, LevelReport, Load, RequestTemplate, Slo, Sweep, Target};
 
 /// The load tester's options (`specd-loadtest` and `specd loadtest`).
 #[derive(clap::Args, Debug, Clone)]
@@ -14,6 +14,10 @@ pub struct LoadtestArgs {
     /// The server (`http://HOST:PORT`; loopback only unless --allow-remote).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// How requests reach the server: `ws` (the WebSocket protocol) or `openai` (the OpenAI
+    /// endpoints, streamed as Server-Sent Events).
+    #[arg(long, value_enum, default_value = "ws")]
+    pub api: Api,
     /// Allow a server that is not on this machine.
     #[arg(long)]
     pub allow_remote: bool,
@@ -87,6 +91,7 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
         target: Target::new(&a.url, a.api_key.clone(), a.allow_remote)?,
         prompts,
         template: RequestTemplate {
+            api: a.api,
             max_tokens: a.max_tokens,
             temperature: a.temperature,
             method: a.speculation,

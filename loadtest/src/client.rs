@@ -76,9 +76,22 @@ impl Target {
     }
 }
 
+/// How requests reach the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// The WebSocket protocol (`/v1/stream`), one connection per client.
+    #[default]
+    Ws,
+    /// OpenAI's endpoints streamed as Server-Sent Events (`/v1/completions` for text prompts,
+    /// `/v1/chat/completions` for chats).
+    Openai,
+}
+
 /// What each request asks for, besides its prompt.
 #[derive(Debug, Clone, Default)]
 pub struct RequestTemplate {
+    pub api: Api,
     pub max_tokens: usize,
     pub temperature: Option<f64>,
     /// The server's default when `None`.
@@ -135,18 +148,28 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// A request the server refused before it was sent (its connection was refused).
-    pub fn refused(start_s: f64, e2e_s: f64, code: ErrorCode, message: String) -> Self {
+    /// A request sent at `start_s` (from its level's start), nothing received yet.
+    pub fn started(start_s: f64) -> Self {
         Self {
             start_s,
             ttft_s: None,
-            e2e_s,
+            e2e_s: 0.0,
             output_tokens: 0,
             itl_s: Vec::new(),
             finish_reason: None,
+            error: None,
+            error_message: None,
+            speculation: None,
+        }
+    }
+
+    /// A request the server refused before it was sent (its connection was refused).
+    pub fn refused(start_s: f64, e2e_s: f64, code: ErrorCode, message: String) -> Self {
+        Self {
+            e2e_s,
             error: Some(code),
             error_message: Some(message),
-            speculation: None,
+            ..Self::started(start_s)
         }
     }
 
@@ -268,17 +291,7 @@ impl Connection {
             .send(Message::text(frame))
             .await
             .context("sending a request")?;
-        let mut rec = RequestRecord {
-            start_s: (sent - level_start).as_secs_f64(),
-            ttft_s: None,
-            e2e_s: 0.0,
-            output_tokens: 0,
-            itl_s: Vec::new(),
-            finish_reason: None,
-            error: None,
-            error_message: None,
-            speculation: None,
-        };
+        let mut rec = RequestRecord::started((sent - level_start).as_secs_f64());
         let mut last_chunk: Option<Instant> = None;
         loop {
             let frame = next_frame(&mut self.ws).await?;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::ProgressBar;
 
-use crate::client::{Connection, RequestRecord, RequestTemplate, Target};
+use crate::client::{Api, Connection, RequestRecord, RequestTemplate, Target};
 use crate::prompts::Prompt;
+use crate::sse::run_sse;
 
 /// One concurrency level of a sweep.
 #[derive(Debug, Clone)]
@@ -64,18 +65,23 @@ pub async fn run_level(
 ) -> anyhow::Result<LevelRun> {
     anyhow::ensure!(level.concurrency >= 1, "concurrency must be at least 1");
     anyhow::ensure!(!prompts.is_empty(), "no prompts");
-    // Connections first, so that connecting is not timed and a server that is down fails
-    // before anything is sent.
+    // WebSocket connections first, so that connecting is not timed and a server that is down
+    // fails before anything is sent.
     let mut connections = Vec::with_capacity(level.concurrency);
     for _ in 0..level.concurrency {
-        connections.push(Connection::open(target).await?);
+        connections.push(match template.api {
+            Api::Ws => Some(Connection::open(target).await?),
+            Api::Openai => None,
+        });
     }
+    let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
     let records = Arc::new(Mutex::new(Vec::with_capacity(level.requests)));
     let start = Instant::now();
     // Dropping the set (a failed request ends the level) aborts the other clients.
     let mut tasks = tokio::task::JoinSet::new();
     for mut conn in connections {
+        let http = http.clone();
         let (next, records, prompts) = (next.clone(), records.clone(), prompts.clone());
         let (template, level, progress) = (template.clone(), level.clone(), progress.clone());
         let target = target.clone();
@@ -85,14 +91,18 @@ pub async fn run_level(
                 if i >= level.requests || start.elapsed() >= level.max_duration {
                     return anyhow::Ok(());
                 }
-                if conn.broken {
-                    conn = Connection::open(&target).await?;
-                }
                 let prompt = &prompts[i % prompts.len()];
-                let rec = conn
-                    .run(&format!("r{i}"), prompt, &template, start, None)
-                    .await
-                    .with_context(|| format!("request r{i}"))?;
+                let rec = match conn.as_mut() {
+                    Some(c) => {
+                        if c.broken {
+                            *c = Connection::open(&target).await?;
+                        }
+                        c.run(&format!("r{i}"), prompt, &template, start, None)
+                            .await
+                    }
+                    None => run_sse(&http, &target, prompt, &template, start, None).await,
+                }
+                .with_context(|| format!("request r{i}"))?;
                 records.lock().unwrap().push(rec);
                 progress.inc(1);
             }

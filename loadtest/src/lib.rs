@@ -1,5 +1,5 @@
 //! specd-loadtest: drives a running specd over its WebSocket protocol (the shared types of
-//! `specd-protocol`) and reports what a client sees: time to first token, time per output
+//! `specd-protocol`) or its OpenAI endpoints streamed as Server-Sent Events and reports what a client sees: time to first token, time per output
 //! token, the gaps between chunks, end-to-end latency, throughput, errors by code and the
 //! speculation figures of the `done` frames.
 //!
@@ -7,7 +7,7 @@
 //! gamma arrivals at a rate), each bounded in requests and time and loopback unless told
 //! otherwise; prompts from a JSONL file or the built-in code set; goodput under optional SLOs;
 //! the server's own counts from `/metrics` around each level; a Markdown table, a JSON report
-//! and SVG charts. Still to come (issue 13): OpenAI SSE and the soak mode.
+//! and SVG charts. Still to come (issue 13): the soak mode.
 
 pub mod charts;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod open_loop;
 pub mod prompts;
 pub mod report;
 pub mod server_metrics;
+pub mod sse;
 pub mod stats;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use client::{Connection, RequestRecord, RequestTemplate, Target};
+pub use client::{Api, Connection, RequestRecord, RequestTemplate, Target};
 pub use closed_loop::{Level, LevelRun, Load};
 pub use prompts::Prompt;
 pub use report::{table, LevelReport, Slo};

@@ -11,9 +11,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Gamma};
 
-use crate::client::{Connection, OpenError, RequestRecord, RequestTemplate, Target};
+use crate::client::{Api, Connection, OpenError, RequestRecord, RequestTemplate, Target};
 use crate::closed_loop::{LevelRun, Load};
 use crate::prompts::Prompt;
+use crate::sse::run_sse;
 
 /// The gaps between arrivals, in seconds: gamma-distributed with mean 1 / `rate` and shape
 /// `burstiness` (1: exponential, a Poisson process; below 1 burstier, above 1 more regular).
@@ -51,6 +52,7 @@ pub async fn run_open(
     let gaps = arrival_gaps(rate, burstiness, requests, seed)?;
     // One connection first: a server that is down fails before the clock starts.
     drop(Connection::open(target).await?);
+    let http = reqwest::Client::new();
     let records = Arc::new(Mutex::new(Vec::with_capacity(requests)));
     let start = Instant::now();
     let mut due = Duration::ZERO;
@@ -66,8 +68,17 @@ pub async fn run_open(
         let arrival = start + due;
         tokio::time::sleep_until(arrival.into()).await;
         let (target, prompts, records) = (target.clone(), prompts.clone(), records.clone());
-        let (template, progress) = (template.clone(), progress.clone());
+        let (template, progress, http) = (template.clone(), progress.clone(), http.clone());
         tasks.spawn(async move {
+            let prompt = &prompts[i % prompts.len()];
+            if template.api == Api::Openai {
+                let rec = run_sse(&http, &target, prompt, &template, start, Some(arrival))
+                    .await
+                    .with_context(|| format!("request r{i}"))?;
+                records.lock().unwrap().push(rec);
+                progress.inc(1);
+                return anyhow::Ok(());
+            }
             let rec = match Connection::try_open(&target).await {
                 // Times count from the arrival: connecting under load is part of the wait.
                 Ok(mut conn) => conn
