@@ -331,3 +331,45 @@ async fn the_openai_endpoints_streamed_are_measured_like_the_websocket() {
         runs[0].records[0]
     );
 }
+
+#[actix_rt::test]
+async fn a_soak_with_cancels_disconnects_and_slow_readers_keeps_the_invariants() {
+    let models = Models::get();
+    let serve = Serve::start(&models, &[], &[]);
+    let s = specd_loadtest::Soak {
+        target: Target::new(&format!("http://{}", serve.addr), None, false).unwrap(),
+        prompts: vec![
+            Prompt::Text("hello world".into()),
+            Prompt::Text("the".into()),
+        ],
+        template: RequestTemplate {
+            max_tokens: 200,
+            ignore_eos: true,
+            ..Default::default()
+        },
+        clients: 8,
+        duration: Duration::from_secs(6),
+        cancel_share: 0.25,
+        disconnect_share: 0.25,
+        slow_share: 0.25,
+        // A 6 s run on the tiny models is too short to judge memory growth.
+        max_rss_growth: f64::INFINITY,
+        seed: 5,
+    };
+    let r = specd_loadtest::soak(&s).await.unwrap();
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    for behaviour in ["normal", "cancel", "disconnect", "slow"] {
+        assert!(
+            r.requests.get(behaviour).is_some_and(|&n| n > 0),
+            "no {behaviour} request: {r:?}"
+        );
+    }
+    assert_eq!(r.kv_blocks_used_after, Some(0.0), "{r:?}");
+    assert!(
+        r.rss.len() >= 3 && r.rss.iter().all(|&(_, b)| b > 1e6),
+        "{:?}",
+        r.rss
+    );
+    assert!(r.rss_growth.is_some() && r.passed, "{r:?}");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}

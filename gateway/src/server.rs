@@ -132,10 +132,18 @@ fn prometheus() -> PrometheusHandle {
             // shows only what this one sees.
             if metrics::set_global_recorder(recorder).is_ok() {
                 m::describe();
+                process_metrics().describe();
             }
             handle
         })
         .clone()
+}
+
+/// The server process's own figures (`specd_process_resident_memory_bytes`, CPU seconds, open
+/// files, threads), read at each scrape: the soak test watches the resident memory.
+fn process_metrics() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| metrics_process::Collector::new(m::PREFIX))
 }
 
 async fn page() -> HttpResponse {
@@ -163,6 +171,7 @@ async fn metrics_text(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     auth::authorize(&req, &state.config.server, &[])?;
+    process_metrics().collect();
     state.metrics.run_upkeep();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

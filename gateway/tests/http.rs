@@ -394,6 +394,7 @@ async fn models_health_metrics_and_the_page() {
         "specd_kv_cache_utilization_ratio",
         "specd_running_sequences",
         "specd_websocket_connections",
+        "specd_process_resident_memory_bytes",
         "specd_time_to_first_token_seconds_bucket{le=\"0.005\"}",
         "specd_step_duration_seconds_bucket{phase=\"verify\"",
         "# HELP specd_generated_tokens_total",

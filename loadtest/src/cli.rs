@@ -63,6 +63,25 @@ pub struct LoadtestArgs {
     /// Generate max_tokens for every request, past end-of-text (comparable runs).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Soak mode instead of a sweep: this many seconds of --concurrency clients (the first value;
+    /// 16 if none) mixing cancels, abrupt disconnects and slow readers; fails unless every stream
+    /// ended with one final frame, the KV cache came back to zero blocks and the server's
+    /// resident memory grew at most --max-rss-growth.
+    #[arg(long)]
+    pub soak_seconds: Option<u64>,
+    /// Soak: share of requests cancelled after their first chunk.
+    #[arg(long, default_value_t = 0.1)]
+    pub cancel_share: f64,
+    /// Soak: share of requests whose connection is dropped after their first chunk.
+    #[arg(long, default_value_t = 0.1)]
+    pub disconnect_share: f64,
+    /// Soak: share of requests read slowly (20 ms per frame).
+    #[arg(long, default_value_t = 0.1)]
+    pub slow_share: f64,
+    /// Soak: largest growth of the server's resident memory from the run's first third to its
+    /// last.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_rss_growth: f64,
     /// Goodput counts requests whose time to first token is at most this many ms.
     #[arg(long)]
     pub slo_ttft_ms: Option<f64>,
@@ -104,6 +123,36 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
         max_duration: Duration::from_secs(a.max_seconds),
         progress: true,
     };
+    if let Some(seconds) = a.soak_seconds {
+        let soak = crate::Soak {
+            target: s.target.clone(),
+            prompts: s.prompts.clone(),
+            template: s.template.clone(),
+            clients: a.concurrency.first().copied().unwrap_or(16),
+            duration: Duration::from_secs(seconds),
+            cancel_share: a.cancel_share,
+            disconnect_share: a.disconnect_share,
+            slow_share: a.slow_share,
+            max_rss_growth: a.max_rss_growth,
+            seed: a.seed,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let r = rt.block_on(crate::soak(&soak))?;
+        let mut summary = serde_json::to_value(&r)?;
+        summary["rss"] = serde_json::json!(r.rss.len());
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_string_pretty(&r)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        anyhow::ensure!(
+            r.passed,
+            "the soak failed: see violations, kv_blocks_used_after and rss_growth above"
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -102,7 +102,8 @@ pub struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn frame(&self, id: &str, prompt: &Prompt) -> ClientFrame {
+    /// The generate frame of request `id`.
+    pub fn frame(&self, id: &str, prompt: &Prompt) -> ClientFrame {
         let (text, messages) = match prompt {
             Prompt::Text(t) => (Some(t.clone()), None),
             Prompt::Messages(m) => (None, Some(m.clone())),
@@ -326,6 +327,22 @@ impl Connection {
                 other => bail!("a frame of no request in flight on this connection: {other:?}"),
             }
         }
+    }
+}
+
+impl Connection {
+    /// Sends a frame (the soak mode drives the protocol frame by frame).
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        let text = serde_json::to_string(frame)?;
+        self.ws
+            .send(Message::text(text))
+            .await
+            .context("sending a frame")
+    }
+
+    /// The next frame from the server.
+    pub async fn next(&mut self) -> anyhow::Result<ServerFrame> {
+        next_frame(&mut self.ws).await
     }
 }
 

@@ -7,7 +7,7 @@
 //! gamma arrivals at a rate), each bounded in requests and time and loopback unless told
 //! otherwise; prompts from a JSONL file or the built-in code set; goodput under optional SLOs;
 //! the server's own counts from `/metrics` around each level; a Markdown table, a JSON report
-//! and SVG charts. Still to come (issue 13): the soak mode.
+//! and SVG charts. A soak mode checks a long run's invariants.
 
 pub mod charts;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod open_loop;
 pub mod prompts;
 pub mod report;
 pub mod server_metrics;
+pub mod soak;
 pub mod sse;
 pub mod stats;
 
@@ -29,6 +30,7 @@ pub use client::{Api, Connection, RequestRecord, RequestTemplate, Target};
 pub use closed_loop::{Level, LevelRun, Load};
 pub use prompts::Prompt;
 pub use report::{table, LevelReport, Slo};
+pub use soak::{soak, Soak, SoakReport};
 pub use stats::{median, quantile, summarize, Summary};
 
 /// A sweep: the same requests at each load in turn.
