@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use specd_engine::actors::{EngineConfig, EngineModels, Method};
+use specd_engine::actors::{EngineConfig, EngineModels, LoadPolicy, Method};
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// Memory for all KV caches (target, draft model, GLIDE), MiB.
     #[arg(long)]
     kv_mib: Option<usize>,
+    /// Draft at any load. By default the load policy shortens drafts, then stops drafting, as
+    /// more sequences run (drafting costs more than it saves once verification is batched);
+    /// this turns it off, for benchmarks that compare the two.
+    #[arg(long)]
+    no_load_policy: bool,
 }
 
 /// The configuration: file and environment, then the flags.
@@ -60,6 +65,9 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if args.api_key.is_some() {
         s.api_key = args.api_key.clone();
+    }
+    if args.no_load_policy {
+        c.engine.load_policy = false;
     }
     s.allowed_origins.extend(args.allow_origins.iter().cloned());
     s.allowed_hosts.extend(args.allow_hosts.iter().cloned());
@@ -191,6 +199,9 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         max_batch_tokens: c.engine.max_batch_tokens,
         ..EngineConfig::default()
     };
+    if !c.engine.load_policy {
+        engine.load = LoadPolicy::NEVER;
+    }
     if let Some(mib) = c.engine.kv_memory_mib {
         engine = engine.with_kv_memory(mib << 20, &models);
     }

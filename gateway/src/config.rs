@@ -168,6 +168,9 @@ pub struct EngineSection {
     pub max_waiting: usize,
     /// Most tokens (prompt + drafts) one step may process.
     pub max_batch_tokens: usize,
+    /// Whether the load policy shortens, then stops, drafting as more sequences run (true);
+    /// false drafts at any load (`serve --no-load-policy`).
+    pub load_policy: bool,
 }
 
 impl Default for EngineSection {
@@ -178,6 +181,7 @@ impl Default for EngineSection {
             max_running: e.max_running,
             max_waiting: e.max_waiting,
             max_batch_tokens: e.max_batch_tokens,
+            load_policy: true,
         }
     }
 }
