@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use specd_protocol::{CancelFrame, ClientFrame, ServerFrame};
 
-use crate::client::{Connection, RequestTemplate, Target};
+use crate::client::{Connection, OpenError, RequestTemplate, Target};
 use crate::prompts::Prompt;
 use crate::server_metrics::scrape;
 
@@ -51,6 +51,8 @@ pub struct SoakReport {
     pub requests: BTreeMap<String, usize>,
     /// Requests that ended with an error frame, by code.
     pub errors: BTreeMap<String, usize>,
+    /// Connections the server refused (at its connection limit), by code.
+    pub refused_connections: BTreeMap<String, usize>,
     /// Broken invariants: a stream with no final frame or a second one, a frame for a request
     /// that had ended.
     pub violations: Vec<String>,
@@ -152,7 +154,22 @@ async fn client(
             Some(cn) if !cn.broken => cn,
             _ => {
                 ended.clear();
-                Connection::open(&s.target).await?
+                match Connection::try_open(&s.target).await {
+                    Ok(cn) => cn,
+                    // At its connection limit the server refuses new ones (a dropped
+                    // connection may not be released yet): counted, then tried again.
+                    Err(OpenError::Refused(code, _)) => {
+                        *report
+                            .lock()
+                            .unwrap()
+                            .refused_connections
+                            .entry(code.to_string())
+                            .or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(OpenError::Failed(e)) => return Err(e),
+                }
             }
         };
         let id = format!("c{c}-r{n}");
