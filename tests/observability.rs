@@ -181,7 +181,7 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     }
 
     // About 20 s of load: the draft model alone (it drafts at low load), then n-gram lookup
-    // from two clients, then some cancelled... every request bounded by time.
+    // from two clients, then target-only from four; every level bounded by time.
     let prompts = vec![
         Prompt::Text("hello world".into()),
         Prompt::Text("the the the the".into()),

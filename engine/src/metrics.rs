@@ -66,6 +66,18 @@ pub const STEP_DURATION: &str = "specd_step_duration_seconds";
 /// Tokens a verification kept per sequence (accepted drafts + the target's own).
 pub const ACCEPTED_LENGTH: &str = "specd_accepted_length";
 
+/// The `position` label of draft position `pos` (1-based): a static string for the first 16,
+/// so that recording a verification allocates nothing per position in the token step.
+pub fn position_label(pos: usize) -> metrics::SharedString {
+    const POSITIONS: [&str; 16] = [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match POSITIONS.get(pos.wrapping_sub(1)) {
+        Some(p) => metrics::SharedString::const_str(p),
+        None => pos.to_string().into(),
+    }
+}
+
 /// The phases of a token step, each an actor's handler, plus the time between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {

@@ -366,7 +366,7 @@ fn record_speculation(method: Method, drafted: usize, accepted: usize, lookup: b
                 .increment(accepted as u64);
         }
         for pos in 1..=drafted {
-            let position = pos.to_string();
+            let position = m::position_label(pos);
             metrics::counter!(m::SPEC_DRAFTED_PER_POSITION, "method" => method, "position" => position.clone())
                 .increment(1);
             if pos <= accepted {
