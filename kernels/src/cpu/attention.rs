@@ -83,42 +83,21 @@ pub fn attention(
         start + n
     );
 
-    let work = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / n_heads, idx % n_heads);
-        let pos = start + t;
-        let lo = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let qh = &q[t * q_row + h * head_dim..t * q_row + (h + 1) * head_dim];
-        let kvh = h / group;
-        let mut scores = Vec::with_capacity(pos + 1 - lo);
-        let mut max = f32::NEG_INFINITY;
-        for (c, keys) in kv.keys.iter().enumerate() {
-            let first = chunk_starts[c];
-            let rows = keys.len() / kv_row;
-            for r in first.max(lo)..(first + rows).min(pos + 1) {
-                let krow = &keys[(r - first) * kv_row + kvh * head_dim..][..head_dim];
-                let s = dot(qh, krow) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        let mut i = 0;
-        for (c, values) in kv.values.iter().enumerate() {
-            let first = chunk_starts[c];
-            let rows = values.len() / kv_row;
-            for r in first.max(lo)..(first + rows).min(pos + 1) {
-                let vrow = &values[(r - first) * kv_row + kvh * head_dim..][..head_dim];
-                axpy(o, scores[i] * inv, vrow);
-                i += 1;
-            }
-        }
+    let head = Head {
+        q,
+        kv,
+        start,
+        q_row,
+        kv_row,
+        head_dim,
+        n_heads,
+        group,
+        scale,
+        sliding_window,
+        chunk_starts: &chunk_starts,
     };
+    let simd = Simd::detect();
+    let work = |idx: usize, o: &mut [f32]| head.run(simd, idx, o);
     // Parallel only when there is enough work to pay for waking the pool.
     let cost = n * n_heads * (start + n) * head_dim;
     if cost <= 1 << 18 {
@@ -137,6 +116,116 @@ pub fn attention(
             work(idx, o);
         }
     });
+}
+
+/// One query head of one new row: everything [`attention`] shares between them.
+struct Head<'a> {
+    q: &'a [f32],
+    kv: KvChunks<'a>,
+    start: usize,
+    q_row: usize,
+    kv_row: usize,
+    head_dim: usize,
+    n_heads: usize,
+    group: usize,
+    scale: f32,
+    sliding_window: Option<usize>,
+    chunk_starts: &'a [usize],
+}
+
+/// The widest vector instructions this CPU has for the attention loops. The same code is
+/// compiled for each: lane-wise multiplies and adds (never fused) in the same order, so every
+/// width gives the same bits as the portable build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Simd {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+}
+
+impl Head<'_> {
+    /// Writes head `idx % n_heads` of new row `idx / n_heads` into `o`.
+    fn run(&self, simd: Simd, idx: usize, o: &mut [f32]) {
+        match simd {
+            Simd::Portable => self.compute(idx, o),
+            // SAFETY: `Simd::detect` found the features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.compute_avx2(idx, o) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.compute_avx512(idx, o) },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn compute_avx2(&self, idx: usize, o: &mut [f32]) {
+        self.compute(idx, o)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn compute_avx512(&self, idx: usize, o: &mut [f32]) {
+        self.compute(idx, o)
+    }
+
+    #[inline(always)]
+    fn compute(&self, idx: usize, o: &mut [f32]) {
+        let (head_dim, kv_row) = (self.head_dim, self.kv_row);
+        let (t, h) = (idx / self.n_heads, idx % self.n_heads);
+        let pos = self.start + t;
+        let lo = self
+            .sliding_window
+            .map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &self.q[t * self.q_row + h * head_dim..t * self.q_row + (h + 1) * head_dim];
+        let kvh = h / self.group;
+        let mut scores = Vec::with_capacity(pos + 1 - lo);
+        let mut max = f32::NEG_INFINITY;
+        for (c, keys) in self.kv.keys.iter().enumerate() {
+            let first = self.chunk_starts[c];
+            let rows = keys.len() / kv_row;
+            for r in first.max(lo)..(first + rows).min(pos + 1) {
+                let krow = &keys[(r - first) * kv_row + kvh * head_dim..][..head_dim];
+                let s = dot(qh, krow) * self.scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        o.fill(0.0);
+        let mut i = 0;
+        for (c, values) in self.kv.values.iter().enumerate() {
+            let first = self.chunk_starts[c];
+            let rows = values.len() / kv_row;
+            for r in first.max(lo)..(first + rows).min(pos + 1) {
+                let vrow = &values[(r - first) * kv_row + kvh * head_dim..][..head_dim];
+                axpy(o, scores[i] * inv, vrow);
+                i += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +314,65 @@ mod tests {
                         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
                     }
                 }
+            }
+        }
+    }
+
+    /// The vectorized builds of the per-head loop give the portable build's bits exactly.
+    #[test]
+    fn every_instruction_set_gives_the_portable_bits() {
+        let mut widths = vec![Simd::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                widths.push(Simd::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                widths.push(Simd::Avx512);
+            }
+        }
+        assert!(
+            widths.len() > 1 || !cfg!(target_arch = "x86_64"),
+            "no AVX2 here to compare"
+        );
+        for (start, n, head_dim) in [(0, 5, 128), (300, 3, 128), (37, 2, 72), (7, 1, 13)] {
+            let (n_heads, n_kv_heads) = (12, 2);
+            let (q_row, kv_row) = (n_heads * head_dim, n_kv_heads * head_dim);
+            let k = data((start + n) * kv_row, 4);
+            let v = data((start + n) * kv_row, 5);
+            let q = data(n * q_row, 6);
+            let keys = [&k[..]];
+            let values = [&v[..]];
+            let head = Head {
+                q: &q,
+                kv: KvChunks {
+                    keys: &keys,
+                    values: &values,
+                },
+                start,
+                q_row,
+                kv_row,
+                head_dim,
+                n_heads,
+                group: n_heads / n_kv_heads,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                sliding_window: None,
+                chunk_starts: &[0],
+            };
+            let run = |simd| {
+                let mut out = vec![0f32; n * q_row];
+                for (idx, o) in out.chunks_mut(head_dim).enumerate() {
+                    head.run(simd, idx, o);
+                }
+                out.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+            };
+            let want = run(Simd::Portable);
+            for &w in &widths[1..] {
+                assert_eq!(
+                    run(w),
+                    want,
+                    "{w:?}, start {start}, {n} rows, head_dim {head_dim}"
+                );
             }
         }
     }
