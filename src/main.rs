@@ -1,10 +1,11 @@
 //! The `specd` command line: `serve` runs the server, `generate` streams a completion, `bench` measures prefill and
 //! decode speed, `bench-spec` compares speculative decoding methods, `bench-load` measures the engine under
-//! concurrent requests.
+//! concurrent requests, `bench-prefill` a long prompt arriving into running streams.
 
 mod bench;
 mod bench_gpu;
 mod bench_load;
+mod bench_prefill;
 mod bench_spec;
 mod generate;
 mod serve;
@@ -37,6 +38,9 @@ enum Command {
     BenchSpec(bench_spec::BenchSpecArgs),
     /// Measure the engine under concurrent requests, speculation on and off.
     BenchLoad(bench_load::BenchLoadArgs),
+    /// Measure running streams' inter-token latency while a long prompt is prefilled, whole
+    /// and in chunks.
+    BenchPrefill(bench_prefill::BenchPrefillArgs),
     /// Drive a running specd over its WebSocket protocol: a closed-loop concurrency sweep
     /// (what `specd-loadtest` does).
     Loadtest(specd_loadtest::cli::LoadtestArgs),
@@ -73,6 +77,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchSpec(args) => bench_spec::run(args),
         Command::BenchLoad(args) => bench_load::run(args),
+        Command::BenchPrefill(args) => bench_prefill::run(args),
         Command::Loadtest(args) => specd_loadtest::cli::run(args),
     }
 }

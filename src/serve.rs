@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use specd_engine::actors::{EngineConfig, EngineModels, LoadPolicy, Method};
+use specd_engine::actors::{
+    measure_draft_costs, CatchUpPolicy, EngineConfig, EngineModels, LoadPolicy, Method,
+};
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
@@ -197,10 +199,39 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         max_running: c.engine.max_running,
         max_waiting: c.engine.max_waiting,
         max_batch_tokens: c.engine.max_batch_tokens,
+        prefill_chunk: c.engine.prefill_chunk,
         ..EngineConfig::default()
     };
     if !c.engine.load_policy {
         engine.load = LoadPolicy::NEVER;
+        engine.catch_up = CatchUpPolicy::ALWAYS;
+    } else if let Some(d) = models.draft.as_ref().filter(|_| c.engine.calibrate) {
+        // Whether reading a prompt pays for a request's remaining tokens depends on this
+        // machine's speeds: measure them on the served models.
+        let k = c.model.max_draft as usize;
+        let costs = measure_draft_costs(&models.target, d.model(), k)?;
+        engine.catch_up = CatchUpPolicy::calibrated(&costs);
+        let r = engine.catch_up.per_remaining_token;
+        let rule = if r > 0.0 {
+            format!(
+                "the draft model reads a prompt of n tokens when at least {:.2} n tokens are left \
+                 to generate",
+                1.0 / r
+            )
+        } else {
+            "at 70 % acceptance drafting costs more than it saves here: draft-model requests \
+             decode target-only"
+                .to_string()
+        };
+        println!(
+            "calibrated: target row {:.1} ms, {} rows {:.1} ms, draft row {:.1} ms, draft prefill \
+             {:.2} ms/token: {rule}",
+            costs.target_row * 1e3,
+            k + 1,
+            costs.verify * 1e3,
+            costs.draft_row * 1e3,
+            costs.catch_up_token * 1e3,
+        );
     }
     if let Some(mib) = c.engine.kv_memory_mib {
         engine = engine.with_kv_memory(mib << 20, &models);

@@ -770,6 +770,7 @@ fn sampling_at_a_temperature_alone_decides_in_the_forward_and_follows_the_target
             &mut pool,
             &mut [&mut seq],
             &drafts,
+            Vec::new(),
             Acceptance::InForward,
         )
         .unwrap();

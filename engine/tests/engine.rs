@@ -185,6 +185,20 @@ fn kv_exhaustion_preempts_and_outputs_stay_identical() {
         .await;
         assert!(s.preemptions > 0, "no preemption happened: {s:?}");
         eprintln!("{} preemptions", s.preemptions);
+        // And with prompts prefilled (and read by the draft model) 5 tokens a step.
+        let s = mixed_requests_match_alone(EngineConfig {
+            target_kv_blocks: 24,
+            draft_kv_blocks: 24,
+            glide_kv_blocks: 24,
+            load: LoadPolicy::NEVER,
+            prefill_chunk: Some(5),
+            ..Default::default()
+        })
+        .await;
+        assert!(
+            s.preemptions > 0,
+            "no preemption happened with chunks: {s:?}"
+        );
     });
 }
 

@@ -59,6 +59,9 @@ async fn run(ops: Vec<Op>) {
             max_waiting: 12,
             max_running: 6,
             load: LoadPolicy::NEVER,
+            // Prompts (up to 60 tokens) prefilled, and read by the draft model, in chunks of 8
+            // while others decode: chunks meet preemption, cancels and drops too.
+            prefill_chunk: Some(8),
             ..Default::default()
         },
     )

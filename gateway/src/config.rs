@@ -166,11 +166,19 @@ pub struct EngineSection {
     pub max_running: usize,
     /// Most requests waiting for admission before `overloaded`.
     pub max_waiting: usize,
-    /// Most tokens (prompt + drafts) one step may process.
+    /// Most tokens (verification rows + prompt chunks) one step may process.
     pub max_batch_tokens: usize,
-    /// Whether the load policy shortens, then stops, drafting as more sequences run (true);
-    /// false drafts at any load (`serve --no-load-policy`).
+    /// Most prompt tokens one step prefills while other sequences decode; unset: sized from
+    /// measured costs so that a prompt chunk adds at most 0.6 of a decode step.
+    pub prefill_chunk: Option<usize>,
+    /// Whether the load policy shortens, then stops, drafting as more sequences run, and
+    /// drafts with the draft model only when a request has enough tokens left to pay for
+    /// reading its prompt (measured at start) (true); false drafts at any load and length
+    /// (`serve --no-load-policy`).
     pub load_policy: bool,
+    /// Whether `serve` times the served pair at start to decide when reading a prompt pays
+    /// the draft model (true); false keeps the uncalibrated rule (the prompt is always read).
+    pub calibrate: bool,
 }
 
 impl Default for EngineSection {
@@ -181,7 +189,9 @@ impl Default for EngineSection {
             max_running: e.max_running,
             max_waiting: e.max_waiting,
             max_batch_tokens: e.max_batch_tokens,
+            prefill_chunk: e.prefill_chunk,
             load_policy: true,
+            calibrate: true,
         }
     }
 }
@@ -279,6 +289,9 @@ impl Config {
         let e = &self.engine;
         min("engine.max_running", e.max_running, 1)?;
         min("engine.max_batch_tokens", e.max_batch_tokens, 16)?;
+        if let Some(n) = e.prefill_chunk {
+            min("engine.prefill_chunk", n, 1)?;
+        }
         Ok(())
     }
 

@@ -31,7 +31,10 @@ impl Handler<Decide> for Acceptor {
                 .iter_mut()
                 .zip(&batch.drafts)
                 .zip(&verified)
-                .map(|((slot, draft), v)| slot.seq.decide(draft, v, accept_stochastic))
+                .map(|((slot, draft), v)| {
+                    v.as_ref()
+                        .map(|v| slot.seq.decide(draft, v, accept_stochastic))
+                })
                 .collect();
         }
         batch.clock.add(Phase::Accept, t.elapsed());

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use super::calibrate::CatchUpPolicy;
 use super::request::Method;
 use super::EngineModels;
 
@@ -59,9 +60,8 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Sequences in the running batch at most.
     pub max_running: usize,
-    /// Token rows one step may feed the target (verification rows plus prompt prefill of the
-    /// sequences admitted in it). A prompt longer than this is still admitted when it is first
-    /// in line and the batch is empty.
+    /// Token rows one step may feed the target (verification rows plus prompt prefill). A
+    /// longer prompt is prefilled in chunks over several steps.
     pub max_batch_tokens: usize,
     /// Blocks of the target's KV pool.
     pub target_kv_blocks: usize,
@@ -71,6 +71,14 @@ pub struct EngineConfig {
     pub glide_kv_blocks: usize,
     /// When drafting shortens and stops under load.
     pub load: LoadPolicy,
+    /// When a drafter behind the committed tokens (a new sequence's prompt, or a pause under
+    /// load) may catch up and draft.
+    pub catch_up: CatchUpPolicy,
+    /// Prompt tokens one step may prefill while other sequences decode: `None` sizes chunks
+    /// from measured costs so that a step's prefill adds at most 0.6 of a decode step
+    /// ([`super::prefill`]); `Some(n)`: at most `n`. Alone, a prompt takes up to
+    /// `max_batch_tokens` per step.
+    pub prefill_chunk: Option<usize>,
     /// How long an idle engine waits after a request arrives before its first step, to admit
     /// requests arriving with it in the same batch.
     pub admission_window: Duration,
@@ -86,6 +94,8 @@ impl Default for EngineConfig {
             draft_kv_blocks: 4096,
             glide_kv_blocks: 4096,
             load: LoadPolicy::default(),
+            catch_up: CatchUpPolicy::default(),
+            prefill_chunk: None,
             admission_window: Duration::from_millis(2),
         }
     }

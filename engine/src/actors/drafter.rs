@@ -8,6 +8,7 @@ use actix::{Actor, Addr, Context, Handler};
 
 use super::messages::{Propose, Verify};
 use super::request::Method;
+use super::step::StepBatch;
 use super::verifier::Verifier;
 use super::EngineModels;
 use crate::kv::KvPool;
@@ -24,12 +25,39 @@ impl Actor for Drafter {
     type Context = Context<Self>;
 }
 
+impl Drafter {
+    /// Feeds each slot with a catch-up chunk (and no draft) its drafter's missed tokens.
+    fn catch_up(&self, batch: &mut StepBatch) {
+        let mut pools = batch.pools.take().expect("pools lent with the step");
+        for slot in batch.slots.iter_mut().filter(|s| s.catch_up > 0) {
+            let (Some(p), Some(kv)) = (
+                self.models.proposer(slot.method),
+                pools.proposer_pool(slot.method),
+            ) else {
+                continue;
+            };
+            let t = Instant::now();
+            match slot.seq.catch_up_proposer(p, kv, slot.catch_up) {
+                Ok(n) => batch.caught_up.add(n, t.elapsed()),
+                Err(e) => {
+                    batch.error = Some((&e).into());
+                    break;
+                }
+            }
+        }
+        batch.pools = Some(pools);
+    }
+}
+
 impl Handler<Propose> for Drafter {
     type Result = ();
 
     fn handle(&mut self, Propose(mut batch): Propose, _: &mut Context<Self>) {
         let t = Instant::now();
         batch.drafts = vec![Draft::default(); batch.slots.len()];
+        if batch.error.is_none() && !batch.slots.is_empty() {
+            self.catch_up(&mut batch);
+        }
         if batch.error.is_none() && !batch.slots.is_empty() {
             for method in Method::ALL {
                 let Some(proposer) = self.models.proposer(method) else {

@@ -44,15 +44,14 @@ impl KvCacheManager {
 
     /// Blocks the slot needs for its step in the target's pool and in its drafter's own pool.
     fn needs(&self, pools: &mut Pools, slot: &Slot) -> (usize, usize) {
+        if let Some(n) = slot.chunk {
+            return (slot.seq.target_blocks_for_chunk(n), 0);
+        }
         let t = slot.seq.target_blocks_needed(slot.budget);
         let proposer = self.models.proposer(slot.method);
+        let (committed, k) = drafter_feed(slot);
         let d = match (proposer, pools.proposer_pool(slot.method)) {
-            (Some(p), Some(kv)) => p.blocks_needed(
-                kv,
-                slot.seq.proposer_state(),
-                slot.seq.tokens().len(),
-                slot.budget,
-            ),
+            (Some(p), Some(kv)) => p.blocks_needed(kv, slot.seq.proposer_state(), committed, k),
             _ => 0,
         };
         (t, d)
@@ -122,18 +121,20 @@ impl KvCacheManager {
             }
             if target_fits {
                 if let Some((s, _)) = batch.slots.iter_mut().zip(&needs).rev().find(|(s, n)| {
-                    s.budget > 0
+                    (s.budget > 0 || s.catch_up > 0)
                         && Pools::pool_of(s.method).is_some_and(|m| short.contains(&m))
                         && n.1 > 0
                 }) {
                     s.budget = 0;
+                    s.catch_up = 0;
                     continue;
                 }
             }
             if batch.slots.len() == 1 {
                 // Alone and still too big: first give up drafting, then give up.
-                if batch.slots[0].budget > 0 {
+                if batch.slots[0].budget > 0 || batch.slots[0].catch_up > 0 {
                     batch.slots[0].budget = 0;
+                    batch.slots[0].catch_up = 0;
                     continue;
                 }
                 let mut slot = batch.slots.pop().expect("one slot");
@@ -162,6 +163,18 @@ impl KvCacheManager {
     }
 }
 
+/// What the slot's drafter feeds this step, as (committed tokens, drafts) for the proposer's
+/// block count: drafting `budget` tokens after every committed token, or (a catch-up chunk,
+/// no drafting) the cached tokens plus the chunk, counted as one "draft" past them.
+fn drafter_feed(slot: &Slot) -> (usize, usize) {
+    if slot.catch_up > 0 {
+        let cached = slot.seq.proposer_state().cached_len().unwrap_or(0);
+        (cached + slot.catch_up, 1)
+    } else {
+        (slot.seq.tokens().len(), slot.budget)
+    }
+}
+
 impl Handler<Reserve> for KvCacheManager {
     type Result = ();
 
@@ -173,16 +186,19 @@ impl Handler<Reserve> for KvCacheManager {
         batch.slots.sort_by_key(|s| s.id);
         self.fit(&mut pools, &mut batch);
         for slot in batch.slots.iter_mut() {
-            let (k, n) = (slot.budget, slot.seq.tokens().len());
             let proposer = self.models.proposer(slot.method);
             let (target, own) = pools.split(slot.method);
-            let r = slot
-                .seq
-                .reserve_target(target, k)
-                .and_then(|()| match (proposer, own) {
-                    (Some(p), Some(kv)) => slot.seq.reserve_proposer(p, kv, n, k),
-                    _ => Ok(()),
-                });
+            let r = if let Some(n) = slot.chunk {
+                slot.seq.reserve_target_chunk(target, n)
+            } else {
+                let (committed, k) = drafter_feed(slot);
+                slot.seq
+                    .reserve_target(target, slot.budget)
+                    .and_then(|()| match (proposer, own) {
+                        (Some(p), Some(kv)) => slot.seq.reserve_proposer(p, kv, committed, k),
+                        _ => Ok(()),
+                    })
+            };
             if let Err(e) = r {
                 // Cannot happen after the fit check; fail the step rather than the engine.
                 batch.error = Some(RequestError::from(&e));
@@ -208,6 +224,8 @@ impl Handler<Rollback> for KvCacheManager {
             }
         } else {
             for (slot, d) in batch.slots.iter_mut().zip(&batch.decisions) {
+                // A slot that only prefilled keeps what it fed.
+                let Some(d) = d else { continue };
                 let (target, own) = pools.split(slot.method);
                 let proposer = self.models.proposer(slot.method).zip(own);
                 slot.seq.rollback(target, proposer, d);

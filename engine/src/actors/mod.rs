@@ -17,10 +17,12 @@
 //! and route messages. Callers talk to the engine through an [`EngineHandle`].
 
 mod acceptor;
+pub mod calibrate;
 pub mod config;
 mod drafter;
 mod kv_manager;
 mod messages;
+pub mod prefill;
 pub mod request;
 mod scheduler;
 mod step;
@@ -35,6 +37,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, AsyncContext, Context};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+pub use calibrate::{measure_draft_costs, CatchUpPolicy, DraftCosts};
 pub use config::{EngineConfig, LoadPolicy};
 pub use request::{
     Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, UnknownMethod,
@@ -223,6 +226,7 @@ impl Engine {
                         cancels: HashSet::new(),
                         next_id: 0,
                         stats: EngineStats::default(),
+                        costs: prefill::StepCosts::default(),
                     });
                     let _ = tx.send(EngineHandle {
                         scheduler: sched,

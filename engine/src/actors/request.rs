@@ -33,6 +33,9 @@ pub struct Chunk {
     /// Leading characters of `text` released by accepted draft tokens (the rest came from
     /// the target's own tokens or from text held back earlier).
     pub draft_chars: usize,
+    /// The engine step that produced it: steps are numbered from 1 in order, and chunks of
+    /// different requests from one step share it (0: text released when the request ended).
+    pub step: u64,
 }
 
 /// Token counts of a finished request.

@@ -8,23 +8,20 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use super::calibrate::CatchUpPolicy;
 use super::config::EngineConfig;
 use super::kv_manager::KvCacheManager;
 use super::messages::{Cancel, Commit, Free, GetStats, Reserve, Shutdown, StartStep, Submit};
+use super::prefill::{self, StepCosts};
 use super::request::{
     Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, Usage,
 };
-use super::step::{Slot, StepBatch, StepClock};
+use super::step::{Slot, StepBatch, StepClock, Work};
 use super::{EngineModels, EngineStats};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::metrics::{self as m, Phase};
 use crate::spec::{drafts_now, DraftPolicyConfig, Sequence};
-
-/// Drafting resumes after a pause only while the drafter's catch-up (tokens it missed) is at
-/// most this many times the tokens the request may still generate: prefill of the 0.5B drafter
-/// runs about this many times faster per token than speculation saves per generated token.
-const CATCH_UP_PER_REMAINING_TOKEN: usize = 4;
 
 pub(crate) struct Scheduler {
     pub models: EngineModels,
@@ -44,6 +41,8 @@ pub(crate) struct Scheduler {
     pub cancels: HashSet<RequestId>,
     pub next_id: RequestId,
     pub stats: EngineStats,
+    /// Prefill, catch-up and decode costs measured so far (they size prefill chunks).
+    pub costs: StepCosts,
 }
 
 impl Actor for Scheduler {
@@ -132,6 +131,8 @@ impl Scheduler {
             first_token: None,
             last_chunk: None,
             budget: 0,
+            chunk: None,
+            catch_up: 0,
             preemptions: 0,
         });
         metrics::gauge!(m::WAITING_SEQUENCES).set(self.waiting.len() as f64);
@@ -139,7 +140,8 @@ impl Scheduler {
     }
 
     /// Moves waiting requests into the running set, first come first served, while the batch
-    /// has room under `max_running` and `max_batch_tokens`.
+    /// has room under `max_running` and its verification rows under `max_batch_tokens`
+    /// (prompts are prefilled in chunks under the same budget, [`Scheduler::plan_step`]).
     fn admit(&mut self) {
         let rows = |s: &Slot| 1 + s.seq.request_draft_len();
         let mut tokens: usize = self.running.iter().map(rows).sum();
@@ -147,7 +149,7 @@ impl Scheduler {
             if self.running.len() >= self.config.max_running {
                 break;
             }
-            let cost = front.seq.pending_prefill() + rows(front);
+            let cost = rows(front);
             if tokens + cost > self.config.max_batch_tokens && !self.running.is_empty() {
                 break;
             }
@@ -182,15 +184,106 @@ impl Scheduler {
             .config
             .load
             .cap(self.running.len() + self.waiting.len());
-        for slot in self.running.iter_mut() {
-            slot.budget = budget(&self.models, slot, ctx, cap);
-        }
+        self.plan_step(ctx, cap);
         let mut batch = StepBatch::new(std::mem::take(&mut self.running), clock);
         batch.clock.add(Phase::Schedule, t.elapsed());
         self.in_step = batch.slots.len();
         self.stats.peak_running = self.stats.peak_running.max(self.in_step);
         self.stepping = true;
         self.kv.do_send(Reserve(batch));
+    }
+
+    /// Sets each running slot's work for the step: a chunk of its prompt (FCFS under the
+    /// step's prefill budget), or verification with a draft budget (its policy's length, at
+    /// most `cap`) or a chunk of its drafter's catch-up.
+    fn plan_step(&mut self, ctx: usize, cap: usize) {
+        let pending: Vec<usize> = self
+            .running
+            .iter()
+            .map(|s| s.seq.pending_prefill())
+            .collect();
+        let decoding = pending.contains(&0);
+        let rows: usize = self
+            .running
+            .iter()
+            .zip(&pending)
+            .filter(|(_, &p)| p == 0)
+            .map(|(s, _)| 1 + s.seq.request_draft_len())
+            .sum();
+        let spare = self
+            .config
+            .max_batch_tokens
+            .saturating_sub(rows)
+            .max(prefill::MIN_CHUNK);
+        let c = self.costs;
+        let step = c.decode_step.get();
+        let chunk = if decoding && self.config.prefill_chunk.is_none() && c.remeasure() {
+            0
+        } else {
+            prefill::chunk_tokens(
+                self.config.prefill_chunk,
+                spare,
+                decoding,
+                c.prefill_token.get(),
+                step,
+            )
+        };
+        // A drafter catching up alone delays only its own sequence's drafting: all at once.
+        let catch_up = prefill::chunk_tokens(
+            self.config.prefill_chunk,
+            spare,
+            self.running.len() > 1,
+            c.catch_up_token.get(),
+            step,
+        );
+        let prefilling: Vec<usize> = pending.iter().copied().filter(|&p| p > 0).collect();
+        let mut allotted = prefill::allot(&prefilling, chunk).into_iter();
+        for (slot, &p) in self.running.iter_mut().zip(&pending) {
+            (slot.chunk, slot.budget, slot.catch_up) = (None, 0, 0);
+            if p > 0 {
+                let n = allotted.next().expect("one allotment per prefilling slot");
+                if n < p {
+                    slot.chunk = Some(n);
+                    continue;
+                }
+            }
+            (slot.budget, slot.catch_up) =
+                draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up);
+        }
+    }
+
+    /// Takes in what a finished step measured: what a prompt token riding along adds to a
+    /// decode step (or, before any rode, a prompt token prefilled on its own), catch-up per
+    /// token, and the time of a step with none of these.
+    fn measure(&mut self, batch: &StepBatch) {
+        if batch.error.is_some() {
+            return;
+        }
+        let per_token = |w: Work| w.time.as_secs_f64() / w.tokens as f64;
+        let total = batch.clock.started.elapsed();
+        let own = total.saturating_sub(batch.prefilled.time + batch.caught_up.time);
+        let decoding = batch.decisions.iter().any(Option::is_some);
+        match self.costs.decode_step.get() {
+            Some(step) if batch.rode > 0 && decoding => {
+                let added = own.as_secs_f64() - step;
+                self.costs.prefill_token.add(added / batch.rode as f64);
+            }
+            _ if self.costs.prefill_token.get().is_none()
+                && batch.prefilled.tokens >= prefill::MIN_MEASURED =>
+            {
+                self.costs.prefill_token.add(per_token(batch.prefilled));
+            }
+            _ => {}
+        }
+        if batch.caught_up.tokens >= prefill::MIN_MEASURED {
+            self.costs.catch_up_token.add(per_token(batch.caught_up));
+        }
+        if batch.rode == 0 && batch.prefilled.tokens == 0 && batch.caught_up.tokens == 0 {
+            self.costs.decode_step.add(total.as_secs_f64());
+            self.costs.since_decode_step = 0;
+        } else {
+            self.costs.since_decode_step += 1;
+        }
     }
 
     /// Ends a request: its last text, then `Done`.
@@ -207,6 +300,7 @@ impl Scheduler {
                 drafted: 0,
                 accepted: 0,
                 draft_chars: 0,
+                step: 0,
             }));
         }
         let now = Instant::now();
@@ -293,6 +387,7 @@ impl Scheduler {
                 drafted,
                 accepted,
                 draft_chars,
+                step: self.stats.steps + 1,
             }))
             .is_ok()
     }
@@ -325,31 +420,55 @@ impl Scheduler {
     }
 }
 
-/// The tokens `slot` drafts this step (its policy's length, at most `cap`), or none where
-/// drafting would not pay or cannot happen yet.
-fn budget(models: &EngineModels, slot: &mut Slot, ctx: usize, cap: usize) -> usize {
+/// The tokens `slot` drafts this step (its policy's length, at most `cap`) and the tokens its
+/// drafter catches up on without drafting (at most `catch_up_chunk`): none where drafting would
+/// not pay or cannot happen yet.
+fn draft_plan(
+    models: &EngineModels,
+    config: &EngineConfig,
+    slot: &mut Slot,
+    ctx: usize,
+    cap: usize,
+    catch_up_chunk: usize,
+) -> (usize, usize) {
     let budget = slot.seq.plan(ctx, cap);
     let Some(p) = models.proposer(slot.method) else {
-        return budget;
+        return (budget, 0);
     };
     let seq = &slot.seq;
     // A drafter reading the target's cache waits for the target to prefill the prompt (it
     // would draft nothing), so nothing is reserved for it.
     if !drafts_now(budget, p.reads_target_cache(), seq.pending_prefill()) {
-        return 0;
+        return (0, 0);
     }
-    // A drafter left behind while load kept drafting off must first re-read what it missed;
-    // near the end of a request that costs more than drafting saves. Reading the prompt at its
-    // first chance to draft (the first step; for a drafter reading the target's cache the
-    // second, after the target's prefill) is no lag.
-    let first_chance = usize::from(p.reads_target_cache());
+    // A drafter that reads the prompt on its own stays out of the step that prefills the
+    // target: the first token waits for the target alone.
+    let apart = p.catches_up_apart();
+    if apart && seq.pending_prefill() > 0 {
+        return (0, 0);
+    }
+    // A drafter behind the committed tokens (the prompt, or what it missed while load kept
+    // drafting off) must read them first, which only pays with enough tokens left to come.
+    // The configured rule is the draft model's (calibrated on it); GLIDE's catch-up is one
+    // layer's and keeps the default.
     let lag = seq.drafter_lag(p);
-    if seq.generated().len() > first_chance
-        && lag > CATCH_UP_PER_REMAINING_TOKEN * seq.remaining_tokens()
-    {
-        return 0;
+    let rule = if apart {
+        config.catch_up
+    } else {
+        CatchUpPolicy::default()
+    };
+    let prompt = seq
+        .proposer_state()
+        .cached_len()
+        .is_none_or(|c| c + 1 < seq.request().prompt.len());
+    if !rule.pays(lag, seq.remaining_tokens(), prompt) {
+        return (0, 0);
     }
-    budget
+    // A long catch-up is read in chunks riding along with the step, drafting after it.
+    if apart && lag > catch_up_chunk {
+        return (0, catch_up_chunk);
+    }
+    (budget, 0)
 }
 
 fn record_speculation(method: Method, drafted: usize, accepted: usize, lookup: bool) {
@@ -424,6 +543,7 @@ impl Handler<Commit> for Scheduler {
     fn handle(&mut self, Commit(mut batch): Commit, _: &mut Context<Self>) {
         let t = Instant::now();
         self.stepping = false;
+        self.measure(&batch);
         let ctx = self.models.target.config().max_position_embeddings;
         let mut leaving = Vec::new();
         let slots = std::mem::take(&mut batch.slots);
@@ -439,6 +559,11 @@ impl Handler<Commit> for Scheduler {
                     leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
                     continue;
                 }
+                // A prompt chunk: nothing to commit yet.
+                let Some(d) = d else {
+                    self.running.push(slot);
+                    continue;
+                };
                 record_speculation(slot.method, d.drafted, d.accepted, draft.lookup);
                 let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
                     Ok(n) => n,

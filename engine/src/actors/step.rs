@@ -22,6 +22,13 @@ pub(crate) struct Slot {
     pub last_chunk: Option<Instant>,
     /// Tokens to draft in the current step.
     pub budget: usize,
+    /// `Some(n)`: this step only feeds the target `n` more prompt tokens (a chunk of a long
+    /// prompt); the sequence neither drafts nor verifies. `None`: it prefills whatever is
+    /// pending, then verifies.
+    pub chunk: Option<usize>,
+    /// Committed tokens the drafter reads this step without drafting (a chunk of its catch-up,
+    /// riding along with the others' drafting).
+    pub catch_up: usize,
     pub preemptions: u32,
 }
 
@@ -113,13 +120,36 @@ impl StepClock {
     }
 }
 
+/// Tokens fed to a model outside drafting and verification, and the time it took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Work {
+    pub tokens: usize,
+    pub time: Duration,
+}
+
+impl Work {
+    pub fn add(&mut self, tokens: usize, time: Duration) {
+        self.tokens += tokens;
+        self.time += time;
+    }
+}
+
 /// A token step in flight.
 #[derive(Debug)]
 pub(crate) struct StepBatch {
     pub slots: Vec<Slot>,
     pub drafts: Vec<Draft>,
-    pub verified: Vec<Verified>,
-    pub decisions: Vec<Decision>,
+    /// Per slot; `None` for slots that only prefilled a chunk.
+    pub verified: Vec<Option<Verified>>,
+    /// Per slot; `None` for slots that only prefilled a chunk.
+    pub decisions: Vec<Option<Decision>>,
+    /// Prompt tokens the target prefilled in forwards of their own in the step (the rest of a
+    /// prompt before its first verification), and the time it took.
+    pub prefilled: Work,
+    /// Prompt tokens that rode along in the verification forward (chunks).
+    pub rode: usize,
+    /// Tokens drafters caught up on without drafting, and the time it took.
+    pub caught_up: Work,
     /// Slots taken out of the step for lack of KV blocks (preempted or deferred), to requeue.
     pub requeue: Vec<Slot>,
     /// Slots that cannot run at all, with why.
@@ -140,6 +170,9 @@ impl StepBatch {
             drafts: Vec::new(),
             verified: Vec::new(),
             decisions: Vec::new(),
+            prefilled: Work::default(),
+            rode: 0,
+            caught_up: Work::default(),
             requeue: Vec::new(),
             failed: Vec::new(),
             outgrown: Vec::new(),

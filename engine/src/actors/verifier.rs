@@ -1,5 +1,6 @@
-//! The Verifier: prefills newly admitted (or recomputed) sequences, then runs ONE target
-//! forward over `[last, drafts..]` of every sequence of the step.
+//! The Verifier: prefills newly admitted (or recomputed) sequences, a long prompt in chunks
+//! over several steps, then runs ONE target forward over `[last, drafts..]` of every sequence
+//! of the step whose prefill is complete.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use super::messages::{Decide, Verify};
 use super::EngineModels;
 use crate::error::Result;
 use crate::metrics::Phase;
-use crate::spec::{verify, Acceptance, Verified};
+use crate::spec::{verify, Acceptance, Draft, Verified};
 
 /// Owns the target model (through [`EngineModels`]); its KV arrives lent with the step.
 pub(crate) struct Verifier {
@@ -30,20 +31,55 @@ impl Handler<Verify> for Verifier {
         if batch.error.is_none() && !batch.slots.is_empty() {
             let mut pools = batch.pools.take().expect("pools lent with the step");
             let target = &self.models.target;
-            let result: Result<Vec<Verified>> = (|| {
-                for slot in batch.slots.iter_mut() {
+            let (prefilled, rode) = (&mut batch.prefilled, &mut batch.rode);
+            let result: Result<Vec<Option<Verified>>> = (|| {
+                // The rest of a prompt whose sequence verifies in this step goes first, in a
+                // forward of its own (its last token is the verification's first).
+                for slot in batch.slots.iter_mut().filter(|s| s.chunk.is_none()) {
                     if slot.seq.pending_prefill() > 0 {
-                        slot.seq.prefill_target(target, &mut pools.target)?;
+                        let t = Instant::now();
+                        let n =
+                            slot.seq
+                                .prefill_target_chunk(target, &mut pools.target, usize::MAX)?;
+                        prefilled.add(n, t.elapsed());
                     }
                 }
-                let mut seqs: Vec<_> = batch.slots.iter_mut().map(|s| &mut s.seq).collect();
-                verify(
-                    target,
-                    &mut pools.target,
-                    &mut seqs,
-                    &batch.drafts,
-                    Acceptance::InForward,
-                )
+                // Slots that only prefill a chunk sit verification out: their chunks ride
+                // along in the verification forward.
+                let verifying: Vec<bool> = batch.slots.iter().map(|s| s.chunk.is_none()).collect();
+                let drafts: Vec<Draft> = batch
+                    .drafts
+                    .iter()
+                    .zip(&verifying)
+                    .filter(|(_, &v)| v)
+                    .map(|(d, _)| d.clone())
+                    .collect();
+                let mut seqs = Vec::new();
+                let mut riders = Vec::new();
+                for slot in batch.slots.iter_mut() {
+                    match slot.chunk {
+                        None => seqs.push(&mut slot.seq),
+                        Some(n) => riders.extend(slot.seq.chunk_input(n)),
+                    }
+                }
+                *rode = riders.iter().map(|r| r.tokens.len()).sum();
+                let mut verified = if seqs.is_empty() && riders.is_empty() {
+                    Vec::new()
+                } else {
+                    verify(
+                        target,
+                        &mut pools.target,
+                        &mut seqs,
+                        &drafts,
+                        riders,
+                        Acceptance::InForward,
+                    )?
+                }
+                .into_iter();
+                Ok(verifying
+                    .into_iter()
+                    .map(|v| if v { verified.next() } else { None })
+                    .collect())
             })();
             batch.pools = Some(pools);
             match result {

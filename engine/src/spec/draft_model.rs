@@ -216,6 +216,10 @@ impl Proposer for DraftModelProposer {
         true
     }
 
+    fn catches_up_apart(&self) -> bool {
+        true
+    }
+
     fn prefill(&self, kv: &mut KvPool, state: &mut ProposerState, tokens: &[u32]) -> Result<()> {
         let table = state.table.get_or_insert_with(BlockTable::new);
         let head = &tokens[..tokens.len().saturating_sub(1)];

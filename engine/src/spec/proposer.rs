@@ -117,6 +117,14 @@ pub trait Proposer: Send + Sync {
         false
     }
 
+    /// Whether the proposer reads missed committed tokens on its own ([`Proposer::prefill`])
+    /// apart from drafting, so that the engine spreads a long catch-up (the prompt) over steps
+    /// without drafting, and keeps it out of the step that prefills the target. Otherwise the
+    /// catch-up happens inside [`Proposer::propose`].
+    fn catches_up_apart(&self) -> bool {
+        false
+    }
+
     /// Committed tokens (of `committed`) that `state` has yet to read before it can draft: the
     /// catch-up cost of drafting now (0 for proposers without a cache).
     fn catch_up(&self, state: &ProposerState, committed: usize) -> usize {

@@ -123,11 +123,62 @@ impl Sequence {
         Ok(())
     }
 
+    /// The input feeding the target at most `limit` more of the tokens it has yet to cache,
+    /// with no logits: a prompt chunk riding along in a verification forward ([`verify`]).
+    /// `None` when nothing is pending.
+    pub fn chunk_input(&mut self, limit: usize) -> Option<SeqInput<'_>> {
+        let head = &self.tokens[..self.tokens.len() - 1];
+        let from = self.table.len().min(head.len());
+        let to = head.len().min(from.saturating_add(limit));
+        (to > from).then(|| SeqInput {
+            table: &mut self.table,
+            tokens: &head[from..to],
+            logits: Logits::None,
+        })
+    }
+
+    /// Feeds the proposer at most `limit` of the committed tokens it has yet to read (a chunk
+    /// of its catch-up, outside drafting); returns how many it fed.
+    pub fn catch_up_proposer(
+        &mut self,
+        proposer: &dyn Proposer,
+        kv: &mut KvPool,
+        limit: usize,
+    ) -> Result<usize> {
+        let lag = self.drafter_lag(proposer);
+        let n = lag.min(limit);
+        if n == 0 {
+            return Ok(0);
+        }
+        let cached = self.proposer_state.cached_len().unwrap_or(0);
+        let t = Instant::now();
+        // `prefill` reads all but the last of the tokens it is given.
+        proposer.prefill(kv, &mut self.proposer_state, &self.tokens[..cached + n + 1])?;
+        self.prefill_time += t.elapsed();
+        Ok(n)
+    }
+
     /// The target's part of [`Sequence::prefill`].
     pub fn prefill_target(&mut self, target: &Model, kv: &mut KvPool) -> Result<()> {
+        self.prefill_target_chunk(target, kv, usize::MAX)
+            .map(|_| ())
+    }
+
+    /// Feeds the target at most `limit` more of the tokens it has yet to cache (a chunk of a
+    /// long prompt, prefilled over several steps); returns how many it fed. The cache ends up
+    /// the same whatever the chunks: each position's keys and values depend only on the
+    /// positions before it.
+    pub fn prefill_target_chunk(
+        &mut self,
+        target: &Model,
+        kv: &mut KvPool,
+        limit: usize,
+    ) -> Result<usize> {
         let t = Instant::now();
         let head = &self.tokens[..self.tokens.len() - 1];
-        for chunk in head[self.table.len().min(head.len())..].chunks(PREFILL_CHUNK) {
+        let from = self.table.len().min(head.len());
+        let to = head.len().min(from.saturating_add(limit));
+        for chunk in head[from..to].chunks(PREFILL_CHUNK) {
             target.forward(
                 kv,
                 &mut [SeqInput {
@@ -138,7 +189,7 @@ impl Sequence {
             )?;
         }
         self.prefill_time += t.elapsed();
-        Ok(())
+        Ok(to - from)
     }
 
     /// Committed tokens `proposer` has yet to read for this sequence before it can draft again.
@@ -167,6 +218,19 @@ impl Sequence {
     pub fn target_blocks_needed(&self, k: usize) -> usize {
         // The step feeds [last, d_1..d_k] after the cached tokens[..len-1].
         KvPool::blocks_for(self.tokens.len() + k).saturating_sub(self.table.blocks().len())
+    }
+
+    /// Blocks of the target's pool that prefilling `chunk` more tokens (of those pending) needs
+    /// beyond what the sequence holds.
+    pub fn target_blocks_for_chunk(&self, chunk: usize) -> usize {
+        let upto = self.table.len() + chunk.min(self.pending_prefill());
+        KvPool::blocks_for(upto).saturating_sub(self.table.blocks().len())
+    }
+
+    /// Reserves the target blocks of [`Sequence::target_blocks_for_chunk`].
+    pub fn reserve_target_chunk(&mut self, kv: &mut KvPool, chunk: usize) -> Result<()> {
+        let n = chunk.min(self.pending_prefill());
+        kv.reserve(&mut self.table, n)
     }
 
     /// Reserves the target blocks of [`Sequence::target_blocks_needed`].
@@ -563,6 +627,7 @@ impl<'a> Speculator<'a> {
             &mut self.target_kv,
             &mut live,
             &drafts,
+            Vec::new(),
             self.acceptance,
         )?;
         let times = PhaseTimes {

@@ -91,19 +91,25 @@ pub fn propose_drafts(
     Ok(drafts)
 }
 
-/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence. When every
-/// sequence decodes greedily (no repetition penalty), or (with [`Acceptance::InForward`])
-/// every sequence samples at a temperature alone, the forward decides acceptance itself;
-/// otherwise each sequence gets its rows of logits (one more than its drafts).
-pub fn verify(
+/// Verification phase: ONE target forward over `[last, drafts..]` of every sequence, with
+/// `riders` (prompt chunks of other sequences, [`Sequence::chunk_input`]) filling the cache in
+/// the same forward, so that a chunk costs its rows and not another pass over the weights.
+/// When every sequence decodes greedily (no repetition penalty), or (with
+/// [`Acceptance::InForward`]) every sequence samples at a temperature alone, and nothing rides
+/// along, the forward decides acceptance itself; otherwise each sequence gets its rows of
+/// logits (one more than its drafts).
+pub fn verify<'a>(
     target: &Model,
     kv: &mut KvPool,
-    seqs: &mut [&mut Sequence],
+    seqs: &'a mut [&mut Sequence],
     drafts: &[Draft],
+    riders: Vec<SeqInput<'a>>,
     acceptance: Acceptance,
 ) -> Result<Vec<Verified>> {
-    let greedy = seqs.iter().all(|s| s.decides_greedily());
+    let alone = riders.is_empty();
+    let greedy = alone && seqs.iter().all(|s| s.decides_greedily());
     let sampled = !greedy
+        && alone
         && acceptance == Acceptance::InForward
         && seqs.iter().all(|s| s.samples_in_forward());
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
@@ -143,6 +149,8 @@ pub fn verify(
             logits: Logits::All,
         })
         .collect();
+    let verifying = batch.len();
+    batch.extend(riders);
     let decided = |v: Vec<(usize, u32)>| {
         v.into_iter()
             .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
@@ -167,6 +175,7 @@ pub fn verify(
     target
         .forward(kv, &mut batch)?
         .into_iter()
+        .take(verifying)
         .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
         .collect()
 }

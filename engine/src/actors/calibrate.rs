@@ -1,0 +1,212 @@
+//! What drafting costs and saves on this machine, measured at start, and the catch-up rule it
+//! gives: a drafter with a cache of its own (the draft model) must read every committed token
+//! before it drafts, the prompt included, and that only pays when the request has enough tokens
+//! left to win it back.
+//!
+//! `specd serve` times a few forwards of the models it loaded (well under a second on the CPU
+//! pair) instead of trusting constants measured on another machine: one target row, one
+//! verification of `k + 1` rows, one draft row, and the draft model's prefill per token.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::kv::BlockTable;
+use crate::model::{Logits, Model, SeqInput};
+
+/// Seconds of the forwards a draft-model step is made of, measured on the served models.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DraftCosts {
+    /// Drafted tokens per step the verification was timed with.
+    pub k: usize,
+    /// A target forward of one row (a plain decode step).
+    pub target_row: f64,
+    /// A target forward of `k + 1` rows (a verification).
+    pub verify: f64,
+    /// A draft-model forward of one row (one drafted token).
+    pub draft_row: f64,
+    /// The draft model's prefill, per token (what catching up costs).
+    pub catch_up_token: f64,
+}
+
+impl DraftCosts {
+    /// Seconds drafting `k` tokens saves per generated token when each draft is accepted with
+    /// probability `acceptance` (negative: drafting costs more than it saves).
+    pub fn saving_per_token(&self, acceptance: f64) -> f64 {
+        let a = acceptance.clamp(0.0, 1.0);
+        let per_step: f64 = (0..=self.k).map(|i| a.powi(i as i32)).sum();
+        self.target_row - (self.verify + self.k as f64 * self.draft_row) / per_step
+    }
+}
+
+/// The acceptance a new sequence is assumed to reach before it has drafted (the draft model's
+/// on bench-spec's code prompts, BENCHMARKS.md: 70-80 % at k = 4).
+pub const ASSUMED_ACCEPTANCE: f64 = 0.7;
+
+/// When a drafter may (re)start drafting after falling behind the committed tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CatchUpPolicy {
+    /// Drafting starts only while the drafter's catch-up (committed tokens it has not read) is
+    /// at most this many times the tokens the request may still generate.
+    pub per_remaining_token: f64,
+    /// Whether the rule holds for the prompt too; otherwise only for catch-ups after the first
+    /// chance to draft (a drafter left behind while the load policy kept drafting off).
+    pub prompt: bool,
+}
+
+impl Default for CatchUpPolicy {
+    /// Uncalibrated: the 0.5B drafter's prefill runs about 4 times faster per token than
+    /// speculation saves per generated token on the CPU pair (BENCHMARKS.md, issue 4); the
+    /// prompt is always read.
+    fn default() -> Self {
+        Self {
+            per_remaining_token: 4.0,
+            prompt: false,
+        }
+    }
+}
+
+impl CatchUpPolicy {
+    /// Never holds drafting back (`serve --no-load-policy`).
+    pub const ALWAYS: CatchUpPolicy = CatchUpPolicy {
+        per_remaining_token: f64::INFINITY,
+        prompt: false,
+    };
+
+    /// The rule from measured costs: catch up on `lag` tokens only when `lag` times the
+    /// catch-up cost per token is at most what drafting saves over the tokens still to come,
+    /// at [`ASSUMED_ACCEPTANCE`]; the prompt included.
+    pub fn calibrated(costs: &DraftCosts) -> Self {
+        let saving = costs.saving_per_token(ASSUMED_ACCEPTANCE).max(0.0);
+        Self {
+            per_remaining_token: saving / costs.catch_up_token.max(1e-9),
+            prompt: true,
+        }
+    }
+
+    /// Whether a drafter `lag` tokens behind should catch up and draft for a request that may
+    /// still generate `remaining` tokens; `prompt`: the lag is the prompt (the first chance).
+    pub fn pays(&self, lag: usize, remaining: usize, prompt: bool) -> bool {
+        if lag == 0 || (prompt && !self.prompt) {
+            return true;
+        }
+        lag as f64 <= self.per_remaining_token * remaining as f64
+    }
+}
+
+/// Prefix length the forwards are timed after (a short chat prompt).
+const CONTEXT: usize = 64;
+/// Each forward is timed this many times; the fastest counts (the others met noise).
+const REPEATS: usize = 3;
+
+/// Times the forwards of [`DraftCosts`] for `target` verifying `k` drafts of `draft`.
+pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<DraftCosts> {
+    let vocab = target.config().vocab_size.min(draft.config().vocab_size) as u32;
+    let tokens: Vec<u32> = (0..CONTEXT + k + 1)
+        .map(|i| (i as u32 * 7919 + 13) % vocab)
+        .collect();
+    let (prefix, step) = tokens.split_at(CONTEXT);
+    let target_row = timed_rows(target, prefix, &step[..1], Logits::Last)?;
+    let verify = timed_rows(target, prefix, step, Logits::All)?;
+    let draft_row = timed_rows(draft, prefix, &step[..1], Logits::Last)?;
+    let catch_up = timed_rows(draft, &[], prefix, Logits::None)?;
+    Ok(DraftCosts {
+        k,
+        target_row,
+        verify,
+        draft_row,
+        catch_up_token: catch_up / CONTEXT as f64,
+    })
+}
+
+/// The fastest of [`REPEATS`] forwards of `rows` after `prefix` is cached (one more, first,
+/// warms up), in seconds.
+fn timed_rows(model: &Model, prefix: &[u32], rows: &[u32], logits: Logits) -> Result<f64> {
+    let mut kv = model.new_pool(crate::kv::KvPool::blocks_for(prefix.len() + rows.len()));
+    let mut table = BlockTable::new();
+    if !prefix.is_empty() {
+        model.forward(
+            &mut kv,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens: prefix,
+                logits: Logits::None,
+            }],
+        )?;
+    }
+    let mut best = f64::INFINITY;
+    for i in 0..=REPEATS {
+        let t = Instant::now();
+        model.forward(
+            &mut kv,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens: rows,
+                logits,
+            }],
+        )?;
+        if i > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        kv.truncate(&mut table, prefix.len());
+    }
+    kv.free(&mut table);
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> DraftCosts {
+        // The CPU pair, roughly: 80 ms a target row, 120 ms five rows, 20 ms a draft row,
+        // 2 ms a prompt token of draft prefill.
+        DraftCosts {
+            k: 4,
+            target_row: 0.080,
+            verify: 0.120,
+            draft_row: 0.020,
+            catch_up_token: 0.002,
+        }
+    }
+
+    #[test]
+    fn saving_grows_with_acceptance_and_turns_negative_without_it() {
+        let c = costs();
+        assert!(c.saving_per_token(0.0) < 0.0);
+        assert!(c.saving_per_token(0.5) < c.saving_per_token(0.9));
+        // All accepted: five tokens for 200 ms against 400 ms.
+        assert!((c.saving_per_token(1.0) - 0.040).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibrated_rule_weighs_the_prompt_against_the_tokens_to_come() {
+        let p = CatchUpPolicy::calibrated(&costs());
+        let ratio = costs().saving_per_token(ASSUMED_ACCEPTANCE) / 0.002;
+        assert!((p.per_remaining_token - ratio).abs() < 1e-9);
+        assert!(p.prompt);
+        // A long answer pays for reading a 100-token prompt, a short one does not.
+        assert!(p.pays(100, 512, true));
+        assert!(!p.pays(100, (100.0 / ratio) as usize - 1, true));
+        assert!(p.pays(0, 0, true));
+    }
+
+    #[test]
+    fn uncalibrated_rule_always_reads_the_prompt() {
+        let p = CatchUpPolicy::default();
+        assert!(p.pays(10_000, 1, true));
+        assert!(!p.pays(41, 10, false));
+        assert!(p.pays(40, 10, false));
+        assert!(CatchUpPolicy::ALWAYS.pays(1_000_000, 1, false));
+    }
+
+    #[test]
+    fn a_drafter_that_never_pays_never_catches_up() {
+        let c = DraftCosts {
+            draft_row: 0.080,
+            ..costs()
+        };
+        assert!(c.saving_per_token(ASSUMED_ACCEPTANCE) < 0.0);
+        let p = CatchUpPolicy::calibrated(&c);
+        assert!(!p.pays(1, 1_000_000, true));
+    }
+}

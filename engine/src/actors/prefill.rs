@@ -1,0 +1,160 @@
+//! Chunked prefill: how many prompt tokens one step may feed the target (and how many missed
+//! tokens a drafter may catch up on), so that a long prompt arriving into a running batch is
+//! prefilled over several steps instead of stalling every stream for the whole of it.
+//!
+//! While other sequences decode, a step's prefill is sized from measured costs so that it adds
+//! at most [`PREFILL_SHARE`] of a decode-only step: the running streams' inter-token latency
+//! stays under twice its usual value whatever the prompt. With nothing else decoding there is
+//! no one to starve and a step takes up to the batch's token budget. A fixed chunk can be set
+//! instead (`EngineConfig::prefill_chunk`). These are plain functions; the Scheduler measures
+//! the costs (every step reports its prefill time and tokens) and applies them.
+
+/// A step's prefill may add this share of a decode-only step's time.
+pub const PREFILL_SHARE: f64 = 0.6;
+
+/// The smallest chunk while others decode, so that a long prompt always moves forward.
+pub const MIN_CHUNK: usize = 2;
+
+/// Chunks shorter than this are not measured: their per-token cost is mostly fixed overhead.
+pub const MIN_MEASURED: usize = 8;
+
+/// While a long prompt is prefilled, every this many steps one runs without a chunk, so that
+/// the decode step it is weighed against is measured afresh (running streams grow, and their
+/// steps with them).
+pub const REMEASURE_EVERY: u64 = 16;
+
+/// An exponentially weighted mean of a cost in seconds (`None` until the first sample).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ewma(Option<f64>);
+
+impl Ewma {
+    const WEIGHT: f64 = 0.25;
+
+    pub fn add(&mut self, x: f64) {
+        if !x.is_finite() || x < 0.0 {
+            return;
+        }
+        self.0 = Some(match self.0 {
+            None => x,
+            Some(m) => m + Self::WEIGHT * (x - m),
+        });
+    }
+
+    pub fn get(&self) -> Option<f64> {
+        self.0
+    }
+}
+
+/// Costs the Scheduler measures as steps complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepCosts {
+    /// Seconds a prompt token riding along in a verification forward adds to the step
+    /// (until one has, the seconds per token of a prompt prefilled on its own).
+    pub prefill_token: Ewma,
+    /// Seconds per token a drafter with its own cache catches up on (its prompt prefill).
+    pub catch_up_token: Ewma,
+    /// Seconds of a whole step with no prefill and no catch-up in it.
+    pub decode_step: Ewma,
+    /// Steps since [`StepCosts::decode_step`] was last measured.
+    pub since_decode_step: u64,
+}
+
+impl StepCosts {
+    /// Whether the next step, with streams decoding and prompts waiting, should leave the
+    /// prompts out once to measure the decode step afresh.
+    pub fn remeasure(&self) -> bool {
+        self.since_decode_step >= REMEASURE_EVERY
+    }
+}
+
+/// Tokens one step may feed for prefill (or catch-up) at `per_token` seconds each: with
+/// nothing else decoding, `max_tokens`; otherwise what costs [`PREFILL_SHARE`] of a decode-only
+/// step, at least [`MIN_CHUNK`] and at most `max_tokens`. A `fixed` chunk overrides the
+/// measurement while others decode. Before anything has been measured, [`MIN_CHUNK`]s.
+pub fn chunk_tokens(
+    fixed: Option<usize>,
+    max_tokens: usize,
+    others_decode: bool,
+    per_token: Option<f64>,
+    decode_step: Option<f64>,
+) -> usize {
+    let max_tokens = max_tokens.max(1);
+    if !others_decode {
+        return max_tokens;
+    }
+    if let Some(n) = fixed {
+        return n.clamp(1, max_tokens);
+    }
+    let measured = match (per_token, decode_step) {
+        (Some(p), Some(d)) if p > 0.0 => (PREFILL_SHARE * d / p) as usize,
+        _ => MIN_CHUNK,
+    };
+    measured.clamp(MIN_CHUNK.min(max_tokens), max_tokens)
+}
+
+/// Shares `budget` tokens among sequences waiting for `pending[i]` tokens each, first come
+/// first served (in the order given).
+pub fn allot(pending: &[usize], budget: usize) -> Vec<usize> {
+    let mut left = budget;
+    pending
+        .iter()
+        .map(|&p| {
+            let n = p.min(left);
+            left -= n;
+            n
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alone_a_prompt_takes_the_whole_budget() {
+        assert_eq!(
+            chunk_tokens(None, 2048, false, Some(0.01), Some(0.05)),
+            2048
+        );
+        assert_eq!(chunk_tokens(Some(16), 2048, false, None, None), 2048);
+    }
+
+    #[test]
+    fn among_decoders_a_chunk_costs_a_share_of_a_decode_step() {
+        // 80 ms steps, 2 ms per prompt token: 0.6 * 80 / 2 = 24 tokens.
+        assert_eq!(chunk_tokens(None, 2048, true, Some(0.002), Some(0.080)), 24);
+        // Cheap prefill: capped by the budget; dear prefill: at least MIN_CHUNK.
+        assert_eq!(chunk_tokens(None, 100, true, Some(1e-6), Some(0.080)), 100);
+        assert_eq!(
+            chunk_tokens(None, 2048, true, Some(1.0), Some(0.080)),
+            MIN_CHUNK
+        );
+        // Nothing measured yet.
+        assert_eq!(chunk_tokens(None, 2048, true, None, Some(0.080)), MIN_CHUNK);
+        assert_eq!(chunk_tokens(None, 1, true, None, None), 1);
+        // A fixed chunk wins over the measurement.
+        assert_eq!(
+            chunk_tokens(Some(7), 2048, true, Some(0.002), Some(0.08)),
+            7
+        );
+    }
+
+    #[test]
+    fn allotment_is_first_come_first_served() {
+        assert_eq!(allot(&[10, 50, 5], 40), vec![10, 30, 0]);
+        assert_eq!(allot(&[10, 5], 100), vec![10, 5]);
+        assert_eq!(allot(&[], 100), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn ewma_starts_at_the_first_sample_and_moves_toward_new_ones() {
+        let mut e = Ewma::default();
+        assert_eq!(e.get(), None);
+        e.add(1.0);
+        assert_eq!(e.get(), Some(1.0));
+        e.add(2.0);
+        assert_eq!(e.get(), Some(1.25));
+        e.add(f64::NAN);
+        assert_eq!(e.get(), Some(1.25));
+    }
+}

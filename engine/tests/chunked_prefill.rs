@@ -1,0 +1,318 @@
+//! Chunked prefill and the draft model's catch-up: a long prompt is prefilled over several
+//! steps without changing any token, running streams keep stepping between its chunks, the
+//! draft model stays out of a sequence's first step and reads a long prompt in chunks, and the
+//! catch-up rule decides whether reading the prompt pays.
+
+mod common;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use specd_engine::actors::{
+    measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineHandle, EngineRequest, Event,
+    LoadPolicy, Method, RequestStream,
+};
+use specd_engine::generate::{generate, GenerateRequest};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::DraftPolicyConfig;
+
+fn prompt(seed: u64, vocab: u32, len: usize) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize, method: Method) -> EngineRequest {
+    EngineRequest {
+        generate: GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        },
+        method,
+        policy: DraftPolicyConfig::default(),
+    }
+}
+
+/// Tokens, drafted and accepted counts of each chunk of a stream, to its end.
+#[derive(Debug, Default)]
+struct Outcome {
+    tokens: Vec<u32>,
+    /// Drafted tokens per chunk, in order.
+    drafted: Vec<usize>,
+    /// The engine step of each chunk with tokens.
+    steps: Vec<u64>,
+}
+
+impl Outcome {
+    fn take(&mut self, e: Event) {
+        match e {
+            Event::Chunk(c) => {
+                if !c.tokens.is_empty() {
+                    self.steps.push(c.step);
+                }
+                self.tokens.extend(c.tokens);
+                self.drafted.push(c.drafted);
+            }
+            Event::Done(_) => {}
+            Event::Error(e) => panic!("request failed: {}: {}", e.code, e.message),
+        }
+    }
+
+    fn drafted_total(&self) -> usize {
+        self.drafted.iter().sum()
+    }
+}
+
+async fn drain(mut s: RequestStream, mut o: Outcome) -> Outcome {
+    while let Some(e) = s.next_event().await {
+        o.take(e);
+    }
+    o
+}
+
+async fn idle_and_empty(h: &EngineHandle) {
+    for _ in 0..2000 {
+        let s = h.stats().await.unwrap();
+        if s.running == 0 && s.waiting == 0 && s.kv_target.blocks_used == 0 {
+            assert_eq!(s.kv_draft.blocks_used, 0, "{s:?}");
+            assert_eq!(s.kv_glide.blocks_used, 0, "{s:?}");
+            assert_eq!(s.kv_accounting_errors, 0, "{s:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("engine did not drain: {:?}", h.stats().await.unwrap());
+}
+
+fn local<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn target_only(m: &specd_engine::actors::EngineModels, r: &EngineRequest) -> Vec<u32> {
+    generate(&m.target, &m.tokenizer, &r.generate, |_| {})
+        .unwrap()
+        .tokens
+}
+
+/// A 300-token prompt prefilled 16 tokens a step (alone, under `max_batch_tokens` = 16), and
+/// 7 a step beside a decoding stream, gives target-only output for every method.
+#[test]
+fn chunked_prefill_gives_the_tokens_of_whole_prefill() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let long = prompt(1, vocab, 300);
+        let short = prompt(2, vocab, 5);
+        for method in Method::ALL {
+            let r = request(long.clone(), 24, method);
+            let want = target_only(&m, &r);
+            // Alone: the budget itself cuts the prompt into 16-token chunks.
+            let engine = Engine::start(
+                m.clone(),
+                EngineConfig {
+                    max_batch_tokens: 16,
+                    load: LoadPolicy::NEVER,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let h = engine.handle();
+            let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
+            assert_eq!(o.tokens, want, "{method}, alone in 16-token chunks");
+            let steps = h.stats().await.unwrap().steps;
+            assert!(
+                steps >= 300 / 16,
+                "{method}: {steps} steps, the prompt was not chunked"
+            );
+            idle_and_empty(&h).await;
+            // Beside a running stream: chunks of 7.
+            let engine = Engine::start(
+                m.clone(),
+                EngineConfig {
+                    prefill_chunk: Some(7),
+                    load: LoadPolicy::NEVER,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let h = engine.handle();
+            let mut other = h.submit(request(short.clone(), 80, method)).await.unwrap();
+            let mut first = Outcome::default();
+            first.take(other.next_event().await.unwrap());
+            let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
+            assert_eq!(
+                o.tokens, want,
+                "{method}, in 7-token chunks beside another stream"
+            );
+            let o = drain(other, first).await;
+            assert_eq!(
+                o.tokens,
+                target_only(&m, &request(short.clone(), 80, method))
+            );
+            idle_and_empty(&h).await;
+        }
+    });
+}
+
+/// A 400-token prompt arriving while a stream runs is prefilled 8 tokens a step (50 steps),
+/// and the running stream gets a token in every one of those steps: it is not stalled.
+#[test]
+fn a_long_prompt_admitted_mid_stream_does_not_starve_the_others() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let engine = Engine::start(
+            m.clone(),
+            EngineConfig {
+                prefill_chunk: Some(8),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let running = request(prompt(3, vocab, 4), 200, Method::None);
+        let mut a = h.submit(running.clone()).await.unwrap();
+        let mut ao = Outcome::default();
+        ao.take(a.next_event().await.unwrap());
+        let long = request(prompt(4, vocab, 400), 4, Method::None);
+        let bo = drain(h.submit(long.clone()).await.unwrap(), Outcome::default()).await;
+        let ao = drain(a, ao).await;
+        assert_eq!(bo.tokens, target_only(&m, &long));
+        assert_eq!(ao.tokens, target_only(&m, &running));
+        // Steps from the running stream's first token to the long prompt's first.
+        let (start, answered) = (ao.steps[0], bo.steps[0]);
+        assert!(
+            answered - start >= 50,
+            "the 400-token prompt answered {} steps after the stream started: not prefilled in \
+             8-token chunks",
+            answered - start
+        );
+        let stepped: Vec<u64> = ao
+            .steps
+            .iter()
+            .copied()
+            .filter(|&s| s <= answered)
+            .collect();
+        let every: Vec<u64> = (start..=answered).collect();
+        assert_eq!(
+            stepped, every,
+            "the running stream missed steps during the prefill"
+        );
+        idle_and_empty(&h).await;
+    });
+}
+
+/// The draft model does not work in a sequence's first step (the first token waits for the
+/// target alone), reads a 120-token prompt in 6-token chunks beside another stream without
+/// drafting, then drafts; the output is the target's own.
+#[test]
+fn the_draft_model_reads_the_prompt_after_the_first_token_in_chunks() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let engine = Engine::start(
+            m.clone(),
+            EngineConfig {
+                prefill_chunk: Some(6),
+                load: LoadPolicy::NEVER,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        // Alone: the first chunk drafted nothing, later ones did.
+        let r = request(prompt(5, vocab, 10), 40, Method::Draft);
+        let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
+        assert_eq!(o.tokens, target_only(&m, &r));
+        assert_eq!(
+            o.drafted[0], 0,
+            "the draft model drafted in the first step: {o:?}"
+        );
+        assert!(
+            o.drafted_total() > 0,
+            "the draft model did not draft after: {o:?}"
+        );
+        // Beside another stream, a long prompt: 120 / 6 = 20 steps of catch-up first.
+        let mut other = h
+            .submit(request(prompt(6, vocab, 4), 120, Method::None))
+            .await
+            .unwrap();
+        let mut first = Outcome::default();
+        first.take(other.next_event().await.unwrap());
+        let r = request(prompt(7, vocab, 120), 60, Method::Draft);
+        let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
+        assert_eq!(o.tokens, target_only(&m, &r));
+        let undrafted = o.drafted.iter().take_while(|&&d| d == 0).count();
+        assert!(
+            undrafted >= 120 / 6,
+            "drafting began after {undrafted} steps, before the 120-token prompt was read: {o:?}"
+        );
+        assert!(o.drafted_total() > 0, "never drafted: {o:?}");
+        drain(other, first).await;
+        idle_and_empty(&h).await;
+    });
+}
+
+/// With a calibrated rule (read a prompt of n tokens only when at least n tokens are left to
+/// generate), a 60-token prompt is not read for 20 tokens and is for 100.
+#[test]
+fn the_catch_up_rule_weighs_the_prompt_against_the_tokens_left() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let engine = Engine::start(
+            m.clone(),
+            EngineConfig {
+                catch_up: CatchUpPolicy {
+                    per_remaining_token: 1.0,
+                    prompt: true,
+                },
+                load: LoadPolicy::NEVER,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let p = prompt(8, vocab, 60);
+        let short = request(p.clone(), 20, Method::Draft);
+        let o = drain(h.submit(short.clone()).await.unwrap(), Outcome::default()).await;
+        assert_eq!(o.tokens, target_only(&m, &short));
+        assert_eq!(
+            o.drafted_total(),
+            0,
+            "drafted for 20 tokens after 60: {o:?}"
+        );
+        let long = request(p, 100, Method::Draft);
+        let o = drain(h.submit(long.clone()).await.unwrap(), Outcome::default()).await;
+        assert_eq!(o.tokens, target_only(&m, &long));
+        assert!(o.drafted_total() > 0, "never drafted for 100 tokens: {o:?}");
+        idle_and_empty(&h).await;
+    });
+}
+
+/// The start-up measurement gives positive, finite costs, and verification of k + 1 rows is
+/// timed separately from one row.
+#[test]
+fn draft_costs_are_measured_on_the_served_models() {
+    let m = common::engine_models(true);
+    let draft = m.draft.as_ref().unwrap();
+    let c = measure_draft_costs(&m.target, draft.model(), 4).unwrap();
+    for (name, v) in [
+        ("target row", c.target_row),
+        ("verify", c.verify),
+        ("draft row", c.draft_row),
+        ("catch-up per token", c.catch_up_token),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+    }
+    assert_eq!(c.k, 4);
+    let p = CatchUpPolicy::calibrated(&c);
+    assert!(p.prompt && p.per_remaining_token >= 0.0, "{p:?}");
+}
