@@ -15,6 +15,11 @@ pub const PREFILL_SHARE: f64 = 0.6;
 /// The smallest chunk while others decode, so that a long prompt always moves forward.
 pub const MIN_CHUNK: usize = 2;
 
+/// A drafter catching up beside other streams reads at least this many tokens a step (auto
+/// sizing): a lag this short (a chat prompt, or what a pause under load left) is read at once,
+/// inside its first draft, rather than delaying drafting for steps.
+pub const MIN_CATCH_UP: usize = 64;
+
 /// Chunks shorter than this are not measured: their per-token cost is mostly fixed overhead.
 pub const MIN_MEASURED: usize = 8;
 

@@ -229,13 +229,17 @@ impl Scheduler {
             )
         };
         // A drafter catching up alone delays only its own sequence's drafting: all at once.
-        let catch_up = prefill::chunk_tokens(
+        let mut catch_up = prefill::chunk_tokens(
             self.config.prefill_chunk,
             spare,
             self.running.len() > 1,
-            c.catch_up_token.get(),
+            // Until measured, the target's prefill cost stands in (a drafter costs less).
+            c.catch_up_token.get().or(c.prefill_token.get()),
             step,
         );
+        if self.config.prefill_chunk.is_none() {
+            catch_up = catch_up.max(prefill::MIN_CATCH_UP);
+        }
         let prefilling: Vec<usize> = pending.iter().copied().filter(|&p| p > 0).collect();
         let mut allotted = prefill::allot(&prefilling, chunk).into_iter();
         for (slot, &p) in self.running.iter_mut().zip(&pending) {
@@ -275,7 +279,8 @@ impl Scheduler {
             }
             _ => {}
         }
-        if batch.caught_up.tokens >= prefill::MIN_MEASURED {
+        // Catch-up chunks start small, so every one counts (its fixed overhead included).
+        if batch.caught_up.tokens > 0 {
             self.costs.catch_up_token.add(per_token(batch.caught_up));
         }
         if batch.rode == 0 && batch.prefilled.tokens == 0 && batch.caught_up.tokens == 0 {
