@@ -392,7 +392,7 @@ fn overloaded_queue_refuses_clearly_and_keeps_serving() {
         assert!(refused > 0, "the queue limit was never hit");
         for s in accepted {
             let o = drain(s).await;
-            assert_eq!(o.tokens.len(), 30);
+            assert_eq!(o.tokens.len(), 30, "{o:?}");
         }
         assert_idle_and_empty(&h).await;
         let o = drain(
