@@ -73,6 +73,14 @@ async fn drain(mut s: RequestStream, mut o: Outcome) -> Outcome {
     o
 }
 
+/// Submits `r` and reads its first event: a stream that is running.
+async fn started(h: &EngineHandle, r: EngineRequest) -> (RequestStream, Outcome) {
+    let mut s = h.submit(r).await.unwrap();
+    let mut o = Outcome::default();
+    o.take(s.next_event().await.unwrap());
+    (s, o)
+}
+
 async fn idle_and_empty(h: &EngineHandle) {
     for _ in 0..2000 {
         let s = h.stats().await.unwrap();
@@ -143,9 +151,7 @@ fn chunked_prefill_gives_the_tokens_of_whole_prefill() {
             )
             .unwrap();
             let h = engine.handle();
-            let mut other = h.submit(request(short.clone(), 80, method)).await.unwrap();
-            let mut first = Outcome::default();
-            first.take(other.next_event().await.unwrap());
+            let (other, first) = started(&h, request(short.clone(), 80, method)).await;
             let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
             assert_eq!(
                 o.tokens, want,
@@ -178,9 +184,7 @@ fn a_long_prompt_admitted_mid_stream_does_not_starve_the_others() {
         .unwrap();
         let h = engine.handle();
         let running = request(prompt(3, vocab, 4), 200, Method::None);
-        let mut a = h.submit(running.clone()).await.unwrap();
-        let mut ao = Outcome::default();
-        ao.take(a.next_event().await.unwrap());
+        let (a, ao) = started(&h, running.clone()).await;
         let long = request(prompt(4, vocab, 400), 4, Method::None);
         let bo = drain(h.submit(long.clone()).await.unwrap(), Outcome::default()).await;
         let ao = drain(a, ao).await;
@@ -240,12 +244,7 @@ fn the_draft_model_reads_the_prompt_after_the_first_token_in_chunks() {
             "the draft model did not draft after: {o:?}"
         );
         // Beside another stream, a long prompt: 120 / 6 = 20 steps of catch-up first.
-        let mut other = h
-            .submit(request(prompt(6, vocab, 4), 120, Method::None))
-            .await
-            .unwrap();
-        let mut first = Outcome::default();
-        first.take(other.next_event().await.unwrap());
+        let (other, first) = started(&h, request(prompt(6, vocab, 4), 120, Method::None)).await;
         let r = request(prompt(7, vocab, 120), 60, Method::Draft);
         let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
         assert_eq!(o.tokens, target_only(&m, &r));

@@ -2,12 +2,12 @@
 //! tokens a drafter may catch up on), so that a long prompt arriving into a running batch is
 //! prefilled over several steps instead of stalling every stream for the whole of it.
 //!
-//! While other sequences decode, a step's prefill is sized from measured costs so that it adds
-//! at most [`PREFILL_SHARE`] of a decode-only step: the running streams' inter-token latency
-//! stays under twice its usual value whatever the prompt. With nothing else decoding there is
-//! no one to starve and a step takes up to the batch's token budget. A fixed chunk can be set
-//! instead (`EngineConfig::prefill_chunk`). These are plain functions; the Scheduler measures
-//! the costs (every step reports its prefill time and tokens) and applies them.
+//! While other sequences decode, a step's chunk rides along in the verification forward (its
+//! rows cost compute, not another pass over the weights) and is sized from measured costs so
+//! that it adds at most [`PREFILL_SHARE`] of a decode-only step. With nothing else decoding
+//! there is no one to starve and a step takes up to the batch's token budget. A fixed chunk
+//! can be set instead (`EngineConfig::prefill_chunk`). These are plain functions; the
+//! Scheduler measures the costs as steps complete and applies them.
 
 /// A step's prefill may add this share of a decode-only step's time.
 pub const PREFILL_SHARE: f64 = 0.6;

@@ -2,6 +2,7 @@
 //! over several steps, then runs ONE target forward over `[last, drafts..]` of every sequence
 //! of the step whose prefill is complete.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use actix::{Actor, Addr, Context, Handler};
@@ -47,13 +48,18 @@ impl Handler<Verify> for Verifier {
                 // Slots that only prefill a chunk sit verification out: their chunks ride
                 // along in the verification forward.
                 let verifying: Vec<bool> = batch.slots.iter().map(|s| s.chunk.is_none()).collect();
-                let drafts: Vec<Draft> = batch
-                    .drafts
-                    .iter()
-                    .zip(&verifying)
-                    .filter(|(_, &v)| v)
-                    .map(|(d, _)| d.clone())
-                    .collect();
+                // The drafts of the verifying slots (all of them, most steps: no copy then).
+                let drafts: Cow<'_, [Draft]> = if verifying.iter().all(|&v| v) {
+                    Cow::Borrowed(&batch.drafts)
+                } else {
+                    batch
+                        .drafts
+                        .iter()
+                        .zip(&verifying)
+                        .filter(|(_, &v)| v)
+                        .map(|(d, _)| d.clone())
+                        .collect()
+                };
                 let mut seqs = Vec::new();
                 let mut riders = Vec::new();
                 for slot in batch.slots.iter_mut() {
