@@ -250,9 +250,9 @@ impl Bench {
         let config = EngineConfig {
             max_running: c.max(1),
             load: if mode.policy {
-                self.policy
+                self.policy.into()
             } else {
-                LoadPolicy::NEVER
+                LoadPolicy::NEVER.into()
             },
             ..EngineConfig::default()
         }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
@@ -123,7 +123,7 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
                 Chunking::Whole => args.prompt_tokens + 64 * args.running,
                 _ => EngineConfig::default().max_batch_tokens,
             },
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             ..EngineConfig::default()
         };
         let engine = Engine::start(models.clone(), config)?;

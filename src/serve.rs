@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use specd_engine::actors::calibrate::ASSUMED_ACCEPTANCE;
 use specd_engine::actors::{
-    measure_draft_costs, CatchUpPolicy, EngineConfig, EngineModels, LoadPolicy, Method,
+    measure_draft_costs, measure_row_costs, CatchUpPolicy, EngineConfig, EngineModels,
+    LoadPolicies, LoadPolicy, Method, RowCosts,
 };
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
@@ -203,34 +205,12 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         ..EngineConfig::default()
     };
     if !c.engine.load_policy {
-        engine.load = LoadPolicy::NEVER;
+        engine.load = LoadPolicies::NEVER;
         engine.catch_up = CatchUpPolicy::ALWAYS;
-    } else if let Some(d) = models.draft.as_ref().filter(|_| c.engine.calibrate) {
-        // Whether reading a prompt pays for a request's remaining tokens depends on this
-        // machine's speeds: measure them on the served models.
-        let k = c.model.max_draft as usize;
-        let costs = measure_draft_costs(&models.target, d.model(), k)?;
-        engine.catch_up = CatchUpPolicy::calibrated(&costs);
-        let r = engine.catch_up.per_remaining_token;
-        let rule = if r > 0.0 {
-            format!(
-                "the draft model reads a prompt of n tokens when at least {:.2} n tokens are left \
-                 to generate",
-                1.0 / r
-            )
-        } else {
-            "at 70 % acceptance drafting costs more than it saves here: draft-model requests \
-             decode target-only"
-                .to_string()
-        };
+    } else if c.engine.calibrate {
         println!(
-            "calibrated: target row {:.1} ms, {} rows {:.1} ms, draft row {:.1} ms, draft prefill \
-             {:.2} ms/token: {rule}",
-            costs.target_row * 1e3,
-            k + 1,
-            costs.verify * 1e3,
-            costs.draft_row * 1e3,
-            costs.catch_up_token * 1e3,
+            "{}",
+            calibrate(&models, c.model.max_draft as usize, &mut engine)?
         );
     }
     if let Some(mib) = c.engine.kv_memory_mib {
@@ -324,4 +304,84 @@ fn wait_for_signal() -> anyhow::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// Times the served models on this machine and sets the engine's load policies and the draft
+/// model's catch-up rule from what they cost; returns what it found, for the log.
+fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyhow::Result<String> {
+    let draft = match models.draft.as_ref() {
+        Some(d) => Some(measure_draft_costs(&models.target, d.model(), k)?),
+        None => None,
+    };
+    let target = match draft {
+        Some(costs) => costs.target,
+        None => measure_row_costs(&models.target)?,
+    };
+    let max = engine.max_running;
+    let policy = |drafter| LoadPolicy::calibrated(target, drafter, k, ASSUMED_ACCEPTANCE, max);
+    // GLIDE's one layer costs about 3 % of a target row per drafted token (BENCHMARKS.md):
+    // counted as free, like the n-gram lookup.
+    engine.load.glide = policy(RowCosts::FREE);
+    engine.load.ngram = policy(RowCosts::FREE);
+    let mut report = format!(
+        "calibrated: target forward {:.1} ms + {:.2} ms a row",
+        target.fixed * 1e3,
+        target.per_row * 1e3
+    );
+    if let Some(costs) = draft {
+        engine.load.draft = policy(costs.draft);
+        engine.catch_up = CatchUpPolicy::calibrated(&costs);
+        let r = engine.catch_up.per_remaining_token;
+        let rule = if r > 0.0 {
+            format!(
+                "the draft model reads a prompt of n tokens when at least {:.2} n tokens are \
+                 left to generate",
+                1.0 / r
+            )
+        } else {
+            "draft-model requests decode target-only (drafting costs more than it saves here)"
+                .to_string()
+        };
+        report += &format!(
+            ", draft model {:.1} ms + {:.2} ms a row, draft prefill {:.2} ms a token: {rule}",
+            costs.draft.fixed * 1e3,
+            costs.draft.per_row * 1e3,
+            costs.catch_up_token * 1e3,
+        );
+    }
+    let mut methods = vec![("glide", engine.load.glide), ("ngram", engine.load.ngram)];
+    if draft.is_some() {
+        methods.insert(0, ("draft", engine.load.draft));
+    }
+    let policies: Vec<String> = methods
+        .into_iter()
+        .map(|(name, p)| format!("{name} {}", describe(p)))
+        .collect();
+    report += &format!(
+        "; under load, at {:.0} % acceptance: {}",
+        ASSUMED_ACCEPTANCE * 100.0,
+        policies.join(", ")
+    );
+    Ok(report)
+}
+
+/// A load policy in words.
+fn describe(p: LoadPolicy) -> String {
+    let mut parts = Vec::new();
+    if p.shorten_at < p.off_at && p.shorten_at != usize::MAX {
+        parts.push(format!(
+            "at most {} drafts from {} sequences",
+            p.shorten_to, p.shorten_at
+        ));
+    }
+    match p.off_at {
+        1 => parts.push("never drafts".to_string()),
+        usize::MAX => {}
+        n => parts.push(format!("none from {n}")),
+    }
+    if parts.is_empty() {
+        "drafts at any load".to_string()
+    } else {
+        parts.join(", ")
+    }
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::actors::{
     measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineHandle, EngineRequest, Event,
-    LoadPolicy, Method, RequestStream,
+    LoadPolicies, LoadPolicy, Method, RequestStream,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::sampling::SamplingParams;
@@ -126,7 +126,7 @@ fn chunked_prefill_gives_the_tokens_of_whole_prefill() {
                 m.clone(),
                 EngineConfig {
                     max_batch_tokens: 16,
-                    load: LoadPolicy::NEVER,
+                    load: LoadPolicies::NEVER,
                     ..Default::default()
                 },
             )
@@ -145,7 +145,7 @@ fn chunked_prefill_gives_the_tokens_of_whole_prefill() {
                 m.clone(),
                 EngineConfig {
                     prefill_chunk: Some(7),
-                    load: LoadPolicy::NEVER,
+                    load: LoadPolicies::NEVER,
                     ..Default::default()
                 },
             )
@@ -225,7 +225,7 @@ fn the_draft_model_reads_the_prompt_after_the_first_token_in_chunks() {
             m.clone(),
             EngineConfig {
                 prefill_chunk: Some(6),
-                load: LoadPolicy::NEVER,
+                load: LoadPolicies::NEVER,
                 ..Default::default()
             },
         )
@@ -273,7 +273,7 @@ fn the_catch_up_rule_weighs_the_prompt_against_the_tokens_left() {
                     per_remaining_token: 1.0,
                     prompt: true,
                 },
-                load: LoadPolicy::NEVER,
+                load: LoadPolicies::NEVER,
                 ..Default::default()
             },
         )
@@ -296,22 +296,29 @@ fn the_catch_up_rule_weighs_the_prompt_against_the_tokens_left() {
     });
 }
 
-/// The start-up measurement gives positive, finite costs, and verification of k + 1 rows is
-/// timed separately from one row.
+/// The start-up measurement gives positive, finite costs for both models, and the policies
+/// derived from them are well formed.
 #[test]
 fn draft_costs_are_measured_on_the_served_models() {
     let m = common::engine_models(true);
     let draft = m.draft.as_ref().unwrap();
     let c = measure_draft_costs(&m.target, draft.model(), 4).unwrap();
     for (name, v) in [
-        ("target row", c.target_row),
-        ("verify", c.verify),
-        ("draft row", c.draft_row),
+        ("target row", c.target.rows(1)),
+        ("draft row", c.draft.rows(1)),
         ("catch-up per token", c.catch_up_token),
     ] {
         assert!(v.is_finite() && v > 0.0, "{name}: {v}");
     }
+    for (name, v) in [("target", c.target.per_row), ("draft", c.draft.per_row)] {
+        assert!(v.is_finite() && v >= 0.0, "{name} per row: {v}");
+    }
     assert_eq!(c.k, 4);
     let p = CatchUpPolicy::calibrated(&c);
     assert!(p.prompt && p.per_remaining_token >= 0.0, "{p:?}");
+    let load = LoadPolicy::calibrated(c.target, c.draft, 4, 0.7, 64);
+    assert!(
+        load.shorten_at == usize::MAX || load.shorten_at < load.off_at,
+        "{load:?}"
+    );
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineHandle, EngineRequest, Event, LoadPolicy, Method, RequestStream,
+    Engine, EngineConfig, EngineHandle, EngineRequest, Event, LoadPolicies, Method, RequestStream,
 };
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
 use specd_engine::sampling::SamplingParams;
@@ -160,7 +160,7 @@ fn local<F: std::future::Future>(f: F) -> F::Output {
 fn thirty_two_concurrent_mixed_requests_equal_each_alone() {
     local(async {
         let s = mixed_requests_match_alone(EngineConfig {
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             ..Default::default()
         })
         .await;
@@ -181,7 +181,7 @@ fn kv_exhaustion_preempts_and_outputs_stay_identical() {
             target_kv_blocks: 24,
             draft_kv_blocks: 24,
             glide_kv_blocks: 24,
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             prefill_chunk: Some(usize::MAX),
             ..Default::default()
         })
@@ -193,7 +193,7 @@ fn kv_exhaustion_preempts_and_outputs_stay_identical() {
             target_kv_blocks: 24,
             draft_kv_blocks: 24,
             glide_kv_blocks: 24,
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             prefill_chunk: Some(16),
             ..Default::default()
         })
@@ -236,7 +236,7 @@ fn every_method_in_one_batch_equals_target_only_output_for_every_draft_length() 
             })
             .collect();
         let config = EngineConfig {
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             ..Default::default()
         };
         let engine = Engine::start(m, config).unwrap();

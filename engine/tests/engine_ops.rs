@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineRequest, Event, LoadPolicy, Method, RequestStream,
+    Engine, EngineConfig, EngineRequest, Event, LoadPolicies, Method, RequestStream,
 };
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
@@ -58,7 +58,7 @@ async fn run(ops: Vec<Op>) {
             glide_kv_blocks: 16,
             max_waiting: 12,
             max_running: 6,
-            load: LoadPolicy::NEVER,
+            load: LoadPolicies::NEVER,
             // Prompts (up to 60 tokens) prefilled, and read by the draft model, in chunks of 8
             // while others decode: chunks meet preemption, cancels and drops too.
             prefill_chunk: Some(8),

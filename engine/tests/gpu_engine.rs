@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
@@ -413,7 +413,7 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
     // Drafting on for every batch size (the default load policy turns it off at three
     // sequences, and this batch has sixteen).
     let config = EngineConfig {
-        load: LoadPolicy::NEVER,
+        load: LoadPolicies::NEVER,
         ..Default::default()
     };
     let engine = Engine::start(models, config).unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use glide_cache::{glide_rows, target_cache};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
@@ -303,7 +303,7 @@ fn the_engine_batches_glide_with_none_draft_and_ngram_on_the_gpu() {
     // Drafting on for every batch size (the default load policy turns it off at three
     // sequences, and this batch has sixteen).
     let config = EngineConfig {
-        load: LoadPolicy::NEVER,
+        load: LoadPolicies::NEVER,
         ..Default::default()
     };
     let engine = Engine::start(models, config).unwrap();

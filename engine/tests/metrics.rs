@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicy, Method,
+    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::GenerateRequest;
 use specd_engine::metrics as m;
@@ -34,7 +34,7 @@ fn engine_records_the_declared_metrics() {
     };
     let config = EngineConfig {
         target_kv_blocks: 64,
-        load: LoadPolicy::NEVER,
+        load: LoadPolicies::NEVER,
         ..Default::default()
     };
     let engine = Engine::start(models, config).unwrap();

@@ -176,8 +176,9 @@ pub struct EngineSection {
     /// reading its prompt (measured at start) (true); false drafts at any load and length
     /// (`serve --no-load-policy`).
     pub load_policy: bool,
-    /// Whether `serve` times the served pair at start to decide when reading a prompt pays
-    /// the draft model (true); false keeps the uncalibrated rule (the prompt is always read).
+    /// Whether `serve` times the served models at start and derives from their costs each
+    /// method's load thresholds and when reading a prompt pays the draft model (true); false
+    /// keeps the fixed thresholds and the uncalibrated rule (the prompt is always read).
     pub calibrate: bool,
 }
 

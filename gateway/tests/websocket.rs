@@ -31,7 +31,7 @@ async fn multiplexed_requests_each_equal_their_request_alone() {
     let server = start_with_engine(
         |_| {},
         specd_engine::actors::EngineConfig {
-            load: specd_engine::actors::LoadPolicy::NEVER,
+            load: specd_engine::actors::LoadPolicies::NEVER,
             ..Default::default()
         },
     );

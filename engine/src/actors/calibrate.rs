@@ -3,9 +3,10 @@
 //! before it drafts, the prompt included, and that only pays when the request has enough tokens
 //! left to win it back.
 //!
-//! `specd serve` times a few forwards of the models it loaded (well under a second on the CPU
-//! pair) instead of trusting constants measured on another machine: one target row, one
-//! verification of `k + 1` rows, one draft row, and the draft model's prefill per token.
+//! `specd serve` times a few forwards of the models it loaded (about a second on the CPU pair)
+//! instead of trusting constants measured on another machine: each model's forward of one row
+//! and of [`WIDE_ROWS`] rows (a line through them, [`RowCosts`]), and the draft model's prefill
+//! per token. The same costs set the load policies ([`super::load::LoadPolicy::calibrated`]).
 
 use std::time::Instant;
 
@@ -13,17 +14,46 @@ use crate::error::Result;
 use crate::kv::BlockTable;
 use crate::model::{Logits, Model, SeqInput};
 
-/// Seconds of the forwards a draft-model step is made of, measured on the served models.
+/// A forward's seconds as a function of its rows: reading the weights once (`fixed`) plus each
+/// row's arithmetic (`per_row`), fitted to two timed forwards of the served model. Attention
+/// grows with depth on top of this; the fit is taken after a short prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowCosts {
+    pub fixed: f64,
+    pub per_row: f64,
+}
+
+impl RowCosts {
+    /// Costs nothing (the n-gram lookup).
+    pub const FREE: RowCosts = RowCosts {
+        fixed: 0.0,
+        per_row: 0.0,
+    };
+
+    /// The line through `t1` seconds for `r1` rows and `t2` for `r2 > r1` rows (never negative).
+    pub fn fit(r1: usize, t1: f64, r2: usize, t2: f64) -> Self {
+        let per_row = ((t2 - t1) / (r2 - r1) as f64).max(0.0);
+        Self {
+            fixed: (t1 - r1 as f64 * per_row).max(0.0),
+            per_row,
+        }
+    }
+
+    /// Seconds of a forward of `rows` rows.
+    pub fn rows(&self, rows: usize) -> f64 {
+        self.fixed + rows as f64 * self.per_row
+    }
+}
+
+/// What a draft-model step is made of, measured on the served models.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DraftCosts {
-    /// Drafted tokens per step the verification was timed with.
+    /// Drafted tokens per step.
     pub k: usize,
-    /// A target forward of one row (a plain decode step).
-    pub target_row: f64,
-    /// A target forward of `k + 1` rows (a verification).
-    pub verify: f64,
-    /// A draft-model forward of one row (one drafted token).
-    pub draft_row: f64,
+    /// The target's forwards (one row: a plain decode step; `k + 1`: a verification).
+    pub target: RowCosts,
+    /// The draft model's forwards (one row per sequence and drafted token).
+    pub draft: RowCosts,
     /// The draft model's prefill, per token (what catching up costs).
     pub catch_up_token: f64,
 }
@@ -34,7 +64,8 @@ impl DraftCosts {
     pub fn saving_per_token(&self, acceptance: f64) -> f64 {
         let a = acceptance.clamp(0.0, 1.0);
         let per_step: f64 = (0..=self.k).map(|i| a.powi(i as i32)).sum();
-        self.target_row - (self.verify + self.k as f64 * self.draft_row) / per_step
+        let step = self.target.rows(self.k + 1) + self.k as f64 * self.draft.rows(1);
+        self.target.rows(1) - step / per_step
     }
 }
 
@@ -95,27 +126,37 @@ impl CatchUpPolicy {
 
 /// Prefix length the forwards are timed after (a short chat prompt).
 const CONTEXT: usize = 64;
+/// Rows of the wider forward [`RowCosts`] are fitted with (a few sequences' verifications).
+pub const WIDE_ROWS: usize = 16;
 /// Each forward is timed this many times; the fastest counts (the others met noise).
 const REPEATS: usize = 3;
 
+/// Times `model`'s forward of one row and of [`WIDE_ROWS`] rows after a short prefix.
+pub fn measure_row_costs(model: &Model) -> Result<RowCosts> {
+    let tokens = probe_tokens(model.config().vocab_size, CONTEXT + WIDE_ROWS);
+    let (prefix, rows) = tokens.split_at(CONTEXT);
+    let one = timed_rows(model, prefix, &rows[..1], Logits::Last)?;
+    let wide = timed_rows(model, prefix, rows, Logits::All)?;
+    Ok(RowCosts::fit(1, one, WIDE_ROWS, wide))
+}
+
 /// Times the forwards of [`DraftCosts`] for `target` verifying `k` drafts of `draft`.
 pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<DraftCosts> {
-    let vocab = target.config().vocab_size.min(draft.config().vocab_size) as u32;
-    let tokens: Vec<u32> = (0..CONTEXT + k + 1)
-        .map(|i| (i as u32 * 7919 + 13) % vocab)
-        .collect();
-    let (prefix, step) = tokens.split_at(CONTEXT);
-    let target_row = timed_rows(target, prefix, &step[..1], Logits::Last)?;
-    let verify = timed_rows(target, prefix, step, Logits::All)?;
-    let draft_row = timed_rows(draft, prefix, &step[..1], Logits::Last)?;
-    let catch_up = timed_rows(draft, &[], prefix, Logits::None)?;
+    let prompt = probe_tokens(draft.config().vocab_size, CONTEXT);
+    let catch_up = timed_rows(draft, &[], &prompt, Logits::None)?;
     Ok(DraftCosts {
         k,
-        target_row,
-        verify,
-        draft_row,
+        target: measure_row_costs(target)?,
+        draft: measure_row_costs(draft)?,
         catch_up_token: catch_up / CONTEXT as f64,
     })
+}
+
+/// `n` token ids spread over a vocabulary of `vocab`.
+fn probe_tokens(vocab: usize, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| (i as u32 * 7919 + 13) % vocab as u32)
+        .collect()
 }
 
 /// The fastest of [`REPEATS`] forwards of `rows` after `prefix` is cached (one more, first,
@@ -162,11 +203,23 @@ mod tests {
         // 2 ms a prompt token of draft prefill.
         DraftCosts {
             k: 4,
-            target_row: 0.080,
-            verify: 0.120,
-            draft_row: 0.020,
+            target: RowCosts::fit(1, 0.080, 5, 0.120),
+            draft: RowCosts {
+                fixed: 0.020,
+                per_row: 0.0,
+            },
             catch_up_token: 0.002,
         }
+    }
+
+    #[test]
+    fn row_costs_pass_through_both_timings() {
+        let r = RowCosts::fit(1, 0.080, 5, 0.120);
+        assert!((r.rows(1) - 0.080).abs() < 1e-12 && (r.rows(5) - 0.120).abs() < 1e-12);
+        assert!((r.per_row - 0.010).abs() < 1e-12);
+        // Noise making the wider forward faster gives no negative arithmetic.
+        assert_eq!(RowCosts::fit(1, 0.080, 16, 0.070).per_row, 0.0);
+        assert_eq!(RowCosts::FREE.rows(100), 0.0);
     }
 
     #[test]
@@ -202,7 +255,10 @@ mod tests {
     #[test]
     fn a_drafter_that_never_pays_never_catches_up() {
         let c = DraftCosts {
-            draft_row: 0.080,
+            draft: RowCosts {
+                fixed: 0.080,
+                per_row: 0.0,
+            },
             ..costs()
         };
         assert!(c.saving_per_token(ASSUMED_ACCEPTANCE) < 0.0);

@@ -1,57 +1,12 @@
 //! Engine settings: limits of the queue and the batch, KV pool sizes, and when speculation
-//! gives way under load.
+//! gives way under load ([`super::load`]).
 
 use std::time::Duration;
 
 pub use super::calibrate::CatchUpPolicy;
+use super::load::LoadPolicies;
 use super::request::Method;
 use super::EngineModels;
-
-/// How drafting shrinks as the batch grows. Verification rows cost compute; once the batch is
-/// large, a step is compute-bound and every rejected draft row slows everyone down, so drafts
-/// are shortened and then switched off. `BENCHMARKS.md` has the measurement behind the defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoadPolicy {
-    /// From this many sequences (running plus waiting) on, draft at most `shorten_to` tokens.
-    pub shorten_at: usize,
-    /// The draft length cap between `shorten_at` and `off_at`.
-    pub shorten_to: usize,
-    /// From this many sequences (running plus waiting) on, draft nothing.
-    pub off_at: usize,
-}
-
-impl LoadPolicy {
-    /// Never limits drafting.
-    pub const NEVER: LoadPolicy = LoadPolicy {
-        shorten_at: usize::MAX,
-        shorten_to: usize::MAX,
-        off_at: usize::MAX,
-    };
-
-    /// The most tokens a sequence may draft in a step when `load` sequences are running or
-    /// waiting.
-    pub fn cap(&self, load: usize) -> usize {
-        if load >= self.off_at {
-            0
-        } else if load >= self.shorten_at {
-            self.shorten_to
-        } else {
-            usize::MAX
-        }
-    }
-}
-
-impl Default for LoadPolicy {
-    fn default() -> Self {
-        // Measured with the Qwen pair on the 2-core CPU machine (BENCHMARKS.md, issue 4):
-        // drafting pays alone, about breaks even at two sequences, and loses 20 % from four.
-        Self {
-            shorten_at: 2,
-            shorten_to: 2,
-            off_at: 3,
-        }
-    }
-}
 
 /// Limits and sizes of one engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,8 +24,8 @@ pub struct EngineConfig {
     pub draft_kv_blocks: usize,
     /// Blocks of the GLIDE drafter's own KV pool (it reads the target's too).
     pub glide_kv_blocks: usize,
-    /// When drafting shortens and stops under load.
-    pub load: LoadPolicy,
+    /// When drafting shortens and stops under load, per method.
+    pub load: LoadPolicies,
     /// When a drafter behind the committed tokens (a new sequence's prompt, or a pause under
     /// load) may catch up and draft.
     pub catch_up: CatchUpPolicy,
@@ -93,7 +48,7 @@ impl Default for EngineConfig {
             target_kv_blocks: 4096,
             draft_kv_blocks: 4096,
             glide_kv_blocks: 4096,
-            load: LoadPolicy::default(),
+            load: LoadPolicies::default(),
             catch_up: CatchUpPolicy::default(),
             prefill_chunk: None,
             admission_window: Duration::from_millis(2),
@@ -115,25 +70,5 @@ impl EngineConfig {
         self.draft_kv_blocks = if draft.is_some() { blocks } else { 0 };
         self.glide_kv_blocks = if glide.is_some() { blocks } else { 0 };
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn load_policy_shortens_then_stops_drafting() {
-        let p = LoadPolicy {
-            shorten_at: 4,
-            shorten_to: 2,
-            off_at: 8,
-        };
-        assert_eq!(p.cap(1), usize::MAX);
-        assert_eq!(p.cap(3), usize::MAX);
-        assert_eq!(p.cap(4), 2);
-        assert_eq!(p.cap(7), 2);
-        assert_eq!(p.cap(8), 0);
-        assert_eq!(LoadPolicy::NEVER.cap(1000), usize::MAX);
     }
 }

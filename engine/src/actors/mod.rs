@@ -21,6 +21,7 @@ pub mod calibrate;
 pub mod config;
 mod drafter;
 mod kv_manager;
+pub mod load;
 mod messages;
 pub mod prefill;
 pub mod request;
@@ -37,8 +38,9 @@ use std::time::Duration;
 use actix::{Actor, Addr, AsyncContext, Context};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub use calibrate::{measure_draft_costs, CatchUpPolicy, DraftCosts};
-pub use config::{EngineConfig, LoadPolicy};
+pub use calibrate::{measure_draft_costs, measure_row_costs, CatchUpPolicy, DraftCosts, RowCosts};
+pub use config::EngineConfig;
+pub use load::{LoadPolicies, LoadPolicy};
 pub use request::{
     Chunk, Done, EngineRequest, Event, Method, RequestError, RequestId, Timings, UnknownMethod,
     Usage,

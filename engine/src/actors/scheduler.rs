@@ -180,11 +180,7 @@ impl Scheduler {
         let ctx = self.models.target.config().max_position_embeddings;
         // Load counts the queue too: a burst of requests should not start with drafting for
         // the first one alone.
-        let cap = self
-            .config
-            .load
-            .cap(self.running.len() + self.waiting.len());
-        self.plan_step(ctx, cap);
+        self.plan_step(ctx, self.running.len() + self.waiting.len());
         let mut batch = StepBatch::new(std::mem::take(&mut self.running), clock);
         batch.clock.add(Phase::Schedule, t.elapsed());
         self.in_step = batch.slots.len();
@@ -195,8 +191,9 @@ impl Scheduler {
 
     /// Sets each running slot's work for the step: a chunk of its prompt (FCFS under the
     /// step's prefill budget), or verification with a draft budget (its policy's length, at
-    /// most `cap`) or a chunk of its drafter's catch-up.
-    fn plan_step(&mut self, ctx: usize, cap: usize) {
+    /// most its method's load policy allows at `load` sequences) or a chunk of its drafter's
+    /// catch-up.
+    fn plan_step(&mut self, ctx: usize, load: usize) {
         let pending: Vec<usize> = self
             .running
             .iter()
@@ -251,6 +248,7 @@ impl Scheduler {
                     continue;
                 }
             }
+            let cap = self.config.load.of(slot.method).cap(load);
             (slot.budget, slot.catch_up) =
                 draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up);
         }
