@@ -9,6 +9,7 @@ use clap::Args;
 use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
+use specd_engine::kv::KvDtype;
 use specd_engine::model::{self, Device, GlideModel, LoadOptions};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
@@ -29,6 +30,11 @@ pub struct ModelArgs {
     /// [default: cpu].
     #[arg(long, env = "SPECD_DEVICE")]
     pub device: Option<Device>,
+    /// Element type of the target's and draft model's KV caches: `bf16` halves their memory
+    /// and what attention reads at depth, rounding keys and values to 8 bits of mantissa
+    /// [default: f32 on the CPU, bf16 on a GPU].
+    #[arg(long, value_enum, env = "SPECD_KV_DTYPE")]
+    pub kv_dtype: Option<KvDtype>,
 }
 
 impl ModelArgs {
@@ -41,6 +47,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             tokenizer: self.tokenizer.clone(),
             device: self.device.unwrap_or_default(),
+            kv_dtype: self.kv_dtype,
         };
         // Engine errors name the file already.
         Ok(model::load(&path, &opts)?)
@@ -96,6 +103,7 @@ pub fn load_drafter(
     let opts = LoadOptions {
         tokenizer: None,
         device: target.model.device(),
+        kv_dtype: Some(target.model.kv_dtype()),
     };
     let mut d = model::load(path, &opts)?;
     if head_rows > 0 {

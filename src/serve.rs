@@ -79,6 +79,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     m.model = args.model.model.clone().or(m.model.take());
     m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
     m.device = args.model.device.unwrap_or(m.device);
+    m.kv_dtype = args.model.kv_dtype.or(m.kv_dtype);
     m.draft = a.draft.clone().or(m.draft.take());
     m.glide = a.glide.clone().or(m.glide.take());
     m.name = args.name.clone().or(m.name.take());
@@ -171,6 +172,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         &LoadOptions {
             tokenizer: c.model.tokenizer.clone(),
             device: c.model.device,
+            kv_dtype: c.model.kv_dtype,
         },
     )?;
     target.model.warm_up()?;

@@ -11,9 +11,11 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineHandle, EngineRequest, Event, LoadPolicies, Method, RequestStream,
+    Engine, EngineConfig, EngineHandle, EngineModels, EngineRequest, Event, LoadPolicies, Method,
+    RequestStream,
 };
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
+use specd_engine::kv::KvDtype;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::DraftPolicyConfig;
 
@@ -104,7 +106,14 @@ async fn assert_idle_and_empty(h: &EngineHandle) -> specd_engine::actors::Engine
 /// 32 concurrent greedy requests of mixed lengths, proposers and draft lengths, under the
 /// given config; each must equal target-only generation alone.
 async fn mixed_requests_match_alone(config: EngineConfig) -> specd_engine::actors::EngineStats {
-    let m = models(true);
+    mixed_requests_match_alone_on(models(true), config).await
+}
+
+/// [`mixed_requests_match_alone`] on the given models.
+async fn mixed_requests_match_alone_on(
+    m: EngineModels,
+    config: EngineConfig,
+) -> specd_engine::actors::EngineStats {
     let vocab = m.target.config().vocab_size as u32;
     let mut rng = StdRng::seed_from_u64(7);
     let reqs: Vec<EngineRequest> = (0..32)
@@ -168,6 +177,22 @@ fn thirty_two_concurrent_mixed_requests_equal_each_alone() {
         assert!(s.peak_running >= 8, "requests barely overlapped: {s:?}");
         // And with the default policy, which stops drafting in a batch this large.
         mixed_requests_match_alone(EngineConfig::default()).await;
+    });
+}
+
+/// With the target's cache in bf16 (`--kv-dtype bf16`; GLIDE's cross-attention reads it too),
+/// every method still gives target-only output token for token, in a batch as alone.
+#[test]
+fn bf16_kv_cache_keeps_every_method_lossless() {
+    local(async {
+        let m = common::engine_models_with(true, KvDtype::Bf16);
+        assert_eq!(m.target.new_pool(1).dtype(), KvDtype::Bf16);
+        let config = EngineConfig {
+            load: LoadPolicies::NEVER,
+            ..Default::default()
+        };
+        let s = mixed_requests_match_alone_on(m, config).await;
+        assert!(s.finished == 32 && s.peak_running >= 8, "{s:?}");
     });
 }
 

@@ -439,6 +439,7 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
         let options = LoadOptions {
             tokenizer: None,
             device,
+            kv_dtype: None,
         };
         let m = model::load(&path, &options)
             .unwrap_or_else(|e| panic!("this test needs a GPU: {e}"))
@@ -497,6 +498,7 @@ fn glide_follows_a_quantized_target(device: specd_engine::model::Device) {
     let options = LoadOptions {
         tokenizer: None,
         device,
+        kv_dtype: None,
     };
     let quantized = model::load(&path, &options).unwrap().model;
     let mut dense = Weights::from_tensors(tensors);

@@ -216,6 +216,7 @@ fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
         let options = LoadOptions {
             tokenizer: None,
             device,
+            kv_dtype: None,
         };
         let target = model::load(&fixtures().join("golden/qwen2"), &options)
             .unwrap_or_else(|e| panic!("loading the fixture on {device}: {e}"))

@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use specd_engine::actors::Method;
+use specd_engine::kv::KvDtype;
 use specd_engine::model::Device;
 
 /// Everything `specd serve` can be told.
@@ -78,6 +79,9 @@ pub struct ModelConfig {
     pub tokenizer: Option<PathBuf>,
     /// Where the models run: "cpu", "cuda" or "cuda:N".
     pub device: Device,
+    /// Element type of the target's and draft model's KV caches: "f32" or "bf16" (half the
+    /// memory); unset: f32 on the CPU, bf16 on a GPU.
+    pub kv_dtype: Option<KvDtype>,
     /// Draft model (default with the default target: the fetched Qwen2.5-Coder-0.5B).
     pub draft: Option<PathBuf>,
     /// GLIDE drafter: a safetensors file made for the target (default with the default
@@ -106,6 +110,7 @@ impl Default for ModelConfig {
             model: None,
             tokenizer: None,
             device: Device::Cpu,
+            kv_dtype: None,
             draft: None,
             glide: None,
             speculation: None,

@@ -14,6 +14,21 @@ pub mod table;
 pub use pool::{KvPool, KvUsage, BLOCK_SIZE};
 pub use table::BlockTable;
 
+use serde::{Deserialize, Serialize};
+
+/// The element type of a KV cache on the CPU (`--kv-dtype`; on a GPU it is always bf16).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    /// 4 bytes an element: attention reads exactly what the forward computed.
+    #[default]
+    F32,
+    /// 2 bytes an element: half the memory and half the bytes attention streams at depth; keys
+    /// and values are rounded to bf16 (8 bits of mantissa) as they are stored.
+    Bf16,
+}
+
 /// One sequence's cache with a pool of its own, which grows up to the context length. For
 /// single-sequence use (tools, tests); the engine shares one pool among all sequences.
 #[derive(Debug)]

@@ -6,7 +6,10 @@
 //! block is handed out and recycled after that: a pool sized for a large budget costs only what
 //! it has actually used.
 
+use specd_kernels::cpu::{self as kern, bf16, KvChunks, KvElem};
+
 use super::table::BlockTable;
+use super::KvDtype;
 use crate::error::{Error, Result};
 use crate::model::cuda::GpuBlocks;
 use crate::model::{Device, ModelConfig};
@@ -42,6 +45,9 @@ impl KvUsage {
 enum Storage {
     /// Host memory, f32: every block handed out so far; the index is the block id.
     Host(Vec<Box<[f32]>>),
+    /// Host memory, bf16 (`--kv-dtype bf16`): half the bytes; rows are rounded to bf16 as they
+    /// are written and widened exactly as attention reads them.
+    HostBf16(Vec<Box<[bf16]>>),
     /// GPU memory, bf16, allocated in chunks of blocks.
     Gpu(GpuBlocks),
 }
@@ -68,6 +74,7 @@ impl Clone for KvPool {
             max_blocks: self.max_blocks,
             storage: match &self.storage {
                 Storage::Host(b) => Storage::Host(b.clone()),
+                Storage::HostBf16(b) => Storage::HostBf16(b.clone()),
                 Storage::Gpu(g) => Storage::Gpu(
                     g.try_clone()
                         .unwrap_or_else(|e| panic!("copying a GPU KV pool: {e}")),
@@ -82,13 +89,21 @@ impl Clone for KvPool {
 
 impl KvPool {
     /// A pool for a model with `layers` layers and `row` floats of keys (and of values) per token
-    /// and layer, holding at most `max_blocks` blocks.
+    /// and layer, holding at most `max_blocks` blocks, in f32.
     pub fn new(layers: usize, row: usize, max_blocks: usize) -> Self {
+        Self::with_dtype(layers, row, max_blocks, KvDtype::F32)
+    }
+
+    /// As [`KvPool::new`], storing elements of `dtype`.
+    pub fn with_dtype(layers: usize, row: usize, max_blocks: usize, dtype: KvDtype) -> Self {
         Self {
             layers,
             row,
             max_blocks,
-            storage: Storage::Host(Vec::new()),
+            storage: match dtype {
+                KvDtype::F32 => Storage::Host(Vec::new()),
+                KvDtype::Bf16 => Storage::HostBf16(Vec::new()),
+            },
             free: Vec::new(),
             used: 0,
             tokens: 0,
@@ -116,7 +131,7 @@ impl KvPool {
     /// The device the blocks live on.
     pub fn device(&self) -> Device {
         match &self.storage {
-            Storage::Host(_) => Device::Cpu,
+            Storage::Host(_) | Storage::HostBf16(_) => Device::Cpu,
             Storage::Gpu(g) => Device::Cuda(g.ordinal()),
         }
     }
@@ -126,34 +141,37 @@ impl KvPool {
     pub(crate) fn gpu_blocks(&self) -> Option<&GpuBlocks> {
         match &self.storage {
             Storage::Gpu(g) => Some(g),
-            Storage::Host(_) => None,
+            Storage::Host(_) | Storage::HostBf16(_) => None,
         }
     }
 
-    fn host_blocks(&self) -> &[Box<[f32]>] {
+    /// The element type of the blocks (bf16 on a GPU).
+    pub fn dtype(&self) -> KvDtype {
         match &self.storage {
-            Storage::Host(b) => b,
-            Storage::Gpu(_) => panic!("host access to a GPU KV pool"),
+            Storage::Host(_) => KvDtype::F32,
+            Storage::HostBf16(_) | Storage::Gpu(_) => KvDtype::Bf16,
         }
     }
 
     fn allocated(&self) -> usize {
         match &self.storage {
             Storage::Host(b) => b.len(),
+            Storage::HostBf16(b) => b.len(),
             Storage::Gpu(g) => g.allocated(),
         }
     }
 
-    /// A pool of `max_blocks` blocks for `config`'s model.
-    pub fn for_model(config: &ModelConfig, max_blocks: usize) -> Self {
-        Self::new(
+    /// A pool of `max_blocks` blocks of `dtype` for `config`'s model.
+    pub fn for_model(config: &ModelConfig, max_blocks: usize, dtype: KvDtype) -> Self {
+        Self::with_dtype(
             config.num_layers,
             config.num_kv_heads * config.head_dim,
             max_blocks,
+            dtype,
         )
     }
 
-    /// Bytes of one block of `config`'s model.
+    /// Bytes of one f32 block of `config`'s model.
     pub fn block_bytes_for(config: &ModelConfig) -> usize {
         2 * config.num_layers
             * config.num_kv_heads
@@ -162,15 +180,16 @@ impl KvPool {
             * std::mem::size_of::<f32>()
     }
 
-    /// How many blocks of `config`'s model fit in `bytes` (at least one).
+    /// How many f32 blocks of `config`'s model fit in `bytes` (at least one).
     pub fn blocks_in_budget(config: &ModelConfig, bytes: usize) -> usize {
         (bytes / Self::block_bytes_for(config)).max(1)
     }
 
-    /// Bytes of one block (f32 on the CPU, bf16 on a GPU).
+    /// Bytes of one block (f32 or bf16 on the CPU, bf16 on a GPU).
     pub fn block_bytes(&self) -> usize {
         match &self.storage {
             Storage::Host(_) => self.block_floats() * std::mem::size_of::<f32>(),
+            Storage::HostBf16(_) => self.block_floats() * std::mem::size_of::<bf16>(),
             Storage::Gpu(g) => g.block_bytes(),
         }
     }
@@ -229,6 +248,11 @@ impl KvPool {
                         blocks.push(vec![0f32; 2 * self.layers * BLOCK_SIZE * self.row].into());
                         (blocks.len() - 1) as u32
                     }
+                    Storage::HostBf16(blocks) => {
+                        let zero = bf16::ZERO;
+                        blocks.push(vec![zero; 2 * self.layers * BLOCK_SIZE * self.row].into());
+                        (blocks.len() - 1) as u32
+                    }
                     Storage::Gpu(g) => match g.grow() {
                         Ok(id) => id,
                         Err(e) => {
@@ -275,36 +299,100 @@ impl KvPool {
         values: &[f32],
     ) {
         let row = self.row;
-        let Storage::Host(blocks) = &mut self.storage else {
-            panic!("host write to a GPU KV pool")
-        };
-        let block = &mut blocks[table.blocks[pos / BLOCK_SIZE] as usize];
+        let id = table.blocks[pos / BLOCK_SIZE] as usize;
         let base = 2 * layer * BLOCK_SIZE * row + (pos % BLOCK_SIZE) * row;
-        block[base..base + row].copy_from_slice(keys);
-        let base = base + BLOCK_SIZE * row;
-        block[base..base + row].copy_from_slice(values);
+        match &mut self.storage {
+            Storage::Host(blocks) => {
+                let block = &mut blocks[id];
+                block[base..base + row].copy_from_slice(keys);
+                let base = base + BLOCK_SIZE * row;
+                block[base..base + row].copy_from_slice(values);
+            }
+            Storage::HostBf16(blocks) => {
+                let block = &mut blocks[id];
+                let narrow = |dst: &mut [bf16], src: &[f32]| {
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        *d = bf16::from_f32(x);
+                    }
+                };
+                narrow(&mut block[base..base + row], keys);
+                let base = base + BLOCK_SIZE * row;
+                narrow(&mut block[base..base + row], values);
+            }
+            Storage::Gpu(_) => panic!("host write to a GPU KV pool"),
+        }
     }
 
     /// The keys and values of positions `0..upto` of `table` for `layer`, one chunk per block.
-    pub(crate) fn layer_chunks(
+    fn chunks<'a, T>(
         &self,
+        blocks: &'a [Box<[T]>],
         table: &BlockTable,
         layer: usize,
         upto: usize,
-    ) -> (Vec<&[f32]>, Vec<&[f32]>) {
+    ) -> (Vec<&'a [T]>, Vec<&'a [T]>) {
         let row = self.row;
         let n_blocks = Self::blocks_for(upto);
         let mut keys = Vec::with_capacity(n_blocks);
         let mut values = Vec::with_capacity(n_blocks);
         for (b, &id) in table.blocks[..n_blocks].iter().enumerate() {
             let rows = (upto - b * BLOCK_SIZE).min(BLOCK_SIZE);
-            let block = &self.host_blocks()[id as usize];
+            let block = &blocks[id as usize];
             let base = 2 * layer * BLOCK_SIZE * row;
             keys.push(&block[base..base + rows * row]);
             let base = base + BLOCK_SIZE * row;
             values.push(&block[base..base + rows * row]);
         }
         (keys, values)
+    }
+
+    /// Attention of `q` (the rows of new positions `start..`) over positions `0..upto` of
+    /// `table` for `layer` ([`kern::attention`]), whatever the blocks' element type.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention(
+        &self,
+        table: &BlockTable,
+        layer: usize,
+        upto: usize,
+        q: &[f32],
+        start: usize,
+        shape: kern::AttentionShape,
+        out: &mut [f32],
+        par: &dyn kern::ParallelFor,
+    ) {
+        fn run<T: KvElem>(
+            (keys, values): (Vec<&[T]>, Vec<&[T]>),
+            q: &[f32],
+            start: usize,
+            shape: kern::AttentionShape,
+            out: &mut [f32],
+            par: &dyn kern::ParallelFor,
+        ) {
+            let kv = KvChunks {
+                keys: &keys,
+                values: &values,
+            };
+            kern::attention(q, start, kv, shape, out, par);
+        }
+        match &self.storage {
+            Storage::Host(b) => run(
+                self.chunks(b, table, layer, upto),
+                q,
+                start,
+                shape,
+                out,
+                par,
+            ),
+            Storage::HostBf16(b) => run(
+                self.chunks(b, table, layer, upto),
+                q,
+                start,
+                shape,
+                out,
+                par,
+            ),
+            Storage::Gpu(_) => panic!("host attention over a GPU KV pool"),
+        }
     }
 
     /// Makes `n` written positions part of `table`'s sequence.
@@ -317,11 +405,18 @@ impl KvPool {
     /// The stored rows of `layer` for positions `0..table.len()`, for tests comparing caches
     /// (copied back from a GPU, as f32).
     pub fn layer_snapshot(&self, table: &BlockTable, layer: usize) -> (Vec<f32>, Vec<f32>) {
-        if let Storage::Gpu(g) = &self.storage {
-            return g.snapshot(table, layer);
+        let widen = |(k, v): (Vec<&[bf16]>, Vec<&[bf16]>)| {
+            let all = |c: Vec<&[bf16]>| c.concat().iter().map(|x| x.to_f32()).collect();
+            (all(k), all(v))
+        };
+        match &self.storage {
+            Storage::Gpu(g) => g.snapshot(table, layer),
+            Storage::Host(b) => {
+                let (k, v) = self.chunks(b, table, layer, table.len());
+                (k.concat(), v.concat())
+            }
+            Storage::HostBf16(b) => widen(self.chunks(b, table, layer, table.len())),
         }
-        let (k, v) = self.layer_chunks(table, layer, table.len());
-        (k.concat(), v.concat())
     }
 
     /// Checks that the pool's counts agree with its free list (for tests).
@@ -365,7 +460,10 @@ mod tests {
         }
         pool.commit(&mut a, 20);
         assert_eq!(pool.usage().tokens_cached, 20);
-        let (k, v) = pool.layer_chunks(&a, 1, 20);
+        let Storage::Host(blocks) = &pool.storage else {
+            unreachable!("an f32 pool")
+        };
+        let (k, v) = pool.chunks(blocks, &a, 1, 20);
         assert_eq!(k.iter().map(|c| c.len()).collect::<Vec<_>>(), [48, 12]);
         assert_eq!(k[1][0], 16.0);
         assert_eq!(v[1][0], -17.0);
@@ -414,5 +512,32 @@ mod tests {
         pool.commit(&mut a, 16);
         assert_eq!(pool.blocks_needed(&a, 1), 1);
         pool.free(&mut a);
+    }
+
+    #[test]
+    fn a_bf16_pool_takes_half_the_bytes_and_keeps_rows_rounded_to_bf16() {
+        let (f32_pool, mut pool) = (
+            KvPool::new(2, 4, 3),
+            KvPool::with_dtype(2, 4, 3, KvDtype::Bf16),
+        );
+        assert_eq!(2 * pool.block_bytes(), f32_pool.block_bytes());
+        assert_eq!(
+            (pool.dtype(), f32_pool.dtype()),
+            (KvDtype::Bf16, KvDtype::F32)
+        );
+        let mut a = BlockTable::new();
+        pool.reserve(&mut a, 3).unwrap();
+        let keys = [1.0f32, 1.0 + 1.0 / 256.0, -3.3, 1e-3];
+        for p in 0..3 {
+            pool.write(&a, p, 1, &keys, &[p as f32; 4]);
+        }
+        pool.commit(&mut a, 3);
+        let (k, v) = pool.layer_snapshot(&a, 1);
+        let rounded: Vec<f32> = keys.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(&k[..4], &rounded[..]);
+        assert_ne!(k[1], keys[1], "1 + 2^-8 is not a bf16");
+        assert_eq!(&v[8..], &[2.0; 4]);
+        pool.free(&mut a);
+        pool.check_consistency().unwrap();
     }
 }

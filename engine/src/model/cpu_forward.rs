@@ -316,13 +316,17 @@ impl ForwardOps for CpuStep<'_, '_> {
             for r in self.qkv[row0 * qkv_dim..(row0 + n) * qkv_dim].chunks_exact(qkv_dim) {
                 q.extend_from_slice(&r[..q_dim]);
             }
-            let (keys, values) = self.kv.layer_chunks(s.table, layer, start + n);
-            let chunks = kern::KvChunks {
-                keys: &keys,
-                values: &values,
-            };
             let out = &mut self.attn[row0 * q_dim..(row0 + n) * q_dim];
-            kern::attention(&q, start, chunks, shape, out, &CandlePool);
+            (self.kv).attention(
+                s.table,
+                layer,
+                start + n,
+                &q,
+                start,
+                shape,
+                out,
+                &CandlePool,
+            );
             row0 += n;
         }
         Ok(())

@@ -38,7 +38,7 @@ use super::llama::{
 use super::weights::{Param, Weights};
 use super::{Model, RopeLayout};
 use crate::error::{Error, Result};
-use crate::kv::{BlockTable, KvPool};
+use crate::kv::{BlockTable, KvDtype, KvPool};
 
 /// A layer's cross-attention weights.
 #[derive(Debug, Clone)]
@@ -148,16 +148,13 @@ pub(crate) fn cross_attention(
         for p in s.table.len()..s.table.len() + s.tokens.len() {
             let seen = p.min(table.len());
             if seen > 0 {
-                let (keys, values) = cross.kv.layer_chunks(table, cross.layer, seen);
-                let chunks = kern::KvChunks {
-                    keys: &keys,
-                    values: &values,
-                };
                 let o = &mut out[row * q_dim..(row + 1) * q_dim];
-                kern::attention(
+                cross.kv.attention(
+                    table,
+                    cross.layer,
+                    seen,
                     &q[row * q_dim..(row + 1) * q_dim],
                     seen - 1,
-                    chunks,
                     shape,
                     o,
                     &kern::Serial,
@@ -347,7 +344,8 @@ impl GlideModel {
     /// A pool of `max_blocks` blocks for the drafter's own cache, on its device.
     pub fn new_pool(&self, max_blocks: usize) -> KvPool {
         match &self.weights {
-            GlideDevice::Cpu(_) => KvPool::for_model(&self.base, max_blocks),
+            // One layer's own cache: f32 whatever the target's (`--kv-dtype`).
+            GlideDevice::Cpu(_) => KvPool::for_model(&self.base, max_blocks, KvDtype::F32),
             GlideDevice::Cuda(m) => {
                 KvPool::on_gpu(m.kv_storage(max_blocks), &self.base, max_blocks)
             }

@@ -277,7 +277,7 @@ mod tests {
     use crate::model::tiny::{tiny_config, tiny_weights, TinySpec};
 
     fn logits(config: &ModelConfig, w: &CpuWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
-        let mut kv = KvPool::for_model(config, 8);
+        let mut kv = KvPool::for_model(config, 8, crate::kv::KvDtype::F32);
         let mut table = BlockTable::new();
         kv.reserve(&mut table, tokens.len()).unwrap();
         let mut batch = [SeqInput {

@@ -19,7 +19,7 @@ use super::device::{Device, GpuStats};
 use super::host_weights::load_host;
 use super::weights::Weights;
 use crate::error::{Error, Result};
-use crate::kv::{BlockTable, KvPool, SequenceCache};
+use crate::kv::{BlockTable, KvDtype, KvPool, SequenceCache};
 
 /// Which logits a sequence wants back from a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +231,8 @@ pub struct Model {
     /// Rows of the output head in use (a drafter may keep only the first ones).
     head_rows: usize,
     inv_freq: Vec<f64>,
+    /// Element type of the KV pools this model makes on the CPU.
+    kv_dtype: KvDtype,
 }
 
 impl Model {
@@ -255,7 +257,27 @@ impl Model {
             config,
             weights,
             inv_freq,
+            kv_dtype: KvDtype::F32,
         })
+    }
+
+    /// The element type of this model's KV pools.
+    pub fn kv_dtype(&self) -> KvDtype {
+        match self.device() {
+            Device::Cpu => self.kv_dtype,
+            Device::Cuda(_) => KvDtype::Bf16,
+        }
+    }
+
+    /// Makes this model's KV pools store `dtype` (`--kv-dtype`). A GPU's pools are bf16 only.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Result<Self> {
+        if dtype == KvDtype::F32 && self.device() != Device::Cpu {
+            return Err(Error::Device(
+                "--kv-dtype f32 is for the CPU: a GPU's KV cache is bf16".into(),
+            ));
+        }
+        self.kv_dtype = dtype;
+        Ok(self)
     }
 
     /// The device the model runs on.
@@ -353,7 +375,7 @@ impl Model {
     /// as blocks are first used).
     pub fn new_pool(&self, max_blocks: usize) -> KvPool {
         match &self.weights {
-            DeviceWeights::Cpu(_) => KvPool::for_model(&self.config, max_blocks),
+            DeviceWeights::Cpu(_) => KvPool::for_model(&self.config, max_blocks, self.kv_dtype),
             DeviceWeights::Cuda(m) => {
                 KvPool::on_gpu(m.kv_storage(max_blocks), &self.config, max_blocks)
             }

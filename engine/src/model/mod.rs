@@ -35,6 +35,7 @@ pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{Naming, Param, Weights};
 
 use crate::error::{Error, Result};
+use crate::kv::KvDtype;
 
 /// A model ready to run, with what generation needs beside the weights.
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct LoadOptions {
     pub tokenizer: Option<PathBuf>,
     /// Where the model runs.
     pub device: Device,
+    /// The element type of its KV cache (`None`: f32 on the CPU, bf16 on a GPU).
+    pub kv_dtype: Option<KvDtype>,
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder (config.json, *.safetensors,
@@ -69,6 +72,9 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     } else {
         load_gguf(path, device)?
     };
+    if let Some(dtype) = options.kv_dtype {
+        loaded.model = loaded.model.with_kv_dtype(dtype)?;
+    }
     if let Some(tok) = &options.tokenizer {
         let mut t = Tokenizer::from_file(tok)?;
         t.add_eos_token_ids(&loaded.model.config().eos_token_ids);

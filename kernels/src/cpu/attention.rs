@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{axpy, dot};
+pub use half::bf16;
 
 /// Runs a closure over index ranges that together cover `0..n`, possibly on several threads.
 /// The engine plugs in the thread pool its matrix products already use, so that attention
@@ -38,22 +38,44 @@ pub struct AttentionShape {
     pub sliding_window: Option<usize>,
 }
 
+/// An element of a KV cache: f32, or bf16 (half the memory; widened exactly to f32 as read, so
+/// attention over bf16 keys and values gives the bits it gives over their f32 widenings).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for bf16 {
+    /// bf16 is the top half of an f32: a shift, which vectorizes.
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
 /// A sequence's cached keys and values as runs of consecutive token rows (one run for a
-/// contiguous cache, one per block for a paged one). Each row is `n_kv_heads * head_dim` floats.
+/// contiguous cache, one per block for a paged one). Each row is `n_kv_heads * head_dim`
+/// elements.
 #[derive(Debug, Clone, Copy)]
-pub struct KvChunks<'a> {
-    pub keys: &'a [&'a [f32]],
-    pub values: &'a [&'a [f32]],
+pub struct KvChunks<'a, T = f32> {
+    pub keys: &'a [&'a [T]],
+    pub values: &'a [&'a [T]],
 }
 
 /// Computes attention for `n` new query rows of one sequence whose first new token sits at
 /// position `start`; the cache must already hold keys and values for positions `0..start + n`.
 ///
 /// `q` is `[n, n_heads * head_dim]`; the result is written to `out` of the same shape.
-pub fn attention(
+pub fn attention<T: KvElem>(
     q: &[f32],
     start: usize,
-    kv: KvChunks<'_>,
+    kv: KvChunks<'_, T>,
     shape: AttentionShape,
     out: &mut [f32],
     par: &dyn ParallelFor,
@@ -119,9 +141,9 @@ pub fn attention(
 }
 
 /// One query head of one new row: everything [`attention`] shares between them.
-struct Head<'a> {
+struct Head<'a, T> {
     q: &'a [f32],
-    kv: KvChunks<'a>,
+    kv: KvChunks<'a, T>,
     start: usize,
     q_row: usize,
     kv_row: usize,
@@ -160,7 +182,38 @@ impl Simd {
     }
 }
 
-impl Head<'_> {
+/// `a · b` with `b` widened to f32: the lane order of [`super::dot`], so over f32 it gives
+/// `dot`'s bits.
+#[inline(always)]
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y.widen())
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i].widen();
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `dst += w * src` with `src` widened to f32.
+#[inline(always)]
+fn axpy<T: KvElem>(dst: &mut [f32], w: f32, src: &[T]) {
+    debug_assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += w * s.widen();
+    }
+}
+
+impl<T: KvElem> Head<'_, T> {
     /// Writes head `idx % n_heads` of new row `idx / n_heads` into `o`.
     fn run(&self, simd: Simd, idx: usize, o: &mut [f32]) {
         match simd {
@@ -375,5 +428,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Over bf16 keys and values, attention gives exactly its result over their f32 widenings
+    /// (serial and threaded), and the generic dot over f32 gives the shared `dot`'s bits.
+    #[test]
+    fn bf16_cache_gives_the_bits_of_its_f32_widening() {
+        let s = AttentionShape {
+            n_heads: 12,
+            n_kv_heads: 2,
+            head_dim: 128,
+            sliding_window: None,
+        };
+        let (start, n) = (300, 5);
+        let kv_row = s.n_kv_heads * s.head_dim;
+        let k16: Vec<bf16> = data((start + n) * kv_row, 7)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let v16: Vec<bf16> = data((start + n) * kv_row, 8)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let (k32, v32): (Vec<f32>, Vec<f32>) = (
+            k16.iter().map(|x| x.to_f32()).collect(),
+            v16.iter().map(|x| x.to_f32()).collect(),
+        );
+        let q = data(n * s.n_heads * s.head_dim, 9);
+        let split = 16 * kv_row;
+        for par in [&Serial as &dyn ParallelFor, &Threads] {
+            let mut want = vec![0f32; q.len()];
+            let (keys, values) = (
+                [&k32[..split], &k32[split..]],
+                [&v32[..split], &v32[split..]],
+            );
+            let kv = KvChunks {
+                keys: &keys,
+                values: &values,
+            };
+            attention(&q, start, kv, s, &mut want, par);
+            let mut got = vec![0f32; q.len()];
+            let (keys, values) = (
+                [&k16[..split], &k16[split..]],
+                [&v16[..split], &v16[split..]],
+            );
+            let kv = KvChunks {
+                keys: &keys,
+                values: &values,
+            };
+            attention(&q, start, kv, s, &mut got, par);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&want));
+        }
+        let (a, b) = (data(37, 10), data(37, 11));
+        assert_eq!(
+            dot(&a, &b[..]).to_bits(),
+            super::super::dot(&a, &b).to_bits()
+        );
     }
 }

@@ -6,7 +6,7 @@ pub mod qmatmul;
 mod rope;
 pub mod sample;
 
-pub use attention::{attention, AttentionShape, KvChunks, ParallelFor, Serial};
+pub use attention::{attention, bf16, AttentionShape, KvChunks, KvElem, ParallelFor, Serial};
 pub use dense::dense_matmul;
 pub use qmatmul::{quant_matmul, QuantFormat, QuantKernel, QuantMatrix, QuantMatrixError};
 pub use rope::{apply_rope, rope_tables, RopeTables};
