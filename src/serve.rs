@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use specd_engine::actors::calibrate::ASSUMED_ACCEPTANCE;
+use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
     measure_draft_costs, measure_row_costs, CatchUpPolicy, EngineConfig, EngineModels,
     LoadPolicies, LoadPolicy, Method, RowCosts,
@@ -320,18 +320,20 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         None => measure_row_costs(&models.target)?,
     };
     let max = engine.max_running;
-    let policy = |drafter| LoadPolicy::calibrated(target, drafter, k, ASSUMED_ACCEPTANCE, max);
+    let policy = |drafter, method| {
+        LoadPolicy::calibrated(target, drafter, k, assumed_acceptance(method), max)
+    };
     // GLIDE's one layer costs about 3 % of a target row per drafted token (BENCHMARKS.md):
     // counted as free, like the n-gram lookup.
-    engine.load.glide = policy(RowCosts::FREE);
-    engine.load.ngram = policy(RowCosts::FREE);
+    engine.load.glide = policy(RowCosts::FREE, Method::Glide);
+    engine.load.ngram = policy(RowCosts::FREE, Method::Ngram);
     let mut report = format!(
         "calibrated: target forward {:.1} ms + {:.2} ms a row",
         target.fixed * 1e3,
         target.per_row * 1e3
     );
     if let Some(costs) = draft {
-        engine.load.draft = policy(costs.draft);
+        engine.load.draft = policy(costs.draft, Method::Draft);
         engine.catch_up = CatchUpPolicy::calibrated(&costs);
         let r = engine.catch_up.per_remaining_token;
         let rule = if r > 0.0 {
@@ -360,8 +362,10 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         .map(|(name, p)| format!("{name} {}", describe(p)))
         .collect();
     report += &format!(
-        "; under load, at {:.0} % acceptance: {}",
-        ASSUMED_ACCEPTANCE * 100.0,
+        "; under load (at an assumed {:.0} % acceptance for the draft model, {:.0} % for the \
+         others): {}",
+        assumed_acceptance(Method::Draft) * 100.0,
+        assumed_acceptance(Method::Glide) * 100.0,
         policies.join(", ")
     );
     Ok(report)

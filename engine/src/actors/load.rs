@@ -7,8 +7,19 @@
 //! slows everyone down. [`LoadPolicy::calibrated`] finds the loads at which, under a cost model
 //! fitted on this machine, shorter drafts and then no drafts give more tokens per second.
 
-use super::calibrate::RowCosts;
+use super::calibrate::{RowCosts, ASSUMED_ACCEPTANCE};
 use super::request::Method;
+
+/// The acceptance each method's load policy is derived at: the draft model's
+/// [`ASSUMED_ACCEPTANCE`] (bench-spec: 84 % at k = 4); GLIDE and the n-gram lookup accept far
+/// less (bench-spec's code prompts: 18-20 % at a fixed k, 31-44 % with adaptive lengths,
+/// BENCHMARKS.md), so 0.4.
+pub fn assumed_acceptance(method: Method) -> f64 {
+    match method {
+        Method::Draft => ASSUMED_ACCEPTANCE,
+        Method::None | Method::Ngram | Method::Glide | Method::GlideNgram => 0.4,
+    }
+}
 
 /// How drafting shrinks as the batch grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +276,18 @@ mod tests {
             LoadPolicy::calibrated(rows_free, RowCosts::FREE, 4, 1.0, 64),
             LoadPolicy::NEVER
         );
+    }
+
+    #[test]
+    fn cheap_drafters_are_assumed_to_accept_less_than_the_draft_model() {
+        assert!(assumed_acceptance(Method::Glide) < assumed_acceptance(Method::Draft));
+        assert_eq!(
+            assumed_acceptance(Method::Ngram),
+            assumed_acceptance(Method::GlideNgram)
+        );
+        // At 40 %, free drafts on the CPU pair's shape stop paying at a few sequences.
+        let p = LoadPolicy::calibrated(TARGET, RowCosts::FREE, 4, 0.4, 64);
+        assert!(p.off_at <= 4, "{p:?}");
     }
 
     #[test]
