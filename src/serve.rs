@@ -391,3 +391,34 @@ fn describe(p: LoadPolicy) -> String {
         parts.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_policies_read_as_they_act() {
+        assert_eq!(describe(LoadPolicy::NEVER), "drafts at any load");
+        let never = LoadPolicy {
+            off_at: 1,
+            ..LoadPolicy::NEVER
+        };
+        assert_eq!(describe(never), "never drafts");
+        let p = LoadPolicy {
+            shorten_at: 2,
+            shorten_to: 3,
+            off_at: 7,
+        };
+        assert_eq!(
+            describe(p),
+            "at most 3 drafts from 2 sequences, none from 7"
+        );
+        assert_eq!(
+            describe(LoadPolicy {
+                shorten_at: usize::MAX,
+                ..p
+            }),
+            "none from 7"
+        );
+    }
+}
