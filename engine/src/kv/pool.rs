@@ -360,37 +360,25 @@ impl KvPool {
         out: &mut [f32],
         par: &dyn kern::ParallelFor,
     ) {
-        fn run<T: KvElem>(
-            (keys, values): (Vec<&[T]>, Vec<&[T]>),
-            q: &[f32],
-            start: usize,
-            shape: kern::AttentionShape,
-            out: &mut [f32],
-            par: &dyn kern::ParallelFor,
-        ) {
+        type Query<'q> = (
+            &'q [f32],
+            usize,
+            kern::AttentionShape,
+            &'q mut [f32],
+            &'q dyn kern::ParallelFor,
+        );
+        fn run<T: KvElem>((keys, values): (Vec<&[T]>, Vec<&[T]>), query: Query<'_>) {
+            let (q, start, shape, out, par) = query;
             let kv = KvChunks {
                 keys: &keys,
                 values: &values,
             };
             kern::attention(q, start, kv, shape, out, par);
         }
+        let query = (q, start, shape, out, par);
         match &self.storage {
-            Storage::Host(b) => run(
-                self.chunks(b, table, layer, upto),
-                q,
-                start,
-                shape,
-                out,
-                par,
-            ),
-            Storage::HostBf16(b) => run(
-                self.chunks(b, table, layer, upto),
-                q,
-                start,
-                shape,
-                out,
-                par,
-            ),
+            Storage::Host(b) => run(self.chunks(b, table, layer, upto), query),
+            Storage::HostBf16(b) => run(self.chunks(b, table, layer, upto), query),
             Storage::Gpu(_) => panic!("host attention over a GPU KV pool"),
         }
     }

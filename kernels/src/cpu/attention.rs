@@ -4,6 +4,8 @@ use std::ops::Range;
 
 pub use half::bf16;
 
+use super::{axpy, dot_widened as dot};
+
 /// Runs a closure over index ranges that together cover `0..n`, possibly on several threads.
 /// The engine plugs in the thread pool its matrix products already use, so that attention
 /// does not wake a second pool on the same cores.
@@ -179,37 +181,6 @@ impl Simd {
             }
         }
         Self::Portable
-    }
-}
-
-/// `a · b` with `b` widened to f32: the lane order of [`super::dot`], so over f32 it gives
-/// `dot`'s bits.
-#[inline(always)]
-fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; 16];
-    let ca = a.chunks_exact(16);
-    let cb = b.chunks_exact(16);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y.widen())
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i].widen();
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `dst += w * src` with `src` widened to f32.
-#[inline(always)]
-fn axpy<T: KvElem>(dst: &mut [f32], w: f32, src: &[T]) {
-    debug_assert_eq!(dst.len(), src.len());
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += w * s.widen();
     }
 }
 
@@ -431,7 +402,7 @@ mod tests {
     }
 
     /// Over bf16 keys and values, attention gives exactly its result over their f32 widenings
-    /// (serial and threaded), and the generic dot over f32 gives the shared `dot`'s bits.
+    /// (serial and threaded).
     #[test]
     fn bf16_cache_gives_the_bits_of_its_f32_widening() {
         let s = AttentionShape {
@@ -456,34 +427,26 @@ mod tests {
         );
         let q = data(n * s.n_heads * s.head_dim, 9);
         let split = 16 * kv_row;
-        for par in [&Serial as &dyn ParallelFor, &Threads] {
-            let mut want = vec![0f32; q.len()];
-            let (keys, values) = (
-                [&k32[..split], &k32[split..]],
-                [&v32[..split], &v32[split..]],
-            );
+        fn run<T: KvElem>(
+            q: &[f32],
+            (k, v): (&[T], &[T]),
+            split: usize,
+            (start, s): (usize, AttentionShape),
+            par: &dyn ParallelFor,
+        ) -> Vec<u32> {
+            let mut out = vec![0f32; q.len()];
+            let (keys, values) = ([&k[..split], &k[split..]], [&v[..split], &v[split..]]);
             let kv = KvChunks {
                 keys: &keys,
                 values: &values,
             };
-            attention(&q, start, kv, s, &mut want, par);
-            let mut got = vec![0f32; q.len()];
-            let (keys, values) = (
-                [&k16[..split], &k16[split..]],
-                [&v16[..split], &v16[split..]],
-            );
-            let kv = KvChunks {
-                keys: &keys,
-                values: &values,
-            };
-            attention(&q, start, kv, s, &mut got, par);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-            assert_eq!(bits(&got), bits(&want));
+            attention(q, start, kv, s, &mut out, par);
+            out.iter().map(|x| x.to_bits()).collect()
         }
-        let (a, b) = (data(37, 10), data(37, 11));
-        assert_eq!(
-            dot(&a, &b[..]).to_bits(),
-            super::super::dot(&a, &b).to_bits()
-        );
+        for par in [&Serial as &dyn ParallelFor, &Threads] {
+            let want = run(&q, (&k32, &v32), split, (start, s), par);
+            let got = run(&q, (&k16, &v16), split, (start, s), par);
+            assert_eq!(got, want);
+        }
     }
 }
