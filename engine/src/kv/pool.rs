@@ -52,6 +52,19 @@ enum Storage {
     Gpu(GpuBlocks),
 }
 
+/// One sequence's part of [`KvPool::attention`]: new rows whose first sits at position
+/// `start`, attending over positions `0..upto` of `table`.
+pub(crate) struct PoolQuery<'a> {
+    pub(crate) table: &'a BlockTable,
+    pub(crate) upto: usize,
+    /// New row `t`'s query heads start at `q[t * q_stride]`.
+    pub(crate) q: &'a [f32],
+    pub(crate) q_stride: usize,
+    pub(crate) start: usize,
+    /// `[rows, n_heads * head_dim]`.
+    pub(crate) out: &'a mut [f32],
+}
+
 /// The KV memory of one model: block storage, the free list, and usage counts.
 #[derive(Debug)]
 pub struct KvPool {
@@ -346,39 +359,42 @@ impl KvPool {
         (keys, values)
     }
 
-    /// Attention of `q` (the rows of new positions `start..`) over positions `0..upto` of
-    /// `table` for `layer` ([`kern::attention`]), whatever the blocks' element type.
-    #[allow(clippy::too_many_arguments)]
+    /// Attention for a batch of sequences over their caches in `layer`
+    /// ([`kern::attention_batch`]), whatever the blocks' element type.
     pub(crate) fn attention(
         &self,
-        table: &BlockTable,
         layer: usize,
-        upto: usize,
-        q: &[f32],
-        start: usize,
+        queries: &mut [PoolQuery<'_>],
         shape: kern::AttentionShape,
-        out: &mut [f32],
         par: &dyn kern::ParallelFor,
     ) {
-        type Query<'q> = (
-            &'q [f32],
-            usize,
-            kern::AttentionShape,
-            &'q mut [f32],
-            &'q dyn kern::ParallelFor,
-        );
-        fn run<T: KvElem>((keys, values): (Vec<&[T]>, Vec<&[T]>), query: Query<'_>) {
-            let (q, start, shape, out, par) = query;
-            let kv = KvChunks {
-                keys: &keys,
-                values: &values,
-            };
-            kern::attention(q, start, kv, shape, out, par);
+        fn run<T: KvElem>(
+            pool: &KvPool,
+            blocks: &[Box<[T]>],
+            (layer, queries): (usize, &mut [PoolQuery<'_>]),
+            shape: kern::AttentionShape,
+            par: &dyn kern::ParallelFor,
+        ) {
+            let chunks: Vec<_> = queries
+                .iter()
+                .map(|q| pool.chunks(blocks, q.table, layer, q.upto))
+                .collect();
+            let mut seqs: Vec<kern::AttentionRows<'_, T>> = queries
+                .iter_mut()
+                .zip(&chunks)
+                .map(|(q, (keys, values))| kern::AttentionRows {
+                    q: q.q,
+                    q_stride: q.q_stride,
+                    start: q.start,
+                    kv: KvChunks { keys, values },
+                    out: &mut *q.out,
+                })
+                .collect();
+            kern::attention_batch(&mut seqs, shape, par);
         }
-        let query = (q, start, shape, out, par);
         match &self.storage {
-            Storage::Host(b) => run(self.chunks(b, table, layer, upto), query),
-            Storage::HostBf16(b) => run(self.chunks(b, table, layer, upto), query),
+            Storage::Host(b) => run(self, b, (layer, queries), shape, par),
+            Storage::HostBf16(b) => run(self, b, (layer, queries), shape, par),
             Storage::Gpu(_) => panic!("host attention over a GPU KV pool"),
         }
     }

@@ -12,6 +12,7 @@ use super::llama::{
     SampleInput, SeqInput, Top,
 };
 use crate::error::Result;
+use crate::kv::pool::PoolQuery;
 use crate::kv::KvPool;
 
 /// The weights of a model on the CPU.
@@ -308,27 +309,26 @@ impl ForwardOps for CpuStep<'_, '_> {
             sliding_window: c.sliding_window,
         };
         self.attn.resize(self.rows() * q_dim, 0.0);
-        let mut row0 = 0;
+        // Every sequence's rows in one call: the kernel spreads sequences, key/value heads and
+        // blocks of rows over the pool.
+        let mut queries = Vec::with_capacity(self.batch.len());
+        let (mut qkv, mut out) = (&self.qkv[..], &mut self.attn[..]);
         for s in self.batch.iter() {
             let n = s.tokens.len();
             let start = s.table.len();
-            let mut q = Vec::with_capacity(n * q_dim);
-            for r in self.qkv[row0 * qkv_dim..(row0 + n) * qkv_dim].chunks_exact(qkv_dim) {
-                q.extend_from_slice(&r[..q_dim]);
-            }
-            let out = &mut self.attn[row0 * q_dim..(row0 + n) * q_dim];
-            (self.kv).attention(
-                s.table,
-                layer,
-                start + n,
-                &q,
+            let (q, rest) = qkv.split_at(n * qkv_dim);
+            let (o, rest_out) = std::mem::take(&mut out).split_at_mut(n * q_dim);
+            (qkv, out) = (rest, rest_out);
+            queries.push(PoolQuery {
+                table: s.table,
+                upto: start + n,
+                q,
+                q_stride: qkv_dim,
                 start,
-                shape,
-                out,
-                &CandlePool,
-            );
-            row0 += n;
+                out: o,
+            });
         }
+        self.kv.attention(layer, &mut queries, shape, &CandlePool);
         Ok(())
     }
 

@@ -31,6 +31,7 @@ use super::device::Device;
 use super::draft_vocab::DraftVocab;
 use super::glide_config::GlideConfig;
 use super::host_weights::{load_layer, HostLayer, HostMatrix};
+use super::linear::CandlePool;
 use super::llama::{
     mlp_block, self_attention_block, Act, CrossInput, ForwardOps, ForwardOut, LlamaWeights,
     OutputMode, SeqInput,
@@ -38,6 +39,7 @@ use super::llama::{
 use super::weights::{Param, Weights};
 use super::{Model, RopeLayout};
 use crate::error::{Error, Result};
+use crate::kv::pool::PoolQuery;
 use crate::kv::{BlockTable, KvDtype, KvPool};
 
 /// A layer's cross-attention weights.
@@ -143,26 +145,29 @@ pub(crate) fn cross_attention(
         sliding_window: None,
     };
     let mut out = vec![0f32; q.len()];
-    let mut row = 0;
+    // Each row is a query of its own over the target positions it may see (verified ones, and
+    // none at or after its own position); rows that see none keep zeros.
+    let mut queries = Vec::with_capacity(out.len() / q_dim);
+    let mut rows = q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim));
     for (s, table) in batch.iter().zip(&cross.tables) {
         for p in s.table.len()..s.table.len() + s.tokens.len() {
+            let (q, o) = rows.next().expect("one query row per token");
             let seen = p.min(table.len());
             if seen > 0 {
-                let o = &mut out[row * q_dim..(row + 1) * q_dim];
-                cross.kv.attention(
+                queries.push(PoolQuery {
                     table,
-                    cross.layer,
-                    seen,
-                    &q[row * q_dim..(row + 1) * q_dim],
-                    seen - 1,
-                    shape,
-                    o,
-                    &kern::Serial,
-                );
+                    upto: seen,
+                    q,
+                    q_stride: q_dim,
+                    start: seen - 1,
+                    out: o,
+                });
             }
-            row += 1;
         }
     }
+    cross
+        .kv
+        .attention(cross.layer, &mut queries, shape, &CandlePool);
     out
 }
 

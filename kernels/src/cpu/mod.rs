@@ -6,7 +6,10 @@ pub mod qmatmul;
 mod rope;
 pub mod sample;
 
-pub use attention::{attention, bf16, AttentionShape, KvChunks, KvElem, ParallelFor, Serial};
+pub use attention::{
+    attention, attention_batch, bf16, AttentionRows, AttentionShape, KvChunks, KvElem, ParallelFor,
+    Serial,
+};
 pub use dense::dense_matmul;
 pub use qmatmul::{quant_matmul, QuantFormat, QuantKernel, QuantMatrix, QuantMatrixError};
 pub use rope::{apply_rope, rope_tables, RopeTables};
