@@ -2,7 +2,7 @@
 //! quantized kernels, candle for the rest), everything else inline on plain buffers.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use specd_kernels::cpu as kern;
 
 use super::config::{ModelConfig, RopeLayout};
@@ -35,25 +35,32 @@ impl Projection {
         Ok(Self { parts, bias })
     }
 
-    /// The rows of `x · Wᵀ + b`, flattened.
-    fn forward(&self, x: &Tensor) -> Result<Vec<f32>> {
-        let y = if self.parts.len() == 1 {
-            self.parts[0].forward(x)?
+    /// The `rows` rows of `x · Wᵀ + b` into `out` (resized to fit; a buffer reused across
+    /// layers is not cleared first: every value is written).
+    fn forward_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        let n = self.rows();
+        out.resize(rows * n, 0.0);
+        if let [part] = &self.parts[..] {
+            part.forward_into(x, rows, out)?;
         } else {
-            let outs = self
-                .parts
-                .iter()
-                .map(|p| p.forward(x))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&outs, D::Minus1)?
-        };
-        let mut y = y.flatten_all()?.to_vec1::<f32>()?;
+            // Each part's rows, then side by side in each output row.
+            let mut col = 0;
+            for p in &self.parts {
+                let pn = p.rows();
+                let mut y = vec![0f32; rows * pn];
+                p.forward_into(x, rows, &mut y)?;
+                for (o, y) in out.chunks_exact_mut(n).zip(y.chunks_exact(pn)) {
+                    o[col..col + pn].copy_from_slice(y);
+                }
+                col += pn;
+            }
+        }
         if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(b.len()) {
+            for row in out.chunks_exact_mut(b.len()) {
                 kern::add_assign(row, b);
             }
         }
-        Ok(y)
+        Ok(())
     }
 
     /// The matrix of the first `rows` output rows (a single-part matrix: heads).
@@ -264,10 +271,9 @@ impl ForwardOps for CpuStep<'_, '_> {
     }
 
     fn linear(&mut self, m: &Projection, x: Act, out: Act) -> Result<()> {
-        let input = self.buf(x);
-        let cols = input.len() / self.rows();
-        let t = Tensor::from_slice(input, (self.rows(), cols), &Device::Cpu)?;
-        *self.buf_mut(out) = m.forward(&t)?;
+        let mut y = std::mem::take(self.buf_mut(out));
+        m.forward_into(self.buf(x), self.rows(), &mut y)?;
+        *self.buf_mut(out) = y;
         Ok(())
     }
 
@@ -335,14 +341,7 @@ impl ForwardOps for CpuStep<'_, '_> {
     fn silu_mul(&mut self) -> Result<()> {
         let inter = self.c.intermediate_size;
         self.gated.resize(self.rows() * inter, 0.0);
-        for (row, out) in self
-            .gate_up
-            .chunks_exact(2 * inter)
-            .zip(self.gated.chunks_exact_mut(inter))
-        {
-            let (g, u) = row.split_at(inter);
-            kern::silu_mul(g, u, out);
-        }
+        kern::silu_mul_rows(&self.gate_up, inter, &mut self.gated, &CandlePool);
         Ok(())
     }
 
@@ -378,8 +377,8 @@ impl ForwardOps for CpuStep<'_, '_> {
         self.logits = Some(if wanted == 0 {
             Tensor::zeros((0, head.rows()), candle_core::DType::F32, &Device::Cpu)?
         } else {
-            let x = Tensor::from_vec(normed, (wanted, hidden), &Device::Cpu)?;
-            let y = head.forward(&x)?;
+            let mut y = Vec::new();
+            head.forward_into(&normed, wanted, &mut y)?;
             Tensor::from_vec(y, (wanted, head.rows()), &Device::Cpu)?
         });
         Ok(())

@@ -43,19 +43,84 @@ impl Linear {
 
     /// `x · Wᵀ` for `x` of shape `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let QMatMul::Tensor(w) = &self.inner {
-            if x.rank() == 2 {
-                return dense_rows(w, x);
-            }
-        }
-        if let QMatMul::QTensor(q) = &self.inner {
-            if x.rank() == 2 {
-                if let Some(y) = quant_rows(q, x)? {
-                    return Ok(y);
-                }
+        if x.rank() == 2 {
+            let (m, n) = (x.dims()[0], self.rows());
+            let xs = x
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let mut out = vec![0f32; m * n];
+            if self.kernel_into(&xs, &mut out)? {
+                return Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?);
             }
         }
         Ok(self.inner.forward(x)?)
+    }
+
+    /// `x · Wᵀ` for the `rows` rows of `x` (flattened), written into `out` (`rows` rows of
+    /// [`Linear::rows`] values): the products our kernels compute go straight from `x` to
+    /// `out`; other storage goes through candle.
+    pub fn forward_into(&self, x: &[f32], rows: usize, out: &mut [f32]) -> Result<()> {
+        assert_eq!(
+            out.len(),
+            rows * self.rows(),
+            "Linear::forward_into: output size"
+        );
+        if self.kernel_into(x, out)? {
+            return Ok(());
+        }
+        let t = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+        let y = self.inner.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+        out.copy_from_slice(&y);
+        Ok(())
+    }
+
+    /// The product through our kernels, in groups of [`SMALL_BATCH_ROWS`] rows, each weight
+    /// row read from memory once per group; `false` (nothing written) for storage they lack.
+    ///
+    /// - Quantized in a format of `kernels/`: the small-batch quantized product.
+    /// - Dense (the tiny test models and unquantized checkpoints; f16/bf16 widened first): one
+    ///   dot product per output, batch-invariant for any number of rows; speed matters less
+    ///   there than exactness.
+    fn kernel_into(&self, x: &[f32], out: &mut [f32]) -> Result<bool> {
+        let n = self.rows();
+        match &self.inner {
+            QMatMul::QTensor(q) => {
+                let Some(format) = kernel_format(q.dtype()) else {
+                    return Ok(false);
+                };
+                let (data, k) = (q.data()?, q.shape().dims2()?.1);
+                let Ok(w) = kern::QuantMatrix::new(format, &data, n, k) else {
+                    return Ok(false);
+                };
+                for (xg, og) in x
+                    .chunks(SMALL_BATCH_ROWS * k)
+                    .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
+                {
+                    kern::quant_matmul(&w, xg, og, &CandlePool);
+                }
+                Ok(true)
+            }
+            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => {
+                let k = w.dims2()?.1;
+                let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+                let (storage, layout) = w.storage_and_layout();
+                let candle_core::Storage::Cpu(cpu) = &*storage else {
+                    return Err(
+                        candle_core::Error::Msg("dense weights live on the CPU".into()).into(),
+                    );
+                };
+                let start = layout.start_offset();
+                let ws = &cpu.as_slice::<f32>()?[start..start + n * k];
+                for (xg, og) in x
+                    .chunks(SMALL_BATCH_ROWS * k)
+                    .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
+                {
+                    kern::dense_matmul(ws, xg, k, og, &CandlePool);
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// Output rows of the matrix.
@@ -110,34 +175,6 @@ impl Linear {
     }
 }
 
-/// A dense product, one dot product per output element, so batch-invariant for any number of
-/// rows (dense weights are the tiny test models and unquantized checkpoints; speed matters less
-/// there than exactness). Rows go in groups of [`SMALL_BATCH_ROWS`] so that each weight row is
-/// read from memory once per group.
-fn dense_rows(w: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let (n, k) = w.dims2()?;
-    let m = x.dims()[0];
-    let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
-    let x = x
-        .to_dtype(candle_core::DType::F32)?
-        .contiguous()?
-        .flatten_all()?;
-    let xs = x.to_vec1::<f32>()?;
-    let (storage, layout) = w.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("dense weights live on the CPU".into()).into());
-    };
-    let ws = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + n * k];
-    let mut out = vec![0f32; m * n];
-    for (xg, og) in xs
-        .chunks(SMALL_BATCH_ROWS * k)
-        .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
-    {
-        kern::dense_matmul(ws, xg, k, og, &CandlePool);
-    }
-    Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
-}
-
 /// Our kernel's block format for a candle dtype, if it has one.
 fn kernel_format(dtype: GgmlDType) -> Option<kern::QuantFormat> {
     Some(match dtype {
@@ -147,32 +184,6 @@ fn kernel_format(dtype: GgmlDType) -> Option<kern::QuantFormat> {
         GgmlDType::Q5_0 => kern::QuantFormat::Q5_0,
         _ => return None,
     })
-}
-
-/// A product of up to [`SMALL_BATCH_ROWS`] rows through our small-batch quantized kernel (each
-/// weight block decoded once for all rows; batch-invariant). `None` for formats it lacks.
-fn quant_rows(q: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    let Some(format) = kernel_format(q.dtype()) else {
-        return Ok(None);
-    };
-    let (n, k) = q.shape().dims2()?;
-    let m = x.dims()[0];
-    let data = q.data()?;
-    let Ok(w) = kern::QuantMatrix::new(format, &data, n, k) else {
-        return Ok(None);
-    };
-    let xs = x
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let mut out = vec![0f32; m * n];
-    for (xg, og) in xs
-        .chunks(SMALL_BATCH_ROWS * k)
-        .zip(out.chunks_mut(SMALL_BATCH_ROWS * n))
-    {
-        kern::quant_matmul(&w, xg, og, &CandlePool);
-    }
-    Ok(Some(Tensor::from_vec(out, (m, n), &Device::Cpu)?))
 }
 
 #[cfg(test)]

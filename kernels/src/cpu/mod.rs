@@ -2,6 +2,7 @@
 
 mod attention;
 mod dense;
+mod exp;
 pub mod qmatmul;
 mod rope;
 pub mod sample;
@@ -11,19 +12,9 @@ pub use attention::{
     Serial,
 };
 pub use dense::dense_matmul;
+pub use exp::{exp, silu_mul, silu_mul_rows};
 pub use qmatmul::{quant_matmul, QuantFormat, QuantKernel, QuantMatrix, QuantMatrixError};
 pub use rope::{apply_rope, rope_tables, RopeTables};
-
-/// `out[i] = silu(gate[i]) * up[i]`, the SwiGLU activation of Llama-family MLPs.
-pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(
-        gate.len() == up.len() && up.len() == out.len(),
-        "silu_mul: length mismatch"
-    );
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
-    }
-}
 
 /// Root-mean-square normalization of each row of `x` (rows as long as `weight`), scaled by
 /// `weight`: `out = x / sqrt(mean(x²) + eps) · weight`.
@@ -111,18 +102,6 @@ mod tests {
                 let want = row[i] / (ms + 1e-5).sqrt() * w[i];
                 assert!((out[r * 3 + i] - want).abs() < 1e-6);
             }
-        }
-    }
-
-    #[test]
-    fn silu_mul_matches_definition() {
-        let g = [-2.0f32, 0.0, 1.5];
-        let u = [3.0f32, 4.0, -1.0];
-        let mut o = [0f32; 3];
-        silu_mul(&g, &u, &mut o);
-        for i in 0..3 {
-            let want = g[i] * (1.0 / (1.0 + (-g[i]).exp())) * u[i];
-            assert!((o[i] - want).abs() < 1e-6);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::lanes::{accumulate, exp_nonpositive, prefetch, Lanes, Portable};
+use super::lanes::{accumulate, prefetch, Lanes, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
 use super::lanes::{PREFETCH_ROWS, VALUE_TILE};
@@ -173,7 +173,7 @@ impl Item {
                 let w = &mut sc.weights[l * span + lo[tl]..l * span + end[tl]];
                 let m = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 for x in w.iter_mut() {
-                    *x = exp_nonpositive(*x - m);
+                    *x = crate::cpu::exp(*x - m);
                 }
                 // SAFETY: as above.
                 let inv = 1.0 / unsafe { L::sum(w) };

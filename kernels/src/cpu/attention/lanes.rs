@@ -361,55 +361,9 @@ pub(super) fn accumulate<T: KvElem>(out: &mut [f32], w: &[f32], rows: &[&[T]], a
     }
 }
 
-/// `e^x` for the scores less their maximum (`x <= 0`), within about one ulp (Cody–Waite
-/// reduction by `ln 2`, then Cephes' degree-6 polynomial), in plain multiplies and adds so that
-/// it vectorizes and every vector width gives the same bits. Arguments below −87 give `e^−87`
-/// (negligible against the maximum's 1); NaN stays NaN.
-#[inline(always)]
-pub(super) fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 = LN2_HI + LN2_LO, LN2_HI with few enough bits that n · LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
-    let x = if x < -87.0 { -87.0 } else { x };
-    // n = round(x / ln 2), by the 1.5 · 2²³ trick (ties to even).
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * (r * r) + r + 1.0;
-    // 2ⁿ for n in −126..=0 (NaN gives n = 0 and e stays NaN).
-    let two_n = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    e * two_n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_the_exact_value_and_keeps_nan() {
-        let mut x = 0f32;
-        while x > -87.0 {
-            let want = f64::from(x).exp();
-            let got = exp_nonpositive(x);
-            let ulp = f64::from(f32::from_bits(got.to_bits() + 1) - got);
-            assert!(
-                (f64::from(got) - want).abs() <= 2.0 * ulp,
-                "exp({x}) = {got}, exact {want}"
-            );
-            x -= 0.013_7;
-        }
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert_eq!(exp_nonpositive(-1000.0), exp_nonpositive(-87.0));
-        assert!(exp_nonpositive(-1000.0) < 1e-37);
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-    }
 
     #[test]
     fn sums_halve_lanes_in_the_stated_order() {
