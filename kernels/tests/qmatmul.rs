@@ -300,6 +300,14 @@ fn rows_are_bit_identical_alone_in_any_batch_and_any_split() {
                 for r in 0..MAX_ROWS {
                     let row = &x[r * k..(r + 1) * k];
                     let alone = f.run(kernel, row, &Serial);
+                    // One row split unevenly (the one-row kernels take weight rows four at a
+                    // time, then one by one).
+                    let alone_split = f.run(kernel, row, &Ragged);
+                    assert_eq!(
+                        alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        alone_split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{format:?} {n}x{k} {kernel:?} row {r} alone, split"
+                    );
                     // Row r placed at position r % 5 among 5 rows of other inputs.
                     let pos = r % 5;
                     let mut batch = other[..5 * k].to_vec();
