@@ -87,112 +87,128 @@ impl Item {
         shape: AttentionShape,
         sc: &mut ItemScratch<'a, T>,
     ) {
-        let AttentionShape {
-            n_heads,
-            n_kv_heads,
-            head_dim: hd,
-            sliding_window,
-        } = shape;
-        let (group, kv_row) = (n_heads / n_kv_heads, n_kv_heads * hd);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let Some(span) = self.span(v, shape) else {
+            return;
+        };
+        self.gather(v, &span, sc);
+        self.scores::<L, T>(v, &span, sc);
+        softmax::<L>(&span, &mut sc.weights);
+        self.weigh(v, &span, sc);
+    }
+
+    /// Which gathered positions each row of the block sees (`None` for an empty block).
+    #[inline(always)]
+    fn span<T>(&self, v: &SeqView<'_, T>, shape: AttentionShape) -> Option<Span> {
         let nr = self.rows.len();
         debug_assert!(nr <= ROW_BLOCK);
         if nr == 0 {
-            return;
+            return None;
         }
-        // Row `tl` of the block (position `start + rows.start + tl`) sees positions
-        // `first + lo[tl] .. first + end[tl]`.
         let (mut lo, mut end) = ([0usize; ROW_BLOCK], [0usize; ROW_BLOCK]);
         for (tl, t) in self.rows.clone().enumerate() {
             let pos = v.start + t;
             end[tl] = pos + 1;
-            lo[tl] = sliding_window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            lo[tl] = shape
+                .sliding_window
+                .map_or(0, |w| (pos + 1).saturating_sub(w));
         }
         let first = lo[0];
         for tl in 0..nr {
             (lo[tl], end[tl]) = (lo[tl] - first, end[tl] - first);
         }
-        let span = end[nr - 1];
+        Some(Span {
+            nr,
+            group: shape.n_heads / shape.n_kv_heads,
+            hd: shape.head_dim,
+            kv_row: shape.n_kv_heads * shape.head_dim,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            first,
+            len: end[nr - 1],
+            lo,
+            end,
+        })
+    }
 
-        // This key/value head's rows for positions `first..first + span`.
+    /// This key/value head's rows of the span's positions, into `sc.keys` and `sc.values`.
+    #[inline(always)]
+    fn gather<'a, T>(&self, v: &SeqView<'a, T>, s: &Span, sc: &mut ItemScratch<'a, T>) {
         sc.keys.clear();
         sc.values.clear();
-        let at = self.kv_head * hd;
+        let (at, kv_row, hd) = (self.kv_head * s.hd, s.kv_row, s.hd);
         for (c, (keys, values)) in v.kv.keys.iter().zip(v.kv.values).enumerate() {
             let c0 = v.chunk_starts[c];
-            let rows =
-                (c0.max(first)..(c0 + keys.len() / kv_row).min(first + span)).map(|r| r - c0);
-            for r in rows {
+            let rows = c0.max(s.first)..(c0 + keys.len() / kv_row).min(s.first + s.len);
+            for r in rows.map(|r| r - c0) {
                 sc.keys.push(&keys[r * kv_row + at..][..hd]);
                 sc.values.push(&values[r * kv_row + at..][..hd]);
             }
         }
-        debug_assert_eq!(sc.keys.len(), span);
+        debug_assert_eq!(sc.keys.len(), s.len);
+    }
 
+    /// Scaled scores into `sc.weights` (per (row, head), over the span), four positions at a
+    /// time: their key rows stay in cache for every row and head of the item, and one query
+    /// load serves four dots. A row's scores past its own positions are computed with the rest
+    /// of the four and never read.
+    #[inline(always)]
+    fn scores<L: Lanes, T: KvElem>(
+        &self,
+        v: &SeqView<'_, T>,
+        s: &Span,
+        sc: &mut ItemScratch<'_, T>,
+    ) {
+        let (group, hd, span) = (s.group, s.hd, s.len);
         let h0 = self.kv_head * group;
         let query = |tl: usize, hh: usize| {
             let t = self.rows.start + tl;
             &v.q[t * v.q_stride + (h0 + hh) * hd..][..hd]
         };
-        // Scores, four positions at a time: their key rows stay in cache for every row and
-        // head of the item, and one query load serves four dots. A row's scores past its own
-        // positions are computed with the rest of the four and never read.
         sc.weights.clear();
-        sc.weights.resize(nr * group * span, 0.0);
+        sc.weights.resize(s.nr * group * span, 0.0);
         let mut i = 0;
         while i < span {
             let n = 4.min(span - i);
             if let Some(next) = sc.keys.get(i + PREFETCH_ROWS..i + PREFETCH_ROWS + n) {
                 next.iter().for_each(|k| prefetch(k));
             }
-            for tl in (0..nr).filter(|&tl| lo[tl] < i + n && i < end[tl]) {
+            for tl in (0..s.nr).filter(|&tl| s.lo[tl] < i + n && i < s.end[tl]) {
                 for hh in 0..group {
                     let w = &mut sc.weights[(tl * group + hh) * span + i..][..n];
                     let q = query(tl, hh);
                     if n == 4 {
                         let k = [sc.keys[i], sc.keys[i + 1], sc.keys[i + 2], sc.keys[i + 3]];
                         // SAFETY: `run` picked `L` for this CPU; key rows are `hd` long.
-                        let s = unsafe { L::score4(q, k) };
-                        for (w, s) in w.iter_mut().zip(s) {
-                            *w = s * scale;
+                        let d = unsafe { L::score4(q, k) };
+                        for (w, d) in w.iter_mut().zip(d) {
+                            *w = d * s.scale;
                         }
                     } else {
                         for (w, k) in w.iter_mut().zip(&sc.keys[i..]) {
                             // SAFETY: as above.
-                            *w = unsafe { L::score(q, k) } * scale;
+                            *w = unsafe { L::score(q, k) } * s.scale;
                         }
                     }
                 }
             }
             i += n;
         }
-        // Softmax weights of each (row, head) over its own positions.
-        for tl in 0..nr {
-            for hh in 0..group {
-                let l = tl * group + hh;
-                let w = &mut sc.weights[l * span + lo[tl]..l * span + end[tl]];
-                let m = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                for x in w.iter_mut() {
-                    *x = crate::cpu::exp(*x - m);
-                }
-                // SAFETY: as above.
-                let inv = 1.0 / unsafe { L::sum(w) };
-                for x in w.iter_mut() {
-                    *x *= inv;
-                }
-            }
-        }
-        // The weighted values, a tile of positions at a time so that the tile's value rows
-        // stay in cache for every row and head.
-        for tl in 0..nr {
+    }
+
+    /// The weighted values into the outputs, a tile of positions at a time so that the tile's
+    /// value rows stay in cache for every row and head.
+    #[inline(always)]
+    fn weigh<T: KvElem>(&self, v: &SeqView<'_, T>, s: &Span, sc: &ItemScratch<'_, T>) {
+        let (group, hd, span) = (s.group, s.hd, s.len);
+        let h0 = self.kv_head * group;
+        for tl in 0..s.nr {
             for hh in 0..group {
                 self.out(v, tl, h0 + hh, hd).fill(0.0);
             }
         }
         for tile in (0..span).step_by(VALUE_TILE) {
             let tile_end = span.min(tile + VALUE_TILE);
-            for tl in 0..nr {
-                let (a, b) = (lo[tl].max(tile), end[tl].min(tile_end));
+            for tl in 0..s.nr {
+                let (a, b) = (s.lo[tl].max(tile), s.end[tl].min(tile_end));
                 if a >= b {
                     continue;
                 }
@@ -219,5 +235,39 @@ impl Item {
         // output; no other item writes this (row, head), and no caller holds two slices of the
         // same (row, head) at once (see `SharedOut`).
         unsafe { std::slice::from_raw_parts_mut(v.out.0.add(t * q_row + h * hd), hd) }
+    }
+}
+
+/// An item's rows over the positions it gathered: row `tl` of the block sees gathered
+/// positions `lo[tl]..end[tl]` (cache positions `first + lo[tl] ..`).
+struct Span {
+    nr: usize,
+    group: usize,
+    hd: usize,
+    kv_row: usize,
+    scale: f32,
+    first: usize,
+    len: usize,
+    lo: [usize; ROW_BLOCK],
+    end: [usize; ROW_BLOCK],
+}
+
+/// Scores to softmax weights, each (row, head) over its own positions.
+#[inline(always)]
+fn softmax<L: Lanes>(s: &Span, weights: &mut [f32]) {
+    for tl in 0..s.nr {
+        for hh in 0..s.group {
+            let l = tl * s.group + hh;
+            let w = &mut weights[l * s.len + s.lo[tl]..l * s.len + s.end[tl]];
+            let m = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            for x in w.iter_mut() {
+                *x = crate::cpu::exp(*x - m);
+            }
+            // SAFETY: `Item::run` picked `L` for this CPU.
+            let inv = 1.0 / unsafe { L::sum(w) };
+            for x in w.iter_mut() {
+                *x *= inv;
+            }
+        }
     }
 }
