@@ -330,7 +330,7 @@ pub(super) fn prefetch<T>(row: &[T]) {
 }
 
 /// `out[j] += Σ_i w[i] · rows[i][j]`, each element summed in row order (a 64-wide run of
-/// `out` at a time, kept in registers). With `fetch`, the rows after `rows` in `ahead` are
+/// `out` at a time, kept in registers). The rows of `ahead` (those after `rows`, or none) are
 /// fetched into cache as it goes.
 #[inline(always)]
 pub(super) fn accumulate<T: KvElem>(out: &mut [f32], w: &[f32], rows: &[&[T]], ahead: &[&[T]]) {
