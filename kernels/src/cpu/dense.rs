@@ -40,17 +40,7 @@ pub fn dense_matmul(w: &[f32], x: &[f32], k: usize, out: &mut [f32], par: &dyn P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::Serial;
-
-    struct Halves;
-    impl ParallelFor for Halves {
-        fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-            std::thread::scope(|s| {
-                s.spawn(|| f(0..n / 2));
-                s.spawn(|| f(n / 2..n));
-            });
-        }
-    }
+    use crate::cpu::{Halves, Serial};
 
     #[test]
     fn rows_match_a_naive_product_and_do_not_depend_on_the_batch() {

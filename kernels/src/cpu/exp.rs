@@ -129,7 +129,7 @@ impl SharedOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::Serial;
+    use crate::cpu::{Halves, Serial};
 
     #[test]
     fn exp_is_within_two_ulp_over_its_range_and_clamps_outside() {
@@ -189,16 +189,5 @@ mod tests {
 
     fn bits(x: &[f32]) -> Vec<u32> {
         x.iter().map(|v| v.to_bits()).collect()
-    }
-
-    /// Two scoped threads splitting the range in halves.
-    struct Halves;
-    impl ParallelFor for Halves {
-        fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-            std::thread::scope(|s| {
-                s.spawn(|| f(0..n / 2));
-                s.spawn(|| f(n / 2..n));
-            });
-        }
     }
 }

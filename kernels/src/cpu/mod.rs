@@ -44,12 +44,6 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
 /// Dot product with several independent accumulators so that it vectorizes.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dot_widened(a, b)
-}
-
-/// [`dot`] with `b`'s elements widened to f32 (a KV cache in bf16); over f32 it is `dot`.
-#[inline(always)]
-pub(crate) fn dot_widened<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; 16];
     let ca = a.chunks_exact(16);
@@ -58,22 +52,27 @@ pub(crate) fn dot_widened<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
         .remainder()
         .iter()
         .zip(cb.remainder())
-        .map(|(x, y)| x * y.widen())
+        .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
-            acc[i] += x[i] * y[i].widen();
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// `dst += w * src`, `src`'s elements widened to f32.
-#[inline(always)]
-pub fn axpy<T: KvElem>(dst: &mut [f32], w: f32, src: &[T]) {
-    debug_assert_eq!(dst.len(), src.len());
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += w * s.widen();
+/// Two scoped threads splitting the range in halves: the kernels' tests of a split.
+#[cfg(test)]
+pub(crate) struct Halves;
+
+#[cfg(test)]
+impl ParallelFor for Halves {
+    fn for_each_range(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        std::thread::scope(|s| {
+            s.spawn(|| f(0..n / 2));
+            s.spawn(|| f(n / 2..n));
+        });
     }
 }
 

@@ -93,6 +93,15 @@ fn tail_dot<T: KvElem>(q: &[f32], k: &[T]) -> f32 {
         .fold(0f32, |s, (a, b)| s + a * b.widen())
 }
 
+/// Four reduced dot products, each plus its tail ([`tail_dot`]).
+#[inline(always)]
+fn plus_tails<T: KvElem>(mut d: [f32; 4], q: &[f32], k: [&[T]; 4]) -> [f32; 4] {
+    for (d, k) in d.iter_mut().zip(k) {
+        *d += tail_dot(q, k);
+    }
+    d
+}
+
 /// The values past the last whole 16-element chunk, in order.
 #[inline(always)]
 fn tail_sum(x: &[f32]) -> f32 {
@@ -154,16 +163,10 @@ impl Lanes for Avx2 {
                 _mm256_add_ps(v, _mm256_shuffle_ps::<0b01_01_01_01>(v, v))
             };
             let (p01, p23) = (finish(p01), finish(p23));
-            let mut out = [0f32; 4];
-            let mut lanes = [0f32; 8];
+            let mut lanes = [0f32; 16];
             _mm256_storeu_ps(lanes.as_mut_ptr(), p01);
-            (out[0], out[1]) = (lanes[0], lanes[4]);
-            _mm256_storeu_ps(lanes.as_mut_ptr(), p23);
-            (out[2], out[3]) = (lanes[0], lanes[4]);
-            for j in 0..4 {
-                out[j] += tail_dot(q, k[j]);
-            }
-            out
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), p23);
+            plus_tails([lanes[0], lanes[4], lanes[8], lanes[12]], q, k)
         }
     }
 
@@ -260,11 +263,7 @@ impl Lanes for Avx512 {
             let v = _mm512_add_ps(v, _mm512_shuffle_ps::<0b01_01_01_01>(v, v));
             let mut lanes = [0f32; 16];
             _mm512_storeu_ps(lanes.as_mut_ptr(), v);
-            let mut out = [lanes[0], lanes[4], lanes[8], lanes[12]];
-            for j in 0..4 {
-                out[j] += tail_dot(q, k[j]);
-            }
-            out
+            plus_tails([lanes[0], lanes[4], lanes[8], lanes[12]], q, k)
         }
     }
 

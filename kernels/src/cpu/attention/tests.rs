@@ -1,4 +1,5 @@
 use super::*;
+use crate::cpu::Halves;
 
 /// Straightforward reference: softmax(q k^T / sqrt(d) + mask) v, one head at a time.
 fn naive(q: &[f32], k: &[f32], v: &[f32], start: usize, s: AttentionShape) -> Vec<f32> {
@@ -31,17 +32,6 @@ fn naive(q: &[f32], k: &[f32], v: &[f32], start: usize, s: AttentionShape) -> Ve
     out
 }
 
-/// Two scoped threads splitting the range in halves.
-struct Threads;
-impl ParallelFor for Threads {
-    fn for_each_range(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
-        std::thread::scope(|s| {
-            s.spawn(|| f(0..n / 2));
-            s.spawn(|| f(n / 2..n));
-        });
-    }
-}
-
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
         .map(|i| {
@@ -70,7 +60,7 @@ fn chunked_cache_matches_naive_attention_serial_and_threaded() {
             let splits = [0, 2 * kv_row, 3 * kv_row, (start + n) * kv_row];
             let keys: Vec<&[f32]> = splits.windows(2).map(|w| &k[w[0]..w[1]]).collect();
             let values: Vec<&[f32]> = splits.windows(2).map(|w| &v[w[0]..w[1]]).collect();
-            for par in [&Serial as &dyn ParallelFor, &Threads] {
+            for par in [&Serial as &dyn ParallelFor, &Halves] {
                 let mut out = vec![0f32; q.len()];
                 let kv = KvChunks {
                     keys: &keys,
@@ -217,7 +207,7 @@ fn a_batch_gives_each_sequence_and_each_row_its_bits_alone() {
             .map(|(i, &(start, n))| Case::new(start, n, s, 10 * i as u32))
             .collect();
         let chunks: Vec<_> = cases.iter().map(|c| c.chunks(s)).collect();
-        for par in [&Serial as &dyn ParallelFor, &Threads] {
+        for par in [&Serial as &dyn ParallelFor, &Halves] {
             let mut outs: Vec<Vec<f32>> = cases.iter().map(|c| vec![0f32; c.n * q_row]).collect();
             let mut seqs: Vec<AttentionRows<'_>> = cases
                 .iter()
@@ -304,7 +294,7 @@ fn bf16_cache_gives_the_bits_of_its_f32_widening() {
         attention(q, start, kv, s, &mut out, par);
         out.iter().map(|x| x.to_bits()).collect()
     }
-    for par in [&Serial as &dyn ParallelFor, &Threads] {
+    for par in [&Serial as &dyn ParallelFor, &Halves] {
         let want = run(&q, (&k32, &v32), split, (start, s), par);
         let got = run(&q, (&k16, &v16), split, (start, s), par);
         assert_eq!(got, want);
