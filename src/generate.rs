@@ -10,7 +10,7 @@ use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
 use specd_engine::kv::KvDtype;
-use specd_engine::model::{self, Device, GlideModel, LoadOptions};
+use specd_engine::model::{self, Device, GlideModel, LoadOptions, WeightStorage};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{
     generate_speculative, DraftModelProposer, DraftPolicyConfig, GlideProposer, NgramProposer,
@@ -35,6 +35,11 @@ pub struct ModelArgs {
     /// [default: f32 on the CPU, bf16 on a GPU].
     #[arg(long, value_enum, env = "SPECD_KV_DTYPE")]
     pub kv_dtype: Option<KvDtype>,
+    /// How a quantized model file's matrices are held: `stored` (quantized, as in the file)
+    /// or `dense` (dequantized at load: bf16 on a GPU, f32 on the CPU; the draft model
+    /// follows the target) [default: stored].
+    #[arg(long, value_enum, env = "SPECD_WEIGHTS")]
+    pub weights: Option<WeightStorage>,
 }
 
 impl ModelArgs {
@@ -48,6 +53,7 @@ impl ModelArgs {
             tokenizer: self.tokenizer.clone(),
             device: self.device.unwrap_or_default(),
             kv_dtype: self.kv_dtype,
+            weights: self.weights.unwrap_or_default(),
         };
         // Engine errors name the file already.
         Ok(model::load(&path, &opts)?)
@@ -104,6 +110,7 @@ pub fn load_drafter(
         tokenizer: None,
         device: target.model.device(),
         kv_dtype: Some(target.model.kv_dtype()),
+        weights: target.model.weight_storage(),
     };
     let mut d = model::load(path, &opts)?;
     if head_rows > 0 {

@@ -80,6 +80,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     m.tokenizer = args.model.tokenizer.clone().or(m.tokenizer.take());
     m.device = args.model.device.unwrap_or(m.device);
     m.kv_dtype = args.model.kv_dtype.or(m.kv_dtype);
+    m.weights = args.model.weights.unwrap_or(m.weights);
     m.draft = a.draft.clone().or(m.draft.take());
     m.glide = a.glide.clone().or(m.glide.take());
     m.name = args.name.clone().or(m.name.take());
@@ -173,6 +174,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             tokenizer: c.model.tokenizer.clone(),
             device: c.model.device,
             kv_dtype: c.model.kv_dtype,
+            weights: c.model.weights,
         },
     )?;
     target.model.warm_up()?;

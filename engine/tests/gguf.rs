@@ -16,7 +16,8 @@ use specd_engine::model::tiny::{
     SPECIAL_TOKENS,
 };
 use specd_engine::model::{
-    self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, Weights,
+    self, Architecture, LoadOptions, Logits, Model, ModelConfig, Naming, Param, WeightStorage,
+    Weights,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::{generate_speculative, DraftPolicyConfig, GlideProposer};
@@ -316,6 +317,97 @@ fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
     }
 }
 
+/// `--weights dense`: a quantized GGUF's matrices are dequantized as they load, so the model
+/// computes exactly what a dense model of candle's dequantized tensors computes (same bits),
+/// holds them as f32, and says so; a draft model loaded after it can follow.
+#[test]
+fn dense_storage_dequantizes_a_quantized_gguf_at_load() {
+    for (dtype, hidden, inter) in [
+        (GgmlDType::Q8_0, 64, 128),
+        (GgmlDType::Q4K, 256, 512),
+        (GgmlDType::Q5_0, 64, 128),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
+        let options = LoadOptions {
+            weights: WeightStorage::Dense,
+            ..Default::default()
+        };
+        let loaded = model::load(&path, &options).unwrap().model;
+        assert_eq!(loaded.weight_storage(), WeightStorage::Dense, "{dtype:?}");
+        let stored = model::load(&path, &LoadOptions::default()).unwrap().model;
+        assert_eq!(stored.weight_storage(), WeightStorage::Stored, "{dtype:?}");
+        let reference = Model::load(
+            cfg.clone(),
+            &mut Weights::from_tensors(dequantized(&tensors, dtype)),
+        )
+        .unwrap();
+        let toks = prompt(cfg.vocab_size);
+        assert_eq!(
+            logits(&loaded, &toks),
+            logits(&reference, &toks),
+            "{dtype:?}: dequantized at load differs from the dense model of the same values"
+        );
+        assert_ne!(
+            logits(&stored, &toks),
+            logits(&reference, &toks),
+            "{dtype:?}: the quantized kernels should not give the dense bits (test is blind)"
+        );
+    }
+}
+
+/// The same on a GPU (feature `cuda`; run by `scripts/gpu/check`): the matrices go to GPU
+/// memory as bf16 (at least twice the bytes of the Q4_K blocks) and the logits follow the CPU's
+/// dense model to bf16 precision.
+#[cfg(feature = "cuda")]
+#[test]
+fn on_the_gpu_dense_storage_uploads_bf16_matrices() {
+    let ordinal = std::env::var("SPECD_CHECK_GPU")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, tensors, path) = quantized_tiny(dir.path(), GgmlDType::Q4K, 256, 512);
+    let load = |weights| {
+        let options = LoadOptions {
+            device: specd_engine::model::Device::Cuda(ordinal),
+            weights,
+            ..Default::default()
+        };
+        model::load(&path, &options)
+            .unwrap_or_else(|e| panic!("this test needs a GPU: {e}"))
+            .model
+    };
+    let (dense, stored) = (load(WeightStorage::Dense), load(WeightStorage::Stored));
+    let bytes = |m: &Model| m.gpu_stats().expect("a GPU model").weight_bytes;
+    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
+    assert!(
+        bytes(&dense) >= 2 * bytes(&stored) && bytes(&dense) * 2 >= params * 2,
+        "dense {} bytes, stored {} bytes, {params} parameters: not bf16",
+        bytes(&dense),
+        bytes(&stored)
+    );
+    let reference = Model::load(
+        cfg.clone(),
+        &mut Weights::from_tensors(dequantized(&tensors, GgmlDType::Q4K)),
+    )
+    .unwrap();
+    let toks = prompt(cfg.vocab_size);
+    let (a, b) = (logits(&dense, &toks), logits(&reference, &toks));
+    let range = b.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let mean = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .sum::<f32>()
+        / (a.len() * a[0].len()) as f32;
+    assert!(
+        mean < 0.01 * range,
+        "bf16 on the GPU differs from the CPU's dense model by {mean} on average (range {range})"
+    );
+}
+
 #[test]
 fn tokenizer_from_gguf_metadata_round_trips_and_knows_its_specials() {
     let spec = TinySpec::default();
@@ -437,9 +529,8 @@ fn on_the_gpu_quantized_prefill_rows_equal_the_same_tokens_decoded() {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
         let options = LoadOptions {
-            tokenizer: None,
             device,
-            kv_dtype: None,
+            ..Default::default()
         };
         let m = model::load(&path, &options)
             .unwrap_or_else(|e| panic!("this test needs a GPU: {e}"))
@@ -496,9 +587,8 @@ fn glide_follows_a_quantized_target(device: specd_engine::model::Device) {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, tensors, path) = quantized_tiny(dir.path(), GgmlDType::Q8_0, 64, 128);
     let options = LoadOptions {
-        tokenizer: None,
         device,
-        kv_dtype: None,
+        ..Default::default()
     };
     let quantized = model::load(&path, &options).unwrap().model;
     let mut dense = Weights::from_tensors(tensors);

@@ -214,9 +214,8 @@ fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
             .unwrap();
     let load = |device| {
         let options = LoadOptions {
-            tokenizer: None,
             device,
-            kv_dtype: None,
+            ..Default::default()
         };
         let target = model::load(&fixtures().join("golden/qwen2"), &options)
             .unwrap_or_else(|e| panic!("loading the fixture on {device}: {e}"))

@@ -11,7 +11,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use specd_engine::actors::Method;
 use specd_engine::kv::KvDtype;
-use specd_engine::model::Device;
+use specd_engine::model::{Device, WeightStorage};
 
 /// Everything `specd serve` can be told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +82,9 @@ pub struct ModelConfig {
     /// Element type of the target's and draft model's KV caches: "f32" or "bf16" (half the
     /// memory); unset: f32 on the CPU, bf16 on a GPU.
     pub kv_dtype: Option<KvDtype>,
+    /// How a quantized file's matrices are held: "stored" (quantized) or "dense"
+    /// (dequantized at load: bf16 on a GPU, f32 on the CPU; the draft model follows).
+    pub weights: WeightStorage,
     /// Draft model (default with the default target: the fetched Qwen2.5-Coder-0.5B).
     pub draft: Option<PathBuf>,
     /// GLIDE drafter: a safetensors file made for the target (default with the default
@@ -111,6 +114,7 @@ impl Default for ModelConfig {
             tokenizer: None,
             device: Device::Cpu,
             kv_dtype: None,
+            weights: WeightStorage::Stored,
             draft: None,
             glide: None,
             speculation: None,

@@ -2,7 +2,8 @@
 """Measure Hugging Face transformers' batch-1 decode step cost, the baseline specd's CUDA
 executor is compared with.
 
-For each model folder (e.g. made by scripts/gpu/make-random-models.py) the model is loaded in
+For each model folder (e.g. made by scripts/gpu/make-random-models.py) or GGUF file (dequantized
+by transformers through the `gguf` package) the model is loaded in
 bf16 and a --ctx-token random prompt is prefilled; then a forward of `r` new tokens on top of
 that cache (r from --rows: 1 is a plain decode step, 6 a speculative verification step) is
 timed again and again, every step starting from the same cache length. Variants:
@@ -343,7 +344,7 @@ def model_params(model):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+", metavar="MODELDIR")
+    ap.add_argument("models", nargs="+", metavar="MODELDIR", help="model folders or GGUF files (needs the gguf package)")
     ap.add_argument("--ctx", type=int, default=128, help="tokens in the cache before each step")
     ap.add_argument("--rows", default="1,6", help="new tokens per step, comma-separated")
     ap.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
@@ -407,11 +408,17 @@ def main():
         # out cuts the least useful measurements (larger rows of the last variant) first.
         models = []
         for mdir in args.models:
-            name = os.path.basename(os.path.normpath(mdir))
+            name = os.path.basename(os.path.normpath(mdir)).removesuffix(".gguf")
             base = {"model": name, "ctx": args.ctx}
             try:
                 t0 = time.perf_counter()
-                model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.bfloat16)
+                if mdir.endswith(".gguf"):
+                    # A GGUF file: transformers dequantizes it through the `gguf` package.
+                    model = AutoModelForCausalLM.from_pretrained(
+                        os.path.dirname(os.path.abspath(mdir)), gguf_file=os.path.basename(mdir), dtype=torch.bfloat16
+                    )
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.bfloat16)
                 model = model.to(dev).eval()
                 sync(dev)
                 load_s = round(time.perf_counter() - t0, 2)

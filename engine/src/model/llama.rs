@@ -17,7 +17,7 @@ use super::cpu_forward::{CpuWeights, Projection};
 use super::cuda::CudaModel;
 use super::device::{Device, GpuStats};
 use super::host_weights::load_host;
-use super::weights::Weights;
+use super::weights::{WeightStorage, Weights};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvDtype, KvPool, SequenceCache};
 
@@ -233,6 +233,8 @@ pub struct Model {
     inv_freq: Vec<f64>,
     /// Element type of the KV pools this model makes on the CPU.
     kv_dtype: KvDtype,
+    /// How its file's quantized matrices are held (a draft model follows its target's).
+    storage: WeightStorage,
 }
 
 impl Model {
@@ -244,6 +246,7 @@ impl Model {
     /// Builds the model on `device` from weights whose shapes must match `config`. On a GPU
     /// the weights are uploaded (GGUF blocks as they are, dense weights as bf16).
     pub fn load_on(config: ModelConfig, weights: &mut Weights, device: Device) -> Result<Self> {
+        let storage = weights.storage();
         let (host, tied) = load_host(&config, weights, device)?;
         let weights = match device {
             Device::Cpu => DeviceWeights::Cpu(Arc::new(host.into_cpu()?)),
@@ -258,7 +261,13 @@ impl Model {
             weights,
             inv_freq,
             kv_dtype: KvDtype::F32,
+            storage,
         })
+    }
+
+    /// Whether its quantized matrices stayed quantized or were dequantized at load.
+    pub fn weight_storage(&self) -> WeightStorage {
+        self.storage
     }
 
     /// The element type of this model's KV pools.

@@ -32,7 +32,7 @@ pub use glide_config::{GlideConfig, GlideTarget};
 pub use linear::SMALL_BATCH_ROWS;
 pub use llama::{Logits, Model, SampleInput, SeqInput, Top};
 pub use tokenizer::{TextStream, Tokenizer};
-pub use weights::{Naming, Param, Weights};
+pub use weights::{Naming, Param, WeightStorage, Weights};
 
 use crate::error::{Error, Result};
 use crate::kv::KvDtype;
@@ -58,6 +58,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// The element type of its KV cache (`None`: f32 on the CPU, bf16 on a GPU).
     pub kv_dtype: Option<KvDtype>,
+    /// Whether a quantized file's matrices stay quantized or are dequantized at load.
+    pub weights: WeightStorage,
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder (config.json, *.safetensors,
@@ -70,7 +72,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     } else if path.file_name().is_some_and(|n| n == "config.json") {
         load_hf_dir(path.parent().unwrap_or(Path::new(".")), device)?
     } else {
-        load_gguf(path, device)?
+        load_gguf(path, device, options.weights)?
     };
     if let Some(dtype) = options.kv_dtype {
         loaded.model = loaded.model.with_kv_dtype(dtype)?;
@@ -199,7 +201,7 @@ fn token_text(v: Option<&Json>) -> Option<String> {
     }
 }
 
-fn load_gguf(path: &Path, device: Device) -> Result<LoadedModel> {
+fn load_gguf(path: &Path, device: Device, storage: WeightStorage) -> Result<LoadedModel> {
     let mut file = File::open(path).map_err(|e| Error::file(path, e))?;
     let content = gguf_file::Content::read(&mut file).map_err(|e| {
         Error::file(
@@ -224,7 +226,7 @@ fn load_gguf(path: &Path, device: Device) -> Result<LoadedModel> {
     let mut config = ModelConfig::from_gguf(&content, path, eos)?;
     config.validate(path)?;
     let has_rope_freqs = content.tensor_infos.contains_key("rope_freqs.weight");
-    let mut weights = Weights::from_gguf(content, file, path);
+    let mut weights = Weights::from_gguf(content, file, path).with_storage(storage);
     if has_rope_freqs {
         let factors = weights.tensor_named("rope_freqs.weight", &[config.head_dim / 2])?;
         config.rope_scaling = RopeScaling::FreqFactors(factors.to_vec1::<f32>()?);
