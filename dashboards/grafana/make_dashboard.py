@@ -98,6 +98,9 @@ panel("Time to first token", "s", quantiles("specd_time_to_first_token_seconds")
 panel("Inter-token latency", "s", quantiles("specd_inter_token_latency_seconds"),
       description="Time between a request's chunks, divided over each chunk's tokens.")
 panel("Request duration", "s", quantiles("specd_request_duration_seconds"))
+panel("Prompt tokens a step", "short", quantiles("specd_step_prompt_tokens"),
+      description="Prompt tokens the target read in a step that read any: chunks riding along with the "
+                  "decoding sequences, and prompts prefilled on their own (what chunked prefill admits a step).")
 panel("Step time by phase (p50)", "s",
       [("{{phase}}", f"histogram_quantile(0.5, sum by (le, phase) (rate(specd_step_duration_seconds_bucket{{{SEL}}}[{RATE}])))")],
       description="Each actor's handler in a token step, the mailbox time between them (messaging), and the whole step.")

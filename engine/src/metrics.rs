@@ -65,6 +65,9 @@ pub const REQUEST_DURATION: &str = "specd_request_duration_seconds";
 pub const STEP_DURATION: &str = "specd_step_duration_seconds";
 /// Tokens a verification kept per sequence (accepted drafts + the target's own).
 pub const ACCEPTED_LENGTH: &str = "specd_accepted_length";
+/// Prompt tokens the target read in a step: chunks riding along with the decoding sequences
+/// and prompts prefilled on their own (what chunked prefill admits a step).
+pub const STEP_PROMPT_TOKENS: &str = "specd_step_prompt_tokens";
 
 /// The `position` label of draft position `pos` (1-based): a static string for the first 16,
 /// so that recording a verification allocates nothing per position in the token step.
@@ -137,6 +140,10 @@ pub fn buckets() -> Vec<(&'static str, Vec<f64>)> {
         (STEP_DURATION, latency),
         (REQUEST_DURATION, long),
         (ACCEPTED_LENGTH, (1..=16).map(f64::from).collect::<Vec<_>>()),
+        (
+            STEP_PROMPT_TOKENS,
+            (0..=11).map(|i| f64::from(1u32 << i)).collect::<Vec<_>>(),
+        ),
     ]
 }
 
@@ -197,5 +204,9 @@ pub fn describe() {
     describe_histogram!(
         ACCEPTED_LENGTH,
         "Tokens kept per verification (accepted drafts + 1)"
+    );
+    describe_histogram!(
+        STEP_PROMPT_TOKENS,
+        "Prompt tokens the target read in a step that read any (chunked prefill)"
     );
 }

@@ -262,6 +262,10 @@ impl Scheduler {
             return;
         }
         let per_token = |w: Work| w.time.as_secs_f64() / w.tokens as f64;
+        let prompt_tokens = batch.rode + batch.prefilled.tokens;
+        if prompt_tokens > 0 {
+            metrics::histogram!(m::STEP_PROMPT_TOKENS).record(prompt_tokens as f64);
+        }
         let total = batch.clock.started.elapsed();
         let own = total.saturating_sub(batch.prefilled.time + batch.caught_up.time);
         let decoding = batch.decisions.iter().any(Option::is_some);
