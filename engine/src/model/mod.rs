@@ -68,9 +68,13 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let meta = std::fs::metadata(path).map_err(|e| Error::file(path, e))?;
     let device = options.device;
     let mut loaded = if meta.is_dir() {
-        load_hf_dir(path, device)?
+        load_hf_dir(path, device, options.weights)?
     } else if path.file_name().is_some_and(|n| n == "config.json") {
-        load_hf_dir(path.parent().unwrap_or(Path::new(".")), device)?
+        load_hf_dir(
+            path.parent().unwrap_or(Path::new(".")),
+            device,
+            options.weights,
+        )?
     } else {
         load_gguf(path, device, options.weights)?
     };
@@ -85,11 +89,13 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     Ok(loaded)
 }
 
-fn load_hf_dir(dir: &Path, device: Device) -> Result<LoadedModel> {
+/// `storage` changes nothing in a dense folder; the model records it, so that a quantized draft
+/// model follows its target.
+fn load_hf_dir(dir: &Path, device: Device, storage: WeightStorage) -> Result<LoadedModel> {
     let config_path = dir.join("config.json");
     let config = ModelConfig::from_hf_config(&config_path)?;
     let shards = safetensors_files(dir)?;
-    let mut weights = Weights::from_safetensors(&shards, dir)?;
+    let mut weights = Weights::from_safetensors(&shards, dir)?.with_storage(storage);
     let model = Model::load_on(config, &mut weights, device)?;
 
     let tok_path = dir.join("tokenizer.json");
