@@ -251,14 +251,31 @@ fn quantized_tiny(
     (cfg, tensors, path)
 }
 
+/// The quantized formats the tiny GGUFs are written in, with widths each accepts: Q4_K needs
+/// rows of 256 values; Q8_0 (with Q4_0/Q5_0 re-encoded to it) rows of 32.
+const QUANTIZED_TINIES: [(GgmlDType, usize, usize); 3] = [
+    (GgmlDType::Q8_0, 64, 128),
+    (GgmlDType::Q4K, 256, 512),
+    (GgmlDType::Q5_0, 64, 128),
+];
+
+/// The dense model of the values `tensors` hold after the `dtype` round trip (the reference a
+/// quantized load is compared with).
+fn dequantized_model(
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+    dtype: GgmlDType,
+) -> Model {
+    Model::load(
+        cfg.clone(),
+        &mut Weights::from_tensors(dequantized(tensors, dtype)),
+    )
+    .unwrap()
+}
+
 #[test]
 fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
-    // Q4_K needs rows of 256 values; Q8_0 (with Q4_0/Q5_0 re-encoded to it) rows of 32.
-    for (dtype, hidden, inter) in [
-        (GgmlDType::Q8_0, 64, 128),
-        (GgmlDType::Q4K, 256, 512),
-        (GgmlDType::Q5_0, 64, 128),
-    ] {
+    for (dtype, hidden, inter) in QUANTIZED_TINIES {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
         let size = std::fs::metadata(&path).unwrap().len() as usize;
@@ -268,11 +285,7 @@ fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
             "{dtype:?}: the file ({size} B) is not quantized"
         );
         let loaded = model::load(&path, &LoadOptions::default()).unwrap();
-        let reference = Model::load(
-            cfg.clone(),
-            &mut Weights::from_tensors(dequantized(&tensors, dtype)),
-        )
-        .unwrap();
+        let reference = dequantized_model(&cfg, &tensors, dtype);
         let toks = prompt(cfg.vocab_size);
         let (a, b) = (logits(&loaded.model, &toks), logits(&reference, &toks));
         // Quantized matmuls also quantize the activations (to 8 bits), so the results agree to
@@ -318,15 +331,11 @@ fn quantized_gguf_stays_quantized_and_matches_its_dequantized_weights() {
 }
 
 /// `--weights dense`: a quantized GGUF's matrices are dequantized as they load, so the model
-/// computes exactly what a dense model of candle's dequantized tensors computes (same bits),
-/// holds them as f32, and says so; a draft model loaded after it can follow.
+/// computes exactly what a dense model of candle's dequantized tensors computes (same bits)
+/// and says so, so that a draft model loaded after it can follow.
 #[test]
 fn dense_storage_dequantizes_a_quantized_gguf_at_load() {
-    for (dtype, hidden, inter) in [
-        (GgmlDType::Q8_0, 64, 128),
-        (GgmlDType::Q4K, 256, 512),
-        (GgmlDType::Q5_0, 64, 128),
-    ] {
+    for (dtype, hidden, inter) in QUANTIZED_TINIES {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, tensors, path) = quantized_tiny(dir.path(), dtype, hidden, inter);
         let options = LoadOptions {
@@ -337,11 +346,7 @@ fn dense_storage_dequantizes_a_quantized_gguf_at_load() {
         assert_eq!(loaded.weight_storage(), WeightStorage::Dense, "{dtype:?}");
         let stored = model::load(&path, &LoadOptions::default()).unwrap().model;
         assert_eq!(stored.weight_storage(), WeightStorage::Stored, "{dtype:?}");
-        let reference = Model::load(
-            cfg.clone(),
-            &mut Weights::from_tensors(dequantized(&tensors, dtype)),
-        )
-        .unwrap();
+        let reference = dequantized_model(&cfg, &tensors, dtype);
         let toks = prompt(cfg.vocab_size);
         assert_eq!(
             logits(&loaded, &toks),
@@ -412,11 +417,7 @@ fn on_the_gpu_dense_storage_uploads_bf16_matrices() {
         bytes(&dense),
         bytes(&stored)
     );
-    let reference = Model::load(
-        cfg.clone(),
-        &mut Weights::from_tensors(dequantized(&tensors, GgmlDType::Q4K)),
-    )
-    .unwrap();
+    let reference = dequantized_model(&cfg, &tensors, GgmlDType::Q4K);
     let toks = prompt(cfg.vocab_size);
     let (a, b) = (logits(&dense, &toks), logits(&reference, &toks));
     let range = b.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));

@@ -115,8 +115,8 @@ pub struct Weights {
     store: Store,
     naming: Naming,
     origin: PathBuf,
-    /// Quantized matrices are dequantized as they are read ([`WeightStorage::Dense`]).
-    dense: bool,
+    /// [`WeightStorage::Dense`]: quantized matrices are dequantized as they are read.
+    storage: WeightStorage,
 }
 
 impl std::fmt::Debug for Weights {
@@ -124,7 +124,7 @@ impl std::fmt::Debug for Weights {
         f.debug_struct("Weights")
             .field("origin", &self.origin)
             .field("naming", &self.naming)
-            .field("dense", &self.dense)
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -152,7 +152,7 @@ impl Weights {
             store: Store::Safetensors { shards, index },
             naming: Naming::HuggingFace,
             origin: origin.to_path_buf(),
-            dense: false,
+            storage: WeightStorage::Stored,
         })
     }
 
@@ -165,7 +165,7 @@ impl Weights {
             },
             naming: Naming::Gguf,
             origin: path.to_path_buf(),
-            dense: false,
+            storage: WeightStorage::Stored,
         }
     }
 
@@ -175,22 +175,18 @@ impl Weights {
             store: Store::Memory(tensors),
             naming: Naming::HuggingFace,
             origin: PathBuf::from("<memory>"),
-            dense: false,
+            storage: WeightStorage::Stored,
         }
     }
 
     /// How this reader holds quantized matrices.
     pub fn storage(&self) -> WeightStorage {
-        if self.dense {
-            WeightStorage::Dense
-        } else {
-            WeightStorage::Stored
-        }
+        self.storage
     }
 
     /// Holds quantized matrices as `storage` says from now on.
     pub fn with_storage(mut self, storage: WeightStorage) -> Self {
-        self.dense = storage == WeightStorage::Dense;
+        self.storage = storage;
         self
     }
 
@@ -280,7 +276,7 @@ impl Weights {
         match self.store {
             Store::Gguf { .. } => {
                 let q = self.qtensor_named(name, &[out_dim, in_dim])?;
-                if self.dense {
+                if self.storage == WeightStorage::Dense {
                     return Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu)?));
                 }
                 let q = cpu_friendly(q)?;
@@ -306,7 +302,7 @@ impl Weights {
             let m = self.matrix_named(&name, out_dim, in_dim)?;
             return match m {
                 // Dequantized for a GPU: bf16, as a dense file's weights would be there.
-                QMatMul::Tensor(t) if keep_dtype && self.dense => {
+                QMatMul::Tensor(t) if keep_dtype && self.storage == WeightStorage::Dense => {
                     Ok(QMatMul::Tensor(t.to_dtype(DType::BF16)?))
                 }
                 m => Ok(m),
