@@ -58,6 +58,13 @@ pub enum GpuError {
         advice: &'static str,
     },
 
+    /// A kernel file named by `SPECD_KERNELS_DIR` could not be read.
+    #[error("could not read the kernel file {path} (SPECD_KERNELS_DIR): {source}")]
+    KernelFile {
+        path: String,
+        source: std::io::Error,
+    },
+
     /// A driver call failed.
     #[error("CUDA error in {context}: {error}")]
     Driver {

@@ -51,19 +51,34 @@ pub(super) struct Kernels {
 
 impl Kernels {
     pub(super) fn load(ctx: &Arc<CudaContext>) -> GpuResult<Self> {
-        let module = |bin: &[u8]| {
-            ctx.load_module(Ptx::from_binary(bin.to_vec()))
+        // SPECD_KERNELS_DIR: fat binaries (or cubins) built elsewhere, `<stem>.fatbin`, take the
+        // place of the built-in ones that have a file there: a kernel change compiled with nvcc
+        // on the GPU machine runs without rebuilding specd.
+        let override_dir = std::env::var_os("SPECD_KERNELS_DIR").map(std::path::PathBuf::from);
+        let module = |stem: &str, built_in: &[u8]| {
+            let bin = match &override_dir {
+                Some(dir) if dir.join(format!("{stem}.fatbin")).exists() => {
+                    let path = dir.join(format!("{stem}.fatbin"));
+                    eprintln!("specd: kernels {stem} from {}", path.display());
+                    std::fs::read(&path).map_err(|source| GpuError::KernelFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                }
+                _ => built_in.to_vec(),
+            };
+            ctx.load_module(Ptx::from_binary(bin))
                 .map_err(GpuError::driver(
                     "loading specd's kernels (is the driver new enough?)",
                 ))
         };
         let (mm, gemm, norm, rope, att, sample) = (
-            module(MATMUL)?,
-            module(GEMM)?,
-            module(NORM)?,
-            module(ROPE_KV)?,
-            module(ATTENTION)?,
-            module(SAMPLE)?,
+            module("matmul", MATMUL)?,
+            module("gemm", GEMM)?,
+            module("norm", NORM)?,
+            module("rope_kv", ROPE_KV)?,
+            module("attention", ATTENTION)?,
+            module("sample", SAMPLE)?,
         );
         let f = |m: &Arc<cudarc::driver::CudaModule>, name: &str| {
             m.load_function(name)
