@@ -334,6 +334,14 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         target.fixed * 1e3,
         target.per_row * 1e3
     );
+    if let Some(w) = target.wide {
+        report += &format!(
+            " ({:.1} ms at {} rows, then {:.3} ms a row)",
+            w.at_from * 1e3,
+            w.from,
+            w.per_row * 1e3
+        );
+    }
     if let Some(costs) = draft {
         engine.load.draft = policy(costs.draft, Method::Draft);
         engine.catch_up = CatchUpPolicy::calibrated(&costs);

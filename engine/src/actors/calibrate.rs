@@ -16,32 +16,73 @@ use crate::model::{Logits, Model, SeqInput};
 
 /// A forward's seconds as a function of its rows: reading the weights once (`fixed`) plus each
 /// row's arithmetic (`per_row`), fitted to two timed forwards of the served model. Attention
-/// grows with depth on top of this; the fit is taken after a short prompt.
+/// grows with depth on top of this; the fit is taken after a short prompt. On a GPU, forwards of
+/// many rows take another path (the prefill GEMM past a few dozen rows, which first dequantizes
+/// the weights), so the line of a few rows says nothing of them: `wide` is a second line fitted
+/// to two wide forwards there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowCosts {
     pub fixed: f64,
+    pub per_row: f64,
+    pub wide: Option<WideRows>,
+}
+
+/// The cost of wide forwards: from `from` rows on, `at_from` seconds plus `per_row` a row more;
+/// between `after` rows (the last of the narrow line's fit) and `from`, the straight line from
+/// the narrow line's value at `after` to `at_from`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WideRows {
+    pub after: usize,
+    pub from: usize,
+    pub at_from: f64,
     pub per_row: f64,
 }
 
 impl RowCosts {
     /// Costs nothing (the n-gram lookup).
-    pub const FREE: RowCosts = RowCosts {
-        fixed: 0.0,
-        per_row: 0.0,
-    };
+    pub const FREE: RowCosts = RowCosts::line(0.0, 0.0);
+
+    /// `fixed` seconds plus `per_row` a row, whatever the rows.
+    pub const fn line(fixed: f64, per_row: f64) -> Self {
+        Self {
+            fixed,
+            per_row,
+            wide: None,
+        }
+    }
 
     /// The line through `t1` seconds for `r1` rows and `t2` for `r2 > r1` rows (never negative).
     pub fn fit(r1: usize, t1: f64, r2: usize, t2: f64) -> Self {
         let per_row = ((t2 - t1) / (r2 - r1) as f64).max(0.0);
+        Self::line((t1 - r1 as f64 * per_row).max(0.0), per_row)
+    }
+
+    /// These costs up to `after` rows, and from `r1 > after` rows on the line through `t1`
+    /// seconds for `r1` rows and `t2` for `r2 > r1`.
+    pub fn with_wide(self, after: usize, r1: usize, t1: f64, r2: usize, t2: f64) -> Self {
+        let wide = WideRows {
+            after,
+            from: r1,
+            at_from: t1,
+            per_row: ((t2 - t1) / (r2 - r1) as f64).max(0.0),
+        };
         Self {
-            fixed: (t1 - r1 as f64 * per_row).max(0.0),
-            per_row,
+            wide: Some(wide),
+            ..self
         }
     }
 
     /// Seconds of a forward of `rows` rows.
     pub fn rows(&self, rows: usize) -> f64 {
-        self.fixed + rows as f64 * self.per_row
+        let narrow = |r: usize| self.fixed + r as f64 * self.per_row;
+        match self.wide {
+            Some(w) if rows >= w.from => w.at_from + (rows - w.from) as f64 * w.per_row,
+            Some(w) if rows > w.after => {
+                let (a, b) = (narrow(w.after), w.at_from);
+                a + (b - a) * (rows - w.after) as f64 / (w.from - w.after) as f64
+            }
+            _ => narrow(rows),
+        }
     }
 }
 
@@ -128,16 +169,33 @@ impl CatchUpPolicy {
 const CONTEXT: usize = 64;
 /// Rows of the wider forward [`RowCosts`] are fitted with (a few sequences' verifications).
 pub const WIDE_ROWS: usize = 16;
+/// On a GPU, the rows of the two forwards [`RowCosts::wide`] is fitted to (many sequences'
+/// verifications: 64 streams verifying 4 drafts are 320 rows). Not timed on the CPU, where a
+/// row's cost does not change with the batch and these would take seconds.
+pub const GPU_WIDE_ROWS: [usize; 2] = [64, 256];
 /// Each forward is timed this many times; the fastest counts (the others met noise).
 const REPEATS: usize = 3;
 
-/// Times `model`'s forward of one row and of [`WIDE_ROWS`] rows after a short prefix.
+/// Times `model`'s forward of one row and of [`WIDE_ROWS`] rows after a short prefix (and on a
+/// GPU of [`GPU_WIDE_ROWS`] too).
 pub fn measure_row_costs(model: &Model) -> Result<RowCosts> {
-    let tokens = probe_tokens(model.config().vocab_size, CONTEXT + WIDE_ROWS);
+    let wide_rows = if model.device().is_cuda() {
+        &GPU_WIDE_ROWS[..]
+    } else {
+        &[]
+    };
+    let most = wide_rows.iter().copied().fold(WIDE_ROWS, usize::max);
+    let tokens = probe_tokens(model.config().vocab_size, CONTEXT + most);
     let (prefix, rows) = tokens.split_at(CONTEXT);
     let one = timed_rows(model, prefix, &rows[..1], Logits::Last)?;
-    let wide = timed_rows(model, prefix, rows, Logits::All)?;
-    Ok(RowCosts::fit(1, one, WIDE_ROWS, wide))
+    let few = timed_rows(model, prefix, &rows[..WIDE_ROWS], Logits::All)?;
+    let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
+    if let [r1, r2] = *wide_rows {
+        let t1 = timed_rows(model, prefix, &rows[..r1], Logits::All)?;
+        let t2 = timed_rows(model, prefix, &rows[..r2], Logits::All)?;
+        return Ok(costs.with_wide(WIDE_ROWS, r1, t1, r2, t2));
+    }
+    Ok(costs)
 }
 
 /// Times the forwards of [`DraftCosts`] for `target` verifying `k` drafts of `draft`.
@@ -208,10 +266,7 @@ mod tests {
         DraftCosts {
             k: 4,
             target: RowCosts::fit(1, 0.080, 5, 0.120),
-            draft: RowCosts {
-                fixed: 0.020,
-                per_row: 0.0,
-            },
+            draft: RowCosts::line(0.020, 0.0),
             catch_up_token: 0.002,
         }
     }
@@ -224,6 +279,32 @@ mod tests {
         // Noise making the wider forward faster gives no negative arithmetic.
         assert_eq!(RowCosts::fit(1, 0.080, 16, 0.070).per_row, 0.0);
         assert_eq!(RowCosts::FREE.rows(100), 0.0);
+    }
+
+    #[test]
+    fn wide_rows_follow_their_own_line_joined_to_the_narrow_one() {
+        // An H200's shape: a decode step streams the weights (3 ms), 16 rows cost nearly nothing
+        // more; 64 and 256 rows take the GEMM (dequantizing first): 8 and 11 ms.
+        let r = RowCosts::fit(1, 0.003, 16, 0.0031).with_wide(16, 64, 0.008, 256, 0.011);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(
+            close(r.rows(1), 0.003) && close(r.rows(16), 0.0031),
+            "{r:?}"
+        );
+        assert!(
+            close(r.rows(64), 0.008) && close(r.rows(256), 0.011),
+            "{r:?}"
+        );
+        // Past the widest timing, the wide line goes on; between 16 and 64, the join.
+        assert!(close(r.rows(448), 0.014), "{}", r.rows(448));
+        assert!(
+            close(r.rows(40), 0.0031 + (0.008 - 0.0031) * 0.5),
+            "{}",
+            r.rows(40)
+        );
+        // Without a wide line, the narrow one goes on (the CPU).
+        let narrow = RowCosts::fit(1, 0.003, 16, 0.0031);
+        assert!(narrow.rows(256) < 0.005);
     }
 
     #[test]
@@ -259,10 +340,7 @@ mod tests {
     #[test]
     fn a_drafter_that_never_pays_never_catches_up() {
         let c = DraftCosts {
-            draft: RowCosts {
-                fixed: 0.080,
-                per_row: 0.0,
-            },
+            draft: RowCosts::line(0.080, 0.0),
             ..costs()
         };
         assert!(c.saving_per_token(ASSUMED_ACCEPTANCE) < 0.0);

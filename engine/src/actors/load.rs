@@ -193,10 +193,7 @@ mod tests {
     }
 
     /// The CPU pair's shape: 30 ms to stream the target's weights, 6.5 ms of arithmetic a row.
-    const TARGET: RowCosts = RowCosts {
-        fixed: 0.030,
-        per_row: 0.0065,
-    };
+    const TARGET: RowCosts = RowCosts::line(0.030, 0.0065);
 
     /// Tokens per second of `b` sequences drafting `c` tokens each, written out independently
     /// of `calibrated`'s closure.
@@ -250,17 +247,11 @@ mod tests {
     #[test]
     fn a_costly_drafter_gives_way_sooner_and_one_that_never_pays_never_drafts() {
         let free = LoadPolicy::calibrated(TARGET, RowCosts::FREE, 4, 0.7, 64);
-        let cheap = RowCosts {
-            fixed: 0.002,
-            per_row: 0.0005,
-        };
+        let cheap = RowCosts::line(0.002, 0.0005);
         let costly = LoadPolicy::calibrated(TARGET, cheap, 4, 0.7, 64);
         assert!(costly.off_at < free.off_at, "{costly:?} vs {free:?}");
         // A drafter costing two thirds of a target row per drafted token.
-        let slow = RowCosts {
-            fixed: 0.025,
-            per_row: 0.001,
-        };
+        let slow = RowCosts::line(0.025, 0.001);
         let never = LoadPolicy::calibrated(TARGET, slow, 4, 0.7, 64);
         assert_eq!(never.off_at, 1, "{never:?}");
         assert_eq!(never.cap(1), 0);
@@ -268,13 +259,35 @@ mod tests {
 
     #[test]
     fn perfect_free_drafts_on_free_rows_never_give_way() {
-        let rows_free = RowCosts {
-            fixed: 0.030,
-            per_row: 0.0,
-        };
+        let rows_free = RowCosts::line(0.030, 0.0);
         assert_eq!(
             LoadPolicy::calibrated(rows_free, RowCosts::FREE, 4, 1.0, 64),
             LoadPolicy::NEVER
+        );
+    }
+
+    #[test]
+    fn on_a_gpu_drafting_stops_where_wide_verifications_cost() {
+        // One row and 16 cost about the same (the weights' stream), so the narrow line alone
+        // would never stop drafting; 64 and 256 rows take the GEMM (H200-like figures).
+        let narrow = RowCosts::fit(1, 0.0030, 16, 0.0031);
+        assert_eq!(
+            LoadPolicy::calibrated(narrow, RowCosts::FREE, 4, 0.4, 64).off_at,
+            usize::MAX
+        );
+        let gpu = narrow.with_wide(16, 64, 0.0100, 256, 0.0180);
+        let p = LoadPolicy::calibrated(gpu, RowCosts::FREE, 4, 0.4, 64);
+        assert!(p.off_at <= 64, "{p:?}");
+        // Alone, drafting four tokens is still the best.
+        assert_eq!(p.cap(1), usize::MAX, "{p:?}");
+        // At `off_at`, target-only beats every draft length under these costs.
+        let rate = |b: usize, c: usize| {
+            let tokens: f64 = (0..=c).map(|i| 0.4f64.powi(i as i32)).sum();
+            b as f64 * tokens / gpu.rows(b * (c + 1))
+        };
+        assert!(
+            (1..=4).all(|c| rate(p.off_at, c) <= rate(p.off_at, 0)),
+            "{p:?}"
         );
     }
 
