@@ -146,6 +146,143 @@ MATMUL_SHAPES(q6k, F_Q6K)
 MATMUL_SHAPES(q8_0, F_Q8_0)
 MATMUL_SHAPES(q5_0, F_Q5_0)
 
+// The 8-warp order with fewer warps (decode and verification). Chunk c of K belongs to chain
+// c mod 8, and chain w adds its chunks w, w + 8, ... in order: that is what the 8-warp kernels
+// above do with one warp per chain. Here a tile of output columns has P warps (P divides 8):
+// warp p takes the chunks c = p (mod P) in increasing order and keeps one accumulator per chain
+// it meets, so every chain adds the same chunks in the same order; the chains' sums are then
+// added in chain order from 0.f, then the bias, as above. Bit-identical to them, with 8 / P
+// chains per warp in flight (more loads in flight per warp, and for P = 1 no shared memory and
+// no barrier). UNROLL chunks are loaded ahead; P·UNROLL is a multiple of 8, so a chunk's chain
+// slot is known at compile time. A CTA holds G such tiles; rows go in passes of 16.
+template <int F, int NTL, int P, int G, int UNROLL>
+__device__ __forceinline__ void matmul_chains_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                                   const bf16* __restrict__ x, float* __restrict__ y,
+                                                   const float* __restrict__ bias, int rows, int n,
+                                                   int k, int ldy) {
+    constexpr int CHAINS = 8, SLOTS = CHAINS / P, COLS = 8 * NTL;
+    static_assert(CHAINS % P == 0 && (P * UNROLL) % CHAINS == 0, "slots fixed at compile time");
+    __shared__ float part[P > 1 ? G : 1][P > 1 ? CHAINS : 1][16][COLS + 1];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int p = warp % P, tile = warp / P;
+    const int g = lane / 4, t = lane % 4;
+    const int n0 = (blockIdx.x * G + tile) * COLS;
+    int wrow[NTL];
+#pragma unroll
+    for (int j = 0; j < NTL; ++j) wrow[j] = min(n0 + 8 * j + g, n - 1);
+    const int chunks = k / 32;
+    for (int r0 = 0; r0 < rows; r0 += 16) {
+        float acc[SLOTS][NTL][4];
+#pragma unroll
+        for (int s = 0; s < SLOTS; ++s)
+#pragma unroll
+            for (int j = 0; j < NTL; ++j) acc[s][j][0] = acc[s][j][1] = acc[s][j][2] = acc[s][j][3] = 0.f;
+        const int ra = r0 + g;
+        for (int c0 = p; c0 < chunks; c0 += P * UNROLL) {
+            uint32_t b[UNROLL][NTL][4];
+            if constexpr (P == 1 && UNROLL == 8 && Fmt<F>::BLOCK == 256) {
+                // One warp a tile: a round is one whole 256-weight block per row (c0 is a
+                // multiple of 8, K of 256), its header and quants loaded once.
+#pragma unroll
+                for (int j = 0; j < NTL; ++j) {
+                    uint32_t blk[8][4];
+                    load8_block<F>(w, row_bytes, wrow[j], c0 * 32, t, blk);
+#pragma unroll
+                    for (int u = 0; u < 8; ++u)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) b[u][j][e] = blk[u][e];
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    const int c = c0 + u * P;
+                    if (c < chunks) {
+#pragma unroll
+                        for (int j = 0; j < NTL; ++j) Fmt<F>::load8(w, row_bytes, wrow[j], c * 32 + t * 8, b[u][j]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * P;
+                if (c >= chunks) break;
+                // c = p + u·P (mod 8) as c0 = p (mod 8): chain p + (u mod SLOTS)·P, slot u mod SLOTS.
+                const int s = u % SLOTS;
+                const int kk = c * 32 + t * 8;
+                const uint4 xa = load_x8(x, rows, ra, k, kk);
+                const uint4 xb = load_x8(x, rows, ra + 8, k, kk);
+#pragma unroll
+                for (int j = 0; j < NTL; ++j) {
+                    mma_bf16(acc[s][j], xa.x, xb.x, xa.y, xb.y, b[u][j][0], b[u][j][1]);
+                    mma_bf16(acc[s][j], xa.z, xb.z, xa.w, xb.w, b[u][j][2], b[u][j][3]);
+                }
+            }
+        }
+        if constexpr (P == 1) {
+            // Every chain of this lane's outputs is in its own registers.
+#pragma unroll
+            for (int j = 0; j < NTL; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int row = ra + (e >= 2 ? 8 : 0), col = n0 + 8 * j + 2 * t + (e & 1);
+                    if (row < rows && col < n) {
+                        float sum = 0.f;
+#pragma unroll
+                        for (int ch = 0; ch < CHAINS; ++ch) sum += acc[ch][j][e];
+                        if (bias) sum += bias[col];
+                        y[(size_t)row * ldy + col] = sum;
+                    }
+                }
+        } else {
+#pragma unroll
+            for (int s = 0; s < SLOTS; ++s)
+#pragma unroll
+                for (int j = 0; j < NTL; ++j) {
+                    float (*pw)[COLS + 1] = part[tile][p + s * P];
+                    pw[g][8 * j + 2 * t] = acc[s][j][0];
+                    pw[g][8 * j + 2 * t + 1] = acc[s][j][1];
+                    pw[g + 8][8 * j + 2 * t] = acc[s][j][2];
+                    pw[g + 8][8 * j + 2 * t + 1] = acc[s][j][3];
+                }
+            __syncthreads();
+            for (int o = p * WARP + lane; o < 16 * COLS; o += P * WARP) {
+                const int rr = o / COLS, col = o % COLS;
+                const int row = r0 + rr, nn = n0 + col;
+                if (row < rows && nn < n) {
+                    float sum = 0.f;
+#pragma unroll
+                    for (int ch = 0; ch < CHAINS; ++ch) sum += part[tile][ch][rr][col];
+                    if (bias) sum += bias[nn];
+                    y[(size_t)row * ldy + nn] = sum;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// matmul_<fmt>_<name>: NTL n8-tiles per column tile, P warps per tile, G tiles per CTA; grid
+// ceil(n / (8·NTL·G)) CTAs of 32·P·G threads. Keep in step with MatmulKernel::ALL (args.rs).
+#define MATMUL_CHAINS_KERNEL(FMTNAME, F, TAG, NTL, P, G, UNROLL)                                   \
+    extern "C" __global__ void __launch_bounds__(P * G * 32) matmul_##FMTNAME##_##TAG(             \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
+        float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        grid_dependency();                                                                        \
+        matmul_chains_body<F, NTL, P, G, UNROLL>(w, (size_t)row_bytes, x, y, bias, rows, n, k,     \
+                                                 ldy);                                            \
+    }
+#define MATMUL_CHAINS_SHAPES(FMTNAME, F)                     \
+    MATMUL_CHAINS_KERNEL(FMTNAME, F, 8x1c, 1, 1, 4, 8)       \
+    MATMUL_CHAINS_KERNEL(FMTNAME, F, 8x2c, 1, 2, 2, 8)       \
+    MATMUL_CHAINS_KERNEL(FMTNAME, F, 8x4c, 1, 4, 2, 4)       \
+    MATMUL_CHAINS_KERNEL(FMTNAME, F, 8x2c4, 1, 2, 2, 4)      \
+    MATMUL_CHAINS_KERNEL(FMTNAME, F, 16x2c, 2, 2, 1, 4)
+MATMUL_CHAINS_SHAPES(bf16, F_BF16)
+MATMUL_CHAINS_SHAPES(q4k, F_Q4K)
+MATMUL_CHAINS_SHAPES(q6k, F_Q6K)
+MATMUL_CHAINS_SHAPES(q8_0, F_Q8_0)
+MATMUL_CHAINS_SHAPES(q5_0, F_Q5_0)
+
 // The same product on the CUDA cores, for comparison and as a fallback (SPECD_MATMUL=simple):
 // a warp per output column, lanes over K eight weights at a time, rows in tiles of 8; each
 // row's sum runs in the same order whatever the number of rows (batch-invariant too).

@@ -154,6 +154,71 @@ template <> struct Fmt<F_Q5_0> {
     }
 };
 
+// The 8 chunks of 32 weights of a 256-weight block of row `row` from column `k0` (a multiple
+// of 256): out[j] = the 8 weights at k0 + 32·j + 8·t, each decoded exactly as load8 does (the
+// same float steps, so the same bits), with the block's header and each byte of its quants loaded
+// once for all 8 chunks instead of once per chunk.
+template <int F>
+__device__ __forceinline__ void load8_block(const uint8_t* w, size_t row_bytes, int row, int k0,
+                                            int t, uint32_t out[8][4]) {
+    if constexpr (F == F_Q4K) {
+        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 144;
+        const uint4 h = *reinterpret_cast<const uint4*>(b);
+        const float d = __half2float(__ushort_as_half((uint16_t)(h.x & 0xFFFF)));
+        const float dmin = __half2float(__ushort_as_half((uint16_t)(h.x >> 16)));
+        uint2 raw[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) raw[i] = *reinterpret_cast<const uint2*>(b + 16 + i * 32 + t * 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int sh = 8 * (j % 4);
+            int sc, m;
+            if (j < 4) {
+                sc = (h.y >> sh) & 63;
+                m = (h.z >> sh) & 63;
+            } else {
+                sc = ((h.w >> sh) & 0xF) | (((h.y >> (sh + 6)) & 3) << 4);
+                m = ((h.w >> (sh + 4)) & 0xF) | (((h.z >> (sh + 6)) & 3) << 4);
+            }
+            const float scale = d * (float)sc, minv = dmin * (float)m;
+            const int shift = (j % 2) * 4;
+            const uint32_t q[2] = {(raw[j / 2].x >> shift) & 0x0F0F0F0Fu,
+                                   (raw[j / 2].y >> shift) & 0x0F0F0F0Fu};
+            float f[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) f[e] = scale * byte_minus(q[e / 4], e % 4, TWO_POW_23) - minv;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) out[j][e] = pack_bf16x2(f[2 * e], f[2 * e + 1]);
+        }
+    } else if constexpr (F == F_Q6K) {
+        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 210;
+        const float d = half_at(b + 208);
+        uint2 ql[4], qh[2];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ql[i] = eight_bytes_at(b + 32 * i + t * 8);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) qh[i] = eight_bytes_at(b + 128 + 32 * i + t * 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int half = j / 4, quarter = j % 4;
+            const float scale = d * (float)(int8_t)b[192 + 8 * half + 2 * quarter + t / 2];
+            const uint2 l = ql[2 * half + (quarter & 1)], hb = qh[half];
+            const int lshift = (quarter >> 1) * 4, hshift = quarter * 2;
+            const uint32_t q[2] = {
+                ((l.x >> lshift) & 0x0F0F0F0Fu) | (((hb.x >> hshift) & 0x03030303u) << 4),
+                ((l.y >> lshift) & 0x0F0F0F0Fu) | (((hb.y >> hshift) & 0x03030303u) << 4)};
+            float f[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) f[e] = scale * byte_minus(q[e / 4], e % 4, TWO_POW_23 + 32.0f);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) out[j][e] = pack_bf16x2(f[2 * e], f[2 * e + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) Fmt<F>::load8(w, row_bytes, row, k0 + 32 * j + 8 * t, out[j]);
+    }
+}
+
 // Dispatches a kernel body templated on the format over the run-time format id.
 #define FORMAT_SWITCH(fmt, F, ...)                       \
     switch (fmt) {                                       \
