@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use specd_engine::actors::adapt::{Calibration, PROBE_TOKENS};
 use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
     measure_draft_costs, measure_row_costs, CatchUpPolicy, EngineConfig, EngineModels,
-    LoadPolicies, LoadPolicy, Method, RowCosts,
+    LoadPolicies, LoadPolicy, Method,
 };
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
@@ -321,14 +322,18 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         Some(costs) => costs.target,
         None => measure_row_costs(&models.target)?,
     };
-    let max = engine.max_running;
-    let policy = |drafter, method| {
-        LoadPolicy::calibrated(target, drafter, k, assumed_acceptance(method), max)
+    // The policies start at each method's assumed acceptance; the engine derives them again
+    // from these costs as it measures acceptance (engine/src/actors/adapt.rs).
+    let calibration = Calibration {
+        target,
+        draft,
+        k,
+        max_batch: engine.max_running,
     };
-    // GLIDE's one layer costs about 3 % of a target row per drafted token (BENCHMARKS.md):
-    // counted as free, like the n-gram lookup.
-    engine.load.glide = policy(RowCosts::FREE, Method::Glide);
-    engine.load.ngram = policy(RowCosts::FREE, Method::Ngram);
+    let (load, catch_up) = calibration.policies(assumed_acceptance);
+    engine.calibration = Some(calibration);
+    engine.load.glide = load.glide;
+    engine.load.ngram = load.ngram;
     let mut report = format!(
         "calibrated: target forward {:.1} ms + {:.2} ms a row",
         target.fixed * 1e3,
@@ -343,8 +348,8 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         );
     }
     if let Some(costs) = draft {
-        engine.load.draft = policy(costs.draft, Method::Draft);
-        engine.catch_up = CatchUpPolicy::calibrated(&costs);
+        engine.load.draft = load.draft;
+        engine.catch_up = catch_up;
         let r = engine.catch_up.per_remaining_token;
         let rule = if r > 0.0 {
             format!(
@@ -373,9 +378,11 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         .collect();
     report += &format!(
         "; under load (at an assumed {:.0} % acceptance for the draft model, {:.0} % for the \
-         others): {}",
+         others, until measured: each method drafts freely until it has drafted {} tokens, \
+         then the policies follow its measured acceptance): {}",
         assumed_acceptance(Method::Draft) * 100.0,
         assumed_acceptance(Method::Glide) * 100.0,
+        PROBE_TOKENS,
         policies.join(", ")
     );
     Ok(report)

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use specd_engine::actors::adapt::Calibration;
+use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
-    measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineHandle, EngineRequest, Event,
-    LoadPolicies, LoadPolicy, Method, RequestStream,
+    measure_draft_costs, CatchUpPolicy, DraftCosts, Engine, EngineConfig, EngineHandle,
+    EngineRequest, Event, LoadPolicies, LoadPolicy, Method, RequestStream, RowCosts,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::sampling::SamplingParams;
@@ -321,4 +323,62 @@ fn draft_costs_are_measured_on_the_served_models() {
         load.shorten_at == usize::MAX || load.shorten_at < load.off_at,
         "{load:?}"
     );
+}
+
+/// Costs under which drafting 4 tokens with the draft model never pays at its assumed
+/// acceptance (so it never reads a prompt): a target forward that costs about the same for 1
+/// and 5 rows (a GPU's shape) and a draft row half as dear.
+fn drafting_never_pays_at_the_prior() -> Calibration {
+    let target = RowCosts::fit(1, 0.0037, 5, 0.00377);
+    Calibration {
+        target,
+        draft: Some(DraftCosts {
+            k: 4,
+            target,
+            draft: RowCosts::line(0.002, 0.0),
+            catch_up_token: 0.00005,
+        }),
+        k: 4,
+        max_batch: 64,
+    }
+}
+
+/// An engine given the served models' costs starts from the policies at the assumed
+/// acceptance but probes: the draft model, which those policies keep off, drafts for the first
+/// requests (to measure what it accepts), losslessly; with the same policies and no
+/// calibration, it never drafts.
+#[test]
+fn a_calibrated_engine_probes_a_drafter_its_prior_turns_off() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let calibration = drafting_never_pays_at_the_prior();
+        let (load, catch_up) = calibration.policies(assumed_acceptance);
+        let r = request(prompt(11, vocab, 24), 40, Method::Draft);
+        assert!(
+            !catch_up.pays(24, 40, true),
+            "the prior should keep the prompt unread: {catch_up:?}"
+        );
+        for (calibrated, drafts) in [(false, false), (true, true)] {
+            let engine = Engine::start(
+                m.clone(),
+                EngineConfig {
+                    load,
+                    catch_up,
+                    calibration: calibrated.then_some(calibration),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let h = engine.handle();
+            let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
+            assert_eq!(o.tokens, target_only(&m, &r), "calibrated: {calibrated}");
+            assert_eq!(
+                o.drafted_total() > 0,
+                drafts,
+                "calibrated: {calibrated}: {o:?}"
+            );
+            idle_and_empty(&h).await;
+        }
+    });
 }

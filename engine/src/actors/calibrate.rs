@@ -148,7 +148,12 @@ impl CatchUpPolicy {
     /// catch-up cost per token is at most what drafting saves over the tokens still to come,
     /// at [`ASSUMED_ACCEPTANCE`]; the prompt included.
     pub fn calibrated(costs: &DraftCosts) -> Self {
-        let saving = costs.saving_per_token(ASSUMED_ACCEPTANCE).max(0.0);
+        Self::calibrated_at(costs, ASSUMED_ACCEPTANCE)
+    }
+
+    /// [`CatchUpPolicy::calibrated`] at `acceptance` (one the engine measured).
+    pub fn calibrated_at(costs: &DraftCosts, acceptance: f64) -> Self {
+        let saving = costs.saving_per_token(acceptance).max(0.0);
         Self {
             per_remaining_token: saving / costs.catch_up_token.max(1e-9),
             prompt: true,

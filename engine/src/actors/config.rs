@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use super::adapt::Calibration;
 pub use super::calibrate::CatchUpPolicy;
 use super::load::LoadPolicies;
 use super::request::Method;
@@ -29,6 +30,10 @@ pub struct EngineConfig {
     /// When a drafter behind the committed tokens (a new sequence's prompt, or a pause under
     /// load) may catch up and draft.
     pub catch_up: CatchUpPolicy,
+    /// When set, `load` and `catch_up` are where the policies start: the engine derives them
+    /// again from these costs at the acceptance it measures per method, each method probing
+    /// (drafting uncapped) until it has drafted enough to be judged ([`super::adapt`]).
+    pub calibration: Option<Calibration>,
     /// Prompt tokens one step may prefill while other sequences decode: `None` sizes chunks
     /// from measured costs so that a step's prefill adds at most 0.6 of a decode step
     /// ([`super::prefill`]); `Some(n)`: at most `n`. Alone, a prompt takes up to
@@ -50,6 +55,7 @@ impl Default for EngineConfig {
             glide_kv_blocks: 4096,
             load: LoadPolicies::default(),
             catch_up: CatchUpPolicy::default(),
+            calibration: None,
             prefill_chunk: None,
             admission_window: Duration::from_millis(2),
         }

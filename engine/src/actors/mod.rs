@@ -17,6 +17,7 @@
 //! and route messages. Callers talk to the engine through an [`EngineHandle`].
 
 mod acceptor;
+pub mod adapt;
 pub mod calibrate;
 pub mod config;
 mod drafter;
@@ -215,6 +216,7 @@ impl Engine {
                         scheduler: sched.clone(),
                         drafter,
                     });
+                    let config_calibration = config.calibration;
                     sched_ctx.run(Scheduler {
                         models,
                         config,
@@ -229,6 +231,7 @@ impl Engine {
                         next_id: 0,
                         stats: EngineStats::default(),
                         costs: prefill::StepCosts::default(),
+                        adaptive: config_calibration.map(adapt::AdaptivePolicies::new),
                     });
                     let _ = tx.send(EngineHandle {
                         scheduler: sched,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use super::adapt::AdaptivePolicies;
 use super::calibrate::CatchUpPolicy;
 use super::config::EngineConfig;
 use super::kv_manager::KvCacheManager;
@@ -43,6 +44,8 @@ pub(crate) struct Scheduler {
     pub stats: EngineStats,
     /// Prefill, catch-up and decode costs measured so far (they size prefill chunks).
     pub costs: StepCosts,
+    /// The policies following measured acceptance, when the config has a calibration.
+    pub adaptive: Option<AdaptivePolicies>,
 }
 
 impl Actor for Scheduler {
@@ -248,9 +251,19 @@ impl Scheduler {
                     continue;
                 }
             }
-            let cap = self.config.load.of(slot.method).cap(load);
+            // A method still probing drafts under no cap and no catch-up rule (adapt.rs).
+            let probing = self
+                .adaptive
+                .as_ref()
+                .is_some_and(|a| a.measured.probing(slot.method));
+            let cap = if probing {
+                usize::MAX
+            } else {
+                self.config.load.of(slot.method).cap(load)
+            };
+            let rule = probing.then_some(CatchUpPolicy::ALWAYS);
             (slot.budget, slot.catch_up) =
-                draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up);
+                draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up, rule);
         }
     }
 
@@ -437,6 +450,7 @@ fn draft_plan(
     ctx: usize,
     cap: usize,
     catch_up_chunk: usize,
+    rule: Option<CatchUpPolicy>,
 ) -> (usize, usize) {
     let budget = slot.seq.plan(ctx, cap);
     let Some(p) = models.proposer(slot.method) else {
@@ -459,11 +473,11 @@ fn draft_plan(
     // The configured rule is the draft model's (calibrated on it); GLIDE's catch-up is one
     // layer's and keeps the default.
     let lag = seq.drafter_lag(p);
-    let rule = if apart {
+    let rule = rule.unwrap_or(if apart {
         config.catch_up
     } else {
         CatchUpPolicy::default()
-    };
+    });
     let prompt = seq
         .proposer_state()
         .cached_len()
@@ -572,6 +586,9 @@ impl Handler<Commit> for Scheduler {
                     continue;
                 };
                 record_speculation(slot.method, d.drafted, d.accepted, draft.lookup);
+                if let Some(a) = self.adaptive.as_mut() {
+                    a.measured.record(slot.method, d.drafted, d.accepted);
+                }
                 let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
                     Ok(n) => n,
                     Err(e) => {
@@ -589,6 +606,11 @@ impl Handler<Commit> for Scheduler {
                     self.running.push(slot);
                 }
             }
+        }
+        // Acceptance measured this step may move the policies (adapt.rs).
+        if let Some((load, catch_up)) = self.adaptive.as_mut().and_then(|a| a.rederive()) {
+            self.config.load = load;
+            self.config.catch_up = catch_up;
         }
         for (slot, e) in std::mem::take(&mut batch.failed) {
             self.fail(slot, e);
