@@ -330,10 +330,8 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         k,
         max_batch: engine.max_running,
     };
-    let (load, catch_up) = calibration.policies(assumed_acceptance);
+    (engine.load, engine.catch_up) = calibration.policies(assumed_acceptance);
     engine.calibration = Some(calibration);
-    engine.load.glide = load.glide;
-    engine.load.ngram = load.ngram;
     let mut report = format!(
         "calibrated: target forward {:.1} ms + {:.2} ms a row",
         target.fixed * 1e3,
@@ -348,8 +346,6 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         );
     }
     if let Some(costs) = draft {
-        engine.load.draft = load.draft;
-        engine.catch_up = catch_up;
         let r = engine.catch_up.per_remaining_token;
         let rule = if r > 0.0 {
             format!(

@@ -20,6 +20,30 @@ __device__ __forceinline__ uint4 load_x8(const bf16* x, int rows, int r, int k, 
     return *reinterpret_cast<const uint4*>(x + (size_t)r * k + kk);
 }
 
+// This lane's 4 values of an m16n8 accumulator (n8-tile j) into a [16][COLS + 1] table of
+// partial sums: rows g and g + 8, columns 8j + 2t and 8j + 2t + 1.
+template <int COLS>
+__device__ __forceinline__ void store_fragment(float (*table)[COLS + 1], const float acc[4], int g,
+                                               int t, int j) {
+    table[g][8 * j + 2 * t] = acc[0];
+    table[g][8 * j + 2 * t + 1] = acc[1];
+    table[g + 8][8 * j + 2 * t] = acc[2];
+    table[g + 8][8 * j + 2 * t + 1] = acc[3];
+}
+
+// The output at row `rr`, column `col` of PARTS partial-sum tables: their sum in table order
+// from 0.f, then the bias. Every row kernel ends this way, which is half of what keeps their
+// results bit-identical (the other half: each table adds its chunks in the same order).
+template <int PARTS, int COLS>
+__device__ __forceinline__ float ordered_sum(const float (*tables)[16][COLS + 1], int rr, int col,
+                                             const float* bias, int nn) {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < PARTS; ++i) s += tables[i][rr][col];
+    if (bias) s += bias[nn];
+    return s;
+}
+
 // NTL n8-tiles per warp (a CTA owns 8·NTL output columns), KWARPS warps splitting K, MTILES
 // 16-row m-tiles per pass, UNROLL chunks of weights loaded ahead. None of these changes the
 // order in which one output element is accumulated for a given KWARPS. (Loading the next round
@@ -90,23 +114,13 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
         for (int m = 0; m < MTILES; ++m) {
             if (m >= tiles) break;
 #pragma unroll
-            for (int j = 0; j < NTL; ++j) {
-                part[warp][g][8 * j + 2 * t] = acc[m][j][0];
-                part[warp][g][8 * j + 2 * t + 1] = acc[m][j][1];
-                part[warp][g + 8][8 * j + 2 * t] = acc[m][j][2];
-                part[warp][g + 8][8 * j + 2 * t + 1] = acc[m][j][3];
-            }
+            for (int j = 0; j < NTL; ++j) store_fragment<COLS>(part[warp], acc[m][j], g, t, j);
             __syncthreads();
             for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
                 const int rr = o / COLS, col = o % COLS;
                 const int row = r0 + m * 16 + rr, nn = n0 + col;
-                if (row < rows && nn < n) {
-                    float s = 0.f;
-#pragma unroll
-                    for (int wi = 0; wi < KWARPS; ++wi) s += part[wi][rr][col];
-                    if (bias) s += bias[nn];
-                    y[(size_t)row * ldy + nn] = s;
-                }
+                if (row < rows && nn < n)
+                    y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
             }
             __syncthreads();
         }
@@ -237,24 +251,14 @@ __device__ __forceinline__ void matmul_chains_body(const uint8_t* __restrict__ w
 #pragma unroll
             for (int s = 0; s < SLOTS; ++s)
 #pragma unroll
-                for (int j = 0; j < NTL; ++j) {
-                    float (*pw)[COLS + 1] = part[tile][p + s * P];
-                    pw[g][8 * j + 2 * t] = acc[s][j][0];
-                    pw[g][8 * j + 2 * t + 1] = acc[s][j][1];
-                    pw[g + 8][8 * j + 2 * t] = acc[s][j][2];
-                    pw[g + 8][8 * j + 2 * t + 1] = acc[s][j][3];
-                }
+                for (int j = 0; j < NTL; ++j)
+                    store_fragment<COLS>(part[tile][p + s * P], acc[s][j], g, t, j);
             __syncthreads();
             for (int o = p * WARP + lane; o < 16 * COLS; o += P * WARP) {
                 const int rr = o / COLS, col = o % COLS;
                 const int row = r0 + rr, nn = n0 + col;
-                if (row < rows && nn < n) {
-                    float sum = 0.f;
-#pragma unroll
-                    for (int ch = 0; ch < CHAINS; ++ch) sum += part[tile][ch][rr][col];
-                    if (bias) sum += bias[nn];
-                    y[(size_t)row * ldy + nn] = sum;
-                }
+                if (row < rows && nn < n)
+                    y[(size_t)row * ldy + nn] = ordered_sum<CHAINS, COLS>(part[tile], rr, col, bias, nn);
             }
             __syncthreads();
         }

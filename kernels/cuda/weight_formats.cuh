@@ -49,6 +49,54 @@ __device__ __forceinline__ uint2 eight_bytes_at(const uint8_t* p) {
     return make_uint2(u16_at(p) | (u16_at(p + 2) << 16), u16_at(p + 4) | (u16_at(p + 6) << 16));
 }
 
+// A Q4_K block's d and dmin from its 16-byte header `h` (h.x: d and dmin; h.y, h.z, h.w:
+// scales bytes 0-3, 4-7 and 8-11).
+__device__ __forceinline__ float2 q4k_d_dmin(uint4 h) {
+    return make_float2(__half2float(__ushort_as_half((uint16_t)(h.x & 0xFFFF))),
+                       __half2float(__ushort_as_half((uint16_t)(h.x >> 16))));
+}
+
+// Q4_K sub-block j's scale and min from its block's header `h` and `dd` = q4k_d_dmin(h).
+__device__ __forceinline__ void q4k_scale_min(uint4 h, float2 dd, int j, float& scale, float& minv) {
+    const float d = dd.x, dmin = dd.y;
+    const int sh = 8 * (j % 4);
+    int sc, m;
+    if (j < 4) {
+        sc = (h.y >> sh) & 63;
+        m = (h.z >> sh) & 63;
+    } else {
+        sc = ((h.w >> sh) & 0xF) | (((h.y >> (sh + 6)) & 3) << 4);
+        m = ((h.w >> (sh + 4)) & 0xF) | (((h.z >> (sh + 6)) & 3) << 4);
+    }
+    scale = d * (float)sc;
+    minv = dmin * (float)m;
+}
+
+// Eight Q4_K weights: the low (shift 0) or high (shift 4) nibbles of `raw`, scaled.
+__device__ __forceinline__ void q4k_decode8(uint2 raw, int shift, float scale, float minv,
+                                            uint32_t out[4]) {
+    const uint32_t q[2] = {(raw.x >> shift) & 0x0F0F0F0Fu, (raw.y >> shift) & 0x0F0F0F0Fu};
+    float f[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) f[t] = scale * byte_minus(q[t / 4], t % 4, TWO_POW_23) - minv;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) out[t] = pack_bf16x2(f[2 * t], f[2 * t + 1]);
+}
+
+// Eight Q6_K weights: 4 low bits from `ql` (shifted by lshift), 2 high from `qh` (by hshift),
+// less 32, scaled.
+__device__ __forceinline__ void q6k_decode8(uint2 ql, uint2 qh, int lshift, int hshift, float scale,
+                                            uint32_t out[4]) {
+    const uint32_t q[2] = {
+        ((ql.x >> lshift) & 0x0F0F0F0Fu) | (((qh.x >> hshift) & 0x03030303u) << 4),
+        ((ql.y >> lshift) & 0x0F0F0F0Fu) | (((qh.y >> hshift) & 0x03030303u) << 4)};
+    float f[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) f[t] = scale * byte_minus(q[t / 4], t % 4, TWO_POW_23 + 32.0f);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) out[t] = pack_bf16x2(f[2 * t], f[2 * t + 1]);
+}
+
 // Q4_K: 256 weights in 144 bytes: d f16, dmin f16, scales[12], qs[128]. Blocks are 16-byte
 // aligned (144 = 9 x 16), so the header is one 16-byte load and a lane's 8 quants one 8-byte
 // load.
@@ -58,31 +106,11 @@ template <> struct Fmt<F_Q4K> {
                                                  uint32_t out[4]) {
         const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k / 256) * 144;
         const int i = k % 256, j = i / 32, within = i % 32;  // sub-block j, offset in it
-        // h.x: d and dmin; h.y, h.z, h.w: scales bytes 0-3, 4-7 and 8-11.
         const uint4 h = *reinterpret_cast<const uint4*>(b);
-        const float d = __half2float(__ushort_as_half((uint16_t)(h.x & 0xFFFF)));
-        const float dmin = __half2float(__ushort_as_half((uint16_t)(h.x >> 16)));
-        const int sh = 8 * (j % 4);
-        int sc, m;
-        if (j < 4) {
-            sc = (h.y >> sh) & 63;
-            m = (h.z >> sh) & 63;
-        } else {
-            sc = ((h.w >> sh) & 0xF) | (((h.y >> (sh + 6)) & 3) << 4);
-            m = ((h.w >> (sh + 4)) & 0xF) | (((h.z >> (sh + 6)) & 3) << 4);
-        }
-        const float scale = d * (float)sc, minv = dmin * (float)m;
+        float scale, minv;
+        q4k_scale_min(h, q4k_d_dmin(h), j, scale, minv);
         const uint2 raw = *reinterpret_cast<const uint2*>(b + 16 + (j / 2) * 32 + within);
-        const int shift = (j % 2) * 4;
-        const uint32_t q[2] = {(raw.x >> shift) & 0x0F0F0F0Fu, (raw.y >> shift) & 0x0F0F0F0Fu};
-        float f[8];
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            const float qf = byte_minus(q[t / 4], t % 4, TWO_POW_23);
-            f[t] = scale * qf - minv;
-        }
-#pragma unroll
-        for (int t = 0; t < 4; ++t) out[t] = pack_bf16x2(f[2 * t], f[2 * t + 1]);
+        q4k_decode8(raw, (j % 2) * 4, scale, minv, out);
     }
 };
 
@@ -97,16 +125,7 @@ template <> struct Fmt<F_Q6K> {
         const float scale = d * (float)(int8_t)b[192 + 8 * half + 2 * quarter + l0 / 16];
         const uint2 ql = eight_bytes_at(b + 64 * half + 32 * (quarter & 1) + l0);
         const uint2 qh = eight_bytes_at(b + 128 + 32 * half + l0);
-        const int lshift = (quarter >> 1) * 4, hshift = quarter * 2;
-        // Each byte: the low 4 bits from ql, the high 2 from qh.
-        const uint32_t q[2] = {
-            ((ql.x >> lshift) & 0x0F0F0F0Fu) | (((qh.x >> hshift) & 0x03030303u) << 4),
-            ((ql.y >> lshift) & 0x0F0F0F0Fu) | (((qh.y >> hshift) & 0x03030303u) << 4)};
-        float f[8];
-#pragma unroll
-        for (int t = 0; t < 8; ++t) f[t] = scale * byte_minus(q[t / 4], t % 4, TWO_POW_23 + 32.0f);
-#pragma unroll
-        for (int t = 0; t < 4; ++t) out[t] = pack_bf16x2(f[2 * t], f[2 * t + 1]);
+        q6k_decode8(ql, qh, (quarter >> 1) * 4, quarter * 2, scale, out);
     }
 };
 
@@ -157,38 +176,22 @@ template <> struct Fmt<F_Q5_0> {
 // The 8 chunks of 32 weights of a 256-weight block of row `row` from column `k0` (a multiple
 // of 256): out[j] = the 8 weights at k0 + 32·j + 8·t, each decoded exactly as load8 does (the
 // same float steps, so the same bits), with the block's header and each byte of its quants loaded
-// once for all 8 chunks instead of once per chunk.
+// once for all 8 chunks instead of once per chunk. Both decode through the same helpers.
 template <int F>
 __device__ __forceinline__ void load8_block(const uint8_t* w, size_t row_bytes, int row, int k0,
                                             int t, uint32_t out[8][4]) {
     if constexpr (F == F_Q4K) {
         const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 144;
         const uint4 h = *reinterpret_cast<const uint4*>(b);
-        const float d = __half2float(__ushort_as_half((uint16_t)(h.x & 0xFFFF)));
-        const float dmin = __half2float(__ushort_as_half((uint16_t)(h.x >> 16)));
+        const float2 dd = q4k_d_dmin(h);
         uint2 raw[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) raw[i] = *reinterpret_cast<const uint2*>(b + 16 + i * 32 + t * 8);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const int sh = 8 * (j % 4);
-            int sc, m;
-            if (j < 4) {
-                sc = (h.y >> sh) & 63;
-                m = (h.z >> sh) & 63;
-            } else {
-                sc = ((h.w >> sh) & 0xF) | (((h.y >> (sh + 6)) & 3) << 4);
-                m = ((h.w >> (sh + 4)) & 0xF) | (((h.z >> (sh + 6)) & 3) << 4);
-            }
-            const float scale = d * (float)sc, minv = dmin * (float)m;
-            const int shift = (j % 2) * 4;
-            const uint32_t q[2] = {(raw[j / 2].x >> shift) & 0x0F0F0F0Fu,
-                                   (raw[j / 2].y >> shift) & 0x0F0F0F0Fu};
-            float f[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) f[e] = scale * byte_minus(q[e / 4], e % 4, TWO_POW_23) - minv;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) out[j][e] = pack_bf16x2(f[2 * e], f[2 * e + 1]);
+            float scale, minv;
+            q4k_scale_min(h, dd, j, scale, minv);
+            q4k_decode8(raw[j / 2], (j % 2) * 4, scale, minv, out[j]);
         }
     } else if constexpr (F == F_Q6K) {
         const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 210;
@@ -202,16 +205,8 @@ __device__ __forceinline__ void load8_block(const uint8_t* w, size_t row_bytes, 
         for (int j = 0; j < 8; ++j) {
             const int half = j / 4, quarter = j % 4;
             const float scale = d * (float)(int8_t)b[192 + 8 * half + 2 * quarter + t / 2];
-            const uint2 l = ql[2 * half + (quarter & 1)], hb = qh[half];
-            const int lshift = (quarter >> 1) * 4, hshift = quarter * 2;
-            const uint32_t q[2] = {
-                ((l.x >> lshift) & 0x0F0F0F0Fu) | (((hb.x >> hshift) & 0x03030303u) << 4),
-                ((l.y >> lshift) & 0x0F0F0F0Fu) | (((hb.y >> hshift) & 0x03030303u) << 4)};
-            float f[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) f[e] = scale * byte_minus(q[e / 4], e % 4, TWO_POW_23 + 32.0f);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) out[j][e] = pack_bf16x2(f[2 * e], f[2 * e + 1]);
+            q6k_decode8(ql[2 * half + (quarter & 1)], qh[half], (quarter >> 1) * 4, quarter * 2,
+                        scale, out[j]);
         }
     } else {
 #pragma unroll

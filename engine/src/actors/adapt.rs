@@ -69,20 +69,22 @@ pub const REDERIVE_AT: f64 = 0.05;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MeasuredAcceptance {
     /// (drafted, accepted), indexed by [`slot`].
-    counts: [(f64, f64); 4],
+    counts: [(f64, f64); COUNTED.len()],
     /// Every drafted token since start (never halved), for probing.
-    seen: [f64; 4],
+    seen: [f64; COUNTED.len()],
 }
 
-/// The index of a drafting method's counts (`glide+ngram` counts as GLIDE, whose policy it
+/// The methods counted apart, in [`slot`] order (`glide+ngram` counts as GLIDE, whose policy it
 /// drafts under).
+const COUNTED: [Method; 3] = [Method::Draft, Method::Ngram, Method::Glide];
+
+/// The index of a drafting method's counts in [`COUNTED`].
 fn slot(method: Method) -> Option<usize> {
-    match method {
-        Method::None => None,
-        Method::Draft => Some(0),
-        Method::Ngram => Some(1),
-        Method::Glide | Method::GlideNgram => Some(2),
-    }
+    let method = match method {
+        Method::GlideNgram => Method::Glide,
+        m => m,
+    };
+    COUNTED.iter().position(|&m| m == method)
 }
 
 impl MeasuredAcceptance {
@@ -121,16 +123,15 @@ impl MeasuredAcceptance {
 pub struct AdaptivePolicies {
     pub calibration: Calibration,
     pub measured: MeasuredAcceptance,
-    /// The estimates the current policies were derived at, per method slot.
-    derived_at: [f64; 4],
+    /// The estimates the current policies were derived at, per method of [`COUNTED`].
+    derived_at: [f64; COUNTED.len()],
 }
 
 impl AdaptivePolicies {
     /// Policies from `calibration` at the assumed acceptances.
     pub fn new(calibration: Calibration) -> Self {
         let measured = MeasuredAcceptance::default();
-        let derived_at = [Method::Draft, Method::Ngram, Method::Glide, Method::None]
-            .map(|m| measured.estimate(m));
+        let derived_at = COUNTED.map(|m| measured.estimate(m));
         Self {
             calibration,
             measured,
@@ -146,8 +147,7 @@ impl AdaptivePolicies {
     /// The policies again if an estimate moved by [`REDERIVE_AT`] since they were last
     /// derived (`None`: keep the current ones).
     pub fn rederive(&mut self) -> Option<(LoadPolicies, CatchUpPolicy)> {
-        let now = [Method::Draft, Method::Ngram, Method::Glide, Method::None]
-            .map(|m| self.measured.estimate(m));
+        let now = COUNTED.map(|m| self.measured.estimate(m));
         let moved = now
             .iter()
             .zip(&self.derived_at)

@@ -64,7 +64,7 @@ impl RowCosts {
             after,
             from: r1,
             at_from: t1,
-            per_row: ((t2 - t1) / (r2 - r1) as f64).max(0.0),
+            per_row: Self::fit(r1, t1, r2, t2).per_row,
         };
         Self {
             wide: Some(wide),
@@ -184,23 +184,20 @@ const REPEATS: usize = 3;
 /// Times `model`'s forward of one row and of [`WIDE_ROWS`] rows after a short prefix (and on a
 /// GPU of [`GPU_WIDE_ROWS`] too).
 pub fn measure_row_costs(model: &Model) -> Result<RowCosts> {
-    let wide_rows = if model.device().is_cuda() {
-        &GPU_WIDE_ROWS[..]
-    } else {
-        &[]
-    };
-    let most = wide_rows.iter().copied().fold(WIDE_ROWS, usize::max);
+    let gpu = model.device().is_cuda();
+    let [r1, r2] = GPU_WIDE_ROWS;
+    let most = if gpu { r2 } else { WIDE_ROWS };
     let tokens = probe_tokens(model.config().vocab_size, CONTEXT + most);
     let (prefix, rows) = tokens.split_at(CONTEXT);
     let one = timed_rows(model, prefix, &rows[..1], Logits::Last)?;
     let few = timed_rows(model, prefix, &rows[..WIDE_ROWS], Logits::All)?;
     let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
-    if let [r1, r2] = *wide_rows {
-        let t1 = timed_rows(model, prefix, &rows[..r1], Logits::All)?;
-        let t2 = timed_rows(model, prefix, &rows[..r2], Logits::All)?;
-        return Ok(costs.with_wide(WIDE_ROWS, r1, t1, r2, t2));
+    if !gpu {
+        return Ok(costs);
     }
-    Ok(costs)
+    let t1 = timed_rows(model, prefix, &rows[..r1], Logits::All)?;
+    let t2 = timed_rows(model, prefix, &rows[..r2], Logits::All)?;
+    Ok(costs.with_wide(WIDE_ROWS, r1, t1, r2, t2))
 }
 
 /// Times the forwards of [`DraftCosts`] for `target` verifying `k` drafts of `draft`.

@@ -308,13 +308,14 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Auto if rows > Self::FEW_ROWS => Self::MANY_ROWS,
             MatmulKernel::Auto => {
-                let tiles = n.div_ceil(8);
-                let chained = Self::CHAINS.into_iter().zip([1, 2, 4]);
-                match chained
-                    .into_iter()
-                    .find(|&(_, w)| tiles.saturating_mul(w) >= chain_warps)
-                {
-                    Some((kernel, _)) => kernel,
+                let fills = |kernel: MatmulKernel| match kernel {
+                    MatmulKernel::Chains { cols, warps, .. } => {
+                        n.div_ceil(cols as usize).saturating_mul(warps as usize) >= chain_warps
+                    }
+                    _ => false,
+                };
+                match Self::CHAINS.into_iter().find(|&kernel| fills(kernel)) {
+                    Some(kernel) => kernel,
                     None if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
                     None => Self::WIDE,
                 }
