@@ -25,7 +25,7 @@ use candle_core::{Device, Module, Tensor};
 use specd_kernels::cpu::qmatmul::quant_matmul_with;
 use specd_kernels::cpu::{ParallelFor, QuantFormat, QuantKernel, QuantMatrix, Serial};
 
-const ROWS: [usize; 6] = [1, 2, 4, 6, 8, 16];
+const ROWS: [usize; 7] = [1, 2, 4, 5, 6, 8, 16];
 /// Bytes of weights cycled through per measurement (twice a 32 MiB L3).
 const FOOTPRINT: usize = 128 << 20;
 
