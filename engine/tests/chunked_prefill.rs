@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use specd_engine::actors::adapt::Calibration;
 use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
-    measure_draft_costs, CatchUpPolicy, DraftCosts, Engine, EngineConfig, EngineHandle,
-    EngineRequest, Event, LoadPolicies, LoadPolicy, Method, RequestStream, RowCosts,
+    measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineHandle, EngineRequest, Event,
+    LoadPolicies, LoadPolicy, Method, RequestStream,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::sampling::SamplingParams;
@@ -325,24 +325,6 @@ fn draft_costs_are_measured_on_the_served_models() {
     );
 }
 
-/// Costs under which drafting 4 tokens with the draft model never pays at its assumed
-/// acceptance (so it never reads a prompt): a target forward that costs about the same for 1
-/// and 5 rows (a GPU's shape) and a draft row half as dear.
-fn drafting_never_pays_at_the_prior() -> Calibration {
-    let target = RowCosts::fit(1, 0.0037, 5, 0.00377);
-    Calibration {
-        target,
-        draft: Some(DraftCosts {
-            k: 4,
-            target,
-            draft: RowCosts::line(0.002, 0.0),
-            catch_up_token: 0.00005,
-        }),
-        k: 4,
-        max_batch: 64,
-    }
-}
-
 /// An engine given the served models' costs starts from the policies at the assumed
 /// acceptance but probes: the draft model, which those policies keep off, drafts for the first
 /// requests (to measure what it accepts), losslessly; with the same policies and no
@@ -352,7 +334,9 @@ fn a_calibrated_engine_probes_a_drafter_its_prior_turns_off() {
     local(async {
         let m = common::engine_models(true);
         let vocab = m.target.config().vocab_size as u32;
-        let calibration = drafting_never_pays_at_the_prior();
+        // The H200's costs: drafting 4 tokens with the draft model never pays at its assumed
+        // acceptance (so without probing it would never read a prompt).
+        let calibration = Calibration::h200_draft_pair();
         let (load, catch_up) = calibration.policies(assumed_acceptance);
         let r = request(prompt(11, vocab, 24), 40, Method::Draft);
         assert!(
