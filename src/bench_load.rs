@@ -17,7 +17,7 @@ use specd_engine::actors::{
 use specd_engine::chat::Message;
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+use specd_engine::speculative::{DraftPolicyConfig, NgramProposer};
 
 use crate::generate::ModelArgs;
 

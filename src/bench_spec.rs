@@ -12,7 +12,7 @@ use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
 use specd_engine::model;
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{
+use specd_engine::speculative::{
     generate_speculative, DraftModelProposer, DraftPolicyConfig, GlideProposer, NgramProposer,
     Proposer, SpecStats,
 };

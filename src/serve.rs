@@ -13,7 +13,7 @@ use specd_engine::actors::{
     LoadPolicies, LoadPolicy, Method,
 };
 use specd_engine::model::{self, LoadOptions};
-use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
+use specd_engine::speculative::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 
 use crate::generate::{

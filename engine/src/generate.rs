@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::{Model, Tokenizer};
 use crate::sampling::SamplingParams;
-use crate::spec::{generate_speculative, DraftPolicyConfig, SpecStats};
+use crate::speculative::{generate_speculative, DraftPolicyConfig, SpecStats};
 
 /// Largest number of prompt tokens sent through one forward.
 pub const PREFILL_CHUNK: usize = 512;

@@ -7,7 +7,7 @@
 //! - [`kv`]: the paged KV cache: block pools, block tables, reserve/truncate/free.
 //! - [`sampling`]: logits → token, with a seeded RNG per request.
 //! - [`chat`]: chat prompts through the model's own Jinja template.
-//! - [`spec`]: speculative decoding: proposers (n-gram, draft model), one-pass verification,
+//! - [`speculative`]: speculative decoding: proposers (n-gram, draft model), one-pass verification,
 //!   greedy and stochastic acceptance, rollback, draft-length policies, statistics.
 //! - [`actors`]: the engine: Scheduler, KvCacheManager, Drafter, Verifier and Acceptor
 //!   actors on one thread, continuous batching, preemption, and the [`actors::EngineHandle`].
@@ -23,6 +23,6 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod sampling;
-pub mod spec;
+pub mod speculative;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use specd_engine::spec::{
+use specd_engine::speculative::{
     accept_greedy, accept_stochastic, DraftPolicy, DraftPolicyConfig, NgramProposer, SpecStats,
 };
 

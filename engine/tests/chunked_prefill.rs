@@ -17,7 +17,7 @@ use specd_engine::actors::{
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::DraftPolicyConfig;
+use specd_engine::speculative::DraftPolicyConfig;
 
 fn prompt(seed: u64, vocab: u32, len: usize) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(seed);

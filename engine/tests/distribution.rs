@@ -16,8 +16,8 @@ use specd_engine::generate::{generate, GenerateOutput, GenerateRequest};
 use specd_engine::model::tiny::{tiny_drafter, tiny_guessing_glide, tiny_model, TinySpec};
 use specd_engine::model::{DraftVocab, Logits, Model};
 use specd_engine::sampling::{sample_from, transform, SamplingParams};
-use specd_engine::spec::accept::{acceptance_probability, residual, DraftDist};
-use specd_engine::spec::{
+use specd_engine::speculative::accept::{acceptance_probability, residual, DraftDist};
+use specd_engine::speculative::{
     accept_stochastic, verify, AcceptRule, Acceptance, Draft, DraftPolicyConfig, GlideNgramConfig,
     GlideNgramProposer, Proposer, Sequence, Speculator, Verdict, Verified,
 };

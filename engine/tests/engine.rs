@@ -17,7 +17,7 @@ use specd_engine::actors::{
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
 use specd_engine::kv::KvDtype;
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::DraftPolicyConfig;
+use specd_engine::speculative::DraftPolicyConfig;
 
 fn prompt(rng: &mut StdRng, vocab: u32, len: usize) -> Vec<u32> {
     (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()

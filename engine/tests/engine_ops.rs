@@ -11,7 +11,7 @@ use specd_engine::actors::{
 };
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::DraftPolicyConfig;
+use specd_engine::speculative::DraftPolicyConfig;
 
 #[derive(Debug, Clone)]
 enum Op {

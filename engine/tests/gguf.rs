@@ -20,7 +20,7 @@ use specd_engine::model::{
     Weights,
 };
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{generate_speculative, DraftPolicyConfig, GlideProposer};
+use specd_engine::speculative::{generate_speculative, DraftPolicyConfig, GlideProposer};
 
 /// llama.cpp's conversion reorders each head's Q/K rows so that rotation pairs are adjacent:
 /// row 2i + j of the result is row j * d/2 + i of the Hugging Face weight.

@@ -22,7 +22,7 @@ use specd_engine::model::{
     Weights,
 };
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{
+use specd_engine::speculative::{
     generate_speculative, DraftPolicyConfig, GlideProposer, Proposer, Sequence, Speculator,
 };
 

@@ -14,7 +14,7 @@ use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::{GlideModel, Logits, Model, SeqInput, Tokenizer};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{
+use specd_engine::speculative::{
     generate_speculative, Draft, DraftPolicyConfig, GlideNgramConfig, GlideNgramProposer,
     GlideProposer, NgramProposer, ProposeInput, Proposer, ProposerState, Sequence, SpecStats,
     Speculator, TargetView,

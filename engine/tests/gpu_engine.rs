@@ -18,7 +18,7 @@ use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{tiny_drafter, tiny_model, tiny_model_on, TinySpec};
 use specd_engine::model::{Device, LoadedModel, Logits, Model, SampleInput, SeqInput};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{generate_speculative, DraftPolicyConfig, NgramProposer, Proposer};
+use specd_engine::speculative::{generate_speculative, DraftPolicyConfig, NgramProposer, Proposer};
 use specd_kernels::cpu::sample as kernel_sample;
 
 fn cuda() -> Device {

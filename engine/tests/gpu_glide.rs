@@ -23,7 +23,9 @@ use specd_engine::model::tiny::{
 };
 use specd_engine::model::{self, Device, GlideModel, LoadOptions, Logits, Model, SeqInput};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{generate_speculative, DraftPolicyConfig, GlideProposer, NgramProposer};
+use specd_engine::speculative::{
+    generate_speculative, DraftPolicyConfig, GlideProposer, NgramProposer,
+};
 
 /// bf16 weights, activations and KV on the GPU against f32 on the CPU (as gpu_engine.rs).
 const TOLERANCE: f64 = 5e-2;

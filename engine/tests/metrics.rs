@@ -13,7 +13,7 @@ use specd_engine::generate::GenerateRequest;
 use specd_engine::metrics as m;
 use specd_engine::model::tiny::{tiny_model, TinySpec};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{DraftPolicyConfig, NgramProposer};
+use specd_engine::speculative::{DraftPolicyConfig, NgramProposer};
 
 #[test]
 fn engine_records_the_declared_metrics() {

@@ -10,7 +10,7 @@ use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{tiny_draft_model, tiny_drafter, tiny_model, TinySpec};
 use specd_engine::model::{LoadedModel, Logits, Model};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::{
+use specd_engine::speculative::{
     drafts_now, generate_speculative, propose_drafts, Draft, DraftModelProposer, DraftPolicyConfig,
     NgramProposer, ProposeInput, Proposer, Sequence, Speculator, TargetView,
 };

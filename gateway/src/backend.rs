@@ -11,7 +11,7 @@ use specd_engine::chat::{ChatTemplate, Message};
 use specd_engine::generate::GenerateRequest;
 use specd_engine::model::Tokenizer;
 use specd_engine::sampling::{SamplingParams, MAX_TEMPERATURE};
-use specd_engine::spec::DraftPolicyConfig;
+use specd_engine::speculative::DraftPolicyConfig;
 
 use crate::config::Limits;
 use crate::error::{ApiError, ErrorCode};

@@ -8,7 +8,7 @@ use actix::{Actor, Addr, Context, Handler};
 use super::kv_manager::KvCacheManager;
 use super::messages::{Decide, Rollback};
 use crate::metrics::Phase;
-use crate::spec::accept_stochastic;
+use crate::speculative::accept_stochastic;
 
 /// Stateless: the sampling RNGs and draft policies live in the sequences it is handed.
 pub(crate) struct Acceptor {

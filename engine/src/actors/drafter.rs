@@ -13,7 +13,7 @@ use super::verifier::Verifier;
 use super::EngineModels;
 use crate::kv::KvPool;
 use crate::metrics::Phase;
-use crate::spec::{propose_drafts, Draft, TargetView};
+use crate::speculative::{propose_drafts, Draft, TargetView};
 
 /// Owns the drafters (through [`EngineModels`]); the drafter's KV arrives lent with the step.
 pub(crate) struct Drafter {

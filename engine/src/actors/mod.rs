@@ -50,7 +50,7 @@ pub use request::{
 use crate::error::{Error, Result};
 use crate::kv::KvUsage;
 use crate::model::{Model, Tokenizer};
-use crate::spec::{DraftModelProposer, GlideProposer, NgramProposer, Proposer};
+use crate::speculative::{DraftModelProposer, GlideProposer, NgramProposer, Proposer};
 use acceptor::Acceptor;
 use drafter::Drafter;
 use kv_manager::KvCacheManager;

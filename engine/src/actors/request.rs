@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::generate::{FinishReason, GenerateRequest};
-use crate::spec::{DraftPolicyConfig, SpecStats};
+use crate::speculative::{DraftPolicyConfig, SpecStats};
 
 /// The engine's id of a request.
 pub type RequestId = u64;

@@ -22,7 +22,7 @@ use super::{EngineModels, EngineStats};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::metrics::{self as m, Phase};
-use crate::spec::{drafts_now, DraftPolicyConfig, Sequence};
+use crate::speculative::{drafts_now, DraftPolicyConfig, Sequence};
 
 pub(crate) struct Scheduler {
     pub models: EngineModels,

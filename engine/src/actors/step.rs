@@ -7,7 +7,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::request::{Event, Method, RequestError, RequestId};
 use crate::kv::{KvPool, KvUsage};
 use crate::metrics::Phase;
-use crate::spec::{Decision, Draft, PhaseTimes, Sequence, Verified};
+use crate::speculative::{Decision, Draft, PhaseTimes, Sequence, Verified};
 
 /// One request inside the engine: its sequence, how it drafts, and where its events go.
 #[derive(Debug)]

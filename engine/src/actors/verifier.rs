@@ -12,7 +12,7 @@ use super::messages::{Decide, Verify};
 use super::EngineModels;
 use crate::error::Result;
 use crate::metrics::Phase;
-use crate::spec::{verify, Acceptance, Draft, Verified};
+use crate::speculative::{verify, Acceptance, Draft, Verified};
 
 /// Owns the target model (through [`EngineModels`]); its KV arrives lent with the step.
 pub(crate) struct Verifier {

@@ -5,7 +5,7 @@
 //! (151,936 rows on Qwen2.5); a subset of the most frequent tokens covers almost every token the
 //! target emits on code. Speculative sampling stays exact with it: the drafter's distribution
 //! `q` is simply zero outside the subset ([`DraftVocab::expand_probs`]), and rejection sampling
-//! is exact for any `q` (`spec::accept`). Greedy drafting picks among the subset only; a target
+//! is exact for any `q` (`speculative::accept`). Greedy drafting picks among the subset only; a target
 //! token outside it is never drafted, only emitted by verification.
 
 use crate::error::{Error, Result};

@@ -401,13 +401,13 @@ pub fn tiny_drafter(
     noise: f32,
     seed: u64,
     target: &LoadedModel,
-) -> Result<crate::spec::DraftModelProposer> {
+) -> Result<crate::speculative::DraftModelProposer> {
     let d = tiny_draft_model_on(spec, noise, seed, target.model.device())?;
     let target_tokenizer = target
         .tokenizer
         .as_ref()
         .ok_or_else(|| crate::Error::Tokenizer("the tiny target has no tokenizer".into()))?;
-    crate::spec::DraftModelProposer::new(
+    crate::speculative::DraftModelProposer::new(
         std::sync::Arc::new(d.model),
         d.tokenizer.as_ref(),
         &d.path,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use specd_engine::actors::EngineModels;
 use specd_engine::kv::KvDtype;
 use specd_engine::model::tiny::{tiny_drafter, tiny_guessing_glide, tiny_model, TinySpec};
-use specd_engine::spec::{GlideProposer, NgramProposer};
+use specd_engine::speculative::{GlideProposer, NgramProposer};
 
 /// The tiny target (seed 11) with, optionally, its drafters: its noisy copy as draft model and
 /// a GLIDE drafter reading its cache.

@@ -12,7 +12,7 @@ use specd_engine::model::tiny::{
     tiny_drafter, tiny_guessing_glide, tiny_model_on, TinySpec, CHATML_TEMPLATE,
 };
 use specd_engine::model::Device;
-use specd_engine::spec::{DraftPolicyConfig, GlideProposer, NgramProposer};
+use specd_engine::speculative::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 use specd_protocol::ServerFrame;
 use tokio::net::TcpStream;

@@ -1,7 +1,7 @@
 //! Decisions taken from logits, as the CUDA kernels of `sample.cu` take them: the references
 //! those kernels are tested against, mirroring their order of operations exactly. The CPU
 //! forward decides greedy verdicts with [`accept_greedy`] too; its sampled acceptance is
-//! `spec::accept`, which agrees with [`rejection_sample`] in distribution.
+//! `speculative::accept`, which agrees with [`rejection_sample`] in distribution.
 
 /// Index of the largest value (the first on ties) and its softmax probability.
 pub fn argmax_prob(logits: &[f32]) -> (u32, f32) {
