@@ -13,7 +13,7 @@
 //! the KvCacheManager reserves blocks (preempting the newest sequences when they run out),
 //! lends the pools for the model work and rolls rejected slots back; the Drafter drafts, the
 //! Verifier prefills new sequences and verifies every draft in one target forward, and the
-//! Acceptor keeps the accepted prefixes. The maths is in [`crate::spec`]; actors only own state
+//! Acceptor keeps the accepted prefixes. The maths is in [`crate::speculative`]; actors only own state
 //! and route messages. Callers talk to the engine through an [`EngineHandle`].
 
 mod acceptor;
