@@ -215,6 +215,58 @@ fn a_long_prompt_admitted_mid_stream_does_not_starve_the_others() {
     });
 }
 
+/// A burst of four 40-token prompts, larger than one step's 64-token budget, arriving at an idle
+/// engine: the prompts left after the first step are not held to a share of the steps of the
+/// streams that started in it (those have only their first token, and the prompts outnumber
+/// the streams under way), so all four answer within three steps and then decode together,
+/// each giving target-only output.
+#[test]
+fn a_burst_larger_than_the_budget_starts_together() {
+    local(async {
+        let m = common::engine_models(true);
+        let vocab = m.target.config().vocab_size as u32;
+        let engine = Engine::start(
+            m.clone(),
+            EngineConfig {
+                max_batch_tokens: 64,
+                // The four arrive before the first step.
+                admission_window: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let h = engine.handle();
+        let reqs: Vec<EngineRequest> = (0..4)
+            .map(|i| request(prompt(10 + i, vocab, 40), 12, Method::None))
+            .collect();
+        let mut streams = Vec::new();
+        for r in &reqs {
+            streams.push(h.submit(r.clone()).await.unwrap());
+        }
+        let mut outcomes = Vec::new();
+        for s in streams {
+            outcomes.push(drain(s, Outcome::default()).await);
+        }
+        for (r, o) in reqs.iter().zip(&outcomes) {
+            assert_eq!(o.tokens, target_only(&m, r));
+        }
+        let first: Vec<u64> = outcomes.iter().map(|o| o.steps[0]).collect();
+        // Step 1: 64 of the 160 tokens; step 2, beside one stream with only its first token: 63
+        // more; step 3, one prompt left beside one stream under way: the rest.
+        assert!(
+            first.iter().all(|&s| s <= 3),
+            "first tokens at steps {first:?}: the burst's last prompts were fed in shares"
+        );
+        let last: Vec<u64> = outcomes.iter().map(|o| *o.steps.last().unwrap()).collect();
+        let spread = last.iter().max().unwrap() - last.iter().min().unwrap();
+        assert!(
+            spread <= 2,
+            "last tokens at steps {last:?}: the burst did not decode together"
+        );
+        idle_and_empty(&h).await;
+    });
+}
+
 /// The draft model does not work in a sequence's first step (the first token waits for the
 /// target alone), reads a 120-token prompt in 6-token chunks beside another stream without
 /// drafting, then drafts; the output is the target's own.

@@ -35,9 +35,9 @@ pub struct EngineConfig {
     /// (drafting uncapped) until it has drafted enough to be judged ([`super::adapt`]).
     pub calibration: Option<Calibration>,
     /// Prompt tokens one step may prefill while other sequences decode: `None` sizes chunks
-    /// from measured costs so that a step's prefill adds at most 0.6 of a decode step
-    /// ([`super::prefill`]); `Some(n)`: at most `n`. Alone, a prompt takes up to
-    /// `max_batch_tokens` per step.
+    /// from measured costs so that a step's prefill adds at most 0.6 of a decode step, unless
+    /// the prompts waiting outnumber the streams under way ([`super::prefill`]); `Some(n)`: at
+    /// most `n`. Alone, a prompt takes up to `max_batch_tokens` per step.
     pub prefill_chunk: Option<usize>,
     /// How long an idle engine waits after a request arrives before its first step, to admit
     /// requests arriving with it in the same batch.

@@ -5,12 +5,19 @@
 //! While other sequences decode, a step's chunk rides along in the verification forward (its
 //! rows cost compute, not another pass over the weights) and is sized from measured costs so
 //! that it adds at most [`PREFILL_SHARE`] of a decode-only step. With nothing else decoding
-//! there is no one to starve and a step takes up to the batch's token budget. A fixed chunk
-//! can be set instead (`EngineConfig::prefill_chunk`). These are plain functions; the
-//! Scheduler measures the costs as steps complete and applies them.
+//! there is no one to starve and a step takes up to the batch's token budget; nor when the
+//! prompts waiting outnumber the streams that have started to stream
+//! ([`prompts_take_the_budget`]): then holding the prompts back costs more waiting than it
+//! saves. A fixed chunk can be set instead
+//! (`EngineConfig::prefill_chunk`). These are plain functions; the Scheduler measures the costs
+//! as steps complete and applies them.
 
 /// A step's prefill may add this share of a decode-only step's time.
 pub const PREFILL_SHARE: f64 = 0.6;
+
+/// Prompts being prefilled per stream decoding from which a step gives the prompts its whole
+/// token budget instead of a share ([`prompts_take_the_budget`]).
+pub const WAITING_SERVED_RATIO: f64 = 1.0;
 
 /// The smallest chunk while others decode, so that a long prompt always moves forward.
 pub const MIN_CHUNK: usize = 2;
@@ -67,8 +74,11 @@ pub struct StepCosts {
 impl StepCosts {
     /// Whether the next step, with streams decoding and prompts waiting, should leave the
     /// prompts out once to measure the decode step afresh.
+    ///
+    /// Also while no decode step has been measured at all (a burst of prompts, the first ones
+    /// now decoding beside the rest): until then a chunk could only be the smallest.
     pub fn remeasure(&self) -> bool {
-        self.since_decode_step >= REMEASURE_EVERY
+        self.decode_step.get().is_none() || self.since_decode_step >= REMEASURE_EVERY
     }
 }
 
@@ -95,6 +105,24 @@ pub fn chunk_tokens(
         _ => MIN_CHUNK,
     };
     measured.clamp(MIN_CHUNK.min(max_tokens), max_tokens)
+}
+
+/// Whether a step's prompts may take its whole token budget although streams decode beside
+/// them: `prefilling` prompts wait, at least [`WAITING_SERVED_RATIO`] of them per stream
+/// `streaming` (past its first token; TGI's `waiting_served_ratio` is the same idea).
+///
+/// Why the ratio sits near one: fed in chunks that each add `PREFILL_SHARE` of a decode step,
+/// a prompt that costs `T` alone reaches its first token about `T / PREFILL_SHARE` later than
+/// fed whole, and so does every prompt queued behind it; fed whole, it delays each stream by
+/// `T` once (chunks delay the streams as much in all, spread out). With as many prompts
+/// waiting as streams decoding, the chunks cost the waiting more than the smoothness is worth.
+///
+/// Why streams that have only their first token do not count: they came in with the prompts
+/// still waiting (a burst larger than one step's budget) and have not started to stream. The
+/// burst is prefilled whole and decodes together, instead of its last prompts trickling in
+/// while the first ones finish, to decode at the end in small, dear steps.
+pub fn prompts_take_the_budget(prefilling: usize, streaming: usize) -> bool {
+    prefilling > 0 && prefilling as f64 >= WAITING_SERVED_RATIO * streaming as f64
 }
 
 /// Shares `budget` tokens among sequences waiting for `pending[i]` tokens each, first come
@@ -142,6 +170,30 @@ mod tests {
             chunk_tokens(Some(7), 2048, true, Some(0.002), Some(0.08)),
             7
         );
+    }
+
+    #[test]
+    fn prompts_take_the_budget_once_they_outnumber_the_streams() {
+        // A long prompt arriving into eight streams is fed in shares.
+        assert!(!prompts_take_the_budget(1, 8));
+        // As many prompts as streams, or more.
+        assert!(prompts_take_the_budget(1, 1));
+        assert!(prompts_take_the_budget(3, 2));
+        // The rest of a burst, beside streams that have only their first token.
+        assert!(prompts_take_the_budget(5, 0));
+        // Nothing to prefill.
+        assert!(!prompts_take_the_budget(0, 0));
+        assert!(!prompts_take_the_budget(0, 4));
+    }
+
+    #[test]
+    fn an_unmeasured_decode_step_is_measured_first() {
+        let mut c = StepCosts::default();
+        assert!(c.remeasure(), "no decode step measured yet");
+        c.decode_step.add(0.08);
+        assert!(!c.remeasure());
+        c.since_decode_step = REMEASURE_EVERY;
+        assert!(c.remeasure());
     }
 
     #[test]

@@ -202,7 +202,15 @@ impl Scheduler {
             .iter()
             .map(|s| s.seq.pending_prefill())
             .collect();
-        let decoding = pending.contains(&0);
+        let decoding = pending.iter().filter(|&&p| p == 0).count();
+        let streaming = (self.running.iter().zip(&pending))
+            .filter(|(s, &p)| p == 0 && s.seq.generated().len() > 1)
+            .count();
+        // Prompts fed beside decoding streams get a share of the step (a fixed chunk, or
+        // measured), unless, sized by measurement, they outnumber the streams under way.
+        let shared = decoding > 0
+            && (self.config.prefill_chunk.is_some()
+                || !prefill::prompts_take_the_budget(pending.len() - decoding, streaming));
         let rows: usize = self
             .running
             .iter()
@@ -217,13 +225,13 @@ impl Scheduler {
             .max(prefill::MIN_CHUNK);
         let c = self.costs;
         let step = c.decode_step.get();
-        let chunk = if decoding && self.config.prefill_chunk.is_none() && c.remeasure() {
+        let chunk = if shared && self.config.prefill_chunk.is_none() && c.remeasure() {
             0
         } else {
             prefill::chunk_tokens(
                 self.config.prefill_chunk,
                 spare,
-                decoding,
+                shared,
                 c.prefill_token.get(),
                 step,
             )
