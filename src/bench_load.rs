@@ -1,10 +1,14 @@
 //! `specd bench-load`: the actor engine under concurrent load. For each concurrency level and
-//! mode, that many requests (code prompts through the chat template, greedy) are submitted at
-//! once; the run reports aggregate tokens/s, per-request latency, and the share of step time
-//! spent passing actor messages. Prints one markdown table.
+//! mode, the same `--requests` requests (code prompts through the chat template, greedy) are
+//! served by that many clients, each submitting its next request as its last ends (`--requests
+//! 0`: one wave, as many requests as clients, all submitted at once); every level does the same
+//! work, so their throughputs compare. The run reports aggregate tokens/s, per-request latency,
+//! and the share of step time spent passing actor messages. Prints one markdown table.
 
 use specd_loadtest::quantile;
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,10 @@ pub struct BenchLoadArgs {
     /// Tokens generated per request.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// Requests per level and mode (request `i` asks prompt `i` of the file, cycling), served
+    /// by as many clients as the level names; 0: one wave of as many requests as clients.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
     /// Runs of every cell; rounds alternate the modes and each cell reports its median run.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -153,6 +161,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         models,
         encoded,
         max_tokens: args.max_tokens,
+        requests: args.requests,
         kv_bytes: args.kv_mib << 20,
         policy,
         rt: tokio::runtime::Builder::new_current_thread()
@@ -221,6 +230,7 @@ struct Bench {
     models: EngineModels,
     encoded: Vec<Vec<u32>>,
     max_tokens: usize,
+    requests: usize,
     kv_bytes: usize,
     policy: LoadPolicy,
     rt: tokio::runtime::Runtime,
@@ -259,7 +269,8 @@ impl Bench {
         .with_kv_memory(self.kv_bytes, &self.models);
         let engine = Engine::start(self.models.clone(), config)?;
         let h = engine.handle();
-        let reqs: Vec<EngineRequest> = (0..c)
+        let total = if self.requests == 0 { c } else { self.requests };
+        let reqs: Vec<EngineRequest> = (0..total)
             .map(|i| EngineRequest {
                 generate: GenerateRequest {
                     prompt: self.encoded[i % self.encoded.len()].clone(),
@@ -275,22 +286,30 @@ impl Bench {
                 },
             })
             .collect();
+        let queue = Rc::new(RefCell::new(reqs.into_iter()));
         let start = Instant::now();
         let samples: Vec<Sample> = tokio::task::LocalSet::new().block_on(&self.rt, async {
-            // Every request is submitted at once, as independent clients would.
-            let tasks: Vec<_> = reqs
-                .into_iter()
-                .map(|r| {
-                    let h = h.clone();
+            // `c` clients, each submitting its next request as soon as its last one ends (all
+            // start at once, as independent clients would).
+            let clients: Vec<_> = (0..c.min(total))
+                .map(|_| {
+                    let (h, queue) = (h.clone(), queue.clone());
                     tokio::task::spawn_local(async move {
-                        let submitted = Instant::now();
-                        read_stream(h.submit(r).await?, submitted).await
+                        let mut out = Vec::new();
+                        loop {
+                            let Some(r) = queue.borrow_mut().next() else {
+                                break;
+                            };
+                            let submitted = Instant::now();
+                            out.push(read_stream(h.submit(r).await?, submitted).await?);
+                        }
+                        anyhow::Ok(out)
                     })
                 })
                 .collect();
             let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await??);
+            for t in clients {
+                out.extend(t.await??);
             }
             anyhow::Ok(out)
         })?;
