@@ -56,6 +56,9 @@ pub struct BenchLoadArgs {
     /// Runs of every cell; rounds alternate the modes and each cell reports its median run.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Prefill every prompt whole, taking nothing from the target's prefix cache.
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// KV memory for all pools (target and drafters), in MiB.
     #[arg(long, default_value_t = 2048)]
     kv_mib: usize,
@@ -162,6 +165,7 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
         encoded,
         max_tokens: args.max_tokens,
         requests: args.requests,
+        prefix_cache: !args.no_prefix_cache,
         kv_bytes: args.kv_mib << 20,
         policy,
         rt: tokio::runtime::Builder::new_current_thread()
@@ -180,9 +184,10 @@ pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
                 let mi = (j + round) % modes.len();
                 let row = bench.run(c, &modes[mi])?;
                 eprintln!(
-                    "c={c} {} round {round}: {:.1} tok/s; step time {:.1}s of which messaging {:.4}s, phases (schedule, kv, draft, verify, accept) {:?}",
+                    "c={c} {} round {round}: {:.1} tok/s; prompt tokens taken from the prefix cache {}; step time {:.1}s of which messaging {:.4}s, phases (schedule, kv, draft, verify, accept) {:?}",
                     modes[mi].label,
                     row.tps,
+                    row.stats.prefix_cache_hit_tokens,
                     row.stats.step_time.as_secs_f64(),
                     row.stats.messaging_time.as_secs_f64(),
                     row.stats.phase_time,
@@ -231,6 +236,7 @@ struct Bench {
     encoded: Vec<Vec<u32>>,
     max_tokens: usize,
     requests: usize,
+    prefix_cache: bool,
     kv_bytes: usize,
     policy: LoadPolicy,
     rt: tokio::runtime::Runtime,
@@ -259,6 +265,7 @@ impl Bench {
     fn run(&self, c: usize, mode: &Mode) -> anyhow::Result<Row> {
         let config = EngineConfig {
             max_running: c.max(1),
+            prefix_cache: self.prefix_cache,
             load: if mode.policy {
                 self.policy.into()
             } else {

@@ -207,6 +207,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         max_waiting: c.engine.max_waiting,
         max_batch_tokens: c.engine.max_batch_tokens,
         prefill_chunk: c.engine.prefill_chunk,
+        prefix_cache: c.engine.prefix_cache,
         ..EngineConfig::default()
     };
     if !c.engine.load_policy {

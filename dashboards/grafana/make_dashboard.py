@@ -87,7 +87,15 @@ panel("KV cache utilization", "percentunit",
       description="KV blocks held by sequences over the pool.")
 panel("KV cache blocks", "short",
       [("used {{model}}", f"specd_kv_cache_blocks_used{{{SEL}}}"),
-       ("total {{model}}", f"specd_kv_cache_blocks_total{{{SEL}}}")])
+       ("parked {{model}}", f"specd_kv_cache_blocks_parked{{{SEL}}}"),
+       ("total {{model}}", f"specd_kv_cache_blocks_total{{{SEL}}}")],
+      description="Blocks held by sequences; parked: held by none, kept for the prompt prefix they cache "
+                  "until new positions need them (counted free).")
+panel("Prompt tokens from the prefix cache", "percentunit",
+      [("from the cache", f"sum(rate(specd_prefix_cache_hit_tokens_total{{{SEL}}}[{RATE}])) / "
+                          f"sum(rate(specd_prompt_tokens_total{{{SEL}}}[{RATE}]))")],
+      description="Prompt tokens whose keys and values the target's prefix cache held (a shared system turn, "
+                  "a conversation's history), over prompt tokens admitted: prefill they did not need.")
 panel("Preemptions/s", "short",
       [("preemptions", f"sum(rate(specd_preemptions_total{{{SEL}}}[{RATE}]))")],
       description="Sequences preempted when KV blocks ran out.")

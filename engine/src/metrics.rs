@@ -33,6 +33,9 @@ pub const SPEC_DRAFTED_PER_POSITION: &str = "specd_spec_draft_tokens_per_positio
 pub const GENERATED_TOKENS: &str = "specd_generated_tokens_total";
 /// Prompt tokens of admitted requests.
 pub const PROMPT_TOKENS: &str = "specd_prompt_tokens_total";
+/// Prompt tokens whose keys and values the target's prefix cache held, so were not computed
+/// (a share of `PROMPT_TOKENS`; a preempted sequence's tokens taken again count again).
+pub const PREFIX_CACHE_HIT_TOKENS: &str = "specd_prefix_cache_hit_tokens_total";
 /// Requests the engine ended, with two labels: `finish_reason` (`length`, `stop`, `cancelled`,
 /// or `error` for one that failed or was refused) and `error_code` (`none`, or the error's code
 /// as clients see it: `invalid_request`, `prompt_too_long`, `overloaded`, `internal`, ...).
@@ -44,6 +47,9 @@ pub const PREEMPTIONS: &str = "specd_preemptions_total";
 
 /// KV blocks held by sequences (label `model`: `target` or `draft`).
 pub const KV_BLOCKS_USED: &str = "specd_kv_cache_blocks_used";
+/// KV blocks no sequence holds, kept for the prefix they cache until needed (label `model`;
+/// counted free).
+pub const KV_BLOCKS_PARKED: &str = "specd_kv_cache_blocks_parked";
 /// KV blocks in the pool (label `model`).
 pub const KV_BLOCKS_TOTAL: &str = "specd_kv_cache_blocks_total";
 /// Used over total KV blocks (label `model`).
@@ -151,7 +157,12 @@ pub fn buckets() -> Vec<(&'static str, Vec<f64>)> {
 /// counters and gauges at zero: a series that exists from the start reads 0 on a dashboard
 /// instead of "no data" (preemptions, say, may never happen).
 pub fn describe() {
-    for name in [PREEMPTIONS, GENERATED_TOKENS, PROMPT_TOKENS] {
+    for name in [
+        PREEMPTIONS,
+        GENERATED_TOKENS,
+        PROMPT_TOKENS,
+        PREFIX_CACHE_HIT_TOKENS,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for name in [RUNNING_SEQUENCES, WAITING_SEQUENCES, WEBSOCKET_CONNECTIONS] {
@@ -183,11 +194,19 @@ pub fn describe() {
     describe_counter!(GENERATED_TOKENS, "Tokens generated and streamed");
     describe_counter!(PROMPT_TOKENS, "Prompt tokens of admitted requests");
     describe_counter!(
+        PREFIX_CACHE_HIT_TOKENS,
+        "Prompt tokens found in the target's prefix cache, not computed again"
+    );
+    describe_counter!(
         REQUESTS,
         "Requests ended, by finish reason (length, stop, cancelled, error) and error code (none if it did not fail)"
     );
     describe_counter!(PREEMPTIONS, "Sequences preempted when KV blocks ran out");
     describe_gauge!(KV_BLOCKS_USED, "KV cache blocks held by sequences");
+    describe_gauge!(
+        KV_BLOCKS_PARKED,
+        "KV cache blocks kept for their cached prefix, held by no sequence (counted free)"
+    );
     describe_gauge!(KV_BLOCKS_TOTAL, "KV cache blocks in the pool");
     describe_gauge!(KV_UTILIZATION, "KV blocks used over total (0 to 1)");
     describe_gauge!(RUNNING_SEQUENCES, "Sequences in the running batch");

@@ -7,109 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use common::streams::{
+    drain, idle_and_empty, local, prompt, request, started, target_only, Outcome,
+};
 use specd_engine::actors::adapt::Calibration;
 use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
-    measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineHandle, EngineRequest, Event,
-    LoadPolicies, LoadPolicy, Method, RequestStream,
+    measure_draft_costs, CatchUpPolicy, Engine, EngineConfig, EngineRequest, LoadPolicies,
+    LoadPolicy, Method,
 };
-use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::sampling::SamplingParams;
-use specd_engine::speculative::DraftPolicyConfig;
-
-fn prompt(seed: u64, vocab: u32, len: usize) -> Vec<u32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()
-}
-
-fn request(prompt: Vec<u32>, max_tokens: usize, method: Method) -> EngineRequest {
-    EngineRequest {
-        generate: GenerateRequest {
-            prompt,
-            max_tokens,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: true,
-        },
-        method,
-        policy: DraftPolicyConfig::default(),
-    }
-}
-
-/// Tokens, drafted and accepted counts of each chunk of a stream, to its end.
-#[derive(Debug, Default)]
-struct Outcome {
-    tokens: Vec<u32>,
-    /// Drafted tokens per chunk, in order.
-    drafted: Vec<usize>,
-    /// The engine step of each chunk with tokens.
-    steps: Vec<u64>,
-}
-
-impl Outcome {
-    fn take(&mut self, e: Event) {
-        match e {
-            Event::Chunk(c) => {
-                if !c.tokens.is_empty() {
-                    self.steps.push(c.step);
-                }
-                self.tokens.extend(c.tokens);
-                self.drafted.push(c.drafted);
-            }
-            Event::Done(_) => {}
-            Event::Error(e) => panic!("request failed: {}: {}", e.code, e.message),
-        }
-    }
-
-    fn drafted_total(&self) -> usize {
-        self.drafted.iter().sum()
-    }
-}
-
-async fn drain(mut s: RequestStream, mut o: Outcome) -> Outcome {
-    while let Some(e) = s.next_event().await {
-        o.take(e);
-    }
-    o
-}
-
-/// Submits `r` and reads its first event: a stream that is running.
-async fn started(h: &EngineHandle, r: EngineRequest) -> (RequestStream, Outcome) {
-    let mut s = h.submit(r).await.unwrap();
-    let mut o = Outcome::default();
-    o.take(s.next_event().await.unwrap());
-    (s, o)
-}
-
-async fn idle_and_empty(h: &EngineHandle) {
-    for _ in 0..2000 {
-        let s = h.stats().await.unwrap();
-        if s.running == 0 && s.waiting == 0 && s.kv_target.blocks_used == 0 {
-            assert_eq!(s.kv_draft.blocks_used, 0, "{s:?}");
-            assert_eq!(s.kv_glide.blocks_used, 0, "{s:?}");
-            assert_eq!(s.kv_accounting_errors, 0, "{s:?}");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("engine did not drain: {:?}", h.stats().await.unwrap());
-}
-
-fn local<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
-
-fn target_only(m: &specd_engine::actors::EngineModels, r: &EngineRequest) -> Vec<u32> {
-    generate(&m.target, &m.tokenizer, &r.generate, |_| {})
-        .unwrap()
-        .tokens
-}
 
 /// A 300-token prompt prefilled 16 tokens a step (alone, under `max_batch_tokens` = 16), and
 /// 7 a step beside a decoding stream, gives target-only output for every method.

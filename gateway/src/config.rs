@@ -185,6 +185,10 @@ pub struct EngineSection {
     /// reading its prompt (measured at start) (true); false drafts at any load and length
     /// (`serve --no-load-policy`).
     pub load_policy: bool,
+    /// Whether a new sequence takes the target's cached keys and values of the longest prefix
+    /// of its prompt that an earlier one computed (whole 16-token blocks), instead of
+    /// prefilling it again (true).
+    pub prefix_cache: bool,
     /// Whether `serve` times the served models at start and derives from their costs each
     /// method's load thresholds and when reading a prompt pays the draft model (true); false
     /// keeps the fixed thresholds and the uncalibrated rule (the prompt is always read).
@@ -200,6 +204,7 @@ impl Default for EngineSection {
             max_waiting: e.max_waiting,
             max_batch_tokens: e.max_batch_tokens,
             prefill_chunk: e.prefill_chunk,
+            prefix_cache: e.prefix_cache,
             load_policy: true,
             calibrate: true,
         }

@@ -42,6 +42,10 @@ pub struct EngineConfig {
     /// How long an idle engine waits after a request arrives before its first step, to admit
     /// requests arriving with it in the same batch.
     pub admission_window: Duration,
+    /// Prefix caching in the target's pool: a new sequence whose tokens start as an earlier
+    /// one's did (a chat template's system turn, a conversation's history) takes the cached
+    /// blocks of that prefix instead of prefilling it ([`crate::kv::KvPool::attach_prefix`]).
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             calibration: None,
             prefill_chunk: None,
             admission_window: Duration::from_millis(2),
+            prefix_cache: true,
         }
     }
 }

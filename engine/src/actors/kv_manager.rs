@@ -19,6 +19,9 @@ use crate::metrics::{self as m, Phase};
 
 pub(crate) struct KvCacheManager {
     pub models: EngineModels,
+    /// Whether new sequences take cached prefixes in the target's pool, and finished blocks
+    /// are cached ([`crate::kv::KvPool::attach_prefix`]).
+    pub prefix_cache: bool,
     /// Home of the pools between steps (`None` while lent).
     pub pools: Option<Pools>,
     /// Usage when the pools were last home.
@@ -27,6 +30,8 @@ pub(crate) struct KvCacheManager {
     pub accounting_errors: u64,
     /// Sequences preempted so far.
     pub preemptions: u64,
+    /// Prompt positions taken from the target's prefix cache so far.
+    pub prefix_hits: u64,
     pub scheduler: Addr<Scheduler>,
     pub drafter: Addr<Drafter>,
 }
@@ -62,6 +67,7 @@ impl KvCacheManager {
         let u = self.usage;
         for (model, u) in [("target", u.target), ("draft", u.draft), ("glide", u.glide)] {
             metrics::gauge!(m::KV_BLOCKS_USED, "model" => model).set(u.blocks_used as f64);
+            metrics::gauge!(m::KV_BLOCKS_PARKED, "model" => model).set(u.blocks_parked as f64);
             metrics::gauge!(m::KV_BLOCKS_TOTAL, "model" => model).set(u.blocks_total as f64);
             metrics::gauge!(m::KV_UTILIZATION, "model" => model).set(u.utilization());
         }
@@ -78,8 +84,13 @@ impl KvCacheManager {
                 .map(|t| t.blocks().len())
                 .sum()
         };
-        let target: usize = slots.iter().map(|s| s.seq.table().blocks().len()).sum();
-        let held = [target, own(Method::Draft), own(Method::Glide)];
+        // Target blocks of a cached prefix are shared: each counts once.
+        let mut target: Vec<u32> = (slots.iter())
+            .flat_map(|s| s.seq.table().blocks().iter().copied())
+            .collect();
+        target.sort_unstable();
+        target.dedup();
+        let held = [target.len(), own(Method::Draft), own(Method::Glide)];
         let u = pools.usage();
         let counted = [u.target, u.draft, u.glide].map(|u| u.blocks_used);
         if held != counted {
@@ -175,6 +186,25 @@ fn drafter_feed(slot: &Slot) -> (usize, usize) {
     }
 }
 
+/// A sequence about to start its prefill (nothing in the target's cache yet, a new one or one
+/// preempted) takes the cached blocks of its tokens' longest cached prefix. A chunk planned
+/// for it that now reaches the end of its prompt becomes the step that completes its prefill
+/// and gives its first token (no drafting in that step, as for any first token).
+/// Returns the positions taken.
+fn take_cached_prefix(pools: &mut Pools, slot: &mut Slot) -> usize {
+    if !slot.seq.table().blocks().is_empty() || slot.seq.pending_prefill() == 0 {
+        return 0;
+    }
+    let hit = slot.seq.take_cached_prefix(&mut pools.target);
+    if hit > 0 {
+        metrics::counter!(m::PREFIX_CACHE_HIT_TOKENS).increment(hit as u64);
+        if slot.chunk.is_some_and(|n| n >= slot.seq.pending_prefill()) {
+            (slot.chunk, slot.budget, slot.catch_up) = (None, 0, 0);
+        }
+    }
+    hit
+}
+
 impl Handler<Reserve> for KvCacheManager {
     type Result = ();
 
@@ -182,6 +212,18 @@ impl Handler<Reserve> for KvCacheManager {
         let t = Instant::now();
         let mut pools = self.pools.take().expect("pools are home between steps");
         self.check_accounting(&pools, &batch.slots);
+        if self.prefix_cache {
+            // What every sequence has committed so far (now that the last step's tokens are
+            // part of it), whole blocks of prompt or answer; then the new ones take theirs.
+            for slot in &batch.slots {
+                pools
+                    .target
+                    .cache_prefix(slot.seq.table(), slot.seq.tokens());
+            }
+            for slot in batch.slots.iter_mut() {
+                self.prefix_hits += take_cached_prefix(&mut pools, slot) as u64;
+            }
+        }
         // Oldest first: preemption takes from the end.
         batch.slots.sort_by_key(|s| s.id);
         self.fit(&mut pools, &mut batch);
@@ -244,6 +286,11 @@ impl Handler<Free> for KvCacheManager {
     fn handle(&mut self, Free(slots): Free, _: &mut Context<Self>) {
         let mut pools = self.pools.take().expect("pools are home between steps");
         for mut slot in slots {
+            if self.prefix_cache {
+                pools
+                    .target
+                    .cache_prefix(slot.seq.table(), slot.seq.tokens());
+            }
             self.release(&mut pools, &mut slot);
         }
         self.publish(&pools);
@@ -259,6 +306,7 @@ impl Handler<GetKvUsage> for KvCacheManager {
             usage: self.usage,
             accounting_errors: self.accounting_errors,
             preemptions: self.preemptions,
+            prefix_hits: self.prefix_hits,
         })
     }
 }

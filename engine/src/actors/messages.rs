@@ -78,6 +78,7 @@ pub(crate) struct KvReport {
     pub usage: PoolsUsage,
     pub accounting_errors: u64,
     pub preemptions: u64,
+    pub prefix_hits: u64,
 }
 
 /// Engine → Scheduler: fail what is left and stop the engine's thread.

@@ -123,6 +123,8 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Steps whose pools' used blocks differed from what the sequences held (must stay 0).
     pub kv_accounting_errors: u64,
+    /// Prompt positions sequences took from the target's prefix cache instead of prefilling.
+    pub prefix_cache_hit_tokens: u64,
 }
 
 impl EngineStats {
@@ -209,10 +211,12 @@ impl Engine {
                     let usage = pools.usage();
                     kv_ctx.run(KvCacheManager {
                         models: models.clone(),
+                        prefix_cache: config.prefix_cache,
                         pools: Some(pools),
                         usage,
                         accounting_errors: 0,
                         preemptions: 0,
+                        prefix_hits: 0,
                         scheduler: sched.clone(),
                         drafter,
                     });
@@ -309,6 +313,7 @@ impl EngineHandle {
         s.kv_draft = r.usage.draft;
         s.kv_glide = r.usage.glide;
         s.kv_accounting_errors = r.accounting_errors;
+        s.prefix_cache_hit_tokens = r.prefix_hits;
         s.preemptions = r.preemptions;
         Ok(s)
     }

@@ -3,12 +3,15 @@
 //! - [`pool`]: [`KvPool`], the KV memory of one model in blocks of [`BLOCK_SIZE`] positions
 //!   (all layers), with reserve / commit / truncate / free and usage counts.
 //! - [`table`]: [`BlockTable`], the blocks of one sequence.
+//! - `prefix`: the prefix cache, full blocks remembered by the tokens they hold, which a new
+//!   sequence with the same start takes instead of computing them again.
 //!
 //! A forward reads a sequence's keys and values through its block table as one chunk per
 //! block, and writes new positions into reserved slots. [`SequenceCache`] bundles a private
 //! pool with one table, for running a single sequence outside the engine.
 
 pub mod pool;
+pub(crate) mod prefix;
 pub mod table;
 
 pub use pool::{KvPool, KvUsage, BLOCK_SIZE};

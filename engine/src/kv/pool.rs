@@ -8,6 +8,7 @@
 
 use specd_kernels::cpu::{self as kern, bf16, KvChunks, KvElem};
 
+use super::prefix::PrefixIndex;
 use super::table::BlockTable;
 use super::KvDtype;
 use crate::error::{Error, Result};
@@ -25,8 +26,12 @@ pub struct KvUsage {
     /// Blocks the pool may hand out.
     pub blocks_total: usize,
     /// Positions committed across all tables (fewer than `blocks_used * BLOCK_SIZE`: the last
-    /// block of a sequence is partly filled, and reservations hold empty slots).
+    /// block of a sequence is partly filled, and reservations hold empty slots; a block that
+    /// several tables share counts once for each).
     pub tokens_cached: usize,
+    /// Blocks no table holds, kept for the prefix they hold until new positions need them
+    /// (counted free: [`KvPool::blocks_free`]).
+    pub blocks_parked: usize,
 }
 
 impl KvUsage {
@@ -65,15 +70,21 @@ pub(crate) struct PoolQuery<'a> {
     pub(crate) out: &'a mut [f32],
 }
 
-/// The KV memory of one model: block storage, the free list, and usage counts.
+/// The KV memory of one model: block storage, the free list, the prefix cache and usage counts.
+///
+/// A block is *used* while a table holds it (several may: a cached prefix), *parked* while
+/// none does but it is cached for its content ([`super::prefix`]), and *free* otherwise.
 #[derive(Debug)]
 pub struct KvPool {
     layers: usize,
     row: usize,
     max_blocks: usize,
     storage: Storage,
-    /// Ids of allocated blocks no table holds, reused last-freed first.
+    /// Ids of allocated blocks neither used nor parked, reused last-freed first.
     free: Vec<u32>,
+    /// Per allocated block: the tables holding it.
+    refs: Vec<u32>,
+    prefix: PrefixIndex,
     used: usize,
     tokens: usize,
 }
@@ -94,6 +105,8 @@ impl Clone for KvPool {
                 ),
             },
             free: self.free.clone(),
+            refs: self.refs.clone(),
+            prefix: self.prefix.clone(),
             used: self.used,
             tokens: self.tokens,
         }
@@ -118,6 +131,8 @@ impl KvPool {
                 KvDtype::Bf16 => Storage::HostBf16(Vec::new()),
             },
             free: Vec::new(),
+            refs: Vec::new(),
+            prefix: PrefixIndex::default(),
             used: 0,
             tokens: 0,
         }
@@ -131,6 +146,8 @@ impl KvPool {
             max_blocks,
             storage: Storage::Gpu(blocks),
             free: Vec::new(),
+            refs: Vec::new(),
+            prefix: PrefixIndex::default(),
             used: 0,
             tokens: 0,
         }
@@ -222,10 +239,11 @@ impl KvPool {
             blocks_used: self.used,
             blocks_total: self.max_blocks,
             tokens_cached: self.tokens,
+            blocks_parked: self.prefix.parked(),
         }
     }
 
-    /// Blocks no table holds.
+    /// Blocks no table holds (parked ones included: they are taken when needed).
     pub fn blocks_free(&self) -> usize {
         self.max_blocks - self.used
     }
@@ -254,46 +272,116 @@ impl KvPool {
         }
         let before = table.blocks.len();
         for _ in 0..needed {
+            // A free block, else a new one while under the limit, else the block parked longest.
             let id = match self.free.pop() {
                 Some(id) => id,
-                None => match &mut self.storage {
-                    Storage::Host(blocks) => {
-                        blocks.push(vec![0f32; 2 * self.layers * BLOCK_SIZE * self.row].into());
-                        (blocks.len() - 1) as u32
-                    }
-                    Storage::HostBf16(blocks) => {
-                        let zero = bf16::ZERO;
-                        blocks.push(vec![zero; 2 * self.layers * BLOCK_SIZE * self.row].into());
-                        (blocks.len() - 1) as u32
-                    }
-                    Storage::Gpu(g) => match g.grow() {
-                        Ok(id) => id,
-                        Err(e) => {
-                            // All or nothing: give back what this call took.
-                            self.free.extend(table.blocks.drain(before..).rev());
-                            return Err(e);
+                None if self.allocated() < self.max_blocks => match self.allocate() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        // All or nothing: give back what this call took.
+                        for id in table.blocks.drain(before..).rev() {
+                            self.refs[id as usize] = 0;
+                            self.free.push(id);
                         }
-                    },
+                        return Err(e);
+                    }
                 },
+                None => self
+                    .prefix
+                    .evict_oldest()
+                    .expect("blocks_free counts parked blocks"),
             };
+            self.refs[id as usize] = 1;
             table.blocks.push(id);
         }
         self.used += needed;
         Ok(())
     }
 
-    /// Cuts `table` back to its first `len` positions (rollback of rejected drafts) and returns
-    /// the blocks it no longer needs to the pool.
+    /// A new block of zeros, its id the next one.
+    fn allocate(&mut self) -> Result<u32> {
+        let floats = self.block_floats();
+        let id = match &mut self.storage {
+            Storage::Host(blocks) => {
+                blocks.push(vec![0f32; floats].into());
+                blocks.len() - 1
+            }
+            Storage::HostBf16(blocks) => {
+                blocks.push(vec![bf16::ZERO; floats].into());
+                blocks.len() - 1
+            }
+            Storage::Gpu(g) => g.grow()? as usize,
+        };
+        if self.refs.len() <= id {
+            self.refs.resize(id + 1, 0);
+        }
+        Ok(id as u32)
+    }
+
+    /// Cuts `table` back to its first `len` positions (rollback of rejected drafts) and gives
+    /// back the blocks it no longer needs: free, or parked if cached and no other table holds
+    /// them.
     pub fn truncate(&mut self, table: &mut BlockTable, len: usize) {
         let len = len.min(table.len);
         self.tokens -= table.len - len;
         table.len = len;
         let keep = Self::blocks_for(len);
+        // Last block first: a prefix's later blocks are parked, and so evicted, before earlier.
         while table.blocks.len() > keep {
             let id = table.blocks.pop().expect("more blocks than kept");
-            self.free.push(id);
-            self.used -= 1;
+            let refs = &mut self.refs[id as usize];
+            *refs -= 1;
+            if *refs == 0 {
+                self.used -= 1;
+                if self.prefix.is_cached(id) {
+                    self.prefix.park(id);
+                } else {
+                    self.free.push(id);
+                }
+            }
         }
+    }
+
+    /// Gives the empty `table` the cached blocks holding the longest prefix of `tokens` made of
+    /// whole blocks, as committed positions; returns how many positions it took.
+    pub fn attach_prefix(&mut self, table: &mut BlockTable, tokens: &[u32]) -> usize {
+        assert!(table.blocks.is_empty(), "a prefix goes into an empty table");
+        for id in self.prefix.lookup(tokens) {
+            let refs = &mut self.refs[id as usize];
+            if *refs == 0 {
+                self.prefix.unpark(id);
+                self.used += 1;
+            }
+            *refs += 1;
+            table.blocks.push(id);
+        }
+        let n = table.blocks.len() * BLOCK_SIZE;
+        table.len = n;
+        self.tokens += n;
+        n
+    }
+
+    /// Caches the whole blocks of `table`'s committed positions, whose tokens are
+    /// `tokens[..table.len()]`, that are not cached yet, in order; stops at a block whose prefix
+    /// another block already holds (a sequence that computed it alongside).
+    pub fn cache_prefix(&mut self, table: &BlockTable, tokens: &[u32]) {
+        debug_assert!(table.len <= tokens.len(), "positions without their tokens");
+        let full = table.len.min(tokens.len()) / BLOCK_SIZE;
+        for (i, &id) in table.blocks[..full].iter().enumerate() {
+            if self.prefix.is_cached(id) {
+                continue;
+            }
+            let parent = i.checked_sub(1).map(|p| table.blocks[p]);
+            let block = &tokens[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            if !self.prefix.insert(id, parent, block) {
+                return;
+            }
+        }
+    }
+
+    /// Blocks cached for their prefix, held by tables or parked.
+    pub fn blocks_cached(&self) -> usize {
+        self.prefix.cached()
     }
 
     /// Returns every block of `table` to the pool and empties it.
@@ -423,23 +511,32 @@ impl KvPool {
         }
     }
 
-    /// Checks that the pool's counts agree with its free list (for tests).
+    /// Checks that the pool's counts agree with its free list, its reference counts and its
+    /// prefix cache (for tests).
     pub fn check_consistency(&self) -> std::result::Result<(), String> {
         let allocated = self.allocated();
-        if allocated != self.used + self.free.len() {
+        let parked = self.prefix.parked();
+        if allocated != self.used + self.free.len() + parked {
             return Err(format!(
-                "{allocated} blocks allocated, but {} used + {} free",
+                "{allocated} blocks allocated, but {} used + {} free + {parked} parked",
                 self.used,
                 self.free.len()
             ));
+        }
+        let held = self.refs.iter().filter(|&&r| r > 0).count();
+        if held != self.used {
+            return Err(format!("{held} blocks referenced, but {} used", self.used));
         }
         let mut seen = vec![false; allocated];
         for &id in &self.free {
             if std::mem::replace(&mut seen[id as usize], true) {
                 return Err(format!("block {id} is on the free list twice"));
             }
+            if self.refs[id as usize] > 0 || self.prefix.is_cached(id) {
+                return Err(format!("free block {id} is held or cached"));
+            }
         }
-        Ok(())
+        self.prefix.check()
     }
 }
 
@@ -499,12 +596,76 @@ mod tests {
             KvUsage {
                 blocks_used: 0,
                 blocks_total: 5,
-                tokens_cached: 0
+                tokens_cached: 0,
+                blocks_parked: 0,
             }
         );
         pool.check_consistency().unwrap();
         // Memory stays allocated for reuse, and is never more than was used at once.
         assert_eq!(pool.allocated_bytes(), 5 * pool.block_bytes());
+    }
+
+    /// Writes `n` positions after `table`'s committed ones, each row filled with its token.
+    fn fill(pool: &mut KvPool, table: &mut BlockTable, tokens: &[u32]) {
+        pool.reserve(table, tokens.len()).unwrap();
+        for (i, &t) in tokens.iter().enumerate() {
+            let p = table.len() + i;
+            pool.write(table, p, 0, &row(t as f32, 2), &row(-(t as f32), 2));
+        }
+        pool.commit(table, tokens.len());
+    }
+
+    #[test]
+    fn a_cached_prefix_is_shared_parked_and_taken_back_last() {
+        let mut pool = KvPool::new(1, 2, 6);
+        let prompt: Vec<u32> = (0..40).collect();
+        let mut a = BlockTable::new();
+        fill(&mut pool, &mut a, &prompt);
+        pool.cache_prefix(&a, &prompt);
+        assert_eq!(
+            pool.blocks_cached(),
+            2,
+            "the two whole blocks of 40 positions"
+        );
+        // Another sequence with the same first 35 tokens takes both whole blocks.
+        let other: Vec<u32> = prompt[..35].iter().copied().chain([900, 901]).collect();
+        let mut b = BlockTable::new();
+        assert_eq!(pool.attach_prefix(&mut b, &other), 2 * BLOCK_SIZE);
+        assert_eq!(b.blocks(), &a.blocks()[..2]);
+        assert_eq!(
+            pool.layer_snapshot(&b, 0).0,
+            pool.layer_snapshot(&a, 0).0[..64]
+        );
+        fill(&mut pool, &mut b, &other[32..]);
+        assert_eq!(pool.usage().blocks_used, 4, "a: 3 blocks, b: 1 of its own");
+        pool.check_consistency().unwrap();
+        // Only a prefix of whole blocks is taken, and only the same tokens.
+        let mut c = BlockTable::new();
+        assert_eq!(pool.attach_prefix(&mut c, &prompt[..31]), BLOCK_SIZE);
+        pool.free(&mut c);
+        assert_eq!(pool.attach_prefix(&mut c, &[7; 40]), 0);
+        // Freed by both, the cached blocks are parked (counted free), the rest freed.
+        pool.free(&mut a);
+        pool.free(&mut b);
+        let u = pool.usage();
+        assert_eq!((u.blocks_used, u.blocks_parked), (0, 2));
+        assert_eq!(pool.blocks_free(), 6);
+        pool.check_consistency().unwrap();
+        // The parked prefix is found again...
+        let mut d = BlockTable::new();
+        assert_eq!(pool.attach_prefix(&mut d, &prompt), 2 * BLOCK_SIZE);
+        pool.free(&mut d);
+        // ...until new positions need every block: free and new ones first, then the parked
+        // ones, the later block of the prefix first.
+        let mut e = BlockTable::new();
+        pool.reserve(&mut e, 4 * BLOCK_SIZE).unwrap();
+        assert_eq!(pool.usage().blocks_parked, 2);
+        pool.reserve(&mut e, 5 * BLOCK_SIZE).unwrap();
+        assert_eq!(pool.usage().blocks_parked, 1);
+        assert_eq!(pool.attach_prefix(&mut d, &prompt), BLOCK_SIZE);
+        pool.free(&mut d);
+        pool.free(&mut e);
+        pool.check_consistency().unwrap();
     }
 
     #[test]

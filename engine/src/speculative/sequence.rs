@@ -213,6 +213,15 @@ impl Sequence {
         (self.tokens.len() - 1).saturating_sub(self.table.len())
     }
 
+    /// Takes into the empty target table the blocks of `kv`'s prefix cache holding the longest
+    /// cached prefix of the tokens before the last (which the next forward feeds, for the
+    /// logits of the token after it); returns how many positions it took, whose prefill is
+    /// then done.
+    pub fn take_cached_prefix(&mut self, kv: &mut KvPool) -> usize {
+        let head = &self.tokens[..self.tokens.len() - 1];
+        kv.attach_prefix(&mut self.table, head)
+    }
+
     /// Blocks of the target's pool that prefill plus a step drafting `k` tokens needs beyond
     /// what the sequence holds.
     pub fn target_blocks_needed(&self, k: usize) -> usize {

@@ -1,6 +1,8 @@
 //! Shared by the engine tests: the tiny target with its drafters (a noisy copy as draft model,
 //! a GLIDE drafter) as engine models.
 
+pub mod streams;
+
 use std::sync::Arc;
 
 use specd_engine::actors::EngineModels;
