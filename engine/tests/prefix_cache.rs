@@ -22,9 +22,9 @@ async fn hits(h: &EngineHandle) -> u64 {
     h.stats().await.unwrap().prefix_cache_hit_tokens
 }
 
-/// A 40-token "system turn" shared by two prompts: the second takes its two whole blocks from
-/// the cache, the same prompt again takes every whole block of the first's prompt, and every
-/// output equals target-only, for every method.
+/// A 40-token "system turn" shared by two prompts: the same prompt again takes every whole
+/// block of its prompt from the cache, the other prompt the two whole blocks of the shared
+/// part, and every output equals target-only, for every method.
 #[test]
 fn a_shared_prefix_is_taken_from_the_cache_and_changes_no_token() {
     local(async {
@@ -36,7 +36,7 @@ fn a_shared_prefix_is_taken_from_the_cache_and_changes_no_token() {
             let engine = Engine::start(m.clone(), config(true)).unwrap();
             let h = engine.handle();
             let (a, b) = (with(30 + i as u64), with(40 + i as u64));
-            for (p, hit) in [(&a, 0), (&b, 2 * BLOCK_SIZE), (&a, 3 * BLOCK_SIZE)] {
+            for (p, hit) in [(&a, 0), (&a, 3 * BLOCK_SIZE), (&b, 2 * BLOCK_SIZE)] {
                 let r = request(p.clone(), 24, method);
                 let before = hits(&h).await;
                 let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;

@@ -163,7 +163,8 @@ impl KvCacheManager {
                 return;
             }
             let mut slot = batch.slots.pop().expect("more than one slot");
-            if !slot.seq.table().blocks().is_empty() {
+            // Preempted: the sequence loses positions it computed (not only cached ones).
+            if slot.seq.table().len() > slot.cached_prefix {
                 slot.preemptions += 1;
                 self.preemptions += 1;
                 metrics::counter!(m::PREEMPTIONS).increment(1);
@@ -196,6 +197,7 @@ fn take_cached_prefix(pools: &mut Pools, slot: &mut Slot) -> usize {
         return 0;
     }
     let hit = slot.seq.take_cached_prefix(&mut pools.target);
+    slot.cached_prefix = hit;
     if hit > 0 {
         metrics::counter!(m::PREFIX_CACHE_HIT_TOKENS).increment(hit as u64);
         if slot.chunk.is_some_and(|n| n >= slot.seq.pending_prefill()) {

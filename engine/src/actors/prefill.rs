@@ -65,7 +65,7 @@ pub struct StepCosts {
     pub prefill_token: Ewma,
     /// Seconds per token a drafter with its own cache catches up on (its prompt prefill).
     pub catch_up_token: Ewma,
-    /// Seconds of a whole step with no prefill and no catch-up in it.
+    /// Seconds of a step with no prompt rows in it, its drafters' catch-up left out.
     pub decode_step: Ewma,
     /// Steps since [`StepCosts::decode_step`] was last measured.
     pub since_decode_step: u64,

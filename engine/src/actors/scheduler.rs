@@ -137,6 +137,7 @@ impl Scheduler {
             chunk: None,
             catch_up: 0,
             preemptions: 0,
+            cached_prefix: 0,
         });
         metrics::gauge!(m::WAITING_SEQUENCES).set(self.waiting.len() as f64);
         Ok((id, rx))
@@ -306,8 +307,11 @@ impl Scheduler {
         if batch.caught_up.tokens > 0 {
             self.costs.catch_up_token.add(per_token(batch.caught_up));
         }
-        if batch.rode == 0 && batch.prefilled.tokens == 0 && batch.caught_up.tokens == 0 {
-            self.costs.decode_step.add(total.as_secs_f64());
+        // A drafter's catch-up runs in forwards of its own, timed apart: `own` leaves it out, so
+        // steps with catch-up measure the decode step too (otherwise a run of catch-ups would
+        // keep it unmeasured, and prompts held back to measure it).
+        if batch.rode == 0 && batch.prefilled.tokens == 0 {
+            self.costs.decode_step.add(own.as_secs_f64());
             self.costs.since_decode_step = 0;
         } else {
             self.costs.since_decode_step += 1;

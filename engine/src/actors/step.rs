@@ -30,6 +30,9 @@ pub(crate) struct Slot {
     /// riding along with the others' drafting).
     pub catch_up: usize,
     pub preemptions: u32,
+    /// Positions the sequence took from the target's prefix cache when it last started a
+    /// prefill (it computed nothing of those: a preemption right after frees nothing it made).
+    pub cached_prefix: usize,
 }
 
 /// The KV pools, lent by the `KvCacheManager` to the drafter and verifier for one step: the

@@ -272,10 +272,11 @@ impl KvPool {
         }
         let before = table.blocks.len();
         for _ in 0..needed {
-            // A free block, else a new one while under the limit, else the block parked longest.
-            let id = match self.free.pop() {
+            // A free block, else the block parked longest, else a new one: the pool's memory
+            // stays what its sequences used at most, the cache living in what they left.
+            let id = match self.free.pop().or_else(|| self.prefix.evict_oldest()) {
                 Some(id) => id,
-                None if self.allocated() < self.max_blocks => match self.allocate() {
+                None => match self.allocate() {
                     Ok(id) => id,
                     Err(e) => {
                         // All or nothing: give back what this call took.
@@ -286,10 +287,6 @@ impl KvPool {
                         return Err(e);
                     }
                 },
-                None => self
-                    .prefix
-                    .evict_oldest()
-                    .expect("blocks_free counts parked blocks"),
             };
             self.refs[id as usize] = 1;
             table.blocks.push(id);
@@ -361,11 +358,13 @@ impl KvPool {
         n
     }
 
-    /// Caches the whole blocks of `table`'s committed positions, whose tokens are
-    /// `tokens[..table.len()]`, that are not cached yet, in order; stops at a block whose prefix
-    /// another block already holds (a sequence that computed it alongside).
+    /// Caches the whole blocks of `table`'s committed positions that are not cached yet, in
+    /// order, position `p` holding `tokens[p]` (positions past `tokens` are left out); stops at
+    /// a block whose prefix another block already holds (a sequence that computed it
+    /// alongside).
     pub fn cache_prefix(&mut self, table: &BlockTable, tokens: &[u32]) {
-        debug_assert!(table.len <= tokens.len(), "positions without their tokens");
+        // A sequence cancelled mid-step leaves with the step's kept positions cached but its
+        // tokens not committed: only positions whose tokens are known are cached.
         let full = table.len.min(tokens.len()) / BLOCK_SIZE;
         for (i, &id) in table.blocks[..full].iter().enumerate() {
             if self.prefix.is_cached(id) {
@@ -655,14 +654,24 @@ mod tests {
         let mut d = BlockTable::new();
         assert_eq!(pool.attach_prefix(&mut d, &prompt), 2 * BLOCK_SIZE);
         pool.free(&mut d);
-        // ...until new positions need every block: free and new ones first, then the parked
-        // ones, the later block of the prefix first.
+        // ...until new positions need blocks beyond the free ones: then the parked ones go, the
+        // later block of the prefix first, before the pool allocates more memory.
+        let allocated = pool.allocated_bytes();
         let mut e = BlockTable::new();
-        pool.reserve(&mut e, 4 * BLOCK_SIZE).unwrap();
-        assert_eq!(pool.usage().blocks_parked, 2);
-        pool.reserve(&mut e, 5 * BLOCK_SIZE).unwrap();
+        pool.reserve(&mut e, 2 * BLOCK_SIZE).unwrap();
+        assert_eq!(pool.usage().blocks_parked, 2, "two free blocks first");
+        pool.reserve(&mut e, 3 * BLOCK_SIZE).unwrap();
         assert_eq!(pool.usage().blocks_parked, 1);
+        assert_eq!(
+            pool.allocated_bytes(),
+            allocated,
+            "no new memory while blocks are parked"
+        );
         assert_eq!(pool.attach_prefix(&mut d, &prompt), BLOCK_SIZE);
+        pool.free(&mut d);
+        pool.reserve(&mut e, 6 * BLOCK_SIZE).unwrap();
+        assert_eq!(pool.usage().blocks_parked, 0);
+        assert!(pool.allocated_bytes() > allocated);
         pool.free(&mut d);
         pool.free(&mut e);
         pool.check_consistency().unwrap();

@@ -6,7 +6,8 @@
 //! A block's key is its tokens and the block before it, so that a key names a whole prefix. A
 //! lookup checks the stored tokens and the parent block, not only a hash: a block is taken only
 //! when the prefix is exactly the same. Blocks that no table holds stay cached, *parked*, until
-//! the pool needs them for new positions and takes the one parked longest.
+//! the pool needs them for new positions (before it allocates more memory) and takes the one
+//! parked longest.
 //!
 //! Taking a cached block changes no result: a position's keys and values are a function of the
 //! tokens up to it, and the kernels give every row the same bits whatever rows share its
