@@ -6,7 +6,7 @@
 //! rows cost compute, not another pass over the weights) and is sized from measured costs so
 //! that it adds at most [`PREFILL_SHARE`] of a decode-only step. With nothing else decoding
 //! there is no one to starve and a step takes up to the batch's token budget; nor when the
-//! prompts waiting outnumber the streams that have started to stream
+//! prompts waiting outnumber the streams that have started to stream by [`WAITING_SERVED_RATIO`]
 //! ([`prompts_take_the_budget`]): then holding the prompts back costs more waiting than it
 //! saves. A fixed chunk can be set instead
 //! (`EngineConfig::prefill_chunk`). These are plain functions; the Scheduler measures the costs
@@ -16,8 +16,8 @@
 pub const PREFILL_SHARE: f64 = 0.6;
 
 /// Prompts being prefilled per stream decoding from which a step gives the prompts its whole
-/// token budget instead of a share ([`prompts_take_the_budget`]).
-pub const WAITING_SERVED_RATIO: f64 = 1.0;
+/// token budget instead of a share ([`prompts_take_the_budget`]); TGI's default.
+pub const WAITING_SERVED_RATIO: f64 = 1.2;
 
 /// The smallest chunk while others decode, so that a long prompt always moves forward.
 pub const MIN_CHUNK: usize = 2;
@@ -109,13 +109,15 @@ pub fn chunk_tokens(
 
 /// Whether a step's prompts may take its whole token budget although streams decode beside
 /// them: `prefilling` prompts wait, at least [`WAITING_SERVED_RATIO`] of them per stream
-/// `streaming` (past its first token; TGI's `waiting_served_ratio` is the same idea).
+/// `streaming` (past its first token; TGI's `waiting_served_ratio`, the same idea and value).
 ///
 /// Why the ratio sits near one: fed in chunks that each add `PREFILL_SHARE` of a decode step,
 /// a prompt that costs `T` alone reaches its first token about `T / PREFILL_SHARE` later than
 /// fed whole, and so does every prompt queued behind it; fed whole, it delays each stream by
-/// `T` once (chunks delay the streams as much in all, spread out). With as many prompts
-/// waiting as streams decoding, the chunks cost the waiting more than the smoothness is worth.
+/// `T` once (chunks delay the streams as much in all, spread out). With more prompts waiting
+/// than streams decoding, the chunks cost the waiting more than the smoothness is worth. Just
+/// above one, so that one long prompt beside one stream is still fed in shares: a stream
+/// frozen for the whole of a long prefill is what chunking is for.
 ///
 /// Why streams that have only their first token do not count: they came in with the prompts
 /// still waiting (a burst larger than one step's budget) and have not started to stream. The
@@ -173,12 +175,14 @@ mod tests {
     }
 
     #[test]
-    fn prompts_take_the_budget_once_they_outnumber_the_streams() {
-        // A long prompt arriving into eight streams is fed in shares.
+    fn prompts_take_the_budget_once_they_outnumber_the_streams_by_the_ratio() {
+        // A long prompt arriving into eight streams, or into one, is fed in shares.
         assert!(!prompts_take_the_budget(1, 8));
-        // As many prompts as streams, or more.
-        assert!(prompts_take_the_budget(1, 1));
+        assert!(!prompts_take_the_budget(1, 1));
+        // More prompts than streams.
         assert!(prompts_take_the_budget(3, 2));
+        assert!(prompts_take_the_budget(2, 1));
+        assert!(!prompts_take_the_budget(5, 5));
         // The rest of a burst, beside streams that have only their first token.
         assert!(prompts_take_the_budget(5, 0));
         // Nothing to prefill.
