@@ -17,7 +17,10 @@ Numpy only (no `gguf` package). Seeded, so two runs give the same file.
 import struct
 import sys
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # --cut, run on machines without numpy, needs only the header parser
+    np = None
 
 # Block size (weights) and bytes per block of the formats the real pair uses.
 FORMATS = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 8: ("Q8_0", 32, 34), 12: ("Q4_K", 256, 144),
@@ -98,6 +101,8 @@ def main():
         print(f"{out}: {start} bytes of header")
         return
     src, out = sys.argv[1], sys.argv[2]
+    if np is None:
+        raise SystemExit("numpy is needed to write random weights (only --cut works without it)")
     with open(src, "rb") as f:
         head = f.read()
     _, tensors, start = parse(head)
