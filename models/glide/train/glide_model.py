@@ -2,7 +2,7 @@
 
 One decoder layer (or more) over the target's token embedding:
 
-    h = embed(x)
+    h = embed(x) (+ feature_proj(rms_norm(f)) on feature rows, if the file has a feature)
     h += self_attention(rms_norm(h))                  own causal cache, drafter's heads
     h += cross_attention(rms_norm(h), target K, V)    target's heads, one target layer
     h += mlp(rms_norm(h))                             SiLU-gated
@@ -14,6 +14,13 @@ positions a row sees is the paper's block-wise mask: a row in a block that start
 sees target positions 0..s-1. specd drafts exactly so: the rows drafted after a verification are
 a block starting at the first unverified position, and a row catching up on a committed token is
 a block of its own (s = its position). A row that sees nothing gets no cross-attention output.
+
+With `feature = "last_hidden"` (an experiment, not yet served by specd, which refuses such a
+file by its unknown configuration field), the first row of a block also adds a projection of
+the target's final hidden state (after its last norm: what its head reads) at the position
+before it, the one whose logits chose that row's token. specd's draft round starts exactly
+there: the target's verification has just computed that row. Rows of a prompt read as catch-up
+(blocks of one) are given no feature, as specd would read them.
 
 The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
 configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names
@@ -61,9 +68,17 @@ class GlideConfig:
     target_layer: int
     draft_vocab_size: int
     target: GlideTarget
+    # "none", or "last_hidden": block-start rows add a projection of the target's final hidden
+    # state at the position before them. Absent from the file's JSON when "none".
+    feature: str = "none"
+    # Rank of that projection (0: a full hidden × hidden matrix).
+    feature_rank: int = 0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        d = asdict(self)
+        if self.feature == "none":
+            del d["feature"], d["feature_rank"]
+        return json.dumps(d)
 
     @staticmethod
     def from_json(text: str) -> "GlideConfig":
@@ -193,19 +208,46 @@ class GlideDrafter(nn.Module):
         self.layers = nn.ModuleList(GlideLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.Parameter(torch.ones(cfg.target.hidden_size))
         self.own_head = None  # a trained head (lm_head.weight) when set
+        hs = cfg.target.hidden_size
+        if cfg.feature == "last_hidden":
+            self.feature_norm = nn.Parameter(torch.ones(hs))
+            # Zero at the start: a drafter resumed from one without a feature drafts as before.
+            if cfg.feature_rank:
+                self.feature_down = nn.Linear(hs, cfg.feature_rank, bias=False)
+                nn.init.normal_(self.feature_down.weight, std=hs**-0.5)
+                self.feature_proj = nn.Linear(cfg.feature_rank, hs, bias=False)
+            else:
+                self.feature_proj = nn.Linear(hs, hs, bias=False)
+            nn.init.zeros_(self.feature_proj.weight)
+        elif cfg.feature != "none":
+            raise ValueError(f"feature {cfg.feature!r}: expected 'none' or 'last_hidden'")
 
-    def hidden(self, ids, positions, target_k, target_v, starts):
+    def feature_input(self, feature, feature_rows):
+        """What feature rows add to their embedding: `feature` `[B, T, hidden]` holds the target's
+        final hidden state at the position before each row; `feature_rows` `[B, T]` says which
+        rows take it."""
+        f = rms_norm(feature.float(), self.feature_norm, self.cfg.rms_norm_eps)
+        if self.cfg.feature_rank:
+            f = self.feature_down(f)
+        return self.feature_proj(f) * feature_rows[..., None].to(f.dtype)
+
+    def hidden(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None):
         h = self.embed[ids].float()
+        if self.cfg.feature != "none":
+            if feature is None or feature_rows is None:
+                raise ValueError("this drafter reads the target's last hidden state: pass feature and feature_rows")
+            h = h + self.feature_input(feature, feature_rows)
         for layer in self.layers:
             h = layer(h, positions, target_k, target_v, starts)
         return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
 
-    def forward(self, ids, positions, target_k, target_v, starts):
+    def forward(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None):
         """Logits over the draft vocabulary, `[B, T, draft_vocab_size]`.
 
         ids, positions: `[B, T]`; target_k, target_v: `[B, target kv heads, S, head_dim]`
-        (keys rotated, as the target cached them); starts: `[T]` block starts."""
-        h = self.hidden(ids, positions, target_k, target_v, starts)
+        (keys rotated, as the target cached them); starts: `[T]` block starts; feature,
+        feature_rows: see `feature_input` (drafters with a feature only)."""
+        h = self.hidden(ids, positions, target_k, target_v, starts, feature, feature_rows)
         head = self.own_head if self.own_head is not None else self.head_rows
         return h @ head.to(h.dtype).T
 
@@ -246,6 +288,16 @@ def tensor_names(layer: int) -> dict[str, str]:
     }
 
 
+def feature_tensor_names(cfg: GlideConfig) -> dict[str, str]:
+    """Attribute of a GlideDrafter → tensor name, for the feature's weights (none without one)."""
+    if cfg.feature == "none":
+        return {}
+    names = {"feature_norm": "model.feature_norm.weight", "feature_proj": "model.feature_proj.weight"}
+    if cfg.feature_rank:
+        names["feature_down"] = "model.feature_down.weight"
+    return names
+
+
 def state_for_file(model: GlideDrafter, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
     out = {}
     for i, layer in enumerate(model.layers):
@@ -254,6 +306,10 @@ def state_for_file(model: GlideDrafter, dtype=torch.bfloat16) -> dict[str, torch
             t = t.weight if isinstance(t, nn.Linear) else t
             out[name] = t.detach().to("cpu", dtype).contiguous()
     out["model.norm.weight"] = model.norm.detach().to("cpu", dtype).contiguous()
+    for attr, name in feature_tensor_names(model.cfg).items():
+        t = getattr(model, attr)
+        t = t.weight if isinstance(t, nn.Linear) else t
+        out[name] = t.detach().to("cpu", dtype).contiguous()
     if model.own_head is not None:
         out["lm_head.weight"] = model.own_head.detach().to("cpu", dtype).contiguous()
     out[VOCAB_TENSOR] = model.vocab_ids.detach().to("cpu", torch.int64).contiguous()
@@ -266,12 +322,22 @@ def save_glide(path: str, model: GlideDrafter, dtype=torch.bfloat16) -> None:
     save_file(state_for_file(model, dtype), path, metadata={CONFIG_KEY: model.cfg.to_json()})
 
 
-def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None) -> GlideDrafter:
+def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None, cfg: GlideConfig | None = None) -> GlideDrafter:
+    """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature), a drafter
+    that adds the feature to the file's weights, its own starting at zero."""
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
-        cfg = GlideConfig.from_json(f.metadata()[CONFIG_KEY])
+        stored = GlideConfig.from_json(f.metadata()[CONFIG_KEY])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if cfg is None:
+        cfg = stored
+    elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
+        if stored.feature != "none":
+            raise ValueError(f"{path} has feature {stored.feature!r} already")
+        plain = GlideConfig(**{**asdict(cfg), "target": cfg.target, "feature": "none", "feature_rank": 0})
+        if plain.to_json() != stored.to_json():
+            raise ValueError(f"{path}: its shapes differ from the ones asked for")
     model = GlideDrafter(cfg, embed, tensors.pop(VOCAB_TENSOR), head)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
@@ -279,6 +345,9 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None)
                 t = getattr(layer, attr)
                 (t.weight if isinstance(t, nn.Linear) else t).copy_(tensors[name].float())
         model.norm.copy_(tensors["model.norm.weight"].float())
+        for attr, name in feature_tensor_names(stored).items():
+            t = getattr(model, attr)
+            (t.weight if isinstance(t, nn.Linear) else t).copy_(tensors[name].float())
         if "lm_head.weight" in tensors:
             model.own_head = nn.Parameter(tensors["lm_head.weight"].float())
     return model

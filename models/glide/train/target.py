@@ -95,17 +95,21 @@ def embed_weight(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_pass(model, ids: torch.Tensor, layer: int, vocab_ids: torch.Tensor | None = None):
+def target_pass(model, ids: torch.Tensor, layer: int, vocab_ids: torch.Tensor | None = None, hidden: bool = False):
     """Runs the target over `ids` (`[B, T]`, right-padded rows are fine: attention is causal).
 
     Returns the keys and values target layer `layer` caches, and the target's logits for each
     row, over `vocab_ids` only when given (the draft vocabulary: the target's distribution
-    renormalized on it is what the drafter learns)."""
+    renormalized on it is what the drafter learns); with `hidden`, also the target's final
+    hidden state of each row (after its last norm: what its head reads)."""
     out = model.model(input_ids=ids, use_cache=True)
     k, v = layer_kv(out.past_key_values, layer)
     head = head_weight(model)
+    h = out.last_hidden_state
     if vocab_ids is None:
-        return k, v, out.last_hidden_state @ head.T
-    # The draft vocabulary's logits in f32: they are the training labels, and bf16 rounds
-    # logits of 20-30 to steps of 0.06-0.125.
-    return k, v, out.last_hidden_state.float() @ head[vocab_ids].float().T
+        logits = h @ head.T
+    else:
+        # The draft vocabulary's logits in f32: they are the training labels, and bf16 rounds
+        # logits of 20-30 to steps of 0.06-0.125.
+        logits = h.float() @ head[vocab_ids].float().T
+    return (k, v, logits, h) if hidden else (k, v, logits)

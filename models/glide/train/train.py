@@ -331,6 +331,32 @@ def batches(data, a, rng: random.Random):
         yield ids, mask
 
 
+def feature_inputs(hidden, starts, mask):
+    """What a drafter with a feature reads (see glide_model.GlideDrafter.feature_input): the
+    target's final hidden state of the row before each row, and the rows that take it, the
+    first row of each block whose row before is a loss row (a row of answer or source: the
+    rows of a prompt are read as catch-up in specd, without a feature)."""
+    feature = torch.zeros_like(hidden)
+    feature[:, 1:] = hidden[:, :-1]
+    first = starts == torch.arange(starts.shape[0], device=starts.device)
+    before = torch.zeros_like(mask)
+    before[:, 1:] = mask[:, :-1]
+    return feature, first[None] & before
+
+
+def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None):
+    """The target's pass over `ids` and the drafter's logits under the block starts `starts`:
+    (drafter logits, target logits)."""
+    feature = drafter.cfg.feature != "none"
+    out = target_pass(target, ids, layer, vocab_ids, hidden=feature)
+    k, v, tlogits = out[:3]
+    extra = feature_inputs(out[3], starts, mask) if feature else (None, None)
+    pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
+    amp = "cuda" if ids.device.type == "cuda" else "cpu"
+    with torch.autocast(device_type=amp, dtype=torch.bfloat16):
+        return drafter(ids, pos, k, v, starts, *extra), tlogits
+
+
 def soft_ce(logits, target_logits, rows):
     """Cross-entropy against the target's distribution on the draft vocabulary, over `rows`."""
     p = torch.softmax(target_logits.float(), dim=-1)
@@ -349,12 +375,9 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
     for i in range(0, ids.shape[0], a.batch):
         x = ids[i : i + a.batch].to(device)
         m = mask[i : i + a.batch].to(device)
-        kk, vv, full = target_pass(target, x, cfg.target_layer)
         T = x.shape[1]
         starts = torch.arange(T, device=device) // k * k
-        pos = torch.arange(T, device=device)[None].expand(x.shape[0], T)
-        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16):
-            logits = drafter(x, pos, kk, vv, starts)
+        logits, full = drafter_logits(drafter, target, x, m, cfg.target_layer, starts)
         draft = vocab_ids[logits.argmax(-1)]
         want = full.argmax(-1)
         hit = (draft == want) & m & (starts > 0)[None]
@@ -402,11 +425,14 @@ def cmd_train(a, loaded=None) -> None:
         target_layer=layer,
         draft_vocab_size=len(vocab_ids),
         target=shapes,
+        feature=a.feature,
+        feature_rank=a.feature_rank,
     )
     if a.resume:
-        # A later call in the same hold goes on from the drafter an earlier one wrote.
+        # A later call in the same hold goes on from the drafter an earlier one wrote (or a
+        # drafter without a feature gains one, its weights starting at zero).
         log(f"resuming from {a.resume}")
-        drafter = load_glide(a.resume, embed_weight(target).detach(), head_weight(target).detach()).to(a.device)
+        drafter = load_glide(a.resume, embed_weight(target).detach(), head_weight(target).detach(), cfg).to(a.device)
         if drafter.cfg.to_json() != cfg.to_json() or not torch.equal(drafter.vocab_ids, vocab_ids):
             raise SystemExit(f"--resume {a.resume}: its shapes or draft vocabulary differ from this run's")
     else:
@@ -433,7 +459,6 @@ def cmd_train(a, loaded=None) -> None:
 
     rng = random.Random(a.seed)
     gen = torch.Generator().manual_seed(a.seed)
-    amp = "cuda" if a.device.startswith("cuda") else "cpu"
     losses = []
     tokens_seen = 0
     t0 = time.time()
@@ -452,13 +477,9 @@ def cmd_train(a, loaded=None) -> None:
             group["lr"] = lr_at(step, progress)
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
-        k, v, tlogits = target_pass(target, ids, layer, vocab_ids)
-        width = ids.shape[1]
-        starts = random_block_starts(width, a.max_block, gen, a.device)
+        starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
         rows = mask & (starts > 0)[None]
-        pos = torch.arange(width, device=a.device)[None].expand(ids.shape[0], -1)
-        with torch.autocast(device_type=amp, dtype=torch.bfloat16):
-            logits = drafter(ids, pos, k, v, starts)
+        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids)
         loss = soft_ce(logits, tlogits, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -563,6 +584,9 @@ def train_args(p) -> None:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=1024)
+    p.add_argument("--feature", choices=("none", "last_hidden"), default="none",
+                   help="last_hidden: a block's first row also reads the target's final hidden state before it (not yet served by specd)")
+    p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
     p.add_argument("--eval-windows", type=int, default=256)
     p.add_argument("--log-every", type=int, default=50)
 
