@@ -173,47 +173,6 @@ template <> struct Fmt<F_Q5_0> {
     }
 };
 
-// The 8 chunks of 32 weights of a 256-weight block of row `row` from column `k0` (a multiple
-// of 256): out[j] = the 8 weights at k0 + 32·j + 8·t, each decoded exactly as load8 does (the
-// same float steps, so the same bits), with the block's header and each byte of its quants loaded
-// once for all 8 chunks instead of once per chunk. Both decode through the same helpers.
-template <int F>
-__device__ __forceinline__ void load8_block(const uint8_t* w, size_t row_bytes, int row, int k0,
-                                            int t, uint32_t out[8][4]) {
-    if constexpr (F == F_Q4K) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 144;
-        const uint4 h = *reinterpret_cast<const uint4*>(b);
-        const float2 dd = q4k_d_dmin(h);
-        uint2 raw[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) raw[i] = *reinterpret_cast<const uint2*>(b + 16 + i * 32 + t * 8);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            float scale, minv;
-            q4k_scale_min(h, dd, j, scale, minv);
-            q4k_decode8(raw[j / 2], (j % 2) * 4, scale, minv, out[j]);
-        }
-    } else if constexpr (F == F_Q6K) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k0 / 256) * 210;
-        const float d = half_at(b + 208);
-        uint2 ql[4], qh[2];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) ql[i] = eight_bytes_at(b + 32 * i + t * 8);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) qh[i] = eight_bytes_at(b + 128 + 32 * i + t * 8);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int half = j / 4, quarter = j % 4;
-            const float scale = d * (float)(int8_t)b[192 + 8 * half + 2 * quarter + t / 2];
-            q6k_decode8(ql[2 * half + (quarter & 1)], qh[half], (quarter >> 1) * 4, quarter * 2,
-                        scale, out[j]);
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) Fmt<F>::load8(w, row_bytes, row, k0 + 32 * j + 8 * t, out[j]);
-    }
-}
-
 // Dispatches a kernel body templated on the format over the run-time format id.
 #define FORMAT_SWITCH(fmt, F, ...)                       \
     switch (fmt) {                                       \

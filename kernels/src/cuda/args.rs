@@ -174,17 +174,6 @@ pub enum MatmulKernel {
         unroll: u32,
         mtiles: u32,
     },
-    /// Tensor cores in the 8-warp kernels' order with `warps` (1, 2 or 4) warps per tile of
-    /// `cols` output columns, each keeping 8 / `warps` chains of K's chunks (matmul.cu's
-    /// MATMUL_CHAINS_SHAPES): bit-identical to the 8-warp kernels, with more loads in flight per
-    /// warp; `tiles` tiles per CTA, `unroll` chunks loaded ahead.
-    Chains {
-        name: &'static str,
-        cols: u32,
-        warps: u32,
-        tiles: u32,
-        unroll: u32,
-    },
     /// CUDA cores, a warp per output column.
     Simple,
     /// The prefill GEMM (gemm.cu): 64 x 64 output tiles through shared memory, quantized
@@ -211,26 +200,9 @@ const fn tc(name: &'static str, cols: u32, warps: u32, unroll: u32, mtiles: u32)
     }
 }
 
-const fn chains(
-    name: &'static str,
-    cols: u32,
-    warps: u32,
-    tiles: u32,
-    unroll: u32,
-) -> MatmulKernel {
-    MatmulKernel::Chains {
-        name,
-        cols,
-        warps,
-        tiles,
-        unroll,
-    }
-}
-
 impl MatmulKernel {
-    /// Every row kernel built into the module (matmul.cu's MATMUL_SHAPES and
-    /// MATMUL_CHAINS_SHAPES, in their order).
-    pub const ALL: [MatmulKernel; 16] = [
+    /// Every row kernel built into the module (matmul.cu's MATMUL_SHAPES, in their order).
+    pub const ALL: [MatmulKernel; 11] = [
         tc("8x8", 8, 8, 4, 4),
         tc("16x8", 16, 8, 4, 4),
         tc("32x8", 32, 8, 2, 2),
@@ -241,24 +213,19 @@ impl MatmulKernel {
         tc("16x8u8", 16, 8, 8, 2),
         tc("8x4u16", 8, 4, 16, 2),
         tc("32x8m4", 32, 8, 2, 4),
-        chains("8x1c", 8, 1, 4, 8),
-        chains("8x2c", 8, 2, 2, 8),
-        chains("8x4c", 8, 4, 2, 4),
-        chains("8x2c4", 8, 2, 2, 4),
-        chains("16x2c", 16, 2, 1, 4),
         MatmulKernel::Simple,
     ];
 
     /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], every
     /// row kernel, and the GEMM.
-    pub const CHOICES: [MatmulKernel; 18] = {
-        let mut c = [MatmulKernel::Auto; 18];
+    pub const CHOICES: [MatmulKernel; 13] = {
+        let mut c = [MatmulKernel::Auto; 13];
         let mut i = 0;
-        while i < 16 {
+        while i < 11 {
             c[i + 1] = Self::ALL[i];
             i += 1;
         }
-        c[17] = MatmulKernel::Gemm;
+        c[12] = MatmulKernel::Gemm;
         c
     };
 
@@ -284,42 +251,12 @@ impl MatmulKernel {
     /// in GPU run 6.
     pub const MANY_ROWS_IN_PLACE: MatmulKernel = Self::ALL[9];
 
-    /// [`MatmulKernel::Auto`] gives a product of few rows to the kernel with the fewest warps
-    /// per 8-column tile (1, 2 or 4: [`MatmulKernel::CHAINS`]) that still runs at least this
-    /// many warps over its columns, else to [`MatmulKernel::NARROW`] or
-    /// [`MatmulKernel::WIDE`] (`SPECD_CHAIN_WARPS` sets another; `usize::MAX` never chains).
-    pub const CHAIN_WARPS: usize = usize::MAX;
-    /// The chain kernels [`MatmulKernel::Auto`] picks from, by warps per tile: 1, 2, 4.
-    pub const CHAINS: [MatmulKernel; 3] = [Self::ALL[10], Self::ALL[11], Self::ALL[12]];
-
     /// The built kernel that runs a product of `rows` rows, `n` output columns and `k` inputs.
     pub fn resolve(self, rows: usize, n: usize, k: usize) -> MatmulKernel {
-        self.resolve_chaining(rows, n, k, Self::CHAIN_WARPS)
-    }
-
-    /// [`MatmulKernel::resolve`] with `chain_warps` in place of [`MatmulKernel::CHAIN_WARPS`].
-    pub fn resolve_chaining(
-        self,
-        rows: usize,
-        n: usize,
-        k: usize,
-        chain_warps: usize,
-    ) -> MatmulKernel {
         match self {
             MatmulKernel::Auto if rows > Self::FEW_ROWS => Self::MANY_ROWS,
-            MatmulKernel::Auto => {
-                let fills = |kernel: MatmulKernel| match kernel {
-                    MatmulKernel::Chains { cols, warps, .. } => {
-                        n.div_ceil(cols as usize).saturating_mul(warps as usize) >= chain_warps
-                    }
-                    _ => false,
-                };
-                match Self::CHAINS.into_iter().find(|&kernel| fills(kernel)) {
-                    Some(kernel) => kernel,
-                    None if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
-                    None => Self::WIDE,
-                }
-            }
+            MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
+            MatmulKernel::Auto => Self::WIDE,
             other => other,
         }
     }
@@ -329,7 +266,6 @@ impl MatmulKernel {
     pub fn same_order(self, other: MatmulKernel) -> bool {
         let warps = |k: MatmulKernel| match k {
             MatmulKernel::TensorCore { warps, .. } => Some(warps),
-            MatmulKernel::Chains { .. } => Some(8),
             MatmulKernel::Auto | MatmulKernel::Gemm => Some(8),
             MatmulKernel::Simple => None,
         };
@@ -341,9 +277,7 @@ impl MatmulKernel {
     /// `m{mtiles}` for the taller one.
     pub fn name(self) -> String {
         match self {
-            MatmulKernel::TensorCore { name, .. } | MatmulKernel::Chains { name, .. } => {
-                name.into()
-            }
+            MatmulKernel::TensorCore { name, .. } => name.into(),
             MatmulKernel::Simple => "simple".into(),
             MatmulKernel::Gemm => "gemm".into(),
             MatmulKernel::Auto => "auto".into(),
@@ -359,9 +293,6 @@ impl MatmulKernel {
     pub(super) fn launch_shape(self, n: usize) -> (usize, u32) {
         let (cols, threads) = match self {
             MatmulKernel::TensorCore { cols, warps, .. } => (cols as usize, warps * 32),
-            MatmulKernel::Chains {
-                cols, warps, tiles, ..
-            } => ((cols * tiles) as usize, warps * tiles * 32),
             MatmulKernel::Simple => (8, 256),
             MatmulKernel::Gemm | MatmulKernel::Auto => unreachable!("launched on their own"),
         };
@@ -374,23 +305,16 @@ mod tests {
     use super::MatmulKernel;
 
     #[test]
-    fn auto_chains_wide_products_with_the_fewest_warps_that_fill_the_gpu() {
+    fn auto_gives_few_rows_by_the_matrix_side_and_many_rows_to_the_gemm() {
         let auto = MatmulKernel::Auto;
-        let pick = |rows, n, k| auto.resolve_chaining(rows, n, k, 1024);
-        // The 1.5B's products: gate_up (17,920 columns), the head, o (1,536), k (256).
-        assert_eq!(pick(1, 17_920, 1536).name(), "8x1c");
-        assert_eq!(pick(5, 151_936, 1536).name(), "8x1c");
-        assert_eq!(pick(1, 2048, 1536).name(), "8x4c");
-        assert_eq!(pick(1, 4096, 1536).name(), "8x2c");
-        assert_eq!(pick(1, 1536, 8960), MatmulKernel::NARROW);
-        assert_eq!(pick(1, 256, 1536), MatmulKernel::NARROW);
-        // Many rows go to the GEMM, and without chaining Auto is what it was.
-        assert_eq!(pick(64, 17_920, 1536), MatmulKernel::Gemm);
+        // The 1.5B's products (hidden 1,536) and the 7B's (hidden 3,584).
         assert_eq!(auto.resolve(1, 17_920, 1536), MatmulKernel::NARROW);
+        assert_eq!(auto.resolve(5, 151_936, 1536), MatmulKernel::NARROW);
         assert_eq!(auto.resolve(1, 18_944, 3584), MatmulKernel::WIDE);
+        assert_eq!(auto.resolve(64, 17_920, 1536), MatmulKernel::Gemm);
         // Every choice adds in the 8-warp order, so switching never changes a bit.
-        for (rows, n, k) in [(1, 17_920, 1536), (1, 2048, 1536), (1, 256, 1536)] {
-            assert!(pick(rows, n, k).same_order(MatmulKernel::NARROW));
+        for (rows, n, k) in [(1, 17_920, 1536), (1, 18_944, 3584), (64, 2048, 1536)] {
+            assert!(auto.resolve(rows, n, k).same_order(MatmulKernel::NARROW));
         }
     }
 }

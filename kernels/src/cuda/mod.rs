@@ -51,8 +51,6 @@ pub struct Gpu {
     launches: AtomicU64,
     /// Launch kernels with programmatic dependent launch (`SPECD_PDL=0` turns it off).
     pdl: bool,
-    /// [`MatmulKernel::CHAIN_WARPS`], or what `SPECD_CHAIN_WARPS` sets.
-    chain_warps: usize,
     /// Where the prefill GEMM dequantizes quantized weights (bf16), if reserved.
     dequant: Mutex<Option<Buffer<u16>>>,
 }
@@ -106,10 +104,6 @@ impl Gpu {
             )),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
-            chain_warps: std::env::var("SPECD_CHAIN_WARPS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(MatmulKernel::CHAIN_WARPS),
             dequant: Mutex::new(None),
             shared,
         }))
