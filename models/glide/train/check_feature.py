@@ -6,7 +6,8 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
    projection starts at zero), full rank and low rank;
 2. one optimizer step moves the feature's projection, and then only the rows that take the
    feature change (the first row of a block whose row before is a loss row);
-3. the file round trip keeps every weight, the configuration included.
+3. the file round trip keeps every weight, the configuration included;
+4. resuming into a narrower MLP keeps the channels with the largest weights, unchanged.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -93,6 +94,17 @@ def main() -> None:
             now, _ = drafter_logits(model, target, ids, mask, layer, starts)
             assert torch.allclose(again, now, atol=1e-6), f"rank {rank}: the file round trip changed the logits"
             print(f"rank {rank}: ok ({int(changed.sum())} of {changed.numel()} rows moved by the feature)")
+
+        narrow = load_glide(plain_file, embed, head, replace(plain_cfg, intermediate_size=32))
+        a, b = plain.layers[0], narrow.layers[0]
+        score = a.gate_proj.weight.norm(dim=1) * a.up_proj.weight.norm(dim=1) * a.down_proj.weight.norm(dim=0)
+        keep = torch.topk(score, 32).indices.sort().values
+        assert b.gate_proj.weight.shape == (32, shapes.hidden_size)
+        assert torch.equal(b.gate_proj.weight, a.gate_proj.weight[keep]), "the kept gate rows differ"
+        assert torch.equal(b.down_proj.weight, a.down_proj.weight[:, keep]), "the kept down columns differ"
+        assert torch.equal(b.q_proj.weight, a.q_proj.weight), "narrowing the MLP changed attention"
+        drafter_logits(narrow, target, ids, mask, layer, starts)
+        print("narrower MLP: ok (the 32 strongest of 48 channels kept)")
     print("check_feature: all passed")
 
 

@@ -322,9 +322,23 @@ def save_glide(path: str, model: GlideDrafter, dtype=torch.bfloat16) -> None:
     save_file(state_for_file(model, dtype), path, metadata={CONFIG_KEY: model.cfg.to_json()})
 
 
+def narrow_mlp(tensors: dict[str, torch.Tensor], names: dict[str, str], width: int) -> None:
+    """Keeps the `width` MLP channels of one layer whose gate, up and down weights have the
+    largest product of norms (in place; nothing changes at the file's own width)."""
+    gate, up, down = (tensors[names[k]] for k in ("gate_proj", "up_proj", "down_proj"))
+    if gate.shape[0] == width:
+        return
+    score = gate.float().norm(dim=1) * up.float().norm(dim=1) * down.float().norm(dim=0)
+    keep = torch.topk(score, width).indices.sort().values
+    tensors[names["gate_proj"]], tensors[names["up_proj"]] = gate[keep], up[keep]
+    tensors[names["down_proj"]] = down[:, keep]
+
+
 def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None, cfg: GlideConfig | None = None) -> GlideDrafter:
-    """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature), a drafter
-    that adds the feature to the file's weights, its own starting at zero."""
+    """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature, or for a
+    narrower MLP), a drafter that adds the feature to the file's weights, its own starting at
+    zero, and keeps the MLP channels that carry the most (the largest product of their gate,
+    up and down weights' norms)."""
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
@@ -332,12 +346,17 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if cfg is None:
         cfg = stored
-    elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
-        if stored.feature != "none":
-            raise ValueError(f"{path} has feature {stored.feature!r} already")
-        plain = GlideConfig(**{**asdict(cfg), "target": cfg.target, "feature": "none", "feature_rank": 0})
-        if plain.to_json() != stored.to_json():
-            raise ValueError(f"{path}: its shapes differ from the ones asked for")
+    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none":
+        raise ValueError(f"{path} has feature {stored.feature!r} already")
+    if cfg.intermediate_size > stored.intermediate_size:
+        raise ValueError(f"{path}: its MLP is {stored.intermediate_size} wide, narrower than the {cfg.intermediate_size} asked for")
+    same = {**asdict(cfg), "target": cfg.target, "intermediate_size": stored.intermediate_size}
+    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
+        same.update(feature="none", feature_rank=0)
+    if GlideConfig(**same).to_json() != stored.to_json():
+        raise ValueError(f"{path}: its shapes differ from the ones asked for")
+    for i in range(cfg.num_layers):
+        narrow_mlp(tensors, tensor_names(i), cfg.intermediate_size)
     model = GlideDrafter(cfg, embed, tensors.pop(VOCAB_TENSOR), head)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):

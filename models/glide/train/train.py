@@ -447,10 +447,17 @@ def cmd_train(a, loaded=None) -> None:
             },
             target.model.norm.weight.float(),
         )
-    params = [p for p in drafter.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in drafter.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     n_params = sum(p.numel() for p in params)
     log(f"drafter: {n_params / 1e6:.2f} M parameters, config {cfg.to_json()}")
-    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # The feature's weights learn at --feature-lr-scale of the rest: at the full rate its
+    # projection, starting at zero, swamped the first rows (run 5: 100 steps lost).
+    groups = [
+        {"params": [p for n, p in named if not n.startswith("feature_")], "scale": 1.0},
+        {"params": [p for n, p in named if n.startswith("feature_")], "scale": a.feature_lr_scale},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     def lr_at(step: int, progress: float) -> float:
         """Warm-up over the first 5 %, then cosine down to a tenth of --lr."""
@@ -474,7 +481,7 @@ def cmd_train(a, loaded=None) -> None:
             log(f"training deadline reached after {step} steps")
             break
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, progress)
+            group["lr"] = lr_at(step, progress) * group["scale"]
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
         starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
@@ -587,6 +594,7 @@ def train_args(p) -> None:
     p.add_argument("--feature", choices=("none", "last_hidden"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it (not yet served by specd)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
+    p.add_argument("--feature-lr-scale", type=float, default=0.1, help="the feature's weights learn at this share of --lr")
     p.add_argument("--eval-windows", type=int, default=256)
     p.add_argument("--log-every", type=int, default=50)
 
