@@ -1,7 +1,8 @@
 //! The GLIDE drafter (issue 12): its forward against an independent f64 reference written here
 //! from the paper's description, reading only the target's verified positions (stale keys and
 //! values of rejected drafts change nothing), the same row by row as all at once; and as a
-//! proposer, greedy speculation with it equal to target-only output, alone and in a batch.
+//! proposer, greedy speculation with it equal to target-only output, alone and in a batch, and
+//! with a drafter that reads the target's last hidden state (which then reaches it).
 
 #[path = "common/glide_cache.rs"]
 mod glide_cache;
@@ -13,13 +14,14 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use glide_cache::{glide_rows, target_cache};
 use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::model::glide::{cross_tensor_names, save_glide};
+use specd_engine::kv::BlockTable;
+use specd_engine::model::glide::{cross_tensor_names, feature_tensor_names, save_glide};
 use specd_engine::model::tiny::{
     tiny_config, tiny_glide_config, tiny_glide_weights, tiny_tokenizer, tiny_weights, TinySpec,
 };
 use specd_engine::model::{
-    DraftVocab, GlideConfig, GlideModel, Logits, Model, ModelConfig, Naming, Param, SeqInput,
-    Weights,
+    DraftVocab, GlideConfig, GlideFeature, GlideModel, Logits, Model, ModelConfig, Naming, Param,
+    SeqInput, Weights,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -391,6 +393,115 @@ fn greedy_speculation_with_glide_equals_target_only_output() {
         accepted > 0 && accepted < drafted,
         "{accepted} of {drafted} drafts accepted: both outcomes must occur"
     );
+}
+
+/// [`guessing_pair`]'s drafter reading the target's last hidden state too (rank 8), its
+/// projection's weights multiplied by `proj_scale` (0: the feature adds nothing).
+fn feature_guessing_glide(p: &Pair, proj_scale: f64) -> GlideModel {
+    let mut config = p.glide_config.clone();
+    config.feature = GlideFeature::LastHidden;
+    config.feature_rank = 8;
+    let target = p.target.config();
+    let mut tensors = tiny_glide_weights(target, &config, 5, 0.02);
+    tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
+    let proj = &feature_tensor_names()[2];
+    let scaled = (&tensors[proj] * (50.0 * proj_scale)).unwrap();
+    tensors.insert(proj.clone(), scaled);
+    let vocab = DraftVocab::new(
+        (0..config.draft_vocab_size as u32).collect(),
+        target.vocab_size,
+    );
+    GlideModel::from_weights(
+        config,
+        &mut Weights::from_tensors(tensors),
+        vocab.unwrap(),
+        &p.target,
+        Path::new("<test>"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_drafter_reading_the_targets_hidden_state_stays_lossless() {
+    let p = guessing_pair();
+    let tok = tiny_tokenizer();
+    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p, 1.0)));
+    for (pi, prompt) in prompts().into_iter().enumerate() {
+        let req = greedy(prompt, 24);
+        let want = generate(&p.target, &tok, &req, |_| {}).unwrap();
+        for (k, adaptive) in [(1, false), (3, false), (4, true)] {
+            let policy = DraftPolicyConfig {
+                max_draft: k,
+                adaptive,
+                confidence: None,
+            };
+            let got =
+                generate_speculative(&p.target, &tok, Some(&glide), policy, &req, |_| {}).unwrap();
+            assert_eq!(got.tokens, want.tokens, "prompt {pi}, k = {k}");
+        }
+    }
+}
+
+/// After every step of a batch, each sequence holds for its next round the target's hidden row
+/// that chose its last token, bit for bit the row a forward over the whole sequence computes
+/// there, and the position of the drafter's row that reads it.
+#[test]
+fn verification_hands_each_sequence_the_targets_row_before_its_last_token() {
+    let p = guessing_pair();
+    let tok = tiny_tokenizer();
+    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p, 1.0)));
+    let proposer: &dyn Proposer = &glide;
+    let policy = DraftPolicyConfig {
+        max_draft: 3,
+        adaptive: false,
+        confidence: None,
+    };
+    let mut spec = Speculator::new(&p.target, Some(proposer));
+    let mut seqs: Vec<Sequence> = prompts()
+        .into_iter()
+        .map(|q| Sequence::new(&p.target, &tok, Some(proposer), greedy(q, 16), policy).unwrap())
+        .collect();
+    for s in seqs.iter_mut() {
+        spec.prefill(s).unwrap();
+    }
+    let mut checked = 0;
+    while seqs.iter().any(|s| !s.is_finished()) {
+        let mut batch: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+        spec.step(&mut batch).unwrap();
+        for s in batch.iter().filter(|s| !s.is_finished()) {
+            let tokens = s.tokens();
+            let (position, hidden) = s
+                .proposer_state()
+                .feature()
+                .expect("a verified sequence holds its feature");
+            assert_eq!(
+                position,
+                tokens.len() - 1,
+                "the row of the last committed token"
+            );
+            let mut kv = p.target.new_pool(16);
+            let mut table = BlockTable::new();
+            let (_, rows) = p
+                .target
+                .forward_keeping_hidden(
+                    &mut kv,
+                    &mut [SeqInput {
+                        table: &mut table,
+                        tokens: &tokens[..tokens.len() - 1],
+                        logits: Logits::Last,
+                    }],
+                )
+                .unwrap();
+            assert_eq!(
+                hidden,
+                &rows[0][0][..],
+                "the target's row at {}",
+                position - 1
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} features checked");
 }
 
 #[test]

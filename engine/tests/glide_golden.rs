@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use specd_engine::kv::BlockTable;
-use specd_engine::model::{self, GlideModel, LoadOptions, Logits, SeqInput};
+use specd_engine::model::{self, FeatureRow, GlideModel, LoadOptions, Logits, SeqInput};
 
 /// f32 against f32, through different orders of summation.
 const TOLERANCE: f32 = 1e-4;
@@ -20,7 +20,19 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn specd_gives_the_training_scripts_glide_logits() {
-    let dir = fixtures().join("glide_golden");
+    check_fixture("glide_golden");
+}
+
+/// The same for a drafter that reads the target's last hidden state (a rank-16 projection):
+/// specd's own hidden row of the target equals PyTorch's, and the drafter's first drafted row
+/// taking it gives PyTorch's logits.
+#[test]
+fn specd_gives_the_training_scripts_logits_with_the_targets_hidden_state() {
+    check_fixture("glide_golden_feature");
+}
+
+fn check_fixture(name: &str) {
+    let dir = fixtures().join(name);
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let tokens: Vec<u32> = golden["tokens"]
@@ -46,20 +58,44 @@ fn specd_gives_the_training_scripts_glide_logits() {
 
     let mut target_kv = target.new_pool(16);
     let mut target_table = BlockTable::new();
-    target
-        .forward(
+    let (_, mut hidden) = target
+        .forward_keeping_hidden(
             &mut target_kv,
             &mut [SeqInput {
                 table: &mut target_table,
                 tokens: &tokens[..verified],
-                logits: Logits::None,
+                logits: Logits::Last,
             }],
         )
         .unwrap();
+    let hidden = hidden.remove(0).remove(0);
+    let feature_file = dir.join("feature.safetensors");
+    let with_feature = feature_file.exists();
+    if with_feature {
+        let theirs = candle_core::safetensors::load(&feature_file, &Device::Cpu)
+            .unwrap()
+            .remove("feature")
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let diff = hidden
+            .iter()
+            .zip(&theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= TOLERANCE,
+            "the target's hidden row {}: max |specd - pytorch| = {diff}",
+            verified - 1
+        );
+    }
+    let features = [with_feature.then_some(FeatureRow {
+        position: verified,
+        hidden: &hidden,
+    })];
     let mut kv = glide.new_pool(16);
     let mut table = BlockTable::new();
     let rows = glide
-        .forward(
+        .forward_with_features(
             &mut kv,
             &mut [SeqInput {
                 table: &mut table,
@@ -68,6 +104,7 @@ fn specd_gives_the_training_scripts_glide_logits() {
             }],
             &target_kv,
             &[&target_table],
+            &features,
         )
         .unwrap()[0]
         .to_vec2::<f32>()

@@ -6,10 +6,11 @@ use candle_core::{Device, Tensor};
 use specd_kernels::cpu as kern;
 
 use super::config::{ModelConfig, RopeLayout};
+use super::glide::{FeatureRow, FeatureWeights};
 use super::linear::{CandlePool, Linear};
 use super::llama::{
-    run_layers, Act, CrossInput, ForwardOps, ForwardOut, LlamaWeights, Logits, OutputMode,
-    SampleInput, SeqInput, Top,
+    run_layers, Act, CrossInput, ForwardOps, ForwardOut, HiddenRows, LlamaWeights, Logits,
+    OutputMode, SampleInput, SeqInput, Top,
 };
 use crate::error::Result;
 use crate::kv::pool::PoolQuery;
@@ -161,6 +162,9 @@ pub(crate) struct CpuStep<'a, 'b> {
     cross_q: Vec<f32>,
     cross: Option<CrossInput<'a>>,
     logits: Option<Tensor>,
+    /// Whether the head keeps the final normed rows it reads ([`CpuStep::hidden`]).
+    keep_hidden: bool,
+    hidden: Vec<f32>,
 }
 
 impl<'a, 'b> CpuStep<'a, 'b> {
@@ -192,10 +196,50 @@ impl<'a, 'b> CpuStep<'a, 'b> {
             cross_q: Vec::new(),
             cross,
             logits: None,
+            keep_hidden: false,
+            hidden: Vec::new(),
         }
     }
 
     /// Each wanted row's logits, per sequence (after the head ran).
+    /// Adds to each sequence's row at `features[i]`'s position (if among its new tokens) the
+    /// projection of that hidden state, after the embedding (GLIDE's feature).
+    pub(crate) fn add_features(
+        &mut self,
+        w: &FeatureWeights<Projection, Vec<f32>>,
+        features: &[Option<FeatureRow<'_>>],
+    ) -> Result<()> {
+        let h = self.c.hidden_size;
+        let mut row0 = 0;
+        for (i, s) in self.batch.iter().enumerate() {
+            let (start, n) = (s.table.len(), s.tokens.len());
+            if let Some(Some(f)) = features.get(i) {
+                if (start..start + n).contains(&f.position) {
+                    if f.hidden.len() != h {
+                        return Err(crate::error::Error::InvalidRequest(format!(
+                            "a feature of {} values for a drafter of hidden size {h}",
+                            f.hidden.len()
+                        )));
+                    }
+                    let mut normed = vec![0f32; h];
+                    kern::rms_norm(f.hidden, &w.norm, self.c.rms_norm_eps as f32, &mut normed);
+                    let mut inner = Vec::new();
+                    if let Some(down) = &w.down {
+                        down.forward_into(&normed, 1, &mut inner)?;
+                    } else {
+                        inner = normed;
+                    }
+                    let mut y = Vec::new();
+                    w.proj.forward_into(&inner, 1, &mut y)?;
+                    let r = row0 + f.position - start;
+                    kern::add_assign(&mut self.x[r * h..(r + 1) * h], &y);
+                }
+            }
+            row0 += n;
+        }
+        Ok(())
+    }
+
     pub(crate) fn logits_per_seq(&mut self) -> Result<Vec<Tensor>> {
         let logits = self.logits.take().expect("the head ran");
         let mut per_seq = Vec::with_capacity(self.batch.len());
@@ -374,6 +418,9 @@ impl ForwardOps for CpuStep<'_, '_> {
         let wanted = selected.len() / hidden;
         let mut normed = vec![0f32; selected.len()];
         kern::rms_norm(&selected, norm, self.c.rms_norm_eps as f32, &mut normed);
+        if self.keep_hidden {
+            self.hidden.clone_from(&normed);
+        }
         self.logits = Some(if wanted == 0 {
             Tensor::zeros((0, head.rows()), candle_core::DType::F32, &Device::Cpu)?
         } else {
@@ -385,6 +432,15 @@ impl ForwardOps for CpuStep<'_, '_> {
     }
 }
 
+/// What a CPU forward hands back: `mode`'s output (`sample` for
+/// [`OutputMode::SampledVerdict`]), and with `keep_hidden` each sequence's final normed rows,
+/// one per row of logits.
+pub(crate) struct Wanted<'s, 'a> {
+    pub mode: OutputMode,
+    pub sample: &'s [SampleInput<'a>],
+    pub keep_hidden: bool,
+}
+
 /// Runs the forward on the CPU (slots already reserved) and shapes its output.
 pub(crate) fn forward(
     c: &ModelConfig,
@@ -392,14 +448,26 @@ pub(crate) fn forward(
     w: &CpuWeights,
     kv: &mut KvPool,
     batch: &mut [SeqInput<'_>],
-    mode: OutputMode,
-    sample: &[SampleInput<'_>],
-) -> Result<ForwardOut> {
+    wanted: Wanted<'_, '_>,
+) -> Result<(ForwardOut, Option<HiddenRows>)> {
+    let Wanted {
+        mode,
+        sample,
+        keep_hidden,
+    } = wanted;
     let mut step = CpuStep::new(c, inv_freq, kv, batch, None);
+    step.keep_hidden = keep_hidden;
     run_layers(&mut step, w)?;
     let per_seq = step.logits_per_seq()?;
+    let hidden = keep_hidden.then(|| {
+        let mut rows = step.hidden.chunks_exact(c.hidden_size).map(<[f32]>::to_vec);
+        step.batch
+            .iter()
+            .map(|s| rows.by_ref().take(s.logits.rows(s.tokens.len())).collect())
+            .collect()
+    });
     let batch = &*step.batch;
-    Ok(match mode {
+    let out = match mode {
         OutputMode::Logits => ForwardOut::Logits(per_seq),
         OutputMode::Top => ForwardOut::Top(
             per_seq
@@ -437,7 +505,8 @@ pub(crate) fn forward(
                 .map(|((l, s), x)| Ok(sampled_verdict(&l.to_vec2::<f32>()?, s.tokens, x)))
                 .collect::<Result<_>>()?,
         ),
-    })
+    };
+    Ok((out, hidden))
 }
 
 /// Rejection sampling of one sequence's rows as the GPU does it (the kernels' CPU references):

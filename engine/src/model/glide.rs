@@ -29,7 +29,7 @@ use super::cpu_forward::{positions, CpuStep, Projection};
 use super::cuda::CudaModel;
 use super::device::Device;
 use super::draft_vocab::DraftVocab;
-use super::glide_config::GlideConfig;
+use super::glide_config::{GlideConfig, GlideFeature};
 use super::host_weights::{load_layer, HostLayer, HostMatrix};
 use super::linear::CandlePool;
 use super::llama::{
@@ -52,12 +52,30 @@ pub(crate) struct CrossWeights<M, V> {
     pub o: M,
 }
 
+/// The weights of a drafter's feature ([`GlideFeature::LastHidden`]): the row that takes it
+/// adds `proj · down · rms_norm(h, norm)` (no `down` at full rank) to its embedding.
+#[derive(Debug, Clone)]
+pub(crate) struct FeatureWeights<M, V> {
+    pub norm: V,
+    pub down: Option<M>,
+    pub proj: M,
+}
+
+/// The target's final hidden state (after its last norm) that the drafter's row at `position`
+/// adds to its embedding ([`GlideFeature::LastHidden`]): the target's row at `position - 1`.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureRow<'a> {
+    pub position: usize,
+    pub hidden: &'a [f32],
+}
+
 /// A GLIDE drafter's weights: the Llama layers (embedding shared with the target), each with
-/// its cross-attention.
+/// its cross-attention, and its feature's if it has one.
 #[derive(Debug, Clone)]
 pub(crate) struct GlideWeights<M, V> {
     pub base: LlamaWeights<M, V>,
     pub cross: Vec<CrossWeights<M, V>>,
+    pub feature: Option<FeatureWeights<M, V>>,
 }
 
 /// A GLIDE drafter's weights as read from its file, before they go to the target's device
@@ -69,6 +87,7 @@ pub(crate) struct GlideHost {
     pub norm: Vec<f32>,
     /// The file's own head over the reduced vocabulary, if it has one.
     pub head: Option<HostMatrix>,
+    pub feature: Option<FeatureWeights<HostMatrix, Vec<f32>>>,
 }
 
 impl GlideHost {
@@ -92,7 +111,16 @@ impl GlideHost {
                 })
             })
             .collect::<Result<_>>()?;
+        let feature = match self.feature {
+            None => None,
+            Some(f) => Some(FeatureWeights {
+                norm: f.norm,
+                down: f.down.map(HostMatrix::into_cpu).transpose()?,
+                proj: f.proj.into_cpu()?,
+            }),
+        };
         Ok(GlideWeights {
+            feature,
             base: LlamaWeights {
                 embed,
                 layers: self
@@ -108,13 +136,24 @@ impl GlideHost {
     }
 }
 
-/// The drafter's forward over `ops`: the Llama layers of `base`, each with its `cross`-attention.
+/// The drafter's forward over `ops`: the Llama layers of `base`, each with its `cross`-attention
+/// (on a GPU; the CPU adds a feature after the embedding, [`glide_layers`]).
+#[cfg(feature = "cuda")]
 pub(crate) fn run_glide<O: ForwardOps>(
     ops: &mut O,
     base: &LlamaWeights<O::Matrix, O::Vector>,
     cross: &[CrossWeights<O::Matrix, O::Vector>],
 ) -> Result<()> {
     ops.embed(&base.embed)?;
+    glide_layers(ops, base, cross)
+}
+
+/// [`run_glide`] after the embedding (rows that take a feature add it in between).
+pub(crate) fn glide_layers<O: ForwardOps>(
+    ops: &mut O,
+    base: &LlamaWeights<O::Matrix, O::Vector>,
+    cross: &[CrossWeights<O::Matrix, O::Vector>],
+) -> Result<()> {
     for (li, (layer, cross)) in base.layers.iter().zip(cross).enumerate() {
         self_attention_block(ops, layer, li)?;
         ops.add_rms_norm(true, &cross.norm)?;
@@ -199,6 +238,16 @@ pub fn cross_tensor_names(layer: usize) -> [String; 3] {
         format!("model.layers.{layer}.cross_attn_layernorm.weight"),
         format!("model.layers.{layer}.cross_attn.q_proj.weight"),
         format!("model.layers.{layer}.cross_attn.o_proj.weight"),
+    ]
+}
+
+/// Tensor names of a GLIDE file's feature ([`GlideFeature::LastHidden`]): its norm, its
+/// down-projection (low rank only) and its projection.
+pub fn feature_tensor_names() -> [String; 3] {
+    [
+        "model.feature_norm.weight".into(),
+        "model.feature_down.weight".into(),
+        "model.feature_proj.weight".into(),
     ]
 }
 
@@ -294,6 +343,13 @@ impl GlideModel {
                 t.vocab_size
             )));
         }
+        if config.feature != GlideFeature::None && target.device().is_cuda() {
+            return Err(incompatible(
+                "it reads the target's last hidden state (`feature`: last_hidden), which specd \
+                 serves on the CPU only so far"
+                    .into(),
+            ));
+        }
         let mut base = config.forward_config(t);
         let host = read_host(&config, &mut base, weights, &vocab, target)?;
         let weights = match target.cuda_model() {
@@ -367,6 +423,21 @@ impl GlideModel {
         target_kv: &KvPool,
         target_tables: &[&BlockTable],
     ) -> Result<Vec<Tensor>> {
+        self.forward_with_features(kv, batch, target_kv, target_tables, &[])
+    }
+
+    /// [`GlideModel::forward`], where `features[i]` (if given) is the target's hidden state
+    /// that sequence `i`'s row at its position takes ([`GlideFeature::LastHidden`]; ignored
+    /// when that row is not among its new tokens, or the drafter has no feature). Fewer
+    /// entries than sequences: the rest take none.
+    pub fn forward_with_features(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target_kv: &KvPool,
+        target_tables: &[&BlockTable],
+        features: &[Option<FeatureRow<'_>>],
+    ) -> Result<Vec<Tensor>> {
         if target_tables.len() != batch.len() {
             return Err(Error::InvalidRequest(format!(
                 "{} target tables for {} sequences",
@@ -409,7 +480,11 @@ impl GlideModel {
         let logits = match &self.weights {
             GlideDevice::Cpu(w) => {
                 let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
-                run_glide(&mut step, &w.base, &w.cross)?;
+                step.embed(&w.base.embed)?;
+                if let Some(f) = &w.feature {
+                    step.add_features(f, features)?;
+                }
+                glide_layers(&mut step, &w.base, &w.cross)?;
                 step.logits_per_seq()?
             }
             GlideDevice::Cuda(m) => {
@@ -479,10 +554,29 @@ fn read_host(
     } else {
         None
     };
+    let feature = match config.feature {
+        GlideFeature::None => None,
+        GlideFeature::LastHidden => {
+            let [norm, down, proj] = feature_tensor_names();
+            let rank = config.feature_rank;
+            let down = if rank == 0 {
+                None
+            } else {
+                Some(prepare(single(weights.matrix_named(&down, rank, h)?))?)
+            };
+            let inner = if rank == 0 { h } else { rank };
+            Some(FeatureWeights {
+                norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
+                down,
+                proj: prepare(single(weights.matrix_named(&proj, h, inner)?))?,
+            })
+        }
+    };
     Ok(GlideHost {
         layers,
         cross,
         norm: weights.tensor(Param::FinalNorm, &[h])?.to_vec1()?,
         head,
+        feature,
     })
 }

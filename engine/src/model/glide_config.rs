@@ -45,6 +45,25 @@ impl GlideTarget {
     }
 }
 
+/// What a GLIDE drafter reads of the target beyond the keys and values of its layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlideFeature {
+    /// Nothing more (the paper's drafter).
+    #[default]
+    None,
+    /// The target's final hidden state (after its last norm: what its head reads) at the
+    /// position before a draft round's first row: that row adds a projection of it to its
+    /// embedding (models/glide/README.md, run 5).
+    LastHidden,
+}
+
+impl GlideFeature {
+    fn is_none(&self) -> bool {
+        *self == GlideFeature::None
+    }
+}
+
 /// A GLIDE drafter's configuration (stored with its weights).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +83,17 @@ pub struct GlideConfig {
     pub draft_vocab_size: usize,
     /// What it was trained against.
     pub target: GlideTarget,
+    /// What more it reads of the target (absent from files without it).
+    #[serde(default, skip_serializing_if = "GlideFeature::is_none")]
+    pub feature: GlideFeature,
+    /// The rank of the feature's projection: 0 for a full hidden × hidden matrix, else a
+    /// `rank × hidden` matrix then a `hidden × rank` one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub feature_rank: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl GlideConfig {
@@ -157,6 +187,8 @@ mod tests {
             target_layer: target.num_layers - 1,
             draft_vocab_size: target.vocab_size / 2,
             target: GlideTarget::of(target),
+            feature: GlideFeature::None,
+            feature_rank: 0,
         }
     }
 

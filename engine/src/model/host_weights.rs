@@ -292,11 +292,14 @@ mod tests {
             w,
             &mut kv,
             &mut batch,
-            OutputMode::Logits,
-            &[],
+            cpu_forward::Wanted {
+                mode: OutputMode::Logits,
+                sample: &[],
+                keep_hidden: false,
+            },
         )
         .unwrap();
-        match out {
+        match out.0 {
             ForwardOut::Logits(l) => l[0].to_vec2().unwrap(),
             _ => unreachable!(),
         }

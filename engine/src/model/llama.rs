@@ -21,6 +21,10 @@ use super::weights::{WeightStorage, Weights};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvDtype, KvPool, SequenceCache};
 
+/// Each sequence's final normed hidden rows (after the target's last norm), one per row of
+/// logits: `[sequence][row][hidden]`.
+pub type HiddenRows = Vec<Vec<Vec<f32>>>;
+
 /// Which logits a sequence wants back from a forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -450,9 +454,25 @@ impl Model {
     /// On error no sequence's committed length changes (reserved blocks stay with their
     /// tables).
     pub fn forward(&self, kv: &mut KvPool, batch: &mut [SeqInput<'_>]) -> Result<Vec<Tensor>> {
-        match self.run(kv, batch, OutputMode::Logits, &[])? {
+        match self.run(kv, batch, OutputMode::Logits, &[], false)?.0 {
             ForwardOut::Logits(l) => Ok(l),
             _ => unreachable!("logits asked for"),
+        }
+    }
+
+    /// [`Model::forward`], also returning each sequence's final normed hidden rows (after the
+    /// target's last norm, one per row of logits: what a GLIDE drafter with a feature reads).
+    /// On the CPU only: a GPU keeps none ([`Error::Device`]).
+    pub fn forward_keeping_hidden(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+    ) -> Result<(Vec<Tensor>, HiddenRows)> {
+        match self.run(kv, batch, OutputMode::Logits, &[], true)? {
+            (ForwardOut::Logits(l), Some(h)) => Ok((l, h)),
+            _ => Err(Error::Device(
+                "the target's hidden rows are kept on the CPU only".into(),
+            )),
         }
     }
 
@@ -464,7 +484,7 @@ impl Model {
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
     ) -> Result<Vec<Vec<Top>>> {
-        match self.run(kv, batch, OutputMode::Top, &[])? {
+        match self.run(kv, batch, OutputMode::Top, &[], false)?.0 {
             ForwardOut::Top(t) => Ok(t),
             _ => unreachable!("argmax asked for"),
         }
@@ -484,7 +504,10 @@ impl Model {
                 "greedy verification needs every row's logits (Logits::All)".into(),
             ));
         }
-        match self.run(kv, batch, OutputMode::GreedyVerdict, &[])? {
+        match self
+            .run(kv, batch, OutputMode::GreedyVerdict, &[], false)?
+            .0
+        {
             ForwardOut::Verdicts(v) => Ok(v),
             _ => unreachable!("verdicts asked for"),
         }
@@ -522,7 +545,10 @@ impl Model {
                 )));
             }
         }
-        match self.run(kv, batch, OutputMode::SampledVerdict, sample)? {
+        match self
+            .run(kv, batch, OutputMode::SampledVerdict, sample, false)?
+            .0
+        {
             ForwardOut::Verdicts(v) => Ok(v),
             _ => unreachable!("verdicts asked for"),
         }
@@ -547,13 +573,18 @@ impl Model {
         Ok(out.pop().expect("one sequence in, one out"))
     }
 
-    fn run(
+    /// The forward in `mode` (the checks of [`Model::verify_greedy`] and
+    /// [`Model::verify_sampled`] are the caller's), keeping each sequence's final normed rows
+    /// (one per row of logits) when `keep_hidden`: what a GLIDE drafter with a feature reads.
+    /// On a GPU nothing is kept (no drafter there reads it).
+    pub(crate) fn run(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
         mode: OutputMode,
         sample: &[SampleInput<'_>],
-    ) -> Result<ForwardOut> {
+        keep_hidden: bool,
+    ) -> Result<(ForwardOut, Option<HiddenRows>)> {
         self.check_batch(kv, batch)?;
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
@@ -565,10 +596,16 @@ impl Model {
                 w,
                 kv,
                 batch,
-                mode,
-                sample,
+                super::cpu_forward::Wanted {
+                    mode,
+                    sample,
+                    keep_hidden,
+                },
             )?,
-            DeviceWeights::Cuda(m) => m.forward(kv, batch, mode, sample, self.head_rows, None)?,
+            DeviceWeights::Cuda(m) => (
+                m.forward(kv, batch, mode, sample, self.head_rows, None)?,
+                None,
+            ),
         };
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());

@@ -11,10 +11,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
 use super::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
-use super::glide::cross_tensor_names;
+use super::glide::{cross_tensor_names, feature_tensor_names};
 use super::weights::{Naming, Param, Weights};
 use super::{Device as ModelDevice, LoadedModel, Model, Tokenizer};
-use super::{DraftVocab, GlideConfig, GlideModel, GlideTarget};
+use super::{DraftVocab, GlideConfig, GlideFeature, GlideModel, GlideTarget};
 use crate::error::Result;
 
 /// ChatML, the chat format of the tiny models (the same as Qwen's).
@@ -222,6 +222,8 @@ pub fn tiny_glide_config(target: &ModelConfig, draft_vocab: usize) -> GlideConfi
         target_layer: target.num_layers - 1,
         draft_vocab_size: draft_vocab,
         target: GlideTarget::of(target),
+        feature: GlideFeature::None,
+        feature_rank: 0,
     }
 }
 
@@ -247,6 +249,18 @@ pub fn tiny_glide_weights(
         out.insert(norm, random_tensor(&mut rng, &[h], 1.0, 0.1));
         out.insert(q, random_tensor(&mut rng, &[cross, h], 0.0, scale));
         out.insert(o, random_tensor(&mut rng, &[h, cross], 0.0, scale));
+    }
+    if glide.feature != GlideFeature::None {
+        let [norm, down, proj] = feature_tensor_names();
+        out.insert(norm, random_tensor(&mut rng, &[h], 1.0, 0.1));
+        let inner = match glide.feature_rank {
+            0 => h,
+            rank => {
+                out.insert(down, random_tensor(&mut rng, &[rank, h], 0.0, scale));
+                rank
+            }
+        };
+        out.insert(proj, random_tensor(&mut rng, &[h, inner], 0.0, scale));
     }
     out
 }

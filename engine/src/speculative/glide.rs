@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use super::draft_model::{draft_rounds, Next};
 use super::glide_ngram::{GlideNgramConfig, GlideNgramProposer};
-use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
+use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{GlideModel, Logits, SeqInput};
+use crate::model::{FeatureRow, GlideFeature, GlideModel, Logits, SeqInput};
 
 /// A GLIDE proposer.
 #[derive(Debug, Clone)]
@@ -46,6 +46,15 @@ impl GlideProposer {
     }
 }
 
+/// A sequence's state for a GLIDE drafter: it asks verification for the target's rows when
+/// the drafter reads them.
+pub(super) fn glide_state(model: &GlideModel) -> ProposerState {
+    ProposerState {
+        wants_feature: model.config().feature != GlideFeature::None,
+        ..ProposerState::default()
+    }
+}
+
 /// GLIDE's drafts for `batch`: its own cache first reads the committed tokens it lacks, then
 /// drafts one token per round, chosen on its reduced vocabulary (spread onto the target's
 /// only when sampling needs the whole row).
@@ -56,12 +65,23 @@ pub(super) fn glide_drafts(
     batch: &mut [ProposeInput<'_>],
 ) -> Result<Vec<Draft>> {
     let target_tables: Vec<&BlockTable> = batch.iter().map(|s| s.target_table).collect();
+    let features = take_features(model, batch);
     let ctx = target.model.config().max_position_embeddings;
     let vocab = model.vocab();
     draft_rounds(batch, kv, ctx, |kv, inputs, seqs| {
         let tables: Vec<&BlockTable> = seqs.iter().map(|&i| target_tables[i]).collect();
         let wanted = inputs.iter().any(|s| s.logits != Logits::None);
-        let out = model.forward(kv, inputs, target.kv, &tables)?;
+        let rows: Vec<Option<FeatureRow<'_>>> = seqs
+            .iter()
+            .map(|&i| {
+                let (position, hidden) = features[i].as_ref()?;
+                Some(FeatureRow {
+                    position: *position,
+                    hidden,
+                })
+            })
+            .collect();
+        let out = model.forward_with_features(kv, inputs, target.kv, &tables, &rows)?;
         if !wanted {
             return Ok(Vec::new());
         }
@@ -69,6 +89,23 @@ pub(super) fn glide_drafts(
             .map(|t| Ok(Next::Reduced(t.squeeze(0)?.to_vec1::<f32>()?, vocab)))
             .collect()
     })
+}
+
+/// Each sequence's feature for its round of drafts (GLIDE with a feature: the target's row
+/// before the last committed token, which the round's first row reads), taken from its state:
+/// it serves that one row. A feature kept for another position (none was verified since) is
+/// dropped.
+fn take_features(
+    model: &GlideModel,
+    batch: &mut [ProposeInput<'_>],
+) -> Vec<Option<(usize, Vec<f32>)>> {
+    batch
+        .iter_mut()
+        .map(|s| {
+            let f = s.state.feature.take()?;
+            (model.config().feature != GlideFeature::None && f.0 + 1 == s.tokens.len()).then_some(f)
+        })
+        .collect()
 }
 
 /// Feeds GLIDE's own cache the committed tokens (all but the last) it lacks, drafting nothing
@@ -114,6 +151,10 @@ impl Proposer for GlideProposer {
         "glide"
     }
 
+    fn new_state(&self) -> ProposerState {
+        glide_state(&self.model)
+    }
+
     fn new_pool(&self, max_blocks: usize) -> KvPool {
         self.model.new_pool(max_blocks)
     }
@@ -133,5 +174,104 @@ impl Proposer for GlideProposer {
         batch: &mut [ProposeInput<'_>],
     ) -> Result<Vec<Draft>> {
         glide_drafts(&self.model, target, kv, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::model::tiny::{
+        tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights, TinySpec,
+    };
+    use crate::model::{DraftVocab, Model, Weights};
+    use crate::sampling::SamplingParams;
+
+    /// A tiny target and a drafter for it that reads the target's last hidden state through a
+    /// strong projection.
+    fn pair() -> (Model, GlideModel) {
+        let config = tiny_config(&TinySpec::default());
+        let target = Model::load(
+            config.clone(),
+            &mut Weights::from_tensors(tiny_weights(&config, 3, 0.3)),
+        )
+        .unwrap();
+        let mut glide = tiny_glide_config(&config, 200);
+        glide.feature = GlideFeature::LastHidden;
+        let tensors = tiny_glide_weights(&config, &glide, 7, 0.3);
+        let vocab = DraftVocab::new((0..200).collect(), config.vocab_size).unwrap();
+        let model = GlideModel::from_weights(
+            glide,
+            &mut Weights::from_tensors(tensors),
+            vocab,
+            &target,
+            std::path::Path::new("<test>"),
+        )
+        .unwrap();
+        (target, model)
+    }
+
+    /// One round of greedy drafts for `tokens`, the target having cached all but the last, with
+    /// `feature` (if any) in the sequence's state; also whether the round took it.
+    fn drafts(
+        target: &Model,
+        glide: &GlideModel,
+        tokens: &[u32],
+        feature: bool,
+    ) -> (Vec<u32>, bool) {
+        let mut target_kv = target.new_pool(16);
+        let mut target_table = BlockTable::new();
+        let head = &tokens[..tokens.len() - 1];
+        let (_, hidden) = target
+            .forward_keeping_hidden(
+                &mut target_kv,
+                &mut [SeqInput {
+                    table: &mut target_table,
+                    tokens: head,
+                    logits: Logits::Last,
+                }],
+            )
+            .unwrap();
+        let mut state = glide_state(glide);
+        if feature {
+            state.feature = Some((tokens.len() - 1, hidden[0][0].clone()));
+        }
+        let mut kv = glide.new_pool(16);
+        let sampling = SamplingParams::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut batch = [ProposeInput {
+            tokens,
+            target_table: &target_table,
+            state: &mut state,
+            max: 4,
+            sampling: &sampling,
+            rng: &mut rng,
+            confidence: None,
+        }];
+        let view = TargetView {
+            model: target,
+            kv: &target_kv,
+        };
+        let d = glide_drafts(glide, view, &mut kv, &mut batch).unwrap();
+        (d[0].tokens.clone(), state.feature.is_some())
+    }
+
+    #[test]
+    fn a_round_of_drafts_reads_the_feature_its_sequence_holds_once() {
+        let (target, glide) = pair();
+        assert!(glide_state(&glide).wants_feature);
+        let mut differ = 0;
+        for s in 0..6u32 {
+            let tokens: Vec<u32> = (0..(6 + s)).map(|i| (i * 31 + s * 7 + 3) % 200).collect();
+            let (with, left) = drafts(&target, &glide, &tokens, true);
+            let (without, _) = drafts(&target, &glide, &tokens, false);
+            assert!(!left, "the round took the feature: it serves one row");
+            differ += usize::from(with != without);
+        }
+        assert!(
+            differ > 0,
+            "the feature changed no draft: the round never read it"
+        );
     }
 }

@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 
-use super::glide::{glide_drafts, glide_read_committed};
+use super::glide::{glide_drafts, glide_read_committed, glide_state};
 use super::ngram::{NgramMatch, NgramProposer};
-use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
+use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::GlideModel;
@@ -98,6 +98,10 @@ fn reborrow<'b>(s: &'b mut ProposeInput<'_>) -> ProposeInput<'b> {
 impl Proposer for GlideNgramProposer {
     fn name(&self) -> &'static str {
         "glide+ngram"
+    }
+
+    fn new_state(&self) -> ProposerState {
+        glide_state(&self.model)
     }
 
     fn new_pool(&self, max_blocks: usize) -> KvPool {

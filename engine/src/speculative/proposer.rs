@@ -25,6 +25,14 @@ pub struct Draft {
 pub struct ProposerState {
     /// The drafter's own KV cache (draft models): its blocks in the proposer's pool.
     pub(crate) table: Option<BlockTable>,
+    /// Whether the drafter reads the target's last hidden state (GLIDE with a feature): the
+    /// verification then keeps the target's final normed rows of the sequence.
+    pub(crate) wants_feature: bool,
+    /// Those rows of the last verification, and the position of its first row's token.
+    pub(crate) verified_rows: Option<(usize, Vec<Vec<f32>>)>,
+    /// The hidden state the drafter's row at this position takes: the target's row before it,
+    /// kept from the verification that chose that position's token.
+    pub(crate) feature: Option<(usize, Vec<f32>)>,
 }
 
 impl ProposerState {
@@ -36,6 +44,12 @@ impl ProposerState {
     /// The drafter's block table, if any (tests compare caches through it).
     pub fn table(&self) -> Option<&BlockTable> {
         self.table.as_ref()
+    }
+
+    /// The target's hidden state that the drafter's next round reads at its first row, and
+    /// that row's position (GLIDE with a feature, between a verification and the next round).
+    pub fn feature(&self) -> Option<(usize, &[f32])> {
+        self.feature.as_ref().map(|(p, h)| (*p, h.as_slice()))
     }
 }
 

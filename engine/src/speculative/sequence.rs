@@ -445,6 +445,16 @@ impl Sequence {
             Verified::Decided(v) => *v,
             Verified::Rows(rows) => self.verdict(&draft.tokens, draft.probs.as_deref(), rows, rule),
         };
+        // The target's row that chose the next token is what the drafter's row for that token
+        // reads (GLIDE with a feature).
+        let state = &mut self.proposer_state;
+        if let Some((first, rows)) = state.verified_rows.take() {
+            let position = first + verdict.accepted + 1;
+            state.feature = rows
+                .into_iter()
+                .nth(verdict.accepted)
+                .map(|h| (position, h));
+        }
         Decision {
             drafted: draft.tokens.len(),
             accepted: verdict.accepted,

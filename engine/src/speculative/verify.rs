@@ -9,6 +9,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::kv::KvPool;
+use crate::model::llama::{ForwardOut, OutputMode};
 use crate::model::{Logits, Model, SampleInput, SeqInput};
 
 /// What verification hands to acceptance for one sequence.
@@ -131,6 +132,8 @@ pub fn verify<'a>(
     } else {
         Vec::new()
     };
+    // A drafter that reads the target's last hidden state gets the rows of this forward.
+    let keep = seqs.iter().any(|s| s.proposer_state.wants_feature);
     let inputs_tokens: Vec<Vec<u32>> = seqs
         .iter()
         .zip(drafts)
@@ -156,11 +159,8 @@ pub fn verify<'a>(
             .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
             .collect()
     };
-    if greedy {
-        return Ok(decided(target.verify_greedy(kv, &mut batch)?));
-    }
-    if sampled {
-        let inputs: Vec<SampleInput<'_>> = inv_temps
+    let inputs: Vec<SampleInput<'_>> = if sampled {
+        inv_temps
             .iter()
             .zip(drafts)
             .zip(uniforms)
@@ -169,13 +169,33 @@ pub fn verify<'a>(
                 q: d.probs.as_deref(),
                 u,
             })
-            .collect();
-        return Ok(decided(target.verify_sampled(kv, &mut batch, &inputs)?));
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mode = if greedy {
+        OutputMode::GreedyVerdict
+    } else if sampled {
+        OutputMode::SampledVerdict
+    } else {
+        OutputMode::Logits
+    };
+    let (out, hidden) = target.run(kv, &mut batch, mode, &inputs, keep)?;
+    drop(batch);
+    if let Some(hidden) = hidden {
+        for (s, rows) in seqs.iter_mut().zip(hidden) {
+            if s.proposer_state.wants_feature {
+                s.proposer_state.verified_rows = Some((s.tokens.len() - 1, rows));
+            }
+        }
     }
-    target
-        .forward(kv, &mut batch)?
-        .into_iter()
-        .take(verifying)
-        .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
-        .collect()
+    match out {
+        ForwardOut::Verdicts(v) => Ok(decided(v)),
+        ForwardOut::Logits(l) => l
+            .into_iter()
+            .take(verifying)
+            .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
+            .collect(),
+        ForwardOut::Top(_) => unreachable!("no argmax asked for"),
+    }
 }

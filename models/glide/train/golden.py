@@ -12,7 +12,13 @@ length). engine/tests/glide_golden.rs loads the same files into specd and compar
     <out>/logits.safetensors   tensor "logits", [TOKENS, draft vocabulary], float32
     <out>/golden.json          token ids, verified length, versions
 
-Usage: python3 models/glide/train/golden.py [OUT_DIR]   (default engine/tests/fixtures/glide_golden)
+With --feature, a drafter that reads the target's last hidden state (rank-16 projection) into
+engine/tests/fixtures/glide_golden_feature: the first drafted row (position VERIFIED) takes the
+target's final normed hidden state at position VERIFIED - 1, also saved, as "feature" in
+<out>/feature.safetensors (specd's own must match it too).
+
+Usage: python3 models/glide/train/golden.py [--feature] [OUT_DIR]
+       (default engine/tests/fixtures/glide_golden, or glide_golden_feature)
 Needs torch 2.11 and transformers 5.17 (the versions of make_golden.py), CPU only.
 """
 
@@ -40,7 +46,11 @@ SEED = 1234
 
 
 def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "engine/tests/fixtures/glide_golden"
+    args = sys.argv[1:]
+    feature = "--feature" in args
+    args = [a for a in args if a != "--feature"]
+    default = "glide_golden_feature" if feature else "glide_golden"
+    out = Path(args[0]) if args else REPO / "engine/tests/fixtures" / default
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     target = transformers.Qwen2ForCausalLM.from_pretrained(TARGET, dtype=torch.float32, attn_implementation="eager")
@@ -57,6 +67,8 @@ def main() -> None:
         target_layer=shapes.num_layers - 1,
         draft_vocab_size=len(draft_vocab),
         target=shapes,
+        feature="last_hidden" if feature else "none",
+        feature_rank=16 if feature else 0,
     )
     model = GlideDrafter(cfg, embed_weight(target).detach(), draft_vocab, head_weight(target).detach())
     with torch.no_grad():
@@ -68,11 +80,20 @@ def main() -> None:
     model.eval()
 
     ids = torch.tensor([TOKENS])
-    k, v, _ = target_pass(target, ids[:, :VERIFIED], cfg.target_layer)
+    k, v, _, hidden = target_pass(target, ids[:, :VERIFIED], cfg.target_layer, hidden=True)
     starts = block_starts_from_sizes([1] * VERIFIED + [len(TOKENS) - VERIFIED], len(TOKENS))
     positions = torch.arange(len(TOKENS))[None]
+    extra = ()
+    if feature:
+        # Only the first drafted row takes a feature: the target's row before it.
+        rows = torch.zeros((1, len(TOKENS)), dtype=torch.bool)
+        rows[0, VERIFIED] = True
+        feats = torch.zeros((1, len(TOKENS), shapes.hidden_size))
+        feats[0, VERIFIED] = hidden[0, VERIFIED - 1]
+        extra = (feats, rows)
+        save_file({"feature": hidden[0, VERIFIED - 1].contiguous()}, str(out / "feature.safetensors"))
     with torch.no_grad():
-        logits = model(ids, positions, k, v, starts)[0]
+        logits = model(ids, positions, k, v, starts, *extra)[0]
 
     save_glide(str(out / "glide.safetensors"), model, dtype=torch.float32)
     save_file({"logits": logits.contiguous()}, str(out / "logits.safetensors"))
