@@ -6,6 +6,7 @@ mod common;
 
 use common::engine_models as models;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -16,8 +17,9 @@ use specd_engine::actors::{
 };
 use specd_engine::generate::{generate, FinishReason, GenerateRequest};
 use specd_engine::kv::KvDtype;
+use specd_engine::model::tiny::tiny_guessing_glide_with_feature;
 use specd_engine::sampling::SamplingParams;
-use specd_engine::speculative::DraftPolicyConfig;
+use specd_engine::speculative::{DraftPolicyConfig, GlideProposer};
 
 fn prompt(rng: &mut StdRng, vocab: u32, len: usize) -> Vec<u32> {
     (0..len).map(|_| rng.random_range(0..vocab - 3)).collect()
@@ -182,6 +184,14 @@ fn thirty_two_concurrent_mixed_requests_equal_each_alone() {
 
 /// With the target's cache in bf16 (`--kv-dtype bf16`; GLIDE's cross-attention reads it too),
 /// every method still gives target-only output token for token, in a batch as alone.
+#[test]
+fn a_glide_drafter_reading_the_targets_hidden_state_keeps_every_method_lossless() {
+    let mut m = models(true);
+    let g = tiny_guessing_glide_with_feature(&m.target, 240, 9).unwrap();
+    m.glide = Some(Arc::new(GlideProposer::new(Arc::new(g))));
+    local(mixed_requests_match_alone_on(m, EngineConfig::default()));
+}
+
 #[test]
 fn bf16_kv_cache_keeps_every_method_lossless() {
     local(async {

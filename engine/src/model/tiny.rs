@@ -278,6 +278,29 @@ pub fn tiny_guessing_glide(target: &Model, draft_vocab: usize, seed: u64) -> Res
     build_tiny_glide(target, draft_vocab, seed, 0.02, false)
 }
 
+/// [`tiny_guessing_glide`] that also reads the target's last hidden state (a rank-8
+/// projection of it added to each round's first row).
+pub fn tiny_guessing_glide_with_feature(
+    target: &Model,
+    draft_vocab: usize,
+    seed: u64,
+) -> Result<GlideModel> {
+    let t = target.config();
+    let mut config = tiny_glide_config(t, draft_vocab);
+    config.feature = GlideFeature::LastHidden;
+    config.feature_rank = 8;
+    let mut tensors = tiny_glide_weights(t, &config, seed, 0.02);
+    tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
+    let vocab = DraftVocab::new((0..draft_vocab as u32).collect(), t.vocab_size)?;
+    GlideModel::from_weights(
+        config,
+        &mut Weights::from_tensors(tensors),
+        vocab,
+        target,
+        std::path::Path::new("<tiny glide>"),
+    )
+}
+
 /// Writes [`tiny_guessing_glide`] for the tiny target of `spec` as a GLIDE file (the format
 /// [`GlideModel::load`] reads): what the binary's end-to-end tests pass as `--glide`.
 pub fn write_guessing_glide(
