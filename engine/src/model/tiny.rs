@@ -267,7 +267,8 @@ pub fn tiny_glide_weights(
 
 /// A random GLIDE drafter for `target`, its head over the first `draft_vocab` token ids.
 pub fn tiny_glide(target: &Model, draft_vocab: usize, seed: u64, scale: f32) -> Result<GlideModel> {
-    build_tiny_glide(target, draft_vocab, seed, scale, true)
+    let config = tiny_glide_config(target.config(), draft_vocab);
+    build_tiny_glide(target, config, seed, scale, true)
 }
 
 /// A GLIDE drafter for `target` that guesses the target's next token often but not always:
@@ -275,7 +276,8 @@ pub fn tiny_glide(target: &Model, draft_vocab: usize, seed: u64, scale: f32) -> 
 /// the first `draft_vocab` token ids. What the engine and gateway tests serve, so that they see
 /// both accepted and rejected GLIDE drafts.
 pub fn tiny_guessing_glide(target: &Model, draft_vocab: usize, seed: u64) -> Result<GlideModel> {
-    build_tiny_glide(target, draft_vocab, seed, 0.02, false)
+    let config = tiny_glide_config(target.config(), draft_vocab);
+    build_tiny_glide(target, config, seed, 0.02, false)
 }
 
 /// [`tiny_guessing_glide`] that also reads the target's last hidden state (a rank-8
@@ -285,20 +287,10 @@ pub fn tiny_guessing_glide_with_feature(
     draft_vocab: usize,
     seed: u64,
 ) -> Result<GlideModel> {
-    let t = target.config();
-    let mut config = tiny_glide_config(t, draft_vocab);
+    let mut config = tiny_glide_config(target.config(), draft_vocab);
     config.feature = GlideFeature::LastHidden;
     config.feature_rank = 8;
-    let mut tensors = tiny_glide_weights(t, &config, seed, 0.02);
-    tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
-    let vocab = DraftVocab::new((0..draft_vocab as u32).collect(), t.vocab_size)?;
-    GlideModel::from_weights(
-        config,
-        &mut Weights::from_tensors(tensors),
-        vocab,
-        target,
-        std::path::Path::new("<tiny glide>"),
-    )
+    build_tiny_glide(target, config, seed, 0.02, false)
 }
 
 /// Writes [`tiny_guessing_glide`] for the tiny target of `spec` as a GLIDE file (the format
@@ -310,37 +302,37 @@ pub fn write_guessing_glide(
     seed: u64,
 ) -> Result<()> {
     let target = tiny_config(spec);
-    let (config, vocab, tensors) = tiny_glide_parts(&target, draft_vocab, seed, 0.02, false)?;
+    let config = tiny_glide_config(&target, draft_vocab);
+    let (vocab, tensors) = tiny_glide_parts(&target, &config, seed, 0.02, false)?;
     super::glide::save_glide(path, &config, &vocab, &tensors)
 }
 
-/// A tiny GLIDE drafter's configuration, id map (the first `draft_vocab` ids) and weights
+/// A tiny GLIDE drafter's id map (the first `config.draft_vocab_size` ids) and weights
 /// (without a head of its own unless `own_head`).
 fn tiny_glide_parts(
     target: &ModelConfig,
-    draft_vocab: usize,
+    config: &GlideConfig,
     seed: u64,
     scale: f32,
     own_head: bool,
-) -> Result<(GlideConfig, DraftVocab, HashMap<String, Tensor>)> {
-    let config = tiny_glide_config(target, draft_vocab);
-    let vocab = DraftVocab::new((0..draft_vocab as u32).collect(), target.vocab_size)?;
-    let mut tensors = tiny_glide_weights(target, &config, seed, scale);
+) -> Result<(DraftVocab, HashMap<String, Tensor>)> {
+    let ids = (0..config.draft_vocab_size as u32).collect();
+    let vocab = DraftVocab::new(ids, target.vocab_size)?;
+    let mut tensors = tiny_glide_weights(target, config, seed, scale);
     if !own_head {
         tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
     }
-    Ok((config, vocab, tensors))
+    Ok((vocab, tensors))
 }
 
 fn build_tiny_glide(
     target: &Model,
-    draft_vocab: usize,
+    config: GlideConfig,
     seed: u64,
     scale: f32,
     own_head: bool,
 ) -> Result<GlideModel> {
-    let (config, vocab, tensors) =
-        tiny_glide_parts(target.config(), draft_vocab, seed, scale, own_head)?;
+    let (vocab, tensors) = tiny_glide_parts(target.config(), &config, seed, scale, own_head)?;
     GlideModel::from_weights(
         config,
         &mut Weights::from_tensors(tensors),
