@@ -369,25 +369,9 @@ fn guessing_pair() -> Pair {
 #[test]
 fn greedy_speculation_with_glide_equals_target_only_output() {
     let p = guessing_pair();
-    let tok = tiny_tokenizer();
     let glide = GlideProposer::new(Arc::new(p.glide.clone()));
-    let (mut drafted, mut accepted) = (0, 0);
-    for (pi, prompt) in prompts().into_iter().enumerate() {
-        let req = greedy(prompt, 24);
-        let want = generate(&p.target, &tok, &req, |_| {}).unwrap();
-        for (k, adaptive) in [(1, false), (2, false), (4, true), (6, false)] {
-            let policy = DraftPolicyConfig {
-                max_draft: k,
-                adaptive,
-                confidence: None,
-            };
-            let got =
-                generate_speculative(&p.target, &tok, Some(&glide), policy, &req, |_| {}).unwrap();
-            assert_eq!(got.tokens, want.tokens, "prompt {pi}, k = {k}");
-            drafted += got.speculation.drafted_tokens;
-            accepted += got.speculation.accepted_tokens;
-        }
-    }
+    let lengths = [(1, false), (2, false), (4, true), (6, false)];
+    let (drafted, accepted) = assert_lossless(&p, &glide, &lengths);
     eprintln!("{accepted} of {drafted} GLIDE drafts accepted");
     assert!(
         accepted > 0 && accepted < drafted,
@@ -395,9 +379,33 @@ fn greedy_speculation_with_glide_equals_target_only_output() {
     );
 }
 
+/// Greedy speculation with `glide` over every prompt and each (draft length, adaptive) of
+/// `lengths` equals target-only output; returns the drafted and accepted tokens.
+fn assert_lossless(p: &Pair, glide: &GlideProposer, lengths: &[(usize, bool)]) -> (u64, u64) {
+    let tok = tiny_tokenizer();
+    let (mut drafted, mut accepted) = (0, 0);
+    for (pi, prompt) in prompts().into_iter().enumerate() {
+        let req = greedy(prompt, 24);
+        let want = generate(&p.target, &tok, &req, |_| {}).unwrap();
+        for &(k, adaptive) in lengths {
+            let policy = DraftPolicyConfig {
+                max_draft: k,
+                adaptive,
+                confidence: None,
+            };
+            let got =
+                generate_speculative(&p.target, &tok, Some(glide), policy, &req, |_| {}).unwrap();
+            assert_eq!(got.tokens, want.tokens, "prompt {pi}, k = {k}");
+            drafted += got.speculation.drafted_tokens;
+            accepted += got.speculation.accepted_tokens;
+        }
+    }
+    (drafted, accepted)
+}
+
 /// [`guessing_pair`]'s drafter reading the target's last hidden state too (rank 8), its
-/// projection's weights multiplied by `proj_scale` (0: the feature adds nothing).
-fn feature_guessing_glide(p: &Pair, proj_scale: f64) -> GlideModel {
+/// projection's weights 50 times the others' spread, so that the feature moves its drafts.
+fn feature_guessing_glide(p: &Pair) -> GlideModel {
     let mut config = p.glide_config.clone();
     config.feature = GlideFeature::LastHidden;
     config.feature_rank = 8;
@@ -405,7 +413,7 @@ fn feature_guessing_glide(p: &Pair, proj_scale: f64) -> GlideModel {
     let mut tensors = tiny_glide_weights(target, &config, 5, 0.02);
     tensors.remove(&Naming::HuggingFace.name(Param::LmHead));
     let proj = &feature_tensor_names()[2];
-    let scaled = (&tensors[proj] * (50.0 * proj_scale)).unwrap();
+    let scaled = (&tensors[proj] * 50.0).unwrap();
     tensors.insert(proj.clone(), scaled);
     let vocab = DraftVocab::new(
         (0..config.draft_vocab_size as u32).collect(),
@@ -424,22 +432,8 @@ fn feature_guessing_glide(p: &Pair, proj_scale: f64) -> GlideModel {
 #[test]
 fn a_drafter_reading_the_targets_hidden_state_stays_lossless() {
     let p = guessing_pair();
-    let tok = tiny_tokenizer();
-    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p, 1.0)));
-    for (pi, prompt) in prompts().into_iter().enumerate() {
-        let req = greedy(prompt, 24);
-        let want = generate(&p.target, &tok, &req, |_| {}).unwrap();
-        for (k, adaptive) in [(1, false), (3, false), (4, true)] {
-            let policy = DraftPolicyConfig {
-                max_draft: k,
-                adaptive,
-                confidence: None,
-            };
-            let got =
-                generate_speculative(&p.target, &tok, Some(&glide), policy, &req, |_| {}).unwrap();
-            assert_eq!(got.tokens, want.tokens, "prompt {pi}, k = {k}");
-        }
-    }
+    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p)));
+    assert_lossless(&p, &glide, &[(1, false), (3, false), (4, true)]);
 }
 
 /// After every step of a batch, each sequence holds for its next round the target's hidden row
@@ -449,7 +443,7 @@ fn a_drafter_reading_the_targets_hidden_state_stays_lossless() {
 fn verification_hands_each_sequence_the_targets_row_before_its_last_token() {
     let p = guessing_pair();
     let tok = tiny_tokenizer();
-    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p, 1.0)));
+    let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p)));
     let proposer: &dyn Proposer = &glide;
     let policy = DraftPolicyConfig {
         max_draft: 3,
