@@ -12,9 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use glide_cache::{glide_rows, target_cache};
+use glide_cache::{glide_rows, target_cache, target_cache_and_hidden};
 use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::kv::BlockTable;
 use specd_engine::model::glide::{cross_tensor_names, feature_tensor_names, save_glide};
 use specd_engine::model::tiny::{
     tiny_config, tiny_glide_config, tiny_glide_weights, tiny_tokenizer, tiny_weights, TinySpec,
@@ -473,25 +472,8 @@ fn verification_hands_each_sequence_the_targets_row_before_its_last_token() {
                 tokens.len() - 1,
                 "the row of the last committed token"
             );
-            let mut kv = p.target.new_pool(16);
-            let mut table = BlockTable::new();
-            let (_, rows) = p
-                .target
-                .forward_keeping_hidden(
-                    &mut kv,
-                    &mut [SeqInput {
-                        table: &mut table,
-                        tokens: &tokens[..tokens.len() - 1],
-                        logits: Logits::Last,
-                    }],
-                )
-                .unwrap();
-            assert_eq!(
-                hidden,
-                &rows[0][0][..],
-                "the target's row at {}",
-                position - 1
-            );
+            let (_, _, whole) = target_cache_and_hidden(&p.target, &tokens[..tokens.len() - 1]);
+            assert_eq!(hidden, &whole[..], "the target's row at {}", position - 1);
             checked += 1;
         }
     }

@@ -12,19 +12,23 @@ mod glide_cache;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use glide_cache::{glide_rows, target_cache};
+use glide_cache::{glide_rows, target_cache, target_cache_and_hidden};
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{
-    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_model, tiny_model_on, TinySpec,
+    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_with_feature, tiny_model,
+    tiny_model_on, TinySpec,
 };
-use specd_engine::model::{self, Device, GlideModel, LoadOptions, Logits, Model, SeqInput};
+use specd_engine::model::{
+    self, Device, FeatureRow, GlideModel, LoadOptions, Logits, Model, SeqInput,
+};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
-    generate_speculative, DraftPolicyConfig, GlideProposer, NgramProposer,
+    generate_speculative, DraftPolicyConfig, GlideProposer, NgramProposer, Proposer, Sequence,
+    Speculator,
 };
 
 /// bf16 weights, activations and KV on the GPU against f32 on the CPU (as gpu_engine.rs).
@@ -193,11 +197,19 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
     }
 }
 
-/// The drafter the training script made for the tiny Qwen2 fixture (heads of 8, an MLP of 48:
-/// padded to the kernels' shapes on the GPU) gives PyTorch's logits on the GPU, and the CPU's.
+/// The drafters the training script made for the tiny Qwen2 fixture (heads of 8, an MLP of 48:
+/// padded to the kernels' shapes on the GPU), without and with the target's last hidden state
+/// as input (rank 16: composed into one matrix on the GPU), give PyTorch's logits on the GPU,
+/// and the CPU's; the GPU target's hidden row that the feature reads is PyTorch's too.
 #[test]
-fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
-    let dir = fixtures().join("glide_golden");
+fn the_golden_glide_fixtures_give_the_training_scripts_logits_on_the_gpu() {
+    for name in ["glide_golden", "glide_golden_feature"] {
+        check_golden(name);
+    }
+}
+
+fn check_golden(name: &str) {
+    let dir = fixtures().join(name);
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let tokens: Vec<u32> = golden["tokens"]
@@ -207,13 +219,20 @@ fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
     let verified = golden["verified"].as_u64().unwrap() as usize;
-    let expected =
-        candle_core::safetensors::load(dir.join("logits.safetensors"), &candle_core::Device::Cpu)
+    let load_cpu = |file: &str, key: &str| {
+        candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu)
             .unwrap()
-            .remove("logits")
+            .remove(key)
             .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+    };
+    let expected = load_cpu("logits.safetensors", "logits")
+        .to_vec2::<f32>()
+        .unwrap();
+    let torch_feature = dir.join("feature.safetensors").exists().then(|| {
+        load_cpu("feature.safetensors", "feature")
+            .to_vec1::<f32>()
+            .unwrap()
+    });
     let load = |device| {
         let options = LoadOptions {
             device,
@@ -223,23 +242,76 @@ fn the_golden_glide_fixture_gives_the_training_scripts_logits_on_the_gpu() {
             .unwrap_or_else(|e| panic!("loading the fixture on {device}: {e}"))
             .model;
         let glide = GlideModel::load(&dir.join("glide.safetensors"), &target)
-            .unwrap_or_else(|e| panic!("loading the GLIDE fixture on {device}: {e}"));
+            .unwrap_or_else(|e| panic!("{name}: loading the GLIDE fixture on {device}: {e}"));
         (target, glide)
     };
     let (ct, cg) = load(Device::Cpu);
     let (gt, gg) = load(cuda());
     let n = tokens.len();
-    let cpu = rows_reading(&ct, &cg, &tokens, verified, n);
+    let with_feature = torch_feature.is_some();
+    let (cpu, cpu_hidden) = golden_rows(&ct, &cg, &tokens, verified, n, with_feature);
+    if let Some(theirs) = &torch_feature {
+        let (_, gpu_hidden) = golden_rows(&gt, &gg, &tokens, verified, n, true);
+        let vs_torch = relative_error(
+            std::slice::from_ref(theirs),
+            std::slice::from_ref(&gpu_hidden),
+        );
+        let vs_cpu = relative_error(&[cpu_hidden], &[gpu_hidden]);
+        assert!(
+            vs_torch < TOLERANCE && vs_cpu < TOLERANCE,
+            "{name}: the GPU target's hidden row {} differs from PyTorch's by {vs_torch} and \
+             from the CPU's by {vs_cpu} (relative)",
+            verified - 1
+        );
+    }
     for chunk in [1, 4, n] {
-        let gpu = rows_reading(&gt, &gg, &tokens, verified, chunk);
+        let (gpu, _) = golden_rows(&gt, &gg, &tokens, verified, chunk, with_feature);
         let vs_torch = relative_error(&expected, &gpu);
         let vs_cpu = relative_error(&cpu, &gpu);
         assert!(
             vs_torch < TOLERANCE && vs_cpu < TOLERANCE,
-            "chunks of {chunk}: GPU rows differ from PyTorch's by {vs_torch} and from the \
-             CPU's by {vs_cpu} (relative)"
+            "{name}, chunks of {chunk}: GPU rows differ from PyTorch's by {vs_torch} and from \
+             the CPU's by {vs_cpu} (relative)"
         );
     }
+}
+
+/// The drafter's rows of `tokens` fed `chunk` at a time against the target's cache of the
+/// first `verified` (as `rows_reading`), the row at `verified` taking the target's hidden row
+/// before it when `with_feature`; and that hidden row.
+fn golden_rows(
+    target: &Model,
+    glide: &GlideModel,
+    tokens: &[u32],
+    verified: usize,
+    chunk: usize,
+    with_feature: bool,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let (tkv, ttable, hidden) = target_cache_and_hidden(target, &tokens[..verified]);
+    let features = [with_feature.then_some(FeatureRow {
+        position: verified,
+        hidden: &hidden,
+    })];
+    let mut pool = glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut rows = Vec::new();
+    for part in tokens.chunks(chunk) {
+        let out = glide
+            .forward_with_features(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: part,
+                    logits: Logits::All,
+                }],
+                &tkv,
+                &[&ttable],
+                &features,
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+    }
+    (rows, hidden)
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
@@ -285,14 +357,87 @@ fn greedy_speculation_with_glide_on_the_gpu_equals_target_only_output() {
     );
 }
 
+/// A drafter that reads the target's last hidden state on the GPU: greedy speculation equals
+/// target-only output (k = 1, 4, adaptive), and after every step each sequence holds the GPU
+/// target's row before its last token (as a forward over the whole sequence computes it there,
+/// within bf16 tolerance), at the position of the drafter's row that reads it.
+#[test]
+fn greedy_speculation_with_a_feature_drafter_on_the_gpu_equals_target_only_output() {
+    let target = tiny_model_on(&spec(), cuda()).unwrap();
+    let (model, tok) = (&target.model, target.tokenizer.as_ref().unwrap());
+    let glide = GlideProposer::new(Arc::new(
+        tiny_guessing_glide_with_feature(model, 240, 9).unwrap(),
+    ));
+    let proposer: &dyn Proposer = &glide;
+    let mut ps = prompts(6);
+    ps.push(run_prompt());
+    let mut checked = 0;
+    for (k, adaptive) in [(1, false), (4, false), (4, true)] {
+        let policy = DraftPolicyConfig {
+            max_draft: k,
+            adaptive,
+            confidence: None,
+        };
+        let mut spec = Speculator::new(model, Some(proposer));
+        let mut seqs: Vec<Sequence> = ps
+            .iter()
+            .map(|p| Sequence::new(model, tok, Some(proposer), greedy(p.clone(), 24), policy))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for s in seqs.iter_mut() {
+            spec.prefill(s).unwrap();
+        }
+        while seqs.iter().any(|s| !s.is_finished()) {
+            let mut batch: Vec<&mut Sequence> =
+                seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+            spec.step(&mut batch).unwrap();
+            for s in batch.iter().filter(|s| !s.is_finished()) {
+                let tokens = s.tokens();
+                let (position, hidden) = s
+                    .proposer_state()
+                    .feature()
+                    .expect("a verified sequence holds its feature");
+                assert_eq!(position, tokens.len() - 1, "k = {k}: the last token's row");
+                let (_, _, whole) = target_cache_and_hidden(model, &tokens[..position]);
+                let e = relative_error(&[whole], &[hidden.to_vec()]);
+                assert!(
+                    e < TOLERANCE,
+                    "k = {k}: the kept row at {} differs from a whole forward's by {e}",
+                    position - 1
+                );
+                checked += 1;
+            }
+        }
+        for (pi, (p, s)) in ps.iter().zip(&seqs).enumerate() {
+            let want = generate(model, tok, &greedy(p.clone(), 24), |_| {}).unwrap();
+            assert_eq!(
+                s.generated(),
+                &want.tokens[..],
+                "prompt {pi}, k = {k}, adaptive {adaptive}"
+            );
+        }
+    }
+    assert!(checked > 40, "only {checked} kept rows checked");
+}
+
 /// The engine's actors on the GPU with none, draft, n-gram and GLIDE requests in one running
 /// batch (k = 1, 4 and adaptive): each output equals target-only, GLIDE drafts are accepted,
 /// and every GLIDE block goes back to its pool.
 #[test]
 fn the_engine_batches_glide_with_none_draft_and_ngram_on_the_gpu() {
+    engine_batch_on_the_gpu(|t| tiny_guessing_glide(t, 240, 9).unwrap());
+}
+
+/// The same with a GLIDE drafter that reads the target's last hidden state.
+#[test]
+fn the_engine_batches_a_feature_drafter_with_the_other_methods_on_the_gpu() {
+    engine_batch_on_the_gpu(|t| tiny_guessing_glide_with_feature(t, 240, 9).unwrap());
+}
+
+fn engine_batch_on_the_gpu(make_glide: fn(&Model) -> GlideModel) {
     let target = tiny_model_on(&spec(), cuda()).unwrap();
     let draft = Arc::new(tiny_drafter(&spec(), 0.15, 5, &target).unwrap());
-    let glide = tiny_guessing_glide(&target.model, 240, 9).unwrap();
+    let glide = make_glide(&target.model);
     let tok = target.tokenizer.clone().unwrap();
     let model = Arc::new(target.model);
     let models = EngineModels {

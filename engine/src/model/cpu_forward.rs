@@ -9,8 +9,8 @@ use super::config::{ModelConfig, RopeLayout};
 use super::glide::{FeatureRow, FeatureWeights};
 use super::linear::{CandlePool, Linear};
 use super::llama::{
-    run_layers, Act, CrossInput, ForwardOps, ForwardOut, HiddenRows, LlamaWeights, Logits,
-    OutputMode, SampleInput, SeqInput, Top,
+    hidden_per_seq, run_layers, Act, CrossInput, ForwardOps, ForwardOut, HiddenRows, LlamaWeights,
+    Logits, OutputMode, SampleInput, SeqInput, Top, Wanted,
 };
 use crate::error::Result;
 use crate::kv::pool::PoolQuery;
@@ -201,7 +201,6 @@ impl<'a, 'b> CpuStep<'a, 'b> {
         }
     }
 
-    /// Each wanted row's logits, per sequence (after the head ran).
     /// Adds to each sequence's row at `features[i]`'s position (if among its new tokens) the
     /// projection of that hidden state, after the embedding (GLIDE's feature).
     pub(crate) fn add_features(
@@ -214,13 +213,8 @@ impl<'a, 'b> CpuStep<'a, 'b> {
         for (i, s) in self.batch.iter().enumerate() {
             let (start, n) = (s.table.len(), s.tokens.len());
             if let Some(Some(f)) = features.get(i) {
+                // (Its length is checked by the caller, GlideModel::forward_with_features.)
                 if (start..start + n).contains(&f.position) {
-                    if f.hidden.len() != h {
-                        return Err(crate::error::Error::InvalidRequest(format!(
-                            "a feature of {} values for a drafter of hidden size {h}",
-                            f.hidden.len()
-                        )));
-                    }
                     let mut normed = vec![0f32; h];
                     kern::rms_norm(f.hidden, &w.norm, self.c.rms_norm_eps as f32, &mut normed);
                     let mut inner = Vec::new();
@@ -240,6 +234,7 @@ impl<'a, 'b> CpuStep<'a, 'b> {
         Ok(())
     }
 
+    /// Each wanted row's logits, per sequence (after the head ran).
     pub(crate) fn logits_per_seq(&mut self) -> Result<Vec<Tensor>> {
         let logits = self.logits.take().expect("the head ran");
         let mut per_seq = Vec::with_capacity(self.batch.len());
@@ -432,15 +427,6 @@ impl ForwardOps for CpuStep<'_, '_> {
     }
 }
 
-/// What a CPU forward hands back: `mode`'s output (`sample` for
-/// [`OutputMode::SampledVerdict`]), and with `keep_hidden` each sequence's final normed rows,
-/// one per row of logits.
-pub(crate) struct Wanted<'s, 'a> {
-    pub mode: OutputMode,
-    pub sample: &'s [SampleInput<'a>],
-    pub keep_hidden: bool,
-}
-
 /// Runs the forward on the CPU (slots already reserved) and shapes its output.
 pub(crate) fn forward(
     c: &ModelConfig,
@@ -459,13 +445,7 @@ pub(crate) fn forward(
     step.keep_hidden = keep_hidden;
     run_layers(&mut step, w)?;
     let per_seq = step.logits_per_seq()?;
-    let hidden = keep_hidden.then(|| {
-        let mut rows = step.hidden.chunks_exact(c.hidden_size).map(<[f32]>::to_vec);
-        step.batch
-            .iter()
-            .map(|s| rows.by_ref().take(s.logits.rows(s.tokens.len())).collect())
-            .collect()
-    });
+    let hidden = keep_hidden.then(|| hidden_per_seq(&step.hidden, c.hidden_size, step.batch));
     let batch = &*step.batch;
     let out = match mode {
         OutputMode::Logits => ForwardOut::Logits(per_seq),

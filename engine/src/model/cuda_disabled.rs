@@ -7,7 +7,7 @@ use super::config::ModelConfig;
 use super::device::GpuStats;
 use super::glide::GlideHost;
 use super::host_weights::HostWeights;
-use super::llama::{CrossInput, ForwardOut, OutputMode, SampleInput, SeqInput};
+use super::llama::{ForwardOut, GlideInput, HiddenRows, SeqInput, Wanted};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 
@@ -90,11 +90,10 @@ impl CudaModel {
         &self,
         _: &mut KvPool,
         _: &mut [SeqInput<'_>],
-        _: OutputMode,
-        _: &[SampleInput<'_>],
+        _: Wanted<'_, '_>,
         _head_rows: usize,
-        _: Option<&CrossInput<'_>>,
-    ) -> Result<ForwardOut> {
+        _: Option<GlideInput<'_>>,
+    ) -> Result<(ForwardOut, Option<HiddenRows>)> {
         match self.never {}
     }
 }

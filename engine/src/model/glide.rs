@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::QMatMul;
 use candle_core::Tensor;
 use specd_kernels::cpu as kern;
 
@@ -33,10 +34,10 @@ use super::glide_config::{GlideConfig, GlideFeature};
 use super::host_weights::{load_layer, HostLayer, HostMatrix};
 use super::linear::CandlePool;
 use super::llama::{
-    mlp_block, self_attention_block, Act, CrossInput, ForwardOps, ForwardOut, LlamaWeights,
-    OutputMode, SeqInput,
+    mlp_block, self_attention_block, Act, CrossInput, ForwardOps, ForwardOut, GlideInput,
+    LlamaWeights, OutputMode, SeqInput, Wanted,
 };
-use super::weights::{Param, Weights};
+use super::weights::{q8_0_bytes, Param, Weights};
 use super::{Model, RopeLayout};
 use crate::error::{Error, Result};
 use crate::kv::pool::PoolQuery;
@@ -136,19 +137,8 @@ impl GlideHost {
     }
 }
 
-/// The drafter's forward over `ops`: the Llama layers of `base`, each with its `cross`-attention
-/// (on a GPU; the CPU adds a feature after the embedding, [`glide_layers`]).
-#[cfg(feature = "cuda")]
-pub(crate) fn run_glide<O: ForwardOps>(
-    ops: &mut O,
-    base: &LlamaWeights<O::Matrix, O::Vector>,
-    cross: &[CrossWeights<O::Matrix, O::Vector>],
-) -> Result<()> {
-    ops.embed(&base.embed)?;
-    glide_layers(ops, base, cross)
-}
-
-/// [`run_glide`] after the embedding (rows that take a feature add it in between).
+/// The drafter's forward over `ops` after the embedding (and the feature, for rows that take
+/// one): the Llama layers of `base`, each with its `cross`-attention, then the head.
 pub(crate) fn glide_layers<O: ForwardOps>(
     ops: &mut O,
     base: &LlamaWeights<O::Matrix, O::Vector>,
@@ -230,6 +220,39 @@ pub fn save_glide(
     let json = serde_json::to_string(config).expect("a config serializes");
     let metadata = HashMap::from([(CONFIG_KEY.to_string(), json)]);
     safetensors::serialize_to_file(all, Some(metadata), path).map_err(|e| Error::file(path, e))
+}
+
+/// Rewrites the GLIDE file `input` as `output` with every matrix in GGUF's Q8_0 blocks (a u8
+/// tensor of `[rows, cols / 32 · 34]` bytes, which [`GlideModel::load`] reads back quantized;
+/// about 8.5 bits a weight against bf16's 16), the id map, norms and metadata as they are.
+/// For a quantized target specd serves a drafter's matrices in Q8_0 anyway, quantized at load
+/// by the same function, so the rewritten file drafts bit for bit as the original there.
+/// Returns the number of matrices quantized (none for a file already so).
+pub fn quantize_glide(input: &Path, output: &Path) -> Result<usize> {
+    let bytes = std::fs::read(input).map_err(|e| Error::file(input, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(input, e))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    if !metadata.contains_key(CONFIG_KEY) {
+        return Err(Error::file(
+            input,
+            format!("no `{CONFIG_KEY}` in its metadata: not a GLIDE drafter file"),
+        ));
+    }
+    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)?;
+    let mut quantized = 0;
+    for (name, t) in tensors.iter_mut() {
+        if name != VOCAB_TENSOR {
+            if let Some(q) = q8_0_bytes(t)? {
+                *t = q;
+                quantized += 1;
+            }
+        }
+    }
+    let all: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    safetensors::serialize_to_file(all, Some(metadata), output)
+        .map_err(|e| Error::file(output, e))?;
+    Ok(quantized)
 }
 
 /// Tensor names of a GLIDE file beyond the Llama ones (Hugging Face naming).
@@ -342,13 +365,6 @@ impl GlideModel {
                 config.draft_vocab_size,
                 t.vocab_size
             )));
-        }
-        if config.feature != GlideFeature::None && target.device().is_cuda() {
-            return Err(incompatible(
-                "it reads the target's last hidden state (`feature`: last_hidden), which specd \
-                 serves on the CPU only so far"
-                    .into(),
-            ));
         }
         let mut base = config.forward_config(t);
         let host = read_host(&config, &mut base, weights, &vocab, target)?;
@@ -463,6 +479,13 @@ impl GlideModel {
                 )));
             }
         }
+        let h = self.base.hidden_size;
+        if let Some(f) = features.iter().flatten().find(|f| f.hidden.len() != h) {
+            return Err(Error::InvalidRequest(format!(
+                "a feature of {} values for a drafter of hidden size {h}",
+                f.hidden.len()
+            )));
+        }
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
@@ -489,8 +512,17 @@ impl GlideModel {
             }
             GlideDevice::Cuda(m) => {
                 let rows = self.vocab.len();
-                match m.forward(kv, batch, OutputMode::Logits, &[], rows, Some(&cross))? {
-                    ForwardOut::Logits(l) => l,
+                let glide = GlideInput {
+                    cross: &cross,
+                    features,
+                };
+                let wanted = Wanted {
+                    mode: OutputMode::Logits,
+                    sample: &[],
+                    keep_hidden: false,
+                };
+                match m.forward(kv, batch, wanted, rows, Some(glide))? {
+                    (ForwardOut::Logits(l), _) => l,
                     _ => unreachable!("logits asked for"),
                 }
             }
@@ -562,13 +594,22 @@ fn read_host(
             let down = if rank == 0 {
                 None
             } else {
-                Some(prepare(single(weights.matrix_named(&down, rank, h)?))?)
+                Some(single(weights.matrix_named(&down, rank, h)?))
             };
             let inner = if rank == 0 { h } else { rank };
+            let mut proj = single(weights.matrix_named(&proj, h, inner)?);
+            let mut down = down;
+            if keep_dtype {
+                // On a GPU the two products are one: `proj · down` ([h, h]) is stored instead,
+                // so the feature takes one product and no conversion between them.
+                if let Some(d) = down.take() {
+                    proj = single(QMatMul::Tensor(composed(&proj, &d)?));
+                }
+            }
             Some(FeatureWeights {
                 norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
-                down,
-                proj: prepare(single(weights.matrix_named(&proj, h, inner)?))?,
+                down: down.map(prepare).transpose()?,
+                proj: prepare(proj)?,
             })
         }
     };
@@ -579,4 +620,16 @@ fn read_host(
         head,
         feature,
     })
+}
+
+/// The dense product `outer · inner` of two single-part matrices (dequantized), as f32.
+fn composed(outer: &HostMatrix, inner: &HostMatrix) -> Result<Tensor> {
+    let dense = |m: &HostMatrix| match &m.parts[..] {
+        [QMatMul::Tensor(t) | QMatMul::TensorF16(t)] => Ok(t.to_dtype(candle_core::DType::F32)?),
+        [QMatMul::QTensor(q)] => Ok(q.dequantize(&candle_core::Device::Cpu)?),
+        _ => Err(Error::Device(
+            "a GLIDE feature's matrices must be single parts to be composed".into(),
+        )),
+    };
+    Ok(dense(outer)?.matmul(&dense(inner)?)?)
 }

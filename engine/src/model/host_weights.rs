@@ -273,7 +273,7 @@ mod tests {
     use super::*;
     use crate::kv::{BlockTable, KvPool};
     use crate::model::cpu_forward;
-    use crate::model::llama::{ForwardOut, Logits, OutputMode, SeqInput};
+    use crate::model::llama::{ForwardOut, Logits, OutputMode, SeqInput, Wanted};
     use crate::model::tiny::{tiny_config, tiny_weights, TinySpec};
 
     fn logits(config: &ModelConfig, w: &CpuWeights, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -292,7 +292,7 @@ mod tests {
             w,
             &mut kv,
             &mut batch,
-            cpu_forward::Wanted {
+            Wanted {
                 mode: OutputMode::Logits,
                 sample: &[],
                 keep_hidden: false,

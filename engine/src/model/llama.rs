@@ -16,6 +16,7 @@ use super::config::ModelConfig;
 use super::cpu_forward::{CpuWeights, Projection};
 use super::cuda::CudaModel;
 use super::device::{Device, GpuStats};
+use super::glide::FeatureRow;
 use super::host_weights::load_host;
 use super::weights::{WeightStorage, Weights};
 use crate::error::{Error, Result};
@@ -218,6 +219,34 @@ pub(crate) struct CrossInput<'a> {
     pub head_dim: usize,
     pub inv_freq: &'a [f64],
     pub interleaved: bool,
+}
+
+/// What a forward hands back: `mode`'s output (`sample` for [`OutputMode::SampledVerdict`]),
+/// and with `keep_hidden` each sequence's final normed rows, one per row of logits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'s, 'a> {
+    pub mode: OutputMode,
+    pub sample: &'s [SampleInput<'a>],
+    pub keep_hidden: bool,
+}
+
+/// `rows` (`[logit rows, hidden]`, the batch's wanted rows in order) split by sequence.
+pub(crate) fn hidden_per_seq(rows: &[f32], hidden: usize, batch: &[SeqInput<'_>]) -> HiddenRows {
+    let mut rows = rows.chunks_exact(hidden).map(<[f32]>::to_vec);
+    batch
+        .iter()
+        .map(|s| rows.by_ref().take(s.logits.rows(s.tokens.len())).collect())
+        .collect()
+}
+
+/// What a GLIDE drafter's forward on a GPU reads of its target: the cache its cross-attention
+/// reads, and the target's hidden rows its feature takes ([`FeatureRow`], by sequence; fewer
+/// than the sequences: the rest take none).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct GlideInput<'a> {
+    pub cross: &'a CrossInput<'a>,
+    pub features: &'a [Option<FeatureRow<'a>>],
 }
 
 /// The weights of a model on its device.
@@ -461,8 +490,8 @@ impl Model {
     }
 
     /// [`Model::forward`], also returning each sequence's final normed hidden rows (after the
-    /// target's last norm, one per row of logits: what a GLIDE drafter with a feature reads).
-    /// On the CPU only: a GPU keeps none ([`Error::Device`]).
+    /// target's last norm, one per row of logits: what a GLIDE drafter with a feature reads;
+    /// on a GPU as its head read them, in bf16).
     pub fn forward_keeping_hidden(
         &self,
         kv: &mut KvPool,
@@ -470,9 +499,7 @@ impl Model {
     ) -> Result<(Vec<Tensor>, HiddenRows)> {
         match self.run(kv, batch, OutputMode::Logits, &[], true)? {
             (ForwardOut::Logits(l), Some(h)) => Ok((l, h)),
-            _ => Err(Error::Device(
-                "the target's hidden rows are kept on the CPU only".into(),
-            )),
+            _ => unreachable!("logits and hidden rows asked for"),
         }
     }
 
@@ -576,7 +603,6 @@ impl Model {
     /// The forward in `mode` (the checks of [`Model::verify_greedy`] and
     /// [`Model::verify_sampled`] are the caller's), keeping each sequence's final normed rows
     /// (one per row of logits) when `keep_hidden`: what a GLIDE drafter with a feature reads.
-    /// On a GPU nothing is kept (no drafter there reads it).
     pub(crate) fn run(
         &self,
         kv: &mut KvPool,
@@ -589,23 +615,16 @@ impl Model {
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
+        let wanted = Wanted {
+            mode,
+            sample,
+            keep_hidden,
+        };
         let out = match &self.weights {
-            DeviceWeights::Cpu(w) => super::cpu_forward::forward(
-                &self.config,
-                &self.inv_freq,
-                w,
-                kv,
-                batch,
-                super::cpu_forward::Wanted {
-                    mode,
-                    sample,
-                    keep_hidden,
-                },
-            )?,
-            DeviceWeights::Cuda(m) => (
-                m.forward(kv, batch, mode, sample, self.head_rows, None)?,
-                None,
-            ),
+            DeviceWeights::Cpu(w) => {
+                super::cpu_forward::forward(&self.config, &self.inv_freq, w, kv, batch, wanted)?
+            }
+            DeviceWeights::Cuda(m) => m.forward(kv, batch, wanted, self.head_rows, None)?,
         };
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());

@@ -32,7 +32,7 @@ pub use glide_config::{GlideConfig, GlideFeature, GlideTarget};
 pub use linear::SMALL_BATCH_ROWS;
 pub use llama::{HiddenRows, Logits, Model, SampleInput, SeqInput, Top};
 pub use tokenizer::{TextStream, Tokenizer};
-pub use weights::{Naming, Param, WeightStorage, Weights};
+pub use weights::{q8_0_bytes, Naming, Param, WeightStorage, Weights};
 
 use crate::error::{Error, Result};
 use crate::kv::KvDtype;

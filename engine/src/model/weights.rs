@@ -216,29 +216,72 @@ impl Weights {
 
     /// Reads a tensor by name as f32 (dequantized if stored quantized), checking its shape.
     pub fn tensor_named(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        match &mut self.store {
+        if let Store::Gguf { .. } = self.store {
+            let q = self.qtensor_named(name, shape)?;
+            return Ok(q.dequantize(&Device::Cpu)?);
+        }
+        match self.dense_store_matrix(name, shape)? {
+            QMatMul::QTensor(q) => Ok(q.dequantize(&Device::Cpu)?),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(to_f32(t)?),
+        }
+    }
+
+    /// A tensor of a safetensors or in-memory store, as stored.
+    fn stored(&self, name: &str) -> Result<Tensor> {
+        match &self.store {
             Store::Safetensors { shards, index } => {
                 let &i = index.get(name).ok_or_else(|| missing(&self.origin, name))?;
                 let (path, st) = &shards[i];
-                let t = st.load(name, &Device::Cpu).map_err(|e| {
-                    Error::file(path, format!("tensor `{name}`: {}", root_cause(&e)))
-                })?;
-                check_shape(&self.origin, name, t.dims(), shape)?;
-                Ok(to_f32(t)?)
+                st.load(name, &Device::Cpu)
+                    .map_err(|e| Error::file(path, format!("tensor `{name}`: {}", root_cause(&e))))
             }
-            Store::Gguf { .. } => {
-                let q = self.qtensor_named(name, shape)?;
-                Ok(q.dequantize(&Device::Cpu)?)
-            }
-            Store::Memory(tensors) => {
-                let t = tensors
-                    .get(name)
-                    .ok_or_else(|| missing(&self.origin, name))?
-                    .clone();
-                check_shape(&self.origin, name, t.dims(), shape)?;
-                Ok(to_f32(t)?)
-            }
+            Store::Memory(tensors) => tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| missing(&self.origin, name)),
+            Store::Gguf { .. } => unreachable!("GGUF tensors are read through qtensor_named"),
         }
+    }
+
+    /// A tensor of shape `shape` of a safetensors or in-memory store: as stored, or, for a
+    /// matrix `[out, in]` stored as a u8 tensor `[out, in / 32 · 34]`, GGUF's Q8_0 blocks of
+    /// its rows (what `specd quantize-glide` writes), kept quantized.
+    fn dense_store_matrix(&self, name: &str, shape: &[usize]) -> Result<QMatMul> {
+        let t = self.stored(name)?;
+        if t.dtype() != DType::U8 {
+            check_shape(&self.origin, name, t.dims(), shape)?;
+            return Ok(QMatMul::Tensor(t));
+        }
+        let q8 = GgmlDType::Q8_0;
+        let &[rows, cols] = shape else {
+            return Err(Error::file(
+                &self.origin,
+                format!("tensor `{name}` is stored as bytes (Q8_0 blocks) but is not a matrix"),
+            ));
+        };
+        if !cols.is_multiple_of(q8.block_size()) {
+            return Err(Error::file(
+                &self.origin,
+                format!(
+                    "tensor `{name}` is stored as Q8_0 blocks, but its rows of {cols} values \
+                     are not whole blocks of {}",
+                    q8.block_size()
+                ),
+            ));
+        }
+        let row_bytes = cols / q8.block_size() * q8.type_size();
+        check_shape(&self.origin, name, t.dims(), &[rows, row_bytes])?;
+        let bytes: Vec<u8> = t.flatten_all()?.to_vec1()?;
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            q8,
+            &bytes,
+            vec![rows, cols],
+            &Device::Cpu,
+        )?;
+        if self.storage == WeightStorage::Dense {
+            return Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu)?));
+        }
+        Ok(QMatMul::QTensor(std::sync::Arc::new(q)))
     }
 
     /// Reads a parameter as f32, checking its shape.
@@ -282,9 +325,10 @@ impl Weights {
                 let q = cpu_friendly(q)?;
                 Ok(QMatMul::from_qtensor(q)?)
             }
-            _ => Ok(QMatMul::Tensor(
-                self.tensor_named(name, &[out_dim, in_dim])?,
-            )),
+            _ => match self.dense_store_matrix(name, &[out_dim, in_dim])? {
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(QMatMul::Tensor(to_f32(t)?)),
+                q => Ok(q),
+            },
         }
     }
 
@@ -308,24 +352,7 @@ impl Weights {
                 m => Ok(m),
             };
         }
-        let t = match &self.store {
-            Store::Safetensors { shards, index } => {
-                let &i = index
-                    .get(&name)
-                    .ok_or_else(|| missing(&self.origin, &name))?;
-                let (path, st) = &shards[i];
-                st.load(&name, &Device::Cpu).map_err(|e| {
-                    Error::file(path, format!("tensor `{name}`: {}", root_cause(&e)))
-                })?
-            }
-            Store::Memory(tensors) => tensors
-                .get(&name)
-                .ok_or_else(|| missing(&self.origin, &name))?
-                .clone(),
-            Store::Gguf { .. } => unreachable!("handled above"),
-        };
-        check_shape(&self.origin, &name, t.dims(), &[out_dim, in_dim])?;
-        Ok(QMatMul::Tensor(t))
+        self.dense_store_matrix(&name, &[out_dim, in_dim])
     }
 
     /// Reads an embedding table of shape `[vocab, hidden]`, kept quantized for GGUF (rows are
@@ -333,6 +360,26 @@ impl Weights {
     pub fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<QMatMul> {
         self.matrix(Param::Embed, vocab, hidden)
     }
+}
+
+/// A float matrix `[rows, cols]` (`cols` whole blocks of 32) as GGUF's Q8_0 blocks of its rows
+/// in a u8 tensor `[rows, cols / 32 · 34]`: how a safetensors file stores a matrix that
+/// [`Weights`] reads back quantized. `None` for a tensor that is not such a matrix.
+pub fn q8_0_bytes(t: &Tensor) -> Result<Option<Tensor>> {
+    let q8 = GgmlDType::Q8_0;
+    if t.rank() != 2 || !t.dtype().is_float() || !t.dim(1)?.is_multiple_of(q8.block_size()) {
+        return Ok(None);
+    }
+    let (rows, cols) = t.dims2()?;
+    let blocks = QTensor::quantize(&t.to_dtype(DType::F32)?, q8)?
+        .data()?
+        .into_owned();
+    let row_bytes = cols / q8.block_size() * q8.type_size();
+    Ok(Some(Tensor::from_vec(
+        blocks,
+        (rows, row_bytes),
+        &Device::Cpu,
+    )?))
 }
 
 fn missing(origin: &Path, name: &str) -> Error {

@@ -1,5 +1,6 @@
 //! Shared by the GLIDE tests on the CPU (`glide.rs`) and the GPU (`gpu_glide.rs`): a target's
-//! cache of some tokens, and a GLIDE drafter's logits rows read against it.
+//! cache of some tokens (and its last hidden row), and a GLIDE drafter's logits rows read
+//! against it.
 
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::{GlideModel, Logits, Model, SeqInput};
@@ -20,6 +21,25 @@ pub fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
         .unwrap();
     }
     (pool, table)
+}
+
+/// The target's cache of `tokens` (at least one) in a pool of its own, and its final normed
+/// hidden row at the last of them: what a drafter's feature reads at the position after.
+pub fn target_cache_and_hidden(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable, Vec<f32>) {
+    let mut pool = m.new_pool(64);
+    let mut table = BlockTable::new();
+    let (_, mut hidden) = m
+        .forward_keeping_hidden(
+            &mut pool,
+            &mut [SeqInput {
+                table: &mut table,
+                tokens,
+                logits: Logits::Last,
+            }],
+        )
+        .unwrap();
+    let row = hidden.remove(0).remove(0);
+    (pool, table, row)
 }
 
 /// The drafter's logits rows for `tokens` fed from position 0, `chunk` tokens per forward,

@@ -15,8 +15,7 @@ sees target positions 0..s-1. specd drafts exactly so: the rows drafted after a 
 a block starting at the first unverified position, and a row catching up on a committed token is
 a block of its own (s = its position). A row that sees nothing gets no cross-attention output.
 
-With `feature = "last_hidden"` (an experiment, not yet served by specd, which refuses such a
-file by its unknown configuration field), the first row of a block also adds a projection of
+With `feature = "last_hidden"` (served by specd on the CPU and the GPU), the first row of a block also adds a projection of
 the target's final hidden state (after its last norm: what its head reads) at the position
 before it, the one whose logits chose that row's token. specd's draft round starts exactly
 there: the target's verification has just computed that row. Rows of a prompt read as catch-up
@@ -334,6 +333,17 @@ def narrow_mlp(tensors: dict[str, torch.Tensor], names: dict[str, str], width: i
     tensors[names["down_proj"]] = down[:, keep]
 
 
+def dequantize_q8_0(t: torch.Tensor) -> torch.Tensor:
+    """A matrix stored as GGUF's Q8_0 blocks of its rows (what `specd quantize-glide` writes: a
+    uint8 tensor `[rows, cols / 32 * 34]`, each block an f16 scale then 32 int8 values) as f32
+    `[rows, cols]`."""
+    rows, width = t.shape
+    blocks = t.reshape(rows, width // 34, 34)
+    scale = blocks[..., :2].contiguous().view(torch.float16).float()
+    values = blocks[..., 2:].contiguous().view(torch.int8).float()
+    return (scale * values).reshape(rows, -1)
+
+
 def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None, cfg: GlideConfig | None = None) -> GlideDrafter:
     """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature, or for a
     narrower MLP), a drafter that adds the feature to the file's weights, its own starting at
@@ -344,6 +354,9 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
     with safe_open(path, "pt") as f:
         stored = GlideConfig.from_json(f.metadata()[CONFIG_KEY])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    # Matrices stored in Q8_0 (a file rewritten by `specd quantize-glide`) train on from their
+    # dequantized values.
+    tensors = {k: dequantize_q8_0(t) if t.dtype == torch.uint8 else t for k, t in tensors.items()}
     if cfg is None:
         cfg = stored
     if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none":

@@ -29,9 +29,12 @@ use weights::{GpuCross, GpuMatrix, GpuWeights};
 
 use super::config::{ModelConfig, RopeLayout};
 use super::device::GpuStats;
-use super::glide::{run_glide, GlideHost};
+use super::glide::{glide_layers, FeatureWeights, GlideHost};
 use super::host_weights::HostWeights;
-use super::llama::{run_layers, CrossInput, ForwardOut, OutputMode, SampleInput, SeqInput, Top};
+use super::llama::{
+    hidden_per_seq, run_layers, ForwardOps, ForwardOut, GlideInput, HiddenRows, OutputMode,
+    SeqInput, Top, Wanted,
+};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 use specd_kernels::cuda::{KvLayout, WeightFormat};
@@ -59,7 +62,9 @@ impl From<GpuError> for Error {
 /// sees every batch size and table width should not hold graphs for all of them.
 const GRAPH_CACHE: usize = 256;
 
-type GraphKey = (Shape, OutputMode, usize);
+/// A step's padded shape, its output, the head's rows, and whether a GLIDE drafter's feature
+/// is added.
+type GraphKey = (Shape, OutputMode, usize, bool);
 
 /// What the scratch of a model holds between forwards.
 #[derive(Debug)]
@@ -83,11 +88,13 @@ impl Scratch {
     }
 }
 
-/// A GLIDE drafter's part beyond the Llama layers: each layer's cross-attention weights, and
-/// what its cross-attention reads of the target.
+/// A GLIDE drafter's part beyond the Llama layers: each layer's cross-attention weights, its
+/// feature's ([`GlideFeature::LastHidden`](super::GlideFeature), one `[hidden, hidden]`
+/// projection on a GPU), and what its cross-attention reads of the target.
 #[derive(Debug)]
 struct CudaCross {
     layers: Vec<GpuCross>,
+    feature: Option<FeatureWeights<GpuMatrix, Buffer<f32>>>,
     /// The target layer whose keys and values are read.
     layer: usize,
     /// The target's attention shape.
@@ -188,7 +195,8 @@ impl CudaModel {
                 base.head_dim
             )));
         }
-        let (weights, layers) = weights::upload_glide(&gpu, host, &target.weights, vocab_ids)?;
+        let (weights, layers, feature) =
+            weights::upload_glide(&gpu, host, &target.weights, vocab_ids)?;
         let t = &target.config;
         // Its own rotary table is the target's when its heads are as wide (the frequencies
         // depend on the head dimension only).
@@ -199,6 +207,7 @@ impl CudaModel {
         };
         let cross = CudaCross {
             layers,
+            feature,
             layer: target_layer,
             n_heads: t.num_heads,
             n_kv: t.num_kv_heads,
@@ -208,7 +217,8 @@ impl CudaModel {
             n_layers: t.num_layers,
             cos_sin: target.cos_sin.clone(),
         };
-        let bytes = weights::step_bytes(&weights) + weights::cross_bytes(&cross.layers);
+        let bytes = weights::step_bytes(&weights)
+            + weights::cross_bytes(&cross.layers, cross.feature.as_ref());
         Ok(Self::assemble(
             gpu,
             base,
@@ -329,25 +339,31 @@ impl CudaModel {
         }
     }
 
-    /// One forward of `batch` (slots reserved in `kv`), shaped as `mode` asks. A GLIDE
-    /// drafter's forward takes `cross`, what its cross-attention reads of the target (the
-    /// target's shapes and layer there are the drafter's own, checked at load).
+    /// One forward of `batch` (slots reserved in `kv`), shaped as `wanted` asks (with
+    /// `keep_hidden`, the final normed rows come back too, as the head read them: bf16). A
+    /// GLIDE drafter's forward takes `glide`, what it reads of the target (the target's shapes
+    /// and layer there are the drafter's own, checked at load).
     pub(crate) fn forward(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        mode: OutputMode,
-        sample: &[SampleInput<'_>],
+        wanted: Wanted<'_, '_>,
         head_rows: usize,
-        cross: Option<&CrossInput<'_>>,
-    ) -> Result<ForwardOut> {
+        glide: Option<GlideInput<'_>>,
+    ) -> Result<(ForwardOut, Option<HiddenRows>)> {
         let t0 = Instant::now();
+        let Wanted {
+            mode,
+            sample,
+            keep_hidden,
+        } = wanted;
         self.gpu.bind().map_err(gpu_err)?;
-        if self.cross.is_some() != cross.is_some() {
+        if self.cross.is_some() != glide.is_some() {
             return Err(Error::InvalidRequest(
                 "a GLIDE drafter's forward, and only it, reads the target's pool and tables".into(),
             ));
         }
+        let cross = glide.map(|g| g.cross);
         let cross_tables: Option<&[&BlockTable]> = cross.map(|c| c.tables.as_slice());
         let cross_kv = match cross {
             Some(c) => Some(c.kv.gpu_blocks().ok_or_else(|| {
@@ -381,6 +397,23 @@ impl CudaModel {
         if mode == OutputMode::SampledVerdict {
             step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
         }
+        let feature = match (&self.cross, glide) {
+            (
+                Some(CudaCross {
+                    feature: Some(f), ..
+                }),
+                Some(g),
+            ) => step::upload_features(
+                &self.gpu,
+                bufs,
+                &self.config,
+                plan.shape.rows,
+                batch,
+                g.features,
+            )?
+            .then_some(f),
+            _ => None,
+        };
         let launch = self.cross.as_ref().map(|x| CrossLaunch {
             kv: KvLayout {
                 chunks: bufs.cross_chunk_table.ptr(),
@@ -410,17 +443,24 @@ impl CudaModel {
             )
         };
         let body = |step: &mut CudaStep<'_>| match &self.cross {
-            Some(c) => run_glide(step, &self.weights, &c.layers),
+            Some(c) => {
+                step.embed(&self.weights.embed)?;
+                if let Some(f) = feature {
+                    step.add_feature(f)?;
+                }
+                glide_layers(step, &self.weights, &c.layers)
+            }
             None => run_layers(step, &self.weights),
         };
         let launches_before = self.gpu.launches();
         if use_graph {
-            let graph = scratch
-                .graphs
-                .try_get_or_insert((plan.shape, mode, head_rows), || {
+            let graph = scratch.graphs.try_get_or_insert(
+                (plan.shape, mode, head_rows, feature.is_some()),
+                || {
                     self.captures.fetch_add(1, Ordering::Relaxed);
                     self.gpu.capture(|| body(&mut make()))
-                })?;
+                },
+            )?;
             self.gpu.replay(graph).map_err(gpu_err)?;
             self.replays.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -431,7 +471,15 @@ impl CudaModel {
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.host_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.read_out(bufs, &plan, batch, mode, head_rows)
+        let out = self.read_out(bufs, &plan, batch, mode, head_rows)?;
+        let hidden = if keep_hidden {
+            let h = self.config.hidden_size;
+            let rows = step::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
+            Some(hidden_per_seq(&rows, h, batch))
+        } else {
+            None
+        };
+        Ok((out, hidden))
     }
 
     /// Reallocates the buffers when a forward outgrows them (graphs captured with the old
@@ -463,7 +511,17 @@ impl CudaModel {
             cross_chunks: grow(cross_chunks.max(16), old.map(|c| c.cross_chunks)),
         };
         let cross_q_dim = self.cross.as_ref().map_or(0, |c| c.n_heads * c.head_dim);
-        scratch.bufs = Some(Buffers::new(&self.gpu, &self.config, cross_q_dim, cap)?);
+        let feature_dim = match &self.cross {
+            Some(CudaCross {
+                feature: Some(_), ..
+            }) => self.config.hidden_size,
+            _ => 0,
+        };
+        let widths = step::ExtraWidths {
+            cross_q: cross_q_dim,
+            feature: feature_dim,
+        };
+        scratch.bufs = Some(Buffers::new(&self.gpu, &self.config, widths, cap)?);
         Ok(())
     }
 

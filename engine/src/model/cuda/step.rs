@@ -6,15 +6,17 @@
 //! as the model's scratch.
 
 use specd_kernels::cuda::{
-    AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RejectionArgs, RopeArgs,
+    bf16_to_f32, AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RejectionArgs,
+    RopeArgs,
 };
 
 use super::gpu_err;
 use super::plan::{MetaPtrs, Plan, Shape};
-use super::weights::GpuMatrix;
+use super::weights::{GpuFeature, GpuMatrix};
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::config::{ModelConfig, RopeLayout};
+use crate::model::glide::FeatureRow;
 use crate::model::llama::{Act, ForwardOps, OutputMode, SampleInput, SeqInput};
 
 /// What a set of [`Buffers`] holds at most.
@@ -63,14 +65,26 @@ pub(super) struct Buffers {
     pub chunk_table: Buffer<u64>,
     /// A GLIDE drafter's cross-attention queries, `[rows, cross_q_dim]`.
     cross_q: Buffer<f32>,
+    /// A GLIDE drafter's feature input: the target's hidden row for each row that takes one,
+    /// zeros elsewhere, `[rows, hidden]` (empty for other models).
+    feature: Buffer<f32>,
     /// The chunks of the target's pool the cross-attention reads.
     pub cross_chunk_table: Buffer<u64>,
 }
 
+/// Widths of a GLIDE drafter's own buffers (0 for other models).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ExtraWidths {
+    /// Its cross-attention queries: the target's heads · head dimension.
+    pub cross_q: usize,
+    /// Its feature's input rows: the hidden size, for a drafter with a feature.
+    pub feature: usize,
+}
+
 impl Buffers {
-    /// Buffers for at least `cap`; `cross_q_dim` is the width of a GLIDE drafter's
-    /// cross-attention queries (the target's heads · head dimension; 0 for other models).
-    pub fn new(gpu: &Gpu, c: &ModelConfig, cross_q_dim: usize, cap: Capacity) -> Result<Self> {
+    /// Buffers for at least `cap`, and a GLIDE drafter's of `extra` widths.
+    pub fn new(gpu: &Gpu, c: &ModelConfig, extra: ExtraWidths, cap: Capacity) -> Result<Self> {
+        let cross_q_dim = extra.cross_q;
         let advice = "lower the batch (max_running, max_batch_tokens) or use a smaller model";
         let (h, inter) = (c.hidden_size, c.intermediate_size);
         let q_dim = c.num_heads * c.head_dim;
@@ -114,6 +128,7 @@ impl Buffers {
             meta: alloc!(i32, meta_ints, "step metadata"),
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
             cross_q: alloc!(f32, rows * cross_q_dim, "cross-attention queries"),
+            feature: alloc!(f32, rows * extra.feature, "the GLIDE feature's input"),
             cross_chunk_table: alloc!(u64, cross_chunks.max(1), "the target's KV chunk table"),
         })
     }
@@ -437,6 +452,36 @@ impl ForwardOps for CudaStep<'_> {
 }
 
 impl CudaStep<'_> {
+    /// Adds a GLIDE drafter's feature to the residual stream after the embedding:
+    /// `x += proj · rms_norm(feature input)` (rows whose input is zeros get exactly zero). The
+    /// addition goes through the norm kernel, whose normed output layer 0 then overwrites.
+    pub fn add_feature(&mut self, f: &GpuFeature) -> Result<()> {
+        let (gpu, b, rows) = (self.gpu, self.bufs, self.shape.rows);
+        let h = self.c.hidden_size;
+        let eps = self.eps();
+        gpu.add_rms_norm(
+            b.feature.ptr(),
+            0,
+            f.norm.ptr(),
+            eps,
+            b.normed.ptr(),
+            h,
+            rows,
+        )
+        .map_err(gpu_err)?;
+        product(gpu, &f.proj, b.normed.ptr(), b.delta.ptr(), rows, None)?;
+        gpu.add_rms_norm(
+            b.x.ptr(),
+            b.delta.ptr(),
+            f.norm.ptr(),
+            eps,
+            b.normed.ptr(),
+            h,
+            rows,
+        )
+        .map_err(gpu_err)
+    }
+
     /// Argmax of every logit row, then (greedy verification) acceptance.
     fn argmax(&mut self) -> Result<()> {
         let (gpu, b, s) = (self.gpu, self.bufs, self.shape);
@@ -526,6 +571,43 @@ pub(super) fn upload_sampling(
         gpu.write(qb, 0, &q).map_err(gpu_err)?;
     }
     Ok(())
+}
+
+/// Uploads a GLIDE drafter's feature input for `rows` rows (padding included): sequence `i`'s
+/// row at `features[i]`'s position, if among its new tokens, gets the target's hidden row, the
+/// others zeros (which the feature maps to zeros: [`CudaStep::add_feature`]). Uploads nothing
+/// and returns false when no row takes one.
+pub(super) fn upload_features(
+    gpu: &Gpu,
+    bufs: &Buffers,
+    c: &ModelConfig,
+    rows: usize,
+    batch: &[SeqInput<'_>],
+    features: &[Option<FeatureRow<'_>>],
+) -> Result<bool> {
+    let h = c.hidden_size;
+    let mut input: Vec<f32> = Vec::new();
+    let mut row0 = 0;
+    for (s, f) in batch.iter().zip(features) {
+        let (start, n) = (s.table.len(), s.tokens.len());
+        if let Some(f) = f.filter(|f| (start..start + n).contains(&f.position)) {
+            input.resize(rows * h, 0.0);
+            let r = row0 + f.position - start;
+            input[r * h..(r + 1) * h].copy_from_slice(f.hidden);
+        }
+        row0 += n;
+    }
+    if input.is_empty() {
+        return Ok(false);
+    }
+    gpu.write(&bufs.feature, 0, &input).map_err(gpu_err)?;
+    Ok(true)
+}
+
+/// The first `n` values of the head's input (the final normed rows it read, bf16), as f32.
+pub(super) fn read_head_input(gpu: &Gpu, bufs: &Buffers, n: usize) -> Result<Vec<f32>> {
+    let raw: Vec<u16> = gpu.read(bufs.head_in.ptr(), n).map_err(gpu_err)?;
+    Ok(raw.into_iter().map(bf16_to_f32).collect())
 }
 
 /// The chunk tables last uploaded (rewritten only when a pool grew or another pool is read).

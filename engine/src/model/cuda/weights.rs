@@ -9,7 +9,7 @@ use specd_kernels::cuda::{Buffer, Gpu, WeightFormat, WeightView};
 
 use super::gpu_err;
 use crate::error::{Error, Result};
-use crate::model::glide::{CrossWeights, GlideHost};
+use crate::model::glide::{CrossWeights, FeatureWeights, GlideHost};
 use crate::model::host_weights::{HostLayer, HostMatrix, HostWeights};
 use crate::model::llama::{LayerWeights, LlamaWeights};
 
@@ -39,6 +39,10 @@ pub(crate) type GpuWeights = LlamaWeights<GpuMatrix, Buffer<f32>>;
 
 /// A GLIDE drafter's cross-attention weights of one layer on the GPU.
 pub(crate) type GpuCross = CrossWeights<GpuMatrix, Buffer<f32>>;
+
+/// A GLIDE drafter's feature weights on the GPU: its norm and one `[hidden, hidden]` projection
+/// (the file's low-rank pair composed at load).
+pub(crate) type GpuFeature = FeatureWeights<GpuMatrix, Buffer<f32>>;
 
 /// Bytes of weights a model holds on the GPU (each shared buffer counted once).
 pub(crate) fn weight_bytes(w: &GpuWeights, tied: bool) -> usize {
@@ -73,13 +77,14 @@ pub(crate) fn step_bytes(w: &GpuWeights) -> usize {
     layers + w.norm.bytes() + m(&w.head)
 }
 
-/// Bytes of a GLIDE drafter's cross-attention weights.
-pub(crate) fn cross_bytes(cross: &[GpuCross]) -> usize {
+/// Bytes of a GLIDE drafter's cross-attention and feature weights.
+pub(crate) fn cross_bytes(cross: &[GpuCross], feature: Option<&GpuFeature>) -> usize {
     let m = |m: &GpuMatrix| m.parts.iter().map(|p| p.data.bytes()).sum::<usize>();
-    cross
+    let crossed: usize = cross
         .iter()
         .map(|c| c.norm.bytes() + m(&c.q) + m(&c.o))
-        .sum()
+        .sum();
+    crossed + feature.map_or(0, |f| f.norm.bytes() + m(&f.proj))
 }
 
 fn vector(gpu: &Gpu, v: &[f32], what: &str) -> Result<Buffer<f32>> {
@@ -135,7 +140,7 @@ pub(crate) fn upload_glide(
     host: GlideHost,
     target: &GpuWeights,
     vocab_ids: &[u32],
-) -> Result<(GpuWeights, Vec<GpuCross>)> {
+) -> Result<(GpuWeights, Vec<GpuCross>, Option<GpuFeature>)> {
     let layers = host
         .layers
         .iter()
@@ -161,9 +166,26 @@ pub(crate) fn upload_glide(
         norm: vector(gpu, &host.norm, "the GLIDE drafter's final norm")?,
         head,
     };
+    let feature = match &host.feature {
+        None => None,
+        Some(f) if f.down.is_some() => {
+            return Err(Error::Device(
+                "a GLIDE feature's low-rank pair must be composed into one matrix for a GPU".into(),
+            ))
+        }
+        Some(f) => Some(FeatureWeights {
+            norm: vector(gpu, &f.norm, "the GLIDE feature's norm")?,
+            down: None,
+            proj: matrix(gpu, &f.proj, "the GLIDE feature's projection")?,
+        }),
+    };
     let crossed = cross.iter().flat_map(|c| [&c.q, &c.o]);
-    reserve_dequant_scratch(gpu, weights_matrices(&weights).chain(crossed))?;
-    Ok((weights, cross))
+    let featured = feature.iter().map(|f| &f.proj);
+    reserve_dequant_scratch(
+        gpu,
+        weights_matrices(&weights).chain(crossed).chain(featured),
+    )?;
+    Ok((weights, cross, feature))
 }
 
 /// The rows `ids` of a single-part matrix (a head), in order, in its format: stored rows are
