@@ -44,7 +44,8 @@ pub struct BenchSpecArgs {
     max_tokens: usize,
     /// Comma-separated methods: `none`, `draft:K`, `draft:adaptive:MAX`, `ngram:K`,
     /// `ngram:adaptive:MAX`, `glide:K`, `glide:adaptive:MAX`, `glide+ngram:K`,
-    /// `glide+ngram:adaptive:MAX`.
+    /// `glide+ngram:adaptive:MAX`; any but `none` may end in `:cC`: a drafter stops drafting
+    /// where its top probability falls below C (serve's `--confidence`).
     #[arg(
         long,
         default_value = "none,draft:2,draft:3,draft:4,draft:5,draft:6,draft:adaptive:6,ngram:6"
@@ -83,9 +84,23 @@ fn parse_methods(spec: &str) -> anyhow::Result<Vec<Mode>> {
             Ok(k)
         };
         let usage = || {
-            anyhow::anyhow!("unknown method `{m}`: use none, or draft, ngram, glide or glide+ngram as METHOD:K or METHOD:adaptive:MAX")
+            anyhow::anyhow!("unknown method `{m}`: use none, or draft, ngram, glide or glide+ngram as METHOD:K or METHOD:adaptive:MAX, either followed by :cC to stop drafting below confidence C")
         };
         let method: Method = parts[0].parse().map_err(|_| usage())?;
+        // A last part `cC`: drafting stops where the drafter's top probability falls below C.
+        let (parts, confidence) = match parts.split_last() {
+            Some((last, rest)) if rest.len() > 1 && last.starts_with('c') => {
+                let c: f32 = last[1..]
+                    .parse()
+                    .with_context(|| format!("method `{m}`: `{last}` is not c and a number"))?;
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&c),
+                    "method `{m}`: confidence must be in [0, 1]"
+                );
+                (rest.to_vec(), Some(c))
+            }
+            _ => (parts, None),
+        };
         let (max_draft, adaptive) = match (method, &parts[1..]) {
             (Method::None, []) => (0, false),
             (Method::None, _) => return Err(usage()),
@@ -99,7 +114,7 @@ fn parse_methods(spec: &str) -> anyhow::Result<Vec<Mode>> {
             policy: DraftPolicyConfig {
                 max_draft,
                 adaptive,
-                confidence: None,
+                confidence,
             },
         });
     }
@@ -358,6 +373,22 @@ mod tests {
             .iter()
             .map(|m| (m.method, m.policy.max_draft, m.policy.adaptive))
             .collect();
+        assert!(m.iter().all(|m| m.policy.confidence.is_none()));
+        let gated = parse_methods("glide:6:c0.3,glide+ngram:adaptive:6:c0.25").unwrap();
+        let with_confidence: Vec<(Method, usize, bool, Option<f32>)> = gated
+            .iter()
+            .map(|m| {
+                let p = &m.policy;
+                (m.method, p.max_draft, p.adaptive, p.confidence)
+            })
+            .collect();
+        assert_eq!(
+            with_confidence,
+            [
+                (Method::Glide, 6, false, Some(0.3)),
+                (Method::GlideNgram, 6, true, Some(0.25))
+            ]
+        );
         assert_eq!(
             got,
             [
@@ -380,6 +411,10 @@ mod tests {
             "glide",
             "glide+ngram",
             "glide+ngram:adaptive",
+            "glide:c0.5",
+            "glide:4:c1.5",
+            "glide:4:cx",
+            "none:c0.5",
             "",
         ] {
             assert!(parse_methods(bad).is_err(), "`{bad}` was accepted");
