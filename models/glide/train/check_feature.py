@@ -7,7 +7,8 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
 2. one optimizer step moves the feature's projection, and then only the rows that take the
    feature change (the first row of a block whose row before is a loss row);
 3. the file round trip keeps every weight, the configuration included;
-4. resuming into a narrower MLP keeps the channels with the largest weights, unchanged.
+4. resuming into a narrower MLP keeps the channels with the largest weights, unchanged;
+5. resuming into a wider MLP gives the same logits, and one step moves the new channels.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -105,6 +106,18 @@ def main() -> None:
         assert torch.equal(b.q_proj.weight, a.q_proj.weight), "narrowing the MLP changed attention"
         drafter_logits(narrow, target, ids, mask, layer, starts)
         print("narrower MLP: ok (the 32 strongest of 48 channels kept)")
+
+        wide = load_glide(plain_file, embed, head, replace(plain_cfg, intermediate_size=96))
+        assert wide.layers[0].gate_proj.weight.shape == (96, shapes.hidden_size)
+        same, _ = drafter_logits(wide, target, ids, mask, layer, starts)
+        assert torch.allclose(same, base, atol=1e-5), "a wider MLP changed the logits at the start"
+        opt = torch.optim.SGD([p for p in wide.parameters() if p.requires_grad], lr=0.5)
+        logits, tlogits = drafter_logits(wide, target, ids, mask, layer, starts, vocab)
+        soft_ce(logits, tlogits, mask).backward()
+        opt.step()
+        new_down = wide.layers[0].down_proj.weight[:, 48:]
+        assert new_down.abs().sum() > 0, "the new channels' down columns did not train"
+        print("wider MLP: ok (48 → 96 channels, the same logits before training)")
     print("check_feature: all passed")
 
 

@@ -333,6 +333,21 @@ def narrow_mlp(tensors: dict[str, torch.Tensor], names: dict[str, str], width: i
     tensors[names["down_proj"]] = down[:, keep]
 
 
+def widen_mlp(tensors: dict[str, torch.Tensor], names: dict[str, str], width: int, generator: torch.Generator) -> None:
+    """Widens one layer's MLP to `width` channels (in place): the new channels' gate and up rows
+    drawn at the spread of the existing ones, their down columns zero, so that the drafter's
+    function is unchanged until training moves them (the down columns learn first: their
+    gradient is the new channels' output, which is not zero)."""
+    gate, up, down = (tensors[names[k]] for k in ("gate_proj", "up_proj", "down_proj"))
+    extra = width - gate.shape[0]
+    if extra <= 0:
+        return
+    draw = lambda t: torch.randn((extra, t.shape[1]), generator=generator) * t.float().std()  # noqa: E731
+    tensors[names["gate_proj"]] = torch.cat([gate.float(), draw(gate)])
+    tensors[names["up_proj"]] = torch.cat([up.float(), draw(up)])
+    tensors[names["down_proj"]] = torch.cat([down.float(), torch.zeros(down.shape[0], extra)], dim=1)
+
+
 def dequantize_q8_0(t: torch.Tensor) -> torch.Tensor:
     """A matrix stored as GGUF's Q8_0 blocks of its rows (what `specd quantize-glide` writes: a
     uint8 tensor `[rows, cols / 32 * 34]`, each block an f16 scale then 32 int8 values) as f32
@@ -345,10 +360,11 @@ def dequantize_q8_0(t: torch.Tensor) -> torch.Tensor:
 
 
 def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None, cfg: GlideConfig | None = None) -> GlideDrafter:
-    """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature, or for a
-    narrower MLP), a drafter that adds the feature to the file's weights, its own starting at
-    zero, and keeps the MLP channels that carry the most (the largest product of their gate,
-    up and down weights' norms)."""
+    """A GLIDE file as a drafter. With `cfg` (the file's own but for its feature, or for another
+    MLP width), a drafter that adds the feature to the file's weights, its own starting at
+    zero; a narrower MLP keeps the channels that carry the most (the largest product of their
+    gate, up and down weights' norms), a wider one adds channels that start with no effect
+    (`widen_mlp`)."""
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
@@ -361,15 +377,17 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
         cfg = stored
     if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none":
         raise ValueError(f"{path} has feature {stored.feature!r} already")
-    if cfg.intermediate_size > stored.intermediate_size:
-        raise ValueError(f"{path}: its MLP is {stored.intermediate_size} wide, narrower than the {cfg.intermediate_size} asked for")
     same = {**asdict(cfg), "target": cfg.target, "intermediate_size": stored.intermediate_size}
     if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
         same.update(feature="none", feature_rank=0)
     if GlideConfig(**same).to_json() != stored.to_json():
         raise ValueError(f"{path}: its shapes differ from the ones asked for")
+    widen_from = torch.Generator().manual_seed(20261206)
     for i in range(cfg.num_layers):
-        narrow_mlp(tensors, tensor_names(i), cfg.intermediate_size)
+        if cfg.intermediate_size < stored.intermediate_size:
+            narrow_mlp(tensors, tensor_names(i), cfg.intermediate_size)
+        else:
+            widen_mlp(tensors, tensor_names(i), cfg.intermediate_size, widen_from)
     model = GlideDrafter(cfg, embed, tensors.pop(VOCAB_TENSOR), head)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
