@@ -13,6 +13,7 @@ use specd_engine::actors::{
     LoadPolicies, LoadPolicy, Method,
 };
 use specd_engine::model::{self, LoadOptions};
+use specd_engine::speculative::policy::default_confidence;
 use specd_engine::speculative::{DraftPolicyConfig, GlideProposer, NgramProposer};
 use specd_gateway::{Backend, BackendOptions, Config, Server};
 
@@ -219,6 +220,20 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
             calibrate(&models, c.model.max_draft as usize, &mut engine)?
         );
     }
+    // With no confidence stop configured, one follows the calibrated cost of a verification row.
+    let confidence = c.model.confidence.or_else(|| {
+        let share = engine.calibration.as_ref()?.target.row_share();
+        let derived = default_confidence(share);
+        if let Some(v) = derived {
+            println!(
+                "drafts stop below {:.0} % confidence by default: a verification row costs {:.0} % \
+                 of a step here (--confidence 0 drafts on whatever the drafter's confidence)",
+                v * 100.0,
+                share * 100.0
+            );
+        }
+        derived
+    });
     if let Some(mib) = c.engine.kv_memory_mib {
         engine = engine.with_kv_memory(mib << 20, &models);
     }
@@ -235,7 +250,7 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         default_policy: DraftPolicyConfig {
             max_draft: c.model.max_draft as usize,
             adaptive: c.model.adaptive,
-            confidence: c.model.confidence,
+            confidence,
         },
         engine,
     };

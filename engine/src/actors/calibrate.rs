@@ -42,6 +42,17 @@ impl RowCosts {
     /// Costs nothing (the n-gram lookup).
     pub const FREE: RowCosts = RowCosts::line(0.0, 0.0);
 
+    /// The share of a one-row forward that one more row costs: what a draft the target rejects
+    /// wastes in verification.
+    pub fn row_share(&self) -> f64 {
+        let one = self.fixed + self.per_row;
+        if one > 0.0 {
+            self.per_row / one
+        } else {
+            0.0
+        }
+    }
+
     /// `fixed` seconds plus `per_row` a row, whatever the rows.
     pub const fn line(fixed: f64, per_row: f64) -> Self {
         Self {
@@ -281,6 +292,9 @@ mod tests {
         // Noise making the wider forward faster gives no negative arithmetic.
         assert_eq!(RowCosts::fit(1, 0.080, 16, 0.070).per_row, 0.0);
         assert_eq!(RowCosts::FREE.rows(100), 0.0);
+        // One more row is an eighth of this one-row forward (80 ms: 70 fixed + 10 a row).
+        assert!((r.row_share() - 0.125).abs() < 1e-12);
+        assert_eq!(RowCosts::FREE.row_share(), 0.0);
     }
 
     #[test]

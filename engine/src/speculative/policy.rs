@@ -21,6 +21,26 @@ impl Default for DraftPolicyConfig {
     }
 }
 
+/// Where a verification row costs at least this share of a one-row forward, drafting stops by
+/// default below [`COSTLY_ROW_CONFIDENCE`] ([`default_confidence`]): between the shares measured
+/// where the stop loses (an H100's ~1 %) and where it pays (this CPU's 9–21 %).
+pub const COSTLY_ROW_SHARE: f64 = 0.05;
+
+/// The confidence below which drafting stops by default where verification rows are costly.
+pub const COSTLY_ROW_CONFIDENCE: f32 = 0.5;
+
+/// The confidence stop a server uses when none is configured, for a target whose verification
+/// rows each cost `row_share` of a one-row forward (its calibration at start): where a row costs
+/// 5 % of a step or more (the 2-core CPU here: 9–21 %), a draft its drafter doubts
+/// wastes more verification than it is likely to save, so drafting stops below 50 %; where rows
+/// are nearly free (an H100: about 1 %) a stopped draft only loses a chance at a token, so
+/// never. Measured both ways (BENCHMARKS.md, "Stopping drafts where GLIDE is unsure"): on the
+/// CPU GLIDE at k = 4 goes from 1.19× to 1.42× target-only, the draft model is unchanged and
+/// n-gram drafts carry no doubt; on the H100 GLIDE would fall from 1.62× to 1.44×.
+pub fn default_confidence(row_share: f64) -> Option<f32> {
+    (row_share >= COSTLY_ROW_SHARE).then_some(COSTLY_ROW_CONFIDENCE)
+}
+
 /// The draft length of one sequence: fixed, or adaptive (one longer after a step whose drafts
 /// were all accepted, one shorter after a step that lost more than half of them, always within
 /// `1..=max_draft`).
@@ -68,6 +88,20 @@ impl DraftPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drafting_stops_on_doubt_only_where_verification_rows_are_costly() {
+        // This CPU's calibrations: 27 ms + 7 ms a row, 46 ms + 5.9 ms; an H100's: 3.0 ms +
+        // 0.03 ms a row.
+        assert_eq!(default_confidence(7.0 / 34.0), Some(0.5));
+        assert_eq!(default_confidence(5.9 / 52.0), Some(0.5));
+        assert_eq!(default_confidence(0.03 / 3.03), None);
+        assert_eq!(
+            default_confidence(COSTLY_ROW_SHARE),
+            Some(COSTLY_ROW_CONFIDENCE)
+        );
+        assert_eq!(default_confidence(0.0), None);
+    }
 
     fn adaptive(max: usize) -> DraftPolicy {
         DraftPolicy::new(DraftPolicyConfig {
