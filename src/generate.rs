@@ -196,7 +196,10 @@ pub struct SpecArgs {
     /// Adapt the draft length to acceptance (grow on full acceptance, shrink on early rejection).
     #[arg(long)]
     pub adaptive: bool,
-    /// Stop drafting when the drafter's top probability falls below this (draft models).
+    /// Stop drafting when the drafter's top probability falls below this (the draft model and
+    /// GLIDE; n-gram drafts carry none). `serve` without it derives one from its calibration:
+    /// 0.5 where a verification row costs 5 % of a step or more (a CPU), else none (a GPU); 0
+    /// never stops early.
     #[arg(long)]
     pub confidence: Option<f32>,
     /// Keep only the first N rows of the draft model's output head (frequent tokens; lossless,

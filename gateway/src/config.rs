@@ -97,7 +97,9 @@ pub struct ModelConfig {
     pub max_draft: u16,
     /// Adapt draft length to acceptance by default.
     pub adaptive: bool,
-    /// The drafter stops when its top probability falls below this (draft models).
+    /// The drafter stops when its top probability falls below this (the draft model and GLIDE);
+    /// unset, `specd serve` derives it from its calibration (0.5 where verification rows are
+    /// costly, else none).
     pub confidence: Option<f32>,
     /// Keep only the draft head's first N rows (0: all).
     pub draft_head: usize,
