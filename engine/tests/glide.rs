@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use glide_cache::{glide_rows, target_cache, target_cache_and_hidden};
+use glide_cache::{glide_rows, step_checking_kept_rows, target_cache};
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::model::glide::{cross_tensor_names, feature_tensor_names, save_glide};
 use specd_engine::model::tiny::{
@@ -457,26 +457,9 @@ fn verification_hands_each_sequence_the_targets_row_before_its_last_token() {
     for s in seqs.iter_mut() {
         spec.prefill(s).unwrap();
     }
-    let mut checked = 0;
-    while seqs.iter().any(|s| !s.is_finished()) {
-        let mut batch: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).collect();
-        spec.step(&mut batch).unwrap();
-        for s in batch.iter().filter(|s| !s.is_finished()) {
-            let tokens = s.tokens();
-            let (position, hidden) = s
-                .proposer_state()
-                .feature()
-                .expect("a verified sequence holds its feature");
-            assert_eq!(
-                position,
-                tokens.len() - 1,
-                "the row of the last committed token"
-            );
-            let (_, _, whole) = target_cache_and_hidden(&p.target, &tokens[..tokens.len() - 1]);
-            assert_eq!(hidden, &whole[..], "the target's row at {}", position - 1);
-            checked += 1;
-        }
-    }
+    let checked = step_checking_kept_rows(&p.target, &mut spec, &mut seqs, |kept, whole| {
+        assert_eq!(kept, whole, "the target's row before the last token");
+    });
     assert!(checked > 20, "only {checked} features checked");
 }
 

@@ -12,7 +12,7 @@ mod glide_cache;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use glide_cache::{glide_rows, target_cache, target_cache_and_hidden};
+use glide_cache::{glide_rows, step_checking_kept_rows, target_cache, target_cache_and_hidden};
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
@@ -387,27 +387,13 @@ fn greedy_speculation_with_a_feature_drafter_on_the_gpu_equals_target_only_outpu
         for s in seqs.iter_mut() {
             spec.prefill(s).unwrap();
         }
-        while seqs.iter().any(|s| !s.is_finished()) {
-            let mut batch: Vec<&mut Sequence> =
-                seqs.iter_mut().filter(|s| !s.is_finished()).collect();
-            spec.step(&mut batch).unwrap();
-            for s in batch.iter().filter(|s| !s.is_finished()) {
-                let tokens = s.tokens();
-                let (position, hidden) = s
-                    .proposer_state()
-                    .feature()
-                    .expect("a verified sequence holds its feature");
-                assert_eq!(position, tokens.len() - 1, "k = {k}: the last token's row");
-                let (_, _, whole) = target_cache_and_hidden(model, &tokens[..position]);
-                let e = relative_error(&[whole], &[hidden.to_vec()]);
-                assert!(
-                    e < TOLERANCE,
-                    "k = {k}: the kept row at {} differs from a whole forward's by {e}",
-                    position - 1
-                );
-                checked += 1;
-            }
-        }
+        checked += step_checking_kept_rows(model, &mut spec, &mut seqs, |kept, whole| {
+            let e = relative_error(&[whole.to_vec()], &[kept.to_vec()]);
+            assert!(
+                e < TOLERANCE,
+                "k = {k}: a kept row differs from a whole forward's by {e}"
+            );
+        });
         for (pi, (p, s)) in ps.iter().zip(&seqs).enumerate() {
             let want = generate(model, tok, &greedy(p.clone(), 24), |_| {}).unwrap();
             assert_eq!(

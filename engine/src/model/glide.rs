@@ -591,20 +591,16 @@ fn read_host(
         GlideFeature::LastHidden => {
             let [norm, down, proj] = feature_tensor_names();
             let rank = config.feature_rank;
-            let down = if rank == 0 {
-                None
-            } else {
-                Some(single(weights.matrix_named(&down, rank, h)?))
+            let mut down = match rank {
+                0 => None,
+                _ => Some(single(weights.matrix_named(&down, rank, h)?)),
             };
             let inner = if rank == 0 { h } else { rank };
             let mut proj = single(weights.matrix_named(&proj, h, inner)?);
-            let mut down = down;
-            if keep_dtype {
-                // On a GPU the two products are one: `proj · down` ([h, h]) is stored instead,
-                // so the feature takes one product and no conversion between them.
-                if let Some(d) = down.take() {
-                    proj = single(QMatMul::Tensor(composed(&proj, &d)?));
-                }
+            // On a GPU the two products are one: `proj · down` ([h, h]) is stored instead, so
+            // the feature takes one product and no conversion between them.
+            if let Some(d) = down.take_if(|_| keep_dtype) {
+                proj = single(QMatMul::Tensor(composed(&proj, &d)?));
             }
             Some(FeatureWeights {
                 norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
