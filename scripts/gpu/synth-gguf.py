@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A GGUF with a real model's header and random weights in the same formats, from the header alone.
 
-Moving the 1.5B target to the GPU machine takes 30 pieces (about 105 s of held machine time);
+Moving the 1.5B target to the GPU machine takes 30–34 pieces (about 105–120 s of held machine time);
 its header (metadata, tokenizer, tensor shapes and formats) is the first 6 MB. For measuring
 kernels and steps, whose speed does not depend on the weights' values, this script rebuilds a
 file of the same layout there: every quantized block gets random quants and small positive
