@@ -240,4 +240,20 @@ mod tests {
             .to_string();
         assert!(e.contains("surprise"), "{e}");
     }
+
+    #[test]
+    fn a_feature_specd_does_not_serve_is_refused_by_name() {
+        // The training script's `last_hidden_chain` (models/glide/train/glide_model.py) is not
+        // served yet: its files must not load as `last_hidden` ones.
+        let target = tiny_config(&TinySpec::default());
+        let mut g = glide_for(&target);
+        g.feature = GlideFeature::LastHidden;
+        let text = serde_json::to_string(&g).unwrap();
+        assert!(text.contains("\"last_hidden\""), "{text}");
+        let chain = text.replace("\"last_hidden\"", "\"last_hidden_chain\"");
+        let e = serde_json::from_str::<GlideConfig>(&chain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("last_hidden_chain"), "{e}");
+    }
 }

@@ -8,7 +8,12 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
    feature change (the first row of a block whose row before is a loss row);
 3. the file round trip keeps every weight, the configuration included;
 4. resuming into a narrower MLP keeps the channels with the largest weights, unchanged;
-5. resuming into a wider MLP gives the same logits, and one step moves the new channels.
+5. resuming into a wider MLP gives the same logits, and one step moves the new channels;
+6. `last_hidden_chain` (later rows of a block read the drafter's own hidden state): a trained
+   `last_hidden` file resumes into it; one pass gives `last_hidden`'s logits; with as many
+   passes as rows, every row equals computing the rows one after another (each later row of a
+   block fed the hidden state its row before computed, the rows before it already final: what
+   specd's drafter cache would hold); one step trains it.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -28,7 +33,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
 from target import embed_weight, head_weight, target_shapes  # noqa: E402
-from train import drafter_logits, soft_ce  # noqa: E402
+from train import drafter_logits, feature_inputs, soft_ce, target_pass  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 TARGET = REPO / "engine/tests/fixtures/golden/qwen2"
@@ -95,6 +100,8 @@ def main() -> None:
             now, _ = drafter_logits(model, target, ids, mask, layer, starts)
             assert torch.allclose(again, now, atol=1e-6), f"rank {rank}: the file round trip changed the logits"
             print(f"rank {rank}: ok ({int(changed.sum())} of {changed.numel()} rows moved by the feature)")
+            if rank == 0:
+                check_chain(path, model, embed, head, target, ids, mask, layer, vocab)
 
         narrow = load_glide(plain_file, embed, head, replace(plain_cfg, intermediate_size=32))
         a, b = plain.layers[0], narrow.layers[0]
@@ -119,6 +126,40 @@ def main() -> None:
         assert new_down.abs().sum() > 0, "the new channels' down columns did not train"
         print("wider MLP: ok (48 → 96 channels, the same logits before training)")
     print("check_feature: all passed")
+
+
+def check_chain(path, trained, embed, head, target, ids, mask, layer, vocab) -> None:
+    cfg = replace(trained.cfg, feature="last_hidden_chain")
+    chain = load_glide(path, embed, head, cfg)
+    k = 4
+    T = ids.shape[1]
+    starts = torch.arange(T) // k * k
+    one, _ = drafter_logits(trained, target, ids, mask, layer, starts)
+    got, _ = drafter_logits(chain, target, ids, mask, layer, starts, passes=1)
+    assert torch.allclose(got, one, atol=1e-6), "chain: one pass differs from last_hidden"
+    full, _ = drafter_logits(chain, target, ids, mask, layer, starts, passes=T)
+    assert not torch.allclose(full, one, atol=1e-4), "chain: the own hidden state changed nothing"
+    # Row after row, as specd would draft: a later row of a block reads the final hidden state
+    # its row before computed, with everything before it already in place.
+    tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
+    f, first, later = feature_inputs(hidden, starts, mask)
+    pos = torch.arange(T)[None].expand(ids.shape[0], -1)
+    feat, rows = f.clone(), first | later
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        for t in range(1, T):
+            if later[:, t].any():
+                h = chain.hidden(ids, pos, tk, tv, starts, feat, rows)
+                feat[:, t] = torch.where(later[:, t, None], h[:, t - 1].to(feat.dtype), feat[:, t])
+        h = chain.hidden(ids, pos, tk, tv, starts, feat, rows)
+        want = h @ chain.head_rows.to(h.dtype).T
+    assert torch.allclose(full, want, atol=1e-5), f"chain: {T} passes differ from row after row by {(full - want).abs().max()}"
+    opt = torch.optim.SGD([p for p in chain.parameters() if p.requires_grad], lr=0.5)
+    logits, tlogits = drafter_logits(chain, target, ids, mask, layer, starts, vocab, passes=2)
+    before = chain.feature_proj.weight.clone()
+    soft_ce(logits, tlogits, mask).backward()
+    opt.step()
+    assert not torch.equal(chain.feature_proj.weight, before), "chain: one step did not move the projection"
+    print(f"chain: ok ({int(later.sum())} rows read the drafter's own hidden state; {T} passes = row after row)")
 
 
 if __name__ == "__main__":

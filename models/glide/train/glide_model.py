@@ -21,6 +21,14 @@ before it, the one whose logits chose that row's token. specd's draft round star
 there: the target's verification has just computed that row. Rows of a prompt read as catch-up
 (blocks of one) are given no feature, as specd would read them.
 
+With `feature = "last_hidden_chain"` (an experiment of session 17: trained and scored here, NOT
+yet served by specd, which refuses such a file by name), every later row of a block adds the same
+projection of the drafter's own final hidden state (after its last norm: what its own head read)
+at the row before: the drafted row's stand-in for the target's, which verification has not
+computed yet (EAGLE's drafters feed their own hidden state forward so). Same weights as
+`last_hidden`: such a file resumes into it unchanged. `forward_chain` computes it in passes (see
+there).
+
 The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
 configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names
 for the weights (see `tensor_names`). Without `lm_head.weight` the head is the target's own rows
@@ -208,7 +216,7 @@ class GlideDrafter(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.target.hidden_size))
         self.own_head = None  # a trained head (lm_head.weight) when set
         hs = cfg.target.hidden_size
-        if cfg.feature == "last_hidden":
+        if cfg.feature in FEATURES_WITH_WEIGHTS:
             self.feature_norm = nn.Parameter(torch.ones(hs))
             # Zero at the start: a drafter resumed from one without a feature drafts as before.
             if cfg.feature_rank:
@@ -219,7 +227,7 @@ class GlideDrafter(nn.Module):
                 self.feature_proj = nn.Linear(hs, hs, bias=False)
             nn.init.zeros_(self.feature_proj.weight)
         elif cfg.feature != "none":
-            raise ValueError(f"feature {cfg.feature!r}: expected 'none' or 'last_hidden'")
+            raise ValueError(f"feature {cfg.feature!r}: expected 'none', 'last_hidden' or 'last_hidden_chain'")
 
     def feature_input(self, feature, feature_rows):
         """What feature rows add to their embedding: `feature` `[B, T, hidden]` holds the target's
@@ -239,6 +247,29 @@ class GlideDrafter(nn.Module):
         for layer in self.layers:
             h = layer(h, positions, target_k, target_v, starts)
         return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
+
+    def forward_chain(self, ids, positions, target_k, target_v, starts, feature, feature_rows, chain_rows, passes: int):
+        """Logits of a `last_hidden_chain` drafter: `feature_rows` (a block's first row) read the
+        target's `feature` as in `forward`; `chain_rows` `[B, T]` (a block's later rows, drafted
+        in specd) read this drafter's own final hidden state at the row before. Each pass computes
+        the rows from the previous pass's hidden states (the first from none), so after n passes
+        rows 0..n-1 are exactly what computing the rows one after another gives (specd's drafter
+        cache); later rows are approximate, in their own inputs and in the keys and values of
+        the chain-fed rows before them they attend to, less so with each pass. The earlier passes
+        run without gradients (a later row learns from its inputs, not through them)."""
+        later = chain_rows
+        rows = feature_rows
+        feat = feature
+        with torch.no_grad():
+            for _ in range(passes - 1):
+                h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows)
+                own = torch.zeros_like(feature, dtype=h.dtype)
+                own[:, 1:] = h[:, :-1]
+                feat = torch.where(later[..., None], own.to(feature.dtype), feature)
+                rows = feature_rows | later
+        h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows)
+        head = self.own_head if self.own_head is not None else self.head_rows
+        return h @ head.to(h.dtype).T
 
     def forward(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None):
         """Logits over the draft vocabulary, `[B, T, draft_vocab_size]`.
@@ -285,6 +316,11 @@ def tensor_names(layer: int) -> dict[str, str]:
         "up_proj": p + "mlp.up_proj.weight",
         "down_proj": p + "mlp.down_proj.weight",
     }
+
+
+# Features that carry the projection's weights (the same ones: a file of one resumes into the
+# other).
+FEATURES_WITH_WEIGHTS = ("last_hidden", "last_hidden_chain")
 
 
 def feature_tensor_names(cfg: GlideConfig) -> dict[str, str]:
@@ -375,10 +411,13 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
     tensors = {k: dequantize_q8_0(t) if t.dtype == torch.uint8 else t for k, t in tensors.items()}
     if cfg is None:
         cfg = stored
-    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none":
+    chain = {stored.feature, cfg.feature} <= set(FEATURES_WITH_WEIGHTS) and stored.feature_rank == cfg.feature_rank
+    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none" and not chain:
         raise ValueError(f"{path} has feature {stored.feature!r} already")
     same = {**asdict(cfg), "target": cfg.target, "intermediate_size": stored.intermediate_size}
-    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
+    if chain:
+        same.update(feature=stored.feature)
+    elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
         same.update(feature="none", feature_rank=0)
     if GlideConfig(**same).to_json() != stored.to_json():
         raise ValueError(f"{path}: its shapes differ from the ones asked for")

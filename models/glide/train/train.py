@@ -333,28 +333,34 @@ def batches(data, a, rng: random.Random):
 
 def feature_inputs(hidden, starts, mask):
     """What a drafter with a feature reads (see glide_model.GlideDrafter.feature_input): the
-    target's final hidden state of the row before each row, and the rows that take it, the
-    first row of each block whose row before is a loss row (a row of answer or source: the
-    rows of a prompt are read as catch-up in specd, without a feature)."""
+    target's final hidden state of the row before each row, the rows that take it (the first
+    row of each block whose row before is a loss row: a row of answer or source; the rows of a
+    prompt are read as catch-up in specd, without a feature), and the rows a
+    `last_hidden_chain` drafter feeds its own hidden state (the later rows of such blocks)."""
     feature = torch.zeros_like(hidden)
     feature[:, 1:] = hidden[:, :-1]
     first = starts == torch.arange(starts.shape[0], device=starts.device)
     before = torch.zeros_like(mask)
     before[:, 1:] = mask[:, :-1]
-    return feature, first[None] & before
+    return feature, first[None] & before, ~first[None] & before
 
 
-def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None):
+def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None, passes: int = 2):
     """The target's pass over `ids` and the drafter's logits under the block starts `starts`:
-    (drafter logits, target logits)."""
+    (drafter logits, target logits). A `last_hidden_chain` drafter runs `passes` passes
+    (`GlideDrafter.forward_chain`)."""
     feature = drafter.cfg.feature != "none"
     out = target_pass(target, ids, layer, vocab_ids, hidden=feature)
     k, v, tlogits = out[:3]
-    extra = feature_inputs(out[3], starts, mask) if feature else (None, None)
     pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
     amp = "cuda" if ids.device.type == "cuda" else "cpu"
     with torch.autocast(device_type=amp, dtype=torch.bfloat16):
-        return drafter(ids, pos, k, v, starts, *extra), tlogits
+        if not feature:
+            return drafter(ids, pos, k, v, starts), tlogits
+        f, first, later = feature_inputs(out[3], starts, mask)
+        if drafter.cfg.feature == "last_hidden_chain":
+            return drafter.forward_chain(ids, pos, k, v, starts, f, first, later, passes), tlogits
+        return drafter(ids, pos, k, v, starts, f, first), tlogits
 
 
 def soft_ce(logits, target_logits, rows):
@@ -377,7 +383,7 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
         m = mask[i : i + a.batch].to(device)
         T = x.shape[1]
         starts = torch.arange(T, device=device) // k * k
-        logits, full = drafter_logits(drafter, target, x, m, cfg.target_layer, starts)
+        logits, full = drafter_logits(drafter, target, x, m, cfg.target_layer, starts, passes=k)
         draft = vocab_ids[logits.argmax(-1)]
         want = full.argmax(-1)
         hit = (draft == want) & m & (starts > 0)[None]
@@ -486,7 +492,7 @@ def cmd_train(a, loaded=None) -> None:
         ids, mask = ids.to(a.device), mask.to(a.device)
         starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
         rows = mask & (starts > 0)[None]
-        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids)
+        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, a.chain_passes)
         loss = soft_ce(logits, tlogits, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -591,8 +597,11 @@ def train_args(p) -> None:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=1024)
-    p.add_argument("--feature", choices=("none", "last_hidden"), default="none",
-                   help="last_hidden: a block's first row also reads the target's final hidden state before it (not yet served by specd)")
+    p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
+                   help="last_hidden: a block's first row also reads the target's final hidden state before it; "
+                        "last_hidden_chain: and its later rows the drafter's own (not yet served by specd)")
+    p.add_argument("--chain-passes", type=int, default=2,
+                   help="passes of a last_hidden_chain drafter in training (the report scores with k = 4)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
     p.add_argument("--feature-lr-scale", type=float, default=0.1, help="the feature's weights learn at this share of --lr")
     p.add_argument("--eval-windows", type=int, default=256)
