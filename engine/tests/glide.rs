@@ -405,8 +405,12 @@ fn assert_lossless(p: &Pair, glide: &GlideProposer, lengths: &[(usize, bool)]) -
 /// [`guessing_pair`]'s drafter reading the target's last hidden state too (rank 8), its
 /// projection's weights 50 times the others' spread, so that the feature moves its drafts.
 fn feature_guessing_glide(p: &Pair) -> GlideModel {
+    guessing_glide_with(p, GlideFeature::LastHidden)
+}
+
+fn guessing_glide_with(p: &Pair, feature: GlideFeature) -> GlideModel {
     let mut config = p.glide_config.clone();
-    config.feature = GlideFeature::LastHidden;
+    config.feature = feature;
     config.feature_rank = 8;
     let target = p.target.config();
     let mut tensors = tiny_glide_weights(target, &config, 5, 0.02);
@@ -433,6 +437,20 @@ fn a_drafter_reading_the_targets_hidden_state_stays_lossless() {
     let p = guessing_pair();
     let glide = GlideProposer::new(Arc::new(feature_guessing_glide(&p)));
     assert_lossless(&p, &glide, &[(1, false), (3, false), (4, true)]);
+}
+
+/// The same drafter chaining its own final row into each later row of a round
+/// (`last_hidden_chain`; that its drafts are not the unchained ones is a unit test of
+/// `speculative/glide.rs`): still lossless.
+#[test]
+fn a_drafter_chaining_its_own_hidden_state_stays_lossless() {
+    let p = guessing_pair();
+    let chain = GlideProposer::new(Arc::new(guessing_glide_with(
+        &p,
+        GlideFeature::LastHiddenChain,
+    )));
+    let (drafted, _) = assert_lossless(&p, &chain, &[(1, false), (3, false), (4, true)]);
+    assert!(drafted > 0, "the chaining drafter drafted nothing");
 }
 
 /// After every step of a batch, each sequence holds for its next round the target's hidden row

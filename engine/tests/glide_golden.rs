@@ -31,99 +31,185 @@ fn specd_gives_the_training_scripts_logits_with_the_targets_hidden_state() {
     check_fixture("glide_golden_feature");
 }
 
-fn check_fixture(name: &str) {
-    let dir = fixtures().join(name);
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    let tokens: Vec<u32> = golden["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let verified = golden["verified"].as_u64().unwrap() as usize;
-    let expected = candle_core::safetensors::load(dir.join("logits.safetensors"), &Device::Cpu)
-        .unwrap()
-        .remove("logits")
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
-    assert_eq!(expected.len(), tokens.len());
-
-    let target = model::load(&fixtures().join("golden/qwen2"), &LoadOptions::default())
-        .unwrap()
-        .model;
-    let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
-    assert_eq!(glide.vocab().len(), expected[0].len());
-
-    let mut target_kv = target.new_pool(16);
-    let mut target_table = BlockTable::new();
-    let (_, mut hidden) = target
-        .forward_keeping_hidden(
-            &mut target_kv,
-            &mut [SeqInput {
-                table: &mut target_table,
-                tokens: &tokens[..verified],
-                logits: Logits::Last,
-            }],
-        )
-        .unwrap();
-    let hidden = hidden.remove(0).remove(0);
-    let feature_file = dir.join("feature.safetensors");
-    let with_feature = feature_file.exists();
-    if with_feature {
-        let theirs = candle_core::safetensors::load(&feature_file, &Device::Cpu)
-            .unwrap()
-            .remove("feature")
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let diff = hidden
-            .iter()
-            .zip(&theirs)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            diff <= TOLERANCE,
-            "the target's hidden row {}: max |specd - pytorch| = {diff}",
-            verified - 1
-        );
-    }
-    let features = [with_feature.then_some(FeatureRow {
-        position: verified,
-        hidden: &hidden,
-    })];
-    let mut kv = glide.new_pool(16);
+/// A drafter that chains its own hidden state (`last_hidden_chain`): specd drafts the block
+/// one row at a time, the first drafted row reading the target's row, each later one the final
+/// normed row specd's forward before it handed back, and every row's logits equal PyTorch's
+/// (`forward_chain` with a pass per row: the rows as drafted one after another).
+#[test]
+fn specd_drafts_a_chained_block_as_the_training_script_does() {
+    let f = Fixture::load("glide_golden_chain");
+    let (tokens, verified) = (&f.tokens, f.verified);
+    let mut kv = f.glide.new_pool(16);
     let mut table = BlockTable::new();
-    let rows = glide
+    let mut feature = (verified, f.hidden.clone());
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    let mut fed = 0;
+    for end in verified + 1..=tokens.len() {
+        let (logits, own) = f
+            .glide
+            .forward_drafting(
+                &mut kv,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: &tokens[fed..end],
+                    logits: Logits::All,
+                }],
+                &f.target_kv,
+                &[&f.target_table],
+                &[Some(FeatureRow {
+                    position: feature.0,
+                    hidden: &feature.1,
+                })],
+            )
+            .unwrap();
+        rows.extend(logits[0].to_vec2::<f32>().unwrap());
+        let own = own
+            .expect("a chaining drafter hands its rows back")
+            .remove(0);
+        assert_eq!(own.len(), end - fed, "one final row per row fed");
+        feature = (end, own.last().unwrap().clone());
+        fed = end;
+    }
+    f.assert_rows(&rows);
+}
+
+/// A fixture of golden.py, with specd's target prefilled with its verified tokens.
+struct Fixture {
+    tokens: Vec<u32>,
+    verified: usize,
+    expected: Vec<Vec<f32>>,
+    glide: GlideModel,
+    target_kv: specd_engine::kv::KvPool,
+    target_table: BlockTable,
+    /// specd's final normed target row before the first drafted one.
+    hidden: Vec<f32>,
+    /// Whether the drafter reads it (the fixture saved PyTorch's, which specd's matched).
+    with_feature: bool,
+}
+
+impl Fixture {
+    fn load(name: &str) -> Self {
+        let dir = fixtures().join(name);
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
+                .unwrap();
+        let tokens: Vec<u32> = golden["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let verified = golden["verified"].as_u64().unwrap() as usize;
+        let expected = candle_core::safetensors::load(dir.join("logits.safetensors"), &Device::Cpu)
+            .unwrap()
+            .remove("logits")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(expected.len(), tokens.len());
+
+        let target = model::load(&fixtures().join("golden/qwen2"), &LoadOptions::default())
+            .unwrap()
+            .model;
+        let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
+        assert_eq!(glide.vocab().len(), expected[0].len());
+
+        let mut target_kv = target.new_pool(16);
+        let mut target_table = BlockTable::new();
+        let (_, mut hidden) = target
+            .forward_keeping_hidden(
+                &mut target_kv,
+                &mut [SeqInput {
+                    table: &mut target_table,
+                    tokens: &tokens[..verified],
+                    logits: Logits::Last,
+                }],
+            )
+            .unwrap();
+        let hidden = hidden.remove(0).remove(0);
+        let feature_file = dir.join("feature.safetensors");
+        let with_feature = feature_file.exists();
+        if with_feature {
+            let theirs = candle_core::safetensors::load(&feature_file, &Device::Cpu)
+                .unwrap()
+                .remove("feature")
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let diff = hidden
+                .iter()
+                .zip(&theirs)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= TOLERANCE,
+                "the target's hidden row {}: max |specd - pytorch| = {diff}",
+                verified - 1
+            );
+        }
+        Self {
+            tokens,
+            verified,
+            expected,
+            glide,
+            target_kv,
+            target_table,
+            hidden,
+            with_feature,
+        }
+    }
+
+    /// Every row of specd's logits against PyTorch's.
+    fn assert_rows(&self, rows: &[Vec<f32>]) {
+        assert_eq!(rows.len(), self.expected.len());
+        let scale = self
+            .expected
+            .iter()
+            .flatten()
+            .fold(0f32, |m, x| m.max(x.abs()));
+        assert!(
+            scale > 0.1,
+            "the fixture's logits are all near zero: a drafter that does nothing"
+        );
+        for (p, (ours, theirs)) in rows.iter().zip(&self.expected).enumerate() {
+            let diff = ours
+                .iter()
+                .zip(theirs)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= TOLERANCE * scale.max(1.0),
+                "row {p} (sees target positions 0..{}): max |specd - pytorch| = {diff}",
+                p.min(self.verified)
+            );
+        }
+    }
+}
+
+/// The drafter over every token in one forward (the verified ones as catch-up, then one block
+/// drafted past them), the first drafted row reading the target's row if the drafter has a
+/// feature.
+fn check_fixture(name: &str) {
+    let f = Fixture::load(name);
+    let features = [f.with_feature.then_some(FeatureRow {
+        position: f.verified,
+        hidden: &f.hidden,
+    })];
+    let mut kv = f.glide.new_pool(16);
+    let mut table = BlockTable::new();
+    let rows = f
+        .glide
         .forward_with_features(
             &mut kv,
             &mut [SeqInput {
                 table: &mut table,
-                tokens: &tokens,
+                tokens: &f.tokens,
                 logits: Logits::All,
             }],
-            &target_kv,
-            &[&target_table],
+            &f.target_kv,
+            &[&f.target_table],
             &features,
         )
         .unwrap()[0]
         .to_vec2::<f32>()
         .unwrap();
-
-    let scale = expected.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(
-        scale > 0.1,
-        "the fixture's logits are all near zero: a drafter that does nothing"
-    );
-    for (p, (ours, theirs)) in rows.iter().zip(&expected).enumerate() {
-        let diff = ours
-            .iter()
-            .zip(theirs)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(
-            diff <= TOLERANCE * scale.max(1.0),
-            "row {p} (sees target positions 0..{}): max |specd - pytorch| = {diff}",
-            p.min(verified)
-        );
-    }
+    f.assert_rows(&rows);
 }

@@ -234,6 +234,17 @@ impl<'a, 'b> CpuStep<'a, 'b> {
         Ok(())
     }
 
+    /// Keeps the final normed rows the head reads ([`CpuStep::hidden_per_seq`]).
+    pub(crate) fn keep_hidden(&mut self) {
+        self.keep_hidden = true;
+    }
+
+    /// The final normed rows the head read, per sequence (after the head ran, with
+    /// [`CpuStep::keep_hidden`]).
+    pub(crate) fn hidden_per_seq(&self) -> HiddenRows {
+        hidden_per_seq(&self.hidden, self.c.hidden_size, self.batch)
+    }
+
     /// Each wanted row's logits, per sequence (after the head ran).
     pub(crate) fn logits_per_seq(&mut self) -> Result<Vec<Tensor>> {
         let logits = self.logits.take().expect("the head ran");

@@ -35,7 +35,7 @@ use super::host_weights::{load_layer, HostLayer, HostMatrix};
 use super::linear::CandlePool;
 use super::llama::{
     mlp_block, self_attention_block, Act, CrossInput, ForwardOps, ForwardOut, GlideInput,
-    LlamaWeights, OutputMode, SeqInput, Wanted,
+    HiddenRows, LlamaWeights, OutputMode, SeqInput, Wanted,
 };
 use super::weights::{q8_0_bytes, Param, Weights};
 use super::{Model, RopeLayout};
@@ -366,6 +366,13 @@ impl GlideModel {
                 t.vocab_size
             )));
         }
+        if config.feature.chains() && target.device().is_cuda() {
+            return Err(incompatible(
+                "its feature `last_hidden_chain` is served on the CPU only so far (the GPU \
+                 drafting step does not feed a drafted row's hidden state to the next)"
+                    .into(),
+            ));
+        }
         let mut base = config.forward_config(t);
         let host = read_host(&config, &mut base, weights, &vocab, target)?;
         let weights = match target.cuda_model() {
@@ -442,6 +449,28 @@ impl GlideModel {
         self.forward_with_features(kv, batch, target_kv, target_tables, &[])
     }
 
+    /// [`GlideModel::forward_with_features`], also handing back the final normed row (what
+    /// the head read) of each row whose logits are wanted, by sequence, when the drafter
+    /// chains its own hidden state ([`GlideFeature::LastHiddenChain`]): the feature of the
+    /// row after it in a round of drafts. CPU only (the GPU refuses such drafters at load).
+    pub fn forward_drafting(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target_kv: &KvPool,
+        target_tables: &[&BlockTable],
+        features: &[Option<FeatureRow<'_>>],
+    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
+        self.run(
+            kv,
+            batch,
+            target_kv,
+            target_tables,
+            features,
+            self.config.feature.chains(),
+        )
+    }
+
     /// [`GlideModel::forward`], where `features[i]` (if given) is the target's hidden state
     /// that sequence `i`'s row at its position takes ([`GlideFeature::LastHidden`]; ignored
     /// when that row is not among its new tokens, or the drafter has no feature). Fewer
@@ -454,6 +483,20 @@ impl GlideModel {
         target_tables: &[&BlockTable],
         features: &[Option<FeatureRow<'_>>],
     ) -> Result<Vec<Tensor>> {
+        Ok(self
+            .run(kv, batch, target_kv, target_tables, features, false)?
+            .0)
+    }
+
+    fn run(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target_kv: &KvPool,
+        target_tables: &[&BlockTable],
+        features: &[Option<FeatureRow<'_>>],
+        keep_hidden: bool,
+    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
         if target_tables.len() != batch.len() {
             return Err(Error::InvalidRequest(format!(
                 "{} target tables for {} sequences",
@@ -500,15 +543,19 @@ impl GlideModel {
             inv_freq: &self.target_inv_freq,
             interleaved: t.rope_layout == RopeLayout::Interleaved,
         };
-        let logits = match &self.weights {
+        let (logits, hidden) = match &self.weights {
             GlideDevice::Cpu(w) => {
                 let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
+                if keep_hidden {
+                    step.keep_hidden();
+                }
                 step.embed(&w.base.embed)?;
                 if let Some(f) = &w.feature {
                     step.add_features(f, features)?;
                 }
                 glide_layers(&mut step, &w.base, &w.cross)?;
-                step.logits_per_seq()?
+                let hidden = keep_hidden.then(|| step.hidden_per_seq());
+                (step.logits_per_seq()?, hidden)
             }
             GlideDevice::Cuda(m) => {
                 let rows = self.vocab.len();
@@ -522,7 +569,7 @@ impl GlideModel {
                     keep_hidden: false,
                 };
                 match m.forward(kv, batch, wanted, rows, Some(glide))? {
-                    (ForwardOut::Logits(l), _) => l,
+                    (ForwardOut::Logits(l), _) => (l, None),
                     _ => unreachable!("logits asked for"),
                 }
             }
@@ -530,7 +577,7 @@ impl GlideModel {
         for s in batch.iter_mut() {
             kv.commit(s.table, s.tokens.len());
         }
-        Ok(logits)
+        Ok((logits, hidden))
     }
 }
 
@@ -588,7 +635,7 @@ fn read_host(
     };
     let feature = match config.feature {
         GlideFeature::None => None,
-        GlideFeature::LastHidden => {
+        GlideFeature::LastHidden | GlideFeature::LastHiddenChain => {
             let [norm, down, proj] = feature_tensor_names();
             let rank = config.feature_rank;
             let mut down = match rank {

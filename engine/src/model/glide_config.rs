@@ -56,11 +56,27 @@ pub enum GlideFeature {
     /// position before a draft round's first row: that row adds a projection of it to its
     /// embedding (models/glide/README.md, run 5).
     LastHidden,
+    /// [`GlideFeature::LastHidden`], and every later row of a round adds the same projection
+    /// of the drafter's own final hidden state (after its last norm: what its own head read)
+    /// at the row before, in place of the target's, which verification has not computed yet
+    /// (EAGLE's drafters chain their features so). The same weights; served on the CPU.
+    LastHiddenChain,
 }
 
 impl GlideFeature {
     fn is_none(&self) -> bool {
         *self == GlideFeature::None
+    }
+
+    /// Whether the drafter has the feature's weights and reads the target's hidden state.
+    pub fn has_weights(self) -> bool {
+        self != GlideFeature::None
+    }
+
+    /// Whether later rows of a round read the drafter's own hidden state
+    /// ([`GlideFeature::LastHiddenChain`]).
+    pub fn chains(self) -> bool {
+        self == GlideFeature::LastHiddenChain
     }
 }
 
@@ -242,18 +258,23 @@ mod tests {
     }
 
     #[test]
-    fn a_feature_specd_does_not_serve_is_refused_by_name() {
-        // The training script's `last_hidden_chain` (models/glide/train/glide_model.py) is not
-        // served yet: its files must not load as `last_hidden` ones.
+    fn features_are_spelled_as_the_training_script_writes_them() {
         let target = tiny_config(&TinySpec::default());
         let mut g = glide_for(&target);
-        g.feature = GlideFeature::LastHidden;
+        for (feature, name) in [
+            (GlideFeature::LastHidden, "last_hidden"),
+            (GlideFeature::LastHiddenChain, "last_hidden_chain"),
+        ] {
+            g.feature = feature;
+            let text = serde_json::to_string(&g).unwrap();
+            assert!(text.contains(&format!("\"feature\":\"{name}\"")), "{text}");
+            assert_eq!(serde_json::from_str::<GlideConfig>(&text).unwrap(), g);
+        }
         let text = serde_json::to_string(&g).unwrap();
-        assert!(text.contains("\"last_hidden\""), "{text}");
-        let chain = text.replace("\"last_hidden\"", "\"last_hidden_chain\"");
-        let e = serde_json::from_str::<GlideConfig>(&chain)
+        let unknown = text.replace("\"last_hidden_chain\"", "\"every_layer\"");
+        let e = serde_json::from_str::<GlideConfig>(&unknown)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("last_hidden_chain"), "{e}");
+        assert!(e.contains("every_layer"), "{e}");
     }
 }

@@ -19,7 +19,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{FeatureRow, GlideFeature, GlideModel, Logits, SeqInput};
+use crate::model::{FeatureRow, GlideModel, Logits, SeqInput};
 
 /// A GLIDE proposer.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ impl GlideProposer {
 /// the drafter reads them.
 pub(super) fn glide_state(model: &GlideModel) -> ProposerState {
     ProposerState {
-        wants_feature: model.config().feature != GlideFeature::None,
+        wants_feature: model.config().feature.has_weights(),
         ..ProposerState::default()
     }
 }
@@ -65,7 +65,9 @@ pub(super) fn glide_drafts(
     batch: &mut [ProposeInput<'_>],
 ) -> Result<Vec<Draft>> {
     let target_tables: Vec<&BlockTable> = batch.iter().map(|s| s.target_table).collect();
-    let features = take_features(model, batch);
+    // The round's first row reads the target's row; with a chaining drafter, each later row
+    // the drafter's own final row before it (what its head read there).
+    let mut features = take_features(model, batch);
     let ctx = target.model.config().max_position_embeddings;
     let vocab = model.vocab();
     draft_rounds(batch, kv, ctx, |kv, inputs, seqs| {
@@ -81,7 +83,16 @@ pub(super) fn glide_drafts(
                 })
             })
             .collect();
-        let out = model.forward_with_features(kv, inputs, target.kv, &tables, &rows)?;
+        let (out, own) = model.forward_drafting(kv, inputs, target.kv, &tables, &rows)?;
+        for ((&i, s), own) in seqs
+            .iter()
+            .zip(inputs.iter())
+            .zip(own.into_iter().flatten())
+        {
+            if let Some(last) = own.into_iter().last() {
+                features[i] = Some((s.table.len(), last));
+            }
+        }
         if !wanted {
             return Ok(Vec::new());
         }
@@ -103,7 +114,7 @@ fn take_features(
         .iter_mut()
         .map(|s| {
             let f = s.state.feature.take()?;
-            (model.config().feature != GlideFeature::None && f.0 + 1 == s.tokens.len()).then_some(f)
+            (model.config().feature.has_weights() && f.0 + 1 == s.tokens.len()).then_some(f)
         })
         .collect()
 }
@@ -185,12 +196,16 @@ mod tests {
     use crate::model::tiny::{
         tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights, TinySpec,
     };
-    use crate::model::{DraftVocab, Model, Weights};
+    use crate::model::{DraftVocab, GlideFeature, Model, Weights};
     use crate::sampling::SamplingParams;
 
     /// A tiny target and a drafter for it that reads the target's last hidden state through a
     /// strong projection.
     fn pair() -> (Model, GlideModel) {
+        pair_with(GlideFeature::LastHidden)
+    }
+
+    fn pair_with(feature: GlideFeature) -> (Model, GlideModel) {
         let config = tiny_config(&TinySpec::default());
         let target = Model::load(
             config.clone(),
@@ -198,7 +213,7 @@ mod tests {
         )
         .unwrap();
         let mut glide = tiny_glide_config(&config, 200);
-        glide.feature = GlideFeature::LastHidden;
+        glide.feature = feature;
         let tensors = tiny_glide_weights(&config, &glide, 7, 0.3);
         let vocab = DraftVocab::new((0..200).collect(), config.vocab_size).unwrap();
         let model = GlideModel::from_weights(
@@ -212,6 +227,23 @@ mod tests {
         (target, model)
     }
 
+    /// The target's cache of all of `tokens` but the last, and its final normed row there.
+    fn target_before_last(target: &Model, tokens: &[u32]) -> (KvPool, BlockTable, Vec<f32>) {
+        let mut target_kv = target.new_pool(16);
+        let mut target_table = BlockTable::new();
+        let (_, mut hidden) = target
+            .forward_keeping_hidden(
+                &mut target_kv,
+                &mut [SeqInput {
+                    table: &mut target_table,
+                    tokens: &tokens[..tokens.len() - 1],
+                    logits: Logits::Last,
+                }],
+            )
+            .unwrap();
+        (target_kv, target_table, hidden.remove(0).remove(0))
+    }
+
     /// One round of greedy drafts for `tokens`, the target having cached all but the last, with
     /// `feature` (if any) in the sequence's state; also whether the round took it.
     fn drafts(
@@ -220,22 +252,10 @@ mod tests {
         tokens: &[u32],
         feature: bool,
     ) -> (Vec<u32>, bool) {
-        let mut target_kv = target.new_pool(16);
-        let mut target_table = BlockTable::new();
-        let head = &tokens[..tokens.len() - 1];
-        let (_, hidden) = target
-            .forward_keeping_hidden(
-                &mut target_kv,
-                &mut [SeqInput {
-                    table: &mut target_table,
-                    tokens: head,
-                    logits: Logits::Last,
-                }],
-            )
-            .unwrap();
+        let (target_kv, target_table, hidden) = target_before_last(target, tokens);
         let mut state = glide_state(glide);
         if feature {
-            state.feature = Some((tokens.len() - 1, hidden[0][0].clone()));
+            state.feature = Some((tokens.len() - 1, hidden));
         }
         let mut kv = glide.new_pool(16);
         let sampling = SamplingParams::default();
@@ -273,5 +293,63 @@ mod tests {
             differ > 0,
             "the feature changed no draft: the round never read it"
         );
+    }
+
+    /// A chaining drafter's round, drafted the long way: one forward per row, the first
+    /// reading the target's row, each later one the final row the forward before handed back.
+    fn chained_by_hand(target: &Model, glide: &GlideModel, tokens: &[u32], n: usize) -> Vec<u32> {
+        let (target_kv, target_table, hidden) = target_before_last(target, tokens);
+        let mut kv = glide.new_pool(16);
+        let mut table = BlockTable::new();
+        let mut feature = (tokens.len() - 1, hidden);
+        let mut all = tokens.to_vec();
+        for _ in 0..n {
+            let from = table.len();
+            let (logits, own) = glide
+                .forward_drafting(
+                    &mut kv,
+                    &mut [SeqInput {
+                        table: &mut table,
+                        tokens: &all[from..],
+                        logits: Logits::Last,
+                    }],
+                    &target_kv,
+                    &[&target_table],
+                    &[Some(FeatureRow {
+                        position: feature.0,
+                        hidden: &feature.1,
+                    })],
+                )
+                .unwrap();
+            let row = logits[0].squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap();
+            all.push(glide.vocab().to_target(best as u32));
+            feature = (table.len(), own.unwrap().remove(0).remove(0));
+        }
+        all[tokens.len()..].to_vec()
+    }
+
+    #[test]
+    fn a_chaining_drafter_feeds_each_drafted_row_the_final_row_before_it() {
+        let (target, chain) = pair_with(GlideFeature::LastHiddenChain);
+        let (_, first_only) = pair_with(GlideFeature::LastHidden);
+        let mut differ = 0;
+        for s in 0..6u32 {
+            let tokens: Vec<u32> = (0..(6 + s)).map(|i| (i * 31 + s * 7 + 3) % 200).collect();
+            let (got, left) = drafts(&target, &chain, &tokens, true);
+            assert!(!left, "the round took the target's row");
+            assert_eq!(got.len(), 4);
+            assert_eq!(
+                got,
+                chained_by_hand(&target, &chain, &tokens, 4),
+                "prompt {s}"
+            );
+            let (plain, _) = drafts(&target, &first_only, &tokens, true);
+            assert_eq!(got[0], plain[0], "the first draft reads no own row");
+            differ += usize::from(got != plain);
+        }
+        assert!(differ > 0, "chaining changed no draft: no row read its own");
     }
 }

@@ -17,8 +17,12 @@ engine/tests/fixtures/glide_golden_feature: the first drafted row (position VERI
 target's final normed hidden state at position VERIFIED - 1, also saved, as "feature" in
 <out>/feature.safetensors (specd's own must match it too).
 
-Usage: python3 models/glide/train/golden.py [--feature] [OUT_DIR]
-       (default engine/tests/fixtures/glide_golden, or glide_golden_feature)
+With --chain, the same with `last_hidden_chain` into engine/tests/fixtures/glide_golden_chain:
+the drafted rows after the first each read the drafter's own final normed row before them
+(`GlideDrafter.forward_chain` with one pass per row: the rows as drafted one after another).
+
+Usage: python3 models/glide/train/golden.py [--feature | --chain] [OUT_DIR]
+       (default engine/tests/fixtures/glide_golden, glide_golden_feature or glide_golden_chain)
 Needs torch 2.11 and transformers 5.17 (the versions of make_golden.py), CPU only.
 """
 
@@ -47,9 +51,10 @@ SEED = 1234
 
 def main() -> None:
     args = sys.argv[1:]
-    feature = "--feature" in args
-    args = [a for a in args if a != "--feature"]
-    default = "glide_golden_feature" if feature else "glide_golden"
+    chain = "--chain" in args
+    feature = "--feature" in args or chain
+    args = [a for a in args if a not in ("--feature", "--chain")]
+    default = "glide_golden_chain" if chain else "glide_golden_feature" if feature else "glide_golden"
     out = Path(args[0]) if args else REPO / "engine/tests/fixtures" / default
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
@@ -67,7 +72,7 @@ def main() -> None:
         target_layer=shapes.num_layers - 1,
         draft_vocab_size=len(draft_vocab),
         target=shapes,
-        feature="last_hidden" if feature else "none",
+        feature="last_hidden_chain" if chain else "last_hidden" if feature else "none",
         feature_rank=16 if feature else 0,
     )
     model = GlideDrafter(cfg, embed_weight(target).detach(), draft_vocab, head_weight(target).detach())
@@ -93,7 +98,12 @@ def main() -> None:
         extra = (feats, rows)
         save_file({"feature": hidden[0, VERIFIED - 1].contiguous()}, str(out / "feature.safetensors"))
     with torch.no_grad():
-        logits = model(ids, positions, k, v, starts, *extra)[0]
+        if chain:
+            later = torch.zeros((1, len(TOKENS)), dtype=torch.bool)
+            later[0, VERIFIED + 1 :] = True
+            logits = model.forward_chain(ids, positions, k, v, starts, *extra, later, passes=len(TOKENS))[0]
+        else:
+            logits = model(ids, positions, k, v, starts, *extra)[0]
 
     save_glide(str(out / "glide.safetensors"), model, dtype=torch.float32)
     save_file({"logits": logits.contiguous()}, str(out / "logits.safetensors"))

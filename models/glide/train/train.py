@@ -599,7 +599,7 @@ def train_args(p) -> None:
     p.add_argument("--intermediate", type=int, default=1024)
     p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it; "
-                        "last_hidden_chain: and its later rows the drafter's own (not yet served by specd)")
+                        "last_hidden_chain: and its later rows the drafter's own (specd serves it on the CPU only)")
     p.add_argument("--chain-passes", type=int, default=2,
                    help="passes of a last_hidden_chain drafter in training (the report scores with k = 4)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
