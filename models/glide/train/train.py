@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import collect, make_prompts  # noqa: E402
 from fastgen import FastDecoder  # noqa: E402
-from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
+from glide_model import CONFIG_KEY, GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
 from target import embed_weight, head_weight, load_target, save_target, target_pass, target_shapes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -405,6 +405,16 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
     }
 
 
+def resumed_width(path: str) -> int:
+    """The MLP width of the GLIDE file at `path` (0 without one)."""
+    if not path:
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return GlideConfig.from_json(f.metadata()[CONFIG_KEY]).intermediate_size
+
+
 def cmd_train(a, loaded=None) -> None:
     random.seed(a.seed)
     torch.manual_seed(a.seed)
@@ -426,7 +436,7 @@ def cmd_train(a, loaded=None) -> None:
         num_heads=a.heads,
         num_kv_heads=a.kv_heads,
         head_dim=a.head_dim,
-        intermediate_size=a.intermediate,
+        intermediate_size=a.intermediate or resumed_width(a.resume) or 1024,
         rms_norm_eps=target.config.rms_norm_eps,
         target_layer=layer,
         draft_vocab_size=len(vocab_ids),
@@ -596,7 +606,8 @@ def train_args(p) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--intermediate", type=int, default=1024)
+    p.add_argument("--intermediate", type=int, default=0,
+                   help="the MLP's width (default: the --resume file's, else 1024); another width widens or narrows a resumed file")
     p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it; "
                         "last_hidden_chain: and its later rows the drafter's own (specd serves it on the CPU only)")
