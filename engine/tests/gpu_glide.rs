@@ -19,11 +19,11 @@ use specd_engine::actors::{
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{
-    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_with_feature, tiny_model,
-    tiny_model_on, TinySpec,
+    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_reading,
+    tiny_guessing_glide_with_feature, tiny_model, tiny_model_on, TinySpec,
 };
 use specd_engine::model::{
-    self, Device, FeatureRow, GlideModel, LoadOptions, Logits, Model, SeqInput,
+    self, Device, FeatureRow, GlideFeature, GlideModel, LoadOptions, Logits, Model, SeqInput,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -208,6 +208,92 @@ fn the_golden_glide_fixtures_give_the_training_scripts_logits_on_the_gpu() {
     }
 }
 
+/// The chaining drafter's fixture, drafted one row at a time past the verified tokens (each
+/// later row reading the final row the forward before handed back, bf16 on the GPU), gives
+/// PyTorch's logits on the GPU within bf16 tolerance, and the CPU's.
+#[test]
+fn the_chained_golden_fixture_drafted_row_by_row_gives_the_scripts_logits_on_the_gpu() {
+    let dir = fixtures().join("glide_golden_chain");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let tokens: Vec<u32> = golden["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let verified = golden["verified"].as_u64().unwrap() as usize;
+    let expected =
+        candle_core::safetensors::load(dir.join("logits.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .remove("logits")
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+    let rows_on = |device| {
+        let options = LoadOptions {
+            device,
+            ..Default::default()
+        };
+        let target = model::load(&fixtures().join("golden/qwen2"), &options)
+            .unwrap()
+            .model;
+        let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
+        chained_rows(&target, &glide, &tokens, verified)
+    };
+    let cpu = rows_on(Device::Cpu);
+    let gpu = rows_on(cuda());
+    let vs_torch = relative_error(&expected, &gpu);
+    let vs_cpu = relative_error(&cpu, &gpu);
+    assert!(
+        vs_torch < TOLERANCE && vs_cpu < TOLERANCE,
+        "chained rows on the GPU differ from PyTorch's by {vs_torch} and from the CPU's by \
+         {vs_cpu} (relative)"
+    );
+}
+
+/// The drafter's rows of `tokens`: the first `verified + 1` in one forward (the last of them
+/// reading the target's row before it), then one row per forward, each reading the final row
+/// the forward before handed back.
+fn chained_rows(
+    target: &Model,
+    glide: &GlideModel,
+    tokens: &[u32],
+    verified: usize,
+) -> Vec<Vec<f32>> {
+    let (tkv, ttable, hidden) = target_cache_and_hidden(target, &tokens[..verified]);
+    let mut pool = glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut feature = (verified, hidden);
+    let mut rows = Vec::new();
+    let mut fed = 0;
+    for end in verified + 1..=tokens.len() {
+        let (out, own) = glide
+            .forward_drafting(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: &tokens[fed..end],
+                    logits: Logits::All,
+                }],
+                &tkv,
+                &[&ttable],
+                &[Some(FeatureRow {
+                    position: feature.0,
+                    hidden: &feature.1,
+                })],
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+        let own = own
+            .expect("a chaining drafter hands its rows back")
+            .remove(0);
+        feature = (end, own.last().unwrap().clone());
+        fed = end;
+    }
+    rows
+}
+
 fn check_golden(name: &str) {
     let dir = fixtures().join(name);
     let golden: serde_json::Value =
@@ -363,10 +449,20 @@ fn greedy_speculation_with_glide_on_the_gpu_equals_target_only_output() {
 /// within bf16 tolerance), at the position of the drafter's row that reads it.
 #[test]
 fn greedy_speculation_with_a_feature_drafter_on_the_gpu_equals_target_only_output() {
+    greedy_identity_with_a_feature_drafter(GlideFeature::LastHidden);
+}
+
+/// The same with a drafter chaining its own final rows into the later rows of a round.
+#[test]
+fn greedy_speculation_with_a_chaining_drafter_on_the_gpu_equals_target_only_output() {
+    greedy_identity_with_a_feature_drafter(GlideFeature::LastHiddenChain);
+}
+
+fn greedy_identity_with_a_feature_drafter(feature: GlideFeature) {
     let target = tiny_model_on(&spec(), cuda()).unwrap();
     let (model, tok) = (&target.model, target.tokenizer.as_ref().unwrap());
     let glide = GlideProposer::new(Arc::new(
-        tiny_guessing_glide_with_feature(model, 240, 9).unwrap(),
+        tiny_guessing_glide_reading(model, 240, 9, feature).unwrap(),
     ));
     let proposer: &dyn Proposer = &glide;
     let mut ps = prompts(6);
@@ -418,6 +514,13 @@ fn the_engine_batches_glide_with_none_draft_and_ngram_on_the_gpu() {
 #[test]
 fn the_engine_batches_a_feature_drafter_with_the_other_methods_on_the_gpu() {
     engine_batch_on_the_gpu(|t| tiny_guessing_glide_with_feature(t, 240, 9).unwrap());
+}
+
+#[test]
+fn the_engine_batches_a_chaining_drafter_with_the_other_methods_on_the_gpu() {
+    engine_batch_on_the_gpu(|t| {
+        tiny_guessing_glide_reading(t, 240, 9, GlideFeature::LastHiddenChain).unwrap()
+    });
 }
 
 fn engine_batch_on_the_gpu(make_glide: fn(&Model) -> GlideModel) {

@@ -366,13 +366,6 @@ impl GlideModel {
                 t.vocab_size
             )));
         }
-        if config.feature.chains() && target.device().is_cuda() {
-            return Err(incompatible(
-                "its feature `last_hidden_chain` is served on the CPU only so far (the GPU \
-                 drafting step does not feed a drafted row's hidden state to the next)"
-                    .into(),
-            ));
-        }
         let mut base = config.forward_config(t);
         let host = read_host(&config, &mut base, weights, &vocab, target)?;
         let weights = match target.cuda_model() {
@@ -452,7 +445,7 @@ impl GlideModel {
     /// [`GlideModel::forward_with_features`], also handing back the final normed row (what
     /// the head read) of each row whose logits are wanted, by sequence, when the drafter
     /// chains its own hidden state ([`GlideFeature::LastHiddenChain`]): the feature of the
-    /// row after it in a round of drafts. CPU only (the GPU refuses such drafters at load).
+    /// row after it in a round of drafts (on a GPU as its head read them, bf16).
     pub fn forward_drafting(
         &self,
         kv: &mut KvPool,
@@ -566,10 +559,10 @@ impl GlideModel {
                 let wanted = Wanted {
                     mode: OutputMode::Logits,
                     sample: &[],
-                    keep_hidden: false,
+                    keep_hidden,
                 };
                 match m.forward(kv, batch, wanted, rows, Some(glide))? {
-                    (ForwardOut::Logits(l), _) => (l, None),
+                    (ForwardOut::Logits(l), hidden) => (l, hidden),
                     _ => unreachable!("logits asked for"),
                 }
             }

@@ -59,7 +59,7 @@ pub enum GlideFeature {
     /// [`GlideFeature::LastHidden`], and every later row of a round adds the same projection
     /// of the drafter's own final hidden state (after its last norm: what its own head read)
     /// at the row before, in place of the target's, which verification has not computed yet
-    /// (EAGLE's drafters chain their features so). The same weights; served on the CPU.
+    /// (EAGLE's drafters chain their features so). The same weights.
     LastHiddenChain,
 }
 

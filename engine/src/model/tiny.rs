@@ -287,8 +287,19 @@ pub fn tiny_guessing_glide_with_feature(
     draft_vocab: usize,
     seed: u64,
 ) -> Result<GlideModel> {
+    tiny_guessing_glide_reading(target, draft_vocab, seed, GlideFeature::LastHidden)
+}
+
+/// [`tiny_guessing_glide_with_feature`] with the given feature (`LastHiddenChain`: later rows
+/// of a round read the drafter's own row before them).
+pub fn tiny_guessing_glide_reading(
+    target: &Model,
+    draft_vocab: usize,
+    seed: u64,
+    feature: GlideFeature,
+) -> Result<GlideModel> {
     let mut config = tiny_glide_config(target.config(), draft_vocab);
-    config.feature = GlideFeature::LastHidden;
+    config.feature = feature;
     config.feature_rank = 8;
     build_tiny_glide(target, config, seed, 0.02, false)
 }
