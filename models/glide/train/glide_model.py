@@ -22,7 +22,7 @@ there: the target's verification has just computed that row. Rows of a prompt re
 (blocks of one) are given no feature, as specd would read them.
 
 With `feature = "last_hidden_chain"` (an experiment of session 17, not yet trained; specd serves
-it on the CPU, and a GPU refuses such a file by name), every later row of a block adds the same
+it, its GPU path not yet run on a GPU), every later row of a block adds the same
 projection of the drafter's own final hidden state (after its last norm: what its own head read)
 at the row before: the drafted row's stand-in for the target's, which verification has not
 computed yet (EAGLE's drafters feed their own hidden state forward so). Same weights as

@@ -610,7 +610,7 @@ def train_args(p) -> None:
                    help="the MLP's width (default: the --resume file's, else 1024); another width widens or narrows a resumed file")
     p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it; "
-                        "last_hidden_chain: and its later rows the drafter's own (specd serves it on the CPU only)")
+                        "last_hidden_chain: and its later rows the drafter's own")
     p.add_argument("--chain-passes", type=int, default=2,
                    help="passes of a last_hidden_chain drafter in training (the report scores with k = 4)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
