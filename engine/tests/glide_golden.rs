@@ -2,7 +2,8 @@
 //! (models/glide/train/glide_model.py): a tiny random drafter made and saved by
 //! models/glide/train/golden.py for the tiny Qwen2 of the transformers fixtures, with the logits
 //! PyTorch computed for it. specd loads the same file, prefills the same target with the
-//! verified tokens, runs the drafter over every token at once, and must give the same logits.
+//! verified tokens, runs the drafter over every token (at once, or row by row for a drafter
+//! that chains its own hidden state), and must give the same logits.
 //! A drafter trained by the script therefore drafts in specd as it did in training.
 
 use std::path::{Path, PathBuf};

@@ -243,6 +243,14 @@ fn the_chained_golden_fixture_drafted_row_by_row_gives_the_scripts_logits_on_the
     };
     let cpu = rows_on(Device::Cpu);
     let gpu = rows_on(cuda());
+    // The drafted rows one at a time (the chained ones past the first), then all of them.
+    for p in verified..tokens.len() {
+        let vs_torch = relative_error(&expected[p..=p], &gpu[p..=p]);
+        assert!(
+            vs_torch < TOLERANCE,
+            "drafted row {p} on the GPU differs from PyTorch's by {vs_torch} (relative)"
+        );
+    }
     let vs_torch = relative_error(&expected, &gpu);
     let vs_cpu = relative_error(&cpu, &gpu);
     assert!(
@@ -288,6 +296,7 @@ fn chained_rows(
         let own = own
             .expect("a chaining drafter hands its rows back")
             .remove(0);
+        assert_eq!(own.len(), end - fed, "one final row per row fed");
         feature = (end, own.last().unwrap().clone());
         fed = end;
     }

@@ -213,7 +213,7 @@ impl<'a, 'b> CpuStep<'a, 'b> {
         for (i, s) in self.batch.iter().enumerate() {
             let (start, n) = (s.table.len(), s.tokens.len());
             if let Some(Some(f)) = features.get(i) {
-                // (Its length is checked by the caller, GlideModel::forward_with_features.)
+                // (Its length is checked by the caller, GlideModel's forward.)
                 if (start..start + n).contains(&f.position) {
                     let mut normed = vec![0f32; h];
                     kern::rms_norm(f.hidden, &w.norm, self.c.rms_norm_eps as f32, &mut normed);

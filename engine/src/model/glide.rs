@@ -62,8 +62,10 @@ pub(crate) struct FeatureWeights<M, V> {
     pub proj: M,
 }
 
-/// The target's final hidden state (after its last norm) that the drafter's row at `position`
-/// adds to its embedding ([`GlideFeature::LastHidden`]): the target's row at `position - 1`.
+/// A final hidden state (after the last norm: what a head read) whose projection the drafter's
+/// row at `position` adds to its embedding: the target's row at `position - 1` for a round's
+/// first row ([`GlideFeature::LastHidden`]), the drafter's own row at `position - 1` for its
+/// later rows ([`GlideFeature::LastHiddenChain`]).
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureRow<'a> {
     pub position: usize,

@@ -331,6 +331,82 @@ mod tests {
         all[tokens.len()..].to_vec()
     }
 
+    /// Greedy rounds for several sequences in one batch, sharing the target's pool and the
+    /// drafter's: `(tokens, max drafts)` each, every sequence holding its target row.
+    fn batch_drafts(
+        target: &Model,
+        glide: &GlideModel,
+        seqs: &[(Vec<u32>, usize)],
+    ) -> Vec<Vec<u32>> {
+        let mut target_kv = target.new_pool(64);
+        let mut tables = Vec::new();
+        let mut states = Vec::new();
+        for (tokens, _) in seqs {
+            let mut table = BlockTable::new();
+            let (_, mut hidden) = target
+                .forward_keeping_hidden(
+                    &mut target_kv,
+                    &mut [SeqInput {
+                        table: &mut table,
+                        tokens: &tokens[..tokens.len() - 1],
+                        logits: Logits::Last,
+                    }],
+                )
+                .unwrap();
+            let mut state = glide_state(glide);
+            state.feature = Some((tokens.len() - 1, hidden.remove(0).remove(0)));
+            tables.push(table);
+            states.push(state);
+        }
+        let mut kv = glide.new_pool(64);
+        let sampling = SamplingParams::default();
+        let mut rngs: Vec<_> = seqs
+            .iter()
+            .map(|_| rand::rngs::StdRng::seed_from_u64(1))
+            .collect();
+        let mut batch: Vec<ProposeInput<'_>> = seqs
+            .iter()
+            .zip(&tables)
+            .zip(states.iter_mut())
+            .zip(rngs.iter_mut())
+            .map(|((((tokens, max), table), state), rng)| ProposeInput {
+                tokens,
+                target_table: table,
+                state,
+                max: *max,
+                sampling: &sampling,
+                rng,
+                confidence: None,
+            })
+            .collect();
+        let view = TargetView {
+            model: target,
+            kv: &target_kv,
+        };
+        glide_drafts(glide, view, &mut kv, &mut batch)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.tokens)
+            .collect()
+    }
+
+    /// Sequences of different lengths that stop after 1, 2 and 4 drafts, drafted together,
+    /// each draft what they draft alone: every row reads its own sequence's chained row.
+    #[test]
+    fn a_chaining_drafter_drafts_a_batch_as_each_sequence_alone() {
+        let (target, chain) = pair_with(GlideFeature::LastHiddenChain);
+        let seqs: Vec<(Vec<u32>, usize)> = [(7u32, 4usize), (9, 1), (6, 2), (11, 4)]
+            .iter()
+            .map(|&(n, max)| ((0..n).map(|i| (i * 37 + n * 5 + 1) % 200).collect(), max))
+            .collect();
+        let together = batch_drafts(&target, &chain, &seqs);
+        for (i, (tokens, max)) in seqs.iter().enumerate() {
+            let alone = batch_drafts(&target, &chain, &[(tokens.clone(), *max)]);
+            assert_eq!(together[i].len(), *max, "sequence {i}");
+            assert_eq!(together[i], alone[0], "sequence {i} drafted in the batch");
+        }
+    }
+
     #[test]
     fn a_chaining_drafter_feeds_each_drafted_row_the_final_row_before_it() {
         let (target, chain) = pair_with(GlideFeature::LastHiddenChain);

@@ -75,8 +75,10 @@ class GlideConfig:
     target_layer: int
     draft_vocab_size: int
     target: GlideTarget
-    # "none", or "last_hidden": block-start rows add a projection of the target's final hidden
-    # state at the position before them. Absent from the file's JSON when "none".
+    # "none"; "last_hidden": block-start rows add a projection of the target's final hidden
+    # state at the position before them; "last_hidden_chain": and later rows of a block the
+    # same projection of the drafter's own at the row before. Absent from the file's JSON when
+    # "none".
     feature: str = "none"
     # Rank of that projection (0: a full hidden × hidden matrix).
     feature_rank: int = 0
@@ -411,11 +413,11 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
     tensors = {k: dequantize_q8_0(t) if t.dtype == torch.uint8 else t for k, t in tensors.items()}
     if cfg is None:
         cfg = stored
-    chain = {stored.feature, cfg.feature} <= set(FEATURES_WITH_WEIGHTS) and stored.feature_rank == cfg.feature_rank
-    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none" and not chain:
+    same_weights = {stored.feature, cfg.feature} <= set(FEATURES_WITH_WEIGHTS) and stored.feature_rank == cfg.feature_rank
+    if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none" and not same_weights:
         raise ValueError(f"{path} has feature {stored.feature!r} already")
     same = {**asdict(cfg), "target": cfg.target, "intermediate_size": stored.intermediate_size}
-    if chain:
+    if same_weights:
         same.update(feature=stored.feature)
     elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):
         same.update(feature="none", feature_rank=0)

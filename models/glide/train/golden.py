@@ -23,7 +23,8 @@ the drafted rows after the first each read the drafter's own final normed row be
 
 Usage: python3 models/glide/train/golden.py [--feature | --chain] [OUT_DIR]
        (default engine/tests/fixtures/glide_golden, glide_golden_feature or glide_golden_chain)
-Needs torch 2.11 and transformers 5.17 (the versions of make_golden.py), CPU only.
+Made with torch 2.11 and transformers 5.17 (the versions of make_golden.py; the chain fixture
+with 2.15 and 5.25, recorded in its golden.json), CPU only.
 """
 
 import os

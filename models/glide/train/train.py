@@ -491,6 +491,9 @@ def cmd_train(a, loaded=None) -> None:
     if a.until:
         budget = min(budget, a.until - (t0 - START))
     stream = batches(data, a, rng)
+    chain_passes = a.chain_passes or a.max_block
+    if cfg.feature == "last_hidden_chain" and chain_passes < 2:
+        raise SystemExit(f"--chain-passes {chain_passes}: a chained drafter needs at least 2 (1 never feeds a row its own)")
     for step in range(a.steps):
         progress = max(step / a.steps, (time.time() - t0) / budget)
         if progress >= 1.0:
@@ -502,7 +505,7 @@ def cmd_train(a, loaded=None) -> None:
         ids, mask = ids.to(a.device), mask.to(a.device)
         starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
         rows = mask & (starts > 0)[None]
-        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, a.chain_passes)
+        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, chain_passes)
         loss = soft_ce(logits, tlogits, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -611,8 +614,8 @@ def train_args(p) -> None:
     p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it; "
                         "last_hidden_chain: and its later rows the drafter's own")
-    p.add_argument("--chain-passes", type=int, default=2,
-                   help="passes of a last_hidden_chain drafter in training (the report scores with k = 4)")
+    p.add_argument("--chain-passes", type=int, default=0,
+                   help="passes of a last_hidden_chain drafter in training (default --max-block: every row of a block reads a chained state; at least 2)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
     p.add_argument("--feature-lr-scale", type=float, default=0.1, help="the feature's weights learn at this share of --lr")
     p.add_argument("--eval-windows", type=int, default=256)
