@@ -6,10 +6,14 @@
 //! that chains its own hidden state), and must give the same logits.
 //! A drafter trained by the script therefore drafts in specd as it did in training.
 
+#[path = "common/glide_cache.rs"]
+mod glide_cache;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use specd_engine::kv::BlockTable;
+use glide_cache::{chained_rows, target_cache_and_hidden, Golden};
+use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::{self, FeatureRow, GlideModel, LoadOptions, Logits, SeqInput};
 
 /// f32 against f32, through different orders of summation.
@@ -39,48 +43,22 @@ fn specd_gives_the_training_scripts_logits_with_the_targets_hidden_state() {
 #[test]
 fn specd_drafts_a_chained_block_as_the_training_script_does() {
     let f = Fixture::load("glide_golden_chain");
-    let (tokens, verified) = (&f.tokens, f.verified);
-    let mut kv = f.glide.new_pool(16);
-    let mut table = BlockTable::new();
-    let mut feature = (verified, f.hidden.clone());
-    let mut rows: Vec<Vec<f32>> = Vec::new();
-    let mut fed = 0;
-    for end in verified + 1..=tokens.len() {
-        let (logits, own) = f
-            .glide
-            .forward_drafting(
-                &mut kv,
-                &mut [SeqInput {
-                    table: &mut table,
-                    tokens: &tokens[fed..end],
-                    logits: Logits::All,
-                }],
-                &f.target_kv,
-                &[&f.target_table],
-                &[Some(FeatureRow {
-                    position: feature.0,
-                    hidden: &feature.1,
-                })],
-            )
-            .unwrap();
-        rows.extend(logits[0].to_vec2::<f32>().unwrap());
-        let own = own
-            .expect("a chaining drafter hands its rows back")
-            .remove(0);
-        assert_eq!(own.len(), end - fed, "one final row per row fed");
-        feature = (end, own.last().unwrap().clone());
-        fed = end;
-    }
+    let rows = chained_rows(
+        &f.glide,
+        &f.golden.tokens,
+        f.golden.verified,
+        &f.target_kv,
+        &f.target_table,
+        f.hidden.clone(),
+    );
     f.assert_rows(&rows);
 }
 
 /// A fixture of golden.py, with specd's target prefilled with its verified tokens.
 struct Fixture {
-    tokens: Vec<u32>,
-    verified: usize,
-    expected: Vec<Vec<f32>>,
+    golden: Golden,
     glide: GlideModel,
-    target_kv: specd_engine::kv::KvPool,
+    target_kv: KvPool,
     target_table: BlockTable,
     /// specd's final normed target row before the first drafted one.
     hidden: Vec<f32>,
@@ -91,43 +69,15 @@ struct Fixture {
 impl Fixture {
     fn load(name: &str) -> Self {
         let dir = fixtures().join(name);
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
-                .unwrap();
-        let tokens: Vec<u32> = golden["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let verified = golden["verified"].as_u64().unwrap() as usize;
-        let expected = candle_core::safetensors::load(dir.join("logits.safetensors"), &Device::Cpu)
-            .unwrap()
-            .remove("logits")
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(expected.len(), tokens.len());
-
+        let golden = Golden::read(&dir);
         let target = model::load(&fixtures().join("golden/qwen2"), &LoadOptions::default())
             .unwrap()
             .model;
         let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
-        assert_eq!(glide.vocab().len(), expected[0].len());
-
-        let mut target_kv = target.new_pool(16);
-        let mut target_table = BlockTable::new();
-        let (_, mut hidden) = target
-            .forward_keeping_hidden(
-                &mut target_kv,
-                &mut [SeqInput {
-                    table: &mut target_table,
-                    tokens: &tokens[..verified],
-                    logits: Logits::Last,
-                }],
-            )
-            .unwrap();
-        let hidden = hidden.remove(0).remove(0);
+        assert_eq!(glide.vocab().len(), golden.expected[0].len());
+        let verified = golden.verified;
+        let (target_kv, target_table, hidden) =
+            target_cache_and_hidden(&target, &golden.tokens[..verified]);
         let feature_file = dir.join("feature.safetensors");
         let with_feature = feature_file.exists();
         if with_feature {
@@ -148,9 +98,7 @@ impl Fixture {
             );
         }
         Self {
-            tokens,
-            verified,
-            expected,
+            golden,
             glide,
             target_kv,
             target_table,
@@ -161,8 +109,9 @@ impl Fixture {
 
     /// Every row of specd's logits against PyTorch's.
     fn assert_rows(&self, rows: &[Vec<f32>]) {
-        assert_eq!(rows.len(), self.expected.len());
+        assert_eq!(rows.len(), self.golden.expected.len());
         let scale = self
+            .golden
             .expected
             .iter()
             .flatten()
@@ -171,7 +120,7 @@ impl Fixture {
             scale > 0.1,
             "the fixture's logits are all near zero: a drafter that does nothing"
         );
-        for (p, (ours, theirs)) in rows.iter().zip(&self.expected).enumerate() {
+        for (p, (ours, theirs)) in rows.iter().zip(&self.golden.expected).enumerate() {
             let diff = ours
                 .iter()
                 .zip(theirs)
@@ -179,7 +128,7 @@ impl Fixture {
             assert!(
                 diff <= TOLERANCE * scale.max(1.0),
                 "row {p} (sees target positions 0..{}): max |specd - pytorch| = {diff}",
-                p.min(self.verified)
+                p.min(self.golden.verified)
             );
         }
     }
@@ -191,7 +140,7 @@ impl Fixture {
 fn check_fixture(name: &str) {
     let f = Fixture::load(name);
     let features = [f.with_feature.then_some(FeatureRow {
-        position: f.verified,
+        position: f.golden.verified,
         hidden: &f.hidden,
     })];
     let mut kv = f.glide.new_pool(16);
@@ -202,7 +151,7 @@ fn check_fixture(name: &str) {
             &mut kv,
             &mut [SeqInput {
                 table: &mut table,
-                tokens: &f.tokens,
+                tokens: &f.golden.tokens,
                 logits: Logits::All,
             }],
             &f.target_kv,

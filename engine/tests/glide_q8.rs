@@ -4,8 +4,6 @@
 //! within Q8_0's rounding of it; the rewrite is idempotent, and a byte tensor of the wrong width
 //! is refused by name.
 
-// (This file reads the target's cache and hidden row only.)
-#[allow(dead_code)]
 #[path = "common/glide_cache.rs"]
 mod glide_cache;
 

@@ -12,7 +12,10 @@ mod glide_cache;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use glide_cache::{glide_rows, step_checking_kept_rows, target_cache, target_cache_and_hidden};
+use glide_cache::{
+    chained_rows, glide_rows, step_checking_kept_rows, target_cache, target_cache_and_hidden,
+    Golden,
+};
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
@@ -214,22 +217,11 @@ fn the_golden_glide_fixtures_give_the_training_scripts_logits_on_the_gpu() {
 #[test]
 fn the_chained_golden_fixture_drafted_row_by_row_gives_the_scripts_logits_on_the_gpu() {
     let dir = fixtures().join("glide_golden_chain");
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    let tokens: Vec<u32> = golden["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let verified = golden["verified"].as_u64().unwrap() as usize;
-    let expected =
-        candle_core::safetensors::load(dir.join("logits.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
-            .remove("logits")
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+    let Golden {
+        tokens,
+        verified,
+        expected,
+    } = Golden::read(&dir);
     let rows_on = |device| {
         let options = LoadOptions {
             device,
@@ -239,7 +231,8 @@ fn the_chained_golden_fixture_drafted_row_by_row_gives_the_scripts_logits_on_the
             .unwrap()
             .model;
         let glide = GlideModel::load(&dir.join("glide.safetensors"), &target).unwrap();
-        chained_rows(&target, &glide, &tokens, verified)
+        let (tkv, ttable, hidden) = target_cache_and_hidden(&target, &tokens[..verified]);
+        chained_rows(&glide, &tokens, verified, &tkv, &ttable, hidden)
     };
     let cpu = rows_on(Device::Cpu);
     let gpu = rows_on(cuda());
@@ -260,69 +253,19 @@ fn the_chained_golden_fixture_drafted_row_by_row_gives_the_scripts_logits_on_the
     );
 }
 
-/// The drafter's rows of `tokens`: the first `verified + 1` in one forward (the last of them
-/// reading the target's row before it), then one row per forward, each reading the final row
-/// the forward before handed back.
-fn chained_rows(
-    target: &Model,
-    glide: &GlideModel,
-    tokens: &[u32],
-    verified: usize,
-) -> Vec<Vec<f32>> {
-    let (tkv, ttable, hidden) = target_cache_and_hidden(target, &tokens[..verified]);
-    let mut pool = glide.new_pool(64);
-    let mut table = BlockTable::new();
-    let mut feature = (verified, hidden);
-    let mut rows = Vec::new();
-    let mut fed = 0;
-    for end in verified + 1..=tokens.len() {
-        let (out, own) = glide
-            .forward_drafting(
-                &mut pool,
-                &mut [SeqInput {
-                    table: &mut table,
-                    tokens: &tokens[fed..end],
-                    logits: Logits::All,
-                }],
-                &tkv,
-                &[&ttable],
-                &[Some(FeatureRow {
-                    position: feature.0,
-                    hidden: &feature.1,
-                })],
-            )
-            .unwrap();
-        rows.extend(out[0].to_vec2::<f32>().unwrap());
-        let own = own
-            .expect("a chaining drafter hands its rows back")
-            .remove(0);
-        assert_eq!(own.len(), end - fed, "one final row per row fed");
-        feature = (end, own.last().unwrap().clone());
-        fed = end;
-    }
-    rows
-}
-
 fn check_golden(name: &str) {
     let dir = fixtures().join(name);
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    let tokens: Vec<u32> = golden["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let verified = golden["verified"].as_u64().unwrap() as usize;
+    let Golden {
+        tokens,
+        verified,
+        expected,
+    } = Golden::read(&dir);
     let load_cpu = |file: &str, key: &str| {
         candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu)
             .unwrap()
             .remove(key)
             .unwrap()
     };
-    let expected = load_cpu("logits.safetensors", "logits")
-        .to_vec2::<f32>()
-        .unwrap();
     let torch_feature = dir.join("feature.safetensors").exists().then(|| {
         load_cpu("feature.safetensors", "feature")
             .to_vec1::<f32>()

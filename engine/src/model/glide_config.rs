@@ -65,7 +65,7 @@ pub enum GlideFeature {
 
 impl GlideFeature {
     fn is_none(&self) -> bool {
-        *self == GlideFeature::None
+        !self.has_weights()
     }
 
     /// Whether the drafter has the feature's weights and reads the target's hidden state.

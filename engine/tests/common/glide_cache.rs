@@ -1,10 +1,98 @@
-//! Shared by the GLIDE tests on the CPU (`glide.rs`) and the GPU (`gpu_glide.rs`): a target's
-//! cache of some tokens (and its last hidden row), a GLIDE drafter's logits rows read against
-//! it, and the rows verification keeps for a drafter that reads the target's hidden state.
+//! Shared by the GLIDE tests on the CPU (`glide.rs`, `glide_golden.rs`, `glide_q8.rs`) and the
+//! GPU (`gpu_glide.rs`): a target's cache of some tokens (and its last hidden row), a GLIDE
+//! drafter's logits rows read against it (at once, or drafted row by row by a chaining
+//! drafter), the golden fixtures' inputs and logits, and the rows verification keeps for a
+//! drafter that reads the target's hidden state.
+// Each test crate uses a part.
+#![allow(dead_code)]
+
+use std::path::Path;
 
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::{GlideModel, Logits, Model, SeqInput};
+use specd_engine::model::{FeatureRow, GlideModel, Logits, Model, SeqInput};
 use specd_engine::speculative::{Sequence, Speculator};
+
+/// A golden.py fixture's input and PyTorch's answer: its tokens, how many of them the target
+/// has verified, and the drafter's logits for every token.
+pub struct Golden {
+    pub tokens: Vec<u32>,
+    pub verified: usize,
+    pub expected: Vec<Vec<f32>>,
+}
+
+impl Golden {
+    pub fn read(dir: &Path) -> Self {
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
+                .unwrap();
+        let tokens: Vec<u32> = golden["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let verified = golden["verified"].as_u64().unwrap() as usize;
+        let expected = candle_core::safetensors::load(
+            dir.join("logits.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+        .remove("logits")
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+        assert_eq!(expected.len(), tokens.len());
+        Self {
+            tokens,
+            verified,
+            expected,
+        }
+    }
+}
+
+/// A chaining drafter's rows of `tokens`: the first `verified + 1` in one forward (the last of
+/// them reading `hidden`, the target's row before it), then one row per forward, each reading
+/// the final row the forward before handed back.
+pub fn chained_rows(
+    glide: &GlideModel,
+    tokens: &[u32],
+    verified: usize,
+    target_kv: &KvPool,
+    target_table: &BlockTable,
+    hidden: Vec<f32>,
+) -> Vec<Vec<f32>> {
+    let mut pool = glide.new_pool(64);
+    let mut table = BlockTable::new();
+    let mut feature = (verified, hidden);
+    let mut rows = Vec::new();
+    let mut fed = 0;
+    for end in verified + 1..=tokens.len() {
+        let (out, own) = glide
+            .forward_drafting(
+                &mut pool,
+                &mut [SeqInput {
+                    table: &mut table,
+                    tokens: &tokens[fed..end],
+                    logits: Logits::All,
+                }],
+                target_kv,
+                &[target_table],
+                &[Some(FeatureRow {
+                    position: feature.0,
+                    hidden: &feature.1,
+                })],
+            )
+            .unwrap();
+        rows.extend(out[0].to_vec2::<f32>().unwrap());
+        let own = own
+            .expect("a chaining drafter hands its rows back")
+            .remove(0);
+        assert_eq!(own.len(), end - fed, "one final row per row fed");
+        feature = (end, own.last().unwrap().clone());
+        fed = end;
+    }
+    rows
+}
 
 /// The target's cache of `tokens` (none: an empty cache) in a pool of its own.
 pub fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
