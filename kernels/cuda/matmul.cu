@@ -160,6 +160,135 @@ MATMUL_SHAPES(q6k, F_Q6K)
 MATMUL_SHAPES(q8_0, F_Q8_0)
 MATMUL_SHAPES(q5_0, F_Q5_0)
 
+// The 8x8 tile of 8 warps with the weights staged through shared memory: each K slab of SLAB
+// chunks (32 weights each) of the CTA's 8 weight rows is copied in with 16-byte loads that cover
+// the rows' bytes contiguously (cp.async, the next slab in flight while this one computes), and
+// the lanes decode their mma fragments from the copy. The row kernels above load each lane's
+// 8 weights straight from global memory, a few bytes from each of 8 rows per instruction,
+// which spends the load pipeline on many partly used lines. Warp w still adds chunks c ≡ w
+// (mod 8) in increasing order (a slab holds a multiple of 8 chunks) and the warps' partial sums
+// meet as above, so the results are those of every 8-warp kernel, bit for bit.
+#define STAGE_SLAB 32
+#define STAGE_PAD 48
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+template <int F, int MTILES>
+__device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                                   const bf16* __restrict__ x, float* __restrict__ y,
+                                                   const float* __restrict__ bias, int rows, int n,
+                                                   int k, int ldy) {
+    constexpr int KWARPS = 8, COLS = 8;
+    constexpr int SLAB_K = STAGE_SLAB * 32;  // weights of a slab, a multiple of every block
+    constexpr int SLAB_BYTES = SLAB_K / Fmt<F>::BLOCK * Fmt<F>::BYTES;
+    // A row's slab with room for its start's offset in a 16-byte piece and the last piece; the
+    // stride keeps the 8 rows in different banks.
+    constexpr int SEG = ((SLAB_BYTES + 32 + 15) / 16) * 16 + 16;
+    __shared__ __align__(16) uint8_t stage[2][COLS][SEG];
+    __shared__ float part[KWARPS][16][COLS + 1];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int g = lane / 4, t = lane % 4;
+    const int n0 = blockIdx.x * COLS;
+    const int chunks = k / 32, slabs = (k + SLAB_K - 1) / SLAB_K;
+    const uint8_t* const end = w + (size_t)n * row_bytes;
+    // Copies slab s of the 8 rows (the last tile's extra rows repeat row n - 1) into buffer b;
+    // returns nothing to wait for where a piece ran past the matrix and was copied by bytes.
+    auto stage_slab = [&](int b, int s) {
+        const int kb = s * SLAB_K, len_k = min(SLAB_K, k - kb);
+        const int len = len_k / Fmt<F>::BLOCK * Fmt<F>::BYTES;
+        for (int i = threadIdx.x; i < COLS * (SEG / 16); i += blockDim.x) {
+            const int j = i / (SEG / 16), p = i % (SEG / 16);
+            const uint8_t* src = w + (size_t)min(n0 + j, n - 1) * row_bytes + (size_t)kb / Fmt<F>::BLOCK * Fmt<F>::BYTES;
+            const size_t off = (size_t)src % 16;
+            const uint8_t* piece = src - off + 16 * p;
+            if (16 * p >= off + len) continue;
+            if (piece + 16 <= end) {
+                cp_async16(&stage[b][j][16 * p], piece);
+            } else {
+                for (int q = 0; q < 16; ++q)
+                    if (piece + q < end) stage[b][j][16 * p + q] = piece[q];
+            }
+        }
+        cp_async_commit();
+    };
+    auto row_in_stage = [&](int b, int j, int s) -> const uint8_t* {
+        const uint8_t* src = w + (size_t)min(n0 + j, n - 1) * row_bytes +
+                             (size_t)(s * SLAB_K) / Fmt<F>::BLOCK * Fmt<F>::BYTES;
+        return &stage[b][j][(size_t)src % 16];
+    };
+    for (int r0 = 0; r0 < rows; r0 += 16 * MTILES) {
+        float acc[MTILES][4];
+#pragma unroll
+        for (int m = 0; m < MTILES; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
+        const int tiles = min(MTILES, (rows - r0 + 15) / 16);
+        stage_slab(0, 0);
+        for (int s = 0; s < slabs; ++s) {
+            if (s + 1 < slabs) {
+                stage_slab((s + 1) % 2, s + 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();
+            const uint8_t* wr = row_in_stage(s % 2, g, s);
+            uint32_t b[STAGE_SLAB / KWARPS][4];
+#pragma unroll
+            for (int u = 0; u < STAGE_SLAB / KWARPS; ++u) {
+                const int c = s * STAGE_SLAB + warp + u * KWARPS;
+                if (c < chunks) Fmt<F>::load8_row(wr, (warp + u * KWARPS) * 32 + t * 8, b[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < STAGE_SLAB / KWARPS; ++u) {
+                const int c = s * STAGE_SLAB + warp + u * KWARPS;
+                if (c >= chunks) break;
+                const int kk = c * 32 + t * 8;
+#pragma unroll
+                for (int m = 0; m < MTILES; ++m) {
+                    if (m >= tiles) break;
+                    const int ra = r0 + m * 16 + g;
+                    const uint4 xa = load_x8(x, rows, ra, k, kk);
+                    const uint4 xb = load_x8(x, rows, ra + 8, k, kk);
+                    mma_bf16(acc[m], xa.x, xb.x, xa.y, xb.y, b[u][0], b[u][1]);
+                    mma_bf16(acc[m], xa.z, xb.z, xa.w, xb.w, b[u][2], b[u][3]);
+                }
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int m = 0; m < MTILES; ++m) {
+            if (m >= tiles) break;
+            store_fragment<COLS>(part[warp], acc[m], g, t, 0);
+            __syncthreads();
+            for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
+                const int rr = o / COLS, col = o % COLS;
+                const int row = r0 + m * 16 + rr, nn = n0 + col;
+                if (row < rows && nn < n)
+                    y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
+            }
+            __syncthreads();
+        }
+    }
+}
+
+#define MATMUL_STAGED_KERNEL(FMTNAME, F)                                                          \
+    extern "C" __global__ void __launch_bounds__(256) matmul_##FMTNAME##_8x8s(                    \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
+        float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
+        grid_dependency();                                                                        \
+        matmul_staged_body<F, 2>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);               \
+    }
+MATMUL_STAGED_KERNEL(bf16, F_BF16)
+MATMUL_STAGED_KERNEL(q4k, F_Q4K)
+MATMUL_STAGED_KERNEL(q6k, F_Q6K)
+MATMUL_STAGED_KERNEL(q8_0, F_Q8_0)
+MATMUL_STAGED_KERNEL(q5_0, F_Q5_0)
+
 // The same product on the CUDA cores, for comparison and as a fallback (SPECD_MATMUL=simple):
 // a warp per output column, lanes over K eight weights at a time, rows in tiles of 8; each
 // row's sum runs in the same order whatever the number of rows (batch-invariant too).

@@ -19,13 +19,22 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 
 enum Format { F_BF16 = 0, F_Q4K = 1, F_Q6K = 2, F_Q8_0 = 3, F_Q5_0 = 4 };
 
-template <int F> struct Fmt;
+template <int F> struct FmtRow;
 
-template <> struct Fmt<F_BF16> {
-    static constexpr int BLOCK = 8, BYTES = 16;
+// Every format: `load8_row(r, k, out)` decodes the 8 weights at column k of the row starting at
+// byte r (from global or shared memory: the row-product kernels also decode staged copies), and
+// `load8` does the same for row `row` of a matrix at w.
+template <int F> struct Fmt : FmtRow<F> {
     __device__ __forceinline__ static void load8(const uint8_t* w, size_t row_bytes, int row, int k,
                                                  uint32_t out[4]) {
-        const uint4 v = *reinterpret_cast<const uint4*>(w + (size_t)row * row_bytes + (size_t)k * 2);
+        FmtRow<F>::load8_row(w + (size_t)row * row_bytes, k, out);
+    }
+};
+
+template <> struct FmtRow<F_BF16> {
+    static constexpr int BLOCK = 8, BYTES = 16;
+    __device__ __forceinline__ static void load8_row(const uint8_t* r, int k, uint32_t out[4]) {
+        const uint4 v = *reinterpret_cast<const uint4*>(r + (size_t)k * 2);
         out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
     }
 };
@@ -100,11 +109,10 @@ __device__ __forceinline__ void q6k_decode8(uint2 ql, uint2 qh, int lshift, int 
 // Q4_K: 256 weights in 144 bytes: d f16, dmin f16, scales[12], qs[128]. Blocks are 16-byte
 // aligned (144 = 9 x 16), so the header is one 16-byte load and a lane's 8 quants one 8-byte
 // load.
-template <> struct Fmt<F_Q4K> {
+template <> struct FmtRow<F_Q4K> {
     static constexpr int BLOCK = 256, BYTES = 144;
-    __device__ __forceinline__ static void load8(const uint8_t* w, size_t row_bytes, int row, int k,
-                                                 uint32_t out[4]) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k / 256) * 144;
+    __device__ __forceinline__ static void load8_row(const uint8_t* r, int k, uint32_t out[4]) {
+        const uint8_t* b = r + (size_t)(k / 256) * 144;
         const int i = k % 256, j = i / 32, within = i % 32;  // sub-block j, offset in it
         const uint4 h = *reinterpret_cast<const uint4*>(b);
         float scale, minv;
@@ -115,11 +123,10 @@ template <> struct Fmt<F_Q4K> {
 };
 
 // Q6_K: 256 weights in 210 bytes: ql[128], qh[64], scales[16] (i8), d f16.
-template <> struct Fmt<F_Q6K> {
+template <> struct FmtRow<F_Q6K> {
     static constexpr int BLOCK = 256, BYTES = 210;
-    __device__ __forceinline__ static void load8(const uint8_t* w, size_t row_bytes, int row, int k,
-                                                 uint32_t out[4]) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k / 256) * 210;
+    __device__ __forceinline__ static void load8_row(const uint8_t* r, int k, uint32_t out[4]) {
+        const uint8_t* b = r + (size_t)(k / 256) * 210;
         const int i = k % 256, half = i / 128, quarter = (i % 128) / 32, l0 = i % 32;
         const float d = half_at(b + 208);
         const float scale = d * (float)(int8_t)b[192 + 8 * half + 2 * quarter + l0 / 16];
@@ -130,11 +137,10 @@ template <> struct Fmt<F_Q6K> {
 };
 
 // Q8_0: 32 weights in 34 bytes: d f16, qs[32] (i8).
-template <> struct Fmt<F_Q8_0> {
+template <> struct FmtRow<F_Q8_0> {
     static constexpr int BLOCK = 32, BYTES = 34;
-    __device__ __forceinline__ static void load8(const uint8_t* w, size_t row_bytes, int row, int k,
-                                                 uint32_t out[4]) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k / 32) * 34;
+    __device__ __forceinline__ static void load8_row(const uint8_t* r, int k, uint32_t out[4]) {
+        const uint8_t* b = r + (size_t)(k / 32) * 34;
         const float d = half_at(b);
         // Flipping each byte's sign bit maps the i8 value v to the u8 value v + 128.
         const uint2 raw = eight_bytes_at(b + 2 + k % 32);
@@ -149,11 +155,10 @@ template <> struct Fmt<F_Q8_0> {
 
 // Q5_0: 32 weights in 22 bytes: d f16, qh u32 (fifth bits), qs[16] (low nibble: weight i,
 // high nibble: weight i + 16).
-template <> struct Fmt<F_Q5_0> {
+template <> struct FmtRow<F_Q5_0> {
     static constexpr int BLOCK = 32, BYTES = 22;
-    __device__ __forceinline__ static void load8(const uint8_t* w, size_t row_bytes, int row, int k,
-                                                 uint32_t out[4]) {
-        const uint8_t* b = w + (size_t)row * row_bytes + (size_t)(k / 32) * 22;
+    __device__ __forceinline__ static void load8_row(const uint8_t* r, int k, uint32_t out[4]) {
+        const uint8_t* b = r + (size_t)(k / 32) * 22;
         const float d = half_at(b);
         const uint32_t qh = u16_at(b + 2) | (u16_at(b + 4) << 16);
         const int i0 = k % 32;

@@ -202,7 +202,7 @@ const fn tc(name: &'static str, cols: u32, warps: u32, unroll: u32, mtiles: u32)
 
 impl MatmulKernel {
     /// Every row kernel built into the module (matmul.cu's MATMUL_SHAPES, in their order).
-    pub const ALL: [MatmulKernel; 11] = [
+    pub const ALL: [MatmulKernel; 12] = [
         tc("8x8", 8, 8, 4, 4),
         tc("16x8", 16, 8, 4, 4),
         tc("32x8", 32, 8, 2, 2),
@@ -213,19 +213,21 @@ impl MatmulKernel {
         tc("16x8u8", 16, 8, 8, 2),
         tc("8x4u16", 8, 4, 16, 2),
         tc("32x8m4", 32, 8, 2, 4),
+        // The 8x8 tile with its weights staged through shared memory in slabs of 32 chunks.
+        tc("8x8s", 8, 8, 4, 2),
         MatmulKernel::Simple,
     ];
 
     /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], every
     /// row kernel, and the GEMM.
-    pub const CHOICES: [MatmulKernel; 13] = {
-        let mut c = [MatmulKernel::Auto; 13];
+    pub const CHOICES: [MatmulKernel; 14] = {
+        let mut c = [MatmulKernel::Auto; 14];
         let mut i = 0;
-        while i < 11 {
+        while i < Self::ALL.len() {
             c[i + 1] = Self::ALL[i];
             i += 1;
         }
-        c[12] = MatmulKernel::Gemm;
+        c[Self::ALL.len() + 1] = MatmulKernel::Gemm;
         c
     };
 
