@@ -181,8 +181,9 @@ pub enum MatmulKernel {
     /// ([`crate::cuda::Gpu::reserve_dequant_scratch`]; without one, quantized products take
     /// [`MatmulKernel::MANY_ROWS_IN_PLACE`]). It adds in the order of the 8-warp row kernels.
     Gemm,
-    /// Per product, by its shape and rows: for up to [`MatmulKernel::FEW_ROWS`] rows (decode,
-    /// verification) [`MatmulKernel::NARROW`] when the matrix has a side of at most
+    /// Per product, by its shape, format and rows: for up to [`MatmulKernel::FEW_ROWS`] rows
+    /// (decode, verification) [`MatmulKernel::NARROW`] (bf16) or
+    /// [`MatmulKernel::NARROW_QUANTIZED`] when the matrix has a side of at most
     /// [`MatmulKernel::NARROW_MAX`], else [`MatmulKernel::WIDE`]; for more rows (prefill, wide
     /// verification batches) [`MatmulKernel::Gemm`]. All split K over 8 warps in the same
     /// order (matmul.cu, gemm.cu), so the choice never changes a result: a row is
@@ -237,9 +238,15 @@ impl MatmulKernel {
     /// the GPU), 32 columns of 8 warps on the 7B shape (hidden 3584); `auto` gives each model
     /// its winner, by the smaller side of each matrix.
     pub const DEFAULT: MatmulKernel = MatmulKernel::Auto;
-    /// [`MatmulKernel::Auto`]'s choice for matrices with a side of at most
+    /// [`MatmulKernel::Auto`]'s choice for bf16 matrices with a side of at most
     /// [`MatmulKernel::NARROW_MAX`].
     pub const NARROW: MatmulKernel = Self::ALL[5];
+    /// [`MatmulKernel::Auto`]'s choice for quantized matrices with a side of at most
+    /// [`MatmulKernel::NARROW_MAX`]: 8x8s, whose staged copies read GGUF blocks in whole
+    /// 16-byte pieces. On the real 1.5B Q4_K_M (H100, session 18) a decode step took 2.46 ms
+    /// with it against 3.03 ms with 8x8u8 and 3.06 ms with 8x8 (BENCHMARKS.md); not yet
+    /// measured on bf16 weights, which keep [`MatmulKernel::NARROW`].
+    pub const NARROW_QUANTIZED: MatmulKernel = Self::ALL[10];
     /// The widest side [`MatmulKernel::NARROW`] is chosen for.
     pub const NARROW_MAX: usize = 2048;
     /// [`MatmulKernel::Auto`]'s choice for the others.
@@ -253,11 +260,15 @@ impl MatmulKernel {
     /// in GPU run 6.
     pub const MANY_ROWS_IN_PLACE: MatmulKernel = Self::ALL[9];
 
-    /// The built kernel that runs a product of `rows` rows, `n` output columns and `k` inputs.
-    pub fn resolve(self, rows: usize, n: usize, k: usize) -> MatmulKernel {
+    /// The built kernel that runs a product of `rows` rows, `n` output columns and `k` inputs
+    /// of weights stored as `format`.
+    pub fn resolve(self, rows: usize, n: usize, k: usize, format: WeightFormat) -> MatmulKernel {
         match self {
             MatmulKernel::Auto if rows > Self::FEW_ROWS => Self::MANY_ROWS,
-            MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => Self::NARROW,
+            MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => match format {
+                WeightFormat::Bf16 => Self::NARROW,
+                _ => Self::NARROW_QUANTIZED,
+            },
             MatmulKernel::Auto => Self::WIDE,
             other => other,
         }
@@ -304,19 +315,27 @@ impl MatmulKernel {
 
 #[cfg(test)]
 mod tests {
-    use super::MatmulKernel;
+    use super::{MatmulKernel, WeightFormat};
 
     #[test]
-    fn auto_gives_few_rows_by_the_matrix_side_and_many_rows_to_the_gemm() {
+    fn auto_gives_few_rows_by_the_matrix_side_and_format_and_many_rows_to_the_gemm() {
         let auto = MatmulKernel::Auto;
+        let (bf16, q4k, q6k) = (WeightFormat::Bf16, WeightFormat::Q4K, WeightFormat::Q6K);
         // The 1.5B's products (hidden 1,536) and the 7B's (hidden 3,584).
-        assert_eq!(auto.resolve(1, 17_920, 1536), MatmulKernel::NARROW);
-        assert_eq!(auto.resolve(5, 151_936, 1536), MatmulKernel::NARROW);
-        assert_eq!(auto.resolve(1, 18_944, 3584), MatmulKernel::WIDE);
-        assert_eq!(auto.resolve(64, 17_920, 1536), MatmulKernel::Gemm);
+        assert_eq!(auto.resolve(1, 17_920, 1536, bf16), MatmulKernel::NARROW);
+        assert_eq!(auto.resolve(5, 151_936, 1536, bf16), MatmulKernel::NARROW);
+        assert_eq!(auto.resolve(1, 17_920, 1536, q4k), MatmulKernel::NARROW_QUANTIZED);
+        assert_eq!(auto.resolve(5, 151_936, 1536, q6k), MatmulKernel::NARROW_QUANTIZED);
+        assert_eq!(MatmulKernel::NARROW_QUANTIZED.name(), "8x8s");
+        assert_eq!(auto.resolve(1, 18_944, 3584, bf16), MatmulKernel::WIDE);
+        assert_eq!(auto.resolve(1, 18_944, 3584, q4k), MatmulKernel::WIDE);
+        assert_eq!(auto.resolve(64, 17_920, 1536, q4k), MatmulKernel::Gemm);
         // Every choice adds in the 8-warp order, so switching never changes a bit.
         for (rows, n, k) in [(1, 17_920, 1536), (1, 18_944, 3584), (64, 2048, 1536)] {
-            assert!(auto.resolve(rows, n, k).same_order(MatmulKernel::NARROW));
+            for format in [bf16, q4k, q6k] {
+                let kernel = auto.resolve(rows, n, k, format);
+                assert!(kernel.same_order(MatmulKernel::NARROW), "{}", kernel.name());
+            }
         }
     }
 }

@@ -221,7 +221,7 @@ impl Gpu {
         if a.rows == 0 {
             return Ok(());
         }
-        match kernel.resolve(a.rows, a.w.rows, a.w.cols) {
+        match kernel.resolve(a.rows, a.w.rows, a.w.cols, a.w.format) {
             MatmulKernel::Gemm => self.gemm(a),
             kernel => self.row_product(kernel, a),
         }
