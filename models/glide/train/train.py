@@ -431,6 +431,15 @@ def cmd_train(a, loaded=None) -> None:
     shapes = target_shapes(target)
     layer = shapes.num_layers - 1 if a.target_layer < 0 else a.target_layer
     vocab_ids = data["vocab_ids"].to(a.device)
+    if a.resume:
+        # A drafter goes on with its own draft vocabulary: the data's is counted on the data
+        # `prepare` collected (another prompt range gives another), and is only what a new
+        # drafter starts from (`prepare --vocab-from` makes the two agree).
+        resumed = draft_vocab_of(a.resume).to(a.device)
+        if not torch.equal(resumed, vocab_ids):
+            shared = len(set(resumed.tolist()) & set(vocab_ids.tolist()))
+            log(f"--resume {a.resume}: keeping its draft vocabulary ({len(resumed)} tokens, {shared} in the data's)")
+            vocab_ids = resumed
     cfg = GlideConfig(
         num_layers=1,
         num_heads=a.heads,
@@ -450,7 +459,7 @@ def cmd_train(a, loaded=None) -> None:
         log(f"resuming from {a.resume}")
         drafter = load_glide(a.resume, embed_weight(target).detach(), head_weight(target).detach(), cfg).to(a.device)
         if drafter.cfg.to_json() != cfg.to_json() or not torch.equal(drafter.vocab_ids, vocab_ids):
-            raise SystemExit(f"--resume {a.resume}: its shapes or draft vocabulary differ from this run's")
+            raise SystemExit(f"--resume {a.resume}: its shapes differ from this run's ({drafter.cfg.to_json()} vs {cfg.to_json()})")
     else:
         drafter = GlideDrafter(cfg, embed_weight(target).detach(), vocab_ids, head_weight(target).detach()).to(a.device)
         tl = target.model.layers[layer]
