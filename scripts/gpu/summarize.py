@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prints the tables of a scripts/gpu/bench results folder: specd's decode step against the
 roofline, the anchor and transformers; verification cost by rows; one draft-and-verify cycle
-(the 1.5B shape drafting for the 7B shape); aggregate tokens/s by batch. Usage: summarize.py DIR"""
+(the 1.5B shape drafting for the 7B shape); aggregate tokens/s by batch; where a decode step's kernel time goes (Nsight Compute).
+Usage: summarize.py DIR [--profile-only]"""
 import json, pathlib, sys
 
 d = pathlib.Path(sys.argv[1])
@@ -26,6 +27,58 @@ def decode(r, graphs=True):
     """A `specd bench` result's decode measurement with CUDA graphs on (or off)."""
     return next(x for x in r["decode"] if x["graphs"] == graphs)
 
+
+def kernel_profile(prof):
+    """The per-kernel table of an Nsight Compute CSV (scripts/gpu/bench's ncu-7b.csv,
+    scripts/gpu/profile's ncu.csv), in µs per decode step: argmax_partial runs once a step, so
+    its launches count the steps captured."""
+    import csv, collections, io
+    rows = [l for l in prof.read_text().splitlines() if l.startswith('"')]
+    if not rows:
+        return
+    dur = collections.defaultdict(float)
+    cnt = collections.Counter()
+    byts = collections.defaultdict(float)
+    for r in csv.DictReader(io.StringIO("\n".join(rows))):
+        name = r.get("Kernel Name", "?").split("(")[0]
+        fam = name
+        if name.startswith("matmul"):
+            # One row per product: the grid size tells QKV, O, gate/up, down and the head apart.
+            fam = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
+        unit = r.get("Metric Unit", "")
+        try:
+            v = float(r.get("Metric Value", "0").replace(",", ""))
+        except ValueError:
+            continue
+        m = r.get("Metric Name", "")
+        if m == "gpu__time_duration.sum":
+            scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
+                     "msecond": 1e3}[unit]
+            dur[fam] += v * scale
+            cnt[fam] += 1
+        elif m == "dram__bytes_read.sum":
+            scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1, "KB": 1e3,
+                     "MB": 1e6, "GB": 1e9}[unit]
+            byts[fam] += v * scale
+    steps = cnt.get("argmax_partial", 0) or 1
+    total = sum(dur.values())
+    print()
+    print(f"## Where a decode step's kernel time goes ({prof.name}: Nsight Compute, graphs off, "
+          f"{steps} step(s) captured, µs per step)")
+    print("| kernel | launches a step | µs a step | µs each | share | DRAM read GB/s |")
+    print("|---|---|---|---|---|---|")
+    for fam, us in sorted(dur.items(), key=lambda x: -x[1]):
+        bw = byts[fam] / (us * 1e-6) / 1e9 if us else 0
+        print(f"| {fam} | {cnt[fam] / steps:g} | {us / steps:.0f} | {us / cnt[fam]:.1f} | "
+              f"{100 * us / total:.0f} % | {bw:.0f} |")
+    print(f"| total | {sum(cnt.values()) / steps:g} | {total / steps:.0f} | | | |")
+
+
+if "--profile-only" in sys.argv:
+    # scripts/gpu/profile's folder: the kernel table alone.
+    for prof in sorted(d.glob("ncu*.csv")):
+        kernel_profile(prof)
+    sys.exit(0)
 
 shapes = ["qwen2.5-1.5b-shape", "qwen2.5-7b-shape"]
 specd = {s: (lines(f"specd-{s}.json") or [None])[0] for s in shapes}
@@ -109,46 +162,8 @@ for s in shapes:
     if r:
         print(f"- {s}: " + ", ".join(f"{b['batch']}: {b['tokens_per_s']:.0f}" for b in r["batch"]))
 
-prof = d / "ncu-7b.csv"
-if prof.exists():
-    import csv, collections, io
-    text = prof.read_text()
-    rows = [l for l in text.splitlines() if l.startswith('"')]
-    if rows:
-        rd = csv.DictReader(io.StringIO("\n".join(rows)))
-        dur = collections.defaultdict(float)
-        cnt = collections.Counter()
-        byts = collections.defaultdict(float)
-        for r in rd:
-            name = r.get("Kernel Name", "?").split("(")[0]
-            fam = name
-            if name.startswith("matmul"):
-                # One row per product: the grid size tells QKV, O, gate/up, down and the head apart.
-                fam = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
-            unit = r.get("Metric Unit", "")
-            try:
-                v = float(r.get("Metric Value", "0").replace(",", ""))
-            except ValueError:
-                continue
-            m = r.get("Metric Name", "")
-            if m == "gpu__time_duration.sum":
-                scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
-                         "msecond": 1e3}[unit]
-                dur[fam] += v * scale
-                cnt[fam] += 1
-            elif m == "dram__bytes_read.sum":
-                scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1, "KB": 1e3,
-                         "MB": 1e6, "GB": 1e9}[unit]
-                byts[fam] += v * scale
-        total = sum(dur.values())
-        print()
-        print("## Where a 7B-shape decode step's kernel time goes (Nsight Compute, graphs off)")
-        print("| kernel | launches | µs | µs each | share | DRAM read GB/s |")
-        print("|---|---|---|---|---|---|")
-        for fam, us in sorted(dur.items(), key=lambda x: -x[1]):
-            bw = byts[fam] / (us * 1e-6) / 1e9 if us else 0
-            print(f"| {fam} | {cnt[fam]} | {us:.0f} | {us / cnt[fam]:.1f} | {100*us/total:.0f} % | {bw:.0f} |")
-        print(f"| total | {sum(cnt.values())} | {total:.0f} | | | |")
+for prof in sorted(d.glob("ncu*.csv")):
+    kernel_profile(prof)
 
 for s in shapes:
     p = d / f"load-{s}.md"
