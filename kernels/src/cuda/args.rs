@@ -324,8 +324,14 @@ mod tests {
         // The 1.5B's products (hidden 1,536) and the 7B's (hidden 3,584).
         assert_eq!(auto.resolve(1, 17_920, 1536, bf16), MatmulKernel::NARROW);
         assert_eq!(auto.resolve(5, 151_936, 1536, bf16), MatmulKernel::NARROW);
-        assert_eq!(auto.resolve(1, 17_920, 1536, q4k), MatmulKernel::NARROW_QUANTIZED);
-        assert_eq!(auto.resolve(5, 151_936, 1536, q6k), MatmulKernel::NARROW_QUANTIZED);
+        assert_eq!(
+            auto.resolve(1, 17_920, 1536, q4k),
+            MatmulKernel::NARROW_QUANTIZED
+        );
+        assert_eq!(
+            auto.resolve(5, 151_936, 1536, q6k),
+            MatmulKernel::NARROW_QUANTIZED
+        );
         assert_eq!(MatmulKernel::NARROW_QUANTIZED.name(), "8x8s");
         assert_eq!(auto.resolve(1, 18_944, 3584, bf16), MatmulKernel::WIDE);
         assert_eq!(auto.resolve(1, 18_944, 3584, q4k), MatmulKernel::WIDE);
