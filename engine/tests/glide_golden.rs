@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use glide_cache::{chained_rows, target_cache_and_hidden, Golden};
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::{self, FeatureRow, GlideModel, LoadOptions, Logits, SeqInput};
+use specd_engine::model::{
+    self, FeatureRow, FeatureSource, GlideModel, LoadOptions, Logits, SeqInput,
+};
 
 /// f32 against f32, through different orders of summation.
 const TOLERANCE: f32 = 1e-4;
@@ -142,6 +144,7 @@ fn check_fixture(name: &str) {
     let features = [f.with_feature.then_some(FeatureRow {
         position: f.golden.verified,
         hidden: &f.hidden,
+        source: FeatureSource::Target,
     })];
     let mut kv = f.glide.new_pool(16);
     let mut table = BlockTable::new();

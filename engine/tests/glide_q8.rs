@@ -17,8 +17,8 @@ use specd_engine::model::glide::{quantize_glide, save_glide};
 use specd_engine::model::tiny::TinySpec;
 use specd_engine::model::tiny::{tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights};
 use specd_engine::model::{
-    q8_0_bytes, DraftVocab, FeatureRow, GlideConfig, GlideFeature, GlideModel, Logits, Model,
-    SeqInput, Weights,
+    q8_0_bytes, DraftVocab, FeatureRow, FeatureSource, GlideConfig, GlideFeature, GlideModel,
+    Logits, Model, SeqInput, Weights,
 };
 
 fn spec() -> TinySpec {
@@ -78,6 +78,7 @@ fn rows(target: &Model, glide: &GlideModel) -> Vec<Vec<f32>> {
             &[Some(FeatureRow {
                 position: verified,
                 hidden: &hidden,
+                source: FeatureSource::Target,
             })],
         )
         .unwrap();

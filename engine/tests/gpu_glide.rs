@@ -26,7 +26,8 @@ use specd_engine::model::tiny::{
     tiny_guessing_glide_with_feature, tiny_model, tiny_model_on, TinySpec,
 };
 use specd_engine::model::{
-    self, Device, FeatureRow, GlideFeature, GlideModel, LoadOptions, Logits, Model, SeqInput,
+    self, Device, FeatureRow, FeatureSource, GlideFeature, GlideModel, LoadOptions, Logits, Model,
+    SeqInput,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -329,6 +330,7 @@ fn golden_rows(
     let features = [with_feature.then_some(FeatureRow {
         position: verified,
         hidden: &hidden,
+        source: FeatureSource::Target,
     })];
     let mut pool = glide.new_pool(64);
     let mut table = BlockTable::new();

@@ -216,7 +216,8 @@ impl<'a, 'b> CpuStep<'a, 'b> {
                 // (Its length is checked by the caller, GlideModel's forward.)
                 if (start..start + n).contains(&f.position) {
                     let mut normed = vec![0f32; h];
-                    kern::rms_norm(f.hidden, &w.norm, self.c.rms_norm_eps as f32, &mut normed);
+                    let norm = w.norm_for(f.source);
+                    kern::rms_norm(f.hidden, norm, self.c.rms_norm_eps as f32, &mut normed);
                     let mut inner = Vec::new();
                     if let Some(down) = &w.down {
                         down.forward_into(&normed, 1, &mut inner)?;

@@ -54,12 +54,33 @@ pub(crate) struct CrossWeights<M, V> {
 }
 
 /// The weights of a drafter's feature ([`GlideFeature::LastHidden`]): the row that takes it
-/// adds `proj · down · rms_norm(h, norm)` (no `down` at full rank) to its embedding.
+/// adds `proj · down · rms_norm(h, norm)` (no `down` at full rank) to its embedding; a chained
+/// row ([`FeatureSource::Drafter`]) normalizes with `chain_norm` where the file has it.
 #[derive(Debug, Clone)]
 pub(crate) struct FeatureWeights<M, V> {
     pub norm: V,
+    pub chain_norm: Option<V>,
     pub down: Option<M>,
     pub proj: M,
+}
+
+impl<M, V> FeatureWeights<M, V> {
+    /// The norm weights a feature row of `source` is normalized with.
+    pub fn norm_for(&self, source: FeatureSource) -> &V {
+        match (source, &self.chain_norm) {
+            (FeatureSource::Drafter, Some(chain)) => chain,
+            _ => &self.norm,
+        }
+    }
+}
+
+/// Whose final hidden state a feature row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeatureSource {
+    /// The target's, computed by verification: a round's first row.
+    Target,
+    /// The drafter's own at the row before: a chained row ([`GlideFeature::LastHiddenChain`]).
+    Drafter,
 }
 
 /// A final hidden state (after the last norm: what a head read) whose projection the drafter's
@@ -70,6 +91,7 @@ pub(crate) struct FeatureWeights<M, V> {
 pub struct FeatureRow<'a> {
     pub position: usize,
     pub hidden: &'a [f32],
+    pub source: FeatureSource,
 }
 
 /// A GLIDE drafter's weights: the Llama layers (embedding shared with the target), each with
@@ -118,6 +140,7 @@ impl GlideHost {
             None => None,
             Some(f) => Some(FeatureWeights {
                 norm: f.norm,
+                chain_norm: f.chain_norm,
                 down: f.down.map(HostMatrix::into_cpu).transpose()?,
                 proj: f.proj.into_cpu()?,
             }),
@@ -275,6 +298,10 @@ pub fn feature_tensor_names() -> [String; 3] {
         "model.feature_proj.weight".into(),
     ]
 }
+
+/// The tensor of the chained rows' own norm weights (`chain_norm` in a GLIDE file's
+/// configuration).
+pub const CHAIN_NORM_TENSOR: &str = "model.chain_norm.weight";
 
 /// A GLIDE drafter's weights on its target's device.
 #[derive(Debug, Clone)]
@@ -644,8 +671,13 @@ fn read_host(
             if let Some(d) = down.take_if(|_| keep_dtype) {
                 proj = single(QMatMul::Tensor(composed(&proj, &d)?));
             }
+            let chain_norm = match config.chain_norm {
+                true => Some(weights.tensor_named(CHAIN_NORM_TENSOR, &[h])?.to_vec1()?),
+                false => None,
+            };
             Some(FeatureWeights {
                 norm: weights.tensor_named(&norm, &[h])?.to_vec1()?,
+                chain_norm,
                 down: down.map(prepare).transpose()?,
                 proj: prepare(proj)?,
             })

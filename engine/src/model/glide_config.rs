@@ -73,6 +73,15 @@ impl GlideFeature {
         self != GlideFeature::None
     }
 
+    /// The name the file's configuration spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            GlideFeature::None => "none",
+            GlideFeature::LastHidden => "last_hidden",
+            GlideFeature::LastHiddenChain => "last_hidden_chain",
+        }
+    }
+
     /// Whether later rows of a round read the drafter's own hidden state
     /// ([`GlideFeature::LastHiddenChain`]).
     pub fn chains(self) -> bool {
@@ -106,10 +115,20 @@ pub struct GlideConfig {
     /// `rank × hidden` matrix then a `hidden × rank` one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub feature_rank: usize,
+    /// [`GlideFeature::LastHiddenChain`] only: the chained rows normalize the drafter's own
+    /// row with their own weights (`model.chain_norm.weight`) instead of the feature's. They
+    /// start at zero in training, so that a drafter resumed from a [`GlideFeature::LastHidden`]
+    /// one drafts as before until training opens them (absent from files without it).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub chain_norm: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl GlideConfig {
@@ -173,6 +192,13 @@ impl GlideConfig {
                 self.draft_vocab_size, target.vocab_size
             ));
         }
+        if self.chain_norm && !self.feature.chains() {
+            return refuse(format!(
+                "the GLIDE drafter has the chained rows' own norm (chain_norm) but feature \
+                 \"{}\": chain_norm needs \"last_hidden_chain\"",
+                self.feature.name()
+            ));
+        }
         if self.num_layers == 0
             || self.num_kv_heads == 0
             || !self.num_heads.is_multiple_of(self.num_kv_heads)
@@ -205,6 +231,7 @@ mod tests {
             target: GlideTarget::of(target),
             feature: GlideFeature::None,
             feature_rank: 0,
+            chain_norm: false,
         }
     }
 
@@ -266,11 +293,26 @@ mod tests {
             (GlideFeature::LastHiddenChain, "last_hidden_chain"),
         ] {
             g.feature = feature;
+            assert_eq!(feature.name(), name);
             let text = serde_json::to_string(&g).unwrap();
             assert!(text.contains(&format!("\"feature\":\"{name}\"")), "{text}");
             assert_eq!(serde_json::from_str::<GlideConfig>(&text).unwrap(), g);
         }
         let text = serde_json::to_string(&g).unwrap();
+        assert!(!text.contains("chain_norm"), "{text}");
+        g.chain_norm = true;
+        let gated = serde_json::to_string(&g).unwrap();
+        assert!(gated.contains("\"chain_norm\":true"), "{gated}");
+        assert_eq!(serde_json::from_str::<GlideConfig>(&gated).unwrap(), g);
+        g.feature = GlideFeature::LastHidden;
+        let e = g
+            .check_target(&target, Path::new("glide.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chain_norm") && e.contains("last_hidden_chain"),
+            "{e}"
+        );
         let unknown = text.replace("\"last_hidden_chain\"", "\"every_layer\"");
         let e = serde_json::from_str::<GlideConfig>(&unknown)
             .unwrap_err()

@@ -11,7 +11,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
 use super::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
-use super::glide::{cross_tensor_names, feature_tensor_names};
+use super::glide::{cross_tensor_names, feature_tensor_names, CHAIN_NORM_TENSOR};
 use super::weights::{Naming, Param, Weights};
 use super::{Device as ModelDevice, LoadedModel, Model, Tokenizer};
 use super::{DraftVocab, GlideConfig, GlideFeature, GlideModel, GlideTarget};
@@ -224,6 +224,7 @@ pub fn tiny_glide_config(target: &ModelConfig, draft_vocab: usize) -> GlideConfi
         target: GlideTarget::of(target),
         feature: GlideFeature::None,
         feature_rank: 0,
+        chain_norm: false,
     }
 }
 
@@ -261,6 +262,12 @@ pub fn tiny_glide_weights(
             }
         };
         out.insert(proj, random_tensor(&mut rng, &[h, inner], 0.0, scale));
+        if glide.chain_norm {
+            out.insert(
+                CHAIN_NORM_TENSOR.into(),
+                random_tensor(&mut rng, &[h], 1.0, 0.1),
+            );
+        }
     }
     out
 }

@@ -19,7 +19,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{FeatureRow, GlideModel, Logits, SeqInput};
+use crate::model::{FeatureRow, FeatureSource, GlideModel, Logits, SeqInput};
 
 /// A GLIDE proposer.
 #[derive(Debug, Clone)]
@@ -76,10 +76,11 @@ pub(super) fn glide_drafts(
         let rows: Vec<Option<FeatureRow<'_>>> = seqs
             .iter()
             .map(|&i| {
-                let (position, hidden) = features[i].as_ref()?;
+                let (position, hidden, source) = features[i].as_ref()?;
                 Some(FeatureRow {
                     position: *position,
                     hidden,
+                    source: *source,
                 })
             })
             .collect();
@@ -90,7 +91,7 @@ pub(super) fn glide_drafts(
             .zip(own.into_iter().flatten())
         {
             if let Some(last) = own.into_iter().last() {
-                features[i] = Some((s.table.len(), last));
+                features[i] = Some((s.table.len(), last, FeatureSource::Drafter));
             }
         }
         if !wanted {
@@ -109,12 +110,13 @@ pub(super) fn glide_drafts(
 fn take_features(
     model: &GlideModel,
     batch: &mut [ProposeInput<'_>],
-) -> Vec<Option<(usize, Vec<f32>)>> {
+) -> Vec<Option<(usize, Vec<f32>, FeatureSource)>> {
     batch
         .iter_mut()
         .map(|s| {
-            let f = s.state.feature.take()?;
-            (model.config().feature.has_weights() && f.0 + 1 == s.tokens.len()).then_some(f)
+            let (position, hidden) = s.state.feature.take()?;
+            let fresh = model.config().feature.has_weights() && position + 1 == s.tokens.len();
+            fresh.then_some((position, hidden, FeatureSource::Target))
         })
         .collect()
 }
@@ -190,9 +192,13 @@ impl Proposer for GlideProposer {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::Tensor;
     use rand::SeedableRng;
 
     use super::*;
+    use crate::model::glide::CHAIN_NORM_TENSOR;
     use crate::model::tiny::{
         tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights, TinySpec,
     };
@@ -206,6 +212,16 @@ mod tests {
     }
 
     fn pair_with(feature: GlideFeature) -> (Model, GlideModel) {
+        pair_edited(feature, false, |_| {})
+    }
+
+    /// [`pair_with`], with the chained rows' own norm if `chain_norm`, and `edit` applied to the
+    /// drafter's tensors (the same seed: every other tensor is the same whatever these say).
+    fn pair_edited(
+        feature: GlideFeature,
+        chain_norm: bool,
+        edit: impl FnOnce(&mut HashMap<String, Tensor>),
+    ) -> (Model, GlideModel) {
         let config = tiny_config(&TinySpec::default());
         let target = Model::load(
             config.clone(),
@@ -214,7 +230,9 @@ mod tests {
         .unwrap();
         let mut glide = tiny_glide_config(&config, 200);
         glide.feature = feature;
-        let tensors = tiny_glide_weights(&config, &glide, 7, 0.3);
+        glide.chain_norm = chain_norm;
+        let mut tensors = tiny_glide_weights(&config, &glide, 7, 0.3);
+        edit(&mut tensors);
         let vocab = DraftVocab::new((0..200).collect(), config.vocab_size).unwrap();
         let model = GlideModel::from_weights(
             glide,
@@ -301,7 +319,7 @@ mod tests {
         let (target_kv, target_table, hidden) = target_before_last(target, tokens);
         let mut kv = glide.new_pool(16);
         let mut table = BlockTable::new();
-        let mut feature = (tokens.len() - 1, hidden);
+        let mut feature = (tokens.len() - 1, hidden, FeatureSource::Target);
         let mut all = tokens.to_vec();
         for _ in 0..n {
             let from = table.len();
@@ -318,6 +336,7 @@ mod tests {
                     &[Some(FeatureRow {
                         position: feature.0,
                         hidden: &feature.1,
+                        source: feature.2,
                     })],
                 )
                 .unwrap();
@@ -326,7 +345,11 @@ mod tests {
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
                 .unwrap();
             all.push(glide.vocab().to_target(best as u32));
-            feature = (table.len(), own.unwrap().remove(0).remove(0));
+            feature = (
+                table.len(),
+                own.unwrap().remove(0).remove(0),
+                FeatureSource::Drafter,
+            );
         }
         all[tokens.len()..].to_vec()
     }
@@ -427,5 +450,38 @@ mod tests {
             differ += usize::from(got != plain);
         }
         assert!(differ > 0, "chaining changed no draft: no row read its own");
+    }
+
+    /// With `chain_norm`, the chained rows normalize the drafter's own row with their own
+    /// weights: at zero they add nothing (the drafts of the same drafter without chaining, as
+    /// training starts it), otherwise they change drafts against sharing the feature's norm,
+    /// and a round still equals drafting it by hand.
+    #[test]
+    fn chained_rows_are_normalized_with_their_own_weights() {
+        let (target, first_only) = pair_with(GlideFeature::LastHidden);
+        let (_, shared) = pair_with(GlideFeature::LastHiddenChain);
+        let (_, own) = pair_edited(GlideFeature::LastHiddenChain, true, |_| {});
+        let (_, closed) = pair_edited(GlideFeature::LastHiddenChain, true, |t| {
+            let zeros = t[CHAIN_NORM_TENSOR].zeros_like().unwrap();
+            t.insert(CHAIN_NORM_TENSOR.into(), zeros);
+        });
+        let mut differ = 0;
+        for s in 0..6u32 {
+            let tokens: Vec<u32> = (0..(6 + s)).map(|i| (i * 31 + s * 7 + 3) % 200).collect();
+            let plain = drafts(&target, &first_only, &tokens, true).0;
+            assert_eq!(
+                drafts(&target, &closed, &tokens, true).0,
+                plain,
+                "prompt {s}"
+            );
+            let got = drafts(&target, &own, &tokens, true).0;
+            assert_eq!(
+                got,
+                chained_by_hand(&target, &own, &tokens, 4),
+                "prompt {s}"
+            );
+            differ += usize::from(got != drafts(&target, &shared, &tokens, true).0);
+        }
+        assert!(differ > 0, "the chained rows' own norm changed no draft");
     }
 }

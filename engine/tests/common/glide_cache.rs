@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::{FeatureRow, GlideModel, Logits, Model, SeqInput};
+use specd_engine::model::{FeatureRow, FeatureSource, GlideModel, Logits, Model, SeqInput};
 use specd_engine::speculative::{Sequence, Speculator};
 
 /// A golden.py fixture's input and PyTorch's answer: its tokens, how many of them the target
@@ -63,7 +63,7 @@ pub fn chained_rows(
 ) -> Vec<Vec<f32>> {
     let mut pool = glide.new_pool(64);
     let mut table = BlockTable::new();
-    let mut feature = (verified, hidden);
+    let mut feature = (verified, hidden, FeatureSource::Target);
     let mut rows = Vec::new();
     let mut fed = 0;
     for end in verified + 1..=tokens.len() {
@@ -80,6 +80,7 @@ pub fn chained_rows(
                 &[Some(FeatureRow {
                     position: feature.0,
                     hidden: &feature.1,
+                    source: feature.2,
                 })],
             )
             .unwrap();
@@ -88,7 +89,7 @@ pub fn chained_rows(
             .expect("a chaining drafter hands its rows back")
             .remove(0);
         assert_eq!(own.len(), end - fed, "one final row per row fed");
-        feature = (end, own.last().unwrap().clone());
+        feature = (end, own.last().unwrap().clone(), FeatureSource::Drafter);
         fed = end;
     }
     rows

@@ -13,7 +13,11 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
    `last_hidden` file resumes into it; one pass gives `last_hidden`'s logits; with as many
    passes as rows, every row equals computing the rows one after another (each later row of a
    block fed the hidden state its row before computed, the rows before it already final: what
-   specd's drafter cache would hold); one step trains it.
+   specd's drafter cache would hold); one step trains it;
+7. `last_hidden_chain` with `chain_norm` (the chained rows' own norm weights, zero at the
+   start): resumed from the `last_hidden` file it gives `last_hidden`'s logits with every pass
+   count; one step opens the chained rows' norm, after which they change and as many passes as
+   rows still equal row after row.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -128,6 +132,24 @@ def main() -> None:
     print("check_feature: all passed")
 
 
+def row_after_row(chain, target, ids, layer, starts, mask):
+    """A chaining drafter's logits computed one row after another, as specd drafts: each later
+    row of a block reads the final hidden state its row before computed, with everything before
+    it already in place."""
+    T = ids.shape[1]
+    tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
+    f, first, later = feature_inputs(hidden, starts, mask)
+    pos = torch.arange(T)[None].expand(ids.shape[0], -1)
+    feat, rows = f.clone(), first | later
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        for t in range(1, T):
+            if later[:, t].any():
+                h = chain.hidden(ids, pos, tk, tv, starts, feat, rows, later)
+                feat[:, t] = torch.where(later[:, t, None], h[:, t - 1].to(feat.dtype), feat[:, t])
+        h = chain.hidden(ids, pos, tk, tv, starts, feat, rows, later)
+        return h @ chain.head_rows.to(h.dtype).T, later
+
+
 def check_chain(path, trained, embed, head, target, ids, mask, layer, vocab) -> None:
     cfg = replace(trained.cfg, feature="last_hidden_chain")
     chain = load_glide(path, embed, head, cfg)
@@ -139,19 +161,7 @@ def check_chain(path, trained, embed, head, target, ids, mask, layer, vocab) -> 
     assert torch.allclose(got, one, atol=1e-6), "chain: one pass differs from last_hidden"
     full, _ = drafter_logits(chain, target, ids, mask, layer, starts, passes=T)
     assert not torch.allclose(full, one, atol=1e-4), "chain: the own hidden state changed nothing"
-    # Row after row, as specd would draft: a later row of a block reads the final hidden state
-    # its row before computed, with everything before it already in place.
-    tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
-    f, first, later = feature_inputs(hidden, starts, mask)
-    pos = torch.arange(T)[None].expand(ids.shape[0], -1)
-    feat, rows = f.clone(), first | later
-    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        for t in range(1, T):
-            if later[:, t].any():
-                h = chain.hidden(ids, pos, tk, tv, starts, feat, rows)
-                feat[:, t] = torch.where(later[:, t, None], h[:, t - 1].to(feat.dtype), feat[:, t])
-        h = chain.hidden(ids, pos, tk, tv, starts, feat, rows)
-        want = h @ chain.head_rows.to(h.dtype).T
+    want, later = row_after_row(chain, target, ids, layer, starts, mask)
     assert torch.allclose(full, want, atol=1e-5), f"chain: {T} passes differ from row after row by {(full - want).abs().max()}"
     opt = torch.optim.SGD([p for p in chain.parameters() if p.requires_grad], lr=0.5)
     logits, tlogits = drafter_logits(chain, target, ids, mask, layer, starts, vocab, passes=2)
@@ -160,6 +170,28 @@ def check_chain(path, trained, embed, head, target, ids, mask, layer, vocab) -> 
     opt.step()
     assert not torch.equal(chain.feature_proj.weight, before), "chain: one step did not move the projection"
     print(f"chain: ok ({int(later.sum())} rows read the drafter's own hidden state; {T} passes = row after row)")
+
+    # 7. The chained rows' own norm, zero at the start: last_hidden's logits whatever the passes.
+    gated = load_glide(path, embed, head, replace(cfg, chain_norm=True))
+    assert torch.equal(gated.chain_norm, torch.zeros_like(gated.chain_norm)), "chain_norm: not zero at the start"
+    for passes in (1, 2, T):
+        got, _ = drafter_logits(gated, target, ids, mask, layer, starts, passes=passes)
+        assert torch.allclose(got, one, atol=1e-6), f"chain_norm: {passes} passes differ from last_hidden at the start"
+    opt = torch.optim.SGD([p for p in gated.parameters() if p.requires_grad], lr=0.5)
+    logits, tlogits = drafter_logits(gated, target, ids, mask, layer, starts, vocab, passes=2)
+    soft_ce(logits, tlogits, mask).backward()
+    opt.step()
+    assert gated.chain_norm.abs().sum() > 0, "chain_norm: one step did not open the chained rows' norm"
+    full, _ = drafter_logits(gated, target, ids, mask, layer, starts, passes=T)
+    assert not torch.allclose(full, one, atol=1e-4), "chain_norm: the opened norm changed nothing"
+    want, _ = row_after_row(gated, target, ids, layer, starts, mask)
+    assert torch.allclose(full, want, atol=1e-5), f"chain_norm: {T} passes differ from row after row by {(full - want).abs().max()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        again_path = os.path.join(tmp, "gated.safetensors")
+        save_glide(again_path, gated, dtype=torch.float32)
+        back = load_glide(again_path, embed, head)
+        assert back.cfg == gated.cfg and torch.equal(back.chain_norm, gated.chain_norm), "chain_norm: the file round trip lost it"
+    print("chain_norm: ok (resumed at zero = last_hidden for 1, 2 and all passes; one step opens it; row after row holds)")
 
 
 if __name__ == "__main__":

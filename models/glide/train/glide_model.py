@@ -21,13 +21,15 @@ before it, the one whose logits chose that row's token. specd's draft round star
 there: the target's verification has just computed that row. Rows of a prompt read as catch-up
 (blocks of one) are given no feature, as specd would read them.
 
-With `feature = "last_hidden_chain"` (an experiment of session 17, not yet trained; specd serves
-it, its GPU path not yet run on a GPU), every later row of a block adds the same
-projection of the drafter's own final hidden state (after its last norm: what its own head read)
-at the row before: the drafted row's stand-in for the target's, which verification has not
-computed yet (EAGLE's drafters feed their own hidden state forward so). Same weights as
-`last_hidden`: such a file resumes into it unchanged. `forward_chain` computes it in passes (see
-there).
+With `feature = "last_hidden_chain"` (trained once from run 6's weights in session 18, and lost
+to `last_hidden`; specd serves it on the CPU and the GPU), every later row of a block adds the
+same projection of the drafter's own final hidden state (after its last norm: what its own head
+read) at the row before: the drafted row's stand-in for the target's, which verification has
+not computed yet (EAGLE's drafters feed their own hidden state forward so). Same weights as
+`last_hidden`: such a file resumes into it unchanged. With `chain_norm`, the chained rows
+normalize that state with their own weights, zero at the start: a `last_hidden` drafter
+resumed into it drafts exactly as before until training opens them. `forward_chain` computes
+it in passes (see there).
 
 The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
 configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names
@@ -82,11 +84,18 @@ class GlideConfig:
     feature: str = "none"
     # Rank of that projection (0: a full hidden × hidden matrix).
     feature_rank: int = 0
+    # "last_hidden_chain" only: the chained rows normalize the drafter's own row with their own
+    # weights (`model.chain_norm.weight`), zero at the start, so that a drafter resumed from a
+    # `last_hidden` one drafts as before until training opens them. Absent from the JSON when
+    # false (the chained rows then share the feature's norm).
+    chain_norm: bool = False
 
     def to_json(self) -> str:
         d = asdict(self)
         if self.feature == "none":
             del d["feature"], d["feature_rank"]
+        if not self.chain_norm:
+            del d["chain_norm"]
         return json.dumps(d)
 
     @staticmethod
@@ -230,22 +239,30 @@ class GlideDrafter(nn.Module):
             nn.init.zeros_(self.feature_proj.weight)
         elif cfg.feature != "none":
             raise ValueError(f"feature {cfg.feature!r}: expected 'none', 'last_hidden' or 'last_hidden_chain'")
+        if cfg.chain_norm:
+            if cfg.feature != "last_hidden_chain":
+                raise ValueError(f"chain_norm is for feature 'last_hidden_chain', not {cfg.feature!r}")
+            self.chain_norm = nn.Parameter(torch.zeros(hs))
 
-    def feature_input(self, feature, feature_rows):
+    def feature_input(self, feature, feature_rows, chain_rows=None):
         """What feature rows add to their embedding: `feature` `[B, T, hidden]` holds the target's
-        final hidden state at the position before each row; `feature_rows` `[B, T]` says which
-        rows take it."""
-        f = rms_norm(feature.float(), self.feature_norm, self.cfg.rms_norm_eps)
+        final hidden state at the position before each row (or the drafter's own, on the rows
+        `chain_rows` `[B, T]` marks); `feature_rows` `[B, T]` says which rows take one. With
+        `chain_norm`, the chained rows' norm weights are their own."""
+        weight = self.feature_norm
+        if self.cfg.chain_norm and chain_rows is not None:
+            weight = torch.where(chain_rows[..., None], self.chain_norm, self.feature_norm)
+        f = rms_norm(feature.float(), weight, self.cfg.rms_norm_eps)
         if self.cfg.feature_rank:
             f = self.feature_down(f)
         return self.feature_proj(f) * feature_rows[..., None].to(f.dtype)
 
-    def hidden(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None):
+    def hidden(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None, chain_rows=None):
         h = self.embed[ids].float()
         if self.cfg.feature != "none":
             if feature is None or feature_rows is None:
                 raise ValueError("this drafter reads the target's last hidden state: pass feature and feature_rows")
-            h = h + self.feature_input(feature, feature_rows)
+            h = h + self.feature_input(feature, feature_rows, chain_rows)
         for layer in self.layers:
             h = layer(h, positions, target_k, target_v, starts)
         return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
@@ -264,12 +281,12 @@ class GlideDrafter(nn.Module):
         feat = feature
         with torch.no_grad():
             for _ in range(passes - 1):
-                h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows)
+                h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows, later)
                 own = torch.zeros_like(feature, dtype=h.dtype)
                 own[:, 1:] = h[:, :-1]
                 feat = torch.where(later[..., None], own.to(feature.dtype), feature)
                 rows = feature_rows | later
-        h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows)
+        h = self.hidden(ids, positions, target_k, target_v, starts, feat, rows, later)
         head = self.own_head if self.own_head is not None else self.head_rows
         return h @ head.to(h.dtype).T
 
@@ -332,6 +349,8 @@ def feature_tensor_names(cfg: GlideConfig) -> dict[str, str]:
     names = {"feature_norm": "model.feature_norm.weight", "feature_proj": "model.feature_proj.weight"}
     if cfg.feature_rank:
         names["feature_down"] = "model.feature_down.weight"
+    if cfg.chain_norm:
+        names["chain_norm"] = "model.chain_norm.weight"
     return names
 
 
@@ -417,6 +436,10 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
     if (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank) and stored.feature != "none" and not same_weights:
         raise ValueError(f"{path} has feature {stored.feature!r} already")
     same = {**asdict(cfg), "target": cfg.target, "intermediate_size": stored.intermediate_size}
+    if stored.chain_norm and not cfg.chain_norm:
+        raise ValueError(f"{path}: its chained rows have their own norm (chain_norm); ask for it too")
+    # A drafter without the chained rows' own norm gains one (zero: as before).
+    same.update(chain_norm=stored.chain_norm)
     if same_weights:
         same.update(feature=stored.feature)
     elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):

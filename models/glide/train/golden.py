@@ -19,7 +19,8 @@ target's final normed hidden state at position VERIFIED - 1, also saved, as "fea
 
 With --chain, the same with `last_hidden_chain` into engine/tests/fixtures/glide_golden_chain:
 the drafted rows after the first each read the drafter's own final normed row before them
-(`GlideDrafter.forward_chain` with one pass per row: the rows as drafted one after another).
+(`GlideDrafter.forward_chain` with one pass per row: the rows as drafted one after another),
+its chained rows with their own norm weights (`chain_norm`, drawn like every other norm).
 
 Usage: python3 models/glide/train/golden.py [--feature | --chain] [OUT_DIR]
        (default engine/tests/fixtures/glide_golden, glide_golden_feature or glide_golden_chain)
@@ -75,6 +76,7 @@ def main() -> None:
         target=shapes,
         feature="last_hidden_chain" if chain else "last_hidden" if feature else "none",
         feature_rank=16 if feature else 0,
+        chain_norm=chain,
     )
     model = GlideDrafter(cfg, embed_weight(target).detach(), draft_vocab, head_weight(target).detach())
     with torch.no_grad():

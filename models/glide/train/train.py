@@ -452,6 +452,7 @@ def cmd_train(a, loaded=None) -> None:
         target=shapes,
         feature=a.feature,
         feature_rank=a.feature_rank,
+        chain_norm=a.chain_norm,
     )
     if a.resume:
         # A later call in the same hold goes on from the drafter an earlier one wrote (or a
@@ -623,6 +624,9 @@ def train_args(p) -> None:
     p.add_argument("--feature", choices=("none", "last_hidden", "last_hidden_chain"), default="none",
                    help="last_hidden: a block's first row also reads the target's final hidden state before it; "
                         "last_hidden_chain: and its later rows the drafter's own")
+    p.add_argument("--chain-norm", action="store_true",
+                   help="last_hidden_chain: the chained rows get their own norm weights, zero at the start "
+                        "(a resumed last_hidden drafter starts exactly where it was)")
     p.add_argument("--chain-passes", type=int, default=0,
                    help="passes of a last_hidden_chain drafter in training (default --max-block: every row of a block reads a chained state; at least 2)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")

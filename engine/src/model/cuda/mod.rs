@@ -64,7 +64,7 @@ const GRAPH_CACHE: usize = 256;
 
 /// A step's padded shape, its output, the head's rows, and whether a GLIDE drafter's feature
 /// is added.
-type GraphKey = (Shape, OutputMode, usize, bool);
+type GraphKey = (Shape, OutputMode, usize, Option<step::FeatureKinds>);
 
 /// What the scratch of a model holds between forwards.
 #[derive(Debug)]
@@ -410,8 +410,9 @@ impl CudaModel {
                 plan.shape.rows,
                 batch,
                 g.features,
+                f.chain_norm.is_some(),
             )?
-            .then_some(f),
+            .map(|kinds| (f, kinds)),
             _ => None,
         };
         let launch = self.cross.as_ref().map(|x| CrossLaunch {
@@ -445,8 +446,8 @@ impl CudaModel {
         let body = |step: &mut CudaStep<'_>| match &self.cross {
             Some(c) => {
                 step.embed(&self.weights.embed)?;
-                if let Some(f) = feature {
-                    step.add_feature(f)?;
+                if let Some((f, kinds)) = feature {
+                    step.add_feature(f, kinds)?;
                 }
                 glide_layers(step, &self.weights, &c.layers)
             }
@@ -455,7 +456,7 @@ impl CudaModel {
         let launches_before = self.gpu.launches();
         if use_graph {
             let graph = scratch.graphs.try_get_or_insert(
-                (plan.shape, mode, head_rows, feature.is_some()),
+                (plan.shape, mode, head_rows, feature.map(|(_, kinds)| kinds)),
                 || {
                     self.captures.fetch_add(1, Ordering::Relaxed);
                     self.gpu.capture(|| body(&mut make()))
@@ -511,15 +512,19 @@ impl CudaModel {
             cross_chunks: grow(cross_chunks.max(16), old.map(|c| c.cross_chunks)),
         };
         let cross_q_dim = self.cross.as_ref().map_or(0, |c| c.n_heads * c.head_dim);
-        let feature_dim = match &self.cross {
+        let (feature_dim, own_dim) = match &self.cross {
             Some(CudaCross {
-                feature: Some(_), ..
-            }) => self.config.hidden_size,
-            _ => 0,
+                feature: Some(f), ..
+            }) => {
+                let h = self.config.hidden_size;
+                (h, if f.chain_norm.is_some() { h } else { 0 })
+            }
+            _ => (0, 0),
         };
         let widths = step::ExtraWidths {
             cross_q: cross_q_dim,
             feature: feature_dim,
+            feature_own: own_dim,
         };
         scratch.bufs = Some(Buffers::new(&self.gpu, &self.config, widths, cap)?);
         Ok(())

@@ -16,7 +16,7 @@ use super::weights::{GpuFeature, GpuMatrix};
 use crate::error::Result;
 use crate::kv::KvPool;
 use crate::model::config::{ModelConfig, RopeLayout};
-use crate::model::glide::FeatureRow;
+use crate::model::glide::{FeatureRow, FeatureSource};
 use crate::model::llama::{Act, ForwardOps, OutputMode, SampleInput, SeqInput};
 
 /// What a set of [`Buffers`] holds at most.
@@ -68,6 +68,9 @@ pub(super) struct Buffers {
     /// A GLIDE drafter's feature input: the target's hidden row for each row that takes one,
     /// zeros elsewhere, `[rows, hidden]` (empty for other models).
     feature: Buffer<f32>,
+    /// The same for the drafter's own rows, when its chained rows have their own norm
+    /// (`chain_norm`; empty otherwise: they go into `feature`).
+    feature_own: Buffer<f32>,
     /// The chunks of the target's pool the cross-attention reads.
     pub cross_chunk_table: Buffer<u64>,
 }
@@ -79,6 +82,9 @@ pub(super) struct ExtraWidths {
     pub cross_q: usize,
     /// Its feature's input rows: the hidden size, for a drafter with a feature.
     pub feature: usize,
+    /// Its own rows' feature input: the hidden size, for a drafter whose chained rows have
+    /// their own norm.
+    pub feature_own: usize,
 }
 
 impl Buffers {
@@ -129,6 +135,7 @@ impl Buffers {
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
             cross_q: alloc!(f32, rows * cross_q_dim, "cross-attention queries"),
             feature: alloc!(f32, rows * extra.feature, "the GLIDE feature's input"),
+            feature_own: alloc!(f32, rows * extra.feature_own, "the GLIDE feature's input"),
             cross_chunk_table: alloc!(u64, cross_chunks.max(1), "the target's KV chunk table"),
         })
     }
@@ -453,33 +460,37 @@ impl ForwardOps for CudaStep<'_> {
 
 impl CudaStep<'_> {
     /// Adds a GLIDE drafter's feature to the residual stream after the embedding:
-    /// `x += proj · rms_norm(feature input)` (rows whose input is zeros get exactly zero). The
-    /// addition goes through the norm kernel, whose normed output layer 0 then overwrites.
-    pub fn add_feature(&mut self, f: &GpuFeature) -> Result<()> {
+    /// `x += proj · rms_norm(feature input)` (rows whose input is zeros get exactly zero), for
+    /// the uploaded rows `kinds` names: the shared input with the feature's norm, then the
+    /// drafter's own rows with the chained rows' norm (a row is in one input at most, so the
+    /// other adds exactly zero to it).
+    pub fn add_feature(&mut self, f: &GpuFeature, kinds: FeatureKinds) -> Result<()> {
+        let b = self.bufs;
+        if kinds.shared {
+            self.add_feature_from(b.feature.ptr(), f.norm.ptr(), f)?;
+        }
+        if let (true, Some(chain)) = (kinds.own, &f.chain_norm) {
+            self.add_feature_from(b.feature_own.ptr(), chain.ptr(), f)?;
+        }
+        Ok(())
+    }
+
+    /// `x += proj · rms_norm(input, norm)`. The addition goes through the norm kernel, whose
+    /// normed output layer 0 then overwrites.
+    fn add_feature_from(
+        &mut self,
+        input: DevicePtr,
+        norm: DevicePtr,
+        f: &GpuFeature,
+    ) -> Result<()> {
         let (gpu, b, rows) = (self.gpu, self.bufs, self.shape.rows);
         let h = self.c.hidden_size;
         let eps = self.eps();
-        gpu.add_rms_norm(
-            b.feature.ptr(),
-            0,
-            f.norm.ptr(),
-            eps,
-            b.normed.ptr(),
-            h,
-            rows,
-        )
-        .map_err(gpu_err)?;
+        gpu.add_rms_norm(input, 0, norm, eps, b.normed.ptr(), h, rows)
+            .map_err(gpu_err)?;
         product(gpu, &f.proj, b.normed.ptr(), b.delta.ptr(), rows, None)?;
-        gpu.add_rms_norm(
-            b.x.ptr(),
-            b.delta.ptr(),
-            f.norm.ptr(),
-            eps,
-            b.normed.ptr(),
-            h,
-            rows,
-        )
-        .map_err(gpu_err)
+        gpu.add_rms_norm(b.x.ptr(), b.delta.ptr(), norm, eps, b.normed.ptr(), h, rows)
+            .map_err(gpu_err)
     }
 
     /// Argmax of every logit row, then (greedy verification) acceptance.
@@ -573,10 +584,20 @@ pub(super) fn upload_sampling(
     Ok(())
 }
 
+/// Which feature inputs a step uploaded: the shared one (the target's rows, and the drafter's
+/// own where they share the feature's norm) and the drafter's own rows (when its chained rows
+/// have their own norm). Part of a captured graph's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct FeatureKinds {
+    pub shared: bool,
+    pub own: bool,
+}
+
 /// Uploads a GLIDE drafter's feature input for `rows` rows (padding included): sequence `i`'s
-/// row at `features[i]`'s position, if among its new tokens, gets the target's hidden row, the
-/// others zeros (which the feature maps to zeros: [`CudaStep::add_feature`]). Uploads nothing
-/// and returns false when no row takes one.
+/// row at `features[i]`'s position, if among its new tokens, gets that hidden row, the others
+/// zeros (which the feature maps to zeros: [`CudaStep::add_feature`]); the drafter's own rows
+/// go to their own input when `own_norm` (its chained rows have their own norm). Uploads
+/// nothing and returns `None` when no row takes one.
 pub(super) fn upload_features(
     gpu: &Gpu,
     bufs: &Buffers,
@@ -584,24 +605,34 @@ pub(super) fn upload_features(
     rows: usize,
     batch: &[SeqInput<'_>],
     features: &[Option<FeatureRow<'_>>],
-) -> Result<bool> {
+    own_norm: bool,
+) -> Result<Option<FeatureKinds>> {
     let h = c.hidden_size;
-    let mut input: Vec<f32> = Vec::new();
+    let (mut shared, mut own): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
     let mut row0 = 0;
     for (s, f) in batch.iter().zip(features) {
         let (start, n) = (s.table.len(), s.tokens.len());
         if let Some(f) = f.filter(|f| (start..start + n).contains(&f.position)) {
+            let input = match f.source {
+                FeatureSource::Drafter if own_norm => &mut own,
+                _ => &mut shared,
+            };
             input.resize(rows * h, 0.0);
             let r = row0 + f.position - start;
             input[r * h..(r + 1) * h].copy_from_slice(f.hidden);
         }
         row0 += n;
     }
-    if input.is_empty() {
-        return Ok(false);
+    let kinds = FeatureKinds {
+        shared: !shared.is_empty(),
+        own: !own.is_empty(),
+    };
+    for (input, buf) in [(&shared, &bufs.feature), (&own, &bufs.feature_own)] {
+        if !input.is_empty() {
+            gpu.write(buf, 0, input).map_err(gpu_err)?;
+        }
     }
-    gpu.write(&bufs.feature, 0, &input).map_err(gpu_err)?;
-    Ok(true)
+    Ok((kinds.shared || kinds.own).then_some(kinds))
 }
 
 /// The first `n` values of the head's input (the final normed rows it read, bf16), as f32.

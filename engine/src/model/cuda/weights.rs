@@ -40,8 +40,9 @@ pub(crate) type GpuWeights = LlamaWeights<GpuMatrix, Buffer<f32>>;
 /// A GLIDE drafter's cross-attention weights of one layer on the GPU.
 pub(crate) type GpuCross = CrossWeights<GpuMatrix, Buffer<f32>>;
 
-/// A GLIDE drafter's feature weights on the GPU: its norm and one `[hidden, hidden]` projection
-/// (the file's low-rank pair composed at load).
+/// A GLIDE drafter's feature weights on the GPU: its norm (and the chained rows' own, if the
+/// file has one) and one `[hidden, hidden]` projection (the file's low-rank pair composed at
+/// load).
 pub(crate) type GpuFeature = FeatureWeights<GpuMatrix, Buffer<f32>>;
 
 /// Bytes of weights a model holds on the GPU (each shared buffer counted once).
@@ -84,7 +85,10 @@ pub(crate) fn cross_bytes(cross: &[GpuCross], feature: Option<&GpuFeature>) -> u
         .iter()
         .map(|c| c.norm.bytes() + m(&c.q) + m(&c.o))
         .sum();
-    crossed + feature.map_or(0, |f| f.norm.bytes() + m(&f.proj))
+    crossed
+        + feature.map_or(0, |f| {
+            f.norm.bytes() + f.chain_norm.as_ref().map_or(0, |c| c.bytes()) + m(&f.proj)
+        })
 }
 
 fn vector(gpu: &Gpu, v: &[f32], what: &str) -> Result<Buffer<f32>> {
@@ -175,6 +179,10 @@ pub(crate) fn upload_glide(
         }
         Some(f) => Some(FeatureWeights {
             norm: vector(gpu, &f.norm, "the GLIDE feature's norm")?,
+            chain_norm: match &f.chain_norm {
+                Some(c) => Some(vector(gpu, c, "the GLIDE chained rows' norm")?),
+                None => None,
+            },
             down: None,
             proj: matrix(gpu, &f.proj, "the GLIDE feature's projection")?,
         }),
