@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from answers import load_answers, merge, save_answers, target_fingerprint  # noqa: E402
 from corpus import collect, make_prompts  # noqa: E402
 from fastgen import FastDecoder  # noqa: E402
 from glide_model import CONFIG_KEY, GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
@@ -80,6 +81,8 @@ def generate_answers(model, tok, prompts: list[str], batch: int, batch_tokens: i
 
     A batch holds at most `batch` prompts and at most `batch_tokens` ids once answered (rows ×
     (longest prompt + `max_new`)): the static cache of fastgen.py holds that many positions."""
+    if not prompts:
+        return []
     eos = end_ids(tok)
     decoder = FastDecoder(model)
     out = []
@@ -196,6 +199,9 @@ def cmd_prepare(a, loaded=None) -> None:
         log(f"saving the dequantized target to {a.save_target}")
         save_target(model, tok, a.save_target)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    # Answer caches are read (and refused) before anything is generated.
+    fingerprint = target_fingerprint(embed_weight(model))
+    cached = merge([load_answers(p, a.gen_tokens, fingerprint) for p in a.answers_in])
 
     log("collecting Python source")
     corpus = collect()
@@ -215,10 +221,19 @@ def cmd_prepare(a, loaded=None) -> None:
     distill_eval = generate_answers(
         model, tok, eval_prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline
     )
-    distill = generate_answers(
-        model, tok, prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
+    # Answers kept by earlier sessions (answers.py, read first) train again; only prompts none
+    # of them answered are answered now.
+    todo = [p for p, ids in zip(prompts, chat_ids(tok, prompts)) if tuple(ids) not in cached]
+    if a.answers_in:
+        log(f"  {len(cached)} answers from {len(a.answers_in)} cache file(s); {len(prompts) - len(todo)} of this call's prompts among them")
+    fresh = generate_answers(
+        model, tok, todo, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline - (time.time() - t0)
     )
     gen_s = time.time() - t0
+    if a.answers_out:
+        save_answers(a.answers_out, fresh, a.gen_tokens, fingerprint)
+        log(f"  kept this call's {len(fresh)} answers in {a.answers_out} ({os.path.getsize(a.answers_out)} bytes)")
+    distill = list(cached.values()) + fresh
     # bench-spec's prompts, answered as bench-spec measures them (128 tokens): for evaluation
     # only, so that the report can be set beside what specd measures on them.
     bench_eval = generate_answers(model, tok, bench_prompt_texts(), a.gen_batch, a.gen_batch_tokens, 128, a.device, 60)
@@ -253,6 +268,8 @@ def cmd_prepare(a, loaded=None) -> None:
         "code_eval_tokens": len(code_eval),
         "prompts": len(prompts),
         "answers": len(distill),
+        "cached_answers": len(cached),
+        "new_answers": len(fresh),
         "answer_tokens": sum(len(i) - s for i, s in distill),
         "eval_prompts": len(eval_prompts),
         "eval_answers": len(distill_eval),
@@ -563,7 +580,7 @@ def cmd_train(a, loaded=None) -> None:
     log(f"wrote {a.out} ({os.path.getsize(a.out)} bytes) and {work / 'report.json'}")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("prepare", "train", "all"):
@@ -577,7 +594,11 @@ def main() -> None:
         prepare_args(p)
     for p in (sub.choices["train"], sub.choices["all"]):
         train_args(p)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.cmd == "all":
         log(f"loading the target {a.target}")
         loaded = load_target(a.target, a.device)
@@ -601,6 +622,8 @@ def prepare_args(p) -> None:
     p.add_argument("--draft-vocab", type=int, default=16384)
     p.add_argument("--vocab-from", default="", help="take the draft vocabulary from this GLIDE file (to --resume training it)")
     p.add_argument("--skip-prompts", type=int, default=0, help="leave out the first N training prompts (answered by an earlier run)")
+    p.add_argument("--answers-in", nargs="*", default=[], help="answer caches of earlier calls (answers.py): trained on, their prompts not answered again")
+    p.add_argument("--answers-out", default="", help="keep the answers this call generates in this answer cache (answers.py)")
 
 
 def train_args(p) -> None:
