@@ -11,12 +11,24 @@ from glide_model import GlideTarget
 
 
 def load_target(path: str, device: str, dtype=torch.bfloat16):
-    """The target model and its tokenizer, frozen, in eval mode. A GGUF file is dequantized by
-    transformers (through the `gguf` package) into `dtype`."""
+    """The target model and its tokenizer, frozen, in eval mode. A qwen2 GGUF file is read by
+    gguf_torch.py (its blocks dequantized on `device`; the same tensors as transformers' load,
+    check_gguf_torch.py) unless SPECD_GGUF_READER=transformers; transformers reads other GGUFs
+    (through the `gguf` package) into `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if os.path.isfile(os.path.join(path, SAVED_WEIGHTS)):
         return _load_saved(path, device, dtype)
+    if os.path.isfile(path) and os.environ.get("SPECD_GGUF_READER", "direct") != "transformers":
+        from gguf_torch import load_gguf
+
+        try:
+            loaded = load_gguf(path, device, dtype)
+        except (Exception, SystemExit) as e:  # a GPU call must not end on it: transformers reads it
+            print(f"gguf_torch could not read {path} ({e!r}); transformers reads it", flush=True)
+            loaded = None
+        if loaded is not None:
+            return loaded
     if os.path.isdir(path):
         kwargs = dict(pretrained_model_name_or_path=path)
     else:
