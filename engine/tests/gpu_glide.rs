@@ -23,7 +23,8 @@ use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{
     tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_reading,
-    tiny_guessing_glide_with_feature, tiny_model, tiny_model_on, TinySpec,
+    tiny_guessing_glide_with_chain_norm, tiny_guessing_glide_with_feature, tiny_model,
+    tiny_model_on, TinySpec,
 };
 use specd_engine::model::{
     self, Device, FeatureRow, FeatureSource, GlideFeature, GlideModel, LoadOptions, Logits, Model,
@@ -199,6 +200,105 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
     for (i, rows) in out.iter().enumerate() {
         assert_eq!(rows.to_vec2::<f32>().unwrap(), alone[i], "sequence {i}");
     }
+}
+
+/// The drafter's rows of `prompts` in one forward, each sequence's last row taking a feature
+/// row of the source given (the target's final row before it stands in for either source).
+fn feature_rows_batched(
+    target: &Model,
+    glide: &GlideModel,
+    prompts: &[Vec<u32>],
+    sources: &[FeatureSource],
+) -> Vec<Vec<Vec<f32>>> {
+    let mut tkv = target.new_pool(256);
+    let mut ttables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
+    let hidden: Vec<Vec<f32>> = prompts
+        .iter()
+        .zip(ttables.iter_mut())
+        .map(|(p, table)| {
+            let (_, mut rows) = target
+                .forward_keeping_hidden(
+                    &mut tkv,
+                    &mut [SeqInput {
+                        table,
+                        tokens: &p[..p.len() - 1],
+                        logits: Logits::Last,
+                    }],
+                )
+                .unwrap();
+            rows.remove(0).remove(0)
+        })
+        .collect();
+    let features: Vec<Option<FeatureRow<'_>>> = hidden
+        .iter()
+        .zip(prompts)
+        .zip(sources)
+        .map(|((hidden, p), &source)| {
+            Some(FeatureRow {
+                position: p.len() - 1,
+                hidden,
+                source,
+            })
+        })
+        .collect();
+    let mut pool = glide.new_pool(256);
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
+    let mut batch: Vec<SeqInput<'_>> = tables
+        .iter_mut()
+        .zip(prompts)
+        .map(|(table, p)| SeqInput {
+            table,
+            tokens: p,
+            logits: Logits::All,
+        })
+        .collect();
+    let refs: Vec<&BlockTable> = ttables.iter().collect();
+    let out = glide
+        .forward_with_features(&mut pool, &mut batch, &tkv, &refs, &features)
+        .unwrap();
+    out.iter().map(|t| t.to_vec2::<f32>().unwrap()).collect()
+}
+
+/// A drafter whose chained rows have their own norm (`chain_norm`), in one forward where one
+/// sequence's row takes the target's row and another's its own (both feature inputs, each with
+/// its norm): each sequence gets the rows it gets alone, bit for bit, and the CPU's rows.
+#[test]
+fn rows_of_both_feature_sources_in_one_forward_on_the_gpu() {
+    let cpu = tiny_model(&spec()).unwrap().model;
+    let gpu = gpu_target();
+    let (gc, gg) = (
+        tiny_guessing_glide_with_chain_norm(&cpu, 240, 9).unwrap(),
+        tiny_guessing_glide_with_chain_norm(&gpu, 240, 9).unwrap(),
+    );
+    let ps = prompts(4);
+    let sources = [
+        FeatureSource::Target,
+        FeatureSource::Drafter,
+        FeatureSource::Drafter,
+        FeatureSource::Target,
+    ];
+    let together = feature_rows_batched(&gpu, &gg, &ps, &sources);
+    let on_cpu = feature_rows_batched(&cpu, &gc, &ps, &sources);
+    for (i, (p, &source)) in ps.iter().zip(&sources).enumerate() {
+        let alone = feature_rows_batched(&gpu, &gg, std::slice::from_ref(p), &[source]);
+        assert_eq!(
+            together[i], alone[0],
+            "sequence {i} ({source:?}) in the batch"
+        );
+        let e = relative_error(&on_cpu[i], &together[i]);
+        assert!(
+            e < TOLERANCE,
+            "sequence {i} ({source:?}): GPU rows differ from the CPU's by {e}"
+        );
+    }
+    // The two sources differ: the chained rows' norm is not the feature's.
+    let other = [FeatureSource::Drafter];
+    let swapped = feature_rows_batched(&gpu, &gg, &ps[..1], &other);
+    assert_ne!(
+        swapped[0].last(),
+        together[0].last(),
+        "the chained rows' own norm changed nothing"
+    );
 }
 
 /// The drafters the training script made for the tiny Qwen2 fixture (heads of 8, an MLP of 48:

@@ -30,21 +30,20 @@ def decode(r, graphs=True):
 
 def kernel_profile(prof):
     """The per-kernel table of an Nsight Compute CSV (scripts/gpu/bench's ncu-7b.csv,
-    scripts/gpu/profile's ncu.csv), in µs per decode step: argmax_partial runs once a step, so
-    its launches count the steps captured."""
+    scripts/gpu/profile's ncu.csv), in µs per decode step. Where the capture holds several
+    steps, only whole ones count: the launches after the first argmax_finish (a step's last
+    launch) through the last; a capture of one step counts as it is."""
     import csv, collections, io
     rows = [l for l in prof.read_text().splitlines() if l.startswith('"')]
     if not rows:
         return
-    dur = collections.defaultdict(float)
-    cnt = collections.Counter()
-    byts = collections.defaultdict(float)
+    launches = {}  # launch ID → [name, duration µs, DRAM bytes], in launch order
     for r in csv.DictReader(io.StringIO("\n".join(rows))):
         name = r.get("Kernel Name", "?").split("(")[0]
-        fam = name
         if name.startswith("matmul"):
             # One row per product: the grid size tells QKV, O, gate/up, down and the head apart.
-            fam = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
+            name = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
+        entry = launches.setdefault(r.get("ID", "?"), [name, 0.0, 0.0])
         unit = r.get("Metric Unit", "")
         try:
             v = float(r.get("Metric Value", "0").replace(",", ""))
@@ -52,19 +51,28 @@ def kernel_profile(prof):
             continue
         m = r.get("Metric Name", "")
         if m == "gpu__time_duration.sum":
-            scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
-                     "msecond": 1e3}[unit]
-            dur[fam] += v * scale
-            cnt[fam] += 1
+            entry[1] += v * {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3,
+                             "msecond": 1e3}[unit]
         elif m == "dram__bytes_read.sum":
-            scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1, "KB": 1e3,
-                     "MB": 1e6, "GB": 1e9}[unit]
-            byts[fam] += v * scale
-    steps = cnt.get("argmax_partial", 0) or 1
+            entry[2] += v * {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "B": 1, "KB": 1e3,
+                             "MB": 1e6, "GB": 1e9}[unit]
+    order = list(launches.values())
+    ends = [i for i, e in enumerate(order) if e[0] == "argmax_finish"]
+    if len(ends) >= 2:
+        order, steps = order[ends[0] + 1 : ends[-1] + 1], len(ends) - 1
+    else:
+        steps = max(1, sum(e[0] == "argmax_partial" for e in order))
+    dur = collections.defaultdict(float)
+    cnt = collections.Counter()
+    byts = collections.defaultdict(float)
+    for name, us, b in order:
+        dur[name] += us
+        cnt[name] += 1
+        byts[name] += b
     total = sum(dur.values())
     print()
     print(f"## Where a decode step's kernel time goes ({prof.name}: Nsight Compute, graphs off, "
-          f"{steps} step(s) captured, µs per step)")
+          f"{steps} step(s), µs per step)")
     print("| kernel | launches a step | µs a step | µs each | share | DRAM read GB/s |")
     print("|---|---|---|---|---|---|")
     for fam, us in sorted(dur.items(), key=lambda x: -x[1]):

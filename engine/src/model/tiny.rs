@@ -311,6 +311,20 @@ pub fn tiny_guessing_glide_reading(
     build_tiny_glide(target, config, seed, 0.02, false)
 }
 
+/// [`tiny_guessing_glide_reading`] chaining its own rows ([`GlideFeature::LastHiddenChain`])
+/// with the chained rows' own norm (`chain_norm`).
+pub fn tiny_guessing_glide_with_chain_norm(
+    target: &Model,
+    draft_vocab: usize,
+    seed: u64,
+) -> Result<GlideModel> {
+    let mut config = tiny_glide_config(target.config(), draft_vocab);
+    config.feature = GlideFeature::LastHiddenChain;
+    config.feature_rank = 8;
+    config.chain_norm = true;
+    build_tiny_glide(target, config, seed, 0.02, false)
+}
+
 /// Writes [`tiny_guessing_glide`] for the tiny target of `spec` as a GLIDE file (the format
 /// [`GlideModel::load`] reads): what the binary's end-to-end tests pass as `--glide`.
 pub fn write_guessing_glide(

@@ -9,8 +9,11 @@ of making the same ones again.
 
 A cache holds (prompt + answer ids, index of the first answer id) pairs, as `prepare` makes
 them, with what they depend on: the longest answer (`--gen-tokens`) and a fingerprint of the
-target's weights; a cache made for another target or answer length is refused. It is a cache,
-not a source: the same command without it makes the same answers again.
+target (samples of its weights, its chat template and end ids); a cache made for another target
+or answer length is refused. `--answers-in` adds every kept answer to the training data, those
+of other prompt ranges too (that is the point: each session adds answers); each cache records
+the prompt range it answered (`--skip-prompts`, `--prompts`, how many were answered), so the
+same data can be made again without it: answers are greedy, and a cache only saves time.
 
 File: an xz-compressed `torch.save` of int32 tensors (ids laid end to end, lengths, starts).
 """
@@ -24,14 +27,31 @@ import torch
 FORMAT = "specd-glide-answers/1"
 
 
-def target_fingerprint(embed: torch.Tensor) -> str:
-    """A short fingerprint of the target's weights (a sum over its first embedding rows, as
-    f64: the same weights give the same text on any device)."""
-    rows = embed[:256].detach().to("cpu", torch.float64)
-    return f"{float(rows.sum()):.6e}/{float(rows.abs().sum()):.6e}"
+def target_fingerprint(model, tok) -> str:
+    """A short fingerprint of the target: sums (as f64, the same on any device) over samples of
+    its weights (embedding and head rows, the first layer's query and down projections, the
+    final norm: two quantizations of one model differ in them) and a hash of its chat template
+    and end-of-turn ids."""
+    import hashlib
+
+    m = model.model
+    samples = [
+        m.embed_tokens.weight[:256],
+        model.get_output_embeddings().weight[:256],
+        m.layers[0].self_attn.q_proj.weight,
+        m.layers[0].mlp.down_proj.weight,
+        m.norm.weight,
+    ]
+    sums = [f"{float(t.detach().to('cpu', torch.float64).abs().sum()):.6e}" for t in samples]
+    text = f"{tok.chat_template}|{tok.convert_tokens_to_ids('<|im_end|>')}|{tok.eos_token_id}"
+    return "/".join(sums) + "/" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_answers(path: str, answers: list[tuple[list[int], int]], gen_tokens: int, fingerprint: str) -> None:
+def save_answers(path: str, answers: list[tuple[list[int], int]], gen_tokens: int, fingerprint: str, prompts: dict | None = None) -> None:
+    """Writes the cache (through a temporary file: a call cut off mid-write leaves no partial
+    cache for the next prepare to read). `prompts` says which prompt range it answered."""
+    import os
+
     lengths = torch.tensor([len(ids) for ids, _ in answers], dtype=torch.int32)
     starts = torch.tensor([s for _, s in answers], dtype=torch.int32)
     flat = torch.tensor([t for ids, _ in answers for t in ids], dtype=torch.int32)
@@ -42,15 +62,23 @@ def save_answers(path: str, answers: list[tuple[list[int], int]], gen_tokens: in
         "ids": flat,
         "lengths": lengths,
         "starts": starts,
+        "prompts": prompts or {},
     }
-    with lzma.open(path, "wb", preset=3) as f:
+    part = path + ".partial"
+    with lzma.open(part, "wb", preset=3) as f:
         torch.save(blob, f)
+    os.replace(part, path)
 
 
 def load_answers(path: str, gen_tokens: int, fingerprint: str) -> list[tuple[list[int], int]]:
-    with lzma.open(path, "rb") as f:
-        blob = torch.load(f, weights_only=True)
-    if blob.get("format") != FORMAT:
+    import io
+
+    try:
+        with lzma.open(path, "rb") as f:
+            blob = torch.load(io.BytesIO(f.read()), weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"{path}: not a readable answer cache ({e!r})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SystemExit(f"{path}: not an answer cache ({FORMAT})")
     if blob["gen_tokens"] != gen_tokens:
         raise SystemExit(f"{path}: answers of at most {blob['gen_tokens']} tokens, but --gen-tokens is {gen_tokens}")
@@ -81,8 +109,18 @@ if __name__ == "__main__":
     answers = [([1, 2, 3, 40, 41], 3), ([7, 8, 90], 2), ([1, 2, 3, 40, 41], 3)]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "a.pt.xz")
-        save_answers(path, answers, 192, "fp")
+        save_answers(path, answers, 192, "fp", {"skip": 0, "count": 3, "answered": 3})
         assert load_answers(path, 192, "fp") == answers, "the round trip changed the answers"
+        assert not os.path.exists(path + ".partial"), "the temporary file was left"
+        broken = os.path.join(tmp, "broken.pt.xz")
+        with open(path, "rb") as f, open(broken, "wb") as g:
+            g.write(f.read()[:40])
+        try:
+            load_answers(broken, 192, "fp")
+        except SystemExit as e:
+            assert "not a readable answer cache" in str(e), e
+        else:
+            raise AssertionError("a cut-off cache was read")
         for gen, fp, what in ((128, "fp", "--gen-tokens"), (192, "other", "another target")):
             try:
                 load_answers(path, gen, fp)

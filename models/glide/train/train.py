@@ -200,7 +200,7 @@ def cmd_prepare(a, loaded=None) -> None:
         save_target(model, tok, a.save_target)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     # Answer caches are read (and refused) before anything is generated.
-    fingerprint = target_fingerprint(embed_weight(model))
+    fingerprint = target_fingerprint(model, tok)
     cached = merge([load_answers(p, a.gen_tokens, fingerprint) for p in a.answers_in])
 
     log("collecting Python source")
@@ -231,7 +231,8 @@ def cmd_prepare(a, loaded=None) -> None:
     )
     gen_s = time.time() - t0
     if a.answers_out:
-        save_answers(a.answers_out, fresh, a.gen_tokens, fingerprint)
+        answered = {"skip": a.skip_prompts, "count": a.prompts, "answered": len(fresh), "seed": a.seed}
+        save_answers(a.answers_out, fresh, a.gen_tokens, fingerprint, answered)
         log(f"  kept this call's {len(fresh)} answers in {a.answers_out} ({os.path.getsize(a.answers_out)} bytes)")
     distill = list(cached.values()) + fresh
     # bench-spec's prompts, answered as bench-spec measures them (128 tokens): for evaluation
@@ -448,6 +449,8 @@ def cmd_train(a, loaded=None) -> None:
     shapes = target_shapes(target)
     layer = shapes.num_layers - 1 if a.target_layer < 0 else a.target_layer
     vocab_ids = data["vocab_ids"].to(a.device)
+    if a.chain_norm and a.feature != "last_hidden_chain":
+        raise SystemExit(f"--chain-norm is for --feature last_hidden_chain, not {a.feature}")
     if a.resume:
         # A drafter goes on with its own draft vocabulary: the data's is counted on the data
         # `prepare` collected (another prompt range gives another), and is only what a new
@@ -477,7 +480,7 @@ def cmd_train(a, loaded=None) -> None:
         log(f"resuming from {a.resume}")
         drafter = load_glide(a.resume, embed_weight(target).detach(), head_weight(target).detach(), cfg).to(a.device)
         if drafter.cfg.to_json() != cfg.to_json() or not torch.equal(drafter.vocab_ids, vocab_ids):
-            raise SystemExit(f"--resume {a.resume}: its shapes differ from this run's ({drafter.cfg.to_json()} vs {cfg.to_json()})")
+            raise SystemExit(f"--resume {a.resume}: its shapes or draft vocabulary differ from this run's ({drafter.cfg.to_json()} vs {cfg.to_json()})")
     else:
         drafter = GlideDrafter(cfg, embed_weight(target).detach(), vocab_ids, head_weight(target).detach()).to(a.device)
         tl = target.model.layers[layer]

@@ -135,7 +135,11 @@ impl Buffers {
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
             cross_q: alloc!(f32, rows * cross_q_dim, "cross-attention queries"),
             feature: alloc!(f32, rows * extra.feature, "the GLIDE feature's input"),
-            feature_own: alloc!(f32, rows * extra.feature_own, "the GLIDE feature's input"),
+            feature_own: alloc!(
+                f32,
+                rows * extra.feature_own,
+                "the GLIDE chained rows' input"
+            ),
             cross_chunk_table: alloc!(u64, cross_chunks.max(1), "the target's KV chunk table"),
         })
     }
