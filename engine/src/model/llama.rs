@@ -526,11 +526,7 @@ impl Model {
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
     ) -> Result<Vec<(usize, u32)>> {
-        if batch.iter().any(|s| s.logits != Logits::All) {
-            return Err(Error::InvalidRequest(
-                "greedy verification needs every row's logits (Logits::All)".into(),
-            ));
-        }
+        check_verdict_inputs(batch, OutputMode::GreedyVerdict, &[])?;
         match self
             .run(kv, batch, OutputMode::GreedyVerdict, &[], false)?
             .0
@@ -552,26 +548,7 @@ impl Model {
         batch: &mut [SeqInput<'_>],
         sample: &[SampleInput<'_>],
     ) -> Result<Vec<(usize, u32)>> {
-        if sample.len() != batch.len() {
-            return Err(Error::InvalidRequest(format!(
-                "{} sampling inputs for {} sequences",
-                sample.len(),
-                batch.len()
-            )));
-        }
-        for (i, (s, x)) in batch.iter().zip(sample).enumerate() {
-            let drafts = s.tokens.len().saturating_sub(1);
-            let q_rows = x.q.map_or(drafts, <[_]>::len);
-            if s.logits != Logits::All || x.u.len() != drafts + 1 || q_rows != drafts {
-                return Err(Error::InvalidRequest(format!(
-                    "sampled verification of sequence {i}: every row's logits, one uniform per \
-                     token ({} given for {}) and one draft distribution per draft ({q_rows} for \
-                     {drafts})",
-                    x.u.len(),
-                    drafts + 1
-                )));
-            }
-        }
+        check_verdict_inputs(batch, OutputMode::SampledVerdict, sample)?;
         match self
             .run(kv, batch, OutputMode::SampledVerdict, sample, false)?
             .0
@@ -669,5 +646,91 @@ impl Model {
             }
         }
         Ok(())
+    }
+}
+
+/// What a forward that decides acceptance itself needs, checked before it runs: every
+/// sequence's rows of logits ([`Logits::All`]) and, for sampled verification, one sampling
+/// input per sequence with one uniform per token and one draft distribution per draft.
+/// ([`Model::verify_greedy`], [`Model::verify_sampled`] and the engine's verification step.)
+pub(crate) fn check_verdict_inputs(
+    batch: &[SeqInput<'_>],
+    mode: OutputMode,
+    sample: &[SampleInput<'_>],
+) -> Result<()> {
+    match mode {
+        OutputMode::GreedyVerdict => {
+            if batch.iter().any(|s| s.logits != Logits::All) {
+                return Err(Error::InvalidRequest(
+                    "greedy verification needs every row's logits (Logits::All)".into(),
+                ));
+            }
+        }
+        OutputMode::SampledVerdict => {
+            if sample.len() != batch.len() {
+                return Err(Error::InvalidRequest(format!(
+                    "{} sampling inputs for {} sequences",
+                    sample.len(),
+                    batch.len()
+                )));
+            }
+            for (i, (s, x)) in batch.iter().zip(sample).enumerate() {
+                let drafts = s.tokens.len().saturating_sub(1);
+                let q_rows = x.q.map_or(drafts, <[_]>::len);
+                if s.logits != Logits::All || x.u.len() != drafts + 1 || q_rows != drafts {
+                    return Err(Error::InvalidRequest(format!(
+                        "sampled verification of sequence {i}: every row's logits, one uniform \
+                         per token ({} given for {}) and one draft distribution per draft \
+                         ({q_rows} for {drafts})",
+                        x.u.len(),
+                        drafts + 1
+                    )));
+                }
+            }
+        }
+        OutputMode::Logits | OutputMode::Top => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::BlockTable;
+
+    #[test]
+    fn verdict_forwards_refuse_inputs_they_cannot_decide_by_name() {
+        let (mut a, mut b) = (BlockTable::new(), BlockTable::new());
+        let tokens = [1u32, 2, 3];
+        let batch = [
+            SeqInput {
+                table: &mut a,
+                tokens: &tokens,
+                logits: Logits::All,
+            },
+            SeqInput {
+                table: &mut b,
+                tokens: &tokens,
+                logits: Logits::Last,
+            },
+        ];
+        let e = check_verdict_inputs(&batch, OutputMode::GreedyVerdict, &[]).unwrap_err();
+        assert!(e.to_string().contains("Logits::All"), "{e}");
+        assert!(check_verdict_inputs(&batch[..1], OutputMode::GreedyVerdict, &[]).is_ok());
+        assert!(check_verdict_inputs(&batch, OutputMode::Logits, &[]).is_ok());
+        let input = |u: usize| SampleInput {
+            inv_temp: 1.0,
+            q: None,
+            u: vec![0.5; u],
+        };
+        let e = check_verdict_inputs(&batch[..1], OutputMode::SampledVerdict, &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("0 sampling inputs for 1 sequences"),
+            "{e}"
+        );
+        let e =
+            check_verdict_inputs(&batch[..1], OutputMode::SampledVerdict, &[input(2)]).unwrap_err();
+        assert!(e.to_string().contains("(2 given for 3)"), "{e}");
+        assert!(check_verdict_inputs(&batch[..1], OutputMode::SampledVerdict, &[input(3)]).is_ok());
     }
 }

@@ -9,7 +9,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use super::sequence::Sequence;
 use crate::error::Result;
 use crate::kv::KvPool;
-use crate::model::llama::{ForwardOut, OutputMode};
+use crate::model::llama::{check_verdict_inputs, ForwardOut, OutputMode};
 use crate::model::{Logits, Model, SampleInput, SeqInput};
 
 /// What verification hands to acceptance for one sequence.
@@ -180,6 +180,7 @@ pub fn verify<'a>(
     } else {
         OutputMode::Logits
     };
+    check_verdict_inputs(&batch, mode, &inputs)?;
     let (out, hidden) = target.run(kv, &mut batch, mode, &inputs, keep)?;
     drop(batch);
     if let Some(hidden) = hidden {
