@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glide_cache::{
-    chained_rows, glide_rows, step_checking_kept_rows, target_cache, target_cache_and_hidden,
-    Golden,
+    cache_keeping_last_hidden, chained_rows, glide_rows, step_checking_kept_rows, target_cache,
+    target_cache_and_hidden, Golden,
 };
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::{generate, GenerateRequest};
-use specd_engine::kv::BlockTable;
+use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{
     tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_reading,
     tiny_guessing_glide_with_chain_norm, tiny_guessing_glide_with_feature, tiny_model,
@@ -184,11 +184,27 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
             target.forward(&mut tkv, &mut one).unwrap();
         }
     }
+    let out = drafter_rows_in_one_forward(&glide, &ps, &tkv, &ttables, &[]);
+    for (i, rows) in out.iter().enumerate() {
+        assert_eq!(rows, &alone[i], "sequence {i}");
+    }
+}
+
+/// The drafter's rows of every token of `prompts` in one forward from an empty cache, reading
+/// the target's cache `tkv` under `ttables` (one per prompt), with `features` (see
+/// [`GlideModel::forward_with_features`]).
+fn drafter_rows_in_one_forward(
+    glide: &GlideModel,
+    prompts: &[Vec<u32>],
+    tkv: &KvPool,
+    ttables: &[BlockTable],
+    features: &[Option<FeatureRow<'_>>],
+) -> Vec<Vec<Vec<f32>>> {
     let mut pool = glide.new_pool(256);
-    let mut tables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
     let mut batch: Vec<SeqInput<'_>> = tables
         .iter_mut()
-        .zip(&ps)
+        .zip(prompts)
         .map(|(table, p)| SeqInput {
             table,
             tokens: p,
@@ -196,10 +212,10 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
         })
         .collect();
     let refs: Vec<&BlockTable> = ttables.iter().collect();
-    let out = glide.forward(&mut pool, &mut batch, &tkv, &refs).unwrap();
-    for (i, rows) in out.iter().enumerate() {
-        assert_eq!(rows.to_vec2::<f32>().unwrap(), alone[i], "sequence {i}");
-    }
+    let out = glide
+        .forward_with_features(&mut pool, &mut batch, tkv, &refs, features)
+        .unwrap();
+    out.iter().map(|t| t.to_vec2::<f32>().unwrap()).collect()
 }
 
 /// The drafter's rows of `prompts` in one forward, each sequence's last row taking a feature
@@ -215,19 +231,7 @@ fn feature_rows_batched(
     let hidden: Vec<Vec<f32>> = prompts
         .iter()
         .zip(ttables.iter_mut())
-        .map(|(p, table)| {
-            let (_, mut rows) = target
-                .forward_keeping_hidden(
-                    &mut tkv,
-                    &mut [SeqInput {
-                        table,
-                        tokens: &p[..p.len() - 1],
-                        logits: Logits::Last,
-                    }],
-                )
-                .unwrap();
-            rows.remove(0).remove(0)
-        })
+        .map(|(p, table)| cache_keeping_last_hidden(target, &mut tkv, table, &p[..p.len() - 1]))
         .collect();
     let features: Vec<Option<FeatureRow<'_>>> = hidden
         .iter()
@@ -241,22 +245,7 @@ fn feature_rows_batched(
             })
         })
         .collect();
-    let mut pool = glide.new_pool(256);
-    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
-    let mut batch: Vec<SeqInput<'_>> = tables
-        .iter_mut()
-        .zip(prompts)
-        .map(|(table, p)| SeqInput {
-            table,
-            tokens: p,
-            logits: Logits::All,
-        })
-        .collect();
-    let refs: Vec<&BlockTable> = ttables.iter().collect();
-    let out = glide
-        .forward_with_features(&mut pool, &mut batch, &tkv, &refs, &features)
-        .unwrap();
-    out.iter().map(|t| t.to_vec2::<f32>().unwrap()).collect()
+    drafter_rows_in_one_forward(glide, prompts, &tkv, &ttables, &features)
 }
 
 /// A drafter whose chained rows have their own norm (`chain_norm`), in one forward where one

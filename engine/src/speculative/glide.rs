@@ -249,17 +249,29 @@ mod tests {
     fn target_before_last(target: &Model, tokens: &[u32]) -> (KvPool, BlockTable, Vec<f32>) {
         let mut target_kv = target.new_pool(16);
         let mut target_table = BlockTable::new();
+        let hidden = cache_before_last(target, &mut target_kv, &mut target_table, tokens);
+        (target_kv, target_table, hidden)
+    }
+
+    /// Caches all of `tokens` but the last in `kv` under `table`; the target's final normed
+    /// row at the last cached one.
+    fn cache_before_last(
+        target: &Model,
+        kv: &mut KvPool,
+        table: &mut BlockTable,
+        tokens: &[u32],
+    ) -> Vec<f32> {
         let (_, mut hidden) = target
             .forward_keeping_hidden(
-                &mut target_kv,
+                kv,
                 &mut [SeqInput {
-                    table: &mut target_table,
+                    table,
                     tokens: &tokens[..tokens.len() - 1],
                     logits: Logits::Last,
                 }],
             )
             .unwrap();
-        (target_kv, target_table, hidden.remove(0).remove(0))
+        hidden.remove(0).remove(0)
     }
 
     /// One round of greedy drafts for `tokens`, the target having cached all but the last, with
@@ -366,18 +378,9 @@ mod tests {
         let mut states = Vec::new();
         for (tokens, _) in seqs {
             let mut table = BlockTable::new();
-            let (_, mut hidden) = target
-                .forward_keeping_hidden(
-                    &mut target_kv,
-                    &mut [SeqInput {
-                        table: &mut table,
-                        tokens: &tokens[..tokens.len() - 1],
-                        logits: Logits::Last,
-                    }],
-                )
-                .unwrap();
+            let hidden = cache_before_last(target, &mut target_kv, &mut table, tokens);
             let mut state = glide_state(glide);
-            state.feature = Some((tokens.len() - 1, hidden.remove(0).remove(0)));
+            state.feature = Some((tokens.len() - 1, hidden));
             tables.push(table);
             states.push(state);
         }

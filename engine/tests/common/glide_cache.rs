@@ -118,18 +118,29 @@ pub fn target_cache(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable) {
 pub fn target_cache_and_hidden(m: &Model, tokens: &[u32]) -> (KvPool, BlockTable, Vec<f32>) {
     let mut pool = m.new_pool(64);
     let mut table = BlockTable::new();
+    let row = cache_keeping_last_hidden(m, &mut pool, &mut table, tokens);
+    (pool, table, row)
+}
+
+/// Caches `tokens` (at least one) in `pool` under `table` and returns the target's final
+/// normed hidden row at the last of them.
+pub fn cache_keeping_last_hidden(
+    m: &Model,
+    pool: &mut KvPool,
+    table: &mut BlockTable,
+    tokens: &[u32],
+) -> Vec<f32> {
     let (_, mut hidden) = m
         .forward_keeping_hidden(
-            &mut pool,
+            pool,
             &mut [SeqInput {
-                table: &mut table,
+                table,
                 tokens,
                 logits: Logits::Last,
             }],
         )
         .unwrap();
-    let row = hidden.remove(0).remove(0);
-    (pool, table, row)
+    hidden.remove(0).remove(0)
 }
 
 /// The drafter's logits rows for `tokens` fed from position 0, `chunk` tokens per forward,

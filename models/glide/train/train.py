@@ -76,8 +76,9 @@ def bench_prompts() -> set[str]:
 
 
 @torch.no_grad()
-def generate_answers(model, tok, prompts: list[str], batch: int, batch_tokens: int, max_new: int, device: str, deadline: float):
-    """The target's greedy chat answers: (prompt + answer ids, index of the first answer id).
+def generate_answers(model, tok, prompts: list[list[int]], batch: int, batch_tokens: int, max_new: int, device: str, deadline: float):
+    """The target's greedy chat answers to `prompts` (their chat ids, `chat_ids`): (prompt +
+    answer ids, index of the first answer id).
 
     A batch holds at most `batch` prompts and at most `batch_tokens` ids once answered (rows ×
     (longest prompt + `max_new`)): the static cache of fastgen.py holds that many positions."""
@@ -87,7 +88,7 @@ def generate_answers(model, tok, prompts: list[str], batch: int, batch_tokens: i
     decoder = FastDecoder(model)
     out = []
     t0 = time.time()
-    ids = chat_ids(tok, prompts)
+    ids = prompts
     # Batches of similar length (less padding): sorted within runs of GEN_SORT_RUN batches,
     # so that a deadline still leaves a sample of every length.
     run = batch * GEN_SORT_RUN
@@ -113,6 +114,8 @@ def end_ids(tok) -> list[int]:
 
 
 def chat_ids(tok, prompts: list[str]) -> list[list[int]]:
+    if not prompts:
+        return []  # the tokenizer fails on an empty batch
     texts = [
         tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         for p in prompts
@@ -219,11 +222,11 @@ def cmd_prepare(a, loaded=None) -> None:
     log(f"generating the target's answers to {len(eval_prompts)} held-out and {len(prompts)} training prompts")
     t0 = time.time()
     distill_eval = generate_answers(
-        model, tok, eval_prompts, a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline
+        model, tok, chat_ids(tok, eval_prompts), a.gen_batch, a.gen_batch_tokens, a.gen_tokens, a.device, a.gen_deadline
     )
     # Answers kept by earlier sessions (answers.py, read first) train again; only prompts none
     # of them answered are answered now.
-    todo = [p for p, ids in zip(prompts, chat_ids(tok, prompts)) if tuple(ids) not in cached]
+    todo = [ids for ids in chat_ids(tok, prompts) if tuple(ids) not in cached]
     if a.answers_in:
         log(f"  {len(cached)} answers from {len(a.answers_in)} cache file(s); {len(prompts) - len(todo)} of this call's prompts among them")
     fresh = generate_answers(
@@ -237,7 +240,7 @@ def cmd_prepare(a, loaded=None) -> None:
     distill = list(cached.values()) + fresh
     # bench-spec's prompts, answered as bench-spec measures them (128 tokens): for evaluation
     # only, so that the report can be set beside what specd measures on them.
-    bench_eval = generate_answers(model, tok, bench_prompt_texts(), a.gen_batch, a.gen_batch_tokens, 128, a.device, 60)
+    bench_eval = generate_answers(model, tok, chat_ids(tok, bench_prompt_texts()), a.gen_batch, a.gen_batch_tokens, 128, a.device, 60)
 
     log("tokenizing the source")
     random.Random(a.seed + 2).shuffle(held_in)
