@@ -162,14 +162,21 @@ MATMUL_SHAPES(q5_0, F_Q5_0)
 
 // The 8x8 tile of 8 warps with the weights staged through shared memory: each K slab of SLAB
 // chunks (32 weights each) of the CTA's 8 weight rows is copied in with 16-byte loads that cover
-// the rows' bytes contiguously (cp.async, the next slab in flight while this one computes), and
-// the lanes decode their mma fragments from the copy. The row kernels above load each lane's
-// 8 weights straight from global memory, a few bytes from each of 8 rows per instruction,
-// which spends the load pipeline on many partly used lines. Warp w still adds chunks c ≡ w
-// (mod 8) in increasing order (a slab holds a multiple of 8 chunks) and the warps' partial sums
-// meet as above, so the results are those of every 8-warp kernel, bit for bit.
+// the rows' bytes contiguously (cp.async, the next STAGES - 1 slabs in flight while one
+// computes), and the lanes decode their mma fragments from the copy. The row kernels above load
+// each lane's 8 weights straight from global memory, a few bytes from each of 8 rows per
+// instruction, which spends the load pipeline on many partly used lines. Warp w still adds
+// chunks c ≡ w (mod 8) in increasing order (a slab holds a multiple of 8 chunks) and the warps'
+// partial sums meet as above, so the results are those of every 8-warp kernel, bit for bit.
+//
+// A CTA takes the column tiles blockIdx.x, blockIdx.x + gridDim.x, ...: 8x8s launches one CTA a
+// tile, 8x8p as many as the GPU holds at once (a persistent grid), so that a CTA's copies of its
+// next tile are in flight while it finishes one (the slabs of all its tiles are one pipeline),
+// instead of each small CTA waiting out a whole memory latency before its first product.
 #define STAGE_SLAB 32
 #define STAGE_PAD 48
+// The most static shared memory the stages of one CTA take (bf16 slabs are the largest).
+#define STAGE_BYTES_MAX 40960
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
@@ -179,7 +186,7 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-template <int F, int MTILES>
+template <int F, int MTILES, int STAGES_WANTED>
 __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w, size_t row_bytes,
                                                    const bf16* __restrict__ x, float* __restrict__ y,
                                                    const float* __restrict__ bias, int rows, int n,
@@ -190,62 +197,79 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
     // A row's slab with room for its start's offset in a 16-byte piece and the last piece; the
     // stride keeps the 8 rows in different banks.
     constexpr int SEG = ((SLAB_BYTES + 32 + 15) / 16) * 16 + 16;
-    __shared__ __align__(16) uint8_t stage[2][COLS][SEG];
+    constexpr int FIT = STAGE_BYTES_MAX / (COLS * SEG);
+    constexpr int STAGES = STAGES_WANTED < FIT ? STAGES_WANTED : (FIT < 2 ? 2 : FIT);
+    __shared__ __align__(16) uint8_t stage[STAGES][COLS][SEG];
     __shared__ float part[KWARPS][16][COLS + 1];
-    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    // The warp index taken modulo KWARPS (a no-op for the 256 threads launched) tells the
+    // compiler its range, so that a chunk's offset in its block folds into constants and
+    // warp-uniform values (every chunk a warp decodes sits at the same place in its block).
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % KWARPS;
     const int g = lane / 4, t = lane % 4;
-    const int n0 = blockIdx.x * COLS;
     const int chunks = k / 32, slabs = (k + SLAB_K - 1) / SLAB_K;
+    const int tiles_n = (n + COLS - 1) / COLS;
+    // This CTA's work as units: unit u is slab u % slabs of its (u / slabs)-th tile.
+    const int my_tiles = (int)blockIdx.x < tiles_n ? (tiles_n - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int units = my_tiles * slabs;
     const uint8_t* const end = w + (size_t)n * row_bytes;
-    // Copies slab s of the 8 rows (the last tile's extra rows repeat row n - 1) into buffer b;
-    // returns nothing to wait for where a piece ran past the matrix and was copied by bytes.
-    auto stage_slab = [&](int b, int s) {
-        const int kb = s * SLAB_K, len_k = min(SLAB_K, k - kb);
-        const int len = len_k / Fmt<F>::BLOCK * Fmt<F>::BYTES;
-        for (int i = threadIdx.x; i < COLS * (SEG / 16); i += blockDim.x) {
-            const int j = i / (SEG / 16), p = i % (SEG / 16);
-            const uint8_t* src = w + (size_t)min(n0 + j, n - 1) * row_bytes + (size_t)kb / Fmt<F>::BLOCK * Fmt<F>::BYTES;
-            const size_t off = (size_t)src % 16;
-            const uint8_t* piece = src - off + 16 * p;
-            if (16 * p >= off + len) continue;
-            if (piece + 16 <= end) {
-                cp_async16(&stage[b][j][16 * p], piece);
-            } else {
-                for (int q = 0; q < 16; ++q)
-                    if (piece + q < end) stage[b][j][16 * p + q] = piece[q];
+    auto unit_n0 = [&](int u) { return ((int)blockIdx.x + (u / slabs) * (int)gridDim.x) * COLS; };
+    // Where slab s of row j of the tile at n0 starts in global memory (the last tile's extra
+    // rows repeat row n - 1; their results are never written).
+    auto slab_start = [&](int n0, int j, int s) -> const uint8_t* {
+        return w + (size_t)min(n0 + j, n - 1) * row_bytes + (size_t)s * SLAB_BYTES;
+    };
+    // This thread's 16-byte pieces of a unit, the same in every unit: row j, piece p.
+    constexpr int PIECES = SEG / 16, PER_THREAD = (COLS * PIECES + 255) / 256;
+    // Copies unit u (if there is one) into buffer u % STAGES and commits a group either way, so
+    // that every thread has committed the same number of groups; a piece that runs past the
+    // matrix is copied by bytes.
+    auto stage_unit = [&](int u) {
+        if (u < units) {
+            const int b = u % STAGES, s = u % slabs, n0 = unit_n0(u);
+            const int len = min(SLAB_K, k - s * SLAB_K) / Fmt<F>::BLOCK * Fmt<F>::BYTES;
+#pragma unroll
+            for (int e = 0; e < PER_THREAD; ++e) {
+                const int i = threadIdx.x + 256 * e;
+                if (i >= COLS * PIECES) break;
+                const int j = i / PIECES, p = i % PIECES;
+                const uint8_t* src = slab_start(n0, j, s);
+                const int off = (int)((size_t)src % 16);
+                const uint8_t* piece = src - off + 16 * p;
+                if (16 * p >= off + len) continue;
+                if (piece + 16 <= end) {
+                    cp_async16(&stage[b][j][16 * p], piece);
+                } else {
+                    for (int q = 0; q < 16; ++q)
+                        if (piece + q < end) stage[b][j][16 * p + q] = piece[q];
+                }
             }
         }
         cp_async_commit();
-    };
-    auto row_in_stage = [&](int b, int j, int s) -> const uint8_t* {
-        const uint8_t* src = w + (size_t)min(n0 + j, n - 1) * row_bytes +
-                             (size_t)(s * SLAB_K) / Fmt<F>::BLOCK * Fmt<F>::BYTES;
-        return &stage[b][j][(size_t)src % 16];
     };
     for (int r0 = 0; r0 < rows; r0 += 16 * MTILES) {
         float acc[MTILES][4];
 #pragma unroll
         for (int m = 0; m < MTILES; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
         const int tiles = min(MTILES, (rows - r0 + 15) / 16);
-        stage_slab(0, 0);
-        for (int s = 0; s < slabs; ++s) {
-            if (s + 1 < slabs) {
-                stage_slab((s + 1) % 2, s + 1);
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
+#pragma unroll
+        for (int i = 0; i < STAGES - 1; ++i) stage_unit(i);
+        for (int u = 0; u < units; ++u) {
+            // Unit u has arrived, and every warp is done with the buffer unit u + STAGES - 1 takes.
+            cp_async_wait<STAGES - 2>();
             __syncthreads();
-            const uint8_t* wr = row_in_stage(s % 2, g, s);
+            stage_unit(u + STAGES - 1);
+            const int s = u % slabs, n0 = unit_n0(u);
+            const uint8_t* src = slab_start(n0, g, s);
+            const uint8_t* wr = &stage[u % STAGES][g][(size_t)src % 16];
             uint32_t b[STAGE_SLAB / KWARPS][4];
 #pragma unroll
-            for (int u = 0; u < STAGE_SLAB / KWARPS; ++u) {
-                const int c = s * STAGE_SLAB + warp + u * KWARPS;
-                if (c < chunks) Fmt<F>::load8_row(wr, (warp + u * KWARPS) * 32 + t * 8, b[u]);
+            for (int v = 0; v < STAGE_SLAB / KWARPS; ++v) {
+                const int c = s * STAGE_SLAB + warp + v * KWARPS;
+                if (c < chunks) Fmt<F>::load8_row(wr, (warp + v * KWARPS) * 32 + t * 8, b[v]);
             }
 #pragma unroll
-            for (int u = 0; u < STAGE_SLAB / KWARPS; ++u) {
-                const int c = s * STAGE_SLAB + warp + u * KWARPS;
+            for (int v = 0; v < STAGE_SLAB / KWARPS; ++v) {
+                const int c = s * STAGE_SLAB + warp + v * KWARPS;
                 if (c >= chunks) break;
                 const int kk = c * 32 + t * 8;
 #pragma unroll
@@ -254,40 +278,58 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
                     const int ra = r0 + m * 16 + g;
                     const uint4 xa = load_x8(x, rows, ra, k, kk);
                     const uint4 xb = load_x8(x, rows, ra + 8, k, kk);
-                    mma_bf16(acc[m], xa.x, xb.x, xa.y, xb.y, b[u][0], b[u][1]);
-                    mma_bf16(acc[m], xa.z, xb.z, xa.w, xb.w, b[u][2], b[u][3]);
+                    mma_bf16(acc[m], xa.x, xb.x, xa.y, xb.y, b[v][0], b[v][1]);
+                    mma_bf16(acc[m], xa.z, xb.z, xa.w, xb.w, b[v][2], b[v][3]);
                 }
             }
-            __syncthreads();
-        }
+            if (s + 1 < slabs) continue;
+            // The tile's last slab: its warps' partial sums, one m-tile at a time, added in
+            // warp order.
 #pragma unroll
-        for (int m = 0; m < MTILES; ++m) {
-            if (m >= tiles) break;
-            store_fragment<COLS>(part[warp], acc[m], g, t, 0);
-            __syncthreads();
-            for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
-                const int rr = o / COLS, col = o % COLS;
-                const int row = r0 + m * 16 + rr, nn = n0 + col;
-                if (row < rows && nn < n)
-                    y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
+            for (int m = 0; m < MTILES; ++m) {
+                if (m >= tiles) break;
+                store_fragment<COLS>(part[warp], acc[m], g, t, 0);
+                __syncthreads();
+                for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
+                    const int rr = o / COLS, col = o % COLS;
+                    const int row = r0 + m * 16 + rr, nn = n0 + col;
+                    if (row < rows && nn < n)
+                        y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
+                }
+                __syncthreads();
+                acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
             }
-            __syncthreads();
         }
+        // The empty groups of the last units, before the next pass stages into the buffers.
+        cp_async_wait<0>();
+        __syncthreads();
     }
 }
 
-#define MATMUL_STAGED_KERNEL(FMTNAME, F)                                                          \
-    extern "C" __global__ void __launch_bounds__(256) matmul_##FMTNAME##_8x8s(                    \
+#define MATMUL_STAGED_KERNEL(FMTNAME, F, TAG, STAGES, MIN_CTAS)                                   \
+    extern "C" __global__ void __launch_bounds__(256, MIN_CTAS) matmul_##FMTNAME##_##TAG(         \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const bf16* __restrict__ x, \
         float* __restrict__ y, const float* __restrict__ bias, int rows, int n, int k, int ldy) { \
         grid_dependency();                                                                        \
-        matmul_staged_body<F, 2>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);               \
+        matmul_staged_body<F, 2, STAGES>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);      \
     }
-MATMUL_STAGED_KERNEL(bf16, F_BF16)
-MATMUL_STAGED_KERNEL(q4k, F_Q4K)
-MATMUL_STAGED_KERNEL(q6k, F_Q6K)
-MATMUL_STAGED_KERNEL(q8_0, F_Q8_0)
-MATMUL_STAGED_KERNEL(q5_0, F_Q5_0)
+// 8x8p's slabs in flight (less where they would not fit STAGE_BYTES_MAX) and the CTAs an SM
+// must hold (registers are what limit it); -D overrides them for a trial build
+// (SPECD_KERNELS_DIR in kernels/src/cuda/ops.rs).
+#ifndef PERSISTENT_STAGES
+#define PERSISTENT_STAGES 4
+#endif
+#ifndef PERSISTENT_MIN_CTAS
+#define PERSISTENT_MIN_CTAS 1
+#endif
+#define MATMUL_STAGED_SHAPES(FMTNAME, F)                                           \
+    MATMUL_STAGED_KERNEL(FMTNAME, F, 8x8s, 2, 1)                                   \
+    MATMUL_STAGED_KERNEL(FMTNAME, F, 8x8p, PERSISTENT_STAGES, PERSISTENT_MIN_CTAS)
+MATMUL_STAGED_SHAPES(bf16, F_BF16)
+MATMUL_STAGED_SHAPES(q4k, F_Q4K)
+MATMUL_STAGED_SHAPES(q6k, F_Q6K)
+MATMUL_STAGED_SHAPES(q8_0, F_Q8_0)
+MATMUL_STAGED_SHAPES(q5_0, F_Q5_0)
 
 // The same product on the CUDA cores, for comparison and as a fallback (SPECD_MATMUL=simple):
 // a warp per output column, lanes over K eight weights at a time, rows in tiles of 8; each

@@ -217,9 +217,18 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     ];
     for format in formats {
         let shapes: &[(usize, usize)] = match format.map(QuantFormat::block_len) {
-            // Both sides past MatmulKernel::NARROW_MAX too, where `auto` switches kernels.
-            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304)],
-            _ => &[(45, 96), (300, 896), (7, 32), (1029, 224), (2056, 2112)],
+            // Both sides past MatmulKernel::NARROW_MAX too, where `auto` switches kernels; and
+            // more column tiles than an H100 or H200 holds CTAs of 8x8p (264), so that its
+            // persistent CTAs each take several tiles of several slabs.
+            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304), (4101, 1280)],
+            _ => &[
+                (45, 96),
+                (300, 896),
+                (7, 32),
+                (1029, 224),
+                (2056, 2112),
+                (4101, 1056),
+            ],
         };
         for &(n, k) in shapes {
             let (_wbuf, view, w) = upload_matrix(&g, &mut rng, format, n, k);

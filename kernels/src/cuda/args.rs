@@ -166,13 +166,16 @@ pub enum MatmulKernel {
     /// Tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulate), built as
     /// `matmul_<format>_<name>` (matmul.cu's MATMUL_SHAPES): `cols` output columns per CTA,
     /// `warps` warps splitting K, `unroll` chunks of 32 weights per row loaded ahead by each lane
-    /// (more bytes in flight, more registers), `mtiles` 16-row tiles per pass over the weights.
+    /// (more bytes in flight, more registers), `mtiles` 16-row tiles per pass over the weights;
+    /// `persistent`: launched as as many CTAs as the GPU holds at once, each taking every
+    /// grid-th tile of columns (else one CTA a tile).
     TensorCore {
         name: &'static str,
         cols: u32,
         warps: u32,
         unroll: u32,
         mtiles: u32,
+        persistent: bool,
     },
     /// CUDA cores, a warp per output column.
     Simple,
@@ -198,12 +201,13 @@ const fn tc(name: &'static str, cols: u32, warps: u32, unroll: u32, mtiles: u32)
         warps,
         unroll,
         mtiles,
+        persistent: false,
     }
 }
 
 impl MatmulKernel {
     /// Every row kernel built into the module (matmul.cu's MATMUL_SHAPES, in their order).
-    pub const ALL: [MatmulKernel; 12] = [
+    pub const ALL: [MatmulKernel; 13] = [
         tc("8x8", 8, 8, 4, 4),
         tc("16x8", 16, 8, 4, 4),
         tc("32x8", 32, 8, 2, 2),
@@ -216,13 +220,22 @@ impl MatmulKernel {
         tc("32x8m4", 32, 8, 2, 4),
         // The 8x8 tile with its weights staged through shared memory in slabs of 32 chunks.
         tc("8x8s", 8, 8, 4, 2),
+        // The same with 4 slabs in flight and a persistent grid.
+        MatmulKernel::TensorCore {
+            name: "8x8p",
+            cols: 8,
+            warps: 8,
+            unroll: 4,
+            mtiles: 2,
+            persistent: true,
+        },
         MatmulKernel::Simple,
     ];
 
     /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], every
     /// row kernel, and the GEMM.
-    pub const CHOICES: [MatmulKernel; 14] = {
-        let mut c = [MatmulKernel::Auto; 14];
+    pub const CHOICES: [MatmulKernel; 15] = {
+        let mut c = [MatmulKernel::Auto; 15];
         let mut i = 0;
         while i < Self::ALL.len() {
             c[i + 1] = Self::ALL[i];
@@ -242,11 +255,13 @@ impl MatmulKernel {
     /// [`MatmulKernel::NARROW_MAX`].
     pub const NARROW: MatmulKernel = Self::ALL[5];
     /// [`MatmulKernel::Auto`]'s choice for quantized matrices with a side of at most
-    /// [`MatmulKernel::NARROW_MAX`]: 8x8s, whose staged copies read GGUF blocks in whole
-    /// 16-byte pieces. On the real 1.5B Q4_K_M (H100, session 18) a decode step took 2.46 ms
-    /// with it against 3.03 ms with 8x8u8 and 3.06 ms with 8x8 (BENCHMARKS.md); not yet
-    /// measured on bf16 weights, which keep [`MatmulKernel::NARROW`].
-    pub const NARROW_QUANTIZED: MatmulKernel = Self::ALL[10];
+    /// [`MatmulKernel::NARROW_MAX`]: 8x8p, whose staged copies read GGUF blocks in whole
+    /// 16-byte pieces, four slabs ahead, in a persistent grid. On the real 1.5B Q4_K_M (H100,
+    /// session 18) a decode step took 2.46 ms with 8x8s (one CTA a tile, one slab ahead)
+    /// against 3.03 ms with 8x8u8 and 3.06 ms with 8x8, and Nsight Compute found 8x8s reading
+    /// 250–810 GB/s of the H100's 3,350 (session 19, BENCHMARKS.md); not yet measured on bf16
+    /// weights, which keep [`MatmulKernel::NARROW`].
+    pub const NARROW_QUANTIZED: MatmulKernel = Self::ALL[11];
     /// The widest side [`MatmulKernel::NARROW`] is chosen for.
     pub const NARROW_MAX: usize = 2048;
     /// [`MatmulKernel::Auto`]'s choice for the others.
@@ -302,14 +317,37 @@ impl MatmulKernel {
         Self::CHOICES.into_iter().find(|k| k.name() == name)
     }
 
-    /// CTAs and threads per CTA of a row product with `n` output columns.
-    pub(super) fn launch_shape(self, n: usize) -> (usize, u32) {
-        let (cols, threads) = match self {
-            MatmulKernel::TensorCore { cols, warps, .. } => (cols as usize, warps * 32),
-            MatmulKernel::Simple => (8, 256),
+    /// CTAs and threads per CTA of a row product with `n` output columns, where the GPU holds
+    /// `resident` CTAs of this kernel at once (a persistent kernel's grid).
+    pub(super) fn launch_shape(self, n: usize, resident: usize) -> (usize, u32) {
+        let (cols, threads, persistent) = match self {
+            MatmulKernel::TensorCore {
+                cols,
+                warps,
+                persistent,
+                ..
+            } => (cols as usize, warps * 32, persistent),
+            MatmulKernel::Simple => (8, 256, false),
             MatmulKernel::Gemm | MatmulKernel::Auto => unreachable!("launched on their own"),
         };
-        (n.div_ceil(cols), threads)
+        let tiles = n.div_ceil(cols);
+        let blocks = if persistent {
+            tiles.min(resident.max(1))
+        } else {
+            tiles
+        };
+        (blocks, threads)
+    }
+
+    /// Whether the kernel is launched as a persistent grid.
+    pub fn persistent(self) -> bool {
+        matches!(
+            self,
+            MatmulKernel::TensorCore {
+                persistent: true,
+                ..
+            }
+        )
     }
 }
 
@@ -332,7 +370,8 @@ mod tests {
             auto.resolve(5, 151_936, 1536, q6k),
             MatmulKernel::NARROW_QUANTIZED
         );
-        assert_eq!(MatmulKernel::NARROW_QUANTIZED.name(), "8x8s");
+        assert_eq!(MatmulKernel::NARROW_QUANTIZED.name(), "8x8p");
+        assert!(MatmulKernel::NARROW_QUANTIZED.persistent());
         assert_eq!(auto.resolve(1, 18_944, 3584, bf16), MatmulKernel::WIDE);
         assert_eq!(auto.resolve(1, 18_944, 3584, q4k), MatmulKernel::WIDE);
         assert_eq!(auto.resolve(64, 17_920, 1536, q4k), MatmulKernel::Gemm);

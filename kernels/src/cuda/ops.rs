@@ -31,8 +31,8 @@ pub(super) fn kernel_index(k: MatmulKernel) -> usize {
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 
 pub(super) struct Kernels {
-    /// By (kernel, format index).
-    matmul: std::collections::HashMap<(MatmulKernel, usize), CudaFunction>,
+    /// By (kernel, format index): the function, and how many CTAs of it the GPU holds at once.
+    matmul: std::collections::HashMap<(MatmulKernel, usize), (CudaFunction, usize)>,
     embed_rows: CudaFunction,
     gemm_bf16: CudaFunction,
     dequantize_rows: CudaFunction,
@@ -84,11 +84,20 @@ impl Kernels {
             m.load_function(name)
                 .map_err(GpuError::driver("finding a kernel in specd's PTX"))
         };
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(GpuError::driver("reading the number of multiprocessors"))?
+            .max(1) as usize;
         let mut matmul = std::collections::HashMap::new();
         for kernel in MatmulKernel::ALL {
+            let (_, threads) = kernel.launch_shape(1, 1);
             for (fi, fmt) in FORMATS.iter().enumerate() {
                 let name = format!("matmul_{fmt}_{}", kernel.name());
-                matmul.insert((kernel, fi), f(&mm, &name)?);
+                let function = f(&mm, &name)?;
+                let per_sm = function
+                    .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+                    .map_err(GpuError::driver("reading a kernel's occupancy"))?;
+                matmul.insert((kernel, fi), (function, sms * per_sm.max(1) as usize));
             }
         }
         let gemm_bf16 = f(&gemm, "gemm_bf16")?;
@@ -228,7 +237,7 @@ impl Gpu {
     }
 
     fn row_product(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {
-        let f = &self.kernels().matmul[&(kernel, a.w.format.index())];
+        let (f, resident) = &self.kernels().matmul[&(kernel, a.w.format.index())];
         let (w, rb, x, y, bias) = (a.w.ptr, a.w.row_bytes(), a.x, a.y, a.bias);
         let (rows, n, k, ldy) = (
             to_i32(a.rows),
@@ -239,7 +248,7 @@ impl Gpu {
         let mut b = Args::default();
         b.arg(&w).arg(&rb).arg(&x).arg(&y).arg(&bias);
         b.arg(&rows).arg(&n).arg(&k).arg(&ldy);
-        let (blocks, threads) = kernel.launch_shape(a.w.rows);
+        let (blocks, threads) = kernel.launch_shape(a.w.rows, *resident);
         self.launch(f, grid(blocks, threads), b)
     }
 
