@@ -162,8 +162,8 @@ MATMUL_SHAPES(q5_0, F_Q5_0)
 
 // The 8x8 tile of 8 warps with the weights staged through shared memory: each K slab of SLAB
 // chunks (32 weights each) of the CTA's 8 weight rows is copied in with 16-byte loads that cover
-// the rows' bytes contiguously (cp.async, the next STAGES - 1 slabs in flight while one
-// computes), and the lanes decode their mma fragments from the copy. The row kernels above load
+// the rows' bytes contiguously (cp.async into STAGES buffers: STAGES - 1 slabs in flight while
+// one computes), and the lanes decode their mma fragments from the copy. The row kernels above load
 // each lane's 8 weights straight from global memory, a few bytes from each of 8 rows per
 // instruction, which spends the load pipeline on many partly used lines. Warp w still adds
 // chunks c ≡ w (mod 8) in increasing order (a slab holds a multiple of 8 chunks) and the warps'
@@ -191,7 +191,8 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
                                                    const bf16* __restrict__ x, float* __restrict__ y,
                                                    const float* __restrict__ bias, int rows, int n,
                                                    int k, int ldy) {
-    constexpr int KWARPS = 8, COLS = 8;
+    constexpr int KWARPS = 8, COLS = 8, THREADS = KWARPS * WARP;
+    static_assert(STAGES_WANTED >= 2, "one buffer computes while the next ones arrive");
     constexpr int SLAB_K = STAGE_SLAB * 32;  // weights of a slab, a multiple of every block
     constexpr int SLAB_BYTES = SLAB_K / Fmt<F>::BLOCK * Fmt<F>::BYTES;
     // A row's slab with room for its start's offset in a 16-byte piece and the last piece; the
@@ -218,8 +219,10 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
     auto slab_start = [&](int n0, int j, int s) -> const uint8_t* {
         return w + (size_t)min(n0 + j, n - 1) * row_bytes + (size_t)s * SLAB_BYTES;
     };
-    // This thread's 16-byte pieces of a unit, the same in every unit: row j, piece p.
-    constexpr int PIECES = SEG / 16, PER_THREAD = (COLS * PIECES + 255) / 256;
+    // This thread's 16-byte pieces of a unit, the same in every unit: row j, piece p. The
+    // copy and the warp indices above assume the THREADS the kernels are launched with.
+    constexpr int PIECES = SEG / 16, PER_THREAD = (COLS * PIECES + THREADS - 1) / THREADS;
+    if (blockDim.x != THREADS) __trap();
     // Copies unit u (if there is one) into buffer u % STAGES and commits a group either way, so
     // that every thread has committed the same number of groups; a piece that runs past the
     // matrix is copied by bytes.
@@ -229,7 +232,7 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
             const int len = min(SLAB_K, k - s * SLAB_K) / Fmt<F>::BLOCK * Fmt<F>::BYTES;
 #pragma unroll
             for (int e = 0; e < PER_THREAD; ++e) {
-                const int i = threadIdx.x + 256 * e;
+                const int i = threadIdx.x + THREADS * e;
                 if (i >= COLS * PIECES) break;
                 const int j = i / PIECES, p = i % PIECES;
                 const uint8_t* src = slab_start(n0, j, s);
@@ -313,9 +316,9 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
         grid_dependency();                                                                        \
         matmul_staged_body<F, 2, STAGES>(w, (size_t)row_bytes, x, y, bias, rows, n, k, ldy);      \
     }
-// 8x8p's slabs in flight (less where they would not fit STAGE_BYTES_MAX) and the CTAs an SM
-// must hold (registers are what limit it); -D overrides them for a trial build
-// (SPECD_KERNELS_DIR in kernels/src/cuda/ops.rs).
+// 8x8p's buffers (fewer where they would not fit STAGE_BYTES_MAX: bf16 gets 2) and the CTAs an
+// SM must hold (registers are what limit it); `nvcc -D` overrides them for a trial build that
+// specd loads through SPECD_KERNELS_DIR (kernels/src/cuda/ops.rs).
 #ifndef PERSISTENT_STAGES
 #define PERSISTENT_STAGES 4
 #endif

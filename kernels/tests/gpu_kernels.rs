@@ -218,16 +218,17 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     for format in formats {
         let shapes: &[(usize, usize)] = match format.map(QuantFormat::block_len) {
             // Both sides past MatmulKernel::NARROW_MAX too, where `auto` switches kernels; and
-            // more column tiles than an H100 or H200 holds CTAs of 8x8p (264), so that its
-            // persistent CTAs each take several tiles of several slabs.
-            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304), (4101, 1280)],
+            // more 8-column tiles (1,057) than any GPU of up to 132 SMs holds CTAs of 8x8p (8
+            // an SM at most, by threads), so that its persistent CTAs each take several tiles of
+            // several slabs whatever their registers.
+            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304), (8451, 1280)],
             _ => &[
                 (45, 96),
                 (300, 896),
                 (7, 32),
                 (1029, 224),
                 (2056, 2112),
-                (4101, 1056),
+                (8451, 1056),
             ],
         };
         for &(n, k) in shapes {

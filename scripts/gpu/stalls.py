@@ -44,6 +44,8 @@ def main():
         kernel = r[col["Kernel Name"]] + (f" grid {r[grid]}" if grid is not None else "")
         vals = []
         for reason, n in families[family]:
+            if reason == "selected":  # issuing, not waiting: about one a cycle issued
+                continue
             try:
                 vals.append((float(r[col[n]].replace(",", "")), reason))
             except ValueError:

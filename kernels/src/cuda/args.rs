@@ -220,7 +220,8 @@ impl MatmulKernel {
         tc("32x8m4", 32, 8, 2, 4),
         // The 8x8 tile with its weights staged through shared memory in slabs of 32 chunks.
         tc("8x8s", 8, 8, 4, 2),
-        // The same with 4 slabs in flight and a persistent grid.
+        // The same with 4 buffers (3 slabs in flight while one computes; bf16 2) and a
+        // persistent grid.
         MatmulKernel::TensorCore {
             name: "8x8p",
             cols: 8,
@@ -256,7 +257,7 @@ impl MatmulKernel {
     pub const NARROW: MatmulKernel = Self::ALL[5];
     /// [`MatmulKernel::Auto`]'s choice for quantized matrices with a side of at most
     /// [`MatmulKernel::NARROW_MAX`]: 8x8p, whose staged copies read GGUF blocks in whole
-    /// 16-byte pieces, four slabs ahead, in a persistent grid. On the real 1.5B Q4_K_M (H100,
+    /// 16-byte pieces, three slabs ahead, in a persistent grid. On the real 1.5B Q4_K_M (H100,
     /// session 18) a decode step took 2.46 ms with 8x8s (one CTA a tile, one slab ahead)
     /// against 3.03 ms with 8x8u8 and 3.06 ms with 8x8, and Nsight Compute found 8x8s reading
     /// 250–810 GB/s of the H100's 3,350 (session 19, BENCHMARKS.md); not yet measured on bf16
