@@ -44,6 +44,23 @@ __device__ __forceinline__ float ordered_sum(const float (*tables)[16][COLS + 1]
     return s;
 }
 
+// Writes the outputs of one 16-row m-tile from the warps' partial-sum tables, which every warp
+// has just stored its fragments into (rows row0.., columns n0..): the barriers before and after
+// keep the tables whole while they are read and free for the next tile's fragments.
+template <int KWARPS, int COLS>
+__device__ __forceinline__ void write_tile(const float (*part)[16][COLS + 1], int row0, int rows,
+                                           int n0, int n, float* __restrict__ y, int ldy,
+                                           const float* __restrict__ bias) {
+    __syncthreads();
+    for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
+        const int rr = o / COLS, col = o % COLS;
+        const int row = row0 + rr, nn = n0 + col;
+        if (row < rows && nn < n)
+            y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
+    }
+    __syncthreads();
+}
+
 // NTL n8-tiles per warp (a CTA owns 8·NTL output columns), KWARPS warps splitting K, MTILES
 // 16-row m-tiles per pass, UNROLL chunks of weights loaded ahead. None of these changes the
 // order in which one output element is accumulated for a given KWARPS. (Loading the next round
@@ -115,14 +132,7 @@ __device__ __forceinline__ void matmul_body(const uint8_t* __restrict__ w, size_
             if (m >= tiles) break;
 #pragma unroll
             for (int j = 0; j < NTL; ++j) store_fragment<COLS>(part[warp], acc[m][j], g, t, j);
-            __syncthreads();
-            for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
-                const int rr = o / COLS, col = o % COLS;
-                const int row = r0 + m * 16 + rr, nn = n0 + col;
-                if (row < rows && nn < n)
-                    y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
-            }
-            __syncthreads();
+            write_tile<KWARPS, COLS>(part, r0 + m * 16, rows, n0, n, y, ldy, bias);
         }
     }
 }
@@ -292,14 +302,7 @@ __device__ __forceinline__ void matmul_staged_body(const uint8_t* __restrict__ w
             for (int m = 0; m < MTILES; ++m) {
                 if (m >= tiles) break;
                 store_fragment<COLS>(part[warp], acc[m], g, t, 0);
-                __syncthreads();
-                for (int o = threadIdx.x; o < 16 * COLS; o += blockDim.x) {
-                    const int rr = o / COLS, col = o % COLS;
-                    const int row = r0 + m * 16 + rr, nn = n0 + col;
-                    if (row < rows && nn < n)
-                        y[(size_t)row * ldy + nn] = ordered_sum<KWARPS, COLS>(part, rr, col, bias, nn);
-                }
-                __syncthreads();
+                write_tile<KWARPS, COLS>(part, r0 + m * 16, rows, n0, n, y, ldy, bias);
                 acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
             }
         }
