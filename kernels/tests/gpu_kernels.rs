@@ -15,8 +15,8 @@ use specd_kernels::cpu::{
     self, sample, AttentionShape, KvChunks, QuantFormat, QuantMatrix, Serial,
 };
 use specd_kernels::cuda::{
-    bf16_to_f32, f32_to_bf16, AttentionArgs, Buffer, Gpu, KvLayout, MatmulArgs, MatmulKernel,
-    RejectionArgs, RopeArgs, WeightFormat, WeightView,
+    bf16_to_f32, f32_to_bf16, q8_bytes, AttentionArgs, Buffer, Gpu, KvLayout, MatmulArgs,
+    MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
 };
 
 /// A small xorshift generator: each test draws from its own stream of the run's seed.
@@ -144,24 +144,26 @@ fn gpu_format(f: QuantFormat) -> WeightFormat {
     }
 }
 
-/// A random matrix in `format` (None: bf16): its bytes and its exact values as the kernels
-/// see them (dequantized by our CPU decoder, rounded to bf16).
+/// A random matrix in `format` (None: bf16): its bytes, its exact values as the tensor-core
+/// kernels see them (dequantized by our CPU decoder, rounded to bf16), and as the
+/// 8-bit-activation kernels do (not rounded).
 fn random_matrix(
     rng: &mut Rng,
     format: Option<QuantFormat>,
     n: usize,
     k: usize,
-) -> (WeightFormat, Vec<u8>, Vec<f32>) {
+) -> (WeightFormat, Vec<u8>, Vec<f32>, Vec<f32>) {
     let values: Vec<f32> = (0..n * k)
         .map(|i| rng.sym(1.0) * (1.0 + (i / 32 % 5) as f32))
         .collect();
     match format {
         None => {
             let bits = bf16(&values);
-            let exact = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+            let exact: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
             (
                 WeightFormat::Bf16,
                 bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+                exact.clone(),
                 exact,
             )
         }
@@ -174,13 +176,13 @@ fn random_matrix(
             for (j, row) in exact.chunks_exact_mut(k).enumerate() {
                 m.dequantize_row(j, row);
             }
-            let exact = exact.into_iter().map(round_bf16).collect();
-            (gpu_format(f), bytes, exact)
+            let rounded = exact.iter().copied().map(round_bf16).collect();
+            (gpu_format(f), bytes, rounded, exact)
         }
     }
 }
 
-/// [`random_matrix`] uploaded: its buffer, its view and its exact values.
+/// [`random_matrix`] uploaded: its buffer, its view and its exact values (bf16-rounded).
 fn upload_matrix(
     g: &Gpu,
     rng: &mut Rng,
@@ -188,7 +190,19 @@ fn upload_matrix(
     n: usize,
     k: usize,
 ) -> (Buffer<u8>, WeightView, Vec<f32>) {
-    let (format, bytes, exact) = random_matrix(rng, format, n, k);
+    let (buf, view, rounded, _) = upload_matrix_exact(g, rng, format, n, k);
+    (buf, view, rounded)
+}
+
+/// [`upload_matrix`], with the values unrounded too.
+fn upload_matrix_exact(
+    g: &Gpu,
+    rng: &mut Rng,
+    format: Option<QuantFormat>,
+    n: usize,
+    k: usize,
+) -> (Buffer<u8>, WeightView, Vec<f32>, Vec<f32>) {
+    let (format, bytes, exact, unrounded) = random_matrix(rng, format, n, k);
     let buf = g.upload(&bytes, "weights", ADVICE).unwrap();
     let view = WeightView {
         format,
@@ -196,7 +210,27 @@ fn upload_matrix(
         rows: n,
         cols: k,
     };
-    (buf, view, exact)
+    (buf, view, exact, unrounded)
+}
+
+/// The 8-bit copy of activation rows as qdot.cu's `quantize_rows` makes it, worked out here
+/// independently: per 32 values d = amax / 127 and q = round(x · (127 / amax)), ties to even;
+/// returns the values, and per chunk d and the sums of q over its two halves of 16.
+fn quantize_q8(x: &[f32]) -> (Vec<i8>, Vec<(f32, [i32; 2])>) {
+    let mut q = Vec::with_capacity(x.len());
+    let mut meta = Vec::with_capacity(x.len() / 32);
+    for chunk in x.chunks_exact(32) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = [0; 2];
+        for (i, &v) in chunk.iter().enumerate() {
+            let qv = ((v * inv).round_ties_even() as i32).clamp(-127, 127);
+            sum[i / 16] += qv;
+            q.push(qv as i8);
+        }
+        meta.push((amax / 127.0, sum));
+    }
+    (q, meta)
 }
 
 #[test]
@@ -207,6 +241,14 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     // kernel for quantized weights (the same result).
     g.reserve_dequant_scratch(128 * 2304).unwrap();
     let plain = gpu();
+    // The 8-bit-activation products on the tensor cores from 2 rows and with a warp per column
+    // for one (`g`), and with dp4a for every number of rows and a lane per column for one
+    // (`dp4a`): the same bits.
+    g.set_dot_mma_from(2);
+    g.set_dotc_min_cols(usize::MAX);
+    let dp4a = gpu();
+    dp4a.set_dot_mma_from(usize::MAX);
+    dp4a.set_dotc_min_cols(0);
     let mut rng = Rng::new(1);
     let formats = [
         None,
@@ -232,7 +274,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
             ],
         };
         for &(n, k) in shapes {
-            let (_wbuf, view, w) = upload_matrix(&g, &mut rng, format, n, k);
+            let (_wbuf, view, w, w_exact) = upload_matrix_exact(&g, &mut rng, format, n, k);
             let wf = view.format;
             let bias = rng.vec(n, 1.0);
             let bbuf = g.upload(&bias, "bias", ADVICE).unwrap();
@@ -253,16 +295,41 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     (s + bias[j] as f64) as f32
                 })
                 .collect();
+            // The same through x's 8-bit copy (the kernels of MatmulKernel::Dot), with the
+            // weights unrounded.
+            let (xq, xmeta) = quantize_q8(&x);
+            let q8_rows = if wf.has_dot() { max_rows } else { 0 };
+            let want_q8: Vec<f32> = (0..q8_rows * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    let s: f64 = (0..k / 32)
+                        .map(|c| {
+                            let dot: f64 = (c * 32..c * 32 + 32)
+                                .map(|e| xq[r * k + e] as f64 * w_exact[j * k + e] as f64)
+                                .sum();
+                            xmeta[r * k / 32 + c].0 as f64 * dot
+                        })
+                        .sum();
+                    (s + bias[j] as f64) as f32
+                })
+                .collect();
+            let xqbuf = g
+                .alloc::<u8>(q8_bytes(max_rows, k), "x's 8-bit copy", ADVICE)
+                .unwrap();
             // Kernels that add in the same order (the tensor-core kernels of 8 warps, and
-            // `auto`, which picks among them per product) must agree bit for bit.
+            // `auto`, which picks among them per product; the 8-bit-activation kernels among
+            // themselves) must agree bit for bit.
             let mut same_order: Vec<(MatmulKernel, usize, Vec<f32>)> = Vec::new();
             let runs = MatmulKernel::CHOICES
                 .into_iter()
                 .map(|k| (k, &g, ""))
-                .chain([(MatmulKernel::Gemm, &plain, " without scratch")]);
+                .chain([
+                    (MatmulKernel::Gemm, &plain, " without scratch"),
+                    (MatmulKernel::Dot, &dp4a, " with dp4a and a lane per column"),
+                ]);
             for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;
-                for rows in [1, 2, 5, 16, 17, 64, 65, 130] {
+                for rows in [1, 2, 3, 5, 16, 17, 64, 65, 130] {
                     let y = poisoned_f32(&g, rows * n);
                     g.synchronize().unwrap();
                     on.matmul_rows_with(
@@ -270,6 +337,8 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                         &MatmulArgs {
                             w: view,
                             x: xbuf.ptr(),
+                            xq: xqbuf.ptr(),
+                            xq_ready: false,
                             y: y.ptr(),
                             bias: bbuf.ptr(),
                             rows,
@@ -279,12 +348,35 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     .unwrap();
                     on.synchronize().unwrap();
                     let got = read_f32(&g, &y);
-                    let want = &want_all[..rows * n];
                     let what = format!("{kernel:?}{how} {wf:?} {n}x{k}, {rows} rows");
-                    let e = rel_err(&got, want, &what);
+                    let dot = kernel.resolve(rows, n, k, wf) == MatmulKernel::Dot;
+                    let want = if dot { &want_q8 } else { &want_all };
+                    let e = rel_err(&got, &want[..rows * n], &what);
                     assert!(e < 1e-5, "{what}: relative error {e}");
+                    if dot {
+                        // x's copy is the one worked out here, and 8 bits of activations
+                        // stay close to the exact product.
+                        let bytes = g.read::<u8>(xqbuf.ptr(), rows * k).unwrap();
+                        let q: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+                        assert_eq!(q, xq[..rows * k], "{what}: quantized activations");
+                        let metas = g
+                            .read::<u32>(xqbuf.ptr() + (rows * k) as u64, rows * k / 32 * 2)
+                            .unwrap();
+                        for (c, m) in metas.chunks_exact(2).enumerate() {
+                            let want_meta = xmeta[c];
+                            let halves =
+                                [(m[1] & 0xFFFF) as u16 as i16, (m[1] >> 16) as u16 as i16];
+                            assert_eq!(
+                                (f32::from_bits(m[0]), halves.map(i32::from)),
+                                want_meta,
+                                "{what}: chunk {c}'s scale and sum"
+                            );
+                        }
+                        let e_true = rel_err(&got, &want_all[..rows * n], &what);
+                        assert!(e_true < 2e-2, "{what}: 8-bit activations' error {e_true}");
+                    }
                     for (other, r, seen) in &same_order {
-                        if *r == rows && kernel.same_order(*other) {
+                        if *r == rows && kernel.same_order(*other, wf) {
                             assert!(got == *seen, "{what}: differs from {other:?}");
                         }
                     }
@@ -304,6 +396,8 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                             &MatmulArgs {
                                 w: view,
                                 x: x129,
+                                xq: xqbuf.ptr(),
+                                xq_ready: false,
                                 y: y1.ptr(),
                                 bias: bbuf.ptr(),
                                 rows: 1,
@@ -875,6 +969,8 @@ fn a_captured_graph_replays_the_same_launches() {
     let args = |y| MatmulArgs {
         w: view,
         x: xbuf.ptr(),
+        xq: 0,
+        xq_ready: false,
         y,
         bias: 0,
         rows,

@@ -14,6 +14,9 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    /// Every format, in the order of their index.
+    pub const ALL: [WeightFormat; 5] = [Self::Bf16, Self::Q4K, Self::Q6K, Self::Q8_0, Self::Q5_0];
+
     /// Weights per block (8 for bf16: the kernels read 8 at a time).
     pub const fn block_len(self) -> usize {
         match self {
@@ -43,6 +46,12 @@ impl WeightFormat {
     /// of 32 columns (the product's chunk).
     pub fn supports_cols(self, cols: usize) -> bool {
         cols.is_multiple_of(32) && cols.is_multiple_of(self.block_len())
+    }
+
+    /// Whether products over this format go through the 8-bit-activation kernels (qdot.cu,
+    /// [`MatmulKernel::Dot`]) when `auto` chooses.
+    pub const fn has_dot(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q6K)
     }
 
     pub(super) fn index(self) -> usize {
@@ -77,11 +86,24 @@ pub struct MatmulArgs {
     pub w: WeightView,
     /// bf16 `[rows, w.cols]`.
     pub x: DevicePtr,
+    /// Room for x's 8-bit copy, [`q8_bytes`]`(rows, w.cols)` bytes, which the products of
+    /// [`MatmulKernel::Dot`] write with [`crate::cuda::Gpu::quantize_rows`] and then read; or
+    /// x's copy already made there (`xq_ready`). 0 where no product of this call needs one
+    /// (a `Dot` product then fails with the missing buffer named).
+    pub xq: DevicePtr,
+    /// Whether `xq` already holds x's 8-bit copy (the parts of one matrix share it).
+    pub xq_ready: bool,
     pub y: DevicePtr,
     /// f32 per output column, or 0 for none.
     pub bias: DevicePtr,
     pub rows: usize,
     pub ldy: usize,
+}
+
+/// Bytes of the 8-bit copy of `rows` rows of `k` activations: the int8 values, then 8 bytes a
+/// 32-value chunk (its scale and the sum of its values; qdot.cu's `XChunk`).
+pub const fn q8_bytes(rows: usize, k: usize) -> usize {
+    rows * k + rows * (k / 32) * 8
 }
 
 /// Where a paged KV pool keeps its blocks: a device array of chunk addresses, each chunk
@@ -184,13 +206,21 @@ pub enum MatmulKernel {
     /// ([`crate::cuda::Gpu::reserve_dequant_scratch`]; without one, quantized products take
     /// [`MatmulKernel::MANY_ROWS_IN_PLACE`]). It adds in the order of the 8-warp row kernels.
     Gemm,
-    /// Per product, by its shape, format and rows: for up to [`MatmulKernel::FEW_ROWS`] rows
+    /// Products over 8-bit activations (qdot.cu): x quantized to int8 per 32 values, each
+    /// 32-weight chunk's products summed exactly as integers and scaled once: dp4a with a warp
+    /// per output column for one row, int8 mma (16 columns by 8 rows an instruction) for more
+    /// ([`crate::cuda::Gpu::dot_mma_from`]). Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
+    /// takes `auto`'s choice for it.
+    Dot,
+    /// Per product, by its shape, format and rows: [`MatmulKernel::Dot`] for every number of
+    /// rows where the format has it (Q4_K, Q6_K); otherwise for up to [`MatmulKernel::FEW_ROWS`] rows
     /// (decode, verification) [`MatmulKernel::NARROW`] (bf16) or
     /// [`MatmulKernel::NARROW_QUANTIZED`] when the matrix has a side of at most
     /// [`MatmulKernel::NARROW_MAX`], else [`MatmulKernel::WIDE`]; for more rows (prefill, wide
-    /// verification batches) [`MatmulKernel::Gemm`]. All split K over 8 warps in the same
-    /// order (matmul.cu, gemm.cu), so the choice never changes a result: a row is
-    /// bit-identical in decode, verification and prefill.
+    /// verification batches) [`MatmulKernel::Gemm`]. Those split K over 8 warps in the same
+    /// order (matmul.cu, gemm.cu), and `Dot` keeps one order for every number of rows, so the
+    /// choice never changes a result: a row is bit-identical in decode, verification and
+    /// prefill.
     Auto,
 }
 
@@ -234,15 +264,16 @@ impl MatmulKernel {
     ];
 
     /// What `SPECD_MATMUL` and `specd bench --sweep` choose from: [`MatmulKernel::Auto`], every
-    /// row kernel, and the GEMM.
-    pub const CHOICES: [MatmulKernel; 15] = {
-        let mut c = [MatmulKernel::Auto; 15];
+    /// row kernel, the GEMM and the 8-bit-activation kernels.
+    pub const CHOICES: [MatmulKernel; 16] = {
+        let mut c = [MatmulKernel::Auto; 16];
         let mut i = 0;
         while i < Self::ALL.len() {
             c[i + 1] = Self::ALL[i];
             i += 1;
         }
         c[Self::ALL.len() + 1] = MatmulKernel::Gemm;
+        c[Self::ALL.len() + 2] = MatmulKernel::Dot;
         c
     };
 
@@ -280,6 +311,8 @@ impl MatmulKernel {
     /// of weights stored as `format`.
     pub fn resolve(self, rows: usize, n: usize, k: usize, format: WeightFormat) -> MatmulKernel {
         match self {
+            MatmulKernel::Auto | MatmulKernel::Dot if format.has_dot() => MatmulKernel::Dot,
+            MatmulKernel::Dot => MatmulKernel::Auto.resolve(rows, n, k, format),
             MatmulKernel::Auto if rows > Self::FEW_ROWS => Self::MANY_ROWS,
             MatmulKernel::Auto if n.min(k) <= Self::NARROW_MAX => match format {
                 WeightFormat::Bf16 => Self::NARROW,
@@ -290,15 +323,23 @@ impl MatmulKernel {
         }
     }
 
-    /// Whether two kernels give bit-identical results (tensor-core kernels with the same number
-    /// of warps splitting K; `Auto` picks among kernels of 8 warps).
-    pub fn same_order(self, other: MatmulKernel) -> bool {
-        let warps = |k: MatmulKernel| match k {
-            MatmulKernel::TensorCore { warps, .. } => Some(warps),
-            MatmulKernel::Auto | MatmulKernel::Gemm => Some(8),
-            MatmulKernel::Simple => None,
+    /// Whether two kernels give bit-identical results on weights of `format`: what they
+    /// resolve to adds in the same order (tensor-core kernels with the same number of warps
+    /// splitting K, the GEMM with those of 8 warps; the 8-bit-activation kernels among
+    /// themselves).
+    pub fn same_order(self, other: MatmulKernel, format: WeightFormat) -> bool {
+        #[derive(PartialEq)]
+        enum Order {
+            Warps(u32),
+            Dot,
+        }
+        let order = |k: MatmulKernel| match k.resolve(1, 1, 256, format) {
+            MatmulKernel::Dot => Some(Order::Dot),
+            MatmulKernel::TensorCore { warps, .. } => Some(Order::Warps(warps)),
+            MatmulKernel::Gemm => Some(Order::Warps(8)),
+            MatmulKernel::Simple | MatmulKernel::Auto => None,
         };
-        self == other || (warps(self).is_some() && warps(self) == warps(other))
+        self == other || (order(self).is_some() && order(self) == order(other))
     }
 
     /// The name `SPECD_MATMUL` takes and the kernels carry (`16x8`, `8x8u8`, `32x8m4`, `simple`,
@@ -309,6 +350,7 @@ impl MatmulKernel {
             MatmulKernel::TensorCore { name, .. } => name.into(),
             MatmulKernel::Simple => "simple".into(),
             MatmulKernel::Gemm => "gemm".into(),
+            MatmulKernel::Dot => "dot".into(),
             MatmulKernel::Auto => "auto".into(),
         }
     }
@@ -329,7 +371,9 @@ impl MatmulKernel {
                 ..
             } => (cols as usize, warps * 32, persistent),
             MatmulKernel::Simple => (8, 256, false),
-            MatmulKernel::Gemm | MatmulKernel::Auto => unreachable!("launched on their own"),
+            MatmulKernel::Gemm | MatmulKernel::Dot | MatmulKernel::Auto => {
+                unreachable!("launched on their own")
+            }
         };
         let tiles = n.div_ceil(cols);
         let blocks = if persistent {
@@ -359,29 +403,44 @@ mod tests {
     #[test]
     fn auto_gives_few_rows_by_the_matrix_side_and_format_and_many_rows_to_the_gemm() {
         let auto = MatmulKernel::Auto;
-        let (bf16, q4k, q6k) = (WeightFormat::Bf16, WeightFormat::Q4K, WeightFormat::Q6K);
+        let (bf16, q4k, q6k, q8) = (
+            WeightFormat::Bf16,
+            WeightFormat::Q4K,
+            WeightFormat::Q6K,
+            WeightFormat::Q8_0,
+        );
         // The 1.5B's products (hidden 1,536) and the 7B's (hidden 3,584).
         assert_eq!(auto.resolve(1, 17_920, 1536, bf16), MatmulKernel::NARROW);
         assert_eq!(auto.resolve(5, 151_936, 1536, bf16), MatmulKernel::NARROW);
         assert_eq!(
-            auto.resolve(1, 17_920, 1536, q4k),
-            MatmulKernel::NARROW_QUANTIZED
-        );
-        assert_eq!(
-            auto.resolve(5, 151_936, 1536, q6k),
+            auto.resolve(5, 151_936, 1536, q8),
             MatmulKernel::NARROW_QUANTIZED
         );
         assert_eq!(MatmulKernel::NARROW_QUANTIZED.name(), "8x8p");
         assert!(MatmulKernel::NARROW_QUANTIZED.persistent());
         assert_eq!(auto.resolve(1, 18_944, 3584, bf16), MatmulKernel::WIDE);
-        assert_eq!(auto.resolve(1, 18_944, 3584, q4k), MatmulKernel::WIDE);
-        assert_eq!(auto.resolve(64, 17_920, 1536, q4k), MatmulKernel::Gemm);
-        // Every choice adds in the 8-warp order, so switching never changes a bit.
-        for (rows, n, k) in [(1, 17_920, 1536), (1, 18_944, 3584), (64, 2048, 1536)] {
-            for format in [bf16, q4k, q6k] {
+        assert_eq!(auto.resolve(1, 18_944, 3584, q8), MatmulKernel::WIDE);
+        assert_eq!(auto.resolve(64, 17_920, 1536, q8), MatmulKernel::Gemm);
+        // Q4_K and Q6_K go through the 8-bit-activation kernels for every number of rows.
+        for rows in [1, 5, 64, 2048] {
+            assert_eq!(auto.resolve(rows, 17_920, 1536, q4k), MatmulKernel::Dot);
+            assert_eq!(auto.resolve(rows, 151_936, 1536, q6k), MatmulKernel::Dot);
+        }
+        // Chosen for a format without them, `dot` is `auto`.
+        assert_eq!(
+            MatmulKernel::Dot.resolve(1, 17_920, 1536, q8),
+            MatmulKernel::NARROW_QUANTIZED
+        );
+        // Every choice of `auto` adds in one order per format, so switching never changes a bit.
+        for format in [bf16, q4k, q6k, q8] {
+            let first = auto.resolve(1, 17_920, 1536, format);
+            for (rows, n, k) in [(1, 18_944, 3584), (64, 2048, 1536), (5, 151_936, 1536)] {
                 let kernel = auto.resolve(rows, n, k, format);
-                assert!(kernel.same_order(MatmulKernel::NARROW), "{}", kernel.name());
+                assert!(kernel.same_order(first, format), "{}", kernel.name());
             }
         }
+        assert!(!MatmulKernel::Dot.same_order(MatmulKernel::NARROW_QUANTIZED, q4k));
+        assert!(MatmulKernel::Dot.same_order(MatmulKernel::NARROW_QUANTIZED, q8));
+        assert!(MatmulKernel::from_name("dot") == Some(MatmulKernel::Dot));
     }
 }

@@ -65,6 +65,10 @@ pub enum GpuError {
         source: std::io::Error,
     },
 
+    /// A launch was not given a buffer it needs (a caller's bug, named).
+    #[error("a GPU launch is missing {what}")]
+    MissingBuffer { what: &'static str },
+
     /// A driver call failed.
     #[error("CUDA error in {context}: {error}")]
     Driver {

@@ -19,8 +19,8 @@ use cudarc::driver::sys::{self, CUstreamCaptureMode};
 use cudarc::driver::{result, CudaContext, CudaGraph, CudaStream, DeviceRepr};
 
 pub use args::{
-    AttentionArgs, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat,
-    WeightView,
+    q8_bytes, AttentionArgs, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs,
+    WeightFormat, WeightView,
 };
 pub use error::{GpuError, GpuResult};
 
@@ -37,6 +37,17 @@ struct Shared {
     kernels: ops::Kernels,
 }
 
+/// The fewest rows the 8-bit-activation products take on the tensor cores by default: on the
+/// 1.5B's shapes (H100, BENCHMARKS.md, session 20) dp4a was faster up to 5 rows a product and
+/// int8 mma from 8 (and for prefill).
+pub const DOT_MMA_FROM: usize = 8;
+
+/// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
+/// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step
+/// on the gate and up products (17,920 columns) and lost on the narrow ones (1,536 and 2,048
+/// columns: 48 to 64 CTAs of 32 columns do not fill the GPU).
+pub const DOTC_MIN_COLS: usize = 8192;
+
 /// One GPU as one user sees it (a model and its KV pools): the shared context and kernels, and
 /// a stream of its own, so that models used from different threads never meet inside a graph
 /// capture.
@@ -48,6 +59,12 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     /// Index into [`MatmulKernel::CHOICES`].
     matmul_kernel: std::sync::atomic::AtomicUsize,
+    /// The fewest rows [`MatmulKernel::Dot`] gives its int8 mma kernels (fewer take dp4a):
+    /// `SPECD_DOT_MMA_FROM`, default [`DOT_MMA_FROM`].
+    dot_mma_from: std::sync::atomic::AtomicUsize,
+    /// The fewest output columns a one-row Q4_K product needs to take the lane-per-column
+    /// kernel (`SPECD_DOTC_MIN_COLS`, default [`DOTC_MIN_COLS`]).
+    dotc_min_cols: std::sync::atomic::AtomicUsize,
     launches: AtomicU64,
     /// Launch kernels with programmatic dependent launch (`SPECD_PDL=0` turns it off).
     pdl: bool,
@@ -102,6 +119,18 @@ impl Gpu {
                     .and_then(|n| MatmulKernel::from_name(&n))
                     .unwrap_or(MatmulKernel::DEFAULT),
             )),
+            dot_mma_from: std::sync::atomic::AtomicUsize::new(
+                std::env::var("SPECD_DOT_MMA_FROM")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DOT_MMA_FROM),
+            ),
+            dotc_min_cols: std::sync::atomic::AtomicUsize::new(
+                std::env::var("SPECD_DOTC_MIN_COLS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DOTC_MIN_COLS),
+            ),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
             dequant: Mutex::new(None),
@@ -186,6 +215,28 @@ impl Gpu {
     pub fn set_matmul_kernel(&self, k: MatmulKernel) {
         self.matmul_kernel
             .store(ops::kernel_index(k), Ordering::Relaxed);
+    }
+
+    /// The fewest rows the 8-bit-activation products take on the tensor cores (int8 mma) rather
+    /// than dp4a (qdot.cu); both add in one order, so this changes speed only.
+    pub fn dot_mma_from(&self) -> usize {
+        self.dot_mma_from.load(Ordering::Relaxed).max(2)
+    }
+
+    /// The fewest output columns for which a one-row Q4_K product takes the kernel with a lane
+    /// per column rather than a warp per column (the same bits either way).
+    pub fn dotc_min_cols(&self) -> usize {
+        self.dotc_min_cols.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::dotc_min_cols`] (graphs captured before keep the old choice).
+    pub fn set_dotc_min_cols(&self, cols: usize) {
+        self.dotc_min_cols.store(cols, Ordering::Relaxed);
+    }
+
+    /// Sets [`Gpu::dot_mma_from`] (graphs captured before keep the old choice).
+    pub fn set_dot_mma_from(&self, rows: usize) {
+        self.dot_mma_from.store(rows, Ordering::Relaxed);
     }
 
     /// Reserves `elems` bf16 values of scratch for products of many rows over quantized

@@ -16,6 +16,7 @@ use super::{DevicePtr, Gpu, GpuError, GpuResult};
 // Fat binaries from build.rs: sm_90 machine code, and PTX for newer GPUs' drivers to compile.
 const MATMUL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/matmul.fatbin"));
 const GEMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.fatbin"));
+const QDOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qdot.fatbin"));
 const NORM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin"));
 const ROPE_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope_kv.fatbin"));
 const ATTENTION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin"));
@@ -30,9 +31,24 @@ pub(super) fn kernel_index(k: MatmulKernel) -> usize {
 
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 
+/// The 8-bit-activation products of one weight format (qdot.cu).
+struct DotKernels {
+    /// One row, a warp per column.
+    one: CudaFunction,
+    /// One row, a lane per column (for the widest matrices; see `Gpu::dotc_min_cols`).
+    lane_per_column: Option<CudaFunction>,
+    /// dp4a, a warp per column, up to 2, 4 and 8 rows a pass.
+    rows: [CudaFunction; 3],
+    /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
+    mma: [CudaFunction; 2],
+}
+
 pub(super) struct Kernels {
     /// By (kernel, format index): the function, and how many CTAs of it the GPU holds at once.
     matmul: std::collections::HashMap<(MatmulKernel, usize), (CudaFunction, usize)>,
+    /// By format index: the 8-bit-activation products (qdot.cu).
+    dot: std::collections::HashMap<usize, DotKernels>,
+    quantize_rows: CudaFunction,
     embed_rows: CudaFunction,
     gemm_bf16: CudaFunction,
     dequantize_rows: CudaFunction,
@@ -72,9 +88,10 @@ impl Kernels {
                     "loading specd's kernels (is the driver new enough?)",
                 ))
         };
-        let (mm, gemm, norm, rope, att, sample) = (
+        let (mm, gemm, qdot, norm, rope, att, sample) = (
             module("matmul", MATMUL)?,
             module("gemm", GEMM)?,
+            module("qdot", QDOT)?,
             module("norm", NORM)?,
             module("rope_kv", ROPE_KV)?,
             module("attention", ATTENTION)?,
@@ -100,6 +117,23 @@ impl Kernels {
                 matmul.insert((kernel, fi), (function, sms * per_sm.max(1) as usize));
             }
         }
+        let mut dot = std::collections::HashMap::new();
+        for format in WeightFormat::ALL.into_iter().filter(|w| w.has_dot()) {
+            let fmt = FORMATS[format.index()];
+            let g = |rg: usize| f(&qdot, &format!("dot_{fmt}_r{rg}"));
+            let m = |rt: usize| f(&qdot, &format!("mdot_{fmt}_t{rt}"));
+            let kernels = DotKernels {
+                one: g(1)?,
+                // Q4_K also has a kernel with a lane per column (dotc).
+                lane_per_column: match format {
+                    WeightFormat::Q4K => Some(f(&qdot, "dotc_q4k")?),
+                    _ => None,
+                },
+                rows: [g(2)?, g(4)?, g(8)?],
+                mma: [m(1)?, m(2)?],
+            };
+            dot.insert(format.index(), kernels);
+        }
         let gemm_bf16 = f(&gemm, "gemm_bf16")?;
         gemm_bf16
             .set_attribute(
@@ -111,6 +145,8 @@ impl Kernels {
             ))?;
         Ok(Self {
             matmul,
+            dot,
+            quantize_rows: f(&qdot, "quantize_rows")?,
             embed_rows: f(&mm, "embed_rows")?,
             gemm_bf16,
             dequantize_rows: f(&gemm, "dequantize_rows")?,
@@ -211,6 +247,12 @@ fn stride_blocks(n: usize) -> usize {
 const GEMM_TILE: usize = 64;
 const GEMM_SHARED_BYTES: u32 = 3 * 2 * 64 * 288 * 2;
 
+/// Output columns per CTA of the 8-bit-activation products (qdot.cu): a warp each for dp4a
+/// (DOT_WARPS), a lane each for one row of Q4_K (DOTC_COLS), 16 for int8 mma (MDOT_COLS).
+const DOT_WARPS: usize = 8;
+const DOTC_COLS: usize = 32;
+const MDOT_COLS: usize = 16;
+
 /// Logits per CTA of `argmax_partial` (ARGMAX_CHUNK in sample.cu).
 const ARGMAX_CHUNK: usize = 4096;
 
@@ -232,8 +274,73 @@ impl Gpu {
         }
         match kernel.resolve(a.rows, a.w.rows, a.w.cols, a.w.format) {
             MatmulKernel::Gemm => self.gemm(a),
+            MatmulKernel::Dot => self.dot_product(a),
             kernel => self.row_product(kernel, a),
         }
+    }
+
+    /// Whether [`Gpu::matmul_rows`] over `rows` rows of `w` reads x's 8-bit copy
+    /// ([`MatmulArgs::xq`]).
+    pub fn reads_q8(&self, w: &WeightView, rows: usize) -> bool {
+        let kernel = self.matmul_kernel().resolve(rows, w.rows, w.cols, w.format);
+        kernel == MatmulKernel::Dot
+    }
+
+    /// x's 8-bit copy: `rows` rows of `k` bf16 activations at `x` quantized to int8 per 32
+    /// values into `xq` ([`super::q8_bytes`]`(rows, k)` bytes; see qdot.cu).
+    pub fn quantize_rows(
+        &self,
+        x: DevicePtr,
+        rows: usize,
+        k: usize,
+        xq: DevicePtr,
+    ) -> GpuResult<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let meta = xq + (rows * k) as u64;
+        let (ri, ki) = (to_i32(rows), to_i32(k));
+        let mut b = Args::default();
+        b.arg(&x).arg(&ri).arg(&ki).arg(&xq).arg(&meta);
+        let chunks = rows * k / 32;
+        self.launch(
+            &self.kernels().quantize_rows,
+            grid(chunks.div_ceil(8), 256),
+            b,
+        )
+    }
+
+    /// The product over 8-bit activations (qdot.cu), quantizing x first unless the caller has.
+    fn dot_product(&self, a: &MatmulArgs) -> GpuResult<()> {
+        if a.xq == 0 {
+            return Err(GpuError::MissingBuffer {
+                what: "room for the activations' 8-bit copy (MatmulArgs::xq)",
+            });
+        }
+        let (n, k) = (a.w.rows, a.w.cols);
+        if !a.xq_ready {
+            self.quantize_rows(a.x, a.rows, k, a.xq)?;
+        }
+        let fns = &self.kernels().dot[&a.w.format.index()];
+        let mma_from = self.dot_mma_from();
+        let (f, cols) = match a.rows {
+            1 => match &fns.lane_per_column {
+                Some(f) if n >= self.dotc_min_cols() => (f, DOTC_COLS),
+                _ => (&fns.one, DOT_WARPS),
+            },
+            r if r >= mma_from && r <= 8 => (&fns.mma[0], MDOT_COLS),
+            r if r >= mma_from => (&fns.mma[1], MDOT_COLS),
+            2 => (&fns.rows[0], DOT_WARPS),
+            3 | 4 => (&fns.rows[1], DOT_WARPS),
+            _ => (&fns.rows[2], DOT_WARPS),
+        };
+        let (w, rb, xq, y, bias) = (a.w.ptr, a.w.row_bytes(), a.xq, a.y, a.bias);
+        let meta = xq + (a.rows * k) as u64;
+        let (rows, ni, ki, ldy) = (to_i32(a.rows), to_i32(n), to_i32(k), to_i32(a.ldy));
+        let mut b = Args::default();
+        b.arg(&w).arg(&rb).arg(&xq).arg(&meta).arg(&y).arg(&bias);
+        b.arg(&rows).arg(&ni).arg(&ki).arg(&ldy);
+        self.launch(f, grid(n.div_ceil(cols), 256), b)
     }
 
     fn row_product(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {

@@ -6,8 +6,8 @@
 //! as the model's scratch.
 
 use specd_kernels::cuda::{
-    bf16_to_f32, AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs, RejectionArgs,
-    RopeArgs,
+    bf16_to_f32, q8_bytes, AttentionArgs, Buffer, DevicePtr, Gpu, KvLayout, MatmulArgs,
+    RejectionArgs, RopeArgs,
 };
 
 use super::gpu_err;
@@ -48,6 +48,9 @@ pub(super) struct Buffers {
     gate_up: Buffer<f32>,
     gated: Buffer<u16>,
     head_in: Buffer<u16>,
+    /// The 8-bit copy of a product's input, for the products that read one (Q4_K matrices;
+    /// `Gpu::reads_q8`), made once per product for all its parts.
+    xq: Buffer<u8>,
     pub logits: Buffer<f32>,
     pub top_tok: Buffer<i32>,
     pub top_prob: Buffer<f32>,
@@ -119,6 +122,14 @@ impl Buffers {
             gate_up: alloc!(f32, rows * 2 * inter, "MLP activations"),
             gated: alloc!(u16, rows * inter, "MLP activations"),
             head_in: alloc!(u16, logit_rows * h, "the head's input"),
+            xq: alloc!(
+                u8,
+                q8_bytes(
+                    rows.max(logit_rows),
+                    h.max(inter).max(q_dim).max(cross_q_dim)
+                ),
+                "8-bit activations"
+            ),
             logits: alloc!(f32, logit_rows * c.vocab_size, "logits"),
             top_tok: alloc!(i32, logit_rows, "argmax tokens"),
             top_prob: alloc!(f32, logit_rows, "argmax probabilities"),
@@ -250,16 +261,18 @@ impl<'a> CudaStep<'a> {
     }
 }
 
-/// Writes `y = x · Wᵀ + b` for `rows` rows, one launch per stored part of the matrix.
+/// Writes `y = x · Wᵀ + b` for `rows` rows, one launch per stored part of the matrix; x is
+/// quantized to 8 bits into `xq` once if any part's product reads that copy.
 fn product(
     gpu: &Gpu,
     m: &GpuMatrix,
-    x: DevicePtr,
+    (x, xq): (DevicePtr, DevicePtr),
     y: DevicePtr,
     rows: usize,
     head_rows: Option<usize>,
 ) -> Result<()> {
     let ldy = head_rows.unwrap_or(m.rows);
+    let mut quantized = false;
     for p in &m.parts {
         let mut w = p.view;
         if let Some(h) = head_rows {
@@ -269,10 +282,16 @@ fn product(
             }
             w.rows = w.rows.min(h - p.col);
         }
+        if !quantized && gpu.reads_q8(&w, rows) {
+            gpu.quantize_rows(x, rows, w.cols, xq).map_err(gpu_err)?;
+            quantized = true;
+        }
         let bias = m.bias.as_ref().map_or(0, |b| b.at(p.col));
         gpu.matmul_rows(&MatmulArgs {
             w,
             x,
+            xq,
+            xq_ready: quantized,
             y: y + (p.col * 4) as u64,
             bias,
             rows,
@@ -313,7 +332,7 @@ impl ForwardOps for CudaStep<'_> {
         product(
             self.gpu,
             m,
-            self.act(x),
+            (self.act(x), self.bufs.xq.ptr()),
             self.act(out),
             self.shape.rows,
             None,
@@ -449,7 +468,7 @@ impl ForwardOps for CudaStep<'_> {
         product(
             gpu,
             head,
-            b.head_in.ptr(),
+            (b.head_in.ptr(), b.xq.ptr()),
             b.logits.ptr(),
             s.logit_rows,
             Some(self.head_rows),
@@ -492,7 +511,14 @@ impl CudaStep<'_> {
         let eps = self.eps();
         gpu.add_rms_norm(input, 0, norm, eps, b.normed.ptr(), h, rows)
             .map_err(gpu_err)?;
-        product(gpu, &f.proj, b.normed.ptr(), b.delta.ptr(), rows, None)?;
+        product(
+            gpu,
+            &f.proj,
+            (b.normed.ptr(), b.xq.ptr()),
+            b.delta.ptr(),
+            rows,
+            None,
+        )?;
         gpu.add_rms_norm(b.x.ptr(), b.delta.ptr(), norm, eps, b.normed.ptr(), h, rows)
             .map_err(gpu_err)
     }

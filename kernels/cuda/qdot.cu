@@ -1,0 +1,506 @@
+// Row products over 8-bit activations: `y = x · Wᵀ (+ bias)` with W in Q4_K or Q6_K and x
+// quantized to int8 per 32 values (`quantize_rows`), the products of a 32-weight chunk summed
+// exactly as integers (dp4a, or int8 mma) and only then scaled in f32. A weight costs a mask
+// or a shift and a quarter of a dp4a here, against the ~8 instructions a weight of decoding to
+// bf16 for the tensor cores (matmul.cu): the quantized products were bound by instruction
+// issue, not by memory (BENCHMARKS.md, session 19). This is llama.cpp's arithmetic on GPUs
+// (its q8_1 activations), with an order of f32 additions fixed so that every row count gives
+// the same bits.
+//
+// The order (every kernel of this file keeps it, so a row is bit-identical alone, in a batch
+// and in prefill): chunk c of a row (32 weights) contributes
+//     Q4_K: term(c) = dx · (scale · Σ q·xq − min · Σ xq)   (one sub-block: its scale and min)
+//     Q6_K: term(c) = dx · (d · Σ_h sc_h · Σ (q − 32)·xq)   (two 16-weight halves h)
+// with dx, xq the chunk's activation scale and values and the integer sums exact (q4k_term,
+// q6k_term); chunk class p (c ≡ p mod 64, DOT_CLASSES) sums its terms from 0 in increasing c,
+// and the output is the 64 classes' sums added from 0 in class order, then the bias. Every f32
+// operation is an explicit round-to-nearest intrinsic, so that the compiler cannot fuse them
+// differently in two kernels. (64 classes = 8 blocks: one warp of 8 can take every 8th block
+// and still own whole classes.)
+#include "weight_formats.cuh"
+
+// The 8-bit copy of a row of k activations: k int8 values, then (at the end of all rows'
+// values) per 32-value chunk its scale and the sums of its two halves of 16 values.
+struct XChunk {
+    float d;
+    short sum[2];
+};
+
+#define DOT_CLASSES 64
+
+// A Q4_K chunk's term from its exact integer sum Σ q·xq, its sub-block's scale and min, and the
+// activations' chunk.
+__device__ __forceinline__ float q4k_term(float scale, float minv, int isum, XChunk xc) {
+    const int xsum = xc.sum[0] + xc.sum[1];
+    const float inner =
+        __fmaf_rn(scale, __int2float_rn(isum), -__fmul_rn(minv, __int2float_rn(xsum)));
+    return __fmul_rn(xc.d, inner);
+}
+
+// A Q6_K chunk's term from Σ_h sc_h · Σ (q − 32)·xq (exact), the block's d and the chunk's dx.
+__device__ __forceinline__ float q6k_term(float d, int isum, float dx) {
+    return __fmul_rn(dx, __fmul_rn(d, __int2float_rn(isum)));
+}
+
+// x bf16 [rows, k] -> q int8 [rows, k] and meta [rows, k / 32]: one warp per chunk, a value a
+// lane; d = amax / 127, q = round(x · 127 / amax) (half to even; zeros where amax is 0).
+extern "C" __global__ void quantize_rows(const bf16* __restrict__ x, int rows, int k,
+                                         int8_t* __restrict__ q, XChunk* __restrict__ meta) {
+    grid_dependency();
+    const int lane = threadIdx.x % WARP;
+    const long chunk = (long)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (chunk >= (long)rows * (k / 32)) return;
+    const long i = chunk * 32 + lane;
+    const float v = __bfloat162float(x[i]);
+    const float amax = warp_max(fabsf(v));
+    const float inv = amax > 0.f ? __fdiv_rn(127.f, amax) : 0.f;
+    const int qv = max(-127, min(127, __float2int_rn(__fmul_rn(v, inv))));
+    q[i] = (int8_t)qv;
+    const int s0 = __reduce_add_sync(0xffffffffu, lane < 16 ? qv : 0);
+    const int s1 = __reduce_add_sync(0xffffffffu, lane < 16 ? 0 : qv);
+    if (lane == 0) meta[chunk] = XChunk{__fdiv_rn(amax, 127.f), {(short)s0, (short)s1}};
+}
+
+__device__ __forceinline__ uint4 ldg16(const void* p) {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// Σ over 16 bytes of small non-negative weights `w` (a byte each) times 16 int8 activations.
+__device__ __forceinline__ int dot16(uint4 w, uint4 x) {
+    int s = __dp4a((int)w.x, (int)x.x, 0);
+    s = __dp4a((int)w.y, (int)x.y, s);
+    s = __dp4a((int)w.z, (int)x.z, s);
+    return __dp4a((int)w.w, (int)x.w, s);
+}
+
+__device__ __forceinline__ uint4 low_nibbles(uint4 v, int shift) {
+    return make_uint4((v.x >> shift) & 0x0F0F0F0Fu, (v.y >> shift) & 0x0F0F0F0Fu,
+                      (v.z >> shift) & 0x0F0F0F0Fu, (v.w >> shift) & 0x0F0F0F0Fu);
+}
+
+// 16 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes): the aligned words that
+// cover them, shifted together.
+__device__ __forceinline__ uint4 ld16_aligned2(const uint8_t* p) {
+    const uint32_t* a = reinterpret_cast<const uint32_t*>((uintptr_t)p & ~(uintptr_t)3);
+    const unsigned sh = ((unsigned)(uintptr_t)p & 3u) * 8u;
+    const uint32_t w0 = __ldg(a), w1 = __ldg(a + 1), w2 = __ldg(a + 2), w3 = __ldg(a + 3);
+    const uint32_t w4 = sh ? __ldg(a + 4) : 0u;
+    return make_uint4(__funnelshift_r(w0, w1, sh), __funnelshift_r(w1, w2, sh),
+                      __funnelshift_r(w2, w3, sh), __funnelshift_r(w3, w4, sh));
+}
+
+// ---- One row, Q4_K: a lane per output column. CTA of 8 warps over 32 columns; warp w takes
+// the blocks b ≡ w (mod 8) of every column, so its lane owns classes 8w .. 8w + 7 (chunk j of
+// block b is class 8 (b mod 8) + j) and reads its block's 144 bytes whole: the header is
+// decoded once for the block's 8 chunks, and the activations, the same for every lane, are
+// broadcast.
+#define DOTC_COLS 32
+
+extern "C" __global__ void __launch_bounds__(256) dotc_q4k(
+    const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq,
+    const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,
+    int rows, int n, int k, int ldy) {
+    grid_dependency();
+    __shared__ float table[DOT_CLASSES][DOTC_COLS + 1];
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % 8;
+    const int col = blockIdx.x * DOTC_COLS + lane;
+    const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
+    const int blocks = k / 256;
+    float part[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) part[j] = 0.f;
+    for (int b = warp; b < blocks; b += 8) {
+        const uint8_t* blk = wr + (size_t)b * 144;
+        const uint4 head = ldg16(blk);
+        uint4 qs[8];
+#pragma unroll
+        for (int p = 0; p < 8; ++p) qs[p] = ldg16(blk + 16 + 16 * p);
+        const float2 dd = q4k_d_dmin(head);
+        const int8_t* xb = xq + (size_t)b * 256;
+        const XChunk* mb = xm + (size_t)b * 8;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float scale, minv;
+            q4k_scale_min(head, dd, j, scale, minv);
+            const int sh = (j % 2) * 4;
+            const int isum = dot16(low_nibbles(qs[(j / 2) * 2], sh), ldg16(xb + 32 * j)) +
+                             dot16(low_nibbles(qs[(j / 2) * 2 + 1], sh), ldg16(xb + 32 * j + 16));
+            part[j] = __fadd_rn(part[j], q4k_term(scale, minv, isum, mb[j]));
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) table[8 * warp + j][lane] = part[j];
+    __syncthreads();
+    if (warp == 0 && col < n) {
+        float s = 0.f;
+#pragma unroll 8
+        for (int c = 0; c < DOT_CLASSES; ++c) s = __fadd_rn(s, table[c][lane]);
+        if (bias) s = __fadd_rn(s, bias[col]);
+        y[col] = s;
+    }
+}
+
+#define DOT_WARPS 8
+
+// The end of a pass of the warp-per-column kernels: lane l holds classes l and 32 + l of up to
+// RG rows; lane r adds row r's 64 classes in class order from 0, then the bias.
+template <int RG>
+__device__ __forceinline__ void write_classes(float (*table)[DOT_CLASSES + 1],
+                                              const float (&part)[RG][2], int lane, int r0,
+                                              int rows, int col, float* __restrict__ y, int ldy,
+                                              const float* __restrict__ bias) {
+#pragma unroll
+    for (int r = 0; r < RG; ++r) {
+        table[r][lane] = part[r][0];
+        table[r][WARP + lane] = part[r][1];
+    }
+    __syncwarp();
+    if (lane < RG && r0 + lane < rows) {
+        float s = 0.f;
+#pragma unroll 8
+        for (int i = 0; i < DOT_CLASSES; ++i) s = __fadd_rn(s, table[lane][i]);
+        if (bias) s = __fadd_rn(s, bias[col]);
+        y[(size_t)(r0 + lane) * ldy + col] = s;
+    }
+    __syncwarp();
+}
+
+// ---- Up to RG rows a pass, a warp per output column. A block (256 weights, 8 chunks) goes to
+// 8 lanes, a warp taking 4 blocks at a time, twice per 8 blocks (hb): lane l works on chunk
+// 8b + l % 8, whose class is 32 hb + l. Q4_K: lane l holds 16 bytes of its block's quants, the
+// low nibbles of which are half of chunk 2m and the high nibbles half of chunk 2m + 1
+// (m = l % 8 / 2); the lane pair l, l ^ 1 covers both chunks whole and swaps half sums.
+template <int RG>
+__device__ __forceinline__ void dot_q4k_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                             const int8_t* __restrict__ xq,
+                                             const XChunk* __restrict__ xm, float* __restrict__ y,
+                                             const float* __restrict__ bias, int rows, int n,
+                                             int k, int ldy) {
+    __shared__ float table[DOT_WARPS][RG][DOT_CLASSES + 1];
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
+    const int col = blockIdx.x * DOT_WARPS + warp;
+    if (col >= n) return;
+    const uint8_t* wr = w + (size_t)col * row_bytes;
+    const int chunks = k / 32, blocks = k / 256;
+    const int j = lane % 8, m = j / 2, h = j % 2;
+    for (int r0 = 0; r0 < rows; r0 += RG) {
+        float part[RG][2];
+#pragma unroll
+        for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
+        for (int b8 = 0; b8 < blocks; b8 += 8) {
+#pragma unroll
+            for (int hb = 0; hb < 2; ++hb) {
+                if (b8 + 4 * hb >= blocks) break;
+                const int b = b8 + 4 * hb + lane / 8;
+                const bool active = b < blocks;
+                const uint8_t* blk = wr + (size_t)(active ? b : 0) * 144;
+                const uint4 head = ldg16(blk);
+                const uint4 qs = ldg16(blk + 16 + m * 32 + h * 16);
+                const uint4 lo = low_nibbles(qs, 0), hi = low_nibbles(qs, 4);
+                float scale, minv;
+                q4k_scale_min(head, q4k_d_dmin(head), j, scale, minv);
+                const int c = (active ? b : 0) * 8 + j;  // this lane's chunk
+                const int c_lo = c - h, c_hi = c_lo + 1;  // the chunks its bytes hold
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    if (r0 + r >= rows) break;
+                    const int8_t* xr = xq + (size_t)(r0 + r) * k;
+                    const int s_lo = dot16(lo, ldg16(xr + c_lo * 32 + h * 16));
+                    const int s_hi = dot16(hi, ldg16(xr + c_hi * 32 + h * 16));
+                    // Keep this lane's chunk's half, hand the other chunk's half to the partner.
+                    const int mine = h ? s_hi : s_lo, theirs = h ? s_lo : s_hi;
+                    const int isum = mine + __shfl_xor_sync(0xffffffffu, theirs, 1);
+                    if (active) {
+                        const XChunk xc = xm[(size_t)(r0 + r) * chunks + c];
+                        part[r][hb] = __fadd_rn(part[r][hb], q4k_term(scale, minv, isum, xc));
+                    }
+                }
+            }
+        }
+        write_classes<RG>(table[warp], part, lane, r0, rows, col, y, ldy, bias);
+    }
+}
+
+// Q6_K: a block's chunk j is quarter j % 4 of half j / 4 (ql nibbles and qh bit pairs, two
+// 16-weight sub-blocks with their own scales). Lanes q and q ^ 2 of a half read the same ql
+// bytes (low nibbles: quarter q & 1, high: quarter (q & 1) + 2): each takes 16 of the 32 (sub-
+// block q >> 1 of both quarters), so it holds one sub-block of its own chunk and one of its
+// partner's, scaled by their integer scales, and they swap the partner's.
+template <int RG>
+__device__ __forceinline__ void dot_q6k_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                             const int8_t* __restrict__ xq,
+                                             const XChunk* __restrict__ xm, float* __restrict__ y,
+                                             const float* __restrict__ bias, int rows, int n,
+                                             int k, int ldy) {
+    __shared__ float table[DOT_WARPS][RG][DOT_CLASSES + 1];
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
+    const int col = blockIdx.x * DOT_WARPS + warp;
+    if (col >= n) return;
+    const uint8_t* wr = w + (size_t)col * row_bytes;
+    const int chunks = k / 32, blocks = k / 256;
+    const int j = lane % 8, half = j / 4, q = j % 4, sub = q >> 1, qa = q & 1;
+    for (int r0 = 0; r0 < rows; r0 += RG) {
+        float part[RG][2];
+#pragma unroll
+        for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
+        for (int b8 = 0; b8 < blocks; b8 += 8) {
+#pragma unroll
+            for (int hb = 0; hb < 2; ++hb) {
+                if (b8 + 4 * hb >= blocks) break;
+                const int b = b8 + 4 * hb + lane / 8;
+                const bool active = b < blocks;
+                const uint8_t* blk = wr + (size_t)(active ? b : 0) * 210;
+                const uint4 ql = ld16_aligned2(blk + 64 * half + 32 * qa + 16 * sub);
+                const uint4 qh = ld16_aligned2(blk + 128 + 32 * half + 16 * sub);
+                const float d = half_at(blk + 208);
+                const int sc_a = (int8_t)blk[192 + 8 * half + 2 * qa + sub];
+                const int sc_b = (int8_t)blk[192 + 8 * half + 2 * (qa + 2) + sub];
+                // Quarter qa's and quarter qa + 2's 6-bit values (0..63), a byte each.
+                const int sha = 2 * qa, shb = 2 * qa + 4;
+                const uint4 ua = make_uint4(
+                    (ql.x & 0x0F0F0F0Fu) | (((qh.x >> sha) & 0x03030303u) << 4),
+                    (ql.y & 0x0F0F0F0Fu) | (((qh.y >> sha) & 0x03030303u) << 4),
+                    (ql.z & 0x0F0F0F0Fu) | (((qh.z >> sha) & 0x03030303u) << 4),
+                    (ql.w & 0x0F0F0F0Fu) | (((qh.w >> sha) & 0x03030303u) << 4));
+                const uint4 ub = make_uint4(
+                    ((ql.x >> 4) & 0x0F0F0F0Fu) | (((qh.x >> shb) & 0x03030303u) << 4),
+                    ((ql.y >> 4) & 0x0F0F0F0Fu) | (((qh.y >> shb) & 0x03030303u) << 4),
+                    ((ql.z >> 4) & 0x0F0F0F0Fu) | (((qh.z >> shb) & 0x03030303u) << 4),
+                    ((ql.w >> 4) & 0x0F0F0F0Fu) | (((qh.w >> shb) & 0x03030303u) << 4));
+                const int ca = (active ? b : 0) * 8 + 4 * half + qa, cb = ca + 2;
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    if (r0 + r >= rows) break;
+                    const size_t row = (size_t)(r0 + r);
+                    const int8_t* xr = xq + row * k;
+                    const XChunk ma = xm[row * chunks + ca], mb = xm[row * chunks + cb];
+                    const int xa = sub ? ma.sum[1] : ma.sum[0], xb = sub ? mb.sum[1] : mb.sum[0];
+                    const int ia = sc_a * (dot16(ua, ldg16(xr + ca * 32 + 16 * sub)) - 32 * xa);
+                    const int ib = sc_b * (dot16(ub, ldg16(xr + cb * 32 + 16 * sub)) - 32 * xb);
+                    // Lanes 0, 1 of a half own quarters qa; lanes 2, 3 quarters qa + 2.
+                    const int mine = q < 2 ? ia : ib, theirs = q < 2 ? ib : ia;
+                    const int isum = mine + __shfl_xor_sync(0xffffffffu, theirs, 2);
+                    if (active) {
+                        const float dx = q < 2 ? ma.d : mb.d;
+                        part[r][hb] = __fadd_rn(part[r][hb], q6k_term(d, isum, dx));
+                    }
+                }
+            }
+        }
+        write_classes<RG>(table[warp], part, lane, r0, rows, col, y, ldy, bias);
+    }
+}
+
+// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
+// [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads.
+#define DOT_KERNEL(FMTNAME, BODY, RG)                                                               \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG(            \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
+        int rows, int n, int k, int ldy) {                                                          \
+        grid_dependency();                                                                          \
+        BODY<RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                          \
+    }
+DOT_KERNEL(q4k, dot_q4k_body, 1)
+DOT_KERNEL(q4k, dot_q4k_body, 2)
+DOT_KERNEL(q4k, dot_q4k_body, 4)
+DOT_KERNEL(q4k, dot_q4k_body, 8)
+DOT_KERNEL(q6k, dot_q6k_body, 1)
+DOT_KERNEL(q6k, dot_q6k_body, 2)
+DOT_KERNEL(q6k, dot_q6k_body, 4)
+DOT_KERNEL(q6k, dot_q6k_body, 8)
+
+// ---- The same products on the tensor cores (int8 mma), for many rows: the weights are the
+// mma's A operand (16 output columns a CTA, in the rows of A) and 8 activation rows its B, so
+// that a chunk's 32 products of 16 columns by 8 rows are one instruction and only the f32
+// scaling is per output. Warp w of 8 takes chunks c ≡ w (mod 8), keeping the sums of its eight
+// classes (w, w + 8, ..., w + 56) apart, and the 64 classes' sums meet in class order through
+// shared memory. Within a lane's 8 k-slots of a chunk the weights and activations are taken at
+// the same 8 positions (any permutation of k applied to both operands gives the same exact
+// integer sum).
+
+// c += A·B, m16n8k32, int8 operands, int32 accumulators (exact).
+__device__ __forceinline__ void mma_s8_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                           uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// c += A·B, m16n8k16, int8 operands, int32 accumulators (exact).
+__device__ __forceinline__ void mma_s8_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+}
+
+// Four bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) {
+    return u16_at(p) | (u16_at(p + 2) << 16);
+}
+
+// One chunk of one weight column, as a lane of the mma kernel holds it: Q4_K's 8 quants at k
+// 8t .. 8t + 7 with the sub-block's scale and min; Q6_K's 6-bit values at k 4t .. 4t + 3 and
+// 16 + 4t .. 16 + 4t + 3 (one k16 mma per 16-weight half) with the halves' integer scales and d.
+struct ColChunk {
+    uint32_t v[2];
+    float scale, minv;  // Q4_K; Q6_K: d, 0
+    int sc[2];          // Q6_K
+};
+
+template <int F> __device__ __forceinline__ ColChunk col_chunk(const uint8_t* col, int c, int t);
+
+template <> __device__ __forceinline__ ColChunk col_chunk<F_Q4K>(const uint8_t* col, int c, int t) {
+    const uint8_t* blk = col + (size_t)(c / 8) * 144;
+    const int j = c % 8;
+    const uint4 head = ldg16(blk);
+    ColChunk o;
+    q4k_scale_min(head, q4k_d_dmin(head), j, o.scale, o.minv);
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(blk + 16 + (j / 2) * 32 + 8 * t));
+    const int sh = (j % 2) * 4;
+    o.v[0] = (raw.x >> sh) & 0x0F0F0F0Fu;
+    o.v[1] = (raw.y >> sh) & 0x0F0F0F0Fu;
+    o.sc[0] = o.sc[1] = 0;
+    return o;
+}
+
+template <> __device__ __forceinline__ ColChunk col_chunk<F_Q6K>(const uint8_t* col, int c, int t) {
+    const uint8_t* blk = col + (size_t)(c / 8) * 210;
+    const int j = c % 8, half = j / 4, q = j % 4;
+    const uint8_t* ql = blk + 64 * half + 32 * (q & 1) + 4 * t;
+    const uint8_t* qh = blk + 128 + 32 * half + 4 * t;
+    const int lsh = 4 * (q >> 1), hsh = 2 * q;
+    ColChunk o;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint32_t l = u32_at2(ql + 16 * h), hb = u32_at2(qh + 16 * h);
+        o.v[h] = ((l >> lsh) & 0x0F0F0F0Fu) | (((hb >> hsh) & 0x03030303u) << 4);
+        o.sc[h] = (int8_t)blk[192 + 8 * half + 2 * q + h];
+    }
+    o.scale = half_at(blk + 208);
+    o.minv = 0.f;
+    return o;
+}
+
+// One output's chunk term from its mma results (`i0`, and `i1` for Q6_K's second half) and the
+// row's chunk of activations.
+template <int F>
+__device__ __forceinline__ float chunk_term(int i0, int i1, const ColChunk& w, XChunk xc) {
+    if (F == F_Q4K) return q4k_term(w.scale, w.minv, i0, xc);
+    const int isum = w.sc[0] * (i0 - 32 * xc.sum[0]) + w.sc[1] * (i1 - 32 * xc.sum[1]);
+    return q6k_term(w.scale, isum, xc.d);
+}
+
+#define MDOT_COLS 16
+
+// RT tiles of 8 rows a pass over the weights.
+template <int F, int RT>
+__device__ __forceinline__ void mdot_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                          const int8_t* __restrict__ xq,
+                                          const XChunk* __restrict__ xm, float* __restrict__ y,
+                                          const float* __restrict__ bias, int rows, int n, int k,
+                                          int ldy) {
+    __shared__ float table[DOT_CLASSES][MDOT_COLS][8 + 1];
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % 8;
+    const int g = lane / 4, t = lane % 4;
+    const int n0 = blockIdx.x * MDOT_COLS;
+    const int chunks = k / 32;
+    // The last tile may hang over the matrix: its extra columns repeat the last one and are
+    // never written.
+    const uint8_t* col_a = w + (size_t)min(n0 + g, n - 1) * row_bytes;
+    const uint8_t* col_b = w + (size_t)min(n0 + g + 8, n - 1) * row_bytes;
+    constexpr int SLOTS = DOT_CLASSES / 8;
+    for (int r0 = 0; r0 < rows; r0 += 8 * RT) {
+        // [row tile][output: (col g, row 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)][class]
+        float part[RT][4][SLOTS];
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+#pragma unroll
+                for (int i = 0; i < SLOTS; ++i) part[rt][e][i] = 0.f;
+        for (int c0 = warp; c0 < chunks; c0 += DOT_CLASSES) {
+#pragma unroll
+            for (int i = 0; i < SLOTS; ++i) {
+                const int c = c0 + 8 * i;  // class warp + 8i
+                if (c >= chunks) break;
+                const ColChunk wa = col_chunk<F>(col_a, c, t), wb = col_chunk<F>(col_b, c, t);
+#pragma unroll
+                for (int rt = 0; rt < RT; ++rt) {
+                    const int rbase = r0 + rt * 8;
+                    if (rbase >= rows) break;
+                    const int xrow = rbase + g;
+                    int acc[4] = {0, 0, 0, 0}, acc2[4] = {0, 0, 0, 0};
+                    if (F == F_Q4K) {
+                        uint2 xv = make_uint2(0, 0);
+                        if (xrow < rows)
+                            xv = __ldg(reinterpret_cast<const uint2*>(xq + (size_t)xrow * k + c * 32 + 8 * t));
+                        mma_s8_k32(acc, wa.v[0], wb.v[0], wa.v[1], wb.v[1], xv.x, xv.y);
+                    } else {
+                        uint32_t x0 = 0, x1 = 0;
+                        if (xrow < rows) {
+                            const int8_t* xp = xq + (size_t)xrow * k + c * 32 + 4 * t;
+                            x0 = __ldg(reinterpret_cast<const uint32_t*>(xp));
+                            x1 = __ldg(reinterpret_cast<const uint32_t*>(xp + 16));
+                        }
+                        mma_s8_k16(acc, wa.v[0], wb.v[0], x0);
+                        mma_s8_k16(acc2, wa.v[1], wb.v[1], x1);
+                    }
+                    const int ra = rbase + 2 * t;
+                    const XChunk none = {0.f, {0, 0}};
+                    const XChunk xa = ra < rows ? xm[(size_t)ra * chunks + c] : none;
+                    const XChunk xb = ra + 1 < rows ? xm[(size_t)(ra + 1) * chunks + c] : none;
+                    part[rt][0][i] = __fadd_rn(part[rt][0][i], chunk_term<F>(acc[0], acc2[0], wa, xa));
+                    part[rt][1][i] = __fadd_rn(part[rt][1][i], chunk_term<F>(acc[1], acc2[1], wa, xb));
+                    part[rt][2][i] = __fadd_rn(part[rt][2][i], chunk_term<F>(acc[2], acc2[2], wb, xa));
+                    part[rt][3][i] = __fadd_rn(part[rt][3][i], chunk_term<F>(acc[3], acc2[3], wb, xb));
+                }
+            }
+        }
+        // Each row tile's outputs: the 64 classes' sums in class order, then the bias.
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt) {
+            const int rbase = r0 + rt * 8;
+            if (rbase >= rows) break;
+#pragma unroll
+            for (int i = 0; i < SLOTS; ++i) {
+                float(*cls)[8 + 1] = table[warp + 8 * i];
+                cls[g][2 * t] = part[rt][0][i];
+                cls[g][2 * t + 1] = part[rt][1][i];
+                cls[g + 8][2 * t] = part[rt][2][i];
+                cls[g + 8][2 * t + 1] = part[rt][3][i];
+            }
+            __syncthreads();
+            if (threadIdx.x < MDOT_COLS * 8) {
+                const int col = threadIdx.x / 8, r = threadIdx.x % 8;
+                const int nn = n0 + col, row = rbase + r;
+                if (nn < n && row < rows) {
+                    float s = 0.f;
+#pragma unroll 8
+                    for (int p = 0; p < DOT_CLASSES; ++p) s = __fadd_rn(s, table[p][col][r]);
+                    if (bias) s = __fadd_rn(s, bias[nn]);
+                    y[(size_t)row * ldy + nn] = s;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// As DOT_KERNEL, with RT tiles of 8 rows a pass: grid ceil(n / 16) CTAs of 256 threads.
+#define MDOT_KERNEL(FMTNAME, F, RT)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) mdot_##FMTNAME##_t##RT(                      \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
+        int rows, int n, int k, int ldy) {                                                          \
+        grid_dependency();                                                                          \
+        mdot_body<F, RT>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                  \
+    }
+MDOT_KERNEL(q4k, F_Q4K, 1)
+MDOT_KERNEL(q4k, F_Q4K, 2)
+MDOT_KERNEL(q6k, F_Q6K, 1)
+MDOT_KERNEL(q6k, F_Q6K, 2)
