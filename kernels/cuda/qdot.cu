@@ -386,6 +386,23 @@ template <> __device__ __forceinline__ ColChunk col_chunk<F_Q6K>(const uint8_t* 
     return o;
 }
 
+// A Q4_K chunk's sub-block scale and min, and a lane's 8 quants of it (k 8t .. 8t + 7): the
+// mma kernel decodes the header for one chunk a lane and shares it within the quad.
+__device__ __forceinline__ void q4k_chunk_scale(const uint8_t* col, int c, float& scale,
+                                                float& minv) {
+    const uint4 head = ldg16(col + (size_t)(c / 8) * 144);
+    q4k_scale_min(head, q4k_d_dmin(head), c % 8, scale, minv);
+}
+__device__ __forceinline__ void q4k_chunk_quants(const uint8_t* col, int c, int t, ColChunk& o) {
+    const uint8_t* blk = col + (size_t)(c / 8) * 144;
+    const int j = c % 8;
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(blk + 16 + (j / 2) * 32 + 8 * t));
+    const int sh = (j % 2) * 4;
+    o.v[0] = (raw.x >> sh) & 0x0F0F0F0Fu;
+    o.v[1] = (raw.y >> sh) & 0x0F0F0F0Fu;
+    o.sc[0] = o.sc[1] = 0;
+}
+
 // One output's chunk term from its mma results (`i0`, and `i1` for Q6_K's second half) and the
 // row's chunk of activations.
 template <int F>
@@ -425,39 +442,62 @@ __device__ __forceinline__ void mdot_body(const uint8_t* __restrict__ w, size_t 
                 for (int i = 0; i < SLOTS; ++i) part[rt][e][i] = 0.f;
         for (int c0 = warp; c0 < chunks; c0 += DOT_CLASSES) {
 #pragma unroll
-            for (int i = 0; i < SLOTS; ++i) {
-                const int c = c0 + 8 * i;  // class warp + 8i
-                if (c >= chunks) break;
-                const ColChunk wa = col_chunk<F>(col_a, c, t), wb = col_chunk<F>(col_b, c, t);
+            for (int i0 = 0; i0 < SLOTS; i0 += 4) {
+                if (c0 + 8 * i0 >= chunks) break;
+                // Q4_K: lane t decodes the scales of chunk c0 + 8 (i0 + t) for its two columns.
+                float qsa = 0.f, qma = 0.f, qsb = 0.f, qmb = 0.f;
+                if (F == F_Q4K) {
+                    const int cq = min(c0 + 8 * (i0 + t), chunks - 1);
+                    q4k_chunk_scale(col_a, cq, qsa, qma);
+                    q4k_chunk_scale(col_b, cq, qsb, qmb);
+                }
 #pragma unroll
-                for (int rt = 0; rt < RT; ++rt) {
-                    const int rbase = r0 + rt * 8;
-                    if (rbase >= rows) break;
-                    const int xrow = rbase + g;
-                    int acc[4] = {0, 0, 0, 0}, acc2[4] = {0, 0, 0, 0};
+                for (int i = i0; i < i0 + 4; ++i) {
+                    const int c = c0 + 8 * i;  // class warp + 8i
+                    if (c >= chunks) break;
+                    ColChunk wa, wb;
                     if (F == F_Q4K) {
-                        uint2 xv = make_uint2(0, 0);
-                        if (xrow < rows)
-                            xv = __ldg(reinterpret_cast<const uint2*>(xq + (size_t)xrow * k + c * 32 + 8 * t));
-                        mma_s8_k32(acc, wa.v[0], wb.v[0], wa.v[1], wb.v[1], xv.x, xv.y);
+                        const int src = (lane & ~3) | (i - i0);
+                        q4k_chunk_quants(col_a, c, t, wa);
+                        q4k_chunk_quants(col_b, c, t, wb);
+                        wa.scale = __shfl_sync(0xffffffffu, qsa, src);
+                        wa.minv = __shfl_sync(0xffffffffu, qma, src);
+                        wb.scale = __shfl_sync(0xffffffffu, qsb, src);
+                        wb.minv = __shfl_sync(0xffffffffu, qmb, src);
                     } else {
-                        uint32_t x0 = 0, x1 = 0;
-                        if (xrow < rows) {
-                            const int8_t* xp = xq + (size_t)xrow * k + c * 32 + 4 * t;
-                            x0 = __ldg(reinterpret_cast<const uint32_t*>(xp));
-                            x1 = __ldg(reinterpret_cast<const uint32_t*>(xp + 16));
-                        }
-                        mma_s8_k16(acc, wa.v[0], wb.v[0], x0);
-                        mma_s8_k16(acc2, wa.v[1], wb.v[1], x1);
+                        wa = col_chunk<F>(col_a, c, t);
+                        wb = col_chunk<F>(col_b, c, t);
                     }
-                    const int ra = rbase + 2 * t;
-                    const XChunk none = {0.f, {0, 0}};
-                    const XChunk xa = ra < rows ? xm[(size_t)ra * chunks + c] : none;
-                    const XChunk xb = ra + 1 < rows ? xm[(size_t)(ra + 1) * chunks + c] : none;
-                    part[rt][0][i] = __fadd_rn(part[rt][0][i], chunk_term<F>(acc[0], acc2[0], wa, xa));
-                    part[rt][1][i] = __fadd_rn(part[rt][1][i], chunk_term<F>(acc[1], acc2[1], wa, xb));
-                    part[rt][2][i] = __fadd_rn(part[rt][2][i], chunk_term<F>(acc[2], acc2[2], wb, xa));
-                    part[rt][3][i] = __fadd_rn(part[rt][3][i], chunk_term<F>(acc[3], acc2[3], wb, xb));
+#pragma unroll
+                    for (int rt = 0; rt < RT; ++rt) {
+                        const int rbase = r0 + rt * 8;
+                        if (rbase >= rows) break;
+                        const int xrow = rbase + g;
+                        int acc[4] = {0, 0, 0, 0}, acc2[4] = {0, 0, 0, 0};
+                        if (F == F_Q4K) {
+                            uint2 xv = make_uint2(0, 0);
+                            if (xrow < rows)
+                                xv = __ldg(reinterpret_cast<const uint2*>(xq + (size_t)xrow * k + c * 32 + 8 * t));
+                            mma_s8_k32(acc, wa.v[0], wb.v[0], wa.v[1], wb.v[1], xv.x, xv.y);
+                        } else {
+                            uint32_t x0 = 0, x1 = 0;
+                            if (xrow < rows) {
+                                const int8_t* xp = xq + (size_t)xrow * k + c * 32 + 4 * t;
+                                x0 = __ldg(reinterpret_cast<const uint32_t*>(xp));
+                                x1 = __ldg(reinterpret_cast<const uint32_t*>(xp + 16));
+                            }
+                            mma_s8_k16(acc, wa.v[0], wb.v[0], x0);
+                            mma_s8_k16(acc2, wa.v[1], wb.v[1], x1);
+                        }
+                        const int ra = rbase + 2 * t;
+                        const XChunk none = {0.f, {0, 0}};
+                        const XChunk xa = ra < rows ? xm[(size_t)ra * chunks + c] : none;
+                        const XChunk xb = ra + 1 < rows ? xm[(size_t)(ra + 1) * chunks + c] : none;
+                        part[rt][0][i] = __fadd_rn(part[rt][0][i], chunk_term<F>(acc[0], acc2[0], wa, xa));
+                        part[rt][1][i] = __fadd_rn(part[rt][1][i], chunk_term<F>(acc[1], acc2[1], wa, xb));
+                        part[rt][2][i] = __fadd_rn(part[rt][2][i], chunk_term<F>(acc[2], acc2[2], wb, xa));
+                        part[rt][3][i] = __fadd_rn(part[rt][3][i], chunk_term<F>(acc[3], acc2[3], wb, xb));
+                    }
                 }
             }
         }
