@@ -202,8 +202,12 @@ fn the_draft_model_reads_the_prompt_after_the_first_token_in_chunks() {
             o.drafted_total() > 0,
             "the draft model did not draft after: {o:?}"
         );
-        // Beside another stream, a long prompt: 120 / 6 = 20 steps of catch-up first.
-        let (other, first) = started(&h, request(prompt(6, vocab, 4), 120, Method::None)).await;
+        // Beside another stream, a long prompt: 120 / 6 = 20 steps of catch-up first. The other
+        // stream is long enough to still run then even if this task is scheduled late (on a
+        // busy machine the engine ran ~90 steps before the request below arrived; with 120
+        // tokens the other stream could end within the catch-up, which then takes bigger
+        // chunks alone).
+        let (other, first) = started(&h, request(prompt(6, vocab, 4), 400, Method::None)).await;
         let r = request(prompt(7, vocab, 120), 60, Method::Draft);
         let o = drain(h.submit(r.clone()).await.unwrap(), Outcome::default()).await;
         assert_eq!(o.tokens, target_only(&m, &r));
