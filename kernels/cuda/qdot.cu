@@ -14,8 +14,9 @@
 // with dx, xq the chunk's activation scale and values and the integer sums exact (q4k_term,
 // q6k_term); chunk class p (c ≡ p mod 64, DOT_CLASSES) sums its terms from 0 in increasing c,
 // and the output is the 64 classes' sums added from 0 in class order, then the bias. Every f32
-// operation is an explicit round-to-nearest intrinsic, so that the compiler cannot fuse them
-// differently in two kernels. (64 classes = 8 blocks: one warp of 8 can take every 8th block
+// operation of the terms and sums is an explicit round-to-nearest intrinsic, so that the
+// compiler cannot fuse them differently in two kernels (the weights' scales come from the one
+// decoder of weight_formats.cuh that every kernel calls). (64 classes = 8 blocks: one warp of 8 can take every 8th block
 // and still own whole classes.)
 #include "weight_formats.cuh"
 
@@ -43,7 +44,9 @@ __device__ __forceinline__ float q6k_term(float d, int isum, float dx) {
 }
 
 // x bf16 [rows, k] -> q int8 [rows, k] and meta [rows, k / 32]: one warp per chunk, a value a
-// lane; d = amax / 127, q = round(x · 127 / amax) (half to even; zeros where amax is 0).
+// lane; d = amax / 127, q = round(x · fl(127 / amax)) (half to even; zeros where amax is 0). A
+// chunk holding a NaN gets d = NaN, so that the NaN reaches the outputs as it would through
+// bf16 (an infinity does through d).
 extern "C" __global__ void quantize_rows(const bf16* __restrict__ x, int rows, int k,
                                          int8_t* __restrict__ q, XChunk* __restrict__ meta) {
     grid_dependency();
@@ -58,7 +61,9 @@ extern "C" __global__ void quantize_rows(const bf16* __restrict__ x, int rows, i
     q[i] = (int8_t)qv;
     const int s0 = __reduce_add_sync(0xffffffffu, lane < 16 ? qv : 0);
     const int s1 = __reduce_add_sync(0xffffffffu, lane < 16 ? 0 : qv);
-    if (lane == 0) meta[chunk] = XChunk{__fdiv_rn(amax, 127.f), {(short)s0, (short)s1}};
+    const bool nan = __any_sync(0xffffffffu, v != v);
+    const float d = nan ? __int_as_float(0x7fc00000) : __fdiv_rn(amax, 127.f);
+    if (lane == 0) meta[chunk] = XChunk{d, {(short)s0, (short)s1}};
 }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) {
@@ -431,7 +436,8 @@ __device__ __forceinline__ void mdot_body(const uint8_t* __restrict__ w, size_t 
     const uint8_t* col_a = w + (size_t)min(n0 + g, n - 1) * row_bytes;
     const uint8_t* col_b = w + (size_t)min(n0 + g + 8, n - 1) * row_bytes;
     constexpr int SLOTS = DOT_CLASSES / 8;
-    for (int r0 = 0; r0 < rows; r0 += 8 * RT) {
+    // The grid's y dimension splits the rows: CTA (x, y) takes passes y, y + gridDim.y, ...
+    for (int r0 = 8 * RT * blockIdx.y; r0 < rows; r0 += 8 * RT * gridDim.y) {
         // [row tile][output: (col g, row 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)][class]
         float part[RT][4][SLOTS];
 #pragma unroll
@@ -531,7 +537,8 @@ __device__ __forceinline__ void mdot_body(const uint8_t* __restrict__ w, size_t 
     }
 }
 
-// As DOT_KERNEL, with RT tiles of 8 rows a pass: grid ceil(n / 16) CTAs of 256 threads.
+// As DOT_KERNEL, with RT tiles of 8 rows a pass: grid ceil(n / 16) x (up to ceil(rows / 8 RT))
+// CTAs of 256 threads.
 #define MDOT_KERNEL(FMTNAME, F, RT)                                                                 \
     extern "C" __global__ void __launch_bounds__(256) mdot_##FMTNAME##_t##RT(                      \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \

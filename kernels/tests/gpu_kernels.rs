@@ -419,6 +419,52 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
 }
 
 #[test]
+fn a_nan_activation_reaches_the_outputs_of_the_8_bit_products() {
+    let g = gpu();
+    let mut rng = Rng::new(7);
+    let (n, k) = (24, 512);
+    for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+        let (_wbuf, view, _) = upload_matrix(&g, &mut rng, Some(format), n, k);
+        let mut x: Vec<f32> = rng.vec(2 * k, 1.0).into_iter().map(round_bf16).collect();
+        x[k + 77] = f32::NAN;
+        let xbuf = g.upload(&bf16(&x), "x", ADVICE).unwrap();
+        let xq = g
+            .alloc::<u8>(q8_bytes(2, k), "x's 8-bit copy", ADVICE)
+            .unwrap();
+        for (rows, x0, row) in [(2, xbuf.ptr(), 1), (1, xbuf.at(k), 0)] {
+            // Zeros, not the NaN poison: an unwritten output must not pass.
+            let y = g.upload(&vec![0f32; rows * n], "y", ADVICE).unwrap();
+            g.matmul_rows_with(
+                MatmulKernel::Dot,
+                &MatmulArgs {
+                    w: view,
+                    x: x0,
+                    xq: xq.ptr(),
+                    xq_ready: false,
+                    y: y.ptr(),
+                    bias: 0,
+                    rows,
+                    ldy: n,
+                },
+            )
+            .unwrap();
+            let got = read_f32(&g, &y);
+            assert!(
+                got[row * n..(row + 1) * n].iter().all(|v| v.is_nan()),
+                "{format:?}, {rows} rows: the row with a NaN gave {:?}",
+                &got[row * n..(row + 1) * n]
+            );
+            if rows == 2 {
+                assert!(
+                    got[..n].iter().all(|v| v.is_finite()),
+                    "{format:?}: row 0 {got:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn embedding_gives_the_stored_values() {
     let g = gpu();
     let mut rng = Rng::new(2);

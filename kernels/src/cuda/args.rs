@@ -101,7 +101,7 @@ pub struct MatmulArgs {
 }
 
 /// Bytes of the 8-bit copy of `rows` rows of `k` activations: the int8 values, then 8 bytes a
-/// 32-value chunk (its scale and the sum of its values; qdot.cu's `XChunk`).
+/// 32-value chunk (its scale and the sums of its two halves of 16; qdot.cu's `XChunk`).
 pub const fn q8_bytes(rows: usize, k: usize) -> usize {
     rows * k + rows * (k / 32) * 8
 }
@@ -208,8 +208,10 @@ pub enum MatmulKernel {
     Gemm,
     /// Products over 8-bit activations (qdot.cu): x quantized to int8 per 32 values, each
     /// 32-weight chunk's products summed exactly as integers and scaled once: dp4a with a warp
-    /// per output column for one row, int8 mma (16 columns by 8 rows an instruction) for more
-    /// ([`crate::cuda::Gpu::dot_mma_from`]). Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
+    /// per output column (one row of a Q4_K matrix of at least
+    /// [`crate::cuda::Gpu::dotc_min_cols`] columns: a lane per column) below
+    /// [`crate::cuda::Gpu::dot_mma_from`] rows, int8 mma (16 columns by 8 rows an instruction)
+    /// from there. Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
     /// takes `auto`'s choice for it.
     Dot,
     /// Per product, by its shape, format and rows: [`MatmulKernel::Dot`] for every number of

@@ -269,7 +269,7 @@ impl Gpu {
 
     /// [`Gpu::matmul_rows`] with a chosen kernel.
     pub fn matmul_rows_with(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {
-        if a.rows == 0 {
+        if a.rows == 0 || a.w.rows == 0 {
             return Ok(());
         }
         match kernel.resolve(a.rows, a.w.rows, a.w.cols, a.w.format) {
@@ -323,16 +323,17 @@ impl Gpu {
         }
         let fns = &self.kernels().dot[&a.w.format.index()];
         let mma_from = self.dot_mma_from();
-        let (f, cols) = match a.rows {
+        // (function, output columns per CTA, rows per CTA pass for the mma kernels' grid rows)
+        let (f, cols, pass) = match a.rows {
             1 => match &fns.lane_per_column {
-                Some(f) if n >= self.dotc_min_cols() => (f, DOTC_COLS),
-                _ => (&fns.one, DOT_WARPS),
+                Some(f) if n >= self.dotc_min_cols() => (f, DOTC_COLS, 0),
+                _ => (&fns.one, DOT_WARPS, 0),
             },
-            r if r >= mma_from && r <= 8 => (&fns.mma[0], MDOT_COLS),
-            r if r >= mma_from => (&fns.mma[1], MDOT_COLS),
-            2 => (&fns.rows[0], DOT_WARPS),
-            3 | 4 => (&fns.rows[1], DOT_WARPS),
-            _ => (&fns.rows[2], DOT_WARPS),
+            r if r >= mma_from && r <= 8 => (&fns.mma[0], MDOT_COLS, 8),
+            r if r >= mma_from => (&fns.mma[1], MDOT_COLS, 16),
+            2 => (&fns.rows[0], DOT_WARPS, 0),
+            3 | 4 => (&fns.rows[1], DOT_WARPS, 0),
+            _ => (&fns.rows[2], DOT_WARPS, 0),
         };
         let (w, rb, xq, y, bias) = (a.w.ptr, a.w.row_bytes(), a.xq, a.y, a.bias);
         let meta = xq + (a.rows * k) as u64;
@@ -340,7 +341,12 @@ impl Gpu {
         let mut b = Args::default();
         b.arg(&w).arg(&rb).arg(&xq).arg(&meta).arg(&y).arg(&bias);
         b.arg(&rows).arg(&ni).arg(&ki).arg(&ldy);
-        self.launch(f, grid(n.div_ceil(cols), 256), b)
+        let mut cfg = grid(n.div_ceil(cols), 256);
+        if pass > 0 {
+            // The mma kernels' row passes spread over the grid's rows too (many-row products).
+            cfg.grid_dim.1 = a.rows.div_ceil(pass).min(65_535) as u32;
+        }
+        self.launch(f, cfg, b)
     }
 
     fn row_product(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {

@@ -48,7 +48,8 @@ pub(super) struct Buffers {
     gate_up: Buffer<f32>,
     gated: Buffer<u16>,
     head_in: Buffer<u16>,
-    /// The 8-bit copy of a product's input, for the products that read one (Q4_K matrices;
+    /// The 8-bit copy of a product's input, for the products that read one (Q4_K and Q6_K
+    /// matrices;
     /// `Gpu::reads_q8`), made once per product for all its parts.
     xq: Buffer<u8>,
     pub logits: Buffer<f32>,
