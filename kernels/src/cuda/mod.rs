@@ -9,6 +9,7 @@
 mod args;
 mod error;
 mod ops;
+mod qdot;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;

@@ -11,12 +11,14 @@ use cudarc::nvrtc::Ptx;
 use super::args::{
     AttentionArgs, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
 };
+use super::qdot::DotKernels;
 use super::{DevicePtr, Gpu, GpuError, GpuResult};
 
 // Fat binaries from build.rs: sm_90 machine code, and PTX for newer GPUs' drivers to compile.
 const MATMUL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/matmul.fatbin"));
 const GEMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.fatbin"));
 const QDOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qdot.fatbin"));
+const QMMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qmma.fatbin"));
 const NORM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin"));
 const ROPE_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope_kv.fatbin"));
 const ATTENTION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin"));
@@ -31,24 +33,12 @@ pub(super) fn kernel_index(k: MatmulKernel) -> usize {
 
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 
-/// The 8-bit-activation products of one weight format (qdot.cu).
-struct DotKernels {
-    /// One row, a warp per column.
-    one: CudaFunction,
-    /// One row, a lane per column (for the widest matrices; see `Gpu::dotc_min_cols`).
-    lane_per_column: Option<CudaFunction>,
-    /// dp4a, a warp per column, up to 2, 4 and 8 rows a pass.
-    rows: [CudaFunction; 3],
-    /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
-    mma: [CudaFunction; 2],
-}
-
 pub(super) struct Kernels {
     /// By (kernel, format index): the function, and how many CTAs of it the GPU holds at once.
     matmul: std::collections::HashMap<(MatmulKernel, usize), (CudaFunction, usize)>,
-    /// By format index: the 8-bit-activation products (qdot.cu).
-    dot: std::collections::HashMap<usize, DotKernels>,
-    quantize_rows: CudaFunction,
+    /// By format index: the 8-bit-activation products (qdot.cu, qmma.cu).
+    pub(super) dot: std::collections::HashMap<usize, DotKernels>,
+    pub(super) quantize_rows: CudaFunction,
     embed_rows: CudaFunction,
     gemm_bf16: CudaFunction,
     dequantize_rows: CudaFunction,
@@ -88,10 +78,11 @@ impl Kernels {
                     "loading specd's kernels (is the driver new enough?)",
                 ))
         };
-        let (mm, gemm, qdot, norm, rope, att, sample) = (
+        let (mm, gemm, qdot, qmma, norm, rope, att, sample) = (
             module("matmul", MATMUL)?,
             module("gemm", GEMM)?,
             module("qdot", QDOT)?,
+            module("qmma", QMMA)?,
             module("norm", NORM)?,
             module("rope_kv", ROPE_KV)?,
             module("attention", ATTENTION)?,
@@ -119,19 +110,7 @@ impl Kernels {
         }
         let mut dot = std::collections::HashMap::new();
         for format in WeightFormat::ALL.into_iter().filter(|w| w.has_dot()) {
-            let fmt = FORMATS[format.index()];
-            let g = |rg: usize| f(&qdot, &format!("dot_{fmt}_r{rg}"));
-            let m = |rt: usize| f(&qdot, &format!("mdot_{fmt}_t{rt}"));
-            let kernels = DotKernels {
-                one: g(1)?,
-                // Q4_K also has a kernel with a lane per column (dotc).
-                lane_per_column: match format {
-                    WeightFormat::Q4K => Some(f(&qdot, "dotc_q4k")?),
-                    _ => None,
-                },
-                rows: [g(2)?, g(4)?, g(8)?],
-                mma: [m(1)?, m(2)?],
-            };
+            let kernels = DotKernels::load(&qdot, &qmma, FORMATS[format.index()], format)?;
             dot.insert(format.index(), kernels);
         }
         let gemm_bf16 = f(&gemm, "gemm_bf16")?;
@@ -168,7 +147,7 @@ impl Kernels {
     }
 }
 
-fn grid(blocks: usize, threads: u32) -> LaunchConfig {
+pub(super) fn grid(blocks: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks.max(1) as u32, 1, 1),
         block_dim: (threads, 1, 1),
@@ -179,13 +158,13 @@ fn grid(blocks: usize, threads: u32) -> LaunchConfig {
 /// A kernel's arguments: pointers to values that outlive the launch call (as the driver reads
 /// them during `cuLaunchKernelEx`).
 #[derive(Default)]
-struct Args<'a> {
+pub(super) struct Args<'a> {
     ptrs: Vec<*mut c_void>,
     _values: PhantomData<&'a ()>,
 }
 
 impl<'a> Args<'a> {
-    fn arg<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
+    pub(super) fn arg<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
         self.ptrs.push(v as *const T as *mut c_void);
         self
     }
@@ -196,7 +175,12 @@ impl Gpu {
     /// `SPECD_PDL=0`), the next kernel may be scheduled while this one drains: every kernel
     /// starts with `griddepcontrol.wait` (kernels/cuda/reductions.cuh), so none reads its inputs
     /// before the kernel before it has finished and its writes are visible.
-    fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: Args<'_>) -> GpuResult<()> {
+    pub(super) fn launch(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: Args<'_>,
+    ) -> GpuResult<()> {
         self.count_launch();
         let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
@@ -247,16 +231,10 @@ fn stride_blocks(n: usize) -> usize {
 const GEMM_TILE: usize = 64;
 const GEMM_SHARED_BYTES: u32 = 3 * 2 * 64 * 288 * 2;
 
-/// Output columns per CTA of the 8-bit-activation products (qdot.cu): a warp each for dp4a
-/// (DOT_WARPS), a lane each for one row of Q4_K (DOTC_COLS), 16 for int8 mma (MDOT_COLS).
-const DOT_WARPS: usize = 8;
-const DOTC_COLS: usize = 32;
-const MDOT_COLS: usize = 16;
-
 /// Logits per CTA of `argmax_partial` (ARGMAX_CHUNK in sample.cu).
 const ARGMAX_CHUNK: usize = 4096;
 
-fn to_i32(v: usize) -> i32 {
+pub(super) fn to_i32(v: usize) -> i32 {
     i32::try_from(v).expect("a size that fits the kernels' 32-bit indices")
 }
 
@@ -277,76 +255,6 @@ impl Gpu {
             MatmulKernel::Dot => self.dot_product(a),
             kernel => self.row_product(kernel, a),
         }
-    }
-
-    /// Whether [`Gpu::matmul_rows`] over `rows` rows of `w` reads x's 8-bit copy
-    /// ([`MatmulArgs::xq`]).
-    pub fn reads_q8(&self, w: &WeightView, rows: usize) -> bool {
-        let kernel = self.matmul_kernel().resolve(rows, w.rows, w.cols, w.format);
-        kernel == MatmulKernel::Dot
-    }
-
-    /// x's 8-bit copy: `rows` rows of `k` bf16 activations at `x` quantized to int8 per 32
-    /// values into `xq` ([`super::q8_bytes`]`(rows, k)` bytes; see qdot.cu).
-    pub fn quantize_rows(
-        &self,
-        x: DevicePtr,
-        rows: usize,
-        k: usize,
-        xq: DevicePtr,
-    ) -> GpuResult<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let meta = xq + (rows * k) as u64;
-        let (ri, ki) = (to_i32(rows), to_i32(k));
-        let mut b = Args::default();
-        b.arg(&x).arg(&ri).arg(&ki).arg(&xq).arg(&meta);
-        let chunks = rows * k / 32;
-        self.launch(
-            &self.kernels().quantize_rows,
-            grid(chunks.div_ceil(8), 256),
-            b,
-        )
-    }
-
-    /// The product over 8-bit activations (qdot.cu), quantizing x first unless the caller has.
-    fn dot_product(&self, a: &MatmulArgs) -> GpuResult<()> {
-        if a.xq == 0 {
-            return Err(GpuError::MissingBuffer {
-                what: "room for the activations' 8-bit copy (MatmulArgs::xq)",
-            });
-        }
-        let (n, k) = (a.w.rows, a.w.cols);
-        if !a.xq_ready {
-            self.quantize_rows(a.x, a.rows, k, a.xq)?;
-        }
-        let fns = &self.kernels().dot[&a.w.format.index()];
-        let mma_from = self.dot_mma_from();
-        // (function, output columns per CTA, rows per CTA pass for the mma kernels' grid rows)
-        let (f, cols, pass) = match a.rows {
-            1 => match &fns.lane_per_column {
-                Some(f) if n >= self.dotc_min_cols() => (f, DOTC_COLS, 0),
-                _ => (&fns.one, DOT_WARPS, 0),
-            },
-            r if r >= mma_from && r <= 8 => (&fns.mma[0], MDOT_COLS, 8),
-            r if r >= mma_from => (&fns.mma[1], MDOT_COLS, 16),
-            2 => (&fns.rows[0], DOT_WARPS, 0),
-            3 | 4 => (&fns.rows[1], DOT_WARPS, 0),
-            _ => (&fns.rows[2], DOT_WARPS, 0),
-        };
-        let (w, rb, xq, y, bias) = (a.w.ptr, a.w.row_bytes(), a.xq, a.y, a.bias);
-        let meta = xq + (a.rows * k) as u64;
-        let (rows, ni, ki, ldy) = (to_i32(a.rows), to_i32(n), to_i32(k), to_i32(a.ldy));
-        let mut b = Args::default();
-        b.arg(&w).arg(&rb).arg(&xq).arg(&meta).arg(&y).arg(&bias);
-        b.arg(&rows).arg(&ni).arg(&ki).arg(&ldy);
-        let mut cfg = grid(n.div_ceil(cols), 256);
-        if pass > 0 {
-            // The mma kernels' row passes spread over the grid's rows too (many-row products).
-            cfg.grid_dim.1 = a.rows.div_ceil(pass).min(65_535) as u32;
-        }
-        self.launch(f, cfg, b)
     }
 
     fn row_product(&self, kernel: MatmulKernel, a: &MatmulArgs) -> GpuResult<()> {
