@@ -136,78 +136,102 @@ __device__ __forceinline__ void write_classes(float (*table)[DOT_CLASSES + 1],
 
 // ---- Up to RG rows a pass, a warp per output column. A block (256 weights, 8 chunks) goes to
 // 8 lanes, a warp taking 4 blocks at a time, twice per 8 blocks (hb): lane l works on chunk
-// 8b + l % 8, whose class is 32 hb + l. Q4_K: lane l holds 16 bytes of its block's quants, the
-// low nibbles of which are half of chunk 2m and the high nibbles half of chunk 2m + 1
-// (m = l % 8 / 2); the lane pair l, l ^ 1 covers both chunks whole and swaps half sums.
-template <int RG>
-__device__ __forceinline__ void dot_q4k_body(const uint8_t* __restrict__ w, size_t row_bytes,
-                                             const int8_t* __restrict__ xq,
-                                             const XChunk* __restrict__ xm, float* __restrict__ y,
-                                             const float* __restrict__ bias, int rows, int n,
-                                             int k, int ldy) {
-    __shared__ float table[DOT_WARPS][RG][DOT_CLASSES + 1];
-    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
-    const int col = blockIdx.x * DOT_WARPS + warp;
-    if (col >= n) return;
-    const uint8_t* wr = w + (size_t)col * row_bytes;
-    const int chunks = k / 32, blocks = k / 256;
-    const int j = lane % 8, m = j / 2, h = j % 2;
-    for (int r0 = 0; r0 < rows; r0 += RG) {
-        float part[RG][2];
-#pragma unroll
-        for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
-        for (int b8 = 0; b8 < blocks; b8 += 8) {
-#pragma unroll
-            for (int hb = 0; hb < 2; ++hb) {
-                if (b8 + 4 * hb >= blocks) break;
-                const int b = b8 + 4 * hb + lane / 8;
-                const bool active = b < blocks;
-                const uint8_t* blk = wr + (size_t)(active ? b : 0) * 144;
-                const uint4 head = ldg16(blk);
-                const uint4 qs = ldg16(blk + 16 + m * 32 + h * 16);
-                const uint4 lo = low_nibbles(qs, 0), hi = low_nibbles(qs, 4);
-                float scale, minv;
-                q4k_scale_min(head, q4k_d_dmin(head), j, scale, minv);
-                const int c = (active ? b : 0) * 8 + j;  // this lane's chunk
-                const int c_lo = c - h, c_hi = c_lo + 1;  // the chunks its bytes hold
-#pragma unroll
-                for (int r = 0; r < RG; ++r) {
-                    if (r0 + r >= rows) break;
-                    const int8_t* xr = xq + (size_t)(r0 + r) * k;
-                    const int s_lo = dot16(lo, ldg16(xr + c_lo * 32 + h * 16));
-                    const int s_hi = dot16(hi, ldg16(xr + c_hi * 32 + h * 16));
-                    // Keep this lane's chunk's half, hand the other chunk's half to the partner.
-                    const int mine = h ? s_hi : s_lo, theirs = h ? s_lo : s_hi;
-                    const int isum = mine + __shfl_xor_sync(0xffffffffu, theirs, 1);
-                    if (active) {
-                        const XChunk xc = xm[(size_t)(r0 + r) * chunks + c];
-                        part[r][hb] = __fadd_rn(part[r][hb], q4k_term(scale, minv, isum, xc));
-                    }
-                }
-            }
-        }
-        write_classes<RG>(table[warp], part, lane, r0, rows, col, y, ldy, bias);
+// 8b + l % 8, whose class is 32 hb + l. What a lane decodes of its block and how it sums a
+// row's chunk is the format's (Q4kLane, Q6kLane); the walk over blocks and rows is one.
+
+// Q4_K: lane l holds 16 bytes of its block's quants, the low nibbles of which are half of chunk
+// 2m and the high nibbles half of chunk 2m + 1 (m = l % 8 / 2); the lane pair l, l ^ 1 covers
+// both chunks whole and swaps half sums.
+struct Q4kLane {
+    static constexpr int BYTES = 144;
+    int j, m, h;
+    uint4 lo, hi;
+    float scale, minv;
+    int c, c_lo, c_hi;  // this lane's chunk, and the chunks its bytes hold
+    __device__ __forceinline__ explicit Q4kLane(int lane) : j(lane % 8), m(lane % 8 / 2), h(lane % 2) {}
+    // Block b at blk (b is 0 for a lane past the last block: its results are never added).
+    __device__ __forceinline__ void load(const uint8_t* blk, int b) {
+        const uint4 head = ldg16(blk);
+        const uint4 qs = ldg16(blk + 16 + m * 32 + h * 16);
+        lo = low_nibbles(qs, 0);
+        hi = low_nibbles(qs, 4);
+        q4k_scale_min(head, q4k_d_dmin(head), j, scale, minv);
+        c = b * 8 + j;
+        c_lo = c - h;
+        c_hi = c_lo + 1;
     }
-}
+    // The exact sum of this lane's chunk over row xr (every lane calls it: it swaps halves).
+    __device__ __forceinline__ int sum(const int8_t* xr, const XChunk*) {
+        const int s_lo = dot16(lo, ldg16(xr + c_lo * 32 + h * 16));
+        const int s_hi = dot16(hi, ldg16(xr + c_hi * 32 + h * 16));
+        // Keep this lane's chunk's half, hand the other chunk's half to the partner.
+        const int mine = h ? s_hi : s_lo, theirs = h ? s_lo : s_hi;
+        return mine + __shfl_xor_sync(0xffffffffu, theirs, 1);
+    }
+    __device__ __forceinline__ float term(int isum, const XChunk* xmr) const {
+        return q4k_term(scale, minv, isum, xmr[c]);
+    }
+};
 
 // Q6_K: a block's chunk j is quarter j % 4 of half j / 4 (ql nibbles and qh bit pairs, two
 // 16-weight sub-blocks with their own scales). Lanes q and q ^ 2 of a half read the same ql
 // bytes (low nibbles: quarter q & 1, high: quarter (q & 1) + 2): each takes 16 of the 32 (sub-
 // block q >> 1 of both quarters), so it holds one sub-block of its own chunk and one of its
 // partner's, scaled by their integer scales, and they swap the partner's.
-template <int RG>
-__device__ __forceinline__ void dot_q6k_body(const uint8_t* __restrict__ w, size_t row_bytes,
-                                             const int8_t* __restrict__ xq,
-                                             const XChunk* __restrict__ xm, float* __restrict__ y,
-                                             const float* __restrict__ bias, int rows, int n,
-                                             int k, int ldy) {
+struct Q6kLane {
+    static constexpr int BYTES = 210;
+    int half, q, sub, qa;
+    uint4 ua, ub;  // quarter qa's and quarter qa + 2's 6-bit values (0..63), a byte each
+    float d, dx;
+    int sc_a, sc_b, ca, cb;
+    __device__ __forceinline__ explicit Q6kLane(int lane)
+        : half(lane % 8 / 4), q(lane % 4), sub(lane % 4 >> 1), qa(lane % 2) {}
+    __device__ __forceinline__ void load(const uint8_t* blk, int b) {
+        const uint4 ql = ld16_aligned2(blk + 64 * half + 32 * qa + 16 * sub);
+        const uint4 qh = ld16_aligned2(blk + 128 + 32 * half + 16 * sub);
+        d = half_at(blk + 208);
+        sc_a = (int8_t)blk[192 + 8 * half + 2 * qa + sub];
+        sc_b = (int8_t)blk[192 + 8 * half + 2 * (qa + 2) + sub];
+        const int sha = 2 * qa, shb = 2 * qa + 4;
+        ua = make_uint4((ql.x & 0x0F0F0F0Fu) | (((qh.x >> sha) & 0x03030303u) << 4),
+                        (ql.y & 0x0F0F0F0Fu) | (((qh.y >> sha) & 0x03030303u) << 4),
+                        (ql.z & 0x0F0F0F0Fu) | (((qh.z >> sha) & 0x03030303u) << 4),
+                        (ql.w & 0x0F0F0F0Fu) | (((qh.w >> sha) & 0x03030303u) << 4));
+        ub = make_uint4(((ql.x >> 4) & 0x0F0F0F0Fu) | (((qh.x >> shb) & 0x03030303u) << 4),
+                        ((ql.y >> 4) & 0x0F0F0F0Fu) | (((qh.y >> shb) & 0x03030303u) << 4),
+                        ((ql.z >> 4) & 0x0F0F0F0Fu) | (((qh.z >> shb) & 0x03030303u) << 4),
+                        ((ql.w >> 4) & 0x0F0F0F0Fu) | (((qh.w >> shb) & 0x03030303u) << 4));
+        ca = b * 8 + 4 * half + qa;
+        cb = ca + 2;
+    }
+    __device__ __forceinline__ int sum(const int8_t* xr, const XChunk* xmr) {
+        const XChunk ma = xmr[ca], mb = xmr[cb];
+        const int xa = sub ? ma.sum[1] : ma.sum[0], xb = sub ? mb.sum[1] : mb.sum[0];
+        const int ia = sc_a * (dot16(ua, ldg16(xr + ca * 32 + 16 * sub)) - 32 * xa);
+        const int ib = sc_b * (dot16(ub, ldg16(xr + cb * 32 + 16 * sub)) - 32 * xb);
+        // Lanes 0, 1 of a half own quarters qa; lanes 2, 3 quarters qa + 2.
+        const int mine = q < 2 ? ia : ib, theirs = q < 2 ? ib : ia;
+        dx = q < 2 ? ma.d : mb.d;
+        return mine + __shfl_xor_sync(0xffffffffu, theirs, 2);
+    }
+    __device__ __forceinline__ float term(int isum, const XChunk*) const {
+        return q6k_term(d, isum, dx);
+    }
+};
+
+template <int RG, class Lane>
+__device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                         const int8_t* __restrict__ xq,
+                                         const XChunk* __restrict__ xm, float* __restrict__ y,
+                                         const float* __restrict__ bias, int rows, int n, int k,
+                                         int ldy) {
     __shared__ float table[DOT_WARPS][RG][DOT_CLASSES + 1];
     const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
     const int col = blockIdx.x * DOT_WARPS + warp;
     if (col >= n) return;
     const uint8_t* wr = w + (size_t)col * row_bytes;
     const int chunks = k / 32, blocks = k / 256;
-    const int j = lane % 8, half = j / 4, q = j % 4, sub = q >> 1, qa = q & 1;
+    Lane l(lane);
     for (int r0 = 0; r0 < rows; r0 += RG) {
         float part[RG][2];
 #pragma unroll
@@ -218,41 +242,14 @@ __device__ __forceinline__ void dot_q6k_body(const uint8_t* __restrict__ w, size
                 if (b8 + 4 * hb >= blocks) break;
                 const int b = b8 + 4 * hb + lane / 8;
                 const bool active = b < blocks;
-                const uint8_t* blk = wr + (size_t)(active ? b : 0) * 210;
-                const uint4 ql = ld16_aligned2(blk + 64 * half + 32 * qa + 16 * sub);
-                const uint4 qh = ld16_aligned2(blk + 128 + 32 * half + 16 * sub);
-                const float d = half_at(blk + 208);
-                const int sc_a = (int8_t)blk[192 + 8 * half + 2 * qa + sub];
-                const int sc_b = (int8_t)blk[192 + 8 * half + 2 * (qa + 2) + sub];
-                // Quarter qa's and quarter qa + 2's 6-bit values (0..63), a byte each.
-                const int sha = 2 * qa, shb = 2 * qa + 4;
-                const uint4 ua = make_uint4(
-                    (ql.x & 0x0F0F0F0Fu) | (((qh.x >> sha) & 0x03030303u) << 4),
-                    (ql.y & 0x0F0F0F0Fu) | (((qh.y >> sha) & 0x03030303u) << 4),
-                    (ql.z & 0x0F0F0F0Fu) | (((qh.z >> sha) & 0x03030303u) << 4),
-                    (ql.w & 0x0F0F0F0Fu) | (((qh.w >> sha) & 0x03030303u) << 4));
-                const uint4 ub = make_uint4(
-                    ((ql.x >> 4) & 0x0F0F0F0Fu) | (((qh.x >> shb) & 0x03030303u) << 4),
-                    ((ql.y >> 4) & 0x0F0F0F0Fu) | (((qh.y >> shb) & 0x03030303u) << 4),
-                    ((ql.z >> 4) & 0x0F0F0F0Fu) | (((qh.z >> shb) & 0x03030303u) << 4),
-                    ((ql.w >> 4) & 0x0F0F0F0Fu) | (((qh.w >> shb) & 0x03030303u) << 4));
-                const int ca = (active ? b : 0) * 8 + 4 * half + qa, cb = ca + 2;
+                l.load(wr + (size_t)(active ? b : 0) * Lane::BYTES, active ? b : 0);
 #pragma unroll
                 for (int r = 0; r < RG; ++r) {
                     if (r0 + r >= rows) break;
                     const size_t row = (size_t)(r0 + r);
-                    const int8_t* xr = xq + row * k;
-                    const XChunk ma = xm[row * chunks + ca], mb = xm[row * chunks + cb];
-                    const int xa = sub ? ma.sum[1] : ma.sum[0], xb = sub ? mb.sum[1] : mb.sum[0];
-                    const int ia = sc_a * (dot16(ua, ldg16(xr + ca * 32 + 16 * sub)) - 32 * xa);
-                    const int ib = sc_b * (dot16(ub, ldg16(xr + cb * 32 + 16 * sub)) - 32 * xb);
-                    // Lanes 0, 1 of a half own quarters qa; lanes 2, 3 quarters qa + 2.
-                    const int mine = q < 2 ? ia : ib, theirs = q < 2 ? ib : ia;
-                    const int isum = mine + __shfl_xor_sync(0xffffffffu, theirs, 2);
-                    if (active) {
-                        const float dx = q < 2 ? ma.d : mb.d;
-                        part[r][hb] = __fadd_rn(part[r][hb], q6k_term(d, isum, dx));
-                    }
+                    const XChunk* xmr = xm + row * chunks;
+                    const int isum = l.sum(xq + row * k, xmr);
+                    if (active) part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, xmr));
                 }
             }
         }
@@ -262,19 +259,19 @@ __device__ __forceinline__ void dot_q6k_body(const uint8_t* __restrict__ w, size
 
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads.
-#define DOT_KERNEL(FMTNAME, BODY, RG)                                                               \
+#define DOT_KERNEL(FMTNAME, LANE, RG)                                                               \
     extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG(            \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         grid_dependency();                                                                          \
-        BODY<RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                          \
+        dot_body<RG, LANE>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                \
     }
-DOT_KERNEL(q4k, dot_q4k_body, 1)
-DOT_KERNEL(q4k, dot_q4k_body, 2)
-DOT_KERNEL(q4k, dot_q4k_body, 4)
-DOT_KERNEL(q4k, dot_q4k_body, 8)
-DOT_KERNEL(q6k, dot_q6k_body, 1)
-DOT_KERNEL(q6k, dot_q6k_body, 2)
-DOT_KERNEL(q6k, dot_q6k_body, 4)
-DOT_KERNEL(q6k, dot_q6k_body, 8)
+DOT_KERNEL(q4k, Q4kLane, 1)
+DOT_KERNEL(q4k, Q4kLane, 2)
+DOT_KERNEL(q4k, Q4kLane, 4)
+DOT_KERNEL(q4k, Q4kLane, 8)
+DOT_KERNEL(q6k, Q6kLane, 1)
+DOT_KERNEL(q6k, Q6kLane, 2)
+DOT_KERNEL(q6k, Q6kLane, 4)
+DOT_KERNEL(q6k, Q6kLane, 8)

@@ -49,6 +49,14 @@ pub const DOT_MMA_FROM: usize = 8;
 /// columns: 48 to 64 CTAs of 32 columns do not fill the GPU).
 pub const DOTC_MIN_COLS: usize = 8192;
 
+/// The number in the environment variable `name`, or `default` when unset or not a number.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// One GPU as one user sees it (a model and its KV pools): the shared context and kernels, and
 /// a stream of its own, so that models used from different threads never meet inside a graph
 /// capture.
@@ -120,18 +128,8 @@ impl Gpu {
                     .and_then(|n| MatmulKernel::from_name(&n))
                     .unwrap_or(MatmulKernel::DEFAULT),
             )),
-            dot_mma_from: std::sync::atomic::AtomicUsize::new(
-                std::env::var("SPECD_DOT_MMA_FROM")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(DOT_MMA_FROM),
-            ),
-            dotc_min_cols: std::sync::atomic::AtomicUsize::new(
-                std::env::var("SPECD_DOTC_MIN_COLS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(DOTC_MIN_COLS),
-            ),
+            dot_mma_from: env_usize("SPECD_DOT_MMA_FROM", DOT_MMA_FROM).into(),
+            dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
             dequant: Mutex::new(None),
