@@ -264,6 +264,8 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         for j in 0..methods.len() {
             let mi = (j + pi) % methods.len();
             let m = &methods[mi];
+            let captures = || target.model.gpu_stats().map_or(0, |g| g.captures);
+            let captured = captures();
             let out = generate_speculative(
                 &target.model,
                 &tokenizer,
@@ -280,8 +282,14 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             let e = t.by_kind.entry(kind.clone()).or_default();
             e.0 += out.tokens.len() as u64;
             e.1 += out.decode_time;
+            // On a GPU, the target's CUDA graphs captured during this request (a capture
+            // costs milliseconds: new shapes, not steady decoding).
+            let graphs = match target.model.gpu_stats() {
+                Some(_) => format!("  target graphs captured {}", captures() - captured),
+                None => String::new(),
+            };
             eprintln!(
-                "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}",
+                "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}",
                 m.label,
                 out.tokens.len(),
                 out.tokens.len() as f64 / out.decode_time.as_secs_f64().max(1e-9),

@@ -202,6 +202,55 @@ fn prefill_rows_are_bit_identical_to_the_same_tokens_decoded_one_at_a_time() {
     );
 }
 
+/// A captured graph outlives forwards of other sizes: after a decode step's graph is captured,
+/// a long prompt (launched directly, past the graphs' rows) and a prompt of a new graphed shape
+/// leave it in place, so the same decode step is replayed without a new capture, with the same
+/// logits. (Buffers that grew with each forward used to drop every graph.)
+#[test]
+fn a_captured_graph_survives_long_prompts_and_new_shapes() {
+    let m = gpu_target().model;
+    let vocab = m.config().vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(31);
+    let mut tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab - 3)).collect() };
+    let (prompt, long, other) = (tokens(20), tokens(300), tokens(200));
+    let captures = || m.gpu_stats().expect("a GPU model").captures;
+    let mut c = m.new_cache();
+    m.forward_cache(&mut c, &prompt, Logits::None).unwrap();
+    let step = |c: &mut specd_engine::kv::SequenceCache| {
+        let out = rows(&m.forward_cache(c, &[7], Logits::Last).unwrap());
+        c.truncate(prompt.len());
+        out
+    };
+    let first = step(&mut c);
+    let before = captures();
+    assert_eq!(step(&mut c), first, "the replayed step's logits");
+    assert_eq!(
+        captures(),
+        before,
+        "a second identical step replays its graph"
+    );
+    let mut l = m.new_cache();
+    m.forward_cache(&mut l, &long, Logits::Last).unwrap();
+    let mut o = m.new_cache();
+    m.forward_cache(&mut o, &other, Logits::Last).unwrap();
+    let after_prompts = captures();
+    assert!(
+        after_prompts > before,
+        "the 200-token prompt is a new graphed shape"
+    );
+    assert_eq!(
+        step(&mut c),
+        first,
+        "the step's logits after the other forwards"
+    );
+    assert_eq!(
+        captures(),
+        after_prompts,
+        "the decode step's graph was dropped by the long prompt or the new shape"
+    );
+}
+
 /// Sampled verification decided on the GPU (softmax at each sequence's temperature, then
 /// rejection sampling, in the forward) gives for a ragged batch, with drafts from a drafter's
 /// distribution and one-hot ones, what the kernels' CPU reference gives on the rows of the

@@ -99,6 +99,11 @@ impl GpuBlocks {
         self.chunks.iter().map(Buffer::ptr).collect()
     }
 
+    /// The chunks this pool holds when full.
+    pub(crate) fn max_chunks(&self) -> usize {
+        self.max_blocks.div_ceil(self.chunk_blocks)
+    }
+
     /// Blocks per chunk.
     pub(crate) fn chunk_blocks(&self) -> usize {
         self.chunk_blocks

@@ -36,7 +36,7 @@ use super::llama::{
     SeqInput, Top, Wanted,
 };
 use crate::error::{Error, Result};
-use crate::kv::{BlockTable, KvPool};
+use crate::kv::{BlockTable, KvPool, BLOCK_SIZE};
 use specd_kernels::cuda::{KvLayout, WeightFormat};
 
 /// The names of the row-product kernels built in.
@@ -62,16 +62,38 @@ impl From<GpuError> for Error {
 /// sees every batch size and table width should not hold graphs for all of them.
 const GRAPH_CACHE: usize = 256;
 
+/// The least that buffers for forwards launched directly are allocated for.
+const DIRECT_FLOOR: Capacity = Capacity {
+    rows: 16,
+    logit_rows: 16,
+    seqs: 8,
+    meta_ints: 1024,
+    chunks: 16,
+    cross_chunks: 16,
+};
+
 /// A step's padded shape, its output, the head's rows, and whether a GLIDE drafter's feature
 /// is added.
 type GraphKey = (Shape, OutputMode, usize, Option<step::FeatureKinds>);
 
+/// Buffers and the KV chunk tables last uploaded into them.
+#[derive(Debug)]
+struct BufferSet {
+    bufs: Buffers,
+    chunks: UploadedChunks,
+}
+
 /// What the scratch of a model holds between forwards.
 #[derive(Debug)]
 struct Scratch {
-    bufs: Option<Buffers>,
+    /// The buffers graphs are captured over, sized at their first use for the largest shape a
+    /// graph takes ([`CudaModel::graph_capacity`]): replaced, and every graph dropped with
+    /// them, only if a forward outgrows even that (a pool or context larger than at start).
+    graphed: Option<BufferSet>,
+    /// Buffers of forwards launched directly that `graphed` cannot hold (long prompt chunks),
+    /// grown as they come without touching the graphs.
+    direct: Option<BufferSet>,
     graphs: LruCache<GraphKey, Graph>,
-    last_chunks: UploadedChunks,
 }
 
 impl Scratch {
@@ -81,9 +103,9 @@ impl Scratch {
             .and_then(|v| v.parse().ok())
             .unwrap_or(GRAPH_CACHE);
         Self {
-            bufs: None,
+            graphed: None,
+            direct: None,
             graphs: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
-            last_chunks: UploadedChunks::default(),
         }
     }
 }
@@ -378,22 +400,29 @@ impl CudaModel {
         let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
         let cross_chunks = cross_kv.map_or(0, |g| g.chunk_ptrs().len());
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch = &mut *scratch;
-        self.ensure_buffers(scratch, &plan.shape, chunks, cross_chunks)?;
-        if mode == OutputMode::SampledVerdict {
-            let bufs = scratch.bufs.as_mut().expect("buffers ensured");
-            bufs.ensure_q(&self.gpu, &self.config)?;
-        }
-        let bufs = scratch.bufs.as_ref().expect("buffers ensured");
+        let Scratch {
+            graphed,
+            direct,
+            graphs,
+        } = &mut *scratch;
+        let need = Capacity::of(&plan.shape, chunks, cross_chunks);
         let cross_pool = cross.map(|c| c.kv);
-        step::upload(
-            &self.gpu,
-            bufs,
-            &plan,
-            kv,
-            cross_pool,
-            &mut scratch.last_chunks,
-        )?;
+        let set = if use_graph || graphed.as_ref().is_some_and(|s| s.bufs.cap.covers(&need)) {
+            let floor = self.graph_capacity(kv, cross_pool);
+            if self.ensure_buffers(graphed, need.max(floor))? {
+                graphs.clear();
+            }
+            graphed
+        } else {
+            self.ensure_buffers(direct, need.max(DIRECT_FLOOR))?;
+            direct
+        };
+        let set = set.as_mut().expect("buffers ensured");
+        if mode == OutputMode::SampledVerdict {
+            set.bufs.ensure_q(&self.gpu, &self.config)?;
+        }
+        let bufs = &set.bufs;
+        step::upload(&self.gpu, bufs, &plan, kv, cross_pool, &mut set.chunks)?;
         if mode == OutputMode::SampledVerdict {
             step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
         }
@@ -455,7 +484,7 @@ impl CudaModel {
         };
         let launches_before = self.gpu.launches();
         if use_graph {
-            let graph = scratch.graphs.try_get_or_insert(
+            let graph = graphs.try_get_or_insert(
                 (plan.shape, mode, head_rows, feature.map(|(_, kinds)| kinds)),
                 || {
                     self.captures.fetch_add(1, Ordering::Relaxed);
@@ -483,34 +512,17 @@ impl CudaModel {
         Ok((out, hidden))
     }
 
-    /// Reallocates the buffers when a forward outgrows them (graphs captured with the old
-    /// ones are dropped).
-    fn ensure_buffers(
-        &self,
-        scratch: &mut Scratch,
-        shape: &Shape,
-        chunks: usize,
-        cross_chunks: usize,
-    ) -> Result<()> {
-        if scratch
-            .bufs
-            .as_ref()
-            .is_some_and(|b| b.fits(shape, chunks, cross_chunks))
-        {
-            return Ok(());
+    /// Makes `slot` hold buffers of at least `cap` (and, when it held smaller ones, at least
+    /// theirs): returns whether it allocated new ones (graphs captured over the old ones must
+    /// go).
+    fn ensure_buffers(&self, slot: &mut Option<BufferSet>, cap: Capacity) -> Result<bool> {
+        let old = slot.as_ref().map(|s| s.bufs.cap);
+        if old.is_some_and(|c| c.covers(&cap)) {
+            return Ok(false);
         }
-        let old = scratch.bufs.take().map(|b| b.cap);
-        scratch.graphs.clear();
-        scratch.last_chunks = UploadedChunks::default();
-        let grow = |new: usize, old: Option<usize>| new.max(old.unwrap_or(0)).next_power_of_two();
-        let cap = Capacity {
-            rows: grow(shape.rows.max(16), old.map(|c| c.rows)),
-            logit_rows: grow(shape.logit_rows.max(16), old.map(|c| c.logit_rows)),
-            seqs: grow(shape.seqs.max(8), old.map(|c| c.seqs)),
-            meta_ints: grow(shape.ints().max(1024), old.map(|c| c.meta_ints)),
-            chunks: grow(chunks.max(16), old.map(|c| c.chunks)),
-            cross_chunks: grow(cross_chunks.max(16), old.map(|c| c.cross_chunks)),
-        };
+        let cap = old.map_or(cap, |c| c.max(cap));
+        // The old buffers go first: both sets at once may not fit.
+        *slot = None;
         let cross_q_dim = self.cross.as_ref().map_or(0, |c| c.n_heads * c.head_dim);
         let (feature_dim, own_dim) = match &self.cross {
             Some(CudaCross {
@@ -526,8 +538,21 @@ impl CudaModel {
             feature: feature_dim,
             feature_own: own_dim,
         };
-        scratch.bufs = Some(Buffers::new(&self.gpu, &self.config, widths, cap)?);
-        Ok(())
+        *slot = Some(BufferSet {
+            bufs: Buffers::new(&self.gpu, &self.config, widths, cap)?,
+            chunks: UploadedChunks::default(),
+        });
+        Ok(true)
+    }
+
+    /// What the graphed buffers hold from the start: the largest shape a graph is captured
+    /// for, with tables as wide as the context, and every chunk of the pools read. So graphs,
+    /// once captured, stay valid as batches grow, contexts deepen and pools fill.
+    fn graph_capacity(&self, kv: &KvPool, cross: Option<&KvPool>) -> Capacity {
+        let chunks = |p: &KvPool| p.gpu_blocks().map_or(1, GpuBlocks::max_chunks);
+        let width = self.config.max_position_embeddings.div_ceil(BLOCK_SIZE);
+        let shape = Shape::largest_graphed(width, cross.is_some());
+        Capacity::of(&shape, chunks(kv), cross.map_or(0, chunks))
     }
 
     fn read_out(

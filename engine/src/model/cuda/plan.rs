@@ -70,6 +70,13 @@ impl Shape {
         }
     }
 
+    /// The largest shape a graph is captured for, with block tables `width` entries wide (and
+    /// the cross-attention's as wide, for a GLIDE drafter: `cross`).
+    pub fn largest_graphed(width: usize, cross: bool) -> Self {
+        let n = GRAPH_MAX_ROWS;
+        Self::of(n, n, n, width, cross.then_some(width), true)
+    }
+
     /// i32 values of the metadata: ids, positions, slots, row sequences, row lengths (one
     /// each per row), selected rows, sequence first rows and row counts, block tables; with a
     /// cross-attention, the target positions each row sees and the target's block tables.

@@ -35,6 +35,45 @@ pub(super) struct Capacity {
     pub cross_chunks: usize,
 }
 
+impl Capacity {
+    /// What a forward of `shape` needs, reading `chunks` KV chunks of its own pool and
+    /// `cross_chunks` of the target's.
+    pub fn of(shape: &Shape, chunks: usize, cross_chunks: usize) -> Self {
+        Self {
+            rows: shape.rows,
+            logit_rows: shape.logit_rows,
+            seqs: shape.seqs,
+            meta_ints: shape.ints(),
+            chunks: chunks.max(1),
+            cross_chunks: cross_chunks.max(1),
+        }
+    }
+
+    /// Whether buffers of this capacity hold a forward needing `need`.
+    pub fn covers(&self, need: &Capacity) -> bool {
+        need.rows <= self.rows
+            && need.logit_rows <= self.logit_rows
+            && need.seqs <= self.seqs
+            && need.meta_ints <= self.meta_ints
+            && need.chunks <= self.chunks
+            && need.cross_chunks <= self.cross_chunks
+    }
+
+    /// Each count the larger of `self`'s and `other`'s, rounded up to a power of two (buffers
+    /// grow by doubling, so that a server's growing batches and contexts reallocate rarely).
+    pub fn max(self, other: Capacity) -> Capacity {
+        let m = |a: usize, b: usize| a.max(b).next_power_of_two();
+        Capacity {
+            rows: m(self.rows, other.rows),
+            logit_rows: m(self.logit_rows, other.logit_rows),
+            seqs: m(self.seqs, other.seqs),
+            meta_ints: m(self.meta_ints, other.meta_ints),
+            chunks: m(self.chunks, other.chunks),
+            cross_chunks: m(self.cross_chunks, other.cross_chunks),
+        }
+    }
+}
+
 /// Activation and output buffers, sized for `cap.rows` token rows and `cap.logit_rows` rows
 /// of logits.
 #[derive(Debug)]
@@ -168,18 +207,6 @@ impl Buffers {
             self.q = Some(q.map_err(gpu_err)?);
         }
         Ok(())
-    }
-
-    /// Whether these buffers hold a forward of `shape` with `chunks` KV chunks of its own pool
-    /// and `cross_chunks` of the target's.
-    pub fn fits(&self, shape: &Shape, chunks: usize, cross_chunks: usize) -> bool {
-        let c = &self.cap;
-        shape.rows <= c.rows
-            && shape.logit_rows <= c.logit_rows
-            && shape.seqs <= c.seqs
-            && shape.ints() <= c.meta_ints
-            && chunks.max(1) <= c.chunks
-            && cross_chunks.max(1) <= c.cross_chunks
     }
 }
 
