@@ -8,6 +8,7 @@
 //! hundred bytes) and only what the caller asked for comes out: argmax tokens, greedy
 //! verdicts, or (for sampling on the host) the wanted rows of logits.
 
+mod buffers;
 mod kv;
 mod plan;
 mod step;
@@ -18,13 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::Tensor;
 use lru::LruCache;
 use specd_kernels::cuda::{Buffer, Gpu, GpuError, Graph};
 
+use buffers::{Buffers, Capacity, UploadedChunks};
 pub(crate) use kv::GpuBlocks;
 use plan::{Plan, Shape, GRAPH_MAX_ROWS};
-use step::{Buffers, Capacity, CrossLaunch, CudaStep, UploadedChunks};
+use step::{CrossLaunch, CudaStep};
 use weights::{GpuCross, GpuMatrix, GpuWeights};
 
 use super::config::{ModelConfig, RopeLayout};
@@ -33,7 +34,7 @@ use super::glide::{glide_layers, FeatureWeights, GlideHost};
 use super::host_weights::HostWeights;
 use super::llama::{
     hidden_per_seq, run_layers, ForwardOps, ForwardOut, GlideInput, HiddenRows, OutputMode,
-    SeqInput, Top, Wanted,
+    SeqInput, Wanted,
 };
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool, BLOCK_SIZE};
@@ -74,7 +75,7 @@ const DIRECT_FLOOR: Capacity = Capacity {
 
 /// A step's padded shape, its output, the head's rows, and whether a GLIDE drafter's feature
 /// is added.
-type GraphKey = (Shape, OutputMode, usize, Option<step::FeatureKinds>);
+type GraphKey = (Shape, OutputMode, usize, Option<buffers::FeatureKinds>);
 
 /// Buffers and the KV chunk tables last uploaded into them.
 #[derive(Debug)]
@@ -422,9 +423,9 @@ impl CudaModel {
             set.bufs.ensure_q(&self.gpu, &self.config)?;
         }
         let bufs = &set.bufs;
-        step::upload(&self.gpu, bufs, &plan, kv, cross_pool, &mut set.chunks)?;
+        buffers::upload(&self.gpu, bufs, &plan, kv, cross_pool, &mut set.chunks)?;
         if mode == OutputMode::SampledVerdict {
-            step::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
+            buffers::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
         }
         let feature = match (&self.cross, glide) {
             (
@@ -432,7 +433,7 @@ impl CudaModel {
                     feature: Some(f), ..
                 }),
                 Some(g),
-            ) => step::upload_features(
+            ) => buffers::upload_features(
                 &self.gpu,
                 bufs,
                 &self.config,
@@ -501,10 +502,10 @@ impl CudaModel {
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.host_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let out = self.read_out(bufs, &plan, batch, mode, head_rows)?;
+        let out = buffers::read_out(&self.gpu, bufs, &plan, batch, mode, head_rows)?;
         let hidden = if keep_hidden {
             let h = self.config.hidden_size;
-            let rows = step::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
+            let rows = buffers::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
             Some(hidden_per_seq(&rows, h, batch))
         } else {
             None
@@ -533,7 +534,7 @@ impl CudaModel {
             }
             _ => (0, 0),
         };
-        let widths = step::ExtraWidths {
+        let widths = buffers::ExtraWidths {
             cross_q: cross_q_dim,
             feature: feature_dim,
             feature_own: own_dim,
@@ -553,70 +554,6 @@ impl CudaModel {
         let width = self.config.max_position_embeddings.div_ceil(BLOCK_SIZE);
         let shape = Shape::largest_graphed(width, cross.is_some());
         Capacity::of(&shape, chunks(kv), cross.map_or(0, chunks))
-    }
-
-    fn read_out(
-        &self,
-        bufs: &Buffers,
-        plan: &Plan,
-        batch: &[SeqInput<'_>],
-        mode: OutputMode,
-        head_rows: usize,
-    ) -> Result<ForwardOut> {
-        let gpu = &self.gpu;
-        match mode {
-            OutputMode::Logits => {
-                let all: Vec<f32> = gpu
-                    .read(bufs.logits.ptr(), plan.logit_rows * head_rows)
-                    .map_err(gpu_err)?;
-                let mut out = Vec::with_capacity(batch.len());
-                let mut r = 0;
-                for s in batch {
-                    let n = s.logits.rows(s.tokens.len());
-                    let rows = all[r * head_rows..(r + n) * head_rows].to_vec();
-                    out.push(Tensor::from_vec(
-                        rows,
-                        (n, head_rows),
-                        &candle_core::Device::Cpu,
-                    )?);
-                    r += n;
-                }
-                Ok(ForwardOut::Logits(out))
-            }
-            OutputMode::Top => {
-                let tok: Vec<i32> = gpu
-                    .read(bufs.top_tok.ptr(), plan.logit_rows)
-                    .map_err(gpu_err)?;
-                let prob: Vec<f32> = gpu
-                    .read(bufs.top_prob.ptr(), plan.logit_rows)
-                    .map_err(gpu_err)?;
-                let mut out = Vec::with_capacity(batch.len());
-                let mut r = 0;
-                for s in batch {
-                    let n = s.logits.rows(s.tokens.len());
-                    out.push(
-                        (r..r + n)
-                            .map(|i| Top {
-                                token: tok[i] as u32,
-                                prob: prob[i],
-                            })
-                            .collect(),
-                    );
-                    r += n;
-                }
-                Ok(ForwardOut::Top(out))
-            }
-            OutputMode::GreedyVerdict | OutputMode::SampledVerdict => {
-                let v: Vec<i32> = gpu
-                    .read(bufs.verdicts.ptr(), 2 * plan.seqs)
-                    .map_err(gpu_err)?;
-                Ok(ForwardOut::Verdicts(
-                    v.chunks_exact(2)
-                        .map(|p| (p[0] as usize, p[1] as u32))
-                        .collect(),
-                ))
-            }
-        }
     }
 }
 
