@@ -35,6 +35,38 @@ fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Resu
     Ok(median(&times))
 }
 
+/// Decode steps as generation takes them: the context grows by one position a step (new KV
+/// blocks, wider block tables, a graph for each new padded width), where [`decode_ms`] repeats
+/// one position. Returns (mean, median, max) milliseconds over `steps`, graphs as set; the
+/// cache is cut back after.
+fn decode_growing(
+    m: &Model,
+    cache: &mut SequenceCache,
+    steps: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let len = cache.len();
+    let mut next = 100u32;
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let (pool, table) = cache.parts();
+        let t = Instant::now();
+        let top = m.forward_top(
+            pool,
+            &mut [SeqInput {
+                table,
+                tokens: &[next],
+                logits: Logits::Last,
+            }],
+        )?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        next = top[0][0].token;
+    }
+    cache.truncate(len);
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let max = times.iter().copied().fold(0.0, f64::max);
+    Ok((mean, median(&times), max))
+}
+
 /// Milliseconds of a verification of `rows` rows with the greedy verdict on the device.
 fn verify_ms(
     m: &Model,
@@ -181,6 +213,12 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
         ));
     }
     model.set_cuda_graphs(modes[0]);
+    // The same steps with the context growing, as in generation (bench-spec's target-only).
+    let (mean, med, max) = decode_growing(model, &mut cache, args.gen_tokens)?;
+    let growing = format!(
+        "{{\"steps\":{},\"mean_ms\":{mean:.3},\"median_ms\":{med:.3},\"max_ms\":{max:.3}}}",
+        args.gen_tokens
+    );
 
     let mut rows = args.verify_rows.clone();
     if rows.is_empty() {
@@ -214,7 +252,7 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
         batches.push(format!("{{\"batch\":{b},\"tokens_per_s\":{tps:.0}}}"));
     }
     println!(
-        "{{\"model\":\"{name}\",\"gpu\":\"{}\",\"matmul\":\"{}\",\"context\":{ctx},\"copy_bandwidth_TBps\":{:.3},\"weight_bytes\":{},\"bytes_per_step\":{step_bytes},\"roofline_ms\":{roofline_ms:.3},\"prefill_tokens\":{},\"pp_tokens_per_s\":{:.0},\"decode\":[{}],\"verify\":[{}],\"batch\":[{}],\"sweep\":[{}]}}",
+        "{{\"model\":\"{name}\",\"gpu\":\"{}\",\"matmul\":\"{}\",\"context\":{ctx},\"copy_bandwidth_TBps\":{:.3},\"weight_bytes\":{},\"bytes_per_step\":{step_bytes},\"roofline_ms\":{roofline_ms:.3},\"prefill_tokens\":{},\"pp_tokens_per_s\":{:.0},\"decode\":[{}],\"decode_growing\":{growing},\"verify\":[{}],\"batch\":[{}],\"sweep\":[{}]}}",
         stats.device,
         stats.matmul,
         bandwidth / 1e12,
