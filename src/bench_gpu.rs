@@ -10,12 +10,21 @@ use specd_engine::model::{Logits, Model, SeqInput};
 
 use crate::bench::BenchArgs;
 
-/// Milliseconds of one decode step (argmax on the device), median over `steps`.
-fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Result<f64> {
+/// Milliseconds of each of `steps` decode steps (argmax on the device), after `warmup` untimed
+/// ones. With `grow` the context grows by one position a step, as generation takes it (new KV
+/// blocks, wider block tables, a graph for each new padded width); without, every step repeats
+/// the same position. The cache is cut back to its length after.
+fn decode_times(
+    m: &Model,
+    cache: &mut SequenceCache,
+    warmup: usize,
+    steps: usize,
+    grow: bool,
+) -> anyhow::Result<Vec<f64>> {
     let len = cache.len();
     let mut next = 100u32;
     let mut times = Vec::with_capacity(steps);
-    for i in 0..steps + 3 {
+    for i in 0..warmup + steps {
         let (pool, table) = cache.parts();
         let t = Instant::now();
         let top = m.forward_top(
@@ -26,42 +35,31 @@ fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Resu
                 logits: Logits::Last,
             }],
         )?;
-        if i >= 3 {
+        if i >= warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         next = top[0][0].token;
-        cache.truncate(len);
+        if !grow {
+            cache.truncate(len);
+        }
     }
-    Ok(median(&times))
+    cache.truncate(len);
+    Ok(times)
 }
 
-/// Decode steps as generation takes them: the context grows by one position a step (new KV
-/// blocks, wider block tables, a graph for each new padded width), where [`decode_ms`] repeats
-/// one position. Returns (mean, median, max) milliseconds over `steps`, graphs as set; the
-/// cache is cut back after.
+/// Milliseconds of one decode step at one position, median over `steps`.
+fn decode_ms(m: &Model, cache: &mut SequenceCache, steps: usize) -> anyhow::Result<f64> {
+    Ok(median(&decode_times(m, cache, 3, steps, false)?))
+}
+
+/// Decode as generation takes it, the context growing: (mean, median, max) milliseconds over
+/// `steps`, graphs as set.
 fn decode_growing(
     m: &Model,
     cache: &mut SequenceCache,
     steps: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let len = cache.len();
-    let mut next = 100u32;
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let (pool, table) = cache.parts();
-        let t = Instant::now();
-        let top = m.forward_top(
-            pool,
-            &mut [SeqInput {
-                table,
-                tokens: &[next],
-                logits: Logits::Last,
-            }],
-        )?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        next = top[0][0].token;
-    }
-    cache.truncate(len);
+    let times = decode_times(m, cache, 0, steps, true)?;
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let max = times.iter().copied().fold(0.0, f64::max);
     Ok((mean, median(&times), max))

@@ -409,13 +409,12 @@ impl CudaModel {
         let need = Capacity::of(&plan.shape, chunks, cross_chunks);
         let cross_pool = cross.map(|c| c.kv);
         let set = if use_graph || graphed.as_ref().is_some_and(|s| s.bufs.cap.covers(&need)) {
-            let floor = self.graph_capacity(kv, cross_pool);
-            if self.ensure_buffers(graphed, need.max(floor))? {
+            if self.ensure_buffers(graphed, need, || self.graph_capacity(kv, cross_pool))? {
                 graphs.clear();
             }
             graphed
         } else {
-            self.ensure_buffers(direct, need.max(DIRECT_FLOOR))?;
+            self.ensure_buffers(direct, need, || DIRECT_FLOOR)?;
             direct
         };
         let set = set.as_mut().expect("buffers ensured");
@@ -513,15 +512,24 @@ impl CudaModel {
         Ok((out, hidden))
     }
 
-    /// Makes `slot` hold buffers of at least `cap` (and, when it held smaller ones, at least
-    /// theirs): returns whether it allocated new ones (graphs captured over the old ones must
-    /// go).
-    fn ensure_buffers(&self, slot: &mut Option<BufferSet>, cap: Capacity) -> Result<bool> {
+    /// Makes `slot` hold buffers for a forward needing `need`: kept when they do, else grown
+    /// to hold both (each count rounded up to a power of two), or, the first time, allocated
+    /// for at least `floor()`. Returns whether it allocated new ones (graphs captured over the
+    /// old ones must go).
+    fn ensure_buffers(
+        &self,
+        slot: &mut Option<BufferSet>,
+        need: Capacity,
+        floor: impl FnOnce() -> Capacity,
+    ) -> Result<bool> {
         let old = slot.as_ref().map(|s| s.bufs.cap);
-        if old.is_some_and(|c| c.covers(&cap)) {
+        if old.is_some_and(|c| c.covers(&need)) {
             return Ok(false);
         }
-        let cap = old.map_or(cap, |c| c.max(cap));
+        let cap = match old {
+            Some(c) => c.max(need),
+            None => need.max(floor()),
+        };
         // The old buffers go first: both sets at once may not fit.
         *slot = None;
         let cross_q_dim = self.cross.as_ref().map_or(0, |c| c.n_heads * c.head_dim);
