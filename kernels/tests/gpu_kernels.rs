@@ -242,13 +242,17 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     g.reserve_dequant_scratch(128 * 2304).unwrap();
     let plain = gpu();
     // The 8-bit-activation products on the tensor cores from 2 rows and with a warp per column
-    // for one (`g`), and with dp4a for every number of rows and a lane per column for one
-    // (`dp4a`): the same bits.
+    // for one (`g`), with dp4a for every number of rows and a lane per column for one
+    // (`dp4a`), and through the tiled GEMM for every number of rows (`tiled`): the same bits.
     g.set_dot_mma_from(2);
+    g.set_dot_gemm_from(usize::MAX);
     g.set_dotc_min_cols(usize::MAX);
     let dp4a = gpu();
     dp4a.set_dot_mma_from(usize::MAX);
+    dp4a.set_dot_gemm_from(usize::MAX);
     dp4a.set_dotc_min_cols(0);
+    let tiled = gpu();
+    tiled.set_dot_gemm_from(1);
     let mut rng = Rng::new(1);
     let formats = [
         None,
@@ -326,6 +330,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                 .chain([
                     (MatmulKernel::Gemm, &plain, " without scratch"),
                     (MatmulKernel::Dot, &dp4a, " with dp4a and a lane per column"),
+                    (MatmulKernel::Dot, &tiled, " through the tiled GEMM"),
                 ]);
             for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;
@@ -423,7 +428,14 @@ fn a_nan_activation_reaches_the_outputs_of_the_8_bit_products() {
     let g = gpu();
     let mut rng = Rng::new(7);
     let (n, k) = (24, 512);
-    for format in [QuantFormat::Q4K, QuantFormat::Q6K] {
+    // The row kernels, then the tiled GEMM.
+    for (format, gemm_from) in [
+        (QuantFormat::Q4K, usize::MAX),
+        (QuantFormat::Q6K, usize::MAX),
+        (QuantFormat::Q4K, 1),
+        (QuantFormat::Q6K, 1),
+    ] {
+        g.set_dot_gemm_from(gemm_from);
         let (_wbuf, view, _) = upload_matrix(&g, &mut rng, Some(format), n, k);
         let mut x: Vec<f32> = rng.vec(2 * k, 1.0).into_iter().map(round_bf16).collect();
         x[k + 77] = f32::NAN;
@@ -451,7 +463,7 @@ fn a_nan_activation_reaches_the_outputs_of_the_8_bit_products() {
             let got = read_f32(&g, &y);
             assert!(
                 got[row * n..(row + 1) * n].iter().all(|v| v.is_nan()),
-                "{format:?}, {rows} rows: the row with a NaN gave {:?}",
+                "{format:?}, {rows} rows, GEMM from {gemm_from}: the row with a NaN gave {:?}",
                 &got[row * n..(row + 1) * n]
             );
             if rows == 2 {

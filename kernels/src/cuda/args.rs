@@ -211,7 +211,8 @@ pub enum MatmulKernel {
     /// per output column (one row of a Q4_K matrix of at least
     /// [`crate::cuda::Gpu::dotc_min_cols`] columns: a lane per column) below
     /// [`crate::cuda::Gpu::dot_mma_from`] rows, int8 mma (16 columns by 8 rows an instruction)
-    /// from there. Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
+    /// from there, and a tiled int8 GEMM (qgemm.cu) from [`crate::cuda::Gpu::dot_gemm_from`]
+    /// rows (prefill). Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
     /// takes `auto`'s choice for it.
     Dot,
     /// Per product, by its shape, format and rows: [`MatmulKernel::Dot`] for every number of

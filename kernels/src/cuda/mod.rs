@@ -43,6 +43,11 @@ struct Shared {
 /// int8 mma from 8 (and for prefill).
 pub const DOT_MMA_FROM: usize = 8;
 
+/// The fewest rows the 8-bit-activation products take in the tiled GEMM by default (qgemm.cu:
+/// 32 columns by 32 or 64 rows a CTA, the next stage's loads in flight while the tensor cores
+/// work), the rows of prefill and of large batches; fewer take int8 mma or dp4a.
+pub const DOT_GEMM_FROM: usize = 32;
+
 /// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
 /// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step
 /// on the gate and up products (17,920 columns) and lost on the narrow ones (1,536 and 2,048
@@ -71,6 +76,9 @@ pub struct Gpu {
     /// The fewest rows [`MatmulKernel::Dot`] gives its int8 mma kernels (fewer take dp4a):
     /// `SPECD_DOT_MMA_FROM`, default [`DOT_MMA_FROM`].
     dot_mma_from: std::sync::atomic::AtomicUsize,
+    /// The fewest rows [`MatmulKernel::Dot`] gives its tiled GEMM: `SPECD_DOT_GEMM_FROM`,
+    /// default [`DOT_GEMM_FROM`].
+    dot_gemm_from: std::sync::atomic::AtomicUsize,
     /// The fewest output columns a one-row Q4_K product needs to take the lane-per-column
     /// kernel (`SPECD_DOTC_MIN_COLS`, default [`DOTC_MIN_COLS`]).
     dotc_min_cols: std::sync::atomic::AtomicUsize,
@@ -129,6 +137,7 @@ impl Gpu {
                     .unwrap_or(MatmulKernel::DEFAULT),
             )),
             dot_mma_from: env_usize("SPECD_DOT_MMA_FROM", DOT_MMA_FROM).into(),
+            dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
@@ -220,6 +229,27 @@ impl Gpu {
     /// than dp4a (qdot.cu); both add in one order, so this changes speed only.
     pub fn dot_mma_from(&self) -> usize {
         self.dot_mma_from.load(Ordering::Relaxed).max(2)
+    }
+
+    /// The fewest rows the 8-bit-activation products take in the tiled GEMM (qgemm.cu); the
+    /// same bits as the other kernels.
+    pub fn dot_gemm_from(&self) -> usize {
+        self.dot_gemm_from.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::dot_gemm_from`] (graphs captured before keep the old choice).
+    pub fn set_dot_gemm_from(&self, rows: usize) {
+        self.dot_gemm_from.store(rows, Ordering::Relaxed);
+    }
+
+    /// What picks an 8-bit-activation product's kernel.
+    fn dot_settings(&self) -> qdot::DotSettings {
+        qdot::DotSettings {
+            mma_from: self.dot_mma_from(),
+            gemm_from: self.dot_gemm_from(),
+            dotc_min_cols: self.dotc_min_cols(),
+            sms: self.kernels().sms,
+        }
     }
 
     /// The fewest output columns for which a one-row Q4_K product takes the kernel with a lane

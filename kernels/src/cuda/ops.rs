@@ -19,6 +19,7 @@ const MATMUL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/matmul.fatbin"))
 const GEMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemm.fatbin"));
 const QDOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qdot.fatbin"));
 const QMMA: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qmma.fatbin"));
+const QGEMM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qgemm.fatbin"));
 const NORM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin"));
 const ROPE_KV: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rope_kv.fatbin"));
 const ATTENTION: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin"));
@@ -36,8 +37,10 @@ const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 pub(super) struct Kernels {
     /// By (kernel, format index): the function, and how many CTAs of it the GPU holds at once.
     matmul: std::collections::HashMap<(MatmulKernel, usize), (CudaFunction, usize)>,
-    /// By format index: the 8-bit-activation products (qdot.cu, qmma.cu).
+    /// By format index: the 8-bit-activation products (qdot.cu, qmma.cu, qgemm.cu).
     pub(super) dot: std::collections::HashMap<usize, DotKernels>,
+    /// The GPU's multiprocessors.
+    pub(super) sms: usize,
     pub(super) quantize_rows: CudaFunction,
     embed_rows: CudaFunction,
     gemm_bf16: CudaFunction,
@@ -78,11 +81,12 @@ impl Kernels {
                     "loading specd's kernels (is the driver new enough?)",
                 ))
         };
-        let (mm, gemm, qdot, qmma, norm, rope, att, sample) = (
+        let (mm, gemm, qdot, qmma, qgemm, norm, rope, att, sample) = (
             module("matmul", MATMUL)?,
             module("gemm", GEMM)?,
             module("qdot", QDOT)?,
             module("qmma", QMMA)?,
+            module("qgemm", QGEMM)?,
             module("norm", NORM)?,
             module("rope_kv", ROPE_KV)?,
             module("attention", ATTENTION)?,
@@ -110,7 +114,7 @@ impl Kernels {
         }
         let mut dot = std::collections::HashMap::new();
         for format in WeightFormat::ALL.into_iter().filter(|w| w.has_dot()) {
-            let kernels = DotKernels::load(&qdot, &qmma, FORMATS[format.index()], format)?;
+            let kernels = DotKernels::load(&qdot, &qmma, &qgemm, FORMATS[format.index()], format)?;
             dot.insert(format.index(), kernels);
         }
         let gemm_bf16 = f(&gemm, "gemm_bf16")?;
@@ -125,6 +129,7 @@ impl Kernels {
         Ok(Self {
             matmul,
             dot,
+            sms,
             quantize_rows: f(&qdot, "quantize_rows")?,
             embed_rows: f(&mm, "embed_rows")?,
             gemm_bf16,

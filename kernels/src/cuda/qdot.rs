@@ -1,5 +1,6 @@
-//! The launches of the products over 8-bit activations (kernels/cuda/qdot.cu, qmma.cu): the
-//! activations' 8-bit copy, and which kernel takes a product by its rows and width.
+//! The launches of the products over 8-bit activations (kernels/cuda/qdot.cu, qmma.cu,
+//! qgemm.cu): the activations' 8-bit copy, and which kernel takes a product by its rows and
+//! width ([`DotChoice::of`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use super::args::{MatmulArgs, WeightFormat, WeightView};
 use super::ops::{grid, to_i32, Args};
 use super::{DevicePtr, Gpu, GpuError, GpuResult, MatmulKernel};
 
-/// The 8-bit-activation products of one weight format (qdot.cu, qmma.cu).
+/// The 8-bit-activation products of one weight format (qdot.cu, qmma.cu, qgemm.cu).
 pub(super) struct DotKernels {
     /// One row, a warp per column.
     one: CudaFunction,
@@ -19,6 +20,8 @@ pub(super) struct DotKernels {
     rows: [CudaFunction; 3],
     /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
     mma: [CudaFunction; 2],
+    /// The tiled GEMM, 32 columns by 32 and 64 rows a CTA.
+    gemm: [CudaFunction; 2],
 }
 
 impl DotKernels {
@@ -26,6 +29,7 @@ impl DotKernels {
     pub(super) fn load(
         qdot: &Arc<CudaModule>,
         qmma: &Arc<CudaModule>,
+        qgemm: &Arc<CudaModule>,
         fmt: &str,
         format: WeightFormat,
     ) -> GpuResult<Self> {
@@ -35,6 +39,7 @@ impl DotKernels {
         };
         let g = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}"));
         let m = |rt: usize| f(qmma, &format!("mdot_{fmt}_t{rt}"));
+        let t = |wm: usize| f(qgemm, &format!("qgemm_{fmt}_m{wm}"));
         Ok(Self {
             one: g(1)?,
             // Q4_K also has a kernel with a lane per column (dotc).
@@ -44,16 +49,79 @@ impl DotKernels {
             },
             rows: [g(2)?, g(4)?, g(8)?],
             mma: [m(1)?, m(2)?],
+            gemm: [t(1)?, t(2)?],
         })
     }
 }
 
+/// Which 8-bit-activation kernel takes a product (they all add in one order, so the choice
+/// changes speed only), and its launch shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DotChoice {
+    /// One row, a warp per output column (qdot.cu `dot_*_r1`).
+    One,
+    /// One row of Q4_K, a lane per output column (`dotc_q4k`).
+    LanePerColumn,
+    /// dp4a, a warp per column, up to this many rows a pass (2, 4 or 8).
+    Rows(usize),
+    /// int8 mma, 16 columns a CTA, 8 (`t1`) or 16 (`t2`) rows a pass.
+    Mma { pass: usize },
+    /// The tiled GEMM, 32 columns by `32 · wm` rows a CTA (`m1`, `m2`).
+    Gemm { wm: usize },
+}
+
+/// The settings [`DotChoice::of`] reads ([`Gpu::dot_mma_from`], [`Gpu::dot_gemm_from`],
+/// [`Gpu::dotc_min_cols`], the GPU's multiprocessors).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DotSettings {
+    pub(super) mma_from: usize,
+    pub(super) gemm_from: usize,
+    pub(super) dotc_min_cols: usize,
+    pub(super) sms: usize,
+}
+
 /// Output columns per CTA of the 8-bit-activation products: a warp each for dp4a (DOT_WARPS in
 /// qdot.cu), a lane each for one row of Q4_K (DOTC_COLS), 16 for int8 mma (MDOT_COLS in
-/// qmma.cu).
+/// qmma.cu), 32 for the GEMM (QG_COLS in qgemm.cu).
 const DOT_WARPS: usize = 8;
 const DOTC_COLS: usize = 32;
 const MDOT_COLS: usize = 16;
+const QG_COLS: usize = 32;
+
+impl DotChoice {
+    /// The kernel for `rows` rows of a product with `n` output columns; `lane_per_column`
+    /// whether the format has that kernel (Q4_K). The GEMM takes `gemm_from` rows and more,
+    /// in CTAs of 64 rows unless that leaves fewer CTAs than twice the multiprocessors (then
+    /// 32, for the narrow products of a short prompt).
+    pub(super) fn of(rows: usize, n: usize, lane_per_column: bool, s: DotSettings) -> Self {
+        match rows {
+            r if r >= s.gemm_from.max(1) => {
+                let ctas = n.div_ceil(QG_COLS) * rows.div_ceil(64);
+                DotChoice::Gemm {
+                    wm: if ctas >= 2 * s.sms { 2 } else { 1 },
+                }
+            }
+            1 if lane_per_column && n >= s.dotc_min_cols => DotChoice::LanePerColumn,
+            1 => DotChoice::One,
+            r if r >= s.mma_from && r <= 8 => DotChoice::Mma { pass: 8 },
+            r if r >= s.mma_from => DotChoice::Mma { pass: 16 },
+            2 => DotChoice::Rows(2),
+            3 | 4 => DotChoice::Rows(4),
+            _ => DotChoice::Rows(8),
+        }
+    }
+
+    /// The launch: (grid x, grid y, threads a CTA) for `rows` rows and `n` columns.
+    fn shape(self, rows: usize, n: usize) -> (usize, usize, u32) {
+        match self {
+            DotChoice::One | DotChoice::Rows(_) => (n.div_ceil(DOT_WARPS), 1, 256),
+            DotChoice::LanePerColumn => (n.div_ceil(DOTC_COLS), 1, 256),
+            // The mma kernels' row passes spread over the grid's rows too.
+            DotChoice::Mma { pass } => (n.div_ceil(MDOT_COLS), rows.div_ceil(pass), 256),
+            DotChoice::Gemm { wm } => (n.div_ceil(QG_COLS), rows.div_ceil(32 * wm), 64 * wm as u32),
+        }
+    }
+}
 
 impl Gpu {
     /// Whether [`Gpu::matmul_rows`] over `rows` rows of `w` reads x's 8-bit copy
@@ -99,18 +167,21 @@ impl Gpu {
             self.quantize_rows(a.x, a.rows, k, a.xq)?;
         }
         let fns = &self.kernels().dot[&a.w.format.index()];
-        let mma_from = self.dot_mma_from();
-        // (function, output columns per CTA, rows per CTA pass for the mma kernels' grid rows)
-        let (f, cols, pass) = match a.rows {
-            1 => match &fns.lane_per_column {
-                Some(f) if n >= self.dotc_min_cols() => (f, DOTC_COLS, 0),
-                _ => (&fns.one, DOT_WARPS, 0),
-            },
-            r if r >= mma_from && r <= 8 => (&fns.mma[0], MDOT_COLS, 8),
-            r if r >= mma_from => (&fns.mma[1], MDOT_COLS, 16),
-            2 => (&fns.rows[0], DOT_WARPS, 0),
-            3 | 4 => (&fns.rows[1], DOT_WARPS, 0),
-            _ => (&fns.rows[2], DOT_WARPS, 0),
+        let choice = DotChoice::of(
+            a.rows,
+            n,
+            fns.lane_per_column.is_some(),
+            self.dot_settings(),
+        );
+        let f = match choice {
+            DotChoice::One => &fns.one,
+            DotChoice::LanePerColumn => fns.lane_per_column.as_ref().unwrap_or(&fns.one),
+            DotChoice::Rows(2) => &fns.rows[0],
+            DotChoice::Rows(4) => &fns.rows[1],
+            DotChoice::Rows(_) => &fns.rows[2],
+            DotChoice::Mma { pass: 8 } => &fns.mma[0],
+            DotChoice::Mma { .. } => &fns.mma[1],
+            DotChoice::Gemm { wm } => &fns.gemm[wm.min(2) - 1],
         };
         let (w, rb, xq, y, bias) = (a.w.ptr, a.w.row_bytes(), a.xq, a.y, a.bias);
         let meta = xq + (a.rows * k) as u64;
@@ -118,11 +189,65 @@ impl Gpu {
         let mut b = Args::default();
         b.arg(&w).arg(&rb).arg(&xq).arg(&meta).arg(&y).arg(&bias);
         b.arg(&rows).arg(&ni).arg(&ki).arg(&ldy);
-        let mut cfg = grid(n.div_ceil(cols), 256);
-        if pass > 0 {
-            // The mma kernels' row passes spread over the grid's rows too (many-row products).
-            cfg.grid_dim.1 = a.rows.div_ceil(pass).min(65_535) as u32;
-        }
+        let (gx, gy, threads) = choice.shape(a.rows, n);
+        let mut cfg = grid(gx, threads);
+        cfg.grid_dim.1 = gy.clamp(1, 65_535) as u32;
         self.launch(f, cfg, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H100: DotSettings = DotSettings {
+        mma_from: 8,
+        gemm_from: 32,
+        dotc_min_cols: 8192,
+        sms: 132,
+    };
+
+    #[test]
+    fn each_row_count_takes_its_kernel() {
+        let of = |rows, n| DotChoice::of(rows, n, true, H100);
+        assert_eq!(of(1, 17_920), DotChoice::LanePerColumn);
+        assert_eq!(of(1, 1536), DotChoice::One);
+        assert_eq!(DotChoice::of(1, 151_936, false, H100), DotChoice::One);
+        assert_eq!(of(2, 1536), DotChoice::Rows(2));
+        assert_eq!(of(3, 1536), DotChoice::Rows(4));
+        assert_eq!(of(5, 1536), DotChoice::Rows(8));
+        assert_eq!(of(8, 1536), DotChoice::Mma { pass: 8 });
+        assert_eq!(of(31, 1536), DotChoice::Mma { pass: 16 });
+        // A short prompt's narrow product: 48 x 1 CTAs of 64 rows would leave SMs idle.
+        assert_eq!(of(32, 1536), DotChoice::Gemm { wm: 1 });
+        assert_eq!(of(512, 1536), DotChoice::Gemm { wm: 2 });
+        assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
+    }
+
+    #[test]
+    fn the_gemm_can_take_every_row_count_and_the_grid_covers_the_product() {
+        let all = DotSettings {
+            gemm_from: 0,
+            ..H100
+        };
+        for rows in [1, 2, 5, 33, 64, 65, 130, 4096] {
+            for n in [8, 31, 33, 1536, 151_936] {
+                let c = DotChoice::of(rows, n, true, all);
+                let DotChoice::Gemm { wm } = c else {
+                    panic!("{rows} rows of {n}: {c:?}, not the GEMM");
+                };
+                let (gx, gy, threads) = c.shape(rows, n);
+                assert!(gx * QG_COLS >= n && gy * 32 * wm >= rows);
+                assert_eq!(threads, 64 * wm as u32);
+            }
+        }
+        // Settings of 0 or 1 rows for the mma kernels still leave one row to dp4a.
+        let mma = DotSettings {
+            mma_from: 0,
+            gemm_from: usize::MAX,
+            ..H100
+        };
+        assert_eq!(DotChoice::of(2, 64, false, mma), DotChoice::Mma { pass: 8 });
+        assert_eq!(DotChoice::of(1, 64, false, mma), DotChoice::One);
     }
 }
