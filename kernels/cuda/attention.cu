@@ -16,10 +16,10 @@
 // row's own range of positions, so a row's output is the same in any batch. Two ways to run the
 // same arithmetic: with `gridDim.z` > 1 (few rows: decode and verification), split z of a row is
 // its own CTA, writing its partial result to `partials`, and the last CTA of the row to finish
-// (counted in `counters`, which it resets) combines them; with `gridDim.z` == 1 (many rows:
-// prefill), one CTA works through the row's splits one after another, keeping their partial
-// results in shared memory (so does a row with more splits than the grid has, which the host
-// never launches).
+// combines them (counted in `counters` modulo the row's splits, so back at zero after it); with
+// `gridDim.z` == 1 (many rows: prefill), one CTA works through the row's splits one after
+// another, keeping their partial results in shared memory (so does a row with more splits than
+// the grid has, which the host never launches).
 #include <float.h>
 #include "reductions.cuh"
 
@@ -97,7 +97,7 @@ __device__ __forceinline__ void attend(AttnShared& sh, int lo, int hi, bf16* con
         const float m_new = fmaxf(m, warp_max(s));
         const float corr = expf(m - m_new);
         const float e = p < hi ? expf(s - m_new) : 0.f;
-        l = l * corr + warp_sum(e);
+        l = __fmaf_rn(l, corr, warp_sum(e));
 #pragma unroll
         for (int i = 0; i < DPL; ++i) acc[i] *= corr;
         m = m_new;
@@ -244,9 +244,9 @@ __device__ __forceinline__ void attention_body(
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned* c = counters + (size_t)row * n_heads + h;
-        sh.last = atomicAdd(c, 1u) == (unsigned)sp.n - 1;
-        // Every other split has counted itself: ready for the next layer's launch.
-        if (sh.last) *c = 0;
+        // Counts modulo the row's splits: the last one to finish sees n - 1 and leaves the
+        // counter back at zero for the next launch.
+        sh.last = atomicInc(c, (unsigned)sp.n - 1) == (unsigned)sp.n - 1;
     }
     __syncthreads();
     if (!sh.last) return;

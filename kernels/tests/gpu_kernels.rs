@@ -630,6 +630,16 @@ fn kv_at(
     block * block_elems + ((layer * 2 + usize::from(values)) * 16 + slot) * kv_dim
 }
 
+/// How many spans attention splits a row seeing `visible` positions into (attention.cu's
+/// `splits_of`): rounds of 256, at most 16 spans of equally many whole rounds.
+fn spans(visible: usize) -> usize {
+    let rounds = visible.div_ceil(256);
+    if rounds <= 1 {
+        return 1;
+    }
+    rounds.div_ceil(rounds.div_ceil(16))
+}
+
 #[test]
 fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() {
     let g = gpu();
@@ -641,6 +651,8 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
         (28, 4, 128, 0),
         (7, 1, 16, 0),
         (6, 1, 64, 5),
+        // A window past 256 positions: the rows seeing 257..300 of them are split.
+        (6, 1, 64, 300),
     ] {
         let (n_layers, layer) = (3, 1);
         let kv_dim = nkv * hd;
@@ -767,8 +779,13 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
             // Attention over the pool as the GPU holds it, against the CPU kernel per row: a
             // row's splits as CTAs of their own (twice: the split counters must be back at
             // zero after a launch), then all in one CTA, the same bit for bit.
+            // NaNs, so that the slots the split CTAs write show.
             let partials = g
-                .alloc::<f32>(AttentionScratch::floats(rows, nh, hd), "partials", ADVICE)
+                .upload(
+                    &vec![f32::NAN; AttentionScratch::floats(rows, nh, hd)],
+                    "partials",
+                    ADVICE,
+                )
                 .unwrap();
             let counters = g
                 .alloc::<u32>(AttentionScratch::counters(rows, nh), "counters", ADVICE)
@@ -808,6 +825,33 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
                 read_bf16(&g, &out)
             };
             let got = attend(Some(scratch));
+            // The split rows went through CTAs of their own: each of their splits' slots was
+            // written (its max is a number), and no slot past a row's splits, nor any slot of
+            // an unsplit row (those stay in one CTA).
+            let parts = read_f32(&g, &partials);
+            let (stride, most) = (2 + hd, AttentionScratch::MAX_SPLITS);
+            let mut split_rows = 0;
+            for r in 0..rows {
+                if row_seq[r] < 0 {
+                    continue;
+                }
+                let len = row_len[r] as usize;
+                let n = spans(if window > 0 { len.min(window) } else { len });
+                split_rows += usize::from(n > 1);
+                for h in 0..nh {
+                    for z in 0..most {
+                        let written = !parts[((r * nh + h) * most + z) * stride].is_nan();
+                        assert_eq!(
+                            written,
+                            n > 1 && z < n,
+                            "row {r} (len {len}) head {h}: slot {z} of its {n} splits"
+                        );
+                    }
+                }
+            }
+            if window == 0 || window > 256 {
+                assert_eq!(split_rows, 7, "rows split over CTAs");
+            }
             assert!(
                 g.read::<u32>(counters.ptr(), counters.len())
                     .unwrap()

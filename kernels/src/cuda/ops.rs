@@ -32,6 +32,8 @@ pub(super) fn kernel_index(k: MatmulKernel) -> usize {
         .expect("every kernel is in CHOICES")
 }
 
+/// Positions per KV block (kernels/cuda/attention.cu's BLOCK_SLOTS).
+const KV_BLOCK_SLOTS: usize = 16;
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 
 pub(super) struct Kernels {
@@ -514,7 +516,7 @@ impl Gpu {
             a.rows,
             a.n_heads,
             a.head_dim,
-            a.table_width * 16,
+            a.table_width * KV_BLOCK_SLOTS,
         );
         let (partials, counters) = a.splits.map_or((0, 0), |s| (s.partials, s.counters));
         b.arg(&nh)
