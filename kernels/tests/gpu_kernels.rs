@@ -15,8 +15,8 @@ use specd_kernels::cpu::{
     self, sample, AttentionShape, KvChunks, QuantFormat, QuantMatrix, Serial,
 };
 use specd_kernels::cuda::{
-    bf16_to_f32, f32_to_bf16, q8_bytes, AttentionArgs, Buffer, Gpu, KvLayout, MatmulArgs,
-    MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
+    bf16_to_f32, f32_to_bf16, q8_bytes, AttentionArgs, AttentionScratch, Buffer, Gpu, KvLayout,
+    MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
 };
 
 /// A small xorshift generator: each test draws from its own stream of the run's seed.
@@ -642,6 +642,16 @@ fn kv_at(
     block * block_elems + ((layer * 2 + usize::from(values)) * 16 + slot) * kv_dim
 }
 
+/// How many spans attention splits a row seeing `visible` positions into (attention.cu's
+/// `splits_of`): rounds of 256, at most 16 spans of equally many whole rounds.
+fn spans(visible: usize) -> usize {
+    let rounds = visible.div_ceil(256);
+    if rounds <= 1 {
+        return 1;
+    }
+    rounds.div_ceil(rounds.div_ceil(16))
+}
+
 #[test]
 fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() {
     let g = gpu();
@@ -653,22 +663,42 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
         (28, 4, 128, 0),
         (7, 1, 16, 0),
         (6, 1, 64, 5),
+        // A window past 256 positions: the rows seeing 257..300 of them are split.
+        (6, 1, 64, 300),
     ] {
         let (n_layers, layer) = (3, 1);
         let kv_dim = nkv * hd;
         let q_dim = nh * hd;
         let qkv_dim = q_dim + 2 * kv_dim;
-        // Ragged sequences: (cached positions, new tokens).
-        let seqs = [(0usize, 5usize), (37, 1), (16, 6), (100, 3), (3, 1)];
-        let width = 8;
-        let blocks = seqs.len() * width;
+        // Ragged sequences: (cached positions, new tokens). Rows past 256 positions are split
+        // (rows crossing 256 in one sequence, 3 splits of 256, and past 16 rounds of 256 the
+        // 9 splits of 512 of a 4,201-position row).
+        let seqs = [
+            (0usize, 5usize),
+            (37, 1),
+            (16, 6),
+            (100, 3),
+            (3, 1),
+            (250, 10),
+            (700, 2),
+            (4200, 1),
+        ];
+        let used: Vec<usize> = seqs.iter().map(|&(s, n)| (s + n).div_ceil(16)).collect();
+        let width = used.iter().copied().max().unwrap();
+        let blocks: usize = used.iter().sum();
         let (pool, mut host) = TestPool::new(&g, &mut rng, blocks, 7, n_layers, kv_dim);
-        // Block tables: a shuffled assignment of the pool's blocks.
+        // Block tables: a shuffled assignment of the pool's blocks (unused entries 0).
         let mut ids: Vec<usize> = (0..blocks).collect();
         for i in (1..ids.len()).rev() {
             ids.swap(i, rng.below(i + 1));
         }
-        let tables: Vec<i32> = ids.iter().map(|&b| b as i32).collect();
+        let mut tables = vec![0i32; seqs.len() * width];
+        let mut next = ids.into_iter();
+        for (si, &u) in used.iter().enumerate() {
+            for t in &mut tables[si * width..si * width + u] {
+                *t = next.next().unwrap() as i32;
+            }
+        }
         let (mut pos, mut slot, mut row_seq, mut row_len) = (vec![], vec![], vec![], vec![]);
         for (si, &(start, n)) in seqs.iter().enumerate() {
             for i in 0..n {
@@ -692,7 +722,7 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
         let inv_freq: Vec<f64> = (0..hd / 2)
             .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
             .collect();
-        let cs: Vec<f32> = (0..128)
+        let cs: Vec<f32> = (0..4224)
             .flat_map(|p| {
                 inv_freq
                     .iter()
@@ -758,27 +788,106 @@ fn rope_kv_write_and_paged_attention_match_the_cpu_for_ragged_batches_and_gqa() 
             let got_pool = pool.read(&g);
             assert_bf16_close(&got_pool, &host, 1.0, &format!("pool after the KV write (nh {nh}, nkv {nkv}, hd {hd}, interleaved {interleaved})"));
 
-            // Attention over the pool as the GPU holds it, against the CPU kernel per row.
-            let out = poisoned_bf16(&g, rows * q_dim);
-            g.paged_attention(&AttentionArgs {
-                q: qkv_buf.ptr(),
-                q_stride: qkv_dim,
-                kv: pool.layout,
-                layer,
-                row_seq: seq_b.ptr(),
-                row_kv_len: len_b.ptr(),
-                tables: tab_b.ptr(),
-                table_width: width,
-                rows,
-                n_heads: nh,
-                n_kv: nkv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
-                window,
-                out: out.ptr(),
-            })
-            .unwrap();
-            let got = read_bf16(&g, &out);
+            // Attention over the pool as the GPU holds it, against the CPU kernel per row: a
+            // row's splits as CTAs of their own (twice: the split counters must be back at
+            // zero after a launch), then all in one CTA, the same bit for bit.
+            // NaNs, so that the slots the split CTAs write show.
+            let partials = g
+                .upload(
+                    &vec![f32::NAN; AttentionScratch::floats(rows, nh, hd)],
+                    "partials",
+                    ADVICE,
+                )
+                .unwrap();
+            let counters = g
+                .alloc::<u32>(AttentionScratch::counters(rows, nh), "counters", ADVICE)
+                .unwrap();
+            let scratch = AttentionScratch {
+                partials: partials.ptr(),
+                partial_floats: partials.len(),
+                counters: counters.ptr(),
+                counter_len: counters.len(),
+            };
+            assert_eq!(
+                AttentionScratch::grid_splits(Some(&scratch), rows, nh, hd, width * 16),
+                16,
+                "a launch of {rows} rows splits its rows over CTAs"
+            );
+            let attend = |splits: Option<AttentionScratch>| {
+                let out = poisoned_bf16(&g, rows * q_dim);
+                g.paged_attention(&AttentionArgs {
+                    q: qkv_buf.ptr(),
+                    q_stride: qkv_dim,
+                    kv: pool.layout,
+                    layer,
+                    row_seq: seq_b.ptr(),
+                    row_kv_len: len_b.ptr(),
+                    tables: tab_b.ptr(),
+                    table_width: width,
+                    rows,
+                    n_heads: nh,
+                    n_kv: nkv,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    window,
+                    splits,
+                    out: out.ptr(),
+                })
+                .unwrap();
+                read_bf16(&g, &out)
+            };
+            let got = attend(Some(scratch));
+            // The split rows went through CTAs of their own: each of their splits' slots was
+            // written (its max is a number), and no slot past a row's splits, nor any slot of
+            // an unsplit row (those stay in one CTA).
+            let parts = read_f32(&g, &partials);
+            let (stride, most) = (2 + hd, AttentionScratch::MAX_SPLITS);
+            let mut split_rows = 0;
+            for r in 0..rows {
+                if row_seq[r] < 0 {
+                    continue;
+                }
+                let len = row_len[r] as usize;
+                let n = spans(if window > 0 { len.min(window) } else { len });
+                split_rows += usize::from(n > 1);
+                for h in 0..nh {
+                    for z in 0..most {
+                        let written = !parts[((r * nh + h) * most + z) * stride].is_nan();
+                        assert_eq!(
+                            written,
+                            n > 1 && z < n,
+                            "row {r} (len {len}) head {h}: slot {z} of its {n} splits"
+                        );
+                    }
+                }
+            }
+            if window == 0 || window > 256 {
+                assert_eq!(split_rows, 7, "rows split over CTAs");
+            }
+            assert!(
+                g.read::<u32>(counters.ptr(), counters.len())
+                    .unwrap()
+                    .iter()
+                    .all(|&c| c == 0),
+                "split counters back at zero"
+            );
+            let again = attend(Some(scratch));
+            let one_cta = attend(None);
+            for (r, ((a, b), c)) in got
+                .chunks(q_dim)
+                .zip(again.chunks(q_dim))
+                .zip(one_cta.chunks(q_dim))
+                .enumerate()
+            {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(a), bits(b), "row {r}: split CTAs, second launch");
+                assert_eq!(
+                    bits(a),
+                    bits(c),
+                    "row {r}: split CTAs vs one CTA (len {})",
+                    row_len[r]
+                );
+            }
             let shape = AttentionShape {
                 n_heads: nh,
                 n_kv_heads: nkv,

@@ -158,8 +158,68 @@ pub struct AttentionArgs {
     pub scale: f32,
     /// Only the last `window` positions are seen (0: all).
     pub window: usize,
+    /// Where a row's splits (rows seeing more than 256 positions) may run as CTAs of their own;
+    /// `None`, or a launch of more rows than it holds: one CTA works through a row's splits.
+    /// The result is the same bit for bit either way.
+    pub splits: Option<AttentionScratch>,
     /// `[rows, n_heads · head_dim]` bf16.
     pub out: DevicePtr,
+}
+
+/// Scratch for attention rows split over several CTAs: their partial results and, per row and
+/// head, a counter of the splits done (zeros between launches: the last split resets it).
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionScratch {
+    /// f32, `partial_floats` of them.
+    pub partials: DevicePtr,
+    pub partial_floats: usize,
+    /// u32, zeroed, `counter_len` of them.
+    pub counters: DevicePtr,
+    pub counter_len: usize,
+}
+
+impl AttentionScratch {
+    /// Most rows a launch splits over CTAs (decode and verification steps); longer launches
+    /// (prompts) have CTAs enough without.
+    pub const MAX_ROWS: usize = 64;
+    /// Most splits of one row (kernels/cuda/attention.cu's MAX_SPLITS).
+    pub const MAX_SPLITS: usize = 16;
+    /// Positions one split covers at least (one round of the kernel's 8 warps).
+    pub const SPLIT_POSITIONS: usize = 256;
+
+    /// Floats of partial results for `rows` rows (at most [`Self::MAX_ROWS`]) of `n_heads`
+    /// heads of `head_dim`.
+    pub fn floats(rows: usize, n_heads: usize, head_dim: usize) -> usize {
+        rows.min(Self::MAX_ROWS) * n_heads * Self::MAX_SPLITS * (2 + head_dim)
+    }
+
+    /// Counters for `rows` rows (at most [`Self::MAX_ROWS`]) of `n_heads` heads.
+    pub fn counters(rows: usize, n_heads: usize) -> usize {
+        rows.min(Self::MAX_ROWS) * n_heads
+    }
+
+    /// Splits (CTAs per row and head) of a launch of `rows` rows of `n_heads` heads of
+    /// `head_dim` whose rows see at most `max_positions` positions: 1 without scratch, for
+    /// more than [`Self::MAX_ROWS`] rows, or where the scratch is too small.
+    pub fn grid_splits(
+        this: Option<&Self>,
+        rows: usize,
+        n_heads: usize,
+        head_dim: usize,
+        max_positions: usize,
+    ) -> usize {
+        let fits = this.is_some_and(|s| {
+            rows <= Self::MAX_ROWS
+                && Self::floats(rows, n_heads, head_dim) <= s.partial_floats
+                && Self::counters(rows, n_heads) <= s.counter_len
+        });
+        if !fits {
+            return 1;
+        }
+        max_positions
+            .div_ceil(Self::SPLIT_POSITIONS)
+            .clamp(1, Self::MAX_SPLITS)
+    }
 }
 
 /// Speculative rejection sampling (see sample.cu).

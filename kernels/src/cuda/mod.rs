@@ -20,8 +20,8 @@ use cudarc::driver::sys::{self, CUstreamCaptureMode};
 use cudarc::driver::{result, CudaContext, CudaGraph, CudaStream, DeviceRepr};
 
 pub use args::{
-    q8_bytes, AttentionArgs, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs,
-    WeightFormat, WeightView,
+    q8_bytes, AttentionArgs, AttentionScratch, KvLayout, MatmulArgs, MatmulKernel, RejectionArgs,
+    RopeArgs, WeightFormat, WeightView,
 };
 pub use error::{GpuError, GpuResult};
 

@@ -9,7 +9,8 @@ use cudarc::driver::{sys, CudaContext, CudaFunction, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::args::{
-    AttentionArgs, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs, WeightFormat, WeightView,
+    AttentionArgs, AttentionScratch, MatmulArgs, MatmulKernel, RejectionArgs, RopeArgs,
+    WeightFormat, WeightView,
 };
 use super::qdot::DotKernels;
 use super::{DevicePtr, Gpu, GpuError, GpuResult};
@@ -32,6 +33,8 @@ pub(super) fn kernel_index(k: MatmulKernel) -> usize {
         .expect("every kernel is in CHOICES")
 }
 
+/// Positions per KV block (kernels/cuda/attention.cu's BLOCK_SLOTS).
+const KV_BLOCK_SLOTS: usize = 16;
 const FORMATS: [&str; 5] = ["bf16", "q4k", "q6k", "q8_0", "q5_0"];
 
 pub(super) struct Kernels {
@@ -513,14 +516,24 @@ impl Gpu {
             .arg(&layer)
             .arg(&nl);
         b.arg(&a.row_seq).arg(&a.row_kv_len).arg(&a.tables).arg(&tw);
+        let splits = AttentionScratch::grid_splits(
+            a.splits.as_ref(),
+            a.rows,
+            a.n_heads,
+            a.head_dim,
+            a.table_width * KV_BLOCK_SLOTS,
+        );
+        let (partials, counters) = a.splits.map_or((0, 0), |s| (s.partials, s.counters));
         b.arg(&nh)
             .arg(&nkv)
             .arg(&hd)
             .arg(&a.scale)
             .arg(&win)
+            .arg(&partials)
+            .arg(&counters)
             .arg(&a.out);
         let cfg = LaunchConfig {
-            grid_dim: (a.rows.max(1) as u32, a.n_heads as u32, 1),
+            grid_dim: (a.rows.max(1) as u32, a.n_heads as u32, splits as u32),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

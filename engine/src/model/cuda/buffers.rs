@@ -1,9 +1,11 @@
-//! A forward's device buffers (activations, outputs, metadata), sized by a [`Capacity`], and
-//! what goes in and out of them around a step: the metadata and sampling inputs uploaded
-//! before it, the outputs read back after.
+//! A forward's device buffers (activations, outputs, metadata, scratch), sized by a
+//! [`Capacity`], and what goes in and out of them around a step: the metadata and sampling
+//! inputs uploaded before it, the outputs read back after.
+
+use std::sync::LazyLock;
 
 use candle_core::Tensor;
-use specd_kernels::cuda::{bf16_to_f32, q8_bytes, Buffer, Gpu};
+use specd_kernels::cuda::{q8_bytes, AttentionScratch, Buffer, Gpu};
 
 use super::gpu_err;
 use super::plan::{Plan, Shape};
@@ -12,6 +14,7 @@ use crate::kv::KvPool;
 use crate::model::config::ModelConfig;
 use crate::model::glide::{FeatureRow, FeatureSource};
 use crate::model::llama::{ForwardOut, OutputMode, SampleInput, SeqInput, Top};
+use specd_kernels::cuda::bf16_to_f32;
 
 /// What a set of [`Buffers`] holds at most.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +101,9 @@ pub(super) struct Buffers {
     /// Sampled verification: the drafts' distributions, `[logit_rows, vocab]`, allocated by
     /// the first sampled verification.
     pub q: Option<Buffer<f32>>,
+    /// Attention rows split over several CTAs: their partial results and counters.
+    pub attn_partials: Buffer<f32>,
+    pub attn_counters: Buffer<u32>,
     pub meta: Buffer<i32>,
     pub chunk_table: Buffer<u64>,
     /// A GLIDE drafter's cross-attention queries, `[rows, cross_q_dim]`.
@@ -117,6 +123,8 @@ pub(super) struct Buffers {
 pub(super) struct ExtraWidths {
     /// Its cross-attention queries: the target's heads · head dimension.
     pub cross_q: usize,
+    /// The target's heads its cross-attention reads with.
+    pub cross_heads: usize,
     /// Its feature's input rows: the hidden size, for a drafter with a feature.
     pub feature: usize,
     /// Its own rows' feature input: the hidden size, for a drafter whose chained rows have
@@ -140,6 +148,12 @@ impl Buffers {
             chunks,
             cross_chunks,
         } = cap;
+        // Self-attention's heads, or the cross-attention's over the target's, whichever
+        // needs more scratch.
+        let heads = c.num_heads.max(extra.cross_heads);
+        let head_dim = c
+            .head_dim
+            .max(cross_q_dim.checked_div(extra.cross_heads).unwrap_or(0));
         macro_rules! alloc {
             ($t:ty, $n:expr, $what:expr) => {
                 gpu.alloc::<$t>($n, $what, advice).map_err(gpu_err)?
@@ -176,6 +190,16 @@ impl Buffers {
             sample: alloc!(f32, logit_rows * (1 + seqs), "sampling inputs"),
             qrow: alloc!(i32, seqs, "sampling inputs"),
             q: None,
+            attn_partials: alloc!(
+                f32,
+                AttentionScratch::floats(rows, heads, head_dim),
+                "attention's partial results"
+            ),
+            attn_counters: alloc!(
+                u32,
+                AttentionScratch::counters(rows, heads),
+                "attention's split counters"
+            ),
             meta: alloc!(i32, meta_ints, "step metadata"),
             chunk_table: alloc!(u64, chunks.max(1), "the KV chunk table"),
             cross_q: alloc!(f32, rows * cross_q_dim, "cross-attention queries"),
@@ -186,6 +210,21 @@ impl Buffers {
                 "the GLIDE chained rows' input"
             ),
             cross_chunk_table: alloc!(u64, cross_chunks.max(1), "the target's KV chunk table"),
+        })
+    }
+
+    /// Where attention rows split over several CTAs put their partial results: `None` with
+    /// `SPECD_ATTENTION_SPLIT_CTAS=0`, which keeps a row's splits in one CTA (the same
+    /// result, more latency: for comparisons).
+    pub fn attention_scratch(&self) -> Option<AttentionScratch> {
+        static SPLIT_CTAS: LazyLock<bool> = LazyLock::new(|| {
+            std::env::var("SPECD_ATTENTION_SPLIT_CTAS").map_or(true, |v| v != "0")
+        });
+        SPLIT_CTAS.then(|| AttentionScratch {
+            partials: self.attn_partials.ptr(),
+            partial_floats: self.attn_partials.len(),
+            counters: self.attn_counters.ptr(),
+            counter_len: self.attn_counters.len(),
         })
     }
 

@@ -544,6 +544,7 @@ impl CudaModel {
         };
         let widths = buffers::ExtraWidths {
             cross_q: cross_q_dim,
+            cross_heads: self.cross.as_ref().map_or(0, |c| c.n_heads),
             feature: feature_dim,
             feature_own: own_dim,
         };

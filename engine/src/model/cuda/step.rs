@@ -212,6 +212,7 @@ impl ForwardOps for CudaStep<'_> {
                 head_dim: c.head_dim,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 window: c.sliding_window.unwrap_or(0),
+                splits: self.bufs.attention_scratch(),
                 out: self.bufs.attn.ptr(),
             })
             .map_err(gpu_err)
@@ -271,6 +272,7 @@ impl ForwardOps for CudaStep<'_> {
                 head_dim: x.head_dim,
                 scale: 1.0 / (x.head_dim as f32).sqrt(),
                 window: 0,
+                splits: self.bufs.attention_scratch(),
                 out: self.bufs.attn.ptr(),
             })
             .map_err(gpu_err)
