@@ -179,7 +179,8 @@ __device__ __forceinline__ void qgemm_body(const uint8_t* __restrict__ w, size_t
             next_pair = pair + 2;
             next_c = next_pair;
         }
-        const bool more = next_c < chunks;
+        // (Past class 63 the chunks are all walked: a k of 2,048 or more has chunks there.)
+        const bool more = next_pair < DOT_CLASSES && next_c < chunks;
         if (more) ld.load(w, row_bytes, xq, xm, rows, n, k, r0, n0, next_c, tid);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {

@@ -267,7 +267,15 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
             // more 8-column tiles (1,057) than any GPU of up to 132 SMs holds CTAs of 8x8p (8
             // an SM at most, by threads), so that its persistent CTAs each take several tiles of
             // several slabs whatever their registers.
-            Some(256) => &[(37, 512), (300, 1536), (8, 256), (2056, 2304), (8451, 1280)],
+            // And the 1.5B's down projection's k (280 chunks: classes of four and five).
+            Some(256) => &[
+                (37, 512),
+                (300, 1536),
+                (8, 256),
+                (2056, 2304),
+                (8451, 1280),
+                (40, 8960),
+            ],
             _ => &[
                 (45, 96),
                 (300, 896),
