@@ -45,8 +45,10 @@ pub const DOT_MMA_FROM: usize = 8;
 
 /// The fewest rows the 8-bit-activation products take in the tiled GEMM by default (qgemm.cu:
 /// 32 columns by 32 or 64 rows a CTA, the next stage's loads in flight while the tensor cores
-/// work), the rows of prefill and of large batches; fewer take int8 mma or dp4a.
-pub const DOT_GEMM_FROM: usize = 32;
+/// work), the rows of prefill and of large batches; fewer take int8 mma or dp4a. On the 1.5B's
+/// shapes (H100, BENCHMARKS.md, session 22) a forward of 32 rows took 10.6 ms through it
+/// against 6.5 through int8 mma, 64 rows the same (11.3 / 11.0), 128 rows 13.3 against 19.3.
+pub const DOT_GEMM_FROM: usize = 64;
 
 /// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
 /// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step

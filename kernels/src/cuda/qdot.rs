@@ -202,7 +202,7 @@ mod tests {
 
     const H100: DotSettings = DotSettings {
         mma_from: 8,
-        gemm_from: 32,
+        gemm_from: 64,
         dotc_min_cols: 8192,
         sms: 132,
     };
@@ -217,9 +217,10 @@ mod tests {
         assert_eq!(of(3, 1536), DotChoice::Rows(4));
         assert_eq!(of(5, 1536), DotChoice::Rows(8));
         assert_eq!(of(8, 1536), DotChoice::Mma { pass: 8 });
-        assert_eq!(of(31, 1536), DotChoice::Mma { pass: 16 });
-        // A short prompt's narrow product: 48 x 1 CTAs of 64 rows would leave SMs idle.
-        assert_eq!(of(32, 1536), DotChoice::Gemm { wm: 1 });
+        assert_eq!(of(63, 1536), DotChoice::Mma { pass: 16 });
+        // A short prompt's narrow product: 48 x 2 CTAs of 64 rows would leave SMs idle.
+        assert_eq!(of(64, 1536), DotChoice::Gemm { wm: 1 });
+        assert_eq!(of(128, 1536), DotChoice::Gemm { wm: 1 });
         assert_eq!(of(512, 1536), DotChoice::Gemm { wm: 2 });
         assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
     }
