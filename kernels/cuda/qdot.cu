@@ -219,17 +219,26 @@ struct Q6kLane {
     }
 };
 
-template <int RG, class Lane>
+// WPC warps per column: with 2, each of a column's two warps takes one of the two halves of
+// every 8 blocks (hb), so that a long k (the down projections' 35 blocks) is walked in half the
+// steps by twice the warps; the halves' class sums meet in shared memory and are added in class
+// order as with one warp.
+template <int RG, class Lane, int WPC>
 __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t row_bytes,
                                          const int8_t* __restrict__ xq,
                                          const XChunk* __restrict__ xm, float* __restrict__ y,
                                          const float* __restrict__ bias, int rows, int n, int k,
                                          int ldy) {
-    __shared__ float table[DOT_WARPS][RG][DOT_CLASSES + 1];
+    static_assert(WPC == 1 || WPC == 2, "one or two warps a column");
+    constexpr int COLS = DOT_WARPS / WPC;
+    __shared__ float table[COLS][RG][DOT_CLASSES + 1];
     const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
-    const int col = blockIdx.x * DOT_WARPS + warp;
-    if (col >= n) return;
-    const uint8_t* wr = w + (size_t)col * row_bytes;
+    const int slot = warp / WPC, mine = WPC == 2 ? warp % 2 : -1;
+    const int col = blockIdx.x * COLS + slot;
+    // With two warps a column every warp reaches the barriers; a column past n computes the
+    // last one's and writes nothing.
+    if (WPC == 1 && col >= n) return;
+    const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
     const int chunks = k / 32, blocks = k / 256;
     Lane l(lane);
     for (int r0 = 0; r0 < rows; r0 += RG) {
@@ -239,6 +248,7 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
         for (int b8 = 0; b8 < blocks; b8 += 8) {
 #pragma unroll
             for (int hb = 0; hb < 2; ++hb) {
+                if (WPC == 2 && hb != mine) continue;
                 if (b8 + 4 * hb >= blocks) break;
                 const int b = b8 + 4 * hb + lane / 8;
                 const bool active = b < blocks;
@@ -253,19 +263,42 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
                 }
             }
         }
-        write_classes<RG>(table[warp], part, lane, r0, rows, col, y, ldy, bias);
+        if constexpr (WPC == 1) {
+            write_classes<RG>(table[slot], part, lane, r0, rows, col, y, ldy, bias);
+        } else {
+#pragma unroll
+            for (int r = 0; r < RG; ++r)
+                table[slot][r][WARP * mine + lane] = mine ? part[r][1] : part[r][0];
+            __syncthreads();
+            if (mine == 0 && lane < RG && r0 + lane < rows && col < n) {
+                float s = 0.f;
+#pragma unroll 8
+                for (int i = 0; i < DOT_CLASSES; ++i) s = __fadd_rn(s, table[slot][lane][i]);
+                if (bias) s = __fadd_rn(s, bias[col]);
+                y[(size_t)(r0 + lane) * ldy + col] = s;
+            }
+            __syncthreads();
+        }
     }
 }
 
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
-// [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads.
+// [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
+// a column, ceil(n / 4) CTAs).
 #define DOT_KERNEL(FMTNAME, LANE, RG)                                                               \
     extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG(            \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         grid_dependency();                                                                          \
-        dot_body<RG, LANE>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                \
+        dot_body<RG, LANE, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG##_s2(       \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
+        int rows, int n, int k, int ldy) {                                                          \
+        grid_dependency();                                                                          \
+        dot_body<RG, LANE, 2>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
     }
 DOT_KERNEL(q4k, Q4kLane, 1)
 DOT_KERNEL(q4k, Q4kLane, 2)

@@ -251,6 +251,12 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     dp4a.set_dot_mma_from(usize::MAX);
     dp4a.set_dot_gemm_from(usize::MAX);
     dp4a.set_dotc_min_cols(0);
+    // And dp4a with two warps a column for every k (`g` never splits).
+    g.set_dot_split_from_k(usize::MAX);
+    let split = gpu();
+    split.set_dot_mma_from(usize::MAX);
+    split.set_dot_gemm_from(usize::MAX);
+    split.set_dot_split_from_k(0);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
     let mut rng = Rng::new(1);
@@ -339,6 +345,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     (MatmulKernel::Gemm, &plain, " without scratch"),
                     (MatmulKernel::Dot, &dp4a, " with dp4a and a lane per column"),
                     (MatmulKernel::Dot, &tiled, " through the tiled GEMM"),
+                    (MatmulKernel::Dot, &split, " with two warps a column"),
                 ]);
             for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;
@@ -436,14 +443,17 @@ fn a_nan_activation_reaches_the_outputs_of_the_8_bit_products() {
     let g = gpu();
     let mut rng = Rng::new(7);
     let (n, k) = (24, 512);
-    // The row kernels, then the tiled GEMM.
-    for (format, gemm_from) in [
-        (QuantFormat::Q4K, usize::MAX),
-        (QuantFormat::Q6K, usize::MAX),
-        (QuantFormat::Q4K, 1),
-        (QuantFormat::Q6K, 1),
+    // The row kernels with one warp a column and with two, then the tiled GEMM.
+    for (format, gemm_from, split_from_k) in [
+        (QuantFormat::Q4K, usize::MAX, usize::MAX),
+        (QuantFormat::Q6K, usize::MAX, usize::MAX),
+        (QuantFormat::Q4K, usize::MAX, 0),
+        (QuantFormat::Q6K, usize::MAX, 0),
+        (QuantFormat::Q4K, 1, usize::MAX),
+        (QuantFormat::Q6K, 1, usize::MAX),
     ] {
         g.set_dot_gemm_from(gemm_from);
+        g.set_dot_split_from_k(split_from_k);
         let (_wbuf, view, _) = upload_matrix(&g, &mut rng, Some(format), n, k);
         let mut x: Vec<f32> = rng.vec(2 * k, 1.0).into_iter().map(round_bf16).collect();
         x[k + 77] = f32::NAN;
@@ -471,7 +481,7 @@ fn a_nan_activation_reaches_the_outputs_of_the_8_bit_products() {
             let got = read_f32(&g, &y);
             assert!(
                 got[row * n..(row + 1) * n].iter().all(|v| v.is_nan()),
-                "{format:?}, {rows} rows, GEMM from {gemm_from}: the row with a NaN gave {:?}",
+                "{format:?}, {rows} rows, GEMM from {gemm_from}, split from k {split_from_k}: the row with a NaN gave {:?}",
                 &got[row * n..(row + 1) * n]
             );
             if rows == 2 {

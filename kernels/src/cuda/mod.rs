@@ -50,6 +50,10 @@ pub const DOT_MMA_FROM: usize = 8;
 /// against 6.5 through int8 mma, 64 rows the same (11.3 / 11.0), 128 rows 13.3 against 19.3.
 pub const DOT_GEMM_FROM: usize = 64;
 
+/// The shortest k for which the dp4a products (up to 7 rows) take two warps an output column by
+/// default, each walking half of the blocks: the down projections (k = 8,960 for the 1.5B).
+pub const DOT_SPLIT_FROM_K: usize = 4096;
+
 /// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
 /// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step
 /// on the gate and up products (17,920 columns) and lost on the narrow ones (1,536 and 2,048
@@ -81,6 +85,9 @@ pub struct Gpu {
     /// The fewest rows [`MatmulKernel::Dot`] gives its tiled GEMM: `SPECD_DOT_GEMM_FROM`,
     /// default [`DOT_GEMM_FROM`].
     dot_gemm_from: std::sync::atomic::AtomicUsize,
+    /// The shortest k for which the dp4a products take two warps a column:
+    /// `SPECD_DOT_SPLIT_FROM_K`, default [`DOT_SPLIT_FROM_K`].
+    dot_split_from_k: std::sync::atomic::AtomicUsize,
     /// The fewest output columns a one-row Q4_K product needs to take the lane-per-column
     /// kernel (`SPECD_DOTC_MIN_COLS`, default [`DOTC_MIN_COLS`]).
     dotc_min_cols: std::sync::atomic::AtomicUsize,
@@ -140,6 +147,7 @@ impl Gpu {
             )),
             dot_mma_from: env_usize("SPECD_DOT_MMA_FROM", DOT_MMA_FROM).into(),
             dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
+            dot_split_from_k: env_usize("SPECD_DOT_SPLIT_FROM_K", DOT_SPLIT_FROM_K).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
@@ -244,12 +252,19 @@ impl Gpu {
         self.dot_gemm_from.store(rows, Ordering::Relaxed);
     }
 
+    /// Sets the shortest k for which the dp4a products take two warps a column (the same bits
+    /// either way; graphs captured before keep the old choice).
+    pub fn set_dot_split_from_k(&self, k: usize) {
+        self.dot_split_from_k.store(k, Ordering::Relaxed);
+    }
+
     /// What picks an 8-bit-activation product's kernel.
     fn dot_settings(&self) -> qdot::DotSettings {
         qdot::DotSettings {
             mma_from: self.dot_mma_from(),
             gemm_from: self.dot_gemm_from(),
             dotc_min_cols: self.dotc_min_cols(),
+            split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
             sms: self.kernels().sms,
         }
     }

@@ -12,12 +12,12 @@ use super::{DevicePtr, Gpu, GpuError, GpuResult, MatmulKernel};
 
 /// The 8-bit-activation products of one weight format (qdot.cu, qmma.cu, qgemm.cu).
 pub(super) struct DotKernels {
-    /// One row, a warp per column.
-    one: CudaFunction,
+    /// dp4a, a warp per column, up to 1, 2, 4 and 8 rows a pass; `split`: the same with two warps
+    /// a column, each taking half of k's blocks.
+    warp: [CudaFunction; 4],
+    split: [CudaFunction; 4],
     /// One row, a lane per column (for the widest matrices; see `Gpu::dotc_min_cols`).
     lane_per_column: Option<CudaFunction>,
-    /// dp4a, a warp per column, up to 2, 4 and 8 rows a pass.
-    rows: [CudaFunction; 3],
     /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
     mma: [CudaFunction; 2],
     /// The tiled GEMM, 32 columns by 32 and 64 rows a CTA.
@@ -38,16 +38,17 @@ impl DotKernels {
                 .map_err(GpuError::driver("finding a kernel in specd's PTX"))
         };
         let g = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}"));
+        let g2 = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}_s2"));
         let m = |rt: usize| f(qmma, &format!("mdot_{fmt}_t{rt}"));
         let t = |wm: usize| f(qgemm, &format!("qgemm_{fmt}_m{wm}"));
         Ok(Self {
-            one: g(1)?,
+            warp: [g(1)?, g(2)?, g(4)?, g(8)?],
+            split: [g2(1)?, g2(2)?, g2(4)?, g2(8)?],
             // Q4_K also has a kernel with a lane per column (dotc).
             lane_per_column: match format {
                 WeightFormat::Q4K => Some(f(qdot, "dotc_q4k")?),
                 _ => None,
             },
-            rows: [g(2)?, g(4)?, g(8)?],
             mma: [m(1)?, m(2)?],
             gemm: [t(1)?, t(2)?],
         })
@@ -58,12 +59,11 @@ impl DotKernels {
 /// changes speed only), and its launch shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DotChoice {
-    /// One row, a warp per output column (qdot.cu `dot_*_r1`).
-    One,
+    /// dp4a, a warp per output column (qdot.cu `dot_*_r{rows}`), up to `rows` rows a pass (1,
+    /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k.
+    Warp { rows: usize, split: bool },
     /// One row of Q4_K, a lane per output column (`dotc_q4k`).
     LanePerColumn,
-    /// dp4a, a warp per column, up to this many rows a pass (2, 4 or 8).
-    Rows(usize),
     /// int8 mma, 16 columns a CTA, 8 (`t1`) or 16 (`t2`) rows a pass.
     Mma { pass: usize },
     /// The tiled GEMM, 32 columns by `32 · wm` rows a CTA (`m1`, `m2`).
@@ -77,6 +77,8 @@ pub(super) struct DotSettings {
     pub(super) mma_from: usize,
     pub(super) gemm_from: usize,
     pub(super) dotc_min_cols: usize,
+    /// The shortest k for which the dp4a kernels take two warps a column.
+    pub(super) split_from_k: usize,
     pub(super) sms: usize,
 }
 
@@ -93,7 +95,17 @@ impl DotChoice {
     /// whether the format has that kernel (Q4_K). The GEMM takes `gemm_from` rows and more,
     /// in CTAs of 64 rows unless that leaves fewer CTAs than twice the multiprocessors (then
     /// 32, for the narrow products of a short prompt).
-    pub(super) fn of(rows: usize, n: usize, lane_per_column: bool, s: DotSettings) -> Self {
+    pub(super) fn of(
+        rows: usize,
+        n: usize,
+        k: usize,
+        lane_per_column: bool,
+        s: DotSettings,
+    ) -> Self {
+        let warp = |rows| DotChoice::Warp {
+            rows,
+            split: k >= s.split_from_k,
+        };
         match rows {
             r if r >= s.gemm_from.max(1) => {
                 let ctas = n.div_ceil(QG_COLS) * rows.div_ceil(64);
@@ -102,19 +114,20 @@ impl DotChoice {
                 }
             }
             1 if lane_per_column && n >= s.dotc_min_cols => DotChoice::LanePerColumn,
-            1 => DotChoice::One,
+            1 => warp(1),
             r if r >= s.mma_from && r <= 8 => DotChoice::Mma { pass: 8 },
             r if r >= s.mma_from => DotChoice::Mma { pass: 16 },
-            2 => DotChoice::Rows(2),
-            3 | 4 => DotChoice::Rows(4),
-            _ => DotChoice::Rows(8),
+            2 => warp(2),
+            3 | 4 => warp(4),
+            _ => warp(8),
         }
     }
 
     /// The launch: (grid x, grid y, threads a CTA) for `rows` rows and `n` columns.
     fn shape(self, rows: usize, n: usize) -> (usize, usize, u32) {
         match self {
-            DotChoice::One | DotChoice::Rows(_) => (n.div_ceil(DOT_WARPS), 1, 256),
+            DotChoice::Warp { split: false, .. } => (n.div_ceil(DOT_WARPS), 1, 256),
+            DotChoice::Warp { split: true, .. } => (n.div_ceil(DOT_WARPS / 2), 1, 256),
             DotChoice::LanePerColumn => (n.div_ceil(DOTC_COLS), 1, 256),
             // The mma kernels' row passes spread over the grid's rows too.
             DotChoice::Mma { pass } => (n.div_ceil(MDOT_COLS), rows.div_ceil(pass), 256),
@@ -167,18 +180,18 @@ impl Gpu {
             self.quantize_rows(a.x, a.rows, k, a.xq)?;
         }
         let fns = &self.kernels().dot[&a.w.format.index()];
-        let choice = DotChoice::of(
-            a.rows,
-            n,
-            fns.lane_per_column.is_some(),
-            self.dot_settings(),
-        );
+        let lane_per_column = fns.lane_per_column.is_some();
+        let choice = DotChoice::of(a.rows, n, k, lane_per_column, self.dot_settings());
         let f = match choice {
-            DotChoice::One => &fns.one,
-            DotChoice::LanePerColumn => fns.lane_per_column.as_ref().unwrap_or(&fns.one),
-            DotChoice::Rows(2) => &fns.rows[0],
-            DotChoice::Rows(4) => &fns.rows[1],
-            DotChoice::Rows(_) => &fns.rows[2],
+            DotChoice::Warp { rows, split } => {
+                let i = rows.trailing_zeros().min(3) as usize;
+                if split {
+                    &fns.split[i]
+                } else {
+                    &fns.warp[i]
+                }
+            }
+            DotChoice::LanePerColumn => fns.lane_per_column.as_ref().unwrap_or(&fns.warp[0]),
             DotChoice::Mma { pass: 8 } => &fns.mma[0],
             DotChoice::Mma { .. } => &fns.mma[1],
             DotChoice::Gemm { wm } => &fns.gemm[wm.min(2) - 1],
@@ -204,18 +217,23 @@ mod tests {
         mma_from: 8,
         gemm_from: 64,
         dotc_min_cols: 8192,
+        split_from_k: 4096,
         sms: 132,
     };
 
+    fn warp(rows: usize, split: bool) -> DotChoice {
+        DotChoice::Warp { rows, split }
+    }
+
     #[test]
     fn each_row_count_takes_its_kernel() {
-        let of = |rows, n| DotChoice::of(rows, n, true, H100);
+        let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
         assert_eq!(of(1, 17_920), DotChoice::LanePerColumn);
-        assert_eq!(of(1, 1536), DotChoice::One);
-        assert_eq!(DotChoice::of(1, 151_936, false, H100), DotChoice::One);
-        assert_eq!(of(2, 1536), DotChoice::Rows(2));
-        assert_eq!(of(3, 1536), DotChoice::Rows(4));
-        assert_eq!(of(5, 1536), DotChoice::Rows(8));
+        assert_eq!(of(1, 1536), warp(1, false));
+        assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, false));
+        assert_eq!(of(2, 1536), warp(2, false));
+        assert_eq!(of(3, 1536), warp(4, false));
+        assert_eq!(of(5, 1536), warp(8, false));
         assert_eq!(of(8, 1536), DotChoice::Mma { pass: 8 });
         assert_eq!(of(63, 1536), DotChoice::Mma { pass: 16 });
         // A short prompt's narrow product: 48 x 2 CTAs of 64 rows would leave SMs idle.
@@ -223,6 +241,16 @@ mod tests {
         assert_eq!(of(128, 1536), DotChoice::Gemm { wm: 1 });
         assert_eq!(of(512, 1536), DotChoice::Gemm { wm: 2 });
         assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
+        // The down projection (k = 8,960): two warps a column for one to seven rows.
+        for (rows, rg) in [(1, 1), (2, 2), (5, 8)] {
+            assert_eq!(DotChoice::of(rows, 1536, 8960, true, H100), warp(rg, true));
+        }
+        assert_eq!(
+            DotChoice::of(8, 1536, 8960, true, H100),
+            DotChoice::Mma { pass: 8 }
+        );
+        let (gx, _, _) = warp(1, true).shape(1, 1536);
+        assert_eq!(gx, 384);
     }
 
     #[test]
@@ -233,7 +261,7 @@ mod tests {
         };
         for rows in [1, 2, 5, 33, 64, 65, 130, 4096] {
             for n in [8, 31, 33, 1536, 151_936] {
-                let c = DotChoice::of(rows, n, true, all);
+                let c = DotChoice::of(rows, n, 1536, true, all);
                 let DotChoice::Gemm { wm } = c else {
                     panic!("{rows} rows of {n}: {c:?}, not the GEMM");
                 };
@@ -248,7 +276,10 @@ mod tests {
             gemm_from: usize::MAX,
             ..H100
         };
-        assert_eq!(DotChoice::of(2, 64, false, mma), DotChoice::Mma { pass: 8 });
-        assert_eq!(DotChoice::of(1, 64, false, mma), DotChoice::One);
+        assert_eq!(
+            DotChoice::of(2, 64, 256, false, mma),
+            DotChoice::Mma { pass: 8 }
+        );
+        assert_eq!(DotChoice::of(1, 64, 256, false, mma), warp(1, false));
     }
 }
