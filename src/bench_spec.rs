@@ -264,8 +264,8 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         for j in 0..methods.len() {
             let mi = (j + pi) % methods.len();
             let m = &methods[mi];
-            let captures = || target.model.gpu_stats().map_or(0, |g| g.captures);
-            let captured = captures();
+            let stats = || target.model.gpu_stats();
+            let before = stats();
             let out = generate_speculative(
                 &target.model,
                 &tokenizer,
@@ -283,10 +283,15 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             e.0 += out.tokens.len() as u64;
             e.1 += out.decode_time;
             // On a GPU, the target's CUDA graphs captured during this request (a capture
-            // costs milliseconds: new shapes, not steady decoding).
-            let graphs = match target.model.gpu_stats() {
-                Some(_) => format!("  target graphs captured {}", captures() - captured),
-                None => String::new(),
+            // costs milliseconds: new shapes, not steady decoding), and the host's time in
+            // each target forward before its launches are queued (metadata, uploads).
+            let graphs = match (before, stats()) {
+                (Some(b), Some(a)) => format!(
+                    "  target graphs captured {}, host {:.1} µs a forward",
+                    a.captures - b.captures,
+                    (a.host_us - b.host_us) as f64 / (a.forwards - b.forwards).max(1) as f64
+                ),
+                _ => String::new(),
             };
             eprintln!(
                 "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}",
@@ -312,11 +317,11 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         .map(|i| totals[i].tokens as f64 / totals[i].decode.as_secs_f64());
     let kinds: Vec<String> = totals[0].by_kind.keys().cloned().collect();
     println!(
-        "| method | decode tok/s | vs none | {} | acceptance | mean accepted length | lookup drafts | draft s | verify s | output = none |",
+        "| method | decode tok/s | vs none | {} | acceptance | mean accepted length | lookup drafts | draft s | verify s | other s | output = none |",
         kinds.iter().map(|k| format!("{k} tok/s")).collect::<Vec<_>>().join(" | ")
     );
     println!(
-        "|---|---|---|{}---|---|---|---|---|---|",
+        "|---|---|---|{}---|---|---|---|---|---|---|",
         "---|".repeat(kinds.len())
     );
     for (m, t) in methods.iter().zip(&totals) {
@@ -329,7 +334,7 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "| {} | {:.2} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {:.2} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
             m.label,
             tps,
             base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
@@ -356,6 +361,11 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             },
             t.spec.draft_time.as_secs_f64(),
             t.spec.verify_time.as_secs_f64(),
+            // The rest of decoding: acceptance, KV rollback, detokenization and stop strings
+            // between the steps (the target waits for it).
+            (t.decode
+                .saturating_sub(t.spec.draft_time + t.spec.verify_time))
+            .as_secs_f64(),
             if args.temperature > 0.0 {
                 "sampled".to_string()
             } else {
