@@ -251,7 +251,8 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     dp4a.set_dot_mma_from(usize::MAX);
     dp4a.set_dot_gemm_from(usize::MAX);
     dp4a.set_dotc_min_cols(0);
-    // And dp4a with two warps a column for every k (`g` never splits).
+    dp4a.set_dot_split_from_k(usize::MAX);
+    // And dp4a with two warps a column for every k (`g` and `dp4a` never split).
     g.set_dot_split_from_k(usize::MAX);
     let split = gpu();
     split.set_dot_mma_from(usize::MAX);

@@ -51,8 +51,10 @@ pub const DOT_MMA_FROM: usize = 8;
 pub const DOT_GEMM_FROM: usize = 64;
 
 /// The shortest k for which the dp4a products (up to 7 rows) take two warps an output column by
-/// default, each walking half of the blocks: the down projections (k = 8,960 for the 1.5B).
-pub const DOT_SPLIT_FROM_K: usize = 4096;
+/// default, each walking half of every 8 blocks: every k. On the 1.5B's shapes (H100,
+/// BENCHMARKS.md, session 22) a decode step took 1.446 ms with every product split, 1.484 with
+/// only the down projections (k = 8,960) and 1.545 with none; five rows 2.49 / 2.62 / 2.81.
+pub const DOT_SPLIT_FROM_K: usize = 0;
 
 /// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
 /// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step

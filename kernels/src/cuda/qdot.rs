@@ -217,7 +217,7 @@ mod tests {
         mma_from: 8,
         gemm_from: 64,
         dotc_min_cols: 8192,
-        split_from_k: 4096,
+        split_from_k: 0,
         sms: 132,
     };
 
@@ -229,11 +229,11 @@ mod tests {
     fn each_row_count_takes_its_kernel() {
         let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
         assert_eq!(of(1, 17_920), DotChoice::LanePerColumn);
-        assert_eq!(of(1, 1536), warp(1, false));
-        assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, false));
-        assert_eq!(of(2, 1536), warp(2, false));
-        assert_eq!(of(3, 1536), warp(4, false));
-        assert_eq!(of(5, 1536), warp(8, false));
+        assert_eq!(of(1, 1536), warp(1, true));
+        assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, true));
+        assert_eq!(of(2, 1536), warp(2, true));
+        assert_eq!(of(3, 1536), warp(4, true));
+        assert_eq!(of(5, 1536), warp(8, true));
         assert_eq!(of(8, 1536), DotChoice::Mma { pass: 8 });
         assert_eq!(of(63, 1536), DotChoice::Mma { pass: 16 });
         // A short prompt's narrow product: 48 x 2 CTAs of 64 rows would leave SMs idle.
@@ -241,16 +241,27 @@ mod tests {
         assert_eq!(of(128, 1536), DotChoice::Gemm { wm: 1 });
         assert_eq!(of(512, 1536), DotChoice::Gemm { wm: 2 });
         assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
-        // The down projection (k = 8,960): two warps a column for one to seven rows.
-        for (rows, rg) in [(1, 1), (2, 2), (5, 8)] {
-            assert_eq!(DotChoice::of(rows, 1536, 8960, true, H100), warp(rg, true));
-        }
-        assert_eq!(
-            DotChoice::of(8, 1536, 8960, true, H100),
-            DotChoice::Mma { pass: 8 }
-        );
         let (gx, _, _) = warp(1, true).shape(1, 1536);
         assert_eq!(gx, 384);
+    }
+
+    #[test]
+    fn two_warps_a_column_from_the_k_asked() {
+        let long = DotSettings {
+            split_from_k: 4096,
+            ..H100
+        };
+        // The down projection (k = 8,960) splits, the 1,536-deep products do not.
+        for (rows, rg) in [(1, 1), (2, 2), (5, 8)] {
+            assert_eq!(DotChoice::of(rows, 1536, 8960, true, long), warp(rg, true));
+            assert_eq!(DotChoice::of(rows, 1536, 1536, true, long), warp(rg, false));
+        }
+        assert_eq!(
+            DotChoice::of(8, 1536, 8960, true, long),
+            DotChoice::Mma { pass: 8 }
+        );
+        let (gx, _, _) = warp(1, false).shape(1, 1536);
+        assert_eq!(gx, 192);
     }
 
     #[test]
@@ -280,6 +291,6 @@ mod tests {
             DotChoice::of(2, 64, 256, false, mma),
             DotChoice::Mma { pass: 8 }
         );
-        assert_eq!(DotChoice::of(1, 64, 256, false, mma), warp(1, false));
+        assert_eq!(DotChoice::of(1, 64, 256, false, mma), warp(1, true));
     }
 }
