@@ -258,8 +258,14 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     split.set_dot_mma_from(usize::MAX);
     split.set_dot_gemm_from(usize::MAX);
     split.set_dot_split_from_k(0);
+    split.set_dotc_min_cols(usize::MAX);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
+    tiled.set_dot_gemm_wm(1);
+    // With 64 rows a CTA too (chosen by the grid's size only for the widest products).
+    let tiled64 = gpu();
+    tiled64.set_dot_gemm_from(1);
+    tiled64.set_dot_gemm_wm(2);
     let mut rng = Rng::new(1);
     let formats = [
         None,
@@ -346,6 +352,11 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                     (MatmulKernel::Gemm, &plain, " without scratch"),
                     (MatmulKernel::Dot, &dp4a, " with dp4a and a lane per column"),
                     (MatmulKernel::Dot, &tiled, " through the tiled GEMM"),
+                    (
+                        MatmulKernel::Dot,
+                        &tiled64,
+                        " through the tiled GEMM, 64 rows a CTA",
+                    ),
                     (MatmulKernel::Dot, &split, " with two warps a column"),
                 ]);
             for (kernel, on, how) in runs {
@@ -396,9 +407,11 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                         let e_true = rel_err(&got, &want_all[..rows * n], &what);
                         assert!(e_true < 2e-2, "{what}: 8-bit activations' error {e_true}");
                     }
+                    // Bit for bit (f32 equality would take -0 for +0).
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     for (other, r, seen) in &same_order {
                         if *r == rows && kernel.same_order(*other, wf) {
-                            assert!(got == *seen, "{what}: differs from {other:?}");
+                            assert!(bits(&got) == bits(seen), "{what}: differs from {other:?}");
                         }
                     }
                     same_order.push((kernel, rows, got.clone()));

@@ -90,6 +90,9 @@ pub struct Gpu {
     /// The shortest k for which the dp4a products take two warps a column:
     /// `SPECD_DOT_SPLIT_FROM_K`, default [`DOT_SPLIT_FROM_K`].
     dot_split_from_k: std::sync::atomic::AtomicUsize,
+    /// The tiled GEMM's rows a CTA in tiles of 32 (1 or 2; 0: by the grid's size):
+    /// `SPECD_DOT_GEMM_WM`, default 0.
+    dot_gemm_wm: std::sync::atomic::AtomicUsize,
     /// The fewest output columns a one-row Q4_K product needs to take the lane-per-column
     /// kernel (`SPECD_DOTC_MIN_COLS`, default [`DOTC_MIN_COLS`]).
     dotc_min_cols: std::sync::atomic::AtomicUsize,
@@ -150,6 +153,7 @@ impl Gpu {
             dot_mma_from: env_usize("SPECD_DOT_MMA_FROM", DOT_MMA_FROM).into(),
             dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
             dot_split_from_k: env_usize("SPECD_DOT_SPLIT_FROM_K", DOT_SPLIT_FROM_K).into(),
+            dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
@@ -260,6 +264,12 @@ impl Gpu {
         self.dot_split_from_k.store(k, Ordering::Relaxed);
     }
 
+    /// Sets the tiled GEMM's rows a CTA in tiles of 32 (1 or 2; 0: by the grid's size, the
+    /// default). The same bits either way; graphs captured before keep the old choice.
+    pub fn set_dot_gemm_wm(&self, wm: usize) {
+        self.dot_gemm_wm.store(wm, Ordering::Relaxed);
+    }
+
     /// What picks an 8-bit-activation product's kernel.
     fn dot_settings(&self) -> qdot::DotSettings {
         qdot::DotSettings {
@@ -267,6 +277,7 @@ impl Gpu {
             gemm_from: self.dot_gemm_from(),
             dotc_min_cols: self.dotc_min_cols(),
             split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
+            gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
             sms: self.kernels().sms,
         }
     }

@@ -79,6 +79,8 @@ pub(super) struct DotSettings {
     pub(super) dotc_min_cols: usize,
     /// The shortest k for which the dp4a kernels take two warps a column.
     pub(super) split_from_k: usize,
+    /// The GEMM's rows a CTA in tiles of 32 (1 or 2), or 0: chosen by the grid's size.
+    pub(super) gemm_wm: usize,
     pub(super) sms: usize,
 }
 
@@ -89,6 +91,8 @@ const DOT_WARPS: usize = 8;
 const DOTC_COLS: usize = 32;
 const MDOT_COLS: usize = 16;
 const QG_COLS: usize = 32;
+/// The most CTAs a launch's grid holds in y.
+const MAX_GRID_Y: usize = 65_535;
 
 impl DotChoice {
     /// The kernel for `rows` rows of a product with `n` output columns; `lane_per_column`
@@ -107,11 +111,16 @@ impl DotChoice {
             split: k >= s.split_from_k,
         };
         match rows {
-            r if r >= s.gemm_from.max(1) => {
+            // The GEMM's CTAs take one row tile each (grid y at most 65,535 tiles of 64 rows);
+            // more rows than that take int8 mma, whose CTAs loop over row passes.
+            r if r >= s.gemm_from.max(1) && r <= MAX_GRID_Y * 64 => {
                 let ctas = n.div_ceil(QG_COLS) * rows.div_ceil(64);
-                DotChoice::Gemm {
-                    wm: if ctas >= 2 * s.sms { 2 } else { 1 },
-                }
+                let wm = match s.gemm_wm {
+                    1 | 2 if r <= MAX_GRID_Y * 32 * s.gemm_wm => s.gemm_wm,
+                    _ if ctas >= 2 * s.sms || r > MAX_GRID_Y * 32 => 2,
+                    _ => 1,
+                };
+                DotChoice::Gemm { wm }
             }
             1 if lane_per_column && n >= s.dotc_min_cols => DotChoice::LanePerColumn,
             1 => warp(1),
@@ -218,6 +227,7 @@ mod tests {
         gemm_from: 64,
         dotc_min_cols: 8192,
         split_from_k: 0,
+        gemm_wm: 0,
         sms: 132,
     };
 
@@ -292,5 +302,20 @@ mod tests {
             DotChoice::Mma { pass: 8 }
         );
         assert_eq!(DotChoice::of(1, 64, 256, false, mma), warp(1, true));
+    }
+
+    #[test]
+    fn the_gemm_rows_a_cta_follow_the_setting_and_the_grid_limit() {
+        let of =
+            |rows, n, gemm_wm| DotChoice::of(rows, n, 1536, true, DotSettings { gemm_wm, ..H100 });
+        assert_eq!(of(128, 1536, 2), DotChoice::Gemm { wm: 2 });
+        assert_eq!(of(128, 17_920, 1), DotChoice::Gemm { wm: 1 });
+        // Past 65,535 tiles of 32 rows a CTA takes 64; past 65,535 of 64, int8 mma (its CTAs
+        // loop over row passes).
+        assert_eq!(of(65_535 * 32 + 1, 1536, 1), DotChoice::Gemm { wm: 2 });
+        assert_eq!(of(65_535 * 64, 1536, 0), DotChoice::Gemm { wm: 2 });
+        assert_eq!(of(65_535 * 64 + 1, 1536, 0), DotChoice::Mma { pass: 16 });
+        let (_, gy, _) = DotChoice::Gemm { wm: 2 }.shape(65_535 * 64, 1536);
+        assert_eq!(gy, 65_535);
     }
 }
