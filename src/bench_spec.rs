@@ -285,12 +285,21 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
             // On a GPU, the target's CUDA graphs captured during this request (a capture
             // costs milliseconds: new shapes, not steady decoding), and the host's time in
             // each target forward before its launches are queued (metadata, uploads).
+            // With SPECD_GPU_TIMING=1 also the GPU's time from a forward's first launch to
+            // its end.
             let graphs = match (before, stats()) {
-                (Some(b), Some(a)) => format!(
-                    "  target graphs captured {}, host {:.1} µs a forward",
-                    a.captures - b.captures,
-                    (a.host_us - b.host_us) as f64 / (a.forwards - b.forwards).max(1) as f64
-                ),
+                (Some(b), Some(a)) => {
+                    let per = |us: u64| us as f64 / (a.forwards - b.forwards).max(1) as f64;
+                    let gpu = match a.gpu_us - b.gpu_us {
+                        0 => String::new(),
+                        us => format!(", GPU {:.1} µs", per(us)),
+                    };
+                    format!(
+                        "  target graphs captured {}, host {:.1} µs a forward{gpu}",
+                        a.captures - b.captures,
+                        per(a.host_us - b.host_us),
+                    )
+                }
                 _ => String::new(),
             };
             eprintln!(

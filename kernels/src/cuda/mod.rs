@@ -508,6 +508,45 @@ impl Gpu {
     fn count_launch(&self) {
         self.launches.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Two timing events on this GPU, to time work queued on its stream ([`GpuTimer`]).
+    pub fn timer(&self) -> GpuResult<GpuTimer> {
+        let event = || {
+            self.ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(GpuError::driver("creating a timing event"))
+        };
+        Ok(GpuTimer {
+            start: event()?,
+            end: event()?,
+        })
+    }
+
+    /// Records `timer`'s start (`end: false`) or end on the stream.
+    pub fn mark(&self, timer: &GpuTimer, end: bool) -> GpuResult<()> {
+        let event = if end { &timer.end } else { &timer.start };
+        event
+            .record(&self.stream)
+            .map_err(GpuError::driver("recording a timing event"))
+    }
+}
+
+/// A start and an end event on a GPU's stream: the GPU's time between the work queued before
+/// each ([`Gpu::mark`]), for diagnostics (recording costs the host a few microseconds).
+#[derive(Debug)]
+pub struct GpuTimer {
+    start: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+}
+
+impl GpuTimer {
+    /// Microseconds from the start mark to the end mark (waits for the end).
+    pub fn elapsed_us(&self) -> GpuResult<f64> {
+        self.start
+            .elapsed_ms(&self.end)
+            .map(|ms| f64::from(ms) * 1e3)
+            .map_err(GpuError::driver("reading a timing event"))
+    }
 }
 
 /// A captured sequence of launches.

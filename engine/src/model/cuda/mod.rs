@@ -151,6 +151,10 @@ pub(crate) struct CudaModel {
     captures: AtomicU64,
     launches: AtomicU64,
     host_ns: AtomicU64,
+    /// With `SPECD_GPU_TIMING=1`: events around each forward's launches, and the GPU's time
+    /// between them summed (a diagnostic: recording costs the host a few microseconds).
+    timer: Option<Mutex<specd_kernels::cuda::GpuTimer>>,
+    gpu_ns: AtomicU64,
 }
 
 impl CudaModel {
@@ -261,6 +265,17 @@ impl CudaModel {
         cos_sin: Arc<Buffer<f32>>,
     ) -> Self {
         let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let timer = if std::env::var("SPECD_GPU_TIMING").is_ok_and(|v| v == "1") {
+            match gpu.timer() {
+                Ok(t) => Some(Mutex::new(t)),
+                Err(e) => {
+                    eprintln!("specd: SPECD_GPU_TIMING=1 but no timing events: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Self {
             gpu,
             config: config.clone(),
@@ -276,6 +291,8 @@ impl CudaModel {
             captures: AtomicU64::new(0),
             launches: AtomicU64::new(0),
             host_ns: AtomicU64::new(0),
+            timer,
+            gpu_ns: AtomicU64::new(0),
         }
     }
 
@@ -359,6 +376,7 @@ impl CudaModel {
             captures: self.captures.load(Ordering::Relaxed),
             launches: self.launches.load(Ordering::Relaxed),
             host_us: self.host_ns.load(Ordering::Relaxed) / 1000,
+            gpu_us: self.gpu_ns.load(Ordering::Relaxed) / 1000,
         }
     }
 
@@ -483,6 +501,13 @@ impl CudaModel {
             None => run_layers(step, &self.weights),
         };
         let launches_before = self.gpu.launches();
+        let timer = self
+            .timer
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(t) = &timer {
+            self.gpu.mark(t, false).map_err(gpu_err)?;
+        }
         if use_graph {
             let graph = graphs.try_get_or_insert(
                 (plan.shape, mode, head_rows, feature.map(|(_, kinds)| kinds)),
@@ -498,10 +523,17 @@ impl CudaModel {
             self.launches
                 .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
         }
+        if let Some(t) = &timer {
+            self.gpu.mark(t, true).map_err(gpu_err)?;
+        }
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.host_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let out = buffers::read_out(&self.gpu, bufs, &plan, batch, mode, head_rows)?;
+        if let Some(t) = &timer {
+            let us = t.elapsed_us().map_err(gpu_err)?;
+            self.gpu_ns.fetch_add((us * 1e3) as u64, Ordering::Relaxed);
+        }
         let hidden = if keep_hidden {
             let h = self.config.hidden_size;
             let rows = buffers::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
