@@ -11,6 +11,7 @@
 // decoder of weight_formats.cuh that every kernel calls). 64 classes are 8 blocks: a warp of 8
 // can take every 8th block and still own whole classes.
 #pragma once
+#include "mma.cuh"
 #include "weight_formats.cuh"
 
 // The 8-bit copy of a row of k activations: k int8 values, then (at the end of all rows'
@@ -38,30 +39,4 @@ __device__ __forceinline__ float q6k_term(float d, int isum, float dx) {
 
 __device__ __forceinline__ uint4 ldg16(const void* p) {
     return __ldg(reinterpret_cast<const uint4*>(p));
-}
-
-// ---- The int8 tensor-core instructions of qmma.cu and qgemm.cu.
-
-// c += A·B, m16n8k32, int8 operands, int32 accumulators (exact).
-__device__ __forceinline__ void mma_s8_k32(int c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                           uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// c += A·B, m16n8k16, int8 operands, int32 accumulators (exact).
-__device__ __forceinline__ void mma_s8_k16(int c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
-        "{%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0));
-}
-
-// Four bytes at a 2-byte aligned address.
-__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) {
-    return u16_at(p) | (u16_at(p + 2) << 16);
 }

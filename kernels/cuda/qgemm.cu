@@ -135,6 +135,15 @@ template <int F, int WM> struct QgemmLoad {
     }
 };
 
+// Output o = 8 mt + 4 nt + e of a lane (g, t) of warp (wm, wn): its row and column in the tile
+// (the m16n8 accumulator layout: e / 2 picks row g or g + 8, e % 2 column 2t or 2t + 1).
+__device__ __forceinline__ int qgemm_row(int wm, int mt, int g, int e) {
+    return 32 * wm + 16 * mt + g + 8 * (e / 2);
+}
+__device__ __forceinline__ int qgemm_col(int wn, int nt, int t, int e) {
+    return 16 * wn + 8 * nt + 2 * t + e % 2;
+}
+
 // One output's term for chunk h (0, 1) of the pair from its integer sums (i1: Q6_K's second
 // half), the column's staged scales and the row's chunk.
 template <int F>
@@ -231,8 +240,7 @@ __device__ __forceinline__ void qgemm_body(const uint8_t* __restrict__ w, size_t
                 for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const int row = 32 * wm + 16 * mt + g + 8 * (e / 2);
-                        const int col = 16 * wn + 8 * nt + 2 * t + e % 2;
+                        const int row = qgemm_row(wm, mt, g, e), col = qgemm_col(wn, nt, t, e);
                         const float term = qgemm_term<F>(h, acc[mt][nt][e], acc1[mt][nt][e],
                                                          s.ws[col], s.xm[row][h]);
                         const int o = mt * 8 + nt * 4 + e;
@@ -254,20 +262,16 @@ __device__ __forceinline__ void qgemm_body(const uint8_t* __restrict__ w, size_t
         pair = next_pair;
         c = next_c;
     }
-    // Classes past the last chunk (k < 2048) hold nothing: the other kernels still add their
-    // zero sums, which matters for a total of -0.
-    for (int p = pair + 2; p < DOT_CLASSES; ++p) {
-#pragma unroll
-        for (int o = 0; o < 16; ++o) total[o] = __fadd_rn(total[o], 0.f);
-    }
+    // Classes past the last chunk (k < 2048) hold nothing. The other kernels add their zero
+    // sums; that changes no bits here (a total that starts at +0 and only ever has round-to-
+    // nearest sums added is never -0, so adding +0 leaves it as it is).
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int row = r0 + 32 * wm + 16 * mt + g + 8 * (e / 2);
-                const int col = n0 + 16 * wn + 8 * nt + 2 * t + e % 2;
+                const int row = r0 + qgemm_row(wm, mt, g, e), col = n0 + qgemm_col(wn, nt, t, e);
                 if (row < rows && col < n) {
                     float v = total[mt * 8 + nt * 4 + e];
                     if (bias) v = __fadd_rn(v, bias[col]);

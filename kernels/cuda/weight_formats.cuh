@@ -53,9 +53,14 @@ __device__ __forceinline__ uint32_t u16_at(const uint8_t* p) {
     return *reinterpret_cast<const uint16_t*>(p);
 }
 
+// Four bytes at a 2-byte aligned address.
+__device__ __forceinline__ uint32_t u32_at2(const uint8_t* p) {
+    return u16_at(p) | (u16_at(p + 2) << 16);
+}
+
 // Eight bytes at a 2-byte aligned address, as two little-endian words.
 __device__ __forceinline__ uint2 eight_bytes_at(const uint8_t* p) {
-    return make_uint2(u16_at(p) | (u16_at(p + 2) << 16), u16_at(p + 4) | (u16_at(p + 6) << 16));
+    return make_uint2(u32_at2(p), u32_at2(p + 4));
 }
 
 // A Q4_K block's d and dmin from its 16-byte header `h` (h.x: d and dmin; h.y, h.z, h.w:

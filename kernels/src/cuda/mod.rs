@@ -522,9 +522,17 @@ impl Gpu {
         })
     }
 
-    /// Records `timer`'s start (`end: false`) or end on the stream.
-    pub fn mark(&self, timer: &GpuTimer, end: bool) -> GpuResult<()> {
-        let event = if end { &timer.end } else { &timer.start };
+    /// Records `timer`'s start on the stream: after the work queued so far.
+    pub fn mark_start(&self, timer: &GpuTimer) -> GpuResult<()> {
+        self.record(&timer.start)
+    }
+
+    /// Records `timer`'s end on the stream.
+    pub fn mark_end(&self, timer: &GpuTimer) -> GpuResult<()> {
+        self.record(&timer.end)
+    }
+
+    fn record(&self, event: &cudarc::driver::CudaEvent) -> GpuResult<()> {
         event
             .record(&self.stream)
             .map_err(GpuError::driver("recording a timing event"))
@@ -532,7 +540,7 @@ impl Gpu {
 }
 
 /// A start and an end event on a GPU's stream: the GPU's time between the work queued before
-/// each ([`Gpu::mark`]), for diagnostics (recording costs the host a few microseconds).
+/// each ([`Gpu::mark_start`], [`Gpu::mark_end`]), for diagnostics (recording costs the host a few microseconds).
 #[derive(Debug)]
 pub struct GpuTimer {
     start: cudarc::driver::CudaEvent,

@@ -506,7 +506,7 @@ impl CudaModel {
             .as_ref()
             .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(t) = &timer {
-            self.gpu.mark(t, false).map_err(gpu_err)?;
+            self.gpu.mark_start(t).map_err(gpu_err)?;
         }
         if use_graph {
             let graph = graphs.try_get_or_insert(
@@ -524,7 +524,7 @@ impl CudaModel {
                 .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
         }
         if let Some(t) = &timer {
-            self.gpu.mark(t, true).map_err(gpu_err)?;
+            self.gpu.mark_end(t).map_err(gpu_err)?;
         }
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.host_ns
