@@ -9,8 +9,8 @@ use clap::Args;
 use specd_engine::actors::adapt::{Calibration, PROBE_TOKENS};
 use specd_engine::actors::load::assumed_acceptance;
 use specd_engine::actors::{
-    measure_draft_costs, measure_row_costs, CatchUpPolicy, EngineConfig, EngineModels,
-    LoadPolicies, LoadPolicy, Method,
+    measure_draft_costs, measure_glide_costs, measure_row_costs, CatchUpPolicy, EngineConfig,
+    EngineModels, LoadPolicies, LoadPolicy, Method,
 };
 use specd_engine::model::{self, LoadOptions};
 use specd_engine::speculative::policy::default_confidence;
@@ -340,9 +340,14 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
     };
     // The policies start at each method's assumed acceptance; the engine derives them again
     // from these costs as it measures acceptance (engine/src/actors/adapt.rs).
+    let glide = match models.glide.as_ref() {
+        Some(g) => Some(measure_glide_costs(&models.target, g.model())?),
+        None => None,
+    };
     let calibration = Calibration {
         target,
         draft,
+        glide,
         k,
         max_batch: engine.max_running,
     };
@@ -379,6 +384,16 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
             costs.draft.per_row * 1e3,
             costs.catch_up_token * 1e3,
         );
+    }
+    if let Some(g) = glide {
+        report += &format!(
+            ", GLIDE drafter {:.2} ms + {:.3} ms a sequence a round of drafts",
+            g.fixed * 1e3,
+            g.per_row * 1e3
+        );
+        if let Some(w) = g.wide {
+            report += &format!(" ({:.1} ms at {} sequences)", w.at_from * 1e3, w.from);
+        }
     }
     let mut methods = vec![("glide", engine.load.glide), ("ngram", engine.load.ngram)];
     if draft.is_some() {

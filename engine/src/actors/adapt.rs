@@ -20,6 +20,9 @@ pub struct Calibration {
     pub target: RowCosts,
     /// The draft model's (when one is served).
     pub draft: Option<DraftCosts>,
+    /// A GLIDE drafter's round of drafts, by sequences (when one is served and was timed;
+    /// else it counts as free, like the n-gram lookup).
+    pub glide: Option<RowCosts>,
     /// Draft length the policies are derived for.
     pub k: usize,
     /// The largest batch the load policies cover.
@@ -41,6 +44,7 @@ impl Calibration {
                 draft: RowCosts::line(0.002, 0.0),
                 catch_up_token: 0.00005,
             }),
+            glide: None,
             k: 4,
             max_batch: 64,
         }
@@ -57,10 +61,11 @@ impl Calibration {
                 self.max_batch,
             )
         };
-        // GLIDE's one layer costs about 3 % of a target row per drafted token (BENCHMARKS.md):
-        // counted as free, like the n-gram lookup.
+        // GLIDE's one layer costs about 3 % of a target row per drafted token on the CPU
+        // (BENCHMARKS.md), but a round of drafts is a forward of its own on a GPU: its measured
+        // costs when there are some.
         let mut load = LoadPolicies {
-            glide: policy(RowCosts::FREE, Method::Glide),
+            glide: policy(self.glide.unwrap_or(RowCosts::FREE), Method::Glide),
             ngram: policy(RowCosts::FREE, Method::Ngram),
             ..LoadPolicies::default()
         };
@@ -211,6 +216,38 @@ mod tests {
     }
 
     #[test]
+    fn a_glide_drafter_that_costs_gives_way_at_a_lower_load_than_a_free_one() {
+        // The real target on an H100 as `serve` calibrated it (session 23): 1.9 ms + 0.17 ms a
+        // row, 9.9 ms at 64 rows and 0.051 ms a row more; GLIDE measured at 61 % there.
+        let target = RowCosts::line(0.0019, 0.00017).with_wide(
+            super::super::calibrate::WIDE_ROWS,
+            64,
+            0.0099,
+            256,
+            0.0099 + 192.0 * 0.000051,
+        );
+        let at = |glide| {
+            let c = Calibration {
+                target,
+                draft: None,
+                glide,
+                k: 4,
+                max_batch: 64,
+            };
+            c.policies(|_| 0.61).0.glide
+        };
+        let free = at(None);
+        // A round of drafts at 0.25 ms + 0.06 ms a sequence (1.2 ms for 16 sequences).
+        let costly = at(Some(RowCosts::line(0.00025, 0.00006)));
+        assert!(costly.off_at < free.off_at, "{costly:?} against {free:?}");
+        assert!(costly.off_at <= 16, "{costly:?}");
+        // Alone it still drafts: a round costs a sixth of a step and saves more.
+        assert_eq!(costly.cap(1), usize::MAX, "{costly:?}");
+        // A drafter as dear as a target step never pays.
+        assert_eq!(at(Some(RowCosts::line(0.002, 0.0))).off_at, 1);
+    }
+
+    #[test]
     fn a_draft_model_measured_above_the_prior_is_drafted_with_again() {
         // At the assumed 70 % drafting 4 tokens with the draft model does not pay on this GPU
         // shape: its prompt is never read (so it never drafts).
@@ -234,6 +271,7 @@ mod tests {
     fn without_a_draft_model_the_catch_up_rule_is_the_default() {
         let c = Calibration {
             draft: None,
+            glide: None,
             ..gpu()
         };
         let (_, catch_up) = c.policies(assumed_acceptance);

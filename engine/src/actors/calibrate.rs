@@ -5,14 +5,15 @@
 //!
 //! `specd serve` times a few forwards of the models it loaded (about a second on the CPU pair)
 //! instead of trusting constants measured on another machine: each model's forward of one row
-//! and of [`WIDE_ROWS`] rows (a line through them, [`RowCosts`]), and the draft model's prefill
-//! per token. The same costs set the load policies ([`super::load::LoadPolicy::calibrated`]).
+//! and of [`WIDE_ROWS`] rows (a line through them, [`RowCosts`]), the draft model's prefill
+//! per token, and a GLIDE drafter's round of drafts for one and for many sequences. The same
+//! costs set the load policies ([`super::load::LoadPolicy::calibrated`]).
 
 use std::time::Instant;
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{GlideModel, Logits, Model, SeqInput};
 
 /// A forward's seconds as a function of its rows: reading the weights once (`fixed`) plus each
 /// row's arithmetic (`per_row`), fitted to two timed forwards of the served model. Attention
@@ -223,6 +224,72 @@ pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<Dr
     })
 }
 
+/// Times a GLIDE drafter's round of drafts, one token for each of 1 and [`WIDE_ROWS`] sequences
+/// (on a GPU also [`GPU_WIDE_ROWS`]), each over `target`'s cache of a short prompt and with its
+/// logits brought back as the proposer takes them: the drafter's [`RowCosts`], by sequences.
+/// On the CPU its one layer is a few percent of a target row; on a GPU a round is a forward of
+/// its own, and its logits over the reduced vocabulary cross to the host, so that it costs a
+/// sizeable share of a target step and grows with the batch. The sequences' own caches start
+/// empty (the drafter's attention over its own positions is a small part of its forward).
+pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCosts> {
+    let gpu = glide.device().is_cuda();
+    let [r1, r2] = GPU_WIDE_ROWS;
+    let most = if gpu { r2 } else { WIDE_ROWS };
+    let prompt = probe_tokens(target.config().vocab_size, CONTEXT);
+    let mut target_kv = target.new_pool(crate::kv::KvPool::blocks_for(CONTEXT));
+    let mut target_table = BlockTable::new();
+    target.forward(
+        &mut target_kv,
+        &mut [SeqInput {
+            table: &mut target_table,
+            tokens: &prompt,
+            logits: Logits::None,
+        }],
+    )?;
+    let mut kv = glide.new_pool(most);
+    let mut tables: Vec<BlockTable> = (0..most).map(|_| BlockTable::new()).collect();
+    let token = [prompt[CONTEXT - 1]];
+    let mut round = |seqs: usize| -> Result<f64> {
+        let mut best = f64::INFINITY;
+        for i in 0..=REPEATS {
+            let t = Instant::now();
+            let mut inputs: Vec<SeqInput<'_>> = tables[..seqs]
+                .iter_mut()
+                .map(|table| SeqInput {
+                    table,
+                    tokens: &token,
+                    logits: Logits::Last,
+                })
+                .collect();
+            let cross = vec![&target_table; seqs];
+            for logits in glide.forward(&mut kv, &mut inputs, &target_kv, &cross)? {
+                logits.squeeze(0)?.to_vec1::<f32>()?;
+            }
+            if i > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            for table in &mut tables[..seqs] {
+                kv.truncate(table, 0);
+            }
+        }
+        Ok(best)
+    };
+    let one = round(1)?;
+    let few = round(WIDE_ROWS)?;
+    let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
+    let costs = if gpu {
+        let (t1, t2) = (round(r1)?, round(r2)?);
+        costs.with_wide(WIDE_ROWS, r1, t1, r2, t2)
+    } else {
+        costs
+    };
+    for table in &mut tables {
+        kv.free(table);
+    }
+    target_kv.free(&mut target_table);
+    Ok(costs)
+}
+
 /// `n` token ids spread over a vocabulary of `vocab`.
 fn probe_tokens(vocab: usize, n: usize) -> Vec<u32> {
     (0..n)
@@ -282,6 +349,17 @@ mod tests {
             draft: RowCosts::line(0.020, 0.0),
             catch_up_token: 0.002,
         }
+    }
+
+    #[test]
+    fn a_glide_round_is_timed_over_the_targets_cache() {
+        use crate::model::tiny::{tiny_glide, tiny_model, TinySpec};
+        let target = tiny_model(&TinySpec::default()).unwrap().model;
+        let glide = tiny_glide(&target, 32, 7, 0.5).unwrap();
+        let c = measure_glide_costs(&target, &glide).unwrap();
+        assert!(c.rows(1) > 0.0, "a round costs something: {c:?}");
+        assert!(c.rows(WIDE_ROWS) >= c.rows(1), "{c:?}");
+        assert!(c.wide.is_none(), "the CPU times no wide rounds: {c:?}");
     }
 
     #[test]

@@ -39,7 +39,10 @@ use std::time::Duration;
 use actix::{Actor, Addr, AsyncContext, Context};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub use calibrate::{measure_draft_costs, measure_row_costs, CatchUpPolicy, DraftCosts, RowCosts};
+pub use calibrate::{
+    measure_draft_costs, measure_glide_costs, measure_row_costs, CatchUpPolicy, DraftCosts,
+    RowCosts,
+};
 pub use config::EngineConfig;
 pub use load::{LoadPolicies, LoadPolicy};
 pub use request::{
