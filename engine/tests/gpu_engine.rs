@@ -16,7 +16,7 @@ use specd_engine::actors::{
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::BlockTable;
 use specd_engine::model::tiny::{tiny_drafter, tiny_model, tiny_model_on, TinySpec};
-use specd_engine::model::{Device, LoadedModel, Logits, Model, SampleInput, SeqInput};
+use specd_engine::model::{Device, LoadedModel, Logits, Model, SampleInput, SeqInput, Tokenizer};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{generate_speculative, DraftPolicyConfig, NgramProposer, Proposer};
 use specd_kernels::cpu::sample as kernel_sample;
@@ -454,25 +454,44 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
     let draft = Arc::new(tiny_drafter(&spec(), 0.15, 5, &target).unwrap());
     let tok = target.tokenizer.clone().unwrap();
     let model = Arc::new(target.model);
-    let models = EngineModels {
-        target: model.clone(),
-        tokenizer: Arc::new(tok.clone()),
-        draft: Some(draft),
-        ngram: NgramProposer::new(3, 1).unwrap(),
-        glide: None,
-    };
-    // Drafting on for every batch size (the default load policy turns it off at three
-    // sequences, and this batch has sixteen).
-    let config = EngineConfig {
-        load: LoadPolicies::NEVER,
-        ..Default::default()
-    };
+    let ps = prompts(16, 7, model.config().vocab_size as u32);
+    // Prompts prefilled whole, and four tokens a step (so that prompt chunks ride along the
+    // others' verifications for many steps: greedy acceptance then runs on the host from each
+    // row's argmax, speculative::verify::verification_mode).
+    for prefill_chunk in [None, Some(4)] {
+        let models = EngineModels {
+            target: model.clone(),
+            tokenizer: Arc::new(tok.clone()),
+            draft: Some(draft.clone()),
+            ngram: NgramProposer::new(3, 1).unwrap(),
+            glide: None,
+        };
+        // Drafting on for every batch size (the default load policy turns it off at three
+        // sequences, and this batch has sixteen).
+        let config = EngineConfig {
+            load: LoadPolicies::NEVER,
+            prefill_chunk,
+            ..Default::default()
+        };
+        serve_concurrently(&model, &tok, models, config, &ps);
+    }
+}
+
+/// Serves `ps` together (target-only, draft model and n-gram in turn) and checks every output
+/// against target-only generation alone, and that every draft-model request drafted.
+fn serve_concurrently(
+    model: &Model,
+    tok: &Tokenizer,
+    models: EngineModels,
+    config: EngineConfig,
+    ps: &[Vec<u32>],
+) {
+    let what = format!("prefill chunk {:?}", config.prefill_chunk);
     let engine = Engine::start(models, config).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let ps = prompts(16, 7, model.config().vocab_size as u32);
     let methods = [Method::None, Method::Draft, Method::Ngram];
     let (outputs, drafted) = tokio::task::LocalSet::new().block_on(&rt, async {
         let mut streams = Vec::new();
@@ -517,7 +536,7 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
         if methods[i % 3] == Method::Draft {
             assert!(
                 *d > 0,
-                "request {i} (draft model) drafted nothing: {drafted:?}"
+                "request {i} (draft model) drafted nothing ({what}): {drafted:?}"
             );
         }
     }
@@ -529,8 +548,8 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
             stop: Vec::new(),
             ignore_eos: false,
         };
-        let want = generate(&model, &tok, &req, |_| {}).unwrap();
-        assert_eq!(got, want.tokens);
+        let want = generate(model, tok, &req, |_| {}).unwrap();
+        assert_eq!(got, want.tokens, "{what}");
     }
 }
 

@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use super::accept::Verdict;
+use super::accept::{accept_greedy, Verdict};
 use super::proposer::{Draft, ProposeInput, Proposer, TargetView};
 use super::sequence::Sequence;
 use crate::error::Result;
@@ -92,13 +92,44 @@ pub fn propose_drafts(
     Ok(drafts)
 }
 
+/// What the verification forward hands back ([`verification_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ModeInputs {
+    /// No prompt chunk rides along.
+    pub alone: bool,
+    /// Every sequence decodes greedily with no repetition penalty.
+    pub greedy: bool,
+    /// Every sequence samples at a temperature alone, and acceptance may run in the forward.
+    pub sampled_in_forward: bool,
+    /// The target runs on a GPU, where a row of logits crossing to the host costs far more
+    /// than its argmax.
+    pub gpu: bool,
+}
+
+/// The verification forward's output: acceptance decided in the forward when nothing rides
+/// along and every sequence is greedy, or samples at a temperature alone; greedy sequences with
+/// prompt chunks riding along on a GPU, each row's argmax (acceptance then runs on the host, on
+/// a token a row instead of a row of the vocabulary: at 64 sequences the rows were 39 MB a step
+/// for the real target, which made every step a prompt rode along 2.7 times as long, H100,
+/// session 23); otherwise every row's logits. (On the CPU the argmax forward also works out
+/// each row's probability, which costs more than taking the rows.)
+pub(crate) fn verification_mode(m: ModeInputs) -> OutputMode {
+    if m.alone && m.greedy {
+        OutputMode::GreedyVerdict
+    } else if m.alone && m.sampled_in_forward {
+        OutputMode::SampledVerdict
+    } else if m.greedy && m.gpu {
+        OutputMode::Top
+    } else {
+        OutputMode::Logits
+    }
+}
+
 /// Verification phase: ONE target forward over `[last, drafts..]` of every sequence, with
 /// `riders` (prompt chunks of other sequences, [`Sequence::chunk_input`]) filling the cache in
 /// the same forward, so that a chunk costs its rows and not another pass over the weights.
-/// When every sequence decodes greedily (no repetition penalty), or (with
-/// [`Acceptance::InForward`]) every sequence samples at a temperature alone, and nothing rides
-/// along, the forward decides acceptance itself; otherwise each sequence gets its rows of
-/// logits (one more than its drafts).
+/// The forward decides acceptance itself, or hands back each row's argmax or its logits
+/// ([`verification_mode`]; one row more than the sequence's drafts).
 pub fn verify<'a>(
     target: &Model,
     kv: &mut KvPool,
@@ -107,12 +138,14 @@ pub fn verify<'a>(
     riders: Vec<SeqInput<'a>>,
     acceptance: Acceptance,
 ) -> Result<Vec<Verified>> {
-    let alone = riders.is_empty();
-    let greedy = alone && seqs.iter().all(|s| s.decides_greedily());
-    let sampled = !greedy
-        && alone
-        && acceptance == Acceptance::InForward
-        && seqs.iter().all(|s| s.samples_in_forward());
+    let mode = verification_mode(ModeInputs {
+        alone: riders.is_empty(),
+        greedy: seqs.iter().all(|s| s.decides_greedily()),
+        sampled_in_forward: acceptance == Acceptance::InForward
+            && seqs.iter().all(|s| s.samples_in_forward()),
+        gpu: target.device().is_cuda(),
+    });
+    let sampled = mode == OutputMode::SampledVerdict;
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
     let inv_temps: Vec<f32> = if sampled {
         seqs.iter()
@@ -173,13 +206,6 @@ pub fn verify<'a>(
     } else {
         Vec::new()
     };
-    let mode = if greedy {
-        OutputMode::GreedyVerdict
-    } else if sampled {
-        OutputMode::SampledVerdict
-    } else {
-        OutputMode::Logits
-    };
     check_verdict_inputs(&batch, mode, &inputs)?;
     let (out, hidden) = target.run(kv, &mut batch, mode, &inputs, keep)?;
     drop(batch);
@@ -197,6 +223,43 @@ pub fn verify<'a>(
             .take(verifying)
             .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
             .collect(),
-        ForwardOut::Top(_) => unreachable!("no argmax asked for"),
+        ForwardOut::Top(tops) => Ok(tops
+            .into_iter()
+            .zip(&inputs_tokens)
+            .map(|(rows, ids)| {
+                let choices: Vec<u32> = rows.iter().map(|t| t.token).collect();
+                Verified::Decided(accept_greedy(&ids[1..], &choices))
+            })
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(alone: bool, greedy: bool, sampled_in_forward: bool, gpu: bool) -> OutputMode {
+        verification_mode(ModeInputs {
+            alone,
+            greedy,
+            sampled_in_forward,
+            gpu,
+        })
+    }
+
+    #[test]
+    fn the_forward_decides_alone_and_hands_back_argmaxes_under_riders_on_a_gpu() {
+        use OutputMode::*;
+        for gpu in [false, true] {
+            // Nothing rides along: the forward decides, greedy first.
+            assert_eq!(mode(true, true, false, gpu), GreedyVerdict);
+            assert_eq!(mode(true, false, true, gpu), SampledVerdict);
+            assert_eq!(mode(true, false, false, gpu), Logits);
+            // Sampling with a prompt chunk riding along: the host needs the rows.
+            assert_eq!(mode(false, false, true, gpu), Logits);
+        }
+        // Greedy with riders: a token a row on a GPU, the rows on the CPU.
+        assert_eq!(mode(false, true, false, true), Top);
+        assert_eq!(mode(false, true, false, false), Logits);
     }
 }
