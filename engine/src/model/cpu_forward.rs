@@ -475,6 +475,17 @@ pub(crate) fn forward(
                 })
                 .collect::<Result<_>>()?,
         ),
+        OutputMode::Argmax => ForwardOut::Tokens(
+            per_seq
+                .iter()
+                .map(|l| {
+                    Ok(l.to_vec2::<f32>()?
+                        .iter()
+                        .map(|row| crate::sampling::argmax(row))
+                        .collect())
+                })
+                .collect::<Result<_>>()?,
+        ),
         OutputMode::GreedyVerdict => ForwardOut::Verdicts(
             per_seq
                 .iter()

@@ -83,6 +83,8 @@ pub(crate) enum ForwardOut {
     Logits(Vec<Tensor>),
     /// The argmax of each wanted row.
     Top(Vec<Vec<Top>>),
+    /// The argmax token of each wanted row, without its probability.
+    Tokens(Vec<Vec<u32>>),
     /// Acceptance of each sequence's tokens after the first as drafts: (kept, next).
     Verdicts(Vec<(usize, u32)>),
 }
@@ -92,6 +94,9 @@ pub(crate) enum ForwardOut {
 pub(crate) enum OutputMode {
     Logits,
     Top,
+    /// [`OutputMode::Top`]'s tokens alone: on the CPU no softmax sum a row, on a GPU one
+    /// number a row less crossing to the host.
+    Argmax,
     GreedyVerdict,
     /// Rejection sampling with each sequence's temperature and [`SampleInput`].
     SampledVerdict,
@@ -688,7 +693,7 @@ pub(crate) fn check_verdict_inputs(
                 }
             }
         }
-        OutputMode::Logits | OutputMode::Top => {}
+        OutputMode::Logits | OutputMode::Top | OutputMode::Argmax => {}
     }
     Ok(())
 }

@@ -101,25 +101,21 @@ pub(crate) struct ModeInputs {
     pub greedy: bool,
     /// Every sequence samples at a temperature alone, and acceptance may run in the forward.
     pub sampled_in_forward: bool,
-    /// The target runs on a GPU, where a row of logits crossing to the host costs far more
-    /// than its argmax.
-    pub gpu: bool,
 }
 
 /// The verification forward's output: acceptance decided in the forward when nothing rides
 /// along and every sequence is greedy, or samples at a temperature alone; greedy sequences with
-/// prompt chunks riding along on a GPU, each row's argmax (acceptance then runs on the host, on
-/// a token a row instead of a row of the vocabulary: at 64 sequences the rows were 39 MB a step
-/// for the real target, which made every step a prompt rode along 2.7 times as long, H100,
-/// session 23); otherwise every row's logits. (On the CPU the argmax forward also works out
-/// each row's probability, which costs more than taking the rows.)
+/// prompt chunks riding along, each row's argmax token (acceptance then runs on the host, on a
+/// token a row instead of a row of the vocabulary: on a GPU at 64 sequences the rows were 39 MB
+/// a step for the real target, which made every step a prompt rode along 2.7 times as long,
+/// H100, session 23); otherwise every row's logits.
 pub(crate) fn verification_mode(m: ModeInputs) -> OutputMode {
     if m.alone && m.greedy {
         OutputMode::GreedyVerdict
     } else if m.alone && m.sampled_in_forward {
         OutputMode::SampledVerdict
-    } else if m.greedy && m.gpu {
-        OutputMode::Top
+    } else if m.greedy {
+        OutputMode::Argmax
     } else {
         OutputMode::Logits
     }
@@ -143,7 +139,6 @@ pub fn verify<'a>(
         greedy: seqs.iter().all(|s| s.decides_greedily()),
         sampled_in_forward: acceptance == Acceptance::InForward
             && seqs.iter().all(|s| s.samples_in_forward()),
-        gpu: target.device().is_cuda(),
     });
     let sampled = mode == OutputMode::SampledVerdict;
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
@@ -223,14 +218,12 @@ pub fn verify<'a>(
             .take(verifying)
             .map(|l| Ok(Verified::Rows(l.to_vec2::<f32>()?)))
             .collect(),
-        ForwardOut::Top(tops) => Ok(tops
+        ForwardOut::Tokens(tokens) => Ok(tokens
             .into_iter()
             .zip(&inputs_tokens)
-            .map(|(rows, ids)| {
-                let choices: Vec<u32> = rows.iter().map(|t| t.token).collect();
-                Verified::Decided(accept_greedy(&ids[1..], &choices))
-            })
+            .map(|(choices, ids)| Verified::Decided(accept_greedy(&ids[1..], &choices)))
             .collect()),
+        ForwardOut::Top(_) => unreachable!("no probabilities asked for"),
     }
 }
 
@@ -238,28 +231,26 @@ pub fn verify<'a>(
 mod tests {
     use super::*;
 
-    fn mode(alone: bool, greedy: bool, sampled_in_forward: bool, gpu: bool) -> OutputMode {
+    fn mode(alone: bool, greedy: bool, sampled_in_forward: bool) -> OutputMode {
         verification_mode(ModeInputs {
             alone,
             greedy,
             sampled_in_forward,
-            gpu,
         })
     }
 
     #[test]
-    fn the_forward_decides_alone_and_hands_back_argmaxes_under_riders_on_a_gpu() {
+    fn the_forward_decides_alone_and_hands_back_argmaxes_under_riders() {
         use OutputMode::*;
-        for gpu in [false, true] {
-            // Nothing rides along: the forward decides, greedy first.
-            assert_eq!(mode(true, true, false, gpu), GreedyVerdict);
-            assert_eq!(mode(true, false, true, gpu), SampledVerdict);
-            assert_eq!(mode(true, false, false, gpu), Logits);
-            // Sampling with a prompt chunk riding along: the host needs the rows.
-            assert_eq!(mode(false, false, true, gpu), Logits);
-        }
-        // Greedy with riders: a token a row on a GPU, the rows on the CPU.
-        assert_eq!(mode(false, true, false, true), Top);
-        assert_eq!(mode(false, true, false, false), Logits);
+        // Nothing rides along: the forward decides, greedy first.
+        assert_eq!(mode(true, true, false), GreedyVerdict);
+        assert_eq!(mode(true, true, true), GreedyVerdict);
+        assert_eq!(mode(true, false, true), SampledVerdict);
+        assert_eq!(mode(true, false, false), Logits);
+        // A prompt chunk rides along: greedy sequences take a token a row, sampling ones the
+        // rows (the host samples).
+        assert_eq!(mode(false, true, false), Argmax);
+        assert_eq!(mode(false, false, true), Logits);
+        assert_eq!(mode(false, false, false), Logits);
     }
 }

@@ -403,6 +403,19 @@ pub(super) fn read_out(
             }
             Ok(ForwardOut::Logits(out))
         }
+        OutputMode::Argmax => {
+            let tok: Vec<i32> = gpu
+                .read(bufs.top_tok.ptr(), plan.logit_rows)
+                .map_err(gpu_err)?;
+            let mut out = Vec::with_capacity(batch.len());
+            let mut r = 0;
+            for s in batch {
+                let n = s.logits.rows(s.tokens.len());
+                out.push(tok[r..r + n].iter().map(|&t| t as u32).collect());
+                r += n;
+            }
+            Ok(ForwardOut::Tokens(out))
+        }
         OutputMode::Top => {
             let tok: Vec<i32> = gpu
                 .read(bufs.top_tok.ptr(), plan.logit_rows)

@@ -313,7 +313,7 @@ impl ForwardOps for CudaStep<'_> {
         match self.mode {
             OutputMode::Logits => Ok(()),
             OutputMode::SampledVerdict => self.rejection_sample(),
-            OutputMode::Top | OutputMode::GreedyVerdict => self.argmax(),
+            OutputMode::Top | OutputMode::Argmax | OutputMode::GreedyVerdict => self.argmax(),
         }
     }
 }
