@@ -27,6 +27,7 @@ fn sweep_of(serve: &Serve, loads: Vec<Load>, requests: usize, tokens: usize) -> 
         requests,
         max_duration: Duration::from_secs(300),
         progress: false,
+        fresh_prompts: false,
     }
 }
 
@@ -34,14 +35,10 @@ fn sweep_of(serve: &Serve, loads: Vec<Load>, requests: usize, tokens: usize) -> 
 async fn a_sweep_measures_every_request_and_its_speculation() {
     let models = Models::get();
     let serve = Serve::start(&models, &[], &[]);
-    let runs = sweep(&sweep_of(
-        &serve,
-        vec![Load::Clients(1), Load::Clients(3)],
-        6,
-        16,
-    ))
-    .await
-    .unwrap();
+    // Every request with a prompt of its own (the sweep's wiring of --fresh-prompts).
+    let mut s = sweep_of(&serve, vec![Load::Clients(1), Load::Clients(3)], 6, 16);
+    s.fresh_prompts = true;
+    let runs = sweep(&s).await.unwrap();
     assert_eq!(runs.len(), 2);
     for run in &runs {
         assert_eq!(run.records.len(), 6, "{}", run.load);
@@ -121,6 +118,7 @@ async fn a_server_that_is_down_is_a_clear_error() {
         requests: 1,
         max_duration: Duration::from_secs(10),
         progress: false,
+        fresh_prompts: false,
     };
     let e = format!("{:#}", sweep(&s).await.unwrap_err());
     assert!(e.contains("is specd serving there?"), "{e}");
@@ -137,6 +135,7 @@ fn specd_loadtest_prints_the_table_and_writes_json() {
             "loadtest",
             "--url",
             &format!("http://{}", serve.addr),
+            "--fresh-prompts",
             "--concurrency",
             "1,2",
             "--rate",

@@ -201,6 +201,7 @@ async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
             requests: 1_000_000,
             max_duration: Duration::from_secs(7),
             progress: false,
+            fresh_prompts: false,
         };
         let runs = sweep(&s).await.unwrap();
         assert!(

@@ -49,6 +49,12 @@ pub struct LoadtestArgs {
     /// the built-in twenty code prompts.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Give every request a prompt of its own (a last line naming the level and the request
+    /// appended), so that the server's prefix cache serves what prompts share, not whole
+    /// prompts repeated from earlier requests: each arrival's prompt is then prefilled, as new
+    /// conversations are.
+    #[arg(long)]
+    pub fresh_prompts: bool,
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
     /// Sampling temperature (the server's default when not given).
@@ -122,6 +128,7 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
         requests: a.requests,
         max_duration: Duration::from_secs(a.max_seconds),
         progress: true,
+        fresh_prompts: a.fresh_prompts,
     };
     if let Some(seconds) = a.soak_seconds {
         let soak = crate::Soak {

@@ -48,6 +48,9 @@ pub struct Sweep {
     pub max_duration: Duration,
     /// Draw a progress bar on the terminal (hidden when stderr is not one).
     pub progress: bool,
+    /// Give every request a prompt of its own ([`prompts::made_unique`]), so that the
+    /// server's prefix cache does not serve whole repeated prompts.
+    pub fresh_prompts: bool,
 }
 
 /// Runs the sweep; a level's records stay in its [`LevelRun`].
@@ -57,10 +60,16 @@ pub async fn sweep(s: &Sweep) -> anyhow::Result<Vec<LevelRun>> {
         !s.loads.is_empty(),
         "give at least one load (--concurrency or --rate)"
     );
-    let prompts = Arc::new(s.prompts.clone());
+    anyhow::ensure!(!s.prompts.is_empty(), "no prompts");
     let http = reqwest::Client::new();
     let mut runs = Vec::new();
-    for &load in &s.loads {
+    for (l, &load) in s.loads.iter().enumerate() {
+        let prompts = Arc::new(prompts::for_level(
+            &s.prompts,
+            s.requests,
+            l,
+            s.fresh_prompts,
+        ));
         let bar = if s.progress {
             ProgressBar::new(s.requests as u64)
         } else {

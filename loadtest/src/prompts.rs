@@ -43,6 +43,34 @@ pub fn built_in() -> Vec<Prompt> {
         .collect()
 }
 
+/// `prompt` made its own: a last line naming `tag` appended to its text, or to its last
+/// message, so that no other request's prompt is all of it and the server's prefix cache
+/// serves only what prompts really share (the chat template, a common system turn).
+pub fn made_unique(prompt: &Prompt, tag: &str) -> Prompt {
+    let line = format!("\n\n(request {tag})");
+    match prompt {
+        Prompt::Text(t) => Prompt::Text(format!("{t}{line}")),
+        Prompt::Messages(m) => {
+            let mut m = m.clone();
+            if let Some(last) = m.last_mut() {
+                last.content.push_str(&line);
+            }
+            Prompt::Messages(m)
+        }
+    }
+}
+
+/// The prompts of a level of `requests` requests: the set in turn, or with `fresh` each
+/// request's own ([`made_unique`], tagged with the level and the request).
+pub fn for_level(prompts: &[Prompt], requests: usize, level: usize, fresh: bool) -> Vec<Prompt> {
+    if !fresh {
+        return prompts.to_vec();
+    }
+    (0..requests)
+        .map(|i| made_unique(&prompts[i % prompts.len()], &format!("{level}.{i}")))
+        .collect()
+}
+
 /// Prompts from a JSONL file, one object per line (blank lines skipped).
 pub fn from_jsonl(path: &Path) -> anyhow::Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path)
@@ -77,6 +105,39 @@ mod tests {
         assert!(
             matches!(&p[0], Prompt::Messages(m) if m[0].role == "user" && m[0].content.contains("Fibonacci"))
         );
+    }
+
+    #[test]
+    fn fresh_prompts_are_each_requests_own_and_keep_what_they_share() {
+        let set = vec![
+            Prompt::Text("def f(".into()),
+            Prompt::Messages(vec![
+                Message::new("system", "s"),
+                Message::new("user", "hi"),
+            ]),
+        ];
+        assert_eq!(for_level(&set, 5, 0, false), set);
+        let a = for_level(&set, 5, 0, true);
+        let b = for_level(&set, 5, 1, true);
+        assert_eq!(a.len(), 5);
+        let all: std::collections::HashSet<String> =
+            a.iter().chain(&b).map(|p| format!("{p:?}")).collect();
+        assert_eq!(
+            all.len(),
+            10,
+            "every request of both levels has its own prompt"
+        );
+        match (&a[0], &a[3]) {
+            (Prompt::Text(t), Prompt::Messages(m)) => {
+                assert!(
+                    t.starts_with("def f(") && t.ends_with("(request 0.0)"),
+                    "{t}"
+                );
+                assert_eq!(m[0], Message::new("system", "s"), "earlier turns unchanged");
+                assert!(m[1].content.starts_with("hi") && m[1].content.ends_with("(request 0.3)"));
+            }
+            other => panic!("the set's order is kept: {other:?}"),
+        }
     }
 
     #[test]
