@@ -455,9 +455,10 @@ fn the_engine_serves_concurrent_requests_on_the_gpu_as_each_alone() {
     let tok = target.tokenizer.clone().unwrap();
     let model = Arc::new(target.model);
     let ps = prompts(16, 7, model.config().vocab_size as u32);
-    // Prompts prefilled whole, and four tokens a step (so that prompt chunks ride along the
-    // others' verifications for many steps: greedy acceptance then runs on the host from each
-    // row's argmax, speculative::verify::verification_mode).
+    // Prompts prefilled whole, and four tokens a step with the first request decoding before
+    // the others arrive (so that their prompt chunks ride along its verifications for many
+    // steps: greedy acceptance then runs on the host from each row's argmax,
+    // speculative::verify::verification_mode).
     for prefill_chunk in [None, Some(4)] {
         let models = EngineModels {
             target: model.clone(),
@@ -487,6 +488,7 @@ fn serve_concurrently(
     ps: &[Vec<u32>],
 ) {
     let what = format!("prefill chunk {:?}", config.prefill_chunk);
+    let stagger = config.prefill_chunk.is_some();
     let engine = Engine::start(models, config).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -495,6 +497,8 @@ fn serve_concurrently(
     let methods = [Method::None, Method::Draft, Method::Ngram];
     let (outputs, drafted) = tokio::task::LocalSet::new().block_on(&rt, async {
         let mut streams = Vec::new();
+        // The first request's first event, when it is awaited before the others are sent.
+        let mut first = None;
         for (i, p) in ps.iter().enumerate() {
             let req = EngineRequest {
                 generate: GenerateRequest {
@@ -511,13 +515,25 @@ fn serve_concurrently(
                     confidence: None,
                 },
             };
-            streams.push(engine.handle().submit(req).await.unwrap());
+            let mut stream = engine.handle().submit(req).await.unwrap();
+            if stagger && i == 0 {
+                first = stream.next_event().await;
+                assert!(
+                    matches!(first, Some(Event::Chunk(_))),
+                    "the first request decodes before the others arrive: {first:?}"
+                );
+            }
+            streams.push(stream);
         }
         // Tokens drafted for each request (none for target-only ones).
         let (mut outs, mut drafted) = (Vec::new(), Vec::new());
         for mut s in streams {
             let mut tokens = Vec::new();
-            while let Some(ev) = s.next_event().await {
+            let mut pending = first.take();
+            while let Some(ev) = match pending.take() {
+                Some(ev) => Some(ev),
+                None => s.next_event().await,
+            } {
                 match ev {
                     Event::Chunk(c) => tokens.extend(c.tokens),
                     Event::Done(d) => {

@@ -6,7 +6,7 @@
 //! `specd serve` times a few forwards of the models it loaded (about a second on the CPU pair)
 //! instead of trusting constants measured on another machine: each model's forward of one row
 //! and of [`WIDE_ROWS`] rows (a line through them, [`RowCosts`]), the draft model's prefill
-//! per token, and a GLIDE drafter's round of drafts for one and for many sequences. The same
+//! per token, and a GLIDE drafter's drafted position for one and for many sequences. The same
 //! costs set the load policies ([`super::load::LoadPolicy::calibrated`]).
 
 use std::time::Instant;
@@ -224,19 +224,22 @@ pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<Dr
     })
 }
 
-/// Times a GLIDE drafter's round of drafts, one token for each of 1 and [`WIDE_ROWS`] sequences
-/// (on a GPU also [`GPU_WIDE_ROWS`]), each over `target`'s cache of a short prompt and with its
-/// logits brought back as the proposer takes them: the drafter's [`RowCosts`], by sequences.
-/// On the CPU its one layer is a few percent of a target row; on a GPU a round is a forward of
-/// its own, and its logits over the reduced vocabulary cross to the host, so that it costs a
-/// sizeable share of a target step and grows with the batch. The sequences' own caches start
-/// empty (the drafter's attention over its own positions is a small part of its forward).
+/// Times one drafted position of a GLIDE drafter: a forward of one token for each of 1 and
+/// [`WIDE_ROWS`] sequences (on a GPU also [`GPU_WIDE_ROWS`]), each at the end of a short prompt
+/// that both the target's cache and the drafter's own hold (so that its cross-attention reads
+/// the target's positions and its self-attention its own), with the logits brought back as the
+/// proposer takes them: the drafter's [`RowCosts`], by sequences. On the CPU its one layer is a
+/// few percent of a target row; on a GPU each drafted position is a forward of its own, and its
+/// logits over the reduced vocabulary cross to the host, so that it costs a sizeable share of a
+/// target step and grows with the batch. Not timed: a chaining drafter's hidden rows coming
+/// back, and the target's own hidden rows for a drafter that reads them.
 pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCosts> {
+    use crate::kv::KvPool;
     let gpu = glide.device().is_cuda();
     let [r1, r2] = GPU_WIDE_ROWS;
     let most = if gpu { r2 } else { WIDE_ROWS };
     let prompt = probe_tokens(target.config().vocab_size, CONTEXT);
-    let mut target_kv = target.new_pool(crate::kv::KvPool::blocks_for(CONTEXT));
+    let mut target_kv = target.new_pool(KvPool::blocks_for(CONTEXT));
     let mut target_table = BlockTable::new();
     target.forward(
         &mut target_kv,
@@ -246,10 +249,33 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
             logits: Logits::None,
         }],
     )?;
-    let mut kv = glide.new_pool(most);
+    // The drafter reads the prompt once and every sequence shares those blocks (the pool's
+    // prefix cache); a sequence that finds them not cached reads the rest itself.
+    let mut kv = glide.new_pool(most * KvPool::blocks_for(CONTEXT + 1));
     let mut tables: Vec<BlockTable> = (0..most).map(|_| BlockTable::new()).collect();
+    let (first, others) = tables.split_at_mut(1);
+    let read = |kv: &mut KvPool, table: &mut BlockTable, from: usize| {
+        glide.forward(
+            kv,
+            &mut [SeqInput {
+                table,
+                tokens: &prompt[from..],
+                logits: Logits::None,
+            }],
+            &target_kv,
+            &[&target_table],
+        )
+    };
+    read(&mut kv, &mut first[0], 0)?;
+    kv.cache_prefix(&first[0], &prompt);
+    for table in others {
+        let shared = kv.attach_prefix(table, &prompt);
+        if shared < CONTEXT {
+            read(&mut kv, table, shared)?;
+        }
+    }
     let token = [prompt[CONTEXT - 1]];
-    let mut round = |seqs: usize| -> Result<f64> {
+    let mut draft = |seqs: usize| -> Result<f64> {
         let mut best = f64::INFINITY;
         for i in 0..=REPEATS {
             let t = Instant::now();
@@ -269,16 +295,16 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                 best = best.min(t.elapsed().as_secs_f64());
             }
             for table in &mut tables[..seqs] {
-                kv.truncate(table, 0);
+                kv.truncate(table, CONTEXT);
             }
         }
         Ok(best)
     };
-    let one = round(1)?;
-    let few = round(WIDE_ROWS)?;
+    let one = draft(1)?;
+    let few = draft(WIDE_ROWS)?;
     let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
     let costs = if gpu {
-        let (t1, t2) = (round(r1)?, round(r2)?);
+        let (t1, t2) = (draft(r1)?, draft(r2)?);
         costs.with_wide(WIDE_ROWS, r1, t1, r2, t2)
     } else {
         costs
@@ -352,14 +378,18 @@ mod tests {
     }
 
     #[test]
-    fn a_glide_round_is_timed_over_the_targets_cache() {
+    fn a_glide_draft_is_timed_at_the_end_of_a_shared_prompt() {
         use crate::model::tiny::{tiny_glide, tiny_model, TinySpec};
         let target = tiny_model(&TinySpec::default()).unwrap().model;
+        assert!(
+            CONTEXT.is_multiple_of(crate::kv::BLOCK_SIZE)
+                && target.config().max_position_embeddings > CONTEXT,
+            "the probe prompt is whole blocks, inside the context"
+        );
         let glide = tiny_glide(&target, 32, 7, 0.5).unwrap();
         let c = measure_glide_costs(&target, &glide).unwrap();
-        assert!(c.rows(1) > 0.0, "a round costs something: {c:?}");
-        assert!(c.rows(WIDE_ROWS) >= c.rows(1), "{c:?}");
-        assert!(c.wide.is_none(), "the CPU times no wide rounds: {c:?}");
+        assert!(c.rows(1) > 0.0, "a drafted position costs something: {c:?}");
+        assert!(c.wide.is_none(), "the CPU times no wide forwards: {c:?}");
     }
 
     #[test]
