@@ -228,11 +228,11 @@ pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<Dr
 /// [`WIDE_ROWS`] sequences (on a GPU also [`GPU_WIDE_ROWS`]), each at the end of a short prompt
 /// that both the target's cache and the drafter's own hold (so that its cross-attention reads
 /// the target's positions and its self-attention its own), with the logits brought back as the
-/// proposer takes them: the drafter's [`RowCosts`], by sequences. On the CPU its one layer is a
-/// few percent of a target row; on a GPU each drafted position is a forward of its own, and its
-/// logits over the reduced vocabulary cross to the host, so that it costs a sizeable share of a
-/// target step and grows with the batch. Not timed: a chaining drafter's hidden rows coming
-/// back, and the target's own hidden rows for a drafter that reads them.
+/// proposer takes them (and a chaining drafter's own rows): the drafter's [`RowCosts`], by
+/// sequences. On the CPU its one layer is a few percent of a target row; on a GPU each drafted
+/// position is a forward of its own, and its logits over the reduced vocabulary cross to the
+/// host, so that it costs a sizeable share of a target step and grows with the batch. Not
+/// timed: the target's hidden rows that a drafter with a feature reads.
 pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCosts> {
     use crate::kv::KvPool;
     let gpu = glide.device().is_cuda();
@@ -288,7 +288,9 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                 })
                 .collect();
             let cross = vec![&target_table; seqs];
-            for logits in glide.forward(&mut kv, &mut inputs, &target_kv, &cross)? {
+            // As the proposer drafts: a chaining drafter's own rows come back too.
+            let (out, _) = glide.forward_drafting(&mut kv, &mut inputs, &target_kv, &cross, &[])?;
+            for logits in out {
                 logits.squeeze(0)?.to_vec1::<f32>()?;
             }
             if i > 0 {
@@ -379,17 +381,24 @@ mod tests {
 
     #[test]
     fn a_glide_draft_is_timed_at_the_end_of_a_shared_prompt() {
-        use crate::model::tiny::{tiny_glide, tiny_model, TinySpec};
+        use crate::model::tiny::{
+            tiny_glide, tiny_guessing_glide_with_chain_norm, tiny_model, TinySpec,
+        };
         let target = tiny_model(&TinySpec::default()).unwrap().model;
         assert!(
             CONTEXT.is_multiple_of(crate::kv::BLOCK_SIZE)
                 && target.config().max_position_embeddings > CONTEXT,
             "the probe prompt is whole blocks, inside the context"
         );
-        let glide = tiny_glide(&target, 32, 7, 0.5).unwrap();
-        let c = measure_glide_costs(&target, &glide).unwrap();
-        assert!(c.rows(1) > 0.0, "a drafted position costs something: {c:?}");
-        assert!(c.wide.is_none(), "the CPU times no wide forwards: {c:?}");
+        // A plain drafter, and one chaining its own rows (drafted as the proposer does).
+        for glide in [
+            tiny_glide(&target, 32, 7, 0.5).unwrap(),
+            tiny_guessing_glide_with_chain_norm(&target, 32, 7).unwrap(),
+        ] {
+            let c = measure_glide_costs(&target, &glide).unwrap();
+            assert!(c.rows(1) > 0.0, "a drafted position costs something: {c:?}");
+            assert!(c.wide.is_none(), "the CPU times no wide forwards: {c:?}");
+        }
     }
 
     #[test]
