@@ -92,7 +92,7 @@ pub fn propose_drafts(
     Ok(drafts)
 }
 
-/// What the verification forward hands back ([`verification_mode`]).
+/// What decides the verification forward's output ([`verification_mode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ModeInputs {
     /// No prompt chunk rides along.
