@@ -220,7 +220,7 @@ mod tests {
         // The real target on an H100 as `serve` calibrated it (session 23): 1.9 ms + 0.17 ms a
         // row, 9.9 ms at 64 rows and 0.051 ms a row more; GLIDE measured at 61 % there.
         let target = RowCosts::line(0.0019, 0.00017).with_wide(
-            super::super::calibrate::WIDE_ROWS,
+            crate::actors::calibrate::WIDE_ROWS,
             64,
             0.0099,
             256,

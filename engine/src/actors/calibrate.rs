@@ -197,19 +197,53 @@ const REPEATS: usize = 3;
 /// GPU of [`GPU_WIDE_ROWS`] too).
 pub fn measure_row_costs(model: &Model) -> Result<RowCosts> {
     let gpu = model.device().is_cuda();
-    let [r1, r2] = GPU_WIDE_ROWS;
-    let most = if gpu { r2 } else { WIDE_ROWS };
-    let tokens = probe_tokens(model.config().vocab_size, CONTEXT + most);
+    let tokens = probe_tokens(model.config().vocab_size, CONTEXT + most_rows(gpu));
     let (prefix, rows) = tokens.split_at(CONTEXT);
-    let one = timed_rows(model, prefix, &rows[..1], Logits::Last)?;
-    let few = timed_rows(model, prefix, &rows[..WIDE_ROWS], Logits::All)?;
+    fit_costs(gpu, |n| {
+        let logits = if n == 1 { Logits::Last } else { Logits::All };
+        timed_rows(model, prefix, &rows[..n], logits)
+    })
+}
+
+/// The most rows [`fit_costs`] times.
+fn most_rows(gpu: bool) -> usize {
+    if gpu {
+        GPU_WIDE_ROWS[1]
+    } else {
+        WIDE_ROWS
+    }
+}
+
+/// The [`RowCosts`] through `time(rows)` at 1 and [`WIDE_ROWS`] rows, and on a GPU with the
+/// wide line through [`GPU_WIDE_ROWS`].
+fn fit_costs(gpu: bool, mut time: impl FnMut(usize) -> Result<f64>) -> Result<RowCosts> {
+    let (one, few) = (time(1)?, time(WIDE_ROWS)?);
     let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
     if !gpu {
         return Ok(costs);
     }
-    let t1 = timed_rows(model, prefix, &rows[..r1], Logits::All)?;
-    let t2 = timed_rows(model, prefix, &rows[..r2], Logits::All)?;
+    let [r1, r2] = GPU_WIDE_ROWS;
+    let (t1, t2) = (time(r1)?, time(r2)?);
     Ok(costs.with_wide(WIDE_ROWS, r1, t1, r2, t2))
+}
+
+/// The fastest of [`REPEATS`] runs of `run` over `state` (one more, first, warms up), in
+/// seconds; `reset` puts the state back after each, untimed.
+fn fastest<S>(
+    state: &mut S,
+    mut run: impl FnMut(&mut S) -> Result<()>,
+    mut reset: impl FnMut(&mut S),
+) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for i in 0..=REPEATS {
+        let t = Instant::now();
+        run(state)?;
+        if i > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        reset(state);
+    }
+    Ok(best)
 }
 
 /// Times the forwards of [`DraftCosts`] for `target` verifying `k` drafts of `draft`.
@@ -236,8 +270,7 @@ pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<Dr
 pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCosts> {
     use crate::kv::KvPool;
     let gpu = glide.device().is_cuda();
-    let [r1, r2] = GPU_WIDE_ROWS;
-    let most = if gpu { r2 } else { WIDE_ROWS };
+    let most = most_rows(gpu);
     let prompt = probe_tokens(target.config().vocab_size, CONTEXT);
     let mut target_kv = target.new_pool(KvPool::blocks_for(CONTEXT));
     let mut target_table = BlockTable::new();
@@ -275,42 +308,33 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
         }
     }
     let token = [prompt[CONTEXT - 1]];
-    let mut draft = |seqs: usize| -> Result<f64> {
-        let mut best = f64::INFINITY;
-        for i in 0..=REPEATS {
-            let t = Instant::now();
-            let mut inputs: Vec<SeqInput<'_>> = tables[..seqs]
-                .iter_mut()
-                .map(|table| SeqInput {
-                    table,
-                    tokens: &token,
-                    logits: Logits::Last,
-                })
-                .collect();
-            let cross = vec![&target_table; seqs];
-            // As the proposer drafts: a chaining drafter's own rows come back too.
-            let (out, _) = glide.forward_drafting(&mut kv, &mut inputs, &target_kv, &cross, &[])?;
-            for logits in out {
-                logits.squeeze(0)?.to_vec1::<f32>()?;
-            }
-            if i > 0 {
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            for table in &mut tables[..seqs] {
-                kv.truncate(table, CONTEXT);
-            }
-        }
-        Ok(best)
-    };
-    let one = draft(1)?;
-    let few = draft(WIDE_ROWS)?;
-    let costs = RowCosts::fit(1, one, WIDE_ROWS, few);
-    let costs = if gpu {
-        let (t1, t2) = (draft(r1)?, draft(r2)?);
-        costs.with_wide(WIDE_ROWS, r1, t1, r2, t2)
-    } else {
-        costs
-    };
+    let costs = fit_costs(gpu, |seqs| {
+        fastest(
+            &mut (&mut kv, &mut tables[..seqs]),
+            |(kv, tables)| {
+                let mut inputs: Vec<SeqInput<'_>> = tables
+                    .iter_mut()
+                    .map(|table| SeqInput {
+                        table,
+                        tokens: &token,
+                        logits: Logits::Last,
+                    })
+                    .collect();
+                let cross = vec![&target_table; inputs.len()];
+                // As the proposer drafts: a chaining drafter's own rows come back too.
+                let (out, _) = glide.forward_drafting(kv, &mut inputs, &target_kv, &cross, &[])?;
+                for logits in out {
+                    logits.squeeze(0)?.to_vec1::<f32>()?;
+                }
+                Ok(())
+            },
+            |(kv, tables)| {
+                for table in tables.iter_mut() {
+                    kv.truncate(table, CONTEXT);
+                }
+            },
+        )
+    })?;
     for table in &mut tables {
         kv.free(table);
     }
@@ -340,26 +364,25 @@ fn timed_rows(model: &Model, prefix: &[u32], rows: &[u32], logits: Logits) -> Re
             }],
         )?;
     }
-    let mut best = f64::INFINITY;
-    for i in 0..=REPEATS {
-        let t = Instant::now();
-        // Each wanted row's argmax, as greedy verification takes it: on a GPU only a few bytes
-        // a row come back. (Timed with `forward`, every row's logits crossed to the host, which
-        // no greedy step does there: on an H200 the real pair calibrated at 0.19 ms a row
-        // where `specd bench --verify-rows` measured 0.02 ms.)
-        model.forward_top(
-            &mut kv,
-            &mut [SeqInput {
-                table: &mut table,
-                tokens: rows,
-                logits,
-            }],
-        )?;
-        if i > 0 {
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        kv.truncate(&mut table, prefix.len());
-    }
+    // Each wanted row's argmax, as greedy verification takes it: on a GPU only a few bytes a
+    // row come back. (Timed with `forward`, every row's logits crossed to the host, which no
+    // greedy step does there: on an H200 the real pair calibrated at 0.19 ms a row where
+    // `specd bench --verify-rows` measured 0.02 ms.)
+    let best = fastest(
+        &mut (&mut kv, &mut table),
+        |(kv, table)| {
+            model.forward_top(
+                kv,
+                &mut [SeqInput {
+                    table,
+                    tokens: rows,
+                    logits,
+                }],
+            )?;
+            Ok(())
+        },
+        |(kv, table)| kv.truncate(table, prefix.len()),
+    )?;
     kv.free(&mut table);
     Ok(best)
 }

@@ -475,29 +475,14 @@ pub(crate) fn forward(
                 })
                 .collect::<Result<_>>()?,
         ),
-        OutputMode::Argmax => ForwardOut::Tokens(
-            per_seq
-                .iter()
-                .map(|l| {
-                    Ok(l.to_vec2::<f32>()?
-                        .iter()
-                        .map(|row| crate::sampling::argmax(row))
-                        .collect())
-                })
-                .collect::<Result<_>>()?,
-        ),
+        OutputMode::Argmax => {
+            ForwardOut::Tokens(per_seq.iter().map(row_argmaxes).collect::<Result<_>>()?)
+        }
         OutputMode::GreedyVerdict => ForwardOut::Verdicts(
             per_seq
                 .iter()
                 .zip(batch)
-                .map(|(l, s)| {
-                    let choices: Vec<u32> = l
-                        .to_vec2::<f32>()?
-                        .iter()
-                        .map(|row| crate::sampling::argmax(row))
-                        .collect();
-                    Ok(kern::sample::accept_greedy(s.tokens, &choices))
-                })
+                .map(|(l, s)| Ok(kern::sample::accept_greedy(s.tokens, &row_argmaxes(l)?)))
                 .collect::<Result<_>>()?,
         ),
         OutputMode::SampledVerdict => ForwardOut::Verdicts(
@@ -510,6 +495,15 @@ pub(crate) fn forward(
         ),
     };
     Ok((out, hidden))
+}
+
+/// The argmax of each row of a sequence's logits.
+fn row_argmaxes(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits
+        .to_vec2::<f32>()?
+        .iter()
+        .map(|row| crate::sampling::argmax(row))
+        .collect())
 }
 
 /// Rejection sampling of one sequence's rows as the GPU does it (the kernels' CPU references):

@@ -374,6 +374,15 @@ pub(super) fn upload(
     gpu.write(&bufs.meta, 0, &plan.meta).map_err(gpu_err)
 }
 
+/// Where each sequence's wanted rows lie among a forward's output rows, in batch order.
+fn row_ranges<'b>(batch: &'b [SeqInput<'_>]) -> impl Iterator<Item = std::ops::Range<usize>> + 'b {
+    batch.iter().scan(0, |next, s| {
+        let start = *next;
+        *next += s.logits.rows(s.tokens.len());
+        Some(start..*next)
+    })
+}
+
 /// What `mode` asked of a forward, read back from `bufs`: each sequence's logits rows, argmax
 /// tokens or verdict.
 pub(super) fn read_out(
@@ -389,31 +398,21 @@ pub(super) fn read_out(
             let all: Vec<f32> = gpu
                 .read(bufs.logits.ptr(), plan.logit_rows * head_rows)
                 .map_err(gpu_err)?;
-            let mut out = Vec::with_capacity(batch.len());
-            let mut r = 0;
-            for s in batch {
-                let n = s.logits.rows(s.tokens.len());
-                let rows = all[r * head_rows..(r + n) * head_rows].to_vec();
-                out.push(Tensor::from_vec(
-                    rows,
-                    (n, head_rows),
-                    &candle_core::Device::Cpu,
-                )?);
-                r += n;
-            }
+            let out = row_ranges(batch)
+                .map(|r| {
+                    let rows = all[r.start * head_rows..r.end * head_rows].to_vec();
+                    Tensor::from_vec(rows, (r.len(), head_rows), &candle_core::Device::Cpu)
+                })
+                .collect::<std::result::Result<_, _>>()?;
             Ok(ForwardOut::Logits(out))
         }
         OutputMode::Argmax => {
             let tok: Vec<i32> = gpu
                 .read(bufs.top_tok.ptr(), plan.logit_rows)
                 .map_err(gpu_err)?;
-            let mut out = Vec::with_capacity(batch.len());
-            let mut r = 0;
-            for s in batch {
-                let n = s.logits.rows(s.tokens.len());
-                out.push(tok[r..r + n].iter().map(|&t| t as u32).collect());
-                r += n;
-            }
+            let out = row_ranges(batch)
+                .map(|r| tok[r].iter().map(|&t| t as u32).collect())
+                .collect();
             Ok(ForwardOut::Tokens(out))
         }
         OutputMode::Top => {
@@ -423,20 +422,15 @@ pub(super) fn read_out(
             let prob: Vec<f32> = gpu
                 .read(bufs.top_prob.ptr(), plan.logit_rows)
                 .map_err(gpu_err)?;
-            let mut out = Vec::with_capacity(batch.len());
-            let mut r = 0;
-            for s in batch {
-                let n = s.logits.rows(s.tokens.len());
-                out.push(
-                    (r..r + n)
-                        .map(|i| Top {
-                            token: tok[i] as u32,
-                            prob: prob[i],
-                        })
-                        .collect(),
-                );
-                r += n;
-            }
+            let out = row_ranges(batch)
+                .map(|r| {
+                    r.map(|i| Top {
+                        token: tok[i] as u32,
+                        prob: prob[i],
+                    })
+                    .collect()
+                })
+                .collect();
             Ok(ForwardOut::Top(out))
         }
         OutputMode::GreedyVerdict | OutputMode::SampledVerdict => {
