@@ -3,8 +3,10 @@
 //! `--prompt-tokens` tokens (code prompts, concatenated) arrives. For each prefill setting
 //! (`whole`: the prompt in one step, as before chunked prefill; `auto`: chunks sized from
 //! measured costs; a number: fixed chunks) the run reports the running streams' inter-token
-//! latency before the arrival and from it to the long prompt's first token (p50, p99, max), and
-//! the long prompt's time to first token. Prints one markdown table.
+//! latency before the arrival and from it to the long prompt's first token (p50, p99, max), the
+//! long prompt's time to first token, and the streams' median latency after it (`--warmup` more
+//! tokens each): their own step at the depth they reached meanwhile, so that what the prompt's
+//! chunks add can be told from what the streams' growing contexts add. Prints one markdown table.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,9 +111,9 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "| prefill | running streams | ITL before p50 / p99 / max ms | ITL during p50 / p99 / max ms | during p99 / before p50 | long prompt TTFT s |"
+        "| prefill | running streams | ITL before p50 / p99 / max ms | ITL during p50 / p99 / max ms | during p99 / before p50 | long prompt TTFT s | ITL after p50 ms | during p99 / after p50 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for c in chunkings {
         let config = EngineConfig {
             prefill_chunk: match c {
@@ -132,7 +134,7 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
             .map(|i| request(encoded[i % encoded.len()].clone(), 1 << 20))
             .collect();
         let long = request(long.clone(), 1);
-        let (before, during, ttft) = tokio::task::LocalSet::new().block_on(&rt, async {
+        let (before, during, after, ttft) = tokio::task::LocalSet::new().block_on(&rt, async {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
             let mut streams = Vec::new();
             for (i, r) in running.into_iter().enumerate() {
@@ -169,8 +171,19 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
                     },
                 }
             };
-            // Gaps between consecutive tokens of each stream, split at the arrival.
-            let (mut before, mut during) = (Vec::new(), Vec::new());
+            // `warmup` more tokens of each stream after the first token: the "after" window.
+            let counts: Vec<usize> = times.iter().map(Vec::len).collect();
+            while times
+                .iter()
+                .zip(&counts)
+                .any(|(t, &c)| t.len() < c + args.warmup)
+            {
+                let (i, t) = rx.recv().await.context("a running stream ended")?;
+                times[i].push(t);
+            }
+            // Gaps between consecutive tokens of each stream, split at the arrival and at the
+            // first token (the gap spanning it counts as during).
+            let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
             for t in &times {
                 for w in t.windows(2) {
                     let gap = 1e3 * (w[1] - w[0]).as_secs_f64();
@@ -178,17 +191,18 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
                         before.push(gap);
                     } else if w[1] <= first {
                         during.push(gap);
+                    } else if w[0] >= first {
+                        after.push(gap);
                     }
                 }
-                // A stream waiting at the first token's time waits at least this long.
-                if let Some(&last) = t.last() {
-                    if last < first {
-                        during.push(1e3 * (first - last.max(arrival)).as_secs_f64());
-                    }
+                // The gap a stream was in when the first token came: it waited at least until
+                // then.
+                if let Some(w) = t.windows(2).find(|w| w[0] < first && w[1] > first) {
+                    during.push(1e3 * (first - w[0].max(arrival)).as_secs_f64());
                 }
             }
             drop(streams);
-            anyhow::Ok((before, during, first - arrival))
+            anyhow::Ok((before, during, after, first - arrival))
         })?;
         drop(engine);
         let stats = |v: &mut Vec<f64>| {
@@ -199,11 +213,12 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
                 v.last().copied().unwrap_or(f64::NAN),
             )
         };
-        let (mut before, mut during) = (before, during);
+        let (mut before, mut during, mut after) = (before, during, after);
         let b = stats(&mut before);
         let d = stats(&mut during);
+        let a = stats(&mut after);
         println!(
-            "| {} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2}× | {:.2} |",
+            "| {} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2}× | {:.2} | {:.1} | {:.2}× |",
             c.label(),
             args.running,
             b.0,
@@ -214,6 +229,8 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
             d.2,
             d.1 / b.0,
             ttft.as_secs_f64(),
+            a.0,
+            d.1 / a.0,
         );
     }
     Ok(())
