@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use specd_engine::actors::{
-    Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
+    Engine, EngineConfig, EngineHandle, EngineModels, EngineRequest, Event, LoadPolicies, Method,
 };
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
@@ -129,94 +129,15 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
             ..EngineConfig::default()
         };
         let engine = Engine::start(models.clone(), config)?;
-        let h = engine.handle();
         let running: Vec<EngineRequest> = (0..args.running)
             .map(|i| request(encoded[i % encoded.len()].clone(), 1 << 20))
             .collect();
         let long = request(long.clone(), 1);
-        let (before, during, after, ttft) = tokio::task::LocalSet::new().block_on(&rt, async {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-            let mut streams = Vec::new();
-            for (i, r) in running.into_iter().enumerate() {
-                let mut s = h.submit(r).await?;
-                let tx = tx.clone();
-                streams.push(tokio::task::spawn_local(async move {
-                    while let Some(e) = s.next_event().await {
-                        if let Event::Chunk(c) = e {
-                            for _ in 0..c.tokens.len() {
-                                if tx.send((i, Instant::now())).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }));
-            }
-            // Token arrival times per running stream until each has `warmup` tokens.
-            let mut times: Vec<Vec<Instant>> = vec![Vec::new(); args.running];
-            while times.iter().any(|t| t.len() < args.warmup) {
-                let (i, t) = rx.recv().await.context("a running stream ended")?;
-                times[i].push(t);
-            }
-            let arrival = Instant::now();
-            let mut ls = h.submit(long).await?;
-            let first = loop {
-                tokio::select! {
-                    Some((i, t)) = rx.recv() => times[i].push(t),
-                    e = ls.next_event() => match e {
-                        Some(Event::Chunk(c)) if !c.tokens.is_empty() => break Instant::now(),
-                        Some(Event::Error(e)) => anyhow::bail!("long prompt failed: {}", e.message),
-                        Some(_) => {}
-                        None => anyhow::bail!("long prompt ended without a token"),
-                    },
-                }
-            };
-            // `warmup` more tokens of each stream after the first token: the "after" window.
-            let counts: Vec<usize> = times.iter().map(Vec::len).collect();
-            while times
-                .iter()
-                .zip(&counts)
-                .any(|(t, &c)| t.len() < c + args.warmup)
-            {
-                let (i, t) = rx.recv().await.context("a running stream ended")?;
-                times[i].push(t);
-            }
-            // Gaps between consecutive tokens of each stream, split at the arrival and at the
-            // first token (the gap spanning it counts as during).
-            let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
-            for t in &times {
-                for w in t.windows(2) {
-                    let gap = 1e3 * (w[1] - w[0]).as_secs_f64();
-                    if w[1] <= arrival {
-                        before.push(gap);
-                    } else if w[1] <= first {
-                        during.push(gap);
-                    } else if w[0] >= first {
-                        after.push(gap);
-                    }
-                }
-                // The gap a stream was in when the first token came: it waited at least until
-                // then.
-                if let Some(w) = t.windows(2).find(|w| w[0] < first && w[1] > first) {
-                    during.push(1e3 * (first - w[0].max(arrival)).as_secs_f64());
-                }
-            }
-            drop(streams);
-            anyhow::Ok((before, during, after, first - arrival))
-        })?;
+        let arrivals = tokio::task::LocalSet::new()
+            .block_on(&rt, arrivals(engine.handle(), running, long, args.warmup))?;
         drop(engine);
-        let stats = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            (
-                quantile(v, 0.5),
-                quantile(v, 0.99),
-                v.last().copied().unwrap_or(f64::NAN),
-            )
-        };
-        let (mut before, mut during, mut after) = (before, during, after);
-        let b = stats(&mut before);
-        let d = stats(&mut during);
-        let a = stats(&mut after);
+        let w = Windows::of(&arrivals);
+        let (b, d, a) = (stats(w.before), stats(w.during), stats(w.after));
         println!(
             "| {} | {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2}× | {:.2} | {:.1} | {:.2}× |",
             c.label(),
@@ -228,7 +149,7 @@ pub fn run(args: BenchPrefillArgs) -> anyhow::Result<()> {
             d.1,
             d.2,
             d.1 / b.0,
-            ttft.as_secs_f64(),
+            (arrivals.first - arrivals.arrival).as_secs_f64(),
             a.0,
             d.1 / a.0,
         );
@@ -247,5 +168,150 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
         },
         method: Method::None,
         policy: DraftPolicyConfig::default(),
+    }
+}
+
+/// When each running stream's tokens arrived, and when the long prompt arrived and got its
+/// first token.
+struct Arrivals {
+    times: Vec<Vec<Instant>>,
+    arrival: Instant,
+    first: Instant,
+}
+
+/// Runs the streams until each has `warmup` tokens, submits the long prompt, and follows the
+/// streams until its first token and `warmup` tokens past it.
+async fn arrivals(
+    h: EngineHandle,
+    running: Vec<EngineRequest>,
+    long: EngineRequest,
+    warmup: usize,
+) -> anyhow::Result<Arrivals> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut times: Vec<Vec<Instant>> = vec![Vec::new(); running.len()];
+    let mut streams = Vec::new();
+    for (i, r) in running.into_iter().enumerate() {
+        let mut s = h.submit(r).await?;
+        let tx = tx.clone();
+        streams.push(tokio::task::spawn_local(async move {
+            while let Some(e) = s.next_event().await {
+                if let Event::Chunk(c) = e {
+                    for _ in 0..c.tokens.len() {
+                        if tx.send((i, Instant::now())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    until(&mut rx, &mut times, vec![warmup; streams.len()]).await?;
+    let arrival = Instant::now();
+    let mut ls = h.submit(long).await?;
+    let first = loop {
+        tokio::select! {
+            Some((i, t)) = rx.recv() => times[i].push(t),
+            e = ls.next_event() => match e {
+                Some(Event::Chunk(c)) if !c.tokens.is_empty() => break Instant::now(),
+                Some(Event::Error(e)) => anyhow::bail!("long prompt failed: {}", e.message),
+                Some(_) => {}
+                None => anyhow::bail!("long prompt ended without a token"),
+            },
+        }
+    };
+    let counts = times.iter().map(|t| t.len() + warmup).collect();
+    until(&mut rx, &mut times, counts).await?;
+    drop(streams);
+    Ok(Arrivals {
+        times,
+        arrival,
+        first,
+    })
+}
+
+/// Takes in arrivals until stream i has `counts[i]` tokens.
+async fn until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
+    times: &mut [Vec<Instant>],
+    counts: Vec<usize>,
+) -> anyhow::Result<()> {
+    while times.iter().zip(&counts).any(|(t, &c)| t.len() < c) {
+        let (i, t) = rx.recv().await.context("a running stream ended")?;
+        times[i].push(t);
+    }
+    Ok(())
+}
+
+/// The running streams' inter-token gaps in ms, split at the long prompt's arrival and first
+/// token.
+#[derive(Debug, Default, PartialEq)]
+struct Windows {
+    before: Vec<f64>,
+    /// Gaps ending after the arrival, up to the first token; and for the gap a stream was in
+    /// when the first token came, the time from its last token (or the arrival) to it: it
+    /// waited at least that long.
+    during: Vec<f64>,
+    after: Vec<f64>,
+}
+
+impl Windows {
+    fn of(a: &Arrivals) -> Self {
+        let ms = |d: std::time::Duration| 1e3 * d.as_secs_f64();
+        let mut w = Windows::default();
+        for t in &a.times {
+            for g in t.windows(2) {
+                if g[1] <= a.arrival {
+                    w.before.push(ms(g[1] - g[0]));
+                } else if g[1] <= a.first {
+                    w.during.push(ms(g[1] - g[0]));
+                } else if g[0] >= a.first {
+                    w.after.push(ms(g[1] - g[0]));
+                } else {
+                    w.during.push(ms(a.first - g[0].max(a.arrival)));
+                }
+            }
+        }
+        w
+    }
+}
+
+/// p50, p99 and max of `v`.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (
+        quantile(&v, 0.5),
+        quantile(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn gaps_split_at_the_arrival_and_the_first_token() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // One stream steps at 0, 10, 20 | arrival 25 | 40, 70 | first token 80 | 95, 105.
+        let a = Arrivals {
+            times: vec![vec![at(0), at(10), at(20), at(40), at(70), at(95), at(105)]],
+            arrival: at(25),
+            first: at(80),
+        };
+        let w = Windows::of(&a);
+        assert_eq!(w.before, vec![10.0, 10.0]);
+        // 20 → 40 ends after the arrival; 70 → 95 spans the first token: 10 ms until it.
+        assert_eq!(w.during, vec![20.0, 30.0, 10.0]);
+        assert_eq!(w.after, vec![10.0]);
+        // A stream silent from before the arrival until after the first token waited the
+        // whole admission.
+        let a = Arrivals {
+            times: vec![vec![at(0), at(20), at(90)]],
+            arrival: at(25),
+            first: at(80),
+        };
+        assert_eq!(Windows::of(&a).during, vec![55.0]);
     }
 }
