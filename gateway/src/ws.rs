@@ -5,6 +5,7 @@
 //! engine's next step).
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ pub async fn stream(
         requests: HashMap::new(),
         recent: VecDeque::new(),
         draining: false,
+        heard: Instant::now(),
+        active: Instant::now(),
         _permit: permit,
     };
     actix_web::rt::spawn(conn.run(session, msgs));
@@ -96,6 +99,12 @@ struct Connection {
     /// Ids of the last requests that ended: a `cancel` racing their final frame is ignored.
     recent: VecDeque<String>,
     draining: bool,
+    /// When the client last sent a frame (a pong counts): silent past the client timeout, the
+    /// socket is closed.
+    heard: Instant,
+    /// When a request last began or ended: with none in flight past the idle timeout, the
+    /// socket is closed.
+    active: Instant,
     _permit: ConnectionPermit,
 }
 
@@ -117,15 +126,12 @@ impl Connection {
         let mut phase = self.state.lifecycle.watch();
         // Shutdown may have begun between the upgrade and now.
         self.draining = *phase.borrow_and_update() >= Phase::Draining;
-        let server = &self.config.server;
-        let heartbeat = Config::secs(server.heartbeat_secs);
-        let client_timeout = Config::secs(server.client_timeout_secs);
-        let idle_timeout = Config::secs(server.idle_timeout_secs);
+        let heartbeat = Config::secs(self.config.server.heartbeat_secs);
+        let client_timeout = Config::secs(self.config.server.client_timeout_secs);
         let mut ticks = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         // After a slow send, one ping, not a burst of the missed ones.
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let recent_cap = RECENT_IDS.max(self.config.limits.max_requests_per_connection);
-        let (mut heard, mut active) = (Instant::now(), Instant::now());
+        (self.heard, self.active) = (Instant::now(), Instant::now());
         if !send(&mut session, &self.hello(), client_timeout).await {
             return self.abandon();
         }
@@ -133,94 +139,135 @@ impl Connection {
             if self.draining && self.requests.is_empty() {
                 break Some(reason(CloseCode::Away, "the server is shutting down"));
             }
-            tokio::select! {
+            let flow = tokio::select! {
                 // The client's frames first: its pongs must count before the timeout check.
                 biased;
-                msg = msgs.recv() => {
-                    heard = Instant::now();
-                    let reply = match msg {
-                        None => break None,
-                        Some(Ok(AggregatedMessage::Text(text))) => {
-                            active = Instant::now();
-                            self.on_text(&text, &tx)
-                        }
-                        Some(Ok(AggregatedMessage::Binary(_))) => Some(error_frame(
-                            None,
-                            ApiError::invalid(
-                                "frame",
-                                "binary frames are not supported: send JSON text frames",
-                            ),
-                        )),
-                        Some(Ok(AggregatedMessage::Ping(b))) => {
-                            let pong = tokio::time::timeout(client_timeout, session.pong(&b));
-                            if !matches!(pong.await, Ok(Ok(()))) {
-                                break None;
-                            }
-                            None
-                        }
-                        Some(Ok(AggregatedMessage::Pong(_))) => None,
-                        Some(Ok(AggregatedMessage::Close(_))) => {
-                            break Some(reason(CloseCode::Normal, "bye"));
-                        }
-                        Some(Err(e)) if is_overflow(&e) => {
-                            let limit = self.config.limits.max_frame_bytes;
-                            let e = ApiError::invalid(
-                                "frame",
-                                format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
-                            );
-                            if !send(&mut session, &error_frame(None, e), client_timeout).await {
-                                break None;
-                            }
-                            break Some(reason(CloseCode::Size, "message too big"));
-                        }
-                        Some(Err(e)) => break Some(reason(CloseCode::Protocol, &e.to_string())),
-                    };
-                    if let Some(frame) = reply {
-                        if !send(&mut session, &frame, client_timeout).await {
-                            break None;
-                        }
-                    }
-                }
-                Some(out) = rx.recv() => {
-                    if out.queued.elapsed() > client_timeout {
-                        break Some(reason(CloseCode::Away, "the client reads too slowly"));
-                    }
-                    if out.last {
-                        self.requests.remove(&out.id);
-                        if self.recent.len() >= recent_cap {
-                            self.recent.pop_front();
-                        }
-                        self.recent.push_back(out.id);
-                        active = Instant::now();
-                    }
-                    if !send(&mut session, &out.frame, client_timeout).await {
-                        break None;
-                    }
-                }
-                _ = ticks.tick() => {
-                    if heard.elapsed() > client_timeout {
-                        break Some(reason(CloseCode::Away, "no frame or pong within the client timeout"));
-                    }
-                    if self.requests.is_empty() && active.elapsed() > idle_timeout {
-                        break Some(reason(CloseCode::Normal, "idle timeout"));
-                    }
-                    let ping = tokio::time::timeout(client_timeout, session.ping(b""));
-                    if !matches!(ping.await, Ok(Ok(()))) {
-                        break None;
-                    }
-                }
+                msg = msgs.recv() => self.on_message(msg, &mut session, &tx).await,
+                Some(out) = rx.recv() => self.on_outgoing(out, &mut session).await,
+                _ = ticks.tick() => self.on_tick(&mut session).await,
                 changed = phase.changed(), if !self.draining => {
                     // The lifecycle outlives every connection; an error would mean it is gone.
                     if changed.is_err() || *phase.borrow() >= Phase::Draining {
                         self.draining = true;
                     }
+                    ControlFlow::Continue(())
                 }
+            };
+            if let ControlFlow::Break(close) = flow {
+                break close;
             }
         };
         self.abandon();
         if let Some(r) = close {
             let _ = tokio::time::timeout(client_timeout, session.close(Some(r))).await;
         }
+    }
+
+    fn client_timeout(&self) -> Duration {
+        Config::secs(self.config.server.client_timeout_secs)
+    }
+
+    /// A frame from the client (`None`: the stream ended). Breaks with the close to send, if
+    /// any, when the socket must end.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<AggregatedMessage, actix_ws::ProtocolError>>,
+        session: &mut Session,
+        tx: &mpsc::UnboundedSender<Outgoing>,
+    ) -> ControlFlow<Option<CloseReason>> {
+        let client_timeout = self.client_timeout();
+        self.heard = Instant::now();
+        let reply = match msg {
+            None => return ControlFlow::Break(None),
+            Some(Ok(AggregatedMessage::Text(text))) => {
+                self.active = Instant::now();
+                self.on_text(&text, tx)
+            }
+            Some(Ok(AggregatedMessage::Binary(_))) => Some(error_frame(
+                None,
+                ApiError::invalid(
+                    "frame",
+                    "binary frames are not supported: send JSON text frames",
+                ),
+            )),
+            Some(Ok(AggregatedMessage::Ping(b))) => {
+                let pong = tokio::time::timeout(client_timeout, session.pong(&b));
+                if !matches!(pong.await, Ok(Ok(()))) {
+                    return ControlFlow::Break(None);
+                }
+                None
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => None,
+            Some(Ok(AggregatedMessage::Close(_))) => {
+                return ControlFlow::Break(Some(reason(CloseCode::Normal, "bye")));
+            }
+            Some(Err(e)) if is_overflow(&e) => {
+                let limit = self.config.limits.max_frame_bytes;
+                let e = ApiError::invalid(
+                    "frame",
+                    format!("a message exceeds {limit} bytes (limits.max_frame_bytes)"),
+                );
+                if !send(session, &error_frame(None, e), client_timeout).await {
+                    return ControlFlow::Break(None);
+                }
+                return ControlFlow::Break(Some(reason(CloseCode::Size, "message too big")));
+            }
+            Some(Err(e)) => {
+                return ControlFlow::Break(Some(reason(CloseCode::Protocol, &e.to_string())))
+            }
+        };
+        match reply {
+            Some(frame) if !send(session, &frame, client_timeout).await => ControlFlow::Break(None),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    /// A request task's frame, written to the client; a request's last frame ends it here.
+    async fn on_outgoing(
+        &mut self,
+        out: Outgoing,
+        session: &mut Session,
+    ) -> ControlFlow<Option<CloseReason>> {
+        let client_timeout = self.client_timeout();
+        if out.queued.elapsed() > client_timeout {
+            return ControlFlow::Break(Some(reason(
+                CloseCode::Away,
+                "the client reads too slowly",
+            )));
+        }
+        if out.last {
+            self.requests.remove(&out.id);
+            let recent_cap = RECENT_IDS.max(self.config.limits.max_requests_per_connection);
+            if self.recent.len() >= recent_cap {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(out.id);
+            self.active = Instant::now();
+        }
+        if !send(session, &out.frame, client_timeout).await {
+            return ControlFlow::Break(None);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The heartbeat: the client and idle timeouts, then a ping.
+    async fn on_tick(&mut self, session: &mut Session) -> ControlFlow<Option<CloseReason>> {
+        let client_timeout = self.client_timeout();
+        let idle_timeout = Config::secs(self.config.server.idle_timeout_secs);
+        if self.heard.elapsed() > client_timeout {
+            return ControlFlow::Break(Some(reason(
+                CloseCode::Away,
+                "no frame or pong within the client timeout",
+            )));
+        }
+        if self.requests.is_empty() && self.active.elapsed() > idle_timeout {
+            return ControlFlow::Break(Some(reason(CloseCode::Normal, "idle timeout")));
+        }
+        let ping = tokio::time::timeout(client_timeout, session.ping(b""));
+        if !matches!(ping.await, Ok(Ok(()))) {
+            return ControlFlow::Break(None);
+        }
+        ControlFlow::Continue(())
     }
 
     /// Cancels every request still in flight (the socket is gone or closing): dropping a
