@@ -18,7 +18,6 @@ use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, EngineStats, Event, LoadPolicy, Method,
     RequestStream,
 };
-use specd_engine::chat::Message;
 use specd_engine::generate::GenerateRequest;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{DraftPolicyConfig, NgramProposer};
@@ -123,111 +122,60 @@ struct Sample {
     accepted: u64,
 }
 
+/// The `--concurrency` levels.
+fn parse_levels(spec: &str) -> anyhow::Result<Vec<usize>> {
+    spec.split(',')
+        .map(|s| s.trim().parse().context("--concurrency takes numbers"))
+        .collect()
+}
+
 pub fn run(args: BenchLoadArgs) -> anyhow::Result<()> {
     let modes = parse_modes(&args.modes)?;
-    let levels: Vec<usize> = args
-        .concurrency
-        .split(',')
-        .map(|s| s.trim().parse().context("--concurrency takes numbers"))
-        .collect::<anyhow::Result<_>>()?;
-    let prompts = crate::bench_spec::read_prompts(&args.prompts)?;
-    let (target, tokenizer, template) = crate::bench_spec::load_chat_target(&args.model)?;
-    let encoded: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|(_, text)| {
-            let p = template.render(&[Message::new("user", text)], true)?;
-            Ok(tokenizer.encode(&p, true)?)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let kinds: Vec<Method> = modes.iter().map(|m| m.method).collect();
-    let files = crate::bench_spec::DrafterFiles {
-        draft: args.draft.as_ref(),
-        draft_head: 0,
-        glide: args.glide.as_ref(),
-        default_target: args.model.model.is_none(),
-    };
-    let (draft, glide) = crate::bench_spec::load_drafters(&kinds, &files, &target, &tokenizer)?;
-    let models = EngineModels {
-        target: Arc::new(target.model),
-        tokenizer: Arc::new(tokenizer),
-        draft: draft.map(Arc::new),
-        ngram: NgramProposer::default(),
-        glide: glide.map(Arc::new),
-    };
-    let policy = LoadPolicy {
-        shorten_at: args.shorten_at,
-        shorten_to: args.shorten_to,
-        off_at: args.off_at,
-    };
-
-    let bench = Bench {
-        models,
-        encoded,
-        max_tokens: args.max_tokens,
-        requests: args.requests,
-        prefix_cache: !args.no_prefix_cache,
-        kv_bytes: args.kv_mib << 20,
-        policy,
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-    };
+    let levels = parse_levels(&args.concurrency)?;
+    let bench = Bench::load(&args, &modes)?;
     println!(
         "| concurrency | mode | aggregate tok/s | vs none | request s (mean / p50 / p95) | TTFT s (mean) | per-token ms (mean) | acceptance | steps | messaging % of step |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &c in &levels {
-        // Rounds alternate the modes (rotating their order); each cell reports its median run.
-        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); modes.len()];
-        for round in 0..args.rounds.max(1) {
-            for j in 0..modes.len() {
-                let mi = (j + round) % modes.len();
-                let row = bench.run(c, &modes[mi])?;
-                eprintln!(
-                    "c={c} {} round {round}: {:.1} tok/s; prompt tokens taken from the prefix cache {}; step time {:.1}s of which messaging {:.4}s, phases (schedule, kv, draft, verify, accept) {:?}",
-                    modes[mi].label,
-                    row.tps,
-                    row.stats.prefix_cache_hit_tokens,
-                    row.stats.step_time.as_secs_f64(),
-                    row.stats.messaging_time.as_secs_f64(),
-                    row.stats.phase_time,
-                );
-                rows[mi].push(row);
-            }
-        }
-        let medians: Vec<Row> = rows
-            .into_iter()
-            .map(|mut r| {
-                r.sort_by(|a, b| a.tps.total_cmp(&b.tps));
-                r.swap_remove(r.len() / 2)
-            })
-            .collect();
-        let none_tps = modes
-            .iter()
-            .position(|m| m.method == Method::None)
-            .map(|i| medians[i].tps);
-        for (mode, row) in modes.iter().zip(&medians) {
-            println!(
-                "| {c} | {} | {:.1} | {} | {:.2} / {:.2} / {:.2} | {:.2} | {:.1} | {} | {} | {:.3}% |",
-                mode.label,
-                row.tps,
-                none_tps.map_or("-".into(), |n| format!("{:.2}×", row.tps / n)),
-                row.mean_total,
-                quantile(&row.totals, 0.5),
-                quantile(&row.totals, 0.95),
-                row.mean_ttft,
-                row.per_token_ms,
-                if row.drafted > 0 {
-                    format!("{:.1}%", 100.0 * row.accepted as f64 / row.drafted as f64)
-                } else {
-                    "-".into()
-                },
-                row.stats.steps,
-                100.0 * row.stats.messaging_fraction(),
-            );
-        }
+        let medians = bench.run_level(c, &modes, args.rounds)?;
+        print_level(c, &modes, &medians);
     }
     Ok(())
+}
+
+/// Prints the table's rows of concurrency `c`: each mode's median run.
+fn print_level(c: usize, modes: &[Mode], medians: &[Row]) {
+    let none_tps = modes
+        .iter()
+        .position(|m| m.method == Method::None)
+        .map(|i| medians[i].tps);
+    for (mode, row) in modes.iter().zip(medians) {
+        println!(
+            "| {c} | {} | {:.1} | {} | {:.2} / {:.2} / {:.2} | {:.2} | {:.1} | {} | {} | {:.3}% |",
+            mode.label,
+            row.tps,
+            none_tps.map_or("-".into(), |n| format!("{:.2}×", row.tps / n)),
+            row.mean_total,
+            quantile(&row.totals, 0.5),
+            quantile(&row.totals, 0.95),
+            row.mean_ttft,
+            row.per_token_ms,
+            if row.drafted > 0 {
+                format!("{:.1}%", 100.0 * row.accepted as f64 / row.drafted as f64)
+            } else {
+                "-".into()
+            },
+            row.stats.steps,
+            100.0 * row.stats.messaging_fraction(),
+        );
+    }
+}
+
+/// The run of median throughput among `runs` (at least one).
+fn median_run(mut runs: Vec<Row>) -> Row {
+    runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+    runs.swap_remove(runs.len() / 2)
 }
 
 /// What every run shares.
@@ -262,6 +210,73 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 impl Bench {
+    /// Loads and warms up the target, encodes the prompts through its chat template, loads
+    /// the drafters that `modes` draft with, and starts the runtime that the clients run on.
+    fn load(args: &BenchLoadArgs, modes: &[Mode]) -> anyhow::Result<Self> {
+        let prompts = crate::bench_spec::read_prompts(&args.prompts)?;
+        let (target, tokenizer, template) = crate::bench_spec::load_chat_target(&args.model)?;
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|(_, text)| crate::bench_spec::encode_user_prompt(&template, &tokenizer, text))
+            .collect::<anyhow::Result<_>>()?;
+        let kinds: Vec<Method> = modes.iter().map(|m| m.method).collect();
+        let files = crate::bench_spec::DrafterFiles {
+            draft: args.draft.as_ref(),
+            draft_head: 0,
+            glide: args.glide.as_ref(),
+            default_target: args.model.model.is_none(),
+        };
+        let (draft, glide) = crate::bench_spec::load_drafters(&kinds, &files, &target, &tokenizer)?;
+        let models = EngineModels {
+            target: Arc::new(target.model),
+            tokenizer: Arc::new(tokenizer),
+            draft: draft.map(Arc::new),
+            ngram: NgramProposer::default(),
+            glide: glide.map(Arc::new),
+        };
+        let policy = LoadPolicy {
+            shorten_at: args.shorten_at,
+            shorten_to: args.shorten_to,
+            off_at: args.off_at,
+        };
+        Ok(Self {
+            models,
+            encoded,
+            max_tokens: args.max_tokens,
+            requests: args.requests,
+            prefix_cache: !args.no_prefix_cache,
+            kv_bytes: args.kv_mib << 20,
+            policy,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    /// Runs every mode at concurrency `c`, `rounds` times (at least once), reporting each run
+    /// on stderr; rounds alternate the modes, rotating their order. Returns each mode's
+    /// median run.
+    fn run_level(&self, c: usize, modes: &[Mode], rounds: usize) -> anyhow::Result<Vec<Row>> {
+        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); modes.len()];
+        for round in 0..rounds.max(1) {
+            for j in 0..modes.len() {
+                let mi = (j + round) % modes.len();
+                let row = self.run(c, &modes[mi])?;
+                eprintln!(
+                    "c={c} {} round {round}: {:.1} tok/s; prompt tokens taken from the prefix cache {}; step time {:.1}s of which messaging {:.4}s, phases (schedule, kv, draft, verify, accept) {:?}",
+                    modes[mi].label,
+                    row.tps,
+                    row.stats.prefix_cache_hit_tokens,
+                    row.stats.step_time.as_secs_f64(),
+                    row.stats.messaging_time.as_secs_f64(),
+                    row.stats.phase_time,
+                );
+                rows[mi].push(row);
+            }
+        }
+        Ok(rows.into_iter().map(median_run).collect())
+    }
+
     fn run(&self, c: usize, mode: &Mode) -> anyhow::Result<Row> {
         let config = EngineConfig {
             max_running: c.max(1),

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use specd_engine::actors::Method;
 use specd_engine::chat::{ChatTemplate, Message};
-use specd_engine::generate::GenerateRequest;
+use specd_engine::generate::{GenerateOutput, GenerateRequest};
 use specd_engine::model;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -214,112 +214,177 @@ pub fn load_drafters(
     Ok((draft, glide))
 }
 
-pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.temperature.is_finite() && args.temperature >= 0.0,
-        "--temperature must be a number ≥ 0 (0: greedy), not {}",
-        args.temperature
-    );
-    let methods = parse_methods(&args.methods)?;
-    let mut prompts = read_prompts(&args.prompts)?;
-    if let Some(n) = args.limit {
-        prompts.truncate(n);
+/// Renders `text` as the user message of the target's chat template, ready for generation,
+/// and encodes it.
+pub fn encode_user_prompt(
+    template: &ChatTemplate,
+    tokenizer: &model::Tokenizer,
+    text: &str,
+) -> anyhow::Result<Vec<u32>> {
+    let prompt = template.render(&[Message::new("user", text)], true)?;
+    Ok(tokenizer.encode(&prompt, true)?)
+}
+
+/// The target, with its tokenizer and chat template, and the drafters that the methods
+/// generate with. (The fields drop in order: the drafters before the target.)
+struct Models {
+    ngram: NgramProposer,
+    glide: Option<GlideProposer>,
+    draft: Option<DraftModelProposer>,
+    template: ChatTemplate,
+    tokenizer: model::Tokenizer,
+    target: model::LoadedModel,
+}
+
+impl Models {
+    /// Loads and warms up the target, then the drafters that `methods` draft with.
+    fn load(args: &BenchSpecArgs, methods: &[Mode]) -> anyhow::Result<Self> {
+        let (target, tokenizer, template) = load_chat_target(&args.model)?;
+        let kinds: Vec<Method> = methods.iter().map(|m| m.method).collect();
+        let files = DrafterFiles {
+            draft: args.draft.as_ref(),
+            draft_head: args.draft_head,
+            glide: args.glide.as_ref(),
+            default_target: args.model.model.is_none(),
+        };
+        let (draft, glide) = load_drafters(&kinds, &files, &target, &tokenizer)?;
+        Ok(Self {
+            ngram: NgramProposer::default(),
+            glide,
+            draft,
+            template,
+            tokenizer,
+            target,
+        })
     }
 
-    let (target, tokenizer, template) = load_chat_target(&args.model)?;
-    let kinds: Vec<Method> = methods.iter().map(|m| m.method).collect();
-    let files = DrafterFiles {
-        draft: args.draft.as_ref(),
-        draft_head: args.draft_head,
-        glide: args.glide.as_ref(),
-        default_target: args.model.model.is_none(),
-    };
-    let (drafter, glide) = load_drafters(&kinds, &files, &target, &tokenizer)?;
-    let ngram = NgramProposer::default();
-    let proposer = |m: Method| -> Option<&dyn Proposer> {
+    /// The proposer that method `m` drafts with (none for target-only decoding).
+    fn proposer(&self, m: Method) -> Option<&dyn Proposer> {
         match m {
             Method::None => None,
-            Method::Draft => drafter.as_ref().map(|d| d as &dyn Proposer),
-            Method::Ngram => Some(&ngram),
-            Method::Glide => glide.as_ref().map(|g| g as &dyn Proposer),
-            Method::GlideNgram => glide.as_ref().map(|g| g.with_ngram() as &dyn Proposer),
-        }
-    };
-
-    let mut totals = vec![Totals::default(); methods.len()];
-    for (pi, (kind, text)) in prompts.iter().enumerate() {
-        let prompt = template.render(&[Message::new("user", text)], true)?;
-        let req = GenerateRequest {
-            prompt: tokenizer.encode(&prompt, true)?,
-            max_tokens: args.max_tokens,
-            sampling: SamplingParams {
-                temperature: args.temperature,
-                seed: args.seed + pi as u64,
-                ..SamplingParams::default()
-            },
-            stop: Vec::new(),
-            ignore_eos: false,
-        };
-        let mut outputs: Vec<Option<Vec<u32>>> = vec![None; methods.len()];
-        for j in 0..methods.len() {
-            let mi = (j + pi) % methods.len();
-            let m = &methods[mi];
-            let stats = || target.model.gpu_stats();
-            let before = stats();
-            let out = generate_speculative(
-                &target.model,
-                &tokenizer,
-                proposer(m.method),
-                m.policy,
-                &req,
-                |_| {},
-            )?;
-            let t = &mut totals[mi];
-            t.tokens += out.tokens.len() as u64;
-            t.decode += out.decode_time;
-            t.prefill += out.prefill_time;
-            t.spec.add(&out.speculation);
-            let e = t.by_kind.entry(kind.clone()).or_default();
-            e.0 += out.tokens.len() as u64;
-            e.1 += out.decode_time;
-            // On a GPU, the target's CUDA graphs captured during this request (a capture
-            // costs milliseconds: new shapes, not steady decoding), and the host's time in
-            // each target forward before its launches are queued (metadata, uploads).
-            // With SPECD_GPU_TIMING=1 also the GPU's time from a forward's first launch to
-            // its end.
-            let graphs = match (before, stats()) {
-                (Some(b), Some(a)) => {
-                    let per = |us: u64| us as f64 / (a.forwards - b.forwards).max(1) as f64;
-                    let gpu = match a.gpu_us - b.gpu_us {
-                        0 => String::new(),
-                        us => format!(", GPU {:.1} µs", per(us)),
-                    };
-                    format!(
-                        "  target graphs captured {}, host {:.1} µs a forward{gpu}",
-                        a.captures - b.captures,
-                        per(a.host_us - b.host_us),
-                    )
-                }
-                _ => String::new(),
-            };
-            eprintln!(
-                "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}",
-                m.label,
-                out.tokens.len(),
-                out.tokens.len() as f64 / out.decode_time.as_secs_f64().max(1e-9),
-                100.0 * out.speculation.acceptance_rate(),
-                out.speculation.mean_accepted_length(),
-            );
-            outputs[mi] = Some(out.tokens);
-        }
-        let none = methods.iter().position(|m| m.method == Method::None);
-        for (mi, o) in outputs.iter().enumerate() {
-            if none.is_some_and(|n| outputs[n] == *o) {
-                totals[mi].same_as_none += 1;
-            }
+            Method::Draft => self.draft.as_ref().map(|d| d as &dyn Proposer),
+            Method::Ngram => Some(&self.ngram),
+            Method::Glide => self.glide.as_ref().map(|g| g as &dyn Proposer),
+            Method::GlideNgram => self.glide.as_ref().map(|g| g.with_ngram() as &dyn Proposer),
         }
     }
 
+    /// Generates `req` with method `mode` (prompt `pi`, of kind `kind`) and reports the run on
+    /// stderr.
+    fn generate(
+        &self,
+        mode: &Mode,
+        req: &GenerateRequest,
+        pi: usize,
+        kind: &str,
+    ) -> anyhow::Result<GenerateOutput> {
+        let stats = || self.target.model.gpu_stats();
+        let before = stats();
+        let out = generate_speculative(
+            &self.target.model,
+            &self.tokenizer,
+            self.proposer(mode.method),
+            mode.policy,
+            req,
+            |_| {},
+        )?;
+        let graphs = gpu_note(before, stats());
+        eprintln!(
+            "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}",
+            mode.label,
+            out.tokens.len(),
+            out.tokens.len() as f64 / out.decode_time.as_secs_f64().max(1e-9),
+            100.0 * out.speculation.acceptance_rate(),
+            out.speculation.mean_accepted_length(),
+        );
+        Ok(out)
+    }
+}
+
+/// On a GPU, the target's CUDA graphs captured between `before` and `after` (a capture costs
+/// milliseconds: new shapes, not steady decoding), and the host's time in each target forward
+/// before its launches are queued (metadata, uploads). With SPECD_GPU_TIMING=1 also the GPU's
+/// time from a forward's first launch to its end. Empty on the CPU.
+fn gpu_note(before: Option<model::GpuStats>, after: Option<model::GpuStats>) -> String {
+    let (Some(b), Some(a)) = (before, after) else {
+        return String::new();
+    };
+    let per = |us: u64| us as f64 / (a.forwards - b.forwards).max(1) as f64;
+    let gpu = match a.gpu_us - b.gpu_us {
+        0 => String::new(),
+        us => format!(", GPU {:.1} µs", per(us)),
+    };
+    format!(
+        "  target graphs captured {}, host {:.1} µs a forward{gpu}",
+        a.captures - b.captures,
+        per(a.host_us - b.host_us),
+    )
+}
+
+impl Totals {
+    /// Adds one generation, of a prompt of kind `kind`.
+    fn add(&mut self, kind: &str, out: &GenerateOutput) {
+        self.tokens += out.tokens.len() as u64;
+        self.decode += out.decode_time;
+        self.prefill += out.prefill_time;
+        self.spec.add(&out.speculation);
+        let e = self.by_kind.entry(kind.to_string()).or_default();
+        e.0 += out.tokens.len() as u64;
+        e.1 += out.decode_time;
+    }
+}
+
+/// The generation request of prompt `pi`: `text` as the user message of the target's chat
+/// template, sampled with seed `--seed` + `pi`.
+fn prompt_request(
+    args: &BenchSpecArgs,
+    models: &Models,
+    pi: usize,
+    text: &str,
+) -> anyhow::Result<GenerateRequest> {
+    Ok(GenerateRequest {
+        prompt: encode_user_prompt(&models.template, &models.tokenizer, text)?,
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            seed: args.seed + pi as u64,
+            ..SamplingParams::default()
+        },
+        stop: Vec::new(),
+        ignore_eos: false,
+    })
+}
+
+/// Runs every method on prompt `pi` (of kind `kind`), starting from method `pi` so that the
+/// order rotates from prompt to prompt; adds each run to its method's totals, and counts the
+/// methods whose output is target-only decoding's.
+fn bench_prompt(
+    models: &Models,
+    methods: &[Mode],
+    req: &GenerateRequest,
+    pi: usize,
+    kind: &str,
+    totals: &mut [Totals],
+) -> anyhow::Result<()> {
+    let mut outputs: Vec<Option<Vec<u32>>> = vec![None; methods.len()];
+    for j in 0..methods.len() {
+        let mi = (j + pi) % methods.len();
+        let out = models.generate(&methods[mi], req, pi, kind)?;
+        totals[mi].add(kind, &out);
+        outputs[mi] = Some(out.tokens);
+    }
+    let none = methods.iter().position(|m| m.method == Method::None);
+    for (mi, o) in outputs.iter().enumerate() {
+        if none.is_some_and(|n| outputs[n] == *o) {
+            totals[mi].same_as_none += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Prints the markdown table: a row for each method, over `prompts` prompts; `sampled` when
+/// the temperature is above 0 (outputs then do not compare).
+fn print_table(methods: &[Mode], totals: &[Totals], sampled: bool, prompts: usize) {
     let base = methods
         .iter()
         .position(|m| m.method == Method::None)
@@ -333,55 +398,88 @@ pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
         "|---|---|---|{}---|---|---|---|---|---|---|",
         "---|".repeat(kinds.len())
     );
-    for (m, t) in methods.iter().zip(&totals) {
-        let tps = t.tokens as f64 / t.decode.as_secs_f64();
-        let by_kind: Vec<String> = kinds
-            .iter()
-            .map(|k| {
-                let (n, d) = t.by_kind[k];
-                format!("{:.2}", n as f64 / d.as_secs_f64())
-            })
-            .collect();
-        println!(
-            "| {} | {:.2} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
-            m.label,
-            tps,
-            base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
-            by_kind.join(" | "),
-            if m.method != Method::None {
-                format!("{:.1}%", 100.0 * t.spec.acceptance_rate())
-            } else {
-                "-".into()
-            },
-            if m.method != Method::None {
-                format!("{:.2}", t.spec.mean_accepted_length())
-            } else {
-                "1".into()
-            },
-            // The share of drafts taken from prompt lookup (all of n-gram's; glide+ngram's
-            // n-gram choices).
-            if t.spec.drafts > 0 {
-                format!(
-                    "{:.0}%",
-                    100.0 * t.spec.lookup_drafts as f64 / t.spec.drafts as f64
-                )
-            } else {
-                "-".into()
-            },
-            t.spec.draft_time.as_secs_f64(),
-            t.spec.verify_time.as_secs_f64(),
-            // The rest of decoding: acceptance, KV rollback, detokenization and stop strings
-            // between the steps (the target waits for it).
-            (t.decode
-                .saturating_sub(t.spec.draft_time + t.spec.verify_time))
-            .as_secs_f64(),
-            if args.temperature > 0.0 {
-                "sampled".to_string()
-            } else {
-                format!("{}/{}", t.same_as_none, prompts.len())
-            },
-        );
+    for (m, t) in methods.iter().zip(totals) {
+        let same_as_none = if sampled {
+            "sampled".to_string()
+        } else {
+            format!("{}/{}", t.same_as_none, prompts)
+        };
+        println!("{}", table_row(m, t, base, &kinds, &same_as_none));
     }
+}
+
+/// One method's row of the table: `base` is target-only decoding's tok/s where it ran,
+/// `kinds` the prompt kinds of the per-kind columns, `same_as_none` the last column.
+fn table_row(
+    m: &Mode,
+    t: &Totals,
+    base: Option<f64>,
+    kinds: &[String],
+    same_as_none: &str,
+) -> String {
+    let tps = t.tokens as f64 / t.decode.as_secs_f64();
+    let by_kind: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            let (n, d) = t.by_kind[k];
+            format!("{:.2}", n as f64 / d.as_secs_f64())
+        })
+        .collect();
+    format!(
+        "| {} | {:.2} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+        m.label,
+        tps,
+        base.map_or("-".into(), |b| format!("{:.2}×", tps / b)),
+        by_kind.join(" | "),
+        if m.method != Method::None {
+            format!("{:.1}%", 100.0 * t.spec.acceptance_rate())
+        } else {
+            "-".into()
+        },
+        if m.method != Method::None {
+            format!("{:.2}", t.spec.mean_accepted_length())
+        } else {
+            "1".into()
+        },
+        // The share of drafts taken from prompt lookup (all of n-gram's; glide+ngram's
+        // n-gram choices).
+        if t.spec.drafts > 0 {
+            format!(
+                "{:.0}%",
+                100.0 * t.spec.lookup_drafts as f64 / t.spec.drafts as f64
+            )
+        } else {
+            "-".into()
+        },
+        t.spec.draft_time.as_secs_f64(),
+        t.spec.verify_time.as_secs_f64(),
+        // The rest of decoding: acceptance, KV rollback, detokenization and stop strings
+        // between the steps (the target waits for it).
+        (t.decode
+            .saturating_sub(t.spec.draft_time + t.spec.verify_time))
+        .as_secs_f64(),
+        same_as_none,
+    )
+}
+
+pub fn run(args: BenchSpecArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.temperature.is_finite() && args.temperature >= 0.0,
+        "--temperature must be a number ≥ 0 (0: greedy), not {}",
+        args.temperature
+    );
+    let methods = parse_methods(&args.methods)?;
+    let mut prompts = read_prompts(&args.prompts)?;
+    if let Some(n) = args.limit {
+        prompts.truncate(n);
+    }
+    let models = Models::load(&args, &methods)?;
+    let mut totals = vec![Totals::default(); methods.len()];
+    for (pi, (kind, text)) in prompts.iter().enumerate() {
+        let req = prompt_request(&args, &models, pi, text)?;
+        bench_prompt(&models, &methods, &req, pi, kind, &mut totals)?;
+    }
+    print_table(&methods, &totals, args.temperature > 0.0, prompts.len());
     Ok(())
 }
 
