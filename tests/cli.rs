@@ -307,3 +307,92 @@ fn a_device_this_build_cannot_use_is_a_clear_error() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// The three CPU benchmarks run end to end on the tiny model and print their tables (their
+/// numbers are not checked here: benchmarks are commands, not assertions); bench-spec also
+/// checks every method's output against target-only and says how many matched.
+#[test]
+fn the_benchmarks_print_their_tables_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_folder(dir.path());
+    let model = dir.path().to_str().unwrap();
+    let prompts = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/bench/code_prompts.json"
+    );
+    let run = |args: &[&str]| {
+        let out = specd(args, dir.path());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let spec = run(&[
+        "bench-spec",
+        "--model",
+        model,
+        "--draft",
+        model,
+        "--prompts",
+        prompts,
+        "--limit",
+        "2",
+        "--max-tokens",
+        "12",
+        "--methods",
+        "none,ngram:3,draft:2",
+    ]);
+    for method in ["| none |", "| ngram:3 |", "| draft:2 |"] {
+        let row = spec.lines().find(|l| l.starts_with(method));
+        let row = row.unwrap_or_else(|| panic!("no {method} row:\n{spec}"));
+        assert!(
+            row.ends_with("| 2/2 |"),
+            "not 2/2 identical to target-only: {row}"
+        );
+    }
+    let load = run(&[
+        "bench-load",
+        "--model",
+        model,
+        "--draft",
+        model,
+        "--prompts",
+        prompts,
+        "--concurrency",
+        "1,2",
+        "--modes",
+        "none,draft:2",
+        "--max-tokens",
+        "8",
+        "--requests",
+        "3",
+    ]);
+    for level in [
+        "| 1 | none |",
+        "| 2 | none |",
+        "| 1 | draft:2 |",
+        "| 2 | draft:2 |",
+    ] {
+        assert!(load.contains(level), "no {level} row:\n{load}");
+    }
+    let prefill = run(&[
+        "bench-prefill",
+        "--model",
+        model,
+        "--prompts",
+        prompts,
+        "--running",
+        "2",
+        "--prompt-tokens",
+        "96",
+        "--warmup",
+        "3",
+        "--chunks",
+        "whole,auto",
+    ]);
+    for chunks in ["| whole | 2 |", "| auto | 2 |"] {
+        assert!(prefill.contains(chunks), "no {chunks} row:\n{prefill}");
+    }
+}
