@@ -360,7 +360,14 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         max_batch: engine.max_running,
     };
     (engine.load, engine.catch_up) = calibration.policies(assumed_acceptance);
+    let report = calibration_report(&calibration, engine);
     engine.calibration = Some(calibration);
+    Ok(report)
+}
+
+/// What `calibrate` measured and the load policies it set, in one line for the log.
+fn calibration_report(c: &Calibration, engine: &EngineConfig) -> String {
+    let target = c.target;
     let mut report = format!(
         "calibrated: target forward {:.1} ms + {:.2} ms a row",
         target.fixed * 1e3,
@@ -374,7 +381,7 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
             w.per_row * 1e3
         );
     }
-    if let Some(costs) = draft {
+    if let Some(costs) = c.draft {
         let r = engine.catch_up.per_remaining_token;
         let rule = if r > 0.0 {
             format!(
@@ -393,7 +400,7 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
             costs.catch_up_token * 1e3,
         );
     }
-    if let Some(g) = glide {
+    if let Some(g) = c.glide {
         report += &format!(
             ", GLIDE drafter {:.2} ms + {:.3} ms a sequence a drafted token",
             g.fixed * 1e3,
@@ -404,7 +411,7 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         }
     }
     let mut methods = vec![("glide", engine.load.glide), ("ngram", engine.load.ngram)];
-    if draft.is_some() {
+    if c.draft.is_some() {
         methods.insert(0, ("draft", engine.load.draft));
     }
     let policies: Vec<String> = methods
@@ -420,7 +427,7 @@ fn calibrate(models: &EngineModels, k: usize, engine: &mut EngineConfig) -> anyh
         PROBE_TOKENS,
         policies.join(", ")
     );
-    Ok(report)
+    report
 }
 
 /// A load policy in words.
