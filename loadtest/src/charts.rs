@@ -22,80 +22,111 @@ pub fn write_charts(
     reports: &[LevelReport],
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = Vec::new();
+    let mut written = cdf_charts(dir, runs)?;
+    written.extend(concurrency_charts(dir, &closed_levels(reports))?);
+    Ok(written)
+}
+
+/// The latency CDFs (TTFT, TPOT, end to end), each drawn where some level has a value.
+fn cdf_charts(dir: &Path, runs: &[LevelRun]) -> anyhow::Result<Vec<PathBuf>> {
     let cdfs: [(&str, &str, Measure); 3] = [
         ("ttft-cdf.svg", "Time to first token", |r| r.ttft_s),
         ("tpot-cdf.svg", "Time per output token", |r| r.tpot_s()),
         ("e2e-cdf.svg", "End-to-end latency", |r| Some(r.e2e_s)),
     ];
+    let mut written = Vec::new();
     for (file, title, value) in cdfs {
-        let series: Vec<(String, Vec<f64>)> = runs
-            .iter()
-            .map(|run| {
-                let mut ms: Vec<f64> = run
-                    .records
-                    .iter()
-                    .filter(|r| r.error.is_none())
-                    .filter_map(value)
-                    .map(|s| s * 1e3)
-                    .collect();
-                ms.sort_by(f64::total_cmp);
-                (run.load.to_string(), ms)
-            })
-            .filter(|(_, ms)| !ms.is_empty())
-            .collect();
+        let series = cdf_series(runs, value);
         if series.is_empty() {
             continue;
         }
-        let path = dir.join(file);
-        cdf_chart(&path, title, &series).with_context(|| format!("drawing {}", path.display()))?;
-        written.push(path);
+        written.push(draw(dir.join(file), |path| {
+            cdf_chart(path, title, &series)
+        })?);
     }
+    Ok(written)
+}
+
+/// Per level with any, its name and the sorted values in ms of its successful requests.
+fn cdf_series(runs: &[LevelRun], value: Measure) -> Vec<(String, Vec<f64>)> {
+    runs.iter()
+        .map(|run| {
+            let mut ms: Vec<f64> = run
+                .records
+                .iter()
+                .filter(|r| r.error.is_none())
+                .filter_map(value)
+                .map(|s| s * 1e3)
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            (run.load.to_string(), ms)
+        })
+        .filter(|(_, ms)| !ms.is_empty())
+        .collect()
+}
+
+/// The closed-loop levels, by concurrency: lines run left to right whatever order the
+/// concurrencies were given in.
+fn closed_levels(reports: &[LevelReport]) -> Vec<&LevelReport> {
     let mut closed: Vec<&LevelReport> = reports
         .iter()
         .filter(|r| matches!(r.load, Load::Clients(_)))
         .collect();
-    // Lines run left to right whatever order the concurrencies were given in.
     closed.sort_by_key(|r| match r.load {
         Load::Clients(n) => n,
         Load::Rate { .. } => 0,
     });
-    if closed.len() >= 2 {
-        let x = |r: &LevelReport| match r.load {
-            Load::Clients(n) => n as f64,
-            Load::Rate { .. } => unreachable!("closed-loop levels only"),
-        };
-        let tps: Vec<(f64, f64)> = closed
-            .iter()
-            .map(|r| (x(r), r.output_tokens_per_s))
-            .collect();
-        let path = dir.join("throughput-by-concurrency.svg");
+    closed
+}
+
+/// Throughput and TTFT (p50, p95, p99) against concurrency, drawn with two closed-loop levels
+/// or more.
+fn concurrency_charts(dir: &Path, closed: &[&LevelReport]) -> anyhow::Result<Vec<PathBuf>> {
+    if closed.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let tps: Vec<(f64, f64)> = closed
+        .iter()
+        .map(|r| (concurrency(r), r.output_tokens_per_s))
+        .collect();
+    let throughput = draw(dir.join("throughput-by-concurrency.svg"), |path| {
         by_concurrency(
-            &path,
+            path,
             "Output tokens/s",
             "tokens/s",
             &[("output tokens/s".into(), tps)],
         )
-        .with_context(|| format!("drawing {}", path.display()))?;
-        written.push(path);
-        let mut lines = Vec::new();
-        for (name, pick) in [("p50", 0usize), ("p95", 1), ("p99", 2)] {
-            let points: Vec<(f64, f64)> = closed
-                .iter()
-                .filter_map(|r| {
-                    r.ttft_ms
-                        .as_ref()
-                        .map(|s| (x(r), [s.p50, s.p95, s.p99][pick]))
-                })
-                .collect();
-            lines.push((format!("TTFT {name}"), points));
-        }
-        let path = dir.join("ttft-by-concurrency.svg");
-        by_concurrency(&path, "Time to first token", "ms", &lines)
-            .with_context(|| format!("drawing {}", path.display()))?;
-        written.push(path);
+    })?;
+    let mut lines = Vec::new();
+    for (name, pick) in [("p50", 0usize), ("p95", 1), ("p99", 2)] {
+        let points: Vec<(f64, f64)> = closed
+            .iter()
+            .filter_map(|r| {
+                r.ttft_ms
+                    .as_ref()
+                    .map(|s| (concurrency(r), [s.p50, s.p95, s.p99][pick]))
+            })
+            .collect();
+        lines.push((format!("TTFT {name}"), points));
     }
-    Ok(written)
+    let ttft = draw(dir.join("ttft-by-concurrency.svg"), |path| {
+        by_concurrency(path, "Time to first token", "ms", &lines)
+    })?;
+    Ok(vec![throughput, ttft])
+}
+
+/// A closed-loop level's concurrency, as a chart's x.
+fn concurrency(r: &LevelReport) -> f64 {
+    match r.load {
+        Load::Clients(n) => n as f64,
+        Load::Rate { .. } => unreachable!("closed-loop levels only"),
+    }
+}
+
+/// Draws the chart at `path` with `chart`, the path named in its error, and returns the path.
+fn draw(path: PathBuf, chart: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<PathBuf> {
+    chart(&path).with_context(|| format!("drawing {}", path.display()))?;
+    Ok(path)
 }
 
 /// One line per level: the share of requests at or below each latency.

@@ -1,12 +1,14 @@
 //! The command line, shared by `specd-loadtest` and `specd loadtest`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use specd_protocol::Method;
 
-use crate::{prompts, sweep, table, Api, LevelReport, Load, RequestTemplate, Slo, Sweep, Target};
+use crate::{
+    prompts, sweep, table, Api, LevelReport, Load, RequestTemplate, Slo, Soak, Sweep, Target,
+};
 
 /// The load tester's options (`specd-loadtest` and `specd loadtest`).
 #[derive(clap::Args, Debug, Clone)]
@@ -106,13 +108,23 @@ pub struct LoadtestArgs {
     pub json: Option<PathBuf>,
 }
 
-/// Runs the sweep `a` describes, prints its table and writes its JSON report.
+/// Runs the sweep `a` describes, prints its table and writes its JSON report (or, with
+/// --soak-seconds, runs the soak instead and prints its summary).
 pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
+    let s = sweep_of(&a)?;
+    match a.soak_seconds {
+        Some(seconds) => run_soak(&a, &soak_of(&a, &s, seconds)),
+        None => run_sweep(&a, &s),
+    }
+}
+
+/// The sweep `a` describes: its prompts (read first), target, request template and levels.
+fn sweep_of(a: &LoadtestArgs) -> anyhow::Result<Sweep> {
     let prompts = match &a.prompts {
         Some(p) => prompts::from_jsonl(p)?,
         None => prompts::built_in(),
     };
-    let s = Sweep {
+    Ok(Sweep {
         target: Target::new(&a.url, a.api_key.clone(), a.allow_remote)?,
         prompts,
         template: RequestTemplate {
@@ -123,47 +135,55 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
             max_draft: a.max_draft,
             ignore_eos: a.ignore_eos,
         },
-        loads: loads(&a),
+        loads: loads(a),
         seed: a.seed,
         requests: a.requests,
         max_duration: Duration::from_secs(a.max_seconds),
         progress: true,
         fresh_prompts: a.fresh_prompts,
-    };
-    if let Some(seconds) = a.soak_seconds {
-        let soak = crate::Soak {
-            target: s.target.clone(),
-            prompts: s.prompts.clone(),
-            template: s.template.clone(),
-            clients: a.concurrency.first().copied().unwrap_or(16),
-            duration: Duration::from_secs(seconds),
-            cancel_share: a.cancel_share,
-            disconnect_share: a.disconnect_share,
-            slow_share: a.slow_share,
-            max_rss_growth: a.max_rss_growth,
-            seed: a.seed,
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        let r = rt.block_on(crate::soak(&soak))?;
-        let mut summary = serde_json::to_value(&r)?;
-        summary["rss"] = serde_json::json!(r.rss.len());
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-        if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_string_pretty(&r)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        anyhow::ensure!(
-            r.passed,
-            "the soak failed: see violations, kv_blocks_used_after and rss_growth above"
-        );
-        return Ok(());
+    })
+}
+
+/// The soak of `seconds` that `a` describes, against the sweep's target with its prompts and
+/// template: as many clients as the first concurrency (16 if none).
+fn soak_of(a: &LoadtestArgs, s: &Sweep, seconds: u64) -> Soak {
+    Soak {
+        target: s.target.clone(),
+        prompts: s.prompts.clone(),
+        template: s.template.clone(),
+        clients: a.concurrency.first().copied().unwrap_or(16),
+        duration: Duration::from_secs(seconds),
+        cancel_share: a.cancel_share,
+        disconnect_share: a.disconnect_share,
+        slow_share: a.slow_share,
+        max_rss_growth: a.max_rss_growth,
+        seed: a.seed,
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let runs = rt.block_on(sweep(&s))?;
+}
+
+/// Runs the soak, prints its report (the memory samples as their count) and writes it whole
+/// as JSON where --json asks; an error unless it passed.
+fn run_soak(a: &LoadtestArgs, soak: &Soak) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let r = rt.block_on(crate::soak(soak))?;
+    let mut summary = serde_json::to_value(&r)?;
+    summary["rss"] = serde_json::json!(r.rss.len());
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(path) = &a.json {
+        write_json(path, &r)?;
+    }
+    anyhow::ensure!(
+        r.passed,
+        "the soak failed: see violations, kv_blocks_used_after and rss_growth above"
+    );
+    Ok(())
+}
+
+/// Runs the sweep, prints its table and draws its charts and writes its JSON report where
+/// --charts and --json ask.
+fn run_sweep(a: &LoadtestArgs, s: &Sweep) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let runs = rt.block_on(sweep(s))?;
     let slo = Slo {
         ttft_ms: a.slo_ttft_ms,
         tpot_ms: a.slo_tpot_ms,
@@ -183,10 +203,22 @@ pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
             .map(|(r, run)| serde_json::json!({"summary": r, "requests": run.records}))
             .collect();
         let doc = serde_json::json!({"url": s.target.ws_url, "max_tokens": a.max_tokens, "slo": slo, "levels": levels});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &doc)?;
     }
     Ok(())
+}
+
+/// The multi-threaded runtime a run is driven on.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Writes `doc` to `path` as pretty-printed JSON.
+fn write_json(path: &Path, doc: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(doc)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The levels: the concurrencies, then the rates (1, 2, 4, 8 clients when neither is given).

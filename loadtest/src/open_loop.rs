@@ -55,6 +55,15 @@ pub async fn run_open(
     let http = reqwest::Client::new();
     let records = Arc::new(Mutex::new(Vec::with_capacity(requests)));
     let start = Instant::now();
+    let arrivals = Arrivals {
+        target: target.clone(),
+        prompts,
+        template: template.clone(),
+        http,
+        records: records.clone(),
+        progress: progress.clone(),
+        start,
+    };
     let mut due = Duration::ZERO;
     // Dropping the set (a failed request ends the level) aborts the requests in flight.
     let mut tasks = tokio::task::JoinSet::new();
@@ -67,43 +76,7 @@ pub async fn run_open(
         }
         let arrival = start + due;
         tokio::time::sleep_until(arrival.into()).await;
-        let (target, prompts, records) = (target.clone(), prompts.clone(), records.clone());
-        let (template, progress, http) = (template.clone(), progress.clone(), http.clone());
-        tasks.spawn(async move {
-            let prompt = &prompts[i % prompts.len()];
-            if template.api == Api::Openai {
-                let rec = run_sse(&http, &target, prompt, &template, start, Some(arrival))
-                    .await
-                    .with_context(|| format!("request r{i}"))?;
-                records.lock().unwrap().push(rec);
-                progress.inc(1);
-                return anyhow::Ok(());
-            }
-            let rec = match Connection::try_open(&target).await {
-                // Times count from the arrival: connecting under load is part of the wait.
-                Ok(mut conn) => conn
-                    .run(
-                        &format!("r{i}"),
-                        &prompts[i % prompts.len()],
-                        &template,
-                        start,
-                        Some(arrival),
-                    )
-                    .await
-                    .with_context(|| format!("request r{i}"))?,
-                // At its connection limit the server refuses the upgrade: a refused request.
-                Err(OpenError::Refused(code, message)) => RequestRecord::refused(
-                    (arrival - start).as_secs_f64(),
-                    arrival.elapsed().as_secs_f64(),
-                    code,
-                    message,
-                ),
-                Err(OpenError::Failed(e)) => return Err(e.context(format!("request r{i}"))),
-            };
-            records.lock().unwrap().push(rec);
-            progress.inc(1);
-            anyhow::Ok(())
-        });
+        tasks.spawn(arrivals.clone().request(i, arrival));
     }
     while let Some(done) = tasks.join_next().await {
         done.context("a request task panicked")??;
@@ -120,6 +93,75 @@ pub async fn run_open(
         wall_s,
         server: None,
     })
+}
+
+/// What every request of an open-loop level needs, cloned into each request's task.
+#[derive(Clone)]
+struct Arrivals {
+    target: Target,
+    prompts: Arc<Vec<Prompt>>,
+    template: RequestTemplate,
+    http: reqwest::Client,
+    /// The records of the requests that have ended.
+    records: Arc<Mutex<Vec<RequestRecord>>>,
+    progress: ProgressBar,
+    /// The level's start.
+    start: Instant,
+}
+
+impl Arrivals {
+    /// Runs request `i`, which arrived at `arrival`, over the template's API and keeps its
+    /// record.
+    async fn request(self, i: usize, arrival: Instant) -> anyhow::Result<()> {
+        let prompt = &self.prompts[i % self.prompts.len()];
+        let rec = match self.template.api {
+            Api::Openai => run_sse(
+                &self.http,
+                &self.target,
+                prompt,
+                &self.template,
+                self.start,
+                Some(arrival),
+            )
+            .await
+            .with_context(|| format!("request r{i}"))?,
+            Api::Ws => self.ws_request(i, prompt, arrival).await?,
+        };
+        self.records.lock().unwrap().push(rec);
+        self.progress.inc(1);
+        Ok(())
+    }
+
+    /// Request `i` over a connection of its own, opened at its arrival; a connection the
+    /// server refuses is a refused request.
+    async fn ws_request(
+        &self,
+        i: usize,
+        prompt: &Prompt,
+        arrival: Instant,
+    ) -> anyhow::Result<RequestRecord> {
+        match Connection::try_open(&self.target).await {
+            // Times count from the arrival: connecting under load is part of the wait.
+            Ok(mut conn) => conn
+                .run(
+                    &format!("r{i}"),
+                    prompt,
+                    &self.template,
+                    self.start,
+                    Some(arrival),
+                )
+                .await
+                .with_context(|| format!("request r{i}")),
+            // At its connection limit the server refuses the upgrade: a refused request.
+            Err(OpenError::Refused(code, message)) => Ok(RequestRecord::refused(
+                (arrival - self.start).as_secs_f64(),
+                arrival.elapsed().as_secs_f64(),
+                code,
+                message,
+            )),
+            Err(OpenError::Failed(e)) => Err(e.context(format!("request r{i}"))),
+        }
+    }
 }
 
 #[cfg(test)]

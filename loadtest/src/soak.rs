@@ -4,6 +4,7 @@
 //! cache returns to zero blocks once the clients are gone, and the resident memory stays flat.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,7 +99,7 @@ pub async fn soak(s: &Soak) -> anyhow::Result<SoakReport> {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..s.clients {
         let (s, report) = (s.clone(), report.clone());
-        tasks.spawn(async move { client(&s, c, deadline, &report).await });
+        tasks.spawn(async move { Client::new(&s, c, &report).run(deadline).await });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
@@ -128,20 +129,10 @@ pub async fn soak(s: &Soak) -> anyhow::Result<SoakReport> {
     Ok(r)
 }
 
-/// One client: requests one after another until the deadline, each with a drawn behaviour.
-async fn client(
-    s: &Soak,
-    c: usize,
-    deadline: Instant,
-    report: &Mutex<SoakReport>,
-) -> anyhow::Result<()> {
-    let mut rng = StdRng::seed_from_u64(s.seed.wrapping_add(c as u64));
-    let mut conn: Option<Connection> = None;
-    let mut ended: Vec<String> = Vec::new();
-    let mut n = 0usize;
-    while Instant::now() < deadline {
-        let x: f64 = rng.random();
-        let behaviour = if x < s.cancel_share {
+impl Behaviour {
+    /// The behaviour that `x`, drawn uniformly from [0, 1), picks under the soak's shares.
+    fn draw(x: f64, s: &Soak) -> Self {
+        if x < s.cancel_share {
             Behaviour::Cancel
         } else if x < s.cancel_share + s.disconnect_share {
             Behaviour::Disconnect
@@ -149,92 +140,174 @@ async fn client(
             Behaviour::Slow
         } else {
             Behaviour::Normal
-        };
-        let mut c_conn = match conn.take() {
-            Some(cn) if !cn.broken => cn,
-            _ => {
-                ended.clear();
-                match Connection::try_open(&s.target).await {
-                    Ok(cn) => cn,
-                    // At its connection limit the server refuses new ones (a dropped
-                    // connection may not be released yet): counted, then tried again.
-                    Err(OpenError::Refused(code, _)) => {
-                        *report
-                            .lock()
-                            .unwrap()
-                            .refused_connections
-                            .entry(code.to_string())
-                            .or_default() += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    Err(OpenError::Failed(e)) => return Err(e),
-                }
+        }
+    }
+
+    /// At request `id`'s first chunk: a cancelling request sends its cancel, a disconnecting
+    /// one gives its connection up (`Break`).
+    async fn at_first_chunk(
+        self,
+        conn: &mut Connection,
+        id: &str,
+    ) -> anyhow::Result<ControlFlow<()>> {
+        match self {
+            Behaviour::Cancel => {
+                conn.send(&ClientFrame::Cancel(CancelFrame { id: id.to_string() }))
+                    .await?;
+                Ok(ControlFlow::Continue(()))
             }
-        };
-        let id = format!("c{c}-r{n}");
-        n += 1;
-        let prompt = &s.prompts[(c + n) % s.prompts.len()];
-        c_conn.send(&s.template.frame(&id, prompt)).await?;
-        *report
-            .lock()
-            .unwrap()
-            .requests
-            .entry(format!("{behaviour:?}").to_lowercase())
-            .or_default() += 1;
+            Behaviour::Disconnect => {
+                // Abrupt: the socket is dropped without a close frame.
+                conn.broken = true;
+                Ok(ControlFlow::Break(()))
+            }
+            Behaviour::Normal | Behaviour::Slow => Ok(ControlFlow::Continue(())),
+        }
+    }
+}
+
+/// One soak client, and what it keeps from one request to the next.
+struct Client<'a> {
+    s: &'a Soak,
+    /// The client's number: it seeds its draws and names its requests.
+    c: usize,
+    report: &'a Mutex<SoakReport>,
+    rng: StdRng,
+    /// The connection kept for the next request (none before the first, or after one broke).
+    conn: Option<Connection>,
+    /// The requests of the current connection that have had their final frame.
+    ended: Vec<String>,
+    /// Requests sent so far.
+    sent: usize,
+}
+
+impl<'a> Client<'a> {
+    /// Client number `c` of the soak `s`, before its first request.
+    fn new(s: &'a Soak, c: usize, report: &'a Mutex<SoakReport>) -> Self {
+        Self {
+            s,
+            c,
+            report,
+            rng: StdRng::seed_from_u64(s.seed.wrapping_add(c as u64)),
+            conn: None,
+            ended: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Requests one after another until the deadline, each with a drawn behaviour.
+    async fn run(mut self, deadline: Instant) -> anyhow::Result<()> {
+        while Instant::now() < deadline {
+            let behaviour = Behaviour::draw(self.rng.random(), self.s);
+            let Some(mut conn) = self.connection().await? else {
+                continue;
+            };
+            self.request(&mut conn, behaviour).await?;
+            if !conn.broken {
+                self.conn = Some(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection for the next request: the kept one, else a new one. A refusal (the
+    /// server at its connection limit, where a dropped connection may not be released yet) is
+    /// counted and waited out for 100 ms, and gives `None`: try again.
+    async fn connection(&mut self) -> anyhow::Result<Option<Connection>> {
+        if let Some(conn) = self.conn.take().filter(|conn| !conn.broken) {
+            return Ok(Some(conn));
+        }
+        self.ended.clear();
+        match Connection::try_open(&self.s.target).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(OpenError::Refused(code, _)) => {
+                self.tally(|r| &mut r.refused_connections, code.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(None)
+            }
+            Err(OpenError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Sends the next request on `conn`, counted under its behaviour, and reads its stream.
+    async fn request(&mut self, conn: &mut Connection, behaviour: Behaviour) -> anyhow::Result<()> {
+        let id = format!("c{}-r{}", self.c, self.sent);
+        self.sent += 1;
+        let prompt = &self.s.prompts[(self.c + self.sent) % self.s.prompts.len()];
+        conn.send(&self.s.template.frame(&id, prompt)).await?;
+        self.tally(|r| &mut r.requests, format!("{behaviour:?}").to_lowercase());
+        self.read_stream(conn, &id, behaviour).await
+    }
+
+    /// Reads the frames of request `id` up to its final one (or until the connection is given
+    /// up), checking that each is the request's own, and acts `behaviour` out.
+    async fn read_stream(
+        &mut self,
+        conn: &mut Connection,
+        id: &str,
+        behaviour: Behaviour,
+    ) -> anyhow::Result<()> {
         let mut chunks = 0usize;
-        let mut cancelled = false;
         loop {
             if behaviour == Behaviour::Slow {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let frame = c_conn.next().await?;
-            let (fid, last) = match &frame {
-                ServerFrame::Chunk(f) => (Some(f.id.clone()), false),
-                ServerFrame::Done(f) => (Some(f.id.clone()), true),
-                ServerFrame::Error(f) => (f.id.clone(), true),
-                ServerFrame::Hello(_) => (None, false),
-            };
-            if fid.as_deref() != Some(id.as_str()) {
-                let what = match fid {
-                    Some(f) if ended.contains(&f) => format!("{f}: a frame after its final frame"),
-                    other => format!("{id}: a frame of another request ({other:?}): {frame:?}"),
-                };
-                report.lock().unwrap().violations.push(what);
+            let frame = conn.next().await?;
+            let (fid, last) = addressee(&frame);
+            if fid != Some(id) {
+                self.stray_frame(id, fid, &frame);
                 if matches!(frame, ServerFrame::Error(_)) {
-                    c_conn.broken = true;
-                    break;
+                    conn.broken = true;
+                    return Ok(());
                 }
                 continue;
             }
             if last {
-                if let ServerFrame::Error(e) = &frame {
-                    *report
-                        .lock()
-                        .unwrap()
-                        .errors
-                        .entry(e.code.to_string())
-                        .or_default() += 1;
-                }
-                ended.push(id.clone());
-                break;
+                self.final_frame(id, &frame);
+                return Ok(());
             }
             chunks += 1;
-            if chunks == 1 && behaviour == Behaviour::Cancel && !cancelled {
-                c_conn
-                    .send(&ClientFrame::Cancel(CancelFrame { id: id.clone() }))
-                    .await?;
-                cancelled = true;
+            if chunks == 1 && behaviour.at_first_chunk(conn, id).await?.is_break() {
+                return Ok(());
             }
-            if chunks == 1 && behaviour == Behaviour::Disconnect {
-                // Abrupt: the socket is dropped without a close frame.
-                c_conn.broken = true;
-                break;
-            }
-        }
-        if !c_conn.broken {
-            conn = Some(c_conn);
         }
     }
-    Ok(())
+
+    /// Records the violation of a frame that is not request `id`'s: one of a request that had
+    /// ended, or of another one (`fid`).
+    fn stray_frame(&self, id: &str, fid: Option<&str>, frame: &ServerFrame) {
+        let what = match fid {
+            Some(f) if self.ended.iter().any(|e| e == f) => {
+                format!("{f}: a frame after its final frame")
+            }
+            other => format!("{id}: a frame of another request ({other:?}): {frame:?}"),
+        };
+        self.report.lock().unwrap().violations.push(what);
+    }
+
+    /// Request `id`'s final frame: an error is counted by its code, and the request has ended.
+    fn final_frame(&mut self, id: &str, frame: &ServerFrame) {
+        if let ServerFrame::Error(e) = frame {
+            self.tally(|r| &mut r.errors, e.code.to_string());
+        }
+        self.ended.push(id.to_string());
+    }
+
+    /// Adds one to `key` in the report's count that `count` picks.
+    fn tally(&self, count: fn(&mut SoakReport) -> &mut BTreeMap<String, usize>, key: String) {
+        *count(&mut self.report.lock().unwrap())
+            .entry(key)
+            .or_default() += 1;
+    }
+}
+
+/// The request a frame belongs to (none for `hello` and an error of no request), and whether
+/// it is that request's last.
+fn addressee(frame: &ServerFrame) -> (Option<&str>, bool) {
+    match frame {
+        ServerFrame::Chunk(f) => (Some(&f.id), false),
+        ServerFrame::Done(f) => (Some(&f.id), true),
+        ServerFrame::Error(f) => (f.id.as_deref(), true),
+        ServerFrame::Hello(_) => (None, false),
+    }
 }
