@@ -102,91 +102,21 @@ impl Tokenizer {
         let bpe = bpe_model(&tokens, merges)
             .map_err(|e| Error::file(path, format!("cannot build BPE model: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-
         let pre = md
             .get("tokenizer.ggml.pre")
             .and_then(|v| v.to_string().ok())
             .map_or("default", String::as_str);
-        let (pattern, nfc) = match pre {
-            "qwen2" => (QWEN2_SPLIT, true),
-            "llama-bpe" | "llama3" | "smaug-bpe" => (LLAMA3_SPLIT, false),
-            "default" | "gpt2" | "gpt-2" => (GPT2_SPLIT, false),
-            other => {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "unsupported pre-tokenizer `tokenizer.ggml.pre = {other}` (specd knows \
-                         qwen2, llama-bpe, llama3, smaug-bpe, gpt2)"
-                    ),
-                ))
-            }
-        };
-        let split = Split::new(
-            SplitPattern::Regex(pattern.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::Tokenizer(format!("pre-tokenizer pattern: {e}")))?;
-        inner.with_pre_tokenizer(Some(Sequence::new(vec![
-            split.into(),
-            ByteLevel::new(false, false, false).into(),
-        ])));
-        if nfc {
-            inner
-                .with_normalizer(Some(NFC))
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        }
-        inner.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
-
-        // Control and user-defined tokens are matched whole in the input, never split by BPE.
-        if let Some(types) = md.get("tokenizer.ggml.token_type") {
-            let types = types
-                .to_vec()
-                .map_err(|_| Error::file(path, "`tokenizer.ggml.token_type` is not an array"))?;
-            let mut special = Vec::new();
-            let mut user = Vec::new();
-            for (i, ty) in types.iter().enumerate() {
-                match gguf_usize(ty) {
-                    Some(TOKEN_TYPE_CONTROL) => {
-                        special.push(AddedToken::from(tokens[i].clone(), true))
-                    }
-                    Some(TOKEN_TYPE_USER_DEFINED) => {
-                        user.push(AddedToken::from(tokens[i].clone(), false))
-                    }
-                    _ => {}
-                }
-            }
-            inner
-                .add_special_tokens(special)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            inner
-                .add_tokens(user)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        }
+        set_byte_level_pre_tokenizer(&mut inner, pre, path)?;
+        add_gguf_whole_tokens(&mut inner, md, &tokens, path)?;
 
         let token_id = |k: &str| md.get(k).and_then(gguf_usize).map(|v| v as u32);
-        let mut eos_token_ids = Vec::new();
-        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
-            if let Some(id) = token_id(key) {
-                if !eos_token_ids.contains(&id) {
-                    eos_token_ids.push(id);
-                }
-            }
-        }
-        for t in END_OF_GENERATION {
-            if let Some(id) = inner.token_to_id(t) {
-                if !eos_token_ids.contains(&id) {
-                    eos_token_ids.push(id);
-                }
-            }
-        }
         let name_of = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
         Ok(Self {
             bos_token: name_of(token_id("tokenizer.ggml.bos_token_id")),
             eos_token: name_of(token_id("tokenizer.ggml.eos_token_id")),
+            eos_token_ids: gguf_eos_ids(&inner, token_id),
             inner: Arc::new(inner),
             plain: Arc::default(),
-            eos_token_ids,
         })
     }
 
@@ -318,6 +248,96 @@ pub(crate) fn bpe_model(
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
     BPE::builder().vocab_and_merges(vocab, merges).build()
+}
+
+/// The split pattern (and normalization) of the GGUF pre-tokenizer `pre`, then byte-level
+/// encoding and decoding, as llama.cpp applies them for that name.
+fn set_byte_level_pre_tokenizer(
+    inner: &mut tokenizers::Tokenizer,
+    pre: &str,
+    path: &Path,
+) -> Result<()> {
+    let (pattern, nfc) = match pre {
+        "qwen2" => (QWEN2_SPLIT, true),
+        "llama-bpe" | "llama3" | "smaug-bpe" => (LLAMA3_SPLIT, false),
+        "default" | "gpt2" | "gpt-2" => (GPT2_SPLIT, false),
+        other => {
+            return Err(Error::file(
+                path,
+                format!(
+                    "unsupported pre-tokenizer `tokenizer.ggml.pre = {other}` (specd knows \
+                     qwen2, llama-bpe, llama3, smaug-bpe, gpt2)"
+                ),
+            ))
+        }
+    };
+    let split = Split::new(
+        SplitPattern::Regex(pattern.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| Error::Tokenizer(format!("pre-tokenizer pattern: {e}")))?;
+    inner.with_pre_tokenizer(Some(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, false, false).into(),
+    ])));
+    if nfc {
+        inner
+            .with_normalizer(Some(NFC))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    }
+    inner.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+    Ok(())
+}
+
+/// Control and user-defined tokens (`tokenizer.ggml.token_type`) are matched whole in the
+/// input, never split by BPE.
+fn add_gguf_whole_tokens(
+    inner: &mut tokenizers::Tokenizer,
+    md: &std::collections::HashMap<String, Value>,
+    tokens: &[String],
+    path: &Path,
+) -> Result<()> {
+    let Some(types) = md.get("tokenizer.ggml.token_type") else {
+        return Ok(());
+    };
+    let types = types
+        .to_vec()
+        .map_err(|_| Error::file(path, "`tokenizer.ggml.token_type` is not an array"))?;
+    let mut special = Vec::new();
+    let mut user = Vec::new();
+    for (i, ty) in types.iter().enumerate() {
+        match gguf_usize(ty) {
+            Some(TOKEN_TYPE_CONTROL) => special.push(AddedToken::from(tokens[i].clone(), true)),
+            Some(TOKEN_TYPE_USER_DEFINED) => user.push(AddedToken::from(tokens[i].clone(), false)),
+            _ => {}
+        }
+    }
+    inner
+        .add_special_tokens(special)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    inner
+        .add_tokens(user)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(())
+}
+
+/// The ids that end generation: the file's end-of-sequence and end-of-turn ids (`token_id` of
+/// a metadata key), then the known end-of-generation tokens the vocabulary has, each once.
+fn gguf_eos_ids(inner: &tokenizers::Tokenizer, token_id: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let from_keys = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+        .into_iter()
+        .filter_map(token_id);
+    let from_names = END_OF_GENERATION
+        .iter()
+        .filter_map(|t| inner.token_to_id(t));
+    for id in from_keys.chain(from_names) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 fn string_array(v: &Value, key: &str, path: &Path) -> Result<Vec<String>> {
