@@ -140,25 +140,10 @@ pub fn verify<'a>(
         sampled_in_forward: acceptance == Acceptance::InForward
             && seqs.iter().all(|s| s.samples_in_forward()),
     });
-    let sampled = mode == OutputMode::SampledVerdict;
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
-    let inv_temps: Vec<f32> = if sampled {
-        seqs.iter()
-            .map(|s| 1.0 / s.sampler.params().temperature)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let uniforms: Vec<Vec<f32>> = if sampled {
-        seqs.iter_mut()
-            .zip(drafts)
-            .map(|(s, d)| {
-                let rng = s.sampler.rng();
-                (0..=d.tokens.len()).map(|_| rng.random::<f32>()).collect()
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let inputs = match mode {
+        OutputMode::SampledVerdict => sample_inputs(seqs, drafts),
+        _ => Vec::new(),
     };
     // A drafter that reads the target's last hidden state gets the rows of this forward.
     let keep = seqs.iter().any(|s| s.proposer_state.wants_feature);
@@ -182,25 +167,6 @@ pub fn verify<'a>(
         .collect();
     let verifying = batch.len();
     batch.extend(riders);
-    let decided = |v: Vec<(usize, u32)>| {
-        v.into_iter()
-            .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
-            .collect()
-    };
-    let inputs: Vec<SampleInput<'_>> = if sampled {
-        inv_temps
-            .iter()
-            .zip(drafts)
-            .zip(uniforms)
-            .map(|((&inv_temp, d), u)| SampleInput {
-                inv_temp,
-                q: d.probs.as_deref(),
-                u,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     check_verdict_inputs(&batch, mode, &inputs)?;
     let (out, hidden) = target.run(kv, &mut batch, mode, &inputs, keep)?;
     drop(batch);
@@ -211,8 +177,35 @@ pub fn verify<'a>(
             }
         }
     }
+    verified(out, verifying, &inputs_tokens)
+}
+
+/// What the verifying sampled forward needs of each sequence: its inverse temperature, its
+/// draft's probabilities and uniforms drawn from its own generator, one per drafted token and
+/// one for the next token.
+fn sample_inputs<'d>(seqs: &mut [&mut Sequence], drafts: &'d [Draft]) -> Vec<SampleInput<'d>> {
+    seqs.iter_mut()
+        .zip(drafts)
+        .map(|(s, d)| {
+            let inv_temp = 1.0 / s.sampler.params().temperature;
+            let rng = s.sampler.rng();
+            SampleInput {
+                inv_temp,
+                q: d.probs.as_deref(),
+                u: (0..=d.tokens.len()).map(|_| rng.random::<f32>()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// The verifying sequences' results from the forward's output (the first `verifying`
+/// sequences of its batch; `inputs` their rows' tokens: the last token, then the draft).
+fn verified(out: ForwardOut, verifying: usize, inputs: &[Vec<u32>]) -> Result<Vec<Verified>> {
     match out {
-        ForwardOut::Verdicts(v) => Ok(decided(v)),
+        ForwardOut::Verdicts(v) => Ok(v
+            .into_iter()
+            .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
+            .collect()),
         ForwardOut::Logits(l) => l
             .into_iter()
             .take(verifying)
@@ -220,7 +213,7 @@ pub fn verify<'a>(
             .collect(),
         ForwardOut::Tokens(tokens) => Ok(tokens
             .into_iter()
-            .zip(&inputs_tokens)
+            .zip(inputs)
             .map(|(choices, ids)| Verified::Decided(accept_greedy(&ids[1..], &choices)))
             .collect()),
         ForwardOut::Top(_) => unreachable!("no probabilities asked for"),
