@@ -284,24 +284,7 @@ pub(super) fn draft_rounds<'v>(
         return Ok(drafts);
     }
     for &i in &active {
-        let s = &mut batch[i];
-        let table = s.state.table.get_or_insert_with(BlockTable::new);
-        if table.len() >= s.tokens.len() {
-            kv.truncate(table, s.tokens.len() - 1);
-        }
-        // Long catch-ups (the prompt) go in chunks; the last chunk joins the batch below.
-        while s.tokens.len() - table.len() > PREFILL_CHUNK {
-            let from = table.len();
-            step(
-                kv,
-                &mut [SeqInput {
-                    table,
-                    tokens: &s.tokens[from..from + PREFILL_CHUNK],
-                    logits: Logits::None,
-                }],
-                &[i],
-            )?;
-        }
+        catch_up_all_but_a_chunk(&mut batch[i], i, kv, &mut step)?;
     }
     // Catch up with the committed tokens, getting the distribution of the first draft.
     let mut rows: Vec<Next<'v>> = {
@@ -321,30 +304,8 @@ pub(super) fn draft_rounds<'v>(
     };
     let mut active = active;
     loop {
-        let mut still = Vec::with_capacity(active.len());
+        let still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
         let still_rows;
-        for (&i, row) in active.iter().zip(&rows) {
-            let s = &mut batch[i];
-            let d = &mut drafts[i];
-            // The history matters only to a repetition penalty or a sampling transform.
-            let history: Vec<u32> =
-                if s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0 {
-                    Vec::new()
-                } else {
-                    s.tokens.iter().chain(&d.tokens).copied().collect()
-                };
-            let (tok, top, q) = choose(row, &history, s);
-            if s.confidence.is_some_and(|c| top < c) {
-                continue;
-            }
-            d.tokens.push(tok);
-            if let Some(q) = q {
-                d.probs.get_or_insert_with(Vec::new).push(q);
-            }
-            if d.tokens.len() < limits[i] {
-                still.push(i);
-            }
-        }
         if still.is_empty() {
             break;
         }
@@ -365,4 +326,68 @@ pub(super) fn draft_rounds<'v>(
         rows = still_rows;
     }
     Ok(drafts)
+}
+
+/// Brings sequence `i`'s drafter cache to within one chunk of its committed tokens: a cache
+/// holding them all (and last round's drafts) is cut back to all committed tokens but the last,
+/// whose row gives the first draft; a long catch-up (the prompt) is fed in chunks of
+/// [`PREFILL_CHUNK`]. What is left joins the batch's first round of drafts.
+fn catch_up_all_but_a_chunk<'v>(
+    s: &mut ProposeInput<'_>,
+    i: usize,
+    kv: &mut KvPool,
+    step: &mut impl FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize]) -> Result<Vec<Next<'v>>>,
+) -> Result<()> {
+    let table = s.state.table.get_or_insert_with(BlockTable::new);
+    if table.len() >= s.tokens.len() {
+        kv.truncate(table, s.tokens.len() - 1);
+    }
+    while s.tokens.len() - table.len() > PREFILL_CHUNK {
+        let from = table.len();
+        step(
+            kv,
+            &mut [SeqInput {
+                table,
+                tokens: &s.tokens[from..from + PREFILL_CHUNK],
+                logits: Logits::None,
+            }],
+            &[i],
+        )?;
+    }
+    Ok(())
+}
+
+/// One round's choice: each `active` sequence takes its next draft token from its row of
+/// `rows` (unless the drafter's confidence in it falls below the sequence's stop). Returns the
+/// sequences that draft further (below their `limits`).
+fn take_draft_tokens(
+    batch: &mut [ProposeInput<'_>],
+    drafts: &mut [Draft],
+    active: &[usize],
+    rows: &[Next<'_>],
+    limits: &[usize],
+) -> Vec<usize> {
+    let mut still = Vec::with_capacity(active.len());
+    for (&i, row) in active.iter().zip(rows) {
+        let s = &mut batch[i];
+        let d = &mut drafts[i];
+        // The history matters only to a repetition penalty or a sampling transform.
+        let history: Vec<u32> = if s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0 {
+            Vec::new()
+        } else {
+            s.tokens.iter().chain(&d.tokens).copied().collect()
+        };
+        let (tok, top, q) = choose(row, &history, s);
+        if s.confidence.is_some_and(|c| top < c) {
+            continue;
+        }
+        d.tokens.push(tok);
+        if let Some(q) = q {
+            d.probs.get_or_insert_with(Vec::new).push(q);
+        }
+        if d.tokens.len() < limits[i] {
+            still.push(i);
+        }
+    }
+    still
 }
