@@ -166,35 +166,8 @@ impl ModelConfig {
             _ if num_heads > 0 => hidden_size / num_heads,
             _ => 0,
         };
-        // transformers 5 keeps rope settings in `rope_parameters`; older configs use
-        // `rope_theta` and `rope_scaling` at the top level.
-        let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .or_else(|| json.get("rope_theta"))
-            .and_then(Json::as_f64)
-            .unwrap_or(10_000.0);
-        let scaling = rope_params.or_else(|| json.get("rope_scaling").filter(|v| v.is_object()));
-        let rope_scaling = match scaling {
-            Some(s) => parse_hf_rope_scaling(s, path)?,
-            None => RopeScaling::None,
-        };
-        let sliding_window = match architecture {
-            Architecture::Mistral => json.get("sliding_window").and_then(Json::as_u64),
-            Architecture::Qwen2 => {
-                let enabled = json
-                    .get("use_sliding_window")
-                    .and_then(Json::as_bool)
-                    .unwrap_or(false);
-                if enabled {
-                    json.get("sliding_window").and_then(Json::as_u64)
-                } else {
-                    None
-                }
-            }
-            Architecture::Llama => None,
-        }
-        .map(|v| v as usize);
+        let (rope_theta, rope_scaling) = hf_rope(json, path)?;
+        let sliding_window = hf_sliding_window(json, architecture);
         let qkv_bias = match architecture {
             Architecture::Qwen2 => true,
             _ => json
@@ -372,6 +345,40 @@ impl ModelConfig {
             }
         }
     }
+}
+
+/// RoPE's base and scaling from a Hugging Face config: transformers 5 keeps them in
+/// `rope_parameters`, older configs in `rope_theta` and `rope_scaling` at the top level.
+fn hf_rope(json: &Json, path: &Path) -> Result<(f64, RopeScaling)> {
+    let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
+    let rope_theta = rope_params
+        .and_then(|p| p.get("rope_theta"))
+        .or_else(|| json.get("rope_theta"))
+        .and_then(Json::as_f64)
+        .unwrap_or(10_000.0);
+    let scaling = rope_params.or_else(|| json.get("rope_scaling").filter(|v| v.is_object()));
+    let rope_scaling = match scaling {
+        Some(s) => parse_hf_rope_scaling(s, path)?,
+        None => RopeScaling::None,
+    };
+    Ok((rope_theta, rope_scaling))
+}
+
+/// The attention window of a Hugging Face config: Mistral's `sliding_window`, Qwen2's only when
+/// `use_sliding_window` is set; Llama has none.
+fn hf_sliding_window(json: &Json, architecture: Architecture) -> Option<usize> {
+    let window = || json.get("sliding_window").and_then(Json::as_u64);
+    match architecture {
+        Architecture::Mistral => window(),
+        Architecture::Qwen2 => json
+            .get("use_sliding_window")
+            .and_then(Json::as_bool)
+            .unwrap_or(false)
+            .then(window)
+            .flatten(),
+        Architecture::Llama => None,
+    }
+    .map(|v| v as usize)
 }
 
 fn parse_hf_rope_scaling(s: &Json, path: &Path) -> Result<RopeScaling> {
