@@ -170,6 +170,36 @@ fn load_served_glide(
 
 /// Loads the models and starts the engine behind them.
 fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
+    let (models, chat_template) = load_models(c, paths)?;
+    let glide_name = models
+        .glide
+        .as_ref()
+        .and(paths.glide.as_deref())
+        .map(name_of);
+    let (engine, confidence) = engine_config(c, &models)?;
+    let options = BackendOptions {
+        model_name: c
+            .model
+            .name
+            .clone()
+            .unwrap_or_else(|| name_of(&paths.target)),
+        draft_name: paths.draft.as_deref().map(name_of),
+        glide_name,
+        chat_template,
+        default_method: paths.method,
+        default_policy: DraftPolicyConfig {
+            max_draft: c.model.max_draft as usize,
+            adaptive: c.model.adaptive,
+            confidence,
+        },
+        engine,
+    };
+    Ok(Backend::start(models, options)?)
+}
+
+/// The target (warmed up), its tokenizer and the drafters the paths name, and the target's chat
+/// template (the text its file carries, if any).
+fn load_models(c: &Config, paths: &ModelPaths) -> anyhow::Result<(EngineModels, Option<String>)> {
     let target = model::load(
         &paths.target,
         &LoadOptions {
@@ -194,7 +224,6 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         None => None,
     };
     let glide = load_served_glide(paths, &target)?;
-    let glide_name = glide.as_ref().and(paths.glide.as_deref()).map(name_of);
     let chat_template = target.chat_template.clone();
     let models = EngineModels {
         target: Arc::new(target.model),
@@ -203,6 +232,13 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         ngram: NgramProposer::new(c.model.ngram as usize, 1)?,
         glide,
     };
+    Ok((models, chat_template))
+}
+
+/// The engine's settings from the configuration, its load policies calibrated on `models`
+/// (unless turned off), and the confidence stop requests default to: the configured one, or
+/// one derived from the calibrated cost of a verification row.
+fn engine_config(c: &Config, models: &EngineModels) -> anyhow::Result<(EngineConfig, Option<f32>)> {
     let mut engine = EngineConfig {
         max_running: c.engine.max_running,
         max_waiting: c.engine.max_waiting,
@@ -217,10 +253,9 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
     } else if c.engine.calibrate {
         println!(
             "{}",
-            calibrate(&models, c.model.max_draft as usize, &mut engine)?
+            calibrate(models, c.model.max_draft as usize, &mut engine)?
         );
     }
-    // With no confidence stop configured, one follows the calibrated cost of a verification row.
     let confidence = c.model.confidence.or_else(|| {
         let share = engine.calibration.as_ref()?.target.row_share();
         let derived = default_confidence(share);
@@ -235,26 +270,9 @@ fn load_backend(c: &Config, paths: &ModelPaths) -> anyhow::Result<Backend> {
         derived
     });
     if let Some(mib) = c.engine.kv_memory_mib {
-        engine = engine.with_kv_memory(mib << 20, &models);
+        engine = engine.with_kv_memory(mib << 20, models);
     }
-    let options = BackendOptions {
-        model_name: c
-            .model
-            .name
-            .clone()
-            .unwrap_or_else(|| name_of(&paths.target)),
-        draft_name: paths.draft.as_deref().map(name_of),
-        glide_name,
-        chat_template,
-        default_method: paths.method,
-        default_policy: DraftPolicyConfig {
-            max_draft: c.model.max_draft as usize,
-            adaptive: c.model.adaptive,
-            confidence,
-        },
-        engine,
-    };
-    Ok(Backend::start(models, options)?)
+    Ok((engine, confidence))
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
