@@ -510,15 +510,16 @@ impl GlideModel {
             .0)
     }
 
-    fn run(
+    /// Refuses a forward whose inputs do not fit: one target table a sequence, both KV pools
+    /// on the drafter's device, token ids inside the vocabulary, features of the hidden size.
+    fn check_inputs(
         &self,
-        kv: &mut KvPool,
-        batch: &mut [SeqInput<'_>],
+        kv: &KvPool,
+        batch: &[SeqInput<'_>],
         target_kv: &KvPool,
         target_tables: &[&BlockTable],
         features: &[Option<FeatureRow<'_>>],
-        keep_hidden: bool,
-    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
+    ) -> Result<()> {
         if target_tables.len() != batch.len() {
             return Err(Error::InvalidRequest(format!(
                 "{} target tables for {} sequences",
@@ -527,7 +528,7 @@ impl GlideModel {
             )));
         }
         let device = self.device();
-        for (what, pool) in [("its own", &*kv), ("the target's", target_kv)] {
+        for (what, pool) in [("its own", kv), ("the target's", target_kv)] {
             if pool.device() != device || pool.row_shape().0 == 0 {
                 return Err(Error::InvalidRequest(format!(
                     "the GLIDE drafter runs on {device}, but {what} KV pool lives on {} or is \
@@ -551,6 +552,19 @@ impl GlideModel {
                 f.hidden.len()
             )));
         }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target_kv: &KvPool,
+        target_tables: &[&BlockTable],
+        features: &[Option<FeatureRow<'_>>],
+        keep_hidden: bool,
+    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
+        self.check_inputs(kv, batch, target_kv, target_tables, features)?;
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
