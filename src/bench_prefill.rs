@@ -38,7 +38,8 @@ pub struct BenchPrefillArgs {
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
     /// Tokens each running stream streams before the long prompt arrives (the "before"
-    /// window; its first token is left out).
+    /// window; its first token is left out), and at least as many again after the long
+    /// prompt's first token (the "after" window).
     #[arg(long, default_value_t = 24)]
     warmup: usize,
     /// Comma-separated prefill settings: `whole`, `auto`, or a chunk size in tokens.
@@ -180,7 +181,7 @@ struct Arrivals {
 }
 
 /// Runs the streams until each has `warmup` tokens, submits the long prompt, and follows the
-/// streams until its first token and `warmup` tokens past it.
+/// streams until its first token and `warmup` gaps between tokens wholly after it.
 async fn arrivals(
     h: EngineHandle,
     running: Vec<EngineRequest>,
@@ -219,8 +220,13 @@ async fn arrivals(
             },
         }
     };
-    let counts = times.iter().map(|t| t.len() + warmup).collect();
-    until(&mut rx, &mut times, counts).await?;
+    // Tokens stamped before the first token may still be queued: count from it, so that each
+    // stream has `warmup` gaps wholly after it.
+    let after = |t: &[Instant]| t.iter().filter(|&&x| x >= first).count();
+    while times.iter().any(|t| after(t) < warmup + 1) {
+        let (i, t) = rx.recv().await.context("a running stream ended")?;
+        times[i].push(t);
+    }
     drop(streams);
     Ok(Arrivals {
         times,
