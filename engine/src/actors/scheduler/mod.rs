@@ -21,7 +21,7 @@ use super::{EngineModels, EngineStats};
 use crate::error::{Error, Result};
 use crate::generate::FinishReason;
 use crate::metrics::{self as m, Phase};
-use crate::speculative::{DraftPolicyConfig, Sequence};
+use crate::speculative::{Decision, Draft, DraftPolicyConfig, PhaseTimes, Sequence};
 
 mod plan;
 
@@ -192,6 +192,66 @@ impl Scheduler {
         self.stats.peak_running = self.stats.peak_running.max(self.in_step);
         self.stepping = true;
         self.kv.do_send(Reserve(batch));
+    }
+
+    /// Commits one slot's verified step: its tokens streamed, its speculation recorded; the
+    /// slot goes back to the running set, or is returned to leave (finished, cancelled, failed).
+    fn commit_slot(
+        &mut self,
+        mut slot: Slot,
+        draft: &Draft,
+        decision: Option<&Decision>,
+        ctx: usize,
+        times: PhaseTimes,
+    ) -> Option<Slot> {
+        if self.cancels.remove(&slot.id) {
+            return Some(self.finish(slot, Some(FinishReason::Cancelled)));
+        }
+        // A prompt chunk: nothing to commit yet.
+        let Some(d) = decision else {
+            self.running.push(slot);
+            return None;
+        };
+        record_speculation(slot.method, d.drafted, d.accepted, draft.lookup);
+        if let Some(a) = self.adaptive.as_mut() {
+            a.measured.record(slot.method, d.drafted, d.accepted);
+        }
+        let committed = match slot.seq.commit(draft, d, ctx, times) {
+            Ok(n) => n,
+            Err(e) => return Some(self.fail(slot, (&e).into())),
+        };
+        let open = self.stream(&mut slot, committed, d.drafted, d.accepted);
+        if slot.seq.is_finished() {
+            Some(self.finish(slot, None))
+        } else if !open {
+            // The stream was dropped: the request is cancelled.
+            Some(self.finish(slot, Some(FinishReason::Cancelled)))
+        } else {
+            self.running.push(slot);
+            None
+        }
+    }
+
+    /// The slots the step took out before its model work: those that cannot run fail, those
+    /// that outgrew the pool end, and those short of KV blocks go back to the front of the
+    /// queue in their arrival order (unless cancelled meanwhile).
+    fn settle_taken_out(&mut self, batch: &mut StepBatch) {
+        for (slot, e) in std::mem::take(&mut batch.failed) {
+            self.fail(slot, e);
+        }
+        for slot in std::mem::take(&mut batch.outgrown) {
+            // Its blocks are already back; like reaching the context length.
+            self.finish(slot, None);
+        }
+        let mut requeue = std::mem::take(&mut batch.requeue);
+        requeue.sort_by_key(|s| std::cmp::Reverse(s.id));
+        for slot in requeue {
+            if self.cancels.remove(&slot.id) {
+                self.finish(slot, Some(FinishReason::Cancelled));
+            } else {
+                self.waiting.push_front(slot);
+            }
+        }
     }
 
     /// Ends a request: its last text, then `Done`.
@@ -411,36 +471,8 @@ impl Handler<Commit> for Scheduler {
         } else {
             let drafts = std::mem::take(&mut batch.drafts);
             let decisions = std::mem::take(&mut batch.decisions);
-            for ((mut slot, draft), d) in slots.into_iter().zip(&drafts).zip(&decisions) {
-                if self.cancels.remove(&slot.id) {
-                    leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
-                    continue;
-                }
-                // A prompt chunk: nothing to commit yet.
-                let Some(d) = d else {
-                    self.running.push(slot);
-                    continue;
-                };
-                record_speculation(slot.method, d.drafted, d.accepted, draft.lookup);
-                if let Some(a) = self.adaptive.as_mut() {
-                    a.measured.record(slot.method, d.drafted, d.accepted);
-                }
-                let committed = match slot.seq.commit(draft, d, ctx, batch.times) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        leaving.push(self.fail(slot, (&e).into()));
-                        continue;
-                    }
-                };
-                let open = self.stream(&mut slot, committed, d.drafted, d.accepted);
-                if slot.seq.is_finished() {
-                    leaving.push(self.finish(slot, None));
-                } else if !open {
-                    // The stream was dropped: the request is cancelled.
-                    leaving.push(self.finish(slot, Some(FinishReason::Cancelled)));
-                } else {
-                    self.running.push(slot);
-                }
+            for ((slot, draft), d) in slots.into_iter().zip(&drafts).zip(&decisions) {
+                leaving.extend(self.commit_slot(slot, draft, d.as_ref(), ctx, batch.times));
             }
         }
         // Acceptance measured this step may move the policies (adapt.rs).
@@ -448,22 +480,7 @@ impl Handler<Commit> for Scheduler {
             self.config.load = load;
             self.config.catch_up = catch_up;
         }
-        for (slot, e) in std::mem::take(&mut batch.failed) {
-            self.fail(slot, e);
-        }
-        for slot in std::mem::take(&mut batch.outgrown) {
-            // Its blocks are already back; like reaching the context length.
-            self.finish(slot, None);
-        }
-        let mut requeue = std::mem::take(&mut batch.requeue);
-        requeue.sort_by_key(|s| std::cmp::Reverse(s.id));
-        for slot in requeue {
-            if self.cancels.remove(&slot.id) {
-                self.finish(slot, Some(FinishReason::Cancelled));
-            } else {
-                self.waiting.push_front(slot);
-            }
-        }
+        self.settle_taken_out(&mut batch);
         // Cancels of requests that finished in this very step are moot.
         self.cancels.clear();
         batch.clock.add(Phase::Schedule, t.elapsed());
