@@ -22,8 +22,40 @@ impl Scheduler {
             .iter()
             .map(|s| s.seq.pending_prefill())
             .collect();
+        let (chunk, catch_up) = self.step_budgets(&pending);
+        let prefilling: Vec<usize> = pending.iter().copied().filter(|&p| p > 0).collect();
+        let mut allotted = prefill::allot(&prefilling, chunk).into_iter();
+        for (slot, &p) in self.running.iter_mut().zip(&pending) {
+            (slot.chunk, slot.budget, slot.catch_up) = (None, 0, 0);
+            if p > 0 {
+                let n = allotted.next().expect("one allotment per prefilling slot");
+                if n < p {
+                    slot.chunk = Some(n);
+                    continue;
+                }
+            }
+            // A method still probing drafts under no cap and no catch-up rule (adapt.rs).
+            let probing = self
+                .adaptive
+                .as_ref()
+                .is_some_and(|a| a.measured.probing(slot.method));
+            let cap = if probing {
+                usize::MAX
+            } else {
+                self.config.load.of(slot.method).cap(load)
+            };
+            let rule = probing.then_some(CatchUpPolicy::ALWAYS);
+            (slot.budget, slot.catch_up) =
+                draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up, rule);
+        }
+    }
+
+    /// The step's prefill budget (prompt tokens shared among the prefilling slots, FCFS) and
+    /// the most tokens a drafter may catch up on, from the slots' `pending` prompt tokens and
+    /// the costs measured so far.
+    fn step_budgets(&self, pending: &[usize]) -> (usize, usize) {
         let decoding = pending.iter().filter(|&&p| p == 0).count();
-        let streaming = (self.running.iter().zip(&pending))
+        let streaming = (self.running.iter().zip(pending))
             .filter(|(s, &p)| p == 0 && s.seq.generated().len() > 1)
             .count();
         // Prompts fed beside decoding streams get a share of the step (a fixed chunk, or
@@ -34,7 +66,7 @@ impl Scheduler {
         let rows: usize = self
             .running
             .iter()
-            .zip(&pending)
+            .zip(pending)
             .filter(|(_, &p)| p == 0)
             .map(|(s, _)| 1 + s.seq.request_draft_len())
             .sum();
@@ -68,31 +100,7 @@ impl Scheduler {
         if self.config.prefill_chunk.is_none() {
             catch_up = catch_up.max(prefill::MIN_CATCH_UP);
         }
-        let prefilling: Vec<usize> = pending.iter().copied().filter(|&p| p > 0).collect();
-        let mut allotted = prefill::allot(&prefilling, chunk).into_iter();
-        for (slot, &p) in self.running.iter_mut().zip(&pending) {
-            (slot.chunk, slot.budget, slot.catch_up) = (None, 0, 0);
-            if p > 0 {
-                let n = allotted.next().expect("one allotment per prefilling slot");
-                if n < p {
-                    slot.chunk = Some(n);
-                    continue;
-                }
-            }
-            // A method still probing drafts under no cap and no catch-up rule (adapt.rs).
-            let probing = self
-                .adaptive
-                .as_ref()
-                .is_some_and(|a| a.measured.probing(slot.method));
-            let cap = if probing {
-                usize::MAX
-            } else {
-                self.config.load.of(slot.method).cap(load)
-            };
-            let rule = probing.then_some(CatchUpPolicy::ALWAYS);
-            (slot.budget, slot.catch_up) =
-                draft_plan(&self.models, &self.config, slot, ctx, cap, catch_up, rule);
-        }
+        (chunk, catch_up)
     }
 
     /// Takes in what a finished step measured: what a prompt token riding along adds to a
