@@ -206,7 +206,7 @@ async fn arrivals(
             }
         }));
     }
-    until(&mut rx, &mut times, vec![warmup; streams.len()]).await?;
+    until(&mut rx, &mut times, |t| t.len() >= warmup).await?;
     let arrival = Instant::now();
     let mut ls = h.submit(long).await?;
     let first = loop {
@@ -222,11 +222,10 @@ async fn arrivals(
     };
     // Tokens stamped before the first token may still be queued: count from it, so that each
     // stream has `warmup` gaps wholly after it.
-    let after = |t: &[Instant]| t.iter().filter(|&&x| x >= first).count();
-    while times.iter().any(|t| after(t) < warmup + 1) {
-        let (i, t) = rx.recv().await.context("a running stream ended")?;
-        times[i].push(t);
-    }
+    until(&mut rx, &mut times, |t| {
+        t.iter().filter(|&&x| x >= first).count() > warmup
+    })
+    .await?;
     drop(streams);
     Ok(Arrivals {
         times,
@@ -235,13 +234,13 @@ async fn arrivals(
     })
 }
 
-/// Takes in arrivals until stream i has `counts[i]` tokens.
+/// Takes in arrivals until every stream's arrival times satisfy `done`.
 async fn until(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
     times: &mut [Vec<Instant>],
-    counts: Vec<usize>,
+    done: impl Fn(&[Instant]) -> bool,
 ) -> anyhow::Result<()> {
-    while times.iter().zip(&counts).any(|(t, &c)| t.len() < c) {
+    while !times.iter().all(|t| done(t)) {
         let (i, t) = rx.recv().await.context("a running stream ended")?;
         times[i].push(t);
     }

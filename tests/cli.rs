@@ -329,21 +329,23 @@ fn the_benchmarks_print_their_tables_on_a_tiny_model() {
         assert!(out.status.success(), "{args:?}: {stderr}");
         stdout
     };
-    let spec = run(&[
+    // A benchmark command on the tiny model and the bench prompts, then its own arguments.
+    let bench = |command: &str, rest: &[&str]| {
+        run(&[&[command, "--model", model, "--prompts", prompts], rest].concat())
+    };
+    let spec = bench(
         "bench-spec",
-        "--model",
-        model,
-        "--draft",
-        model,
-        "--prompts",
-        prompts,
-        "--limit",
-        "2",
-        "--max-tokens",
-        "12",
-        "--methods",
-        "none,ngram:3,draft:2",
-    ]);
+        &[
+            "--draft",
+            model,
+            "--limit",
+            "2",
+            "--max-tokens",
+            "12",
+            "--methods",
+            "none,ngram:3,draft:2",
+        ],
+    );
     let rows = table(&spec, "| method | decode tok/s |");
     for method in ["none", "ngram:3", "draft:2"] {
         let row = rows.iter().find(|r| r[0] == method);
@@ -351,23 +353,21 @@ fn the_benchmarks_print_their_tables_on_a_tiny_model() {
         // The last column: outputs identical to target-only's (trivially so for none).
         assert_eq!(row.last(), Some(&"2/2"), "{method}: {spec}");
     }
-    let load = run(&[
+    let load = bench(
         "bench-load",
-        "--model",
-        model,
-        "--draft",
-        model,
-        "--prompts",
-        prompts,
-        "--concurrency",
-        "1,2",
-        "--modes",
-        "none,draft:2",
-        "--max-tokens",
-        "8",
-        "--requests",
-        "3",
-    ]);
+        &[
+            "--draft",
+            model,
+            "--concurrency",
+            "1,2",
+            "--modes",
+            "none,draft:2",
+            "--max-tokens",
+            "8",
+            "--requests",
+            "3",
+        ],
+    );
     let rows = table(&load, "| concurrency | mode | aggregate tok/s |");
     let levels: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
     assert_eq!(
@@ -380,21 +380,19 @@ fn the_benchmarks_print_their_tables_on_a_tiny_model() {
         ],
         "{load}"
     );
-    let prefill = run(&[
+    let prefill = bench(
         "bench-prefill",
-        "--model",
-        model,
-        "--prompts",
-        prompts,
-        "--running",
-        "2",
-        "--prompt-tokens",
-        "96",
-        "--warmup",
-        "3",
-        "--chunks",
-        "whole,auto",
-    ]);
+        &[
+            "--running",
+            "2",
+            "--prompt-tokens",
+            "96",
+            "--warmup",
+            "3",
+            "--chunks",
+            "whole,auto",
+        ],
+    );
     let rows = table(&prefill, "| prefill | running streams |");
     assert_eq!(rows.len(), 2, "{prefill}");
     for (row, chunks) in rows.iter().zip(["whole", "auto"]) {
