@@ -1,4 +1,4 @@
-"""The GLIDE drafter in PyTorch, as specd runs it (engine/src/model/glide.rs), and its file.
+"""The GLIDE drafter in PyTorch, as specd runs it (engine/src/model/glide/), and its file.
 
 One decoder layer (or more) over the target's token embedding:
 

@@ -125,7 +125,7 @@ pub(super) struct Plan {
 impl Plan {
     /// Lays out `batch` (slots already reserved in `kv`'s tables). `cross[i]`, for a GLIDE
     /// drafter, is sequence `i`'s table in the target's pool: a row at position `p` sees target
-    /// positions `0..min(p, V)` of its `V` verified ones (model/glide.rs).
+    /// positions `0..min(p, V)` of its `V` verified ones (model/glide/).
     pub fn new(batch: &[SeqInput<'_>], cross: Option<&[&BlockTable]>, padded: bool) -> Self {
         let rows: usize = batch.iter().map(|s| s.tokens.len()).sum();
         let logit_rows: usize = batch.iter().map(|s| s.logits.rows(s.tokens.len())).sum();
