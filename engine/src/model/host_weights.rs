@@ -133,17 +133,20 @@ impl HostLayer {
             down: self.down.into_cpu()?,
         })
     }
+
+    /// Every layer of a model (a target's or a drafter's) on the CPU.
+    pub(crate) fn all_into_cpu(
+        layers: Vec<Self>,
+    ) -> Result<Vec<LayerWeights<Projection, Vec<f32>>>> {
+        layers.into_iter().map(Self::into_cpu).collect()
+    }
 }
 
 impl HostWeights {
     pub(crate) fn into_cpu(self) -> Result<CpuWeights> {
         Ok(LlamaWeights {
             embed: self.embed.into_cpu()?,
-            layers: self
-                .layers
-                .into_iter()
-                .map(HostLayer::into_cpu)
-                .collect::<Result<_>>()?,
+            layers: HostLayer::all_into_cpu(self.layers)?,
             norm: self.norm,
             head: self.head.into_cpu()?,
         })

@@ -100,11 +100,7 @@ impl GlideHost {
             feature,
             base: LlamaWeights {
                 embed,
-                layers: self
-                    .layers
-                    .into_iter()
-                    .map(HostLayer::into_cpu)
-                    .collect::<Result<_>>()?,
+                layers: HostLayer::all_into_cpu(self.layers)?,
                 norm: self.norm,
                 head,
             },
