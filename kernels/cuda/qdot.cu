@@ -109,6 +109,91 @@ extern "C" __global__ void __launch_bounds__(256) dotc_q4k(
     }
 }
 
+// ---- 2 to RG rows a pass of Q4_K, a lane per output column: dotc_q4k's walk, with the block's
+// header and quants decoded once for all the pass's rows (verification rows). At the end of a
+// pass the class sums of up to four rows at a time meet in shared memory, where warp q adds row
+// q's 64 classes in class order. (One row keeps its own kernel above: this one's row loop costs
+// it 72 registers a thread against 44, and so CTAs an SM.)
+#define DOTC_TABLE_ROWS 4
+
+template <int RG>
+__device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t row_bytes,
+                                          const int8_t* __restrict__ xq,
+                                          const XChunk* __restrict__ xm, float* __restrict__ y,
+                                          const float* __restrict__ bias, int rows, int n, int k,
+                                          int ldy) {
+    constexpr int TR = RG < DOTC_TABLE_ROWS ? RG : DOTC_TABLE_ROWS;
+    __shared__ float table[TR][DOT_CLASSES][DOTC_COLS + 1];
+    const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % 8;
+    const int col = blockIdx.x * DOTC_COLS + lane;
+    const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
+    const int blocks = k / 256, chunks = k / 32;
+    for (int r0 = 0; r0 < rows; r0 += RG) {
+        float part[RG][8];
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) part[r][j] = 0.f;
+        for (int b = warp; b < blocks; b += 8) {
+            const uint8_t* blk = wr + (size_t)b * 144;
+            const uint4 head = ldg16(blk);
+            uint4 qs[8];
+#pragma unroll
+            for (int p = 0; p < 8; ++p) qs[p] = ldg16(blk + 16 + 16 * p);
+            const float2 dd = q4k_d_dmin(head);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                float scale, minv;
+                q4k_scale_min(head, dd, j, scale, minv);
+                const int sh = (j % 2) * 4;
+                const uint4 lo = low_nibbles(qs[(j / 2) * 2], sh);
+                const uint4 hi = low_nibbles(qs[(j / 2) * 2 + 1], sh);
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    if (r0 + r >= rows) break;
+                    const size_t row = (size_t)(r0 + r);
+                    const int8_t* xc = xq + row * k + (size_t)b * 256 + 32 * j;
+                    const int isum = dot16(lo, ldg16(xc)) + dot16(hi, ldg16(xc + 16));
+                    const XChunk xc_meta = xm[row * chunks + (size_t)b * 8 + j];
+                    part[r][j] = __fadd_rn(part[r][j], q4k_term(scale, minv, isum, xc_meta));
+                }
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < RG; rr += TR) {
+#pragma unroll
+            for (int q = 0; q < TR; ++q)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) table[q][8 * warp + j][lane] = part[rr + q][j];
+            __syncthreads();
+            const int row = r0 + rr + warp;
+            if (warp < TR && row < rows && col < n) {
+                float s = 0.f;
+#pragma unroll 8
+                for (int c = 0; c < DOT_CLASSES; ++c) s = __fadd_rn(s, table[warp][c][lane]);
+                if (bias) s = __fadd_rn(s, bias[col]);
+                y[(size_t)row * ldy + col] = s;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias, W in Q4_K; grid ceil(n / 32) CTAs of 256
+// threads.
+#define DOTC_KERNEL(NAME, RG, MINB)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                   \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,       \
+        int rows, int n, int k, int ldy) {                                                          \
+        grid_dependency();                                                                          \
+        dotc_body<RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                      \
+    }
+// (Eight rows fit two CTAs an SM only below 128 registers a thread.)
+DOTC_KERNEL(dotc_q4k_r2, 2, 1)
+DOTC_KERNEL(dotc_q4k_r4, 4, 1)
+DOTC_KERNEL(dotc_q4k_r8, 8, 2)
+
 #define DOT_WARPS 8
 
 // The end of a pass of the warp-per-column kernels: lane l holds classes l and 32 + l of up to

@@ -259,6 +259,12 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     split.set_dot_gemm_from(usize::MAX);
     split.set_dot_split_from_k(0);
     split.set_dotc_min_cols(usize::MAX);
+    // A lane per column for up to 8 rows of the products that have it (Q4_K), dp4a otherwise.
+    let lanes = gpu();
+    lanes.set_dot_mma_from(usize::MAX);
+    lanes.set_dot_gemm_from(usize::MAX);
+    lanes.set_dotc_min_cols(0);
+    lanes.set_dotc_max_rows(8);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
     tiled.set_dot_gemm_wm(1);
@@ -351,6 +357,11 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                 .chain([
                     (MatmulKernel::Gemm, &plain, " without scratch"),
                     (MatmulKernel::Dot, &dp4a, " with dp4a and a lane per column"),
+                    (
+                        MatmulKernel::Dot,
+                        &lanes,
+                        " with a lane per column for 8 rows",
+                    ),
                     (MatmulKernel::Dot, &tiled, " through the tiled GEMM"),
                     (
                         MatmulKernel::Dot,
@@ -361,7 +372,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                 ]);
             for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;
-                for rows in [1, 2, 3, 5, 16, 17, 64, 65, 130] {
+                for rows in [1, 2, 3, 5, 8, 16, 17, 64, 65, 130] {
                     let y = poisoned_f32(&g, rows * n);
                     g.synchronize().unwrap();
                     on.matmul_rows_with(

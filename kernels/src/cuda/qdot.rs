@@ -16,8 +16,9 @@ pub(super) struct DotKernels {
     /// a column, each taking half of k's blocks.
     warp: [CudaFunction; 4],
     split: [CudaFunction; 4],
-    /// One row, a lane per column (for the widest matrices; see `Gpu::dotc_min_cols`).
-    lane_per_column: Option<CudaFunction>,
+    /// A lane per column (for the widest matrices; see `Gpu::dotc_min_cols` and
+    /// `Gpu::dotc_max_rows`), 1, 2, 4 and 8 rows a pass.
+    lane_per_column: Option<[CudaFunction; 4]>,
     /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
     mma: [CudaFunction; 2],
     /// The tiled GEMM, 32 columns by 32 and 64 rows a CTA.
@@ -46,7 +47,12 @@ impl DotKernels {
             split: [g2(1)?, g2(2)?, g2(4)?, g2(8)?],
             // Q4_K also has a kernel with a lane per column (dotc).
             lane_per_column: match format {
-                WeightFormat::Q4K => Some(f(qdot, "dotc_q4k")?),
+                WeightFormat::Q4K => Some([
+                    f(qdot, "dotc_q4k")?,
+                    f(qdot, "dotc_q4k_r2")?,
+                    f(qdot, "dotc_q4k_r4")?,
+                    f(qdot, "dotc_q4k_r8")?,
+                ]),
                 _ => None,
             },
             mma: [m(1)?, m(2)?],
@@ -62,8 +68,9 @@ pub(super) enum DotChoice {
     /// dp4a, a warp per output column (qdot.cu `dot_*_r{rows}`), up to `rows` rows a pass (1,
     /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k.
     Warp { rows: usize, split: bool },
-    /// One row of Q4_K, a lane per output column (`dotc_q4k`).
-    LanePerColumn,
+    /// Q4_K, a lane per output column, up to `rows` rows a pass (1, 2, 4 or 8: `dotc_q4k`,
+    /// `dotc_q4k_r{rows}`).
+    LanePerColumn { rows: usize },
     /// int8 mma, 16 columns a CTA, 8 (`t1`) or 16 (`t2`) rows a pass.
     Mma { pass: usize },
     /// The tiled GEMM, 32 columns by `32 · wm` rows a CTA (`m1`, `m2`).
@@ -77,6 +84,8 @@ pub(super) struct DotSettings {
     pub(super) mma_from: usize,
     pub(super) gemm_from: usize,
     pub(super) dotc_min_cols: usize,
+    /// The most rows the lane-per-column kernels take.
+    pub(super) dotc_max_rows: usize,
     /// The shortest k for which the dp4a kernels take two warps a column.
     pub(super) split_from_k: usize,
     /// The GEMM's rows a CTA in tiles of 32 (1 or 2), or 0: chosen by the grid's size.
@@ -122,7 +131,11 @@ impl DotChoice {
                 };
                 DotChoice::Gemm { wm }
             }
-            1 if lane_per_column && n >= s.dotc_min_cols => DotChoice::LanePerColumn,
+            r if lane_per_column && n >= s.dotc_min_cols && r <= s.dotc_max_rows.min(8) => {
+                DotChoice::LanePerColumn {
+                    rows: r.next_power_of_two(),
+                }
+            }
             1 => warp(1),
             r if r >= s.mma_from && r <= 8 => DotChoice::Mma { pass: 8 },
             r if r >= s.mma_from => DotChoice::Mma { pass: 16 },
@@ -137,7 +150,7 @@ impl DotChoice {
         match self {
             DotChoice::Warp { split: false, .. } => (n.div_ceil(DOT_WARPS), 1, 256),
             DotChoice::Warp { split: true, .. } => (n.div_ceil(DOT_WARPS / 2), 1, 256),
-            DotChoice::LanePerColumn => (n.div_ceil(DOTC_COLS), 1, 256),
+            DotChoice::LanePerColumn { .. } => (n.div_ceil(DOTC_COLS), 1, 256),
             // The mma kernels' row passes spread over the grid's rows too.
             DotChoice::Mma { pass } => (n.div_ceil(MDOT_COLS), rows.div_ceil(pass), 256),
             DotChoice::Gemm { wm } => (n.div_ceil(QG_COLS), rows.div_ceil(32 * wm), 64 * wm as u32),
@@ -200,7 +213,10 @@ impl Gpu {
                     &fns.warp[i]
                 }
             }
-            DotChoice::LanePerColumn => fns.lane_per_column.as_ref().unwrap_or(&fns.warp[0]),
+            DotChoice::LanePerColumn { rows } => match &fns.lane_per_column {
+                Some(lanes) => &lanes[rows.trailing_zeros().min(3) as usize],
+                None => &fns.warp[0],
+            },
             DotChoice::Mma { pass: 8 } => &fns.mma[0],
             DotChoice::Mma { .. } => &fns.mma[1],
             DotChoice::Gemm { wm } => &fns.gemm[wm.min(2) - 1],
@@ -226,6 +242,7 @@ mod tests {
         mma_from: 8,
         gemm_from: 64,
         dotc_min_cols: 8192,
+        dotc_max_rows: 1,
         split_from_k: 0,
         gemm_wm: 0,
         sms: 132,
@@ -238,7 +255,8 @@ mod tests {
     #[test]
     fn each_row_count_takes_its_kernel() {
         let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
-        assert_eq!(of(1, 17_920), DotChoice::LanePerColumn);
+        assert_eq!(of(1, 17_920), DotChoice::LanePerColumn { rows: 1 });
+        assert_eq!(of(5, 17_920), warp(8, true));
         assert_eq!(of(1, 1536), warp(1, true));
         assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, true));
         assert_eq!(of(2, 1536), warp(2, true));
@@ -253,6 +271,33 @@ mod tests {
         assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
         let (gx, _, _) = warp(1, true).shape(1, 1536);
         assert_eq!(gx, 384);
+    }
+
+    #[test]
+    fn verification_rows_of_the_widest_q4k_products_can_take_a_lane_per_column() {
+        let lanes = DotSettings {
+            dotc_max_rows: 8,
+            ..H100
+        };
+        let of = |rows, n, q4k| DotChoice::of(rows, n, 1536, q4k, lanes);
+        for (rows, pass) in [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (8, 8)] {
+            assert_eq!(
+                of(rows, 17_920, true),
+                DotChoice::LanePerColumn { rows: pass }
+            );
+            // Not the narrow products, nor a format without the kernel.
+            assert_ne!(
+                of(rows, 1536, true),
+                DotChoice::LanePerColumn { rows: pass }
+            );
+            assert_ne!(
+                of(rows, 17_920, false),
+                DotChoice::LanePerColumn { rows: pass }
+            );
+        }
+        assert_eq!(of(9, 17_920, true), DotChoice::Mma { pass: 16 });
+        let (gx, gy, _) = DotChoice::LanePerColumn { rows: 8 }.shape(5, 17_920);
+        assert_eq!((gx, gy), (560, 1));
     }
 
     #[test]

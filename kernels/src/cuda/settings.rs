@@ -1,0 +1,127 @@
+//! Which kernel takes a product: the defaults (measured on the 1.5B's shapes), their
+//! environment variables, and the [`Gpu`] settings that tests and benchmarks switch.
+
+use std::sync::atomic::Ordering;
+
+use super::{ops, qdot, Gpu, MatmulKernel};
+
+/// The fewest rows the 8-bit-activation products take on the tensor cores by default: on the
+/// 1.5B's shapes (H100, BENCHMARKS.md, session 20) dp4a was faster up to 5 rows a product and
+/// int8 mma from 8 (and for prefill).
+pub const DOT_MMA_FROM: usize = 8;
+
+/// The fewest rows the 8-bit-activation products take in the tiled GEMM by default (qgemm.cu:
+/// 32 columns by 32 or 64 rows a CTA, the next stage's loads in flight while the tensor cores
+/// work), the rows of prefill and of large batches; fewer take int8 mma or dp4a. On the 1.5B's
+/// shapes (H100, BENCHMARKS.md, session 22) a forward of 32 rows took 10.6 ms through it
+/// against 6.5 through int8 mma, 64 rows the same (11.3 / 11.0), 128 rows 13.3 against 19.3.
+pub const DOT_GEMM_FROM: usize = 64;
+
+/// The shortest k for which the dp4a products (up to 7 rows) take two warps an output column by
+/// default, each walking half of every 8 blocks: every k. On the 1.5B's shapes (H100,
+/// BENCHMARKS.md, session 22) a decode step took 1.446 ms with every product split, 1.484 with
+/// only the down projections (k = 8,960) and 1.545 with none; five rows 2.49 / 2.62 / 2.81.
+pub const DOT_SPLIT_FROM_K: usize = 0;
+
+/// The fewest output columns for which one row of a Q4_K product takes the lane-per-column
+/// kernel by default: on the 1.5B's shapes (H100, session 20) it gained 4 % of a decode step
+/// on the gate and up products (17,920 columns) and lost on the narrow ones (1,536 and 2,048
+/// columns: 48 to 64 CTAs of 32 columns do not fill the GPU).
+pub const DOTC_MIN_COLS: usize = 8192;
+
+/// The most rows a Q4_K product of at least [`DOTC_MIN_COLS`] columns takes through the
+/// lane-per-column kernels by default (`dotc_q4k` for one row, `dotc_q4k_r{2,4,8}` for
+/// verification rows, which decode each weight block once for all rows; more take the kernels
+/// of a warp per column). One until the multi-row kernels have been measured on a GPU.
+pub const DOTC_MAX_ROWS: usize = 1;
+
+/// The number in the environment variable `name`, or `default` when unset or not a number.
+pub(super) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Gpu {
+    /// The row-product kernel `matmul_rows` uses (`SPECD_MATMUL=16x8`, `simple`, ... picks
+    /// another; see [`MatmulKernel`]).
+    pub fn matmul_kernel(&self) -> MatmulKernel {
+        MatmulKernel::CHOICES[self.matmul_kernel.load(Ordering::Relaxed)]
+    }
+
+    /// Switches the row-product kernel (graphs captured before keep the old one).
+    pub fn set_matmul_kernel(&self, k: MatmulKernel) {
+        self.matmul_kernel
+            .store(ops::kernel_index(k), Ordering::Relaxed);
+    }
+
+    /// The fewest rows the 8-bit-activation products take on the tensor cores (int8 mma) rather
+    /// than dp4a (qdot.cu); both add in one order, so this changes speed only.
+    pub fn dot_mma_from(&self) -> usize {
+        self.dot_mma_from.load(Ordering::Relaxed).max(2)
+    }
+
+    /// The fewest rows the 8-bit-activation products take in the tiled GEMM (qgemm.cu); the
+    /// same bits as the other kernels.
+    pub fn dot_gemm_from(&self) -> usize {
+        self.dot_gemm_from.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::dot_gemm_from`] (graphs captured before keep the old choice).
+    pub fn set_dot_gemm_from(&self, rows: usize) {
+        self.dot_gemm_from.store(rows, Ordering::Relaxed);
+    }
+
+    /// Sets the shortest k for which the dp4a products take two warps a column (the same bits
+    /// either way; graphs captured before keep the old choice).
+    pub fn set_dot_split_from_k(&self, k: usize) {
+        self.dot_split_from_k.store(k, Ordering::Relaxed);
+    }
+
+    /// Sets the tiled GEMM's rows a CTA in tiles of 32 (1 or 2; 0: by the grid's size, the
+    /// default). The same bits either way; graphs captured before keep the old choice.
+    pub fn set_dot_gemm_wm(&self, wm: usize) {
+        self.dot_gemm_wm.store(wm, Ordering::Relaxed);
+    }
+
+    /// What picks an 8-bit-activation product's kernel.
+    pub(super) fn dot_settings(&self) -> qdot::DotSettings {
+        qdot::DotSettings {
+            mma_from: self.dot_mma_from(),
+            gemm_from: self.dot_gemm_from(),
+            dotc_min_cols: self.dotc_min_cols(),
+            dotc_max_rows: self.dotc_max_rows(),
+            split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
+            gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
+            sms: self.kernels().sms,
+        }
+    }
+
+    /// The fewest output columns for which a one-row Q4_K product takes the kernel with a lane
+    /// per column rather than a warp per column (the same bits either way).
+    pub fn dotc_min_cols(&self) -> usize {
+        self.dotc_min_cols.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::dotc_min_cols`] (graphs captured before keep the old choice).
+    pub fn set_dotc_min_cols(&self, cols: usize) {
+        self.dotc_min_cols.store(cols, Ordering::Relaxed);
+    }
+
+    /// The most rows (1 to 8) a Q4_K product of [`Gpu::dotc_min_cols`] columns or more takes
+    /// through the lane-per-column kernels (the same bits either way).
+    pub fn dotc_max_rows(&self) -> usize {
+        self.dotc_max_rows.load(Ordering::Relaxed).clamp(1, 8)
+    }
+
+    /// Sets [`Gpu::dotc_max_rows`] (graphs captured before keep the old choice).
+    pub fn set_dotc_max_rows(&self, rows: usize) {
+        self.dotc_max_rows.store(rows, Ordering::Relaxed);
+    }
+
+    /// Sets [`Gpu::dot_mma_from`] (graphs captured before keep the old choice).
+    pub fn set_dot_mma_from(&self, rows: usize) {
+        self.dot_mma_from.store(rows, Ordering::Relaxed);
+    }
+}
