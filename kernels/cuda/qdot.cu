@@ -109,14 +109,91 @@ extern "C" __global__ void __launch_bounds__(256) dotc_q4k(
     }
 }
 
-// ---- 2 to RG rows a pass of Q4_K, a lane per output column: dotc_q4k's walk, with the block's
-// header and quants decoded once for all the pass's rows (verification rows). At the end of a
-// pass the class sums of up to four rows at a time meet in shared memory, where warp q adds row
-// q's 64 classes in class order. (One row keeps its own kernel above: this one's row loop costs
-// it 72 registers a thread against 44, and so CTAs an SM.)
+// ---- A lane per output column for more rows, and for Q6_K: dotc_q4k's walk, the block's weights
+// decoded once for all of a pass's rows (verification rows). A format's column reader loads a
+// lane's block whole (`load`), unpacks one chunk's weights (`chunk`) and adds a row's chunk as
+// an exact integer sum (`term`), in the terms of q8.cuh. At the end of a pass the class sums of
+// up to four rows at a time meet in shared memory, where warp q adds row q's 64 classes in class
+// order. (One row of Q4_K keeps dotc_q4k above: this walk's row loop costs it 72 registers a
+// thread against 44, and so CTAs an SM.)
 #define DOTC_TABLE_ROWS 4
 
-template <int RG>
+struct Q4kColumn {
+    static constexpr int BYTES = 144;
+    uint4 head, qs[8];
+    float2 dd;
+    struct Chunk {
+        uint4 lo, hi;
+        float scale, minv;
+    };
+    __device__ __forceinline__ void load(const uint8_t* blk) {
+        head = ldg16(blk);
+#pragma unroll
+        for (int p = 0; p < 8; ++p) qs[p] = ldg16(blk + 16 + 16 * p);
+        dd = q4k_d_dmin(head);
+    }
+    __device__ __forceinline__ Chunk chunk(int j) const {
+        Chunk c;
+        q4k_scale_min(head, dd, j, c.scale, c.minv);
+        const int sh = (j % 2) * 4;
+        c.lo = low_nibbles(qs[(j / 2) * 2], sh);
+        c.hi = low_nibbles(qs[(j / 2) * 2 + 1], sh);
+        return c;
+    }
+    __device__ __forceinline__ float term(const Chunk& c, const int8_t* xc, XChunk m) const {
+        const int isum = dot16(c.lo, ldg16(xc)) + dot16(c.hi, ldg16(xc + 16));
+        return q4k_term(c.scale, c.minv, isum, m);
+    }
+};
+
+// Q6_K: chunk j is quarter q = j % 4 of half h = j / 4: its weights' low 4 bits are nibble q / 2
+// of ql[64 h + 32 (q % 2) + p], their high 2 bits bits 2q, 2q + 1 of qh[32 h + p] (p = 0..31), and
+// its two sub-blocks of 16 have the int8 scales sc[8 h + 2 q] and sc[8 h + 2 q + 1]. A block is
+// 210 bytes, so a block may start at an address of 2 mod 4 (ld16_aligned2).
+struct Q6kColumn {
+    static constexpr int BYTES = 210;
+    uint4 ql[8], qh[4], sc;
+    float d;
+    struct Chunk {
+        uint4 u0, u1;  // the 6-bit values (0..63) of the two sub-blocks, a byte each
+        int s0, s1;
+    };
+    __device__ __forceinline__ void load(const uint8_t* blk) {
+#pragma unroll
+        for (int p = 0; p < 8; ++p) ql[p] = ld16_aligned2(blk + 16 * p);
+#pragma unroll
+        for (int p = 0; p < 4; ++p) qh[p] = ld16_aligned2(blk + 128 + 16 * p);
+        sc = ld16_aligned2(blk + 192);
+        d = half_at(blk + 208);
+    }
+    __device__ __forceinline__ static uint4 six_bits(uint4 l, uint4 h, int lsh, int hsh) {
+        return make_uint4(((l.x >> lsh) & 0x0F0F0F0Fu) | (((h.x >> hsh) & 0x03030303u) << 4),
+                          ((l.y >> lsh) & 0x0F0F0F0Fu) | (((h.y >> hsh) & 0x03030303u) << 4),
+                          ((l.z >> lsh) & 0x0F0F0F0Fu) | (((h.z >> hsh) & 0x03030303u) << 4),
+                          ((l.w >> lsh) & 0x0F0F0F0Fu) | (((h.w >> hsh) & 0x03030303u) << 4));
+    }
+    __device__ __forceinline__ static int scale_at(uint4 v, int i) {
+        const uint32_t word = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
+        return (int)(int8_t)(word >> (8 * (i % 4)));
+    }
+    __device__ __forceinline__ Chunk chunk(int j) const {
+        const int h = j / 4, q = j % 4;
+        const int l0 = 4 * h + 2 * (q % 2), lsh = 4 * (q / 2), hsh = 2 * q;
+        Chunk c;
+        c.u0 = six_bits(ql[l0], qh[2 * h], lsh, hsh);
+        c.u1 = six_bits(ql[l0 + 1], qh[2 * h + 1], lsh, hsh);
+        c.s0 = scale_at(sc, 8 * h + 2 * q);
+        c.s1 = scale_at(sc, 8 * h + 2 * q + 1);
+        return c;
+    }
+    __device__ __forceinline__ float term(const Chunk& c, const int8_t* xc, XChunk m) const {
+        const int ia = c.s0 * (dot16(c.u0, ldg16(xc)) - 32 * m.sum[0]);
+        const int ib = c.s1 * (dot16(c.u1, ldg16(xc + 16)) - 32 * m.sum[1]);
+        return q6k_term(d, ia + ib, m.d);
+    }
+};
+
+template <class Column, int RG>
 __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t row_bytes,
                                           const int8_t* __restrict__ xq,
                                           const XChunk* __restrict__ xm, float* __restrict__ y,
@@ -135,27 +212,18 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
 #pragma unroll
             for (int j = 0; j < 8; ++j) part[r][j] = 0.f;
         for (int b = warp; b < blocks; b += 8) {
-            const uint8_t* blk = wr + (size_t)b * 144;
-            const uint4 head = ldg16(blk);
-            uint4 qs[8];
-#pragma unroll
-            for (int p = 0; p < 8; ++p) qs[p] = ldg16(blk + 16 + 16 * p);
-            const float2 dd = q4k_d_dmin(head);
+            Column wc;
+            wc.load(wr + (size_t)b * Column::BYTES);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                float scale, minv;
-                q4k_scale_min(head, dd, j, scale, minv);
-                const int sh = (j % 2) * 4;
-                const uint4 lo = low_nibbles(qs[(j / 2) * 2], sh);
-                const uint4 hi = low_nibbles(qs[(j / 2) * 2 + 1], sh);
+                const typename Column::Chunk c = wc.chunk(j);
 #pragma unroll
                 for (int r = 0; r < RG; ++r) {
                     if (r0 + r >= rows) break;
                     const size_t row = (size_t)(r0 + r);
-                    const int8_t* xc = xq + row * k + (size_t)b * 256 + 32 * j;
-                    const int isum = dot16(lo, ldg16(xc)) + dot16(hi, ldg16(xc + 16));
-                    const XChunk xc_meta = xm[row * chunks + (size_t)b * 8 + j];
-                    part[r][j] = __fadd_rn(part[r][j], q4k_term(scale, minv, isum, xc_meta));
+                    const float t = wc.term(c, xq + row * k + (size_t)b * 256 + 32 * j,
+                                            xm[row * chunks + (size_t)b * 8 + j]);
+                    part[r][j] = __fadd_rn(part[r][j], t);
                 }
             }
         }
@@ -179,20 +247,24 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
     }
 }
 
-// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias, W in Q4_K; grid ceil(n / 32) CTAs of 256
-// threads.
-#define DOTC_KERNEL(NAME, RG, MINB)                                                                 \
+// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias; grid ceil(n / 32) CTAs of 256 threads, at
+// least MINB of them resident an SM.
+#define DOTC_KERNEL(NAME, COLUMN, RG, MINB)                                                         \
     extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                   \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
-        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,       \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         grid_dependency();                                                                          \
-        dotc_body<RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                      \
+        dotc_body<COLUMN, RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);              \
     }
 // (Eight rows fit two CTAs an SM only below 128 registers a thread.)
-DOTC_KERNEL(dotc_q4k_r2, 2, 1)
-DOTC_KERNEL(dotc_q4k_r4, 4, 1)
-DOTC_KERNEL(dotc_q4k_r8, 8, 2)
+DOTC_KERNEL(dotc_q4k_r2, Q4kColumn, 2, 1)
+DOTC_KERNEL(dotc_q4k_r4, Q4kColumn, 4, 1)
+DOTC_KERNEL(dotc_q4k_r8, Q4kColumn, 8, 2)
+DOTC_KERNEL(dotc_q6k_r1, Q6kColumn, 1, 1)
+DOTC_KERNEL(dotc_q6k_r2, Q6kColumn, 2, 1)
+DOTC_KERNEL(dotc_q6k_r4, Q6kColumn, 4, 1)
+DOTC_KERNEL(dotc_q6k_r8, Q6kColumn, 8, 2)
 
 #define DOT_WARPS 8
 

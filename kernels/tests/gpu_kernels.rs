@@ -259,11 +259,13 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     split.set_dot_gemm_from(usize::MAX);
     split.set_dot_split_from_k(0);
     split.set_dotc_min_cols(usize::MAX);
-    // A lane per column for up to 8 rows of the products that have it (Q4_K), dp4a otherwise.
+    // A lane per column for up to 8 rows of the products that have it (Q4_K, Q6_K), dp4a
+    // otherwise.
     let lanes = gpu();
     lanes.set_dot_mma_from(usize::MAX);
     lanes.set_dot_gemm_from(usize::MAX);
     lanes.set_dotc_min_cols(0);
+    lanes.set_dotc_q6k_min_cols(0);
     lanes.set_dotc_max_rows(8);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);

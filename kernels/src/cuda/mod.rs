@@ -29,7 +29,9 @@ pub use error::{GpuError, GpuResult};
 pub use graph::{GpuTimer, Graph};
 pub use memory::{bf16_to_f32, f32_to_bf16, Buffer};
 use settings::env_usize;
-pub use settings::{DOTC_MAX_ROWS, DOTC_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM, DOT_SPLIT_FROM_K};
+pub use settings::{
+    DOTC_MAX_ROWS, DOTC_MIN_COLS, DOTC_Q6K_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM, DOT_SPLIT_FROM_K,
+};
 
 /// A raw device address.
 pub type DevicePtr = u64;
@@ -73,6 +75,9 @@ pub struct Gpu {
     /// The most rows a product takes through the lane-per-column kernels (`SPECD_DOTC_MAX_ROWS`,
     /// default [`DOTC_MAX_ROWS`], at most 8).
     dotc_max_rows: std::sync::atomic::AtomicUsize,
+    /// The fewest output columns a Q6_K product needs to take the lane-per-column kernels
+    /// (`SPECD_DOTC_Q6K_MIN_COLS`, default [`DOTC_Q6K_MIN_COLS`]).
+    dotc_q6k_min_cols: std::sync::atomic::AtomicUsize,
     launches: AtomicU64,
     /// Launch kernels with programmatic dependent launch (`SPECD_PDL=0` turns it off).
     pdl: bool,
@@ -133,6 +138,7 @@ impl Gpu {
             dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             dotc_max_rows: env_usize("SPECD_DOTC_MAX_ROWS", DOTC_MAX_ROWS).into(),
+            dotc_q6k_min_cols: env_usize("SPECD_DOTC_Q6K_MIN_COLS", DOTC_Q6K_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),
             dequant: Mutex::new(None),

@@ -16,8 +16,8 @@ pub(super) struct DotKernels {
     /// a column, each taking half of k's blocks.
     warp: [CudaFunction; 4],
     split: [CudaFunction; 4],
-    /// A lane per column (for the widest matrices; see `Gpu::dotc_min_cols` and
-    /// `Gpu::dotc_max_rows`), 1, 2, 4 and 8 rows a pass.
+    /// A lane per column (for the widest matrices; see `Gpu::dotc_min_cols`,
+    /// `Gpu::dotc_q6k_min_cols` and `Gpu::dotc_max_rows`), 1, 2, 4 and 8 rows a pass.
     lane_per_column: Option<[CudaFunction; 4]>,
     /// int8 mma, 16 columns a CTA, 8 and 16 rows a pass.
     mma: [CudaFunction; 2],
@@ -45,13 +45,20 @@ impl DotKernels {
         Ok(Self {
             warp: [g(1)?, g(2)?, g(4)?, g(8)?],
             split: [g2(1)?, g2(2)?, g2(4)?, g2(8)?],
-            // Q4_K also has a kernel with a lane per column (dotc).
+            // Q4_K and Q6_K also have kernels with a lane per column (dotc; Q4_K's one-row
+            // kernel is its own).
             lane_per_column: match format {
                 WeightFormat::Q4K => Some([
                     f(qdot, "dotc_q4k")?,
                     f(qdot, "dotc_q4k_r2")?,
                     f(qdot, "dotc_q4k_r4")?,
                     f(qdot, "dotc_q4k_r8")?,
+                ]),
+                WeightFormat::Q6K => Some([
+                    f(qdot, "dotc_q6k_r1")?,
+                    f(qdot, "dotc_q6k_r2")?,
+                    f(qdot, "dotc_q6k_r4")?,
+                    f(qdot, "dotc_q6k_r8")?,
                 ]),
                 _ => None,
             },
@@ -68,8 +75,8 @@ pub(super) enum DotChoice {
     /// dp4a, a warp per output column (qdot.cu `dot_*_r{rows}`), up to `rows` rows a pass (1,
     /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k.
     Warp { rows: usize, split: bool },
-    /// Q4_K, a lane per output column, up to `rows` rows a pass (1, 2, 4 or 8: `dotc_q4k`,
-    /// `dotc_q4k_r{rows}`).
+    /// Q4_K or Q6_K, a lane per output column, up to `rows` rows a pass (1, 2, 4 or 8:
+    /// `dotc_q4k`, `dotc_q4k_r{rows}`, `dotc_q6k_r{rows}`).
     LanePerColumn { rows: usize },
     /// int8 mma, 16 columns a CTA, 8 (`t1`) or 16 (`t2`) rows a pass.
     Mma { pass: usize },
@@ -77,12 +84,14 @@ pub(super) enum DotChoice {
     Gemm { wm: usize },
 }
 
-/// The settings [`DotChoice::of`] reads ([`Gpu::dot_mma_from`], [`Gpu::dot_gemm_from`],
-/// [`Gpu::dotc_min_cols`], the GPU's multiprocessors).
+/// The settings [`DotChoice::of`] reads for a product of one weight format ([`Gpu::dot_mma_from`],
+/// [`Gpu::dot_gemm_from`], the format's [`Gpu::dotc_min_cols`] or [`Gpu::dotc_q6k_min_cols`],
+/// [`Gpu::dotc_max_rows`], the GPU's multiprocessors).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct DotSettings {
     pub(super) mma_from: usize,
     pub(super) gemm_from: usize,
+    /// The fewest columns for the lane-per-column kernels (of this format).
     pub(super) dotc_min_cols: usize,
     /// The most rows the lane-per-column kernels take.
     pub(super) dotc_max_rows: usize,
@@ -203,7 +212,7 @@ impl Gpu {
         }
         let fns = &self.kernels().dot[&a.w.format.index()];
         let lane_per_column = fns.lane_per_column.is_some();
-        let choice = DotChoice::of(a.rows, n, k, lane_per_column, self.dot_settings());
+        let choice = DotChoice::of(a.rows, n, k, lane_per_column, self.dot_settings(a.w.format));
         let f = match choice {
             DotChoice::Warp { rows, split } => {
                 let i = rows.trailing_zeros().min(3) as usize;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{ops, qdot, Gpu, MatmulKernel};
+use super::{ops, qdot, Gpu, MatmulKernel, WeightFormat};
 
 /// The fewest rows the 8-bit-activation products take on the tensor cores by default: on the
 /// 1.5B's shapes (H100, BENCHMARKS.md, session 20) dp4a was faster up to 5 rows a product and
@@ -34,6 +34,11 @@ pub const DOTC_MIN_COLS: usize = 8192;
 /// verification rows, which decode each weight block once for all rows; more take the kernels
 /// of a warp per column). One until the multi-row kernels have been measured on a GPU.
 pub const DOTC_MAX_ROWS: usize = 1;
+
+/// The fewest output columns for which a Q6_K product takes the lane-per-column kernels
+/// (`dotc_q6k_r{1,2,4,8}`) by default: none, until they have been measured on a GPU (the one
+/// Q6_K matrix that wide in the 1.5B is its head, 151,936 columns).
+pub const DOTC_Q6K_MIN_COLS: usize = usize::MAX;
 
 /// The number in the environment variable `name`, or `default` when unset or not a number.
 pub(super) fn env_usize(name: &str, default: usize) -> usize {
@@ -85,12 +90,15 @@ impl Gpu {
         self.dot_gemm_wm.store(wm, Ordering::Relaxed);
     }
 
-    /// What picks an 8-bit-activation product's kernel.
-    pub(super) fn dot_settings(&self) -> qdot::DotSettings {
+    /// What picks the kernel of an 8-bit-activation product over weights of `format`.
+    pub(super) fn dot_settings(&self, format: WeightFormat) -> qdot::DotSettings {
         qdot::DotSettings {
             mma_from: self.dot_mma_from(),
             gemm_from: self.dot_gemm_from(),
-            dotc_min_cols: self.dotc_min_cols(),
+            dotc_min_cols: match format {
+                WeightFormat::Q6K => self.dotc_q6k_min_cols(),
+                _ => self.dotc_min_cols(),
+            },
             dotc_max_rows: self.dotc_max_rows(),
             split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
             gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
@@ -98,8 +106,9 @@ impl Gpu {
         }
     }
 
-    /// The fewest output columns for which a one-row Q4_K product takes the kernel with a lane
-    /// per column rather than a warp per column (the same bits either way).
+    /// The fewest output columns for which a Q4_K product (of at most [`Gpu::dotc_max_rows`]
+    /// rows) takes the kernels with a lane per column rather than a warp per column (the same
+    /// bits either way).
     pub fn dotc_min_cols(&self) -> usize {
         self.dotc_min_cols.load(Ordering::Relaxed)
     }
@@ -109,8 +118,20 @@ impl Gpu {
         self.dotc_min_cols.store(cols, Ordering::Relaxed);
     }
 
-    /// The most rows (1 to 8) a Q4_K product of [`Gpu::dotc_min_cols`] columns or more takes
-    /// through the lane-per-column kernels (the same bits either way).
+    /// The fewest output columns for which a Q6_K product takes the kernels with a lane per
+    /// column (the same bits either way).
+    pub fn dotc_q6k_min_cols(&self) -> usize {
+        self.dotc_q6k_min_cols.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::dotc_q6k_min_cols`] (graphs captured before keep the old choice).
+    pub fn set_dotc_q6k_min_cols(&self, cols: usize) {
+        self.dotc_q6k_min_cols.store(cols, Ordering::Relaxed);
+    }
+
+    /// The most rows (1 to 8) a product wide enough for the lane-per-column kernels
+    /// ([`Gpu::dotc_min_cols`], [`Gpu::dotc_q6k_min_cols`]) takes through them (the same bits
+    /// either way).
     pub fn dotc_max_rows(&self) -> usize {
         self.dotc_max_rows.load(Ordering::Relaxed).clamp(1, 8)
     }
