@@ -256,6 +256,43 @@ __device__ __forceinline__ void attention_body(
     combine_splits(sp.n, first, first + 1, (int)stride, first + 2, (int)stride, head_dim, global_load, o);
 }
 
+// Before the wait for the kernel before (which writes the step's queries and the newest keys
+// and values): ask L2 for the key and value rows this CTA will read, from the step's metadata
+// (uploaded by the host before the forward, never written by a kernel). The query heads of a
+// KV group share the work. A launch of more than 128 rows (prefill, whose rows overlap one
+// another's positions) asks for nothing.
+__device__ __forceinline__ void prefetch_kv(bf16* const* __restrict__ chunks, int chunk_blocks, int layer,
+                                            int n_layers, const int* __restrict__ row_seq,
+                                            const int* __restrict__ row_kv_len,
+                                            const int* __restrict__ tables, int table_width,
+                                            int n_heads, int n_kv, int head_dim, int window) {
+    if (gridDim.x > 128) return;
+    const int row = blockIdx.x, h = blockIdx.y, z = blockIdx.z;
+    const int seq = row_seq[row];
+    if (seq < 0) return;
+    const int len = row_kv_len[row];
+    const int start = window > 0 ? max(0, len - window) : 0;
+    const Splits sp = splits_of(len - start);
+    const bool one_cta = sp.n == 1 || (int)gridDim.z < sp.n;
+    if (one_cta ? z != 0 : z >= sp.n) return;
+    const int lo = one_cta ? start : start + z * sp.span;
+    const int hi = one_cta ? len : min(len, lo + sp.span);
+    const int group = n_heads / n_kv, kvh = h / group, kv_dim = n_kv * head_dim;
+    const size_t block_elems = (size_t)n_layers * 2 * BLOCK_SLOTS * kv_dim;
+    const int* table = tables + (size_t)seq * table_width;
+    const int lines = (head_dim * 2 + 127) / 128;  // a key or value row, 128-byte lines
+    const int per_pos = 2 * lines;
+    const int total = (hi - lo) * per_pos;
+    for (int i = (h % group) * blockDim.x + threadIdx.x; i < total; i += group * blockDim.x) {
+        const int p = lo + i / per_pos, r = i % per_pos;
+        const int block = table[p / BLOCK_SLOTS];
+        const bf16* b = chunks[block / chunk_blocks] + (size_t)(block % chunk_blocks) * block_elems;
+        const bf16* kr = b + ((size_t)(layer * 2 + r / lines) * BLOCK_SLOTS + p % BLOCK_SLOTS) * kv_dim +
+                         kvh * head_dim;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kr) + 128 * (r % lines)));
+    }
+}
+
 // One kernel per head-dimension specialization: paged_attention_64, _128, and paged_attention
 // for any other multiple of 8 up to 256. Grid (rows, n_heads, splits), 256 threads; with splits
 // > 1, `partials` holds [rows][n_heads][MAX_SPLITS][2 + head_dim] floats and `counters`
@@ -267,6 +304,8 @@ __device__ __forceinline__ void attention_body(
         const int* __restrict__ row_kv_len, const int* __restrict__ tables, int table_width,       \
         int n_heads, int n_kv, int head_dim, float scale, int window,                              \
         float* __restrict__ partials, unsigned* __restrict__ counters, bf16* __restrict__ out) {    \
+        prefetch_kv(chunks, chunk_blocks, layer, n_layers, row_seq, row_kv_len, tables, table_width, \
+                    n_heads, n_kv, head_dim, window);                                               \
         grid_dependency();                                                                          \
         attention_body<HD>(q, q_stride, chunks, chunk_blocks, layer, n_layers, row_seq, row_kv_len, \
                            tables, table_width, n_heads, n_kv, head_dim, scale, window, partials,  \

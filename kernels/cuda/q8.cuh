@@ -37,6 +37,19 @@ __device__ __forceinline__ float q6k_term(float d, int isum, float dx) {
     return __fmul_rn(dx, __fmul_rn(d, __int2float_rn(isum)));
 }
 
+// prefetch_then_wait for the `cols` weight columns (rows of W, `row_bytes` each) that CTA
+// blockIdx.x of a product takes, clipped to the matrix's n; the CTAs of other grid rows
+// (blockIdx.y > 0) read the same weights and only wait.
+__device__ __forceinline__ void cta_columns_then_wait(const uint8_t* w, unsigned long long row_bytes,
+                                                      int n, int cols) {
+    const int c0 = blockIdx.x * cols;
+    const int c1 = min(c0 + cols, n);
+    if (blockIdx.y == 0 && c1 > c0)
+        prefetch_then_wait(w + (size_t)c0 * row_bytes, (size_t)(c1 - c0) * row_bytes);
+    else
+        grid_dependency();
+}
+
 __device__ __forceinline__ uint4 ldg16(const void* p) {
     return __ldg(reinterpret_cast<const uint4*>(p));
 }

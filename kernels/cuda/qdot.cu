@@ -439,6 +439,19 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
     }
 }
 
+// The start of a warp-per-column kernel of RG rows a pass whose CTAs take `cols` columns: the
+// 8-row kernels ask L2 for their CTA's weights before the wait (cta_columns_then_wait), the
+// others only wait. Measured on an H100 (BENCHMARKS.md, session 26): asking costs a one-row
+// decode step ~1 % and gains 2 to 4 rows nothing, and takes ~3 % off 5 and 8 rows.
+template <int RG>
+__device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long row_bytes, int n,
+                                         int cols) {
+    if (RG >= 8)
+        cta_columns_then_wait(w, row_bytes, n, cols);
+    else
+        grid_dependency();
+}
+
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
 // a column, ceil(n / 4) CTAs).
@@ -447,14 +460,14 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
-        grid_dependency();                                                                          \
+        dot_wait<RG>(w, row_bytes, n, DOT_WARPS);                                                   \
         dot_body<RG, LANE, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG##_s2(       \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
-        grid_dependency();                                                                          \
+        dot_wait<RG>(w, row_bytes, n, DOT_WARPS / 2);                                               \
         dot_body<RG, LANE, 2>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
     }
 DOT_KERNEL(q4k, Q4kLane, 1)

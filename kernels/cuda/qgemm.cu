@@ -288,7 +288,7 @@ __device__ __forceinline__ void qgemm_body(const uint8_t* __restrict__ w, size_t
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
-        grid_dependency();                                                                          \
+        cta_columns_then_wait(w, row_bytes, n, QG_COLS);                                            \
         qgemm_body<F, WM>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                 \
     }
 QGEMM_KERNEL(q4k, F_Q4K, 1)

@@ -193,7 +193,7 @@ __device__ __forceinline__ void mdot_body(const uint8_t* __restrict__ w, size_t 
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
-        grid_dependency();                                                                          \
+        cta_columns_then_wait(w, row_bytes, n, MDOT_COLS);                                          \
         mdot_body<F, RT>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);                  \
     }
 MDOT_KERNEL(q4k, F_Q4K, 1)

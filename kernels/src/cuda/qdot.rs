@@ -251,7 +251,7 @@ mod tests {
         mma_from: 8,
         gemm_from: 64,
         dotc_min_cols: 8192,
-        dotc_max_rows: 1,
+        dotc_max_rows: 4,
         split_from_k: 0,
         gemm_wm: 0,
         sms: 132,
@@ -265,6 +265,7 @@ mod tests {
     fn each_row_count_takes_its_kernel() {
         let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
         assert_eq!(of(1, 17_920), DotChoice::LanePerColumn { rows: 1 });
+        assert_eq!(of(3, 17_920), DotChoice::LanePerColumn { rows: 4 });
         assert_eq!(of(5, 17_920), warp(8, true));
         assert_eq!(of(1, 1536), warp(1, true));
         assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, true));

@@ -29,16 +29,19 @@ pub const DOT_SPLIT_FROM_K: usize = 0;
 /// columns: 48 to 64 CTAs of 32 columns do not fill the GPU).
 pub const DOTC_MIN_COLS: usize = 8192;
 
-/// The most rows a Q4_K product of at least [`DOTC_MIN_COLS`] columns takes through the
-/// lane-per-column kernels by default (`dotc_q4k` for one row, `dotc_q4k_r{2,4,8}` for
-/// verification rows, which decode each weight block once for all rows; more take the kernels
-/// of a warp per column). One until the multi-row kernels have been measured on a GPU.
-pub const DOTC_MAX_ROWS: usize = 1;
+/// The most rows a product wide enough for the lane-per-column kernels ([`DOTC_MIN_COLS`],
+/// [`DOTC_Q6K_MIN_COLS`]) takes through them by default (`dotc_q4k` for one row of Q4_K,
+/// `dotc_{q4k,q6k}_r{1,2,4}` otherwise: each weight block decoded once for all the rows; more
+/// rows take the kernels of a warp per column). On the 1.5B's shapes (H100, BENCHMARKS.md,
+/// session 26) they took 5–7 % off 2, 3 and 4 verification rows and added 10 % to 5 rows and
+/// 27 % to 8 (the 8-row kernel holds 128 registers a thread and spills).
+pub const DOTC_MAX_ROWS: usize = 4;
 
 /// The fewest output columns for which a Q6_K product takes the lane-per-column kernels
-/// (`dotc_q6k_r{1,2,4,8}`) by default: none, until they have been measured on a GPU (the one
-/// Q6_K matrix that wide in the 1.5B is its head, 151,936 columns).
-pub const DOTC_Q6K_MIN_COLS: usize = usize::MAX;
+/// (`dotc_q6k_r{1,2,4}`) by default: of the 1.5B's Q6_K matrices only the head (151,936
+/// columns), not its down and value projections (1,536 and 256: too few CTAs of 32 columns).
+/// On an H100 (session 26) the head through them took ~1 % off a decode step.
+pub const DOTC_Q6K_MIN_COLS: usize = 65_536;
 
 /// The number in the environment variable `name`, or `default` when unset or not a number.
 pub(super) fn env_usize(name: &str, default: usize) -> usize {
