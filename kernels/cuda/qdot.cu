@@ -205,7 +205,7 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
     const int col = blockIdx.x * DOTC_COLS + lane;
     const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
     const int blocks = k / 256, chunks = k / 32;
-    for (int r0 = blockIdx.y * RG; r0 < rows; r0 += gridDim.y * RG) {
+    for (int r0 = 0; r0 < rows; r0 += RG) {
         float part[RG][8];
 #pragma unroll
         for (int r = 0; r < RG; ++r)
@@ -247,9 +247,8 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
     }
 }
 
-// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias; grid ceil(n / 32) CTAs of 256 threads (at
-// least MINB of them resident an SM) by any number of grid rows, which take the passes of RG rows
-// in turn.
+// y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias; grid ceil(n / 32) CTAs of 256 threads, at
+// least MINB of them resident an SM.
 #define DOTC_KERNEL(NAME, COLUMN, RG, MINB)                                                         \
     extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                   \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
@@ -399,7 +398,7 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
     const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
     const int chunks = k / 32, blocks = k / 256;
     Lane l(lane);
-    for (int r0 = blockIdx.y * RG; r0 < rows; r0 += gridDim.y * RG) {
+    for (int r0 = 0; r0 < rows; r0 += RG) {
         float part[RG][2];
 #pragma unroll
         for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
@@ -455,8 +454,7 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
 
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
-// a column, ceil(n / 4) CTAs) by any number of grid rows, which take the passes of RG rows in
-// turn.
+// a column, ceil(n / 4) CTAs).
 #define DOT_KERNEL(FMTNAME, LANE, RG)                                                               \
     extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG(            \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \

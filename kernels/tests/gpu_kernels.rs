@@ -267,14 +267,6 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     lanes.set_dotc_min_cols(0);
     lanes.set_dotc_q6k_min_cols(0);
     lanes.set_dotc_max_rows(8);
-    // The same with two rows a CTA, a product's rows spread over the grid's rows.
-    let lanes_y = gpu();
-    lanes_y.set_dot_mma_from(usize::MAX);
-    lanes_y.set_dot_gemm_from(usize::MAX);
-    lanes_y.set_dotc_min_cols(0);
-    lanes_y.set_dotc_q6k_min_cols(0);
-    lanes_y.set_dotc_max_rows(8);
-    lanes_y.set_dot_rows_per_cta(2);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
     tiled.set_dot_gemm_wm(1);

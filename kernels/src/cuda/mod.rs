@@ -69,9 +69,6 @@ pub struct Gpu {
     /// The tiled GEMM's rows a CTA in tiles of 32 (1 or 2; 0: by the grid's size):
     /// `SPECD_DOT_GEMM_WM`, default 0.
     dot_gemm_wm: std::sync::atomic::AtomicUsize,
-    /// The most rows a CTA of the dp4a and lane-per-column products takes, or 0 for all up to
-    /// the kernel's pass: `SPECD_DOT_ROWS_PER_CTA`, default 0.
-    dot_rows_per_cta: std::sync::atomic::AtomicUsize,
     /// The fewest output columns a one-row Q4_K product needs to take the lane-per-column
     /// kernel (`SPECD_DOTC_MIN_COLS`, default [`DOTC_MIN_COLS`]).
     dotc_min_cols: std::sync::atomic::AtomicUsize,
@@ -139,7 +136,6 @@ impl Gpu {
             dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
             dot_split_from_k: env_usize("SPECD_DOT_SPLIT_FROM_K", DOT_SPLIT_FROM_K).into(),
             dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),
-            dot_rows_per_cta: env_usize("SPECD_DOT_ROWS_PER_CTA", 0).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             dotc_max_rows: env_usize("SPECD_DOTC_MAX_ROWS", DOTC_MAX_ROWS).into(),
             dotc_q6k_min_cols: env_usize("SPECD_DOTC_Q6K_MIN_COLS", DOTC_Q6K_MIN_COLS).into(),

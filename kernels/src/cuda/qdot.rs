@@ -99,10 +99,6 @@ pub(super) struct DotSettings {
     pub(super) split_from_k: usize,
     /// The GEMM's rows a CTA in tiles of 32 (1 or 2), or 0: chosen by the grid's size.
     pub(super) gemm_wm: usize,
-    /// The most rows a CTA of the dp4a and lane-per-column kernels takes (2, 4 or 8; other
-    /// rows go to more CTAs over the grid's rows, each reading the same weights), or 0: all of
-    /// a product's rows up to the kernel's pass.
-    pub(super) rows_per_cta: usize,
     pub(super) sms: usize,
 }
 
@@ -132,7 +128,7 @@ impl DotChoice {
             rows,
             split: k >= s.split_from_k,
         };
-        let choice = match rows {
+        match rows {
             // The GEMM's CTAs take one row tile each (grid y at most 65,535 tiles of 64 rows);
             // more rows than that take int8 mma, whose CTAs loop over row passes.
             r if r >= s.gemm_from.max(1) && r <= MAX_GRID_Y * 64 => {
@@ -155,40 +151,15 @@ impl DotChoice {
             2 => warp(2),
             3 | 4 => warp(4),
             _ => warp(8),
-        };
-        // Fewer rows a CTA, the rest in more CTAs over the grid's rows ([`DotSettings::rows_per_cta`]).
-        let per_cta = match s.rows_per_cta {
-            0 => return choice,
-            r => r.clamp(2, 8).next_power_of_two().min(8),
-        };
-        match choice {
-            DotChoice::Warp { rows, split } if rows > per_cta => DotChoice::Warp {
-                rows: per_cta,
-                split,
-            },
-            DotChoice::LanePerColumn { rows } if rows > per_cta => {
-                DotChoice::LanePerColumn { rows: per_cta }
-            }
-            c => c,
         }
     }
 
     /// The launch: (grid x, grid y, threads a CTA) for `rows` rows and `n` columns.
     fn shape(self, rows: usize, n: usize) -> (usize, usize, u32) {
         match self {
-            // The row-pass kernels take `pass` rows a CTA, their passes spread over the grid's
-            // rows (one unless rows_per_cta asks for fewer rows a CTA).
-            DotChoice::Warp {
-                split: false,
-                rows: pass,
-            } => (n.div_ceil(DOT_WARPS), rows.div_ceil(pass), 256),
-            DotChoice::Warp {
-                split: true,
-                rows: pass,
-            } => (n.div_ceil(DOT_WARPS / 2), rows.div_ceil(pass), 256),
-            DotChoice::LanePerColumn { rows: pass } => {
-                (n.div_ceil(DOTC_COLS), rows.div_ceil(pass), 256)
-            }
+            DotChoice::Warp { split: false, .. } => (n.div_ceil(DOT_WARPS), 1, 256),
+            DotChoice::Warp { split: true, .. } => (n.div_ceil(DOT_WARPS / 2), 1, 256),
+            DotChoice::LanePerColumn { .. } => (n.div_ceil(DOTC_COLS), 1, 256),
             // The mma kernels' row passes spread over the grid's rows too.
             DotChoice::Mma { pass } => (n.div_ceil(MDOT_COLS), rows.div_ceil(pass), 256),
             DotChoice::Gemm { wm } => (n.div_ceil(QG_COLS), rows.div_ceil(32 * wm), 64 * wm as u32),
@@ -282,7 +253,6 @@ mod tests {
         dotc_min_cols: 8192,
         dotc_max_rows: 4,
         split_from_k: 0,
-        rows_per_cta: 0,
         gemm_wm: 0,
         sms: 132,
     };
@@ -338,38 +308,6 @@ mod tests {
         assert_eq!(of(9, 17_920, true), DotChoice::Mma { pass: 16 });
         let (gx, gy, _) = DotChoice::LanePerColumn { rows: 8 }.shape(5, 17_920);
         assert_eq!((gx, gy), (560, 1));
-    }
-
-    #[test]
-    fn rows_per_cta_spreads_a_products_rows_over_the_grid() {
-        let two = DotSettings {
-            rows_per_cta: 2,
-            dotc_max_rows: 8,
-            ..H100
-        };
-        let lanes = DotChoice::of(5, 17_920, 1536, true, two);
-        assert_eq!(lanes, DotChoice::LanePerColumn { rows: 2 });
-        assert_eq!(lanes.shape(5, 17_920), (560, 3, 256));
-        let narrow = DotChoice::of(5, 1536, 1536, true, two);
-        assert_eq!(narrow, warp(2, true));
-        assert_eq!(narrow.shape(5, 1536), (384, 3, 256));
-        // One row, and the tensor-core kernels, stay as they were; so does everything at 0.
-        assert_eq!(DotChoice::of(1, 1536, 1536, true, two), warp(1, true));
-        assert_eq!(
-            DotChoice::of(9, 1536, 1536, true, two),
-            DotChoice::Mma { pass: 16 }
-        );
-        assert_eq!(DotChoice::of(5, 1536, 1536, true, H100), warp(8, true));
-        assert_eq!(warp(8, true).shape(5, 1536), (384, 1, 256));
-        // A setting of 1 means 2 (the one-row Q4_K kernel takes row 0 only).
-        let one = DotSettings {
-            rows_per_cta: 1,
-            ..two
-        };
-        assert_eq!(
-            DotChoice::of(3, 17_920, 1536, true, one),
-            DotChoice::LanePerColumn { rows: 2 }
-        );
     }
 
     #[test]

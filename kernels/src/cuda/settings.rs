@@ -105,7 +105,6 @@ impl Gpu {
             dotc_max_rows: self.dotc_max_rows(),
             split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
             gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
-            rows_per_cta: self.dot_rows_per_cta.load(Ordering::Relaxed),
             sms: self.kernels().sms,
         }
     }
@@ -143,14 +142,6 @@ impl Gpu {
     /// Sets [`Gpu::dotc_max_rows`] (graphs captured before keep the old choice).
     pub fn set_dotc_max_rows(&self, rows: usize) {
         self.dotc_max_rows.store(rows, Ordering::Relaxed);
-    }
-
-    /// Sets the most rows a CTA of the dp4a and lane-per-column products takes (2, 4 or 8;
-    /// more rows go to more CTAs over the grid's rows, each reading the same weights; 0, the
-    /// default, puts all of a product's rows up to the kernel's pass in one CTA). The same bits
-    /// either way; graphs captured before keep the old choice.
-    pub fn set_dot_rows_per_cta(&self, rows: usize) {
-        self.dot_rows_per_cta.store(rows, Ordering::Relaxed);
     }
 
     /// Sets [`Gpu::dot_mma_from`] (graphs captured before keep the old choice).
