@@ -15,7 +15,7 @@ use candle_core::Device;
 use glide_cache::{chained_rows, target_cache_and_hidden, Golden};
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::{
-    self, FeatureRow, FeatureSource, GlideModel, LoadOptions, Logits, SeqInput,
+    self, FeatureRow, FeatureSource, GlideModel, LoadOptions, Logits, SeqInput, TargetKv,
 };
 
 /// f32 against f32, through different orders of summation.
@@ -157,8 +157,10 @@ fn check_fixture(name: &str) {
                 tokens: &f.golden.tokens,
                 logits: Logits::All,
             }],
-            &f.target_kv,
-            &[&f.target_table],
+            TargetKv {
+                kv: &f.target_kv,
+                tables: &[&f.target_table],
+            },
             &features,
         )
         .unwrap()[0]

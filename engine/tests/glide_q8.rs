@@ -18,7 +18,7 @@ use specd_engine::model::tiny::TinySpec;
 use specd_engine::model::tiny::{tiny_config, tiny_glide_config, tiny_glide_weights, tiny_weights};
 use specd_engine::model::{
     q8_0_bytes, DraftVocab, FeatureRow, FeatureSource, GlideConfig, GlideFeature, GlideModel,
-    Logits, Model, SeqInput, Weights,
+    Logits, Model, SeqInput, TargetKv, Weights,
 };
 
 fn spec() -> TinySpec {
@@ -73,8 +73,10 @@ fn rows(target: &Model, glide: &GlideModel) -> Vec<Vec<f32>> {
                 tokens: &tokens,
                 logits: Logits::All,
             }],
-            &tkv,
-            &[&ttable],
+            TargetKv {
+                kv: &tkv,
+                tables: &[&ttable],
+            },
             &[Some(FeatureRow {
                 position: verified,
                 hidden: &hidden,

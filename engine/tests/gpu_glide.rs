@@ -28,7 +28,7 @@ use specd_engine::model::tiny::{
 };
 use specd_engine::model::{
     self, Device, FeatureRow, FeatureSource, GlideFeature, GlideModel, LoadOptions, Logits, Model,
-    SeqInput,
+    SeqInput, TargetKv,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -212,8 +212,12 @@ fn drafter_rows_in_one_forward(
         })
         .collect();
     let refs: Vec<&BlockTable> = ttables.iter().collect();
+    let target = TargetKv {
+        kv: tkv,
+        tables: &refs,
+    };
     let out = glide
-        .forward_with_features(&mut pool, &mut batch, tkv, &refs, features)
+        .forward_with_features(&mut pool, &mut batch, target, features)
         .unwrap();
     out.iter().map(|t| t.to_vec2::<f32>().unwrap()).collect()
 }
@@ -433,8 +437,10 @@ fn golden_rows(
                     tokens: part,
                     logits: Logits::All,
                 }],
-                &tkv,
-                &[&ttable],
+                TargetKv {
+                    kv: &tkv,
+                    tables: &[&ttable],
+                },
                 &features,
             )
             .unwrap();

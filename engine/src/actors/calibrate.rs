@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::model::{GlideModel, Logits, Model, SeqInput};
+use crate::model::{GlideModel, Logits, Model, SeqInput, TargetKv};
 
 /// A forward's seconds as a function of its rows: reading the weights once (`fixed`) plus each
 /// row's arithmetic (`per_row`), fitted to two timed forwards of the served model. Attention
@@ -295,8 +295,10 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                 tokens: &prompt[from..],
                 logits: Logits::None,
             }],
-            &target_kv,
-            &[&target_table],
+            TargetKv {
+                kv: &target_kv,
+                tables: &[&target_table],
+            },
         )
     };
     read(&mut kv, &mut first[0], 0)?;
@@ -322,7 +324,11 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                     .collect();
                 let cross = vec![&target_table; inputs.len()];
                 // As the proposer drafts: a chaining drafter's own rows come back too.
-                let (out, _) = glide.forward_drafting(kv, &mut inputs, &target_kv, &cross, &[])?;
+                let target = TargetKv {
+                    kv: &target_kv,
+                    tables: &cross,
+                };
+                let (out, _) = glide.forward_drafting(kv, &mut inputs, target, &[])?;
                 for logits in out {
                     logits.squeeze(0)?.to_vec1::<f32>()?;
                 }

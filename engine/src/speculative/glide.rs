@@ -19,7 +19,7 @@ use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{FeatureRow, FeatureSource, GlideModel, Logits, SeqInput};
+use crate::model::{FeatureRow, FeatureSource, GlideModel, Logits, SeqInput, TargetKv};
 
 /// A GLIDE proposer.
 #[derive(Debug, Clone)]
@@ -84,7 +84,11 @@ pub(super) fn glide_drafts(
                 })
             })
             .collect();
-        let (out, own) = model.forward_drafting(kv, inputs, target.kv, &tables, &rows)?;
+        let cross = TargetKv {
+            kv: target.kv,
+            tables: &tables,
+        };
+        let (out, own) = model.forward_drafting(kv, inputs, cross, &rows)?;
         for ((&i, s), own) in seqs
             .iter()
             .zip(inputs.iter())
@@ -155,7 +159,11 @@ pub(super) fn glide_read_committed(
         if inputs.is_empty() {
             return Ok(());
         }
-        model.forward(kv, &mut inputs, target.kv, &tables)?;
+        let cross = TargetKv {
+            kv: target.kv,
+            tables: &tables,
+        };
+        model.forward(kv, &mut inputs, cross)?;
     }
 }
 
@@ -343,8 +351,10 @@ mod tests {
                         tokens: &all[from..],
                         logits: Logits::Last,
                     }],
-                    &target_kv,
-                    &[&target_table],
+                    TargetKv {
+                        kv: &target_kv,
+                        tables: &[&target_table],
+                    },
                     &[Some(FeatureRow {
                         position: feature.0,
                         hidden: &feature.1,

@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use specd_engine::kv::{BlockTable, KvPool};
-use specd_engine::model::{FeatureRow, FeatureSource, GlideModel, Logits, Model, SeqInput};
+use specd_engine::model::{
+    FeatureRow, FeatureSource, GlideModel, Logits, Model, SeqInput, TargetKv,
+};
 use specd_engine::speculative::{Sequence, Speculator};
 
 /// A golden.py fixture's input and PyTorch's answer: its tokens, how many of them the target
@@ -75,8 +77,10 @@ pub fn chained_rows(
                     tokens: &tokens[fed..end],
                     logits: Logits::All,
                 }],
-                target_kv,
-                &[target_table],
+                TargetKv {
+                    kv: target_kv,
+                    tables: &[target_table],
+                },
                 &[Some(FeatureRow {
                     position: feature.0,
                     hidden: &feature.1,
@@ -164,8 +168,10 @@ pub fn glide_rows(
                     tokens: part,
                     logits: Logits::All,
                 }],
-                target_kv,
-                &[target_table],
+                TargetKv {
+                    kv: target_kv,
+                    tables: &[target_table],
+                },
             )
             .unwrap();
         rows.extend(out[0].to_vec2::<f32>().unwrap());

@@ -34,18 +34,26 @@ pub struct FeatureRow<'a> {
     pub source: FeatureSource,
 }
 
+/// What the drafter's cross-attention reads of its target: the target's KV pool, and each
+/// sequence's block table in it (`tables[i]` is sequence `i`'s; only its verified positions are
+/// read).
+#[derive(Debug, Clone, Copy)]
+pub struct TargetKv<'a> {
+    pub kv: &'a KvPool,
+    pub tables: &'a [&'a BlockTable],
+}
+
 impl GlideModel {
     /// Appends each sequence's tokens to its cache in `kv` (the drafter's pool) and returns
-    /// the logits over the reduced vocabulary of the rows each wants. `target_tables[i]` is
-    /// sequence `i`'s table in `target_kv`, the target's pool, which the cross-attention reads.
+    /// the logits over the reduced vocabulary of the rows each wants. The cross-attention reads
+    /// `target`: the target's pool, and each sequence's table in it.
     pub fn forward(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        target_kv: &KvPool,
-        target_tables: &[&BlockTable],
+        target: TargetKv<'_>,
     ) -> Result<Vec<Tensor>> {
-        self.forward_with_features(kv, batch, target_kv, target_tables, &[])
+        self.forward_with_features(kv, batch, target, &[])
     }
 
     /// [`GlideModel::forward_with_features`], also handing back the final normed row (what
@@ -56,18 +64,10 @@ impl GlideModel {
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        target_kv: &KvPool,
-        target_tables: &[&BlockTable],
+        target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
     ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
-        self.run(
-            kv,
-            batch,
-            target_kv,
-            target_tables,
-            features,
-            self.config.feature.chains(),
-        )
+        self.run(kv, batch, target, features, self.config.feature.chains())
     }
 
     /// [`GlideModel::forward`], where `features[i]` (if given) is the target's hidden state
@@ -78,13 +78,10 @@ impl GlideModel {
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        target_kv: &KvPool,
-        target_tables: &[&BlockTable],
+        target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
     ) -> Result<Vec<Tensor>> {
-        Ok(self
-            .run(kv, batch, target_kv, target_tables, features, false)?
-            .0)
+        Ok(self.run(kv, batch, target, features, false)?.0)
     }
 
     /// Refuses a forward whose inputs do not fit: one target table a sequence, both KV pools
@@ -93,19 +90,18 @@ impl GlideModel {
         &self,
         kv: &KvPool,
         batch: &[SeqInput<'_>],
-        target_kv: &KvPool,
-        target_tables: &[&BlockTable],
+        target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
     ) -> Result<()> {
-        if target_tables.len() != batch.len() {
+        if target.tables.len() != batch.len() {
             return Err(Error::InvalidRequest(format!(
                 "{} target tables for {} sequences",
-                target_tables.len(),
+                target.tables.len(),
                 batch.len()
             )));
         }
         let device = self.device();
-        for (what, pool) in [("its own", kv), ("the target's", target_kv)] {
+        for (what, pool) in [("its own", kv), ("the target's", target.kv)] {
             if pool.device() != device || pool.row_shape().0 == 0 {
                 return Err(Error::InvalidRequest(format!(
                     "the GLIDE drafter runs on {device}, but {what} KV pool lives on {} or is \
@@ -136,19 +132,18 @@ impl GlideModel {
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        target_kv: &KvPool,
-        target_tables: &[&BlockTable],
+        target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
         keep_hidden: bool,
     ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
-        self.check_inputs(kv, batch, target_kv, target_tables, features)?;
+        self.check_inputs(kv, batch, target, features)?;
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
         let t = &self.target;
         let cross = CrossInput {
-            kv: target_kv,
-            tables: target_tables.to_vec(),
+            kv: target.kv,
+            tables: target.tables.to_vec(),
             layer: self.config.target_layer,
             n_heads: t.num_heads,
             n_kv_heads: t.num_kv_heads,

@@ -45,7 +45,7 @@ pub use file::{
     cross_tensor_names, feature_tensor_names, quantize_glide, save_glide, CHAIN_NORM_TENSOR,
     CONFIG_KEY, VOCAB_TENSOR,
 };
-pub use forward::{FeatureRow, FeatureSource};
+pub use forward::{FeatureRow, FeatureSource, TargetKv};
 pub(crate) use layers::{cross_attention, glide_layers};
 pub(crate) use weights::{CrossWeights, FeatureWeights, GlideHost, GlideWeights};
 
