@@ -115,7 +115,9 @@ extern "C" __global__ void __launch_bounds__(256) dotc_q4k(
 // an exact integer sum (`term`), in the terms of q8.cuh. At the end of a pass the class sums of
 // up to four rows at a time meet in shared memory, where warp q adds row q's 64 classes in class
 // order. (One row of Q4_K keeps dotc_q4k above: this walk's row loop costs it 72 registers a
-// thread against 44, and so CTAs an SM.)
+// thread against 44, and so CTAs an SM.) By default the host gives these kernels up to 4 rows
+// (SPECD_DOTC_MAX_ROWS): the 8-row forms hold 128 registers and spill, and were slower than the
+// warp-per-column kernels for 5 and 8 rows on an H100 (BENCHMARKS.md, session 26).
 #define DOTC_TABLE_ROWS 4
 
 struct Q4kColumn {
