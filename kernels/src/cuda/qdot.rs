@@ -114,9 +114,9 @@ const MAX_GRID_Y: usize = 65_535;
 
 impl DotChoice {
     /// The kernel for `rows` rows of a product with `n` output columns; `lane_per_column`
-    /// whether the format has that kernel (Q4_K). The GEMM takes `gemm_from` rows and more,
-    /// in CTAs of 64 rows unless that leaves fewer CTAs than twice the multiprocessors (then
-    /// 32, for the narrow products of a short prompt).
+    /// whether the format has those kernels (Q4_K, Q6_K). The GEMM takes `gemm_from` rows and
+    /// more, in CTAs of 64 rows unless that leaves fewer CTAs than twice the multiprocessors
+    /// (then 32, for the narrow products of a short prompt).
     pub(super) fn of(
         rows: usize,
         n: usize,
