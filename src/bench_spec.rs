@@ -279,7 +279,14 @@ impl Models {
         kind: &str,
     ) -> anyhow::Result<GenerateOutput> {
         let stats = || self.target.model.gpu_stats();
+        let glide_stats = || match mode.method {
+            Method::Glide | Method::GlideNgram => {
+                self.glide.as_ref().and_then(|g| g.model().gpu_stats())
+            }
+            _ => None,
+        };
         let before = stats();
+        let glide_before = glide_stats();
         let out = generate_speculative(
             &self.target.model,
             &self.tokenizer,
@@ -288,9 +295,10 @@ impl Models {
             req,
             |_| {},
         )?;
-        let graphs = gpu_note(before, stats());
+        let graphs = gpu_note("target", before, stats());
+        let drafter = gpu_note("GLIDE", glide_before, glide_stats());
         eprintln!(
-            "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}",
+            "prompt {pi:2} ({kind}) {:<18} {:4} tokens {:6.2} tok/s  accept {:5.1}%  mean len {:.2}{graphs}{drafter}",
             mode.label,
             out.tokens.len(),
             out.tokens.len() as f64 / out.decode_time.as_secs_f64().max(1e-9),
@@ -301,11 +309,12 @@ impl Models {
     }
 }
 
-/// On a GPU, the target's CUDA graphs captured between `before` and `after` (a capture costs
-/// milliseconds: new shapes, not steady decoding), and the host's time in each target forward
-/// before its launches are queued (metadata, uploads). With SPECD_GPU_TIMING=1 also the GPU's
-/// time from a forward's first launch to its end. Empty on the CPU.
-fn gpu_note(before: Option<model::GpuStats>, after: Option<model::GpuStats>) -> String {
+/// On a GPU, the CUDA graphs that model `who` (the target or the GLIDE drafter) captured between
+/// `before` and `after` (a capture costs milliseconds: new shapes, not steady decoding), its
+/// forwards, and the host's time in each before its launches are queued (metadata, uploads).
+/// With SPECD_GPU_TIMING=1 also the GPU's time from a forward's first launch to its end. Empty
+/// on the CPU.
+fn gpu_note(who: &str, before: Option<model::GpuStats>, after: Option<model::GpuStats>) -> String {
     let (Some(b), Some(a)) = (before, after) else {
         return String::new();
     };
@@ -315,8 +324,9 @@ fn gpu_note(before: Option<model::GpuStats>, after: Option<model::GpuStats>) -> 
         us => format!(", GPU {:.1} µs", per(us)),
     };
     format!(
-        "  target graphs captured {}, host {:.1} µs a forward{gpu}",
+        "  {who} graphs captured {}, {} forwards, host {:.1} µs a forward{gpu}",
         a.captures - b.captures,
+        a.forwards - b.forwards,
         per(a.host_us - b.host_us),
     )
 }

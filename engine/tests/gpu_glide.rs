@@ -22,13 +22,13 @@ use specd_engine::actors::{
 use specd_engine::generate::{generate, GenerateRequest};
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{
-    tiny_drafter, tiny_glide, tiny_guessing_glide, tiny_guessing_glide_reading,
-    tiny_guessing_glide_with_chain_norm, tiny_guessing_glide_with_feature, tiny_model,
-    tiny_model_on, TinySpec,
+    tiny_drafter, tiny_glide, tiny_glide_config, tiny_glide_weights, tiny_guessing_glide,
+    tiny_guessing_glide_reading, tiny_guessing_glide_with_chain_norm,
+    tiny_guessing_glide_with_feature, tiny_model, tiny_model_on, TinySpec,
 };
 use specd_engine::model::{
-    self, Device, FeatureRow, FeatureSource, GlideFeature, GlideModel, LoadOptions, Logits, Model,
-    SeqInput, TargetKv,
+    self, Device, DraftRows, DraftVocab, FeatureRow, FeatureSource, GlideFeature, GlideModel,
+    LoadOptions, Logits, Model, SeqInput, TargetKv,
 };
 use specd_engine::sampling::SamplingParams;
 use specd_engine::speculative::{
@@ -188,6 +188,230 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
     for (i, rows) in out.iter().enumerate() {
         assert_eq!(rows, &alone[i], "sequence {i}");
     }
+}
+
+/// Greedy drafts picked on the GPU (`forward_drafting` with `greedy`: only each row's top
+/// token and its probability come back) are the argmax of the rows the GPU hands back when
+/// asked for logits, mapped through the draft vocabulary (here a permuted one, so that a draft
+/// row is not its target id), with the softmax probability of that row: for a batch of
+/// sequences of different lengths and verified lengths, each wanting its last row or all.
+#[test]
+fn greedy_drafts_picked_on_the_gpu_are_the_argmax_of_its_logits() {
+    let target = gpu_target();
+    let c = target.config().clone();
+    let config = tiny_glide_config(&c, 200);
+    let tensors = tiny_glide_weights(&c, &config, 5, 0.3);
+    // Draft row r is target id 199 - r.
+    let vocab = DraftVocab::new((0..200u32).rev().collect(), c.vocab_size).unwrap();
+    let glide = GlideModel::from_weights(
+        config,
+        &mut model::Weights::from_tensors(tensors),
+        vocab,
+        &target,
+        Path::new("<test>"),
+    )
+    .unwrap();
+    assert!(glide.picks_on_device(), "a drafter on a GPU picks there");
+    let ps = prompts(5);
+    let mut tkv = target.new_pool(256);
+    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+    for ((i, p), t) in ps.iter().enumerate().zip(ttables.iter_mut()) {
+        let v = p.len() * i / 4;
+        if v > 0 {
+            let mut one = [SeqInput {
+                table: t,
+                tokens: &p[..v],
+                logits: Logits::None,
+            }];
+            target.forward(&mut tkv, &mut one).unwrap();
+        }
+    }
+    let refs: Vec<&BlockTable> = ttables.iter().collect();
+    let wants = |i: usize| {
+        if i.is_multiple_of(2) {
+            Logits::Last
+        } else {
+            Logits::All
+        }
+    };
+    let run = |greedy: bool| {
+        let mut pool = glide.new_pool(256);
+        let mut tables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+        let mut batch: Vec<SeqInput<'_>> = tables
+            .iter_mut()
+            .zip(&ps)
+            .enumerate()
+            .map(|(i, (table, p))| SeqInput {
+                table,
+                tokens: p,
+                logits: wants(i),
+            })
+            .collect();
+        let cross = TargetKv {
+            kv: &tkv,
+            tables: &refs,
+        };
+        glide
+            .forward_drafting(&mut pool, &mut batch, cross, &[], greedy)
+            .unwrap()
+            .0
+    };
+    let DraftRows::Top(picked) = run(true) else {
+        panic!("a greedy round on a GPU picks its drafts there")
+    };
+    let DraftRows::Logits(logits) = run(false) else {
+        panic!("logits asked for")
+    };
+    assert_eq!(picked.len(), ps.len(), "one entry a sequence");
+    for (i, (tops, rows)) in picked.iter().zip(&logits).enumerate() {
+        let rows = rows.to_vec2::<f32>().unwrap();
+        assert_eq!(
+            tops.len(),
+            rows.len(),
+            "sequence {i}: one pick a wanted row"
+        );
+        for (j, (top, row)) in tops.iter().zip(&rows).enumerate() {
+            let best = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap();
+            assert_eq!(
+                top.token,
+                glide.vocab().to_target(best as u32),
+                "sequence {i}, row {j}: the device's pick is not the argmax of its logits"
+            );
+            let sum: f64 = row.iter().map(|&x| f64::from(x - row[best]).exp()).sum();
+            let prob = (1.0 / sum) as f32;
+            assert!(
+                (top.prob - prob).abs() <= 1e-4 * prob.max(1e-3),
+                "sequence {i}, row {j}: probability {} on the device, {prob} from its logits",
+                top.prob
+            );
+        }
+    }
+}
+
+/// A round of greedy drafts chained on the device (`draft_chain`: each forward's ids are the
+/// picks of the one before, looked up on the GPU) gives, bit for bit, the picks and
+/// probabilities of greedy forwards fed one after another from the host, for a batch of
+/// sequences of different lengths and verified lengths; and the caches it leaves give the same
+/// rows afterwards.
+#[test]
+fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() {
+    let target = gpu_target();
+    let glide = tiny_guessing_glide(&target, 240, 9).unwrap();
+    assert!(glide.chains_on_device(), "unset SPECD_GLIDE_CHAIN");
+    let ps = prompts(5);
+    let mut tkv = target.new_pool(256);
+    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+    for ((i, p), t) in ps.iter().enumerate().zip(ttables.iter_mut()) {
+        let v = p.len() * (i + 1) / 5;
+        let mut one = [SeqInput {
+            table: t,
+            tokens: &p[..v],
+            logits: Logits::None,
+        }];
+        target.forward(&mut tkv, &mut one).unwrap();
+    }
+    let refs: Vec<&BlockTable> = ttables.iter().collect();
+    let cross = || TargetKv {
+        kv: &tkv,
+        tables: &refs,
+    };
+    let n = 5;
+    // Each way: the prompts but their last token read, then n rounds from the last token.
+    let run = |chained: bool| {
+        let mut pool = glide.new_pool(256);
+        let mut tables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
+        let mut head: Vec<SeqInput<'_>> = tables
+            .iter_mut()
+            .zip(&ps)
+            .map(|(table, p)| SeqInput {
+                table,
+                tokens: &p[..p.len() - 1],
+                logits: Logits::None,
+            })
+            .collect();
+        glide.forward(&mut pool, &mut head, cross()).unwrap();
+        let mut last: Vec<u32> = ps.iter().map(|p| *p.last().unwrap()).collect();
+        let picks: Vec<Vec<(u32, f32)>> = if chained {
+            let mut inputs: Vec<SeqInput<'_>> = tables
+                .iter_mut()
+                .zip(&last)
+                .map(|(table, t)| SeqInput {
+                    table,
+                    tokens: std::slice::from_ref(t),
+                    logits: Logits::Last,
+                })
+                .collect();
+            glide
+                .draft_chain(&mut pool, &mut inputs, cross(), n)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.into_iter().map(|t| (t.token, t.prob)).collect())
+                .collect()
+        } else {
+            let mut picks = vec![Vec::new(); ps.len()];
+            for _ in 0..n {
+                let mut inputs: Vec<SeqInput<'_>> = tables
+                    .iter_mut()
+                    .zip(&last)
+                    .map(|(table, t)| SeqInput {
+                        table,
+                        tokens: std::slice::from_ref(t),
+                        logits: Logits::Last,
+                    })
+                    .collect();
+                let out = glide
+                    .forward_drafting(&mut pool, &mut inputs, cross(), &[], true)
+                    .unwrap()
+                    .0;
+                let DraftRows::Top(tops) = out else {
+                    panic!("a greedy round on a GPU picks its drafts there")
+                };
+                for (i, t) in tops.iter().enumerate() {
+                    picks[i].push((t[0].token, t[0].prob));
+                    last[i] = t[0].token;
+                }
+            }
+            picks
+        };
+        // One more row from the last pick: the caches must agree too.
+        let mut after: Vec<SeqInput<'_>> = tables
+            .iter_mut()
+            .zip(&picks)
+            .map(|(table, p)| SeqInput {
+                table,
+                tokens: std::slice::from_ref(&p.last().unwrap().0),
+                logits: Logits::Last,
+            })
+            .collect();
+        let rows = glide.forward(&mut pool, &mut after, cross()).unwrap();
+        let rows: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|t| t.to_vec2::<f32>().unwrap().remove(0))
+            .collect();
+        (picks, rows)
+    };
+    let (chained, chained_after) = run(true);
+    let (fed, fed_after) = run(false);
+    assert_eq!(chained.len(), ps.len(), "picks for every sequence");
+    for (i, (a, b)) in chained.iter().zip(&fed).enumerate() {
+        assert_eq!(a.len(), n, "sequence {i}: {n} picks");
+        assert_eq!(
+            a, b,
+            "sequence {i}: chained picks differ from forwards fed one by one"
+        );
+    }
+    assert_eq!(
+        chained_after, fed_after,
+        "the row after a chained round differs: the caches differ"
+    );
+    let distinct: std::collections::HashSet<u32> =
+        chained.iter().flatten().map(|&(t, _)| t).collect();
+    assert!(
+        distinct.len() > 1,
+        "every pick is the same token: the rounds did not feed their picks"
+    );
 }
 
 /// The drafter's rows of every token of `prompts` in one forward from an empty cache, reading
@@ -464,22 +688,34 @@ fn greedy_speculation_with_glide_on_the_gpu_equals_target_only_output() {
     let target = tiny_model_on(&spec(), cuda()).unwrap();
     let (model, tok) = (&target.model, target.tokenizer.as_ref().unwrap());
     let glide = GlideProposer::new(Arc::new(tiny_guessing_glide(model, 240, 9).unwrap()));
+    assert!(
+        glide.model().chains_on_device(),
+        "greedy rounds chain on the device here (unset SPECD_GLIDE_CHAIN)"
+    );
     let (mut drafted, mut accepted) = (0, 0);
     let mut ps = prompts(8);
     ps.push(run_prompt());
     for (pi, prompt) in ps.into_iter().enumerate() {
         let req = greedy(prompt, 32);
         let want = generate(model, tok, &req, |_| {}).unwrap();
-        for (k, adaptive) in [(1, false), (4, false), (4, true)] {
+        // A confidence stop cuts a chained round short: the rows fed past it are rolled back.
+        let policies = [
+            (1, false, None),
+            (4, false, None),
+            (4, true, None),
+            (4, false, Some(0.2)),
+            (6, true, Some(0.05)),
+        ];
+        for (k, adaptive, confidence) in policies {
             let policy = DraftPolicyConfig {
                 max_draft: k,
                 adaptive,
-                confidence: None,
+                confidence,
             };
             let got = generate_speculative(model, tok, Some(&glide), policy, &req, |_| {}).unwrap();
             assert_eq!(
                 got.tokens, want.tokens,
-                "prompt {pi}, k = {k}, adaptive {adaptive}"
+                "prompt {pi}, k = {k}, adaptive {adaptive}, confidence {confidence:?}"
             );
             drafted += got.speculation.drafted_tokens;
             accepted += got.speculation.accepted_tokens;

@@ -89,6 +89,16 @@ extern "C" __global__ void argmax_finish(const ArgmaxPart* __restrict__ parts, i
     }
 }
 
+// out[i] = table[idx[i]] for i < n (one thread each): a drafter's greedy picks, rows of its
+// reduced head, turned into the token ids its next forward embeds, on the device, so that a
+// round of drafts needs no trip to the host between its forwards.
+extern "C" __global__ void lookup_ids(const int* __restrict__ table, const int* __restrict__ idx,
+                                      int n, int* __restrict__ out) {
+    grid_dependency();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = table[idx[i]];
+}
+
 // Greedy acceptance for S sequences (one thread each). Sequence s owns rows
 // first[s] .. first[s] + n[s] of both `argmax` (the target's choices) and `ids` (the step's
 // input: the last committed token, then the drafts). out[2s] = drafts kept (the longest prefix

@@ -1050,6 +1050,20 @@ fn argmax_greedy_acceptance_softmax_and_rejection_sampling_match_the_cpu() {
         );
     }
 
+    // The argmax rows looked up in an id map (a drafter's reduced head: row r is id map[r]),
+    // written past a prefix of the output that must stay as it was.
+    let map: Vec<i32> = (0..vocab as i32).map(|r| 7 * r + 3).collect();
+    let mapb = g.upload(&map, "id map", ADVICE).unwrap();
+    let looked = g.upload(&vec![-1i32; rows + 2], "ids", ADVICE).unwrap();
+    g.lookup_ids(mapb.ptr(), tok.ptr(), rows, looked.at(2))
+        .unwrap();
+    let got: Vec<i32> = g.read(looked.ptr(), rows + 2).unwrap();
+    let want: Vec<i32> = [-1, -1]
+        .into_iter()
+        .chain(toks.iter().map(|&t| map[t as usize]))
+        .collect();
+    assert_eq!(got, want, "argmax rows looked up as ids");
+
     // Greedy acceptance over three sequences of 4, 1 and 4 rows.
     let mut ids: Vec<i32> = (0..rows).map(|_| rng.below(vocab) as i32).collect();
     ids[1] = toks[0]; // seq 0: first draft accepted

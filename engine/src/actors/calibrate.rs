@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::model::{GlideModel, Logits, Model, SeqInput, TargetKv};
+use crate::model::{DraftRows, GlideModel, Logits, Model, SeqInput, TargetKv};
 
 /// A forward's seconds as a function of its rows: reading the weights once (`fixed`) plus each
 /// row's arithmetic (`per_row`), fitted to two timed forwards of the served model. Attention
@@ -323,14 +323,17 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                     })
                     .collect();
                 let cross = vec![&target_table; inputs.len()];
-                // As the proposer drafts: a chaining drafter's own rows come back too.
+                // As the proposer drafts greedily: the device picks the drafts where it can,
+                // and a chaining drafter's own rows come back too.
                 let target = TargetKv {
                     kv: &target_kv,
                     tables: &cross,
                 };
-                let (out, _) = glide.forward_drafting(kv, &mut inputs, target, &[])?;
-                for logits in out {
-                    logits.squeeze(0)?.to_vec1::<f32>()?;
+                let (out, _) = glide.forward_drafting(kv, &mut inputs, target, &[], true)?;
+                if let DraftRows::Logits(rows) = out {
+                    for logits in rows {
+                        logits.squeeze(0)?.to_vec1::<f32>()?;
+                    }
                 }
                 Ok(())
             },

@@ -7,7 +7,7 @@ use super::config::ModelConfig;
 use super::device::GpuStats;
 use super::glide::GlideHost;
 use super::host_weights::HostWeights;
-use super::llama::{ForwardOut, GlideInput, HiddenRows, SeqInput, Wanted};
+use super::llama::{ForwardOut, GlideInput, HiddenRows, SeqInput, Top, Wanted};
 use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 
@@ -94,6 +94,17 @@ impl CudaModel {
         _head_rows: usize,
         _: Option<GlideInput<'_>>,
     ) -> Result<(ForwardOut, Option<HiddenRows>)> {
+        match self.never {}
+    }
+
+    pub(crate) fn draft_chain(
+        &self,
+        _: &mut KvPool,
+        _: &mut [SeqInput<'_>],
+        _n: usize,
+        _head_rows: usize,
+        _: GlideInput<'_>,
+    ) -> Result<Vec<Vec<Top>>> {
         match self.never {}
     }
 }

@@ -27,7 +27,7 @@ use serde_json::Value as Json;
 pub use config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 pub use device::{Device, GpuStats};
 pub use draft_vocab::DraftVocab;
-pub use glide::{FeatureRow, FeatureSource, GlideModel, TargetKv};
+pub use glide::{DraftRows, FeatureRow, FeatureSource, GlideModel, TargetKv};
 pub use glide_config::{GlideConfig, GlideFeature, GlideTarget};
 pub use linear::SMALL_BATCH_ROWS;
 pub use llama::{HiddenRows, Logits, Model, SampleInput, SeqInput, Top};

@@ -254,9 +254,13 @@ impl Proposer for DraftModelProposer {
                 .iter()
                 .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);
         let ctx = self.model.config().max_position_embeddings;
-        draft_rounds(batch, kv, ctx, |kv, inputs, _| {
-            self.step(kv, inputs, on_device)
-        })
+        draft_rounds(
+            batch,
+            kv,
+            ctx,
+            |kv, inputs, _| self.step(kv, inputs, on_device),
+            None,
+        )
     }
 }
 
@@ -266,12 +270,14 @@ impl Proposer for DraftModelProposer {
 /// token chosen from its row, until a sequence has its `max` (within the context of `ctx`
 /// positions) or its confidence falls. `step(kv, inputs, seqs)` runs one forward over
 /// `inputs`, the inputs of the sequences `seqs` (indices into `batch`), and returns the row
-/// each wants (none for catch-up chunks).
+/// each wants (none for catch-up chunks). With `chain`, the rounds after the first run on the
+/// device in one go instead ([`ChainRounds`]).
 pub(super) fn draft_rounds<'v>(
     batch: &mut [ProposeInput<'_>],
     kv: &mut KvPool,
     ctx: usize,
     mut step: impl FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize]) -> Result<Vec<Next<'v>>>,
+    mut chain: Option<&mut ChainRounds<'_>>,
 ) -> Result<Vec<Draft>> {
     let mut drafts = vec![Draft::default(); batch.len()];
     // Feeding draft j (j = 1.. max-1) needs position len - 1 + j < ctx.
@@ -305,27 +311,84 @@ pub(super) fn draft_rounds<'v>(
     let mut active = active;
     loop {
         let still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
-        let still_rows;
         if still.is_empty() {
             break;
         }
-        {
-            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(still.len());
-            let mut it = batch.iter_mut().enumerate();
-            for &i in &still {
-                let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
-                inputs.push(SeqInput {
-                    table: s.state.table.as_mut().expect("created above"),
-                    tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
-                    logits: Logits::Last,
-                });
-            }
-            still_rows = step(kv, &mut inputs, &still)?;
+        if let Some(chain) = chain.as_deref_mut() {
+            chained_rounds(batch, kv, &mut drafts, still, &limits, chain)?;
+            break;
         }
+        rows = step(kv, &mut last_draft_inputs(batch, &drafts, &still), &still)?;
         active = still;
-        rows = still_rows;
     }
     Ok(drafts)
+}
+
+/// The rounds of drafts after the first, chained on the device: `chain(kv, inputs, seqs, n)`
+/// runs `n` forwards of one row per sequence of `inputs` (the inputs of the sequences
+/// `seqs`), each feeding the token the one before picked, and returns each sequence's `n`
+/// greedy picks. Every row is fed whatever the picks say; verification's rollback cuts the
+/// rows of drafts a sequence did not keep.
+pub(super) type ChainRounds<'c> =
+    dyn FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize], usize) -> Result<Vec<Vec<Top>>> + 'c;
+
+/// Drafts the sequences `still` further through `chain` in one go: as many rounds as the
+/// furthest of them may still draft, each sequence then taking its picks one round after
+/// another until its limit or its confidence stops it (as [`draft_rounds`] would have).
+fn chained_rounds(
+    batch: &mut [ProposeInput<'_>],
+    kv: &mut KvPool,
+    drafts: &mut [Draft],
+    still: Vec<usize>,
+    limits: &[usize],
+    chain: &mut ChainRounds<'_>,
+) -> Result<()> {
+    let n = still
+        .iter()
+        .map(|&i| limits[i] - drafts[i].tokens.len())
+        .max()
+        .unwrap_or(0);
+    let picks = chain(kv, &mut last_draft_inputs(batch, drafts, &still), &still, n)?;
+    // Each chained sequence's picks, taken a round at a time.
+    let mut picks: Vec<std::vec::IntoIter<Top>> = picks.into_iter().map(Vec::into_iter).collect();
+    let mut active = still.clone();
+    for _ in 0..n {
+        let rows: Vec<Next<'_>> = active
+            .iter()
+            .map(|i| {
+                let k = still
+                    .iter()
+                    .position(|j| j == i)
+                    .expect("a chained sequence");
+                Next::Top(picks[k].next().expect("a pick a round"))
+            })
+            .collect();
+        active = take_draft_tokens(batch, drafts, &active, &rows, limits);
+        if active.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The inputs that feed each sequence of `seqs` (ascending indices into `batch`) its latest
+/// draft, wanting the row after it.
+fn last_draft_inputs<'b>(
+    batch: &'b mut [ProposeInput<'_>],
+    drafts: &'b [Draft],
+    seqs: &[usize],
+) -> Vec<SeqInput<'b>> {
+    let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(seqs.len());
+    let mut it = batch.iter_mut().enumerate();
+    for &i in seqs {
+        let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
+        inputs.push(SeqInput {
+            table: s.state.table.as_mut().expect("created above"),
+            tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
+            logits: Logits::Last,
+        });
+    }
+    inputs
 }
 
 /// Brings sequence `i`'s drafter cache to within one chunk of its committed tokens: a cache

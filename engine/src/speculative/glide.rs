@@ -13,13 +13,13 @@
 
 use std::sync::Arc;
 
-use super::draft_model::{draft_rounds, Next};
+use super::draft_model::{draft_rounds, ChainRounds, Next};
 use super::glide_ngram::{GlideNgramConfig, GlideNgramProposer};
 use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};
-use crate::model::{FeatureRow, FeatureSource, GlideModel, Logits, SeqInput, TargetKv};
+use crate::model::{DraftRows, FeatureRow, FeatureSource, GlideModel, Logits, SeqInput, TargetKv};
 
 /// A GLIDE proposer.
 #[derive(Debug, Clone)]
@@ -57,7 +57,11 @@ pub(super) fn glide_state(model: &GlideModel) -> ProposerState {
 
 /// GLIDE's drafts for `batch`: its own cache first reads the committed tokens it lacks, then
 /// drafts one token per round, chosen on its reduced vocabulary (spread onto the target's
-/// only when sampling needs the whole row).
+/// only when sampling needs the whole row). On a GPU, when every sequence drafts greedily
+/// without a penalty, the device picks each draft and only its token and probability cross
+/// to the host, and the rounds after the first run there in one go, each feeding the pick
+/// of the one before ([`GlideModel::draft_chain`]; not for a drafter that feeds its own rows
+/// forward, nor with `SPECD_GLIDE_CHAIN=0`).
 pub(super) fn glide_drafts(
     model: &GlideModel,
     target: TargetView<'_>,
@@ -70,41 +74,68 @@ pub(super) fn glide_drafts(
     let mut features = take_features(model, batch);
     let ctx = target.model.config().max_position_embeddings;
     let vocab = model.vocab();
-    draft_rounds(batch, kv, ctx, |kv, inputs, seqs| {
+    let greedy = batch
+        .iter()
+        .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);
+    // Greedy rounds after the first chain on the device where the drafter can.
+    let mut chain = |kv: &mut KvPool, inputs: &mut [SeqInput<'_>], seqs: &[usize], n: usize| {
         let tables: Vec<&BlockTable> = seqs.iter().map(|&i| target_tables[i]).collect();
-        let wanted = inputs.iter().any(|s| s.logits != Logits::None);
-        let rows: Vec<Option<FeatureRow<'_>>> = seqs
-            .iter()
-            .map(|&i| {
-                let (position, hidden, source) = features[i].as_ref()?;
-                Some(FeatureRow {
-                    position: *position,
-                    hidden,
-                    source: *source,
-                })
-            })
-            .collect();
         let cross = TargetKv {
             kv: target.kv,
             tables: &tables,
         };
-        let (out, own) = model.forward_drafting(kv, inputs, cross, &rows)?;
-        for ((&i, s), own) in seqs
-            .iter()
-            .zip(inputs.iter())
-            .zip(own.into_iter().flatten())
-        {
-            if let Some(last) = own.into_iter().last() {
-                features[i] = Some((s.table.len(), last, FeatureSource::Drafter));
+        model.draft_chain(kv, inputs, cross, n)
+    };
+    let chain: Option<&mut ChainRounds<'_>> = if greedy && model.chains_on_device() {
+        Some(&mut chain)
+    } else {
+        None
+    };
+    draft_rounds(
+        batch,
+        kv,
+        ctx,
+        |kv, inputs, seqs| {
+            let tables: Vec<&BlockTable> = seqs.iter().map(|&i| target_tables[i]).collect();
+            let wanted = inputs.iter().any(|s| s.logits != Logits::None);
+            let rows: Vec<Option<FeatureRow<'_>>> = seqs
+                .iter()
+                .map(|&i| {
+                    let (position, hidden, source) = features[i].as_ref()?;
+                    Some(FeatureRow {
+                        position: *position,
+                        hidden,
+                        source: *source,
+                    })
+                })
+                .collect();
+            let cross = TargetKv {
+                kv: target.kv,
+                tables: &tables,
+            };
+            let (out, own) = model.forward_drafting(kv, inputs, cross, &rows, greedy)?;
+            for ((&i, s), own) in seqs
+                .iter()
+                .zip(inputs.iter())
+                .zip(own.into_iter().flatten())
+            {
+                if let Some(last) = own.into_iter().last() {
+                    features[i] = Some((s.table.len(), last, FeatureSource::Drafter));
+                }
             }
-        }
-        if !wanted {
-            return Ok(Vec::new());
-        }
-        out.iter()
-            .map(|t| Ok(Next::Reduced(t.squeeze(0)?.to_vec1::<f32>()?, vocab)))
-            .collect()
-    })
+            if !wanted {
+                return Ok(Vec::new());
+            }
+            match out {
+                DraftRows::Top(rows) => Ok(rows.into_iter().map(|r| Next::Top(r[0])).collect()),
+                DraftRows::Logits(rows) => rows
+                    .iter()
+                    .map(|t| Ok(Next::Reduced(t.squeeze(0)?.to_vec1::<f32>()?, vocab)))
+                    .collect(),
+            }
+        },
+        chain,
+    )
 }
 
 /// Each sequence's feature for its round of drafts (GLIDE with a feature: the target's row
@@ -360,8 +391,12 @@ mod tests {
                         hidden: &feature.1,
                         source: feature.2,
                     })],
+                    false,
                 )
                 .unwrap();
+            let DraftRows::Logits(logits) = logits else {
+                panic!("logits asked for")
+            };
             let row = logits[0].squeeze(0).unwrap().to_vec1::<f32>().unwrap();
             let best = (0..row.len())
                 .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::{
-    FeatureRow, FeatureSource, GlideModel, Logits, Model, SeqInput, TargetKv,
+    DraftRows, FeatureRow, FeatureSource, GlideModel, Logits, Model, SeqInput, TargetKv,
 };
 use specd_engine::speculative::{Sequence, Speculator};
 
@@ -86,8 +86,12 @@ pub fn chained_rows(
                     hidden: &feature.1,
                     source: feature.2,
                 })],
+                false,
             )
             .unwrap();
+        let DraftRows::Logits(out) = out else {
+            panic!("logits asked for")
+        };
         rows.extend(out[0].to_vec2::<f32>().unwrap());
         let own = own
             .expect("a chaining drafter hands its rows back")

@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use specd_kernels::cuda::KvLayout;
+use specd_kernels::cuda::{DevicePtr, KvLayout};
 
-use super::buffers::{self, Capacity};
+use super::buffers::{self, Buffers, Capacity};
 use super::plan::{Plan, GRAPH_MAX_ROWS};
 use super::scratch::{Scratch, DIRECT_FLOOR};
 use super::step::{CrossLaunch, CudaStep};
@@ -16,9 +16,18 @@ use crate::error::{Error, Result};
 use crate::kv::{BlockTable, KvPool};
 use crate::model::glide::glide_layers;
 use crate::model::llama::{
-    hidden_per_seq, run_layers, ForwardOps, ForwardOut, GlideInput, HiddenRows, OutputMode,
-    SeqInput, Wanted,
+    hidden_per_seq, run_layers, ForwardOps, ForwardOut, GlideInput, HiddenRows, Logits, OutputMode,
+    SeqInput, Top, Wanted,
 };
+
+/// Where a forward's token ids come from: the host's plan, or (the rounds of a GLIDE drafter's
+/// drafts chained on the device) the picks an earlier forward left in a device buffer, one per
+/// sequence, looked up in the drafter's id map.
+#[derive(Debug, Clone, Copy)]
+enum Ids {
+    Planned,
+    Picked(DevicePtr),
+}
 
 impl CudaModel {
     /// One forward of `batch` (slots reserved in `kv`), shaped as `wanted` asks (with
@@ -33,12 +42,152 @@ impl CudaModel {
         head_rows: usize,
         glide: Option<GlideInput<'_>>,
     ) -> Result<(ForwardOut, Option<HiddenRows>)> {
+        let mode = wanted.mode;
+        let keep_hidden = wanted.keep_hidden;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (bufs, plan) = self.enqueue(
+            &mut scratch,
+            kv,
+            batch,
+            wanted,
+            head_rows,
+            glide,
+            Ids::Planned,
+        )?;
+        let out = buffers::read_out(&self.gpu, bufs, &plan, batch, mode, head_rows)?;
+        self.add_gpu_time()?;
+        let hidden = if keep_hidden {
+            let h = self.config.hidden_size;
+            let rows = buffers::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
+            Some(hidden_per_seq(&rows, h, batch))
+        } else {
+            None
+        };
+        Ok((out, hidden))
+    }
+
+    /// A GLIDE drafter's round of greedy drafts chained on the device: `n` forwards of one row
+    /// per sequence of `batch`, the first feeding each sequence's one token, each later one the
+    /// token the forward before picked (its head's argmax, looked up in the drafter's id map),
+    /// with no trip to the host until all are done. Returns each sequence's `n` picks (rows of
+    /// the drafter's head) with their probabilities; every row fed is in the drafter's cache.
+    /// The picks are the ones `n` forwards in [`OutputMode::Top`] give, fed one after another.
+    pub(crate) fn draft_chain(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        n: usize,
+        head_rows: usize,
+        glide: GlideInput<'_>,
+    ) -> Result<Vec<Vec<Top>>> {
+        if self.cross.is_none() {
+            return Err(Error::InvalidRequest(
+                "only a GLIDE drafter drafts a chained round".into(),
+            ));
+        }
+        if batch
+            .iter()
+            .any(|s| s.tokens.len() != 1 || s.logits != Logits::Last)
+        {
+            return Err(Error::InvalidRequest(
+                "a chained round feeds one token a sequence and wants its row".into(),
+            ));
+        }
+        let seqs = batch.len();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // Each round's picks, `[round][sequence]`, out of the scratch while its buffers are used
+        // (put back at the end; a failed round drops them).
+        let picks = match scratch.picks.take() {
+            Some(p) if p.0.len() >= n * seqs => p,
+            _ => {
+                let len = (n * seqs).next_power_of_two().max(64);
+                let what = "a chained round's picks";
+                let advice = "free GPU memory";
+                (
+                    self.gpu.alloc::<i32>(len, what, advice).map_err(gpu_err)?,
+                    self.gpu.alloc::<f32>(len, what, advice).map_err(gpu_err)?,
+                )
+            }
+        };
+        // Later forwards' ids are written on the device; the plan's are placeholders.
+        let placeholder = [0u32];
+        for round in 0..n {
+            for s in batch.iter_mut() {
+                kv.reserve(s.table, 1)?;
+            }
+            let mut inputs: Vec<SeqInput<'_>> = batch
+                .iter_mut()
+                .map(|s| SeqInput {
+                    table: &mut *s.table,
+                    tokens: if round == 0 { s.tokens } else { &placeholder },
+                    logits: Logits::Last,
+                })
+                .collect();
+            let ids = match round {
+                0 => Ids::Planned,
+                _ => Ids::Picked(picks.0.at((round - 1) * seqs)),
+            };
+            let wanted = Wanted {
+                mode: OutputMode::Top,
+                sample: &[],
+                keep_hidden: false,
+            };
+            let g = GlideInput {
+                cross: glide.cross,
+                features: if round == 0 { glide.features } else { &[] },
+            };
+            let (bufs, _) = self.enqueue(
+                &mut scratch,
+                kv,
+                &mut inputs,
+                wanted,
+                head_rows,
+                Some(g),
+                ids,
+            )?;
+            let (tok, prob) = (bufs.top_tok.ptr(), bufs.top_prob.ptr());
+            self.gpu
+                .copy(picks.0.at(round * seqs), tok, 4 * seqs)
+                .map_err(gpu_err)?;
+            self.gpu
+                .copy(picks.1.at(round * seqs), prob, 4 * seqs)
+                .map_err(gpu_err)?;
+            self.add_gpu_time()?;
+            for s in inputs.iter_mut() {
+                kv.commit(s.table, 1);
+            }
+        }
+        let tok: Vec<i32> = self.gpu.read(picks.0.ptr(), n * seqs).map_err(gpu_err)?;
+        let prob: Vec<f32> = self.gpu.read(picks.1.ptr(), n * seqs).map_err(gpu_err)?;
+        scratch.picks = Some(picks);
+        Ok((0..seqs)
+            .map(|i| {
+                (0..n)
+                    .map(|r| Top {
+                        token: tok[r * seqs + i] as u32,
+                        prob: prob[r * seqs + i],
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Enqueues one forward of `batch` on the stream (metadata uploaded, the step replayed
+    /// from a graph or launched directly), its ids from `ids`; returns the buffers it wrote
+    /// and its plan. Nothing waits for the GPU.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue<'s>(
+        &self,
+        scratch: &'s mut Scratch,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        wanted: Wanted<'_, '_>,
+        head_rows: usize,
+        glide: Option<GlideInput<'_>>,
+        ids: Ids,
+    ) -> Result<(&'s Buffers, Plan)> {
         let t0 = Instant::now();
-        let Wanted {
-            mode,
-            sample,
-            keep_hidden,
-        } = wanted;
+        let Wanted { mode, sample, .. } = wanted;
         self.gpu.bind().map_err(gpu_err)?;
         if self.cross.is_some() != glide.is_some() {
             return Err(Error::InvalidRequest(
@@ -59,12 +208,12 @@ impl CudaModel {
         let chunks = kv.gpu_blocks().map_or(0, |g| g.chunk_ptrs().len());
         let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
         let cross_chunks = cross_kv.map_or(0, |g| g.chunk_ptrs().len());
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let Scratch {
             graphed,
             direct,
             graphs,
-        } = &mut *scratch;
+            ..
+        } = scratch;
         let need = Capacity::of(&plan.shape, chunks, cross_chunks);
         let cross_pool = cross.map(|c| c.kv);
         let set = if use_graph || graphed.as_ref().is_some_and(|s| s.bufs.cap.covers(&need)) {
@@ -80,10 +229,16 @@ impl CudaModel {
         if mode == OutputMode::SampledVerdict {
             set.bufs.ensure_q(&self.gpu, &self.config)?;
         }
+        buffers::upload(&self.gpu, &set.bufs, &plan, kv, cross_pool, &mut set.chunks)?;
         let bufs = &set.bufs;
-        buffers::upload(&self.gpu, bufs, &plan, kv, cross_pool, &mut set.chunks)?;
         if mode == OutputMode::SampledVerdict {
             buffers::upload_sampling(&self.gpu, bufs, &plan.shape, batch, sample, head_rows)?;
+        }
+        if let (Ids::Picked(picks), Some(c)) = (ids, &self.cross) {
+            // The ids lead the metadata (`MetaPtrs::ids`); one row a sequence.
+            self.gpu
+                .lookup_ids(c.vocab_ids.ptr(), picks, plan.seqs, bufs.meta.ptr())
+                .map_err(gpu_err)?;
         }
         let feature = match (&self.cross, glide) {
             (
@@ -170,18 +325,17 @@ impl CudaModel {
         self.forwards.fetch_add(1, Ordering::Relaxed);
         self.host_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let out = buffers::read_out(&self.gpu, bufs, &plan, batch, mode, head_rows)?;
-        if let Some(t) = &timer {
+        Ok((bufs, plan))
+    }
+
+    /// With `SPECD_GPU_TIMING=1`, adds the GPU's time of the forward just enqueued (waiting
+    /// for it).
+    fn add_gpu_time(&self) -> Result<()> {
+        if let Some(t) = &self.timer {
+            let t = t.lock().unwrap_or_else(|e| e.into_inner());
             let us = t.elapsed_us().map_err(gpu_err)?;
             self.gpu_ns.fetch_add((us * 1e3) as u64, Ordering::Relaxed);
         }
-        let hidden = if keep_hidden {
-            let h = self.config.hidden_size;
-            let rows = buffers::read_head_input(&self.gpu, bufs, plan.logit_rows * h)?;
-            Some(hidden_per_seq(&rows, h, batch))
-        } else {
-            None
-        };
-        Ok((out, hidden))
+        Ok(())
     }
 }

@@ -101,6 +101,11 @@ impl CudaModel {
             chunk_blocks: kv::chunk_blocks(t),
             n_layers: t.num_layers,
             cos_sin: target.cos_sin.clone(),
+            vocab_ids: {
+                let ids: Vec<i32> = vocab_ids.iter().map(|&i| i as i32).collect();
+                gpu.upload(&ids, "the GLIDE drafter's id map", "free GPU memory")
+                    .map_err(gpu_err)?
+            },
         };
         let bytes = weights::step_bytes(&weights)
             + weights::cross_bytes(&cross.layers, cross.feature.as_ref());

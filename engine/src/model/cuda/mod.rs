@@ -79,6 +79,9 @@ struct CudaCross {
     n_layers: usize,
     /// The target's rotary table (shared with it).
     cos_sin: Arc<Buffer<f32>>,
+    /// The target id of each row of the drafter's head (its draft vocabulary), so that a
+    /// round's greedy picks become the next forward's token ids on the device.
+    vocab_ids: Buffer<i32>,
 }
 
 /// A model on a GPU.

@@ -4,7 +4,7 @@
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
-use specd_kernels::cuda::Graph;
+use specd_kernels::cuda::{Buffer, Graph};
 
 use super::buffers::{self, Buffers, Capacity, UploadedChunks};
 use super::plan::Shape;
@@ -50,6 +50,9 @@ pub(super) struct Scratch {
     /// grown as they come without touching the graphs.
     pub(super) direct: Option<BufferSet>,
     pub(super) graphs: LruCache<GraphKey, Graph>,
+    /// A GLIDE drafter's chained rounds: each round's picks (draft rows) and their
+    /// probabilities, grown as rounds and batches need.
+    pub(super) picks: Option<(Buffer<i32>, Buffer<f32>)>,
 }
 
 impl Scratch {
@@ -62,6 +65,7 @@ impl Scratch {
             graphed: None,
             direct: None,
             graphs: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
+            picks: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::model::cpu_forward::CpuStep;
 #[cfg(doc)]
 use crate::model::glide_config::GlideFeature;
 use crate::model::llama::{
-    CrossInput, ForwardOps, ForwardOut, GlideInput, HiddenRows, OutputMode, SeqInput, Wanted,
+    CrossInput, ForwardOps, ForwardOut, GlideInput, HiddenRows, OutputMode, SeqInput, Top, Wanted,
 };
 use crate::model::RopeLayout;
 
@@ -43,7 +43,97 @@ pub struct TargetKv<'a> {
     pub tables: &'a [&'a BlockTable],
 }
 
+/// What a drafting forward hands back for each sequence's wanted rows.
+#[derive(Debug)]
+pub enum DraftRows {
+    /// Logits over the draft vocabulary, on the host, for the proposer to choose from.
+    Logits(Vec<Tensor>),
+    /// The greedy choice made on the device: each row's top draft token (as a target id) and
+    /// its probability over the draft vocabulary. Only this crosses to the host.
+    Top(Vec<Vec<Top>>),
+}
+
 impl GlideModel {
+    /// Whether [`GlideModel::forward_drafting`] can pick greedy drafts on the device (on a GPU),
+    /// so that a row's logits need not cross to the host.
+    pub fn picks_on_device(&self) -> bool {
+        matches!(self.weights, GlideDevice::Cuda(_))
+    }
+
+    /// Whether the proposer drafts through [`GlideModel::draft_chain`]: on a GPU, for a drafter
+    /// whose drafted rows take no feature of their own (not
+    /// [`GlideFeature::LastHiddenChain`]), unless `SPECD_GLIDE_CHAIN=0` (one forward and one
+    /// trip to the host a drafted row, to compare).
+    pub fn chains_on_device(&self) -> bool {
+        static CHAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *CHAIN.get_or_init(|| std::env::var("SPECD_GLIDE_CHAIN").as_deref() != Ok("0"));
+        on && self.picks_on_device() && !self.config.feature.chains()
+    }
+
+    /// A round of greedy drafts chained on the device ([`GlideModel::chains_on_device`]): `n`
+    /// forwards of one row per sequence, the first feeding each sequence's one token (its
+    /// latest draft), each later one the token the forward before picked, with no trip to the
+    /// host in between. Returns each sequence's `n` picks (target ids) and their probabilities,
+    /// which are those of `n` greedy [`GlideModel::forward_drafting`] calls fed one after
+    /// another; every row fed stays in the drafter's cache (verification's rollback cuts
+    /// the ones not kept).
+    pub fn draft_chain(
+        &self,
+        kv: &mut KvPool,
+        batch: &mut [SeqInput<'_>],
+        target: TargetKv<'_>,
+        n: usize,
+    ) -> Result<Vec<Vec<Top>>> {
+        let GlideDevice::Cuda(m) = &self.weights else {
+            return Err(Error::InvalidRequest(
+                "a GLIDE drafter chains its drafts on a GPU only".into(),
+            ));
+        };
+        if self.config.feature.chains() {
+            return Err(Error::InvalidRequest(
+                "a drafter that feeds its own rows forward drafts one row at a time".into(),
+            ));
+        }
+        self.check_inputs(kv, batch, target, &[])?;
+        let cross = self.cross_input(target);
+        let glide = GlideInput {
+            cross: &cross,
+            features: &[],
+        };
+        let picks = m.draft_chain(kv, batch, n, self.vocab.len(), glide)?;
+        Ok(self.picks_as_ids(picks))
+    }
+
+    /// Picks of the head's rows (each sequence's) as the target ids they stand for.
+    fn picks_as_ids(&self, picks: Vec<Vec<Top>>) -> Vec<Vec<Top>> {
+        picks
+            .into_iter()
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|t| Top {
+                        token: self.vocab.to_target(t.token),
+                        prob: t.prob,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// What the cross-attention reads of `target`, with the target's shapes.
+    fn cross_input<'a>(&'a self, target: TargetKv<'a>) -> CrossInput<'a> {
+        let t = &self.target;
+        CrossInput {
+            kv: target.kv,
+            tables: target.tables.to_vec(),
+            layer: self.config.target_layer,
+            n_heads: t.num_heads,
+            n_kv_heads: t.num_kv_heads,
+            head_dim: t.head_dim,
+            inv_freq: &self.target_inv_freq,
+            interleaved: t.rope_layout == RopeLayout::Interleaved,
+        }
+    }
+
     /// Appends each sequence's tokens to its cache in `kv` (the drafter's pool) and returns
     /// the logits over the reduced vocabulary of the rows each wants. The cross-attention reads
     /// `target`: the target's pool, and each sequence's table in it.
@@ -56,18 +146,40 @@ impl GlideModel {
         self.forward_with_features(kv, batch, target, &[])
     }
 
-    /// [`GlideModel::forward_with_features`], also handing back the final normed row (what
-    /// the head read) of each row whose logits are wanted, by sequence, when the drafter
-    /// chains its own hidden state ([`GlideFeature::LastHiddenChain`]): the feature of the
-    /// row after it in a round of drafts (on a GPU as its head read them, bf16).
+    /// [`GlideModel::forward_with_features`] for a round of drafts: with `greedy` on a drafter
+    /// that [picks on the device](GlideModel::picks_on_device), each wanted row's top token
+    /// and its probability come back instead of its logits (ties go to the lower draft row
+    /// there, to the lower target id on the host). When the drafter chains its own hidden
+    /// state ([`GlideFeature::LastHiddenChain`]), the final normed row (what the head read) of
+    /// each wanted row also comes back, by sequence: the feature of the row after it in a round
+    /// of drafts (on a GPU as its head read them, bf16).
     pub fn forward_drafting(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
         target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
-    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
-        self.run(kv, batch, target, features, self.config.feature.chains())
+        greedy: bool,
+    ) -> Result<(DraftRows, Option<HiddenRows>)> {
+        let mode = if greedy && self.picks_on_device() {
+            OutputMode::Top
+        } else {
+            OutputMode::Logits
+        };
+        let (out, hidden) = self.run(
+            kv,
+            batch,
+            target,
+            features,
+            self.config.feature.chains(),
+            mode,
+        )?;
+        let rows = match out {
+            ForwardOut::Logits(l) => DraftRows::Logits(l),
+            ForwardOut::Top(rows) => DraftRows::Top(self.picks_as_ids(rows)),
+            _ => unreachable!("logits or top rows asked for"),
+        };
+        Ok((rows, hidden))
     }
 
     /// [`GlideModel::forward`], where `features[i]` (if given) is the target's hidden state
@@ -81,7 +193,13 @@ impl GlideModel {
         target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
     ) -> Result<Vec<Tensor>> {
-        Ok(self.run(kv, batch, target, features, false)?.0)
+        match self
+            .run(kv, batch, target, features, false, OutputMode::Logits)?
+            .0
+        {
+            ForwardOut::Logits(l) => Ok(l),
+            _ => unreachable!("logits asked for"),
+        }
     }
 
     /// Refuses a forward whose inputs do not fit: one target table a sequence, both KV pools
@@ -135,22 +253,13 @@ impl GlideModel {
         target: TargetKv<'_>,
         features: &[Option<FeatureRow<'_>>],
         keep_hidden: bool,
-    ) -> Result<(Vec<Tensor>, Option<HiddenRows>)> {
+        mode: OutputMode,
+    ) -> Result<(ForwardOut, Option<HiddenRows>)> {
         self.check_inputs(kv, batch, target, features)?;
         for s in batch.iter_mut() {
             kv.reserve(s.table, s.tokens.len())?;
         }
-        let t = &self.target;
-        let cross = CrossInput {
-            kv: target.kv,
-            tables: target.tables.to_vec(),
-            layer: self.config.target_layer,
-            n_heads: t.num_heads,
-            n_kv_heads: t.num_kv_heads,
-            head_dim: t.head_dim,
-            inv_freq: &self.target_inv_freq,
-            interleaved: t.rope_layout == RopeLayout::Interleaved,
-        };
+        let cross = self.cross_input(target);
         let (logits, hidden) = match &self.weights {
             GlideDevice::Cpu(w) => {
                 let mut step = CpuStep::new(&self.base, &self.inv_freq, kv, batch, Some(cross));
@@ -163,7 +272,8 @@ impl GlideModel {
                 }
                 glide_layers(&mut step, &w.base, &w.cross)?;
                 let hidden = keep_hidden.then(|| step.hidden_per_seq());
-                (step.logits_per_seq()?, hidden)
+                debug_assert_eq!(mode, OutputMode::Logits, "the host picks its own drafts");
+                (ForwardOut::Logits(step.logits_per_seq()?), hidden)
             }
             GlideDevice::Cuda(m) => {
                 let rows = self.vocab.len();
@@ -172,14 +282,11 @@ impl GlideModel {
                     features,
                 };
                 let wanted = Wanted {
-                    mode: OutputMode::Logits,
+                    mode,
                     sample: &[],
                     keep_hidden,
                 };
-                match m.forward(kv, batch, wanted, rows, Some(glide))? {
-                    (ForwardOut::Logits(l), hidden) => (l, hidden),
-                    _ => unreachable!("logits asked for"),
-                }
+                m.forward(kv, batch, wanted, rows, Some(glide))?
             }
         };
         for s in batch.iter_mut() {

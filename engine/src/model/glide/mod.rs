@@ -34,7 +34,7 @@ use std::sync::Arc;
 use super::config::ModelConfig;
 use super::cpu_forward::Projection;
 use super::cuda::CudaModel;
-use super::device::Device;
+use super::device::{Device, GpuStats};
 use super::draft_vocab::DraftVocab;
 use super::glide_config::GlideConfig;
 #[cfg(doc)]
@@ -45,7 +45,7 @@ pub use file::{
     cross_tensor_names, feature_tensor_names, quantize_glide, save_glide, CHAIN_NORM_TENSOR,
     CONFIG_KEY, VOCAB_TENSOR,
 };
-pub use forward::{FeatureRow, FeatureSource, TargetKv};
+pub use forward::{DraftRows, FeatureRow, FeatureSource, TargetKv};
 pub(crate) use layers::{cross_attention, glide_layers};
 pub(crate) use weights::{CrossWeights, FeatureWeights, GlideHost, GlideWeights};
 
@@ -92,6 +92,15 @@ impl GlideModel {
                     && w.cross.iter().all(|c| c.q.is_quantized())
             }
             GlideDevice::Cuda(m) => m.layers_quantized(),
+        }
+    }
+
+    /// On a GPU, the drafter's forwards, graph replays and time (host and, with
+    /// `SPECD_GPU_TIMING=1`, GPU); `None` on the CPU.
+    pub fn gpu_stats(&self) -> Option<GpuStats> {
+        match &self.weights {
+            GlideDevice::Cpu(_) => None,
+            GlideDevice::Cuda(m) => Some(m.stats()),
         }
     }
 

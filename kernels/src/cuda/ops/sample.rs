@@ -1,5 +1,5 @@
-//! The launches over logits: argmax with its probability, greedy acceptance of drafts, softmax
-//! with a per-row temperature, and speculative rejection sampling.
+//! The launches over logits: argmax with its probability, picks looked up as token ids, greedy
+//! acceptance of drafts, softmax with a per-row temperature, and speculative rejection sampling.
 
 use cudarc::driver::LaunchConfig;
 
@@ -47,6 +47,25 @@ impl Gpu {
         let mut b = Args::default();
         b.arg(&scratch).arg(&nc).arg(&tok).arg(&prob);
         self.launch(f, grid(rows, 32), b)
+    }
+
+    /// `out[i] = table[idx[i]]` for `i < n` (i32 each): a drafter's picks on its reduced head
+    /// turned into token ids on the device.
+    pub fn lookup_ids(
+        &self,
+        table: DevicePtr,
+        idx: DevicePtr,
+        n: usize,
+        out: DevicePtr,
+    ) -> GpuResult<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let f = &self.kernels().lookup_ids;
+        let nn = to_i32(n);
+        let mut b = Args::default();
+        b.arg(&table).arg(&idx).arg(&nn).arg(&out);
+        self.launch(f, grid(n.div_ceil(128), 128), b)
     }
 
     /// Greedy acceptance of `seqs` sequences' drafts against the target's choices.
