@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Session 27, hold 1, call 1 (synthetic target from the real 1.5B's header, the committed GLIDE
-# file): setup; GLIDE's drafting
-# cost through bench-spec, old binary (0ff706c: the host picks every draft from its logits)
+# file): setup; `scripts/gpu/check`; GLIDE's drafting cost through bench-spec, old binary (0ff706c: the host picks every draft from its logits)
 # against new (the device picks greedy drafts and chains a round's later forwards) and new with
 # SPECD_GLIDE_CHAIN=0 (device picks, one forward and one trip to the host a draft),
-# alternated, then with SPECD_GPU_TIMING=1 once each; then `scripts/gpu/check` on this tree's
-# binary (the GPU suites) in the time left.
+# then the new binary both ways with SPECD_GPU_TIMING=1; before them `scripts/gpu/check` on this
+# tree's binary (the GPU suites).
 set -uo pipefail
 T0=$SECONDS
 mkdir -p ~/stash $OUT/r
@@ -15,6 +14,8 @@ cp .gpu/specd.xz .gpu/tests-gpu.tar.xz ~/stash/
 python3 scripts/gpu/synth-gguf.py .xfer/target-header.gguf ~/stash/synth.gguf | tail -1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,driver_version --format=csv,noheader
 echo "setup $((SECONDS-T0)) s"
+timeout 270 scripts/gpu/check $OUT/r/check > $OUT/r/check.out 2>&1
+echo "check rc=$? $((SECONDS-T0)) s"; cat $OUT/r/check/summary.txt
 glide=models/glide/glide-qwen2.5-coder-1.5b-instruct.safetensors
 spec() {  # name binary [env...]
   local name=$1 bin=$2; shift 2
@@ -22,12 +23,8 @@ spec() {  # name binary [env...]
     --methods none,glide:4,glide:1 --max-tokens 128 --limit 6 > $OUT/r/spec-$name.out 2> $OUT/r/spec-$name.err
   echo "== $name rc=$? $((SECONDS-T0)) s"; grep -E "^\| (none|glide)" $OUT/r/spec-$name.out | head -5
 }
-for i in 1; do spec old$i ~/stash/specd-old; spec new$i ~/stash/specd; spec nochain$i ~/stash/specd SPECD_GLIDE_CHAIN=0; done
-spec oldT ~/stash/specd-old SPECD_GPU_TIMING=1; spec newT ~/stash/specd SPECD_GPU_TIMING=1
-spec nochainT ~/stash/specd SPECD_GPU_TIMING=1 SPECD_GLIDE_CHAIN=0
+spec old1 ~/stash/specd-old; spec new1 ~/stash/specd; spec nochain1 ~/stash/specd SPECD_GLIDE_CHAIN=0
+spec newT ~/stash/specd SPECD_GPU_TIMING=1; spec nochainT ~/stash/specd SPECD_GPU_TIMING=1 SPECD_GLIDE_CHAIN=0
 grep -h "GLIDE graphs" $OUT/r/spec-newT.err $OUT/r/spec-nochainT.err | grep "glide:4" | head -4
-left=$((545 - (SECONDS - T0)))
-timeout $left scripts/gpu/check $OUT/r/check > $OUT/r/check.out 2>&1
-echo "check rc=$? $((SECONDS-T0)) s (limit ${left}s)"; cat $OUT/r/check/summary.txt
 (cd $OUT && tar -cJf r.tar.xz r && rm -rf r)
 echo "all done $((SECONDS-T0)) s"

@@ -190,6 +190,8 @@ pub const WIDE_ROWS: usize = 16;
 /// verifications: 64 streams verifying 4 drafts are 320 rows). Not timed on the CPU, where a
 /// row's cost does not change with the batch and these would take seconds.
 pub const GPU_WIDE_ROWS: [usize; 2] = [64, 256];
+/// A chained round of GLIDE drafts is timed at this many rows (the default k).
+const CHAINED_ROWS: usize = 4;
 /// Each forward is timed this many times; the fastest counts (the others met noise).
 const REPEATS: usize = 3;
 
@@ -261,12 +263,14 @@ pub fn measure_draft_costs(target: &Model, draft: &Model, k: usize) -> Result<Dr
 /// Times one drafted position of a GLIDE drafter: a forward of one token for each of 1 and
 /// [`WIDE_ROWS`] sequences (on a GPU also [`GPU_WIDE_ROWS`]), each at the end of a short prompt
 /// that both the target's cache and the drafter's own hold (so that its cross-attention reads
-/// the target's positions and its self-attention its own), with the logits brought back as the
-/// proposer takes them (and a chaining drafter's own rows): the drafter's [`RowCosts`], by
-/// sequences. On the CPU its one layer is a few percent of a target row; on a GPU each drafted
-/// position is a forward of its own, and its logits over the reduced vocabulary cross to the
-/// host, so that it costs a sizeable share of a target step and grows with the batch. Not
-/// timed: the target's hidden rows that a drafter with a feature reads.
+/// the target's positions and its self-attention its own), with its output brought back as the
+/// proposer takes it for greedy drafts (the logits, or on a GPU each row's pick; a chaining
+/// drafter's own rows too): the drafter's [`RowCosts`], by sequences. On the CPU its one layer
+/// is a few percent of a target row; on a GPU each drafted position is a forward of its own,
+/// so that it costs a sizeable share of a target step and grows with the batch. Where greedy
+/// rounds chain on the device ([`GlideModel::chains_on_device`]), a position is timed as a
+/// [`CHAINED_ROWS`]th of a chained round of that many. Not timed: the target's hidden rows
+/// that a drafter with a feature reads.
 pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCosts> {
     use crate::kv::KvPool;
     let gpu = glide.device().is_cuda();
@@ -310,8 +314,10 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
         }
     }
     let token = [prompt[CONTEXT - 1]];
+    let chained = glide.chains_on_device();
+    let per_round = if chained { CHAINED_ROWS } else { 1 };
     let costs = fit_costs(gpu, |seqs| {
-        fastest(
+        let round = fastest(
             &mut (&mut kv, &mut tables[..seqs]),
             |(kv, tables)| {
                 let mut inputs: Vec<SeqInput<'_>> = tables
@@ -329,6 +335,10 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                     kv: &target_kv,
                     tables: &cross,
                 };
+                if chained {
+                    glide.draft_chain(kv, &mut inputs, target, CHAINED_ROWS)?;
+                    return Ok(());
+                }
                 let (out, _) = glide.forward_drafting(kv, &mut inputs, target, &[], true)?;
                 if let DraftRows::Logits(rows) = out {
                     for logits in rows {
@@ -342,7 +352,8 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                     kv.truncate(table, CONTEXT);
                 }
             },
-        )
+        )?;
+        Ok(round / per_round as f64)
     })?;
     for table in &mut tables {
         kv.free(table);
