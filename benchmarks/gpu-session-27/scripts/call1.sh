@@ -10,7 +10,7 @@ T0=$SECONDS
 mkdir -p ~/stash $OUT/r
 xz -dc .gpu/specd.xz > ~/stash/specd && chmod +x ~/stash/specd
 xz -dc .xfer/old/specd-0ff706c.xz > ~/stash/specd-old && chmod +x ~/stash/specd-old
-cp .gpu/specd.xz .gpu/tests-gpu.tar.xz ~/stash/
+cp .gpu/specd.xz ~/stash/ && cp .gpu/tests-gpu.tar.xz ~/stash/tests.tar.xz  # what scripts/gpu/e2e unpacks later
 python3 scripts/gpu/synth-gguf.py .xfer/target-header.gguf ~/stash/synth.gguf | tail -1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,driver_version --format=csv,noheader
 echo "setup $((SECONDS-T0)) s"

@@ -5,11 +5,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use specd_kernels::cuda::{DevicePtr, KvLayout};
+use lru::LruCache;
+use specd_kernels::cuda::{DevicePtr, Graph, KvLayout};
 
 use super::buffers::{self, Buffers, Capacity};
 use super::plan::{Plan, GRAPH_MAX_ROWS};
-use super::scratch::{Scratch, DIRECT_FLOOR};
+use super::scratch::{GraphKey, Scratch};
 use super::step::{CrossLaunch, CudaStep};
 use super::{gpu_err, CudaCross, CudaModel};
 use crate::error::{Error, Result};
@@ -208,24 +209,9 @@ impl CudaModel {
         let chunks = kv.gpu_blocks().map_or(0, |g| g.chunk_ptrs().len());
         let chunk_blocks = kv.gpu_blocks().map_or(1, |g| g.chunk_blocks());
         let cross_chunks = cross_kv.map_or(0, |g| g.chunk_ptrs().len());
-        let Scratch {
-            graphed,
-            direct,
-            graphs,
-            ..
-        } = scratch;
         let need = Capacity::of(&plan.shape, chunks, cross_chunks);
         let cross_pool = cross.map(|c| c.kv);
-        let set = if use_graph || graphed.as_ref().is_some_and(|s| s.bufs.cap.covers(&need)) {
-            if self.ensure_buffers(graphed, need, || self.graph_capacity(kv, cross_pool))? {
-                graphs.clear();
-            }
-            graphed
-        } else {
-            self.ensure_buffers(direct, need, || DIRECT_FLOOR)?;
-            direct
-        };
-        let set = set.as_mut().expect("buffers ensured");
+        let (set, graphs) = scratch.set_for(self, need, use_graph, kv, cross_pool)?;
         if mode == OutputMode::SampledVerdict {
             set.bufs.ensure_q(&self.gpu, &self.config)?;
         }
@@ -296,6 +282,22 @@ impl CudaModel {
             }
             None => run_layers(step, &self.weights),
         };
+        let key = use_graph.then(|| (plan.shape, mode, head_rows, feature.map(|(_, k)| k)));
+        self.run_step(graphs, key, || body(&mut make()))?;
+        self.host_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok((bufs, plan))
+    }
+
+    /// Runs a step's launches `launch`: replayed from the graph of `key` in `graphs` (captured
+    /// the first time), or launched directly without a key; between timing events when
+    /// `SPECD_GPU_TIMING=1`.
+    fn run_step(
+        &self,
+        graphs: &mut LruCache<GraphKey, Graph>,
+        key: Option<GraphKey>,
+        launch: impl Fn() -> Result<()>,
+    ) -> Result<()> {
         let launches_before = self.gpu.launches();
         let timer = self
             .timer
@@ -304,18 +306,15 @@ impl CudaModel {
         if let Some(t) = &timer {
             self.gpu.mark_start(t).map_err(gpu_err)?;
         }
-        if use_graph {
-            let graph = graphs.try_get_or_insert(
-                (plan.shape, mode, head_rows, feature.map(|(_, kinds)| kinds)),
-                || {
-                    self.captures.fetch_add(1, Ordering::Relaxed);
-                    self.gpu.capture(|| body(&mut make()))
-                },
-            )?;
+        if let Some(key) = key {
+            let graph = graphs.try_get_or_insert(key, || {
+                self.captures.fetch_add(1, Ordering::Relaxed);
+                self.gpu.capture(&launch)
+            })?;
             self.gpu.replay(graph).map_err(gpu_err)?;
             self.replays.fetch_add(1, Ordering::Relaxed);
         } else {
-            body(&mut make())?;
+            launch()?;
             self.launches
                 .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
         }
@@ -323,9 +322,7 @@ impl CudaModel {
             self.gpu.mark_end(t).map_err(gpu_err)?;
         }
         self.forwards.fetch_add(1, Ordering::Relaxed);
-        self.host_ns
-            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        Ok((bufs, plan))
+        Ok(())
     }
 
     /// With `SPECD_GPU_TIMING=1`, adds the GPU's time of the forward just enqueued (waiting

@@ -19,7 +19,7 @@ use crate::model::llama::OutputMode;
 const GRAPH_CACHE: usize = 256;
 
 /// The least that buffers for forwards launched directly are allocated for.
-pub(super) const DIRECT_FLOOR: Capacity = Capacity {
+const DIRECT_FLOOR: Capacity = Capacity {
     rows: 16,
     logit_rows: 16,
     seqs: 8,
@@ -67,6 +67,38 @@ impl Scratch {
             graphs: LruCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN)),
             picks: None,
         }
+    }
+}
+
+impl Scratch {
+    /// The buffers a forward that needs `need` runs in, and the graphs captured over them: the
+    /// graphed set for a forward replayed from a graph (`graphed`) or one the graphed set
+    /// holds anyway, else the set of forwards launched directly. `kv` and `cross` (a GLIDE
+    /// drafter's target pool) size the graphed set at its first use.
+    pub(super) fn set_for(
+        &mut self,
+        model: &CudaModel,
+        need: Capacity,
+        graphed: bool,
+        kv: &KvPool,
+        cross: Option<&KvPool>,
+    ) -> Result<(&mut BufferSet, &mut LruCache<GraphKey, Graph>)> {
+        let set = if graphed
+            || self
+                .graphed
+                .as_ref()
+                .is_some_and(|s| s.bufs.cap.covers(&need))
+        {
+            let floor = || model.graph_capacity(kv, cross);
+            if model.ensure_buffers(&mut self.graphed, need, floor)? {
+                self.graphs.clear();
+            }
+            &mut self.graphed
+        } else {
+            model.ensure_buffers(&mut self.direct, need, || DIRECT_FLOOR)?;
+            &mut self.direct
+        };
+        Ok((set.as_mut().expect("buffers ensured"), &mut self.graphs))
     }
 }
 
