@@ -299,7 +299,6 @@ fn greedy_drafts_picked_on_the_gpu_are_the_argmax_of_its_logits() {
 fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() {
     let target = gpu_target();
     let glide = tiny_guessing_glide(&target, 240, 9).unwrap();
-    assert!(glide.chains_on_device(), "unset SPECD_GLIDE_CHAIN");
     let ps = prompts(5);
     let mut tkv = target.new_pool(256);
     let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
@@ -688,9 +687,10 @@ fn greedy_speculation_with_glide_on_the_gpu_equals_target_only_output() {
     let target = tiny_model_on(&spec(), cuda()).unwrap();
     let (model, tok) = (&target.model, target.tokenizer.as_ref().unwrap());
     let glide = GlideProposer::new(Arc::new(tiny_guessing_glide(model, 240, 9).unwrap()));
-    assert!(
-        glide.model().chains_on_device(),
-        "greedy rounds chain on the device here (unset SPECD_GLIDE_CHAIN)"
+    // scripts/gpu/check runs this suite both ways (SPECD_GLIDE_CHAIN=1: greedy rounds chained).
+    eprintln!(
+        "greedy rounds chained on the device: {}",
+        glide.model().chains_on_device()
     );
     let (mut drafted, mut accepted) = (0, 0);
     let mut ps = prompts(8);

@@ -2,8 +2,8 @@
 # Session 27, the real target (joined from 19 stashed pieces of 57 MiB, sha256 checked) and the
 # committed GLIDE drafter: llama.cpp CUDA built in the background (scripts/gpu/llamacpp); specd
 # `bench` decode and verification rows; `bench-spec` on the 20 code prompts (128 tokens, greedy)
-# with this tree's binary (the device picks GLIDE's greedy drafts and chains a round), the same
-# binary with SPECD_GLIDE_CHAIN=0, and the 0ff706c binary (session 26's kernels, the host
+# with this tree's binary and SPECD_GLIDE_CHAIN=1 (the device picks GLIDE's greedy drafts and
+# chains a round), the same binary as it is by default (device picks), and the 0ff706c binary (session 26's kernels, the host
 # picks); then `llama-bench` tg128 / pp512 on the same file.
 set -uo pipefail
 T0=$SECONDS
@@ -26,12 +26,12 @@ spec() {  # name binary methods [env...]
   echo "== $name rc=$? $((SECONDS-T0)) s"; grep -E "^\| " $OUT/r/spec-$name.out | grep -v "^|---" | cut -c1-160
 }
 M=none,ngram:6,glide:4,glide:adaptive:6,glide+ngram:adaptive:6
-spec new $S/specd $M
-spec nochain $S/specd none,glide:4,glide+ngram:adaptive:6 SPECD_GLIDE_CHAIN=0
+spec chain $S/specd $M SPECD_GLIDE_CHAIN=1
+spec picks $S/specd none,glide:4,glide+ngram:adaptive:6
 spec old $S/specd-old none,glide:4,glide+ngram:adaptive:6
-spec new2 $S/specd none,glide:4,glide+ngram:adaptive:6
-spec newT $S/specd none,glide:4 SPECD_GPU_TIMING=1
-grep -h "glide:4" $OUT/r/spec-newT.err | head -3
+spec chain2 $S/specd none,glide:4,glide+ngram:adaptive:6 SPECD_GLIDE_CHAIN=1
+spec chainT $S/specd none,glide:4 SPECD_GPU_TIMING=1 SPECD_GLIDE_CHAIN=1
+grep -h "glide:4" $OUT/r/spec-chainT.err | head -3
 for i in $(seq 1 60); do grep -q '^exit ' $S/llama-build.log && break; sleep 5; done
 tail -1 $S/llama-build.log
 timeout 120 $S/llama-build/bin/llama-bench -m $T -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md > $OUT/r/llama-bench.md 2> $OUT/r/llama-bench.err

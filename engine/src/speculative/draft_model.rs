@@ -310,12 +310,29 @@ pub(super) fn draft_rounds<'v>(
     };
     let mut active = active;
     loop {
-        let still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
-        if still.is_empty() {
-            break;
+        let mut still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
+        if let Some(chain) = chain.take() {
+            // Chained rounds feed every sequence of the chain in every round: the ones with
+            // room for as many rounds as the chain runs go; the others (at the end of the
+            // context) go on one forward at a time.
+            let rounds = |seqs: &[usize]| {
+                seqs.iter()
+                    .map(|&i| limits[i] - drafts[i].tokens.len())
+                    .max()
+                    .unwrap_or(0)
+            };
+            let n = rounds(&still);
+            let (roomy, tight): (Vec<usize>, Vec<usize>) = still.iter().partition(|&&i| {
+                let fed = batch[i].tokens.len() + drafts[i].tokens.len();
+                fed + n <= ctx + 1
+            });
+            if !roomy.is_empty() {
+                let n = rounds(&roomy);
+                chained_rounds(batch, kv, &mut drafts, roomy, (&limits, n), chain)?;
+            }
+            still = tight;
         }
-        if let Some(chain) = chain.as_deref_mut() {
-            chained_rounds(batch, kv, &mut drafts, still, &limits, chain)?;
+        if still.is_empty() {
             break;
         }
         rows = step(kv, &mut last_draft_inputs(batch, &drafts, &still), &still)?;
@@ -332,22 +349,18 @@ pub(super) fn draft_rounds<'v>(
 pub(super) type ChainRounds<'c> =
     dyn FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize], usize) -> Result<Vec<Vec<Top>>> + 'c;
 
-/// Drafts the sequences `still` further through `chain` in one go: as many rounds as the
-/// furthest of them may still draft, each sequence then taking its picks one round after
-/// another until its limit or its confidence stops it (as [`draft_rounds`] would have).
+/// Drafts the sequences `still` further through `chain` in one go: `n` rounds (as many as the
+/// furthest of them may still draft, all of them with room in the context for that many),
+/// each sequence then taking its picks one round after another until its limit or its
+/// confidence stops it (as [`draft_rounds`] would have).
 fn chained_rounds(
     batch: &mut [ProposeInput<'_>],
     kv: &mut KvPool,
     drafts: &mut [Draft],
     still: Vec<usize>,
-    limits: &[usize],
+    (limits, n): (&[usize], usize),
     chain: &mut ChainRounds<'_>,
 ) -> Result<()> {
-    let n = still
-        .iter()
-        .map(|&i| limits[i] - drafts[i].tokens.len())
-        .max()
-        .unwrap_or(0);
     let picks = chain(kv, &mut last_draft_inputs(batch, drafts, &still), &still, n)?;
     // Each chained sequence's picks, taken a round at a time.
     let mut picks: Vec<std::vec::IntoIter<Top>> = picks.into_iter().map(Vec::into_iter).collect();
@@ -453,4 +466,151 @@ fn take_draft_tokens(
         }
     }
     still
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::kv::KvDtype;
+    use crate::model::tiny::{tiny_config, TinySpec};
+    use crate::sampling::SamplingParams;
+
+    /// A stand-in drafter: the pick after token `t` at position `p`, and how sure it is.
+    fn pick(t: u32, p: usize) -> Top {
+        Top {
+            token: (t * 7 + p as u32 * 3 + 1) % 50,
+            prob: ((t * 13 + p as u32) % 10) as f32 / 10.0 + 0.05,
+        }
+    }
+
+    /// One forward of the stand-in: every row fed to the cache, the wanted rows' picks back.
+    fn step(kv: &mut KvPool, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Next<'static>>> {
+        let mut out = Vec::new();
+        for s in inputs.iter_mut() {
+            let n = s.tokens.len();
+            kv.reserve(s.table, n)?;
+            let last = s.table.len() + n - 1;
+            kv.commit(s.table, n);
+            if s.logits != Logits::None {
+                out.push(Next::Top(pick(*s.tokens.last().unwrap(), last)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stand-in's chained rounds: each sequence's row fed, then `n - 1` rows of the picks.
+    fn chain(
+        kv: &mut KvPool,
+        inputs: &mut [SeqInput<'_>],
+        _: &[usize],
+        n: usize,
+    ) -> Result<Vec<Vec<Top>>> {
+        let mut out = Vec::new();
+        for s in inputs.iter_mut() {
+            let mut fed = s.tokens[0];
+            let mut picks = Vec::new();
+            for _ in 0..n {
+                kv.reserve(s.table, 1)?;
+                let p = pick(fed, s.table.len());
+                kv.commit(s.table, 1);
+                picks.push(p);
+                fed = p.token;
+            }
+            out.push(picks);
+        }
+        Ok(out)
+    }
+
+    /// Sequences of different lengths, limits and confidence stops, some at the end of the
+    /// context: drafting with the later rounds chained gives every sequence the drafts of
+    /// rounds drafted one forward at a time, never feeds a position past the context, and
+    /// leaves in each cache only rows that the rollback of what verification keeps removes
+    /// past the drafts.
+    #[test]
+    fn chained_rounds_draft_as_rounds_one_at_a_time_within_the_context() {
+        let ctx = 24;
+        let config = tiny_config(&TinySpec::default());
+        let seqs: [(usize, usize, Option<f32>); 7] = [
+            (5, 4, None),
+            (9, 1, None),
+            (6, 6, Some(0.3)),
+            (12, 3, Some(0.6)),
+            (22, 6, None),
+            (24, 4, None),
+            (20, 5, Some(0.2)),
+        ];
+        let prompts: Vec<Vec<u32>> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, ..))| (0..len as u32).map(|t| (t * 11 + i as u32) % 50).collect())
+            .collect();
+        let sampling = SamplingParams::default();
+        let run = |chained: bool| {
+            let mut kv = KvPool::for_model(&config, 64, KvDtype::F32);
+            let target = BlockTable::new();
+            let mut states: Vec<ProposerState> =
+                seqs.iter().map(|_| ProposerState::default()).collect();
+            let mut rngs: Vec<_> = seqs
+                .iter()
+                .map(|_| rand::rngs::StdRng::seed_from_u64(1))
+                .collect();
+            let mut batch: Vec<ProposeInput<'_>> = seqs
+                .iter()
+                .zip(&prompts)
+                .zip(states.iter_mut().zip(rngs.iter_mut()))
+                .map(
+                    |((&(_, max, confidence), tokens), (state, rng))| ProposeInput {
+                        tokens,
+                        target_table: &target,
+                        state,
+                        max,
+                        sampling: &sampling,
+                        rng,
+                        confidence,
+                    },
+                )
+                .collect();
+            let mut c = chain;
+            let with: Option<&mut ChainRounds<'_>> = if chained { Some(&mut c) } else { None };
+            let drafts =
+                draft_rounds(&mut batch, &mut kv, ctx, |kv, i, _| step(kv, i), with).unwrap();
+            let cached: Vec<usize> = states
+                .iter()
+                .map(|s| s.table.as_ref().unwrap().len())
+                .collect();
+            (drafts, cached, states, kv)
+        };
+        let (one_by_one, fed_one_by_one, ..) = run(false);
+        let (chained, fed, mut states, mut kv) = run(true);
+        let mut differ_in_rows = 0;
+        for (i, (a, b)) in chained.iter().zip(&one_by_one).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "sequence {i}: chained drafts differ");
+            assert!(fed[i] <= ctx, "sequence {i}: a row fed past the context");
+            assert!(
+                fed[i] >= fed_one_by_one[i],
+                "sequence {i}: the chain fed fewer rows than the drafts need"
+            );
+            differ_in_rows += usize::from(fed[i] != fed_one_by_one[i]);
+            // Verification keeps the committed tokens and the drafts it accepts (here all):
+            // the rollback leaves nothing past them.
+            let keep = prompts[i].len() + a.tokens.len();
+            let table = states[i].table.as_mut().unwrap();
+            kv.truncate(table, keep);
+            assert!(table.len() <= keep, "sequence {i}: rows past the kept ones");
+        }
+        assert!(
+            chained.iter().any(|d| d.tokens.len() > 1),
+            "no sequence drafted past the first round: the chain never ran"
+        );
+        assert!(
+            differ_in_rows > 0,
+            "no chained sequence fed rows past its drafts: the limits and stops went untested"
+        );
+        assert!(
+            chained[5].tokens.len() <= 1 && chained[4].tokens.len() <= 3,
+            "the sequences at the end of the context drafted past it"
+        );
+    }
 }

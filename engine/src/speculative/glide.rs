@@ -59,9 +59,9 @@ pub(super) fn glide_state(model: &GlideModel) -> ProposerState {
 /// drafts one token per round, chosen on its reduced vocabulary (spread onto the target's
 /// only when sampling needs the whole row). On a GPU, when every sequence drafts greedily
 /// without a penalty, the device picks each draft and only its token and probability cross
-/// to the host, and the rounds after the first run there in one go, each feeding the pick
-/// of the one before ([`GlideModel::draft_chain`]; not for a drafter that feeds its own rows
-/// forward, nor with `SPECD_GLIDE_CHAIN=0`).
+/// to the host; the rounds after the first may run there in one go, each feeding the pick
+/// of the one before ([`GlideModel::draft_chain`], with `SPECD_GLIDE_CHAIN=1`; not for a
+/// drafter that feeds its own rows forward).
 pub(super) fn glide_drafts(
     model: &GlideModel,
     target: TargetView<'_>,

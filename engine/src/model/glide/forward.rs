@@ -60,13 +60,13 @@ impl GlideModel {
         matches!(self.weights, GlideDevice::Cuda(_))
     }
 
-    /// Whether the proposer drafts through [`GlideModel::draft_chain`]: on a GPU, for a drafter
-    /// whose drafted rows take no feature of their own (not
-    /// [`GlideFeature::LastHiddenChain`]), unless `SPECD_GLIDE_CHAIN=0` (one forward and one
-    /// trip to the host a drafted row, to compare).
+    /// Whether the proposer drafts through [`GlideModel::draft_chain`]: with
+    /// `SPECD_GLIDE_CHAIN=1`, on a GPU, for a drafter whose drafted rows take no feature of their
+    /// own (not [`GlideFeature::LastHiddenChain`]). Off by default until it has been measured
+    /// on a GPU (one forward and one trip to the host a drafted row otherwise).
     pub fn chains_on_device(&self) -> bool {
         static CHAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *CHAIN.get_or_init(|| std::env::var("SPECD_GLIDE_CHAIN").as_deref() != Ok("0"));
+        let on = *CHAIN.get_or_init(|| std::env::var("SPECD_GLIDE_CHAIN").as_deref() == Ok("1"));
         on && self.picks_on_device() && !self.config.feature.chains()
     }
 
