@@ -336,7 +336,8 @@ pub fn measure_glide_costs(target: &Model, glide: &GlideModel) -> Result<RowCost
                     tables: &cross,
                 };
                 if chained {
-                    glide.draft_chain(kv, &mut inputs, target, CHAINED_ROWS)?;
+                    let counts = vec![CHAINED_ROWS; inputs.len()];
+                    glide.draft_chain(kv, &mut inputs, target, &counts)?;
                     return Ok(());
                 }
                 let (out, _) = glide.forward_drafting(kv, &mut inputs, target, &[], true)?;

@@ -101,7 +101,7 @@ impl CudaModel {
         &self,
         _: &mut KvPool,
         _: &mut [SeqInput<'_>],
-        _n: usize,
+        _counts: &[usize],
         _head_rows: usize,
         _: GlideInput<'_>,
     ) -> Result<Vec<Vec<Top>>> {

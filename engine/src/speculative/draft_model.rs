@@ -310,98 +310,90 @@ pub(super) fn draft_rounds<'v>(
     };
     let mut active = active;
     loop {
-        let mut still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
+        let still = take_draft_tokens(batch, &mut drafts, &active, &rows, &limits);
         if let Some(chain) = chain.take() {
-            // Chained rounds feed every sequence of the chain in every round: the ones with
-            // room for as many rounds as the chain runs go; the others (at the end of the
-            // context) go on one forward at a time.
-            let rounds = |seqs: &[usize]| {
-                seqs.iter()
-                    .map(|&i| limits[i] - drafts[i].tokens.len())
-                    .max()
-                    .unwrap_or(0)
-            };
-            let n = rounds(&still);
-            let (roomy, tight): (Vec<usize>, Vec<usize>) = still.iter().partition(|&&i| {
-                let fed = batch[i].tokens.len() + drafts[i].tokens.len();
-                fed + n <= ctx + 1
-            });
-            if !roomy.is_empty() {
-                let n = rounds(&roomy);
-                chained_rounds(batch, kv, &mut drafts, roomy, (&limits, n), chain)?;
+            if !still.is_empty() {
+                chained_rounds(batch, kv, &mut drafts, still, &limits, chain)?;
             }
-            still = tight;
+            break;
         }
         if still.is_empty() {
             break;
         }
-        rows = step(kv, &mut last_draft_inputs(batch, &drafts, &still), &still)?;
+        rows = step(kv, &mut latest_draft_inputs(batch, &drafts, &still), &still)?;
         active = still;
     }
     Ok(drafts)
 }
 
-/// The rounds of drafts after the first, chained on the device: `chain(kv, inputs, seqs, n)`
-/// runs `n` forwards of one row per sequence of `inputs` (the inputs of the sequences
-/// `seqs`), each feeding the token the one before picked, and returns each sequence's `n`
-/// greedy picks. Every row is fed whatever the picks say; verification's rollback cuts the
-/// rows of drafts a sequence did not keep.
+/// The rounds of drafts after the first, chained on the device: `chain(kv, inputs, seqs,
+/// counts)` feeds the sequence of `inputs[k]` (index `seqs[k]` into the batch) `counts[k]` rows,
+/// one per forward, each the token the forward before picked for it (`counts` never increases
+/// along `inputs`), and returns each sequence's greedy picks, `counts[k]` of them.
 pub(super) type ChainRounds<'c> =
-    dyn FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize], usize) -> Result<Vec<Vec<Top>>> + 'c;
+    dyn FnMut(&mut KvPool, &mut [SeqInput<'_>], &[usize], &[usize]) -> Result<Vec<Vec<Top>>> + 'c;
 
-/// Drafts the sequences `still` further through `chain` in one go: `n` rounds (as many as the
-/// furthest of them may still draft, all of them with room in the context for that many),
-/// each sequence then taking its picks one round after another until its limit or its
-/// confidence stops it (as [`draft_rounds`] would have).
+/// Drafts the sequences `still` further through `chain` in one go, each fed as many rows as it
+/// may still draft (its limit: so within its context and the KV blocks its budget reserved),
+/// then takes each sequence's picks one round after another until its limit or its confidence
+/// stops it (as [`draft_rounds`] would have). Rows fed past a confidence stop are cut by
+/// verification's rollback.
 fn chained_rounds(
     batch: &mut [ProposeInput<'_>],
     kv: &mut KvPool,
     drafts: &mut [Draft],
     still: Vec<usize>,
-    (limits, n): (&[usize], usize),
+    limits: &[usize],
     chain: &mut ChainRounds<'_>,
 ) -> Result<()> {
-    let picks = chain(kv, &mut last_draft_inputs(batch, drafts, &still), &still, n)?;
+    let left = |i: usize| limits[i] - drafts[i].tokens.len();
+    // Most rows first: each forward's sequences are then the first ones of the forward before.
+    let mut order = still.clone();
+    order.sort_by_key(|&i| std::cmp::Reverse(left(i)));
+    let counts: Vec<usize> = order.iter().map(|&i| left(i)).collect();
+    let picks = chain(
+        kv,
+        &mut latest_draft_inputs(batch, drafts, &order),
+        &order,
+        &counts,
+    )?;
     // Each chained sequence's picks, taken a round at a time.
     let mut picks: Vec<std::vec::IntoIter<Top>> = picks.into_iter().map(Vec::into_iter).collect();
-    let mut active = still.clone();
-    for _ in 0..n {
+    let mut active = still;
+    while !active.is_empty() {
         let rows: Vec<Next<'_>> = active
             .iter()
             .map(|i| {
-                let k = still
+                let k = order
                     .iter()
                     .position(|j| j == i)
                     .expect("a chained sequence");
-                Next::Top(picks[k].next().expect("a pick a round"))
+                Next::Top(picks[k].next().expect("a pick for every row it may draft"))
             })
             .collect();
         active = take_draft_tokens(batch, drafts, &active, &rows, limits);
-        if active.is_empty() {
-            break;
-        }
     }
     Ok(())
 }
 
-/// The inputs that feed each sequence of `seqs` (ascending indices into `batch`) its latest
-/// draft, wanting the row after it.
-fn last_draft_inputs<'b>(
+/// The inputs that feed each sequence of `seqs` (indices into `batch`, each once, in any
+/// order) its latest draft, wanting the row after it, in the order of `seqs`.
+fn latest_draft_inputs<'b>(
     batch: &'b mut [ProposeInput<'_>],
     drafts: &'b [Draft],
     seqs: &[usize],
 ) -> Vec<SeqInput<'b>> {
-    let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(seqs.len());
-    let mut it = batch.iter_mut().enumerate();
-    for &i in seqs {
-        let s = it.find(|(j, _)| *j == i).expect("indices ascend").1;
-        inputs.push(SeqInput {
-            table: s.state.table.as_mut().expect("created above"),
-            tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
-            logits: Logits::Last,
-        });
-    }
-    inputs
+    let mut slots: Vec<Option<&'b mut ProposeInput<'_>>> = batch.iter_mut().map(Some).collect();
+    seqs.iter()
+        .map(|&i| {
+            let s = slots[i].take().expect("each sequence once");
+            SeqInput {
+                table: s.state.table.as_mut().expect("created above"),
+                tokens: std::slice::from_ref(drafts[i].tokens.last().expect("drafted")),
+                logits: Logits::Last,
+            }
+        })
+        .collect()
 }
 
 /// Brings sequence `i`'s drafter cache to within one chunk of its committed tokens: a cache
@@ -470,6 +462,8 @@ fn take_draft_tokens(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use rand::SeedableRng;
 
     use super::*;
@@ -485,14 +479,34 @@ mod tests {
         }
     }
 
-    /// One forward of the stand-in: every row fed to the cache, the wanted rows' picks back.
-    fn step(kv: &mut KvPool, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Next<'static>>> {
+    /// The tokens fed to each sequence's cache, by position.
+    type Fed = RefCell<Vec<Vec<u32>>>;
+
+    /// Feeds `token` to sequence `i`'s cache under `table` (its next position); returns that
+    /// position.
+    fn feed(kv: &mut KvPool, table: &mut BlockTable, fed: &Fed, i: usize, token: u32) -> usize {
+        kv.reserve(table, 1).unwrap();
+        let p = table.len();
+        kv.commit(table, 1);
+        let mut fed = fed.borrow_mut();
+        fed[i].truncate(p);
+        fed[i].push(token);
+        p
+    }
+
+    /// One forward of the stand-in: every row fed, the wanted rows' picks back.
+    fn step(
+        kv: &mut KvPool,
+        inputs: &mut [SeqInput<'_>],
+        seqs: &[usize],
+        fed: &Fed,
+    ) -> Result<Vec<Next<'static>>> {
         let mut out = Vec::new();
-        for s in inputs.iter_mut() {
-            let n = s.tokens.len();
-            kv.reserve(s.table, n)?;
-            let last = s.table.len() + n - 1;
-            kv.commit(s.table, n);
+        for (s, &i) in inputs.iter_mut().zip(seqs) {
+            let mut last = 0;
+            for &t in s.tokens {
+                last = feed(kv, s.table, fed, i, t);
+            }
             if s.logits != Logits::None {
                 out.push(Next::Top(pick(*s.tokens.last().unwrap(), last)));
             }
@@ -500,23 +514,28 @@ mod tests {
         Ok(out)
     }
 
-    /// The stand-in's chained rounds: each sequence's row fed, then `n - 1` rows of the picks.
+    /// The stand-in's chained rounds: sequence k's row fed, then `counts[k] - 1` rows of its
+    /// picks.
     fn chain(
         kv: &mut KvPool,
         inputs: &mut [SeqInput<'_>],
-        _: &[usize],
-        n: usize,
+        seqs: &[usize],
+        counts: &[usize],
+        fed: &Fed,
     ) -> Result<Vec<Vec<Top>>> {
+        assert!(
+            counts.windows(2).all(|w| w[0] >= w[1]),
+            "sequences in order of their rows"
+        );
         let mut out = Vec::new();
-        for s in inputs.iter_mut() {
-            let mut fed = s.tokens[0];
+        for ((s, &i), &n) in inputs.iter_mut().zip(seqs).zip(counts) {
+            let mut token = s.tokens[0];
             let mut picks = Vec::new();
             for _ in 0..n {
-                kv.reserve(s.table, 1)?;
-                let p = pick(fed, s.table.len());
-                kv.commit(s.table, 1);
-                picks.push(p);
-                fed = p.token;
+                let p = feed(kv, s.table, fed, i, token);
+                let next = pick(token, p);
+                picks.push(next);
+                token = next.token;
             }
             out.push(picks);
         }
@@ -525,11 +544,12 @@ mod tests {
 
     /// Sequences of different lengths, limits and confidence stops, some at the end of the
     /// context: drafting with the later rounds chained gives every sequence the drafts of
-    /// rounds drafted one forward at a time, never feeds a position past the context, and
-    /// leaves in each cache only rows that the rollback of what verification keeps removes
-    /// past the drafts.
+    /// rounds drafted one forward at a time; no sequence is fed a row past its limit (so none
+    /// past the context, nor past the KV blocks its draft budget reserved: the committed tokens
+    /// and `max - 1` drafts); and after the rollback to the committed tokens and the drafts
+    /// (all accepted here), each cache holds exactly those tokens.
     #[test]
-    fn chained_rounds_draft_as_rounds_one_at_a_time_within_the_context() {
+    fn chained_rounds_draft_as_rounds_one_at_a_time_within_each_budget() {
         let ctx = 24;
         let config = tiny_config(&TinySpec::default());
         let seqs: [(usize, usize, Option<f32>); 7] = [
@@ -548,6 +568,7 @@ mod tests {
             .collect();
         let sampling = SamplingParams::default();
         let run = |chained: bool| {
+            let fed: Fed = RefCell::new(vec![Vec::new(); seqs.len()]);
             let mut kv = KvPool::for_model(&config, 64, KvDtype::F32);
             let target = BlockTable::new();
             let mut states: Vec<ProposerState> =
@@ -572,41 +593,63 @@ mod tests {
                     },
                 )
                 .collect();
-            let mut c = chain;
+            let mut c = |kv: &mut KvPool, i: &mut [SeqInput<'_>], s: &[usize], n: &[usize]| {
+                chain(kv, i, s, n, &fed)
+            };
             let with: Option<&mut ChainRounds<'_>> = if chained { Some(&mut c) } else { None };
-            let drafts =
-                draft_rounds(&mut batch, &mut kv, ctx, |kv, i, _| step(kv, i), with).unwrap();
-            let cached: Vec<usize> = states
+            let drafts = draft_rounds(
+                &mut batch,
+                &mut kv,
+                ctx,
+                |kv, i, s| step(kv, i, s, &fed),
+                with,
+            )
+            .unwrap();
+            drop(batch);
+            // Verification keeps the committed tokens and every draft: the rollback.
+            for (i, d) in drafts.iter().enumerate() {
+                let table = states[i].table.as_mut().unwrap();
+                kv.truncate(table, prompts[i].len() + d.tokens.len());
+            }
+            let kept: Vec<Vec<u32>> = states
                 .iter()
-                .map(|s| s.table.as_ref().unwrap().len())
+                .zip(fed.borrow().iter())
+                .map(|(s, f)| f[..s.table.as_ref().unwrap().len()].to_vec())
                 .collect();
-            (drafts, cached, states, kv)
+            let fed = fed.into_inner();
+            (drafts, fed, kept)
         };
-        let (one_by_one, fed_one_by_one, ..) = run(false);
-        let (chained, fed, mut states, mut kv) = run(true);
-        let mut differ_in_rows = 0;
+        let (one_by_one, fed_one_by_one, _) = run(false);
+        let (chained, fed, kept) = run(true);
+        let mut fed_past_drafts = 0;
         for (i, (a, b)) in chained.iter().zip(&one_by_one).enumerate() {
+            let (len, max, _) = seqs[i];
             assert_eq!(a.tokens, b.tokens, "sequence {i}: chained drafts differ");
-            assert!(fed[i] <= ctx, "sequence {i}: a row fed past the context");
+            let budget = (len + max - 1).min(ctx);
             assert!(
-                fed[i] >= fed_one_by_one[i],
-                "sequence {i}: the chain fed fewer rows than the drafts need"
+                fed[i].len() <= budget,
+                "sequence {i}: {} rows fed, past the {budget} its budget and the context allow",
+                fed[i].len()
             );
-            differ_in_rows += usize::from(fed[i] != fed_one_by_one[i]);
-            // Verification keeps the committed tokens and the drafts it accepts (here all):
-            // the rollback leaves nothing past them.
-            let keep = prompts[i].len() + a.tokens.len();
-            let table = states[i].table.as_mut().unwrap();
-            kv.truncate(table, keep);
-            assert!(table.len() <= keep, "sequence {i}: rows past the kept ones");
+            fed_past_drafts += usize::from(fed[i].len() > fed_one_by_one[i].len());
+            let want: Vec<u32> = prompts[i].iter().chain(&a.tokens).copied().collect();
+            assert_eq!(
+                kept[i],
+                want[..kept[i].len()],
+                "sequence {i}: the cache holds other tokens than the committed ones and drafts"
+            );
+            assert!(
+                kept[i].len() + 1 >= want.len(),
+                "sequence {i}: the cache lacks more than the last draft"
+            );
         }
         assert!(
             chained.iter().any(|d| d.tokens.len() > 1),
             "no sequence drafted past the first round: the chain never ran"
         );
         assert!(
-            differ_in_rows > 0,
-            "no chained sequence fed rows past its drafts: the limits and stops went untested"
+            fed_past_drafts > 0,
+            "no chained sequence was fed rows past its drafts: the confidence stops went untested"
         );
         assert!(
             chained[5].tokens.len() <= 1 && chained[4].tokens.len() <= 3,

@@ -78,14 +78,15 @@ pub(super) fn glide_drafts(
         .iter()
         .all(|s| s.sampling.is_greedy() && s.sampling.repetition_penalty == 1.0);
     // Greedy rounds after the first chain on the device where the drafter can.
-    let mut chain = |kv: &mut KvPool, inputs: &mut [SeqInput<'_>], seqs: &[usize], n: usize| {
-        let tables: Vec<&BlockTable> = seqs.iter().map(|&i| target_tables[i]).collect();
-        let cross = TargetKv {
-            kv: target.kv,
-            tables: &tables,
+    let mut chain =
+        |kv: &mut KvPool, inputs: &mut [SeqInput<'_>], seqs: &[usize], counts: &[usize]| {
+            let tables: Vec<&BlockTable> = seqs.iter().map(|&i| target_tables[i]).collect();
+            let cross = TargetKv {
+                kv: target.kv,
+                tables: &tables,
+            };
+            model.draft_chain(kv, inputs, cross, counts)
         };
-        model.draft_chain(kv, inputs, cross, n)
-    };
     let chain: Option<&mut ChainRounds<'_>> = if greedy && model.chains_on_device() {
         Some(&mut chain)
     } else {

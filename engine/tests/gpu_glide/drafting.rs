@@ -29,6 +29,23 @@ use specd_engine::speculative::{
     Speculator,
 };
 
+/// A random drafter for `target` whose draft vocabulary is 200 ids in reverse (draft row r is
+/// target id 199 - r), so that a pick is never its own id.
+fn permuted_glide(target: &Model) -> GlideModel {
+    let c = target.config().clone();
+    let config = tiny_glide_config(&c, 200);
+    let tensors = tiny_glide_weights(&c, &config, 5, 0.3);
+    let vocab = DraftVocab::new((0..200u32).rev().collect(), c.vocab_size).unwrap();
+    GlideModel::from_weights(
+        config,
+        &mut model::Weights::from_tensors(tensors),
+        vocab,
+        target,
+        Path::new("<test>"),
+    )
+    .unwrap()
+}
+
 /// Greedy drafts picked on the GPU (`forward_drafting` with `greedy`: only each row's top
 /// token and its probability come back) are the argmax of the rows the GPU hands back when
 /// asked for logits, mapped through the draft vocabulary (here a permuted one, so that a draft
@@ -37,19 +54,7 @@ use specd_engine::speculative::{
 #[test]
 fn greedy_drafts_picked_on_the_gpu_are_the_argmax_of_its_logits() {
     let target = gpu_target();
-    let c = target.config().clone();
-    let config = tiny_glide_config(&c, 200);
-    let tensors = tiny_glide_weights(&c, &config, 5, 0.3);
-    // Draft row r is target id 199 - r.
-    let vocab = DraftVocab::new((0..200u32).rev().collect(), c.vocab_size).unwrap();
-    let glide = GlideModel::from_weights(
-        config,
-        &mut model::Weights::from_tensors(tensors),
-        vocab,
-        &target,
-        Path::new("<test>"),
-    )
-    .unwrap();
+    let glide = permuted_glide(&target);
     assert!(glide.picks_on_device(), "a drafter on a GPU picks there");
     let ps = prompts(5);
     let mut tkv = target.new_pool(256);
@@ -130,15 +135,20 @@ fn greedy_drafts_picked_on_the_gpu_are_the_argmax_of_its_logits() {
 }
 
 /// A round of greedy drafts chained on the device (`draft_chain`: each forward's ids are the
-/// picks of the one before, looked up on the GPU) gives, bit for bit, the picks and
-/// probabilities of greedy forwards fed one after another from the host, for a batch of
-/// sequences of different lengths and verified lengths; and the caches it leaves give the same
-/// rows afterwards.
+/// picks of the one before, looked up in the drafter's permuted id map on the GPU) gives, bit
+/// for bit, the picks and probabilities of greedy forwards fed one after another from the host,
+/// for a batch of sequences of different lengths and verified lengths fed 5, 4, 4, 2 and 1
+/// rows (each forward's batch the first sequences of the one before); and the caches it leaves
+/// give the same rows afterwards.
 #[test]
 fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() {
     let target = gpu_target();
-    let glide = tiny_guessing_glide(&target, 240, 9).unwrap();
-    let ps = prompts(5);
+    let glide = permuted_glide(&target);
+    let ps: Vec<Vec<u32>> = prompts(5)
+        .into_iter()
+        .map(|p| p.into_iter().map(|t| t % 200).collect())
+        .collect();
+    let counts = [5, 4, 4, 2, 1];
     let mut tkv = target.new_pool(256);
     let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
     for ((i, p), t) in ps.iter().enumerate().zip(ttables.iter_mut()) {
@@ -151,12 +161,11 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
         target.forward(&mut tkv, &mut one).unwrap();
     }
     let refs: Vec<&BlockTable> = ttables.iter().collect();
-    let cross = || TargetKv {
+    let cross = |n: usize| TargetKv {
         kv: &tkv,
-        tables: &refs,
+        tables: &refs[..n],
     };
-    let n = 5;
-    // Each way: the prompts but their last token read, then n rounds from the last token.
+    // Each way: the prompts but their last token read, then the rounds from the last token.
     let run = |chained: bool| {
         let mut pool = glide.new_pool(256);
         let mut tables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
@@ -169,7 +178,9 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
                 logits: Logits::None,
             })
             .collect();
-        glide.forward(&mut pool, &mut head, cross()).unwrap();
+        glide
+            .forward(&mut pool, &mut head, cross(ps.len()))
+            .unwrap();
         let mut last: Vec<u32> = ps.iter().map(|p| *p.last().unwrap()).collect();
         let picks: Vec<Vec<(u32, f32)>> = if chained {
             let mut inputs: Vec<SeqInput<'_>> = tables
@@ -182,15 +193,16 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
                 })
                 .collect();
             glide
-                .draft_chain(&mut pool, &mut inputs, cross(), n)
+                .draft_chain(&mut pool, &mut inputs, cross(ps.len()), &counts)
                 .unwrap()
                 .into_iter()
                 .map(|r| r.into_iter().map(|t| (t.token, t.prob)).collect())
                 .collect()
         } else {
             let mut picks = vec![Vec::new(); ps.len()];
-            for _ in 0..n {
-                let mut inputs: Vec<SeqInput<'_>> = tables
+            for round in 0..counts[0] {
+                let m = counts.iter().filter(|&&c| c > round).count();
+                let mut inputs: Vec<SeqInput<'_>> = tables[..m]
                     .iter_mut()
                     .zip(&last)
                     .map(|(table, t)| SeqInput {
@@ -200,7 +212,7 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
                     })
                     .collect();
                 let out = glide
-                    .forward_drafting(&mut pool, &mut inputs, cross(), &[], true)
+                    .forward_drafting(&mut pool, &mut inputs, cross(m), &[], true)
                     .unwrap()
                     .0;
                 let DraftRows::Top(tops) = out else {
@@ -213,7 +225,7 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
             }
             picks
         };
-        // One more row from the last pick: the caches must agree too.
+        // One more row from each last pick: the caches must agree too.
         let mut after: Vec<SeqInput<'_>> = tables
             .iter_mut()
             .zip(&picks)
@@ -223,7 +235,9 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
                 logits: Logits::Last,
             })
             .collect();
-        let rows = glide.forward(&mut pool, &mut after, cross()).unwrap();
+        let rows = glide
+            .forward(&mut pool, &mut after, cross(ps.len()))
+            .unwrap();
         let rows: Vec<Vec<f32>> = rows
             .iter()
             .map(|t| t.to_vec2::<f32>().unwrap().remove(0))
@@ -234,7 +248,7 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
     let (fed, fed_after) = run(false);
     assert_eq!(chained.len(), ps.len(), "picks for every sequence");
     for (i, (a, b)) in chained.iter().zip(&fed).enumerate() {
-        assert_eq!(a.len(), n, "sequence {i}: {n} picks");
+        assert_eq!(a.len(), counts[i], "sequence {i}: one pick a row fed");
         assert_eq!(
             a, b,
             "sequence {i}: chained picks differ from forwards fed one by one"

@@ -67,17 +67,19 @@ impl CudaModel {
         Ok((out, hidden))
     }
 
-    /// A GLIDE drafter's round of greedy drafts chained on the device: `n` forwards of one row
-    /// per sequence of `batch`, the first feeding each sequence's one token, each later one the
-    /// token the forward before picked (its head's argmax, looked up in the drafter's id map),
-    /// with no trip to the host until all are done. Returns each sequence's `n` picks (rows of
-    /// the drafter's head) with their probabilities; every row fed is in the drafter's cache.
-    /// The picks are the ones `n` forwards in [`OutputMode::Top`] give, fed one after another.
+    /// A GLIDE drafter's round of greedy drafts chained on the device: sequence `k` of `batch`
+    /// is fed `counts[k]` rows (`counts` must not increase along the batch, so that each
+    /// forward's sequences are the first ones of the forward before), one per forward: its one
+    /// token first, then each time the token the forward before picked for it (its head's
+    /// argmax, looked up in the drafter's id map), with no trip to the host until all are done.
+    /// Returns each sequence's picks (rows of the drafter's head, `counts[k]` of them) with their
+    /// probabilities; every row fed is in the drafter's cache. The picks are the ones forwards
+    /// in [`OutputMode::Top`] give, fed one after another.
     pub(crate) fn draft_chain(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
-        n: usize,
+        counts: &[usize],
         head_rows: usize,
         glide: GlideInput<'_>,
     ) -> Result<Vec<Vec<Top>>> {
@@ -89,12 +91,17 @@ impl CudaModel {
         if batch
             .iter()
             .any(|s| s.tokens.len() != 1 || s.logits != Logits::Last)
+            || counts.len() != batch.len()
+            || counts.windows(2).any(|w| w[0] < w[1])
         {
             return Err(Error::InvalidRequest(
-                "a chained round feeds one token a sequence and wants its row".into(),
+                "a chained round feeds one token a sequence, wants its row, and takes the \
+                 sequences in order of the rows they are fed, most first"
+                    .into(),
             ));
         }
         let seqs = batch.len();
+        let n = counts.first().copied().unwrap_or(0);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         // Each round's picks, `[round][sequence]`, out of the scratch while its buffers are used
         // (put back at the end; a failed round drops them).
@@ -113,10 +120,12 @@ impl CudaModel {
         // Later forwards' ids are written on the device; the plan's are placeholders.
         let placeholder = [0u32];
         for round in 0..n {
-            for s in batch.iter_mut() {
+            // The sequences fed this round: the first `m`.
+            let m = counts.iter().take_while(|&&c| c > round).count();
+            for s in batch[..m].iter_mut() {
                 kv.reserve(s.table, 1)?;
             }
-            let mut inputs: Vec<SeqInput<'_>> = batch
+            let mut inputs: Vec<SeqInput<'_>> = batch[..m]
                 .iter_mut()
                 .map(|s| SeqInput {
                     table: &mut *s.table,
@@ -133,8 +142,9 @@ impl CudaModel {
                 sample: &[],
                 keep_hidden: false,
             };
+            let cross = glide.cross.first(m);
             let g = GlideInput {
-                cross: glide.cross,
+                cross: &cross,
                 features: if round == 0 { glide.features } else { &[] },
             };
             let (bufs, _) = self.enqueue(
@@ -148,10 +158,10 @@ impl CudaModel {
             )?;
             let (tok, prob) = (bufs.top_tok.ptr(), bufs.top_prob.ptr());
             self.gpu
-                .copy(picks.0.at(round * seqs), tok, 4 * seqs)
+                .copy(picks.0.at(round * seqs), tok, 4 * m)
                 .map_err(gpu_err)?;
             self.gpu
-                .copy(picks.1.at(round * seqs), prob, 4 * seqs)
+                .copy(picks.1.at(round * seqs), prob, 4 * m)
                 .map_err(gpu_err)?;
             self.add_gpu_time()?;
             for s in inputs.iter_mut() {
@@ -161,12 +171,14 @@ impl CudaModel {
         let tok: Vec<i32> = self.gpu.read(picks.0.ptr(), n * seqs).map_err(gpu_err)?;
         let prob: Vec<f32> = self.gpu.read(picks.1.ptr(), n * seqs).map_err(gpu_err)?;
         scratch.picks = Some(picks);
-        Ok((0..seqs)
-            .map(|i| {
-                (0..n)
+        Ok(counts
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                (0..c)
                     .map(|r| Top {
-                        token: tok[r * seqs + i] as u32,
-                        prob: prob[r * seqs + i],
+                        token: tok[r * seqs + k] as u32,
+                        prob: prob[r * seqs + k],
                     })
                     .collect()
             })

@@ -70,19 +70,19 @@ impl GlideModel {
         on && self.picks_on_device() && !self.config.feature.chains()
     }
 
-    /// A round of greedy drafts chained on the device ([`GlideModel::chains_on_device`]): `n`
-    /// forwards of one row per sequence, the first feeding each sequence's one token (its
-    /// latest draft), each later one the token the forward before picked, with no trip to the
-    /// host in between. Returns each sequence's `n` picks (target ids) and their probabilities,
-    /// which are those of `n` greedy [`GlideModel::forward_drafting`] calls fed one after
-    /// another; every row fed stays in the drafter's cache (verification's rollback cuts
-    /// the ones not kept).
+    /// A round of greedy drafts chained on the device ([`GlideModel::chains_on_device`]):
+    /// sequence `k` of `batch` is fed `counts[k]` rows, one per forward (`counts` must not
+    /// increase along the batch), its one token (its latest draft) first, then each time the
+    /// token the forward before picked for it, with no trip to the host in between. Returns
+    /// each sequence's picks (target ids) and their probabilities, which are those of greedy
+    /// [`GlideModel::forward_drafting`] calls fed one after another; every row fed stays in
+    /// the drafter's cache (verification's rollback cuts the ones not kept).
     pub fn draft_chain(
         &self,
         kv: &mut KvPool,
         batch: &mut [SeqInput<'_>],
         target: TargetKv<'_>,
-        n: usize,
+        counts: &[usize],
     ) -> Result<Vec<Vec<Top>>> {
         let GlideDevice::Cuda(m) = &self.weights else {
             return Err(Error::InvalidRequest(
@@ -100,7 +100,7 @@ impl GlideModel {
             cross: &cross,
             features: &[],
         };
-        let picks = m.draft_chain(kv, batch, n, self.vocab.len(), glide)?;
+        let picks = m.draft_chain(kv, batch, counts, self.vocab.len(), glide)?;
         Ok(self.picks_as_ids(picks))
     }
 

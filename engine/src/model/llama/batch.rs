@@ -104,6 +104,17 @@ pub(crate) struct CrossInput<'a> {
     pub interleaved: bool,
 }
 
+impl<'a> CrossInput<'a> {
+    /// The same input for the first `n` sequences only.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn first(&self, n: usize) -> CrossInput<'a> {
+        CrossInput {
+            tables: self.tables[..n].to_vec(),
+            ..*self
+        }
+    }
+}
+
 /// What a forward hands back: `mode`'s output (`sample` for [`OutputMode::SampledVerdict`]),
 /// and with `keep_hidden` each sequence's final normed rows, one per row of logits.
 #[derive(Debug, Clone, Copy)]
