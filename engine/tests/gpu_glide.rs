@@ -19,7 +19,7 @@ use glide_cache::{
     cache_keeping_last_hidden, chained_rows, glide_rows, target_cache, target_cache_and_hidden,
     Golden,
 };
-use gpu_glide_tiny::{cuda, gpu_target, prompts, relative_error, spec, TOLERANCE};
+use gpu_glide_tiny::{cuda, gpu_target, prompts, relative_error, spec, target_caches, TOLERANCE};
 use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{
     tiny_glide, tiny_guessing_glide, tiny_guessing_glide_with_chain_norm, tiny_model,
@@ -107,18 +107,7 @@ fn a_batch_of_sequences_gets_each_its_own_rows_on_the_gpu() {
         .zip(&verified)
         .map(|(p, &v)| rows_reading(&target, &glide, p, v, p.len()))
         .collect();
-    let mut tkv = target.new_pool(256);
-    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
-    for ((p, &v), t) in ps.iter().zip(&verified).zip(ttables.iter_mut()) {
-        if v > 0 {
-            let mut one = [SeqInput {
-                table: t,
-                tokens: &p[..v],
-                logits: Logits::None,
-            }];
-            target.forward(&mut tkv, &mut one).unwrap();
-        }
-    }
+    let (tkv, ttables) = target_caches(&target, &ps, &verified);
     let out = drafter_rows_in_one_forward(&glide, &ps, &tkv, &ttables, &[]);
     for (i, rows) in out.iter().enumerate() {
         assert_eq!(rows, &alone[i], "sequence {i}");

@@ -1,11 +1,12 @@
 //! Shared by the GLIDE tests on a GPU (`gpu_glide.rs` and its `drafting` module): the GPU they
 //! run on, the tolerance of its logits against the CPU's, the tiny target's spec and the target
-//! on that GPU, and the prompts they feed.
+//! on that GPU, the prompts they feed, and the target's cache of a batch of them.
 // Each test crate uses a part.
 #![allow(dead_code)]
 
+use specd_engine::kv::{BlockTable, KvPool};
 use specd_engine::model::tiny::{tiny_model_on, TinySpec};
-use specd_engine::model::{Device, Model};
+use specd_engine::model::{Device, Logits, Model, SeqInput};
 
 /// bf16 weights, activations and KV on the GPU against f32 on the CPU (as gpu_engine.rs).
 pub const TOLERANCE: f64 = 5e-2;
@@ -63,4 +64,26 @@ pub fn relative_error(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
         }
     }
     (num / den).sqrt()
+}
+
+/// The target's cache of the first `verified[i]` tokens of each prompt, in one pool: its table
+/// for each (empty where nothing is verified).
+pub fn target_caches(
+    target: &Model,
+    prompts: &[Vec<u32>],
+    verified: &[usize],
+) -> (KvPool, Vec<BlockTable>) {
+    let mut kv = target.new_pool(256);
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::new()).collect();
+    for ((p, &v), table) in prompts.iter().zip(verified).zip(tables.iter_mut()) {
+        if v > 0 {
+            let mut one = [SeqInput {
+                table,
+                tokens: &p[..v],
+                logits: Logits::None,
+            }];
+            target.forward(&mut kv, &mut one).unwrap();
+        }
+    }
+    (kv, tables)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::glide_cache::step_checking_kept_rows;
 use super::gpu_glide_tiny::{
-    cuda, gpu_target, prompts, relative_error, run_prompt, spec, TOLERANCE,
+    cuda, gpu_target, prompts, relative_error, run_prompt, spec, target_caches, TOLERANCE,
 };
 use specd_engine::actors::{
     Engine, EngineConfig, EngineModels, EngineRequest, Event, LoadPolicies, Method,
@@ -57,19 +57,12 @@ fn greedy_drafts_picked_on_the_gpu_are_the_argmax_of_its_logits() {
     let glide = permuted_glide(&target);
     assert!(glide.picks_on_device(), "a drafter on a GPU picks there");
     let ps = prompts(5);
-    let mut tkv = target.new_pool(256);
-    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
-    for ((i, p), t) in ps.iter().enumerate().zip(ttables.iter_mut()) {
-        let v = p.len() * i / 4;
-        if v > 0 {
-            let mut one = [SeqInput {
-                table: t,
-                tokens: &p[..v],
-                logits: Logits::None,
-            }];
-            target.forward(&mut tkv, &mut one).unwrap();
-        }
-    }
+    let verified: Vec<usize> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.len() * i / 4)
+        .collect();
+    let (tkv, ttables) = target_caches(&target, &ps, &verified);
     let refs: Vec<&BlockTable> = ttables.iter().collect();
     let wants = |i: usize| {
         if i.is_multiple_of(2) {
@@ -149,17 +142,12 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
         .map(|p| p.into_iter().map(|t| t % 200).collect())
         .collect();
     let counts = [5, 4, 4, 2, 1];
-    let mut tkv = target.new_pool(256);
-    let mut ttables: Vec<BlockTable> = ps.iter().map(|_| BlockTable::new()).collect();
-    for ((i, p), t) in ps.iter().enumerate().zip(ttables.iter_mut()) {
-        let v = p.len() * (i + 1) / 5;
-        let mut one = [SeqInput {
-            table: t,
-            tokens: &p[..v],
-            logits: Logits::None,
-        }];
-        target.forward(&mut tkv, &mut one).unwrap();
-    }
+    let verified: Vec<usize> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.len() * (i + 1) / 5)
+        .collect();
+    let (tkv, ttables) = target_caches(&target, &ps, &verified);
     let refs: Vec<&BlockTable> = ttables.iter().collect();
     let cross = |n: usize| TargetKv {
         kv: &tkv,
@@ -183,15 +171,7 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
             .unwrap();
         let mut last: Vec<u32> = ps.iter().map(|p| *p.last().unwrap()).collect();
         let picks: Vec<Vec<(u32, f32)>> = if chained {
-            let mut inputs: Vec<SeqInput<'_>> = tables
-                .iter_mut()
-                .zip(&last)
-                .map(|(table, t)| SeqInput {
-                    table,
-                    tokens: std::slice::from_ref(t),
-                    logits: Logits::Last,
-                })
-                .collect();
+            let mut inputs = one_token_each(&mut tables, &last);
             glide
                 .draft_chain(&mut pool, &mut inputs, cross(ps.len()), &counts)
                 .unwrap()
@@ -202,15 +182,7 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
             let mut picks = vec![Vec::new(); ps.len()];
             for round in 0..counts[0] {
                 let m = counts.iter().filter(|&&c| c > round).count();
-                let mut inputs: Vec<SeqInput<'_>> = tables[..m]
-                    .iter_mut()
-                    .zip(&last)
-                    .map(|(table, t)| SeqInput {
-                        table,
-                        tokens: std::slice::from_ref(t),
-                        logits: Logits::Last,
-                    })
-                    .collect();
+                let mut inputs = one_token_each(&mut tables[..m], &last);
                 let out = glide
                     .forward_drafting(&mut pool, &mut inputs, cross(m), &[], true)
                     .unwrap()
@@ -226,15 +198,8 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
             picks
         };
         // One more row from each last pick: the caches must agree too.
-        let mut after: Vec<SeqInput<'_>> = tables
-            .iter_mut()
-            .zip(&picks)
-            .map(|(table, p)| SeqInput {
-                table,
-                tokens: std::slice::from_ref(&p.last().unwrap().0),
-                logits: Logits::Last,
-            })
-            .collect();
+        let ends: Vec<u32> = picks.iter().map(|p| p.last().unwrap().0).collect();
+        let mut after = one_token_each(&mut tables, &ends);
         let rows = glide
             .forward(&mut pool, &mut after, cross(ps.len()))
             .unwrap();
@@ -264,6 +229,19 @@ fn a_chained_round_of_drafts_equals_forwards_fed_one_after_another_on_the_gpu() 
         distinct.len() > 1,
         "every pick is the same token: the rounds did not feed their picks"
     );
+}
+
+/// Inputs feeding the sequence under `tables[i]` the one token `tokens[i]`, wanting its row.
+fn one_token_each<'a>(tables: &'a mut [BlockTable], tokens: &'a [u32]) -> Vec<SeqInput<'a>> {
+    tables
+        .iter_mut()
+        .zip(tokens)
+        .map(|(table, t)| SeqInput {
+            table,
+            tokens: std::slice::from_ref(t),
+            logits: Logits::Last,
+        })
+        .collect()
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
