@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 
-use super::draft_model::{draft_rounds, ChainRounds, Next};
 use super::glide_ngram::{GlideNgramConfig, GlideNgramProposer};
 use super::proposer::{Draft, ProposeInput, Proposer, ProposerState, TargetView};
+use super::rounds::{draft_rounds, ChainRounds, Next};
 use crate::error::Result;
 use crate::generate::PREFILL_CHUNK;
 use crate::kv::{BlockTable, KvPool};

@@ -5,6 +5,8 @@
 //! - [`proposer`]: the [`Proposer`] trait; [`ngram`] (prompt lookup), [`draft_model`] (an
 //!   independent small model) and [`glide`] (a one-layer drafter reading the target's cache)
 //!   implement it; [`glide_ngram`] combines GLIDE with prompt lookup.
+//! - `rounds`: the drafting rounds shared by the drafters with their own cache (catch-up, one
+//!   forward a drafted token or a round chained on the device, the choice from each row).
 //! - [`accept`]: greedy and stochastic acceptance as plain functions.
 //! - [`policy`]: the draft length of a sequence (fixed, adaptive, confidence-gated).
 //! - [`stats`]: per-request statistics.
@@ -19,6 +21,7 @@ pub mod glide_ngram;
 pub mod ngram;
 pub mod policy;
 pub mod proposer;
+mod rounds;
 pub mod sequence;
 pub mod stats;
 pub mod verify;
