@@ -24,8 +24,8 @@ M=none,glide:4,glide+ngram:adaptive:6
 spec chain $S/specd $run6 $M SPECD_GLIDE_CHAIN=1
 spec picks $S/specd $run6 $M
 spec old $S/specd-old $run6 $M
-[[ -f $run7 ]] && spec run7 $S/specd $run7 $M ${CHAIN:+SPECD_GLIDE_CHAIN=1}
-spec chain2 $S/specd $run6 $M SPECD_GLIDE_CHAIN=1
+[[ -f $run7 ]] && spec run7 $S/specd $run7 $M SPECD_GLIDE_CHAIN=1
+
 for i in $(seq 1 60); do grep -q '^exit ' $S/llama-build.log && break; sleep 5; done
 tail -1 $S/llama-build.log
 timeout 100 $S/llama-build/bin/llama-bench -m $T -ngl 99 -fa 1 -p 512 -n 128 -r 3 -o md > $OUT/r/llama-bench.md 2> $OUT/r/llama-bench.err

@@ -23,7 +23,8 @@ impl Default for DraftPolicyConfig {
 
 /// Where a verification row costs at least this share of a one-row forward, drafting stops by
 /// default below [`COSTLY_ROW_CONFIDENCE`] ([`default_confidence`]): between the shares measured
-/// where the stop loses (an H100's ~1 %) and where it pays (this CPU's 9–21 %).
+/// where the stop loses (an H100's ~1 % in session 16) and where it pays (this CPU's 9–21 %, an
+/// H100's 16–19 % since its one-row step got faster than its verification rows).
 pub const COSTLY_ROW_SHARE: f64 = 0.05;
 
 /// The confidence below which drafting stops by default where verification rows are costly:
@@ -34,12 +35,14 @@ pub const COSTLY_ROW_CONFIDENCE: f32 = 0.4;
 
 /// The confidence stop a server uses when none is configured, for a target whose verification
 /// rows each cost `row_share` of a one-row forward (its calibration at start): where a row costs
-/// 5 % of a step or more (the 2-core CPU here: 9–21 %), a draft its drafter doubts
-/// wastes more verification than it is likely to save, so drafting stops below 40 %; where rows
-/// are nearly free (an H100: about 1 %) a stopped draft only loses a chance at a token, so
-/// never. Measured both ways (BENCHMARKS.md, "Stopping drafts where GLIDE is unsure"): on the
-/// CPU GLIDE at k = 4 goes from 1.19× to 1.42× target-only, the draft model is unchanged and
-/// n-gram drafts carry no doubt; on the H100 GLIDE would fall from 1.62× to 1.44×.
+/// 5 % of a step or more (the 2-core CPU here: 9–21 %; an H100 now: 16–19 %), a draft its
+/// drafter doubts wastes more verification than it is likely to save, so drafting stops below
+/// 40 %; where rows are nearly free (an H100 in session 16: about 1 %) a stopped draft only
+/// loses a chance at a token, so never. Measured both ways (BENCHMARKS.md, "Stopping drafts
+/// where GLIDE is unsure" and session 28's GPU section): on the CPU GLIDE at k = 4 goes from
+/// 1.19× to 1.42× target-only, the draft model is unchanged and n-gram drafts carry no doubt;
+/// on the H100 of session 16 GLIDE fell from 1.62× to 1.44×, on session 28's it rose from
+/// 1.05× to 1.23×.
 pub fn default_confidence(row_share: f64) -> Option<f32> {
     (row_share >= COSTLY_ROW_SHARE).then_some(COSTLY_ROW_CONFIDENCE)
 }
