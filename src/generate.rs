@@ -219,11 +219,17 @@ impl SpecArgs {
         tokenizer: &model::Tokenizer,
         default_target: bool,
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
-        // A drafter given by flag is the default over the default pair's draft model.
-        let default_draft = self.draft.is_some() || (default_target && self.glide.is_none());
-        let kind = self
-            .speculation
-            .unwrap_or(Method::default_with(default_draft, self.glide.is_some()));
+        // A drafter given by flag is the default; with the default target, its GLIDE drafter
+        // where it is found, else the default pair's draft model.
+        let kind = self.speculation.unwrap_or_else(|| {
+            let glide = self.glide.is_some()
+                || (default_target && self.draft.is_none() && find_default_glide().is_ok());
+            Method::default_with(
+                self.draft.is_some(),
+                glide,
+                default_target && self.glide.is_none(),
+            )
+        });
         if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
         }

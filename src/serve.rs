@@ -115,9 +115,15 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
         Some(p) => p.clone(),
         None => model::default_model(model::DEFAULT_TARGET_FILE).context(MISSING)?,
     };
+    // With the default target, its GLIDE drafter is served where it is found.
+    let default_glide = match &c.model.glide {
+        None if default_pair => find_default_glide().ok(),
+        _ => None,
+    };
     let method = c.model.speculation.unwrap_or(Method::default_with(
-        c.model.draft.is_some() || default_pair,
-        c.model.glide.is_some(),
+        c.model.draft.is_some(),
+        c.model.glide.is_some() || default_glide.is_some(),
+        default_pair,
     ));
     let draft = match &c.model.draft {
         Some(p) => Some(p.clone()),
@@ -127,14 +133,15 @@ fn model_paths(c: &Config) -> anyhow::Result<ModelPaths> {
         None if method.needs_draft_model() => {
             bail!("--speculation draft needs a draft model: pass --draft PATH")
         }
+        // The default pair's draft model is served where it was fetched, for requests that
+        // choose `draft`.
+        None if default_pair => model::default_model(model::DEFAULT_DRAFT_FILE).ok(),
         None => None,
     };
-    // With the default target, its GLIDE drafter is served where it is found.
     let glide = match (&c.model.glide, method) {
         (Some(p), _) => Some(p.clone()),
         (None, m) if m.needs_glide() => Some(glide_path(None, default_pair)?),
-        (None, _) if default_pair => find_default_glide().ok(),
-        (None, _) => None,
+        (None, _) => default_glide,
     };
     let given = [Some(&target), draft.as_ref(), c.model.glide.as_ref()];
     for p in given.into_iter().flatten() {

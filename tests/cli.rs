@@ -200,11 +200,20 @@ fn glide_drafts_from_a_given_file_and_refuses_files_that_do_not_fit() {
     let run = |extra: &[&str]| specd(&[&base[..], extra].concat(), dir.path());
     let plain = run(&[]);
     assert!(plain.status.success());
-    let out = run(&["--glide", glide, "--max-draft", "4"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert_eq!(out.stdout, plain.stdout, "GLIDE changed the text");
-    assert!(stderr.contains("[speculation glide:"), "{stderr}");
+    // A given GLIDE drafter drafts with prompt lookup by default (glide+ngram), or alone.
+    for (extra, method) in [
+        (&[][..], "glide+ngram"),
+        (&["--speculation", "glide"][..], "glide"),
+    ] {
+        let out = run(&[&["--glide", glide, "--max-draft", "4"][..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(out.stdout, plain.stdout, "{method} changed the text");
+        assert!(
+            stderr.contains(&format!("[speculation {method}:")),
+            "{stderr}"
+        );
+    }
     let refused = |extra: &[&str], wanted: &[&str]| {
         let out = run(extra);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

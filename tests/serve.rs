@@ -152,8 +152,9 @@ async fn config_file_environment_and_sigterm() {
 }
 
 /// With no --model, `serve` serves the default pair and the default GLIDE drafter it finds in
-/// the models folder (tiny models under the default names here): glide is offered and its
-/// greedy stream equals the target-only one (on a GPU too, `SPECD_DEVICE=cuda`).
+/// the models folder (tiny models under the default names here): glide+ngram is the default
+/// method, every method is offered (the draft model too), and GLIDE's greedy streams equal
+/// the target-only one (on a GPU too, `SPECD_DEVICE=cuda`).
 #[actix_rt::test]
 async fn the_default_glide_drafter_is_found_and_served() {
     let home = tempfile::tempdir().unwrap();
@@ -170,14 +171,14 @@ async fn the_default_glide_drafter_is_found_and_served() {
     write_guessing_glide(&models.join(DEFAULT_GLIDE_FILE), &spec, 240, 9).unwrap();
     let serve = Serve::start_in(home, &[], &[]);
     let (mut ws, hello) = serve.connect().await;
-    assert_eq!(hello["speculation"]["method"], "draft", "{hello}");
+    assert_eq!(hello["speculation"]["method"], "glide+ngram", "{hello}");
     assert_eq!(
         hello["methods"],
         json!(["none", "draft", "ngram", "glide", "glide+ngram"])
     );
     assert_eq!(hello["glide_model"], "glide-qwen2.5-coder-1.5b-instruct");
     let mut texts = Vec::new();
-    for method in ["none", "glide", "glide+ngram"] {
+    for method in ["none", "glide", "glide+ngram", "draft"] {
         send(
             &mut ws,
             json!({"type": "generate", "id": method, "prompt": "======", "max_tokens": 40,
@@ -191,6 +192,7 @@ async fn the_default_glide_drafter_is_found_and_served() {
     }
     assert_eq!(texts[0], texts[1], "glide changed the text");
     assert_eq!(texts[0], texts[2], "glide+ngram changed the text");
+    assert_eq!(texts[0], texts[3], "the draft model changed the text");
 }
 
 #[test]

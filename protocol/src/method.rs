@@ -49,13 +49,18 @@ impl Method {
         }
     }
 
-    /// The default when none is chosen: `draft` when a draft model is at hand (given, or the
-    /// default pair's), else `glide` when a GLIDE drafter was given, else `none`.
-    pub fn default_with(draft_model: bool, glide: bool) -> Method {
-        if draft_model {
+    /// The default when none is chosen, from the drafters at hand: `draft` when a draft model
+    /// was given (`given_draft`), else `glide+ngram` when a GLIDE drafter was given or found for
+    /// the default target (`glide`: the fastest method on the default pair, on the CPU and the
+    /// GPU, BENCHMARKS.md), else `draft` when the default pair's draft model is at hand
+    /// (`default_draft`), else `none`.
+    pub fn default_with(given_draft: bool, glide: bool, default_draft: bool) -> Method {
+        if given_draft {
             Method::Draft
         } else if glide {
-            Method::Glide
+            Method::GlideNgram
+        } else if default_draft {
+            Method::Draft
         } else {
             Method::None
         }

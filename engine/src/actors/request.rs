@@ -121,10 +121,18 @@ mod tests {
 
     #[test]
     fn draft_and_glide_need_their_models_and_are_the_defaults_with_them() {
-        assert_eq!(Method::default_with(true, false), Method::Draft);
-        assert_eq!(Method::default_with(true, true), Method::Draft);
-        assert_eq!(Method::default_with(false, true), Method::Glide);
-        assert_eq!(Method::default_with(false, false), Method::None);
+        // A given draft model wins; then GLIDE (with prompt lookup), then the default pair's
+        // draft model.
+        for (glide, default_draft) in [(false, false), (true, false), (true, true)] {
+            assert_eq!(
+                Method::default_with(true, glide, default_draft),
+                Method::Draft
+            );
+        }
+        assert_eq!(Method::default_with(false, true, true), Method::GlideNgram);
+        assert_eq!(Method::default_with(false, true, false), Method::GlideNgram);
+        assert_eq!(Method::default_with(false, false, true), Method::Draft);
+        assert_eq!(Method::default_with(false, false, false), Method::None);
         let needing: Vec<Method> = Method::ALL
             .into_iter()
             .filter(|m| m.needs_draft_model())
