@@ -295,9 +295,9 @@ fn a_calibrated_engine_probes_a_drafter_its_prior_turns_off() {
     local(async {
         let m = common::engine_models(true);
         let vocab = m.target.config().vocab_size as u32;
-        // The H200's target with a draft model dearer than its 0.5B: drafting 4 tokens does
-        // not pay at the assumed acceptance (so without probing it would never read a prompt).
-        let calibration = Calibration::h200_with_draft_row(0.0028);
+        // The H200's costs: drafting 4 tokens with the draft model never pays at its assumed
+        // acceptance (so without probing it would never read a prompt).
+        let calibration = Calibration::h200_draft_pair();
         let (load, catch_up) = calibration.policies(assumed_acceptance);
         let r = request(prompt(11, vocab, 24), 40, Method::Draft);
         assert!(

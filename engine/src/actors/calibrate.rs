@@ -113,8 +113,7 @@ pub struct DraftCosts {
 
 impl DraftCosts {
     /// Seconds drafting `k` tokens saves per generated token when each draft is accepted with
-    /// probability `acceptance` given the ones before it were ([`per_position_acceptance`];
-    /// negative: drafting costs more than it saves).
+    /// probability `acceptance` (negative: drafting costs more than it saves).
     pub fn saving_per_token(&self, acceptance: f64) -> f64 {
         let a = acceptance.clamp(0.0, 1.0);
         let per_step: f64 = (0..=self.k).map(|i| a.powi(i as i32)).sum();
@@ -124,33 +123,8 @@ impl DraftCosts {
 }
 
 /// The acceptance a new sequence is assumed to reach before it has drafted (the draft model's
-/// on bench-spec's code prompts, BENCHMARKS.md: 70-80 % at k = 4). A rate, as every acceptance
-/// the policies are given: accepted over drafted tokens ([`per_position_acceptance`]).
+/// on bench-spec's code prompts, BENCHMARKS.md: 70-80 % at k = 4).
 pub const ASSUMED_ACCEPTANCE: f64 = 0.7;
-
-/// The chance that a drafted position is accepted, given that the ones before it were, from an
-/// acceptance *rate* (accepted over drafted tokens: what `bench-spec` reports and the engine
-/// measures) at `k` drafts a step: the `a` with `a + a² + … + aᵏ = k · rate`. The policies'
-/// model of a step of `c` drafts (`1 + a + … + aᶜ` tokens) then gives the `1 + k · rate` tokens
-/// a step of `k` drafts is measured to give. (Given the rate itself as `a`, it counted the
-/// draft model's 77.5 % at k = 4 as 3.2 tokens a step where it gives 4.1, and sent its
-/// requests target-only on the CPU where it runs 1.32× target-only.)
-pub fn per_position_acceptance(rate: f64, k: usize) -> f64 {
-    let k = k.max(1);
-    let want = rate.clamp(0.0, 1.0) * k as f64;
-    let sum = |a: f64| (1..=k as i32).map(|i| a.powi(i)).sum::<f64>();
-    // The sum grows with `a` on 0..=1 (0 to k): bisect.
-    let (mut lo, mut hi) = (0.0f64, 1.0f64);
-    for _ in 0..64 {
-        let mid = 0.5 * (lo + hi);
-        if sum(mid) < want {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
-}
 
 /// When a drafter may (re)start drafting after falling behind the committed tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,11 +163,9 @@ impl CatchUpPolicy {
         Self::calibrated_at(costs, ASSUMED_ACCEPTANCE)
     }
 
-    /// [`CatchUpPolicy::calibrated`] at the acceptance rate `acceptance` (one the engine
-    /// measured).
+    /// [`CatchUpPolicy::calibrated`] at `acceptance` (one the engine measured).
     pub fn calibrated_at(costs: &DraftCosts, acceptance: f64) -> Self {
-        let a = per_position_acceptance(acceptance, costs.k);
-        let saving = costs.saving_per_token(a).max(0.0);
+        let saving = costs.saving_per_token(acceptance).max(0.0);
         Self {
             per_remaining_token: saving / costs.catch_up_token.max(1e-9),
             prompt: true,
@@ -524,39 +496,13 @@ mod tests {
     #[test]
     fn calibrated_rule_weighs_the_prompt_against_the_tokens_to_come() {
         let p = CatchUpPolicy::calibrated(&costs());
-        let a = per_position_acceptance(ASSUMED_ACCEPTANCE, costs().k);
-        let ratio = costs().saving_per_token(a) / 0.002;
+        let ratio = costs().saving_per_token(ASSUMED_ACCEPTANCE) / 0.002;
         assert!((p.per_remaining_token - ratio).abs() < 1e-9);
         assert!(p.prompt);
         // A long answer pays for reading a 100-token prompt, a short one does not.
         assert!(p.pays(100, 512, true));
         assert!(!p.pays(100, (100.0 / ratio) as usize - 1, true));
         assert!(p.pays(0, 0, true));
-    }
-
-    /// The per-position chance gives back the rate's tokens a step at `k`: `1 + k · rate`
-    /// (the draft model's 77.5 % at k = 4: 4.1 tokens, with a ≈ 0.90), and the ends map to
-    /// themselves.
-    #[test]
-    fn a_rate_becomes_the_per_position_chance_that_gives_its_tokens_a_step() {
-        for (rate, k) in [(0.775, 4), (0.3, 4), (0.5, 1), (0.9, 6), (0.05, 3)] {
-            let a = per_position_acceptance(rate, k);
-            let tokens: f64 = (0..=k as i32).map(|i| a.powi(i)).sum();
-            assert!(
-                (tokens - (1.0 + k as f64 * rate)).abs() < 1e-9,
-                "{rate} {k}: {a}"
-            );
-            assert!(
-                a >= rate,
-                "a chance a position is kept given the ones before: {a}"
-            );
-        }
-        assert!((per_position_acceptance(0.775, 4) - 0.90).abs() < 0.01);
-        // One draft a step: the rate is the chance.
-        assert!((per_position_acceptance(0.42, 1) - 0.42).abs() < 1e-12);
-        assert!(per_position_acceptance(0.0, 4) < 1e-12);
-        assert!((per_position_acceptance(1.0, 4) - 1.0).abs() < 1e-12);
-        assert!((per_position_acceptance(1.7, 4) - 1.0).abs() < 1e-12);
     }
 
     #[test]
@@ -574,7 +520,7 @@ mod tests {
             draft: RowCosts::line(0.080, 0.0),
             ..costs()
         };
-        assert!(c.saving_per_token(per_position_acceptance(ASSUMED_ACCEPTANCE, c.k)) < 0.0);
+        assert!(c.saving_per_token(ASSUMED_ACCEPTANCE) < 0.0);
         let p = CatchUpPolicy::calibrated(&c);
         assert!(!p.pays(1, 1_000_000, true));
     }
