@@ -3,11 +3,13 @@
 # rows cost 17-19 % of a step (session 28), and what the default server runs (glide+ngram, k = 4,
 # the 40 % stop its calibration derives). After the stash calls of the target
 # (scripts/gpu/pieces stash, one piece a call, the GLIDE file moved out of the checkout while they
-# travel); carry .gpu/specd.xz and .xfer/llama-src.tar.xz.
+# travel); carry .gpu/specd.xz, .gpu/tests-gpu.tar.xz and .xfer/llama-src.tar.xz.
 set -uo pipefail
 T0=$SECONDS
 S=~/stash; mkdir -p $OUT/r $S/models
 xz -dc .gpu/specd.xz > $S/specd && chmod +x $S/specd
+# What scripts/gpu/e2e unpacks in the next call (../gpu-session-27/scripts/call3.sh).
+cp .gpu/specd.xz $S/ && cp .gpu/tests-gpu.tar.xz $S/tests.tar.xz
 cp .xfer/llama-src.tar.xz $S/ && STASH=$S nice -n 10 scripts/gpu/llamacpp build
 name=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 [[ -f $S/models/$name ]] || scripts/gpu/pieces join $S $name --out $S/models || { echo "join failed"; exit 1; }
