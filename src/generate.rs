@@ -220,16 +220,19 @@ impl SpecArgs {
         default_target: bool,
     ) -> anyhow::Result<Option<Box<dyn Proposer>>> {
         // A drafter given by flag is the default; with the default target, its GLIDE drafter
-        // where it is found, else the default pair's draft model.
-        let kind = self.speculation.unwrap_or_else(|| {
-            let glide = self.glide.is_some()
-                || (default_target && self.draft.is_none() && find_default_glide().is_ok());
-            Method::default_with(
-                self.draft.is_some(),
-                glide,
-                default_target && self.glide.is_none(),
-            )
-        });
+        // where it is found (looked for once, when it may be used), else the default pair's
+        // draft model.
+        let found_glide = (default_target
+            && self.glide.is_none()
+            && self.draft.is_none()
+            && self.speculation.is_none_or(Method::needs_glide))
+        .then(find_default_glide)
+        .and_then(Result::ok);
+        let kind = self.speculation.unwrap_or(Method::default_with(
+            self.draft.is_some(),
+            self.glide.is_some() || found_glide.is_some(),
+            default_target && self.glide.is_none(),
+        ));
         if self.draft.is_some() && !kind.needs_draft_model() {
             bail!("--draft needs --speculation draft");
         }
@@ -255,7 +258,10 @@ impl SpecArgs {
                 )?))
             }
             Method::Glide | Method::GlideNgram => {
-                let path = glide_path(self.glide.as_ref(), default_target)?;
+                let path = match self.glide.clone().or(found_glide) {
+                    Some(p) => p,
+                    None => glide_path(None, default_target)?,
+                };
                 let glide = load_glide(&path, target)?;
                 if kind == Method::GlideNgram {
                     Some(Box::new(glide.with_ngram().clone()))
