@@ -229,8 +229,20 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
     }
     let mut verify = Vec::new();
     let mut one = 0.0;
+    // SPECD_PROFILE_ROWS=r: a profiler run (scripts/gpu/profile-rows) collects only the
+    // forwards of r rows.
+    let profiled: Option<usize> = std::env::var("SPECD_PROFILE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for &r in &rows {
+        let profile = profiled == Some(r);
+        if profile {
+            model.cuda_profiler_range(true)?;
+        }
         let ms = verify_ms(model, &mut cache, r, args.gen_tokens.max(10))?;
+        if profile {
+            model.cuda_profiler_range(false)?;
+        }
         if r == 1 {
             one = ms;
         }

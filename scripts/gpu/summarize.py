@@ -40,7 +40,7 @@ def kernel_profile(prof):
     launches = {}  # launch ID → [name, duration µs, DRAM bytes], in launch order
     for r in csv.DictReader(io.StringIO("\n".join(rows))):
         name = r.get("Kernel Name", "?").split("(")[0]
-        if name.startswith("matmul"):
+        if name.startswith(("matmul", "dot", "mdot", "qgemm")):
             # One row per product: the grid size tells QKV, O, gate/up, down and the head apart.
             name = f"{name} grid {r.get('Grid Size', '?').split(',')[0].strip('( ')}"
         entry = launches.setdefault(r.get("ID", "?"), [name, 0.0, 0.0])

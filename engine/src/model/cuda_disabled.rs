@@ -78,6 +78,10 @@ impl CudaModel {
         match self.never {}
     }
 
+    pub(crate) fn profiler_range(&self, _on: bool) -> Result<()> {
+        match self.never {}
+    }
+
     pub(crate) fn copy_bandwidth(&self) -> Result<f64> {
         match self.never {}
     }

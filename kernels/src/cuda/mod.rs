@@ -226,6 +226,23 @@ impl Gpu {
             .map_err(GpuError::driver("binding the context"))
     }
 
+    /// Starts (`on`) or stops the range a profiler started with its collection off (Nsight
+    /// Compute's `--profile-from-start off`) collects, after the work queued so far has run.
+    pub fn profiler_range(&self, on: bool) -> GpuResult<()> {
+        self.synchronize()?;
+        self.bind()?;
+        // SAFETY: both calls take no arguments and only mark the context's current range.
+        let code = unsafe {
+            if on {
+                sys::cuProfilerStart()
+            } else {
+                sys::cuProfilerStop()
+            }
+        };
+        code.result()
+            .map_err(GpuError::driver("cuProfilerStart/cuProfilerStop"))
+    }
+
     /// Waits until everything queued on the stream has run; reports a failed kernel.
     pub fn synchronize(&self) -> GpuResult<()> {
         self.stream

@@ -141,6 +141,11 @@ impl CudaModel {
         self.graphs.store(on, Ordering::Relaxed);
     }
 
+    /// Starts or stops a profiler's collection range (see `Gpu::profiler_range`).
+    pub(crate) fn profiler_range(&self, on: bool) -> Result<()> {
+        self.gpu.profiler_range(on).map_err(gpu_err)
+    }
+
     /// Device-to-device copy bandwidth in bytes per second (read plus written), measured on a
     /// 1 GiB buffer.
     pub(crate) fn copy_bandwidth(&self) -> Result<f64> {

@@ -45,6 +45,16 @@ impl Model {
         }
     }
 
+    /// On a GPU, starts (`on`) or stops the range a profiler started with collection off
+    /// collects (Nsight Compute's `--profile-from-start off`), after the queued work has run;
+    /// no effect on the CPU.
+    pub fn cuda_profiler_range(&self, on: bool) -> Result<()> {
+        match &self.weights {
+            DeviceWeights::Cpu(_) => Ok(()),
+            DeviceWeights::Cuda(m) => m.profiler_range(on),
+        }
+    }
+
     /// On a GPU, whether forwards of up to a few hundred rows are captured into CUDA graphs
     /// and replayed (on by default); no effect on the CPU.
     pub fn set_cuda_graphs(&self, on: bool) {
