@@ -120,6 +120,18 @@ extern "C" __global__ void __launch_bounds__(256) dotc_q4k(
 // warp-per-column kernels for 5 and 8 rows on an H100 (BENCHMARKS.md, session 26).
 #define DOTC_TABLE_ROWS 4
 
+// One row's activations for one chunk (32 int8 values and their chunk's scale and sums), loaded
+// ahead of the sums that take them: the products load every row's before adding any, so that a
+// pass of several rows waits for its loads once, not once a row.
+struct RowChunk {
+    uint4 lo, hi;
+    XChunk m;
+};
+
+__device__ __forceinline__ RowChunk row_chunk(const int8_t* xc, const XChunk* m) {
+    return RowChunk{ldg16(xc), ldg16(xc + 16), *m};
+}
+
 struct Q4kColumn {
     static constexpr int BYTES = 144;
     uint4 head, qs[8];
@@ -142,9 +154,9 @@ struct Q4kColumn {
         c.hi = low_nibbles(qs[(j / 2) * 2 + 1], sh);
         return c;
     }
-    __device__ __forceinline__ float term(const Chunk& c, const int8_t* xc, XChunk m) const {
-        const int isum = dot16(c.lo, ldg16(xc)) + dot16(c.hi, ldg16(xc + 16));
-        return q4k_term(c.scale, c.minv, isum, m);
+    __device__ __forceinline__ float term(const Chunk& c, const RowChunk& x) const {
+        const int isum = dot16(c.lo, x.lo) + dot16(c.hi, x.hi);
+        return q4k_term(c.scale, c.minv, isum, x.m);
     }
 };
 
@@ -188,10 +200,10 @@ struct Q6kColumn {
         c.s1 = scale_at(sc, 8 * h + 2 * q + 1);
         return c;
     }
-    __device__ __forceinline__ float term(const Chunk& c, const int8_t* xc, XChunk m) const {
-        const int ia = c.s0 * (dot16(c.u0, ldg16(xc)) - 32 * m.sum[0]);
-        const int ib = c.s1 * (dot16(c.u1, ldg16(xc + 16)) - 32 * m.sum[1]);
-        return q6k_term(d, ia + ib, m.d);
+    __device__ __forceinline__ float term(const Chunk& c, const RowChunk& x) const {
+        const int ia = c.s0 * (dot16(c.u0, x.lo) - 32 * x.m.sum[0]);
+        const int ib = c.s1 * (dot16(c.u1, x.hi) - 32 * x.m.sum[1]);
+        return q6k_term(d, ia + ib, x.m.d);
     }
 };
 
@@ -218,15 +230,19 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
             wc.load(wr + (size_t)b * Column::BYTES);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                const typename Column::Chunk c = wc.chunk(j);
+                // Every row's activations of chunk j first (rows past the last read the last
+                // one again and add nothing), then the sums.
+                RowChunk x[RG];
 #pragma unroll
                 for (int r = 0; r < RG; ++r) {
-                    if (r0 + r >= rows) break;
-                    const size_t row = (size_t)(r0 + r);
-                    const float t = wc.term(c, xq + row * k + (size_t)b * 256 + 32 * j,
-                                            xm[row * chunks + (size_t)b * 8 + j]);
-                    part[r][j] = __fadd_rn(part[r][j], t);
+                    const size_t row = (size_t)min(r0 + r, rows - 1);
+                    x[r] = row_chunk(xq + row * k + (size_t)b * 256 + 32 * j,
+                                     xm + row * chunks + (size_t)b * 8 + j);
                 }
+                const typename Column::Chunk c = wc.chunk(j);
+#pragma unroll
+                for (int r = 0; r < RG; ++r)
+                    if (r0 + r < rows) part[r][j] = __fadd_rn(part[r][j], wc.term(c, x[r]));
             }
         }
 #pragma unroll
@@ -259,13 +275,16 @@ __device__ __forceinline__ void dotc_body(const uint8_t* __restrict__ w, size_t 
         grid_dependency();                                                                          \
         dotc_body<COLUMN, RG>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);              \
     }
-// (Eight rows fit two CTAs an SM only below 128 registers a thread.)
-DOTC_KERNEL(dotc_q4k_r2, Q4kColumn, 2, 1)
-DOTC_KERNEL(dotc_q4k_r4, Q4kColumn, 4, 1)
+// Two CTAs an SM (at most 128 registers a thread): with every row's activations of a chunk
+// loaded ahead of its sums the compiler hoists the loads of several chunks, and took up to 255
+// registers unbounded (one CTA an SM) where the kernels had held 99-112 and two CTAs. (Eight
+// rows spill at 128, as they did before.)
+DOTC_KERNEL(dotc_q4k_r2, Q4kColumn, 2, 2)
+DOTC_KERNEL(dotc_q4k_r4, Q4kColumn, 4, 2)
 DOTC_KERNEL(dotc_q4k_r8, Q4kColumn, 8, 2)
-DOTC_KERNEL(dotc_q6k_r1, Q6kColumn, 1, 1)
-DOTC_KERNEL(dotc_q6k_r2, Q6kColumn, 2, 1)
-DOTC_KERNEL(dotc_q6k_r4, Q6kColumn, 4, 1)
+DOTC_KERNEL(dotc_q6k_r1, Q6kColumn, 1, 2)
+DOTC_KERNEL(dotc_q6k_r2, Q6kColumn, 2, 2)
+DOTC_KERNEL(dotc_q6k_r4, Q6kColumn, 4, 2)
 DOTC_KERNEL(dotc_q6k_r8, Q6kColumn, 8, 2)
 
 #define DOT_WARPS 8
@@ -295,40 +314,59 @@ __device__ __forceinline__ void write_classes(float (*table)[DOT_CLASSES + 1],
 
 // ---- Up to RG rows a pass, a warp per output column. A block (256 weights, 8 chunks) goes to
 // 8 lanes, a warp taking 4 blocks at a time, twice per 8 blocks (hb): lane l works on chunk
-// 8b + l % 8, whose class is 32 hb + l. What a lane decodes of its block and how it sums a
-// row's chunk is the format's (Q4kLane, Q6kLane); the walk over blocks and rows is one.
+// 8b + l % 8, whose class is 32 hb + l. What a lane reads of its block and of a row, and how it
+// sums a row's chunk, is the format's (Q4kLane, Q6kLane); the walk over blocks and rows is one.
+// The walk issues its loads ahead of the arithmetic that waits for them: the next step's
+// weights before this step's sums, and a batch of rows' activations before any of their sums,
+// so that a step waits for memory about once instead of twice a row (the loads of a kernel of
+// a few rows are latency, not bandwidth).
 
 // Q4_K: lane l holds 16 bytes of its block's quants, the low nibbles of which are half of chunk
 // 2m and the high nibbles half of chunk 2m + 1 (m = l % 8 / 2); the lane pair l, l ^ 1 covers
 // both chunks whole and swaps half sums.
 struct Q4kLane {
     static constexpr int BYTES = 144;
+    // A block's bytes as loaded (the header and this lane's 16 bytes of quants), and a row's
+    // activations for this lane's two half chunks with its chunk's scale and sums.
+    struct Raw {
+        uint4 head, qs;
+    };
+    struct Row {
+        uint4 x_lo, x_hi;
+        XChunk m;
+    };
     int j, m, h;
     uint4 lo, hi;
     float scale, minv;
     int c, c_lo, c_hi;  // this lane's chunk, and the chunks its bytes hold
     __device__ __forceinline__ explicit Q4kLane(int lane) : j(lane % 8), m(lane % 8 / 2), h(lane % 2) {}
-    // Block b at blk (b is 0 for a lane past the last block: its results are never added).
-    __device__ __forceinline__ void load(const uint8_t* blk, int b) {
-        const uint4 head = ldg16(blk);
-        const uint4 qs = ldg16(blk + 16 + m * 32 + h * 16);
-        lo = low_nibbles(qs, 0);
-        hi = low_nibbles(qs, 4);
-        q4k_scale_min(head, q4k_d_dmin(head), j, scale, minv);
+    __device__ __forceinline__ Raw fetch(const uint8_t* blk) const {
+        return Raw{ldg16(blk), ldg16(blk + 16 + m * 32 + h * 16)};
+    }
+    // Block b's chunks (b is 0 for a lane past the last block: its results are never added).
+    __device__ __forceinline__ void at(int b) {
         c = b * 8 + j;
         c_lo = c - h;
         c_hi = c_lo + 1;
     }
-    // The exact sum of this lane's chunk over row xr (every lane calls it: it swaps halves).
-    __device__ __forceinline__ int sum(const int8_t* xr, const XChunk*) {
-        const int s_lo = dot16(lo, ldg16(xr + c_lo * 32 + h * 16));
-        const int s_hi = dot16(hi, ldg16(xr + c_hi * 32 + h * 16));
+    __device__ __forceinline__ void decode(const Raw& r) {
+        lo = low_nibbles(r.qs, 0);
+        hi = low_nibbles(r.qs, 4);
+        q4k_scale_min(r.head, q4k_d_dmin(r.head), j, scale, minv);
+    }
+    __device__ __forceinline__ Row row(const int8_t* xr, const XChunk* xmr) const {
+        return Row{ldg16(xr + c_lo * 32 + h * 16), ldg16(xr + c_hi * 32 + h * 16), xmr[c]};
+    }
+    // The exact sum of this lane's chunk over a row (every lane calls it: it swaps halves).
+    __device__ __forceinline__ int sum(const Row& x) const {
+        const int s_lo = dot16(lo, x.x_lo);
+        const int s_hi = dot16(hi, x.x_hi);
         // Keep this lane's chunk's half, hand the other chunk's half to the partner.
         const int mine = h ? s_hi : s_lo, theirs = h ? s_lo : s_hi;
         return mine + __shfl_xor_sync(0xffffffffu, theirs, 1);
     }
-    __device__ __forceinline__ float term(int isum, const XChunk* xmr) const {
-        return q4k_term(scale, minv, isum, xmr[c]);
+    __device__ __forceinline__ float term(int isum, const Row& x) const {
+        return q4k_term(scale, minv, isum, x.m);
     }
 };
 
@@ -339,18 +377,54 @@ struct Q4kLane {
 // partner's, scaled by their integer scales, and they swap the partner's.
 struct Q6kLane {
     static constexpr int BYTES = 210;
+    // A block's bytes as loaded: the aligned words covering this lane's 16 bytes of ql and of
+    // qh (ld16_aligned2's, shifted at decode), d, and the two sub-blocks' scales.
+    struct Raw {
+        uint32_t l[5], hq[5];
+        unsigned sh;
+        uint16_t d;
+        int8_t sc_a, sc_b;
+    };
+    struct Row {
+        uint4 xa, xb;
+        XChunk ma, mb;
+    };
     int half, q, sub, qa;
     uint4 ua, ub;  // quarter qa's and quarter qa + 2's 6-bit values (0..63), a byte each
-    float d, dx;
+    float d;
     int sc_a, sc_b, ca, cb;
     __device__ __forceinline__ explicit Q6kLane(int lane)
         : half(lane % 8 / 4), q(lane % 4), sub(lane % 4 >> 1), qa(lane % 2) {}
-    __device__ __forceinline__ void load(const uint8_t* blk, int b) {
-        const uint4 ql = ld16_aligned2(blk + 64 * half + 32 * qa + 16 * sub);
-        const uint4 qh = ld16_aligned2(blk + 128 + 32 * half + 16 * sub);
-        d = half_at(blk + 208);
-        sc_a = (int8_t)blk[192 + 8 * half + 2 * qa + sub];
-        sc_b = (int8_t)blk[192 + 8 * half + 2 * (qa + 2) + sub];
+    __device__ __forceinline__ static void words(const uint8_t* p, uint32_t (&w)[5], unsigned sh) {
+        const uint32_t* a = reinterpret_cast<const uint32_t*>((uintptr_t)p & ~(uintptr_t)3);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = __ldg(a + i);
+        w[4] = sh ? __ldg(a + 4) : 0u;
+    }
+    __device__ __forceinline__ Raw fetch(const uint8_t* blk) const {
+        Raw r;
+        // Both runs start 16-byte multiples from blk: one alignment.
+        r.sh = ((unsigned)(uintptr_t)blk & 3u) * 8u;
+        words(blk + 64 * half + 32 * qa + 16 * sub, r.l, r.sh);
+        words(blk + 128 + 32 * half + 16 * sub, r.hq, r.sh);
+        r.d = __ldg(reinterpret_cast<const unsigned short*>(blk + 208));
+        r.sc_a = (int8_t)__ldg(blk + 192 + 8 * half + 2 * qa + sub);
+        r.sc_b = (int8_t)__ldg(blk + 192 + 8 * half + 2 * (qa + 2) + sub);
+        return r;
+    }
+    __device__ __forceinline__ void at(int b) {
+        ca = b * 8 + 4 * half + qa;
+        cb = ca + 2;
+    }
+    __device__ __forceinline__ static uint4 shifted(const uint32_t (&w)[5], unsigned sh) {
+        return make_uint4(__funnelshift_r(w[0], w[1], sh), __funnelshift_r(w[1], w[2], sh),
+                          __funnelshift_r(w[2], w[3], sh), __funnelshift_r(w[3], w[4], sh));
+    }
+    __device__ __forceinline__ void decode(const Raw& r) {
+        const uint4 ql = shifted(r.l, r.sh), qh = shifted(r.hq, r.sh);
+        d = __half2float(__ushort_as_half(r.d));
+        sc_a = r.sc_a;
+        sc_b = r.sc_b;
         const int sha = 2 * qa, shb = 2 * qa + 4;
         ua = make_uint4((ql.x & 0x0F0F0F0Fu) | (((qh.x >> sha) & 0x03030303u) << 4),
                         (ql.y & 0x0F0F0F0Fu) | (((qh.y >> sha) & 0x03030303u) << 4),
@@ -360,23 +434,25 @@ struct Q6kLane {
                         ((ql.y >> 4) & 0x0F0F0F0Fu) | (((qh.y >> shb) & 0x03030303u) << 4),
                         ((ql.z >> 4) & 0x0F0F0F0Fu) | (((qh.z >> shb) & 0x03030303u) << 4),
                         ((ql.w >> 4) & 0x0F0F0F0Fu) | (((qh.w >> shb) & 0x03030303u) << 4));
-        ca = b * 8 + 4 * half + qa;
-        cb = ca + 2;
     }
-    __device__ __forceinline__ int sum(const int8_t* xr, const XChunk* xmr) {
-        const XChunk ma = xmr[ca], mb = xmr[cb];
-        const int xa = sub ? ma.sum[1] : ma.sum[0], xb = sub ? mb.sum[1] : mb.sum[0];
-        const int ia = sc_a * (dot16(ua, ldg16(xr + ca * 32 + 16 * sub)) - 32 * xa);
-        const int ib = sc_b * (dot16(ub, ldg16(xr + cb * 32 + 16 * sub)) - 32 * xb);
+    __device__ __forceinline__ Row row(const int8_t* xr, const XChunk* xmr) const {
+        return Row{ldg16(xr + ca * 32 + 16 * sub), ldg16(xr + cb * 32 + 16 * sub), xmr[ca], xmr[cb]};
+    }
+    __device__ __forceinline__ int sum(const Row& x) const {
+        const int xa = sub ? x.ma.sum[1] : x.ma.sum[0], xb = sub ? x.mb.sum[1] : x.mb.sum[0];
+        const int ia = sc_a * (dot16(ua, x.xa) - 32 * xa);
+        const int ib = sc_b * (dot16(ub, x.xb) - 32 * xb);
         // Lanes 0, 1 of a half own quarters qa; lanes 2, 3 quarters qa + 2.
         const int mine = q < 2 ? ia : ib, theirs = q < 2 ? ib : ia;
-        dx = q < 2 ? ma.d : mb.d;
         return mine + __shfl_xor_sync(0xffffffffu, theirs, 2);
     }
-    __device__ __forceinline__ float term(int isum, const XChunk*) const {
-        return q6k_term(d, isum, dx);
+    __device__ __forceinline__ float term(int isum, const Row& x) const {
+        return q6k_term(d, isum, q < 2 ? x.ma.d : x.mb.d);
     }
 };
+
+// Rows of a pass whose activations a warp-per-column kernel loads together.
+#define DOT_ROW_BATCH 2
 
 // WPC warps per column: with 2, each of a column's two warps takes one of the two halves of
 // every 8 blocks (hb), so that a long k (the down projections' 35 blocks) is walked in half the
@@ -390,6 +466,7 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
                                          int ldy) {
     static_assert(WPC == 1 || WPC == 2, "one or two warps a column");
     constexpr int COLS = DOT_WARPS / WPC;
+    constexpr int XB = RG < DOT_ROW_BATCH ? RG : DOT_ROW_BATCH;
     __shared__ float table[COLS][RG][DOT_CLASSES + 1];
     const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
     const int slot = warp / WPC, mine = WPC == 2 ? warp % 2 : -1;
@@ -400,27 +477,67 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
     const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
     const int chunks = k / 32, blocks = k / 256;
     Lane l(lane);
+    // A step is one half hb of the 8 blocks from b8: the warp's steps are (0, mine), (8, mine),
+    // ... with two warps a column, (0, 0), (0, 1), (8, 0), ... with one; a lane's block in it is
+    // b8 + 4 hb + lane / 8 (past the last block: block 0, loaded and never added).
+    const int first_hb = WPC == 2 ? mine : 0;
+    auto block_of = [&](int b8, int hb) { return b8 + 4 * hb + lane / 8; };
+    auto fetch = [&](int b8, int hb) {
+        const int b = block_of(b8, hb);
+        return l.fetch(wr + (size_t)(b < blocks ? b : 0) * Lane::BYTES);
+    };
     for (int r0 = 0; r0 < rows; r0 += RG) {
         float part[RG][2];
 #pragma unroll
         for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
-        for (int b8 = 0; b8 < blocks; b8 += 8) {
+        int b8 = 0, hb = first_hb;
+        bool have = 4 * hb < blocks;
+        typename Lane::Raw cur;
+        if (have) cur = fetch(b8, hb);
+        while (have) {
+            int nb8 = b8, nhb = hb;
+            if (WPC == 2 || hb == 1) {
+                nb8 += 8;
+                nhb = first_hb;
+            } else {
+                nhb = 1;
+            }
+            const bool have_next = nb8 + 4 * nhb < blocks;
+            typename Lane::Raw next;
+            if (have_next) next = fetch(nb8, nhb);
+            const int b = block_of(b8, hb);
+            const bool active = b < blocks;
+            l.at(active ? b : 0);
 #pragma unroll
-            for (int hb = 0; hb < 2; ++hb) {
-                if (WPC == 2 && hb != mine) continue;
-                if (b8 + 4 * hb >= blocks) break;
-                const int b = b8 + 4 * hb + lane / 8;
-                const bool active = b < blocks;
-                l.load(wr + (size_t)(active ? b : 0) * Lane::BYTES, active ? b : 0);
+            for (int rb = 0; rb < RG; rb += XB) {
+                if (r0 + rb >= rows) break;
+                // The batch's rows' activations (rows past the last read the last one again
+                // and add nothing), then their sums.
+                typename Lane::Row x[XB];
 #pragma unroll
-                for (int r = 0; r < RG; ++r) {
-                    if (r0 + r >= rows) break;
-                    const size_t row = (size_t)(r0 + r);
-                    const XChunk* xmr = xm + row * chunks;
-                    const int isum = l.sum(xq + row * k, xmr);
-                    if (active) part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, xmr));
+                for (int i = 0; i < XB; ++i) {
+                    const size_t row = (size_t)min(r0 + rb + i, rows - 1);
+                    x[i] = l.row(xq + row * k, xm + row * chunks);
+                }
+                if (rb == 0) l.decode(cur);
+#pragma unroll
+                for (int i = 0; i < XB; ++i) {
+                    if (r0 + rb + i < rows) {
+                        const int isum = l.sum(x[i]);
+                        if (active) {
+                            const float t = l.term(isum, x[i]);
+                            if (hb)
+                                part[rb + i][1] = __fadd_rn(part[rb + i][1], t);
+                            else
+                                part[rb + i][0] = __fadd_rn(part[rb + i][0], t);
+                        }
+                    }
                 }
             }
+            cur = next;
+            b8 = nb8;
+            hb = nhb;
+            have = have_next;
         }
         if constexpr (WPC == 1) {
             write_classes<RG>(table[slot], part, lane, r0, rows, col, y, ldy, bias);
@@ -457,15 +574,22 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
 // a column, ceil(n / 4) CTAs).
+// At least three CTAs an SM (at most 80 registers a thread): with rows' activations loaded ahead
+// the 4- and 8-row kernels took 87-114 unbounded, two CTAs an SM, too few to run a
+// verification's 384-CTA narrow products in one wave; at 80 they do not spill with batches of
+// two rows (DOT_ROW_BATCH; four spill).
+#define DOT_MIN_CTAS 3
 #define DOT_KERNEL(FMTNAME, LANE, RG)                                                               \
-    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG(            \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS)                   \
+        dot_##FMTNAME##_r##RG(                                                                      \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         dot_wait<RG>(w, row_bytes, n, DOT_WARPS);                                                   \
         dot_body<RG, LANE, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP) dot_##FMTNAME##_r##RG##_s2(       \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS)                   \
+        dot_##FMTNAME##_r##RG##_s2(                                                                 \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
