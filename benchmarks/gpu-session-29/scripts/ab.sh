@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Session 29, after the stash calls: the row products with their loads issued ahead (`v1`, this
-# tree's kernels/cuda/qdot.cu) against 29ab53e's (`base`): the GPU suites on v1 first
-# (scripts/gpu/check), then `specd bench` on the real target, base / v1 / base / v1, decode and
-# verification rows 1, 2, 3, 5, 8. Stashes both binaries, the tests and llama.cpp's source for the
-# calls after, and starts building llama.cpp there. Carry .gpu/specd.xz, .gpu/tests-gpu.tar.xz,
-# .xfer/old/specd-29ab53e.xz, .xfer/llama-src.tar.xz.
+# tree's kernels/cuda/qdot.cu: rows loaded two at a time, at most 80 registers; `v2`: four at a
+# time, registers unbounded) against 29ab53e's (`base`): the GPU suites on v1 first
+# (scripts/gpu/check), then `specd bench` on the real target, base / v1 / v2, twice, decode and
+# verification rows 1, 2, 3, 5, 8. Stashes v1 and the tests for the calls after, and starts
+# building llama.cpp there. Carry .gpu/specd.xz and .gpu/tests-gpu.tar.xz; the last stash call
+# left base and v2 (~/stash/specd-base, specd-v2) and llama.cpp's source in the stash (the
+# three with the tests and the checkout are more than a call carries).
 set -uo pipefail
 T0=$SECONDS
 S=~/stash; mkdir -p $OUT/r $S/models
 xz -dc .gpu/specd.xz > $S/specd-v1 && chmod +x $S/specd-v1
-xz -dc .xfer/old/specd-29ab53e.xz > $S/specd-base && chmod +x $S/specd-base
 cp .gpu/specd.xz $S/ && cp .gpu/tests-gpu.tar.xz $S/tests.tar.xz
-cp .xfer/llama-src.tar.xz $S/ && STASH=$S nice -n 10 scripts/gpu/llamacpp build
+STASH=$S nice -n 10 scripts/gpu/llamacpp build
 name=qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 [[ -f $S/models/$name ]] || scripts/gpu/pieces join $S $name --out $S/models || { echo "join failed"; exit 1; }
 T=$S/models/$name
@@ -20,7 +21,7 @@ echo "setup $((SECONDS-T0)) s"
 timeout 200 scripts/gpu/check $OUT/r/check > $OUT/r/check.out 2>&1
 echo "check rc=$? $((SECONDS-T0)) s"; cat $OUT/r/check/summary.txt
 for round in 1 2; do
-  for v in base v1; do
+  for v in base v1 v2; do
     timeout 90 $S/specd-$v bench --device cuda --model $T --prompt-tokens 128 --gen-tokens 64 \
       --verify-rows 1,2,3,5,8 --repeat 2 > $OUT/r/bench-$v-$round.json 2> $OUT/r/bench-$v-$round.err
     echo "$v $round rc=$? $((SECONDS-T0)) s"
