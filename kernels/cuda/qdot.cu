@@ -316,10 +316,8 @@ __device__ __forceinline__ void write_classes(float (*table)[DOT_CLASSES + 1],
 // 8 lanes, a warp taking 4 blocks at a time, twice per 8 blocks (hb): lane l works on chunk
 // 8b + l % 8, whose class is 32 hb + l. What a lane reads of its block and of a row, and how it
 // sums a row's chunk, is the format's (Q4kLane, Q6kLane); the walk over blocks and rows is one.
-// The walk issues its loads ahead of the arithmetic that waits for them: the next step's
-// weights before this step's sums, and a batch of rows' activations before any of their sums,
-// so that a step waits for memory about once instead of twice a row (the loads of a kernel of
-// a few rows are latency, not bandwidth).
+// For one or two rows a pass the walk issues its loads ahead of the arithmetic that waits for
+// them, so that a step waits for memory about once instead of twice a row (walk_ahead).
 
 // Q4_K: lane l holds 16 bytes of its block's quants, the low nibbles of which are half of chunk
 // 2m and the high nibbles half of chunk 2m + 1 (m = l % 8 / 2); the lane pair l, l ^ 1 covers
@@ -451,8 +449,105 @@ struct Q6kLane {
     }
 };
 
-// Rows of a pass whose activations a warp-per-column kernel loads together.
-#define DOT_ROW_BATCH 2
+// The most rows a pass of a warp-per-column kernel loads ahead (walk_ahead). The kernels of 4
+// and 8 rows walk row after row: on an H100 (BENCHMARKS.md, session 29) loading ahead took 3 %
+// off a decode step and 2 rows, but added 11 % to 5 rows (46 % loading four rows at a time),
+// most of it in the gate and up products' 4,480 CTAs and the head's 37,984, whose many waves
+// want more CTAs an SM more than shorter waits.
+#define DOT_AHEAD_ROWS 2
+
+// A pass's walk over the blocks of one column, for up to RG rows from r0, adding each row's
+// chunk terms into part[row][hb] in block order (the same additions in the same order either
+// way). `walk_ahead` (one or two rows a pass) loads a step ahead: the next step's weights
+// before this step's sums, and the rows' activations with their chunk scales before any of
+// their sums. `walk_rows` (more rows) loads a step's weights, then a row's activations and
+// sums it, row after row.
+template <int RG, class Lane, int WPC>
+__device__ __forceinline__ void walk_ahead(Lane& l, const uint8_t* wr, const int8_t* __restrict__ xq,
+                                           const XChunk* __restrict__ xm, int r0, int rows, int k,
+                                           int lane, int mine, float (&part)[RG][2]) {
+    const int chunks = k / 32, blocks = k / 256;
+    // A step is one half hb of the 8 blocks from b8: the warp's steps are (0, mine), (8, mine),
+    // ... with two warps a column, (0, 0), (0, 1), (8, 0), ... with one; a lane's block in it is
+    // b8 + 4 hb + lane / 8 (past the last block: block 0, loaded and never added).
+    const int first_hb = WPC == 2 ? mine : 0;
+    auto block_of = [&](int b8, int hb) { return b8 + 4 * hb + lane / 8; };
+    auto fetch = [&](int b8, int hb) {
+        const int b = block_of(b8, hb);
+        return l.fetch(wr + (size_t)(b < blocks ? b : 0) * Lane::BYTES);
+    };
+    int b8 = 0, hb = first_hb;
+    bool have = 4 * hb < blocks;
+    typename Lane::Raw cur;
+    if (have) cur = fetch(b8, hb);
+    while (have) {
+        int nb8 = b8, nhb = hb;
+        if (WPC == 2 || hb == 1) {
+            nb8 += 8;
+            nhb = first_hb;
+        } else {
+            nhb = 1;
+        }
+        const bool have_next = nb8 + 4 * nhb < blocks;
+        typename Lane::Raw next;
+        if (have_next) next = fetch(nb8, nhb);
+        const int b = block_of(b8, hb);
+        const bool active = b < blocks;
+        l.at(active ? b : 0);
+        // The rows' activations (a row past the last reads the last one again and adds
+        // nothing), then their sums.
+        typename Lane::Row x[RG];
+#pragma unroll
+        for (int i = 0; i < RG; ++i) {
+            const size_t row = (size_t)min(r0 + i, rows - 1);
+            x[i] = l.row(xq + row * k, xm + row * chunks);
+        }
+        l.decode(cur);
+#pragma unroll
+        for (int i = 0; i < RG; ++i) {
+            if (r0 + i < rows) {
+                const int isum = l.sum(x[i]);
+                if (active) {
+                    const float t = l.term(isum, x[i]);
+                    if (hb)
+                        part[i][1] = __fadd_rn(part[i][1], t);
+                    else
+                        part[i][0] = __fadd_rn(part[i][0], t);
+                }
+            }
+        }
+        cur = next;
+        b8 = nb8;
+        hb = nhb;
+        have = have_next;
+    }
+}
+
+template <int RG, class Lane, int WPC>
+__device__ __forceinline__ void walk_rows(Lane& l, const uint8_t* wr, const int8_t* __restrict__ xq,
+                                          const XChunk* __restrict__ xm, int r0, int rows, int k,
+                                          int lane, int mine, float (&part)[RG][2]) {
+    const int chunks = k / 32, blocks = k / 256;
+    for (int b8 = 0; b8 < blocks; b8 += 8) {
+#pragma unroll
+        for (int hb = 0; hb < 2; ++hb) {
+            if (WPC == 2 && hb != mine) continue;
+            if (b8 + 4 * hb >= blocks) break;
+            const int b = b8 + 4 * hb + lane / 8;
+            const bool active = b < blocks;
+            l.at(active ? b : 0);
+            l.decode(l.fetch(wr + (size_t)(active ? b : 0) * Lane::BYTES));
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+                if (r0 + r >= rows) break;
+                const size_t row = (size_t)(r0 + r);
+                const typename Lane::Row x = l.row(xq + row * k, xm + row * chunks);
+                const int isum = l.sum(x);
+                if (active) part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, x));
+            }
+        }
+    }
+}
 
 // WPC warps per column: with 2, each of a column's two warps takes one of the two halves of
 // every 8 blocks (hb), so that a long k (the down projections' 35 blocks) is walked in half the
@@ -466,7 +561,6 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
                                          int ldy) {
     static_assert(WPC == 1 || WPC == 2, "one or two warps a column");
     constexpr int COLS = DOT_WARPS / WPC;
-    constexpr int XB = RG < DOT_ROW_BATCH ? RG : DOT_ROW_BATCH;
     __shared__ float table[COLS][RG][DOT_CLASSES + 1];
     const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
     const int slot = warp / WPC, mine = WPC == 2 ? warp % 2 : -1;
@@ -475,70 +569,15 @@ __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t r
     // last one's and writes nothing.
     if (WPC == 1 && col >= n) return;
     const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
-    const int chunks = k / 32, blocks = k / 256;
     Lane l(lane);
-    // A step is one half hb of the 8 blocks from b8: the warp's steps are (0, mine), (8, mine),
-    // ... with two warps a column, (0, 0), (0, 1), (8, 0), ... with one; a lane's block in it is
-    // b8 + 4 hb + lane / 8 (past the last block: block 0, loaded and never added).
-    const int first_hb = WPC == 2 ? mine : 0;
-    auto block_of = [&](int b8, int hb) { return b8 + 4 * hb + lane / 8; };
-    auto fetch = [&](int b8, int hb) {
-        const int b = block_of(b8, hb);
-        return l.fetch(wr + (size_t)(b < blocks ? b : 0) * Lane::BYTES);
-    };
     for (int r0 = 0; r0 < rows; r0 += RG) {
         float part[RG][2];
 #pragma unroll
         for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
-        int b8 = 0, hb = first_hb;
-        bool have = 4 * hb < blocks;
-        typename Lane::Raw cur;
-        if (have) cur = fetch(b8, hb);
-        while (have) {
-            int nb8 = b8, nhb = hb;
-            if (WPC == 2 || hb == 1) {
-                nb8 += 8;
-                nhb = first_hb;
-            } else {
-                nhb = 1;
-            }
-            const bool have_next = nb8 + 4 * nhb < blocks;
-            typename Lane::Raw next;
-            if (have_next) next = fetch(nb8, nhb);
-            const int b = block_of(b8, hb);
-            const bool active = b < blocks;
-            l.at(active ? b : 0);
-#pragma unroll
-            for (int rb = 0; rb < RG; rb += XB) {
-                if (r0 + rb >= rows) break;
-                // The batch's rows' activations (rows past the last read the last one again
-                // and add nothing), then their sums.
-                typename Lane::Row x[XB];
-#pragma unroll
-                for (int i = 0; i < XB; ++i) {
-                    const size_t row = (size_t)min(r0 + rb + i, rows - 1);
-                    x[i] = l.row(xq + row * k, xm + row * chunks);
-                }
-                if (rb == 0) l.decode(cur);
-#pragma unroll
-                for (int i = 0; i < XB; ++i) {
-                    if (r0 + rb + i < rows) {
-                        const int isum = l.sum(x[i]);
-                        if (active) {
-                            const float t = l.term(isum, x[i]);
-                            if (hb)
-                                part[rb + i][1] = __fadd_rn(part[rb + i][1], t);
-                            else
-                                part[rb + i][0] = __fadd_rn(part[rb + i][0], t);
-                        }
-                    }
-                }
-            }
-            cur = next;
-            b8 = nb8;
-            hb = nhb;
-            have = have_next;
-        }
+        if constexpr (RG <= DOT_AHEAD_ROWS)
+            walk_ahead<RG, Lane, WPC>(l, wr, xq, xm, r0, rows, k, lane, mine, part);
+        else
+            walk_rows<RG, Lane, WPC>(l, wr, xq, xm, r0, rows, k, lane, mine, part);
         if constexpr (WPC == 1) {
             write_classes<RG>(table[slot], part, lane, r0, rows, col, y, ldy, bias);
         } else {
@@ -574,13 +613,13 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
 // a column, ceil(n / 4) CTAs).
-// At least three CTAs an SM (at most 80 registers a thread): with rows' activations loaded ahead
-// the 4- and 8-row kernels took 87-114 unbounded, two CTAs an SM, too few to run a
-// verification's 384-CTA narrow products in one wave; at 80 they do not spill with batches of
-// two rows (DOT_ROW_BATCH; four spill).
-#define DOT_MIN_CTAS 3
+// CTAs an SM at least, which bounds the registers a thread: three (80) for the kernels that
+// load ahead; five (48) for the others with two warps a column and four (64) with one, what
+// they held before loading ahead was written (the 4- and 8-row launches of the gate and up
+// products and the head run many waves).
+#define DOT_MIN_CTAS(RG, WPC) ((RG) <= DOT_AHEAD_ROWS ? 3 : (WPC) == 2 ? 5 : 4)
 #define DOT_KERNEL(FMTNAME, LANE, RG)                                                               \
-    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS)                   \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS(RG, 1))            \
         dot_##FMTNAME##_r##RG(                                                                      \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
@@ -588,7 +627,7 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
         dot_wait<RG>(w, row_bytes, n, DOT_WARPS);                                                   \
         dot_body<RG, LANE, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
     }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS)                   \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS(RG, 2))            \
         dot_##FMTNAME##_r##RG##_s2(                                                                 \
         const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
