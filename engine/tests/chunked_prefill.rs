@@ -380,3 +380,55 @@ fn a_verification_with_a_prompt_riding_along_decides_as_it_does_alone() {
         "with a prompt chunk riding along"
     );
 }
+
+/// A sampled verification (temperature alone) that another sequence's prompt chunk rides along
+/// still decides in the forward (on a GPU, no row of the vocabulary crosses to the host), and
+/// exactly as the same verification alone: the same uniforms from the same seed give the same
+/// verdict.
+#[test]
+fn a_sampled_verification_with_a_prompt_riding_along_decides_in_the_forward_as_alone() {
+    use specd_engine::speculative::{verify, Acceptance, Draft, Sequence, Verified};
+    let m = common::engine_models(false);
+    let vocab = m.target.config().vocab_size as u32;
+    let mut r = request(prompt(3, vocab, 12), 3, Method::None);
+    r.generate.sampling.temperature = 0.8;
+    r.generate.sampling.seed = 7;
+    let want = target_only(&m, &request(prompt(3, vocab, 12), 3, Method::None));
+    let drafts = [Draft {
+        tokens: vec![want[0], want[1], (want[2] + 1) % vocab],
+        probs: None,
+        lookup: false,
+    }];
+    let run = |ride: bool| {
+        let mut pool = m.target.new_pool(64);
+        let new_seq = |req: &EngineRequest| {
+            let (g, p) = (req.generate.clone(), req.policy);
+            Sequence::new(&m.target, &m.tokenizer, None, g, p).unwrap()
+        };
+        let mut seq = new_seq(&r);
+        assert!(seq.samples_in_forward());
+        seq.prefill(&m.target, &mut pool, None).unwrap();
+        let mut other = new_seq(&request(prompt(4, vocab, 30), 3, Method::None));
+        let riders: Vec<_> = if ride {
+            other.chunk_input(8).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        assert_eq!(riders.len(), usize::from(ride));
+        verify(
+            &m.target,
+            &mut pool,
+            &mut [&mut seq],
+            &drafts,
+            riders,
+            Acceptance::InForward,
+        )
+        .unwrap()
+    };
+    let alone = run(false);
+    assert!(
+        matches!(alone[..], [Verified::Decided(_)]),
+        "alone: {alone:?}"
+    );
+    assert_eq!(run(true), alone, "with a prompt chunk riding along");
+}

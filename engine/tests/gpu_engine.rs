@@ -257,7 +257,8 @@ fn a_captured_graph_survives_long_prompts_and_new_shapes() {
 /// rejection sampling, in the forward) gives for a ragged batch, with drafts from a drafter's
 /// distribution and one-hot ones, what the kernels' CPU reference gives on the rows of the
 /// same forward and the same uniforms; twice, so that a replayed graph reads each step's new
-/// temperatures, uniforms and draft distributions.
+/// temperatures, uniforms and draft distributions, the second time with a prompt chunk riding
+/// along.
 #[test]
 fn sampled_verification_on_the_gpu_decides_as_the_reference_on_its_own_rows() {
     let m = gpu_target().model;
@@ -336,6 +337,17 @@ fn sampled_verification_on_the_gpu_decides_as_the_reference_on_its_own_rows() {
                 logits: Logits::All,
             });
         }
+        // In the second round a prompt chunk rides along (wanting no rows): it decides
+        // nothing, and the others decide as they do alone.
+        let mut rider_table = BlockTable::new();
+        let rider_tokens: Vec<u32> = ps.concat().into_iter().take(20).collect();
+        if round == 1 {
+            batch2.push(SeqInput {
+                table: &mut rider_table,
+                tokens: &rider_tokens,
+                logits: Logits::None,
+            });
+        }
         let logits = m.forward(&mut pool_rows, &mut batch).unwrap();
         let inputs: Vec<SampleInput<'_>> = (0..ps.len())
             .map(|i| SampleInput {
@@ -347,6 +359,7 @@ fn sampled_verification_on_the_gpu_decides_as_the_reference_on_its_own_rows() {
         let got = m
             .verify_sampled(&mut pool_decide, &mut batch2, &inputs)
             .unwrap();
+        assert_eq!(got.len(), ps.len(), "a verdict per sampled sequence");
         for (i, l) in logits.iter().enumerate() {
             let p: Vec<Vec<f32>> = rows(l)
                 .iter()

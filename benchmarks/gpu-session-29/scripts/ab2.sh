@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 29, second hold: `v3` (this tree: rows loaded ahead only by the kernels of one and two
-# rows a pass, the 4- and 8-row kernels walking row after row at their old register budget)
+# rows a pass, the 4- and 8-row kernels walking row after row at their old register budget;
+# and sampled verification deciding in the forward with prompt chunks riding along)
 # against 29ab53e (`base`) and `v1` (every kernel loading ahead, two rows at a time): the GPU
 # suites on v3 first (scripts/gpu/check), then `specd bench` on the synthetic target (the real
 # 1.5B's header, random weights: the real shapes and formats, no pieces to move), base / v1 /
@@ -10,6 +11,8 @@ set -uo pipefail
 T0=$SECONDS
 S=~/stash; mkdir -p $OUT/r $S
 xz -dc .gpu/specd.xz > $S/specd-v3 && chmod +x $S/specd-v3
+# What scripts/gpu/e2e unpacks in a later call (../gpu-session-27/scripts/call3.sh).
+cp .gpu/specd.xz $S/ && cp .gpu/tests-gpu.tar.xz $S/tests.tar.xz
 xz -dc .xfer/old/specd-29ab53e.xz > $S/specd-base && chmod +x $S/specd-base
 xz -dc .xfer/old/specd-v1.xz > $S/specd-v1 && chmod +x $S/specd-v1
 python3 scripts/gpu/synth-gguf.py .xfer/target-header.gguf $S/synth.gguf | tail -1

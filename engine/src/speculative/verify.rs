@@ -99,20 +99,24 @@ pub(crate) struct ModeInputs {
     pub alone: bool,
     /// Every sequence decodes greedily with no repetition penalty.
     pub greedy: bool,
-    /// Every sequence samples at a temperature alone, and acceptance may run in the forward.
+    /// Every verified sequence samples at a temperature alone, and acceptance may run in the
+    /// forward (riders, which want no rows, do not count).
     pub sampled_in_forward: bool,
 }
 
 /// The verification forward's output: acceptance decided in the forward when nothing rides
-/// along and every sequence is greedy, or samples at a temperature alone; greedy sequences with
-/// prompt chunks riding along, each row's argmax token (acceptance then runs on the host, on a
-/// token a row instead of a row of the vocabulary: on a GPU at 64 sequences the rows were 39 MB
-/// a step for the real target, which made every step a prompt rode along 2.7 times as long,
-/// H100, session 23); otherwise every row's logits.
+/// along and every sequence is greedy, or (riders or not) when every sequence samples at a
+/// temperature alone; greedy sequences with prompt chunks riding along, each row's argmax token
+/// (acceptance then runs on the host, on a token a row instead of a row of the vocabulary: on a
+/// GPU at 64 sequences the rows were 39 MB a step for the real target, which made every step a
+/// prompt rode along 2.7 times as long, H100, session 23); otherwise every row's logits.
+/// Sampling sequences decide in the forward under riders too: with their rows crossing to the
+/// host, 64 OpenAI clients at its default temperature of 1 ran at 654 tokens/s against 4,710
+/// greedy (H100, session 29), every step of a round's long admission ~80 ms.
 pub(crate) fn verification_mode(m: ModeInputs) -> OutputMode {
     if m.alone && m.greedy {
         OutputMode::GreedyVerdict
-    } else if m.alone && m.sampled_in_forward {
+    } else if m.sampled_in_forward {
         OutputMode::SampledVerdict
     } else if m.greedy {
         OutputMode::Argmax
@@ -202,8 +206,10 @@ fn sample_inputs<'d>(seqs: &mut [&mut Sequence], drafts: &'d [Draft]) -> Vec<Sam
 /// sequences of its batch; `inputs` their rows' tokens: the last token, then the draft).
 fn verified(out: ForwardOut, verifying: usize, inputs: &[Vec<u32>]) -> Result<Vec<Verified>> {
     match out {
+        // The riders' verdicts (a GPU decides a placeholder for each) are not wanted.
         ForwardOut::Verdicts(v) => Ok(v
             .into_iter()
+            .take(verifying)
             .map(|(accepted, next)| Verified::Decided(Verdict { accepted, next }))
             .collect()),
         ForwardOut::Logits(l) => l
@@ -233,17 +239,18 @@ mod tests {
     }
 
     #[test]
-    fn the_forward_decides_alone_and_hands_back_argmaxes_under_riders() {
+    fn the_forward_decides_alone_and_sampled_under_riders_and_hands_back_argmaxes_else() {
         use OutputMode::*;
         // Nothing rides along: the forward decides, greedy first.
         assert_eq!(mode(true, true, false), GreedyVerdict);
         assert_eq!(mode(true, true, true), GreedyVerdict);
         assert_eq!(mode(true, false, true), SampledVerdict);
         assert_eq!(mode(true, false, false), Logits);
-        // A prompt chunk rides along: greedy sequences take a token a row, sampling ones the
-        // rows (the host samples).
+        // A prompt chunk rides along: greedy sequences take a token a row, sampling ones at a
+        // temperature alone still decide in the forward, the others take the rows (the host
+        // samples).
         assert_eq!(mode(false, true, false), Argmax);
-        assert_eq!(mode(false, false, true), Logits);
+        assert_eq!(mode(false, false, true), SampledVerdict);
         assert_eq!(mode(false, false, false), Logits);
     }
 }

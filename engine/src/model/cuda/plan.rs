@@ -144,8 +144,14 @@ impl Plan {
         for (si, s) in batch.iter().enumerate() {
             let start = s.table.len();
             let blocks = s.table.blocks();
-            meta[o[6] + si] = row as i32;
-            meta[o[7] + si] = s.tokens.len() as i32;
+            // A sequence's rows for the verdict kernels; a rider (no rows wanted) gets a
+            // padding sequence's one row, and its verdict is not read.
+            let (first, n) = match s.logits {
+                Logits::None => (0, 1),
+                _ => (row, s.tokens.len()),
+            };
+            meta[o[6] + si] = first as i32;
+            meta[o[7] + si] = n as i32;
             for (j, &b) in blocks.iter().enumerate() {
                 meta[o[8] + si * shape.width + j] = b as i32;
             }

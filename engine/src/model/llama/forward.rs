@@ -77,8 +77,9 @@ impl Model {
     /// acceptance on the device, so only the counts and tokens cross to the host; on the CPU
     /// the kernels' references): each sequence feeds its last committed token then its drafts
     /// and gets back how many drafts it keeps and the token drawn after them, distributed
-    /// exactly as the target's softmax at its temperature. `sample[i]` goes with `batch[i]`;
-    /// every sequence must want [`Logits::All`].
+    /// exactly as the target's softmax at its temperature. `sample[i]` goes with `batch[i]`,
+    /// which must want [`Logits::All`]; sequences past the inputs ride along (prompt chunks
+    /// wanting [`Logits::None`]) and get no verdict.
     pub fn verify_sampled(
         &self,
         kv: &mut KvPool,
@@ -90,7 +91,7 @@ impl Model {
             .run(kv, batch, OutputMode::SampledVerdict, sample, false)?
             .0
         {
-            ForwardOut::Verdicts(v) => Ok(v),
+            ForwardOut::Verdicts(v) => Ok(v.into_iter().take(sample.len()).collect()),
             _ => unreachable!("verdicts asked for"),
         }
     }
@@ -188,7 +189,9 @@ impl Model {
 
 /// What a forward that decides acceptance itself needs, checked before it runs: every
 /// sequence's rows of logits ([`Logits::All`]) and, for sampled verification, one sampling
-/// input per sequence with one uniform per token and one draft distribution per draft.
+/// input per sequence with one uniform per token and one draft distribution per draft; there,
+/// sequences past the inputs may ride along (prompt chunks that want no rows, [`Logits::None`]),
+/// and decide nothing.
 /// ([`Model::verify_greedy`], [`Model::verify_sampled`] and the engine's verification step.)
 pub(crate) fn check_verdict_inputs(
     batch: &[SeqInput<'_>],
@@ -204,9 +207,11 @@ pub(crate) fn check_verdict_inputs(
             }
         }
         OutputMode::SampledVerdict => {
-            if sample.len() != batch.len() {
+            let riders = &batch[sample.len().min(batch.len())..];
+            if sample.len() > batch.len() || riders.iter().any(|s| s.logits != Logits::None) {
                 return Err(Error::InvalidRequest(format!(
-                    "{} sampling inputs for {} sequences",
+                    "{} sampling inputs for {} sequences (sequences past the inputs must want \
+                     no rows)",
                     sample.len(),
                     batch.len()
                 )));
@@ -269,5 +274,22 @@ mod tests {
             check_verdict_inputs(&batch[..1], OutputMode::SampledVerdict, &[input(2)]).unwrap_err();
         assert!(e.to_string().contains("(2 given for 3)"), "{e}");
         assert!(check_verdict_inputs(&batch[..1], OutputMode::SampledVerdict, &[input(3)]).is_ok());
+        // Past the inputs only riders (no rows wanted) may follow.
+        let e = check_verdict_inputs(&batch, OutputMode::SampledVerdict, &[input(3)]).unwrap_err();
+        assert!(e.to_string().contains("must want no rows"), "{e}");
+        let mut c = BlockTable::new();
+        let riding = [
+            SeqInput {
+                table: &mut a,
+                tokens: &tokens,
+                logits: Logits::All,
+            },
+            SeqInput {
+                table: &mut c,
+                tokens: &tokens,
+                logits: Logits::None,
+            },
+        ];
+        assert!(check_verdict_inputs(&riding, OutputMode::SampledVerdict, &[input(3)]).is_ok());
     }
 }
