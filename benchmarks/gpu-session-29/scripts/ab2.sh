@@ -14,7 +14,7 @@ xz -dc .gpu/specd.xz > $S/specd-v3 && chmod +x $S/specd-v3
 # What scripts/gpu/e2e unpacks in a later call (../gpu-session-27/scripts/call3.sh).
 cp .gpu/specd.xz $S/ && cp .gpu/tests-gpu.tar.xz $S/tests.tar.xz
 xz -dc .xfer/old/specd-29ab53e.xz > $S/specd-base && chmod +x $S/specd-base
-xz -dc .xfer/old/specd-v1.xz > $S/specd-v1 && chmod +x $S/specd-v1
+[[ -f .xfer/old/specd-v1.xz ]] && xz -dc .xfer/old/specd-v1.xz > $S/specd-v1 && chmod +x $S/specd-v1
 python3 scripts/gpu/synth-gguf.py .xfer/target-header.gguf $S/synth.gguf | tail -1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,driver_version --format=csv,noheader
 echo "setup $((SECONDS-T0)) s"
@@ -22,6 +22,7 @@ timeout 200 scripts/gpu/check $OUT/r/check > $OUT/r/check.out 2>&1
 echo "check rc=$? $((SECONDS-T0)) s"; cat $OUT/r/check/summary.txt
 for round in 1 2; do
   for v in base v1 v3; do
+    [[ -x $S/specd-$v ]] || continue
     timeout 90 $S/specd-$v bench --device cuda --model $S/synth.gguf --prompt-tokens 128 --gen-tokens 64 \
       --verify-rows 1,2,3,4,5,8 --repeat 2 > $OUT/r/bench-$v-$round.json 2> $OUT/r/bench-$v-$round.err
     echo "$v $round rc=$? $((SECONDS-T0)) s"
