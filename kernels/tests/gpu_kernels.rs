@@ -267,6 +267,14 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     lanes.set_dotc_min_cols(0);
     lanes.set_dotc_q6k_min_cols(0);
     lanes.set_dotc_max_rows(8);
+    // The same in passes of at most 2 rows (3, 5 and 8 rows walk the weights several times).
+    let lane_passes = gpu();
+    lane_passes.set_dot_mma_from(usize::MAX);
+    lane_passes.set_dot_gemm_from(usize::MAX);
+    lane_passes.set_dotc_min_cols(0);
+    lane_passes.set_dotc_q6k_min_cols(0);
+    lane_passes.set_dotc_max_rows(8);
+    lane_passes.set_dotc_pass_rows(2);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
     tiled.set_dot_gemm_wm(1);
@@ -363,6 +371,11 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                         MatmulKernel::Dot,
                         &lanes,
                         " with a lane per column for 8 rows",
+                    ),
+                    (
+                        MatmulKernel::Dot,
+                        &lane_passes,
+                        " with a lane per column for 8 rows in passes of 2",
                     ),
                     (MatmulKernel::Dot, &tiled, " through the tiled GEMM"),
                     (

@@ -30,7 +30,8 @@ pub use graph::{GpuTimer, Graph};
 pub use memory::{bf16_to_f32, f32_to_bf16, Buffer};
 use settings::env_usize;
 pub use settings::{
-    DOTC_MAX_ROWS, DOTC_MIN_COLS, DOTC_Q6K_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM, DOT_SPLIT_FROM_K,
+    DOTC_MAX_ROWS, DOTC_MIN_COLS, DOTC_PASS_ROWS, DOTC_Q6K_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM,
+    DOT_SPLIT_FROM_K,
 };
 
 /// A raw device address.
@@ -75,6 +76,9 @@ pub struct Gpu {
     /// The most rows a product takes through the lane-per-column kernels (`SPECD_DOTC_MAX_ROWS`,
     /// default [`DOTC_MAX_ROWS`], at most 8).
     dotc_max_rows: std::sync::atomic::AtomicUsize,
+    /// The most rows a pass of those kernels takes (`SPECD_DOTC_PASS_ROWS`, default
+    /// [`DOTC_PASS_ROWS`]).
+    dotc_pass_rows: std::sync::atomic::AtomicUsize,
     /// The fewest output columns a Q6_K product needs to take the lane-per-column kernels
     /// (`SPECD_DOTC_Q6K_MIN_COLS`, default [`DOTC_Q6K_MIN_COLS`]).
     dotc_q6k_min_cols: std::sync::atomic::AtomicUsize,
@@ -138,6 +142,7 @@ impl Gpu {
             dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             dotc_max_rows: env_usize("SPECD_DOTC_MAX_ROWS", DOTC_MAX_ROWS).into(),
+            dotc_pass_rows: env_usize("SPECD_DOTC_PASS_ROWS", DOTC_PASS_ROWS).into(),
             dotc_q6k_min_cols: env_usize("SPECD_DOTC_Q6K_MIN_COLS", DOTC_Q6K_MIN_COLS).into(),
             launches: AtomicU64::new(0),
             pdl: std::env::var("SPECD_PDL").map_or(true, |v| v != "0"),

@@ -75,7 +75,8 @@ pub(super) enum DotChoice {
     /// dp4a, a warp per output column (qdot.cu `dot_*_r{rows}`), up to `rows` rows a pass (1,
     /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k.
     Warp { rows: usize, split: bool },
-    /// Q4_K or Q6_K, a lane per output column, up to `rows` rows a pass (1, 2, 4 or 8:
+    /// Q4_K or Q6_K, a lane per output column, up to `rows` rows a pass, passes enough for all
+    /// (1, 2, 4 or 8:
     /// `dotc_q4k`, `dotc_q4k_r{rows}`, `dotc_q6k_r{rows}`).
     LanePerColumn { rows: usize },
     /// int8 mma, 16 columns a CTA, 8 (`t1`) or 16 (`t2`) rows a pass.
@@ -93,8 +94,9 @@ pub(super) struct DotSettings {
     pub(super) gemm_from: usize,
     /// The fewest columns for the lane-per-column kernels (of this format).
     pub(super) dotc_min_cols: usize,
-    /// The most rows the lane-per-column kernels take.
+    /// The most rows the lane-per-column kernels take, and take in one pass (a power of two).
     pub(super) dotc_max_rows: usize,
+    pub(super) dotc_pass_rows: usize,
     /// The shortest k for which the dp4a kernels take two warps a column.
     pub(super) split_from_k: usize,
     /// The GEMM's rows a CTA in tiles of 32 (1 or 2), or 0: chosen by the grid's size.
@@ -142,7 +144,7 @@ impl DotChoice {
             }
             r if lane_per_column && n >= s.dotc_min_cols && r <= s.dotc_max_rows.min(8) => {
                 DotChoice::LanePerColumn {
-                    rows: r.next_power_of_two(),
+                    rows: r.next_power_of_two().min(s.dotc_pass_rows),
                 }
             }
             1 => warp(1),
@@ -252,6 +254,7 @@ mod tests {
         gemm_from: 64,
         dotc_min_cols: 8192,
         dotc_max_rows: 4,
+        dotc_pass_rows: 8,
         split_from_k: 0,
         gemm_wm: 0,
         sms: 132,
@@ -308,6 +311,17 @@ mod tests {
         assert_eq!(of(9, 17_920, true), DotChoice::Mma { pass: 16 });
         let (gx, gy, _) = DotChoice::LanePerColumn { rows: 8 }.shape(5, 17_920);
         assert_eq!((gx, gy), (560, 1));
+        // Passes of at most 4 rows: 5 rows take the 4-row kernel, which walks them twice.
+        let passes = DotSettings {
+            dotc_pass_rows: 4,
+            ..lanes
+        };
+        for (rows, pass) in [(1, 1), (3, 4), (5, 4), (8, 4)] {
+            assert_eq!(
+                DotChoice::of(rows, 17_920, 1536, true, passes),
+                DotChoice::LanePerColumn { rows: pass }
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,14 @@ pub const DOTC_MIN_COLS: usize = 8192;
 /// 27 % to 8 (the 8-row kernel holds 128 registers a thread and spills).
 pub const DOTC_MAX_ROWS: usize = 4;
 
+/// The most rows a pass of the lane-per-column kernels takes by default (1, 2, 4 or 8): 8, one
+/// pass for every row count they take by default. With fewer, a product of more rows walks its
+/// columns' weights in several passes (`SPECD_DOTC_PASS_ROWS=4` with `SPECD_DOTC_MAX_ROWS=8`:
+/// five verification rows in passes of 4 and 1, instead of the 8-row kernel that spills or
+/// the warp-per-column one, which takes most of a 5-row forward's extra time on the gate and
+/// up products; not yet measured, BENCHMARKS.md, session 29).
+pub const DOTC_PASS_ROWS: usize = 8;
+
 /// The fewest output columns for which a Q6_K product takes the lane-per-column kernels
 /// (`dotc_q6k_r{1,2,4}`) by default: of the 1.5B's Q6_K matrices only the head (151,936
 /// columns), not its down and value projections (1,536 and 256: too few CTAs of 32 columns).
@@ -103,6 +111,7 @@ impl Gpu {
                 _ => self.dotc_min_cols(),
             },
             dotc_max_rows: self.dotc_max_rows(),
+            dotc_pass_rows: self.dotc_pass_rows(),
             split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
             gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
             sms: self.kernels().sms,
@@ -144,8 +153,24 @@ impl Gpu {
         self.dotc_max_rows.store(rows, Ordering::Relaxed);
     }
 
+    /// The most rows (1, 2, 4 or 8) a pass of the lane-per-column kernels takes; more rows go
+    /// through the columns' weights in several passes (the same bits either way).
+    pub fn dotc_pass_rows(&self) -> usize {
+        prev_power_of_two(self.dotc_pass_rows.load(Ordering::Relaxed).clamp(1, 8))
+    }
+
+    /// Sets [`Gpu::dotc_pass_rows`] (graphs captured before keep the old choice).
+    pub fn set_dotc_pass_rows(&self, rows: usize) {
+        self.dotc_pass_rows.store(rows, Ordering::Relaxed);
+    }
+
     /// Sets [`Gpu::dot_mma_from`] (graphs captured before keep the old choice).
     pub fn set_dot_mma_from(&self, rows: usize) {
         self.dot_mma_from.store(rows, Ordering::Relaxed);
     }
+}
+
+/// The largest power of two not above `n` (`n` ≥ 1).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.leading_zeros())
 }
