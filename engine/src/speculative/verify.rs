@@ -141,7 +141,9 @@ pub fn verify<'a>(
     let mode = verification_mode(ModeInputs {
         alone: riders.is_empty(),
         greedy: seqs.iter().all(|s| s.decides_greedily()),
+        // A step of riders alone decides nothing (and keeps the greedy forward's buffers).
         sampled_in_forward: acceptance == Acceptance::InForward
+            && !seqs.is_empty()
             && seqs.iter().all(|s| s.samples_in_forward()),
     });
     // Uniforms first (one per draft, one for the token), from each sequence's own generator.
