@@ -328,54 +328,69 @@ fn a_calibrated_engine_probes_a_drafter_its_prior_turns_off() {
     });
 }
 
+/// Verifies `r`'s sequence (prefilled) against `drafts` in one forward, with another sequence's
+/// first prompt chunk riding along when `ride`.
+fn verify_riding(
+    m: &specd_engine::actors::EngineModels,
+    r: &EngineRequest,
+    drafts: &[specd_engine::speculative::Draft],
+    ride: bool,
+) -> Vec<specd_engine::speculative::Verified> {
+    use specd_engine::speculative::{verify, Acceptance, Sequence};
+    let vocab = m.target.config().vocab_size as u32;
+    let mut pool = m.target.new_pool(64);
+    let new_seq = |req: &EngineRequest| {
+        let (g, p) = (req.generate.clone(), req.policy);
+        Sequence::new(&m.target, &m.tokenizer, None, g, p).unwrap()
+    };
+    let mut seq = new_seq(r);
+    seq.prefill(&m.target, &mut pool, None).unwrap();
+    let mut other = new_seq(&request(prompt(4, vocab, 30), 3, Method::None));
+    let riders: Vec<_> = if ride {
+        other.chunk_input(8).into_iter().collect()
+    } else {
+        Vec::new()
+    };
+    assert_eq!(riders.len(), usize::from(ride));
+    verify(
+        &m.target,
+        &mut pool,
+        &mut [&mut seq],
+        drafts,
+        riders,
+        Acceptance::InForward,
+    )
+    .unwrap()
+}
+
+/// Two drafts of the target's own greedy continuation, then a wrong third.
+fn two_right_then_wrong(want: &[u32], vocab: u32) -> [specd_engine::speculative::Draft; 1] {
+    [specd_engine::speculative::Draft {
+        tokens: vec![want[0], want[1], (want[2] + 1) % vocab],
+        probs: None,
+        lookup: false,
+    }]
+}
+
 /// A greedy verification that another sequence's prompt chunk rides along (the forward then
 /// hands back each row's argmax and acceptance runs on the host) decides exactly as the same
 /// verification alone (decided in the forward): two drafts kept, the target's third token next.
 #[test]
 fn a_verification_with_a_prompt_riding_along_decides_as_it_does_alone() {
-    use specd_engine::speculative::{verify, Acceptance, Draft, Sequence, Verdict, Verified};
+    use specd_engine::speculative::{Verdict, Verified};
     let m = common::engine_models(false);
     let vocab = m.target.config().vocab_size as u32;
     let r = request(prompt(3, vocab, 12), 3, Method::None);
     let want = target_only(&m, &r);
-    let drafts = [Draft {
-        tokens: vec![want[0], want[1], (want[2] + 1) % vocab],
-        probs: None,
-        lookup: false,
-    }];
-    let run = |ride: bool| {
-        let mut pool = m.target.new_pool(64);
-        let new_seq = |req: &EngineRequest| {
-            let (g, p) = (req.generate.clone(), req.policy);
-            Sequence::new(&m.target, &m.tokenizer, None, g, p).unwrap()
-        };
-        let mut seq = new_seq(&r);
-        seq.prefill(&m.target, &mut pool, None).unwrap();
-        let mut other = new_seq(&request(prompt(4, vocab, 30), 3, Method::None));
-        let riders: Vec<_> = if ride {
-            other.chunk_input(8).into_iter().collect()
-        } else {
-            Vec::new()
-        };
-        assert_eq!(riders.len(), usize::from(ride));
-        verify(
-            &m.target,
-            &mut pool,
-            &mut [&mut seq],
-            &drafts,
-            riders,
-            Acceptance::InForward,
-        )
-        .unwrap()
-    };
-    let alone = run(false);
+    let drafts = two_right_then_wrong(&want, vocab);
+    let alone = verify_riding(&m, &r, &drafts, false);
     let expected = Verified::Decided(Verdict {
         accepted: 2,
         next: want[2],
     });
     assert_eq!(alone, vec![expected.clone()]);
     assert_eq!(
-        run(true),
+        verify_riding(&m, &r, &drafts, true),
         vec![expected],
         "with a prompt chunk riding along"
     );
@@ -387,48 +402,24 @@ fn a_verification_with_a_prompt_riding_along_decides_as_it_does_alone() {
 /// verdict.
 #[test]
 fn a_sampled_verification_with_a_prompt_riding_along_decides_in_the_forward_as_alone() {
-    use specd_engine::speculative::{verify, Acceptance, Draft, Sequence, Verified};
+    use specd_engine::speculative::{Sequence, Verified};
     let m = common::engine_models(false);
     let vocab = m.target.config().vocab_size as u32;
     let mut r = request(prompt(3, vocab, 12), 3, Method::None);
     r.generate.sampling.temperature = 0.8;
     r.generate.sampling.seed = 7;
+    let sampled = Sequence::new(&m.target, &m.tokenizer, None, r.generate.clone(), r.policy);
+    assert!(sampled.unwrap().samples_in_forward());
     let want = target_only(&m, &request(prompt(3, vocab, 12), 3, Method::None));
-    let drafts = [Draft {
-        tokens: vec![want[0], want[1], (want[2] + 1) % vocab],
-        probs: None,
-        lookup: false,
-    }];
-    let run = |ride: bool| {
-        let mut pool = m.target.new_pool(64);
-        let new_seq = |req: &EngineRequest| {
-            let (g, p) = (req.generate.clone(), req.policy);
-            Sequence::new(&m.target, &m.tokenizer, None, g, p).unwrap()
-        };
-        let mut seq = new_seq(&r);
-        assert!(seq.samples_in_forward());
-        seq.prefill(&m.target, &mut pool, None).unwrap();
-        let mut other = new_seq(&request(prompt(4, vocab, 30), 3, Method::None));
-        let riders: Vec<_> = if ride {
-            other.chunk_input(8).into_iter().collect()
-        } else {
-            Vec::new()
-        };
-        assert_eq!(riders.len(), usize::from(ride));
-        verify(
-            &m.target,
-            &mut pool,
-            &mut [&mut seq],
-            &drafts,
-            riders,
-            Acceptance::InForward,
-        )
-        .unwrap()
-    };
-    let alone = run(false);
+    let drafts = two_right_then_wrong(&want, vocab);
+    let alone = verify_riding(&m, &r, &drafts, false);
     assert!(
         matches!(alone[..], [Verified::Decided(_)]),
         "alone: {alone:?}"
     );
-    assert_eq!(run(true), alone, "with a prompt chunk riding along");
+    assert_eq!(
+        verify_riding(&m, &r, &drafts, true),
+        alone,
+        "with a prompt chunk riding along"
+    );
 }

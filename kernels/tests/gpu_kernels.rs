@@ -261,20 +261,19 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     split.set_dotc_min_cols(usize::MAX);
     // A lane per column for up to 8 rows of the products that have it (Q4_K, Q6_K), dp4a
     // otherwise.
-    let lanes = gpu();
-    lanes.set_dot_mma_from(usize::MAX);
-    lanes.set_dot_gemm_from(usize::MAX);
-    lanes.set_dotc_min_cols(0);
-    lanes.set_dotc_q6k_min_cols(0);
-    lanes.set_dotc_max_rows(8);
+    let lanes_in_passes_of = |pass: usize| {
+        let g = gpu();
+        g.set_dot_mma_from(usize::MAX);
+        g.set_dot_gemm_from(usize::MAX);
+        g.set_dotc_min_cols(0);
+        g.set_dotc_q6k_min_cols(0);
+        g.set_dotc_max_rows(8);
+        g.set_dotc_pass_rows(pass);
+        g
+    };
+    let lanes = lanes_in_passes_of(8);
     // The same in passes of at most 2 rows (3, 5 and 8 rows walk the weights several times).
-    let lane_passes = gpu();
-    lane_passes.set_dot_mma_from(usize::MAX);
-    lane_passes.set_dot_gemm_from(usize::MAX);
-    lane_passes.set_dotc_min_cols(0);
-    lane_passes.set_dotc_q6k_min_cols(0);
-    lane_passes.set_dotc_max_rows(8);
-    lane_passes.set_dotc_pass_rows(2);
+    let lane_passes = lanes_in_passes_of(2);
     let tiled = gpu();
     tiled.set_dot_gemm_from(1);
     tiled.set_dot_gemm_wm(1);

@@ -156,7 +156,12 @@ impl Gpu {
     /// The most rows (1, 2, 4 or 8) a pass of the lane-per-column kernels takes; more rows go
     /// through the columns' weights in several passes (the same bits either way).
     pub fn dotc_pass_rows(&self) -> usize {
-        prev_power_of_two(self.dotc_pass_rows.load(Ordering::Relaxed).clamp(1, 8))
+        // The largest power of two not above the setting.
+        1 << self
+            .dotc_pass_rows
+            .load(Ordering::Relaxed)
+            .clamp(1, 8)
+            .ilog2()
     }
 
     /// Sets [`Gpu::dotc_pass_rows`] (graphs captured before keep the old choice).
@@ -168,9 +173,4 @@ impl Gpu {
     pub fn set_dot_mma_from(&self, rows: usize) {
         self.dot_mma_from.store(rows, Ordering::Relaxed);
     }
-}
-
-/// The largest power of two not above `n` (`n` ≥ 1).
-fn prev_power_of_two(n: usize) -> usize {
-    1 << (usize::BITS - 1 - n.leading_zeros())
 }
