@@ -352,8 +352,19 @@ struct Q4kLane {
         hi = low_nibbles(r.qs, 4);
         q4k_scale_min(r.head, q4k_d_dmin(r.head), j, scale, minv);
     }
+    // A row's activations (row_x) and its chunk's scale and sums (row_m, taken by the term
+    // only); row: both.
+    __device__ __forceinline__ Row row_x(const int8_t* xr, const XChunk*) const {
+        Row x;
+        x.x_lo = ldg16(xr + c_lo * 32 + h * 16);
+        x.x_hi = ldg16(xr + c_hi * 32 + h * 16);
+        return x;
+    }
+    __device__ __forceinline__ void row_m(Row& x, const XChunk* xmr) const { x.m = xmr[c]; }
     __device__ __forceinline__ Row row(const int8_t* xr, const XChunk* xmr) const {
-        return Row{ldg16(xr + c_lo * 32 + h * 16), ldg16(xr + c_hi * 32 + h * 16), xmr[c]};
+        Row x = row_x(xr, xmr);
+        row_m(x, xmr);
+        return x;
     }
     // The exact sum of this lane's chunk over a row (every lane calls it: it swaps halves).
     __device__ __forceinline__ int sum(const Row& x) const {
@@ -433,8 +444,13 @@ struct Q6kLane {
                         ((ql.z >> 4) & 0x0F0F0F0Fu) | (((qh.z >> shb) & 0x03030303u) << 4),
                         ((ql.w >> 4) & 0x0F0F0F0Fu) | (((qh.w >> shb) & 0x03030303u) << 4));
     }
-    __device__ __forceinline__ Row row(const int8_t* xr, const XChunk* xmr) const {
+    // The sums take the chunks' scales and sums too: row_x loads them with the activations.
+    __device__ __forceinline__ Row row_x(const int8_t* xr, const XChunk* xmr) const {
         return Row{ldg16(xr + ca * 32 + 16 * sub), ldg16(xr + cb * 32 + 16 * sub), xmr[ca], xmr[cb]};
+    }
+    __device__ __forceinline__ void row_m(Row&, const XChunk*) const {}
+    __device__ __forceinline__ Row row(const int8_t* xr, const XChunk* xmr) const {
+        return row_x(xr, xmr);
     }
     __device__ __forceinline__ int sum(const Row& x) const {
         const int xa = sub ? x.ma.sum[1] : x.ma.sum[0], xb = sub ? x.mb.sum[1] : x.mb.sum[0];
@@ -541,9 +557,16 @@ __device__ __forceinline__ void walk_rows(Lane& l, const uint8_t* wr, const int8
             for (int r = 0; r < RG; ++r) {
                 if (r0 + r >= rows) break;
                 const size_t row = (size_t)(r0 + r);
-                const typename Lane::Row x = l.row(xq + row * k, xm + row * chunks);
+                // The activations at the sum, the chunk's scale at the term (Q4_K), as the
+                // kernels had it before walk_ahead: loading the scale with the activations cost
+                // 6-17 % in these kernels' launches (session 30).
+                const XChunk* xmr = xm + row * chunks;
+                typename Lane::Row x = l.row_x(xq + row * k, xmr);
                 const int isum = l.sum(x);
-                if (active) part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, x));
+                if (active) {
+                    l.row_m(x, xmr);
+                    part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, x));
+                }
             }
         }
     }
