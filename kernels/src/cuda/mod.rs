@@ -31,7 +31,7 @@ pub use memory::{bf16_to_f32, f32_to_bf16, Buffer};
 use settings::env_usize;
 pub use settings::{
     DOTC_MAX_ROWS, DOTC_MIN_COLS, DOTC_PASS_ROWS, DOTC_Q6K_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM,
-    DOT_SPLIT_FROM_K,
+    DOT_MMA_WIDE_FROM, DOT_SPLIT_FROM_K,
 };
 
 /// A raw device address.
@@ -61,6 +61,9 @@ pub struct Gpu {
     /// The fewest rows [`MatmulKernel::Dot`] gives its int8 mma kernels (fewer take dp4a):
     /// `SPECD_DOT_MMA_FROM`, default [`DOT_MMA_FROM`].
     dot_mma_from: std::sync::atomic::AtomicUsize,
+    /// The fewest rows a wide Q4_K product takes int8 mma: `SPECD_DOT_MMA_WIDE_FROM`, default
+    /// [`DOT_MMA_WIDE_FROM`].
+    dot_mma_wide_from: std::sync::atomic::AtomicUsize,
     /// The fewest rows [`MatmulKernel::Dot`] gives its tiled GEMM: `SPECD_DOT_GEMM_FROM`,
     /// default [`DOT_GEMM_FROM`].
     dot_gemm_from: std::sync::atomic::AtomicUsize,
@@ -137,6 +140,7 @@ impl Gpu {
                     .unwrap_or(MatmulKernel::DEFAULT),
             )),
             dot_mma_from: env_usize("SPECD_DOT_MMA_FROM", DOT_MMA_FROM).into(),
+            dot_mma_wide_from: env_usize("SPECD_DOT_MMA_WIDE_FROM", DOT_MMA_WIDE_FROM).into(),
             dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
             dot_split_from_k: env_usize("SPECD_DOT_SPLIT_FROM_K", DOT_SPLIT_FROM_K).into(),
             dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),

@@ -91,6 +91,9 @@ pub(super) enum DotChoice {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct DotSettings {
     pub(super) mma_from: usize,
+    /// The fewest rows a product at least `dotc_min_cols` wide takes int8 mma (fewer than
+    /// `mma_from`; `usize::MAX`: none).
+    pub(super) mma_wide_from: usize,
     pub(super) gemm_from: usize,
     /// The fewest columns for the lane-per-column kernels (of this format).
     pub(super) dotc_min_cols: usize,
@@ -148,6 +151,9 @@ impl DotChoice {
                 }
             }
             1 => warp(1),
+            r if r >= s.mma_from.min(s.mma_wide_from.max(2)) && r <= 8 && n >= s.dotc_min_cols => {
+                DotChoice::Mma { pass: 8 }
+            }
             r if r >= s.mma_from && r <= 8 => DotChoice::Mma { pass: 8 },
             r if r >= s.mma_from => DotChoice::Mma { pass: 16 },
             2 => warp(2),
@@ -251,6 +257,7 @@ mod tests {
 
     const H100: DotSettings = DotSettings {
         mma_from: 8,
+        mma_wide_from: usize::MAX,
         gemm_from: 64,
         dotc_min_cols: 8192,
         dotc_max_rows: 4,
@@ -284,6 +291,35 @@ mod tests {
         assert_eq!(of(128, 17_920), DotChoice::Gemm { wm: 2 });
         let (gx, _, _) = warp(1, true).shape(1, 1536);
         assert_eq!(gx, 384);
+    }
+
+    #[test]
+    fn the_widest_products_take_int8_mma_from_the_rows_asked() {
+        let wide = DotSettings {
+            mma_wide_from: 5,
+            ..H100
+        };
+        let of = |rows, n| DotChoice::of(rows, n, 1536, true, wide);
+        // Up to the lane-per-column kernels' 4 rows they keep the gate and up products; from 5
+        // rows int8 mma takes them, while the narrow products keep dp4a until mma_from.
+        assert_eq!(of(4, 17_920), DotChoice::LanePerColumn { rows: 4 });
+        for rows in 5..=8 {
+            assert_eq!(of(rows, 17_920), DotChoice::Mma { pass: 8 });
+        }
+        assert_eq!(of(5, 1536), warp(8, true));
+        assert_eq!(of(7, 1536), warp(8, true));
+        assert_eq!(of(9, 17_920), DotChoice::Mma { pass: 16 });
+        // One row stays with dp4a or the lane-per-column kernel whatever the setting.
+        let low = DotSettings {
+            mma_wide_from: 0,
+            dotc_max_rows: 0,
+            ..H100
+        };
+        assert_eq!(DotChoice::of(1, 17_920, 1536, true, low), warp(1, true));
+        assert_eq!(
+            DotChoice::of(2, 17_920, 1536, true, low),
+            DotChoice::Mma { pass: 8 }
+        );
     }
 
     #[test]

@@ -10,6 +10,14 @@ use super::{ops, qdot, Gpu, MatmulKernel, WeightFormat};
 /// int8 mma from 8 (and for prefill).
 pub const DOT_MMA_FROM: usize = 8;
 
+/// The fewest rows a Q4_K product at least [`DOTC_MIN_COLS`] wide (the 1.5B's gate and up
+/// products, 17,920 columns) takes on the tensor cores by default, past what the lane-per-column
+/// kernels take ([`DOTC_MAX_ROWS`]). At 5 rows on an H100 (BENCHMARKS.md, session 30) int8 mma
+/// took the gate and up product in 21.7 µs against 29.0 for dp4a's 8-row kernel, while it lost
+/// on the narrow products (12.3 against 9.1 µs), the Q6_K down product (38.3 / 17.8) and the
+/// Q6_K head (301 / 256): those keep dp4a below [`DOT_MMA_FROM`].
+pub const DOT_MMA_WIDE_FROM: usize = 5;
+
 /// The fewest rows the 8-bit-activation products take in the tiled GEMM by default (qgemm.cu:
 /// 32 columns by 32 or 64 rows a CTA, the next stage's loads in flight while the tensor cores
 /// work), the rows of prefill and of large batches; fewer take int8 mma or dp4a. On the 1.5B's
@@ -78,6 +86,12 @@ impl Gpu {
         self.dot_mma_from.load(Ordering::Relaxed).max(2)
     }
 
+    /// The fewest rows a Q4_K product at least [`Gpu::dotc_min_cols`] wide takes on the tensor
+    /// cores (the same bits as dp4a).
+    pub fn dot_mma_wide_from(&self) -> usize {
+        self.dot_mma_wide_from.load(Ordering::Relaxed)
+    }
+
     /// The fewest rows the 8-bit-activation products take in the tiled GEMM (qgemm.cu); the
     /// same bits as the other kernels.
     pub fn dot_gemm_from(&self) -> usize {
@@ -105,6 +119,10 @@ impl Gpu {
     pub(super) fn dot_settings(&self, format: WeightFormat) -> qdot::DotSettings {
         qdot::DotSettings {
             mma_from: self.dot_mma_from(),
+            mma_wide_from: match format {
+                WeightFormat::Q4K => self.dot_mma_wide_from(),
+                _ => usize::MAX,
+            },
             gemm_from: self.dot_gemm_from(),
             dotc_min_cols: match format {
                 WeightFormat::Q6K => self.dotc_q6k_min_cols(),
