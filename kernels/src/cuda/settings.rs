@@ -49,8 +49,9 @@ pub const DOTC_MAX_ROWS: usize = 4;
 /// pass for every row count they take by default. With fewer, a product of more rows walks its
 /// columns' weights in several passes (`SPECD_DOTC_PASS_ROWS=4` with `SPECD_DOTC_MAX_ROWS=8`:
 /// five verification rows in passes of 4 and 1, instead of the 8-row kernel that spills or
-/// the warp-per-column one, which takes most of a 5-row forward's extra time on the gate and
-/// up products; not yet measured, BENCHMARKS.md, session 29).
+/// the warp-per-column one). Measured on an H100 (BENCHMARKS.md, session 30) it lost: 5 rows
+/// 2.72 ms against 2.59, 8 rows 3.59 against 3.06; int8 mma took those rows of the gate and up
+/// products instead ([`DOT_MMA_WIDE_FROM`]).
 pub const DOTC_PASS_ROWS: usize = 8;
 
 /// The fewest output columns for which a Q6_K product takes the lane-per-column kernels
