@@ -204,7 +204,7 @@ pub fn run(model: &Model, name: &str, prompt: &[u32], args: &BenchArgs) -> anyho
             (after.launches - before.launches) as f64 / steps
         };
         let host_us = (after.host_us - before.host_us) as f64 / steps;
-        // With SPECD_GPU_TIMING=1: the GPU's time from a step's first launch to its end.
+        // Unless SPECD_GPU_TIMING=0: the GPU's time from a step's first launch to its end.
         let gpu_us = (after.gpu_us - before.gpu_us) as f64 / steps;
         per_mode.push(format!(
             "{{\"graphs\":{graphs},\"ms_per_step\":{ms:.3},\"tokens_per_s\":{:.1},\"pct_of_roofline\":{:.1},\"launches_per_step\":{launches:.0},\"host_us_per_step\":{host_us:.1},\"gpu_us_per_step\":{gpu_us:.1}}}",

@@ -312,7 +312,7 @@ impl Models {
 /// On a GPU, the CUDA graphs that model `who` (the target or the GLIDE drafter) captured between
 /// `before` and `after` (a capture costs milliseconds: new shapes, not steady decoding), its
 /// forwards, and the host's time in each before its launches are queued (metadata, uploads).
-/// With SPECD_GPU_TIMING=1 also the GPU's time from a forward's first launch to its end. Empty
+/// Unless SPECD_GPU_TIMING=0 also the GPU's time from a forward's first launch to its end. Empty
 /// on the CPU.
 fn gpu_note(who: &str, before: Option<model::GpuStats>, after: Option<model::GpuStats>) -> String {
     let (Some(b), Some(a)) = (before, after) else {

@@ -58,8 +58,8 @@ pub struct GpuStats {
     /// Host time spent preparing and enqueuing forwards, in microseconds (not waiting for
     /// the GPU).
     pub host_us: u64,
-    /// With `SPECD_GPU_TIMING=1`, the GPU's time from each forward's first launch to its last
-    /// kernel's end, summed in microseconds (0 otherwise).
+    /// Unless `SPECD_GPU_TIMING=0`, the GPU's time from each forward's first launch to its
+    /// last kernel's end, summed in microseconds (0 otherwise).
     pub gpu_us: u64,
 }
 

@@ -302,8 +302,8 @@ impl CudaModel {
     }
 
     /// Runs a step's launches `launch`: replayed from the graph of `key` in `graphs` (captured
-    /// the first time), or launched directly without a key; between timing events when
-    /// `SPECD_GPU_TIMING=1`.
+    /// the first time), or launched directly without a key; between timing events unless
+    /// `SPECD_GPU_TIMING=0`.
     fn run_step(
         &self,
         graphs: &mut LruCache<GraphKey, Graph>,
@@ -337,7 +337,7 @@ impl CudaModel {
         Ok(())
     }
 
-    /// With `SPECD_GPU_TIMING=1`, adds the GPU's time of the forward just enqueued (waiting
+    /// Unless `SPECD_GPU_TIMING=0`, adds the GPU's time of the forward just enqueued (waiting
     /// for it).
     fn add_gpu_time(&self) -> Result<()> {
         if let Some(t) = &self.timer {

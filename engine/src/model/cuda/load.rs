@@ -128,11 +128,11 @@ impl CudaModel {
         cos_sin: Arc<Buffer<f32>>,
     ) -> Self {
         let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        let timer = if std::env::var("SPECD_GPU_TIMING").is_ok_and(|v| v == "1") {
+        let timer = if std::env::var("SPECD_GPU_TIMING").map_or(true, |v| v != "0") {
             match gpu.timer() {
                 Ok(t) => Some(Mutex::new(t)),
                 Err(e) => {
-                    eprintln!("specd: SPECD_GPU_TIMING=1 but no timing events: {e}");
+                    eprintln!("specd: no timing events for the GPU's step times: {e}");
                     None
                 }
             }

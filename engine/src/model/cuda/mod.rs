@@ -103,8 +103,11 @@ pub(crate) struct CudaModel {
     captures: AtomicU64,
     launches: AtomicU64,
     host_ns: AtomicU64,
-    /// With `SPECD_GPU_TIMING=1`: events around each forward's launches, and the GPU's time
-    /// between them summed (a diagnostic: recording costs the host a few microseconds).
+    /// Events around each forward's launches, and the GPU's time between them summed, unless
+    /// `SPECD_GPU_TIMING=0`. On by default: with them a target-only step of the 1.5B on an
+    /// H100 took ~40 µs less (743 against 703 tok/s through `bench-spec`; glide:4 +6 %), though
+    /// recording them costs the host a few microseconds; the same events recorded and not read
+    /// did not shorten it (BENCHMARKS.md, session 30). Why reading them does is not known.
     timer: Option<Mutex<specd_kernels::cuda::GpuTimer>>,
     gpu_ns: AtomicU64,
 }

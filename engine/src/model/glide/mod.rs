@@ -95,8 +95,8 @@ impl GlideModel {
         }
     }
 
-    /// On a GPU, the drafter's forwards, graph replays and time (host and, with
-    /// `SPECD_GPU_TIMING=1`, GPU); `None` on the CPU.
+    /// On a GPU, the drafter's forwards, graph replays and time (host and, unless
+    /// `SPECD_GPU_TIMING=0`, GPU); `None` on the CPU.
     pub fn gpu_stats(&self) -> Option<GpuStats> {
         match &self.weights {
             GlideDevice::Cpu(_) => None,
