@@ -249,6 +249,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     g.set_dotc_min_cols(usize::MAX);
     let dp4a = gpu();
     dp4a.set_dot_mma_from(usize::MAX);
+    dp4a.set_dot_mma_wide_from(usize::MAX);
     dp4a.set_dot_gemm_from(usize::MAX);
     dp4a.set_dotc_min_cols(0);
     dp4a.set_dot_split_from_k(usize::MAX);

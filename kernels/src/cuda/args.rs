@@ -268,10 +268,11 @@ pub enum MatmulKernel {
     Gemm,
     /// Products over 8-bit activations (qdot.cu): x quantized to int8 per 32 values, each
     /// 32-weight chunk's products summed exactly as integers and scaled once: dp4a with a warp
-    /// per output column (one row of a Q4_K matrix of at least
-    /// [`crate::cuda::Gpu::dotc_min_cols`] columns: a lane per column) below
+    /// per output column (up to [`crate::cuda::Gpu::dotc_max_rows`] rows of a matrix of at
+    /// least [`crate::cuda::Gpu::dotc_min_cols`] columns: a lane per column) below
     /// [`crate::cuda::Gpu::dot_mma_from`] rows, int8 mma (16 columns by 8 rows an instruction)
-    /// from there, and a tiled int8 GEMM (qgemm.cu) from [`crate::cuda::Gpu::dot_gemm_from`]
+    /// from there and, for those wide Q4_K matrices, from
+    /// [`crate::cuda::Gpu::dot_mma_wide_from`] rows, and a tiled int8 GEMM (qgemm.cu) from [`crate::cuda::Gpu::dot_gemm_from`]
     /// rows (prefill). Any number of rows gives the same bits. Built for the formats of [`WeightFormat::has_dot`]; chosen for another format it
     /// takes `auto`'s choice for it.
     Dot,

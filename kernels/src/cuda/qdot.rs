@@ -257,7 +257,7 @@ mod tests {
 
     const H100: DotSettings = DotSettings {
         mma_from: 8,
-        mma_wide_from: usize::MAX,
+        mma_wide_from: 5,
         gemm_from: 64,
         dotc_min_cols: 8192,
         dotc_max_rows: 4,
@@ -276,7 +276,7 @@ mod tests {
         let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
         assert_eq!(of(1, 17_920), DotChoice::LanePerColumn { rows: 1 });
         assert_eq!(of(3, 17_920), DotChoice::LanePerColumn { rows: 4 });
-        assert_eq!(of(5, 17_920), warp(8, true));
+        assert_eq!(of(5, 17_920), DotChoice::Mma { pass: 8 });
         assert_eq!(of(1, 1536), warp(1, true));
         assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, true));
         assert_eq!(of(2, 1536), warp(2, true));
@@ -295,11 +295,7 @@ mod tests {
 
     #[test]
     fn the_widest_products_take_int8_mma_from_the_rows_asked() {
-        let wide = DotSettings {
-            mma_wide_from: 5,
-            ..H100
-        };
-        let of = |rows, n| DotChoice::of(rows, n, 1536, true, wide);
+        let of = |rows, n| DotChoice::of(rows, n, 1536, true, H100);
         // Up to the lane-per-column kernels' 4 rows they keep the gate and up products; from 5
         // rows int8 mma takes them, while the narrow products keep dp4a until mma_from.
         assert_eq!(of(4, 17_920), DotChoice::LanePerColumn { rows: 4 });
@@ -309,6 +305,12 @@ mod tests {
         assert_eq!(of(5, 1536), warp(8, true));
         assert_eq!(of(7, 1536), warp(8, true));
         assert_eq!(of(9, 17_920), DotChoice::Mma { pass: 16 });
+        // Off: the gate and up products keep dp4a up to mma_from.
+        let off = DotSettings {
+            mma_wide_from: usize::MAX,
+            ..H100
+        };
+        assert_eq!(DotChoice::of(5, 17_920, 1536, true, off), warp(8, true));
         // One row stays with dp4a or the lane-per-column kernel whatever the setting.
         let low = DotSettings {
             mma_wide_from: 0,

@@ -10,8 +10,9 @@ use super::{ops, qdot, Gpu, MatmulKernel, WeightFormat};
 /// int8 mma from 8 (and for prefill).
 pub const DOT_MMA_FROM: usize = 8;
 
-/// The fewest rows a Q4_K product at least [`DOTC_MIN_COLS`] wide (the 1.5B's gate and up
-/// products, 17,920 columns) takes on the tensor cores by default, past what the lane-per-column
+/// The fewest rows a Q4_K product at least [`DOTC_MIN_COLS`] wide (the width the lane-per-column
+/// kernels take, `SPECD_DOTC_MIN_COLS`; the 1.5B's gate and up products, 17,920 columns) takes
+/// on the tensor cores by default, past what the lane-per-column
 /// kernels take ([`DOTC_MAX_ROWS`]). At 5 rows on an H100 (BENCHMARKS.md, session 30) int8 mma
 /// took the gate and up product in 21.7 µs against 29.0 for dp4a's 8-row kernel, while it lost
 /// on the narrow products (12.3 against 9.1 µs), the Q6_K down product (38.3 / 17.8) and the
@@ -87,8 +88,8 @@ impl Gpu {
         self.dot_mma_from.load(Ordering::Relaxed).max(2)
     }
 
-    /// The fewest rows a Q4_K product at least [`Gpu::dotc_min_cols`] wide takes on the tensor
-    /// cores (the same bits as dp4a).
+    /// The fewest rows a Q4_K product as wide as the lane-per-column kernels take
+    /// ([`Gpu::dotc_min_cols`]) takes on the tensor cores (the same bits as dp4a).
     pub fn dot_mma_wide_from(&self) -> usize {
         self.dot_mma_wide_from.load(Ordering::Relaxed)
     }
@@ -191,5 +192,10 @@ impl Gpu {
     /// Sets [`Gpu::dot_mma_from`] (graphs captured before keep the old choice).
     pub fn set_dot_mma_from(&self, rows: usize) {
         self.dot_mma_from.store(rows, Ordering::Relaxed);
+    }
+
+    /// Sets [`Gpu::dot_mma_wide_from`] (graphs captured before keep the old choice).
+    pub fn set_dot_mma_wide_from(&self, rows: usize) {
+        self.dot_mma_wide_from.store(rows, Ordering::Relaxed);
     }
 }

@@ -45,6 +45,7 @@ impl CudaModel {
     ) -> Result<(ForwardOut, Option<HiddenRows>)> {
         let mode = wanted.mode;
         let keep_hidden = wanted.keep_hidden;
+        self.open_gpu_span();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (bufs, plan) = self.enqueue(
             &mut scratch,
@@ -102,6 +103,7 @@ impl CudaModel {
         }
         let seqs = batch.len();
         let n = counts.first().copied().unwrap_or(0);
+        self.open_gpu_span();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         // Each round's picks, `[round][sequence]`, out of the scratch while its buffers are used
         // (put back at the end; a failed round drops them).
@@ -163,13 +165,15 @@ impl CudaModel {
             self.gpu
                 .copy(picks.1.at(round * seqs), prob, 4 * m)
                 .map_err(gpu_err)?;
-            self.add_gpu_time()?;
             for s in inputs.iter_mut() {
                 kv.commit(s.table, 1);
             }
         }
         let tok: Vec<i32> = self.gpu.read(picks.0.ptr(), n * seqs).map_err(gpu_err)?;
         let prob: Vec<f32> = self.gpu.read(picks.1.ptr(), n * seqs).map_err(gpu_err)?;
+        // The round's forwards, timed as one span (read here, not after each, so that they
+        // stay queued back to back).
+        self.add_gpu_time()?;
         scratch.picks = Some(picks);
         Ok(counts
             .iter()
@@ -311,12 +315,13 @@ impl CudaModel {
         launch: impl Fn() -> Result<()>,
     ) -> Result<()> {
         let launches_before = self.gpu.launches();
-        let timer = self
+        let mut timer = self
             .timer
             .as_ref()
             .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(t) = &timer {
-            self.gpu.mark_start(t).map_err(gpu_err)?;
+        if let Some(t) = timer.as_deref_mut().filter(|t| !t.open) {
+            self.gpu.mark_start(&t.events).map_err(gpu_err)?;
+            t.open = true;
         }
         if let Some(key) = key {
             let graph = graphs.try_get_or_insert(key, || {
@@ -331,18 +336,30 @@ impl CudaModel {
                 .fetch_add(self.gpu.launches() - launches_before, Ordering::Relaxed);
         }
         if let Some(t) = &timer {
-            self.gpu.mark_end(t).map_err(gpu_err)?;
+            self.gpu.mark_end(&t.events).map_err(gpu_err)?;
         }
         self.forwards.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Unless `SPECD_GPU_TIMING=0`, adds the GPU's time of the forward just enqueued (waiting
-    /// for it).
+    /// Starts a new span of the timing events at the next forward (a span a failed forward
+    /// left open is dropped unread).
+    fn open_gpu_span(&self) {
+        if let Some(t) = &self.timer {
+            t.lock().unwrap_or_else(|e| e.into_inner()).open = false;
+        }
+    }
+
+    /// Unless `SPECD_GPU_TIMING=0`, adds the GPU's time of the forwards enqueued since the
+    /// span opened (waiting for them).
     fn add_gpu_time(&self) -> Result<()> {
         if let Some(t) = &self.timer {
-            let t = t.lock().unwrap_or_else(|e| e.into_inner());
-            let us = t.elapsed_us().map_err(gpu_err)?;
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            if !t.open {
+                return Ok(());
+            }
+            t.open = false;
+            let us = t.events.elapsed_us().map_err(gpu_err)?;
             self.gpu_ns.fetch_add((us * 1e3) as u64, Ordering::Relaxed);
         }
         Ok(())

@@ -9,7 +9,7 @@ use specd_kernels::cuda::{Buffer, Gpu};
 
 use super::scratch::Scratch;
 use super::weights::{self, GpuWeights};
-use super::{gpu_err, kv, CudaCross, CudaModel};
+use super::{gpu_err, kv, CudaCross, CudaModel, StepTimer};
 use crate::error::{Error, Result};
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::glide::GlideHost;
@@ -130,7 +130,10 @@ impl CudaModel {
         let graphs = std::env::var("SPECD_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let timer = if std::env::var("SPECD_GPU_TIMING").map_or(true, |v| v != "0") {
             match gpu.timer() {
-                Ok(t) => Some(Mutex::new(t)),
+                Ok(events) => Some(Mutex::new(StepTimer {
+                    events,
+                    open: false,
+                })),
                 Err(e) => {
                     eprintln!("specd: no timing events for the GPU's step times: {e}");
                     None

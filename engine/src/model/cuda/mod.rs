@@ -105,11 +105,22 @@ pub(crate) struct CudaModel {
     host_ns: AtomicU64,
     /// Events around each forward's launches, and the GPU's time between them summed, unless
     /// `SPECD_GPU_TIMING=0`. On by default: with them a target-only step of the 1.5B on an
-    /// H100 took ~40 µs less (743 against 703 tok/s through `bench-spec`; glide:4 +6 %), though
+    /// H100 took ~77 µs less (743 against 703 tok/s through `bench-spec`; glide:4:c0.4 +6 %), though
     /// recording them costs the host a few microseconds; the same events recorded and not read
     /// did not shorten it (BENCHMARKS.md, session 30). Why reading them does is not known.
-    timer: Option<Mutex<specd_kernels::cuda::GpuTimer>>,
+    timer: Option<Mutex<StepTimer>>,
     gpu_ns: AtomicU64,
+}
+
+/// The timing events of a model's forwards: a span opens with the first forward after
+/// [`CudaModel::forward`] or [`CudaModel::draft_chain`] begins (its start is recorded, `open`),
+/// the end is recorded after each forward, and reading them ([`CudaModel::add_gpu_time`])
+/// closes the span. A forward spans itself; a chained GLIDE round, read once after its last
+/// forward, spans all of its forwards, which stay queued back to back.
+#[derive(Debug)]
+pub(super) struct StepTimer {
+    pub(super) events: specd_kernels::cuda::GpuTimer,
+    pub(super) open: bool,
 }
 
 impl CudaModel {
