@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 30, call D (a fresh machine): where a target-only step's ~40 µs go without
+# Session 30, call D (a fresh machine): where a target-only step's 50–80 µs go without
 # SPECD_GPU_TIMING=1 (marks.sh: unread events do not give the timed runs' speed, so the gain
 # comes after the step's read-back). Nsight Systems over `bench-spec --methods none --limit 3`
 # on the synthetic target with and without the timing events; the CUDA API summary (time in
