@@ -48,14 +48,26 @@ __device__ __forceinline__ uint4 low_nibbles(uint4 v, int shift) {
 }
 
 // 16 bytes at a 2-byte aligned address (Q6_K blocks are 210 bytes): the aligned words that
-// cover them, shifted together.
-__device__ __forceinline__ uint4 ld16_aligned2(const uint8_t* p) {
+// cover them (aligned2_words: `sh` the address's offset from alignment in bits), shifted
+// together (aligned2_shift). Kernels that load ahead keep the words and shift them later.
+__device__ __forceinline__ unsigned aligned2_shift_bits(const void* p) {
+    return ((unsigned)(uintptr_t)p & 3u) * 8u;
+}
+__device__ __forceinline__ void aligned2_words(const uint8_t* p, unsigned sh, uint32_t (&w)[5]) {
     const uint32_t* a = reinterpret_cast<const uint32_t*>((uintptr_t)p & ~(uintptr_t)3);
-    const unsigned sh = ((unsigned)(uintptr_t)p & 3u) * 8u;
-    const uint32_t w0 = __ldg(a), w1 = __ldg(a + 1), w2 = __ldg(a + 2), w3 = __ldg(a + 3);
-    const uint32_t w4 = sh ? __ldg(a + 4) : 0u;
-    return make_uint4(__funnelshift_r(w0, w1, sh), __funnelshift_r(w1, w2, sh),
-                      __funnelshift_r(w2, w3, sh), __funnelshift_r(w3, w4, sh));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = __ldg(a + i);
+    w[4] = sh ? __ldg(a + 4) : 0u;
+}
+__device__ __forceinline__ uint4 aligned2_shift(const uint32_t (&w)[5], unsigned sh) {
+    return make_uint4(__funnelshift_r(w[0], w[1], sh), __funnelshift_r(w[1], w[2], sh),
+                      __funnelshift_r(w[2], w[3], sh), __funnelshift_r(w[3], w[4], sh));
+}
+__device__ __forceinline__ uint4 ld16_aligned2(const uint8_t* p) {
+    const unsigned sh = aligned2_shift_bits(p);
+    uint32_t w[5];
+    aligned2_words(p, sh, w);
+    return aligned2_shift(w, sh);
 }
 
 // ---- One row, Q4_K: a lane per output column. CTA of 8 warps over 32 columns; warp w takes
@@ -404,18 +416,12 @@ struct Q6kLane {
     int sc_a, sc_b, ca, cb;
     __device__ __forceinline__ explicit Q6kLane(int lane)
         : half(lane % 8 / 4), q(lane % 4), sub(lane % 4 >> 1), qa(lane % 2) {}
-    __device__ __forceinline__ static void words(const uint8_t* p, uint32_t (&w)[5], unsigned sh) {
-        const uint32_t* a = reinterpret_cast<const uint32_t*>((uintptr_t)p & ~(uintptr_t)3);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = __ldg(a + i);
-        w[4] = sh ? __ldg(a + 4) : 0u;
-    }
     __device__ __forceinline__ Raw fetch(const uint8_t* blk) const {
         Raw r;
         // Both runs start 16-byte multiples from blk: one alignment.
-        r.sh = ((unsigned)(uintptr_t)blk & 3u) * 8u;
-        words(blk + 64 * half + 32 * qa + 16 * sub, r.l, r.sh);
-        words(blk + 128 + 32 * half + 16 * sub, r.hq, r.sh);
+        r.sh = aligned2_shift_bits(blk);
+        aligned2_words(blk + 64 * half + 32 * qa + 16 * sub, r.sh, r.l);
+        aligned2_words(blk + 128 + 32 * half + 16 * sub, r.sh, r.hq);
         r.d = __ldg(reinterpret_cast<const unsigned short*>(blk + 208));
         r.sc_a = (int8_t)__ldg(blk + 192 + 8 * half + 2 * qa + sub);
         r.sc_b = (int8_t)__ldg(blk + 192 + 8 * half + 2 * (qa + 2) + sub);
@@ -425,12 +431,8 @@ struct Q6kLane {
         ca = b * 8 + 4 * half + qa;
         cb = ca + 2;
     }
-    __device__ __forceinline__ static uint4 shifted(const uint32_t (&w)[5], unsigned sh) {
-        return make_uint4(__funnelshift_r(w[0], w[1], sh), __funnelshift_r(w[1], w[2], sh),
-                          __funnelshift_r(w[2], w[3], sh), __funnelshift_r(w[3], w[4], sh));
-    }
     __device__ __forceinline__ void decode(const Raw& r) {
-        const uint4 ql = shifted(r.l, r.sh), qh = shifted(r.hq, r.sh);
+        const uint4 ql = aligned2_shift(r.l, r.sh), qh = aligned2_shift(r.hq, r.sh);
         d = __half2float(__ushort_as_half(r.d));
         sc_a = r.sc_a;
         sc_b = r.sc_b;

@@ -151,10 +151,13 @@ impl DotChoice {
                 }
             }
             1 => warp(1),
-            r if r >= s.mma_from.min(s.mma_wide_from.max(2)) && r <= 8 && n >= s.dotc_min_cols => {
+            // The wide products (as wide as the lane-per-column kernels take) may start
+            // earlier than the others.
+            r if r <= 8
+                && (r >= s.mma_from || (r >= s.mma_wide_from.max(2) && n >= s.dotc_min_cols)) =>
+            {
                 DotChoice::Mma { pass: 8 }
             }
-            r if r >= s.mma_from && r <= 8 => DotChoice::Mma { pass: 8 },
             r if r >= s.mma_from => DotChoice::Mma { pass: 16 },
             2 => warp(2),
             3 | 4 => warp(4),
