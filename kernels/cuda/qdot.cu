@@ -302,19 +302,20 @@ DOTC_KERNEL(dotc_q6k_r8, Q6kColumn, 8, 2)
 #define DOT_WARPS 8
 
 // The end of a pass of the warp-per-column kernels: lane l holds classes l and 32 + l of up to
-// RG rows; lane r adds row r's 64 classes in class order from 0, then the bias.
-template <int RG>
+// RG rows; lane r adds row r's 64 classes in class order from 0, then the bias (`CHECK`: if the
+// column is one of the matrix's n).
+template <int RG, bool CHECK>
 __device__ __forceinline__ void write_classes(float (*table)[DOT_CLASSES + 1],
                                               const float (&part)[RG][2], int lane, int r0,
-                                              int rows, int col, float* __restrict__ y, int ldy,
-                                              const float* __restrict__ bias) {
+                                              int rows, int col, int n, float* __restrict__ y,
+                                              int ldy, const float* __restrict__ bias) {
 #pragma unroll
     for (int r = 0; r < RG; ++r) {
         table[r][lane] = part[r][0];
         table[r][WARP + lane] = part[r][1];
     }
     __syncwarp();
-    if (lane < RG && r0 + lane < rows) {
+    if (lane < RG && r0 + lane < rows && (!CHECK || col < n)) {
         float s = 0.f;
 #pragma unroll 8
         for (int i = 0; i < DOT_CLASSES; ++i) s = __fadd_rn(s, table[lane][i]);
@@ -349,6 +350,7 @@ struct Q4kLane {
     uint4 lo, hi;
     float scale, minv;
     int c, c_lo, c_hi;  // this lane's chunk, and the chunks its bytes hold
+    Q4kLane() = default;
     __device__ __forceinline__ explicit Q4kLane(int lane) : j(lane % 8), m(lane % 8 / 2), h(lane % 2) {}
     __device__ __forceinline__ Raw fetch(const uint8_t* blk) const {
         return Raw{ldg16(blk), ldg16(blk + 16 + m * 32 + h * 16)};
@@ -414,6 +416,7 @@ struct Q6kLane {
     uint4 ua, ub;  // quarter qa's and quarter qa + 2's 6-bit values (0..63), a byte each
     float d;
     int sc_a, sc_b, ca, cb;
+    Q6kLane() = default;
     __device__ __forceinline__ explicit Q6kLane(int lane)
         : half(lane % 8 / 4), q(lane % 4), sub(lane % 4 >> 1), qa(lane % 2) {}
     __device__ __forceinline__ Raw fetch(const uint8_t* blk) const {
@@ -541,10 +544,13 @@ __device__ __forceinline__ void walk_ahead(Lane& l, const uint8_t* wr, const int
     }
 }
 
-template <int RG, class Lane, int WPC>
-__device__ __forceinline__ void walk_rows(Lane& l, const uint8_t* wr, const int8_t* __restrict__ xq,
+// CPW columns a warp (1 or 2): the columns' weights decoded side by side, each row's activations
+// loaded once for both.
+template <int RG, class Lane, int WPC, int CPW>
+__device__ __forceinline__ void walk_rows(Lane (&l)[CPW], const uint8_t* const (&wr)[CPW],
+                                          const int8_t* __restrict__ xq,
                                           const XChunk* __restrict__ xm, int r0, int rows, int k,
-                                          int lane, int mine, float (&part)[RG][2]) {
+                                          int lane, int mine, float (&part)[CPW][RG][2]) {
     const int chunks = k / 32, blocks = k / 256;
     for (int b8 = 0; b8 < blocks; b8 += 8) {
 #pragma unroll
@@ -553,21 +559,29 @@ __device__ __forceinline__ void walk_rows(Lane& l, const uint8_t* wr, const int8
             if (b8 + 4 * hb >= blocks) break;
             const int b = b8 + 4 * hb + lane / 8;
             const bool active = b < blocks;
-            l.at(active ? b : 0);
-            l.decode(l.fetch(wr + (size_t)(active ? b : 0) * Lane::BYTES));
+#pragma unroll
+            for (int c = 0; c < CPW; ++c) {
+                l[c].at(active ? b : 0);
+                l[c].decode(l[c].fetch(wr[c] + (size_t)(active ? b : 0) * Lane::BYTES));
+            }
 #pragma unroll
             for (int r = 0; r < RG; ++r) {
                 if (r0 + r >= rows) break;
                 const size_t row = (size_t)(r0 + r);
                 // The activations at the sum, the chunk's scale at the term (Q4_K), as the
                 // kernels had it before walk_ahead: loading the scale with the activations cost
-                // 6-17 % in these kernels' launches (session 30).
+                // 6-17 % in these kernels' launches (session 30). Every column's lane reads the
+                // same chunk of a row.
                 const XChunk* xmr = xm + row * chunks;
-                typename Lane::Row x = l.row_x(xq + row * k, xmr);
-                const int isum = l.sum(x);
+                typename Lane::Row x = l[0].row_x(xq + row * k, xmr);
+                int isum[CPW];
+#pragma unroll
+                for (int c = 0; c < CPW; ++c) isum[c] = l[c].sum(x);
                 if (active) {
-                    l.row_m(x, xmr);
-                    part[r][hb] = __fadd_rn(part[r][hb], l.term(isum, x));
+                    l[0].row_m(x, xmr);
+#pragma unroll
+                    for (int c = 0; c < CPW; ++c)
+                        part[c][r][hb] = __fadd_rn(part[c][r][hb], l[c].term(isum[c], x));
                 }
             }
         }
@@ -578,44 +592,62 @@ __device__ __forceinline__ void walk_rows(Lane& l, const uint8_t* wr, const int8
 // every 8 blocks (hb), so that a long k (the down projections' 35 blocks) is walked in half the
 // steps by twice the warps; the halves' class sums meet in shared memory and are added in class
 // order as with one warp.
-template <int RG, class Lane, int WPC>
+// CPW columns a warp (walk_rows only): a CTA takes DOT_WARPS / WPC · CPW columns.
+template <int RG, class Lane, int WPC, int CPW>
 __device__ __forceinline__ void dot_body(const uint8_t* __restrict__ w, size_t row_bytes,
                                          const int8_t* __restrict__ xq,
                                          const XChunk* __restrict__ xm, float* __restrict__ y,
                                          const float* __restrict__ bias, int rows, int n, int k,
                                          int ldy) {
     static_assert(WPC == 1 || WPC == 2, "one or two warps a column");
-    constexpr int COLS = DOT_WARPS / WPC;
+    static_assert(CPW == 1 || (CPW == 2 && RG > DOT_AHEAD_ROWS), "two columns a warp walk rows");
+    constexpr int COLS = DOT_WARPS / WPC * CPW;
     __shared__ float table[COLS][RG][DOT_CLASSES + 1];
     const int lane = threadIdx.x % WARP, warp = (threadIdx.x / WARP) % DOT_WARPS;
     const int slot = warp / WPC, mine = WPC == 2 ? warp % 2 : -1;
-    const int col = blockIdx.x * COLS + slot;
+    const int col0 = blockIdx.x * COLS + slot * CPW;
     // With two warps a column every warp reaches the barriers; a column past n computes the
     // last one's and writes nothing.
-    if (WPC == 1 && col >= n) return;
-    const uint8_t* wr = w + (size_t)min(col, n - 1) * row_bytes;
-    Lane l(lane);
-    for (int r0 = 0; r0 < rows; r0 += RG) {
-        float part[RG][2];
+    if (WPC == 1 && col0 >= n) return;
+    const uint8_t* wr[CPW];
+    Lane l[CPW];
 #pragma unroll
-        for (int r = 0; r < RG; ++r) part[r][0] = part[r][1] = 0.f;
+    for (int c = 0; c < CPW; ++c) {
+        wr[c] = w + (size_t)min(col0 + c, n - 1) * row_bytes;
+        l[c] = Lane(lane);
+    }
+    // The grid's y dimension splits the rows: CTA (x, y) takes passes y, y + gridDim.y, ...
+    for (int r0 = RG * blockIdx.y; r0 < rows; r0 += RG * gridDim.y) {
+        float part[CPW][RG][2];
+#pragma unroll
+        for (int c = 0; c < CPW; ++c)
+#pragma unroll
+            for (int r = 0; r < RG; ++r) part[c][r][0] = part[c][r][1] = 0.f;
         if constexpr (RG <= DOT_AHEAD_ROWS)
-            walk_ahead<RG, Lane, WPC>(l, wr, xq, xm, r0, rows, k, lane, mine, part);
+            walk_ahead<RG, Lane, WPC>(l[0], wr[0], xq, xm, r0, rows, k, lane, mine, part[0]);
         else
-            walk_rows<RG, Lane, WPC>(l, wr, xq, xm, r0, rows, k, lane, mine, part);
+            walk_rows<RG, Lane, WPC, CPW>(l, wr, xq, xm, r0, rows, k, lane, mine, part);
         if constexpr (WPC == 1) {
-            write_classes<RG>(table[slot], part, lane, r0, rows, col, y, ldy, bias);
+#pragma unroll
+            for (int c = 0; c < CPW; ++c)
+                write_classes<RG, (CPW > 1)>(table[slot * CPW + c], part[c], lane, r0, rows,
+                                             col0 + c, n, y, ldy, bias);
         } else {
 #pragma unroll
-            for (int r = 0; r < RG; ++r)
-                table[slot][r][WARP * mine + lane] = mine ? part[r][1] : part[r][0];
+            for (int c = 0; c < CPW; ++c)
+#pragma unroll
+                for (int r = 0; r < RG; ++r)
+                    table[slot * CPW + c][r][WARP * mine + lane] = mine ? part[c][r][1] : part[c][r][0];
             __syncthreads();
-            if (mine == 0 && lane < RG && r0 + lane < rows && col < n) {
+            // Lane c · RG + r of the first warp adds column c's row r.
+            const int c = CPW == 1 ? 0 : lane / RG, r = CPW == 1 ? lane : lane % RG;
+            const int col = col0 + c;
+            if (mine == 0 && lane < RG * CPW && r0 + r < rows && col < n) {
                 float s = 0.f;
 #pragma unroll 8
-                for (int i = 0; i < DOT_CLASSES; ++i) s = __fadd_rn(s, table[slot][lane][i]);
+                for (int i = 0; i < DOT_CLASSES; ++i) s = __fadd_rn(s, table[slot * CPW + c][r][i]);
                 if (bias) s = __fadd_rn(s, bias[col]);
-                y[(size_t)(r0 + lane) * ldy + col] = s;
+                y[(size_t)(r0 + r) * ldy + col] = s;
             }
             __syncthreads();
         }
@@ -637,7 +669,8 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
 
 // y[rows, n] (row stride ldy) = x · W[n, k]ᵀ + bias from x's 8-bit copy (xq [rows, k], xm
 // [rows, k / 32]); k a multiple of 256. Grid ceil(n / 8) CTAs of 256 threads (`_s2`: two warps
-// a column, ceil(n / 4) CTAs).
+// a column, ceil(n / 4) CTAs) by up to ceil(rows / RG) in y, CTA y taking passes y,
+// y + gridDim.y, ...
 // CTAs an SM at least, which bounds the registers a thread: three (80) for the kernels that
 // load ahead; five (48) for the others with two warps a column and four (64) with one, what
 // they held before loading ahead was written (the 4- and 8-row launches of the gate and up
@@ -650,7 +683,7 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         dot_wait<RG>(w, row_bytes, n, DOT_WARPS);                                                   \
-        dot_body<RG, LANE, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
+        dot_body<RG, LANE, 1, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);          \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, DOT_MIN_CTAS(RG, 2))            \
         dot_##FMTNAME##_r##RG##_s2(                                                                 \
@@ -658,7 +691,7 @@ __device__ __forceinline__ void dot_wait(const uint8_t* w, unsigned long long ro
         const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
         int rows, int n, int k, int ldy) {                                                          \
         dot_wait<RG>(w, row_bytes, n, DOT_WARPS / 2);                                               \
-        dot_body<RG, LANE, 2>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);             \
+        dot_body<RG, LANE, 2, 1>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);          \
     }
 DOT_KERNEL(q4k, Q4kLane, 1)
 DOT_KERNEL(q4k, Q4kLane, 2)
@@ -668,3 +701,20 @@ DOT_KERNEL(q6k, Q6kLane, 1)
 DOT_KERNEL(q6k, Q6kLane, 2)
 DOT_KERNEL(q6k, Q6kLane, 4)
 DOT_KERNEL(q6k, Q6kLane, 8)
+
+// Two warps and two columns a warp (`_s2_c2`, 4 or 8 rows a pass): grid ceil(n / 8) CTAs of 256
+// threads, at least two an SM (128 registers), for the narrow products' verification rows,
+// whose launches fill less than a wave (each row's activations read from L1 once for two
+// columns instead of once a column).
+#define DOT_PAIR_KERNEL(FMTNAME, LANE, RG)                                                          \
+    extern "C" __global__ void __launch_bounds__(DOT_WARPS * WARP, 2) dot_##FMTNAME##_r##RG##_s2_c2( \
+        const uint8_t* __restrict__ w, unsigned long long row_bytes, const int8_t* __restrict__ xq, \
+        const XChunk* __restrict__ xm, float* __restrict__ y, const float* __restrict__ bias,      \
+        int rows, int n, int k, int ldy) {                                                          \
+        dot_wait<RG>(w, row_bytes, n, DOT_WARPS);                                                   \
+        dot_body<RG, LANE, 2, 2>(w, (size_t)row_bytes, xq, xm, y, bias, rows, n, k, ldy);          \
+    }
+DOT_PAIR_KERNEL(q4k, Q4kLane, 4)
+DOT_PAIR_KERNEL(q4k, Q4kLane, 8)
+DOT_PAIR_KERNEL(q6k, Q6kLane, 4)
+DOT_PAIR_KERNEL(q6k, Q6kLane, 8)

@@ -253,6 +253,7 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     dp4a.set_dot_gemm_from(usize::MAX);
     dp4a.set_dotc_min_cols(0);
     dp4a.set_dot_split_from_k(usize::MAX);
+    dp4a.set_dot_warp_rows(8);
     // And dp4a with two warps a column for every k (`g` and `dp4a` never split).
     g.set_dot_split_from_k(usize::MAX);
     let split = gpu();
@@ -260,6 +261,34 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
     split.set_dot_gemm_from(usize::MAX);
     split.set_dot_split_from_k(0);
     split.set_dotc_min_cols(usize::MAX);
+    // One column a warp, 8 rows a CTA (the defaults take 5 to 7 rows of a narrow product in
+    // CTAs of 4, two columns a warp: `pairs4` below).
+    split.set_dot_warp_rows(8);
+    split.set_dot_warp_pair_from(usize::MAX);
+    // dp4a with a CTA for every 1, 2 and 4 rows of every product (the grid's y); one warp a
+    // column for 2.
+    let rows_apart = |rows_a_cta: usize| {
+        let g = gpu();
+        g.set_dot_split_from_k(if rows_a_cta == 2 { usize::MAX } else { 0 });
+        g.set_dot_mma_from(usize::MAX);
+        g.set_dot_mma_wide_from(usize::MAX);
+        g.set_dot_gemm_from(usize::MAX);
+        g.set_dotc_min_cols(usize::MAX);
+        g.set_dotc_q6k_min_cols(usize::MAX);
+        g.set_dot_warp_rows(rows_a_cta);
+        g.set_dot_warp_pair_from(usize::MAX);
+        g
+    };
+    let (apart1, apart2, apart4) = (rows_apart(1), rows_apart(2), rows_apart(4));
+    // Two warps a column and two columns a warp from 3 rows (4 and 8 a pass), in one CTA for
+    // each column's rows and in CTAs of 4.
+    let pairs = |rows_a_cta: usize| {
+        let g = rows_apart(rows_a_cta);
+        g.set_dot_split_from_k(0);
+        g.set_dot_warp_pair_from(3);
+        g
+    };
+    let (pairs8, pairs4) = (pairs(8), pairs(4));
     // A lane per column for up to 8 rows of the products that have it (Q4_K, Q6_K), dp4a
     // otherwise.
     let lanes_in_passes_of = |pass: usize| {
@@ -384,6 +413,15 @@ fn matmul_rows_matches_the_f64_product_in_every_format_and_is_batch_invariant() 
                         " through the tiled GEMM, 64 rows a CTA",
                     ),
                     (MatmulKernel::Dot, &split, " with two warps a column"),
+                    (MatmulKernel::Dot, &apart1, " with a CTA a row"),
+                    (MatmulKernel::Dot, &apart2, " with a CTA for every 2 rows"),
+                    (MatmulKernel::Dot, &apart4, " with a CTA for every 4 rows"),
+                    (MatmulKernel::Dot, &pairs8, " with two columns a warp"),
+                    (
+                        MatmulKernel::Dot,
+                        &pairs4,
+                        " with two columns a warp, a CTA for every 4 rows",
+                    ),
                 ]);
             for (kernel, on, how) in runs {
                 let mut alone: Option<Vec<f32>> = None;

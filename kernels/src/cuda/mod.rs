@@ -31,7 +31,7 @@ pub use memory::{bf16_to_f32, f32_to_bf16, Buffer};
 use settings::env_usize;
 pub use settings::{
     DOTC_MAX_ROWS, DOTC_MIN_COLS, DOTC_PASS_ROWS, DOTC_Q6K_MIN_COLS, DOT_GEMM_FROM, DOT_MMA_FROM,
-    DOT_MMA_WIDE_FROM, DOT_SPLIT_FROM_K,
+    DOT_MMA_WIDE_FROM, DOT_SPLIT_FROM_K, DOT_WARP_PAIR_FROM, DOT_WARP_ROWS,
 };
 
 /// A raw device address.
@@ -70,6 +70,12 @@ pub struct Gpu {
     /// The shortest k for which the dp4a products take two warps a column:
     /// `SPECD_DOT_SPLIT_FROM_K`, default [`DOT_SPLIT_FROM_K`].
     dot_split_from_k: std::sync::atomic::AtomicUsize,
+    /// The most rows a CTA of the dp4a products takes of a narrow product: `SPECD_DOT_WARP_ROWS`,
+    /// default [`DOT_WARP_ROWS`].
+    dot_warp_rows: std::sync::atomic::AtomicUsize,
+    /// The fewest rows a narrow product's split dp4a kernels take two columns a warp:
+    /// `SPECD_DOT_WARP_PAIR_FROM`, default [`DOT_WARP_PAIR_FROM`].
+    dot_warp_pair_from: std::sync::atomic::AtomicUsize,
     /// The tiled GEMM's rows a CTA in tiles of 32 (1 or 2; 0: by the grid's size):
     /// `SPECD_DOT_GEMM_WM`, default 0.
     dot_gemm_wm: std::sync::atomic::AtomicUsize,
@@ -143,6 +149,8 @@ impl Gpu {
             dot_mma_wide_from: env_usize("SPECD_DOT_MMA_WIDE_FROM", DOT_MMA_WIDE_FROM).into(),
             dot_gemm_from: env_usize("SPECD_DOT_GEMM_FROM", DOT_GEMM_FROM).into(),
             dot_split_from_k: env_usize("SPECD_DOT_SPLIT_FROM_K", DOT_SPLIT_FROM_K).into(),
+            dot_warp_rows: env_usize("SPECD_DOT_WARP_ROWS", DOT_WARP_ROWS).into(),
+            dot_warp_pair_from: env_usize("SPECD_DOT_WARP_PAIR_FROM", DOT_WARP_PAIR_FROM).into(),
             dot_gemm_wm: env_usize("SPECD_DOT_GEMM_WM", 0).into(),
             dotc_min_cols: env_usize("SPECD_DOTC_MIN_COLS", DOTC_MIN_COLS).into(),
             dotc_max_rows: env_usize("SPECD_DOTC_MAX_ROWS", DOTC_MAX_ROWS).into(),

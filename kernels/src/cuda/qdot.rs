@@ -16,6 +16,8 @@ pub(super) struct DotKernels {
     /// a column, each taking half of k's blocks.
     warp: [CudaFunction; 4],
     split: [CudaFunction; 4],
+    /// Two warps a column and two columns a warp (`_s2_c2`), 4 and 8 rows a pass.
+    split_pair: [CudaFunction; 2],
     /// A lane per column (for the widest matrices; see `Gpu::dotc_min_cols`,
     /// `Gpu::dotc_q6k_min_cols` and `Gpu::dotc_max_rows`), 1, 2, 4 and 8 rows a pass.
     lane_per_column: Option<[CudaFunction; 4]>,
@@ -40,11 +42,13 @@ impl DotKernels {
         };
         let g = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}"));
         let g2 = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}_s2"));
+        let g2c2 = |rg: usize| f(qdot, &format!("dot_{fmt}_r{rg}_s2_c2"));
         let m = |rt: usize| f(qmma, &format!("mdot_{fmt}_t{rt}"));
         let t = |wm: usize| f(qgemm, &format!("qgemm_{fmt}_m{wm}"));
         Ok(Self {
             warp: [g(1)?, g(2)?, g(4)?, g(8)?],
             split: [g2(1)?, g2(2)?, g2(4)?, g2(8)?],
+            split_pair: [g2c2(4)?, g2c2(8)?],
             // Q4_K and Q6_K also have kernels with a lane per column (dotc; Q4_K's one-row
             // kernel is its own).
             lane_per_column: match format {
@@ -73,8 +77,15 @@ impl DotKernels {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum DotChoice {
     /// dp4a, a warp per output column (qdot.cu `dot_*_r{rows}`), up to `rows` rows a pass (1,
-    /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k.
-    Warp { rows: usize, split: bool },
+    /// 2, 4 or 8); `split`: two warps a column (`_s2`), for a long k; `groups`: the CTAs a
+    /// column's rows spread over (grid y, at most 65,535: CTA y takes passes y, y + groups, ...);
+    /// `pair`: two columns a warp (`_s2_c2`, split, 4 or 8 rows a pass).
+    Warp {
+        rows: usize,
+        split: bool,
+        groups: usize,
+        pair: bool,
+    },
     /// Q4_K or Q6_K, a lane per output column, up to `rows` rows a pass, passes enough for all
     /// (1, 2, 4 or 8:
     /// `dotc_q4k`, `dotc_q4k_r{rows}`, `dotc_q6k_r{rows}`).
@@ -102,6 +113,11 @@ pub(super) struct DotSettings {
     pub(super) dotc_pass_rows: usize,
     /// The shortest k for which the dp4a kernels take two warps a column.
     pub(super) split_from_k: usize,
+    /// The most rows a CTA of the dp4a kernels takes of a product narrower than
+    /// `dotc_min_cols` (more spread over the grid's y).
+    pub(super) warp_rows: usize,
+    /// The fewest rows such a product takes with two columns a warp (4 or 8 rows a pass).
+    pub(super) warp_pair_from: usize,
     /// The GEMM's rows a CTA in tiles of 32 (1 or 2), or 0: chosen by the grid's size.
     pub(super) gemm_wm: usize,
     pub(super) sms: usize,
@@ -129,9 +145,23 @@ impl DotChoice {
         lane_per_column: bool,
         s: DotSettings,
     ) -> Self {
-        let warp = |rows| DotChoice::Warp {
-            rows,
-            split: k >= s.split_from_k,
+        // A pass of `pass` rows (1, 2, 4 or 8): a narrow product's rows spread over CTAs of at
+        // most `warp_rows` rows each, so that its few columns fill more of the GPU.
+        let warp = |pass: usize| {
+            let pass = if n < s.dotc_min_cols {
+                pass.min(1 << s.warp_rows.clamp(1, 8).ilog2())
+            } else {
+                pass
+            };
+            let (split, narrow) = (k >= s.split_from_k, n < s.dotc_min_cols);
+            DotChoice::Warp {
+                rows: pass,
+                split,
+                // A wide product's passes stay in one CTA: CTAs of a later grid row would find
+                // its weights gone from L2.
+                groups: if narrow { rows.div_ceil(pass) } else { 1 },
+                pair: split && pass >= 4 && narrow && rows >= s.warp_pair_from,
+            }
         };
         match rows {
             // The GEMM's CTAs take one row tile each (grid y at most 65,535 tiles of 64 rows);
@@ -168,8 +198,21 @@ impl DotChoice {
     /// The launch: (grid x, grid y, threads a CTA) for `rows` rows and `n` columns.
     fn shape(self, rows: usize, n: usize) -> (usize, usize, u32) {
         match self {
-            DotChoice::Warp { split: false, .. } => (n.div_ceil(DOT_WARPS), 1, 256),
-            DotChoice::Warp { split: true, .. } => (n.div_ceil(DOT_WARPS / 2), 1, 256),
+            DotChoice::Warp {
+                split: false,
+                groups,
+                ..
+            } => (n.div_ceil(DOT_WARPS), groups, 256),
+            DotChoice::Warp {
+                split: true,
+                groups,
+                pair,
+                ..
+            } => (
+                n.div_ceil(DOT_WARPS / if pair { 1 } else { 2 }),
+                groups,
+                256,
+            ),
             DotChoice::LanePerColumn { .. } => (n.div_ceil(DOTC_COLS), 1, 256),
             // The mma kernels' row passes spread over the grid's rows too.
             DotChoice::Mma { pass } => (n.div_ceil(MDOT_COLS), rows.div_ceil(pass), 256),
@@ -225,9 +268,13 @@ impl Gpu {
         let lane_per_column = fns.lane_per_column.is_some();
         let choice = DotChoice::of(a.rows, n, k, lane_per_column, self.dot_settings(a.w.format));
         let f = match choice {
-            DotChoice::Warp { rows, split } => {
+            DotChoice::Warp {
+                rows, split, pair, ..
+            } => {
                 let i = rows.trailing_zeros().min(3) as usize;
-                if split {
+                if split && pair && i >= 2 {
+                    &fns.split_pair[i - 2]
+                } else if split {
                     &fns.split[i]
                 } else {
                     &fns.warp[i]
@@ -266,12 +313,29 @@ mod tests {
         dotc_max_rows: 4,
         dotc_pass_rows: 8,
         split_from_k: 0,
+        warp_rows: 4,
+        warp_pair_from: 5,
         gemm_wm: 0,
         sms: 132,
     };
 
     fn warp(rows: usize, split: bool) -> DotChoice {
-        DotChoice::Warp { rows, split }
+        DotChoice::Warp {
+            rows,
+            split,
+            groups: 1,
+            pair: false,
+        }
+    }
+
+    /// 5 to 7 rows of a narrow product: two CTAs of up to 4 rows, two columns a warp if split.
+    fn two_fours(split: bool) -> DotChoice {
+        DotChoice::Warp {
+            rows: 4,
+            split,
+            groups: 2,
+            pair: split,
+        }
     }
 
     #[test]
@@ -284,7 +348,7 @@ mod tests {
         assert_eq!(DotChoice::of(1, 151_936, 1536, false, H100), warp(1, true));
         assert_eq!(of(2, 1536), warp(2, true));
         assert_eq!(of(3, 1536), warp(4, true));
-        assert_eq!(of(5, 1536), warp(8, true));
+        assert_eq!(of(5, 1536), two_fours(true));
         assert_eq!(of(8, 1536), DotChoice::Mma { pass: 8 });
         assert_eq!(of(63, 1536), DotChoice::Mma { pass: 16 });
         // A short prompt's narrow product: 48 x 2 CTAs of 64 rows would leave SMs idle.
@@ -305,8 +369,8 @@ mod tests {
         for rows in 5..=8 {
             assert_eq!(of(rows, 17_920), DotChoice::Mma { pass: 8 });
         }
-        assert_eq!(of(5, 1536), warp(8, true));
-        assert_eq!(of(7, 1536), warp(8, true));
+        assert_eq!(of(5, 1536), two_fours(true));
+        assert_eq!(of(7, 1536), two_fours(true));
         assert_eq!(of(9, 17_920), DotChoice::Mma { pass: 16 });
         // Off: the gate and up products keep dp4a up to mma_from.
         let off = DotSettings {
@@ -325,6 +389,96 @@ mod tests {
             DotChoice::of(2, 17_920, 1536, true, low),
             DotChoice::Mma { pass: 8 }
         );
+    }
+
+    #[test]
+    fn a_narrow_products_rows_can_spread_over_ctas() {
+        let at_most = |warp_rows| DotSettings {
+            warp_rows,
+            warp_pair_from: usize::MAX,
+            ..H100
+        };
+        let of = |rows, n, s| DotChoice::of(rows, n, 1536, true, s);
+        let spread = |rows, groups| DotChoice::Warp {
+            rows,
+            split: true,
+            groups,
+            pair: false,
+        };
+        for (cap, pass, groups) in [
+            (8, 8, 1),
+            (4, 4, 2),
+            (3, 2, 3),
+            (2, 2, 3),
+            (1, 1, 5),
+            (0, 1, 5),
+        ] {
+            assert_eq!(of(5, 1536, at_most(cap)), spread(pass, groups));
+        }
+        assert_eq!(of(3, 1536, at_most(2)), spread(2, 2));
+        assert_eq!(of(2, 1536, at_most(1)), spread(1, 2));
+        assert_eq!(of(1, 1536, at_most(1)), spread(1, 1));
+        // Not the wide products (the Q6_K head: its weights would be read again from memory).
+        let q6k = DotSettings {
+            mma_wide_from: usize::MAX,
+            ..at_most(1)
+        };
+        assert_eq!(DotChoice::of(5, 151_936, 1536, false, q6k), spread(8, 1));
+        let no_mma = DotSettings {
+            mma_from: usize::MAX,
+            ..q6k
+        };
+        assert_eq!(
+            DotChoice::of(20, 151_936, 1536, false, no_mma),
+            spread(8, 1)
+        );
+        assert_eq!(DotChoice::of(20, 1536, 1536, false, no_mma), spread(1, 20));
+        let (gx, gy, _) = spread(1, 5).shape(5, 1536);
+        assert_eq!((gx, gy), (384, 5));
+        // Two columns a warp from the rows asked, in passes of 4 or 8 rows, split products only.
+        let pairs = DotSettings {
+            warp_pair_from: 3,
+            warp_rows: 8,
+            ..H100
+        };
+        let paired = |rows, groups| DotChoice::Warp {
+            rows,
+            split: true,
+            groups,
+            pair: true,
+        };
+        assert_eq!(of(5, 1536, pairs), paired(8, 1));
+        assert_eq!(of(3, 1536, pairs), paired(4, 1));
+        assert_eq!(of(2, 1536, pairs), spread(2, 1));
+        assert_eq!(
+            of(
+                5,
+                1536,
+                DotSettings {
+                    warp_rows: 4,
+                    ..pairs
+                }
+            ),
+            paired(4, 2)
+        );
+        assert_eq!(
+            of(
+                5,
+                1536,
+                DotSettings {
+                    warp_rows: 2,
+                    ..pairs
+                }
+            ),
+            spread(2, 3)
+        );
+        let unsplit = DotSettings {
+            split_from_k: usize::MAX,
+            ..pairs
+        };
+        assert_eq!(of(5, 1536, unsplit), warp(8, false));
+        let (gx, _, _) = paired(8, 1).shape(5, 1536);
+        assert_eq!(gx, 192);
     }
 
     #[test]
@@ -372,10 +526,12 @@ mod tests {
             ..H100
         };
         // The down projection (k = 8,960) splits, the 1,536-deep products do not.
-        for (rows, rg) in [(1, 1), (2, 2), (5, 8)] {
+        for (rows, rg) in [(1, 1), (2, 2), (4, 4)] {
             assert_eq!(DotChoice::of(rows, 1536, 8960, true, long), warp(rg, true));
             assert_eq!(DotChoice::of(rows, 1536, 1536, true, long), warp(rg, false));
         }
+        assert_eq!(DotChoice::of(5, 1536, 8960, true, long), two_fours(true));
+        assert_eq!(DotChoice::of(5, 1536, 1536, true, long), two_fours(false));
         assert_eq!(
             DotChoice::of(8, 1536, 8960, true, long),
             DotChoice::Mma { pass: 8 }

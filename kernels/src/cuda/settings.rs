@@ -61,6 +61,23 @@ pub const DOTC_PASS_ROWS: usize = 8;
 /// On an H100 (session 26) the head through them took ~1 % off a decode step.
 pub const DOTC_Q6K_MIN_COLS: usize = 65_536;
 
+/// The most rows a CTA of the dp4a kernels takes of a product narrower than the lane-per-column
+/// kernels take (the 1.5B's q, k, v, o and down products) by default (`SPECD_DOT_WARP_ROWS`):
+/// more rows spread over CTAs of their own (the grid's y), so that a verification batch's few
+/// columns fill more of the GPU (at 5 rows those products' launches filled 0.58 of a wave). On
+/// an H100 (BENCHMARKS.md, session 31, the 1.5B's shapes) 4 took 5 rows from 2.28 to 2.21 ms and
+/// 6 rows from 2.42–2.47 to 2.37; 2 and 1 lost (5 rows 2.33 and 2.42 ms). Up to 4 rows nothing
+/// changes.
+pub const DOT_WARP_ROWS: usize = 4;
+
+/// The fewest rows from which such a narrow product's dp4a kernels take two columns a warp by
+/// default (`SPECD_DOT_WARP_PAIR_FROM`; `usize::MAX`: never): each row's activations then come
+/// from L1 once for two columns (at 5 rows the down product read 10 bytes of activations from L1
+/// for each byte of weights, L1 74 % busy). On an H100 (session 31), with 4 rows a CTA: 5 rows
+/// 2.14 ms against 2.28 (−6 %), 6 rows 2.19 against 2.42–2.47 (−10 %); from 3 rows it cost
+/// 1–2 % at 3 and 4 rows.
+pub const DOT_WARP_PAIR_FROM: usize = 5;
+
 /// The number in the environment variable `name`, or `default` when unset or not a number.
 pub(super) fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -133,6 +150,8 @@ impl Gpu {
             dotc_max_rows: self.dotc_max_rows(),
             dotc_pass_rows: self.dotc_pass_rows(),
             split_from_k: self.dot_split_from_k.load(Ordering::Relaxed),
+            warp_rows: self.dot_warp_rows.load(Ordering::Relaxed),
+            warp_pair_from: self.dot_warp_pair_from.load(Ordering::Relaxed),
             gemm_wm: self.dot_gemm_wm.load(Ordering::Relaxed),
             sms: self.kernels().sms,
         }
@@ -197,5 +216,20 @@ impl Gpu {
     /// Sets [`Gpu::dot_mma_wide_from`] (graphs captured before keep the old choice).
     pub fn set_dot_mma_wide_from(&self, rows: usize) {
         self.dot_mma_wide_from.store(rows, Ordering::Relaxed);
+    }
+
+    /// Sets the most rows a CTA of the dp4a kernels takes of a product narrower than
+    /// [`Gpu::dotc_min_cols`] ([`Gpu::dotc_q6k_min_cols`] for Q6_K): 1, 2, 4 or 8; more rows
+    /// spread over CTAs of their own. The same bits either way; graphs captured before keep the
+    /// old choice.
+    pub fn set_dot_warp_rows(&self, rows: usize) {
+        self.dot_warp_rows.store(rows, Ordering::Relaxed);
+    }
+
+    /// Sets the fewest rows from which such a narrow product's dp4a kernels with two warps a
+    /// column take two columns a warp (4 or 8 rows a pass; `usize::MAX`: never). The same bits
+    /// either way; graphs captured before keep the old choice.
+    pub fn set_dot_warp_pair_from(&self, rows: usize) {
+        self.dot_warp_pair_from.store(rows, Ordering::Relaxed);
     }
 }
