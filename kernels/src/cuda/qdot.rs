@@ -130,6 +130,12 @@ const DOT_WARPS: usize = 8;
 const DOTC_COLS: usize = 32;
 const MDOT_COLS: usize = 16;
 const QG_COLS: usize = 32;
+/// The rows a pass of a kernel takes for a setting of at most `rows`: the largest of 1, 2, 4
+/// and 8 not above it (1 for 0).
+pub(super) fn pass_rows(rows: usize) -> usize {
+    1 << rows.clamp(1, 8).ilog2()
+}
+
 /// The most CTAs a launch's grid holds in y.
 const MAX_GRID_Y: usize = 65_535;
 
@@ -148,12 +154,12 @@ impl DotChoice {
         // A pass of `pass` rows (1, 2, 4 or 8): a narrow product's rows spread over CTAs of at
         // most `warp_rows` rows each, so that its few columns fill more of the GPU.
         let warp = |pass: usize| {
-            let pass = if n < s.dotc_min_cols {
-                pass.min(1 << s.warp_rows.clamp(1, 8).ilog2())
+            let (split, narrow) = (k >= s.split_from_k, n < s.dotc_min_cols);
+            let pass = if narrow {
+                pass.min(pass_rows(s.warp_rows))
             } else {
                 pass
             };
-            let (split, narrow) = (k >= s.split_from_k, n < s.dotc_min_cols);
             DotChoice::Warp {
                 rows: pass,
                 split,

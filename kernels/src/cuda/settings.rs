@@ -195,12 +195,7 @@ impl Gpu {
     /// The most rows (1, 2, 4 or 8) a pass of the lane-per-column kernels takes; more rows go
     /// through the columns' weights in several passes (the same bits either way).
     pub fn dotc_pass_rows(&self) -> usize {
-        // The largest power of two not above the setting.
-        1 << self
-            .dotc_pass_rows
-            .load(Ordering::Relaxed)
-            .clamp(1, 8)
-            .ilog2()
+        qdot::pass_rows(self.dotc_pass_rows.load(Ordering::Relaxed))
     }
 
     /// Sets [`Gpu::dotc_pass_rows`] (graphs captured before keep the old choice).
