@@ -1,5 +1,5 @@
-//! The k-quants for a single input row (decode): one weight row at a time, SIMD lanes along
-//! `k`, weight rows read in memory order. (Correct for any number of rows, but from two rows on
+//! The k-quants for a single input row (decode): four weight rows at a time (the rest one at a
+//! time), SIMD lanes along `k`. (Correct for any number of rows, but from two rows on
 //! the tiles are faster: measured 1.6× at 2 rows, 2.3× at 4.)
 
 // Loops index fixed arrays by row, as the arithmetic is written.
@@ -57,14 +57,20 @@ pub(super) unsafe fn matmul_cols(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize
         ]
     };
     let mut j = cols.start;
-    if p.m == 1 && q4 {
+    if p.m == 1 {
         // Four weight rows at a time: one reduction of their four block totals, and the float
-        // steps of the four outputs in one vector (each lane the recurrence of one output).
-        // (Q6_K measured slower this way: its one-row loop below already streams at the
-        // memory's rate.)
+        // steps of the four outputs in one vector (each lane the recurrence of one output),
+        // the next four rows prefetched a share per block (Q6_K: 13-15 % off its one-row
+        // products, BENCHMARKS.md, session 32).
         while j + 4 <= cols.end {
             // SAFETY: rows `j..j + 4` lie within the matrix; the input row holds every block.
-            let acc = unsafe { q4k_four(w, p, j, idx) };
+            let acc = unsafe {
+                if q4 {
+                    q4k_four(w, p, j, idx)
+                } else {
+                    q6k_four(w, p, j, idx)
+                }
+            };
             for (c, v) in acc.into_iter().enumerate() {
                 // SAFETY: row 0, `j + c` in the caller's range.
                 unsafe { out.write(0, j + c, v) };
@@ -147,6 +153,43 @@ unsafe fn q4k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) ->
             acc = _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)));
             let mf = _mm_cvtepi32_ps(sum4(m));
             acc = _mm_sub_ps(acc, _mm_mul_ps(mf, _mm_mul_ps(dmin, dx)));
+        }
+    }
+    let mut out = [0f32; 4];
+    // SAFETY: four floats.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// Q6_K, one input row, weight rows `j..j + 4`: [`step`] per block for each output, lane `c`
+/// for row `j + c`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q6k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) -> [f32; 4] {
+    let nb = w.cols() / QK_K;
+    let first = w.data().as_ptr().wrapping_add(j * nb * Q6K_BYTES);
+    let next = Prefetch::new(first, 4 * nb * Q6K_BYTES, nb, w.data());
+    let mut acc = _mm_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: block `b` of rows `j..j + 4` lies within the data, the input row's planes
+        // hold block `b`.
+        unsafe {
+            next.block(b);
+            let x = p.codes[0].add(b * QK_K);
+            let sums = _mm256_loadu_si256(p.sums16[0].add(16 * b).cast());
+            let mut t = [_mm256_setzero_si256(); 4];
+            let mut d = [0f32; 4];
+            for c in 0..4 {
+                let blk = first.add((c * nb + b) * Q6K_BYTES);
+                let (q, s, sc) = q6k_decode(blk, idx);
+                let fix = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sums, sc));
+                t[c] = _mm256_sub_epi32(scaled_dot(&q, s, x), fix);
+                d[c] = load_f16(blk.add(208));
+            }
+            let d = _mm_loadu_ps(d.as_ptr());
+            let dx = _mm_set1_ps(*p.scales[0].add(b));
+            let tf = _mm_cvtepi32_ps(sum4(t));
+            acc = _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)));
         }
     }
     let mut out = [0f32; 4];
