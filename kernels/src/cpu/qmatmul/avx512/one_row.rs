@@ -117,42 +117,37 @@ pub(super) unsafe fn matmul_cols(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize
     }
 }
 
-/// Q4_K, one input row, weight rows `j..j + 4`: [`step`] then [`step_min`] per block for each
-/// output, lane `c` for row `j + c`.
+/// One input row against weight rows `j..j + 4` of a k-quant of `block_bytes`-byte blocks, lane
+/// `c` of the result for row `j + c`: walks the blocks with the next four rows prefetched a
+/// share per block, and `step` folds block `b` of the four rows into the four outputs (given
+/// the four rows' block `b`, the input's 256 codes and 16-code sums of that block, its scale
+/// `dx` in every lane, and the outputs so far).
+///
+/// # Safety
+/// Rows `j..j + 4` lie within `w`, and `p`'s row 0 holds every block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) -> [f32; 4] {
+unsafe fn four_rows(
+    w: &QuantMatrix,
+    p: &RowPtrs,
+    j: usize,
+    block_bytes: usize,
+    mut step: impl FnMut([*const u8; 4], *const i8, __m256i, __m128, __m128) -> __m128,
+) -> [f32; 4] {
     let nb = w.cols() / QK_K;
-    let first = w.data().as_ptr().wrapping_add(j * nb * Q4K_BYTES);
-    let next = Prefetch::new(first, 4 * nb * Q4K_BYTES, nb, w.data());
-    // Bytes 0–1 of each 32-bit lane (d) to the low 8 bytes, bytes 2–3 (dmin) to the high 8.
-    let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let first = w.data().as_ptr().wrapping_add(j * nb * block_bytes);
+    let next = Prefetch::new(first, 4 * nb * block_bytes, nb, w.data());
     let mut acc = _mm_setzero_ps();
     for b in 0..nb {
         // SAFETY: block `b` of rows `j..j + 4` lies within the data, the input row's planes
-        // hold block `b`.
+        // hold block `b` (the caller's contract).
         unsafe {
             next.block(b);
+            let blks = std::array::from_fn(|c| first.add((c * nb + b) * block_bytes));
             let x = p.codes[0].add(b * QK_K);
             let sums = _mm256_loadu_si256(p.sums16[0].add(16 * b).cast());
-            let mut t = [_mm256_setzero_si256(); 4];
-            let mut m = t;
-            let mut dd = _mm_setzero_si128();
-            for c in 0..4 {
-                let blk = first.add((c * nb + b) * Q4K_BYTES);
-                let (q, s, mins) = q4k_decode(blk, idx);
-                t[c] = scaled_dot(&q, s, x);
-                m[c] = _mm256_madd_epi16(sums, mins);
-                dd = insert32(dd, c, blk.cast::<i32>().read_unaligned());
-            }
-            let dd = _mm_shuffle_epi8(dd, halves);
-            let (d, dmin) = (_mm_cvtph_ps(dd), _mm_cvtph_ps(_mm_srli_si128::<8>(dd)));
             let dx = _mm_set1_ps(*p.scales[0].add(b));
-            // acc + T · (d · dx), then − M · (dmin · dx)
-            let tf = _mm_cvtepi32_ps(sum4(t));
-            acc = _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)));
-            let mf = _mm_cvtepi32_ps(sum4(m));
-            acc = _mm_sub_ps(acc, _mm_mul_ps(mf, _mm_mul_ps(dmin, dx)));
+            acc = step(blks, x, sums, dx, acc);
         }
     }
     let mut out = [0f32; 4];
@@ -161,41 +156,63 @@ unsafe fn q4k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) ->
     out
 }
 
+/// Q4_K, one input row, weight rows `j..j + 4`: [`step`] then [`step_min`] per block for each
+/// output, lane `c` for row `j + c`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) -> [f32; 4] {
+    // Bytes 0–1 of each 32-bit lane (d) to the low 8 bytes, bytes 2–3 (dmin) to the high 8.
+    let halves = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let block = |blks: [*const u8; 4], x, sums, dx, acc| {
+        let mut t = [_mm256_setzero_si256(); 4];
+        let mut m = t;
+        let mut dd = _mm_setzero_si128();
+        for (c, &blk) in blks.iter().enumerate() {
+            // SAFETY: `four_rows` passes whole blocks and 256 codes.
+            unsafe {
+                let (q, s, mins) = q4k_decode(blk, idx);
+                t[c] = scaled_dot(&q, s, x);
+                m[c] = _mm256_madd_epi16(sums, mins);
+                dd = insert32(dd, c, blk.cast::<i32>().read_unaligned());
+            }
+        }
+        let dd = _mm_shuffle_epi8(dd, halves);
+        let (d, dmin) = (_mm_cvtph_ps(dd), _mm_cvtph_ps(_mm_srli_si128::<8>(dd)));
+        // acc + T · (d · dx), then − M · (dmin · dx)
+        let tf = _mm_cvtepi32_ps(sum4(t));
+        let acc = _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)));
+        let mf = _mm_cvtepi32_ps(sum4(m));
+        _mm_sub_ps(acc, _mm_mul_ps(mf, _mm_mul_ps(dmin, dx)))
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { four_rows(w, p, j, Q4K_BYTES, block) }
+}
+
 /// Q6_K, one input row, weight rows `j..j + 4`: [`step`] per block for each output, lane `c`
 /// for row `j + c`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) -> [f32; 4] {
-    let nb = w.cols() / QK_K;
-    let first = w.data().as_ptr().wrapping_add(j * nb * Q6K_BYTES);
-    let next = Prefetch::new(first, 4 * nb * Q6K_BYTES, nb, w.data());
-    let mut acc = _mm_setzero_ps();
-    for b in 0..nb {
-        // SAFETY: block `b` of rows `j..j + 4` lies within the data, the input row's planes
-        // hold block `b`.
-        unsafe {
-            next.block(b);
-            let x = p.codes[0].add(b * QK_K);
-            let sums = _mm256_loadu_si256(p.sums16[0].add(16 * b).cast());
-            let mut t = [_mm256_setzero_si256(); 4];
-            let mut d = [0f32; 4];
-            for c in 0..4 {
-                let blk = first.add((c * nb + b) * Q6K_BYTES);
+    let block = |blks: [*const u8; 4], x, sums, dx, acc| {
+        let mut t = [_mm256_setzero_si256(); 4];
+        let mut d = [0f32; 4];
+        for (c, &blk) in blks.iter().enumerate() {
+            // SAFETY: `four_rows` passes whole blocks and 256 codes.
+            unsafe {
                 let (q, s, sc) = q6k_decode(blk, idx);
+                // The values are q + 32: take 32 · Σ scale · (sum of 16 codes) out.
                 let fix = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sums, sc));
                 t[c] = _mm256_sub_epi32(scaled_dot(&q, s, x), fix);
                 d[c] = load_f16(blk.add(208));
             }
-            let d = _mm_loadu_ps(d.as_ptr());
-            let dx = _mm_set1_ps(*p.scales[0].add(b));
-            let tf = _mm_cvtepi32_ps(sum4(t));
-            acc = _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)));
         }
-    }
-    let mut out = [0f32; 4];
-    // SAFETY: four floats.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), acc) };
-    out
+        // SAFETY: four floats.
+        let d = unsafe { _mm_loadu_ps(d.as_ptr()) };
+        let tf = _mm_cvtepi32_ps(sum4(t));
+        _mm_add_ps(acc, _mm_mul_ps(tf, _mm_mul_ps(d, dx)))
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { four_rows(w, p, j, Q6K_BYTES, block) }
 }
 
 /// The bytes after a group of rows, fetched a share per block: four rows read in step defeat
