@@ -17,7 +17,12 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
 7. `last_hidden_chain` with `chain_norm` (the chained rows' own norm weights, zero at the
    start): resumed from the `last_hidden` file it gives `last_hidden`'s logits with every pass
    count; one step opens the chained rows' norm, after which they change and as many passes as
-   rows still equal row after row.
+   rows still equal row after row;
+8. `verified_rank` (verified rows kept in the drafter's cache with a projection of the target's
+   hidden state): a trained `last_hidden` file resumes into it with the same logits; after one
+   step every row equals a plain causal pass over its own history laid out as specd's cache
+   holds it (the rows before its block as verified, its block's as drafted); rows of the first
+   block do not change; the file round trip keeps it.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -35,7 +40,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, save_glide  # noqa: E402
+from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, rms_norm, save_glide  # noqa: E402
 from target import embed_weight, head_weight, target_shapes  # noqa: E402
 from train import drafter_logits, feature_inputs, soft_ce, target_pass  # noqa: E402
 
@@ -106,6 +111,7 @@ def main() -> None:
             print(f"rank {rank}: ok ({int(changed.sum())} of {changed.numel()} rows moved by the feature)")
             if rank == 0:
                 check_chain(path, model, embed, head, target, ids, mask, layer, vocab)
+                check_verified(path, model, embed, head, target, ids, mask, layer, vocab)
 
         narrow = load_glide(plain_file, embed, head, replace(plain_cfg, intermediate_size=32))
         a, b = plain.layers[0], narrow.layers[0]
@@ -192,6 +198,67 @@ def check_chain(path, trained, embed, head, target, ids, mask, layer, vocab) -> 
         back = load_glide(again_path, embed, head)
         assert back.cfg == gated.cfg and torch.equal(back.chain_norm, gated.chain_norm), "chain_norm: the file round trip lost it"
     print("chain_norm: ok (resumed at zero = last_hidden for 1, 2 and all passes; one step opens it; row after row holds)")
+
+
+def cache_as_specd_keeps_it(model, target, ids, layer, starts, mask):
+    """A `verified_rank` drafter's logits computed row by row with the plain causal layer (no
+    verified stream): row i's history is the rows before its block with their verified inputs
+    and its own block's rows with their drafted inputs, as specd's cache holds them."""
+    T = ids.shape[1]
+    tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
+    f, first, _ = feature_inputs(hidden, starts, mask)
+    pos = torch.arange(T)[None].expand(ids.shape[0], -1)
+    rows = []
+    with torch.no_grad():
+        drafted = model.embed[ids].float() + model.feature_input(f, first)
+        verified = drafted + model.verified_input(f, pos > 0)
+        for i in range(T):
+            x = torch.where((torch.arange(i + 1) < starts[i])[None, :, None], verified[:, : i + 1], drafted[:, : i + 1])
+            h = model.layers[0](x, pos[:, : i + 1], tk, tv, starts[: i + 1])
+            rows.append(rms_norm(h[:, i], model.norm, model.cfg.rms_norm_eps))
+    h = torch.stack(rows, dim=1)
+    return h @ model.head_rows.T
+
+
+def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) -> None:
+    cfg = replace(trained.cfg, verified_rank=8)
+    model = load_glide(path, embed, head, cfg)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
+        pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
+        for starts in (torch.arange(ids.shape[1]) // 4 * 4, random_block_starts(ids.shape[1], 4, gen)):
+            # In f32 (drafter_logits runs in bf16, where the masked attention rounds otherwise).
+            f, first, _ = feature_inputs(hidden, starts, mask)
+            one = trained.hidden(ids, pos, tk, tv, starts, f, first)
+            got = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=pos > 0)
+            assert torch.allclose(got, one, atol=1e-5), f"verified: a fresh projection changed the rows by {(got - one).abs().max()}"
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    logits, tlogits = drafter_logits(model, target, ids, mask, layer, starts, vocab)
+    soft_ce(logits, tlogits, mask).backward()
+    opt.step()
+    assert model.verified_up.weight.abs().sum() > 0, "verified: one step did not move the projection"
+    with torch.no_grad():
+        tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
+        f, first, _ = feature_inputs(hidden, starts, mask)
+        pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
+        h = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=pos > 0)
+        got = h @ model.head_rows.T
+        plain = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=torch.zeros_like(pos, dtype=torch.bool))
+    want = cache_as_specd_keeps_it(model, target, ids, layer, starts, mask)
+    assert torch.allclose(got, want, atol=1e-4), f"verified: differs from the cache as specd keeps it by {(got - want).abs().max()}"
+    changed = (h - plain).abs().amax(-1) > 1e-6
+    assert changed.any(), "verified: the trained projection changed nothing"
+    assert not changed[:, starts == 0].any(), "verified: rows of the first block changed (they see no verified row)"
+    with tempfile.TemporaryDirectory() as tmp:
+        again = os.path.join(tmp, "verified.safetensors")
+        save_glide(again, model, dtype=torch.float32)
+        back = load_glide(again, embed, head)
+        assert back.cfg == model.cfg, "verified: the configuration changed in the file"
+        a, _ = drafter_logits(back, target, ids, mask, layer, starts)
+        b, _ = drafter_logits(model, target, ids, mask, layer, starts)
+        assert torch.allclose(a, b, atol=1e-6), "verified: the file round trip changed the logits"
+    print(f"verified: ok (resumed = last_hidden; {int(changed.sum())} of {changed.numel()} rows moved; row by row as specd's cache holds)")
 
 
 if __name__ == "__main__":

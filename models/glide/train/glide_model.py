@@ -31,6 +31,15 @@ normalize that state with their own weights, zero at the start: a `last_hidden` 
 resumed into it drafts exactly as before until training opens them. `forward_chain` computes
 it in passes (see there).
 
+With `verified_rank` r > 0 (with `last_hidden`, one layer; trained in session 33), a row the
+target has verified is kept in the drafter's own cache with a rank-r projection of the target's
+final hidden state at the row before added to its input (EAGLE's drafters read the target's
+state at every verified position): its keys and values in the cache then carry what the target
+knew there. A drafted row has no such state, so the rows of the block being drafted read their
+own inputs as drafted and every row before the block its verified input. specd rewrites the
+cache rows of a round's accepted tokens so after the verification, and catches up on a prompt
+with them. The projection's up half starts at zero: a drafter resumed into it drafts as before.
+
 The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
 configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names
 for the weights (see `tensor_names`). Without `lm_head.weight` the head is the target's own rows
@@ -89,6 +98,10 @@ class GlideConfig:
     # `last_hidden` one drafts as before until training opens them. Absent from the JSON when
     # false (the chained rows then share the feature's norm).
     chain_norm: bool = False
+    # Rank of the projection of the target's hidden state that verified rows add to their input
+    # in the drafter's own cache (0: none; see the module's docstring). Absent from the JSON
+    # when 0.
+    verified_rank: int = 0
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -96,6 +109,8 @@ class GlideConfig:
             del d["feature"], d["feature_rank"]
         if not self.chain_norm:
             del d["chain_norm"]
+        if not self.verified_rank:
+            del d["verified_rank"]
         return json.dumps(d)
 
     @staticmethod
@@ -171,7 +186,18 @@ class GlideLayer(nn.Module):
         self.up_proj = nn.Linear(h, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, h, bias=False)
 
-    def forward(self, h, positions, target_k, target_v, starts):
+    def self_kv(self, h, cos, sin):
+        """The self-attention's keys and values of rows `h`, `[B, kv heads, T, head_dim]`."""
+        cfg = self.cfg
+        B, T, _ = h.shape
+        a = rms_norm(h, self.input_layernorm, cfg.rms_norm_eps)
+        k = self.k_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        return apply_rope(k, cos, sin), v
+
+    def forward(self, h, positions, target_k, target_v, starts, verified=None):
+        """`verified` (drafters with `verified_rank`): the rows' inputs as kept once verified;
+        a row reads those of the rows before its block and `h`'s of its own block's rows."""
         cfg, t = self.cfg, self.cfg.target
         B, T, _ = h.shape
         eps = cfg.rms_norm_eps
@@ -179,13 +205,22 @@ class GlideLayer(nn.Module):
         # Self-attention over the drafter's own causal cache.
         a = rms_norm(h, self.input_layernorm, eps)
         q = self.q_proj(a).view(B, T, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(a).view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         cos, sin = rope_tables(positions, cfg.head_dim, t.rope_theta)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = apply_rope(q, cos, sin)
+        k, v = self.self_kv(h, cos, sin)
         rep = cfg.num_heads // cfg.num_kv_heads
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if verified is None:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            vk, vv = self.self_kv(verified, cos, sin)
+            k = torch.cat([vk, k], dim=2).repeat_interleave(rep, dim=1)
+            v = torch.cat([vv, v], dim=2).repeat_interleave(rep, dim=1)
+            j = torch.arange(T, device=h.device)[None, :]
+            i = torch.arange(T, device=h.device)[:, None]
+            before = j < starts[:, None]
+            own = (j >= starts[:, None]) & (j <= i)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.cat([before, own], dim=1)[None, None])
         h = h + self.o_proj(att.transpose(1, 2).reshape(B, T, -1))
 
         # Cross-attention over the target layer's keys and values, block-wise masked.
@@ -243,6 +278,14 @@ class GlideDrafter(nn.Module):
             if cfg.feature != "last_hidden_chain":
                 raise ValueError(f"chain_norm is for feature 'last_hidden_chain', not {cfg.feature!r}")
             self.chain_norm = nn.Parameter(torch.zeros(hs))
+        if cfg.verified_rank:
+            if cfg.feature != "last_hidden" or cfg.num_layers != 1:
+                raise ValueError(f"verified_rank needs feature 'last_hidden' and one layer, not {cfg.feature!r} and {cfg.num_layers}")
+            self.verified_norm = nn.Parameter(torch.ones(hs))
+            self.verified_down = nn.Linear(hs, cfg.verified_rank, bias=False)
+            nn.init.normal_(self.verified_down.weight, std=hs**-0.5)
+            self.verified_up = nn.Linear(cfg.verified_rank, hs, bias=False)
+            nn.init.zeros_(self.verified_up.weight)
 
     def feature_input(self, feature, feature_rows, chain_rows=None):
         """What feature rows add to their embedding: `feature` `[B, T, hidden]` holds the target's
@@ -257,14 +300,25 @@ class GlideDrafter(nn.Module):
             f = self.feature_down(f)
         return self.feature_proj(f) * feature_rows[..., None].to(f.dtype)
 
-    def hidden(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None, chain_rows=None):
+    def verified_input(self, feature, verified_rows):
+        """What a verified row adds to its input in the cache (`verified_rank`): a low-rank
+        projection of the target's final hidden state at the row before, on `verified_rows`."""
+        f = rms_norm(feature.float(), self.verified_norm, self.cfg.rms_norm_eps)
+        return self.verified_up(self.verified_down(f)) * verified_rows[..., None].to(f.dtype)
+
+    def hidden(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None, chain_rows=None, verified_rows=None):
         h = self.embed[ids].float()
         if self.cfg.feature != "none":
             if feature is None or feature_rows is None:
                 raise ValueError("this drafter reads the target's last hidden state: pass feature and feature_rows")
             h = h + self.feature_input(feature, feature_rows, chain_rows)
+        verified = None
+        if self.cfg.verified_rank:
+            if verified_rows is None:
+                raise ValueError("this drafter keeps verified rows with the target's hidden state: pass verified_rows")
+            verified = h + self.verified_input(feature, verified_rows)
         for layer in self.layers:
-            h = layer(h, positions, target_k, target_v, starts)
+            h = layer(h, positions, target_k, target_v, starts, verified)
         return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
 
     def forward_chain(self, ids, positions, target_k, target_v, starts, feature, feature_rows, chain_rows, passes: int):
@@ -290,13 +344,14 @@ class GlideDrafter(nn.Module):
         head = self.own_head if self.own_head is not None else self.head_rows
         return h @ head.to(h.dtype).T
 
-    def forward(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None):
+    def forward(self, ids, positions, target_k, target_v, starts, feature=None, feature_rows=None, verified_rows=None):
         """Logits over the draft vocabulary, `[B, T, draft_vocab_size]`.
 
         ids, positions: `[B, T]`; target_k, target_v: `[B, target kv heads, S, head_dim]`
         (keys rotated, as the target cached them); starts: `[T]` block starts; feature,
-        feature_rows: see `feature_input` (drafters with a feature only)."""
-        h = self.hidden(ids, positions, target_k, target_v, starts, feature, feature_rows)
+        feature_rows: see `feature_input` (drafters with a feature only); verified_rows: see
+        `verified_input` (drafters with `verified_rank` only)."""
+        h = self.hidden(ids, positions, target_k, target_v, starts, feature, feature_rows, verified_rows=verified_rows)
         head = self.own_head if self.own_head is not None else self.head_rows
         return h @ head.to(h.dtype).T
 
@@ -351,6 +406,10 @@ def feature_tensor_names(cfg: GlideConfig) -> dict[str, str]:
         names["feature_down"] = "model.feature_down.weight"
     if cfg.chain_norm:
         names["chain_norm"] = "model.chain_norm.weight"
+    if cfg.verified_rank:
+        names["verified_norm"] = "model.verified_norm.weight"
+        names["verified_down"] = "model.verified_down.weight"
+        names["verified_up"] = "model.verified_up.weight"
     return names
 
 
@@ -440,6 +499,10 @@ def load_glide(path: str, embed: torch.Tensor, head: torch.Tensor | None = None,
         raise ValueError(f"{path}: its chained rows have their own norm (chain_norm); ask for it too")
     # A drafter without the chained rows' own norm gains one (zero: as before).
     same.update(chain_norm=stored.chain_norm)
+    if stored.verified_rank and stored.verified_rank != cfg.verified_rank:
+        raise ValueError(f"{path}: its verified rows' projection has rank {stored.verified_rank}, not {cfg.verified_rank}")
+    # A drafter without the verified rows' projection gains one (its up half zero: as before).
+    same.update(verified_rank=stored.verified_rank)
     if same_weights:
         same.update(feature=stored.feature)
     elif (stored.feature, stored.feature_rank) != (cfg.feature, cfg.feature_rank):

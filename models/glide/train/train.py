@@ -381,7 +381,10 @@ def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None, pa
         f, first, later = feature_inputs(out[3], starts, mask)
         if drafter.cfg.feature == "last_hidden_chain":
             return drafter.forward_chain(ids, pos, k, v, starts, f, first, later, passes), tlogits
-        return drafter(ids, pos, k, v, starts, f, first), tlogits
+        # Every row but the first has a row before whose hidden state the target computed
+        # (a prompt's too: specd's prefill keeps them for the drafter's catch-up).
+        verified = (pos > 0) if drafter.cfg.verified_rank else None
+        return drafter(ids, pos, k, v, starts, f, first, verified), tlogits
 
 
 def soft_ce(logits, target_logits, rows):
@@ -476,6 +479,7 @@ def cmd_train(a, loaded=None) -> None:
         feature=a.feature,
         feature_rank=a.feature_rank,
         chain_norm=a.chain_norm,
+        verified_rank=a.verified_rank,
     )
     if a.resume:
         # A later call in the same hold goes on from the drafter an earlier one wrote (or a
@@ -659,6 +663,9 @@ def train_args(p) -> None:
     p.add_argument("--chain-passes", type=int, default=0,
                    help="passes of a last_hidden_chain drafter in training (default --max-block: every row of a block reads a chained state; at least 2)")
     p.add_argument("--feature-rank", type=int, default=0, help="rank of the feature's projection (0: full)")
+    p.add_argument("--verified-rank", type=int, default=0,
+                   help="with --feature last_hidden: verified rows are kept in the drafter's cache with a projection of this rank "
+                        "of the target's hidden state at the row before added (0: none)")
     p.add_argument("--feature-lr-scale", type=float, default=0.1, help="the feature's weights learn at this share of --lr")
     p.add_argument("--eval-windows", type=int, default=256)
     p.add_argument("--log-every", type=int, default=50)
