@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Session 33's training calls (issue 12): run 6's drafter resumed with --verified-rank 96
+# (verified rows kept in the drafter's cache with a projection of the target's hidden state at
+# the row before), on run 7's answers (the answer cache .xfer/answers-20261207-050755.pt.xz,
+# stashed with the last target piece) and the same step count and lr as run 7, so that run 7's
+# report is the baseline. After the 19 stash calls; GLIDE file in the checkout; carry .whl.
+#   bash benchmarks/gpu-session-33/scripts/t.sh prepare    (~3 min)
+#   bash benchmarks/gpu-session-33/scripts/t.sh train      (~6–7 min)
+set -uo pipefail
+GLIDE=models/glide/glide-qwen2.5-coder-1.5b-instruct.safetensors
+case "$1" in
+prepare)
+  # Prompts as run 7 drew them: its 12,554 answers come from the cache; only the held-out
+  # ones (the same 384 as every run's), bench-spec's and what the deadline leaves are answered.
+  GLIDE_TIMEOUT=420 scripts/gpu/train-glide prepare "$OUT" --vocab-from "$GLIDE" \
+    --skip-prompts 78556 --prompts-per-file 12 --prompts 32768 --gen-deadline 60
+  ;;
+train)
+  GLIDE_FILE=$HOME/stash/verified.safetensors GLIDE_TIMEOUT=580 scripts/gpu/train-glide train "$OUT" \
+    --resume "$GLIDE" --feature last_hidden --verified-rank 96 --intermediate 2752 \
+    --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --deadline 470
+  ;;
+esac
