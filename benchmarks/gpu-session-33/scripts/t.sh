@@ -6,6 +6,8 @@
 # report is the baseline. After the 19 stash calls; GLIDE file in the checkout; carry .whl.
 #   bash benchmarks/gpu-session-33/scripts/t.sh prepare    (~3 min)
 #   bash benchmarks/gpu-session-33/scripts/t.sh train      (~6–7 min)
+#   bash benchmarks/gpu-session-33/scripts/t.sh all        (both in one call, ~9.5 min: the
+#       held-out answers only, 20 s of new ones, and training until 530 s after the start)
 set -uo pipefail
 GLIDE=models/glide/glide-qwen2.5-coder-1.5b-instruct.safetensors
 case "$1" in
@@ -19,5 +21,11 @@ train)
   GLIDE_FILE=$HOME/stash/verified.safetensors GLIDE_TIMEOUT=580 scripts/gpu/train-glide train "$OUT" \
     --resume "$GLIDE" --feature last_hidden --verified-rank 96 --intermediate 2752 \
     --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --deadline 470
+  ;;
+all)
+  GLIDE_FILE=$HOME/stash/verified.safetensors GLIDE_TIMEOUT=590 scripts/gpu/train-glide all "$OUT" \
+    --vocab-from "$GLIDE" --skip-prompts 78556 --prompts-per-file 12 --prompts 32768 --gen-deadline 40 \
+    --resume "$GLIDE" --feature last_hidden --verified-rank 96 --intermediate 2752 \
+    --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --until 530
   ;;
 esac
