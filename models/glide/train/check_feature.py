@@ -22,7 +22,8 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
    hidden state): a trained `last_hidden` file resumes into it with the same logits; after one
    step every row equals a plain causal pass over its own history laid out as specd's cache
    holds it (the rows before its block as verified, its block's as drafted); rows of the first
-   block do not change; the file round trip keeps it.
+   block, and rows that see only a prompt's rows, do not change (a prompt's rows keep no target
+   state: specd catches up on them after the prefill); the file round trip keeps it.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -42,7 +43,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, rms_norm, save_glide  # noqa: E402
 from target import embed_weight, head_weight, target_shapes  # noqa: E402
-from train import drafter_logits, feature_inputs, soft_ce, target_pass  # noqa: E402
+from train import drafter_logits, feature_inputs, generated_rows, soft_ce, target_pass  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 TARGET = REPO / "engine/tests/fixtures/golden/qwen2"
@@ -211,7 +212,7 @@ def cache_as_specd_keeps_it(model, target, ids, layer, starts, mask):
     rows = []
     with torch.no_grad():
         drafted = model.embed[ids].float() + model.feature_input(f, first)
-        verified = drafted + model.verified_input(f, pos > 0)
+        verified = drafted + model.verified_input(f, generated_rows(mask))
         for i in range(T):
             x = torch.where((torch.arange(i + 1) < starts[i])[None, :, None], verified[:, : i + 1], drafted[:, : i + 1])
             h = model.layers[0](x, pos[:, : i + 1], tk, tv, starts[: i + 1])
@@ -231,7 +232,7 @@ def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) 
             # In f32 (drafter_logits runs in bf16, where the masked attention rounds otherwise).
             f, first, _ = feature_inputs(hidden, starts, mask)
             one = trained.hidden(ids, pos, tk, tv, starts, f, first)
-            got = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=pos > 0)
+            got = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=generated_rows(mask))
             assert torch.allclose(got, one, atol=1e-5), f"verified: a fresh projection changed the rows by {(got - one).abs().max()}"
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     logits, tlogits = drafter_logits(model, target, ids, mask, layer, starts, vocab)
@@ -242,7 +243,7 @@ def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) 
         tk, tv, _, hidden = target_pass(target, ids, layer, None, hidden=True)
         f, first, _ = feature_inputs(hidden, starts, mask)
         pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
-        h = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=pos > 0)
+        h = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=generated_rows(mask))
         got = h @ model.head_rows.T
         plain = model.hidden(ids, pos, tk, tv, starts, f, first, verified_rows=torch.zeros_like(pos, dtype=torch.bool))
     want = cache_as_specd_keeps_it(model, target, ids, layer, starts, mask)
@@ -250,6 +251,9 @@ def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) 
     changed = (h - plain).abs().amax(-1) > 1e-6
     assert changed.any(), "verified: the trained projection changed nothing"
     assert not changed[:, starts == 0].any(), "verified: rows of the first block changed (they see no verified row)"
+    # Sample 0's prompt (rows 0..8 predict prompt tokens): its rows up to 9 keep no target
+    # state, so a row whose block starts by then sees none.
+    assert not changed[0, starts <= 9].any(), "verified: a row saw a prompt row kept with the target's state"
     with tempfile.TemporaryDirectory() as tmp:
         again = os.path.join(tmp, "verified.safetensors")
         save_glide(again, model, dtype=torch.float32)

@@ -36,9 +36,11 @@ target has verified is kept in the drafter's own cache with a rank-r projection 
 final hidden state at the row before added to its input (EAGLE's drafters read the target's
 state at every verified position): its keys and values in the cache then carry what the target
 knew there. A drafted row has no such state, so the rows of the block being drafted read their
-own inputs as drafted and every row before the block its verified input. specd rewrites the
-cache rows of a round's accepted tokens so after the verification, and catches up on a prompt
-with them. The projection's up half starts at zero: a drafter resumed into it drafts as before.
+own inputs as drafted and every row before the block its verified input. The rows that take
+it are those whose row before verification computed (`verified_rows`: answer and source rows,
+not a prompt's, which specd catches up on after the prefill without the target's state); specd
+rewrites a round's accepted rows so once verified. The projection's up half starts at zero: a
+drafter resumed into it drafts as before.
 
 The file is specd's GLIDE file: one safetensors file whose metadata key `glide_config` holds the
 configuration as JSON, the id map as the int64 tensor `draft_vocab.ids`, and Hugging Face names

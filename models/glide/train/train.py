@@ -361,9 +361,18 @@ def feature_inputs(hidden, starts, mask):
     feature = torch.zeros_like(hidden)
     feature[:, 1:] = hidden[:, :-1]
     first = starts == torch.arange(starts.shape[0], device=starts.device)
+    before = generated_rows(mask)
+    return feature, first[None] & before, ~first[None] & before
+
+
+def generated_rows(mask):
+    """The rows whose row before is a loss row (answer or source): the rows specd's
+    verification computes the row before of. A `verified_rank` drafter keeps these with the
+    target's state added once verified; a prompt's rows (caught up on after the prefill) keep
+    none."""
     before = torch.zeros_like(mask)
     before[:, 1:] = mask[:, :-1]
-    return feature, first[None] & before, ~first[None] & before
+    return before
 
 
 def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None, passes: int = 2):
@@ -381,9 +390,7 @@ def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None, pa
         f, first, later = feature_inputs(out[3], starts, mask)
         if drafter.cfg.feature == "last_hidden_chain":
             return drafter.forward_chain(ids, pos, k, v, starts, f, first, later, passes), tlogits
-        # Every row but the first has a row before whose hidden state the target computed
-        # (a prompt's too: specd's prefill keeps them for the drafter's catch-up).
-        verified = (pos > 0) if drafter.cfg.verified_rank else None
+        verified = generated_rows(mask) if drafter.cfg.verified_rank else None
         return drafter(ids, pos, k, v, starts, f, first, verified), tlogits
 
 
