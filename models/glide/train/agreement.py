@@ -59,9 +59,9 @@ class Teacher:
         pos = torch.arange(end, device=self.seq.device)[None]
         f = None if self.feature is None else self.feature[:, :end]
         # A drafter with `verified_rank` reads the rows before a row's block as verified (what
-        # specd's catch-up rewrites them with): the answer's rows after its first (specd keeps no
-        # target state for the prompt's rows, nor the prefill's last).
-        verified = (pos > self.prompt_len) if d.cfg.verified_rank else None
+        # specd's catch-up rewrites them with): the answer's rows, whose rows before a
+        # verification computed (not the prompt's: specd keeps no target state for them).
+        verified = (pos >= self.prompt_len) if d.cfg.verified_rank else None
         h = d.hidden(self.seq[:, :end], pos, self.k, self.v, starts[:end], f, feature_rows[None, :end], verified_rows=verified)
         head = d.own_head if d.own_head is not None else d.head_rows
         logits = h[0, rows.start : end] @ head.to(h.dtype).T
