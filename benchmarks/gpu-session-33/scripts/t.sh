@@ -23,9 +23,17 @@ train)
     --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --deadline 470
   ;;
 all)
-  GLIDE_FILE=$HOME/stash/verified.safetensors GLIDE_TIMEOUT=590 scripts/gpu/train-glide all "$OUT" \
+  # A call returns at most 8 files: the drafter's pieces come back as they are, everything
+  # else (log, report, manifest, the new answers' cache, checksums) in one archive.
+  W=$OUT/w
+  GLIDE_FILE=$HOME/stash/verified.safetensors GLIDE_TIMEOUT=580 scripts/gpu/train-glide all "$W" \
     --vocab-from "$GLIDE" --skip-prompts 78556 --prompts-per-file 12 --prompts 32768 --gen-deadline 40 \
     --resume "$GLIDE" --feature last_hidden --verified-rank 96 --intermediate 2752 \
-    --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --until 530
+    --feature-lr-scale 1 --lr 2e-4 --distill-share 0.85 --steps 1716 --until 525
+  rc=$?
+  mv "$W"/glide.part* "$OUT"/ 2> /dev/null
+  tar -C "$W" -cJf "$OUT/r.tar.xz" .
+  rm -rf "$W"
+  exit $rc
   ;;
 esac
