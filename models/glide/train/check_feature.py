@@ -23,7 +23,10 @@ engine/tests/fixtures/golden/qwen2, on the CPU, before a GPU run trains with it:
    step every row equals a plain causal pass over its own history laid out as specd's cache
    holds it (the rows before its block as verified, its block's as drafted); rows of the first
    block, and rows that see only a prompt's rows, do not change (a prompt's rows keep no target
-   state: specd catches up on them after the prefill); the file round trip keeps it.
+   state: specd catches up on them after the prefill); the file round trip keeps it;
+9. `--block-placement rounds`: `simulate_rounds` places a hand-worked example's rounds as specd
+   would; with as many passes as rows, `rounds_starts` reaches a placement that its own drafts
+   place again (the fixed point), with blocks per sequence.
 
     python3 models/glide/train/check_feature.py      (torch and transformers, CPU only)
 """
@@ -43,7 +46,9 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glide_model import GlideConfig, GlideDrafter, load_glide, random_block_starts, rms_norm, save_glide  # noqa: E402
 from target import embed_weight, head_weight, target_shapes  # noqa: E402
-from train import drafter_logits, feature_inputs, generated_rows, soft_ce, target_pass  # noqa: E402
+from train import (  # noqa: E402
+    drafter_logits, drafter_pass, feature_inputs, fixed_starts, generated_rows, rounds_starts, simulate_rounds, soft_ce, target_pass,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 TARGET = REPO / "engine/tests/fixtures/golden/qwen2"
@@ -112,7 +117,8 @@ def main() -> None:
             print(f"rank {rank}: ok ({int(changed.sum())} of {changed.numel()} rows moved by the feature)")
             if rank == 0:
                 check_chain(path, model, embed, head, target, ids, mask, layer, vocab)
-                check_verified(path, model, embed, head, target, ids, mask, layer, vocab)
+                verified = check_verified(path, model, embed, head, target, ids, mask, layer, vocab)
+                check_rounds(verified, target, ids, mask, layer)
 
         narrow = load_glide(plain_file, embed, head, replace(plain_cfg, intermediate_size=32))
         a, b = plain.layers[0], narrow.layers[0]
@@ -263,6 +269,43 @@ def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) 
         b, _ = drafter_logits(model, target, ids, mask, layer, starts)
         assert torch.allclose(a, b, atol=1e-6), "verified: the file round trip changed the logits"
     print(f"verified: ok (resumed = last_hidden; {int(changed.sum())} of {changed.numel()} rows moved; row by row as specd's cache holds)")
+    return model
+
+
+def check_rounds(model, target, ids, mask, layer) -> None:
+    # Rows 2..10 are loss rows; rounds of 3: at 2 one accepted (next at 4), at 4 all three (row
+    # 7 caught up on, next at 8), at 8 none (next at 9), at 9 the two left.
+    m = torch.zeros(1, 12, dtype=torch.bool)
+    m[0, 2:11] = True
+    hits = torch.zeros_like(m)
+    hits[0, [2, 4, 5, 6, 9, 10]] = True
+    starts, rounds = simulate_rounds(hits, m, 3)
+    assert starts[0].tolist() == [0, 1, 2, 2, 4, 4, 4, 7, 8, 9, 9, 11], starts
+    assert rounds == [(1, 3), (3, 3), (0, 3), (2, 2)], rounds
+    out = target_pass(target, ids, layer, None, hidden=True)
+    # A random drafter never agrees with the target: take as the "target's choice" the
+    # drafter's own under blocks of four, every fifth row changed, so rounds have lengths.
+    with torch.no_grad():
+        want = model.vocab_ids[drafter_pass(model, ids, mask, fixed_starts(mask, 4), out).argmax(-1)]
+    want[:, ::5] = (want[:, ::5] + 1) % target.config.vocab_size
+    T = ids.shape[1]
+    starts, rounds = rounds_starts(model, ids, mask, out, want, 4, T)
+    with torch.no_grad():
+        logits = drafter_pass(model, ids, mask, starts, out)
+    again, _ = simulate_rounds((model.vocab_ids[logits.argmax(-1)] == want) & mask, mask, 4)
+    assert torch.equal(again, starts), f"rounds: {T} passes did not reach a fixed point: {starts} then {again}"
+    assert not torch.equal(starts[0], starts[1]), "rounds: both sequences got the same blocks"
+    # Blocks per sequence ([B, T]) give each sequence what its own blocks ([T]) give it alone.
+    pos = torch.arange(T)[None]
+    with torch.no_grad():
+        f, first, _ = feature_inputs(out[3], starts, mask)
+        both = model.hidden(ids, pos.expand(2, -1), out[0], out[1], starts, f, first, verified_rows=generated_rows(mask))
+        for b in range(2):
+            fb, firstb, _ = feature_inputs(out[3][b : b + 1], starts[b], mask[b : b + 1])
+            alone = model.hidden(ids[b : b + 1], pos, out[0][b : b + 1], out[1][b : b + 1], starts[b], fb, firstb,
+                                 verified_rows=generated_rows(mask[b : b + 1]))
+            assert torch.allclose(both[b], alone[0], atol=1e-5), f"rounds: sequence {b}'s own blocks differ in the batch"
+    print(f"rounds: ok ({len(rounds)} rounds, {sum(a for a, _ in rounds)} drafts accepted; a fixed point)")
 
 
 if __name__ == "__main__":

@@ -198,11 +198,14 @@ class GlideLayer(nn.Module):
         return apply_rope(k, cos, sin), v
 
     def forward(self, h, positions, target_k, target_v, starts, verified=None):
-        """`verified` (drafters with `verified_rank`): the rows' inputs as kept once verified;
-        a row reads those of the rows before its block and `h`'s of its own block's rows."""
+        """`starts`: each row's block start, `[T]` (the same blocks for every sequence) or
+        `[B, T]`. `verified` (drafters with `verified_rank`): the rows' inputs as kept once
+        verified; a row reads those of the rows before its block and `h`'s of its own block's
+        rows."""
         cfg, t = self.cfg, self.cfg.target
         B, T, _ = h.shape
         eps = cfg.rms_norm_eps
+        starts = starts if starts.dim() == 2 else starts[None]  # [1 or B, T]
 
         # Self-attention over the drafter's own causal cache.
         a = rms_norm(h, self.input_layernorm, eps)
@@ -218,11 +221,11 @@ class GlideLayer(nn.Module):
             vk, vv = self.self_kv(verified, cos, sin)
             k = torch.cat([vk, k], dim=2).repeat_interleave(rep, dim=1)
             v = torch.cat([vv, v], dim=2).repeat_interleave(rep, dim=1)
-            j = torch.arange(T, device=h.device)[None, :]
-            i = torch.arange(T, device=h.device)[:, None]
-            before = j < starts[:, None]
-            own = (j >= starts[:, None]) & (j <= i)
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.cat([before, own], dim=1)[None, None])
+            j = torch.arange(T, device=h.device)[None, None, :]
+            i = torch.arange(T, device=h.device)[None, :, None]
+            before = j < starts[..., None]  # [1 or B, T, T]
+            own = (j >= starts[..., None]) & (j <= i)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.cat([before, own], dim=2)[:, None])
         h = h + self.o_proj(att.transpose(1, 2).reshape(B, T, -1))
 
         # Cross-attention over the target layer's keys and values, block-wise masked.
@@ -236,12 +239,12 @@ class GlideLayer(nn.Module):
         S = tk.shape[2]
         # Row i sees target positions j < starts[i]; a row that sees none is given key 0 so the
         # softmax is defined, and its output is zeroed below.
-        seen = torch.arange(S, device=h.device)[None, :] < starts[:, None]  # [T, S]
-        empty = ~seen.any(dim=1)
+        seen = torch.arange(S, device=h.device)[None, None, :] < starts[..., None]  # [1 or B, T, S]
+        empty = ~seen.any(dim=2)
         mask = seen.clone()
-        mask[empty, 0] = True
-        att = F.scaled_dot_product_attention(q, tk, tv, attn_mask=mask[None, None])
-        att = att.masked_fill(empty[None, None, :, None], 0.0)
+        mask[..., 0] |= empty
+        att = F.scaled_dot_product_attention(q, tk, tv, attn_mask=mask[:, None])
+        att = att.masked_fill(empty[:, None, :, None], 0.0)
         h = h + self.cross_o_proj(att.transpose(1, 2).reshape(B, T, -1))
 
         # MLP.

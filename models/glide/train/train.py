@@ -360,9 +360,10 @@ def feature_inputs(hidden, starts, mask):
     `last_hidden_chain` drafter feeds its own hidden state (the later rows of such blocks)."""
     feature = torch.zeros_like(hidden)
     feature[:, 1:] = hidden[:, :-1]
-    first = starts == torch.arange(starts.shape[0], device=starts.device)
+    first = starts == torch.arange(starts.shape[-1], device=starts.device)
+    first = first if first.dim() == 2 else first[None]
     before = generated_rows(mask)
-    return feature, first[None] & before, ~first[None] & before
+    return feature, first & before, ~first & before
 
 
 def generated_rows(mask):
@@ -379,19 +380,82 @@ def drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids=None, pa
     """The target's pass over `ids` and the drafter's logits under the block starts `starts`:
     (drafter logits, target logits). A `last_hidden_chain` drafter runs `passes` passes
     (`GlideDrafter.forward_chain`)."""
-    feature = drafter.cfg.feature != "none"
-    out = target_pass(target, ids, layer, vocab_ids, hidden=feature)
-    k, v, tlogits = out[:3]
+    out = target_pass(target, ids, layer, vocab_ids, hidden=drafter.cfg.feature != "none")
+    return drafter_pass(drafter, ids, mask, starts, out, passes), out[2]
+
+
+def drafter_pass(drafter, ids, mask, starts, out, passes: int = 2):
+    """The drafter's logits under the block starts `starts` (`[T]` or `[B, T]`), given the
+    target's pass `out` over `ids` (`target_pass`, with the hidden states for a drafter with a
+    feature)."""
+    k, v = out[:2]
     pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
     amp = "cuda" if ids.device.type == "cuda" else "cpu"
     with torch.autocast(device_type=amp, dtype=torch.bfloat16):
-        if not feature:
-            return drafter(ids, pos, k, v, starts), tlogits
+        if drafter.cfg.feature == "none":
+            return drafter(ids, pos, k, v, starts)
         f, first, later = feature_inputs(out[3], starts, mask)
         if drafter.cfg.feature == "last_hidden_chain":
-            return drafter.forward_chain(ids, pos, k, v, starts, f, first, later, passes), tlogits
+            return drafter.forward_chain(ids, pos, k, v, starts, f, first, later, passes)
         verified = generated_rows(mask) if drafter.cfg.verified_rank else None
-        return drafter(ids, pos, k, v, starts, f, first, verified), tlogits
+        return drafter(ids, pos, k, v, starts, f, first, verified)
+
+
+def first_loss_rows(mask) -> list[int]:
+    """Each sequence's first loss row (its length when it has none)."""
+    any_ = mask.any(dim=1)
+    first = mask.int().argmax(dim=1)
+    return torch.where(any_, first, torch.full_like(first, mask.shape[1])).tolist()
+
+
+def fixed_starts(mask, k: int):
+    """Blocks of k rows from each sequence's first loss row (where specd's first round of
+    drafts starts: the prompt's last row); the rows before it are blocks of their own."""
+    B, T = mask.shape
+    t = torch.arange(T, device=mask.device)[None].expand(B, -1)
+    r0 = torch.tensor(first_loss_rows(mask), device=mask.device)[:, None]
+    return torch.where(t >= r0, r0 + (t - r0) // k * k, t)
+
+
+def simulate_rounds(hits, mask, k: int):
+    """specd's rounds of k drafts over each sequence, given which rows' drafts equal the
+    target's choice (`hits`, `[B, T]`): the first round starts at the first loss row, a round
+    at s accepts the leading hits of rows s..s+k-1 (a of them) and the next starts at s + a + 1;
+    after a fully accepted round the row of its last draft is caught up on as a block of its
+    own. Returns the block starts `[B, T]` (rows outside rounds are blocks of their own) and each
+    round's (accepted, drafted)."""
+    B, T = hits.shape
+    hit, m = hits.tolist(), mask.tolist()
+    starts = [list(range(T)) for _ in range(B)]
+    rounds = []
+    for b, s in enumerate(first_loss_rows(mask)):
+        end = T - m[b][::-1].index(True) if True in m[b] else 0
+        while s < end:
+            e = min(s + k, end)
+            starts[b][s:e] = [s] * (e - s)
+            a = 0
+            while a < e - s and hit[b][s + a]:
+                a += 1
+            rounds.append((a, e - s))
+            s = e + 1 if a == e - s else s + a + 1
+    return torch.tensor(starts, device=hits.device), rounds
+
+
+@torch.no_grad()
+def rounds_starts(drafter, ids, mask, out, want, k: int, passes: int):
+    """Block starts placed as specd's rounds place them for this drafter (`simulate_rounds`):
+    `passes` passes, the first over blocks of k, each later one under the placement the pass
+    before gave (a row's draft depends on where its round starts, so the placement is a fixed
+    point approached pass by pass; two or three passes leave few rounds moving). `want`: the
+    target's choice after each row, as target ids. Returns the starts and the last pass's
+    rounds."""
+    starts = fixed_starts(mask, k)
+    rounds = []
+    for _ in range(passes):
+        logits = drafter_pass(drafter, ids, mask, starts, out)
+        hits = (drafter.vocab_ids[logits.argmax(-1)] == want) & mask
+        starts, rounds = simulate_rounds(hits, mask, k)
+    return starts, rounds
 
 
 def soft_ce(logits, target_logits, rows):
@@ -407,16 +471,18 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
     simulated on blocks of k rows (the drafts after a verification): accepted = the leading rows
     whose draft equals the target's choice."""
     agree = total = 0
-    accepted, blocks = [], 0
+    accepted, blocks, rounds = [], 0, []
     vocab_ids = drafter.vocab_ids
     for i in range(0, ids.shape[0], a.batch):
         x = ids[i : i + a.batch].to(device)
         m = mask[i : i + a.batch].to(device)
         T = x.shape[1]
         starts = torch.arange(T, device=device) // k * k
-        logits, full = drafter_logits(drafter, target, x, m, cfg.target_layer, starts, passes=k)
+        out = target_pass(target, x, cfg.target_layer, None, hidden=cfg.feature != "none")
+        logits, full = drafter_pass(drafter, x, m, starts, out, passes=k), out[2]
         draft = vocab_ids[logits.argmax(-1)]
         want = full.argmax(-1)
+        rounds += rounds_starts(drafter, x, m, out, want, k, 3)[1]
         hit = (draft == want) & m & (starts > 0)[None]
         agree += int(hit.sum())
         total += int((m & (starts > 0)[None]).sum())
@@ -427,12 +493,21 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
         accepted.append(lead[valid].float())
         blocks += int(valid.sum())
     acc = torch.cat(accepted) if accepted else torch.zeros(0)
+    a_sum = sum(a for a, _ in rounds)
+    d_sum = sum(d for _, d in rounds)
     return {
         "top1_agreement": agree / max(total, 1),
         "k": k,
         "blocks": blocks,
         "acceptance_rate": float(acc.mean() / k) if blocks else 0.0,
         "mean_accepted_length": float(acc.mean() + 1) if blocks else 0.0,
+        # As specd places its rounds (after a rejection the next starts at once), approached
+        # in three passes (`rounds_starts`); agreement.py computes it exactly.
+        "rounds": {
+            "rounds": len(rounds),
+            "acceptance_rate": a_sum / max(d_sum, 1),
+            "mean_accepted_length": a_sum / max(len(rounds), 1) + 1,
+        },
     }
 
 
@@ -547,9 +622,15 @@ def cmd_train(a, loaded=None) -> None:
             group["lr"] = lr_at(step, progress) * group["scale"]
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
-        starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
-        rows = mask & (starts > 0)[None]
-        logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, chain_passes)
+        if a.block_placement == "rounds":
+            out = target_pass(target, ids, layer, vocab_ids, hidden=cfg.feature != "none")
+            want = vocab_ids[out[2].argmax(-1)]
+            starts, _ = rounds_starts(drafter, ids, mask, out, want, a.max_block, a.placement_passes)
+            logits, tlogits = drafter_pass(drafter, ids, mask, starts, out, chain_passes), out[2]
+        else:
+            starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
+            logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, chain_passes)
+        rows = mask & (starts > 0)
         loss = soft_ce(logits, tlogits, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -651,7 +732,11 @@ def train_args(p) -> None:
     p.add_argument("--until", type=float, default=0, help="seconds after the start of the program when training stops (0: none)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--max-block", type=int, default=6, help="largest block of the block-wise mask")
+    p.add_argument("--max-block", type=int, default=6, help="largest block of the block-wise mask (with --block-placement rounds: every round's)")
+    p.add_argument("--block-placement", choices=("random", "rounds"), default="random",
+                   help="random: blocks of 1..--max-block rows; rounds: as specd's rounds place them for the drafter being "
+                        "trained (after a rejection the next round starts at once), found in --placement-passes no-grad passes")
+    p.add_argument("--placement-passes", type=int, default=2, help="passes that place the blocks with --block-placement rounds")
     p.add_argument("--answer-len", type=int, default=1344, help="longest prompt + answer trained (longer ones lose the prompt's start)")
     p.add_argument("--answer-epochs", type=float, default=8, help="draws per answer, on average, after which batches are source only")
     p.add_argument("--distill-share", type=float, default=0.7, help="share of batches of target answers")
