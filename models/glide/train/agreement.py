@@ -12,7 +12,10 @@ target's choice. Two ways of placing the verification points:
   round are blocks of their own), the round's first row taking the target's feature (the
   verification row before it; not after the prompt, as in training).
 
-Both on the same answers: the gap between them is what the protocol alone costs, to tell a
+And `passesN`: `rounds` as train.py's report approaches it, in N batched passes of the drafter
+(`train.rounds_starts`), to tell how far that approximation is from the exact rounds.
+
+All on the same answers: the gap between fixed and rounds is what the protocol alone costs, to tell a
 drafter that drafts poorly from specd running it wrongly (compare `rounds` with `specd
 bench-spec --methods glide:K --max-tokens T`).
 
@@ -30,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glide_model import load_glide  # noqa: E402
 from target import embed_weight, head_weight, load_target, target_pass  # noqa: E402
+from train import rounds_starts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -42,6 +46,7 @@ class Teacher:
         self.n = seq.shape[1]
         feature = drafter.cfg.feature != "none"
         out = target_pass(model, seq, drafter.cfg.target_layer, hidden=feature)
+        self.out = out
         self.k, self.v = out[0], out[1]
         self.want = out[2].argmax(-1)[0]  # the target's choice after each row
         self.feature = None
@@ -107,6 +112,14 @@ class Teacher:
         return out
 
 
+    def passes(self, k: int, n: int) -> list[tuple[int, int]]:
+        """(accepted, drafted) of each round as train.py's report places them: `rounds`
+        approached in `n` batched passes (`train.rounds_starts`) instead of round by round."""
+        mask = torch.zeros(1, self.n, dtype=torch.bool, device=self.seq.device)
+        mask[0, self.prompt_len : self.n - 1] = True  # rounds from the answer's first row, as `rounds`
+        return rounds_starts(self.drafter, self.seq, mask, self.out, self.want[None], k, n)[1]
+
+
 def summary(name: str, results: list[tuple[int, int]]) -> str:
     accepted = sum(a for a, _ in results)
     drafted = sum(d for _, d in results)
@@ -121,6 +134,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20, help="the first N bench-spec prompts")
     ap.add_argument("--tokens", type=int, default=64, help="answer tokens per prompt")
     ap.add_argument("--k", type=int, default=4, help="drafts per verification")
+    ap.add_argument("--passes", type=int, default=3, help="passes of the report's batched rounds (`passesN`)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
 
@@ -128,7 +142,7 @@ def main() -> None:
     model, tok = load_target(a.target, a.device, dtype)
     drafter = load_glide(a.glide, embed_weight(model).detach(), head_weight(model).detach()).to(a.device).eval()
     texts = [p["text"] for p in json.loads((REPO / "scripts/bench/code_prompts.json").read_text())["prompts"]]
-    every = {"fixed": [], "rounds": []}
+    every = {"fixed": [], "rounds": [], f"passes{a.passes}": []}
     for i, text in enumerate(texts[: a.prompts]):
         chat = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         ids = tok(chat, return_tensors="pt", add_special_tokens=False)["input_ids"].to(a.device)
@@ -138,6 +152,7 @@ def main() -> None:
         fixed, rounds = teacher.fixed(a.k), teacher.rounds(a.k)
         every["fixed"] += fixed
         every["rounds"] += rounds
+        every[f"passes{a.passes}"] += teacher.passes(a.k, a.passes)
         print(f"prompt {i}: {seq.shape[1] - ids.shape[1]} answer tokens; {summary('fixed', fixed)}; {summary('rounds', rounds)}", flush=True)
     print(f"all {len(texts[: a.prompts])} prompts, k = {a.k}:")
     for name, results in every.items():
