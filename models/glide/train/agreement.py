@@ -87,8 +87,10 @@ class Teacher:
         lead = torch.cumprod(hit.int(), dim=-1).sum(-1)
         return [(int(a), k) for a in lead]
 
-    def rounds(self, k: int) -> list[tuple[int, int]]:
-        """(accepted, drafted) of each round, rounds placed as specd's engine places them."""
+    def rounds(self, k: int, catch_up_feature: bool = False) -> list[tuple[int, int]]:
+        """(accepted, drafted) of each round, rounds placed as specd's engine places them. With
+        `catch_up_feature`, the row caught up on after a fully accepted round takes the
+        target's feature, as a block's first row does in training."""
         p, n, dev = self.prompt_len, self.n, self.seq.device
         starts = torch.arange(n, device=dev)
         feature_rows = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -107,6 +109,7 @@ class Teacher:
             # the last draft's row in a block of its own, without a feature.
             if a == len(rows) and s + a < n:
                 starts[s + a] = s + a
+                feature_rows[s + a] = catch_up_feature
             s = s + a + 1
             starts[s:] = torch.arange(s, n, device=dev)
         return out
@@ -135,6 +138,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="answer tokens per prompt")
     ap.add_argument("--k", type=int, default=4, help="drafts per verification")
     ap.add_argument("--passes", type=int, default=3, help="passes of the report's batched rounds (`passesN`)")
+    ap.add_argument("--catch-up-feature", action="store_true",
+                    help="also `rounds+`: the row caught up on after a fully accepted round takes the target's feature")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
 
@@ -153,6 +158,8 @@ def main() -> None:
         every["fixed"] += fixed
         every["rounds"] += rounds
         every[f"passes{a.passes}"] += teacher.passes(a.k, a.passes)
+        if a.catch_up_feature:
+            every.setdefault("rounds+", []).extend(teacher.rounds(a.k, catch_up_feature=True))
         print(f"prompt {i}: {seq.shape[1] - ids.shape[1]} answer tokens; {summary('fixed', fixed)}; {summary('rounds', rounds)}", flush=True)
     print(f"all {len(texts[: a.prompts])} prompts, k = {a.k}:")
     for name, results in every.items():
