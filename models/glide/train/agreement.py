@@ -118,8 +118,10 @@ class Teacher:
     def passes(self, k: int, n: int) -> list[tuple[int, int]]:
         """(accepted, drafted) of each round as train.py's report places them: `rounds`
         approached in `n` batched passes (`train.rounds_starts`) instead of round by round."""
+        # Loss rows as training marks them (from the prompt's last row): rounds then start at
+        # the answer's first row, as `rounds`.
         mask = torch.zeros(1, self.n, dtype=torch.bool, device=self.seq.device)
-        mask[0, self.prompt_len : self.n - 1] = True  # rounds from the answer's first row, as `rounds`
+        mask[0, self.prompt_len - 1 : self.n - 1] = True
         return rounds_starts(self.drafter, self.seq, mask, self.out, self.want[None], k, n)[1]
 
 

@@ -273,15 +273,16 @@ def check_verified(path, trained, embed, head, target, ids, mask, layer, vocab) 
 
 
 def check_rounds(model, target, ids, mask, layer) -> None:
-    # Rows 2..10 are loss rows; rounds of 3: at 2 one accepted (next at 4), at 4 all three (row
-    # 7 caught up on, next at 8), at 8 none (next at 9), at 9 the two left.
+    # Rows 2..10 are loss rows (row 2 the prompt's last: the target alone chooses row 3's
+    # token); rounds of 3 from row 3: at 3 none accepted (next at 4), at 4 all three (row 7
+    # caught up on, next at 8), at 8 none (next at 9), at 9 the two left.
     m = torch.zeros(1, 12, dtype=torch.bool)
     m[0, 2:11] = True
     hits = torch.zeros_like(m)
     hits[0, [2, 4, 5, 6, 9, 10]] = True
     starts, rounds = simulate_rounds(hits, m, 3)
-    assert starts[0].tolist() == [0, 1, 2, 2, 4, 4, 4, 7, 8, 9, 9, 11], starts
-    assert rounds == [(1, 3), (3, 3), (0, 3), (2, 2)], rounds
+    assert starts[0].tolist() == [0, 1, 2, 3, 4, 4, 4, 7, 8, 9, 9, 11], starts
+    assert rounds == [(0, 3), (3, 3), (0, 3), (2, 2)], rounds
     out = target_pass(target, ids, layer, None, hidden=True)
     # A random drafter never agrees with the target: take as the "target's choice" the
     # drafter's own under blocks of four, every fifth row changed, so rounds have lengths.

@@ -408,18 +408,25 @@ def first_loss_rows(mask) -> list[int]:
     return torch.where(any_, first, torch.full_like(first, mask.shape[1])).tolist()
 
 
+def first_round_rows(mask) -> list[int]:
+    """Where specd's first round of drafts starts in each sequence: the row after its first
+    loss row (the target chooses the first answer token alone, from the prompt's last row, and
+    the drafter drafts from the row of that token on)."""
+    return [r + 1 for r in first_loss_rows(mask)]
+
+
 def fixed_starts(mask, k: int):
-    """Blocks of k rows from each sequence's first loss row (where specd's first round of
-    drafts starts: the prompt's last row); the rows before it are blocks of their own."""
+    """Blocks of k rows from each sequence's first round (`first_round_rows`); the rows before
+    it are blocks of their own."""
     B, T = mask.shape
     t = torch.arange(T, device=mask.device)[None].expand(B, -1)
-    r0 = torch.tensor(first_loss_rows(mask), device=mask.device)[:, None]
+    r0 = torch.tensor(first_round_rows(mask), device=mask.device)[:, None]
     return torch.where(t >= r0, r0 + (t - r0) // k * k, t)
 
 
 def simulate_rounds(hits, mask, k: int):
     """specd's rounds of k drafts over each sequence, given which rows' drafts equal the
-    target's choice (`hits`, `[B, T]`): the first round starts at the first loss row, a round
+    target's choice (`hits`, `[B, T]`): the first round starts at `first_round_rows`, a round
     at s accepts the leading hits of rows s..s+k-1 (a of them) and the next starts at s + a + 1;
     after a fully accepted round the row of its last draft is caught up on as a block of its
     own. Returns the block starts `[B, T]` (rows outside rounds are blocks of their own) and each
@@ -428,7 +435,7 @@ def simulate_rounds(hits, mask, k: int):
     hit, m = hits.tolist(), mask.tolist()
     starts = [list(range(T)) for _ in range(B)]
     rounds = []
-    for b, s in enumerate(first_loss_rows(mask)):
+    for b, s in enumerate(first_round_rows(mask)):
         end = T - m[b][::-1].index(True) if True in m[b] else 0
         while s < end:
             e = min(s + k, end)
@@ -447,7 +454,9 @@ def rounds_starts(drafter, ids, mask, out, want, k: int, passes: int):
     `passes` passes, the first over blocks of k, each later one under the placement the pass
     before gave (a row's draft depends on where its round starts, so the placement is a fixed
     point approached pass by pass; two or three passes leave few rounds moving). `want`: the
-    target's choice after each row, as target ids. Returns the starts and the last pass's
+    target's choice after each row, as target ids (training passes its choice over the draft
+    vocabulary, which counts a hit where the target's own choice lies outside it: ~3 % of answer
+    tokens; the report passes the full vocabulary's). Returns the starts and the last pass's
     rounds."""
     starts = fixed_starts(mask, k)
     rounds = []
@@ -493,8 +502,8 @@ def evaluate(drafter, target, a, ids, mask, cfg, device, k: int = 4) -> dict:
         accepted.append(lead[valid].float())
         blocks += int(valid.sum())
     acc = torch.cat(accepted) if accepted else torch.zeros(0)
-    a_sum = sum(a for a, _ in rounds)
-    d_sum = sum(d for _, d in rounds)
+    a_sum = sum(acc_ for acc_, _ in rounds)
+    d_sum = sum(drafted for _, drafted in rounds)
     return {
         "top1_agreement": agree / max(total, 1),
         "k": k,
