@@ -114,7 +114,6 @@ class Teacher:
             starts[s:] = torch.arange(s, n, device=dev)
         return out
 
-
     def passes(self, k: int, n: int) -> list[tuple[int, int]]:
         """(accepted, drafted) of each round as train.py's report places them: `rounds`
         approached in `n` batched passes (`train.rounds_starts`) instead of round by round."""

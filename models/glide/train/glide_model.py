@@ -31,7 +31,8 @@ normalize that state with their own weights, zero at the start: a `last_hidden` 
 resumed into it drafts exactly as before until training opens them. `forward_chain` computes
 it in passes (see there).
 
-With `verified_rank` r > 0 (with `last_hidden`, one layer; trained in session 33), a row the
+With `verified_rank` r > 0 (with `last_hidden`, one layer; written in session 33, not yet
+trained), a row the
 target has verified is kept in the drafter's own cache with a rank-r projection of the target's
 final hidden state at the row before added to its input (EAGLE's drafters read the target's
 state at every verified position): its keys and values in the cache then carry what the target
@@ -353,7 +354,7 @@ class GlideDrafter(nn.Module):
         """Logits over the draft vocabulary, `[B, T, draft_vocab_size]`.
 
         ids, positions: `[B, T]`; target_k, target_v: `[B, target kv heads, S, head_dim]`
-        (keys rotated, as the target cached them); starts: `[T]` block starts; feature,
+        (keys rotated, as the target cached them); starts: block starts, `[T]` or `[B, T]`; feature,
         feature_rows: see `feature_input` (drafters with a feature only); verified_rows: see
         `verified_input` (drafters with `verified_rank` only)."""
         h = self.hidden(ids, positions, target_k, target_v, starts, feature, feature_rows, verified_rows=verified_rows)
