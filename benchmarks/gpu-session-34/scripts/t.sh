@@ -8,13 +8,18 @@
 #   t.sh rounds  (after prep, ~8 min) run 6 resumed, run 7's steps and lr, no verified rows,
 #                blocks placed as specd's rounds of 4 place them; its baseline is session 34's
 #                verified-rows call (the same data and steps; verified rows changed nothing)
+#   t.sh long I N [train.py options]  (after prep, ~10 min a call) segment I of N of one
+#                schedule of $STEPS steps (default 6000: ~3,000 a call, 3.5× a run's), from run 6
+#                for I = 0, else from the segment before (its f32 weights and optimizer state
+#                in the stash; models/glide/train/check_segments.py): much more training in
+#                consecutive calls of one hold
 # A call returns at most 8 files: a drafter's pieces come back as they are, everything else
 # (log, report, manifest, checksums) in one archive.
 set -uo pipefail
 case "${1:-}" in
-prep | rounds) ;;
+prep | rounds | long) ;;
 *)
-  sed -n '2,12p' "$0"
+  sed -n '2,17p' "$0"
   exit 2
   ;;
 esac
@@ -39,6 +44,17 @@ rounds)
   GLIDE_FILE=$HOME/stash/rounds.safetensors GLIDE_TIMEOUT=560 scripts/gpu/train-glide train "$W" \
     --resume "$GLIDE" --feature last_hidden --intermediate 2752 --feature-lr-scale 1 --lr 2e-4 \
     --distill-share 0.85 --steps 1716 --deadline 430 --block-placement rounds --max-block 4
+  pack $? 1
+  ;;
+long)
+  i=${2:?t.sh long I N} n=${3:?t.sh long I N}
+  shift 3
+  from=$GLIDE
+  [[ $i == 0 ]] || from=$HOME/stash/long.safetensors
+  GLIDE_FILE=$HOME/stash/long.safetensors GLIDE_TIMEOUT=590 scripts/gpu/train-glide train "$W" \
+    --resume "$from" --feature last_hidden --intermediate 2752 --feature-lr-scale 1 --lr 2e-4 \
+    --distill-share 0.85 --steps "${STEPS:-6000}" --segment "$i/$n" --state "$HOME/stash/long-state.pt" \
+    --deadline 530 "$@"
   pack $? 1
   ;;
 esac

@@ -20,6 +20,10 @@ Usage (the GPU machine: scripts/gpu/train-glide runs both):
   python3 train.py prepare --target TARGET.gguf --work WORK
   python3 train.py train   --target TARGET.gguf --work WORK --out glide.safetensors
   python3 train.py train   ... --resume glide.safetensors   (more steps from a file it wrote)
+  python3 train.py train   ... --steps S --segment 0/2 --state STATE   then
+  python3 train.py train   ... --steps S --segment 1/2 --state STATE --resume glide.safetensors
+                           (one schedule of S steps over two calls, as one call of S steps
+                           would train it: check_segments.py)
 """
 
 from __future__ import annotations
@@ -602,6 +606,17 @@ def cmd_train(a, loaded=None) -> None:
         {"params": [p for n, p in named if n.startswith("feature_")], "scale": a.feature_lr_scale},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    first, end = segment_steps(a)
+    if first > 0:
+        # A later segment goes on exactly where the one before stopped: its f32 weights and
+        # the optimizer's moments (the file --resume names is their bf16 copy).
+        state = torch.load(a.state, map_location=a.device, weights_only=False)
+        if state["next_step"] != first or state["steps"] != a.steps:
+            raise SystemExit(f"--state {a.state}: it ends at step {state['next_step']} of {state['steps']}, "
+                             f"but segment {a.segment} starts at {first} of {a.steps}")
+        drafter.load_state_dict(state["drafter"])
+        opt.load_state_dict(state["opt"])
+        log(f"segment {a.segment}: steps {first}..{end} of {a.steps}, from {a.state}")
 
     def lr_at(step: int, progress: float) -> float:
         """Warm-up over the first 5 %, then cosine down to a tenth of --lr."""
@@ -619,14 +634,27 @@ def cmd_train(a, loaded=None) -> None:
     if a.until:
         budget = min(budget, a.until - (t0 - START))
     stream = batches(data, a, rng)
+    # A segment draws what the steps before it drew, and drops it: the segments of a schedule
+    # train on the batches and blocks one call of all its steps would.
+    for _ in range(first):
+        ids, _ = next(stream)
+        if a.block_placement == "random":
+            random_block_starts(ids.shape[1], a.max_block, gen)
     chain_passes = a.chain_passes or a.max_block
     if cfg.feature == "last_hidden_chain" and chain_passes < 2:
         raise SystemExit(f"--chain-passes {chain_passes}: a chained drafter needs at least 2 (1 never feeds a row its own)")
-    for step in range(a.steps):
-        progress = max(step / a.steps, (time.time() - t0) / budget)
-        if progress >= 1.0:
-            log(f"training deadline reached after {step} steps")
+    next_step = first
+    for step in range(first, end):
+        # Time runs the segment's share of the schedule, and sets the schedule once it is a
+        # step or more ahead of the steps: a segment cut by its deadline still ends where the
+        # next one starts, and one with time to spare follows its steps exactly (so segments
+        # train what one call of all their steps does).
+        by_time = (first + (end - first) * (time.time() - t0) / budget) / a.steps
+        progress = by_time if by_time > (step + 1) / a.steps else step / a.steps
+        if by_time >= end / a.steps:
+            log(f"training deadline reached after {step - first} steps")
             break
+        next_step = step + 1
         for group in opt.param_groups:
             group["lr"] = lr_at(step, progress) * group["scale"]
         ids, mask = next(stream)
@@ -651,6 +679,10 @@ def cmd_train(a, loaded=None) -> None:
             recent = sum(losses[-a.log_every :]) / len(losses[-a.log_every :])
             log(f"step {step}/{a.steps} loss {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
     train_s = time.time() - t0
+    if a.state:
+        torch.save({"steps": a.steps, "next_step": next_step, "drafter": drafter.state_dict(), "opt": opt.state_dict()},
+                   a.state)
+        log(f"kept the state at step {next_step} of {a.steps} in {a.state}")
 
     drafter.eval()
     code_eval = data["code_eval"][: a.eval_windows].long()
@@ -685,6 +717,20 @@ def cmd_train(a, loaded=None) -> None:
     save_glide(a.out, drafter.cpu(), dtype=torch.bfloat16)
     (work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {a.out} ({os.path.getsize(a.out)} bytes) and {work / 'report.json'}")
+
+
+def segment_steps(a) -> tuple[int, int]:
+    """The steps `[first, end)` of `--steps` that `--segment I/N` trains: the I-th of N equal
+    shares of one schedule (warm-up and cosine over all of them)."""
+    try:
+        i, n = (int(v) for v in a.segment.split("/"))
+    except ValueError:
+        raise SystemExit(f"--segment {a.segment}: expected I/N, e.g. 0/2")
+    if not 0 <= i < n:
+        raise SystemExit(f"--segment {a.segment}: I must be 0 to N - 1")
+    if i > 0 and not (a.state and a.resume):
+        raise SystemExit(f"--segment {a.segment}: a later segment needs --state (and --resume) from the one before")
+    return i * a.steps // n, (i + 1) * a.steps // n
 
 
 def parser() -> argparse.ArgumentParser:
@@ -737,6 +783,11 @@ def train_args(p) -> None:
     p.add_argument("--out", required=True, help="the GLIDE file to write")
     p.add_argument("--resume", default="", help="a GLIDE file to go on training from (same data and shapes)")
     p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--segment", default="0/1",
+                   help="I/N: train the I-th of N equal shares of --steps' schedule (one call each, 0 first), "
+                        "going on from the --state the one before kept")
+    p.add_argument("--state", default="",
+                   help="where a segment keeps its f32 weights and optimizer state for the next (read by segments after the first)")
     p.add_argument("--deadline", type=float, default=520, help="seconds after which training stops")
     p.add_argument("--until", type=float, default=0, help="seconds after the start of the program when training stops (0: none)")
     p.add_argument("--batch", type=int, default=32)
