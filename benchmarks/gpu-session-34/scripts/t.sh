@@ -12,7 +12,8 @@
 #                schedule of $STEPS steps (default 6000: ~3,000 a call, 3.5× a run's), from run 6
 #                for I = 0, else from the segment before (its f32 weights and optimizer state
 #                in the stash; models/glide/train/check_segments.py): much more training in
-#                consecutive calls of one hold
+#                consecutive calls of one hold (the state stays in the stash: all segments
+#                in one hold, after stash and prep: ~1,430 s for two)
 # A call returns at most 8 files: a drafter's pieces come back as they are, everything else
 # (log, report, manifest, checksums) in one archive.
 set -uo pipefail
@@ -51,7 +52,7 @@ long)
   shift 3
   from=$GLIDE
   [[ $i == 0 ]] || from=$HOME/stash/long.safetensors
-  GLIDE_FILE=$HOME/stash/long.safetensors GLIDE_TIMEOUT=590 scripts/gpu/train-glide train "$W" \
+  GLIDE_FILE=$HOME/stash/long.safetensors GLIDE_TIMEOUT=575 scripts/gpu/train-glide train "$W" \
     --resume "$from" --feature last_hidden --intermediate 2752 --feature-lr-scale 1 --lr 2e-4 \
     --distill-share 0.85 --steps "${STEPS:-6000}" --segment "$i/$n" --state "$HOME/stash/long-state.pt" \
     --deadline 530 "$@"

@@ -3,7 +3,8 @@
 segments of one schedule, each a call of its own going on from the `--state` the one before
 kept, train exactly what one call of all the steps trains (the f32 weights and the optimizer's
 state equal, bit for bit), with random blocks and with blocks placed as specd's rounds; a
-segment refuses a state that does not end where it starts, and a later segment without one.
+segment cut by its deadline hands on its share of the schedule; a segment refuses a state that
+does not end where it starts or comes from another schedule, and a later segment without one.
 
   python3 models/glide/train/check_segments.py [GGUF]
 
@@ -77,7 +78,7 @@ def main() -> None:
             run(f"part1-{placement}", *p, "--segment", "1/2", "--state", parts,
                 "--resume", os.path.join(tmp, f"part0-{placement}.safetensors"))
             w, s = torch.load(whole, weights_only=False), torch.load(parts, weights_only=False)
-            assert w["next_step"] == s["next_step"] == STEPS, (w["next_step"], s["next_step"])
+            assert w["end"] == s["end"] == w["trained_to"] == s["trained_to"] == STEPS, (w["end"], s["end"])
             same(w["drafter"], s["drafter"], "weights")
             same(w["opt"], s["opt"], "optimizer state")
             # One step less trained differs (the check can fail).
@@ -87,11 +88,25 @@ def main() -> None:
                 "a step less trained the same weights"
             print(f"segments ({placement} blocks): 0/2 then 1/2 = one call of {STEPS} steps, bit for bit")
 
+        # A segment cut by its deadline (here before its first step) hands the next the
+        # schedule where it ends, and the next goes on from there.
+        cut = os.path.join(tmp, "cut.pt")
+        run("cut0", "--segment", "0/2", "--state", cut, "--deadline", "1e-9")
+        c = torch.load(cut, weights_only=False)
+        assert (c["end"], c["trained_to"]) == (STEPS // 2, 0), (c["end"], c["trained_to"])
+        run("cut1", "--segment", "1/2", "--state", cut, "--resume", os.path.join(tmp, "cut0.safetensors"))
+        c = torch.load(cut, weights_only=False)
+        assert (c["end"], c["trained_to"]) == (STEPS, STEPS), (c["end"], c["trained_to"])
+        print("segments: one cut by its deadline hands on its share of the schedule")
+
         refusals = [
             (["--segment", "1/2", "--state", os.path.join(tmp, "parts-random.pt"),
               "--resume", os.path.join(tmp, "part0-random.safetensors")], "ends at step"),
             (["--segment", "1/2"], "needs --state"),
             (["--segment", "2/2"], "I must be"),
+            (["--segment", "0/2", "--steps", "1"], "cannot be split"),
+            (["--segment", "1/2", "--state", cut, "--lr", "5e-4",
+              "--resume", os.path.join(tmp, "cut1.safetensors")], "ends at step"),
         ]
         for extra, why in refusals:
             try:
@@ -100,7 +115,7 @@ def main() -> None:
                 assert why in str(e), e
             else:
                 raise AssertionError(f"{extra} was not refused")
-        print("segments: a state ending elsewhere, none, and a segment out of range are refused")
+        print("segments: a state ending elsewhere or from another schedule, none, and segments out of range are refused")
     print("check_segments: all passed")
 
 

@@ -607,16 +607,20 @@ def cmd_train(a, loaded=None) -> None:
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     first, end = segment_steps(a)
+    # What a segment's state must agree on with the segment after it.
+    schedule = {k: getattr(a, k) for k in ("steps", "seed", "batch", "lr", "feature_lr_scale", "max_block",
+                                           "block_placement", "distill_share", "answer_len", "answer_epochs")}
     if first > 0:
         # A later segment goes on exactly where the one before stopped: its f32 weights and
         # the optimizer's moments (the file --resume names is their bf16 copy).
-        state = torch.load(a.state, map_location=a.device, weights_only=False)
-        if state["next_step"] != first or state["steps"] != a.steps:
-            raise SystemExit(f"--state {a.state}: it ends at step {state['next_step']} of {state['steps']}, "
-                             f"but segment {a.segment} starts at {first} of {a.steps}")
+        state = torch.load(a.state, map_location="cpu", weights_only=False)
+        if state["schedule"] != schedule or state["end"] != first:
+            raise SystemExit(f"--state {a.state}: it ends at step {state['end']} of a schedule of {state['schedule']}, "
+                             f"but segment {a.segment} starts at {first} of {schedule}")
         drafter.load_state_dict(state["drafter"])
         opt.load_state_dict(state["opt"])
-        log(f"segment {a.segment}: steps {first}..{end} of {a.steps}, from {a.state}")
+        log(f"segment {a.segment}: steps {first}..{end} of {a.steps}, from {a.state} "
+            f"(trained to step {state['trained_to']})")
 
     def lr_at(step: int, progress: float) -> float:
         """Warm-up over the first 5 %, then cosine down to a tenth of --lr."""
@@ -627,12 +631,6 @@ def cmd_train(a, loaded=None) -> None:
     gen = torch.Generator().manual_seed(a.seed)
     losses = []
     tokens_seen = 0
-    t0 = time.time()
-    # The time training may take: the schedule follows whichever runs out first, steps or
-    # time, so that a run cut by a deadline still ends annealed.
-    budget = a.deadline
-    if a.until:
-        budget = min(budget, a.until - (t0 - START))
     stream = batches(data, a, rng)
     # A segment draws what the steps before it drew, and drops it: the segments of a schedule
     # train on the batches and blocks one call of all its steps would.
@@ -640,6 +638,12 @@ def cmd_train(a, loaded=None) -> None:
         ids, _ = next(stream)
         if a.block_placement == "random":
             random_block_starts(ids.shape[1], a.max_block, gen)
+    t0 = time.time()
+    # The time training may take: the schedule follows whichever runs out first, steps or
+    # time, so that a run cut by a deadline still ends annealed.
+    budget = a.deadline
+    if a.until:
+        budget = min(budget, a.until - (t0 - START))
     chain_passes = a.chain_passes or a.max_block
     if cfg.feature == "last_hidden_chain" and chain_passes < 2:
         raise SystemExit(f"--chain-passes {chain_passes}: a chained drafter needs at least 2 (1 never feeds a row its own)")
@@ -675,14 +679,15 @@ def cmd_train(a, loaded=None) -> None:
         opt.step()
         tokens_seen += int(rows.sum())
         losses.append(float(loss.detach()))
-        if step % a.log_every == 0 or step == a.steps - 1:
+        if step % a.log_every == 0 or step == end - 1:
             recent = sum(losses[-a.log_every :]) / len(losses[-a.log_every :])
             log(f"step {step}/{a.steps} loss {recent:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
     train_s = time.time() - t0
-    if a.state:
-        torch.save({"steps": a.steps, "next_step": next_step, "drafter": drafter.state_dict(), "opt": opt.state_dict()},
-                   a.state)
-        log(f"kept the state at step {next_step} of {a.steps} in {a.state}")
+    # Kept now, written last (after the drafter's file): a call that dies before leaves the
+    # state of the segment before, and the segment can run again.
+    state = {"schedule": schedule, "end": end, "trained_to": next_step,
+             "drafter": {k: v.detach().cpu().clone() for k, v in drafter.state_dict().items()},
+             "opt": opt.state_dict()} if a.state else None
 
     drafter.eval()
     code_eval = data["code_eval"][: a.eval_windows].long()
@@ -699,6 +704,7 @@ def cmd_train(a, loaded=None) -> None:
         "config": json.loads(cfg.to_json()),
         "parameters": n_params,
         "steps": len(losses),
+        "segment": {"segment": a.segment, "first": first, "end": end, "trained_to": next_step},
         "batch": a.batch,
         "seq_len": a.seq_len,
         "tokens_seen": tokens_seen,
@@ -717,6 +723,10 @@ def cmd_train(a, loaded=None) -> None:
     save_glide(a.out, drafter.cpu(), dtype=torch.bfloat16)
     (work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {a.out} ({os.path.getsize(a.out)} bytes) and {work / 'report.json'}")
+    if state is not None:
+        torch.save(state, a.state + ".part")
+        os.replace(a.state + ".part", a.state)
+        log(f"kept the state at step {end} of {a.steps} (trained to {next_step}) in {a.state}")
 
 
 def segment_steps(a) -> tuple[int, int]:
@@ -728,6 +738,8 @@ def segment_steps(a) -> tuple[int, int]:
         raise SystemExit(f"--segment {a.segment}: expected I/N, e.g. 0/2")
     if not 0 <= i < n:
         raise SystemExit(f"--segment {a.segment}: I must be 0 to N - 1")
+    if a.steps < n:
+        raise SystemExit(f"--segment {a.segment}: --steps {a.steps} cannot be split into {n}")
     if i > 0 and not (a.state and a.resume):
         raise SystemExit(f"--segment {a.segment}: a later segment needs --state (and --resume) from the one before")
     return i * a.steps // n, (i + 1) * a.steps // n
