@@ -31,8 +31,8 @@ normalize that state with their own weights, zero at the start: a `last_hidden` 
 resumed into it drafts exactly as before until training opens them. `forward_chain` computes
 it in passes (see there).
 
-With `verified_rank` r > 0 (with `last_hidden`, one layer; written in session 33, not yet
-trained), a row the
+With `verified_rank` r > 0 (with `last_hidden`, one layer; written in session 33, trained in
+session 34: no gain over the same training without it, so specd does not serve it), a row the
 target has verified is kept in the drafter's own cache with a rank-r projection of the target's
 final hidden state at the row before added to its input (EAGLE's drafters read the target's
 state at every verified position): its keys and values in the cache then carry what the target

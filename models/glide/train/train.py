@@ -405,18 +405,12 @@ def drafter_pass(drafter, ids, mask, starts, out, passes: int = 2):
         return drafter(ids, pos, k, v, starts, f, first, verified)
 
 
-def first_loss_rows(mask) -> list[int]:
-    """Each sequence's first loss row (its length when it has none)."""
-    any_ = mask.any(dim=1)
-    first = mask.int().argmax(dim=1)
-    return torch.where(any_, first, torch.full_like(first, mask.shape[1])).tolist()
-
-
 def first_round_rows(mask) -> list[int]:
     """Where specd's first round of drafts starts in each sequence: the row after its first
     loss row (the target chooses the first answer token alone, from the prompt's last row, and
-    the drafter drafts from the row of that token on)."""
-    return [r + 1 for r in first_loss_rows(mask)]
+    the drafter drafts from the row of that token on); past the end when it has none."""
+    first = torch.where(mask.any(dim=1), mask.int().argmax(dim=1), mask.shape[1])
+    return (first + 1).tolist()
 
 
 def fixed_starts(mask, k: int):
@@ -663,14 +657,13 @@ def cmd_train(a, loaded=None) -> None:
             group["lr"] = lr_at(step, progress) * group["scale"]
         ids, mask = next(stream)
         ids, mask = ids.to(a.device), mask.to(a.device)
+        out = target_pass(target, ids, layer, vocab_ids, hidden=cfg.feature != "none")
         if a.block_placement == "rounds":
-            out = target_pass(target, ids, layer, vocab_ids, hidden=cfg.feature != "none")
             want = vocab_ids[out[2].argmax(-1)]
             starts, _ = rounds_starts(drafter, ids, mask, out, want, a.max_block, a.placement_passes)
-            logits, tlogits = drafter_pass(drafter, ids, mask, starts, out, chain_passes), out[2]
         else:
             starts = random_block_starts(ids.shape[1], a.max_block, gen, a.device)
-            logits, tlogits = drafter_logits(drafter, target, ids, mask, layer, starts, vocab_ids, chain_passes)
+        logits, tlogits = drafter_pass(drafter, ids, mask, starts, out, chain_passes), out[2]
         rows = mask & (starts > 0)
         loss = soft_ce(logits, tlogits, rows)
         opt.zero_grad(set_to_none=True)
