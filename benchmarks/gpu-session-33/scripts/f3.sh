@@ -4,12 +4,13 @@
 # the method's longest): per binary one `specd serve --device cuda` (target + GLIDE, no draft
 # model), `specd loadtest` over the WebSocket for none and glide+ngram, 64 requests of 128
 # tokens a level, fresh prompts. After the 19 stash calls of the target; GLIDE file in the
-# checkout. Carry .xfer/old/specd-c7f7fdd.xz and .xfer/exp/specd-loadcap.xz (CUDA builds,
-# git-ignored: scripts/gpu/build as is and after `git apply
-# benchmarks/gpu-session-32/load-cap.patch`).
+# checkout. Carry .gpu/specd.xz and .xfer/exp/specd-loadcap.xz (CUDA builds, git-ignored:
+# `cargo build --release --features cuda` as is and after `git apply
+# benchmarks/gpu-session-32/load-cap.patch`; session 35 built both at 7bd824b, whose GPU code is
+# c7f7fdd's).
 set -uo pipefail
 source scripts/gpu/calls.sh
-stash_specd main .xfer/old/specd-c7f7fdd.xz
+stash_specd main .gpu/specd.xz
 stash_specd loadcap .xfer/exp/specd-loadcap.xz
 join_target
 export SPECD_HOME=$S

@@ -6,9 +6,11 @@
 #   t.sh all     (~9.5 min; ran in session 34) prepare and train in one call: --verified-rank 96;
 #                the held-out answers, 40 s of new ones, training until 525 s after the start
 #   t.sh base    (after all or prep, ~1 min; ran in session 34) run 6 evaluated only
-#   t.sh prep    (~3 min) session 34's data again: its 16,285 answers, all from the two caches
-#                (--gen-deadline 10 lets the 384 held-out answers finish and starts no training
-#                batch), the same held-out sets
+#   t.sh prep [train.py options]  (~3 min) session 34's data again: its 16,285 answers, all
+#                from the two caches (--gen-deadline 10 lets the 384 held-out answers finish and
+#                starts no training batch), the same held-out sets. Without run 7's cache (lost
+#                with session 34's machine): `t.sh prep --prompts 16285 --gen-deadline 200`
+#                answers the first 16,285 prompts less those session 34's cache holds (~2 min more)
 #   t.sh rounds  (after all or prep, ~8 min) no verified rows, blocks placed as specd's rounds
 #                of 4 place them; baseline: session 34's `all` report (same data and steps)
 #   t.sh long I N [train.py options]  (after prep, ~10 min a call) segment I of N of one
@@ -51,7 +53,8 @@ base)
   pack $? 0
   ;;
 prep)
-  GLIDE_TIMEOUT=580 scripts/gpu/train-glide prepare "$W" "${prompts[@]}" --gen-deadline 10
+  shift
+  GLIDE_TIMEOUT=580 scripts/gpu/train-glide prepare "$W" "${prompts[@]}" --gen-deadline 10 "$@"
   pack $? 0
   ;;
 rounds)
