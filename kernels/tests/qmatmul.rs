@@ -308,9 +308,11 @@ fn rows_are_bit_identical_alone_in_any_batch_and_any_split() {
                         alone_split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "{format:?} {n}x{k} {kernel:?} row {r} alone, split"
                     );
-                    // Row r placed at position r % 5 among 5 rows of other inputs.
-                    let pos = r % 5;
-                    let mut batch = other[..5 * k].to_vec();
+                    // Row r placed at position r / 2 of a batch of r + 1 rows of other inputs:
+                    // every batch size once (the kernels take 1-3 rows, 4, and 5 or more
+                    // different ways).
+                    let pos = r / 2;
+                    let mut batch = other[..(r + 1) * k].to_vec();
                     batch[pos * k..(pos + 1) * k].copy_from_slice(row);
                     let within = f.run(kernel, &batch, &Ragged);
                     for j in 0..n {

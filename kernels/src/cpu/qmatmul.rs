@@ -22,7 +22,10 @@
 //!   outputs. Sub-block scales then cost one multiply per sub-block for 16 columns, and the
 //!   transposition is shared by all input rows. A single row of a k-quant (plain decode) takes
 //!   a one-weight-row-at-a-time kernel instead, which streams better from memory.
-//! - AVX2: one weight row at a time, lanes along `k` (`maddubs`/`madd`).
+//! - AVX2: lanes along `k` (`maddubs`/`madd`). For the k-quants each block is decoded a half at
+//!   a time into registers and multiplied into up to four input rows at once; the block totals
+//!   are reduced and folded four at a time (four weight rows for 1–3 input rows, four input rows
+//!   for more).
 //! - Scalar: the reference, and the path on other CPUs.
 //!
 //! All of them read each weight block once per call. For speed, the ranges `par` hands out

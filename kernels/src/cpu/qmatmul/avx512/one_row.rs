@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::cpu::qmatmul::avx2::load_f16;
-use crate::cpu::qmatmul::avx2::RowPtrs;
+use crate::cpu::qmatmul::avx2::{Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::q4k_scales_mins;
 use crate::cpu::qmatmul::format::{Q4K_BYTES, Q6K_BYTES, QK_K};
 use crate::cpu::qmatmul::{step, step_min, MAX_ROWS};
@@ -213,47 +213,6 @@ unsafe fn q6k_four(w: &QuantMatrix, p: &RowPtrs, j: usize, idx: [__m512i; 2]) ->
     };
     // SAFETY: forwarded from the caller.
     unsafe { four_rows(w, p, j, Q6K_BYTES, block) }
-}
-
-/// The bytes after a group of rows, fetched a share per block: four rows read in step defeat
-/// the hardware prefetcher (measured 3× slower from memory without this; fetching each row a
-/// few blocks ahead instead was no better).
-struct Prefetch {
-    start: *const u8,
-    end: *const u8,
-    step: usize,
-}
-
-impl Prefetch {
-    /// The `len` bytes after `group` (which is `len` bytes long) that lie within `data`, in
-    /// `blocks` shares.
-    fn new(group: *const u8, len: usize, blocks: usize, data: &[u8]) -> Self {
-        let start = group.wrapping_add(len);
-        let data_end = data.as_ptr_range().end;
-        let end = if start < data_end {
-            start.wrapping_add(len.min(data_end as usize - start as usize))
-        } else {
-            start
-        };
-        Self {
-            start,
-            end,
-            step: len.div_ceil(blocks * 64) * 64,
-        }
-    }
-
-    /// Fetches share `b`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn block(&self, b: usize) {
-        let mut at = self.start.wrapping_add(b * self.step);
-        let stop = at.wrapping_add(self.step);
-        while at < self.end && at < stop {
-            // A hint: it never faults (and `at` lies within the matrix anyway).
-            _mm_prefetch::<_MM_HINT_T0>(at.cast());
-            at = at.wrapping_add(64);
-        }
-    }
 }
 
 /// `v` with 32-bit lane `c` (0..4) set to `x`.
