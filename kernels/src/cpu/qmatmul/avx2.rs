@@ -1,22 +1,18 @@
 //! AVX2 kernels (with FMA and F16C): `maddubs` (u8 × i8 pairs to i16) and `madd` (i16 pairs to
 //! i32, times the sub-block scales) for the integer dot products.
 //!
-//! Per output column (weight row) and block: the block is decoded once into registers, then
-//! for each input row its codes are multiplied in, the lanes summed to the block's exact
-//! integer total and folded into the row's output with [`step`]. The k-quants ([`kquant`])
-//! reduce and fold four totals at a time.
-
-// Loops index fixed arrays of registers by lane, row or group, as the arithmetic is written;
-// they unroll into straight-line code.
-#![allow(clippy::needless_range_loop)]
+//! Per weight row and block: the block is decoded once into registers, then each input row's
+//! codes are multiplied in, and the block's exact integer totals are summed across lanes and
+//! folded into the outputs with [`super::step`]'s recurrence four at a time: the k-quants in
+//! [`kquant`], Q8_0 and Q5_0 in [`blocks32`]. Here: what both share.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::activation::Activations;
-use super::format::{Q5_0_BYTES, Q8_0_BYTES, QK32};
-use super::{step, OutPtr, QuantFormat, QuantMatrix, MAX_ROWS};
+use super::{OutPtr, QuantFormat, QuantMatrix, MAX_ROWS};
 
+mod blocks32;
 mod kquant;
 
 /// Whether this CPU has every feature the kernels use.
@@ -43,8 +39,7 @@ pub(super) unsafe fn matmul_cols(
     unsafe {
         match w.format() {
             QuantFormat::Q4K | QuantFormat::Q6K => kquant::matmul_cols(w, &rows, cols, out),
-            QuantFormat::Q8_0 => q8_0(w, &rows, cols, out),
-            QuantFormat::Q5_0 => q5_0(w, &rows, cols, out),
+            QuantFormat::Q8_0 | QuantFormat::Q5_0 => blocks32::matmul_cols(w, &rows, cols, out),
         }
     }
 }
@@ -93,52 +88,6 @@ pub(super) unsafe fn load_f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
 }
 
-/// Sum of the 8 lanes (exact, wrapping never happens for our magnitudes).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
-}
-
-/// Writes every row's accumulator for column `j`.
-#[inline]
-unsafe fn store(out: OutPtr, j: usize, acc: &[f32; MAX_ROWS], m: usize) {
-    for r in 0..m {
-        // SAFETY: `r < m`, `j` in the caller's range (the caller's contract).
-        unsafe { out.write(r, j, acc[r]) };
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
-    let nb = w.cols() / QK32;
-    let ones = _mm256_set1_epi16(1);
-    for j in cols {
-        let mut acc = [0f32; MAX_ROWS];
-        for b in 0..nb {
-            // SAFETY: as in `q4k`.
-            unsafe {
-                let blk = w.data().as_ptr().add((j * nb + b) * Q8_0_BYTES);
-                let d = load_f16(blk);
-                let q = _mm256_loadu_si256(blk.add(2).cast());
-                let aq = _mm256_abs_epi8(q);
-                for r in 0..p.m {
-                    let xv = _mm256_load_si256(p.codes[r].add(b * QK32).cast());
-                    // |q| · (x · sign q) = q · x, with an unsigned left operand.
-                    let prod = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xv, q));
-                    let t = hsum_i32(_mm256_madd_epi16(prod, ones));
-                    acc[r] = step(acc[r], t, d, *p.scales[r].add(b));
-                }
-            }
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { store(out, j, &acc, p.m) };
-    }
-}
-
 /// The 32 5-bit values of a Q5_0 block (offset 16 not removed).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -161,32 +110,6 @@ unsafe fn q5_0_values(blk: *const u8) -> __m256i {
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
     _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
-    let nb = w.cols() / QK32;
-    let ones = _mm256_set1_epi16(1);
-    for j in cols {
-        let mut acc = [0f32; MAX_ROWS];
-        for b in 0..nb {
-            // SAFETY: as in `q4k`.
-            unsafe {
-                let blk = w.data().as_ptr().add((j * nb + b) * Q5_0_BYTES);
-                let d = load_f16(blk);
-                let q = q5_0_values(blk);
-                for r in 0..p.m {
-                    let xv = _mm256_load_si256(p.codes[r].add(b * QK32).cast());
-                    let raw = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones));
-                    // The values are q + 16: take 16 · (sum of x) back out.
-                    let t = raw - *p.fix32[r].add(b);
-                    acc[r] = step(acc[r], t, d, *p.scales[r].add(b));
-                }
-            }
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { store(out, j, &acc, p.m) };
-    }
 }
 
 /// The bytes after a group of rows read in step, fetched a share per block: four rows read in
