@@ -286,8 +286,15 @@ fn rows_are_bit_identical_alone_in_any_batch_and_any_split() {
             let f = Fixture::new(format, n, k, 40 + si as u64);
             let x = values(MAX_ROWS * k, 41 + si as u64);
             let other = values(MAX_ROWS * k, 42 + si as u64);
+            let scalar = f.run(QuantKernel::Scalar, &x, &Serial);
             for kernel in kernels() {
                 let full = f.run(kernel, &x, &Serial);
+                assert!(
+                    full.iter()
+                        .zip(&scalar)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{format:?} {n}x{k} {kernel:?}: the batch differs from the scalar kernel's"
+                );
                 for par in [&TwoThreads as &dyn ParallelFor, &Ragged] {
                     let split = f.run(kernel, &x, par);
                     assert!(

@@ -22,10 +22,10 @@
 //!   outputs. Sub-block scales then cost one multiply per sub-block for 16 columns, and the
 //!   transposition is shared by all input rows. A single row of a k-quant (plain decode) takes
 //!   a one-weight-row-at-a-time kernel instead, which streams better from memory.
-//! - AVX2: lanes along `k` (`maddubs`/`madd`). For the k-quants each block is decoded a half at
-//!   a time into registers and multiplied into up to four input rows at once; the block totals
-//!   are reduced and folded four at a time (four weight rows for 1–3 input rows, four input rows
-//!   for more).
+//! - AVX2: lanes along `k` (`maddubs`/`madd`). Block totals are reduced and folded four at a
+//!   time (four weight rows for one input row, or 1–3 for the k-quants; four input rows for
+//!   more); a k-quant block is decoded a half at a time into registers and multiplied into up to
+//!   four input rows at once.
 //! - Scalar: the reference, and the path on other CPUs.
 //!
 //! All of them read each weight block once per call. For speed, the ranges `par` hands out
@@ -34,7 +34,7 @@
 mod activation;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-// The AVX-512 intrinsics are stable since Rust 1.89; the workspace still declares 1.85.
+// The AVX-512 intrinsics are stable since Rust 1.89, the workspace's declared minimum.
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
 mod avx512;

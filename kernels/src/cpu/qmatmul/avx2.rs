@@ -1,10 +1,11 @@
 //! AVX2 kernels (with FMA and F16C): `maddubs` (u8 × i8 pairs to i16) and `madd` (i16 pairs to
 //! i32, times the sub-block scales) for the integer dot products.
 //!
-//! Per weight row and block: the block is decoded once into registers, then each input row's
-//! codes are multiplied in, and the block's exact integer totals are summed across lanes and
-//! folded into the outputs with [`super::step`]'s recurrence four at a time: the k-quants in
-//! [`kquant`], Q8_0 and Q5_0 in [`blocks32`]. Here: what both share.
+//! Per weight row and block: the block is decoded into registers (a k-quant's again for each
+//! group of four input rows past the first), each input row's codes are multiplied in, and the
+//! block's exact integer totals are summed across lanes and folded into the outputs with
+//! [`super::step`]'s recurrence four at a time: the k-quants in [`kquant`], Q8_0 and Q5_0 in
+//! [`blocks32`]. Here: what both share.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -47,6 +48,8 @@ pub(super) unsafe fn matmul_cols(
 /// Raw pointers to each input row's planes, so that the inner loops index without checks.
 pub(super) struct RowPtrs {
     pub m: usize,
+    /// Each row's codes, 64-byte aligned with a stride of a multiple of 64 bytes (`Activations`):
+    /// the kernels load 32 codes at offsets that are multiples of 32 with aligned loads.
     pub codes: [*const i8; MAX_ROWS],
     pub scales: [*const f32; MAX_ROWS],
     pub sums16: [*const i16; MAX_ROWS],
@@ -86,30 +89,6 @@ pub(super) unsafe fn load_f16(p: *const u8) -> f32 {
     // SAFETY: the caller passes a pointer to two readable bytes.
     let h = unsafe { p.cast::<u16>().read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
-}
-
-/// The 32 5-bit values of a Q5_0 block (offset 16 not removed).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_0_values(blk: *const u8) -> __m256i {
-    // SAFETY: the caller passes a whole block.
-    let (qh, qs) = unsafe {
-        (
-            blk.add(2).cast::<i32>().read_unaligned(),
-            _mm_loadu_si128(blk.add(6).cast()),
-        )
-    };
-    let low4 = _mm256_set1_epi8(0x0f);
-    let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), low4);
-    // Byte i gets byte i/8 of qh, then tests its bit i%8.
-    let spread = _mm256_setr_epi8(
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
-        3, 3,
-    );
-    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
-    _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
 }
 
 /// The bytes after a group of rows read in step, fetched a share per block: four rows read in

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{load_f16, q5_0_values, Prefetch, RowPtrs};
+use super::{load_f16, Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::{Q5_0_BYTES, Q8_0_BYTES, QK32};
 use crate::cpu::qmatmul::{OutPtr, QuantFormat, QuantMatrix, MAX_ROWS};
 
@@ -187,4 +187,28 @@ fn fold(acc: __m128, t: [__m256i; 4], dd: __m128) -> __m128 {
     let s = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
     let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
     _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(s), dd))
+}
+
+/// The 32 5-bit values of a Q5_0 block (offset 16 not removed).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_values(blk: *const u8) -> __m256i {
+    // SAFETY: the caller passes a whole block.
+    let (qh, qs) = unsafe {
+        (
+            blk.add(2).cast::<i32>().read_unaligned(),
+            _mm_loadu_si128(blk.add(6).cast()),
+        )
+    };
+    let low4 = _mm256_set1_epi8(0x0f);
+    let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), low4);
+    // Byte i gets byte i/8 of qh, then tests its bit i%8.
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
 }

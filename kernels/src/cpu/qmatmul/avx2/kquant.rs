@@ -161,7 +161,8 @@ unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
 }
 
 /// Block `b` of one weight row (at `blk`, scales `d`, `dmin`) folded into the outputs of input
-/// rows `r0..r0 + L` (`L ≤ 4`; lane `i` for row `r0 + i`, lanes from `L` on left as given).
+/// rows `r0..r0 + L` (`L ≤ 4`; lane `i` for row `r0 + i`; lanes from `L` on are never written
+/// out).
 ///
 /// # Safety
 /// `blk` points at a whole block; rows `r0..r0 + L` exist and hold block `b`.
