@@ -131,3 +131,34 @@ impl Prefetch {
         }
     }
 }
+
+/// The lane sums of four vectors: `[Σ v0, Σ v1, Σ v2, Σ v3]` (exact integer sums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn sum4(v: [__m256i; 4]) -> __m128i {
+    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
+}
+
+/// Writes `n` lanes of `v` to the outputs `at(lane)` gives (row, column).
+///
+/// # Safety
+/// Every `at(lane)` for `lane < n ≤ 4` lies within the output.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn write_lanes(
+    out: OutPtr,
+    v: __m128,
+    n: usize,
+    at: impl Fn(usize) -> (usize, usize),
+) {
+    let mut lanes = [0f32; 4];
+    // SAFETY: four floats; the outputs by the caller's contract.
+    unsafe {
+        _mm_storeu_ps(lanes.as_mut_ptr(), v);
+        for (i, &v) in lanes.iter().enumerate().take(n) {
+            let (r, j) = at(i);
+            out.write(r, j, v);
+        }
+    }
+}

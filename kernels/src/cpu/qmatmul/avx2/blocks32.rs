@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{load_f16, Prefetch, RowPtrs};
+use super::{load_f16, sum4, write_lanes, Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::{Q5_0_BYTES, Q8_0_BYTES, QK32};
 use crate::cpu::qmatmul::{OutPtr, QuantFormat, QuantMatrix, MAX_ROWS};
 
@@ -122,14 +122,8 @@ unsafe fn columns<const Q8: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<usiz
                 acc = fold(acc, t, _mm_mul_ps(d, dx));
             }
         }
-        let mut lanes = [0f32; 4];
-        // SAFETY: four floats; row 0, `j..j + 4` in the caller's range.
-        unsafe {
-            _mm_storeu_ps(lanes.as_mut_ptr(), acc);
-            for c in 0..4 {
-                out.write(0, j + c, lanes[c]);
-            }
-        }
+        // SAFETY: row 0, `j..j + 4` in the caller's range.
+        unsafe { write_lanes(out, acc, 4, |c| (0, j + c)) };
         j += 4;
     }
     if j < cols.end {
@@ -168,14 +162,9 @@ unsafe fn row_lanes<const Q8: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
             }
         }
         for g in 0..p.m.div_ceil(4) {
-            let mut lanes = [0f32; 4];
-            // SAFETY: four floats; rows `4g + i < m`, `j` in the caller's range.
-            unsafe {
-                _mm_storeu_ps(lanes.as_mut_ptr(), acc[g]);
-                for i in 0..(p.m - 4 * g).min(4) {
-                    out.write(4 * g + i, j, lanes[i]);
-                }
-            }
+            let rows = (p.m - 4 * g).min(4);
+            // SAFETY: rows `4g + i < m`, `j` in the caller's range.
+            unsafe { write_lanes(out, acc[g], rows, |i| (4 * g + i, j)) };
         }
     }
 }
@@ -184,9 +173,7 @@ unsafe fn row_lanes<const Q8: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn fold(acc: __m128, t: [__m256i; 4], dd: __m128) -> __m128 {
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(t[0], t[1]), _mm256_hadd_epi32(t[2], t[3]));
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-    _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(s), dd))
+    _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(sum4(t)), dd))
 }
 
 /// The 32 5-bit values of a Q5_0 block (offset 16 not removed).

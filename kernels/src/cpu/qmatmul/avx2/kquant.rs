@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{load_f16, Prefetch, RowPtrs};
+use super::{load_f16, sum4, write_lanes, Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::{q4k_scales_mins, Q4K_BYTES, Q6K_BYTES, QK_K};
 use crate::cpu::qmatmul::QuantMatrix;
 use crate::cpu::qmatmul::{OutPtr, QuantFormat, MAX_ROWS};
@@ -275,32 +275,6 @@ unsafe fn scales<const Q4: bool>(blk: *const u8) -> (f32, f32) {
             (load_f16(blk.add(208)), 0.0)
         }
     }
-}
-
-/// Writes `n` lanes of `v` to the outputs `at(lane)` gives (row, column).
-///
-/// # Safety
-/// Every `at(lane)` for `lane < n ≤ 4` lies within the output.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn write_lanes(out: OutPtr, v: __m128, n: usize, at: impl Fn(usize) -> (usize, usize)) {
-    let mut lanes = [0f32; 4];
-    // SAFETY: four floats; the outputs by the caller's contract.
-    unsafe {
-        _mm_storeu_ps(lanes.as_mut_ptr(), v);
-        for i in 0..n {
-            let (r, j) = at(i);
-            out.write(r, j, lanes[i]);
-        }
-    }
-}
-
-/// The lane sums of four vectors: `[Σ v0, Σ v1, Σ v2, Σ v3]` (exact integer sums).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn sum4(v: [__m256i; 4]) -> __m128i {
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
 }
 
 /// `v` with lane `i` (0..4) set to `x`.

@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use crate::cpu::qmatmul::avx2::load_f16;
-use crate::cpu::qmatmul::avx2::{Prefetch, RowPtrs};
+use crate::cpu::qmatmul::avx2::{sum4, Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::q4k_scales_mins;
 use crate::cpu::qmatmul::format::{Q4K_BYTES, Q6K_BYTES, QK_K};
 use crate::cpu::qmatmul::{step, step_min, MAX_ROWS};
@@ -225,14 +225,6 @@ fn insert32(v: __m128i, c: usize, x: i32) -> __m128i {
         2 => _mm_insert_epi32::<2>(v, x),
         _ => _mm_insert_epi32::<3>(v, x),
     }
-}
-
-/// The lane sums of four vectors: `[Σ v0, Σ v1, Σ v2, Σ v3]` (exact integer sums).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn sum4(v: [__m256i; 4]) -> __m128i {
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
 }
 
 /// Four 64-weight parts against 256 codes: `vpdpbusd` pairs packed to 16 bits, times their
