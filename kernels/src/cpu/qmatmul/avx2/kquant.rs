@@ -2,15 +2,16 @@
 //! `madd` (i16 pairs times the sub-block scales to i32) for each block's exact integer dot
 //! product.
 //!
-//! A block is decoded half by half (4 parts of 32 values and their scales: 8 registers), and
-//! each half is multiplied into up to four input rows' accumulators at once, so that the
+//! A block is decoded a part at a time (Q4_K a quarter: 2 parts of 32 values and their scales,
+//! 4 registers; Q6_K a half: 4 parts, 8 registers), and each part is multiplied into every
+//! input row of a pass (up to four, or the 5–7 rows of a verification) at once, so that the
 //! decoded values stay in registers and only the input codes are read per row. Reducing each
 //! (input row, weight row, block) total across the 8 lanes and folding it into its output is
 //! done four totals at a time:
 //! - up to 3 input rows (decode, short drafts): four weight rows at a time, the next four
 //!   prefetched a share per block, lane `c` of a float step the output of weight row `j + c`;
-//! - more rows (verification): one weight row at a time, lane `i` of a float step the output
-//!   of input row `4g + i`.
+//! - more rows (verification, prefill): one weight row at a time, lane `i` of a float step the
+//!   output of input row `4g + i`; 5–7 rows in one pass over the block, more in passes of four.
 //!
 //! Every lane runs [`super::super::step`]'s recurrence on the exact block totals, so the outputs
 //! are the scalar kernel's bit for bit.
@@ -118,7 +119,8 @@ unsafe fn columns<const Q4: bool, const R: usize>(
 }
 
 /// Every input row against weight rows `cols`, one weight row at a time, four input rows at a
-/// time: lane `i` of a float step the output of input row `4g + i`.
+/// time (5–7 rows in one pass, [`rows_pass`]): lane `i` of a float step the output of input
+/// row `4g + i`.
 ///
 /// # Safety
 /// As for [`matmul_cols`].
@@ -126,7 +128,10 @@ unsafe fn columns<const Q4: bool, const R: usize>(
 unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
     let nb = w.cols() / QK_K;
     let bytes = block_bytes(Q4);
-    let (full, tail) = (p.m / 4, p.m % 4);
+    // 5–7 rows (a verification's k + 1) in one pass: four and a tail of 1–3 would decode
+    // each block twice and fold the tail's lanes for one to three rows.
+    let one_pass = (5..=7).contains(&p.m);
+    let (full, tail) = if one_pass { (0, 0) } else { (p.m / 4, p.m % 4) };
     for j in cols {
         let mut acc = [_mm_setzero_ps(); MAX_ROWS / 4];
         for b in 0..nb {
@@ -139,6 +144,14 @@ unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
                     _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(AHEAD + 64 * line).cast());
                 }
                 let (d, dmin) = scales::<Q4>(blk);
+                if one_pass {
+                    let a = [acc[0], acc[1]];
+                    [acc[0], acc[1]] = match p.m {
+                        5 => rows_pass::<Q4, 5>(a, blk, d, dmin, p, b),
+                        6 => rows_pass::<Q4, 6>(a, blk, d, dmin, p, b),
+                        _ => rows_pass::<Q4, 7>(a, blk, d, dmin, p, b),
+                    };
+                }
                 for g in 0..full {
                     acc[g] = rows_step::<Q4, 4>(acc[g], blk, d, dmin, p, 4 * g, b);
                 }
@@ -192,9 +205,48 @@ unsafe fn rows_step<const Q4: bool, const L: usize>(
     fold::<Q4>(acc, sum4(t), sum4(m), dd, _mm_set1_ps(dmin), dx)
 }
 
+/// Block `b` of one weight row folded into the outputs of input rows `0..L` (`5 ≤ L ≤ 8`)
+/// in one pass over the decoded block: lane `i` of `acc[i / 4]` for row `i`.
+///
+/// # Safety
+/// `blk` points at a whole block; rows `0..L` exist and hold block `b`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_pass<const Q4: bool, const L: usize>(
+    acc: [__m128; 2],
+    blk: *const u8,
+    d: f32,
+    dmin: f32,
+    p: &RowPtrs,
+    b: usize,
+) -> [__m128; 2] {
+    let mut t = [_mm256_setzero_si256(); 8];
+    let mut m = t;
+    let mut dx = [_mm_setzero_ps(); 2];
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (tl, ml) = totals::<Q4, L>(blk, p, 0, b);
+        for i in 0..L {
+            (t[i], m[i]) = (tl[i], ml[i]);
+            dx[i / 4] = insert_lane(dx[i / 4], i % 4, *p.scales[i].add(b));
+        }
+    }
+    let mut out = acc;
+    for q in 0..2 {
+        let (tq, mq) = (
+            [t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]],
+            [m[4 * q], m[4 * q + 1], m[4 * q + 2], m[4 * q + 3]],
+        );
+        let dd = _mm_mul_ps(_mm_set1_ps(d), dx[q]);
+        out[q] = fold::<Q4>(acc[q], sum4(tq), sum4(mq), dd, _mm_set1_ps(dmin), dx[q]);
+    }
+    out
+}
+
 /// Input rows `r0..r0 + L` against block `b` of one weight row (at `blk`): each row's total `T`
 /// (Q6_K with the offset taken out) and, for Q4_K, its minimum term `M`, still spread over 8
-/// lanes. The block is decoded a half at a time, each half multiplied into all `L` rows.
+/// lanes. The block is decoded a quarter (Q4_K) or half (Q6_K) at a time, each multiplied into
+/// all `L` rows.
 ///
 /// # Safety
 /// `blk` points at a whole block; rows `r0..r0 + L` exist and hold block `b`.
@@ -211,18 +263,24 @@ unsafe fn totals<const Q4: bool, const L: usize>(
     // SAFETY: the caller's contract.
     unsafe {
         let (scales, extra) = if Q4 { q4k_scales(blk) } else { q6k_scales(blk) };
+        // Q4_K by quarters (2 parts), Q6_K by halves (4 parts: its high bits come 4 parts to
+        // a load); either way one decode for all `L` rows.
+        let parts = if Q4 { 2 } else { 4 };
         for h in 0..2 {
-            let (q, s) = if Q4 {
-                q4k_half(blk, &scales, h)
-            } else {
-                q6k_half(blk, scales[0], h)
-            };
-            for i in 0..L {
-                let x = p.codes[r0 + i].add(b * QK_K + 128 * h);
-                for k in 0..4 {
-                    let xv = _mm256_load_si256(x.add(32 * k).cast());
-                    let prod = _mm256_maddubs_epi16(q[k], xv);
-                    t[i] = _mm256_add_epi32(t[i], _mm256_madd_epi16(prod, s[k]));
+            for g in 0..4 / parts {
+                let (q, s) = if Q4 {
+                    let (q, s) = q4k_quarter(blk, &scales, h, g);
+                    ([q[0], q[1], q[0], q[1]], [s[0], s[1], s[0], s[1]])
+                } else {
+                    q6k_half(blk, scales[0], h)
+                };
+                for i in 0..L {
+                    let x = p.codes[r0 + i].add(b * QK_K + 128 * h + 64 * g);
+                    for k in 0..parts {
+                        let xv = _mm256_load_si256(x.add(32 * k).cast());
+                        let prod = _mm256_maddubs_epi16(q[k], xv);
+                        t[i] = _mm256_add_epi32(t[i], _mm256_madd_epi16(prod, s[k]));
+                    }
                 }
             }
         }
@@ -330,33 +388,34 @@ unsafe fn q4k_scales(blk: *const u8) -> ([__m256i; 2], __m256i) {
     (halves, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn)))
 }
 
-/// Q4_K, half `h` of the block (weights `128h..128h + 128`): its 4 parts' values and scales.
+/// Q4_K, quarter `g` of half `h` of the block (weights `128h + 64g..+ 64`): its 2 parts'
+/// values and scales.
 ///
 /// # Safety
 /// `blk` points at a whole block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_half(
+unsafe fn q4k_quarter(
     blk: *const u8,
     scales: &[__m256i; 2],
     h: usize,
-) -> ([__m256i; 4], [__m256i; 4]) {
+    g: usize,
+) -> ([__m256i; 2], [__m256i; 2]) {
     let low4 = _mm256_set1_epi8(0x0f);
-    let mut q = [_mm256_setzero_si256(); 4];
-    let mut s = q;
-    for g in 0..2 {
-        // SAFETY: the caller passes a whole block; `SPLAT16` rows are 16 bytes.
-        unsafe {
-            let v = _mm256_loadu_si256(blk.add(16 + 64 * h + 32 * g).cast());
-            q[2 * g] = _mm256_and_si256(v, low4);
-            q[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-            for k in 0..2 {
-                let pat = _mm_loadu_si128(SPLAT16[2 * g + k].as_ptr().cast());
-                s[2 * g + k] = _mm256_shuffle_epi8(scales[h], _mm256_broadcastsi128_si256(pat));
-            }
+    // SAFETY: the caller passes a whole block; `SPLAT16` rows are 16 bytes.
+    unsafe {
+        let v = _mm256_loadu_si256(blk.add(16 + 64 * h + 32 * g).cast());
+        let q = [
+            _mm256_and_si256(v, low4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4),
+        ];
+        let mut s = q;
+        for k in 0..2 {
+            let pat = _mm_loadu_si128(SPLAT16[2 * g + k].as_ptr().cast());
+            s[k] = _mm256_shuffle_epi8(scales[h], _mm256_broadcastsi128_si256(pat));
         }
+        (q, s)
     }
-    (q, s)
 }
 
 /// Q6_K: the 16 scales as i16 (element 0, and again as the second value).
