@@ -119,7 +119,7 @@ unsafe fn columns<const Q4: bool, const R: usize>(
 }
 
 /// Every input row against weight rows `cols`, one weight row at a time, four input rows at a
-/// time (5–7 rows in one pass, [`rows_pass`]): lane `i` of a float step the output of input
+/// time (5–7 rows in one pass): lane `i` of a float step the output of input
 /// row `4g + i`.
 ///
 /// # Safety
@@ -128,12 +128,16 @@ unsafe fn columns<const Q4: bool, const R: usize>(
 unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
     let nb = w.cols() / QK_K;
     let bytes = block_bytes(Q4);
-    // 5–7 rows (a verification's k + 1) in one pass: four and a tail of 1–3 would decode
-    // each block twice and fold the tail's lanes for one to three rows.
-    let one_pass = (5..=7).contains(&p.m);
-    let (full, tail) = if one_pass { (0, 0) } else { (p.m / 4, p.m % 4) };
+    // 5–7 rows (a verification's k + 1) are one pass, as a tail: four and a tail of 1–3 would
+    // decode each block twice and fold the tail's lanes for one to three rows.
+    let (full, tail) = if (5..=7).contains(&p.m) {
+        (0, p.m)
+    } else {
+        (p.m / 4, p.m % 4)
+    };
     for j in cols {
-        let mut acc = [_mm_setzero_ps(); MAX_ROWS / 4];
+        // One step more than rows need: a tail's second step may lie past the last.
+        let mut acc = [_mm_setzero_ps(); MAX_ROWS / 4 + 1];
         for b in 0..nb {
             // SAFETY: block `b` of row `j` lies within the data, every row's planes hold
             // block `b` (the caller's contract).
@@ -144,23 +148,19 @@ unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
                     _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(AHEAD + 64 * line).cast());
                 }
                 let (d, dmin) = scales::<Q4>(blk);
-                if one_pass {
-                    let a = [acc[0], acc[1]];
-                    [acc[0], acc[1]] = match p.m {
-                        5 => rows_pass::<Q4, 5>(a, blk, d, dmin, p, b),
-                        6 => rows_pass::<Q4, 6>(a, blk, d, dmin, p, b),
-                        _ => rows_pass::<Q4, 7>(a, blk, d, dmin, p, b),
-                    };
-                }
                 for g in 0..full {
-                    acc[g] = rows_step::<Q4, 4>(acc[g], blk, d, dmin, p, 4 * g, b);
+                    let a = [acc[g], _mm_setzero_ps()];
+                    acc[g] = rows_step::<Q4, 4>(a, blk, d, dmin, p, 4 * g, b)[0];
                 }
                 if tail > 0 {
-                    let (a, r0) = (&mut acc[full], 4 * full);
-                    *a = match tail {
-                        1 => rows_step::<Q4, 1>(*a, blk, d, dmin, p, r0, b),
-                        2 => rows_step::<Q4, 2>(*a, blk, d, dmin, p, r0, b),
-                        _ => rows_step::<Q4, 3>(*a, blk, d, dmin, p, r0, b),
+                    let (a, r0) = ([acc[full], acc[full + 1]], 4 * full);
+                    [acc[full], acc[full + 1]] = match tail {
+                        1 => rows_step::<Q4, 1>(a, blk, d, dmin, p, r0, b),
+                        2 => rows_step::<Q4, 2>(a, blk, d, dmin, p, r0, b),
+                        3 => rows_step::<Q4, 3>(a, blk, d, dmin, p, r0, b),
+                        5 => rows_step::<Q4, 5>(a, blk, d, dmin, p, r0, b),
+                        6 => rows_step::<Q4, 6>(a, blk, d, dmin, p, r0, b),
+                        _ => rows_step::<Q4, 7>(a, blk, d, dmin, p, r0, b),
                     };
                 }
             }
@@ -174,50 +174,21 @@ unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<us
 }
 
 /// Block `b` of one weight row (at `blk`, scales `d`, `dmin`) folded into the outputs of input
-/// rows `r0..r0 + L` (`L ≤ 4`; lane `i` for row `r0 + i`; lanes from `L` on are never written
-/// out).
+/// rows `r0..r0 + L` (`L ≤ 8`, in one pass over the decoded block; lane `i` of `acc[i / 4]` for
+/// row `r0 + i`; lanes from `L` on are never written out, and `acc[1]` comes back as it was
+/// for `L ≤ 4`).
 ///
 /// # Safety
 /// `blk` points at a whole block; rows `r0..r0 + L` exist and hold block `b`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_step<const Q4: bool, const L: usize>(
-    acc: __m128,
-    blk: *const u8,
-    d: f32,
-    dmin: f32,
-    p: &RowPtrs,
-    r0: usize,
-    b: usize,
-) -> __m128 {
-    let mut t = [_mm256_setzero_si256(); 4];
-    let mut m = t;
-    let mut dx = _mm_setzero_ps();
-    // SAFETY: the caller's contract.
-    unsafe {
-        let (tl, ml) = totals::<Q4, L>(blk, p, r0, b);
-        for i in 0..L {
-            (t[i], m[i]) = (tl[i], ml[i]);
-            dx = insert_lane(dx, i, *p.scales[r0 + i].add(b));
-        }
-    }
-    let dd = _mm_mul_ps(_mm_set1_ps(d), dx);
-    fold::<Q4>(acc, sum4(t), sum4(m), dd, _mm_set1_ps(dmin), dx)
-}
-
-/// Block `b` of one weight row folded into the outputs of input rows `0..L` (`5 ≤ L ≤ 8`)
-/// in one pass over the decoded block: lane `i` of `acc[i / 4]` for row `i`.
-///
-/// # Safety
-/// `blk` points at a whole block; rows `0..L` exist and hold block `b`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_pass<const Q4: bool, const L: usize>(
     acc: [__m128; 2],
     blk: *const u8,
     d: f32,
     dmin: f32,
     p: &RowPtrs,
+    r0: usize,
     b: usize,
 ) -> [__m128; 2] {
     let mut t = [_mm256_setzero_si256(); 8];
@@ -225,14 +196,14 @@ unsafe fn rows_pass<const Q4: bool, const L: usize>(
     let mut dx = [_mm_setzero_ps(); 2];
     // SAFETY: the caller's contract.
     unsafe {
-        let (tl, ml) = totals::<Q4, L>(blk, p, 0, b);
+        let (tl, ml) = totals::<Q4, L>(blk, p, r0, b);
         for i in 0..L {
             (t[i], m[i]) = (tl[i], ml[i]);
-            dx[i / 4] = insert_lane(dx[i / 4], i % 4, *p.scales[i].add(b));
+            dx[i / 4] = insert_lane(dx[i / 4], i % 4, *p.scales[r0 + i].add(b));
         }
     }
     let mut out = acc;
-    for q in 0..2 {
+    for q in 0..L.div_ceil(4) {
         let (tq, mq) = (
             [t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]],
             [m[4 * q], m[4 * q + 1], m[4 * q + 2], m[4 * q + 3]],
