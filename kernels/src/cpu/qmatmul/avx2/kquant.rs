@@ -2,16 +2,17 @@
 //! `madd` (i16 pairs times the sub-block scales to i32) for each block's exact integer dot
 //! product.
 //!
-//! A block is decoded a part at a time (Q4_K a quarter: 2 parts of 32 values and their scales,
-//! 4 registers; Q6_K a half: 4 parts, 8 registers), and each part is multiplied into every
-//! input row of a pass (up to four, or the 5–7 rows of a verification) at once, so that the
+//! A block is decoded a quarter at a time (2 parts of 32 values and their scales, 4 registers),
+//! and each part is multiplied into every input row of a pass (up to 8) at once, so that the
 //! decoded values stay in registers and only the input codes are read per row. Reducing each
 //! (input row, weight row, block) total across the 8 lanes and folding it into its output is
 //! done four totals at a time:
 //! - up to 3 input rows (decode, short drafts): four weight rows at a time, the next four
 //!   prefetched a share per block, lane `c` of a float step the output of weight row `j + c`;
 //! - more rows (verification, prefill): one weight row at a time, lane `i` of a float step the
-//!   output of input row `4g + i`; 5–7 rows in one pass over the block, more in passes of four.
+//!   output of input row `r0 + 4q + i`; up to 8 rows (a verification's k + 1) in one pass over
+//!   the weight row, its outputs in registers throughout; more in passes of 8 and one of the
+//!   rest.
 //!
 //! Every lane runs [`super::super::step`]'s recurrence on the exact block totals, so the outputs
 //! are the scalar kernel's bit for bit.
@@ -26,9 +27,9 @@ use std::ops::Range;
 use super::{load_f16, sum4, write_lanes, Prefetch, RowPtrs};
 use crate::cpu::qmatmul::format::{q4k_scales_mins, Q4K_BYTES, Q6K_BYTES, QK_K};
 use crate::cpu::qmatmul::QuantMatrix;
-use crate::cpu::qmatmul::{OutPtr, QuantFormat, MAX_ROWS};
+use crate::cpu::qmatmul::{OutPtr, QuantFormat};
 
-/// How far ahead of the block it reads [`row_lanes`] fetches the weights, in bytes.
+/// How far ahead of the block it reads [`row_pass`] fetches the weights, in bytes.
 const AHEAD: usize = 1024;
 
 /// Computes output columns `cols` (weight rows) of a k-quant matrix for every input row.
@@ -118,58 +119,68 @@ unsafe fn columns<const Q4: bool, const R: usize>(
     }
 }
 
-/// Every input row against weight rows `cols`, one weight row at a time, four input rows at a
-/// time (5–7 rows in one pass): lane `i` of a float step the output of input
-/// row `4g + i`.
+/// Every input row against weight rows `cols`, one weight row at a time, up to 8 input rows
+/// (a verification's k + 1) in one pass over the row's blocks ([`row_pass`]); more (prefill,
+/// a long verification) in passes of 8 and a last of the rest, each decoding the row's blocks
+/// again (from L1 after the first).
 ///
 /// # Safety
 /// As for [`matmul_cols`].
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_lanes<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
-    let nb = w.cols() / QK_K;
-    let bytes = block_bytes(Q4);
-    // 5–7 rows (a verification's k + 1) are one pass, as a tail: four and a tail of 1–3 would
-    // decode each block twice and fold the tail's lanes for one to three rows.
-    let (full, tail) = if (5..=7).contains(&p.m) {
-        (0, p.m)
-    } else {
-        (p.m / 4, p.m % 4)
-    };
     for j in cols {
-        // One step more than rows need: a tail's second step may lie past the last.
-        let mut acc = [_mm_setzero_ps(); MAX_ROWS / 4 + 1];
-        for b in 0..nb {
-            // SAFETY: block `b` of row `j` lies within the data, every row's planes hold
-            // block `b` (the caller's contract).
+        for r0 in (0..p.m).step_by(8) {
+            // SAFETY (the passes): forwarded from the caller; rows `r0..r0 + L` exist.
             unsafe {
-                let blk = w.data().as_ptr().add((j * nb + b) * bytes);
-                // The blocks ahead: a hint, which never faults.
-                for line in 0..bytes.div_ceil(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(AHEAD + 64 * line).cast());
-                }
-                let (d, dmin) = scales::<Q4>(blk);
-                for g in 0..full {
-                    let a = [acc[g], _mm_setzero_ps()];
-                    acc[g] = rows_step::<Q4, 4>(a, blk, d, dmin, p, 4 * g, b)[0];
-                }
-                if tail > 0 {
-                    let (a, r0) = ([acc[full], acc[full + 1]], 4 * full);
-                    [acc[full], acc[full + 1]] = match tail {
-                        1 => rows_step::<Q4, 1>(a, blk, d, dmin, p, r0, b),
-                        2 => rows_step::<Q4, 2>(a, blk, d, dmin, p, r0, b),
-                        3 => rows_step::<Q4, 3>(a, blk, d, dmin, p, r0, b),
-                        5 => rows_step::<Q4, 5>(a, blk, d, dmin, p, r0, b),
-                        6 => rows_step::<Q4, 6>(a, blk, d, dmin, p, r0, b),
-                        _ => rows_step::<Q4, 7>(a, blk, d, dmin, p, r0, b),
-                    };
+                match p.m - r0 {
+                    1 => row_pass::<Q4, 1>(w, p, j, r0, out),
+                    2 => row_pass::<Q4, 2>(w, p, j, r0, out),
+                    3 => row_pass::<Q4, 3>(w, p, j, r0, out),
+                    4 => row_pass::<Q4, 4>(w, p, j, r0, out),
+                    5 => row_pass::<Q4, 5>(w, p, j, r0, out),
+                    6 => row_pass::<Q4, 6>(w, p, j, r0, out),
+                    7 => row_pass::<Q4, 7>(w, p, j, r0, out),
+                    _ => row_pass::<Q4, 8>(w, p, j, r0, out),
                 }
             }
         }
-        for g in 0..p.m.div_ceil(4) {
-            let rows = (p.m - 4 * g).min(4);
-            // SAFETY: rows `4g + i < m`, `j` in the caller's range.
-            unsafe { write_lanes(out, acc[g], rows, |i| (4 * g + i, j)) };
+    }
+}
+
+/// Input rows `r0..r0 + L` (`L ≤ 8`) against weight row `j` in one pass over its blocks, the
+/// outputs in two float steps held in registers (lane `i` of step `q` for row `r0 + 4q + i`),
+/// then written.
+///
+/// # Safety
+/// As for [`matmul_cols`], with rows `r0..r0 + L` and weight row `j` in range.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_pass<const Q4: bool, const L: usize>(
+    w: &QuantMatrix,
+    p: &RowPtrs,
+    j: usize,
+    r0: usize,
+    out: OutPtr,
+) {
+    let nb = w.cols() / QK_K;
+    let bytes = block_bytes(Q4);
+    let mut acc = [_mm_setzero_ps(); 2];
+    for b in 0..nb {
+        // SAFETY: block `b` of row `j` lies within the data, every row's planes hold block `b`
+        // (the caller's contract).
+        unsafe {
+            let blk = w.data().as_ptr().add((j * nb + b) * bytes);
+            // The blocks ahead: a hint, which never faults.
+            for line in 0..bytes.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(AHEAD + 64 * line).cast());
+            }
+            let (d, dmin) = scales::<Q4>(blk);
+            acc = rows_step::<Q4, L>(acc, blk, d, dmin, p, r0, b);
         }
+    }
+    for q in 0..L.div_ceil(4) {
+        let rows = (L - 4 * q).min(4);
+        // SAFETY: rows `r0 + 4q + i < r0 + L`, `j` in range.
+        unsafe { write_lanes(out, acc[q], rows, |i| (r0 + 4 * q + i, j)) };
     }
 }
 
@@ -216,8 +227,7 @@ unsafe fn rows_step<const Q4: bool, const L: usize>(
 
 /// Input rows `r0..r0 + L` against block `b` of one weight row (at `blk`): each row's total `T`
 /// (Q6_K with the offset taken out) and, for Q4_K, its minimum term `M`, still spread over 8
-/// lanes. The block is decoded a quarter (Q4_K) or half (Q6_K) at a time, each multiplied into
-/// all `L` rows.
+/// lanes. The block is decoded a quarter at a time, each quarter multiplied into all `L` rows.
 ///
 /// # Safety
 /// `blk` points at a whole block; rows `r0..r0 + L` exist and hold block `b`.
@@ -234,21 +244,25 @@ unsafe fn totals<const Q4: bool, const L: usize>(
     // SAFETY: the caller's contract.
     unsafe {
         let (scales, extra) = if Q4 { q4k_scales(blk) } else { q6k_scales(blk) };
-        // Q4_K by quarters (2 parts), Q6_K by halves (4 parts: its high bits come 4 parts to
-        // a load); either way one decode for all `L` rows.
-        let parts = if Q4 { 2 } else { 4 };
+        // A quarter of the block at a time (2 parts of 32 values), one decode for all `L` rows.
         for h in 0..2 {
-            for g in 0..4 / parts {
+            for g in 0..2 {
                 let (q, s) = if Q4 {
-                    let (q, s) = q4k_quarter(blk, &scales, h, g);
-                    ([q[0], q[1], q[0], q[1]], [s[0], s[1], s[0], s[1]])
+                    q4k_quarter(blk, &scales, h, g)
                 } else {
-                    q6k_half(blk, scales[0], h)
+                    q6k_quarter(blk, scales[0], h, g)
                 };
                 for i in 0..L {
-                    let x = p.codes[r0 + i].add(b * QK_K + 128 * h + 64 * g);
-                    for k in 0..parts {
-                        let xv = _mm256_load_si256(x.add(32 * k).cast());
+                    let x = p.codes[r0 + i].add(b * QK_K + 128 * h);
+                    for k in 0..2 {
+                        // Q4_K's quarter g is values 64g..64g + 64 of the half; Q6_K's its
+                        // parts g and g + 2.
+                        let at = if Q4 {
+                            64 * g + 32 * k
+                        } else {
+                            32 * (g + 2 * k)
+                        };
+                        let xv = _mm256_load_si256(x.add(at).cast());
                         let prod = _mm256_maddubs_epi16(q[k], xv);
                         t[i] = _mm256_add_epi32(t[i], _mm256_madd_epi16(prod, s[k]));
                     }
@@ -401,14 +415,20 @@ unsafe fn q6k_scales(blk: *const u8) -> ([__m256i; 2], __m256i) {
     ([sc, sc], sc)
 }
 
-/// Q6_K, half `h` of the block (weights `128h..128h + 128`): its 4 parts' values (q + 32) and
-/// the scales of their two 16-value halves (in the low and high 8 i16 lanes).
+/// Q6_K, parts `g` and `g + 2` of half `h` of the block (weights `128h + 32g..+ 32` and
+/// `128h + 32(g + 2)..+ 32`, the low and high nibbles of one 32-byte load of low bits): their
+/// values (q + 32) and the scales of their two 16-value halves (low and high 8 i16 lanes).
 ///
 /// # Safety
 /// `blk` points at a whole block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_half(blk: *const u8, sc: __m256i, h: usize) -> ([__m256i; 4], [__m256i; 4]) {
+unsafe fn q6k_quarter(
+    blk: *const u8,
+    sc: __m256i,
+    h: usize,
+    g: usize,
+) -> ([__m256i; 2], [__m256i; 2]) {
     let low4 = _mm256_set1_epi8(0x0f);
     let bits45 = _mm256_set1_epi8(0x30);
     // The scale pair of a part (i16 lanes 2t, 2t + 1) to the low and high 8 lanes.
@@ -416,28 +436,30 @@ unsafe fn q6k_half(blk: *const u8, sc: __m256i, h: usize) -> ([__m256i; 4], [__m
         0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
         2, 3,
     );
-    let mut s = [_mm256_setzero_si256(); 4];
-    for k in 0..4 {
-        let both = _mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32((4 * h + k) as i32));
+    let mut s = [_mm256_setzero_si256(); 2];
+    for k in 0..2 {
+        let part = (4 * h + g + 2 * k) as i32;
+        let both = _mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(part));
         s[k] = _mm256_shuffle_epi8(both, pair);
     }
     // SAFETY: the caller passes a whole block.
-    let (l0, l1, hb) = unsafe {
+    let (l, hb) = unsafe {
         (
-            _mm256_loadu_si256(blk.add(64 * h).cast()),
-            _mm256_loadu_si256(blk.add(64 * h + 32).cast()),
+            _mm256_loadu_si256(blk.add(64 * h + 32 * g).cast()),
             _mm256_loadu_si256(blk.add(128 + 32 * h).cast()),
         )
     };
-    let lo = |v| _mm256_and_si256(v, low4);
-    let hi = |v| _mm256_and_si256(v, bits45);
+    // Part g's high bits are bits 2g, 2g + 1 of each byte of `hb`, part g + 2's bits 2g + 4, 2g + 5.
+    let (ha, hb2) = if g == 0 {
+        (_mm256_slli_epi16::<4>(hb), hb)
+    } else {
+        (_mm256_slli_epi16::<2>(hb), _mm256_srli_epi16::<2>(hb))
+    };
     let q = [
-        _mm256_or_si256(lo(l0), hi(_mm256_slli_epi16::<4>(hb))),
-        _mm256_or_si256(lo(l1), hi(_mm256_slli_epi16::<2>(hb))),
-        _mm256_or_si256(lo(_mm256_srli_epi16::<4>(l0)), hi(hb)),
+        _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(ha, bits45)),
         _mm256_or_si256(
-            lo(_mm256_srli_epi16::<4>(l1)),
-            hi(_mm256_srli_epi16::<2>(hb)),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(l), low4),
+            _mm256_and_si256(hb2, bits45),
         ),
     ];
     (q, s)
