@@ -2,7 +2,7 @@
 //! for 1 to 16 input rows, on 1 and 2 threads.
 //!
 //! `cargo run --release -p specd-kernels --example qmatmul_bench [-- --quick] [-- --threads N]`
-//! (`--shape I` runs only the I-th shape, `--rows M` one row count, `--ours` skips candle).
+//! (`--shape I` runs only the I-th shape, `--rows M` one row count (any, up to the kernels' 16), `--ours` skips candle).
 //!
 //! Candle sizes its thread pool once per process from `CANDLE_NUM_THREADS`, so each thread
 //! count runs in a child process of its own. Weight blocks are random bytes (with sane block
@@ -205,10 +205,10 @@ fn time_pass(calls: usize, mut f: impl FnMut(usize)) -> f64 {
 }
 
 fn run(threads: usize, opts: &Opts) {
-    let rows: Vec<usize> = ROWS
-        .into_iter()
-        .filter(|&m| opts.rows.is_none_or(|r| r == m))
-        .collect();
+    let rows: Vec<usize> = match opts.rows {
+        Some(m) => vec![m],
+        None => ROWS.to_vec(),
+    };
     let pool = (threads > 1).then(|| SpinPool::new(threads));
     let par: &dyn ParallelFor = match &pool {
         Some(p) => p,

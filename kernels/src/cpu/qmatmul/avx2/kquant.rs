@@ -7,9 +7,9 @@
 //! decoded values stay in registers and only the input codes are read per row. Reducing each
 //! (input row, weight row, block) total across the 8 lanes and folding it into its output is
 //! done four totals at a time:
-//! - up to 3 input rows (decode, short drafts): four weight rows at a time, the next four
-//!   prefetched a share per block, lane `c` of a float step the output of weight row `j + c`;
-//! - more rows (verification, prefill): one weight row at a time, lane `i` of a float step the
+//! - one input row (decode): four weight rows at a time, the next four prefetched a share per
+//!   block, lane `c` of a float step the output of weight row `j + c`;
+//! - more rows (short drafts, verification, prefill): one weight row at a time, lane `i` of a float step the
 //!   output of input row `r0 + 4q + i`; up to 8 rows (a verification's k + 1) in one pass over
 //!   the weight row, its outputs in registers throughout; more in passes of 8 and one of the
 //!   rest.
@@ -40,14 +40,12 @@ const AHEAD: usize = 1024;
 pub(super) unsafe fn matmul_cols(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
     // SAFETY (all): forwarded from the caller.
     unsafe {
+        // One row (decode) four weight rows at a time; more one weight row at a time (2 and 3
+        // rows went that way too when it measured faster: BENCHMARKS.md, session 37).
         match (w.format() == QuantFormat::Q4K, p.m) {
             (true, 1) => columns::<true, 1>(w, p, cols, out),
-            (true, 2) => columns::<true, 2>(w, p, cols, out),
-            (true, 3) => columns::<true, 3>(w, p, cols, out),
             (true, _) => row_lanes::<true>(w, p, cols, out),
             (false, 1) => columns::<false, 1>(w, p, cols, out),
-            (false, 2) => columns::<false, 2>(w, p, cols, out),
-            (false, 3) => columns::<false, 3>(w, p, cols, out),
             (false, _) => row_lanes::<false>(w, p, cols, out),
         }
     }
@@ -62,8 +60,9 @@ const fn block_bytes(q4: bool) -> usize {
     }
 }
 
-/// `R` input rows (`p.m`) against weight rows `cols`, four weight rows at a time (the rest
-/// by [`row_lanes`]): lane `c` of each row's float step the output of weight row `j + c`.
+/// `R` input rows (`p.m`; only one row takes it now, though 2–3 would work) against weight
+/// rows `cols`, four weight rows at a time (the rest by [`row_lanes`]): lane `c` of each row's
+/// float step the output of weight row `j + c`.
 ///
 /// # Safety
 /// As for [`matmul_cols`], with `p.m == R`.
