@@ -2,7 +2,8 @@
 //! for 1 to 16 input rows, on 1 and 2 threads.
 //!
 //! `cargo run --release -p specd-kernels --example qmatmul_bench [-- --quick] [-- --threads N]`
-//! (`--shape I` runs only the I-th shape, `--rows M` one row count (any, up to the kernels' 16), `--ours` skips candle).
+//! (`--shape I` runs only the I-th shape, `--rows M` one row count, any up to the kernels' 16,
+//! `--ours` skips candle).
 //!
 //! Candle sizes its thread pool once per process from `CANDLE_NUM_THREADS`, so each thread
 //! count runs in a child process of its own. Weight blocks are random bytes (with sane block

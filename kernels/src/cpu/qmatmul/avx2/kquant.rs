@@ -9,10 +9,10 @@
 //! done four totals at a time:
 //! - one input row (decode): four weight rows at a time, the next four prefetched a share per
 //!   block, lane `c` of a float step the output of weight row `j + c`;
-//! - more rows (short drafts, verification, prefill): one weight row at a time, lane `i` of a float step the
-//!   output of input row `r0 + 4q + i`; up to 8 rows (a verification's k + 1) in one pass over
-//!   the weight row, its outputs in registers throughout; more in passes of 8 and one of the
-//!   rest.
+//! - more rows (short drafts, verification, prefill): one weight row at a time, lane `i` of a
+//!   float step the output of input row `r0 + 4q + i`; up to 8 rows (a verification's k + 1)
+//!   in one pass over the weight row, its outputs in registers throughout; more in passes of 8
+//!   and one of the rest.
 //!
 //! Every lane runs [`super::super::step`]'s recurrence on the exact block totals, so the outputs
 //! are the scalar kernel's bit for bit.
@@ -41,11 +41,11 @@ pub(super) unsafe fn matmul_cols(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize
     // SAFETY (all): forwarded from the caller.
     unsafe {
         // One row (decode) four weight rows at a time; more one weight row at a time (2 and 3
-        // rows went that way too when it measured faster: BENCHMARKS.md, session 37).
+        // rows measured faster that way too: BENCHMARKS.md, session 37).
         match (w.format() == QuantFormat::Q4K, p.m) {
-            (true, 1) => columns::<true, 1>(w, p, cols, out),
+            (true, 1) => columns::<true>(w, p, cols, out),
             (true, _) => row_lanes::<true>(w, p, cols, out),
-            (false, 1) => columns::<false, 1>(w, p, cols, out),
+            (false, 1) => columns::<false>(w, p, cols, out),
             (false, _) => row_lanes::<false>(w, p, cols, out),
         }
     }
@@ -60,56 +60,43 @@ const fn block_bytes(q4: bool) -> usize {
     }
 }
 
-/// `R` input rows (`p.m`; only one row takes it now, though 2–3 would work) against weight
-/// rows `cols`, four weight rows at a time (the rest by [`row_lanes`]): lane `c` of each row's
-/// float step the output of weight row `j + c`.
+/// One input row (decode) against weight rows `cols`, four weight rows at a time (the rest by
+/// [`row_lanes`]): lane `c` of the float step the output of weight row `j + c`.
 ///
 /// # Safety
-/// As for [`matmul_cols`], with `p.m == R`.
+/// As for [`matmul_cols`], with `p.m == 1`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn columns<const Q4: bool, const R: usize>(
-    w: &QuantMatrix,
-    p: &RowPtrs,
-    cols: Range<usize>,
-    out: OutPtr,
-) {
+unsafe fn columns<const Q4: bool>(w: &QuantMatrix, p: &RowPtrs, cols: Range<usize>, out: OutPtr) {
     let nb = w.cols() / QK_K;
     let bytes = block_bytes(Q4);
     let mut j = cols.start;
     while j + 4 <= cols.end {
         let first = w.data().as_ptr().wrapping_add(j * nb * bytes);
         let next = Prefetch::new(first, 4 * nb * bytes, nb, w.data());
-        let mut acc = [_mm_setzero_ps(); R];
+        let mut acc = _mm_setzero_ps();
         for b in 0..nb {
-            // SAFETY: block `b` of rows `j..j + 4` lies within the data, and the rows' planes
+            // SAFETY: block `b` of rows `j..j + 4` lies within the data, and the row's planes
             // hold block `b` (the caller's contract).
             unsafe {
                 next.block(b);
-                let mut t = [[_mm256_setzero_si256(); 4]; R];
+                let mut t = [_mm256_setzero_si256(); 4];
                 let mut m = t;
                 let mut d = _mm_setzero_ps();
                 let mut dmin = d;
                 for c in 0..4 {
                     let blk = first.add((c * nb + b) * bytes);
-                    let (tc, mc) = totals::<Q4, R>(blk, p, 0, b);
-                    for r in 0..R {
-                        (t[r][c], m[r][c]) = (tc[r], mc[r]);
-                    }
+                    let ([tc], [mc]) = totals::<Q4, 1>(blk, p, 0, b);
+                    (t[c], m[c]) = (tc, mc);
                     let (dc, dminc) = scales::<Q4>(blk);
                     d = insert_lane(d, c, dc);
                     dmin = insert_lane(dmin, c, dminc);
                 }
-                for r in 0..R {
-                    let dx = _mm_set1_ps(*p.scales[r].add(b));
-                    acc[r] =
-                        fold::<Q4>(acc[r], sum4(t[r]), sum4(m[r]), _mm_mul_ps(d, dx), dmin, dx);
-                }
+                let dx = _mm_set1_ps(*p.scales[0].add(b));
+                acc = fold::<Q4>(acc, sum4(t), sum4(m), _mm_mul_ps(d, dx), dmin, dx);
             }
         }
-        for r in 0..R {
-            // SAFETY: row `r < m`, `j..j + 4` in the caller's range.
-            unsafe { write_lanes(out, acc[r], 4, |c| (r, j + c)) };
-        }
+        // SAFETY: row 0 exists, `j..j + 4` in the caller's range.
+        unsafe { write_lanes(out, acc, 4, |c| (0, j + c)) };
         j += 4;
     }
     if j < cols.end {
@@ -448,17 +435,18 @@ unsafe fn q6k_quarter(
             _mm256_loadu_si256(blk.add(128 + 32 * h).cast()),
         )
     };
-    // Part g's high bits are bits 2g, 2g + 1 of each byte of `hb`, part g + 2's bits 2g + 4, 2g + 5.
-    let (ha, hb2) = if g == 0 {
+    // Part g's high bits are bits 2g, 2g + 1 of each byte of `hb`, part g + 2's bits 2g + 4
+    // and 2g + 5: each shifted to bits 4 and 5.
+    let (hi_g, hi_g2) = if g == 0 {
         (_mm256_slli_epi16::<4>(hb), hb)
     } else {
         (_mm256_slli_epi16::<2>(hb), _mm256_srli_epi16::<2>(hb))
     };
     let q = [
-        _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(ha, bits45)),
+        _mm256_or_si256(_mm256_and_si256(l, low4), _mm256_and_si256(hi_g, bits45)),
         _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16::<4>(l), low4),
-            _mm256_and_si256(hb2, bits45),
+            _mm256_and_si256(hi_g2, bits45),
         ),
     ];
     (q, s)
